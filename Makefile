@@ -1,0 +1,80 @@
+# The two commands of the README (`make demo`, `make test`) and the pieces they are made of.
+# Everything a fresh Debian machine with Rust, Java 17+ and Maven lacks is installed here or by
+# scripts/services.sh.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Builds stay warm across clones (CI uses a fresh clone per run).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/votes-target
+export CARGO_TERM_COLOR ?= never
+VOTES := $(CARGO_TARGET_DIR)/debug/votes
+SERVICES := scripts/services.sh
+# CI passes a file in which `up` records what it started, so it can stop exactly that.
+SESSION := $(if $(VOTES_SERVICES_SESSION),--session-file $(VOTES_SERVICES_SESSION),)
+
+.PHONY: help
+help:
+	@echo "make demo    start Kafka, the local DynamoDB endpoint and Redis, create topics and tables, show status"
+	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
+	@echo "make services-up | services-down | services-status | test-cluster | bench | fuzz-build"
+
+.PHONY: prerequisites
+prerequisites:
+	@command -v cargo >/dev/null || { echo "error: cargo not found: install Rust with rustup" >&2; exit 1; }
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+.PHONY: services-up services-down services-status
+services-up:
+	$(SERVICES) up $(SESSION)
+services-down:
+	$(SERVICES) down
+services-status:
+	$(SERVICES) status
+
+.PHONY: build
+build: prerequisites
+	cargo build --workspace --all-targets
+
+.PHONY: fmt-check clippy
+fmt-check: prerequisites
+	cargo fmt --all -- --check
+clippy: prerequisites
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Unit, property and integration tests; the integration tests use the real services.
+.PHONY: test-rust
+test-rust: build services-up
+	cargo test --workspace --all-targets
+	cargo test --workspace --doc
+
+# A 3-broker KRaft cluster on 9092-9094 (replication 3, min ISR 2) takes a replicated topic.
+# It shares port 9092 with the single-node broker, so that one is stopped first and restarted
+# after, leaving the services as the rest of `make test` expects them.
+.PHONY: test-cluster
+test-cluster: build
+	scripts/test-cluster.sh
+
+.PHONY: test
+test: fmt-check clippy test-rust test-cluster
+	@echo "make test: all checks passed"
+
+.PHONY: demo
+demo: build services-up
+	$(VOTES) init --partitions 8
+	@echo
+	$(SERVICES) status
+	@echo
+	@echo "Kafka:          127.0.0.1:9092  (topics: votes, elections)"
+	@echo "DynamoDB API:   http://127.0.0.1:8000  (moto; tables: votes, results)"
+	@echo "Redis:          redis://127.0.0.1:6379"
+	@echo "Logs:           target/services/"
+	@echo "Host readiness:"
+	@$(VOTES) tune check
+	@echo "Stop the services with: make services-down"
+
+.PHONY: bench
+bench: prerequisites
+	cargo bench --workspace

@@ -1,0 +1,284 @@
+//! The vote record stored as the value of a `votes` topic record (DESIGN §4.4).
+//!
+//! Layout of version 1, all integers big-endian, strings prefixed with their length as a u16:
+//!
+//! | field            | bytes        | notes                                   |
+//! |------------------|--------------|-----------------------------------------|
+//! | version          | 1            | `1`                                     |
+//! | election         | 2 + 1..=64   | `[a-z0-9-]`                             |
+//! | voter            | 8            | also the record key                     |
+//! | option           | 2 + 1..=32   | `[a-z0-9-]`                             |
+//! | received_at_ms   | 8            | Unix ms at the ingest node              |
+//! | node             | 2 + 0..=64   | `--node-id` of the ingest node (UTF-8)  |
+//! | core             | 2            | reactor core that owned the partition   |
+//! | nonce            | 16           | random, makes the receipt unguessable   |
+//!
+//! The decoder is strict: unknown versions, invalid ids, short input and trailing bytes are
+//! all errors, because the log is the source every count is rebuilt from.
+
+use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
+
+pub const RECORD_VERSION: u8 = 1;
+/// Longest node name carried in a record.
+pub const NODE_MAX: usize = 64;
+/// Upper bound of an encoded record; buffers sized with it never reallocate.
+pub const RECORD_MAX_LEN: usize =
+    1 + (2 + ELECTION_ID_MAX) + 8 + (2 + OPTION_ID_MAX) + 8 + (2 + NODE_MAX) + 2 + 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoteRecord {
+    pub election: ElectionId,
+    pub voter: VoterId,
+    pub option: OptionId,
+    pub received_at_ms: u64,
+    pub node: String,
+    pub core: u16,
+    pub nonce: [u8; 16],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is empty")]
+    Empty,
+    #[error("record version {0} is not supported (expected {RECORD_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("record ends inside field `{0}`")]
+    Truncated(&'static str),
+    #[error("record has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("record field `{field}` is invalid: {source}")]
+    InvalidId {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+    #[error("record node name is longer than {NODE_MAX} bytes or not UTF-8")]
+    InvalidNode,
+}
+
+impl VoteRecord {
+    pub fn encoded_len(&self) -> usize {
+        1 + 2
+            + self.election.as_str().len()
+            + 8
+            + 2
+            + self.option.as_str().len()
+            + 8
+            + 2
+            + self.node.len()
+            + 2
+            + 16
+    }
+
+    /// Appends the encoding to `out` (callers reuse one buffer per batch).
+    ///
+    /// # Panics
+    /// When the node name exceeds [`NODE_MAX`]: it comes from configuration, validated at
+    /// start-up, so an oversized one here is a bug.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        assert!(
+            self.node.len() <= NODE_MAX,
+            "node name validated at start-up"
+        );
+        let start = out.len();
+        out.push(RECORD_VERSION);
+        put_str(out, self.election.as_str());
+        out.extend_from_slice(&self.voter.0.to_be_bytes());
+        put_str(out, self.option.as_str());
+        out.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        put_str(out, &self.node);
+        out.extend_from_slice(&self.core.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        debug_assert_eq!(out.len() - start, self.encoded_len());
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = *bytes.first().ok_or(RecordError::Empty)?;
+        if version != RECORD_VERSION {
+            return Err(RecordError::UnsupportedVersion(version));
+        }
+        r.pos = 1;
+        let election = r.str("election", ELECTION_ID_MAX)?;
+        let election = ElectionId::new(election).map_err(|source| RecordError::InvalidId {
+            field: "election",
+            source,
+        })?;
+        let voter = VoterId(u64::from_be_bytes(r.array("voter")?));
+        let option = r.str("option", OPTION_ID_MAX)?;
+        let option = OptionId::new(option).map_err(|source| RecordError::InvalidId {
+            field: "option",
+            source,
+        })?;
+        let received_at_ms = u64::from_be_bytes(r.array("received_at_ms")?);
+        let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
+        if node_len > NODE_MAX {
+            return Err(RecordError::InvalidNode);
+        }
+        let node = std::str::from_utf8(r.take("node", node_len)?)
+            .map_err(|_| RecordError::InvalidNode)?
+            .to_owned();
+        let core = u16::from_be_bytes(r.array("core")?);
+        let nonce = r.array("nonce")?;
+        if r.pos != bytes.len() {
+            return Err(RecordError::TrailingBytes(bytes.len() - r.pos));
+        }
+        Ok(Self {
+            election,
+            voter,
+            option,
+            received_at_ms,
+            node,
+            core,
+            nonce,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("ids are validated to be short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], RecordError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(RecordError::Truncated(field))?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(RecordError::Truncated(field))?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], RecordError> {
+        let slice = self.take(field, N)?;
+        Ok(slice.try_into().expect("take returned exactly N bytes"))
+    }
+
+    /// A u16-length-prefixed ASCII id; the length bound is checked before the bytes are read.
+    fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, RecordError> {
+        let len = usize::from(u16::from_be_bytes(self.array(field)?));
+        if len > max {
+            return Err(RecordError::InvalidId {
+                field,
+                source: IdError::TooLong { kind: field, max },
+            });
+        }
+        let raw = self.take(field, len)?;
+        std::str::from_utf8(raw).map_err(|_| RecordError::InvalidId {
+            field,
+            source: IdError::BadCharacter { kind: field },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> VoteRecord {
+        VoteRecord {
+            election: ElectionId::new("final-2026").unwrap(),
+            voter: VoterId(42),
+            option: OptionId::new("blue").unwrap(),
+            received_at_ms: 1_790_000_000_000,
+            node: "node-a".into(),
+            core: 1,
+            nonce: [7; 16],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_pins_the_layout() {
+        let rec = sample();
+        let bytes = rec.encode();
+        assert_eq!(bytes.len(), rec.encoded_len());
+        assert!(bytes.len() <= RECORD_MAX_LEN);
+        let mut expected = vec![1u8, 0, 10];
+        expected.extend_from_slice(b"final-2026");
+        expected.extend_from_slice(&42u64.to_be_bytes());
+        expected.extend_from_slice(&[0, 4]);
+        expected.extend_from_slice(b"blue");
+        expected.extend_from_slice(&1_790_000_000_000u64.to_be_bytes());
+        expected.extend_from_slice(&[0, 6]);
+        expected.extend_from_slice(b"node-a");
+        expected.extend_from_slice(&[0, 1]);
+        expected.extend_from_slice(&[7; 16]);
+        assert_eq!(bytes, expected);
+        assert_eq!(VoteRecord::decode(&bytes), Ok(rec));
+    }
+
+    #[test]
+    fn rejects_damaged_records_precisely() {
+        let bytes = sample().encode();
+        assert_eq!(VoteRecord::decode(&[]), Err(RecordError::Empty));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(
+            VoteRecord::decode(&v2),
+            Err(RecordError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            VoteRecord::decode(&bytes[..bytes.len() - 1]),
+            Err(RecordError::Truncated("nonce"))
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            VoteRecord::decode(&long),
+            Err(RecordError::TrailingBytes(1))
+        );
+        let mut upper = bytes.clone();
+        upper[3] = b'F';
+        assert!(matches!(
+            VoteRecord::decode(&upper),
+            Err(RecordError::InvalidId {
+                field: "election",
+                ..
+            })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_record_round_trips(
+            election in "[a-z0-9-]{1,64}",
+            voter in any::<u64>(),
+            option in "[a-z0-9-]{1,32}",
+            received_at_ms in any::<u64>(),
+            node in "[a-zA-Z0-9._-]{0,64}",
+            core in any::<u16>(),
+            nonce in any::<[u8; 16]>(),
+        ) {
+            let rec = VoteRecord {
+                election: ElectionId::new(election).unwrap(),
+                voter: VoterId(voter),
+                option: OptionId::new(option).unwrap(),
+                received_at_ms, node, core, nonce,
+            };
+            prop_assert_eq!(VoteRecord::decode(&rec.encode()), Ok(rec));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = VoteRecord::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `votes`: the one binary of the appliance (DESIGN §4.1). Subcommands wire the crates into
+//! roles; `anyhow` lives only here, at the edge.
+
+use std::ffi::OsString;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+mod config;
+mod init;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "votes",
+    version,
+    about = "Real-time voting appliance on Kafka, DynamoDB and Redis"
+)]
+#[command(args_override_self = true)]
+pub struct Cli {
+    /// TOML file with settings (top-level keys: global flags; `[command]` tables: its flags).
+    #[arg(long, global = true, env = "VOTES_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings every role reads (DESIGN §4.1).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        global = true,
+        env = "VOTES_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_brokers: String,
+    /// Redis URL of the read model.
+    #[arg(
+        long,
+        global = true,
+        env = "VOTES_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// DynamoDB endpoint; set it empty to use real DynamoDB with the AWS credential chain.
+    #[arg(
+        long,
+        global = true,
+        env = "VOTES_DYNAMODB_ENDPOINT",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub dynamodb_endpoint: String,
+    /// Prefix of topics, tables and Redis keys, so several deployments share the services.
+    #[arg(long, global = true, env = "VOTES_PREFIX", default_value = "")]
+    pub prefix: String,
+}
+
+impl Common {
+    pub fn names(&self) -> Result<votes_core::Names> {
+        Ok(votes_core::Names::new(&self.prefix)?)
+    }
+
+    pub fn dynamodb_endpoint(&self) -> Option<&str> {
+        Some(self.dynamodb_endpoint.as_str()).filter(|e| !e.is_empty())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the Kafka topics and DynamoDB tables (idempotent).
+    Init(init::InitArgs),
+    /// Host tuning.
+    Tune {
+        #[command(subcommand)]
+        command: TuneCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TuneCommand {
+    /// Print the host's readiness: cores, placement, memlock, io_uring, socket buffers.
+    Check {
+        /// Reactor cores that `serve` would start.
+        #[arg(long, env = "VOTES_CORES")]
+        cores: Option<usize>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VOTES_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("votes: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<std::process::ExitCode> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let args = config::expand_args(args, |k| std::env::var(k).ok())?;
+    let matches = Cli::command().get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).context("reading the command line")?;
+    match cli.command {
+        Command::Init(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(init::run(&cli.common, &args))?;
+        }
+        Command::Tune {
+            command: TuneCommand::Check { cores },
+        } => {
+            let facts = votes_tuning::probe();
+            let findings = votes_tuning::judge(&facts, cores);
+            for f in &findings {
+                println!("{f}");
+            }
+            let warnings = findings
+                .iter()
+                .filter(|f| f.verdict == votes_tuning::Verdict::Warn)
+                .count();
+            println!("{warnings} warning(s)");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,36 @@
+//! Kafka client configuration shared by every driver.
+
+use rdkafka::ClientConfig;
+
+/// Base configuration of any client of the cluster.
+pub fn base_config(brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        // Loopback clusters answer in microseconds; production ones within a few seconds. A
+        // minute bounds every metadata wait without masking a dead cluster for long.
+        .set("socket.timeout.ms", "60000")
+        .set("log_level", "4");
+    cfg
+}
+
+/// A transactional producer's configuration (DESIGN §3.1-3.2): acks from every in-sync
+/// replica, idempotence, and the transactional id that makes a new owner fence the old one.
+pub fn transactional_producer_config(brokers: &str, transactional_id: &str) -> ClientConfig {
+    let mut cfg = base_config(brokers);
+    cfg.set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transaction.timeout.ms", "60000");
+    cfg
+}
+
+/// A consumer that only ever sees committed transactions (DESIGN §3.3).
+pub fn read_committed_consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut cfg = base_config(brokers);
+    cfg.set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    cfg
+}

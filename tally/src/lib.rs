@@ -1,0 +1,32 @@
+//! `votes-tally`: everything that turns accepted votes into durable, countable state.
+//!
+//! Today it holds the drivers' shared ground: connections to Kafka ([`kafka`]), DynamoDB
+//! ([`dynamo`]) and Redis ([`read_model`]), and the idempotent provisioning of topics and
+//! tables ([`provision`]). The sans-IO shard state machine and its commit, recovery, fan-out,
+//! persister and recount drivers grow here (DESIGN §2).
+
+pub mod dynamo;
+pub mod kafka;
+pub mod provision;
+pub mod read_model;
+
+/// Where the external services are; every role reads the same settings (DESIGN §4.1).
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// `VOTES_KAFKA_BROKERS`, a bootstrap list `host:port,…`.
+    pub kafka_brokers: String,
+    /// `VOTES_REDIS_URL`.
+    pub redis_url: String,
+    /// `VOTES_DYNAMODB_ENDPOINT`; `None` means real DynamoDB through the AWS credential chain.
+    pub dynamodb_endpoint: Option<String>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            kafka_brokers: "127.0.0.1:9092".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            dynamodb_endpoint: Some("http://127.0.0.1:8000".into()),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared ground of the integration tests: the real services, started through the project's
+//! own scripts when they are not already up, and a unique prefix per test so tests run side by
+//! side on one Kafka, one local DynamoDB endpoint and one Redis.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The broker list; `scripts/test-cluster.sh` points the Kafka tests at its 3-broker cluster
+/// through `VOTES_TEST_KAFKA_BROKERS`.
+pub static KAFKA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("VOTES_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+});
+
+/// Replicas of the topics the tests create (`VOTES_TEST_REPLICATION`, default 1).
+pub fn replication() -> u16 {
+    std::env::var("VOTES_TEST_REPLICATION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+pub const DYNAMODB: &str = "http://127.0.0.1:8000";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Kafka,
+    DynamoDb,
+    Redis,
+}
+
+impl Service {
+    fn script_name(self) -> &'static str {
+        match self {
+            Service::Kafka => "kafka",
+            Service::DynamoDb => "dynamodb",
+            Service::Redis => "redis",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Service::Kafka => "Kafka (KRaft broker, VOTES_TEST_KAFKA_BROKERS or 127.0.0.1:9092)",
+            Service::DynamoDb => "the local DynamoDB endpoint (moto at http://127.0.0.1:8000)",
+            Service::Redis => "Redis (127.0.0.1:6379)",
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static STARTED: Mutex<Vec<Service>> = Mutex::new(Vec::new());
+
+/// Makes sure `service` answers; starts it with `scripts/services.sh up` when it does not,
+/// and fails the test with a message naming the service when it still does not.
+pub fn require(service: Service) {
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if started.contains(&service) {
+        return;
+    }
+    if !probe(service) {
+        let script = repo_root().join("scripts/services.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["up", service.script_name()])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} to start {}: {e}",
+                    script.display(),
+                    service.describe()
+                )
+            });
+        assert!(
+            out.status.success() && probe(service),
+            "{} is not reachable and `scripts/services.sh up {}` could not start it:\n{}{}",
+            service.describe(),
+            service.script_name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    started.push(service);
+}
+
+/// Asks the service something real. Runs on its own thread so that it may be called from
+/// inside a test's tokio runtime.
+fn probe(service: Service) -> bool {
+    std::thread::spawn(move || probe_blocking(service))
+        .join()
+        .unwrap_or(false)
+}
+
+fn probe_blocking(service: Service) -> bool {
+    match service {
+        Service::Kafka => {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = match rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", KAFKA.as_str())
+                .create()
+            {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            consumer.fetch_metadata(None, Duration::from_secs(5)).is_ok()
+        }
+        Service::DynamoDb => runtime().block_on(async {
+            let client = votes_tally_client().await;
+            tokio::time::timeout(Duration::from_secs(5), client.list_tables().send())
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }),
+        Service::Redis => runtime().block_on(async {
+            let Ok(client) = redis::Client::open(REDIS) else { return false };
+            let ping = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            matches!(tokio::time::timeout(Duration::from_secs(5), ping).await, Ok(Ok(p)) if p == "PONG")
+        }),
+    }
+}
+
+async fn votes_tally_client() -> aws_sdk_dynamodb::Client {
+    votes_tally::dynamo::client(Some(DYNAMODB)).await
+}
+
+/// A DynamoDB client pointed at the local DynamoDB endpoint.
+pub async fn dynamo() -> aws_sdk_dynamodb::Client {
+    require(Service::DynamoDb);
+    votes_tally_client().await
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A prefix no other test (or earlier run) uses: tests share the services, never resources.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t-{test}-{}-{}-", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Runs the `votes` binary built for this test run with the local services configured.
+pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_votes"))
+        .args(args)
+        .env("VOTES_PREFIX", prefix)
+        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
+        .env("VOTES_REDIS_URL", REDIS)
+        .env_remove("VOTES_CONFIG")
+        .output()
+        .expect("the votes binary runs")
+}

@@ -1,0 +1,141 @@
+//! `votes init` (DESIGN §4.1): creates the topics and tables of a prefix, is idempotent, and
+//! refuses to pretend a `votes` topic with another partition count is fine.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{KAFKA, Service, dynamo, require, runtime, unique_prefix, votes};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use votes_core::Names;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn init_creates_everything_once_and_then_is_a_no_op() {
+    require(Service::Kafka);
+    require(Service::DynamoDb);
+    let prefix = unique_prefix("init");
+    let names = Names::new(&prefix).unwrap();
+
+    let first = votes(&prefix, &["init", "--partitions", "4"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let out = String::from_utf8_lossy(&first.stdout);
+    for line in [
+        format!("topic {}votes: created", prefix),
+        format!("topic {}elections: created", prefix),
+        format!("table {}votes: created", prefix),
+        format!("table {}results: created", prefix),
+    ] {
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+
+    let second = votes(&prefix, &["init", "--partitions", "4"]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .matches("already there")
+            .count(),
+        4,
+        "{}",
+        text(&second)
+    );
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA.as_str())
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(&names.votes_topic()), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 4);
+
+    runtime().block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", KAFKA.as_str())
+            .create()
+            .unwrap();
+        let elections = names.elections_topic();
+        let votes_topic = names.votes_topic();
+        let configs = admin
+            .describe_configs(
+                [
+                    &ResourceSpecifier::Topic(&elections),
+                    &ResourceSpecifier::Topic(&votes_topic),
+                ],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+        let value = |i: usize, key: &str| {
+            configs[i]
+                .as_ref()
+                .unwrap()
+                .get(key)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(value(0, "cleanup.policy"), "compact");
+        assert_eq!(
+            value(1, "retention.ms"),
+            "-1",
+            "the votes log is never deleted"
+        );
+
+        let client = dynamo().await;
+        for table in [names.votes_table(), names.results_table()] {
+            let t = client
+                .describe_table()
+                .table_name(&table)
+                .send()
+                .await
+                .expect("table exists");
+            let keys: Vec<&str> = t
+                .table()
+                .unwrap()
+                .key_schema()
+                .iter()
+                .map(|k| k.attribute_name())
+                .collect();
+            let want: &[&str] = if table == names.votes_table() {
+                &["pk", "sk"]
+            } else {
+                &["pk"]
+            };
+            assert_eq!(keys, want, "{table}");
+        }
+    });
+
+    let mismatch = votes(&prefix, &["init", "--partitions", "6"]);
+    assert!(!mismatch.status.success());
+    assert!(
+        text(&mismatch).contains("exists with 4 partitions but 6 were asked for"),
+        "{}",
+        text(&mismatch)
+    );
+}
+
+#[test]
+fn init_names_an_unreachable_kafka() {
+    let prefix = unique_prefix("init-down");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_votes"))
+        .args(["init", "--kafka-brokers", "127.0.0.1:1"])
+        .env("VOTES_PREFIX", &prefix)
+        .env("VOTES_KAFKA_TIMEOUT_MS", "2000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("Kafka at 127.0.0.1:1 is not reachable"),
+        "{}",
+        text(&out)
+    );
+}
