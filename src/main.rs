@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
 mod init;
+mod serve;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,6 +76,17 @@ impl Common {
 enum Command {
     /// Create the Kafka topics and DynamoDB tables (idempotent).
     Init(init::InitArgs),
+    /// Run the appliance.
+    Serve(serve::ServeArgs),
+    /// Print a voter token signed with VOTES_TOKEN_KEY (development and tests).
+    Token {
+        /// Voter id (decimal u64).
+        #[arg(long)]
+        voter: u64,
+        /// Lifetime, e.g. 3600s, 60m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Host tuning.
     Tune {
         #[command(subcommand)]
@@ -121,6 +133,22 @@ fn run() -> Result<std::process::ExitCode> {
                 .build()?;
             rt.block_on(init::run(&cli.common, &args))?;
         }
+        Command::Serve(args) => serve::run(&cli.common, &args)?,
+        Command::Token { voter, ttl } => {
+            let secret = std::env::var("VOTES_TOKEN_KEY").context("VOTES_TOKEN_KEY must be set")?;
+            let keys = votes_core::TokenKeys::hs256(secret.as_bytes())
+                .map_err(|e| anyhow::anyhow!("VOTES_TOKEN_KEY: {e}"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let token = votes_core::token::issue(
+                keys.signing_key(),
+                votes_core::VoterId(voter),
+                parse_ttl(&ttl)?,
+                now,
+            );
+            println!("{token}");
+        }
         Command::Tune {
             command: TuneCommand::Check { cores },
         } => {
@@ -137,4 +165,23 @@ fn run() -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `90s`, `15m`, `1h`, `2d` or plain seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("invalid duration unit in {s:?} (s, m, h or d)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("duration {s:?} is too long"))
 }

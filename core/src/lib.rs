@@ -2,18 +2,33 @@
 //!
 //! Domain identifiers ([`ids`]), the routing of a voter to its Kafka partition ([`routing`]),
 //! the binary vote record stored in the `votes` topic ([`record`]), the names of every external
-//! resource derived from one prefix ([`names`]) and the error codes of the public API
-//! ([`api_error`]). Nothing here performs I/O, so all of it is unit- and property-tested and
-//! fuzzed in isolation.
+//! resource derived from one prefix ([`names`]), the error codes of the public API
+//! ([`api_error`]), voter tokens ([`token`]), the vote request body ([`vote_body`]), receipts
+//! ([`receipt`]) and the election's Merkle tree ([`merkle`]). Nothing here performs I/O, so all
+//! of it is unit- and property-tested and fuzzed in isolation.
 
 pub mod api_error;
+pub mod election;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_check;
 pub mod ids;
+mod json;
+pub mod merkle;
 pub mod names;
+pub mod pow;
+pub mod receipt;
 pub mod record;
 pub mod routing;
+pub mod token;
+pub mod vote_body;
 
 pub use api_error::ErrorCode;
+pub use election::{Election, ElectionOption, ElectionState};
 pub use ids::{ElectionId, IdError, OptionId, VoterId};
+pub use merkle::MerkleBuilder;
 pub use names::Names;
+pub use receipt::{Leaf, LeafError, pseudonym};
 pub use record::{RecordError, VoteRecord};
 pub use routing::{partition_of, voter_key};
+pub use token::{TokenError, TokenKey, TokenKeys};
+pub use vote_body::{BodyError, PowSolution, VoteBody};

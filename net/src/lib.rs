@@ -1,8 +1,34 @@
-//! `votes-net`: the appliance's listeners. Each reactor core accepts connections, parses and
-//! authenticates requests and routes each vote to the core owning its partition (DESIGN §1).
+//! `votes-net`: the appliance's listeners on thread-per-core reactors (DESIGN §1).
 //!
-//! It starts with the one thing every listener shares: the JSON error body of DESIGN §4.2.
+//! * [`start_reactors`] runs one glommio executor per configured CPU. Each builds its own
+//!   [`App`] from a [`CoreContext`] and serves HTTP/1.1 and h2c on SO_REUSEPORT listeners.
+//! * [`Mesh`] / [`Inbox`] carry bounded messages between cores; [`reply_channel`] answers back.
+//! * [`Blocking`] runs blocking calls (Kafka commits) off the reactor.
+//! * [`read_body_limited`] reads request bodies under a size limit.
+//! * [`error_body()`] is the only shape an error takes on the wire (DESIGN §4.2).
 
+mod blocking;
+mod body;
+mod error;
 pub mod error_body;
+mod httpd;
+mod listener;
+mod mesh;
+pub mod preflight;
+mod reactor;
+mod signal;
 
+pub use blocking::{Blocking, BlockingError};
+pub use body::{BodyLimitError, BoxBody, BoxError, read_body_limited};
+pub use error::NetError;
 pub use error_body::error_body;
+pub use httpd::{App, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture};
+pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
+pub use reactor::{
+    BoundListener, CoreContext, HttpStatsHandle, ReactorConfig, Reactors, ShutdownHandle,
+    start_reactors,
+};
+pub use signal::{LocalSignal, Wait};
+
+/// Re-exported so apps name the same versions.
+pub use {bytes, http, hyper};

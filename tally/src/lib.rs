@@ -5,10 +5,14 @@
 //! tables ([`provision`]). The sans-IO shard state machine and its commit, recovery, fan-out,
 //! persister and recount drivers grow here (DESIGN §2).
 
+pub mod commit;
 pub mod dynamo;
+pub mod elections_log;
 pub mod kafka;
 pub mod provision;
 pub mod read_model;
+pub mod recovery;
+pub mod shard;
 
 /// Where the external services are; every role reads the same settings (DESIGN §4.1).
 #[derive(Clone, Debug)]

@@ -3,6 +3,8 @@
 //! side on one Kafka, one local DynamoDB endpoint and one Redis.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod serve;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;

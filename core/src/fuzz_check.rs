@@ -1,0 +1,187 @@
+//! The properties the fuzz targets in `fuzz/` check, one function per target.
+//!
+//! They live here, behind the `fuzzing` feature, so the libFuzzer targets and the unit test
+//! that replays the committed seeds (`fuzz/seeds/<target>/`) run the very same code: `cargo
+//! test` covers every seed and every crash input kept as a seed, without a fuzzer. Each
+//! function must not panic for any input unless a property of the parser is broken.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::receipt::{LEAF_MAX_LEN, Leaf, leaf_hash_of};
+use crate::record::{RECORD_MAX_LEN, VoteRecord};
+use crate::token::{self, TokenKey, TokenKeys};
+use crate::vote_body::{VOTE_BODY_MAX, VoteBody};
+
+/// The key `token_verify` checks against (the same as the token unit tests' key, so their
+/// pinned tokens are seeds).
+pub const TOKEN_KEY: &[u8] = b"test-only VOTES_TOKEN_KEY, 32+ bytes long";
+/// The clock `token_verify` checks at: the pinned tokens are valid then.
+pub const NOW_S: u64 = 1_790_000_000;
+/// First byte of a `token_verify` input that asks the harness to sign `header 0x00 claims`.
+pub const SIGN_MODE: u8 = 0;
+
+/// `record_decode`: a record that decodes is canonical (re-encodes to the same bytes).
+pub fn record_decode(data: &[u8]) {
+    if let Ok(record) = VoteRecord::decode(data) {
+        let again = record.encode();
+        assert_eq!(again, data, "a decoded record re-encodes to its own bytes");
+        assert!(again.len() <= RECORD_MAX_LEN);
+        assert_eq!(VoteRecord::decode(&again), Ok(record));
+    }
+}
+
+/// `leaf_decode`: a leaf that decodes is canonical, and its hash is that of its bytes.
+pub fn leaf_decode(data: &[u8]) {
+    if let Ok(leaf) = Leaf::decode(data) {
+        let again = leaf.canonical_bytes();
+        assert_eq!(again, data, "a decoded leaf re-encodes to its own bytes");
+        assert!(again.len() <= LEAF_MAX_LEN);
+        assert_eq!(leaf.leaf_hash(), leaf_hash_of(data));
+        assert_eq!(Leaf::decode(&again), Ok(leaf));
+    }
+}
+
+/// `vote_body`: errors carry a client-error code; a parsed body survives `to_json` → `parse`.
+pub fn vote_body(data: &[u8]) {
+    match VoteBody::parse(data) {
+        Ok(body) => {
+            let json = body.to_json();
+            assert!(
+                json.len() <= VOTE_BODY_MAX,
+                "a valid body re-serializes within the limit"
+            );
+            assert_eq!(VoteBody::parse(json.as_bytes()), Ok(body));
+        }
+        Err(e) => {
+            let status = e.code().status();
+            assert!((400..500).contains(&status), "client input is never a 5xx");
+            assert!(!e.message().is_empty());
+        }
+    }
+}
+
+/// `token_verify`. The first byte picks the mode: [`SIGN_MODE`] signs the rest, split at its
+/// first 0x00 into header and claims JSON, with [`TOKEN_KEY`], so the fuzzer reaches the
+/// claims checks that only run after a valid signature; any other first byte verifies the rest
+/// as a token. A token that verifies names a voter whose freshly issued token verifies too.
+pub fn token_verify(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let keys = TokenKeys::hs256(TOKEN_KEY).expect("the fuzz key is long enough");
+    let token = if mode == SIGN_MODE {
+        let mut parts = rest.splitn(2, |&b| b == 0);
+        let header = parts.next().unwrap_or_default();
+        let claims = parts.next().unwrap_or_default();
+        sign_compact(header, claims)
+    } else {
+        match std::str::from_utf8(rest) {
+            Ok(s) => s.to_owned(),
+            Err(_) => return,
+        }
+    };
+    match token::verify(&keys, &token, NOW_S) {
+        Ok(voter) => {
+            let key = TokenKey::hs256(TOKEN_KEY).expect("the fuzz key is long enough");
+            let fresh = token::issue(&key, voter, 3600, NOW_S);
+            assert_eq!(token::verify(&keys, &fresh, NOW_S), Ok(voter));
+        }
+        Err(e) => {
+            assert_eq!(e.code().status(), 401);
+            assert!(!e.message().is_empty());
+        }
+    }
+}
+
+/// An HS256 compact JWS over arbitrary header and claims bytes, signed with [`TOKEN_KEY`].
+pub fn sign_compact(header: &[u8], claims: &[u8]) -> String {
+    let mut token = URL_SAFE_NO_PAD.encode(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+    let mut mac = Hmac::<Sha256>::new_from_slice(TOKEN_KEY).expect("HMAC takes any key");
+    mac.update(token.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(tag, &mut token);
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Every file of `fuzz/seeds/<target>/`, sorted, with its name.
+    fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds")
+            .join(target);
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("seed directory {}: {e}", dir.display()))
+            .map(|entry| {
+                let path = entry.expect("readable seed directory").path();
+                let bytes = std::fs::read(&path).expect("readable seed");
+                (path.display().to_string(), bytes)
+            })
+            .collect();
+        out.sort();
+        assert!(out.len() >= 3, "{target} has a few seeds");
+        out
+    }
+
+    fn replay(target: &str, check: fn(&[u8])) -> Vec<(String, Vec<u8>)> {
+        let seeds = seeds(target);
+        for (name, bytes) in &seeds {
+            let outcome = std::panic::catch_unwind(|| check(bytes));
+            assert!(outcome.is_ok(), "seed {name} breaks a property of {target}");
+        }
+        seeds
+    }
+
+    #[test]
+    fn record_decode_seeds() {
+        let seeds = replay("record_decode", record_decode);
+        // Valid and invalid inputs are both represented.
+        assert!(seeds.iter().any(|(_, b)| VoteRecord::decode(b).is_ok()));
+        assert!(seeds.iter().any(|(_, b)| VoteRecord::decode(b).is_err()));
+    }
+
+    #[test]
+    fn leaf_decode_seeds() {
+        let seeds = replay("leaf_decode", leaf_decode);
+        assert!(seeds.iter().any(|(_, b)| Leaf::decode(b).is_ok()));
+        assert!(seeds.iter().any(|(_, b)| Leaf::decode(b).is_err()));
+    }
+
+    #[test]
+    fn vote_body_seeds() {
+        let seeds = replay("vote_body", vote_body);
+        assert!(seeds.iter().any(|(_, b)| VoteBody::parse(b).is_ok()));
+        assert!(seeds.iter().any(|(_, b)| VoteBody::parse(b).is_err()));
+    }
+
+    #[test]
+    fn token_verify_seeds() {
+        let seeds = replay("token_verify", token_verify);
+        let keys = TokenKeys::hs256(TOKEN_KEY).unwrap();
+        let verifies = |b: &[u8]| match b.split_first() {
+            Some((&SIGN_MODE, rest)) => {
+                let mut parts = rest.splitn(2, |&x| x == 0);
+                let token = sign_compact(
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                );
+                token::verify(&keys, &token, NOW_S).is_ok()
+            }
+            Some((_, rest)) => {
+                std::str::from_utf8(rest).is_ok_and(|s| token::verify(&keys, s, NOW_S).is_ok())
+            }
+            None => false,
+        };
+        assert!(seeds.iter().any(|(_, b)| verifies(b)));
+        assert!(seeds.iter().any(|(_, b)| !verifies(b)));
+    }
+}

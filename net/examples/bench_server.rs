@@ -1,0 +1,87 @@
+//! Trivial server for throughput measurements of the reactor + HTTP layer.
+//!
+//! `cargo run --release -p votes-net --example bench_server -- CPUS PORT SECONDS`
+//! e.g. `-- 0,1 18080 30`; serves `GET /` with a 2-byte body on every core and
+//! `POST /route/{n}` through the mesh, then stops by itself after SECONDS.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use votes_net::{
+    App, BoxBody, CoreContext, ListenerKind, ListenerSpec, LocalBoxFuture, Mesh, ReactorConfig,
+    ReplyTx, reply_channel, start_reactors,
+};
+
+struct Bench {
+    mesh: Mesh<ReplyTx<usize>>,
+}
+
+impl App for Bench {
+    fn handle(
+        &self,
+        _: ListenerKind,
+        _: SocketAddr,
+        req: Request<Incoming>,
+    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+        if let Some(n) = req
+            .uri()
+            .path()
+            .strip_prefix("/route/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let mesh = self.mesh.clone();
+            return Box::pin(async move {
+                let (tx, rx) = reply_channel();
+                if mesh.try_send(n % mesh.cores(), tx).is_err() {
+                    let mut r = Response::new(BoxBody::empty());
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    return r;
+                }
+                Response::new(BoxBody::from(
+                    rx.await.map(|c| c.to_string()).unwrap_or_default(),
+                ))
+            });
+        }
+        Box::pin(async { Response::new(BoxBody::from("ok")) })
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cpus: Vec<usize> = args
+        .get(1)
+        .map_or("0", String::as_str)
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let port: u16 = args.get(2).map_or(18080, |p| p.parse().unwrap());
+    let secs: u64 = args.get(3).map_or(30, |s| s.parse().unwrap());
+    let mut cfg = ReactorConfig::new(cpus);
+    cfg.listeners.push(ListenerSpec {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        kind: ListenerKind::Public,
+    });
+    let reactors = start_reactors(cfg, |mut ctx: CoreContext<ReplyTx<usize>>| {
+        let me = ctx.core_index();
+        let mut inbox = ctx.take_inbox().unwrap();
+        glommio::spawn_local(async move {
+            while let Some((_, reply)) = inbox.recv().await {
+                let _ = reply.send(me);
+            }
+        })
+        .detach();
+        Bench {
+            mesh: ctx.mesh().clone(),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "serving on {:?} for {secs}s",
+        reactors.local_addr(ListenerKind::Public)
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    reactors.shutdown();
+    reactors.join().unwrap();
+}

@@ -1,0 +1,71 @@
+//! Typed errors of the reactor runtime. Start-up errors name the missing host capability so an
+//! operator can fix the host (`votes tune check` reports the same facts) instead of reading a
+//! panic from deep inside glommio.
+
+use std::net::SocketAddr;
+
+/// Why the reactors could not start (or stopped abnormally).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid reactor configuration: {0}")]
+    Config(String),
+
+    /// glommio refuses to build an executor below 512 KiB of lockable memory (it checks the soft
+    /// RLIMIT_MEMLOCK itself, even for root with CAP_IPC_LOCK).
+    #[error(
+        "locked-memory limit too low: RLIMIT_MEMLOCK soft={soft} hard={hard} bytes, glommio needs at least \
+         {required} bytes per process; raise it (`ulimit -l`, systemd `LimitMEMLOCK=`, docker `--ulimit memlock=`)"
+    )]
+    MemlockTooLow { soft: u64, hard: u64, required: u64 },
+
+    /// io_uring_setup(2) failed: the kernel lacks io_uring, or it is switched off
+    /// (`kernel.io_uring_disabled`), or a seccomp profile (containers) forbids it.
+    #[error("io_uring is unavailable: {reason}; glommio needs io_uring (Linux >= 5.8)")]
+    IoUringUnavailable { reason: String },
+
+    /// The kernel has io_uring but lacks operations glommio uses (glommio itself would exit(1)).
+    #[error(
+        "io_uring lacks operations glommio needs (kernel too old, need >= 5.8): missing opcodes {missing:?}"
+    )]
+    IoUringTooOld { missing: Vec<u8> },
+
+    #[error(
+        "CPU {cpu} is not in this process's allowed CPU set {allowed:?} (taskset/cgroup cpuset)"
+    )]
+    CpuNotAllowed { cpu: usize, allowed: Vec<usize> },
+
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another socket already listens on the address. We refuse to join its SO_REUSEPORT group:
+    /// the kernel would silently split our traffic with a stranger (same uid can join).
+    #[error("{addr} is already in use by another listener")]
+    AddrInUse { addr: SocketAddr },
+
+    #[error("reactor {core} (cpu {cpu}) failed to start: {reason}")]
+    ReactorStart {
+        core: usize,
+        cpu: usize,
+        reason: String,
+    },
+
+    #[error("reactor {core} failed: {reason}")]
+    ReactorFailed { core: usize, reason: String },
+
+    #[error("reactor {core} panicked: {message}")]
+    ReactorPanicked { core: usize, message: String },
+
+    #[error("reactors did not become ready within {0:?}")]
+    StartTimeout(std::time::Duration),
+
+    #[error("cannot spawn reactor thread {core}: {source}")]
+    Spawn {
+        core: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,333 @@
+//! One accepted connection: sniff, serve with hyper, enforce the watchdog, drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::io::{Io, Sniffed, sniff};
+use super::server::CoreHttp;
+use super::watchdog::{ConnState, Expiry, Proto};
+use super::{App, ListenerKind, LocalBoxFuture};
+use crate::body::{BoxBody, BoxError};
+
+/// Spawns h2 stream tasks on the current reactor: hyper's h2 server needs an executor, and
+/// ours must accept `!Send` futures (the app's handlers are `!Send`).
+#[derive(Clone, Copy)]
+pub(crate) struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn execute(&self, fut: F) {
+        glommio::spawn_local(fut).detach();
+    }
+}
+
+/// Counts a request from head to end of response, for the watchdog and the shutdown drain.
+struct InFlight {
+    conn: Rc<ConnState>,
+    core: Rc<CoreHttp>,
+}
+
+impl InFlight {
+    fn start(conn: Rc<ConnState>, core: Rc<CoreHttp>) -> Self {
+        conn.request_started();
+        core.request_started();
+        Self { conn, core }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn.request_finished();
+        self.core.request_finished();
+    }
+}
+
+/// The response body as hyper sees it: the app's body plus the in-flight guard, released when
+/// hyper drops the body (after the last byte, or on abort).
+pub(crate) struct TrackedBody {
+    inner: BoxBody,
+    _guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Svc<A: App> {
+    app: Rc<A>,
+    core: Rc<CoreHttp>,
+    conn: Rc<ConnState>,
+    kind: ListenerKind,
+    peer: SocketAddr,
+}
+
+impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = SvcFuture;
+
+    fn call(&self, req: Request<Incoming>) -> SvcFuture {
+        let guard = InFlight::start(self.conn.clone(), self.core.clone());
+        // A panic while *creating* the future is caught like one while polling it.
+        let inner = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.app.handle(self.kind, self.peer, req)
+        }));
+        SvcFuture {
+            inner: inner.ok(),
+            guard: Some(guard),
+        }
+    }
+}
+
+struct SvcFuture {
+    inner: Option<LocalBoxFuture<'static, Response<BoxBody>>>,
+    guard: Option<InFlight>,
+}
+
+impl Future for SvcFuture {
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let polled = match this.inner.as_mut() {
+            Some(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))),
+            None => Err(Box::new("handler panicked while building its future")
+                as Box<dyn std::any::Any + Send>),
+        };
+        let resp = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(resp)) => resp,
+            Err(_) => {
+                // Never let a handler bug take the reactor down; the panic message was printed
+                // by the panic hook already.
+                this.inner = None;
+                let guard = this.guard.as_ref().expect("polled after completion");
+                guard.core.handler_panicked();
+                unavailable()
+            }
+        };
+        let guard = this.guard.take().expect("polled after completion");
+        Poll::Ready(Ok(resp.map(|inner| TrackedBody {
+            inner,
+            _guard: guard,
+        })))
+    }
+}
+
+fn unavailable() -> Response<BoxBody> {
+    let body = crate::error_body(
+        votes_core::ErrorCode::Unavailable,
+        "internal error, retry later",
+    );
+    let mut resp = Response::new(BoxBody::full(body));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
+}
+
+/// The two hyper connection types behind one interface.
+trait GracefulConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<S> GracefulConn for hyper::server::conn::http1::Connection<Io, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody>,
+    S::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S> GracefulConn for hyper::server::conn::http2::Connection<Io, S, LocalExec>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody>,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// How a connection ended, for counters.
+enum End {
+    Done,
+    HeaderTimeout,
+    IdleTimeout,
+}
+
+/// Serves one connection to completion. Registered in the core's table by the caller.
+pub(crate) async fn serve<A: App>(
+    core: Rc<CoreHttp>,
+    app: Rc<A>,
+    conn: Rc<ConnState>,
+    stream: TcpStream,
+    kind: ListenerKind,
+    peer: SocketAddr,
+) {
+    let t = core.timeouts();
+    // Sniff, bounded by the fresh-connection deadline and by shutdown.
+    let sniffed = {
+        let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
+        debug_assert_eq!(why, Expiry::HeaderTimeout);
+        let timeout = at.saturating_duration_since(Instant::now());
+        let shutdown = core.shutdown_signal();
+        futures_lite::future::or(
+            async { Some(sniff(stream, conn.clone()).await) },
+            futures_lite::future::or(
+                async {
+                    Timer::new(timeout).await;
+                    None
+                },
+                async {
+                    shutdown.await;
+                    None
+                },
+            ),
+        )
+        .await
+    };
+    let (proto, io) = match sniffed {
+        Some(Ok(Sniffed::Proto(p, io))) => (p, io),
+        Some(Ok(Sniffed::Closed)) | Some(Err(_)) => return,
+        None => {
+            if !core.is_shutting_down() {
+                core.count_end(true, false);
+            }
+            return;
+        }
+    };
+    let svc = Svc {
+        app,
+        core: core.clone(),
+        conn: conn.clone(),
+        kind,
+        peer,
+    };
+    let end = match proto {
+        Proto::H2 => {
+            let c = core.h2.serve_connection(io, svc);
+            drive(std::pin::pin!(c), &conn, &core).await
+        }
+        Proto::H1 | Proto::Unknown => {
+            let c = core.h1.serve_connection(io, svc);
+            drive(std::pin::pin!(c), &conn, &core).await
+        }
+    };
+    match end {
+        End::Done => {}
+        End::HeaderTimeout => core.count_end(true, false),
+        End::IdleTimeout => core.count_end(false, true),
+    }
+}
+
+/// Polls the hyper connection and enforces the watchdog deadline and shutdown on it.
+async fn drive<C: GracefulConn>(mut c: Pin<&mut C>, conn: &ConnState, core: &CoreHttp) -> End {
+    let t = core.timeouts();
+    let grace = core.limits().graceful_close_timeout;
+    let mut timer: Option<(Instant, Timer)> = None;
+    // Set once graceful shutdown was asked of hyper; the Instant bounds an idle wind-down.
+    let mut graceful: Option<Option<Instant>> = None;
+    let mut idle_closed = false;
+    futures_lite::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(res) = c.as_mut().poll(cx) {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return Poll::Ready(if idle_closed {
+                    End::IdleTimeout
+                } else {
+                    End::Done
+                });
+            }
+            conn.register(cx.waker());
+            let now = Instant::now();
+            if conn.shutdown_requested() && graceful.is_none() {
+                // Server shutdown: finish what is in flight; the core's drain bound stops the rest.
+                c.as_mut().graceful();
+                graceful = Some(None);
+                continue;
+            }
+            let due = match graceful {
+                Some(Some(hard)) => Some((hard, None)),
+                Some(None) => None,
+                None => conn.deadline(t).map(|(at, why)| (at, Some(why))),
+            };
+            let Some((at, why)) = due else {
+                timer = None;
+                return Poll::Pending;
+            };
+            if now >= at {
+                match why {
+                    None => return Poll::Ready(End::IdleTimeout),
+                    Some(Expiry::HeaderTimeout) => return Poll::Ready(End::HeaderTimeout),
+                    Some(Expiry::Idle) => {
+                        c.as_mut().graceful();
+                        graceful = Some(Some(now + grace));
+                        idle_closed = true;
+                        continue;
+                    }
+                }
+            }
+            match &mut timer {
+                Some((armed, tm)) => {
+                    if *armed != at {
+                        tm.reset(at - now);
+                        *armed = at;
+                    }
+                }
+                None => timer = Some((at, Timer::new(at - now))),
+            }
+            let (_, tm) = timer.as_mut().expect("armed above");
+            if Pin::new(tm).poll(cx).is_ready() {
+                timer = None;
+                continue; // due now: decide on the next turn
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}

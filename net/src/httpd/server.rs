@@ -1,0 +1,221 @@
+//! One core's HTTP layer: accept loops, the table of open connections, counters, drain.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+
+use super::conn::{self, LocalExec};
+use super::watchdog::{ConnState, Timeouts};
+use super::{App, HttpLimits, HttpStats, ListenerKind};
+use crate::signal::{LocalSignal, Wait};
+
+/// Per-core HTTP state. Only this core's tasks touch it: plain cells, no locks.
+pub(crate) struct CoreHttp {
+    limits: HttpLimits,
+    pub(crate) h1: hyper::server::conn::http1::Builder,
+    pub(crate) h2: hyper::server::conn::http2::Builder<LocalExec>,
+    conns: RefCell<slab::Slab<Rc<ConnState>>>,
+    requests_in_flight: Cell<usize>,
+    accepted: Cell<u64>,
+    rejected_over_cap: Cell<u64>,
+    header_timeouts: Cell<u64>,
+    idle_closes: Cell<u64>,
+    handler_panics: Cell<u64>,
+    shutdown: LocalSignal,
+}
+
+impl CoreHttp {
+    pub(crate) fn new(limits: HttpLimits, shutdown: LocalSignal) -> Rc<Self> {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.keep_alive(true)
+            // Our watchdog bounds header reads: hyper's own timeout needs a Send + Sync timer.
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_bytes)
+            // The read buffer cannot grow past this: bounds memory per connection, and a head
+            // that does not fit is answered 431.
+            .max_buf_size(limits.max_header_bytes.max(64 * 1024));
+        let mut h2 = hyper::server::conn::http2::Builder::new(LocalExec);
+        h2.max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // No keep-alive pings: they would need a hyper timer; idle is ours.
+            .keep_alive_interval(None);
+        Rc::new(Self {
+            conns: RefCell::new(slab::Slab::with_capacity(
+                limits.max_connections_per_core.min(4096),
+            )),
+            limits,
+            h1,
+            h2,
+            requests_in_flight: Cell::new(0),
+            accepted: Cell::new(0),
+            rejected_over_cap: Cell::new(0),
+            header_timeouts: Cell::new(0),
+            idle_closes: Cell::new(0),
+            handler_panics: Cell::new(0),
+            shutdown,
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &HttpLimits {
+        &self.limits
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header_read: self.limits.header_read_timeout,
+            idle: self.limits.idle_timeout,
+        }
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> Wait {
+        self.shutdown.wait()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_fired()
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.requests_in_flight
+            .set(self.requests_in_flight.get() + 1);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        let n = self.requests_in_flight.get();
+        assert!(n > 0, "core request count underflow");
+        self.requests_in_flight.set(n - 1);
+    }
+
+    pub(crate) fn handler_panicked(&self) {
+        self.handler_panics.set(self.handler_panics.get() + 1);
+    }
+
+    pub(crate) fn count_end(&self, header_timeout: bool, idle: bool) {
+        if header_timeout {
+            self.header_timeouts.set(self.header_timeouts.get() + 1);
+        }
+        if idle {
+            self.idle_closes.set(self.idle_closes.get() + 1);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> HttpStats {
+        HttpStats {
+            open_connections: self.conns.borrow().len(),
+            requests_in_flight: self.requests_in_flight.get(),
+            accepted: self.accepted.get(),
+            rejected_over_cap: self.rejected_over_cap.get(),
+            header_timeouts: self.header_timeouts.get(),
+            idle_closes: self.idle_closes.get(),
+            handler_panics: self.handler_panics.get(),
+        }
+    }
+
+    /// Asks every open connection to finish gracefully (h1: close after the response in
+    /// flight, or at once when idle; h2: GOAWAY, finish open streams).
+    fn ask_connections_to_close(&self) {
+        let conns: Vec<Rc<ConnState>> =
+            self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        conns.iter().for_each(|c| c.request_shutdown());
+    }
+
+    /// Stops accepting (the accept loops watch the same signal), winds connections down and
+    /// waits until they are gone or `deadline` passes. True when everything finished in time.
+    pub(crate) async fn drain(&self, deadline: Instant) -> bool {
+        self.shutdown.fire();
+        self.ask_connections_to_close();
+        loop {
+            if self.conns.borrow().is_empty() && self.requests_in_flight.get() == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let s = self.stats();
+                tracing::warn!(
+                    open = s.open_connections,
+                    in_flight = s.requests_in_flight,
+                    "shutdown grace elapsed; dropping remaining connections"
+                );
+                return false;
+            }
+            // Polling is fine here: it runs once per core, only while shutting down.
+            Timer::new((deadline - now).min(Duration::from_millis(10))).await;
+        }
+    }
+}
+
+/// Removes a connection from the core's table when its task ends (or is dropped).
+struct ConnSlot {
+    core: Rc<CoreHttp>,
+    key: usize,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.core.conns.borrow_mut().remove(self.key);
+    }
+}
+
+/// Accepts on one listener until shutdown; the listener is closed when this returns.
+pub(crate) async fn accept_loop<A: App>(
+    core: Rc<CoreHttp>,
+    app: Rc<A>,
+    listener: TcpListener,
+    kind: ListenerKind,
+) {
+    loop {
+        let shutdown = core.shutdown_signal();
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                let e = std::io::Error::from(e);
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM persist until something closes: back off
+                // instead of spinning. Per-connection errors (ECONNABORTED...) just continue.
+                let resource = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                tracing::warn!(error = %e, "accept failed");
+                if resource {
+                    Timer::new(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+        };
+        if core.conns.borrow().len() >= core.limits.max_connections_per_core {
+            // Over the cap: close at once. The client sees a reset/EOF and may retry on
+            // another connection (which the kernel may hash to a less loaded core).
+            core.rejected_over_cap.set(core.rejected_over_cap.get() + 1);
+            drop(stream);
+            continue;
+        }
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        // Small responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let state = Rc::new(ConnState::new(Instant::now()));
+        let key = core.conns.borrow_mut().insert(state.clone());
+        core.accepted.set(core.accepted.get() + 1);
+        let slot = ConnSlot {
+            core: core.clone(),
+            key,
+        };
+        let (core2, app2) = (core.clone(), app.clone());
+        glommio::spawn_local(async move {
+            let _slot = slot;
+            conn::serve(core2, app2, state, stream, kind, peer).await;
+        })
+        .detach();
+    }
+    tracing::debug!(?kind, "accept loop stopped");
+}

@@ -1,0 +1,575 @@
+//! The per-core application: the voter API (DESIGN §4.2) and the admin API (§4.3) on top of
+//! the core's shards, its copy of the elections, and the mesh to the other cores.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use votes_core::election::{ElectionOption, ElectionState};
+use votes_core::pow::{self, PowKey};
+use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::token::{self, TokenKeys};
+use votes_core::vote_body::VOTE_BODY_MAX;
+use votes_core::{Election, ElectionId, ErrorCode, OptionId, VoteBody, partition_of};
+use votes_net::http::{Method, Request, Response};
+use votes_net::hyper::body::Incoming;
+use votes_net::{
+    App, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh, SendError, read_body_limited,
+    reply_channel,
+};
+use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
+
+use super::metrics::{CoreMetrics, NodeMetrics};
+use super::ownership::Ownership;
+use super::reply::{self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms};
+use super::shards::{ShardHost, VoteAnswer, VoteRequest};
+
+/// Messages between cores.
+pub enum CoreMsg {
+    /// A vote for a partition the receiving core owns; the answer goes back on `reply`.
+    Vote {
+        partition: u32,
+        req: VoteRequest,
+        reply: votes_net::ReplyTx<VoteAnswer>,
+    },
+    /// A newer state of an election (from the admin API or the elections topic).
+    Election(Election),
+}
+
+/// What every core of the node shares, read-only.
+pub struct NodeShared {
+    pub token_keys: TokenKeys,
+    pub pow_key: PowKey,
+    pub audit_key: Vec<u8>,
+    pub admin_token: Option<String>,
+    pub ownership: Ownership,
+    pub metrics: Arc<NodeMetrics>,
+    pub elections_writer: Arc<ElectionsWriter>,
+    /// How long a PoW challenge stays valid.
+    pub challenge_ttl: Duration,
+}
+
+pub struct CoreApp {
+    pub core: usize,
+    pub shared: Arc<NodeShared>,
+    pub mesh: Mesh<CoreMsg>,
+    pub elections: Rc<RefCell<ElectionsView>>,
+    pub shards: Rc<ShardHost>,
+    pub metrics: Rc<CoreMetrics>,
+    pub blocking: votes_net::Blocking,
+}
+
+/// The handle the reactor holds; requests clone the `Rc` so their futures own the app.
+pub struct AppHandle(pub Rc<CoreApp>);
+
+impl App for AppHandle {
+    fn handle(
+        &self,
+        kind: ListenerKind,
+        _peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+        let app = self.0.clone();
+        Box::pin(async move {
+            match kind {
+                ListenerKind::Public => app.public(req).await,
+                ListenerKind::Admin => app.admin(req).await,
+            }
+        })
+    }
+}
+
+/// The voter's view of an election (DESIGN §4.2).
+#[derive(serde::Serialize)]
+struct ElectionView<'a> {
+    id: &'a ElectionId,
+    title: &'a str,
+    state: ElectionState,
+    options: &'a [ElectionOption],
+    pow_difficulty: u8,
+}
+
+impl<'a> From<&'a Election> for ElectionView<'a> {
+    fn from(e: &'a Election) -> Self {
+        Self {
+            id: &e.id,
+            title: &e.title,
+            state: e.state,
+            options: &e.options,
+            pow_difficulty: e.pow_difficulty,
+        }
+    }
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+impl CoreApp {
+    async fn public(self: Rc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        let path = req.uri().path().to_owned();
+        let segs = segments(&path);
+        let method = req.method().clone();
+        match (segs.as_slice(), &method) {
+            (["healthz"], &Method::GET) => json(200, &serde_json::json!({"status": "ok"})),
+            (["readyz"], &Method::GET) => {
+                if self.shared.metrics.ready() {
+                    json(200, &serde_json::json!({"status": "ready"}))
+                } else {
+                    error(
+                        ErrorCode::Unavailable,
+                        "not every shard of this node has recovered",
+                    )
+                }
+            }
+            (["v1", "elections"], &Method::GET) => {
+                let view = self.elections.borrow();
+                let list: Vec<ElectionView> = view
+                    .sorted()
+                    .into_iter()
+                    .filter(|e| e.state != ElectionState::Draft)
+                    .map(ElectionView::from)
+                    .collect();
+                json(200, &list)
+            }
+            (["v1", "elections", id], &Method::GET) => match self.visible_election(id) {
+                Some(e) => json(200, &ElectionView::from(&e)),
+                None => error(ErrorCode::NotFound, "no such election"),
+            },
+            (["v1", "elections", id, "challenge"], &Method::GET) => self.challenge(id, &req),
+            (["v1", "elections", id, "votes"], &Method::POST) => {
+                let id = id.to_string();
+                let resp = self.vote(&id, req).await;
+                self.metrics
+                    .vote(outcome_name(resp.status().as_u16(), &resp));
+                resp
+            }
+            (
+                ["healthz" | "readyz"]
+                | ["v1", "elections"]
+                | ["v1", "elections", _]
+                | ["v1", "elections", _, "challenge"],
+                _,
+            ) => method_not_allowed("GET"),
+            (["v1", "elections", _, "votes"], _) => method_not_allowed("POST"),
+            _ => error(ErrorCode::NotFound, "no such resource"),
+        }
+    }
+
+    /// An election voters may see (drafts are not public).
+    fn visible_election(&self, id: &str) -> Option<Election> {
+        self.elections
+            .borrow()
+            .find(id)
+            .filter(|e| e.state != ElectionState::Draft)
+            .cloned()
+    }
+
+    fn challenge<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
+        let voter =
+            match bearer(req).map(|t| token::verify(&self.shared.token_keys, t, now_ms() / 1000)) {
+                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
+                Some(Err(e)) => return error(e.code(), &e.message()),
+                Some(Ok(v)) => v,
+            };
+        let Some(election) = self.visible_election(id) else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        let expires_at =
+            now_ms() + u64::try_from(self.shared.challenge_ttl.as_millis()).unwrap_or(u64::MAX);
+        let challenge = pow::issue(
+            &self.shared.pow_key,
+            &election.id,
+            voter,
+            expires_at,
+            election.pow_difficulty,
+        );
+        json(
+            200,
+            &serde_json::json!({"challenge": challenge, "difficulty": election.pow_difficulty, "expires_at": expires_at}),
+        )
+    }
+
+    /// POST /v1/elections/{id}/votes: the checks in the order the contract implies, then the
+    /// shard; `202` only once the vote's transaction committed.
+    async fn vote(&self, id: &str, req: Request<Incoming>) -> Response<BoxBody> {
+        let now = now_ms();
+        let voter =
+            match bearer(&req).map(|t| token::verify(&self.shared.token_keys, t, now / 1000)) {
+                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
+                Some(Err(e)) => return error(e.code(), &e.message()),
+                Some(Ok(v)) => v,
+            };
+        if !is_json(&req) {
+            return error(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be application/json",
+            );
+        }
+        let body = match read_body_limited(req.into_body(), VOTE_BODY_MAX).await {
+            Ok(b) => b,
+            Err(BodyLimitError::TooLarge { limit }) => {
+                return error(
+                    ErrorCode::TooLarge,
+                    &format!("the body is larger than {limit} bytes"),
+                );
+            }
+            Err(BodyLimitError::Broken(e)) => {
+                return error(
+                    ErrorCode::InvalidRequest,
+                    &format!("the body could not be read: {e}"),
+                );
+            }
+        };
+        let body = match VoteBody::parse(&body) {
+            Ok(b) => b,
+            Err(e) => return error(e.code(), &e.message()),
+        };
+        let Some(election) = self.visible_election(id) else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        if election.state != ElectionState::Open {
+            return error(
+                ErrorCode::ElectionNotOpen,
+                &format!("the election is {}", election.state.as_str()),
+            );
+        }
+        if !election.has_option(&body.option) {
+            return error(
+                ErrorCode::InvalidOption,
+                &format!("{} is not an option of this election", body.option),
+            );
+        }
+        if election.pow_difficulty > 0 {
+            let Some(solution) = &body.pow else {
+                return error(
+                    ErrorCode::ChallengeRequired,
+                    "this election requires a solved challenge (GET …/challenge)",
+                );
+            };
+            if let Err(e) = pow::verify(
+                &self.shared.pow_key,
+                &solution.challenge,
+                &solution.nonce,
+                &election.id,
+                voter,
+                election.pow_difficulty,
+                now,
+            ) {
+                return error(ErrorCode::ChallengeFailed, &e.to_string());
+            }
+        }
+        self.submit(election.id, voter, body.option, now).await
+    }
+
+    async fn submit(
+        &self,
+        election: ElectionId,
+        voter: votes_core::VoterId,
+        option: OptionId,
+        now: u64,
+    ) -> Response<BoxBody> {
+        let ownership = &self.shared.ownership;
+        let partition = partition_of(voter, ownership.partitions());
+        let owner = ownership.owner(partition);
+        let nonce: [u8; 16] = rand::random();
+        let req = VoteRequest {
+            election: election.clone(),
+            voter,
+            option: option.clone(),
+            received_at_ms: now,
+            nonce,
+        };
+        let (tx, rx) = reply_channel();
+        if owner == self.core {
+            self.shards.submit(partition, req, tx);
+        } else if let Err(e) = self.mesh.try_send(
+            owner,
+            CoreMsg::Vote {
+                partition,
+                req,
+                reply: tx,
+            },
+        ) {
+            let why = if matches!(e, SendError::Full(_)) {
+                "the shard's core is saturated"
+            } else {
+                "the shard's core is gone"
+            };
+            return error(ErrorCode::Unavailable, why);
+        }
+        match rx.await {
+            Ok(VoteAnswer::Accepted { partition, offset }) => {
+                let leaf = Leaf {
+                    election: election.clone(),
+                    pseudonym: pseudonym(&self.shared.audit_key, &election, voter),
+                    option,
+                    partition,
+                    offset,
+                    nonce,
+                };
+                json(
+                    202,
+                    &serde_json::json!({"status": "accepted", "receipt": leaf.receipt_hex(), "partition": partition, "offset": offset}),
+                )
+            }
+            Ok(VoteAnswer::Rejected(ErrorCode::AlreadyVoted)) => error(
+                ErrorCode::AlreadyVoted,
+                "this voter has already voted in this election",
+            ),
+            Ok(VoteAnswer::Rejected(code)) => {
+                error(code, "the vote could not be recorded now; retry")
+            }
+            Err(_) => error(
+                ErrorCode::Unavailable,
+                "the vote's shard stopped before answering; retry",
+            ),
+        }
+    }
+
+    async fn admin(self: Rc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        let path = req.uri().path().to_owned();
+        let segs = segments(&path);
+        if segs.as_slice() == ["metrics"] && req.method() == Method::GET {
+            return self.metrics_page();
+        }
+        if segs.as_slice() == ["healthz"] && req.method() == Method::GET {
+            return json(200, &serde_json::json!({"status": "ok"}));
+        }
+        let authorized = match (&self.shared.admin_token, bearer(&req)) {
+            (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
+            _ => false,
+        };
+        if !authorized {
+            return error(ErrorCode::Unauthorized, "the admin token is required");
+        }
+        let method = req.method().clone();
+        match (segs.as_slice(), &method) {
+            (["admin", "v1", "elections"], &Method::GET) => self.admin_list(),
+            (["admin", "v1", "elections"], &Method::POST) => self.admin_create(req).await,
+            (["admin", "v1", "elections", id, "open"], &Method::POST) => {
+                self.admin_transition(id, ElectionState::Open).await
+            }
+            (["admin", "v1", "elections", id, "close"], &Method::POST) => {
+                self.admin_transition(id, ElectionState::Closed).await
+            }
+            (["admin", "v1", "elections", id], &Method::PATCH) => {
+                let id = id.to_string();
+                self.admin_patch(&id, req).await
+            }
+            (["admin", "v1", "elections"], _) => method_not_allowed("GET, POST"),
+            (["admin", "v1", "elections", _, "open" | "close"], _) => method_not_allowed("POST"),
+            (["admin", "v1", "elections", _], _) => method_not_allowed("PATCH"),
+            _ => error(ErrorCode::NotFound, "no such resource"),
+        }
+    }
+
+    fn metrics_page(&self) -> Response<BoxBody> {
+        use std::fmt::Write;
+        let mut extra = String::new();
+        let _ = writeln!(
+            extra,
+            "# HELP votes_waiting_votes Votes waiting for their commit on core 0's shards."
+        );
+        let _ = writeln!(
+            extra,
+            "# TYPE votes_waiting_votes gauge\nvotes_waiting_votes{{core=\"{}\"}} {}",
+            self.core,
+            self.shards.waiting()
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP votes_ready Whether every shard of the node accepts votes.\n# TYPE votes_ready gauge"
+        );
+        let _ = writeln!(
+            extra,
+            "votes_ready {}",
+            u8::from(self.shared.metrics.ready())
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP votes_ownership_generation Generation of this node's partition ownership map."
+        );
+        let _ = writeln!(
+            extra,
+            "# TYPE votes_ownership_generation gauge\nvotes_ownership_generation {}",
+            self.shared.ownership.generation()
+        );
+        reply::text(
+            200,
+            "text/plain; version=0.0.4",
+            self.shared.metrics.render(&extra),
+        )
+    }
+
+    fn admin_list(&self) -> Response<BoxBody> {
+        let totals = self.shared.metrics.election_totals();
+        let view = self.elections.borrow();
+        let list: Vec<serde_json::Value> = view
+            .sorted()
+            .into_iter()
+            .map(|e| {
+                let counts = totals.get(&e.id).cloned().unwrap_or_default();
+                let total: u64 = counts.values().sum();
+                serde_json::json!({
+                    "id": e.id, "title": e.title, "state": e.state, "options": e.options,
+                    "pow_difficulty": e.pow_difficulty, "version": e.version,
+                    "live": {"totals": counts, "total": total}
+                })
+            })
+            .collect();
+        json(200, &list)
+    }
+
+    async fn admin_body<T: serde::de::DeserializeOwned>(
+        req: Request<Incoming>,
+    ) -> Result<T, Response<BoxBody>> {
+        if !is_json(&req) {
+            return Err(error(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be application/json",
+            ));
+        }
+        let bytes = read_body_limited(req.into_body(), 16 * 1024)
+            .await
+            .map_err(|e| match e {
+                BodyLimitError::TooLarge { limit } => error(
+                    ErrorCode::TooLarge,
+                    &format!("the body is larger than {limit} bytes"),
+                ),
+                BodyLimitError::Broken(e) => error(
+                    ErrorCode::InvalidRequest,
+                    &format!("the body could not be read: {e}"),
+                ),
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid JSON body: {e}"),
+            )
+        })
+    }
+
+    async fn admin_create(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Create {
+            id: ElectionId,
+            title: String,
+            options: Vec<ElectionOption>,
+            #[serde(default)]
+            pow_difficulty: u8,
+        }
+        let c: Create = match Self::admin_body(req).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        };
+        if self.elections.borrow().get(&c.id).is_some() {
+            return custom_error(409, "conflict", "an election with this id exists");
+        }
+        let e = Election {
+            id: c.id,
+            title: c.title,
+            state: ElectionState::Draft,
+            options: c.options,
+            pow_difficulty: c.pow_difficulty,
+            version: 1,
+            updated_at_ms: now_ms(),
+        };
+        if let Err(why) = e.validate() {
+            return error(ErrorCode::InvalidRequest, &why.to_string());
+        }
+        self.publish(e, 201).await
+    }
+
+    async fn admin_transition(&self, id: &str, next: ElectionState) -> Response<BoxBody> {
+        let Some(current) = self.elections.borrow().find(id).cloned() else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        match current.transition(next, now_ms()) {
+            Ok(e) => self.publish(e, 200).await,
+            Err(why) => custom_error(409, "conflict", &why.to_string()),
+        }
+    }
+
+    async fn admin_patch(&self, id: &str, req: Request<Incoming>) -> Response<BoxBody> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Patch {
+            pow_difficulty: u8,
+        }
+        let p: Patch = match Self::admin_body(req).await {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let Some(current) = self.elections.borrow().find(id).cloned() else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        let e = Election {
+            pow_difficulty: p.pow_difficulty,
+            version: current.version + 1,
+            updated_at_ms: now_ms(),
+            ..current
+        };
+        if let Err(why) = e.validate() {
+            return error(ErrorCode::InvalidRequest, &why.to_string());
+        }
+        self.publish(e, 200).await
+    }
+
+    /// Appends the new state to the elections topic (off the reactor), then applies it here
+    /// and on every other core at once, so the admin's next request already sees it.
+    async fn publish(&self, e: Election, status: u16) -> Response<BoxBody> {
+        let writer = self.shared.elections_writer.clone();
+        let to_write = e.clone();
+        match self.blocking.run(move || writer.publish(&to_write)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                return error(
+                    ErrorCode::Unavailable,
+                    &format!("the elections topic refused the change: {why}"),
+                );
+            }
+            Err(why) => return error(ErrorCode::Unavailable, &why.to_string()),
+        }
+        broadcast_election(self.core, &self.mesh, &self.elections, e.clone()).await;
+        json(status, &ElectionView::from(&e))
+    }
+}
+
+/// Applies `e` on this core and sends it to every other core.
+pub async fn broadcast_election(
+    core: usize,
+    mesh: &Mesh<CoreMsg>,
+    view: &RefCell<ElectionsView>,
+    e: Election,
+) {
+    view.borrow_mut().apply(e.clone());
+    for other in (0..mesh.cores()).filter(|c| *c != core) {
+        // Election changes are rare; waiting for room keeps every core's copy complete.
+        if mesh
+            .send(other, CoreMsg::Election(e.clone()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(core = other, "core gone; election change not delivered");
+        }
+    }
+}
+
+/// The metric label of an answer to a vote request.
+fn outcome_name(status: u16, resp: &Response<BoxBody>) -> &'static str {
+    if status == 202 {
+        return "accepted";
+    }
+    // Every error answer of the contract carries its code (see `reply::error`).
+    resp.extensions()
+        .get::<ErrorCode>()
+        .map_or("other", |c| c.as_str())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,211 @@
+//! Operational figures (DESIGN §4.3 `/metrics`): votes by outcome code, batch sizes, commit
+//! latency quantiles from HDR histograms, shard states and replay progress.
+//!
+//! Each core counts in its own `CoreMetrics` (no sharing on the hot path) and copies a snapshot
+//! into its slot of [`NodeMetrics`] once a second; `/metrics` merges the slots.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use votes_core::{ElectionId, OptionId};
+use votes_tally::shard::{CommitOutcome, ShardState};
+
+use super::shards::PartitionStatus;
+
+/// Commit latencies in microseconds, up to a minute.
+const LATENCY_MAX_US: u64 = 60_000_000;
+
+#[derive(Clone)]
+pub struct Counters {
+    /// Vote requests answered, by the code of the answer (`accepted` for 202).
+    pub votes: BTreeMap<&'static str, u64>,
+    pub batches: BTreeMap<&'static str, u64>,
+    pub batch_size: Histogram<u64>,
+    pub commit_latency_us: Histogram<u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            votes: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            batch_size: Histogram::new_with_bounds(1, 1 << 20, 2).expect("static bounds"),
+            commit_latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("static bounds"),
+        }
+    }
+}
+
+impl Counters {
+    fn merge(&mut self, other: &Counters) {
+        for (k, v) in &other.votes {
+            *self.votes.entry(k).or_default() += v;
+        }
+        for (k, v) in &other.batches {
+            *self.batches.entry(k).or_default() += v;
+        }
+        self.batch_size.add(&other.batch_size).expect("same bounds");
+        self.commit_latency_us
+            .add(&other.commit_latency_us)
+            .expect("same bounds");
+    }
+}
+
+/// One core's counters; only that core touches them.
+#[derive(Default)]
+pub struct CoreMetrics {
+    counters: RefCell<Counters>,
+}
+
+impl CoreMetrics {
+    pub fn vote(&self, outcome: &'static str) {
+        *self.counters.borrow_mut().votes.entry(outcome).or_default() += 1;
+    }
+
+    pub fn commit(&self, size: usize, latency: Duration, outcome: &CommitOutcome) {
+        let mut c = self.counters.borrow_mut();
+        let name = match outcome {
+            CommitOutcome::Committed { .. } => "committed",
+            CommitOutcome::Aborted => "aborted",
+            CommitOutcome::Fenced => "fenced",
+            CommitOutcome::Unknown => "unknown",
+        };
+        *c.batches.entry(name).or_default() += 1;
+        c.batch_size.saturating_record(size as u64);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        c.commit_latency_us.saturating_record(us);
+    }
+
+    pub fn snapshot(&self) -> Counters {
+        self.counters.borrow().clone()
+    }
+}
+
+/// The node's view for `/metrics` and `/readyz`: one snapshot slot per core (written once a
+/// second by its core) and the status of every partition.
+pub struct NodeMetrics {
+    pub cores: Vec<Mutex<Counters>>,
+    /// Each core's shards' absolute tallies, as of its last snapshot.
+    pub tallies: Vec<Mutex<Vec<TallyRow>>>,
+    pub partitions: Vec<Arc<PartitionStatus>>,
+}
+
+/// (partition, election, counts by option, offset they reflect).
+pub type TallyRow = (u32, ElectionId, Vec<(OptionId, u64)>, u64);
+
+impl NodeMetrics {
+    pub fn new(cores: usize, partitions: u32) -> Arc<Self> {
+        Arc::new(Self {
+            cores: (0..cores)
+                .map(|_| Mutex::new(Counters::default()))
+                .collect(),
+            tallies: (0..cores).map(|_| Mutex::new(Vec::new())).collect(),
+            partitions: (0..partitions)
+                .map(|_| Arc::new(PartitionStatus::default()))
+                .collect(),
+        })
+    }
+
+    pub fn publish(&self, core: usize, counters: Counters, tallies: Vec<TallyRow>) {
+        *self.cores[core].lock().unwrap_or_else(|p| p.into_inner()) = counters;
+        *self.tallies[core].lock().unwrap_or_else(|p| p.into_inner()) = tallies;
+    }
+
+    /// Live totals per election and option, summed over every partition of the node.
+    pub fn election_totals(&self) -> HashMap<ElectionId, BTreeMap<String, u64>> {
+        let mut out: HashMap<ElectionId, BTreeMap<String, u64>> = HashMap::new();
+        for slot in &self.tallies {
+            for (_, election, counts, _) in slot.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let e = out.entry(election.clone()).or_default();
+                for (option, n) in counts {
+                    *e.entry(option.to_string()).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// Ready when every partition this node owns has recovered and none is fenced.
+    pub fn ready(&self) -> bool {
+        self.partitions
+            .iter()
+            .all(|p| p.state() == ShardState::Active)
+    }
+
+    pub fn merged(&self) -> Counters {
+        let mut all = Counters::default();
+        for slot in &self.cores {
+            all.merge(&slot.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        all
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self, extra: &str) -> String {
+        let c = self.merged();
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP votes_votes_total Vote requests answered, by outcome code.\n# TYPE votes_votes_total counter\n");
+        for (outcome, n) in &c.votes {
+            let _ = writeln!(out, "votes_votes_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str("# HELP votes_batches_total Kafka transactions, by outcome.\n# TYPE votes_batches_total counter\n");
+        for (outcome, n) in &c.batches {
+            let _ = writeln!(out, "votes_batches_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str("# HELP votes_commit_latency_seconds Time to commit one batch's transaction.\n# TYPE votes_commit_latency_seconds summary\n");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let v = c.commit_latency_us.value_at_quantile(q) as f64 / 1e6;
+            let _ = writeln!(out, "votes_commit_latency_seconds{{quantile=\"{q}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "votes_commit_latency_seconds_count {}",
+            c.commit_latency_us.len()
+        );
+        out.push_str("# HELP votes_batch_size Votes per committed transaction.\n# TYPE votes_batch_size summary\n");
+        for q in [0.5, 0.9, 0.99] {
+            let _ = writeln!(
+                out,
+                "votes_batch_size{{quantile=\"{q}\"}} {}",
+                c.batch_size.value_at_quantile(q)
+            );
+        }
+        let _ = writeln!(out, "votes_batch_size_count {}", c.batch_size.len());
+        let _ = writeln!(out, "votes_batch_size_mean {:.1}", c.batch_size.mean());
+        out.push_str("# HELP votes_shard_ready Whether the shard of a partition accepts votes (1) or not.\n# TYPE votes_shard_ready gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let ready = u8::from(s.state() == ShardState::Active);
+            let _ = writeln!(out, "votes_shard_ready{{partition=\"{p}\"}} {ready}");
+        }
+        out.push_str("# HELP votes_shard_fenced Whether a newer owner fenced the shard.\n# TYPE votes_shard_fenced gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let fenced = u8::from(s.state() == ShardState::Fenced);
+            let _ = writeln!(out, "votes_shard_fenced{{partition=\"{p}\"}} {fenced}");
+        }
+        out.push_str("# HELP votes_replay_records Records replayed by the last recovery of the shard.\n# TYPE votes_replay_records gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let n = s
+                .replayed_records
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "votes_replay_records{{partition=\"{p}\"}} {n}");
+        }
+        out.push_str("# HELP votes_replay_offset Offset the shard's replay reached.\n# TYPE votes_replay_offset gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let n = s.replay_offset.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "votes_replay_offset{{partition=\"{p}\"}} {n}");
+        }
+        out.push_str("# HELP votes_log_duplicates Committed records of a voter who had already voted (never counted).\n# TYPE votes_log_duplicates gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let n = s.log_duplicates.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "votes_log_duplicates{{partition=\"{p}\"}} {n}");
+        }
+        out.push_str(extra);
+        out
+    }
+}

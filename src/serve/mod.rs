@@ -1,0 +1,289 @@
+//! `votes serve`: the appliance (DESIGN §1). One reactor per configured CPU; this node owns
+//! every partition of `votes`, spread over its cores; each core serves the voter API and owns
+//! its shards; core 0 also serves the admin API and follows the elections topic.
+
+mod app;
+mod metrics;
+mod ownership;
+mod reply;
+mod shards;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use votes_core::pow::PowKey;
+use votes_core::token::TokenKeys;
+use votes_net::{CoreContext, ListenerKind, ListenerSpec, ReactorConfig, start_reactors};
+use votes_tally::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
+
+use crate::Common;
+use app::{AppHandle, CoreApp, CoreMsg, NodeShared, broadcast_election};
+use metrics::{CoreMetrics, NodeMetrics};
+use ownership::Ownership;
+use shards::{CommitSettings, ShardHost};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Roles of this process, comma-separated: ingest, admin.
+    #[arg(
+        long,
+        env = "VOTES_ROLES",
+        default_value = "ingest,admin",
+        value_delimiter = ','
+    )]
+    pub roles: Vec<String>,
+    /// Reactor cores (the first N CPUs this process may use).
+    #[arg(long, env = "VOTES_CORES", conflicts_with = "cpus")]
+    pub cores: Option<usize>,
+    /// Reactor CPUs, e.g. `0,1`.
+    #[arg(long, env = "VOTES_CPUS", value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// Public plaintext listener: HTTP/1.1 and h2c.
+    #[arg(long, env = "VOTES_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Admin API and /metrics.
+    #[arg(long, env = "VOTES_ADMIN", default_value = "0.0.0.0:9090")]
+    pub admin: SocketAddr,
+    /// Name of this node, written into every vote record.
+    #[arg(long, env = "VOTES_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Largest batch of votes in one Kafka transaction.
+    #[arg(long, env = "VOTES_BATCH_MAX", default_value_t = 2048)]
+    pub batch_max: usize,
+    /// How long a batch that is not full waits for more votes, in milliseconds.
+    #[arg(long, env = "VOTES_LINGER_MS", default_value_t = 2)]
+    pub linger_ms: u64,
+    /// Bound on each blocking Kafka call (init, commit), in milliseconds.
+    #[arg(long, env = "VOTES_KAFKA_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_timeout_ms: u64,
+    /// Lifetime of a proof-of-work challenge, in seconds.
+    #[arg(long, env = "VOTES_CHALLENGE_TTL_S", default_value_t = 300)]
+    pub challenge_ttl_s: u64,
+}
+
+/// A secret from the environment, required and at least `min` bytes.
+fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
+    let v = std::env::var(name).with_context(|| format!("{name} must be set"))?;
+    if v.len() < min {
+        bail!("{name} must be at least {min} bytes");
+    }
+    Ok(v.into_bytes())
+}
+
+pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
+    for role in &args.roles {
+        if !matches!(role.as_str(), "ingest" | "admin") {
+            bail!("unknown role {role:?}: this build serves the roles ingest and admin");
+        }
+    }
+    if !args.roles.iter().any(|r| r == "ingest") {
+        bail!("the admin role runs alongside ingest in this build (--roles ingest,admin)");
+    }
+    let names = common.names()?;
+    let token_secret = secret("VOTES_TOKEN_KEY", 32)?;
+    let token_keys =
+        TokenKeys::hs256(&token_secret).map_err(|e| anyhow::anyhow!("VOTES_TOKEN_KEY: {e}"))?;
+    let audit_key = secret("VOTES_AUDIT_KEY", 32)?;
+    let admin_token = if args.roles.iter().any(|r| r == "admin") {
+        Some(
+            String::from_utf8(secret("VOTES_ADMIN_TOKEN", 16)?)
+                .context("VOTES_ADMIN_TOKEN must be UTF-8")?,
+        )
+    } else {
+        None
+    };
+    // The PoW key is derived, so operators manage one secret less and it still differs from
+    // the token key (a challenge can never pass for a token or the other way round).
+    let pow_key = PowKey::new(&votes_core::pow::derive_key(&token_secret));
+    let kafka_timeout = Duration::from_millis(args.kafka_timeout_ms);
+
+    let partitions = votes_partitions(&common.kafka_brokers, &names, kafka_timeout)?;
+    let allowed = votes_tuning::host::allowed_cpus();
+    let cpus = match &args.cpus {
+        Some(list) => list.clone(),
+        None => votes_tuning::placement(&allowed, args.cores),
+    };
+    let cores = cpus.len();
+    let ownership = Ownership::all_local(partitions, cores, 1);
+    let node = args.node_id.clone().unwrap_or_else(hostname);
+    if node.len() > votes_core::record::NODE_MAX {
+        bail!(
+            "--node-id is longer than {} bytes",
+            votes_core::record::NODE_MAX
+        );
+    }
+
+    // Every election created before this process started, before any vote is taken.
+    let mut view = ElectionsView::default();
+    let mut reader = ElectionsReader::new(&common.kafka_brokers, &names)?;
+    reader
+        .load_to_end(&mut view, kafka_timeout)
+        .context("loading elections")?;
+    let reader = Mutex::new(Some(reader));
+    let writer = Arc::new(ElectionsWriter::new(
+        &common.kafka_brokers,
+        &names,
+        kafka_timeout,
+    )?);
+
+    let node_metrics = NodeMetrics::new(cores, partitions);
+    let shared = Arc::new(NodeShared {
+        token_keys,
+        pow_key,
+        audit_key,
+        admin_token,
+        ownership: ownership.clone(),
+        metrics: node_metrics.clone(),
+        elections_writer: writer,
+        challenge_ttl: Duration::from_secs(args.challenge_ttl_s),
+    });
+    let settings = CommitSettings {
+        brokers: common.kafka_brokers.clone(),
+        names: names.clone(),
+        node: node.clone(),
+        max_batch: args.batch_max,
+        max_queued: args.batch_max * 8,
+        linger: Duration::from_millis(args.linger_ms),
+        kafka_timeout,
+    };
+
+    let mut cfg = ReactorConfig::new(cpus.clone());
+    cfg.listeners.push(ListenerSpec {
+        addr: args.http,
+        kind: ListenerKind::Public,
+    });
+    if shared.admin_token.is_some() {
+        cfg.listeners.push(ListenerSpec {
+            addr: args.admin,
+            kind: ListenerKind::Admin,
+        });
+    }
+    // Each shard has at most one transaction in flight, plus producer opens and replays.
+    let per_core = ownership.owned_by(0).len().max(1);
+    cfg.blocking_threads = per_core + 2;
+    cfg.max_blocking_in_flight = per_core * 2 + 8;
+
+    let initial = view;
+    let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
+        let core = ctx.core_index();
+        let metrics = Rc::new(CoreMetrics::default());
+        let shards = ShardHost::start(
+            core,
+            &shared.ownership.owned_by(core),
+            Arc::new(settings.clone()),
+            &shared.metrics.partitions,
+            ctx.blocking().clone(),
+            metrics.clone(),
+        );
+        let elections = Rc::new(RefCell::new(initial.clone()));
+        let app = Rc::new(CoreApp {
+            core,
+            shared: shared.clone(),
+            mesh: ctx.mesh().clone(),
+            elections: elections.clone(),
+            shards: shards.clone(),
+            metrics: metrics.clone(),
+            blocking: ctx.blocking().clone(),
+        });
+        let mut inbox = ctx.take_inbox().expect("the inbox is taken once, here");
+        glommio::spawn_local({
+            let shards = shards.clone();
+            let elections = elections.clone();
+            async move {
+                while let Some((_, msg)) = inbox.recv().await {
+                    match msg {
+                        CoreMsg::Vote {
+                            partition,
+                            req,
+                            reply,
+                        } => shards.submit(partition, req, reply),
+                        CoreMsg::Election(e) => {
+                            elections.borrow_mut().apply(e);
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+        glommio::spawn_local({
+            let node_metrics = shared.metrics.clone();
+            async move {
+                loop {
+                    node_metrics.publish(core, metrics.snapshot(), shards.tallies());
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        })
+        .detach();
+        if core == 0 {
+            // Core 0 follows the elections topic for changes made through other nodes.
+            let mut reader = reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .expect("core 0 starts once");
+            let mesh = ctx.mesh().clone();
+            glommio::spawn_local(async move {
+                loop {
+                    let mut scratch = elections.borrow().clone();
+                    for e in reader.poll_now(&mut scratch) {
+                        broadcast_election(core, &mesh, &elections, e).await;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(250)).await;
+                }
+            })
+            .detach();
+        }
+        AppHandle(app)
+    })
+    .context("starting the reactors")?;
+    for l in reactors.listeners() {
+        tracing::info!(kind = ?l.spec.kind, addr = %l.addr, "listening");
+    }
+    tracing::info!(cores, partitions, node = %node, "serving");
+
+    let shutdown = reactors.shutdown_handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        tracing::info!("shutting down");
+        shutdown.trigger();
+    });
+    reactors.join().context("reactors")?;
+    Ok(())
+}
+
+/// Partitions of the `votes` topic; the routing function depends on it.
+fn votes_partitions(brokers: &str, names: &votes_core::Names, timeout: Duration) -> Result<u32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = votes_tally::kafka::base_config(brokers).create()?;
+    let topic = names.votes_topic();
+    let md = consumer
+        .fetch_metadata(Some(&topic), timeout)
+        .with_context(|| format!("Kafka at {brokers} is not reachable"))?;
+    let n = md.topics().first().map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        bail!("topic {topic} does not exist: run `votes init` first");
+    }
+    Ok(u32::try_from(n)?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into())
+}

@@ -1,0 +1,77 @@
+//! Building answers: JSON bodies, the error envelope of DESIGN §4.2, `Retry-After`.
+
+use votes_core::ErrorCode;
+use votes_net::BoxBody;
+use votes_net::http::{Response, StatusCode, header};
+
+/// Seconds a client should wait before retrying a `503`/`429`.
+pub const RETRY_AFTER_S: u32 = 1;
+
+pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response<BoxBody> {
+    let body = serde_json::to_vec(value).expect("answers always serialize");
+    raw_json(status, body)
+}
+
+pub fn raw_json(status: u16, body: Vec<u8>) -> Response<BoxBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).expect("valid status"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(BoxBody::full(body))
+        .expect("static headers are valid")
+}
+
+/// An error of the public contract, with `Retry-After` where the code calls for it.
+pub fn error(code: ErrorCode, message: &str) -> Response<BoxBody> {
+    let mut resp = raw_json(code.status(), votes_net::error_body(code, message));
+    // Kept with the answer so the metrics can count it by code without parsing the body.
+    resp.extensions_mut().insert(code);
+    if code.needs_retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, RETRY_AFTER_S.into());
+    }
+    resp
+}
+
+/// An error whose code is not one of the voter API's (admin API: `conflict`).
+pub fn custom_error(status: u16, code: &str, message: &str) -> Response<BoxBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    json(status, &body)
+}
+
+pub fn method_not_allowed(allow: &'static str) -> Response<BoxBody> {
+    let mut resp = custom_error(405, "invalid_request", "method not allowed on this path");
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
+}
+
+pub fn text(status: u16, content_type: &'static str, body: String) -> Response<BoxBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).expect("valid status"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(BoxBody::full(body))
+        .expect("static headers are valid")
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer<B>(req: &votes_net::http::Request<B>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+pub fn is_json<B>(req: &votes_net::http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,385 @@
+//! The shards a core owns, and the driver task of each: recover, then commit batches one
+//! transaction at a time on the blocking pool and answer every waiting vote (DESIGN §3).
+//!
+//! Everything here lives on one reactor: the shard state machines are in `RefCell`s that are
+//! never borrowed across an `.await`, and a shard moves to the blocking pool (by value) only
+//! while it replays.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
+use votes_net::Blocking;
+use votes_net::ReplyTx;
+use votes_tally::commit::{CommitError, PartitionProducer};
+use votes_tally::recovery::replay;
+use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
+
+use super::metrics::{CoreMetrics, TallyRow};
+
+/// A vote that passed the edge checks, on its way to the shard of its partition.
+#[derive(Debug)]
+pub struct VoteRequest {
+    pub election: ElectionId,
+    pub voter: VoterId,
+    pub option: OptionId,
+    pub received_at_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+/// The shard's answer, sent back to the core that holds the voter's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteAnswer {
+    Accepted { partition: u32, offset: u64 },
+    Rejected(ErrorCode),
+}
+
+/// Readiness and replay progress of one partition, shared with `/readyz` and `/metrics` on any
+/// core. Each field has one writer (the owning core or its replay thread).
+#[derive(Default)]
+pub struct PartitionStatus {
+    state: AtomicU8,
+    pub replayed_records: AtomicU64,
+    pub replay_offset: AtomicU64,
+    pub log_duplicates: AtomicU64,
+}
+
+const RECOVERING: u8 = 0;
+const ACTIVE: u8 = 1;
+const FENCED: u8 = 2;
+
+impl PartitionStatus {
+    fn set(&self, state: ShardState) {
+        let v = match state {
+            ShardState::Recovering => RECOVERING,
+            ShardState::Active => ACTIVE,
+            ShardState::Fenced => FENCED,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+
+    pub fn state(&self) -> ShardState {
+        match self.state.load(Ordering::Acquire) {
+            ACTIVE => ShardState::Active,
+            FENCED => ShardState::Fenced,
+            _ => ShardState::Recovering,
+        }
+    }
+}
+
+/// How the drivers commit; the same for every shard of the node.
+#[derive(Clone, Debug)]
+pub struct CommitSettings {
+    pub brokers: String,
+    pub names: Names,
+    pub node: String,
+    pub max_batch: usize,
+    pub max_queued: usize,
+    /// How long a non-full batch waits for more votes before its transaction starts.
+    pub linger: Duration,
+    /// Bound on each blocking Kafka call (init, commit, replay silence).
+    pub kafka_timeout: Duration,
+}
+
+struct Slot {
+    partition: u32,
+    cfg: ShardConfig,
+    /// `None` while the shard replays on the blocking pool.
+    shard: RefCell<Option<Shard>>,
+    waiting: RefCell<HashMap<u64, ReplyTx<VoteAnswer>>>,
+    wake: LocalSender<()>,
+    status: Arc<PartitionStatus>,
+}
+
+/// The shards of one core.
+pub struct ShardHost {
+    slots: HashMap<u32, Rc<Slot>>,
+    next_ticket: Cell<u64>,
+}
+
+impl ShardHost {
+    /// Creates the shards of `partitions` and spawns their drivers on the current reactor.
+    pub fn start(
+        core: usize,
+        partitions: &[u32],
+        settings: Arc<CommitSettings>,
+        status: &[Arc<PartitionStatus>],
+        blocking: Blocking,
+        metrics: Rc<CoreMetrics>,
+    ) -> Rc<Self> {
+        let mut slots = HashMap::with_capacity(partitions.len());
+        for &p in partitions {
+            let cfg = ShardConfig {
+                partition: p,
+                node: settings.node.clone(),
+                core: u16::try_from(core).expect("core index fits u16"),
+                max_batch: settings.max_batch,
+                max_queued: settings.max_queued,
+            };
+            // Capacity 1: a wake-up pending is all the driver needs to know.
+            let (wake, wake_rx) = local_channel::new_bounded(1);
+            let slot = Rc::new(Slot {
+                partition: p,
+                shard: RefCell::new(Some(Shard::new(cfg.clone()))),
+                cfg,
+                waiting: RefCell::new(HashMap::new()),
+                wake,
+                status: status[p as usize].clone(),
+            });
+            slot.status.set(ShardState::Recovering);
+            glommio::spawn_local(drive(
+                slot.clone(),
+                wake_rx,
+                settings.clone(),
+                blocking.clone(),
+                metrics.clone(),
+            ))
+            .detach();
+            slots.insert(p, slot);
+        }
+        Rc::new(Self {
+            slots,
+            next_ticket: Cell::new(0),
+        })
+    }
+
+    /// Hands a vote to the shard of `partition`, which this core must own.
+    pub fn submit(&self, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
+        let slot = self
+            .slots
+            .get(&partition)
+            .expect("votes are routed to the core owning their partition");
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        let submitted = match slot.shard.borrow_mut().as_mut() {
+            None => Submitted::Answered(Answer::Rejected {
+                ticket,
+                code: ErrorCode::Unavailable,
+            }),
+            Some(shard) => shard.submit(Vote {
+                ticket,
+                election: req.election,
+                voter: req.voter,
+                option: req.option,
+                received_at_ms: req.received_at_ms,
+                nonce: req.nonce,
+            }),
+        };
+        match submitted {
+            Submitted::Answered(answer) => {
+                let _ = reply.send(to_vote_answer(partition, &answer));
+            }
+            Submitted::Queued => {
+                slot.waiting.borrow_mut().insert(ticket, reply);
+                // Full means a wake-up is already pending: nothing is lost.
+                let _ = slot.wake.try_send(());
+            }
+            Submitted::Waiting => {
+                slot.waiting.borrow_mut().insert(ticket, reply);
+            }
+        }
+    }
+
+    /// Absolute tallies of every election in this core's shards, by partition.
+    pub fn tallies(&self) -> Vec<TallyRow> {
+        let mut out = Vec::new();
+        for slot in self.slots.values() {
+            if let Some(shard) = slot.shard.borrow().as_ref() {
+                for (election, counts) in shard.elections() {
+                    let counts = counts.iter().map(|(o, c)| (o.clone(), *c)).collect();
+                    out.push((
+                        slot.partition,
+                        election.clone(),
+                        counts,
+                        shard.applied_end(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Votes waiting for a commit on this core (for `/metrics`).
+    pub fn waiting(&self) -> usize {
+        self.slots.values().map(|s| s.waiting.borrow().len()).sum()
+    }
+}
+
+fn to_vote_answer(partition: u32, answer: &Answer) -> VoteAnswer {
+    match answer {
+        Answer::Accepted { offset, .. } => VoteAnswer::Accepted {
+            partition,
+            offset: *offset,
+        },
+        Answer::Rejected { code, .. } => VoteAnswer::Rejected(*code),
+    }
+}
+
+fn answer_all(slot: &Slot, answers: Vec<Answer>) {
+    let mut waiting = slot.waiting.borrow_mut();
+    for answer in answers {
+        let reply = waiting
+            .remove(&answer.ticket())
+            .expect("every answered ticket was waiting");
+        // The voter may have gone; the vote's fate is the same either way.
+        let _ = reply.send(to_vote_answer(slot.partition, &answer));
+    }
+}
+
+/// The driver of one shard: fence and recover, then commit batches until fenced.
+async fn drive(
+    slot: Rc<Slot>,
+    wake: LocalReceiver<()>,
+    settings: Arc<CommitSettings>,
+    blocking: Blocking,
+    metrics: Rc<CoreMetrics>,
+) {
+    let Some(mut producer) = take_ownership(&slot, &settings, &blocking).await else {
+        return;
+    };
+    while wake.recv().await.is_some() {
+        loop {
+            let (can, full) = match slot.shard.borrow().as_ref() {
+                Some(s) => (s.can_take_batch(), s.batch_full()),
+                None => (false, false),
+            };
+            if !can {
+                break;
+            }
+            if !full && !settings.linger.is_zero() {
+                glommio::timer::sleep(settings.linger).await;
+            }
+            let Some(batch) = slot.shard.borrow_mut().as_mut().and_then(Shard::take_batch) else {
+                break;
+            };
+            let (seq, size) = (batch.seq, batch.len());
+            let started = Instant::now();
+            let committer = producer.clone();
+            let outcome = match blocking.run(move || committer.commit(&batch)).await {
+                Ok(outcome) => outcome,
+                // Nothing was sent: the batch certainly did not commit.
+                Err(votes_net::BlockingError::Saturated { .. }) => CommitOutcome::Aborted,
+                Err(votes_net::BlockingError::Panicked(why)) => {
+                    tracing::error!(partition = slot.partition, %why, "commit panicked");
+                    CommitOutcome::Unknown
+                }
+            };
+            metrics.commit(size, started.elapsed(), &outcome);
+            let answers = slot
+                .shard
+                .borrow_mut()
+                .as_mut()
+                .expect("the shard stays home while its batch commits")
+                .on_outcome(seq, outcome.clone());
+            answer_all(&slot, answers);
+            match outcome {
+                CommitOutcome::Fenced => {
+                    tracing::error!(
+                        partition = slot.partition,
+                        "fenced by a newer owner: this shard stops accepting"
+                    );
+                    slot.status.set(ShardState::Fenced);
+                    return;
+                }
+                CommitOutcome::Unknown => {
+                    slot.status.set(ShardState::Recovering);
+                    drop(producer);
+                    match take_ownership(&slot, &settings, &blocking).await {
+                        Some(p) => producer = p,
+                        None => return,
+                    }
+                }
+                CommitOutcome::Committed { .. } | CommitOutcome::Aborted => {}
+            }
+        }
+    }
+}
+
+/// Opens the partition's producer (fencing any earlier owner), then replays the committed log
+/// into the shard. Retries transient failures with a bounded backoff; gives up only when
+/// fenced. Returns the producer once the shard accepts.
+async fn take_ownership(
+    slot: &Rc<Slot>,
+    settings: &Arc<CommitSettings>,
+    blocking: &Blocking,
+) -> Option<Arc<PartitionProducer>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let s = settings.clone();
+        let p = slot.partition;
+        let opened = blocking
+            .run(move || {
+                PartitionProducer::open(&s.brokers, &s.names, p, s.kafka_timeout, Duration::ZERO)
+            })
+            .await;
+        let producer = match opened {
+            Ok(Ok(producer)) => Arc::new(producer),
+            Ok(Err(CommitError::Fenced { .. })) => {
+                tracing::error!(partition = p, "fenced while taking ownership");
+                if let Some(shard) = slot.shard.borrow_mut().as_mut() {
+                    answer_all(slot, shard.fence());
+                }
+                slot.status.set(ShardState::Fenced);
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(partition = p, error = %e, "cannot open the partition's producer yet");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "blocking pool refused the producer");
+                glommio::timer::sleep(backoff).await;
+                continue;
+            }
+        };
+        let shard = slot
+            .shard
+            .borrow_mut()
+            .take()
+            .expect("the shard is home before it replays");
+        let s = settings.clone();
+        let status = slot.status.clone();
+        let replayed = blocking
+            .run(move || {
+                let progress = |pr: votes_tally::recovery::ReplayProgress| {
+                    status.replayed_records.store(pr.records, Ordering::Relaxed);
+                    status.replay_offset.store(pr.offset, Ordering::Relaxed);
+                };
+                // On failure the shard comes back unchanged in spirit: recovering, to retry.
+                replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        match replayed {
+            Ok(Ok(shard)) => {
+                slot.status
+                    .log_duplicates
+                    .store(shard.log_duplicates(), Ordering::Relaxed);
+                *slot.shard.borrow_mut() = Some(shard);
+                slot.status.set(ShardState::Active);
+                tracing::info!(partition = p, "shard recovered and accepting");
+                return Some(producer);
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(why)) => why,
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                // The half-replayed shard is gone with the failed call: start over from the
+                // beginning of the log, which rebuilds the same state (DESIGN §3.3).
+                tracing::warn!(partition = p, %why, "replay failed; retrying from the start");
+                *slot.shard.borrow_mut() = Some(Shard::new(slot.cfg.clone()));
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

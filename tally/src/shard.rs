@@ -1,0 +1,465 @@
+//! The shard of one partition of `votes`, sans-IO (DESIGN §3).
+//!
+//! A shard decides, for every vote routed to its partition, whether it is new, a duplicate, or
+//! cannot be decided now; it assembles batches for the commit driver and turns each commit
+//! outcome into answers. It performs no I/O: the driver feeds it votes, commit outcomes and the
+//! records it replays, and carries out what it returns, so every invariant below is checked by
+//! property tests without Kafka.
+//!
+//! Invariants:
+//! - The committed voter sets and tallies are a pure function of the committed records applied
+//!   through [`Shard::apply_committed`] and [`Shard::on_outcome`] (DESIGN §3.3); the first
+//!   record of a voter in an election counts, a later one never does.
+//! - A vote is `Accepted` only when the transaction that holds it committed (DESIGN §3.2).
+//! - At most one batch is in flight; a voter has at most one pending vote per election, and a
+//!   second request of the same voter waits for the first one's outcome.
+//! - Every ticket gets exactly one answer.
+//! - After `Fenced` the shard never accepts again; after `Unknown` it accepts again only after
+//!   replaying the log past the uncertain transaction.
+
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+
+use roaring::RoaringTreemap;
+use votes_core::record::{NODE_MAX, RECORD_MAX_LEN};
+use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
+
+/// Repeats of one voter's pending vote that wait for its outcome.
+pub const MAX_WAITERS_PER_VOTER: usize = 8;
+
+/// Identifies one request waiting for its answer; chosen by the driver, unique per shard.
+pub type Ticket = u64;
+
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub partition: u32,
+    /// Node name written into each record.
+    pub node: String,
+    /// Reactor core that owns this shard, written into each record.
+    pub core: u16,
+    /// Largest batch one transaction carries.
+    pub max_batch: usize,
+    /// Bound on votes waiting for a batch; past it new votes get `503` (backpressure).
+    pub max_queued: usize,
+}
+
+impl ShardConfig {
+    fn validate(&self) {
+        assert!(self.max_batch > 0, "a batch carries at least one vote");
+        assert!(
+            self.max_queued >= self.max_batch,
+            "the queue holds at least one batch"
+        );
+        assert!(
+            self.node.len() <= NODE_MAX,
+            "node name validated at start-up"
+        );
+    }
+}
+
+/// A vote that passed the edge checks (auth, election open, option known) and was routed here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vote {
+    pub ticket: Ticket,
+    pub election: ElectionId,
+    pub voter: VoterId,
+    pub option: OptionId,
+    pub received_at_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+/// What the shard answers for a ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Committed at `offset` of the shard's partition.
+    Accepted {
+        vote: Vote,
+        offset: u64,
+    },
+    Rejected {
+        ticket: Ticket,
+        code: ErrorCode,
+    },
+}
+
+impl Answer {
+    pub fn ticket(&self) -> Ticket {
+        match self {
+            Answer::Accepted { vote, .. } => vote.ticket,
+            Answer::Rejected { ticket, .. } => *ticket,
+        }
+    }
+}
+
+/// What became of a submitted vote right away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// In the open batch; answered when its transaction ends.
+    Queued,
+    /// Same voter as a pending vote; answered when that one's transaction ends.
+    Waiting,
+    /// Answered now.
+    Answered(Answer),
+}
+
+/// How a batch's transaction ended, as the commit driver saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Committed; the offset of each record, in batch order.
+    Committed { offsets: Vec<u64> },
+    /// Aborted: none of its records is visible to read_committed readers.
+    Aborted,
+    /// A newer owner took the partition; this shard must stop.
+    Fenced,
+    /// Timed out or failed in a way that leaves the outcome unknown.
+    Unknown,
+}
+
+/// One transaction's worth of encoded records, ready for the commit driver.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub seq: u64,
+    pub partition: u32,
+    /// Record keys (voter, 8 bytes big-endian), one per vote.
+    pub keys: Vec<[u8; 8]>,
+    /// All record values back to back; record i is `payload[ends[i-1]..ends[i]]`.
+    pub payload: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn record(&self, i: usize) -> (&[u8; 8], &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (&self.keys[i], &self.payload[start..self.ends[i]])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardState {
+    /// Replaying the committed log; not accepting.
+    Recovering,
+    Active,
+    /// Another owner fenced this one; terminal.
+    Fenced,
+}
+
+#[derive(Default)]
+struct ElectionTally {
+    voters: RoaringTreemap,
+    counts: BTreeMap<OptionId, u64>,
+    /// Voters with a vote in the open or in-flight batch, and the tickets of their repeats.
+    pending: HashMap<u64, Vec<Ticket>>,
+}
+
+struct InFlight {
+    seq: u64,
+    votes: Vec<Vote>,
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    state: ShardState,
+    elections: HashMap<ElectionId, ElectionTally>,
+    open: Vec<Vote>,
+    in_flight: Option<InFlight>,
+    next_seq: u64,
+    /// One past the highest offset applied; replay resumes here.
+    applied_end: u64,
+    /// Committed records whose voter had already voted in that election: never counted. Only a
+    /// second writer or a bug can produce one, so it is exported as a metric to alarm on.
+    log_duplicates: u64,
+}
+
+impl Shard {
+    /// A shard starts recovering: it accepts only after the log has been replayed.
+    pub fn new(cfg: ShardConfig) -> Self {
+        cfg.validate();
+        Self {
+            cfg,
+            state: ShardState::Recovering,
+            elections: HashMap::new(),
+            open: Vec::new(),
+            in_flight: None,
+            next_seq: 0,
+            applied_end: 0,
+            log_duplicates: 0,
+        }
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.cfg.partition
+    }
+
+    pub fn state(&self) -> ShardState {
+        self.state
+    }
+
+    /// Offset from which a replay must continue.
+    pub fn applied_end(&self) -> u64 {
+        self.applied_end
+    }
+
+    pub fn log_duplicates(&self) -> u64 {
+        self.log_duplicates
+    }
+
+    pub fn queued(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Absolute counts of an election in this partition, as of [`Shard::applied_end`].
+    pub fn tallies(&self, election: &ElectionId) -> Option<&BTreeMap<OptionId, u64>> {
+        self.elections.get(election).map(|e| &e.counts)
+    }
+
+    pub fn elections(&self) -> impl Iterator<Item = (&ElectionId, &BTreeMap<OptionId, u64>)> {
+        self.elections.iter().map(|(id, e)| (id, &e.counts))
+    }
+
+    /// Committed voters of an election in this partition.
+    pub fn voters(&self, election: &ElectionId) -> u64 {
+        self.elections.get(election).map_or(0, |e| e.voters.len())
+    }
+
+    pub fn has_voted(&self, election: &ElectionId, voter: VoterId) -> bool {
+        self.elections
+            .get(election)
+            .is_some_and(|e| e.voters.contains(voter.0))
+    }
+
+    /// Approximate heap bytes of the voter sets (for the memory-per-voter figure).
+    pub fn voter_set_bytes(&self) -> u64 {
+        self.elections
+            .values()
+            .map(|e| e.voters.serialized_size() as u64)
+            .sum()
+    }
+
+    pub fn submit(&mut self, vote: Vote) -> Submitted {
+        let reject = |code| {
+            Submitted::Answered(Answer::Rejected {
+                ticket: vote.ticket,
+                code,
+            })
+        };
+        if self.state != ShardState::Active {
+            return reject(ErrorCode::Unavailable);
+        }
+        let tally = self.elections.entry(vote.election.clone()).or_default();
+        if tally.voters.contains(vote.voter.0) {
+            return reject(ErrorCode::AlreadyVoted);
+        }
+        match tally.pending.entry(vote.voter.0) {
+            Entry::Occupied(mut waiting) => {
+                // A voter repeating a vote still in flight gets one answer per request once the
+                // first settles; past a few repeats the rest are turned away at once.
+                if waiting.get().len() >= MAX_WAITERS_PER_VOTER {
+                    return reject(ErrorCode::Unavailable);
+                }
+                waiting.get_mut().push(vote.ticket);
+                Submitted::Waiting
+            }
+            Entry::Vacant(slot) => {
+                if self.open.len() >= self.cfg.max_queued {
+                    return reject(ErrorCode::Unavailable);
+                }
+                slot.insert(Vec::new());
+                self.open.push(vote);
+                Submitted::Queued
+            }
+        }
+    }
+
+    /// Whether the driver should start a transaction now: votes are queued and none is in
+    /// flight. (When to start — at once, or after a linger to fill the batch — is the driver's
+    /// policy; the shard only says whether it may.)
+    pub fn can_take_batch(&self) -> bool {
+        self.state == ShardState::Active && self.in_flight.is_none() && !self.open.is_empty()
+    }
+
+    pub fn batch_full(&self) -> bool {
+        self.open.len() >= self.cfg.max_batch
+    }
+
+    /// Moves up to `max_batch` queued votes into a new in-flight batch, encoded.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if !self.can_take_batch() {
+            return None;
+        }
+        let n = self.open.len().min(self.cfg.max_batch);
+        let votes: Vec<Vote> = self.open.drain(..n).collect();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut batch = Batch {
+            seq,
+            partition: self.cfg.partition,
+            keys: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n * RECORD_MAX_LEN),
+            ends: Vec::with_capacity(n),
+        };
+        for v in &votes {
+            let record = VoteRecord {
+                election: v.election.clone(),
+                voter: v.voter,
+                option: v.option.clone(),
+                received_at_ms: v.received_at_ms,
+                node: self.cfg.node.clone(),
+                core: self.cfg.core,
+                nonce: v.nonce,
+            };
+            record.encode_into(&mut batch.payload);
+            batch.keys.push(voter_key(v.voter));
+            batch.ends.push(batch.payload.len());
+        }
+        self.in_flight = Some(InFlight { seq, votes });
+        Some(batch)
+    }
+
+    /// Applies the outcome of batch `seq`'s transaction and returns the answers it settles.
+    pub fn on_outcome(&mut self, seq: u64, outcome: CommitOutcome) -> Vec<Answer> {
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("an outcome only for the batch in flight");
+        assert_eq!(
+            in_flight.seq, seq,
+            "outcomes arrive for the batch in flight"
+        );
+        let mut answers = Vec::with_capacity(in_flight.votes.len());
+        match outcome {
+            CommitOutcome::Committed { offsets } => {
+                assert_eq!(
+                    offsets.len(),
+                    in_flight.votes.len(),
+                    "one offset per record"
+                );
+                assert!(
+                    offsets.is_sorted(),
+                    "a transaction's records are appended in order"
+                );
+                assert!(
+                    offsets.first().is_none_or(|o| *o >= self.applied_end),
+                    "a committed batch lies past everything applied"
+                );
+                for (vote, offset) in in_flight.votes.into_iter().zip(offsets) {
+                    let tally = self
+                        .elections
+                        .get_mut(&vote.election)
+                        .expect("pending election");
+                    let waiters = tally
+                        .pending
+                        .remove(&vote.voter.0)
+                        .expect("vote was pending");
+                    let fresh = tally.voters.insert(vote.voter.0);
+                    assert!(fresh, "a pending voter is never already committed");
+                    *tally.counts.entry(vote.option.clone()).or_insert(0) += 1;
+                    self.applied_end = offset + 1;
+                    answers.extend(waiters.into_iter().map(|ticket| Answer::Rejected {
+                        ticket,
+                        code: ErrorCode::AlreadyVoted,
+                    }));
+                    answers.push(Answer::Accepted { vote, offset });
+                }
+            }
+            CommitOutcome::Aborted => {
+                self.release(in_flight.votes, &mut answers);
+            }
+            CommitOutcome::Fenced => {
+                self.release(in_flight.votes, &mut answers);
+                let open = std::mem::take(&mut self.open);
+                self.release(open, &mut answers);
+                self.state = ShardState::Fenced;
+            }
+            CommitOutcome::Unknown => {
+                // The batch may or may not be in the log: only a replay can tell, and until
+                // then no voter of this partition can be deduplicated with certainty.
+                self.release(in_flight.votes, &mut answers);
+                let open = std::mem::take(&mut self.open);
+                self.release(open, &mut answers);
+                self.state = ShardState::Recovering;
+            }
+        }
+        answers
+    }
+
+    /// Forgets pending votes, answering each of them and their waiters `503`.
+    fn release(&mut self, votes: Vec<Vote>, answers: &mut Vec<Answer>) {
+        for vote in votes {
+            let tally = self
+                .elections
+                .get_mut(&vote.election)
+                .expect("pending election");
+            let waiters = tally
+                .pending
+                .remove(&vote.voter.0)
+                .expect("vote was pending");
+            answers.extend(std::iter::once(vote.ticket).chain(waiters).map(|ticket| {
+                Answer::Rejected {
+                    ticket,
+                    code: ErrorCode::Unavailable,
+                }
+            }));
+        }
+    }
+
+    /// Another owner fenced the shard outside of a commit (e.g. at init): stop for good.
+    pub fn fence(&mut self) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        if let Some(in_flight) = self.in_flight.take() {
+            self.release(in_flight.votes, &mut answers);
+        }
+        let open = std::mem::take(&mut self.open);
+        self.release(open, &mut answers);
+        self.state = ShardState::Fenced;
+        answers
+    }
+
+    /// Applies one committed record read back from the log while recovering. Records before
+    /// [`Shard::applied_end`] were applied already and are skipped, so a replay may overlap.
+    pub fn apply_committed(&mut self, offset: u64, record: &VoteRecord) {
+        assert_eq!(
+            self.state,
+            ShardState::Recovering,
+            "replay only while recovering"
+        );
+        if offset < self.applied_end {
+            return;
+        }
+        self.applied_end = offset + 1;
+        let tally = self.elections.entry(record.election.clone()).or_default();
+        if tally.voters.insert(record.voter.0) {
+            *tally.counts.entry(record.option.clone()).or_insert(0) += 1;
+        } else {
+            self.log_duplicates += 1;
+        }
+    }
+
+    /// The replay reached the end of the committed log (`end` = its next offset): accept.
+    pub fn finish_recovery(&mut self, end: u64) {
+        assert_eq!(
+            self.state,
+            ShardState::Recovering,
+            "finish only what was started"
+        );
+        assert!(
+            self.in_flight.is_none() && self.open.is_empty(),
+            "nothing pending while recovering"
+        );
+        self.applied_end = self.applied_end.max(end);
+        self.state = ShardState::Active;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,358 @@
+//! A `votes serve` process for end-to-end tests: started on free loopback ports with its own
+//! prefix, killed (`kill -9`) when dropped, plus an HTTP client speaking HTTP/1.1 or h2c and a
+//! reader of the committed `votes` log.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use votes_core::{Names, VoteRecord, VoterId};
+
+use super::{KAFKA, Service, require};
+
+pub const TOKEN_KEY: &str = "test-token-key-0123456789abcdef-0123";
+pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef-0123";
+pub const ADMIN_TOKEN: &str = "test-admin-token-01";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Serve {
+    pub prefix: String,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    /// `votes init` for a fresh prefix, then a serve process on it.
+    pub fn init_and_start(test: &str, partitions: u32, cores: usize) -> Serve {
+        require(Service::Kafka);
+        require(Service::DynamoDb);
+        let prefix = super::unique_prefix(test);
+        let out = super::votes(&prefix, &["init", "--partitions", &partitions.to_string()]);
+        assert!(
+            out.status.success(),
+            "votes init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Serve::start(&prefix, cores)
+    }
+
+    /// A serve process on an existing prefix; waits until `/readyz` answers 200.
+    pub fn start(prefix: &str, cores: usize) -> Serve {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_votes"))
+            .args([
+                "serve",
+                "--cores",
+                &cores.to_string(),
+                "--http",
+                &http.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(["--node-id", "test-node"])
+            .env("VOTES_PREFIX", prefix)
+            .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+            .env("VOTES_TOKEN_KEY", TOKEN_KEY)
+            .env("VOTES_AUDIT_KEY", AUDIT_KEY)
+            .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("VOTES_LOG", "info")
+            .env_remove("VOTES_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("votes serve starts");
+        let mut s = Serve {
+            prefix: prefix.to_owned(),
+            http,
+            admin,
+            child: Some(child),
+            log,
+        };
+        s.wait_ready(Duration::from_secs(60));
+        s
+    }
+
+    pub fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let client = TestClient::http1();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("votes serve exited with {status}:\n{}", self.log_text());
+            }
+            let ready = super::runtime().block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), client.get(&self.url("/readyz"))).await
+            });
+            if matches!(ready, Ok(Ok((200, _)))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "votes serve not ready in {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix).unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn token(voter: u64) -> String {
+    let keys = votes_core::TokenKeys::hs256(TOKEN_KEY.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    votes_core::token::issue(keys.signing_key(), VoterId(voter), 3600, now)
+}
+
+/// A client of the public and admin APIs over HTTP/1.1 or h2c (prior knowledge).
+#[derive(Clone)]
+pub struct TestClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub type Answer = (u16, serde_json::Value);
+
+impl TestClient {
+    pub fn http1() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(256)
+                .build(connector),
+        }
+    }
+
+    pub fn h2c() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
+
+    pub fn for_protocol(protocol: &str) -> Self {
+        match protocol {
+            "h1" => Self::http1(),
+            "h2c" => Self::h2c(),
+            other => panic!("unknown protocol {other}"),
+        }
+    }
+
+    /// Sends a request; the answer's body is parsed as JSON (`Null` when empty or not JSON,
+    /// with the raw text under `"raw"`).
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<(u16, HashMap<String, String>, serde_json::Value), String> {
+        let mut req = hyper::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let hdrs = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&bytes)}));
+        Ok((status, hdrs, json))
+    }
+
+    pub async fn get(&self, url: &str) -> Result<Answer, String> {
+        self.send("GET", url, &[], Bytes::new())
+            .await
+            .map(|(s, _, j)| (s, j))
+    }
+
+    pub async fn admin(&self, method: &str, url: &str, body: serde_json::Value) -> Answer {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        let (s, _, j) = self
+            .send(
+                method,
+                url,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+            .expect("admin request");
+        (s, j)
+    }
+
+    pub async fn vote(
+        &self,
+        serve_url: &str,
+        election: &str,
+        voter: u64,
+        option: &str,
+    ) -> Result<Answer, String> {
+        let auth = format!("Bearer {}", token(voter));
+        let body = serde_json::json!({"option": option}).to_string();
+        self.send(
+            "POST",
+            &format!("{serve_url}/v1/elections/{election}/votes"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+        .map(|(s, _, j)| (s, j))
+    }
+}
+
+/// Creates and opens an election with `options` through the admin API.
+pub async fn open_election(
+    client: &TestClient,
+    serve: &Serve,
+    id: &str,
+    options: &[&str],
+    pow_difficulty: u8,
+) {
+    let options: Vec<serde_json::Value> = options
+        .iter()
+        .map(|o| serde_json::json!({"id": o, "label": o.to_uppercase()}))
+        .collect();
+    let (s, body) = client
+        .admin(
+            "POST",
+            &serve.admin_url("/admin/v1/elections"),
+            serde_json::json!({"id": id, "title": format!("Election {id}"), "options": options, "pow_difficulty": pow_difficulty}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = client
+        .admin(
+            "POST",
+            &serve.admin_url(&format!("/admin/v1/elections/{id}/open")),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+}
+
+/// A committed record of the `votes` topic with where it lies.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub partition: u32,
+    pub offset: u64,
+    pub record: VoteRecord,
+}
+
+/// Every record of `{prefix}votes` a read_committed reader sees, up to the end.
+pub fn committed_votes(names: &Names, partitions: u32) -> Vec<Committed> {
+    let consumer: BaseConsumer =
+        votes_tally::kafka::read_committed_consumer_config(&KAFKA, "test-verify")
+            .create()
+            .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&names.votes_topic(), p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut at_end = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while at_end.len() < partitions as usize {
+        assert!(
+            Instant::now() < deadline,
+            "reading the votes log did not finish"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(Committed {
+                partition: m.partition() as u32,
+                offset: m.offset() as u64,
+                record: VoteRecord::decode(m.payload().unwrap()).expect("committed records decode"),
+            }),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading votes: {e}"),
+            None => {}
+        }
+    }
+    out
+}
