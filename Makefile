@@ -16,9 +16,9 @@ SESSION := $(if $(VOTES_SERVICES_SESSION),--session-file $(VOTES_SERVICES_SESSIO
 
 .PHONY: help
 help:
-	@echo "make demo    start Kafka, the local DynamoDB endpoint and Redis, create topics and tables, show status"
+	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
-	@echo "make services-up | services-down | services-status | test-cluster | bench | fuzz-build"
+	@echo "make services-up | services-down | services-status | test-cluster | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -61,20 +61,18 @@ test-cluster: build
 test: fmt-check clippy test-rust test-cluster
 	@echo "make test: all checks passed"
 
-.PHONY: demo
+.PHONY: demo demo-stop
 demo: build services-up
-	$(VOTES) init --partitions 8
-	@echo
-	$(SERVICES) status
-	@echo
-	@echo "Kafka:          127.0.0.1:9092  (topics: votes, elections)"
-	@echo "DynamoDB API:   http://127.0.0.1:8000  (moto; tables: votes, results)"
-	@echo "Redis:          redis://127.0.0.1:6379"
-	@echo "Logs:           target/services/"
-	@echo "Host readiness:"
-	@$(VOTES) tune check
-	@echo "Stop the services with: make services-down"
+	scripts/demo.sh
+demo-stop:
+	scripts/demo-stop.sh
 
 .PHONY: bench
 bench: prerequisites
 	cargo bench --workspace
+
+# Every cargo-fuzz target for FUZZ_SECONDS each (default 60); fails on the first crash and
+# leaves the input in fuzz/artifacts/<target>/.
+.PHONY: fuzz
+fuzz: prerequisites
+	fuzz/run.sh

@@ -28,6 +28,7 @@ max_len() {
     case "$1" in
         record_decode | leaf_decode) echo 512 ;;
         vote_body) echo 1100 ;;
+        pow_verify) echo 400 ;;
         token_verify) echo 4200 ;;
         *) echo 4096 ;;
     esac

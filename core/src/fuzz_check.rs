@@ -109,6 +109,59 @@ pub fn sign_compact(header: &[u8], claims: &[u8]) -> String {
     token
 }
 
+/// The key and subject `pow_verify` checks against.
+pub const POW_KEY: &[u8] = b"test-only proof-of-work key, 32 bytes";
+pub const POW_NOW_MS: u64 = 1_790_000_000_000;
+
+/// `pow_verify`. First byte: the difficulty the election requires (mod 9, so the issue mode
+/// stays solvable by chance). Second byte: [`SIGN_MODE`] issues a genuine challenge for the
+/// fixed subject and uses the rest as the nonce, reaching the work check; any other value
+/// splits the rest at its first 0x00 into a challenge and a nonce. A solution that verifies
+/// really has the work, and verifies again.
+pub fn pow_verify(data: &[u8]) {
+    use crate::ids::{ElectionId, VoterId};
+    use crate::pow::{PowKey, issue, verify, work_hash};
+    let [required, mode, rest @ ..] = data else {
+        return;
+    };
+    let required = required % 9;
+    let key = PowKey::new(POW_KEY);
+    let election = ElectionId::new("fuzz").expect("valid id");
+    let voter = VoterId(42);
+    let (challenge, nonce) = if *mode == SIGN_MODE {
+        (
+            issue(&key, &election, voter, POW_NOW_MS + 1, required),
+            String::from_utf8_lossy(rest).into_owned(),
+        )
+    } else {
+        let mut parts = rest.splitn(2, |&b| b == 0);
+        let c = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let n = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        (c, n)
+    };
+    if verify(
+        &key, &challenge, &nonce, &election, voter, required, POW_NOW_MS,
+    )
+    .is_ok()
+    {
+        let h = work_hash(&challenge, &nonce);
+        let zeros = h.iter().take_while(|b| **b == 0).count() * 8
+            + h.iter()
+                .find(|b| **b != 0)
+                .map_or(0, |b| b.leading_zeros() as usize);
+        assert!(
+            zeros >= usize::from(required),
+            "an accepted solution has the work"
+        );
+        assert!(
+            verify(
+                &key, &challenge, &nonce, &election, voter, required, POW_NOW_MS
+            )
+            .is_ok()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +200,11 @@ mod tests {
         // Valid and invalid inputs are both represented.
         assert!(seeds.iter().any(|(_, b)| VoteRecord::decode(b).is_ok()));
         assert!(seeds.iter().any(|(_, b)| VoteRecord::decode(b).is_err()));
+    }
+
+    #[test]
+    fn pow_verify_seeds() {
+        replay("pow_verify", pow_verify);
     }
 
     #[test]

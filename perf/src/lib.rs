@@ -1,6 +1,14 @@
 //! `votes-perf`: the harness performance engineers drive (DESIGN §4.1, §6).
 //!
 //! [`report`] is the JSON report every load run writes, built from HDR histograms of latencies
-//! measured from each request's intended send time.
+//! measured from each request's intended send time. [`load`] is the open-loop run behind the
+//! `votes-load` binary: its [`schedule`] (constant rate or a TV-style ramp), request [`mix`]
+//! (fresh, duplicate and malformed votes), voter [`tokens`] and HTTP/1.1 or h2c [`client`].
 
+pub mod client;
+pub mod duration;
+pub mod load;
+pub mod mix;
 pub mod report;
+pub mod schedule;
+pub mod tokens;

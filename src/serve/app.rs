@@ -26,6 +26,9 @@ use super::ownership::Ownership;
 use super::reply::{self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms};
 use super::shards::{ShardHost, VoteAnswer, VoteRequest};
 
+/// Longest time a vote's body may take to arrive once its head has.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Messages between cores.
 pub enum CoreMsg {
     /// A vote for a partition the receiving core owns; the answer goes back on `reply`.
@@ -208,7 +211,14 @@ impl CoreApp {
                 "the body must be application/json",
             );
         }
-        let body = match read_body_limited(req.into_body(), VOTE_BODY_MAX).await {
+        // A body trickled in byte by byte must not hold the connection's slot forever.
+        let read = glommio::timer::timeout(BODY_TIMEOUT, async {
+            Ok(read_body_limited(req.into_body(), VOTE_BODY_MAX).await)
+        });
+        let Ok(read) = read.await else {
+            return error(ErrorCode::InvalidRequest, "the body did not arrive in time");
+        };
+        let body = match read {
             Ok(b) => b,
             Err(BodyLimitError::TooLarge { limit }) => {
                 return error(

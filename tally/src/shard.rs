@@ -256,7 +256,15 @@ impl Shard {
         if self.state != ShardState::Active {
             return reject(ErrorCode::Unavailable);
         }
-        let tally = self.elections.entry(vote.election.clone()).or_default();
+        // Look up before inserting: the id is cloned only for an election's first vote here.
+        if !self.elections.contains_key(&vote.election) {
+            self.elections
+                .insert(vote.election.clone(), ElectionTally::default());
+        }
+        let tally = self
+            .elections
+            .get_mut(&vote.election)
+            .expect("inserted above");
         if tally.voters.contains(vote.voter.0) {
             return reject(ErrorCode::AlreadyVoted);
         }

@@ -1,0 +1,136 @@
+//! `votes-load`: open-loop load generator for the voter API (DESIGN §4.1).
+//!
+//! ```text
+//! votes-load --target http://127.0.0.1:8080 --election e1 --rate 5000 --duration 30s \
+//!     --voters 1000000 --dup-ratio 0.05 --invalid-ratio 0.01 --protocol h2 --report run.json
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use votes_perf::client::{Protocol, Target};
+use votes_perf::duration::parse_duration;
+use votes_perf::load::{self, Config};
+use votes_perf::schedule::Ramp;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "votes-load",
+    version,
+    about = "Open-loop load generator for the votes voter API (latencies from intended send times)"
+)]
+struct Args {
+    /// Base URL of a public listener (plaintext HTTP/1.1 or h2c).
+    #[arg(
+        long,
+        env = "VOTES_LOAD_TARGET",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    target: Target,
+    /// Election id to vote in.
+    #[arg(long, env = "VOTES_LOAD_ELECTION")]
+    election: String,
+    /// Offered votes/s (open loop); the peak of a --ramp.
+    #[arg(long, env = "VOTES_LOAD_RATE")]
+    rate: f64,
+    /// Length of the run (ignored with a tv ramp, which lasts RISE+HOLD+FALL).
+    #[arg(long, env = "VOTES_LOAD_DURATION", default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Distinct voter ids, taken in order from --voter-base.
+    #[arg(long, env = "VOTES_LOAD_VOTERS", default_value_t = 1_000_000)]
+    voters: u64,
+    /// First voter id.
+    #[arg(long, env = "VOTES_LOAD_VOTER_BASE", default_value_t = 1)]
+    voter_base: u64,
+    /// Fraction of requests that repeat an already-sent voter (expect 409).
+    #[arg(long, default_value_t = 0.0)]
+    dup_ratio: f64,
+    /// Fraction of malformed requests, rotating bad JSON (400), unknown option (422), missing
+    /// token (401) and oversize body (413).
+    #[arg(long, default_value_t = 0.0)]
+    invalid_ratio: f64,
+    /// h1 (HTTP/1.1 keep-alive) or h2 (h2c, prior knowledge); h3 is not supported yet.
+    #[arg(long, env = "VOTES_LOAD_PROTOCOL", default_value = "h1")]
+    protocol: Protocol,
+    /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections.
+    #[arg(long, env = "VOTES_LOAD_CONNECTIONS", default_value_t = 32)]
+    connections: usize,
+    /// `none`, or `tv:RISE,HOLD,FALL` (e.g. tv:10s,30s,5s): linear rise to --rate, hold, fall.
+    #[arg(long, default_value = "none")]
+    ramp: Ramp,
+    /// Option ids to vote for, comma-separated (default: the election's).
+    #[arg(long, value_delimiter = ',')]
+    options: Option<Vec<String>>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// HS256 secret voter tokens are signed with (the server's VOTES_TOKEN_KEY).
+    #[arg(long, env = "VOTES_TOKEN_KEY", hide_env_values = true)]
+    token_key: String,
+    /// Voters whose token is kept once minted (bounds the token cache's memory).
+    #[arg(long, default_value_t = 262_144)]
+    token_cache: usize,
+    /// Outstanding requests at most; a request due beyond this is counted as dropped.
+    #[arg(long, env = "VOTES_LOAD_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    max_in_flight: u64,
+    /// Bound on one request (challenge and proof of work included).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Runtime worker threads (the generator usually shares the machine with the server).
+    #[arg(long, env = "VOTES_LOAD_THREADS", default_value_t = 1)]
+    threads: usize,
+    /// Threads solving proof-of-work challenges.
+    #[arg(long, default_value_t = 1)]
+    pow_threads: usize,
+    /// Seed of the request mix (same seed, same mix).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .max_blocking_threads(args.pow_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let cfg = Config {
+        target: args.target,
+        election: args.election,
+        rate: args.rate,
+        duration: args.duration,
+        ramp: args.ramp,
+        voters: args.voters,
+        voter_base: args.voter_base,
+        dup_ratio: args.dup_ratio,
+        invalid_ratio: args.invalid_ratio,
+        protocol: args.protocol,
+        connections: args.connections,
+        options: args.options,
+        token_key: args.token_key.into_bytes(),
+        token_cache: args.token_cache,
+        max_in_flight: args.max_in_flight,
+        timeout: args.timeout,
+        seed: args.seed,
+        progress: !args.quiet,
+    };
+    // The dispatcher runs on a worker too: from outside the pool every spawn would have to
+    // wake a worker, and --threads would not bound the generator's cores.
+    let report = rt
+        .block_on(async { tokio::spawn(load::run(cfg)).await })
+        .context("the load run panicked")??;
+    println!("{}", report.summary());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report).context("serializing the report")?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

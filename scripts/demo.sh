@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make demo`: the appliance end to end on the local services. Creates the topics and tables of
+# the `demo-` prefix, (re)starts `votes serve` in the background, opens a demo election, sends a
+# short burst of votes with the load generator, and prints where to look.
+#
+# The keys below are for this local demo only; a real deployment sets its own secrets.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BIN=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/debug
+RUN=$ROOT/target/demo
+mkdir -p "$RUN"
+
+export VOTES_PREFIX=demo-
+export VOTES_TOKEN_KEY=demo-token-key-for-local-use-only-0001
+export VOTES_AUDIT_KEY=demo-audit-key-for-local-use-only-0001
+export VOTES_ADMIN_TOKEN=demo-admin-token
+HTTP=127.0.0.1:8080
+ADMIN=127.0.0.1:9090
+
+"$ROOT/scripts/demo-stop.sh" >/dev/null 2>&1 || true
+"$BIN/votes" init --partitions 8
+
+setsid nohup "$BIN/votes" serve --cores 2 --http "$HTTP" --admin "$ADMIN" --node-id demo-node \
+  >"$RUN/serve.log" 2>&1 < /dev/null &
+echo $! >"$RUN/serve.pid"
+for _ in $(seq 1 120); do
+  if curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$(cat "$RUN/serve.pid")" 2>/dev/null; then
+    echo "demo: votes serve exited:" >&2; tail -20 "$RUN/serve.log" >&2; exit 1
+  fi
+  sleep 0.5
+done
+curl -fsS "http://$HTTP/readyz" >/dev/null || { echo "demo: votes serve is not ready" >&2; tail -20 "$RUN/serve.log" >&2; exit 1; }
+
+auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
+# 201 the first time, 409 when the demo election already exists from an earlier run.
+curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
+  -d '{"id":"demo","title":"Song of the night","options":[{"id":"aurora","label":"Aurora"},{"id":"borealis","label":"Borealis"},{"id":"cascade","label":"Cascade"}]}'
+curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/demo/open"
+
+echo "demo: a short burst of votes (3,000 voters, 10% duplicates)"
+if [ -x "$BIN/votes-load" ]; then
+  "$BIN/votes-load" --target "http://$HTTP" --election demo --rate 1000 --duration 4s --voters 3000 \
+    --voter-base "$(date +%s)000" --dup-ratio 0.1 --connections 32 --report "$RUN/load.json"
+else
+  for v in $(seq 1 200); do
+    t=$("$BIN/votes" token --voter "$v")
+    curl -sS -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $t" -H 'Content-Type: application/json' \
+      -X POST "http://$HTTP/v1/elections/demo/votes" -d '{"option":"aurora"}'
+  done | sort | uniq -c
+fi
+sleep 1.2
+
+echo
+echo "Running: votes serve (pid $(cat "$RUN/serve.pid")), log $RUN/serve.log"
+echo "  voter API:  http://$HTTP/v1/elections/demo"
+echo "  vote:       TOKEN=\$(VOTES_TOKEN_KEY=$VOTES_TOKEN_KEY $BIN/votes token --voter 7)"
+echo "              curl -H \"Authorization: Bearer \$TOKEN\" -H 'Content-Type: application/json' \\"
+echo "                   -d '{\"option\":\"aurora\"}' http://$HTTP/v1/elections/demo/votes"
+echo "  admin API:  curl -H 'Authorization: Bearer $VOTES_ADMIN_TOKEN' http://$ADMIN/admin/v1/elections"
+echo "  metrics:    http://$ADMIN/metrics"
+echo "  services:   scripts/services.sh status   (logs under target/services/)"
+echo "Live totals now:"
+curl -sS "${auth[@]}" "http://$ADMIN/admin/v1/elections" | python3 -c 'import json,sys; [print("  ", e["id"], e["state"], e["live"]) for e in json.load(sys.stdin)]'
+echo "Stop: make demo-stop (the appliance) and make services-down (Kafka, DynamoDB, Redis)"
