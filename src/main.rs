@@ -77,7 +77,7 @@ enum Command {
     /// Create the Kafka topics and DynamoDB tables (idempotent).
     Init(init::InitArgs),
     /// Run the appliance.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print a voter token signed with VOTES_TOKEN_KEY (development and tests).
     Token {
         /// Voter id (decimal u64).

@@ -22,9 +22,21 @@ fn assert_error(answer: &(u16, serde_json::Value), status: u16, code: &str) {
     assert_eq!(answer.1.as_object().unwrap().len(), 1, "{}", answer.1);
 }
 
+/// The server as one protocol's client sees it.
+struct At<'a> {
+    serve: &'a Serve,
+    base: String,
+}
+
+impl At<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
 async fn post_vote(
     c: &TestClient,
-    s: &Serve,
+    s: &At<'_>,
     election: &str,
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
@@ -41,8 +53,13 @@ async fn post_vote(
     (st, j)
 }
 
-async fn every_row(s: &Serve, protocol: &str, voter_base: u64) {
-    let c = TestClient::for_protocol(protocol);
+async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
+    let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+    let c = TestClient::for_protocol(protocol, root);
+    let s = &At {
+        serve,
+        base: serve.base_for(protocol),
+    };
     let open = format!("open-{protocol}");
     let pow = format!("pow-{protocol}");
     let closed = format!("closed-{protocol}");
@@ -102,6 +119,7 @@ async fn every_row(s: &Serve, protocol: &str, voter_base: u64) {
     // 202 accepted, then 409 already_voted for any second vote of the voter.
     let (st, ok) = post_vote(&c, s, &open, auth, r#"{"option":"red"}"#).await;
     assert_eq!(st, 202, "{ok}");
+    let _ = s.serve;
     assert_eq!(ok["status"], "accepted");
     assert_eq!(ok["receipt"].as_str().unwrap().len(), 64);
     assert!(ok["partition"].as_u64().unwrap() < 4);
@@ -347,12 +365,21 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
+const PROTOCOLS: [&str; 4] = ["h1", "h2c", "h1-tls", "h2-tls"];
+
 #[test]
-fn every_row_of_the_voter_api_over_http1_and_h2c() {
-    let serve = Serve::init_and_start("api", 4, 2);
+fn every_row_of_the_voter_api_over_http1_h2c_and_tls() {
+    require_services();
+    let prefix = common::unique_prefix("api");
+    assert!(
+        common::votes(&prefix, &["init", "--partitions", "4"])
+            .status
+            .success()
+    );
+    let serve = Serve::start_with(&prefix, 2, true);
     runtime().block_on(async {
         let c = TestClient::http1();
-        for protocol in ["h1", "h2c"] {
+        for protocol in PROTOCOLS {
             open_election(&c, &serve, &format!("open-{protocol}"), &["red", "blue"], 0).await;
             open_election(&c, &serve, &format!("pow-{protocol}"), &["red", "blue"], 8).await;
             let closed = format!("closed-{protocol}");
@@ -366,9 +393,15 @@ fn every_row_of_the_voter_api_over_http1_and_h2c() {
                 .await;
             assert_eq!(st, 200, "{j}");
         }
-        every_row(&serve, "h1", 1_000).await;
-        every_row(&serve, "h2c", 2_000).await;
+        for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
+            every_row(&serve, protocol, 1_000 * (i as u64 + 1)).await;
+        }
     });
+}
+
+fn require_services() {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Trivial server for throughput measurements of the reactor + HTTP layer.
 //!
-//! `cargo run --release -p votes-net --example bench_server -- CPUS PORT SECONDS`
-//! e.g. `-- 0,1 18080 30`; serves `GET /` with a 2-byte body on every core and
-//! `POST /route/{n}` through the mesh, then stops by itself after SECONDS.
+//! `cargo run --release -p votes-net --example bench_server -- CPUS PORT SECONDS [TLS_PORT]`
+//! e.g. `-- 0,1 18080 30 18443`; serves `GET /` with a 2-byte body on every core and
+//! `POST /route/{n}` through the mesh, then stops by itself after SECONDS. With TLS_PORT it also
+//! serves TLS (h2/http1.1 by ALPN) there, with a fresh self-signed certificate for
+//! localhost/127.0.0.1 (clients must skip verification: `wrk` and `h2load` do).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -58,11 +60,27 @@ fn main() {
         .collect();
     let port: u16 = args.get(2).map_or(18080, |p| p.parse().unwrap());
     let secs: u64 = args.get(3).map_or(30, |s| s.parse().unwrap());
+    let tls_port: Option<u16> = args.get(4).map(|p| p.parse().unwrap());
     let mut cfg = ReactorConfig::new(cpus);
-    cfg.listeners.push(ListenerSpec {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        kind: ListenerKind::Public,
-    });
+    if let Some(tls_port) = tls_port {
+        let (cert, key) = votes_net::self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("votes-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        let tls = votes_net::tls_server_config(&c, &k).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg.listeners.push(ListenerSpec::tls(
+            SocketAddr::from(([127, 0, 0, 1], tls_port)),
+            ListenerKind::Public,
+            tls,
+        ));
+    }
+    cfg.listeners.push(ListenerSpec::plain(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        ListenerKind::Public,
+    ));
     let reactors = start_reactors(cfg, |mut ctx: CoreContext<ReplyTx<usize>>| {
         let me = ctx.core_index();
         let mut inbox = ctx.take_inbox().unwrap();
@@ -78,8 +96,9 @@ fn main() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "serving on {:?} for {secs}s",
-        reactors.local_addr(ListenerKind::Public)
+        "serving on {:?} (TLS {:?}) for {secs}s",
+        reactors.local_addr(ListenerKind::Public),
+        reactors.local_tls_addr(ListenerKind::Public)
     );
     std::thread::sleep(Duration::from_secs(secs));
     reactors.shutdown();

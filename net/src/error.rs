@@ -3,6 +3,9 @@
 //! panic from deep inside glommio.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::tls::{TlsFileKind, TlsFileProblem};
 
 /// Why the reactors could not start (or stopped abnormally).
 #[derive(Debug, thiserror::Error)]
@@ -68,4 +71,24 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A TLS certificate chain or key file is unusable; names the file and what is wrong.
+    #[error("TLS {kind} file {}: {problem}", path.display())]
+    TlsFile {
+        kind: TlsFileKind,
+        path: PathBuf,
+        #[source]
+        problem: TlsFileProblem,
+    },
+
+    #[error(
+        "TLS private key {} does not belong to the certificate {} (its first, leaf, certificate)",
+        key.display(),
+        cert.display()
+    )]
+    TlsKeyMismatch { cert: PathBuf, key: PathBuf },
+
+    /// Any other TLS set-up failure (rustls refused the configuration, certificate generation).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
 }

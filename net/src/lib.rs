@@ -1,7 +1,9 @@
 //! `votes-net`: the appliance's listeners on thread-per-core reactors (DESIGN §1).
 //!
 //! * [`start_reactors`] runs one glommio executor per configured CPU. Each builds its own
-//!   [`App`] from a [`CoreContext`] and serves HTTP/1.1 and h2c on SO_REUSEPORT listeners.
+//!   [`App`] from a [`CoreContext`] and serves HTTP/1.1 and h2c on SO_REUSEPORT listeners, or
+//!   HTTP/1.1 and h2 over TLS ([`ListenerSpec::tls`], [`tls_server_config`]); each request
+//!   carries a [`ConnInfo`] in its extensions.
 //! * [`Mesh`] / [`Inbox`] carry bounded messages between cores; [`reply_channel`] answers back.
 //! * [`Blocking`] runs blocking calls (Kafka commits) off the reactor.
 //! * [`read_body_limited`] reads request bodies under a size limit.
@@ -17,18 +19,22 @@ mod mesh;
 pub mod preflight;
 mod reactor;
 mod signal;
+mod tls;
 
 pub use blocking::{Blocking, BlockingError};
 pub use body::{BodyLimitError, BoxBody, BoxError, read_body_limited};
 pub use error::NetError;
 pub use error_body::error_body;
-pub use httpd::{App, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture};
+pub use httpd::{
+    Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
+};
 pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
 pub use reactor::{
     BoundListener, CoreContext, HttpStatsHandle, ReactorConfig, Reactors, ShutdownHandle,
     start_reactors,
 };
 pub use signal::{LocalSignal, Wait};
+pub use tls::{TlsFileKind, TlsFileProblem, self_signed_dev_cert, tls_server_config};
 
 /// Re-exported so apps name the same versions.
-pub use {bytes, http, hyper};
+pub use {bytes, http, hyper, rustls};

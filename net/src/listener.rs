@@ -77,7 +77,7 @@ pub(crate) fn bind_all(
             sockets.push((core, s));
         }
         out.push(BoundSpec {
-            spec: *spec,
+            spec: spec.clone(),
             addr,
             sockets,
         });
@@ -91,14 +91,8 @@ mod tests {
 
     #[test]
     fn port_zero_resolves_once_and_every_core_shares_it() {
-        let spec = ListenerSpec {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Public,
-        };
-        let admin = ListenerSpec {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Admin,
-        };
+        let spec = ListenerSpec::plain("127.0.0.1:0".parse().unwrap(), ListenerKind::Public);
+        let admin = ListenerSpec::plain("127.0.0.1:0".parse().unwrap(), ListenerKind::Admin);
         let bound = bind_all(&[spec, admin], 3, 128).unwrap();
         assert_ne!(bound[0].addr.port(), 0);
         assert_eq!(bound[0].sockets.len(), 3);
@@ -112,10 +106,7 @@ mod tests {
     #[test]
     fn an_address_with_a_live_listener_is_refused() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let spec = ListenerSpec {
-            addr: other.local_addr().unwrap(),
-            kind: ListenerKind::Public,
-        };
+        let spec = ListenerSpec::plain(other.local_addr().unwrap(), ListenerKind::Public);
         assert!(matches!(
             bind_all(&[spec], 2, 128),
             Err(NetError::AddrInUse { .. })
@@ -123,18 +114,15 @@ mod tests {
 
         // Even when the stranger itself used SO_REUSEPORT (it could otherwise be joined).
         let bound = bind_all(
-            &[ListenerSpec {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                kind: ListenerKind::Public,
-            }],
+            &[ListenerSpec::plain(
+                "127.0.0.1:0".parse().unwrap(),
+                ListenerKind::Public,
+            )],
             1,
             16,
         )
         .unwrap();
-        let spec = ListenerSpec {
-            addr: bound[0].addr,
-            kind: ListenerKind::Public,
-        };
+        let spec = ListenerSpec::plain(bound[0].addr, ListenerKind::Public);
         assert!(matches!(
             bind_all(&[spec], 1, 16),
             Err(NetError::AddrInUse { .. })

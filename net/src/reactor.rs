@@ -70,6 +70,12 @@ impl ReactorConfig {
         {
             return bad("mesh_capacity, blocking_threads and max_blocking_in_flight must be > 0");
         }
+        for l in &self.listeners {
+            if let Some(tls) = &l.tls {
+                crate::tls::check_alpn(tls)
+                    .map_err(|e| NetError::Config(format!("listener {}: {e}", l.addr)))?;
+            }
+        }
         self.http.validate().map_err(NetError::Config)
     }
 }
@@ -140,7 +146,7 @@ impl HttpStatsHandle {
 }
 
 /// An address the reactors listen on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundListener {
     pub spec: ListenerSpec,
     /// The bound address (the real port when the spec asked for port 0).
@@ -184,11 +190,20 @@ impl Reactors {
         &self.listeners
     }
 
-    /// The bound address of the first listener of `kind`.
+    /// The bound address of the first plaintext listener of `kind`.
     pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.find_addr(kind, false)
+    }
+
+    /// The bound address of the first TLS listener of `kind`.
+    pub fn local_tls_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.find_addr(kind, true)
+    }
+
+    fn find_addr(&self, kind: ListenerKind, tls: bool) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|l| l.spec.kind == kind)
+            .find(|l| l.spec.kind == kind && l.spec.is_tls() == tls)
             .map(|l| l.addr)
     }
 
@@ -268,13 +283,20 @@ impl Drop for DrainedMark {
     }
 }
 
+/// One listening socket of one core, with what it serves.
+struct CoreListener {
+    kind: ListenerKind,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    socket: socket2::Socket,
+}
+
 /// Everything one core needs, moved to its thread.
 struct CoreBoot<M: Send + 'static> {
     index: usize,
     cpu: usize,
     cores: usize,
     mesh: MeshEnds<M>,
-    listeners: Vec<(ListenerKind, socket2::Socket)>,
+    listeners: Vec<CoreListener>,
     cfg: ReactorConfig,
     ready: mpsc::SyncSender<Result<(), NetError>>,
     shutdown: oneshot::Receiver<()>,
@@ -308,15 +330,18 @@ where
     let listeners = bound
         .iter()
         .map(|b| BoundListener {
-            spec: b.spec,
+            spec: b.spec.clone(),
             addr: b.addr,
         })
         .collect();
-    let mut per_core: Vec<Vec<(ListenerKind, socket2::Socket)>> =
-        (0..n).map(|_| Vec::new()).collect();
+    let mut per_core: Vec<Vec<CoreListener>> = (0..n).map(|_| Vec::new()).collect();
     for BoundSpec { spec, sockets, .. } in bound {
-        for (core, s) in sockets {
-            per_core[core].push((spec.kind, s));
+        for (core, socket) in sockets {
+            per_core[core].push(CoreListener {
+                kind: spec.kind,
+                tls: spec.tls.clone(),
+                socket,
+            });
         }
     }
 
@@ -486,12 +511,13 @@ where
             return Ok(());
         }
     };
-    for (kind, socket) in listeners {
+    for CoreListener { kind, tls, socket } in listeners {
         // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves to glommio.
         let listener = unsafe {
             <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
         };
-        glommio::spawn_local(accept_loop(http.clone(), app.clone(), listener, kind)).detach();
+        let tls = tls.map(futures_rustls::TlsAcceptor::from);
+        glommio::spawn_local(accept_loop(http.clone(), app.clone(), listener, kind, tls)).detach();
     }
     let _ = ready.send(Ok(()));
     tracing::info!(core = index, cpu, "reactor serving");

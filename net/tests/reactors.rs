@@ -131,15 +131,13 @@ fn two_cpus() -> Vec<usize> {
 fn start(limits: HttpLimits, admin: bool) -> (Reactors, SocketAddr) {
     let mut cfg = ReactorConfig::new(two_cpus());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    cfg.listeners.push(ListenerSpec {
-        addr,
-        kind: ListenerKind::Public,
-    });
+    cfg.listeners
+        .push(ListenerSpec::plain(addr, ListenerKind::Public));
     if admin {
-        cfg.listeners.push(ListenerSpec {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Admin,
-        });
+        cfg.listeners.push(ListenerSpec::plain(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenerKind::Admin,
+        ));
     }
     cfg.http = limits;
     cfg.shutdown_grace = Duration::from_secs(5);
@@ -589,10 +587,10 @@ fn app_with_rc_state_and_a_panicking_handler() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut cfg = ReactorConfig::new(two_cpus());
-    cfg.listeners.push(ListenerSpec {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        kind: ListenerKind::Public,
-    });
+    cfg.listeners.push(ListenerSpec::plain(
+        "127.0.0.1:0".parse().unwrap(),
+        ListenerKind::Public,
+    ));
     let reactors = start_reactors(cfg, |_ctx: CoreContext<()>| Panicky(Rc::new(()))).unwrap();
     let addr = reactors.local_addr(ListenerKind::Public).unwrap();
     rt().block_on(async move {
@@ -613,10 +611,10 @@ fn start_up_errors_are_typed() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = ReactorConfig::new(two_cpus());
-    cfg.listeners.push(ListenerSpec {
-        addr: taken.local_addr().unwrap(),
-        kind: ListenerKind::Public,
-    });
+    cfg.listeners.push(ListenerSpec::plain(
+        taken.local_addr().unwrap(),
+        ListenerKind::Public,
+    ));
     let err = start_reactors(cfg, |_ctx: CoreContext<()>| -> Panicky2 { unreachable!() })
         .err()
         .unwrap();

@@ -45,6 +45,15 @@ pub struct ServeArgs {
     /// Public plaintext listener: HTTP/1.1 and h2c.
     #[arg(long, env = "VOTES_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
+    /// Public TLS listener (HTTP/1.1 and h2 by ALPN), on when a certificate is given.
+    #[arg(long, env = "VOTES_HTTPS", default_value = "0.0.0.0:8443")]
+    pub https: SocketAddr,
+    /// PEM certificate chain of the TLS listener.
+    #[arg(long, env = "VOTES_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long, env = "VOTES_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Admin API and /metrics.
     #[arg(long, env = "VOTES_ADMIN", default_value = "0.0.0.0:9090")]
     pub admin: SocketAddr,
@@ -152,15 +161,21 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     };
 
     let mut cfg = ReactorConfig::new(cpus.clone());
-    cfg.listeners.push(ListenerSpec {
-        addr: args.http,
-        kind: ListenerKind::Public,
-    });
+    cfg.listeners
+        .push(ListenerSpec::plain(args.http, ListenerKind::Public));
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls =
+                votes_net::tls_server_config(cert, key).context("loading the TLS certificate")?;
+            cfg.listeners
+                .push(ListenerSpec::tls(args.https, ListenerKind::Public, tls));
+        }
+        (None, None) => {}
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
     if shared.admin_token.is_some() {
-        cfg.listeners.push(ListenerSpec {
-            addr: args.admin,
-            kind: ListenerKind::Admin,
-        });
+        cfg.listeners
+            .push(ListenerSpec::plain(args.admin, ListenerKind::Admin));
     }
     // Each shard has at most one transaction in flight, plus producer opens and replays.
     let per_core = ownership.owned_by(0).len().max(1);

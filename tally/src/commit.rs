@@ -5,12 +5,12 @@
 //! on their blocking pool, never on a reactor thread. One producer per partition, with
 //! `transactional.id = {prefix}votes-{p}`: opening it fences any previous owner of `p`.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use votes_core::Names;
 
@@ -42,11 +42,63 @@ pub enum CommitError {
     },
 }
 
-/// Collects the offset (or error) of every record of the batch in flight. Callbacks run inside
-/// `flush`/`commit_transaction` on the committer's own thread, so the mutex is never contended.
+/// Collects the offset (or error) of every record of the batch in flight and wakes the
+/// committer when the last one is in. Reports are served by the producer's own polling thread:
+/// rust-rdkafka's `BaseProducer::poll` serves events until its deadline has passed, so polling
+/// from the committer either spins (short deadlines round down to 0 ms) or adds its whole
+/// timeout to every batch (its `flush` polls in 100 ms steps).
 #[derive(Default)]
 pub struct DeliveryCollector {
-    results: Mutex<Vec<Option<Result<u64, KafkaError>>>>,
+    state: Mutex<Deliveries>,
+    all_in: Condvar,
+}
+
+#[derive(Default)]
+struct Deliveries {
+    results: Vec<Option<Result<u64, KafkaError>>>,
+    pending: usize,
+}
+
+impl DeliveryCollector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Deliveries> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expect(&self, records: usize) {
+        let mut d = self.lock();
+        d.results.clear();
+        d.results.resize_with(records, || None);
+        d.pending = records;
+    }
+
+    /// Waits until every record of the batch has its report; `None` at the deadline.
+    fn wait(&self, deadline: Instant) -> Option<Result<Vec<u64>, KafkaError>> {
+        let mut d = self.lock();
+        while d.pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            d = self
+                .all_in
+                .wait_timeout(d, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(
+            d.results
+                .iter()
+                .map(|r| r.clone().expect("every record reported"))
+                .collect(),
+        )
+    }
+
+    /// Forgets the batch: after an abort its outstanding reports no longer matter.
+    fn reset(&self) {
+        let mut d = self.lock();
+        d.results.clear();
+        d.pending = 0;
+    }
 }
 
 impl ClientContext for DeliveryCollector {}
@@ -59,17 +111,24 @@ impl ProducerContext for DeliveryCollector {
             Ok(m) => Ok(u64::try_from(m.offset()).expect("a delivered record has an offset")),
             Err((e, _)) => Err(e.clone()),
         };
-        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = results
-            .get_mut(*index)
-            .expect("delivery index within the batch");
-        assert!(slot.is_none(), "one delivery report per record");
+        let mut d = self.lock();
+        // A late report of a batch already aborted and reset: nothing waits for it.
+        let Some(slot) = d.results.get_mut(*index) else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
         *slot = Some(outcome);
+        d.pending -= 1;
+        if d.pending == 0 {
+            self.all_in.notify_all();
+        }
     }
 }
 
 pub struct PartitionProducer {
-    producer: BaseProducer<DeliveryCollector>,
+    producer: ThreadedProducer<DeliveryCollector>,
     topic: String,
     partition: u32,
     timeout: Duration,
@@ -88,7 +147,7 @@ impl PartitionProducer {
         let mut cfg: ClientConfig =
             transactional_producer_config(brokers, &names.transactional_id(partition));
         cfg.set("linger.ms", linger.as_millis().to_string());
-        let producer: BaseProducer<DeliveryCollector> = cfg
+        let producer: ThreadedProducer<DeliveryCollector> = cfg
             .create_with_context(DeliveryCollector::default())
             .map_err(|source| CommitError::Create { partition, source })?;
         producer.init_transactions(timeout).map_err(|source| {
@@ -118,16 +177,7 @@ impl PartitionProducer {
             "a batch goes to its own partition"
         );
         assert!(!batch.is_empty(), "empty batches are never committed");
-        {
-            let mut results = self
-                .producer
-                .context()
-                .results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            results.clear();
-            results.resize_with(batch.len(), || None);
-        }
+        self.producer.context().expect(batch.len());
         if let Err(e) = self.producer.begin_transaction() {
             return self.settle_failure(e);
         }
@@ -146,40 +196,18 @@ impl PartitionProducer {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec))
                         if Instant::now() < deadline =>
                     {
+                        // The producer's polling thread drains the queue; give it a moment.
                         opaque = rec.delivery_opaque;
-                        self.producer.poll(Duration::from_millis(5));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((e, _)) => return self.abort(e),
                 }
             }
         }
-        // Wait for every delivery report. rust-rdkafka's `flush` polls in 100 ms steps and
-        // would add up to 100 ms to every batch; polling in 1 ms steps returns as soon as the
-        // last report is served (each poll returns early on an event).
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return self.abort(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
-            }
-            self.producer.poll(Duration::from_millis(1));
-        }
-        let offsets: Result<Vec<u64>, KafkaError> = {
-            let results = self
-                .producer
-                .context()
-                .results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            results
-                .iter()
-                .map(|r| {
-                    r.clone()
-                        .unwrap_or(Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)))
-                })
-                .collect()
-        };
-        let offsets = match offsets {
-            Ok(o) => o,
-            Err(e) => return self.abort(e),
+        let offsets = match self.producer.context().wait(deadline) {
+            Some(Ok(offsets)) => offsets,
+            Some(Err(e)) => return self.abort(e),
+            None => return self.abort(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)),
         };
         let mut attempt = 0;
         loop {
@@ -206,6 +234,7 @@ impl PartitionProducer {
     }
 
     fn abort(&self, cause: KafkaError) -> CommitOutcome {
+        self.producer.context().reset();
         if txn_error(&cause).is_some_and(|rd| rd.is_fatal()) || is_fencing(&cause) {
             return CommitOutcome::Fenced;
         }

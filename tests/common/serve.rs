@@ -35,6 +35,8 @@ fn free_port() -> u16 {
 pub struct Serve {
     pub prefix: String,
     pub http: SocketAddr,
+    /// The TLS listener and the PEM of its self-signed certificate, when started with TLS.
+    pub https: Option<(SocketAddr, String)>,
     pub admin: SocketAddr,
     child: Option<Child>,
     log: std::path::PathBuf,
@@ -57,9 +59,34 @@ impl Serve {
 
     /// A serve process on an existing prefix; waits until `/readyz` answers 200.
     pub fn start(prefix: &str, cores: usize) -> Serve {
+        Serve::start_with(prefix, cores, false)
+    }
+
+    /// Like [`Serve::start`], with a TLS listener on a self-signed certificate when `tls`.
+    pub fn start_with(prefix: &str, cores: usize, tls: bool) -> Serve {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
+        let mut tls_args: Vec<String> = Vec::new();
+        let mut https = None;
+        if tls {
+            let (cert, key) = votes_net::self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
+            let dir = std::env::temp_dir();
+            let cert_path = dir.join(format!("{prefix}cert.pem"));
+            let key_path = dir.join(format!("{prefix}key.pem"));
+            std::fs::write(&cert_path, &cert).unwrap();
+            std::fs::write(&key_path, &key).unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            tls_args = vec![
+                "--https".into(),
+                addr.to_string(),
+                "--tls-cert".into(),
+                cert_path.display().to_string(),
+                "--tls-key".into(),
+                key_path.display().to_string(),
+            ];
+            https = Some((addr, cert));
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_votes"))
             .args([
                 "serve",
@@ -71,6 +98,7 @@ impl Serve {
                 &admin.to_string(),
             ])
             .args(["--node-id", "test-node"])
+            .args(&tls_args)
             .env("VOTES_PREFIX", prefix)
             .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
             .env("VOTES_TOKEN_KEY", TOKEN_KEY)
@@ -85,6 +113,7 @@ impl Serve {
         let mut s = Serve {
             prefix: prefix.to_owned(),
             http,
+            https,
             admin,
             child: Some(child),
             log,
@@ -119,6 +148,17 @@ impl Serve {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// The base URL a client of `protocol` talks to (TLS protocols use the TLS listener).
+    pub fn base_for(&self, protocol: &str) -> String {
+        match protocol {
+            "h1-tls" | "h2-tls" => format!(
+                "https://localhost:{}",
+                self.https.as_ref().expect("started with TLS").0.port()
+            ),
+            _ => format!("http://{}", self.http),
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -160,36 +200,73 @@ pub fn token(voter: u64) -> String {
 /// A client of the public and admin APIs over HTTP/1.1 or h2c (prior knowledge).
 #[derive(Clone)]
 pub struct TestClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+fn connector(
+    tls_root: Option<&str>,
+    h1: bool,
+    h2: bool,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = tls_root {
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    match (h1, h2) {
+        (true, false) => b.enable_http1().wrap_connector(http),
+        (false, true) => b.enable_http2().wrap_connector(http),
+        _ => b.enable_http1().enable_http2().wrap_connector(http),
+    }
 }
 
 pub type Answer = (u16, serde_json::Value);
 
 impl TestClient {
     pub fn http1() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Self {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(256)
-                .build(connector),
+                .build(connector(None, true, false)),
         }
     }
 
     pub fn h2c() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Self {
             client: Client::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build(connector),
+                .build(connector(None, false, true)),
         }
     }
 
-    pub fn for_protocol(protocol: &str) -> Self {
+    /// `h1`, `h2c`, or over TLS trusting `tls_root`: `h1-tls` (ALPN http/1.1), `h2-tls` (ALPN h2).
+    pub fn for_protocol(protocol: &str, tls_root: Option<&str>) -> Self {
         match protocol {
             "h1" => Self::http1(),
             "h2c" => Self::h2c(),
+            "h1-tls" => Self {
+                client: Client::builder(TokioExecutor::new())
+                    .build(connector(tls_root, true, false)),
+            },
+            "h2-tls" => Self {
+                client: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector(tls_root, false, true)),
+            },
             other => panic!("unknown protocol {other}"),
         }
     }

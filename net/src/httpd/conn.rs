@@ -1,4 +1,5 @@
-//! One accepted connection: sniff, serve with hyper, enforce the watchdog, drain on shutdown.
+//! One accepted connection: sniff or TLS handshake, serve with hyper, enforce the watchdog,
+//! drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,16 +11,17 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::io::{Io, Sniffed, sniff};
+use super::io::{Io, StartError, Started, start};
 use super::server::CoreHttp;
 use super::watchdog::{ConnState, Expiry, Proto};
-use super::{App, ListenerKind, LocalBoxFuture};
+use super::{App, ConnInfo, ListenerKind, LocalBoxFuture};
 use crate::body::{BoxBody, BoxError};
 
 /// Spawns h2 stream tasks on the current reactor: hyper's h2 server needs an executor, and
@@ -91,6 +93,7 @@ struct Svc<A: App> {
     conn: Rc<ConnState>,
     kind: ListenerKind,
     peer: SocketAddr,
+    info: ConnInfo,
 }
 
 impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
@@ -98,7 +101,8 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Error = Infallible;
     type Future = SvcFuture;
 
-    fn call(&self, req: Request<Incoming>) -> SvcFuture {
+    fn call(&self, mut req: Request<Incoming>) -> SvcFuture {
+        req.extensions_mut().insert(self.info);
         let guard = InFlight::start(self.conn.clone(), self.core.clone());
         // A panic while *creating* the future is caught like one while polling it.
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -205,17 +209,18 @@ pub(crate) async fn serve<A: App>(
     conn: Rc<ConnState>,
     stream: TcpStream,
     kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
 ) {
     let t = core.timeouts();
-    // Sniff, bounded by the fresh-connection deadline and by shutdown.
-    let sniffed = {
+    // Sniff or handshake, bounded by the fresh-connection deadline and by shutdown.
+    let started = {
         let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
         debug_assert_eq!(why, Expiry::HeaderTimeout);
         let timeout = at.saturating_duration_since(Instant::now());
         let shutdown = core.shutdown_signal();
         futures_lite::future::or(
-            async { Some(sniff(stream, conn.clone()).await) },
+            async { Some(start(stream, tls.as_ref(), conn.clone()).await) },
             futures_lite::future::or(
                 async {
                     Timer::new(timeout).await;
@@ -229,9 +234,20 @@ pub(crate) async fn serve<A: App>(
         )
         .await
     };
-    let (proto, io) = match sniffed {
-        Some(Ok(Sniffed::Proto(p, io))) => (p, io),
-        Some(Ok(Sniffed::Closed)) | Some(Err(_)) => return,
+    let (proto, info, io) = match started {
+        Some(Ok(Started::Proto(p, info, io))) => (p, info, io),
+        Some(Ok(Started::Closed)) => return,
+        Some(Err(StartError::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first request");
+            return;
+        }
+        Some(Err(StartError::Handshake(e))) => {
+            // Debug only: handshake failures are the peer's doing and can come in floods
+            // (scanners, plain HTTP to the TLS port); the counter is what operators watch.
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            core.tls_handshake_failed();
+            return;
+        }
         None => {
             if !core.is_shutting_down() {
                 core.count_end(true, false);
@@ -245,6 +261,7 @@ pub(crate) async fn serve<A: App>(
         conn: conn.clone(),
         kind,
         peer,
+        info,
     };
     let end = match proto {
         Proto::H2 => {

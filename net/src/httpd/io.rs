@@ -1,5 +1,6 @@
-//! glommio `TcpStream` as `hyper::rt::{Read, Write}`, with the bytes consumed by the protocol
-//! sniff put back in front.
+//! glommio `TcpStream`, plain or under TLS, as `hyper::rt::{Read, Write}`, with the bytes
+//! consumed by the protocol sniff put back in front; and the start of a connection: sniff
+//! (plaintext) or handshake + ALPN (TLS).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -8,9 +9,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_rustls::TlsAcceptor;
+use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use super::watchdog::{ConnState, Proto};
+use super::{Alpn, ConnInfo};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -19,31 +23,125 @@ pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// part of hyper's (uninitialised) buffer we pass must be zeroed first; the cap bounds that cost.
 const MAX_READ: usize = 64 * 1024;
 
+/// The byte stream under HTTP. An enum rather than a type parameter: one `Io` type keeps a
+/// single copy of hyper's connection code per protocol.
+enum Transport {
+    Plain(TcpStream),
+    /// Boxed: rustls' connection state is over a KiB, and the plain variant should not pay it.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    /// TLS: sends close_notify first, then closes the socket.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(s) => Pin::new(s).poll_close(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}
+
 pub(crate) struct Io {
-    stream: TcpStream,
+    stream: Transport,
     prefix: [u8; 24],
     prefix_pos: usize,
     prefix_len: usize,
     state: Rc<ConnState>,
 }
 
-/// What the first bytes say.
-pub(crate) enum Sniffed {
-    Proto(Proto, Io),
-    /// The peer closed before sending anything.
+impl Io {
+    fn new(stream: Transport, state: Rc<ConnState>) -> Self {
+        Self {
+            stream,
+            prefix: [0; 24],
+            prefix_pos: 0,
+            prefix_len: 0,
+            state,
+        }
+    }
+}
+
+/// How a connection starts.
+pub(crate) enum Started {
+    Proto(Proto, ConnInfo, Io),
+    /// The peer closed before sending anything (plaintext).
     Closed,
+}
+
+/// Why a connection could not start.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// Reading the first bytes failed (plaintext).
+    Io(io::Error),
+    /// The TLS handshake failed; counted, and logged at debug level only.
+    Handshake(io::Error),
+}
+
+/// Starts a connection: sniff on plaintext; on TLS the handshake, after which ALPN decides
+/// (`h2` → HTTP/2; `http/1.1` or no ALPN → HTTP/1.1). Unbounded in time by itself: the caller
+/// races it against the fresh-connection deadline and shutdown.
+pub(crate) async fn start(
+    stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    state: Rc<ConnState>,
+) -> Result<Started, StartError> {
+    let Some(acceptor) = tls else {
+        return sniff(stream, state).await.map_err(StartError::Io);
+    };
+    let tls = acceptor
+        .accept(stream)
+        .await
+        .map_err(StartError::Handshake)?;
+    // `check_alpn` at start-up guarantees any chosen id is one of ours.
+    let alpn = tls.get_ref().1.alpn_protocol().and_then(Alpn::from_id);
+    let (proto, http_version) = match alpn {
+        Some(Alpn::H2) => (Proto::H2, http::Version::HTTP_2),
+        Some(Alpn::Http11) | None => (Proto::H1, http::Version::HTTP_11),
+    };
+    state.set_proto(proto);
+    let info = ConnInfo {
+        tls: true,
+        alpn,
+        http_version,
+    };
+    Ok(Started::Proto(
+        proto,
+        info,
+        Io::new(Transport::Tls(Box::new(tls)), state),
+    ))
 }
 
 /// Reads until the bytes either diverge from the h2 preface (HTTP/1.x) or match it whole
 /// (h2c prior knowledge). At most 24 bytes; a silent peer is bounded by the caller's deadline.
-pub(crate) async fn sniff(mut stream: TcpStream, state: Rc<ConnState>) -> io::Result<Sniffed> {
+async fn sniff(mut stream: TcpStream, state: Rc<ConnState>) -> io::Result<Started> {
     let mut prefix = [0u8; 24];
     let mut len = 0;
     let proto = loop {
         let n = stream.read(&mut prefix[len..]).await?;
         if n == 0 {
             if len == 0 {
-                return Ok(Sniffed::Closed);
+                return Ok(Started::Closed);
             }
             break Proto::H1; // truncated: let hyper's h1 parser report it
         }
@@ -58,10 +156,19 @@ pub(crate) async fn sniff(mut stream: TcpStream, state: Rc<ConnState>) -> io::Re
     };
     debug_assert!(len <= 24);
     state.set_proto(proto);
-    Ok(Sniffed::Proto(
+    let info = ConnInfo {
+        tls: false,
+        alpn: None,
+        http_version: match proto {
+            Proto::H2 => http::Version::HTTP_2,
+            Proto::H1 | Proto::Unknown => http::Version::HTTP_11,
+        },
+    };
+    Ok(Started::Proto(
         proto,
+        info,
         Io {
-            stream,
+            stream: Transport::Plain(stream),
             prefix,
             prefix_pos: 0,
             prefix_len: len,
@@ -91,7 +198,7 @@ impl hyper::rt::Read for Io {
             let len = spare.len().min(MAX_READ);
             std::ptr::write_bytes(spare.as_mut_ptr(), 0, len);
             let init = std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), len);
-            match Pin::new(&mut this.stream).poll_read(cx, init) {
+            match this.stream.poll_read(cx, init) {
                 Poll::Ready(Ok(n)) => {
                     assert!(n <= len, "socket reported more than the buffer");
                     buf.advance(n);
@@ -111,14 +218,14 @@ impl hyper::rt::Write for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().stream.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().stream.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+        self.get_mut().stream.poll_close(cx)
     }
 }

@@ -1,8 +1,10 @@
-//! HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the reactors, with hyper 1.x.
+//! HTTP/1.1 and HTTP/2 on the reactors, with hyper 1.x: plaintext (h2c by prior knowledge) or
+//! TLS (h2 by ALPN).
 //!
-//! Each core accepts on its own SO_REUSEPORT listener, sniffs the h2 preface on each connection
-//! and hands the socket to hyper's HTTP/1 or HTTP/2 server on a local (`!Send`) executor. The
-//! app sees one [`App::handle`] call per request.
+//! Each core accepts on its own SO_REUSEPORT listener. On a plaintext listener it sniffs the h2
+//! preface; on a TLS listener it does the handshake and lets ALPN choose. It then hands the
+//! connection to hyper's HTTP/1 or HTTP/2 server on a local (`!Send`) executor. The app sees one
+//! [`App::handle`] call per request, with a [`ConnInfo`] in the request's extensions.
 
 pub(crate) mod conn;
 pub(crate) mod io;
@@ -12,6 +14,7 @@ pub(crate) mod watchdog;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -32,11 +35,112 @@ pub enum ListenerKind {
 }
 
 /// One address to listen on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ListenerSpec {
     /// Port 0 picks a free port once; every core then binds that same port.
     pub addr: SocketAddr,
     pub kind: ListenerKind,
+    /// `None`: plaintext HTTP/1.1 and h2c. `Some`: TLS, then HTTP/2 when ALPN chose `h2`,
+    /// HTTP/1.1 otherwise (ALPN `http/1.1` or none). Its `alpn_protocols` may only hold those
+    /// two ids ([`crate::start_reactors`] refuses others); see [`crate::tls_server_config`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ListenerSpec {
+    /// A plaintext listener (HTTP/1.1 and h2c).
+    pub fn plain(addr: SocketAddr, kind: ListenerKind) -> Self {
+        Self {
+            addr,
+            kind,
+            tls: None,
+        }
+    }
+
+    /// A TLS listener (HTTP/1.1 and h2, chosen by ALPN).
+    pub fn tls(addr: SocketAddr, kind: ListenerKind, cfg: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            addr,
+            kind,
+            tls: Some(cfg),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+impl std::fmt::Debug for ListenerSpec {
+    /// The rustls configuration would print keys' debug forms and pages of suites: only say
+    /// whether there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSpec")
+            .field("addr", &self.addr)
+            .field("kind", &self.kind)
+            .field("tls", &self.is_tls())
+            .finish()
+    }
+}
+
+/// Same address, kind and the very same TLS configuration (`Arc` identity: rustls
+/// configurations have no equality of their own).
+impl PartialEq for ListenerSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.kind == other.kind
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for ListenerSpec {}
+
+/// An application protocol chosen by TLS ALPN (RFC 7301); only the two we offer over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    /// `h2`
+    H2,
+    /// `http/1.1`
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol id on the wire.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Self::H2 => crate::tls::ALPN_H2,
+            Self::Http11 => crate::tls::ALPN_HTTP11,
+        }
+    }
+
+    pub(crate) fn from_id(id: &[u8]) -> Option<Self> {
+        match id {
+            crate::tls::ALPN_H2 => Some(Self::H2),
+            crate::tls::ALPN_HTTP11 => Some(Self::Http11),
+            _ => None,
+        }
+    }
+}
+
+/// How the request's connection was made. Every request handed to [`App::handle`] carries one
+/// in its extensions (`req.extensions().get::<ConnInfo>()`), on plaintext and TLS listeners
+/// alike; e.g. to add `Alt-Svc` only over TLS, or to count requests per protocol.
+///
+/// Chosen over a new [`ListenerKind`] variant or `App::handle` parameter: the kind says *which
+/// API* a listener serves, independent of transport, and apps that ignore the transport stay
+/// unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The connection is TLS (a listener with [`ListenerSpec::tls`]).
+    pub tls: bool,
+    /// What ALPN chose; `None` on plaintext, or when the TLS client offered no ALPN.
+    pub alpn: Option<Alpn>,
+    /// The protocol the connection speaks: `HTTP_11` (HTTP/1.x: a request may still say 1.0,
+    /// see `Request::version`) or `HTTP_2`.
+    pub http_version: http::Version,
 }
 
 /// Per-core HTTP limits. Every queue and buffer on the connection path is bounded by one.
@@ -45,8 +149,9 @@ pub struct HttpLimits {
     /// Open connections per core, all listeners together. Beyond it a new connection is
     /// closed right after accept (cheaper than keeping it in the backlog, and visible).
     pub max_connections_per_core: usize,
-    /// Slowloris bound: a new connection must deliver its first request head within this time,
-    /// and on HTTP/1.1 a request head must complete within this time of its first byte.
+    /// Slowloris bound: a new connection must deliver its first request head within this time
+    /// (on TLS listeners: finish the handshake *and* deliver its first head, both counted from
+    /// accept), and on HTTP/1.1 a request head must complete within this time of its first byte.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is closed after this time (h2: GOAWAY first).
     pub idle_timeout: Duration,
@@ -122,7 +227,14 @@ pub struct HttpStats {
     pub requests_in_flight: usize,
     pub accepted: u64,
     pub rejected_over_cap: u64,
+    /// Connections closed because no request head arrived in time (on TLS listeners the
+    /// handshake counts against the same bound, so a stalled handshake lands here).
     pub header_timeouts: u64,
     pub idle_closes: u64,
     pub handler_panics: u64,
+    /// TLS handshakes that failed: not TLS at all (plain HTTP to the TLS port), no common
+    /// version, cipher suite or ALPN id, or the peer closed mid-handshake (a TCP health check
+    /// that connects and closes counts here too). Logged at debug level only: a flood of them
+    /// must not fill the log.
+    pub tls_handshake_failures: u64,
 }

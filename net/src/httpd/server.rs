@@ -4,6 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_rustls::TlsAcceptor;
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
 
@@ -24,6 +25,7 @@ pub(crate) struct CoreHttp {
     header_timeouts: Cell<u64>,
     idle_closes: Cell<u64>,
     handler_panics: Cell<u64>,
+    tls_handshake_failures: Cell<u64>,
     shutdown: LocalSignal,
 }
 
@@ -55,6 +57,7 @@ impl CoreHttp {
             header_timeouts: Cell::new(0),
             idle_closes: Cell::new(0),
             handler_panics: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
             shutdown,
         })
     }
@@ -93,6 +96,11 @@ impl CoreHttp {
         self.handler_panics.set(self.handler_panics.get() + 1);
     }
 
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures
+            .set(self.tls_handshake_failures.get() + 1);
+    }
+
     pub(crate) fn count_end(&self, header_timeout: bool, idle: bool) {
         if header_timeout {
             self.header_timeouts.set(self.header_timeouts.get() + 1);
@@ -111,6 +119,7 @@ impl CoreHttp {
             header_timeouts: self.header_timeouts.get(),
             idle_closes: self.idle_closes.get(),
             handler_panics: self.handler_panics.get(),
+            tls_handshake_failures: self.tls_handshake_failures.get(),
         }
     }
 
@@ -159,12 +168,15 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Accepts on one listener until shutdown; the listener is closed when this returns.
+/// Accepts on one listener until shutdown; the listener is closed when this returns. With
+/// `tls`, every connection starts with a TLS handshake (in its own task, so a slow handshake
+/// never holds the accept loop).
 pub(crate) async fn accept_loop<A: App>(
     core: Rc<CoreHttp>,
     app: Rc<A>,
     listener: TcpListener,
     kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let shutdown = core.shutdown_signal();
@@ -210,12 +222,12 @@ pub(crate) async fn accept_loop<A: App>(
             core: core.clone(),
             key,
         };
-        let (core2, app2) = (core.clone(), app.clone());
+        let (core2, app2, tls2) = (core.clone(), app.clone(), tls.clone());
         glommio::spawn_local(async move {
             let _slot = slot;
-            conn::serve(core2, app2, state, stream, kind, peer).await;
+            conn::serve(core2, app2, state, stream, kind, tls2, peer).await;
         })
         .detach();
     }
-    tracing::debug!(?kind, "accept loop stopped");
+    tracing::debug!(?kind, tls = tls.is_some(), "accept loop stopped");
 }

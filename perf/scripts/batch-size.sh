@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One run of `votes serve` on a fresh topic of PARTITIONS partitions with --linger-ms LINGER,
+# driven at RATE votes/s for 10 s by votes-load (HTTP/1.1, 256 connections): prints the mean
+# votes per transaction and the serve process's and broker's CPU per vote. Used to split the
+# cost into per-vote and per-transaction parts (perf/RESULTS.md).
+#
+#   perf/scripts/batch-size.sh PARTITIONS LINGER_MS RATE [CORES]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+PARTS=$1; LINGER=$2; RATE=$3; CORES=${4:-1}
+B=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/release}
+HTTP=127.0.0.1:18382
+ADMIN=127.0.0.1:19392
+export VOTES_PREFIX="batch-$PARTS-$LINGER-$RATE-$(date +%s%N)-"
+export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
+export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
+export VOTES_ADMIN_TOKEN=perf-admin-token
+scripts/services.sh up kafka dynamodb >/dev/null
+"$B/votes" init --partitions "$PARTS" >/dev/null
+"$B/votes" serve --cores "$CORES" --linger-ms "$LINGER" --http "$HTTP" --admin "$ADMIN" >/dev/null 2>&1 &
+serve=$!
+trap 'kill $serve 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
+curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
+  -d '{"id":"e1","title":"T","options":[{"id":"red","label":"Red"},{"id":"blue","label":"Blue"}]}'
+curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/e1/open"
+kafka=$(pgrep -f 'kafka\.Kafka' | head -1)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+s0=$(ticks $serve); k0=$(ticks "$kafka")
+"$B/votes-load" -q --target "http://$HTTP" --election e1 --rate "$RATE" --duration 10s \
+  --voters $((RATE * 10 + 100)) --connections 256 --report /tmp/batch-size.json >/dev/null
+s1=$(ticks $serve); k1=$(ticks "$kafka")
+batch=$(curl -fsS "http://$ADMIN/metrics" | awk '/^votes_batch_size_mean/ {print $2}')
+python3 - /tmp/batch-size.json $((s1 - s0)) $((k1 - k0)) "$(getconf CLK_TCK)" "$batch" <<PY
+import json, sys
+r = json.load(open(sys.argv[1])); acc = r["by_status"].get("202", 0) or 1
+s, k, tick, batch = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+us = lambda t: t / tick / acc * 1e6
+print(f"partitions=$PARTS linger_ms=$LINGER rate=$RATE cores=$CORES accepted/s={r['achieved_rate']:.0f} "
+      f"p50_ms={r['latency_ms']['p50']:.1f} p99_ms={r['latency_ms']['p99']:.1f} batch_mean={batch} "
+      f"serve_us_per_vote={us(s):.1f} kafka_us_per_vote={us(k):.1f}")
+PY
