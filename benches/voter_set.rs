@@ -39,65 +39,71 @@ struct Figures {
     contains_ns: f64,
 }
 
-fn roaring(n: u64, partitions: u32) -> Figures {
-    let population = 3 * n;
-    let (mut ins, mut look) = (Vec::new(), Vec::new());
-    let mut bytes = 0.0;
-    for run in 0..3 {
-        let mut sets: Vec<RoaringTreemap> =
-            (0..partitions).map(|_| RoaringTreemap::new()).collect();
-        let ids: Vec<(usize, u64)> = voters(n, population, 0x9E37 + run)
-            .map(|v| (partition_of(VoterId(v), partitions) as usize, v))
-            .collect();
-        let t = Instant::now();
-        for &(p, v) in &ids {
-            sets[p].insert(v);
-        }
-        ins.push(t.elapsed().as_nanos() as f64 / n as f64);
-        let t = Instant::now();
-        let mut hits = 0u64;
-        for &(p, v) in &ids {
-            hits += u64::from(sets[p].contains(black_box(v)));
-        }
-        look.push(t.elapsed().as_nanos() as f64 / n as f64);
-        assert_eq!(hits, n);
-        let distinct: u64 = sets.iter().map(|s| s.len()).sum();
-        bytes = sets.iter().map(|s| s.serialized_size() as f64).sum::<f64>() / distinct as f64;
+/// What the benchmark needs of a voter set.
+trait VoterSet: Default {
+    fn add(&mut self, voter: u64);
+    fn has(&self, voter: u64) -> bool;
+    fn voters(&self) -> u64;
+    /// Heap bytes the set holds.
+    fn bytes(&self) -> u64;
+}
+
+impl VoterSet for RoaringTreemap {
+    fn add(&mut self, voter: u64) {
+        self.insert(voter);
     }
-    Figures {
-        bytes_per_voter: bytes,
-        insert_ns: median(ins),
-        contains_ns: median(look),
+    fn has(&self, voter: u64) -> bool {
+        self.contains(voter)
+    }
+    fn voters(&self) -> u64 {
+        self.len()
+    }
+    fn bytes(&self) -> u64 {
+        self.serialized_size() as u64
     }
 }
 
-fn hash_set(n: u64, partitions: u32) -> Figures {
+impl VoterSet for HashSet<u64> {
+    fn add(&mut self, voter: u64) {
+        self.insert(voter);
+    }
+    fn has(&self, voter: u64) -> bool {
+        self.contains(&voter)
+    }
+    fn voters(&self) -> u64 {
+        self.len() as u64
+    }
+    fn bytes(&self) -> u64 {
+        // hashbrown: one key and one control byte per bucket.
+        (self.capacity() * (8 + 1)) as u64
+    }
+}
+
+/// `n` voters spread over `partitions` sets of type `S`: median insert and lookup time per
+/// voter over 3 runs, and bytes per voter.
+fn measure<S: VoterSet>(n: u64, partitions: u32) -> Figures {
     let population = 3 * n;
     let (mut ins, mut look) = (Vec::new(), Vec::new());
     let mut bytes = 0.0;
     for run in 0..3 {
-        let mut sets: Vec<HashSet<u64>> = (0..partitions).map(|_| HashSet::new()).collect();
+        let mut sets: Vec<S> = (0..partitions).map(|_| S::default()).collect();
         let ids: Vec<(usize, u64)> = voters(n, population, 0x9E37 + run)
             .map(|v| (partition_of(VoterId(v), partitions) as usize, v))
             .collect();
         let t = Instant::now();
         for &(p, v) in &ids {
-            sets[p].insert(v);
+            sets[p].add(v);
         }
         ins.push(t.elapsed().as_nanos() as f64 / n as f64);
         let t = Instant::now();
         let mut hits = 0u64;
         for &(p, v) in &ids {
-            hits += u64::from(sets[p].contains(black_box(&v)));
+            hits += u64::from(sets[p].has(black_box(v)));
         }
         look.push(t.elapsed().as_nanos() as f64 / n as f64);
         assert_eq!(hits, n);
-        let distinct: usize = sets.iter().map(|s| s.len()).sum();
-        bytes = sets
-            .iter()
-            .map(|s| (s.capacity() * (8 + 1)) as f64)
-            .sum::<f64>()
-            / distinct as f64;
+        let distinct: u64 = sets.iter().map(S::voters).sum();
+        bytes = sets.iter().map(|s| s.bytes() as f64).sum::<f64>() / distinct as f64;
     }
     Figures {
         bytes_per_voter: bytes,
@@ -122,8 +128,8 @@ fn main() {
     );
     for &n in sizes {
         for partitions in [1u32, 64] {
-            let r = roaring(n, partitions);
-            let h = hash_set(n, partitions);
+            let r = measure::<RoaringTreemap>(n, partitions);
+            let h = measure::<HashSet<u64>>(n, partitions);
             for (name, f) in [("roaring", &r), ("HashSet<u64>", &h)] {
                 println!(
                     "{n:>11} {partitions:>3}   {name:<13} {:>11.2} {:>10.1} {:>12.1}",

@@ -21,6 +21,7 @@ pub mod record;
 pub mod routing;
 pub mod token;
 pub mod vote_body;
+mod wire;
 
 pub use api_error::ErrorCode;
 pub use election::{Election, ElectionOption, ElectionState};

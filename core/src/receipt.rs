@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
 use crate::routing::voter_key;
+use crate::wire::{Reader, WireError, put_str};
 
 pub const LEAF_VERSION: u8 = 0x01;
 /// Upper bound of an encoded leaf.
@@ -120,7 +121,7 @@ impl Leaf {
         if version != LEAF_VERSION {
             return Err(LeafError::UnsupportedVersion(version));
         }
-        let mut r = Reader { bytes, pos: 1 };
+        let mut r = Reader::at(bytes, 1);
         let election = r.str("election", ELECTION_ID_MAX)?;
         let election = ElectionId::new(election).map_err(|source| LeafError::InvalidId {
             field: "election",
@@ -135,8 +136,8 @@ impl Leaf {
         let partition = u32::from_be_bytes(r.array("partition")?);
         let offset = u64::from_be_bytes(r.array("offset")?);
         let nonce = r.array("nonce")?;
-        if r.pos != bytes.len() {
-            return Err(LeafError::TrailingBytes(bytes.len() - r.pos));
+        if r.remaining() != 0 {
+            return Err(LeafError::TrailingBytes(r.remaining()));
         }
         Ok(Self {
             election,
@@ -172,47 +173,19 @@ pub fn parse_receipt(receipt: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let len = u16::try_from(s.len()).expect("ids are validated to be short");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], LeafError> {
-        let end = self.pos.checked_add(n).ok_or(LeafError::Truncated(field))?;
-        let slice = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(LeafError::Truncated(field))?;
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], LeafError> {
-        let slice = self.take(field, N)?;
-        Ok(slice.try_into().expect("take returned exactly N bytes"))
-    }
-
-    /// A u16-length-prefixed id; the bound is checked before the bytes are read.
-    fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, LeafError> {
-        let len = usize::from(u16::from_be_bytes(self.array(field)?));
-        if len > max {
-            return Err(LeafError::InvalidId {
+impl From<WireError> for LeafError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => LeafError::Truncated(field),
+            WireError::TooLong { field, max } => LeafError::InvalidId {
                 field,
                 source: IdError::TooLong { kind: field, max },
-            });
+            },
+            WireError::NotText(field) => LeafError::InvalidId {
+                field,
+                source: IdError::BadCharacter { kind: field },
+            },
         }
-        let raw = self.take(field, len)?;
-        std::str::from_utf8(raw).map_err(|_| LeafError::InvalidId {
-            field,
-            source: IdError::BadCharacter { kind: field },
-        })
     }
 }
 

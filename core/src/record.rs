@@ -17,6 +17,7 @@
 //! all errors, because the log is the source every count is rebuilt from.
 
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
+use crate::wire::{Reader, WireError, put_str};
 
 pub const RECORD_VERSION: u8 = 1;
 /// Longest node name carried in a record.
@@ -99,12 +100,11 @@ impl VoteRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let mut r = Reader { bytes, pos: 0 };
+        let mut r = Reader::at(bytes, 1);
         let version = *bytes.first().ok_or(RecordError::Empty)?;
         if version != RECORD_VERSION {
             return Err(RecordError::UnsupportedVersion(version));
         }
-        r.pos = 1;
         let election = r.str("election", ELECTION_ID_MAX)?;
         let election = ElectionId::new(election).map_err(|source| RecordError::InvalidId {
             field: "election",
@@ -126,8 +126,8 @@ impl VoteRecord {
             .to_owned();
         let core = u16::from_be_bytes(r.array("core")?);
         let nonce = r.array("nonce")?;
-        if r.pos != bytes.len() {
-            return Err(RecordError::TrailingBytes(bytes.len() - r.pos));
+        if r.remaining() != 0 {
+            return Err(RecordError::TrailingBytes(r.remaining()));
         }
         Ok(Self {
             election,
@@ -141,50 +141,19 @@ impl VoteRecord {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let len = u16::try_from(s.len()).expect("ids are validated to be short");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], RecordError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(RecordError::Truncated(field))?;
-        let slice = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(RecordError::Truncated(field))?;
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], RecordError> {
-        let slice = self.take(field, N)?;
-        Ok(slice.try_into().expect("take returned exactly N bytes"))
-    }
-
-    /// A u16-length-prefixed ASCII id; the length bound is checked before the bytes are read.
-    fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, RecordError> {
-        let len = usize::from(u16::from_be_bytes(self.array(field)?));
-        if len > max {
-            return Err(RecordError::InvalidId {
+impl From<WireError> for RecordError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => RecordError::Truncated(field),
+            WireError::TooLong { field, max } => RecordError::InvalidId {
                 field,
                 source: IdError::TooLong { kind: field, max },
-            });
+            },
+            WireError::NotText(field) => RecordError::InvalidId {
+                field,
+                source: IdError::BadCharacter { kind: field },
+            },
         }
-        let raw = self.take(field, len)?;
-        std::str::from_utf8(raw).map_err(|_| RecordError::InvalidId {
-            field,
-            source: IdError::BadCharacter { kind: field },
-        })
     }
 }
 

@@ -1,0 +1,98 @@
+//! The big-endian, length-prefixed primitives the binary formats share (the vote record of
+//! [`crate::record`] and the receipt leaf of [`crate::receipt`]): one reader and one writer, so
+//! both formats bound and reject input the same way.
+
+/// Why a field could not be read; each format maps it into its own error type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// The input ends inside the field.
+    Truncated(&'static str),
+    /// A length prefix above the field's bound (checked before any byte of it is read).
+    TooLong { field: &'static str, max: usize },
+    /// A string field that is not UTF-8.
+    NotText(&'static str),
+}
+
+/// Appends `s` with its length as a u16.
+///
+/// # Panics
+/// When `s` is longer than u16::MAX: every string written is validated far below that.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("strings are validated to be short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader positioned at `pos`.
+    pub(crate) fn at(bytes: &'a [u8], pos: usize) -> Self {
+        Self { bytes, pos }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+
+    pub(crate) fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated(field))?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(WireError::Truncated(field))?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], WireError> {
+        let slice = self.take(field, N)?;
+        Ok(slice.try_into().expect("take returned exactly N bytes"))
+    }
+
+    /// A u16-length-prefixed UTF-8 string of at most `max` bytes.
+    pub(crate) fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, WireError> {
+        let len = usize::from(u16::from_be_bytes(self.array(field)?));
+        if len > max {
+            return Err(WireError::TooLong { field, max });
+        }
+        let raw = self.take(field, len)?;
+        std::str::from_utf8(raw).map_err(|_| WireError::NotText(field))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_it_writes_and_names_each_defect() {
+        let mut out = vec![7];
+        put_str(&mut out, "abc");
+        out.extend_from_slice(&9u32.to_be_bytes());
+        let mut r = Reader::at(&out, 1);
+        assert_eq!(r.str("s", 8), Ok("abc"));
+        assert_eq!(r.array::<4>("n"), Ok([0, 0, 0, 9]));
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(r.array::<1>("x"), Err(WireError::Truncated("x")));
+        assert_eq!(
+            Reader::at(&out, 1).str("s", 2),
+            Err(WireError::TooLong { field: "s", max: 2 })
+        );
+        assert_eq!(
+            Reader::at(&[0, 1, 0xff], 0).str("s", 2),
+            Err(WireError::NotText("s"))
+        );
+        assert_eq!(
+            Reader::at(&[0, 5, 1], 0).str("s", 8),
+            Err(WireError::Truncated("s"))
+        );
+    }
+}
