@@ -9,6 +9,9 @@ SHELL := /bin/bash
 # Builds stay warm across clones (CI uses a fresh clone per run).
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/votes-target
 export CARGO_TERM_COLOR ?= never
+# Property tests draw from this seed, so a failure reproduces with the same command (proptest
+# prints the minimal failing input); change it to explore other cases.
+export PROPTEST_RNG_SEED ?= 20261125
 VOTES := $(CARGO_TARGET_DIR)/debug/votes
 SERVICES := scripts/services.sh
 # CI passes a file in which `up` records what it started, so it can stop exactly that.
