@@ -284,11 +284,12 @@ async fn drive(
                         "fenced by a newer owner: this shard stops accepting"
                     );
                     slot.status.set(ShardState::Fenced);
+                    retire(producer, &blocking).await;
                     return;
                 }
                 CommitOutcome::Unknown => {
                     slot.status.set(ShardState::Recovering);
-                    drop(producer);
+                    retire(producer, &blocking).await;
                     match take_ownership(&slot, &settings, &blocking).await {
                         Some(p) => producer = p,
                         None => return,
@@ -297,6 +298,14 @@ async fn drive(
                 CommitOutcome::Committed { .. } | CommitOutcome::Aborted => {}
             }
         }
+    }
+}
+
+/// Drops a producer on the blocking pool: destroying a librdkafka client joins its threads
+/// and closes its connections, which must not stall the reactor.
+async fn retire(producer: Arc<PartitionProducer>, blocking: &Blocking) {
+    if let Err(e) = blocking.run(move || drop(producer)).await {
+        tracing::warn!(error = %e, "could not retire a producer off the reactor");
     }
 }
 
