@@ -39,9 +39,9 @@ curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
   -d '{"id":"demo","title":"Song of the night","options":[{"id":"aurora","label":"Aurora"},{"id":"borealis","label":"Borealis"},{"id":"cascade","label":"Cascade"}]}'
 curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/demo/open"
 
-echo "demo: a short burst of votes (3,000 voters, 10% duplicates)"
+echo "demo: a short burst of votes (2,000 requests, 10% duplicates)"
 if [ -x "$BIN/votes-load" ]; then
-  "$BIN/votes-load" --target "http://$HTTP" --election demo --rate 1000 --duration 4s --voters 3000 \
+  "$BIN/votes-load" --target "http://$HTTP" --election demo --rate 500 --duration 4s --voters 1800 \
     --voter-base "$(date +%s)000" --dup-ratio 0.1 --connections 32 --report "$RUN/load.json"
 else
   for v in $(seq 1 200); do
