@@ -53,6 +53,28 @@ async fn post_vote(
     (st, j)
 }
 
+/// A vote with `Authorization: Bearer {bearer_token}` and a JSON content type.
+async fn post_as(
+    c: &TestClient,
+    s: &At<'_>,
+    election: &str,
+    bearer_token: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {bearer_token}");
+    post_vote(
+        c,
+        s,
+        election,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_owned(),
+    )
+    .await
+}
+
 async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
     let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
     let c = TestClient::for_protocol(protocol, root);
@@ -162,64 +184,29 @@ async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
         401,
         "unauthorized",
     );
-    let forged = format!("Bearer {}x", token(voter_base + 2));
+    let forged = format!("{}x", token(voter_base + 2));
     assert_error(
-        &post_vote(
-            &c,
-            s,
-            &open,
-            &[
-                ("authorization", &forged),
-                ("content-type", "application/json"),
-            ],
-            r#"{"option":"red"}"#,
-        )
-        .await,
+        &post_as(&c, s, &open, &forged, r#"{"option":"red"}"#).await,
         401,
         "unauthorized",
     );
     let other_key = votes_core::TokenKeys::hs256(b"another-key-another-key-another-key").unwrap();
-    let alien = format!(
-        "Bearer {}",
-        votes_core::token::issue(other_key.signing_key(), votes_core::VoterId(5), 60, now_s())
-    );
+    let alien =
+        votes_core::token::issue(other_key.signing_key(), votes_core::VoterId(5), 60, now_s());
     assert_error(
-        &post_vote(
-            &c,
-            s,
-            &open,
-            &[
-                ("authorization", &alien),
-                ("content-type", "application/json"),
-            ],
-            r#"{"option":"red"}"#,
-        )
-        .await,
+        &post_as(&c, s, &open, &alien, r#"{"option":"red"}"#).await,
         401,
         "unauthorized",
     );
     let keys = votes_core::TokenKeys::hs256(common::serve::TOKEN_KEY.as_bytes()).unwrap();
-    let expired = format!(
-        "Bearer {}",
-        votes_core::token::issue(
-            keys.signing_key(),
-            votes_core::VoterId(5),
-            1,
-            now_s() - 3600
-        )
+    let expired = votes_core::token::issue(
+        keys.signing_key(),
+        votes_core::VoterId(5),
+        1,
+        now_s() - 3600,
     );
     assert_error(
-        &post_vote(
-            &c,
-            s,
-            &open,
-            &[
-                ("authorization", &expired),
-                ("content-type", "application/json"),
-            ],
-            r#"{"option":"red"}"#,
-        )
-        .await,
+        &post_as(&c, s, &open, &expired, r#"{"option":"red"}"#).await,
         401,
         "unauthorized",
     );

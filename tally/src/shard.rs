@@ -385,20 +385,24 @@ impl Shard {
             }
             CommitOutcome::Fenced => {
                 self.release(in_flight.votes, &mut answers);
-                let open = std::mem::take(&mut self.open);
-                self.release(open, &mut answers);
+                self.release_queued(&mut answers);
                 self.state = ShardState::Fenced;
             }
             CommitOutcome::Unknown => {
                 // The batch may or may not be in the log: only a replay can tell, and until
                 // then no voter of this partition can be deduplicated with certainty.
                 self.release(in_flight.votes, &mut answers);
-                let open = std::mem::take(&mut self.open);
-                self.release(open, &mut answers);
+                self.release_queued(&mut answers);
                 self.state = ShardState::Recovering;
             }
         }
         answers
+    }
+
+    /// Forgets the votes waiting for a batch, answering them `503`.
+    fn release_queued(&mut self, answers: &mut Vec<Answer>) {
+        let open = std::mem::take(&mut self.open);
+        self.release(open, answers);
     }
 
     /// Forgets pending votes, answering each of them and their waiters `503`.
@@ -427,8 +431,7 @@ impl Shard {
         if let Some(in_flight) = self.in_flight.take() {
             self.release(in_flight.votes, &mut answers);
         }
-        let open = std::mem::take(&mut self.open);
-        self.release(open, &mut answers);
+        self.release_queued(&mut answers);
         self.state = ShardState::Fenced;
         answers
     }
