@@ -440,3 +440,42 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
         );
     });
 }
+
+#[test]
+fn requests_over_the_rate_limit_get_429_with_retry_after() {
+    require_services();
+    let prefix = common::unique_prefix("rate");
+    assert!(
+        common::votes(&prefix, &["init", "--partitions", "2"])
+            .status
+            .success()
+    );
+    // 5 requests/s per address on the one core: a burst of 10, then 429.
+    let serve = Serve::start_env(&prefix, 1, false, &[("VOTES_RATE_PER_ADDR", "5")]);
+    runtime().block_on(async {
+        let c = TestClient::http1();
+        open_election(&c, &serve, "rated", &["red", "blue"], 0).await;
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(c.get(&serve.url("/v1/elections")).await.unwrap().0);
+        }
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let (st, headers, body) = c
+            .send("GET", &serve.url("/v1/elections"), &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_error(&(st, body), 429, "rate_limited");
+        let retry: u64 = headers["retry-after"].parse().unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        // A vote is limited the same way, and probes never are.
+        let (st, body) = c.vote(&serve.url(""), "rated", 1, "red").await.unwrap();
+        assert_error(&(st, body), 429, "rate_limited");
+        assert_eq!(c.get(&serve.url("/healthz")).await.unwrap().0, 200);
+        // The bucket refills at the configured rate.
+        tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+        assert_eq!(
+            c.vote(&serve.url(""), "rated", 1, "red").await.unwrap().0,
+            202
+        );
+    });
+}

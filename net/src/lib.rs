@@ -17,6 +17,7 @@ mod httpd;
 mod listener;
 mod mesh;
 pub mod preflight;
+mod rate;
 mod reactor;
 mod signal;
 mod tls;
@@ -29,6 +30,7 @@ pub use httpd::{
     Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
 };
 pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
+pub use rate::RateLimiter;
 pub use reactor::{
     BoundListener, CoreContext, HttpStatsHandle, ReactorConfig, Reactors, ShutdownHandle,
     start_reactors,

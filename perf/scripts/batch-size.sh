@@ -16,6 +16,9 @@ export VOTES_PREFIX="batch-$PARTS-$LINGER-$RATE-$(date +%s%N)-"
 export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
 export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
 export VOTES_ADMIN_TOKEN=perf-admin-token
+# The whole load comes from one loopback address: per-source rate limits would measure
+# themselves, not the write path.
+export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 scripts/services.sh up kafka dynamodb >/dev/null
 "$B/votes" init --partitions "$PARTS" >/dev/null
 "$B/votes" serve --cores "$CORES" --linger-ms "$LINGER" --http "$HTTP" --admin "$ADMIN" >/dev/null 2>&1 &

@@ -29,6 +29,9 @@ scripts/services.sh up kafka dynamodb >/dev/null
 export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
 export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
 export VOTES_ADMIN_TOKEN=perf-admin-token
+# The whole load comes from one loopback address: per-source rate limits would measure
+# themselves, not the write path.
+export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 HTTP=127.0.0.1:18580
 ADMIN=127.0.0.1:19590
 TICK=$(getconf CLK_TCK)

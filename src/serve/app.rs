@@ -62,6 +62,8 @@ pub struct CoreApp {
     pub shards: Rc<ShardHost>,
     pub metrics: Rc<CoreMetrics>,
     pub blocking: votes_net::Blocking,
+    /// This core's per-address and per-prefix limits (DESIGN §4.1).
+    pub limiter: RefCell<votes_net::RateLimiter>,
 }
 
 /// The handle the reactor holds; requests clone the `Rc` so their futures own the app.
@@ -71,13 +73,13 @@ impl App for AppHandle {
     fn handle(
         &self,
         kind: ListenerKind,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         req: Request<Incoming>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         let app = self.0.clone();
         Box::pin(async move {
             match kind {
-                ListenerKind::Public => app.public(req).await,
+                ListenerKind::Public => app.public(peer, req).await,
                 ListenerKind::Admin => app.admin(req).await,
             }
         })
@@ -111,10 +113,25 @@ fn segments(path: &str) -> Vec<&str> {
 }
 
 impl CoreApp {
-    async fn public(self: Rc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn public(self: Rc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<BoxBody> {
         let path = req.uri().path().to_owned();
         let segs = segments(&path);
         let method = req.method().clone();
+        let probe = matches!(segs.as_slice(), ["healthz" | "readyz"]);
+        if !probe {
+            let limited = self
+                .limiter
+                .borrow_mut()
+                .check(peer.ip(), std::time::Instant::now());
+            if let Err(wait) = limited {
+                if method == Method::POST
+                    && matches!(segs.as_slice(), ["v1", "elections", _, "votes"])
+                {
+                    self.metrics.vote(ErrorCode::RateLimited.as_str());
+                }
+                return reply::rate_limited(wait);
+            }
+        }
         match (segs.as_slice(), &method) {
             (["healthz"], &Method::GET) => json(200, &serde_json::json!({"status": "ok"})),
             (["readyz"], &Method::GET) => {

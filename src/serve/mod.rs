@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// Bound on each blocking Kafka call (init, commit), in milliseconds.
     #[arg(long, env = "VOTES_KAFKA_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_timeout_ms: u64,
+    /// Requests per second one source address may make, per core (bursts of twice that);
+    /// 0 switches the limit off. Generous by default: carrier-grade NAT puts many voters
+    /// behind one address.
+    #[arg(long, env = "VOTES_RATE_PER_ADDR", default_value_t = 1_000)]
+    pub rate_per_addr: u32,
+    /// Requests per second one /24 (IPv4) or /56 (IPv6) may make, per core; 0 = off.
+    #[arg(long, env = "VOTES_RATE_PER_PREFIX", default_value_t = 10_000)]
+    pub rate_per_prefix: u32,
     /// Lifetime of a proof-of-work challenge, in seconds.
     #[arg(long, env = "VOTES_CHALLENGE_TTL_S", default_value_t = 300)]
     pub challenge_ttl_s: u64,
@@ -183,6 +191,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     cfg.max_blocking_in_flight = per_core * 2 + 8;
 
     let initial = view;
+    let (rate_per_addr, rate_per_prefix) = (args.rate_per_addr, args.rate_per_prefix);
     let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
         let core = ctx.core_index();
         let metrics = Rc::new(CoreMetrics::default());
@@ -203,6 +212,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             shards: shards.clone(),
             metrics: metrics.clone(),
             blocking: ctx.blocking().clone(),
+            limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
         });
         let mut inbox = ctx.take_inbox().expect("the inbox is taken once, here");
         glommio::spawn_local({

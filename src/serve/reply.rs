@@ -33,6 +33,18 @@ pub fn error(code: ErrorCode, message: &str) -> Response<BoxBody> {
     resp
 }
 
+/// `429 rate_limited` with `Retry-After` in whole seconds (at least 1).
+pub fn rate_limited(wait: std::time::Duration) -> Response<BoxBody> {
+    let mut resp = error(
+        ErrorCode::RateLimited,
+        "too many requests from this address or network; retry later",
+    );
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, secs.max(1).into());
+    resp
+}
+
 /// An error whose code is not one of the voter API's (admin API: `conflict`).
 pub fn custom_error(status: u16, code: &str, message: &str) -> Response<BoxBody> {
     let body = serde_json::json!({"error": {"code": code, "message": message}});

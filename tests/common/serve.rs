@@ -64,6 +64,12 @@ impl Serve {
 
     /// Like [`Serve::start`], with a TLS listener on a self-signed certificate when `tls`.
     pub fn start_with(prefix: &str, cores: usize, tls: bool) -> Serve {
+        Serve::start_env(prefix, cores, tls, &[])
+    }
+
+    /// Like [`Serve::start_with`], with extra environment for the process. Rate limits are off
+    /// unless `env` sets them: every test client speaks from 127.0.0.1.
+    pub fn start_env(prefix: &str, cores: usize, tls: bool, env: &[(&str, &str)]) -> Serve {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
@@ -105,6 +111,9 @@ impl Serve {
             .env("VOTES_AUDIT_KEY", AUDIT_KEY)
             .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("VOTES_LOG", "info")
+            .env("VOTES_RATE_PER_ADDR", "0")
+            .env("VOTES_RATE_PER_PREFIX", "0")
+            .envs(env.iter().copied())
             .env_remove("VOTES_CONFIG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
