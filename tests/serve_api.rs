@@ -438,6 +438,21 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
             (st, e["state"].as_str(), e["pow_difficulty"].as_u64()),
             (200, Some("open"), Some(4))
         );
+        // A change made through another process reaches a running one through the topic.
+        let c = TestClient::http1();
+        open_election(&c, &serve, "e2", &["a", "b"], 0).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (st, e) = c.get(&later.url("/v1/elections/e2")).await.unwrap();
+            if st == 200 && e["state"] == "open" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "e2 never reached the running process: {st} {e}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     });
 }
 

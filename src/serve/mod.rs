@@ -254,8 +254,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             let mesh = ctx.mesh().clone();
             glommio::spawn_local(async move {
                 loop {
-                    let mut scratch = elections.borrow().clone();
-                    for e in reader.poll_now(&mut scratch) {
+                    // Applied here by poll_now; broadcast re-applies idempotently (same version).
+                    let changed = reader.poll_now(&mut elections.borrow_mut());
+                    for e in changed {
                         broadcast_election(core, &mesh, &elections, e).await;
                     }
                     glommio::timer::sleep(Duration::from_millis(250)).await;

@@ -122,9 +122,18 @@ pub async fn create_topics(
             Err((topic, code)) => return Err(ProvisionError::TopicRefused { topic, code }),
         }
     }
-    let metadata = partition_count(brokers, &votes_topic, plan.timeout)
-        .await
-        .map_err(kafka_err)?;
+    // A topic just created may not be in the answering broker's metadata yet (it shows no
+    // partitions for a moment): wait for it, within the same bound.
+    let deadline = std::time::Instant::now() + plan.timeout;
+    let metadata = loop {
+        let n = partition_count(brokers, &votes_topic, plan.timeout)
+            .await
+            .map_err(kafka_err)?;
+        if n > 0 || std::time::Instant::now() >= deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     if metadata != plan.partitions as usize {
         return Err(ProvisionError::PartitionMismatch {
             topic: votes_topic,
