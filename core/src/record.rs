@@ -37,6 +37,53 @@ pub struct VoteRecord {
     pub nonce: [u8; 16],
 }
 
+/// A vote record whose strings are borrowed: the shard encodes a batch from the votes it
+/// holds without copying an election, option or node name per vote.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub election: &'a ElectionId,
+    pub voter: VoterId,
+    pub option: &'a OptionId,
+    pub received_at_ms: u64,
+    pub node: &'a str,
+    pub core: u16,
+    pub nonce: &'a [u8; 16],
+}
+
+impl RecordRef<'_> {
+    pub fn encoded_len(&self) -> usize {
+        1 + (2 + self.election.as_str().len())
+            + 8
+            + (2 + self.option.as_str().len())
+            + 8
+            + (2 + self.node.len())
+            + 2
+            + 16
+    }
+
+    /// Appends the encoding to `out`.
+    ///
+    /// # Panics
+    /// When the node name exceeds [`NODE_MAX`]: it comes from configuration, validated at
+    /// start-up, so an oversized one here is a bug.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        assert!(
+            self.node.len() <= NODE_MAX,
+            "node name validated at start-up"
+        );
+        let start = out.len();
+        out.push(RECORD_VERSION);
+        put_str(out, self.election.as_str());
+        out.extend_from_slice(&self.voter.0.to_be_bytes());
+        put_str(out, self.option.as_str());
+        out.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        put_str(out, self.node);
+        out.extend_from_slice(&self.core.to_be_bytes());
+        out.extend_from_slice(self.nonce);
+        debug_assert_eq!(out.len() - start, self.encoded_len());
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("record is empty")]
@@ -58,39 +105,26 @@ pub enum RecordError {
 }
 
 impl VoteRecord {
+    /// The record by reference, for encoding.
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            election: &self.election,
+            voter: self.voter,
+            option: &self.option,
+            received_at_ms: self.received_at_ms,
+            node: &self.node,
+            core: self.core,
+            nonce: &self.nonce,
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
-        1 + 2
-            + self.election.as_str().len()
-            + 8
-            + 2
-            + self.option.as_str().len()
-            + 8
-            + 2
-            + self.node.len()
-            + 2
-            + 16
+        self.view().encoded_len()
     }
 
     /// Appends the encoding to `out` (callers reuse one buffer per batch).
-    ///
-    /// # Panics
-    /// When the node name exceeds [`NODE_MAX`]: it comes from configuration, validated at
-    /// start-up, so an oversized one here is a bug.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        assert!(
-            self.node.len() <= NODE_MAX,
-            "node name validated at start-up"
-        );
-        let start = out.len();
-        out.push(RECORD_VERSION);
-        put_str(out, self.election.as_str());
-        out.extend_from_slice(&self.voter.0.to_be_bytes());
-        put_str(out, self.option.as_str());
-        out.extend_from_slice(&self.received_at_ms.to_be_bytes());
-        put_str(out, &self.node);
-        out.extend_from_slice(&self.core.to_be_bytes());
-        out.extend_from_slice(&self.nonce);
-        debug_assert_eq!(out.len() - start, self.encoded_len());
+        self.view().encode_into(out);
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
 use roaring::RoaringTreemap;
-use votes_core::record::{NODE_MAX, RECORD_MAX_LEN};
+use votes_core::record::{NODE_MAX, RECORD_MAX_LEN, RecordRef};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
 
 /// Repeats of one voter's pending vote that wait for its outcome.
@@ -317,16 +317,16 @@ impl Shard {
             ends: Vec::with_capacity(n),
         };
         for v in &votes {
-            let record = VoteRecord {
-                election: v.election.clone(),
+            RecordRef {
+                election: &v.election,
                 voter: v.voter,
-                option: v.option.clone(),
+                option: &v.option,
                 received_at_ms: v.received_at_ms,
-                node: self.cfg.node.clone(),
+                node: &self.cfg.node,
                 core: self.cfg.core,
-                nonce: v.nonce,
-            };
-            record.encode_into(&mut batch.payload);
+                nonce: &v.nonce,
+            }
+            .encode_into(&mut batch.payload);
             batch.keys.push(voter_key(v.voter));
             batch.ends.push(batch.payload.len());
         }
@@ -361,14 +361,7 @@ impl Shard {
                     "a committed batch lies past everything applied"
                 );
                 for (vote, offset) in in_flight.votes.into_iter().zip(offsets) {
-                    let tally = self
-                        .elections
-                        .get_mut(&vote.election)
-                        .expect("pending election");
-                    let waiters = tally
-                        .pending
-                        .remove(&vote.voter.0)
-                        .expect("vote was pending");
+                    let (tally, waiters) = self.settle(&vote);
                     let fresh = tally.voters.insert(vote.voter.0);
                     assert!(fresh, "a pending voter is never already committed");
                     *tally.counts.entry(vote.option.clone()).or_insert(0) += 1;
@@ -399,6 +392,19 @@ impl Shard {
         answers
     }
 
+    /// Ends `vote`'s pending state: its election's tally and the tickets that waited for it.
+    fn settle(&mut self, vote: &Vote) -> (&mut ElectionTally, Vec<Ticket>) {
+        let tally = self
+            .elections
+            .get_mut(&vote.election)
+            .expect("a pending vote's election exists");
+        let waiters = tally
+            .pending
+            .remove(&vote.voter.0)
+            .expect("the vote was pending");
+        (tally, waiters)
+    }
+
     /// Forgets the votes waiting for a batch, answering them `503`.
     fn release_queued(&mut self, answers: &mut Vec<Answer>) {
         let open = std::mem::take(&mut self.open);
@@ -408,14 +414,7 @@ impl Shard {
     /// Forgets pending votes, answering each of them and their waiters `503`.
     fn release(&mut self, votes: Vec<Vote>, answers: &mut Vec<Answer>) {
         for vote in votes {
-            let tally = self
-                .elections
-                .get_mut(&vote.election)
-                .expect("pending election");
-            let waiters = tally
-                .pending
-                .remove(&vote.voter.0)
-                .expect("vote was pending");
+            let (_, waiters) = self.settle(&vote);
             answers.extend(std::iter::once(vote.ticket).chain(waiters).map(|ticket| {
                 Answer::Rejected {
                     ticket,
