@@ -56,8 +56,10 @@ KAFKA_POM=$SCRIPTS/kafka/pom.xml
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
 DYNAMODB_PORT=8000
 DYNAMODB_DIR=$RUN/dynamodb
-REDIS_PORT=6379
-REDIS_DIR=$RUN/redis
+# SERVICES_REDIS_PORT runs another Redis beside the shared one, with its own dir and pidfile:
+# the outage test stops and restarts its own instance without touching other tests' data.
+REDIS_PORT=${SERVICES_REDIS_PORT:-6379}
+if [[ $REDIS_PORT == 6379 ]]; then REDIS_DIR=$RUN/redis; else REDIS_DIR=$RUN/redis-$REDIS_PORT; fi
 
 # Set by option parsing.
 KAFKA_NODES=1

@@ -20,6 +20,7 @@ pub mod preflight;
 mod rate;
 mod reactor;
 mod signal;
+pub mod sse;
 mod tls;
 
 pub use blocking::{Blocking, BlockingError};

@@ -24,7 +24,9 @@ use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
 use super::metrics::{CoreMetrics, NodeMetrics};
 use super::ownership::Ownership;
 use super::reply::{self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms};
+use super::results::CoreResults;
 use super::shards::{ShardHost, VoteAnswer, VoteRequest};
+use super::web;
 
 /// Longest time a vote's body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +43,26 @@ pub enum CoreMsg {
     Election(Election),
 }
 
+/// What this process serves (DESIGN §4.1 `--roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub results: bool,
+    pub admin: bool,
+}
+
+/// Lifetime of a token from the development sign-in.
+const DEV_LOGIN_TTL_S: u64 = 3600;
+
 /// What every core of the node shares, read-only.
 pub struct NodeShared {
+    pub roles: Roles,
+    pub node: String,
+    pub started: std::time::Instant,
+    /// `--dev-login`: the voter page may get a token for any voter id. Development only.
+    pub dev_login: bool,
+    /// The Redis link's figures, when this node has one.
+    pub link_stats: Option<Arc<votes_tally::fanout::LinkStats>>,
     pub token_keys: TokenKeys,
     pub pow_key: PowKey,
     pub audit_key: Vec<u8>,
@@ -60,6 +80,8 @@ pub struct CoreApp {
     pub mesh: Mesh<CoreMsg>,
     pub elections: Rc<RefCell<ElectionsView>>,
     pub shards: Rc<ShardHost>,
+    /// The results role on this core; `None` when the node does not serve it.
+    pub results: Option<Rc<CoreResults>>,
     pub metrics: Rc<CoreMetrics>,
     pub blocking: votes_net::Blocking,
     /// This core's per-address and per-prefix limits (DESIGN §4.1).
@@ -135,7 +157,7 @@ impl CoreApp {
         match (segs.as_slice(), &method) {
             (["healthz"], &Method::GET) => json(200, &serde_json::json!({"status": "ok"})),
             (["readyz"], &Method::GET) => {
-                if self.shared.metrics.ready() {
+                if !self.shared.roles.ingest || self.shared.metrics.ready() {
                     json(200, &serde_json::json!({"status": "ready"}))
                 } else {
                     error(
@@ -158,7 +180,25 @@ impl CoreApp {
                 Some(e) => json(200, &ElectionView::from(&e)),
                 None => error(ErrorCode::NotFound, "no such election"),
             },
+            ([], &Method::GET) => page("index.html"),
+            (["results", _], &Method::GET) => page("results.html"),
+            (["static", name], &Method::GET) => page(name),
+            (["v1", "dev", "login"], &Method::GET) if self.shared.dev_login => {
+                json(200, &serde_json::json!({"enabled": true}))
+            }
+            (["v1", "dev", "login"], &Method::POST) if self.shared.dev_login => {
+                self.dev_login(req).await
+            }
+            (["v1", "elections", id, "results"], &Method::GET) => {
+                self.with_results(id, |r, e| r.results(e, req.headers()))
+            }
+            (["v1", "elections", id, "results", "stream"], &Method::GET) => {
+                self.with_results(id, |r, e| r.stream(e, req.headers()))
+            }
             (["v1", "elections", id, "challenge"], &Method::GET) => self.challenge(id, &req),
+            (["v1", "elections", _, "votes"], &Method::POST) if !self.shared.roles.ingest => {
+                error(ErrorCode::NotFound, "this node does not take votes")
+            }
             (["v1", "elections", id, "votes"], &Method::POST) => {
                 let id = id.to_string();
                 let resp = self.vote(&id, req).await;
@@ -170,12 +210,63 @@ impl CoreApp {
                 ["healthz" | "readyz"]
                 | ["v1", "elections"]
                 | ["v1", "elections", _]
-                | ["v1", "elections", _, "challenge"],
+                | ["v1", "elections", _, "challenge" | "results"]
+                | ["v1", "elections", _, "results", "stream"],
                 _,
             ) => method_not_allowed("GET"),
             (["v1", "elections", _, "votes"], _) => method_not_allowed("POST"),
             _ => error(ErrorCode::NotFound, "no such resource"),
         }
+    }
+
+    /// Runs `f` with the results role and a public election, or answers 404.
+    fn with_results(
+        &self,
+        id: &str,
+        f: impl FnOnce(&CoreResults, &Election) -> Response<BoxBody>,
+    ) -> Response<BoxBody> {
+        let Some(results) = &self.results else {
+            return error(ErrorCode::NotFound, "this node does not serve results");
+        };
+        match self.visible_election(id) {
+            Some(e) => f(results, &e),
+            None => error(ErrorCode::NotFound, "no such election"),
+        }
+    }
+
+    /// POST /v1/dev/login `{"voter":"42"}`: a token for any voter id, only with `--dev-login`.
+    async fn dev_login(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Login {
+            voter: serde_json::Value,
+        }
+        let login: Login = match Self::admin_body(req).await {
+            Ok(l) => l,
+            Err(resp) => return resp,
+        };
+        let voter = match &login.voter {
+            serde_json::Value::String(s) if !s.starts_with('+') => s.parse::<u64>().ok(),
+            serde_json::Value::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        let Some(voter) = voter else {
+            return error(
+                ErrorCode::InvalidRequest,
+                "voter must be a decimal voter id (0 to 2^64-1)",
+            );
+        };
+        let now_s = now_ms() / 1000;
+        let token = token::issue(
+            self.shared.token_keys.signing_key(),
+            votes_core::VoterId(voter),
+            DEV_LOGIN_TTL_S,
+            now_s,
+        );
+        json(
+            200,
+            &serde_json::json!({"token": token, "voter": voter.to_string(), "expires_at": (now_s + DEV_LOGIN_TTL_S) * 1000}),
+        )
     }
 
     /// An election voters may see (drafts are not public).
@@ -362,8 +453,14 @@ impl CoreApp {
         if segs.as_slice() == ["metrics"] && req.method() == Method::GET {
             return self.metrics_page();
         }
-        if segs.as_slice() == ["healthz"] && req.method() == Method::GET {
-            return json(200, &serde_json::json!({"status": "ok"}));
+        if req.method() == Method::GET {
+            match segs.as_slice() {
+                ["healthz"] => return json(200, &serde_json::json!({"status": "ok"})),
+                // The page itself holds no secret: every call it makes carries the admin token.
+                ["admin"] => return page("admin.html"),
+                ["static", name] => return page(name),
+                _ => {}
+            }
         }
         let authorized = match (&self.shared.admin_token, bearer(&req)) {
             (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
@@ -375,6 +472,7 @@ impl CoreApp {
         let method = req.method().clone();
         match (segs.as_slice(), &method) {
             (["admin", "v1", "elections"], &Method::GET) => self.admin_list(),
+            (["admin", "v1", "stats"], &Method::GET) => self.admin_stats(),
             (["admin", "v1", "elections"], &Method::POST) => self.admin_create(req).await,
             (["admin", "v1", "elections", id, "open"], &Method::POST) => {
                 self.admin_transition(id, ElectionState::Open).await
@@ -424,10 +522,98 @@ impl CoreApp {
             "# TYPE votes_ownership_generation gauge\nvotes_ownership_generation {}",
             self.shared.ownership.generation()
         );
+        if let Some(l) = &self.shared.link_stats {
+            use std::sync::atomic::Ordering::Relaxed;
+            let figures = [
+                (
+                    "votes_redis_published_total",
+                    "counter",
+                    "Tally writes Redis applied.",
+                    l.published.load(Relaxed),
+                ),
+                (
+                    "votes_redis_stale_total",
+                    "counter",
+                    "Tally writes Redis ignored as older than what it held.",
+                    l.stale.load(Relaxed),
+                ),
+                (
+                    "votes_redis_errors_total",
+                    "counter",
+                    "Failed Redis connections or pipelines.",
+                    l.errors.load(Relaxed),
+                ),
+                (
+                    "votes_redis_pending",
+                    "gauge",
+                    "Tallies waiting for Redis.",
+                    l.pending.load(Relaxed),
+                ),
+                (
+                    "votes_redis_lag_ms",
+                    "gauge",
+                    "Age of the oldest tally waiting for Redis.",
+                    l.lag_ms.load(Relaxed),
+                ),
+                (
+                    "votes_redis_connected",
+                    "gauge",
+                    "Whether the link to Redis is up.",
+                    u64::from(l.connected.load(Relaxed)),
+                ),
+                (
+                    "votes_results_polls_total",
+                    "counter",
+                    "Reads of the results from Redis.",
+                    l.polls.load(Relaxed),
+                ),
+            ];
+            for (name, kind, help, v) in figures {
+                let _ = writeln!(
+                    extra,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        }
         reply::text(
             200,
             "text/plain; version=0.0.4",
             self.shared.metrics.render(&extra),
+        )
+    }
+
+    /// Live operational figures for the dashboard: the same numbers as `/metrics`, as JSON.
+    fn admin_stats(&self) -> Response<BoxBody> {
+        let m = &self.shared.metrics;
+        let c = m.merged();
+        let ms = |q: f64| c.commit_latency_us.value_at_quantile(q) as f64 / 1000.0;
+        let redis = self.shared.link_stats.as_ref().map(|l| {
+            use std::sync::atomic::Ordering::Relaxed;
+            serde_json::json!({
+                "connected": l.connected.load(Relaxed),
+                "published": l.published.load(Relaxed),
+                "errors": l.errors.load(Relaxed),
+                "pending": l.pending.load(Relaxed),
+                "lag_ms": l.lag_ms.load(Relaxed),
+                "polls": l.polls.load(Relaxed),
+            })
+        });
+        json(
+            200,
+            &serde_json::json!({
+                "node": self.shared.node,
+                "at_ms": now_ms(),
+                "uptime_s": self.shared.started.elapsed().as_secs(),
+                "cores": self.mesh.cores(),
+                "partitions": self.shared.ownership.partitions(),
+                "ready": !self.shared.roles.ingest || m.ready(),
+                "votes": c.votes,
+                "batches": c.batches,
+                "commit_latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": c.commit_latency_us.max() as f64 / 1000.0},
+                "batch_size_mean": c.batch_size.mean(),
+                "sse_subscribers": m.sse_subscribers(),
+                "redis": redis,
+            }),
         )
     }
 
@@ -584,6 +770,11 @@ pub async fn broadcast_election(
             tracing::warn!(core = other, "core gone; election change not delivered");
         }
     }
+}
+
+/// An embedded page or asset, or 404.
+fn page(name: &str) -> Response<BoxBody> {
+    web::file(name).unwrap_or_else(|| error(ErrorCode::NotFound, "no such resource"))
 }
 
 /// The metric label of an answer to a vote request.

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +95,8 @@ pub struct NodeMetrics {
     /// Each core's shards' absolute tallies, as of its last snapshot.
     pub tallies: Vec<Mutex<Vec<TallyRow>>>,
     pub partitions: Vec<Arc<PartitionStatus>>,
+    /// Open SSE subscriptions of each core, as of its last snapshot.
+    sse: Vec<AtomicU64>,
 }
 
 /// (partition, election, counts by option, offset they reflect).
@@ -109,7 +112,16 @@ impl NodeMetrics {
             partitions: (0..partitions)
                 .map(|_| Arc::new(PartitionStatus::default()))
                 .collect(),
+            sse: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    pub fn set_sse_subscribers(&self, core: usize, n: usize) {
+        self.sse[core].store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn sse_subscribers(&self) -> u64 {
+        self.sse.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     pub fn publish(&self, core: usize, counters: Counters, tallies: Vec<TallyRow>) {
@@ -204,6 +216,14 @@ impl NodeMetrics {
         for (p, s) in self.partitions.iter().enumerate() {
             let n = s.log_duplicates.load(std::sync::atomic::Ordering::Relaxed);
             let _ = writeln!(out, "votes_log_duplicates{{partition=\"{p}\"}} {n}");
+        }
+        out.push_str("# HELP votes_sse_subscribers Open results streams (SSE), by core.\n# TYPE votes_sse_subscribers gauge\n");
+        for (core, n) in self.sse.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "votes_sse_subscribers{{core=\"{core}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
         out.push_str(extra);
         out

@@ -1,12 +1,16 @@
 //! `votes serve`: the appliance (DESIGN §1). One reactor per configured CPU; this node owns
 //! every partition of `votes`, spread over its cores; each core serves the voter API and owns
-//! its shards; core 0 also serves the admin API and follows the elections topic.
+//! its shards (ingest), serves results and their streams (results), and the admin API
+//! (admin); core 0 follows the elections topic. One thread per node links to Redis: it
+//! publishes the shards' tallies and polls the results every core serves.
 
 mod app;
 mod metrics;
 mod ownership;
 mod reply;
+mod results;
 mod shards;
+mod web;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -21,18 +25,19 @@ use votes_net::{CoreContext, ListenerKind, ListenerSpec, ReactorConfig, start_re
 use votes_tally::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
 
 use crate::Common;
-use app::{AppHandle, CoreApp, CoreMsg, NodeShared, broadcast_election};
+use app::{AppHandle, CoreApp, CoreMsg, NodeShared, Roles, broadcast_election};
 use metrics::{CoreMetrics, NodeMetrics};
 use ownership::Ownership;
+use results::{CoreResults, ResultsSettings};
 use shards::{CommitSettings, ShardHost};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Roles of this process, comma-separated: ingest, admin.
+    /// Roles of this process, comma-separated: any of ingest, results, admin.
     #[arg(
         long,
         env = "VOTES_ROLES",
-        default_value = "ingest,admin",
+        default_value = "ingest,results,admin",
         value_delimiter = ','
     )]
     pub roles: Vec<String>,
@@ -80,7 +85,25 @@ pub struct ServeArgs {
     /// Lifetime of a proof-of-work challenge, in seconds.
     #[arg(long, env = "VOTES_CHALLENGE_TTL_S", default_value_t = 300)]
     pub challenge_ttl_s: u64,
+    /// How often the node reads the results from Redis, in milliseconds (results role).
+    #[arg(long, env = "VOTES_RESULTS_POLL_MS", default_value_t = 100)]
+    pub results_poll_ms: u64,
+    /// At most this many results events per second on each stream.
+    #[arg(long, env = "VOTES_SSE_MAX_RATE", default_value_t = 10)]
+    pub sse_max_rate: u32,
+    /// Seconds of silence after which a results stream sends a heartbeat comment.
+    #[arg(long, env = "VOTES_SSE_HEARTBEAT_S", default_value_t = 15)]
+    pub sse_heartbeat_s: u64,
+    /// Development sign-in: `POST /v1/dev/login` issues a token for any voter id. Never in
+    /// production: anyone could vote as anyone.
+    #[arg(long, env = "VOTES_DEV_LOGIN")]
+    pub dev_login: bool,
 }
+
+/// How often each core hands changed tallies to the Redis link.
+const FANOUT_EVERY: Duration = Duration::from_millis(20);
+/// How often each core re-sends every tally, so a wiped Redis heals without a restart.
+const FANOUT_ALL_EVERY: Duration = Duration::from_secs(5);
 
 /// A secret from the environment, required and at least `min` bytes.
 fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
@@ -93,19 +116,35 @@ fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
 
 pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     for role in &args.roles {
-        if !matches!(role.as_str(), "ingest" | "admin") {
-            bail!("unknown role {role:?}: this build serves the roles ingest and admin");
+        if !matches!(role.as_str(), "ingest" | "results" | "admin") {
+            bail!("unknown role {role:?}: the roles are ingest, results and admin");
         }
     }
-    if !args.roles.iter().any(|r| r == "ingest") {
-        bail!("the admin role runs alongside ingest in this build (--roles ingest,admin)");
+    let has = |r: &str| args.roles.iter().any(|x| x == r);
+    let roles = Roles {
+        ingest: has("ingest"),
+        results: has("results"),
+        admin: has("admin"),
+    };
+    if !(roles.ingest || roles.results || roles.admin) {
+        bail!("--roles is empty: give at least one of ingest, results, admin");
+    }
+    if args.sse_max_rate == 0 || args.sse_heartbeat_s == 0 || args.results_poll_ms == 0 {
+        bail!("--sse-max-rate, --sse-heartbeat-s and --results-poll-ms must be positive");
+    }
+    if args.dev_login {
+        tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
+    }
+    match votes_tuning::host::raise_nofile() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     let names = common.names()?;
     let token_secret = secret("VOTES_TOKEN_KEY", 32)?;
     let token_keys =
         TokenKeys::hs256(&token_secret).map_err(|e| anyhow::anyhow!("VOTES_TOKEN_KEY: {e}"))?;
     let audit_key = secret("VOTES_AUDIT_KEY", 32)?;
-    let admin_token = if args.roles.iter().any(|r| r == "admin") {
+    let admin_token = if roles.admin {
         Some(
             String::from_utf8(secret("VOTES_ADMIN_TOKEN", 16)?)
                 .context("VOTES_ADMIN_TOKEN must be UTF-8")?,
@@ -148,7 +187,27 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     )?);
 
     let node_metrics = NodeMetrics::new(cores, partitions);
+    let link = if roles.ingest || roles.results {
+        let (handle, thread) = votes_tally::fanout::start(votes_tally::fanout::LinkConfig {
+            redis_url: common.redis_url.clone(),
+            names: names.clone(),
+            partitions,
+            poll_every: roles
+                .results
+                .then(|| Duration::from_millis(args.results_poll_ms)),
+        })
+        .context("starting the Redis link")?;
+        Some((handle, thread))
+    } else {
+        None
+    };
+    let link_handle = link.as_ref().map(|(h, _)| h.clone());
     let shared = Arc::new(NodeShared {
+        roles,
+        node: node.clone(),
+        started: std::time::Instant::now(),
+        dev_login: args.dev_login,
+        link_stats: link_handle.as_ref().map(|h| h.stats.clone()),
         token_keys,
         pow_key,
         audit_key,
@@ -169,9 +228,15 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     };
 
     let mut cfg = ReactorConfig::new(cpus.clone());
-    cfg.listeners
-        .push(ListenerSpec::plain(args.http, ListenerKind::Public));
+    let public = roles.ingest || roles.results;
+    if public {
+        cfg.listeners
+            .push(ListenerSpec::plain(args.http, ListenerKind::Public));
+    }
     match (&args.tls_cert, &args.tls_key) {
+        (Some(_), Some(_)) if !public => {
+            bail!("--tls-cert/--tls-key serve the public API: add the ingest or results role")
+        }
         (Some(cert), Some(key)) => {
             let tls =
                 votes_net::tls_server_config(cert, key).context("loading the TLS certificate")?;
@@ -192,24 +257,52 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
 
     let initial = view;
     let (rate_per_addr, rate_per_prefix) = (args.rate_per_addr, args.rate_per_prefix);
+    let results_settings = ResultsSettings {
+        max_rate: args.sse_max_rate,
+        heartbeat: Duration::from_secs(args.sse_heartbeat_s),
+    };
     let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
         let core = ctx.core_index();
         let metrics = Rc::new(CoreMetrics::default());
+        let owned = if shared.roles.ingest {
+            shared.ownership.owned_by(core)
+        } else {
+            Vec::new()
+        };
         let shards = ShardHost::start(
             core,
-            &shared.ownership.owned_by(core),
+            &owned,
             Arc::new(settings.clone()),
             &shared.metrics.partitions,
             ctx.blocking().clone(),
             metrics.clone(),
         );
         let elections = Rc::new(RefCell::new(initial.clone()));
+        let results = match (&link_handle, shared.roles.results) {
+            (Some(link), true) => {
+                let r = CoreResults::new(
+                    link.board.clone(),
+                    results_settings.clone(),
+                    ctx.shutdown_signal(),
+                );
+                // Core 0 tells the link which elections to poll.
+                let watcher = (core == 0).then(|| link.clone());
+                glommio::spawn_local(r.clone().run(elections.clone(), watcher)).detach();
+                Some(r)
+            }
+            _ => None,
+        };
+        if let (Some(link), true) = (&link_handle, shared.roles.ingest) {
+            glommio::spawn_local(fan_out(shards.clone(), link.clone(), ctx.shutdown_signal()))
+                .detach();
+        }
         let app = Rc::new(CoreApp {
             core,
             shared: shared.clone(),
             mesh: ctx.mesh().clone(),
             elections: elections.clone(),
             shards: shards.clone(),
+            results: results.clone(),
             metrics: metrics.clone(),
             blocking: ctx.blocking().clone(),
             limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
@@ -239,6 +332,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             async move {
                 loop {
                     node_metrics.publish(core, metrics.snapshot(), shards.tallies());
+                    let subscribers = results.as_ref().map_or(0, |r| r.subscribers());
+                    node_metrics.set_sse_subscribers(core, subscribers);
                     glommio::timer::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -289,8 +384,46 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         tracing::info!("shutting down");
         shutdown.trigger();
     });
-    reactors.join().context("reactors")?;
+    let joined = reactors.join().context("reactors");
+    if let Some((handle, thread)) = link {
+        // Every core is gone: the link writes what it still holds (bounded by its timeouts).
+        handle.stop();
+        if thread.join().is_err() {
+            tracing::error!("the Redis link panicked");
+        }
+    }
+    joined?;
     Ok(())
+}
+
+/// Hands this core's changed tallies to the Redis link; never waits for it. When the link's
+/// queue is full the marks stay and the next turn tries again: tallies are absolute, so
+/// coalescing loses nothing.
+async fn fan_out(
+    shards: Rc<ShardHost>,
+    link: votes_tally::fanout::LinkHandle,
+    shutdown: votes_net::LocalSignal,
+) {
+    let mut last_all = std::time::Instant::now();
+    while !shutdown.is_fired() {
+        futures_lite::future::or(glommio::timer::sleep(FANOUT_EVERY), async {
+            shutdown.wait().await;
+        })
+        .await;
+        let all = last_all.elapsed() >= FANOUT_ALL_EVERY;
+        if all {
+            last_all = std::time::Instant::now();
+        }
+        let updates = shards.tally_updates(all);
+        if !updates.is_empty() && link.offer(updates).is_err() {
+            shards.mark_all_dirty();
+        }
+    }
+    // The last commits before shutdown still reach the link, which flushes them on stop.
+    let updates = shards.tally_updates(true);
+    if !updates.is_empty() {
+        let _ = link.offer(updates);
+    }
 }
 
 /// Partitions of the `votes` topic; the routing function depends on it.

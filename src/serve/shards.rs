@@ -17,6 +17,7 @@ use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
 use votes_net::Blocking;
 use votes_net::ReplyTx;
 use votes_tally::commit::{CommitError, PartitionProducer};
+use votes_tally::fanout::TallyUpdate;
 use votes_tally::recovery::replay;
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
 
@@ -94,6 +95,8 @@ struct Slot {
     waiting: RefCell<HashMap<u64, ReplyTx<VoteAnswer>>>,
     wake: LocalSender<()>,
     status: Arc<PartitionStatus>,
+    /// Tallies changed since the read model last got them (DESIGN §3.4).
+    dirty: Cell<bool>,
 }
 
 /// The shards of one core.
@@ -130,6 +133,7 @@ impl ShardHost {
                 waiting: RefCell::new(HashMap::new()),
                 wake,
                 status: status[p as usize].clone(),
+                dirty: Cell::new(false),
             });
             slot.status.set(ShardState::Recovering);
             glommio::spawn_local(drive(
@@ -204,6 +208,37 @@ impl ShardHost {
         out
     }
 
+    /// The absolute tallies of the shards whose tallies changed since the last call (or of
+    /// every active shard when `all`), for the read model. Clears the marks.
+    pub fn tally_updates(&self, all: bool) -> Vec<TallyUpdate> {
+        let mut out = Vec::new();
+        for slot in self.slots.values() {
+            if !(slot.dirty.replace(false) || all) {
+                continue;
+            }
+            let shard = slot.shard.borrow();
+            let Some(shard) = shard.as_ref().filter(|s| s.state() == ShardState::Active) else {
+                continue;
+            };
+            for (election, counts) in shard.elections() {
+                out.push(TallyUpdate {
+                    election: election.clone(),
+                    partition: slot.partition,
+                    offset: shard.applied_end(),
+                    counts: counts.iter().map(|(o, c)| (o.clone(), *c)).collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Marks every shard's tallies as not yet in the read model (its link was full).
+    pub fn mark_all_dirty(&self) {
+        for slot in self.slots.values() {
+            slot.dirty.set(true);
+        }
+    }
+
     /// Votes waiting for a commit on this core (for `/metrics`).
     pub fn waiting(&self) -> usize {
         self.slots.values().map(|s| s.waiting.borrow().len()).sum()
@@ -270,6 +305,9 @@ async fn drive(
                 }
             };
             metrics.commit(size, started.elapsed(), &outcome);
+            if matches!(outcome, CommitOutcome::Committed { .. }) {
+                slot.dirty.set(true);
+            }
             let answers = slot
                 .shard
                 .borrow_mut()
@@ -373,6 +411,8 @@ async fn take_ownership(
                     .store(shard.log_duplicates(), Ordering::Relaxed);
                 *slot.shard.borrow_mut() = Some(shard);
                 slot.status.set(ShardState::Active);
+                // The recovered tallies may be ahead of (or missing from) the read model.
+                slot.dirty.set(true);
                 tracing::info!(partition = p, "shard recovered and accepting");
                 return Some(producer);
             }

@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod dynamo;
 pub mod elections_log;
+pub mod fanout;
 pub mod kafka;
 pub mod provision;
 pub mod read_model;

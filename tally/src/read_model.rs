@@ -12,7 +12,7 @@ pub const OFFSET_FIELD: &str = "_offset";
 /// KEYS[1] = tally hash; ARGV[1] = offset (decimal, no leading zeros); ARGV[2..] = option,
 /// count pairs. Offsets are compared as decimal strings (length, then bytes) because Lua
 /// numbers are doubles and lose precision past 2^53. Returns 1 when applied, 0 when stale.
-const PUBLISH_TALLY_LUA: &str = r#"
+pub(crate) const PUBLISH_TALLY_LUA: &str = r#"
 local cur = redis.call('HGET', KEYS[1], '_offset')
 local new = ARGV[1]
 if cur then

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod serve;
+pub mod sse;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -70,6 +70,7 @@ impl Serve {
     /// Like [`Serve::start_with`], with extra environment for the process. Rate limits are off
     /// unless `env` sets them: every test client speaks from 127.0.0.1.
     pub fn start_env(prefix: &str, cores: usize, tls: bool, env: &[(&str, &str)]) -> Serve {
+        require(super::Service::Redis);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
@@ -107,6 +108,7 @@ impl Serve {
             .args(&tls_args)
             .env("VOTES_PREFIX", prefix)
             .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+            .env("VOTES_REDIS_URL", super::REDIS)
             .env("VOTES_TOKEN_KEY", TOKEN_KEY)
             .env("VOTES_AUDIT_KEY", AUDIT_KEY)
             .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -1,0 +1,302 @@
+//! The results role on one core (DESIGN §4.2): `GET …/results` and `GET …/results/stream`.
+//!
+//! The node's Redis link polls the read model once per interval and posts sums on the
+//! [`ResultsBoard`]; each core checks the board's generation at most `max_rate` times a second,
+//! renders each changed election once (JSON, ETag, SSE frame) and publishes the frame on the
+//! election's [`Topic`], which every local subscriber shares. A request or a subscriber never
+//! costs a Redis round trip, and the tick is the throttle: no subscriber gets more than
+//! `max_rate` events a second.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use votes_core::election::ElectionState;
+use votes_core::{Election, ElectionId};
+use votes_net::bytes::Bytes;
+use votes_net::http::{HeaderMap, Response, StatusCode, header};
+use votes_net::sse::{self, Topic};
+use votes_net::{BoxBody, LocalSignal};
+use votes_tally::elections_log::ElectionsView;
+use votes_tally::fanout::{ElectionResults, LinkHandle, ResultsBoard};
+
+/// The id of the event that carries the official result; a client resuming with it is done.
+pub const FINAL_EVENT_ID: &str = "final";
+/// How long a browser waits before reconnecting a dropped stream.
+const RETRY_MS: u32 = 2_000;
+
+#[derive(Clone, Debug)]
+pub struct ResultsSettings {
+    /// At most this many events per second per subscriber (and renders per core).
+    pub max_rate: u32,
+    pub heartbeat: Duration,
+}
+
+/// One election's results as served: rendered once per change, shared by every answer.
+pub struct Rendered {
+    pub version: u64,
+    pub official: bool,
+    pub json: Bytes,
+    pub etag: String,
+    /// `event: tally` (or `final`) with the same JSON.
+    pub frame: Bytes,
+    /// What it was rendered from, to notice changes.
+    source: Option<Arc<ElectionResults>>,
+    state: ElectionState,
+}
+
+pub struct CoreResults {
+    board: Arc<ResultsBoard>,
+    settings: ResultsSettings,
+    shutdown: LocalSignal,
+    seen_generation: Cell<u64>,
+    rendered: RefCell<HashMap<ElectionId, Rc<Rendered>>>,
+    topics: RefCell<HashMap<ElectionId, Topic>>,
+}
+
+impl CoreResults {
+    pub fn new(
+        board: Arc<ResultsBoard>,
+        settings: ResultsSettings,
+        shutdown: LocalSignal,
+    ) -> Rc<Self> {
+        assert!(settings.max_rate > 0, "the event rate is positive");
+        Rc::new(Self {
+            board,
+            settings,
+            shutdown,
+            seen_generation: Cell::new(u64::MAX),
+            rendered: RefCell::new(HashMap::new()),
+            topics: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Subscribers on this core, over every election.
+    pub fn subscribers(&self) -> usize {
+        self.topics.borrow().values().map(Topic::subscribers).sum()
+    }
+
+    /// The tick: re-renders what changed and publishes it to the subscribers. On core 0 it also
+    /// tells the link which elections to poll.
+    pub async fn run(
+        self: Rc<Self>,
+        elections: Rc<RefCell<ElectionsView>>,
+        link: Option<LinkHandle>,
+    ) {
+        let period = Duration::from_secs(1) / self.settings.max_rate;
+        let mut watched: Vec<ElectionId> = Vec::new();
+        while !self.shutdown.is_fired() {
+            let public: Vec<Election> = elections
+                .borrow()
+                .sorted()
+                .into_iter()
+                .filter(|e| e.state != ElectionState::Draft)
+                .cloned()
+                .collect();
+            if let Some(link) = &link {
+                let ids: Vec<ElectionId> = public.iter().map(|e| e.id.clone()).collect();
+                if ids != watched {
+                    link.watch(ids.clone());
+                    watched = ids;
+                }
+            }
+            self.refresh(&public);
+            futures_lite::future::or(glommio::timer::sleep(period), async {
+                self.shutdown.wait().await;
+            })
+            .await;
+        }
+        for topic in self.topics.borrow().values() {
+            topic.close();
+        }
+    }
+
+    fn refresh(&self, public: &[Election]) {
+        let generation = self.board.generation();
+        let board_moved = generation != self.seen_generation.replace(generation);
+        let snapshot = board_moved.then(|| self.board.snapshot());
+        let mut rendered = self.rendered.borrow_mut();
+        for e in public {
+            let current = rendered.get(&e.id).cloned();
+            let source = match (&snapshot, &current) {
+                (Some(s), _) => s.get(&e.id).cloned(),
+                (None, Some(r)) => r.source.clone(),
+                (None, None) => None,
+            };
+            let unchanged = current.as_ref().is_some_and(|r| {
+                r.state == e.state
+                    && match (&r.source, &source) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
+            if unchanged {
+                continue;
+            }
+            let fresh = Rc::new(render(e, source));
+            // A new read of the same numbers (another poll, a node restart) is not news.
+            let news = current.is_none_or(|c| {
+                (c.version, c.state, c.official) != (fresh.version, fresh.state, fresh.official)
+            });
+            if news && let Some(topic) = self.topics.borrow().get(&e.id) {
+                topic.publish(fresh.frame.clone(), fresh.official);
+            }
+            rendered.insert(e.id.clone(), fresh);
+        }
+        // Streams nobody listens to any more cost nothing to keep, but do not keep them forever.
+        self.topics.borrow_mut().retain(|_, t| t.subscribers() > 0);
+    }
+
+    /// The current results of a public election, rendering on demand before the first tick.
+    fn current(&self, e: &Election) -> Rc<Rendered> {
+        if let Some(r) = self.rendered.borrow().get(&e.id)
+            && r.state == e.state
+        {
+            return r.clone();
+        }
+        let source = self.board.snapshot().get(&e.id).cloned();
+        let fresh = Rc::new(render(e, source));
+        // Kept only when there was none: replacing an older render here would hide its change
+        // from the tick, which publishes it to the subscribers.
+        self.rendered
+            .borrow_mut()
+            .entry(e.id.clone())
+            .or_insert_with(|| fresh.clone());
+        fresh
+    }
+
+    /// `GET /v1/elections/{id}/results`.
+    pub fn results(&self, e: &Election, headers: &HeaderMap) -> Response<BoxBody> {
+        let r = self.current(e);
+        let not_modified = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == r.etag || t.trim() == "*"));
+        let builder = Response::builder()
+            .header(header::CACHE_CONTROL, "public, max-age=1")
+            .header(header::ETAG, &r.etag);
+        if not_modified {
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(BoxBody::empty())
+                .expect("valid headers");
+        }
+        builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(BoxBody::full(r.json.clone()))
+            .expect("valid headers")
+    }
+
+    /// `GET /v1/elections/{id}/results/stream`.
+    pub fn stream(&self, e: &Election, headers: &HeaderMap) -> Response<BoxBody> {
+        let r = self.current(e);
+        let last_id = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        if r.official && last_id == Some(FINAL_EVENT_ID) {
+            // The client has the official result: 204 tells a browser to stop reconnecting.
+            return Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(BoxBody::empty())
+                .expect("valid headers");
+        }
+        let mut first = sse::retry(RETRY_MS).to_vec();
+        let id = if r.official {
+            FINAL_EVENT_ID.to_owned()
+        } else {
+            r.version.to_string()
+        };
+        // Resuming at the version it already has, the client waits for the next change.
+        if last_id != Some(id.as_str()) {
+            first.extend_from_slice(&r.frame);
+        }
+        let body = if r.official {
+            // Nothing follows an official result: send it and end.
+            BoxBody::full(first)
+        } else {
+            let topic = self
+                .topics
+                .borrow_mut()
+                .entry(e.id.clone())
+                .or_default()
+                .clone();
+            let sub = topic.subscribe(
+                Some(Bytes::from(first)),
+                self.settings.heartbeat,
+                Some(self.shutdown.clone()),
+            );
+            BoxBody::stream(sub)
+        };
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            // Tells nginx-like proxies not to buffer the stream.
+            .header("x-accel-buffering", "no")
+            .body(body)
+            .expect("valid headers")
+    }
+}
+
+fn now_ms() -> u64 {
+    super::reply::now_ms()
+}
+
+/// The results JSON of DESIGN §4.2, its ETag and its SSE frame.
+fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
+    let mut totals: serde_json::Map<String, serde_json::Value> = e
+        .options
+        .iter()
+        .map(|o| (o.id.as_str().to_owned(), 0u64.into()))
+        .collect();
+    let (mut total, mut version, mut as_of, mut official) = (0u64, 0u64, now_ms(), None);
+    if let Some(r) = &source {
+        let counts = r.official.as_ref().map_or(&r.totals, |o| &o.totals);
+        for (option, n) in counts {
+            // Only the election's options: a stray field in Redis is not a result.
+            if let Some(slot) = totals.get_mut(option) {
+                *slot = (*n).into();
+                total += n;
+            }
+        }
+        version = r.version;
+        as_of = r
+            .official
+            .as_ref()
+            .map_or(r.seen_at_ms, |o| o.decided_at_ms);
+        official = r.official.as_ref();
+    }
+    let mut body = serde_json::json!({
+        "election": e.id,
+        "state": e.state,
+        "totals": totals,
+        "total": total,
+        "final": official.is_some(),
+        "as_of": as_of,
+    });
+    if let Some(o) = official {
+        for (k, v) in &o.extra {
+            body[k.as_str()] = serde_json::Value::String(v.clone());
+        }
+    }
+    let json = Bytes::from(serde_json::to_vec(&body).expect("results serialize"));
+    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&json));
+    let (id, event) = match official {
+        Some(_) => (FINAL_EVENT_ID.to_owned(), "final"),
+        None => (version.to_string(), "tally"),
+    };
+    Rendered {
+        version,
+        official: official.is_some(),
+        frame: sse::frame(&id, event, &json),
+        json,
+        etag,
+        source,
+        state: e.state,
+    }
+}

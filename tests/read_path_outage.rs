@@ -1,0 +1,157 @@
+//! A Redis outage under load only delays results (DESIGN §3.4): votes keep being accepted
+//! while Redis is down, and once it is back (empty: it keeps no data) the live results converge
+//! to the committed tallies without restarting `votes`.
+//!
+//! Its own test binary with its own Redis (port 16390, started and stopped through
+//! scripts/services.sh), so stopping Redis never disturbs another test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::serve::{Serve, TestClient, committed_votes, open_election};
+use common::{repo_root, runtime};
+
+const PARTITIONS: u32 = 4;
+const REDIS_PORT: &str = "16390";
+
+fn private_redis(action: &str) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/services.sh"))
+        .args([action, "redis"])
+        .env("SERVICES_REDIS_PORT", REDIS_PORT)
+        .output()
+        .expect("scripts/services.sh runs");
+    assert!(
+        out.status.success(),
+        "Redis on port {REDIS_PORT}: `services.sh {action} redis` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops the private Redis however the test ends.
+struct RedisGuard;
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| private_redis("down"));
+    }
+}
+
+#[test]
+fn results_converge_after_redis_comes_back_without_restarting_votes() {
+    common::require(common::Service::Kafka);
+    private_redis("up");
+    let _redis = RedisGuard;
+    let prefix = common::unique_prefix("redis-outage");
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let redis_url = format!("redis://127.0.0.1:{REDIS_PORT}");
+    let serve = Serve::start_env(
+        &prefix,
+        2,
+        false,
+        &[
+            ("VOTES_REDIS_URL", &redis_url),
+            ("VOTES_RESULTS_POLL_MS", "50"),
+        ],
+    );
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "outage", &["a", "b", "c"], 0).await;
+
+        // Votes at a steady ~100/s from one task until told to stop; every answer must be 202.
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let voting = tokio::spawn({
+            let (client, base) = (client.clone(), serve.url(""));
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            async move {
+                let mut voter = 1u64;
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) && voter <= 2_000 {
+                    let option = ["a", "b", "c"][(voter % 3) as usize];
+                    match client.vote(&base, "outage", voter, option).await {
+                        Ok((202, _)) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.push((voter, format!("{other:?}"))),
+                    }
+                    voter += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                failures
+            }
+        });
+        let results = |client: TestClient, url: String| async move {
+            let (status, body) = client.get(&url).await.expect("results answer");
+            assert_eq!(status, 200, "results must keep answering: {body}");
+            body["total"].as_u64().unwrap()
+        };
+        let url = serve.url("/v1/elections/outage/results");
+
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before_outage = results(client.clone(), url.clone()).await;
+        assert!(before_outage > 0, "results flow before the outage");
+
+        private_redis("down");
+        let accepted_at_stop = accepted.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let during = accepted.load(Ordering::Relaxed) - accepted_at_stop;
+        assert!(
+            during >= 50,
+            "votes kept being accepted while Redis was down (only {during} in 3 s)"
+        );
+        // The results still answer, from what the node read last.
+        let stale = results(client.clone(), url.clone()).await;
+        assert!(stale >= before_outage);
+
+        private_redis("up");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let failures = voting.await.unwrap();
+        assert!(failures.is_empty(), "every vote was accepted: {failures:?}");
+        let total = accepted.load(Ordering::Relaxed);
+
+        // Converges to the committed log, with no restart of votes.
+        let mut committed: BTreeMap<String, u64> = BTreeMap::new();
+        for c in committed_votes(&serve.names(), PARTITIONS) {
+            *committed.entry(c.record.option.as_str().to_owned()).or_default() += 1;
+        }
+        assert_eq!(committed.values().sum::<u64>(), total);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = client.get(&url).await.unwrap();
+            let shown: BTreeMap<String, u64> = body["totals"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            if shown == committed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "results did not converge after Redis came back: shown {shown:?}, committed {committed:?}\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let metrics = client.get(&serve.admin_url("/metrics")).await.unwrap().1;
+        let text = metrics["raw"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            text.lines().any(|l| l.starts_with("votes_redis_errors_total") && !l.ends_with(" 0")),
+            "the outage shows in the metrics:\n{text}"
+        );
+    });
+}
