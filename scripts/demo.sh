@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the appliance end to end on the local services. Creates the topics and tables of
-# the `demo-` prefix, (re)starts `votes serve` in the background, opens a demo election, sends a
-# short burst of votes with the load generator, and prints where to look.
+# the `demo-` prefix, (re)starts `votes serve` in the background with every role and the
+# development sign-in, opens a demo election, sends a short burst of votes with the load
+# generator, and prints the URLs of the voter page, the live results page and the dashboard.
 #
 # The keys below are for this local demo only; a real deployment sets its own secrets.
 set -euo pipefail
@@ -21,7 +22,8 @@ ADMIN=127.0.0.1:9090
 "$ROOT/scripts/demo-stop.sh" >/dev/null 2>&1 || true
 "$BIN/votes" init --partitions 8
 
-setsid nohup "$BIN/votes" serve --cores 2 --http "$HTTP" --admin "$ADMIN" --node-id demo-node \
+setsid nohup "$BIN/votes" serve --roles ingest,results,admin --dev-login --cores 2 \
+  --http "$HTTP" --admin "$ADMIN" --node-id demo-node \
   >"$RUN/serve.log" 2>&1 < /dev/null &
 echo $! >"$RUN/serve.pid"
 for _ in $(seq 1 120); do
@@ -54,6 +56,10 @@ sleep 1.2
 
 echo
 echo "Running: votes serve (pid $(cat "$RUN/serve.pid")), log $RUN/serve.log"
+echo "  voter page:    http://$HTTP/            (development sign-in: any voter id)"
+echo "  live results:  http://$HTTP/results/demo"
+echo "  dashboard:     http://$ADMIN/admin#token=$VOTES_ADMIN_TOKEN"
+echo "  results API:   http://$HTTP/v1/elections/demo/results   (stream: …/results/stream)"
 echo "  voter API:  http://$HTTP/v1/elections/demo"
 echo "  vote:       TOKEN=\$(VOTES_TOKEN_KEY=$VOTES_TOKEN_KEY $BIN/votes token --voter 7)"
 echo "              curl -H \"Authorization: Bearer \$TOKEN\" -H 'Content-Type: application/json' \\"
