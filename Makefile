@@ -21,7 +21,7 @@ SESSION := $(if $(VOTES_SERVICES_SESSION),--session-file $(VOTES_SERVICES_SESSIO
 help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
-	@echo "make services-up | services-down | services-status | test-cluster | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-browser | test-cluster | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -60,8 +60,14 @@ test-rust: build services-up
 test-cluster: build
 	scripts/test-cluster.sh
 
+# The pages in Debian's Chromium (headless, Playwright): sign in, vote, receipt, live results
+# over SSE, already voted, the dashboard. Installs chromium and playwright-core when missing.
+.PHONY: test-browser
+test-browser: build services-up
+	tests/browser/run.sh
+
 .PHONY: test
-test: fmt-check clippy test-rust test-cluster
+test: fmt-check clippy test-rust test-browser test-cluster
 	@echo "make test: all checks passed"
 
 .PHONY: demo demo-stop

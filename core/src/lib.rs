@@ -30,6 +30,6 @@ pub use merkle::MerkleBuilder;
 pub use names::Names;
 pub use receipt::{Leaf, LeafError, pseudonym};
 pub use record::{RecordError, VoteRecord};
-pub use routing::{partition_of, voter_key};
+pub use routing::{VOTE_BUCKETS, bucket_of, partition_of, vote_item_pk, voter_key};
 pub use token::{TokenError, TokenKey, TokenKeys};
 pub use vote_body::{BodyError, PowSolution, VoteBody};

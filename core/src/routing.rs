@@ -24,10 +24,47 @@ pub fn partition_of(voter: VoterId, partitions: u32) -> u32 {
     (hash % u64::from(partitions)) as u32
 }
 
+/// Write-shard buckets of an election in DynamoDB (DESIGN §4.4). A DynamoDB partition takes
+/// about 1,000 writes/s, so a 250,000 votes/s peak in one election needs its items spread over
+/// at least 250 partition keys; 256 buckets give that with room. Fixed forever: the recount
+/// queries every bucket, and an item's key must never move.
+pub const VOTE_BUCKETS: u32 = 256;
+
+/// Seed of the bucket hash: a different function from the partition hash, so the voters of one
+/// Kafka partition still spread over every bucket.
+const BUCKET_SEED: u64 = 0x766f_7465_732d_6262; // "votes-bb"
+
+/// The DynamoDB write-shard bucket of `voter`: `xxh3_64_with_seed(voter key, seed) % 256`.
+#[inline]
+pub fn bucket_of(voter: VoterId) -> u32 {
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&voter_key(voter), BUCKET_SEED);
+    (hash % u64::from(VOTE_BUCKETS)) as u32
+}
+
+/// The partition key of a vote item: `{election}#{bucket}`.
+pub fn vote_item_pk(election: &str, voter: VoterId) -> String {
+    format!("{election}#{}", bucket_of(voter))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn buckets_are_pinned_and_independent_of_partitions() {
+        let got: Vec<u32> = (0..6u64).map(|v| bucket_of(VoterId(v))).collect();
+        assert_eq!(got, [187, 150, 108, 35, 220, 169], "pinned: items never move");
+        assert!(got.iter().all(|b| *b < VOTE_BUCKETS));
+        assert_eq!(vote_item_pk("e1", VoterId(42)), format!("e1#{}", bucket_of(VoterId(42))));
+        // Voters of one partition reach (nearly) every bucket.
+        let buckets: std::collections::HashSet<u32> = (0..200_000u64)
+            .map(VoterId)
+            .filter(|v| partition_of(*v, 8) == 3)
+            .map(bucket_of)
+            .collect();
+        assert_eq!(buckets.len(), VOTE_BUCKETS as usize);
+    }
 
     #[test]
     fn is_pinned_to_xxh3_of_the_big_endian_key() {

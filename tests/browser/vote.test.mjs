@@ -1,0 +1,288 @@
+// Headless Chromium against a running `votes serve` (started by tests/browser/run.sh): the voter
+// page signs in with the development login and votes, the public results page follows the
+// count over SSE without reloading, a second vote is refused as already_voted, and the admin
+// dashboard lists the election and shows live figures.
+//
+// Environment (run.sh sets all of it):
+//   VOTES_PUBLIC_URL   public listener, e.g. http://127.0.0.1:18080
+//   VOTES_ADMIN_URL    admin listener
+//   VOTES_ADMIN_TOKEN  admin bearer token
+//   VOTES_ELECTION     an open election with at least 2 options
+//   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 must be fresh too)
+//   VOTES_SERVE_LOG    optional: the server's log, named on failure
+//   CHROMIUM           optional: the browser binary (default /usr/bin/chromium)
+//
+// On failure every page of the test is saved as target/browser/<test>-<page>.png.
+
+import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SHOTS = path.join(REPO, 'target', 'browser');
+// SSE must deliver a new count within this (the brief of the test: 15 s).
+const LIVE_UPDATE_MS = 15_000;
+// A vote may include a proof of work and waits for its Kafka commit.
+const VOTE_MS = 30_000;
+
+function env(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run the tests with tests/browser/run.sh`);
+  return value;
+}
+
+let browser;
+let cfg;
+
+before(async () => {
+  cfg = {
+    publicUrl: env('VOTES_PUBLIC_URL').replace(/\/+$/, ''),
+    adminUrl: env('VOTES_ADMIN_URL').replace(/\/+$/, ''),
+    adminToken: env('VOTES_ADMIN_TOKEN'),
+    election: env('VOTES_ELECTION'),
+    voter: BigInt(env('VOTES_VOTER')),
+  };
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/** Polls `check` until it returns a truthy value (returned), or fails after `timeout` ms. */
+async function eventually(check, { timeout = 10_000, interval = 200, what = 'the condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value) return value;
+      last = value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = last instanceof Error ? last.message : JSON.stringify(last);
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${detail})`);
+    }
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+/**
+ * A test with its own browser contexts. `open(label)` gives a page in a fresh context (its own
+ * sessionStorage, so its own voter). On failure each page is screenshotted, the server log is
+ * named, and what the pages logged is printed. Any CSP violation or uncaught page error fails
+ * the test: the pages must work under the server's Content-Security-Policy.
+ */
+function browserTest(name, body) {
+  test(name, { timeout: 180_000 }, async () => {
+    const pages = new Map();
+    const contexts = [];
+    const logs = [];
+    const problems = [];
+    const open = async (label) => {
+      const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+      contexts.push(context);
+      const page = await context.newPage();
+      page.setDefaultTimeout(20_000);
+      page.on('console', (msg) => {
+        const line = `[${label}] console.${msg.type()}: ${msg.text()}`;
+        logs.push(line);
+        if (/Content[- ]Security[- ]Policy/i.test(msg.text())) problems.push(line);
+      });
+      page.on('pageerror', (err) => problems.push(`[${label}] uncaught: ${err.stack || err}`));
+      pages.set(label, page);
+      return page;
+    };
+    try {
+      await body({ open });
+      assert.deepEqual(problems, [], 'the pages raised errors or CSP violations');
+    } catch (err) {
+      await mkdir(SHOTS, { recursive: true });
+      const slug = name.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').toLowerCase();
+      for (const [label, page] of pages) {
+        const file = path.join(SHOTS, `${slug}-${label}.png`);
+        try {
+          await page.screenshot({ path: file, fullPage: true });
+          console.error(`screenshot: ${file}`);
+        } catch (shotErr) {
+          console.error(`screenshot of ${label} failed: ${shotErr.message}`);
+        }
+      }
+      if (process.env.VOTES_SERVE_LOG) console.error(`server log: ${process.env.VOTES_SERVE_LOG}`);
+      for (const line of [...logs, ...problems]) console.error(line);
+      throw err;
+    } finally {
+      for (const context of contexts) await context.close().catch(() => {});
+    }
+  });
+}
+
+/** The election as voters see it (title and options), straight from the API. */
+async function election() {
+  const res = await fetch(`${cfg.publicUrl}/v1/elections/${encodeURIComponent(cfg.election)}`);
+  assert.equal(res.status, 200, `GET /v1/elections/${cfg.election}`);
+  const e = await res.json();
+  assert.equal(e.state, 'open', 'the test election must be open');
+  assert.ok(e.options.length >= 2, 'the test election must have at least 2 options');
+  return e;
+}
+
+async function signIn(page, voter) {
+  await page.goto(`${cfg.publicUrl}/`);
+  await page.getByLabel('Voter id').fill(String(voter));
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText(`Signed in as voter ${voter}`).first().waitFor();
+}
+
+/**
+ * Picks the election on the voter page, chooses `option` and casts the vote. Returns the HTTP
+ * answer of `POST …/votes` ({status, body}).
+ */
+async function castVote(page, e, option) {
+  await page.getByRole('button', { name: `Vote in ${e.title}` }).click();
+  await page.getByRole('heading', { name: e.title, level: 2 }).waitFor();
+  await page.getByRole('radio', { name: option.label, exact: true }).check();
+  const answer = page.waitForResponse(
+    (r) => r.request().method() === 'POST'
+      && new URL(r.url()).pathname === `/v1/elections/${encodeURIComponent(e.id)}/votes`,
+    { timeout: VOTE_MS },
+  );
+  await page.getByRole('button', { name: 'Cast my vote' }).click();
+  const response = await answer;
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  return { status: response.status(), body };
+}
+
+/** Votes and waits for the receipt on the page; returns the receipt. */
+async function voteAccepted(page, e, option) {
+  const answer = await castVote(page, e, option);
+  assert.equal(answer.status, 202, `the vote was answered ${answer.status} ${JSON.stringify(answer.body)}`);
+  const recorded = page.getByRole('status').filter({ hasText: 'Your vote is recorded' });
+  await recorded.waitFor({ timeout: VOTE_MS });
+  const receipt = (await recorded.locator('code').textContent()).trim();
+  assert.match(receipt, /^[0-9a-f]{64}$/, 'the receipt is 64 hex digits');
+  assert.equal(receipt, answer.body.receipt, 'the page shows the receipt the API returned');
+  return receipt;
+}
+
+/** The count shown for `option` on the results page. */
+async function shownCount(page, option) {
+  const row = page.getByRole('list', { name: 'Results' }).getByRole('listitem')
+    .filter({ has: page.getByText(option.label, { exact: true }) });
+  const text = await row.locator('.count').textContent({ timeout: 2000 });
+  return Number(text.replace(/[^0-9]/g, ''));
+}
+
+browserTest('vote, live results and already voted', async ({ open }) => {
+  const e = await election();
+  const option = e.options[0];
+  const first = cfg.voter;
+  const second = cfg.voter + 1n;
+
+  // The first voter signs in and votes.
+  const voter = await open('voter');
+  await signIn(voter, first);
+  await voteAccepted(voter, e, option);
+
+  // The public results page shows that vote (once the read model has it).
+  const results = await open('results');
+  await results.goto(`${cfg.publicUrl}/results/${encodeURIComponent(e.id)}`);
+  await results.getByRole('heading', { name: e.title, level: 1 }).waitFor();
+  const before = await eventually(async () => {
+    const n = await shownCount(results, option);
+    return n >= 1 ? n : null;
+  }, { timeout: LIVE_UPDATE_MS, what: `a count of at least 1 for ${option.label} on the results page` });
+  await results.getByText('Live', { exact: true }).waitFor({ timeout: LIVE_UPDATE_MS });
+  // A marker that a reload or navigation would wipe: the update below must come over SSE.
+  await results.evaluate(() => {
+    window.__votesNoReload = true;
+  });
+
+  // A second voter, in another browser context, votes for the same option.
+  const other = await open('voter2');
+  await signIn(other, second);
+  await voteAccepted(other, e, option);
+
+  const afterVote = await eventually(async () => {
+    const n = await shownCount(results, option);
+    return n > before ? n : null;
+  }, { timeout: LIVE_UPDATE_MS, what: `the count of ${option.label} to rise above ${before} without a reload` });
+  assert.ok(afterVote >= before + 1);
+  assert.equal(await results.evaluate(() => window.__votesNoReload), true, 'the results page was not reloaded');
+
+  // The first voter tries again (a fresh ballot after a reload; the session is kept).
+  await voter.reload();
+  await voter.getByText(`Signed in as voter ${first}`).first().waitFor();
+  const again = await castVote(voter, e, option);
+  assert.equal(again.status, 409, `a second vote was answered ${again.status} ${JSON.stringify(again.body)}`);
+  assert.equal(again.body?.error?.code, 'already_voted');
+  await voter.getByRole('alert').filter({ hasText: 'You have already voted in this election' }).waitFor();
+});
+
+browserTest('results page of an unknown election', async ({ open }) => {
+  const page = await open('results');
+  await page.goto(`${cfg.publicUrl}/results/no-such-election-${Date.now()}`);
+  await page.getByRole('heading', { name: 'No such election', level: 1 }).waitFor();
+});
+
+browserTest('admin dashboard', async ({ open }) => {
+  const page = await open('admin');
+  await page.goto(`${cfg.adminUrl}/admin#token=${encodeURIComponent(cfg.adminToken)}`);
+
+  // The token is taken from the fragment, which is then removed from the address bar.
+  await eventually(() => !page.url().includes('token='), { what: 'the #token fragment to be removed' });
+
+  // The election is listed with its state.
+  const row = page.getByRole('row').filter({ has: page.getByText(cfg.election, { exact: true }) });
+  await row.waitFor();
+  await row.getByText(/^open$/i).waitFor();
+  const link = row.getByRole('link', { name: /^Results/ });
+  assert.match(await link.getAttribute('href'), new RegExp(`/results/${cfg.election}$`));
+
+  // The live figures show numbers, and the node is ready.
+  const stats = page.getByRole('region', { name: 'Live figures' });
+  await stats.waitFor();
+  const accepted = stats.getByText('Accepted votes', { exact: true }).locator('xpath=following-sibling::dd[1]');
+  await eventually(async () => /^\d[\d,.\u202f\u00a0]*$/.test((await accepted.textContent()).trim()),
+    { what: 'a number in "Accepted votes"' });
+  await stats.getByText('Ready', { exact: true }).waitFor();
+  // Votes/s needs two polls one second apart.
+  const rate = stats.getByText('Votes/s', { exact: true }).locator('xpath=following-sibling::dd[1]');
+  await eventually(async () => /^\d/.test((await rate.textContent()).trim()), { what: 'a number in "Votes/s"' });
+
+  // Create an election with the form, open it, and change its difficulty.
+  const title = `Admin check ${Date.now()}`;
+  const form = page.getByRole('region', { name: 'New election' });
+  await form.getByLabel('Title', { exact: true }).fill(title);
+  await form.getByLabel('Option 1 label').fill('Yes');
+  await form.getByLabel('Option 2 label').fill('No');
+  await form.getByRole('button', { name: 'Create election' }).click();
+  await page.getByRole('status').filter({ hasText: `Created “${title}”` }).waitFor();
+  const created = page.getByRole('row').filter({ has: page.getByText(title, { exact: true }) });
+  await created.getByText(/^draft$/i).waitFor();
+  await created.getByRole('button', { name: `Open ${title}` }).click();
+  await created.getByText(/^open$/i).waitFor();
+  await created.getByLabel(`Anti-bot difficulty of ${title}`).fill('3');
+  await created.getByRole('button', { name: 'Set' }).click();
+  await page.getByRole('status').filter({ hasText: `difficulty of “${title}” is now 3` }).waitFor();
+  const id = (await created.locator('code').textContent()).trim();
+  const res = await fetch(`${cfg.publicUrl}/v1/elections/${encodeURIComponent(id)}`);
+  assert.equal(res.status, 200, `GET /v1/elections/${id} after creating it in the dashboard`);
+  const e = await res.json();
+  assert.equal(e.state, 'open');
+  assert.equal(e.pow_difficulty, 3);
+  assert.deepEqual(e.options.map((o) => o.label), ['Yes', 'No']);
+});
