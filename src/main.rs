@@ -8,6 +8,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
 mod init;
+mod persist;
+mod recount;
 mod serve;
 
 #[global_allocator]
@@ -78,6 +80,10 @@ enum Command {
     Init(init::InitArgs),
     /// Run the appliance.
     Serve(Box<serve::ServeArgs>),
+    /// Persist committed votes from Kafka to DynamoDB (a consumer group).
+    Persist(persist::PersistArgs),
+    /// Official recount of closed elections: Kafka replay, DynamoDB and the live tally must agree.
+    Recount(recount::RecountArgs),
     /// Print a voter token signed with VOTES_TOKEN_KEY (development and tests).
     Token {
         /// Voter id (decimal u64).
@@ -134,6 +140,8 @@ fn run() -> Result<std::process::ExitCode> {
             rt.block_on(init::run(&cli.common, &args))?;
         }
         Command::Serve(args) => serve::run(&cli.common, &args)?,
+        Command::Persist(args) => persist::run(&cli.common, &args)?,
+        Command::Recount(args) => return recount::run(&cli.common, &args),
         Command::Token { voter, ttl } => {
             let secret = std::env::var("VOTES_TOKEN_KEY").context("VOTES_TOKEN_KEY must be set")?;
             let keys = votes_core::TokenKeys::hs256(secret.as_bytes())

@@ -54,9 +54,16 @@ mod tests {
     #[test]
     fn buckets_are_pinned_and_independent_of_partitions() {
         let got: Vec<u32> = (0..6u64).map(|v| bucket_of(VoterId(v))).collect();
-        assert_eq!(got, [187, 150, 108, 35, 220, 169], "pinned: items never move");
+        assert_eq!(
+            got,
+            [187, 150, 108, 35, 220, 169],
+            "pinned: items never move"
+        );
         assert!(got.iter().all(|b| *b < VOTE_BUCKETS));
-        assert_eq!(vote_item_pk("e1", VoterId(42)), format!("e1#{}", bucket_of(VoterId(42))));
+        assert_eq!(
+            vote_item_pk("e1", VoterId(42)),
+            format!("e1#{}", bucket_of(VoterId(42)))
+        );
         // Voters of one partition reach (nearly) every bucket.
         let buckets: std::collections::HashSet<u32> = (0..200_000u64)
             .map(VoterId)

@@ -51,6 +51,79 @@ pub struct Roles {
     pub admin: bool,
 }
 
+/// Runs the recount of a closed election on a thread of its own (it waits for the persisters
+/// and reads the whole log: minutes, never on a reactor), at most one per election at a time.
+pub struct Recounter {
+    pub cfg: votes_tally::recount::RecountConfig,
+    pub dynamodb_endpoint: Option<String>,
+    running: std::sync::Mutex<std::collections::HashSet<ElectionId>>,
+}
+
+impl Recounter {
+    pub fn new(
+        cfg: votes_tally::recount::RecountConfig,
+        dynamodb_endpoint: Option<String>,
+    ) -> Self {
+        Self {
+            cfg,
+            dynamodb_endpoint,
+            running: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    pub fn start(self: &Arc<Self>, election: Election) {
+        let id = election.id.clone();
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone())
+        {
+            tracing::info!(election = %id, "a recount of this election is already running");
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("recount".into())
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| {
+                        rt.block_on(async {
+                            let dynamo =
+                                votes_tally::dynamo::client(this.dynamodb_endpoint.as_deref()).await;
+                            votes_tally::recount::recount(&this.cfg, &dynamo, &election)
+                                .await
+                                .map_err(|e| e.to_string())
+                        })
+                    });
+                match outcome {
+                    Ok(r) => match r.verdict {
+                        votes_tally::recount::Verdict::Official { official, .. } => {
+                            tracing::info!(election = %r.election, total = official.total, "recount agrees: the result is official")
+                        }
+                        votes_tally::recount::Verdict::Disagree(diffs) => {
+                            tracing::error!(election = %r.election, ?diffs, "recount DISAGREES: nothing official was written")
+                        }
+                    },
+                    Err(why) => {
+                        tracing::error!(election = %election.id, %why, "recount failed; `votes recount --all-closed` (the timer) retries")
+                    }
+                }
+                this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&election.id);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(election = %id, error = %e, "could not start the recount");
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+}
+
 /// Lifetime of a token from the development sign-in.
 const DEV_LOGIN_TTL_S: u64 = 3600;
 
@@ -61,6 +134,12 @@ pub struct NodeShared {
     pub started: std::time::Instant,
     /// `--dev-login`: the voter page may get a token for any voter id. Development only.
     pub dev_login: bool,
+    /// DynamoDB for `GET …/votes/me`: a tokio runtime of its own (the SDK needs one) and the
+    /// client; cores await its answers through a oneshot.
+    pub dynamo: Option<(tokio::runtime::Handle, aws_sdk_dynamodb::Client)>,
+    pub names: votes_core::Names,
+    /// Closing an election starts its recount in the background with these settings.
+    pub recount: Option<Arc<Recounter>>,
     /// The Redis link's figures, when this node has one.
     pub link_stats: Option<Arc<votes_tally::fanout::LinkStats>>,
     pub token_keys: TokenKeys,
@@ -86,7 +165,14 @@ pub struct CoreApp {
     pub blocking: votes_net::Blocking,
     /// This core's per-address and per-prefix limits (DESIGN §4.1).
     pub limiter: RefCell<votes_net::RateLimiter>,
+    /// DynamoDB lookups this core is waiting for (bounded by `LOOKUPS_MAX`).
+    pub lookups: std::cell::Cell<usize>,
 }
+
+/// DynamoDB lookups in flight per core; beyond it `/votes/me` answers 503.
+const LOOKUPS_MAX: usize = 256;
+/// Longest wait for DynamoDB's answer to `/votes/me`.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The handle the reactor holds; requests clone the `Rc` so their futures own the app.
 pub struct AppHandle(pub Rc<CoreApp>);
@@ -196,6 +282,10 @@ impl CoreApp {
                 self.with_results(id, |r, e| r.stream(e, req.headers()))
             }
             (["v1", "elections", id, "challenge"], &Method::GET) => self.challenge(id, &req),
+            (["v1", "elections", id, "votes", "me"], &Method::GET) => {
+                let id = id.to_string();
+                self.votes_me(&id, &req).await
+            }
             (["v1", "elections", _, "votes"], &Method::POST) if !self.shared.roles.ingest => {
                 error(ErrorCode::NotFound, "this node does not take votes")
             }
@@ -211,6 +301,7 @@ impl CoreApp {
                 | ["v1", "elections"]
                 | ["v1", "elections", _]
                 | ["v1", "elections", _, "challenge" | "results"]
+                | ["v1", "elections", _, "votes", "me"]
                 | ["v1", "elections", _, "results", "stream"],
                 _,
             ) => method_not_allowed("GET"),
@@ -267,6 +358,78 @@ impl CoreApp {
             200,
             &serde_json::json!({"token": token, "voter": voter.to_string(), "expires_at": (now_s + DEV_LOGIN_TTL_S) * 1000}),
         )
+    }
+
+    /// GET /v1/elections/{id}/votes/me: has this voter voted, read from DynamoDB (the source
+    /// of truth, DESIGN §4.2). A vote shows once the persister wrote it.
+    async fn votes_me<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
+        let voter =
+            match bearer(req).map(|t| token::verify(&self.shared.token_keys, t, now_ms() / 1000)) {
+                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
+                Some(Err(e)) => return error(e.code(), &e.message()),
+                Some(Ok(v)) => v,
+            };
+        let Some(election) = self.visible_election(id) else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        let Some((rt, client)) = &self.shared.dynamo else {
+            return error(
+                ErrorCode::NotFound,
+                "this node does not serve the voter API",
+            );
+        };
+        if self.lookups.get() >= LOOKUPS_MAX {
+            return error(ErrorCode::Unavailable, "too many lookups in flight; retry");
+        }
+        self.lookups.set(self.lookups.get() + 1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (client, table) = (client.clone(), self.shared.names.votes_table());
+        let pk = votes_core::vote_item_pk(election.id.as_str(), voter);
+        rt.spawn(async move {
+            let got = client
+                .get_item()
+                .table_name(table)
+                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+                .key(
+                    "sk",
+                    aws_sdk_dynamodb::types::AttributeValue::N(voter.0.to_string()),
+                )
+                .consistent_read(true)
+                .send()
+                .await;
+            let _ = tx.send(
+                got.map(|o| o.item)
+                    .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
+            );
+        });
+        let answer = glommio::timer::timeout(LOOKUP_TIMEOUT, async { Ok(rx.await) }).await;
+        self.lookups.set(self.lookups.get() - 1);
+        let item = match answer {
+            Ok(Ok(Ok(item))) => item,
+            Ok(Ok(Err(why))) => {
+                tracing::warn!(%why, "DynamoDB lookup failed");
+                return error(
+                    ErrorCode::Unavailable,
+                    "the vote store did not answer; retry",
+                );
+            }
+            Ok(Err(_)) | Err(_) => {
+                return error(
+                    ErrorCode::Unavailable,
+                    "the vote store did not answer in time; retry",
+                );
+            }
+        };
+        let s =
+            |item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+             k: &str| { item.get(k).and_then(|v| v.as_s().ok()).cloned() };
+        match item {
+            Some(item) => json(
+                200,
+                &serde_json::json!({"voted": true, "option": s(&item, "option"), "receipt": s(&item, "receipt")}),
+            ),
+            None => json(200, &serde_json::json!({"voted": false})),
+        }
     }
 
     /// An election voters may see (drafts are not public).
@@ -702,7 +865,16 @@ impl CoreApp {
             return error(ErrorCode::NotFound, "no such election");
         };
         match current.transition(next, now_ms()) {
-            Ok(e) => self.publish(e, 200).await,
+            Ok(e) => {
+                let resp = self.publish(e.clone(), 200).await;
+                if resp.status() == 200
+                    && next == ElectionState::Closed
+                    && let Some(recounter) = &self.shared.recount
+                {
+                    recounter.start(e);
+                }
+                resp
+            }
             Err(why) => custom_error(409, "conflict", &why.to_string()),
         }
     }

@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// Seconds of silence after which a results stream sends a heartbeat comment.
     #[arg(long, env = "VOTES_SSE_HEARTBEAT_S", default_value_t = 15)]
     pub sse_heartbeat_s: u64,
+    /// When an election is closed, how long its recount waits for the persisters, in seconds.
+    #[arg(long, env = "VOTES_RECOUNT_CATCH_UP_S", default_value_t = 120)]
+    pub recount_catch_up_s: u64,
     /// Development sign-in: `POST /v1/dev/login` issues a token for any voter id. Never in
     /// production: anyone could vote as anyone.
     #[arg(long, env = "VOTES_DEV_LOGIN")]
@@ -202,12 +205,42 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         None
     };
     let link_handle = link.as_ref().map(|(h, _)| h.clone());
+    // The AWS SDK runs on tokio: a small runtime of its own, off the reactors.
+    let sidecar = if roles.ingest {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dynamodb")
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(votes_tally::dynamo::client(common.dynamodb_endpoint()));
+        Some((rt, client))
+    } else {
+        None
+    };
     let shared = Arc::new(NodeShared {
         roles,
         node: node.clone(),
         started: std::time::Instant::now(),
         dev_login: args.dev_login,
         link_stats: link_handle.as_ref().map(|h| h.stats.clone()),
+        dynamo: sidecar
+            .as_ref()
+            .map(|(rt, client)| (rt.handle().clone(), client.clone())),
+        names: names.clone(),
+        recount: roles.admin.then(|| {
+            Arc::new(app::Recounter::new(
+                votes_tally::recount::RecountConfig {
+                    brokers: common.kafka_brokers.clone(),
+                    redis_url: common.redis_url.clone(),
+                    names: names.clone(),
+                    persist_group: crate::persist::default_group(&names),
+                    catch_up_timeout: Duration::from_secs(args.recount_catch_up_s),
+                    redis_settle: Duration::from_secs(10),
+                    kafka_timeout: Duration::from_secs(30),
+                },
+                common.dynamodb_endpoint().map(str::to_owned),
+            ))
+        }),
         token_keys,
         pow_key,
         audit_key,
@@ -306,6 +339,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             metrics: metrics.clone(),
             blocking: ctx.blocking().clone(),
             limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
+            lookups: std::cell::Cell::new(0),
         });
         let mut inbox = ctx.take_inbox().expect("the inbox is taken once, here");
         glommio::spawn_local({
@@ -385,6 +419,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         shutdown.trigger();
     });
     let joined = reactors.join().context("reactors");
+    if let Some((rt, _)) = sidecar {
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
     if let Some((handle, thread)) = link {
         // Every core is gone: the link writes what it still holds (bounded by its timeouts).
         handle.stop();

@@ -107,7 +107,7 @@ impl ElectionsWriter {
 
 /// A reader of the elections topic from its beginning.
 pub struct ElectionsReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<crate::kafka::VotesContext>,
     topic: String,
     pub invalid: u64,
 }
@@ -119,11 +119,11 @@ impl ElectionsReader {
             topic: topic.clone(),
             source,
         };
-        let consumer: BaseConsumer = base_config(brokers)
+        let consumer: BaseConsumer<crate::kafka::VotesContext> = base_config(brokers)
             .set("group.id", format!("{}elections-reader", names.prefix()))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(crate::kafka::VotesContext)
             .map_err(err)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)

@@ -43,3 +43,24 @@ pub fn read_committed_consumer_config(brokers: &str, group_id: &str) -> ClientCo
         .set("auto.offset.reset", "earliest");
     cfg
 }
+
+/// The context of our consumers: like rust-rdkafka's default, except that reaching the end of
+/// a partition (which `enable.partition.eof` asks for, and replays wait for) is not an error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VotesContext;
+
+impl rdkafka::ClientContext for VotesContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::trace!(%reason, "end of partition");
+        } else {
+            tracing::error!(%error, %reason, "librdkafka");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for VotesContext {}

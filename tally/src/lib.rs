@@ -10,8 +10,10 @@ pub mod dynamo;
 pub mod elections_log;
 pub mod fanout;
 pub mod kafka;
+pub mod persist;
 pub mod provision;
 pub mod read_model;
+pub mod recount;
 pub mod recovery;
 pub mod shard;
 

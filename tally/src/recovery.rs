@@ -51,11 +51,11 @@ pub fn replay(
     let partition = shard.partition();
     let kafka = |source| ReplayError::Kafka { partition, source };
     // No group: the shard owns the position (its applied_end); nothing is committed to Kafka.
-    let consumer: BaseConsumer =
+    let consumer: BaseConsumer<crate::kafka::VotesContext> =
         read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
-            .create()
+            .create_with_context(crate::kafka::VotesContext)
             .map_err(kafka)?;
     let topic = names.votes_topic();
     let mut tpl = TopicPartitionList::new();

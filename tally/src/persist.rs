@@ -1,0 +1,436 @@
+//! `votes persist` (DESIGN §3.5): the committed `votes` log → DynamoDB, the source of truth.
+//!
+//! A consumer group (`{prefix}persist`, cooperative-sticky, optional static membership) reads
+//! with `read_committed` and works in rounds: take what arrived (≤ `batch_max` records), turn
+//! each record into one item keyed by (`{election}#{bucket}`, voter), write them with
+//! BatchWriteItem (25 per call, ≤ `concurrency` calls in flight, UnprocessedItems and throttling
+//! retried with jittered backoff), and only then commit the consumer offsets. A crash loses at
+//! most a round's progress, never an item: the next owner rewrites from the last commit, and a
+//! rewrite is the same item (idempotent, DESIGN §3.5).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::{Names, VoteRecord, vote_item_pk};
+
+use crate::kafka::{VotesContext, read_committed_consumer_config};
+
+/// BatchWriteItem's limit of items per call.
+pub const BATCH_WRITE_MAX: usize = 25;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a round waits for more records once it has some.
+const ROUND_LINGER: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    pub brokers: String,
+    pub names: Names,
+    pub audit_key: Vec<u8>,
+    /// Consumer group; every persister of a deployment shares it.
+    pub group: String,
+    /// `group.instance.id` (static membership): a restart within the session timeout keeps
+    /// its partitions without a rebalance.
+    pub instance_id: Option<String>,
+    /// Records per round (and so the most work a crash can make the next owner redo).
+    pub batch_max: usize,
+    /// BatchWriteItem calls in flight.
+    pub concurrency: usize,
+    /// Exit once this member holds every partition and each is persisted to its end (a single
+    /// persister: tests, measurements).
+    pub exit_when_caught_up: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("DynamoDB refused a write for good: {0}")]
+    Dynamo(String),
+}
+
+/// Figures for `/metrics` and the progress line; written by the persister only.
+#[derive(Default)]
+pub struct PersistStats {
+    pub items: AtomicU64,
+    pub rounds: AtomicU64,
+    pub retries: AtomicU64,
+    pub undecodable: AtomicU64,
+    /// Lag per partition (high watermark − committed), refreshed every few seconds.
+    pub lag: std::sync::Mutex<BTreeMap<u32, i64>>,
+}
+
+/// The item of one committed vote (DESIGN §4.4).
+pub fn vote_item(
+    audit_key: &[u8],
+    record: &VoteRecord,
+    partition: u32,
+    offset: u64,
+) -> HashMap<String, AttributeValue> {
+    let leaf = Leaf {
+        election: record.election.clone(),
+        pseudonym: pseudonym(audit_key, &record.election, record.voter),
+        option: record.option.clone(),
+        partition,
+        offset,
+        nonce: record.nonce,
+    };
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    HashMap::from([
+        (
+            "pk".to_owned(),
+            AttributeValue::S(vote_item_pk(record.election.as_str(), record.voter)),
+        ),
+        ("sk".to_owned(), n(record.voter.0)),
+        (
+            "option".to_owned(),
+            AttributeValue::S(record.option.as_str().to_owned()),
+        ),
+        ("received_at".to_owned(), n(record.received_at_ms)),
+        ("partition".to_owned(), n(u64::from(partition))),
+        ("offset".to_owned(), n(offset)),
+        ("receipt".to_owned(), AttributeValue::S(leaf.receipt_hex())),
+    ])
+}
+
+pub async fn run(
+    cfg: PersistConfig,
+    dynamo: Client,
+    stats: Arc<PersistStats>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), PersistError> {
+    assert!(cfg.batch_max > 0 && cfg.concurrency > 0, "positive limits");
+    let topic = cfg.names.votes_topic();
+    let table = cfg.names.votes_table();
+    let mut kcfg = read_committed_consumer_config(&cfg.brokers, &cfg.group);
+    kcfg.set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.max.bytes", "52428800")
+        // A persister that died holds its partitions until the session times out: 10 s bounds
+        // how long DynamoDB falls behind (librdkafka's default is 45 s). A restart with the
+        // same static id takes them back at once.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000");
+    if let Some(id) = &cfg.instance_id {
+        kcfg.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<VotesContext> = kcfg.create_with_context(VotesContext)?;
+    consumer.subscribe(&[&topic])?;
+    let partitions = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(30))?
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let mut stop = std::pin::pin!(stop);
+    let mut at_end: HashMap<u32, bool> = HashMap::new();
+    let mut last_lag = Instant::now();
+    loop {
+        // One round: records as they come, until the batch is full or a short silence.
+        let mut items: Vec<(u32, u64, HashMap<String, AttributeValue>)> = Vec::new();
+        let mut eof: Vec<u32> = Vec::new();
+        let first = tokio::select! {
+            _ = &mut stop => break,
+            m = consumer.recv() => m,
+        };
+        let mut next = Some(first);
+        let round_started = Instant::now();
+        while let Some(m) = next.take() {
+            match m {
+                Ok(m) => {
+                    let (p, o) = (m.partition() as u32, m.offset() as u64);
+                    at_end.insert(p, false);
+                    match m.payload().map(VoteRecord::decode) {
+                        Some(Ok(record)) => {
+                            items.push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
+                        }
+                        other => {
+                            // Never produced by a shard: counted and logged, not written. The
+                            // recount's replay cannot count it either, so the counts still agree.
+                            stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                partition = p,
+                                offset = o,
+                                ?other,
+                                "undecodable record skipped"
+                            );
+                        }
+                    }
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    eof.push(p as u32);
+                    at_end.insert(p as u32, true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                }
+            }
+            if items.len() >= cfg.batch_max {
+                break;
+            }
+            let left = ROUND_LINGER.saturating_sub(round_started.elapsed());
+            if let Ok(m) = tokio::time::timeout(left, consumer.recv()).await {
+                next = Some(m);
+            }
+        }
+        // Offsets to commit: one past the last record of each partition in the round.
+        let mut commit: BTreeMap<u32, u64> = BTreeMap::new();
+        for (p, o, _) in &items {
+            let e = commit.entry(*p).or_insert(0);
+            *e = (*e).max(o + 1);
+        }
+        write_all(&dynamo, &table, dedup_first(items), cfg.concurrency, &stats).await?;
+        stats.rounds.fetch_add(1, Ordering::Relaxed);
+        // A partition at its end commits its position, past the transaction markers, so its
+        // lag reads 0 and the recount sees it caught up.
+        if !eof.is_empty()
+            && let Ok(pos) = consumer.position()
+        {
+            for p in &eof {
+                if let Some(Offset::Offset(o)) =
+                    pos.find_partition(&topic, *p as i32).map(|e| e.offset())
+                {
+                    let e = commit.entry(*p).or_insert(0);
+                    *e = (*e).max(o as u64);
+                }
+            }
+        }
+        if !commit.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &commit {
+                tpl.add_partition_offset(&topic, *p as i32, Offset::Offset(*o as i64))?;
+            }
+            // Durable in DynamoDB up to here; a failed commit (a rebalance took the partition)
+            // only makes the next owner rewrite the same items.
+            if let Err(e) = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
+            {
+                tracing::warn!(error = %e, "offset commit failed; the next owner rewrites those items");
+            }
+        }
+        if last_lag.elapsed() >= Duration::from_secs(5) {
+            last_lag = Instant::now();
+            refresh_lag(&consumer, &topic, &stats);
+        }
+        if cfg.exit_when_caught_up {
+            // Caught up = this member holds every partition and each is at its end: a member
+            // that holds only some cannot tell what the others (or a dead one) left behind.
+            let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            if assigned == partitions && at_end.len() == partitions && at_end.values().all(|e| *e) {
+                refresh_lag(&consumer, &topic, &stats);
+                tracing::info!("every assigned partition is persisted to its end");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the first record of each (election, voter) in log order: a later committed record of
+/// the same voter is never counted (DESIGN §3.3), so it must not replace the first item.
+fn dedup_first(
+    items: Vec<(u32, u64, HashMap<String, AttributeValue>)>,
+) -> Vec<HashMap<String, AttributeValue>> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items
+        .into_iter()
+        .filter_map(|(_, _, item)| {
+            let key = (
+                item["pk"].as_s().ok()?.clone(),
+                item["sk"].as_n().ok()?.clone(),
+            );
+            seen.insert(key).then_some(item)
+        })
+        .collect()
+}
+
+fn refresh_lag(consumer: &StreamConsumer<VotesContext>, topic: &str, stats: &PersistStats) {
+    let lag = tokio::task::block_in_place(|| -> Result<BTreeMap<u32, i64>, KafkaError> {
+        let assigned = consumer.assignment()?;
+        let committed = consumer.committed_offsets(assigned, Duration::from_secs(5))?;
+        let mut out = BTreeMap::new();
+        for e in committed.elements_for_topic(topic) {
+            let (_, high) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
+            let done = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            out.insert(e.partition() as u32, (high - done).max(0));
+        }
+        Ok(out)
+    });
+    match lag {
+        Ok(l) => *stats.lag.lock().unwrap_or_else(|p| p.into_inner()) = l,
+        Err(e) => tracing::debug!(error = %e, "lag not refreshed"),
+    }
+}
+
+/// Writes every item, `concurrency` BatchWriteItem calls at a time.
+async fn write_all(
+    dynamo: &Client,
+    table: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+    concurrency: usize,
+    stats: &Arc<PersistStats>,
+) -> Result<(), PersistError> {
+    let mut calls = tokio::task::JoinSet::new();
+    let mut chunks = items.chunks(BATCH_WRITE_MAX).map(<[_]>::to_vec);
+    loop {
+        while calls.len() < concurrency {
+            let Some(chunk) = chunks.next() else { break };
+            let (dynamo, table, stats) = (dynamo.clone(), table.to_owned(), stats.clone());
+            calls.spawn(async move { write_chunk(&dynamo, &table, chunk, &stats).await });
+        }
+        match calls.join_next().await {
+            None => return Ok(()),
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(PersistError::Dynamo(format!("a write task failed: {e}"))),
+        }
+    }
+}
+
+/// One BatchWriteItem, retrying what DynamoDB did not process and what it throttled.
+async fn write_chunk(
+    dynamo: &Client,
+    table: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+    stats: &PersistStats,
+) -> Result<(), PersistError> {
+    assert!(
+        items.len() <= BATCH_WRITE_MAX,
+        "BatchWriteItem takes at most 25 items"
+    );
+    let total = items.len() as u64;
+    let mut requests: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|item| {
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .expect("an item is set"),
+                )
+                .build()
+        })
+        .collect();
+    let mut backoff = BACKOFF_MIN;
+    while !requests.is_empty() {
+        let sent = dynamo
+            .batch_write_item()
+            .request_items(table, requests.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(table))
+                    .unwrap_or_default();
+            }
+            Err(e) if retryable(&e) => {
+                tracing::debug!(error = %e, "BatchWriteItem throttled or failed; retrying");
+            }
+            Err(e) => {
+                return Err(PersistError::Dynamo(
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                ));
+            }
+        }
+        if !requests.is_empty() {
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+    stats.items.fetch_add(total, Ordering::Relaxed);
+    Ok(())
+}
+
+fn retryable(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError,
+    >,
+) -> bool {
+    use aws_sdk_dynamodb::error::SdkError;
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let s = s.err();
+            s.is_provisioned_throughput_exceeded_exception()
+                || s.is_request_limit_exceeded()
+                || s.is_throttling_exception()
+                || s.is_internal_server_error()
+        }
+        _ => false,
+    }
+}
+
+/// "Full jitter": a uniform wait in [0, backoff], so retrying writers do not move in step.
+fn jitter(backoff: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut x = u64::from(nanos) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    backoff.mul_f64((x % 1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use votes_core::{ElectionId, OptionId, VoterId};
+
+    fn record(voter: u64, option: &str) -> VoteRecord {
+        VoteRecord {
+            election: ElectionId::new("e1").unwrap(),
+            voter: VoterId(voter),
+            option: OptionId::new(option).unwrap(),
+            received_at_ms: 1_700_000_000_000,
+            node: "n".into(),
+            core: 0,
+            nonce: [7; 16],
+        }
+    }
+
+    #[test]
+    fn an_item_is_keyed_by_bucket_and_voter_and_carries_the_receipt() {
+        let item = vote_item(b"key", &record(42, "a"), 3, 99);
+        assert_eq!(item["pk"].as_s().unwrap(), &vote_item_pk("e1", VoterId(42)));
+        assert_eq!(item["sk"].as_n().unwrap(), "42");
+        assert_eq!(item["option"].as_s().unwrap(), "a");
+        assert_eq!(item["offset"].as_n().unwrap(), "99");
+        assert_eq!(item["receipt"].as_s().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn the_first_record_of_a_voter_wins_within_a_round() {
+        let items = vec![
+            (0, 1, vote_item(b"k", &record(1, "a"), 0, 1)),
+            (0, 2, vote_item(b"k", &record(1, "b"), 0, 2)),
+            (0, 3, vote_item(b"k", &record(2, "b"), 0, 3)),
+        ];
+        let kept = dedup_first(items);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0]["option"].as_s().unwrap(), "a");
+    }
+
+    #[test]
+    fn jitter_stays_within_the_backoff() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(100)) <= Duration::from_millis(100));
+        }
+    }
+}

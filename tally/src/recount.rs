@@ -1,0 +1,562 @@
+//! `votes recount` (DESIGN §3.6): three independent counts of a closed election must agree
+//! before its result is official.
+//!
+//! 1. **Kafka replay**: the committed `votes` log read from the start with `read_committed`,
+//!    the first record of each voter counted (as every shard does); it also gives, per
+//!    partition, the end of the log the count covers.
+//! 2. **DynamoDB**: once the persisters' committed offsets have reached those ends, a parallel
+//!    Query over every write-shard bucket of the election counts the items per option.
+//! 3. **Redis**: the live tally, the sum of the partitions' hashes (allowed a few seconds to
+//!    settle: the fan-out trails the commits by milliseconds).
+//!
+//! On agreement the result is written to the `{prefix}results` table, the Redis final key and
+//! the elections topic (state `final`), in that order; on any disagreement nothing official is
+//! written and the caller gets the per-option differences.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use roaring::RoaringTreemap;
+use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS, VoteRecord};
+
+use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
+use crate::fanout::{Official, official_fields, sum_partitions};
+use crate::kafka::{VotesContext, read_committed_consumer_config};
+
+/// Queries in flight while counting the buckets.
+const QUERY_CONCURRENCY: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct RecountConfig {
+    pub brokers: String,
+    pub redis_url: String,
+    pub names: Names,
+    /// The persisters' consumer group, whose committed offsets say what DynamoDB holds.
+    pub persist_group: String,
+    /// How long to wait for the persisters to reach the end of the log.
+    pub catch_up_timeout: Duration,
+    /// How long the live tally may take to match the replay.
+    pub redis_settle: Duration,
+    /// Bound on the silence of a Kafka read.
+    pub kafka_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecountError {
+    #[error("no election {0}")]
+    NoSuchElection(String),
+    #[error("election {id} is {state}: only a closed election is recounted")]
+    NotClosed { id: String, state: &'static str },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the elections topic: {0}")]
+    Elections(#[from] crate::elections_log::ElectionsLogError),
+    #[error(
+        "the persisters (group {group}) did not reach the end of the votes log within {timeout:?}: \
+         partition {partition} is at {committed:?}, the log ends at {end}; is `votes persist` running?"
+    )]
+    NotCaughtUp {
+        group: String,
+        timeout: Duration,
+        partition: u32,
+        committed: Option<u64>,
+        end: u64,
+    },
+    #[error("reading the votes log stalled for {0:?}")]
+    KafkaTimeout(Duration),
+    #[error("DynamoDB: {0}")]
+    Dynamo(String),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One count per option, by source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub replay: BTreeMap<String, u64>,
+    pub dynamodb: BTreeMap<String, u64>,
+    pub redis: BTreeMap<String, u64>,
+}
+
+/// An option on which the sources differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diff {
+    pub option: String,
+    pub replay: u64,
+    pub dynamodb: u64,
+    pub redis: u64,
+}
+
+impl Counts {
+    /// Options (the election's and any a source reports) on which the counts differ.
+    pub fn diffs(&self, options: &[String]) -> Vec<Diff> {
+        let mut all: Vec<String> = options.to_vec();
+        for k in self
+            .replay
+            .keys()
+            .chain(self.dynamodb.keys())
+            .chain(self.redis.keys())
+        {
+            if !all.contains(k) {
+                all.push(k.clone());
+            }
+        }
+        let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        all.into_iter()
+            .map(|option| Diff {
+                replay: get(&self.replay, &option),
+                dynamodb: get(&self.dynamodb, &option),
+                redis: get(&self.redis, &option),
+                option,
+            })
+            .filter(|d| d.replay != d.dynamodb || d.replay != d.redis)
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    /// All three agree; the result is official (written now, or already before).
+    Official { official: Official, already: bool },
+    /// Nothing official was written.
+    Disagree(Vec<Diff>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub election: ElectionId,
+    pub counts: Counts,
+    pub verdict: Verdict,
+    /// Committed records read, of every election.
+    pub records_read: u64,
+    /// Records of this election whose voter had already voted (never counted).
+    pub log_duplicates: u64,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// The election as the elections topic has it now.
+pub fn load_election(cfg: &RecountConfig, id: &str) -> Result<Election, RecountError> {
+    let mut view = ElectionsView::default();
+    ElectionsReader::new(&cfg.brokers, &cfg.names)?.load_to_end(&mut view, cfg.kafka_timeout)?;
+    view.find(id)
+        .cloned()
+        .ok_or_else(|| RecountError::NoSuchElection(id.to_owned()))
+}
+
+/// Every election in state `closed` (what a scheduled recount has to do).
+pub fn closed_elections(cfg: &RecountConfig) -> Result<Vec<Election>, RecountError> {
+    let mut view = ElectionsView::default();
+    ElectionsReader::new(&cfg.brokers, &cfg.names)?.load_to_end(&mut view, cfg.kafka_timeout)?;
+    Ok(view
+        .sorted()
+        .into_iter()
+        .filter(|e| e.state == ElectionState::Closed)
+        .cloned()
+        .collect())
+}
+
+/// Recounts `election` and, on agreement, makes its result official.
+pub async fn recount(
+    cfg: &RecountConfig,
+    dynamo: &aws_sdk_dynamodb::Client,
+    election: &Election,
+) -> Result<Report, RecountError> {
+    if !matches!(election.state, ElectionState::Closed | ElectionState::Final) {
+        return Err(RecountError::NotClosed {
+            id: election.id.to_string(),
+            state: election.state.as_str(),
+        });
+    }
+    let mut timings = Vec::new();
+    let t = Instant::now();
+    let c = cfg.clone();
+    let id = election.id.clone();
+    let replay = tokio::task::spawn_blocking(move || replay_election(&c, &id))
+        .await
+        .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
+    timings.push(("kafka replay", t.elapsed()));
+
+    let t = Instant::now();
+    let c = cfg.clone();
+    let ends = replay.ends.clone();
+    tokio::task::spawn_blocking(move || wait_persisted(&c, &ends))
+        .await
+        .map_err(|e| RecountError::Dynamo(format!("the catch-up task failed: {e}")))??;
+    timings.push(("persisters caught up", t.elapsed()));
+
+    let t = Instant::now();
+    let dynamodb = dynamo_counts(dynamo, &cfg.names.votes_table(), &election.id).await?;
+    timings.push(("dynamodb count", t.elapsed()));
+
+    let t = Instant::now();
+    let partitions = u32::try_from(replay.ends.len()).expect("partitions fit u32");
+    let mut redis = redis_counts(cfg, &election.id, partitions)?;
+    let settle_until = Instant::now() + cfg.redis_settle;
+    while redis != replay.totals && Instant::now() < settle_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis = redis_counts(cfg, &election.id, partitions)?;
+    }
+    timings.push(("redis live tally", t.elapsed()));
+
+    let counts = Counts {
+        replay: replay.totals,
+        dynamodb,
+        redis,
+    };
+    let options: Vec<String> = election
+        .options
+        .iter()
+        .map(|o| o.id.as_str().to_owned())
+        .collect();
+    let diffs = counts.diffs(&options);
+    let verdict = if diffs.is_empty() {
+        let totals: BTreeMap<String, u64> = options
+            .iter()
+            .map(|o| (o.clone(), counts.replay.get(o).copied().unwrap_or(0)))
+            .collect();
+        let official = Official {
+            total: totals.values().sum(),
+            totals,
+            decided_at_ms: now_ms(),
+            extra: BTreeMap::new(),
+        };
+        if election.state == ElectionState::Final {
+            Verdict::Official {
+                official,
+                already: true,
+            }
+        } else {
+            let t = Instant::now();
+            write_official(cfg, dynamo, election, &official).await?;
+            timings.push(("official result written", t.elapsed()));
+            Verdict::Official {
+                official,
+                already: false,
+            }
+        }
+    } else {
+        Verdict::Disagree(diffs)
+    };
+    Ok(Report {
+        election: election.id.clone(),
+        counts,
+        verdict,
+        records_read: replay.records,
+        log_duplicates: replay.duplicates,
+        timings,
+    })
+}
+
+struct Replay {
+    totals: BTreeMap<String, u64>,
+    /// Per partition: one past the last record the replay read (0 when empty).
+    ends: Vec<u64>,
+    records: u64,
+    duplicates: u64,
+}
+
+/// Reads every partition of `votes` to its end and counts the first vote of each voter.
+fn replay_election(cfg: &RecountConfig, election: &ElectionId) -> Result<Replay, RecountError> {
+    let topic = cfg.names.votes_topic();
+    let consumer: BaseConsumer<VotesContext> =
+        read_committed_consumer_config(&cfg.brokers, &format!("{}recount", cfg.names.prefix()))
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .create_with_context(VotesContext)?;
+    let md = consumer.fetch_metadata(Some(&topic), cfg.kafka_timeout)?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+    assert!(partitions > 0, "votes init created {topic} with partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut ends = vec![0u64; partitions];
+    let mut done = vec![false; partitions];
+    let mut voters = RoaringTreemap::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut records, mut duplicates) = (0u64, 0u64);
+    let mut last_answer = Instant::now();
+    while done.iter().any(|d| !d) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last_answer = Instant::now();
+                let p = m.partition() as usize;
+                ends[p] = m.offset() as u64 + 1;
+                records += 1;
+                let Some(Ok(record)) = m.payload().map(VoteRecord::decode) else {
+                    continue;
+                };
+                if &record.election != election {
+                    continue;
+                }
+                if voters.insert(record.voter.0) {
+                    *totals.entry(record.option.as_str().to_owned()).or_default() += 1;
+                } else {
+                    duplicates += 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                last_answer = Instant::now();
+                done[p as usize] = true;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                if last_answer.elapsed() > cfg.kafka_timeout {
+                    return Err(RecountError::KafkaTimeout(cfg.kafka_timeout));
+                }
+            }
+        }
+    }
+    debug_assert_eq!(
+        voters.len(),
+        totals.values().sum::<u64>(),
+        "one count per voter"
+    );
+    Ok(Replay {
+        totals,
+        ends,
+        records,
+        duplicates,
+    })
+}
+
+/// Waits until the persisters' committed offsets reach `ends` on every partition.
+fn wait_persisted(cfg: &RecountConfig, ends: &[u64]) -> Result<(), RecountError> {
+    let topic = cfg.names.votes_topic();
+    // Same group id, but never subscribes: it only reads the group's committed offsets.
+    let consumer: BaseConsumer<VotesContext> = crate::kafka::base_config(&cfg.brokers)
+        .set("group.id", &cfg.persist_group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(VotesContext)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..ends.len() {
+        tpl.add_partition(&topic, p as i32);
+    }
+    let deadline = Instant::now() + cfg.catch_up_timeout;
+    loop {
+        let committed = consumer.committed_offsets(tpl.clone(), cfg.kafka_timeout)?;
+        let behind = ends.iter().enumerate().find_map(|(p, end)| {
+            let at = committed
+                .find_partition(&topic, p as i32)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o as u64),
+                    _ => None,
+                });
+            (*end > 0 && at.is_none_or(|a| a < *end)).then_some((p as u32, at, *end))
+        });
+        let Some((partition, committed, end)) = behind else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(RecountError::NotCaughtUp {
+                group: cfg.persist_group.clone(),
+                timeout: cfg.catch_up_timeout,
+                partition,
+                committed,
+                end,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Counts the election's items per option with one paginated Query per bucket.
+async fn dynamo_counts(
+    dynamo: &aws_sdk_dynamodb::Client,
+    table: &str,
+    election: &ElectionId,
+) -> Result<BTreeMap<String, u64>, RecountError> {
+    let mut queries = tokio::task::JoinSet::new();
+    let mut buckets = 0..VOTE_BUCKETS;
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        while queries.len() < QUERY_CONCURRENCY {
+            let Some(bucket) = buckets.next() else { break };
+            let (dynamo, table) = (dynamo.clone(), table.to_owned());
+            let pk = format!("{election}#{bucket}");
+            queries.spawn(async move { count_bucket(&dynamo, &table, pk).await });
+        }
+        match queries.join_next().await {
+            None => return Ok(totals),
+            Some(Ok(Ok(counts))) => {
+                for (option, n) in counts {
+                    *totals.entry(option).or_default() += n;
+                }
+            }
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(RecountError::Dynamo(format!("a query task failed: {e}"))),
+        }
+    }
+}
+
+async fn count_bucket(
+    dynamo: &aws_sdk_dynamodb::Client,
+    table: &str,
+    pk: String,
+) -> Result<HashMap<String, u64>, RecountError> {
+    let mut counts = HashMap::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let page = dynamo
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+            .projection_expression("#o")
+            .expression_attribute_names("#o", "option")
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| {
+                RecountError::Dynamo(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+            })?;
+        for item in page.items() {
+            let option = item
+                .get("option")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_else(|| "<missing option>".to_owned());
+            *counts.entry(option).or_default() += 1;
+        }
+        match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return Ok(counts),
+        }
+    }
+}
+
+fn redis_counts(
+    cfg: &RecountConfig,
+    election: &ElectionId,
+    partitions: u32,
+) -> Result<BTreeMap<String, u64>, RecountError> {
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let mut pipe = redis::pipe();
+    for p in 0..partitions {
+        pipe.cmd("HGETALL")
+            .arg(cfg.names.redis_tally_key(election.as_str(), p));
+    }
+    let hashes: Vec<HashMap<String, String>> = pipe.query(&mut conn)?;
+    let (mut totals, _) = sum_partitions(&hashes);
+    totals.retain(|_, n| *n > 0);
+    Ok(totals)
+}
+
+/// DynamoDB results table, then the Redis final key, then state `final` on the elections topic:
+/// the topic (what every screen follows) changes only once the other two hold the result.
+async fn write_official(
+    cfg: &RecountConfig,
+    dynamo: &aws_sdk_dynamodb::Client,
+    election: &Election,
+    official: &Official,
+) -> Result<(), RecountError> {
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let totals: HashMap<String, AttributeValue> = official
+        .totals
+        .iter()
+        .map(|(k, v)| (k.clone(), n(*v)))
+        .collect();
+    let mut put = dynamo
+        .put_item()
+        .table_name(cfg.names.results_table())
+        .item("pk", AttributeValue::S(election.id.to_string()))
+        .item("totals", AttributeValue::M(totals))
+        .item("total", n(official.total))
+        .item("decided_at_ms", n(official.decided_at_ms));
+    for (k, v) in &official.extra {
+        put = put.item(k, AttributeValue::S(v.clone()));
+    }
+    put.send().await.map_err(|e| {
+        RecountError::Dynamo(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+    })?;
+
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let key = cfg.names.redis_final_key(election.id.as_str());
+    let mut hset = redis::cmd("HSET");
+    hset.arg(&key);
+    for (k, v) in official_fields(official) {
+        hset.arg(k).arg(v);
+    }
+    // One transaction: a reader never sees a half-written official result.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(&key)
+        .ignore()
+        .add_command(hset)
+        .ignore()
+        .query(&mut conn)?;
+
+    let next = election
+        .transition(ElectionState::Final, official.decided_at_ms)
+        .expect("a closed election may become final");
+    let (c, e) = (cfg.clone(), next);
+    tokio::task::spawn_blocking(move || {
+        ElectionsWriter::new(&c.brokers, &c.names, c.kafka_timeout)?.publish(&e)
+    })
+    .await
+    .map_err(|e| RecountError::Dynamo(format!("the elections writer task failed: {e}")))??;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn agreement_has_no_diffs_and_any_difference_is_reported_per_option() {
+        let same = Counts {
+            replay: m(&[("a", 3), ("b", 1)]),
+            dynamodb: m(&[("a", 3), ("b", 1)]),
+            redis: m(&[("a", 3), ("b", 1)]),
+        };
+        let options = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        assert!(
+            same.diffs(&options).is_empty(),
+            "an option nobody chose is 0 everywhere"
+        );
+
+        let corrupt = Counts {
+            redis: m(&[("a", 4), ("b", 1)]),
+            dynamodb: m(&[("a", 3), ("b", 1), ("zz", 1)]),
+            ..same
+        };
+        let diffs = corrupt.diffs(&options);
+        assert_eq!(
+            diffs,
+            vec![
+                Diff {
+                    option: "a".into(),
+                    replay: 3,
+                    dynamodb: 3,
+                    redis: 4
+                },
+                Diff {
+                    option: "zz".into(),
+                    replay: 0,
+                    dynamodb: 1,
+                    redis: 0
+                },
+            ]
+        );
+    }
+}

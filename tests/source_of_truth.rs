@@ -1,0 +1,389 @@
+//! The source of truth (DESIGN §3.5-3.6, §4.4): `votes persist` writes exactly the committed
+//! votes to DynamoDB, once per voter even when killed mid-stream; `/votes/me` reads them back;
+//! `votes recount` makes a result official only when the Kafka replay, DynamoDB and the live
+//! tally agree, and refuses (printing the difference) when one of them does not.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::serve::{AUDIT_KEY, Serve, TestClient, committed_votes, open_election, token};
+use common::{DYNAMODB, KAFKA, REDIS, runtime};
+use votes_core::{VOTE_BUCKETS, VoterId};
+
+const PARTITIONS: u32 = 4;
+
+fn votes_cmd(prefix: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_votes"));
+    c.args(args)
+        .env("VOTES_PREFIX", prefix)
+        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+        .env("VOTES_REDIS_URL", REDIS)
+        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
+        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
+        .env("VOTES_LOG", "info")
+        .env_remove("VOTES_CONFIG");
+    c
+}
+
+fn persister(prefix: &str, log: &str, extra: &[&str]) -> Child {
+    // One static member id: a restart takes the partitions back at once (no session timeout).
+    let mut args = vec![
+        "persist",
+        "--batch-max",
+        "2000",
+        "--instance-id",
+        "persister-1",
+    ];
+    args.extend_from_slice(extra);
+    votes_cmd(prefix, &args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join(log)).unwrap())
+        .spawn()
+        .expect("votes persist starts")
+}
+
+/// Every item of `election` in DynamoDB: voter → (option, offset, receipt).
+async fn items_of(election: &str, prefix: &str) -> HashMap<u64, (String, u64, String)> {
+    let dynamo = common::dynamo().await;
+    let table = format!("{prefix}votes");
+    let mut out = HashMap::new();
+    for bucket in 0..VOTE_BUCKETS {
+        let mut start = None;
+        loop {
+            let page = dynamo
+                .query()
+                .table_name(&table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(
+                    ":pk",
+                    AttributeValue::S(format!("{election}#{bucket}")),
+                )
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .expect("query a bucket");
+            for item in page.items() {
+                let voter: u64 = item["sk"].as_n().unwrap().parse().unwrap();
+                assert_eq!(
+                    votes_core::bucket_of(VoterId(voter)),
+                    bucket,
+                    "voter {voter} in its bucket"
+                );
+                let prev = out.insert(
+                    voter,
+                    (
+                        item["option"].as_s().unwrap().clone(),
+                        item["offset"].as_n().unwrap().parse().unwrap(),
+                        item["receipt"].as_s().unwrap().clone(),
+                    ),
+                );
+                assert!(prev.is_none(), "voter {voter} has one item");
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// Sends one vote per entry of `voters` (duplicates included), `concurrency` at a time;
+/// returns how many were accepted.
+async fn vote_all(serve: &Serve, election: &str, voters: &[u64], options: &[&str]) -> (u64, u64) {
+    let client = TestClient::h2c();
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    for chunk in voters.chunks(256) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|v| {
+                let (client, base) = (client.clone(), serve.url(""));
+                let (election, option) = (
+                    election.to_owned(),
+                    options[(*v % options.len() as u64) as usize].to_owned(),
+                );
+                let v = *v;
+                tokio::spawn(async move { client.vote(&base, &election, v, &option).await })
+            })
+            .collect();
+        for c in calls {
+            match c.await.unwrap() {
+                Ok((202, _)) => accepted += 1,
+                Ok((409, b)) if b["error"]["code"] == "already_voted" => duplicates += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    (accepted, duplicates)
+}
+
+#[test]
+fn fifty_thousand_votes_persist_exactly_once_per_voter_even_when_the_persister_is_killed() {
+    let serve = Serve::init_and_start("persist", PARTITIONS, 2);
+    let prefix = serve.prefix.clone();
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "big", &["a", "b", "c", "d"], 0).await;
+        // 45,000 voters, and 5,000 of them twice.
+        let mut voters: Vec<u64> = (1..=45_000).collect();
+        voters.extend((1..=5_000).map(|v| v * 9));
+        let mut persist = persister(&prefix, &format!("{prefix}persist-1.log"), &[]);
+        let started = Instant::now();
+        let (first, first_dups) =
+            vote_all(&serve, "big", &voters[..25_000], &["a", "b", "c", "d"]).await;
+        // Mid-stream: kill -9 the persister while votes still flow, then start another.
+        let _ = persist.kill();
+        let _ = persist.wait();
+        let mut persist = persister(&prefix, &format!("{prefix}persist-2.log"), &[]);
+        let (rest, rest_dups) =
+            vote_all(&serve, "big", &voters[25_000..], &["a", "b", "c", "d"]).await;
+        let (accepted, duplicates) = (first + rest, first_dups + rest_dups);
+        eprintln!(
+            "50,000 votes sent in {:?}: {accepted} accepted, {duplicates} duplicates",
+            started.elapsed()
+        );
+        assert_eq!(accepted, 45_000);
+        assert_eq!(duplicates, 5_000);
+        let _ = persist.kill();
+        let _ = persist.wait();
+        // A third persister finishes the log and exits.
+        let finish = votes_cmd(
+            &prefix,
+            &[
+                "persist",
+                "--exit-when-caught-up",
+                "--instance-id",
+                "persister-1",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            finish.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finish.stderr)
+        );
+        eprintln!(
+            "persisted by {:?}: {}",
+            started.elapsed(),
+            String::from_utf8_lossy(&finish.stdout).trim()
+        );
+
+        let items = items_of("big", &prefix).await;
+        eprintln!("items read back by {:?}", started.elapsed());
+        let committed = committed_votes(&serve.names(), PARTITIONS);
+        let mut first_of: HashMap<u64, (String, u64)> = HashMap::new();
+        for c in &committed {
+            first_of
+                .entry(c.record.voter.0)
+                .or_insert((c.record.option.as_str().to_owned(), c.offset));
+        }
+        assert_eq!(
+            items.len(),
+            45_000,
+            "DynamoDB holds exactly the accepted votes"
+        );
+        assert_eq!(first_of.len(), 45_000);
+        for (voter, (option, offset)) in &first_of {
+            let (got_option, got_offset, receipt) = &items[voter];
+            assert_eq!((got_option, got_offset), (option, offset), "voter {voter}");
+            assert_eq!(receipt.len(), 64);
+        }
+
+        // GET /votes/me answers from DynamoDB, for a voter who voted and one who did not.
+        let me = |voter: u64| {
+            let (client, url) = (client.clone(), serve.url("/v1/elections/big/votes/me"));
+            async move {
+                let auth = format!("Bearer {}", token(voter));
+                client
+                    .send("GET", &url, &[("authorization", &auth)], "")
+                    .await
+                    .unwrap()
+            }
+        };
+        let (status, _, body) = me(9).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["voted"], true);
+        assert_eq!(body["option"].as_str(), Some(items[&9].0.as_str()));
+        assert_eq!(body["receipt"].as_str(), Some(items[&9].2.as_str()));
+        let (status, _, body) = me(45_001).await;
+        assert_eq!((status, &body), (200, &serde_json::json!({"voted": false})));
+        let (status, _, body) = client
+            .send("GET", &serve.url("/v1/elections/big/votes/me"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
+        );
+        let auth = format!("Bearer {}", token(9));
+        let (status, _, _) = client
+            .send(
+                "GET",
+                &serve.url("/v1/elections/nope/votes/me"),
+                &[("authorization", &auth)],
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 404);
+    });
+}
+
+#[test]
+fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally() {
+    let serve = Serve::init_and_start("recount", PARTITIONS, 2);
+    let prefix = serve.prefix.clone();
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "good", &["x", "y"], 0).await;
+        open_election(&client, &serve, "bad", &["x", "y"], 0).await;
+        let voters: Vec<u64> = (1..=400).chain(1..=40).collect();
+        let (ok, _) = vote_all(&serve, "good", &voters, &["x", "y"]).await;
+        let (bad_ok, _) = vote_all(&serve, "bad", &voters, &["x", "y"]).await;
+        assert_eq!((ok, bad_ok), (400, 400));
+        let finish = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            finish.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finish.stderr)
+        );
+
+        // Corrupt the live tally of "bad" (same offset, so the fan-out never overwrites it).
+        let redis = redis::Client::open(REDIS).unwrap();
+        let mut conn = redis.get_connection().unwrap();
+        let key = serve.names().redis_tally_key("bad", 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis::cmd("EXISTS")
+            .arg(&key)
+            .query::<bool>(&mut conn)
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "the tally of bad reached Redis");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(&key)
+            .arg("x")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+
+        // Closing through the admin API starts the recount: "good" becomes final.
+        for e in ["good", "bad"] {
+            let (s, body) = client
+                .admin(
+                    "POST",
+                    &serve.admin_url(&format!("/admin/v1/elections/{e}/close")),
+                    serde_json::Value::Null,
+                )
+                .await;
+            assert_eq!(s, 200, "{body}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let final_results = loop {
+            let (_, body) = client
+                .get(&serve.url("/v1/elections/good/results"))
+                .await
+                .unwrap();
+            if body["final"] == true && body["state"] == "final" {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "good did not become final: {body}\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut committed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for c in committed_votes(&serve.names(), PARTITIONS) {
+            if c.record.election.as_str() == "good" && seen.insert(c.record.voter) {
+                *committed
+                    .entry(c.record.option.as_str().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(final_results["totals"]["x"], committed["x"]);
+        assert_eq!(final_results["totals"]["y"], committed["y"]);
+        assert_eq!(final_results["total"], 400);
+        let dynamo = common::dynamo().await;
+        let stored = dynamo
+            .get_item()
+            .table_name(format!("{prefix}results"))
+            .key("pk", AttributeValue::S("good".into()))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the official result is in the results table");
+        assert_eq!(stored["total"].as_n().unwrap(), "400");
+
+        // The CLI on a final election checks it again without rewriting.
+        let again = votes_cmd(&prefix, &["recount", "--election", "good"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&again.stdout);
+        assert!(
+            again.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert!(out.contains("matches the official result"), "{out}");
+
+        // "bad" stays closed: nothing official, and the CLI says why and exits non-zero.
+        let refused = votes_cmd(
+            &prefix,
+            &["recount", "--election", "bad", "--redis-settle-s", "1"],
+        )
+        .output()
+        .unwrap();
+        let out = String::from_utf8_lossy(&refused.stdout);
+        assert!(!refused.status.success(), "a disagreement fails: {out}");
+        assert!(out.contains("DISAGREE"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with("x:") && l.contains("redis")),
+            "per-option diff: {out}"
+        );
+        let (_, body) = client
+            .get(&serve.url("/v1/elections/bad/results"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (body["state"].as_str(), body["final"].as_bool()),
+            (Some("closed"), Some(false))
+        );
+        let final_key: bool = redis::cmd("EXISTS")
+            .arg(serve.names().redis_final_key("bad"))
+            .query(&mut conn)
+            .unwrap();
+        assert!(!final_key, "no official result in Redis");
+        let none = dynamo
+            .get_item()
+            .table_name(format!("{prefix}results"))
+            .key("pk", AttributeValue::S("bad".into()))
+            .send()
+            .await
+            .unwrap()
+            .item;
+        assert!(none.is_none(), "no official result in DynamoDB");
+        // The recount the close started waits up to 10 s for the live tally to settle.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !serve.log_text().contains("recount DISAGREES") {
+            assert!(
+                Instant::now() < deadline,
+                "the serve log tells the operator:\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
