@@ -26,6 +26,11 @@ setsid nohup "$BIN/votes" serve --roles ingest,results,admin --dev-login --cores
   --http "$HTTP" --admin "$ADMIN" --node-id demo-node \
   >"$RUN/serve.log" 2>&1 < /dev/null &
 echo $! >"$RUN/serve.pid"
+# The persister writes every committed vote to DynamoDB; closing an election on the dashboard
+# then makes its result official (the recount needs the persister to have caught up).
+setsid nohup "$BIN/votes" persist --instance-id demo-persister --metrics 127.0.0.1:9191 \
+  >"$RUN/persist.log" 2>&1 < /dev/null &
+echo $! >"$RUN/persist.pid"
 for _ in $(seq 1 120); do
   if curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1; then break; fi
   if ! kill -0 "$(cat "$RUN/serve.pid")" 2>/dev/null; then
@@ -36,37 +41,42 @@ done
 curl -fsS "http://$HTTP/readyz" >/dev/null || { echo "demo: votes serve is not ready" >&2; tail -20 "$RUN/serve.log" >&2; exit 1; }
 
 auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-# 201 the first time, 409 when the demo election already exists from an earlier run.
+# A fresh election per run: one from an earlier run may be closed or final already.
+E=song-$(date +%m%d-%H%M%S)
 curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"demo","title":"Song of the night","options":[{"id":"aurora","label":"Aurora"},{"id":"borealis","label":"Borealis"},{"id":"cascade","label":"Cascade"}]}'
-curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/demo/open"
+  -d '{"id":"'"$E"'","title":"Song of the night","options":[{"id":"aurora","label":"Aurora"},{"id":"borealis","label":"Borealis"},{"id":"cascade","label":"Cascade"}]}'
+curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/$E/open"
 
 echo "demo: a short burst of votes (2,000 requests, 10% duplicates)"
 if [ -x "$BIN/votes-load" ]; then
-  "$BIN/votes-load" --target "http://$HTTP" --election demo --rate 500 --duration 4s --voters 1800 \
+  "$BIN/votes-load" --target "http://$HTTP" --election "$E" --rate 500 --duration 4s --voters 1800 \
     --voter-base "$(date +%s)000" --dup-ratio 0.1 --connections 32 --report "$RUN/load.json"
 else
   for v in $(seq 1 200); do
     t=$("$BIN/votes" token --voter "$v")
     curl -sS -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $t" -H 'Content-Type: application/json' \
-      -X POST "http://$HTTP/v1/elections/demo/votes" -d '{"option":"aurora"}'
+      -X POST "http://$HTTP/v1/elections/$E/votes" -d '{"option":"aurora"}'
   done | sort | uniq -c
 fi
 sleep 1.2
 
 echo
 echo "Running: votes serve (pid $(cat "$RUN/serve.pid")), log $RUN/serve.log"
+echo "         votes persist (pid $(cat "$RUN/persist.pid")), log $RUN/persist.log, metrics http://127.0.0.1:9191/metrics"
 echo "  voter page:    http://$HTTP/            (development sign-in: any voter id)"
-echo "  live results:  http://$HTTP/results/demo"
+echo "  live results:  http://$HTTP/results/$E"
 echo "  dashboard:     http://$ADMIN/admin#token=$VOTES_ADMIN_TOKEN"
-echo "  results API:   http://$HTTP/v1/elections/demo/results   (stream: …/results/stream)"
-echo "  voter API:  http://$HTTP/v1/elections/demo"
+echo "  results API:   http://$HTTP/v1/elections/$E/results   (stream: …/results/stream)"
+echo "  voter API:  http://$HTTP/v1/elections/$E"
 echo "  vote:       TOKEN=\$(VOTES_TOKEN_KEY=$VOTES_TOKEN_KEY $BIN/votes token --voter 7)"
 echo "              curl -H \"Authorization: Bearer \$TOKEN\" -H 'Content-Type: application/json' \\"
-echo "                   -d '{\"option\":\"aurora\"}' http://$HTTP/v1/elections/demo/votes"
+echo "                   -d '{\"option\":\"aurora\"}' http://$HTTP/v1/elections/$E/votes"
 echo "  admin API:  curl -H 'Authorization: Bearer $VOTES_ADMIN_TOKEN' http://$ADMIN/admin/v1/elections"
 echo "  metrics:    http://$ADMIN/metrics"
 echo "  services:   scripts/services.sh status   (logs under target/services/)"
 echo "Live totals now:"
 curl -sS "${auth[@]}" "http://$ADMIN/admin/v1/elections" | python3 -c 'import json,sys; [print("  ", e["id"], e["state"], e["live"]) for e in json.load(sys.stdin)]'
+echo "Close the election on the dashboard (or POST /admin/v1/elections/$E/close): the recount"
+echo "compares Kafka, DynamoDB and Redis and makes the result official; or run"
+echo "  VOTES_PREFIX=demo- $BIN/votes recount --election $E"
 echo "Stop: make demo-stop (the appliance) and make services-down (Kafka, DynamoDB, Redis)"
