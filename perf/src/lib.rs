@@ -4,6 +4,9 @@
 //! measured from each request's intended send time. [`load`] is the open-loop run behind the
 //! `votes-load` binary: its [`schedule`] (constant rate or a TV-style ramp), request [`mix`]
 //! (fresh, duplicate and malformed votes), voter [`tokens`] and HTTP/1.1 or h2c [`client`].
+//! [`subscribe`] is the live-results scale run behind `votes-sse`: many SSE subscribers read
+//! by the small incremental reader of [`sse`], the delay from a vote's commit to each
+//! subscriber, and the server's memory per subscriber ([`sys`]).
 
 pub mod client;
 pub mod duration;
@@ -11,4 +14,7 @@ pub mod load;
 pub mod mix;
 pub mod report;
 pub mod schedule;
+pub mod sse;
+pub mod subscribe;
+pub mod sys;
 pub mod tokens;

@@ -1,0 +1,313 @@
+//! Runs `votes-sse`'s subscriber run against a tiny in-process live-results server (hyper on
+//! tokio, HTTP/1.1) that streams like the real one: `retry:`, the current state at once, then a
+//! `tally` event per change (throttled to 10/s), `: heartbeat` comments, and votes that change
+//! the totals before their `202`. It also closes one stream in ten once, so subscribers
+//! reconnect with `Last-Event-ID`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use votes_perf::client::Protocol;
+use votes_perf::subscribe::{Config, SseRunError, run};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+type Out = BoxBody<Bytes, Infallible>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A streamed body fed by a channel: the stream ends when the sender is dropped.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+struct Server {
+    /// (votes for a, votes for b, ms since the epoch of the last change); its version is the
+    /// SSE id.
+    totals: Mutex<(u64, u64, u64)>,
+    version: watch::Sender<u64>,
+    streams: AtomicU64,
+    with_last_event_id: AtomicU64,
+    heartbeat: Duration,
+}
+
+impl Server {
+    fn results(&self) -> String {
+        let (a, b, as_of) = *self.totals.lock().unwrap();
+        serde_json::json!({
+            "election": "e1", "state": "open", "totals": {"a": a, "b": b},
+            "total": a + b, "final": false, "as_of": as_of,
+        })
+        .to_string()
+    }
+
+    fn json(status: u16, body: String) -> Response<Out> {
+        let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        r
+    }
+
+    fn stream(self: Arc<Self>, req: &Request<Incoming>) -> Response<Out> {
+        let n = self.streams.fetch_add(1, Ordering::Relaxed);
+        let resumed = req.headers().contains_key("last-event-id");
+        if resumed {
+            self.with_last_event_id.fetch_add(1, Ordering::Relaxed);
+        }
+        // One first stream in ten is closed after a while.
+        let close_after = (!resumed && n % 10 == 3).then_some(Duration::from_millis(1500));
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let mut version = self.version.subscribe();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut hb = tokio::time::interval(self.heartbeat);
+            hb.tick().await;
+            let event = |s: &Server, v: u64| {
+                Bytes::from(format!("id: {v}\nevent: tally\ndata: {}\n\n", s.results()))
+            };
+            let v = *version.borrow_and_update();
+            if tx.send(Bytes::from_static(b"retry: 200\n")).await.is_err()
+                || tx.send(event(&self, v)).await.is_err()
+            {
+                return;
+            }
+            loop {
+                if close_after.is_some_and(|d| started.elapsed() >= d) {
+                    return;
+                }
+                tokio::select! {
+                    changed = version.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let v = *version.borrow_and_update();
+                        if tx.send(event(&self, v)).await.is_err() {
+                            return;
+                        }
+                        // At most 10 events/s.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ = hb.tick() => {
+                        if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)), if close_after.is_some() => {}
+                }
+            }
+        });
+        let mut r = Response::new(ChannelBody(rx).boxed());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        r
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Out> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/v1/elections/e1") => Self::json(
+                200,
+                serde_json::json!({"id": "e1", "title": "T", "state": "open",
+                    "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}],
+                    "pow_difficulty": 0})
+                .to_string(),
+            ),
+            (&Method::GET, "/v1/elections/e1/results") => Self::json(200, self.results()),
+            (&Method::GET, "/v1/elections/e1/results/stream") => self.stream(&req),
+            (&Method::POST, "/v1/elections/e1/votes") => {
+                assert!(req.headers().contains_key("authorization"));
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                // "Commit", publish, then answer a little later.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                {
+                    let mut t = self.totals.lock().unwrap();
+                    match v["option"].as_str() {
+                        Some("a") => t.0 += 1,
+                        Some("b") => t.1 += 1,
+                        o => panic!("option {o:?}"),
+                    }
+                    t.2 = now_ms();
+                }
+                self.version.send_modify(|v| *v += 1);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Self::json(202, r#"{"status":"accepted"}"#.into())
+            }
+            _ => Self::json(
+                404,
+                r#"{"error":{"code":"not_found","message":"x"}}"#.into(),
+            ),
+        }
+    }
+}
+
+async fn serve(server: Arc<Server>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(addr: SocketAddr, subscribers: u64) -> Config {
+    Config {
+        target: format!("http://{addr}").parse().unwrap(),
+        election: "e1".into(),
+        subscribers,
+        connect_rate: 2_000.0,
+        source_addrs: 4,
+        vote_rate: 100.0,
+        duration: Duration::from_secs(3),
+        voter_base: 1,
+        vote_protocol: Protocol::H2,
+        vote_connections: 2,
+        token_key: SECRET.as_bytes().to_vec(),
+        server_pid: Some(std::process::id()),
+        connect_timeout: Duration::from_secs(5),
+        connect_grace: Duration::from_secs(10),
+        settle: Duration::from_secs(10),
+        vote_timeout: Duration::from_secs(5),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_gets_every_update_and_its_delay_is_measured() {
+    let server = Arc::new(Server {
+        totals: Mutex::new((0, 0, now_ms())),
+        version: watch::channel(0).0,
+        streams: AtomicU64::new(0),
+        with_last_event_id: AtomicU64::new(0),
+        heartbeat: Duration::from_millis(400),
+    });
+    let addr = serve(server.clone()).await;
+    let subscribers = 200;
+    let r = tokio::spawn(run(config(addr, subscribers)))
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("{}", r.summary());
+
+    assert_eq!(r.subscribers_target, subscribers);
+    assert_eq!(r.subscribers_connected, subscribers);
+    assert_eq!(r.connected_at_vote_start, subscribers);
+    assert_eq!(r.connect_failures, 0);
+    assert_eq!(r.votes_sent, 300);
+    assert_eq!(r.votes_accepted, 300, "{:?}", r.votes_by_status);
+    assert_eq!(r.baseline_total, 0);
+    assert_eq!(r.final_total, 300);
+    assert_eq!(r.results_total, Some(300));
+    assert_eq!(r.subscribers_final_total_ok, subscribers);
+    assert_eq!(r.subscribers_over_total, 0);
+    assert_eq!(r.total_regressions, 0);
+    assert_eq!(r.bad_events, 0);
+    // Every (vote, subscriber) pair once, reconnections included.
+    assert_eq!(r.delay_samples, 300 * subscribers);
+    // Throttled to 10 events/s: the delays stay around 100 ms, far below a second.
+    assert!(r.delay_ms.p50 <= 250.0, "{:?}", r.delay_ms);
+    assert!(r.delay_ms.p99 < 1000.0, "{:?}", r.delay_ms);
+    assert!(r.delay_ms.max >= r.delay_ms.p99);
+    // The server publishes before it answers 202: a few events beat their acks.
+    assert!(r.delay_samples_before_ack < r.delay_samples / 2);
+    // Measured from the send instead, each delay is longer: by the 5 ms the vote takes here.
+    assert!(
+        r.delay_from_send_ms.p50 >= r.delay_ms.p50,
+        "{:?}",
+        r.delay_from_send_ms
+    );
+    assert!(r.delay_from_send_ms.max >= r.delay_ms.max);
+    assert!(r.vote_ack_ms.p50 >= 4.0, "{:?}", r.vote_ack_ms);
+    // From the change to its event: the throttle's 100 ms at most, but for the reconnections.
+    assert!(r.fanout_ms.p50 <= 150.0, "{:?}", r.fanout_ms);
+    assert!(r.client_cpu_s.vote.is_some_and(|s| s > 0.0));
+    assert!(r.server_cpu_s.connect.is_some());
+    assert_eq!(r.votes_unknown_outcome, 0);
+    assert!(r.tally_events >= subscribers * 10, "{}", r.tally_events);
+    assert_eq!(r.events, r.tally_events);
+    assert!(r.heartbeats >= subscribers, "{}", r.heartbeats);
+    // One first stream in ten was closed: those subscribers came back with Last-Event-ID.
+    assert!(r.reconnects >= subscribers / 10, "{}", r.reconnects);
+    assert_eq!(
+        server.with_last_event_id.load(Ordering::Relaxed),
+        r.reconnects
+    );
+    assert_eq!(r.open_at_end, subscribers);
+    assert!(r.server_rss_kib.before.is_some() && r.server_rss_kib.end.is_some());
+    assert!(r.rss_per_subscriber_kib.is_some());
+
+    let v = serde_json::to_value(&r).unwrap();
+    for key in [
+        "subscribers_target",
+        "subscribers_connected",
+        "connect_failures",
+        "votes_accepted",
+        "events",
+        "delay_ms",
+        "subscribers_final_total_ok",
+        "server_rss_kib",
+        "rss_per_subscriber_kib",
+    ] {
+        assert!(v.get(key).is_some(), "{key}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["delay_ms"].get(key).is_some(), "{key}");
+    }
+    for key in ["before", "connected", "end"] {
+        assert!(v["server_rss_kib"].get(key).is_some(), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn refuses_what_it_cannot_hold_or_must_not_reach() {
+    let mut cfg = config("127.0.0.1:9".parse().unwrap(), 1 << 40);
+    let err = run(cfg.clone()).await.unwrap_err();
+    assert!(matches!(err, SseRunError::NoFile { .. }), "{err}");
+    assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
+    cfg.subscribers = 1;
+    cfg.target = "http://10.1.2.3:8080".parse().unwrap();
+    let err = run(cfg).await.unwrap_err();
+    assert!(matches!(err, SseRunError::NotLoopback(..)), "{err}");
+}
