@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use votes_tally::recount::{RecountConfig, Report, Verdict, closed_elections, load_election};
 
 use crate::Common;
@@ -30,7 +30,13 @@ pub struct RecountArgs {
 
 pub fn config(common: &Common, args: &RecountArgs) -> Result<RecountConfig> {
     let names = common.names()?;
+    let audit_key = std::env::var("VOTES_AUDIT_KEY").context("VOTES_AUDIT_KEY must be set")?;
+    anyhow::ensure!(
+        audit_key.len() >= 32,
+        "VOTES_AUDIT_KEY must be at least 32 bytes"
+    );
     Ok(RecountConfig {
+        audit_key: audit_key.into_bytes(),
         brokers: common.kafka_brokers.clone(),
         redis_url: common.redis_url.clone(),
         persist_group: args
@@ -102,6 +108,14 @@ pub fn print_report(r: &Report) {
         let mark = if a == b && b == c { "" } else { "  <- differs" };
         println!("  {o:<32} {a:>12} {b:>12} {c:>12}{mark}");
     }
+    println!(
+        "  merkle tree of the counted votes: {} leaves, root {}",
+        r.tree_size,
+        r.root
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     for (step, took) in &r.timings {
         println!("  {step}: {:.3} s", took.as_secs_f64());
     }

@@ -249,7 +249,11 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
             totals: totals_of(&totals),
             total: 63,
             decided_at_ms: 1_800_000_000_000,
-            extra: [("merkle_root".to_owned(), "00".repeat(32))].into(),
+            extra: [
+                ("merkle_root".to_owned(), "00".repeat(32)),
+                ("merkle_tree_size".to_owned(), "63".to_owned()),
+            ]
+            .into(),
         };
         write_final(&serve, "live", &official);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -268,7 +272,10 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         assert_eq!(id.as_deref(), Some("final"));
         assert_eq!(fin.json()["final"], true);
         assert_eq!(fin.json()["total"], 63);
-        assert_eq!(fin.json()["merkle_root"], "00".repeat(32));
+        assert_eq!(
+            fin.json()["merkle"],
+            serde_json::json!({"root": "00".repeat(32), "tree_size": 63})
+        );
         assert!(
             s.ends_within(Duration::from_secs(3)).await,
             "final ends the stream"
@@ -409,6 +416,15 @@ fn pages_assets_dev_login_and_admin_stats() {
         assert_eq!(body["voter"], "5");
         let token = body["token"].as_str().unwrap().to_owned();
         open_election(&client, &plain, "pages", &["x", "y"], 0).await;
+        // The second process learns the election from the elections topic (polled every 250 ms).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.get(&dev.url("/v1/elections/pages")).await.unwrap().0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the dev process sees the election"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (status, body) = client
             .send(
                 "POST",

@@ -244,8 +244,21 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         open_election(&client, &serve, "bad", &["x", "y"], 0).await;
         let voters: Vec<u64> = (1..=400).chain(1..=40).collect();
         let (ok, _) = vote_all(&serve, "good", &voters, &["x", "y"]).await;
+        // One more voter whose receipt we keep, to check it after the close.
+        let (status, kept) = client
+            .vote(&serve.url(""), "good", 5_000, "y")
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{kept}");
+        let receipt = kept["receipt"].as_str().unwrap().to_owned();
         let (bad_ok, _) = vote_all(&serve, "bad", &voters, &["x", "y"]).await;
         assert_eq!((ok, bad_ok), (400, 400));
+        // The receipts of an election that is not final are not served yet.
+        let (status, _) = client
+            .get(&serve.url(&format!("/v1/elections/good/receipts/{receipt}")))
+            .await
+            .unwrap();
+        assert_eq!(status, 404);
         let finish = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
             .output()
             .unwrap();
@@ -313,7 +326,53 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         }
         assert_eq!(final_results["totals"]["x"], committed["x"]);
         assert_eq!(final_results["totals"]["y"], committed["y"]);
-        assert_eq!(final_results["total"], 400);
+        assert_eq!(final_results["total"], 401);
+        assert_eq!(final_results["merkle"]["tree_size"], 401);
+
+        // The receipt's inclusion proof verifies against the official root (RFC 6962).
+        let (status, proof) = client
+            .get(&serve.url(&format!("/v1/elections/good/receipts/{receipt}")))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{proof}");
+        assert_eq!(proof["leaf"]["option"], "y");
+        assert_eq!(proof["leaf"]["election"], "good");
+        assert_eq!(proof["leaf_hash"], receipt.as_str());
+        assert_eq!(proof["root"], final_results["merkle"]["root"]);
+        assert_eq!(proof["tree_size"], 401);
+        let unhex = |s: &str| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            for (i, c) in s.as_bytes().chunks(2).enumerate() {
+                out[i] = u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap();
+            }
+            out
+        };
+        let path: Vec<[u8; 32]> = proof["audit_path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| unhex(h.as_str().unwrap()))
+            .collect();
+        assert!(votes_core::merkle::verify_inclusion(
+            &unhex(&receipt),
+            proof["leaf_index"].as_u64().unwrap(),
+            401,
+            &path,
+            &unhex(proof["root"].as_str().unwrap()),
+        ));
+        let (status, _) = client
+            .get(&serve.url(&format!("/v1/elections/good/receipts/{}", "ab".repeat(32))))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "an unknown receipt");
+        let (status, body) = client
+            .get(&serve.url("/v1/elections/good/receipts/XYZ"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_request"))
+        );
         let dynamo = common::dynamo().await;
         let stored = dynamo
             .get_item()
@@ -324,7 +383,11 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             .unwrap()
             .item
             .expect("the official result is in the results table");
-        assert_eq!(stored["total"].as_n().unwrap(), "400");
+        assert_eq!(stored["total"].as_n().unwrap(), "401");
+        assert_eq!(
+            stored["merkle_root"].as_s().unwrap(),
+            final_results["merkle"]["root"].as_str().unwrap()
+        );
 
         // The CLI on a final election checks it again without rewriting.
         let again = votes_cmd(&prefix, &["recount", "--election", "good"])

@@ -183,11 +183,144 @@ impl Extend<Hash> for MerkleBuilder {
     }
 }
 
+/// Node counts of each level of the tree of `n` leaves, leaves first, root last: level l+1
+/// holds ceil(len_l / 2) nodes, node j being the hash of nodes 2j and 2j+1 below, or node 2j
+/// itself when it is the last and alone (carried up unhashed). Carrying the lone node up is
+/// what makes the level tree's root RFC 6962's split at the largest power of two.
+pub fn level_sizes(n: u64) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    let mut len = n;
+    while len > 0 {
+        sizes.push(len);
+        if len == 1 {
+            break;
+        }
+        len = len.div_ceil(2);
+    }
+    sizes
+}
+
+/// Where the audit path of leaf `index` in a tree of `n` leaves lies: (level, position) of each
+/// sibling, from the leaf up. A lone node carried up has no sibling at that level. `None` when
+/// `index` is not a leaf. Equal to [`audit_path`] (property-tested).
+pub fn path_positions(index: u64, n: u64) -> Option<Vec<(usize, u64)>> {
+    if index >= n {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut i = index;
+    for (level, len) in level_sizes(n).into_iter().enumerate() {
+        if len == 1 {
+            break;
+        }
+        let sibling = i ^ 1;
+        if sibling < len {
+            out.push((level, sibling));
+        }
+        i >>= 1;
+    }
+    Some(out)
+}
+
+/// Streams every node of every level of the tree, in order within each level, so the tree can
+/// be stored level by level (the receipts index) with memory bounded by its height.
+#[derive(Clone, Debug, Default)]
+pub struct LevelsBuilder {
+    counts: Vec<u64>,
+    /// The left node of each level waiting for its right sibling.
+    waiting: Vec<Option<Hash>>,
+}
+
+impl LevelsBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a leaf hash; `emit(level, position, node)` gets every node this completes.
+    pub fn push(&mut self, leaf_hash: Hash, emit: &mut impl FnMut(usize, u64, &Hash)) {
+        self.append(0, leaf_hash, emit);
+    }
+
+    fn append(&mut self, level: usize, node: Hash, emit: &mut impl FnMut(usize, u64, &Hash)) {
+        if self.counts.len() == level {
+            self.counts.push(0);
+            self.waiting.push(None);
+        }
+        emit(level, self.counts[level], &node);
+        self.counts[level] += 1;
+        if self.counts[level] % 2 == 1 {
+            self.waiting[level] = Some(node);
+        } else {
+            let left = self.waiting[level]
+                .take()
+                .expect("an even count had a left node");
+            self.append(level + 1, node_hash(&left, &node), emit);
+        }
+    }
+
+    /// Carries the lone last nodes up to the root; returns (root, leaves).
+    pub fn finish(mut self, emit: &mut impl FnMut(usize, u64, &Hash)) -> (Hash, u64) {
+        let leaves = self.counts.first().copied().unwrap_or(0);
+        let mut level = 0;
+        while level < self.counts.len() {
+            let count = self.counts[level];
+            let above = self.counts.get(level + 1).copied().unwrap_or(0);
+            if count == 1 && above == 0 {
+                let root = self.waiting[level].expect("the only node of the top level");
+                debug_assert_eq!(level_sizes(leaves).len(), level + 1);
+                return (root, leaves);
+            }
+            if count % 2 == 1 {
+                let lone = self.waiting[level]
+                    .take()
+                    .expect("an odd count has a lone node");
+                self.append(level + 1, lone, emit);
+            }
+            level += 1;
+        }
+        (empty_root(), 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::receipt::leaf_hash_of;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_level_tree_has_the_rfc_root_and_paths(n in 0usize..300, pick in any::<u64>()) {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash_of(&(i as u64).to_be_bytes())).collect();
+            let mut levels: Vec<Vec<Hash>> = Vec::new();
+            let mut emit = |level: usize, pos: u64, node: &Hash| {
+                if levels.len() == level { levels.push(Vec::new()); }
+                prop_assert_eq!(levels[level].len() as u64, pos);
+                levels[level].push(*node);
+                Ok(())
+            };
+            let mut b = LevelsBuilder::new();
+            let mut failed = Ok(());
+            {
+                let mut record = |l: usize, p: u64, h: &Hash| { if failed.is_ok() { failed = emit(l, p, h); } };
+                for leaf in &leaves { b.push(*leaf, &mut record); }
+                let (got_root, size) = b.finish(&mut record);
+                prop_assert_eq!(got_root, root(&leaves));
+                prop_assert_eq!(size, n as u64);
+            }
+            failed?;
+            let sizes: Vec<u64> = levels.iter().map(|l| l.len() as u64).collect();
+            prop_assert_eq!(sizes, level_sizes(n as u64));
+            if n > 0 {
+                let index = pick % n as u64;
+                let path: Vec<Hash> = path_positions(index, n as u64).unwrap()
+                    .into_iter().map(|(l, p)| levels[l][p as usize]).collect();
+                prop_assert_eq!(Some(path.clone()), audit_path(index as usize, &leaves));
+                prop_assert!(verify_inclusion(&leaves[index as usize], index, n as u64, &path, &root(&leaves)));
+            }
+            prop_assert_eq!(path_positions(n as u64, n as u64), None);
+        }
+    }
 
     fn h(hex: &str) -> Hash {
         let mut out = [0u8; 32];

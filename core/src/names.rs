@@ -63,6 +63,17 @@ impl Names {
         format!("{}tally:{{{election}}}:{partition}", self.prefix)
     }
 
+    /// Redis hash of a final election's receipts index: raw leaf hash → leaf index (u64 BE)
+    /// followed by the leaf's canonical bytes (DESIGN §4.5).
+    pub fn redis_receipts_key(&self, election: &str) -> String {
+        format!("{}receipts:{{{election}}}", self.prefix)
+    }
+
+    /// Redis string of one level of a final election's Merkle tree: its 32-byte nodes in order.
+    pub fn redis_merkle_level_key(&self, election: &str, level: usize) -> String {
+        format!("{}merkle:{{{election}}}:{level}", self.prefix)
+    }
+
     /// Redis hash of an election's official result.
     pub fn redis_final_key(&self, election: &str) -> String {
         format!("{}final:{{{election}}}", self.prefix)

@@ -138,6 +138,8 @@ pub struct NodeShared {
     /// client; cores await its answers through a oneshot.
     pub dynamo: Option<(tokio::runtime::Handle, aws_sdk_dynamodb::Client)>,
     pub names: votes_core::Names,
+    /// `GET …/receipts/{receipt}` (results role): reads the receipts index in Redis.
+    pub receipts: Option<super::receipts::ReceiptsReader>,
     /// Closing an election starts its recount in the background with these settings.
     pub recount: Option<Arc<Recounter>>,
     /// The Redis link's figures, when this node has one.
@@ -281,6 +283,10 @@ impl CoreApp {
             (["v1", "elections", id, "results", "stream"], &Method::GET) => {
                 self.with_results(id, |r, e| r.stream(e, req.headers()))
             }
+            (["v1", "elections", id, "receipts", receipt], &Method::GET) => {
+                let (id, receipt) = (id.to_string(), receipt.to_string());
+                self.receipt(&id, &receipt).await
+            }
             (["v1", "elections", id, "challenge"], &Method::GET) => self.challenge(id, &req),
             (["v1", "elections", id, "votes", "me"], &Method::GET) => {
                 let id = id.to_string();
@@ -302,6 +308,7 @@ impl CoreApp {
                 | ["v1", "elections", _]
                 | ["v1", "elections", _, "challenge" | "results"]
                 | ["v1", "elections", _, "votes", "me"]
+                | ["v1", "elections", _, "receipts", _]
                 | ["v1", "elections", _, "results", "stream"],
                 _,
             ) => method_not_allowed("GET"),
@@ -322,6 +329,55 @@ impl CoreApp {
         match self.visible_election(id) {
             Some(e) => f(results, &e),
             None => error(ErrorCode::NotFound, "no such election"),
+        }
+    }
+
+    /// GET /v1/elections/{id}/receipts/{receipt}: the leaf and its inclusion proof, once the
+    /// result is official (DESIGN §4.5). Two Redis round trips, whatever the election's size.
+    async fn receipt(&self, id: &str, receipt: &str) -> Response<BoxBody> {
+        let (Some(results), Some(reader)) = (&self.results, &self.shared.receipts) else {
+            return error(ErrorCode::NotFound, "this node does not serve results");
+        };
+        let Some(election) = self.visible_election(id) else {
+            return error(ErrorCode::NotFound, "no such election");
+        };
+        let Some(leaf_hash) = votes_core::receipt::parse_receipt(receipt) else {
+            return error(
+                ErrorCode::InvalidRequest,
+                "a receipt is 64 lowercase hex digits",
+            );
+        };
+        let Some((root, tree_size)) = results.merkle(&election) else {
+            return error(
+                ErrorCode::NotFound,
+                "the election has no official result yet; receipts are checked after it",
+            );
+        };
+        if self.lookups.get() >= LOOKUPS_MAX {
+            return error(ErrorCode::Unavailable, "too many lookups in flight; retry");
+        }
+        self.lookups.set(self.lookups.get() + 1);
+        let found = glommio::timer::timeout(LOOKUP_TIMEOUT, async {
+            Ok(reader
+                .proof(election.id.clone(), leaf_hash, root, tree_size)
+                .await)
+        })
+        .await;
+        self.lookups.set(self.lookups.get() - 1);
+        match found {
+            Ok(Ok(Some(proof))) => json(200, &proof),
+            Ok(Ok(None)) => error(ErrorCode::NotFound, "no counted vote has this receipt"),
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "receipt lookup failed");
+                error(
+                    ErrorCode::Unavailable,
+                    "the receipts index did not answer; retry",
+                )
+            }
+            Err(_) => error(
+                ErrorCode::Unavailable,
+                "the receipts index did not answer in time; retry",
+            ),
         }
     }
 

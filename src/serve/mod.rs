@@ -7,6 +7,7 @@
 mod app;
 mod metrics;
 mod ownership;
+mod receipts;
 mod reply;
 mod results;
 mod shards;
@@ -205,8 +206,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         None
     };
     let link_handle = link.as_ref().map(|(h, _)| h.clone());
-    // The AWS SDK runs on tokio: a small runtime of its own, off the reactors.
-    let sidecar = if roles.ingest {
+    // The AWS SDK and the receipts' Redis reads run on tokio: a small runtime of its own, off
+    // the reactors.
+    let sidecar = if roles.ingest || roles.results {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("dynamodb")
@@ -225,11 +227,20 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         link_stats: link_handle.as_ref().map(|h| h.stats.clone()),
         dynamo: sidecar
             .as_ref()
+            .filter(|_| roles.ingest)
             .map(|(rt, client)| (rt.handle().clone(), client.clone())),
+        receipts: sidecar
+            .as_ref()
+            .filter(|_| roles.results)
+            .map(|(rt, _)| {
+                receipts::ReceiptsReader::new(rt.handle().clone(), &common.redis_url, names.clone())
+            })
+            .transpose()?,
         names: names.clone(),
         recount: roles.admin.then(|| {
             Arc::new(app::Recounter::new(
                 votes_tally::recount::RecountConfig {
+                    audit_key: audit_key.clone(),
                     brokers: common.kafka_brokers.clone(),
                     redis_url: common.redis_url.clone(),
                     names: names.clone(),

@@ -168,6 +168,20 @@ impl CoreResults {
         fresh
     }
 
+    /// The official Merkle root and tree size of a final election, as its result records them.
+    pub fn merkle(&self, e: &Election) -> Option<([u8; 32], u64)> {
+        let r = self.current(e);
+        let official = r.source.as_ref()?.official.as_ref()?;
+        let root = official.extra.get("merkle_root")?;
+        let size = official.extra.get("merkle_tree_size")?.parse().ok()?;
+        let mut out = [0u8; 32];
+        (root.len() == 64).then_some(())?;
+        for (i, chunk) in root.as_bytes().chunks(2).enumerate() {
+            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+        }
+        Some((out, size))
+    }
+
     /// `GET /v1/elections/{id}/results`.
     pub fn results(&self, e: &Election, headers: &HeaderMap) -> Response<BoxBody> {
         let r = self.current(e);
@@ -280,8 +294,14 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
         "as_of": as_of,
     });
     if let Some(o) = official {
-        for (k, v) in &o.extra {
-            body[k.as_str()] = serde_json::Value::String(v.clone());
+        // DESIGN §4.5: the official result carries "merkle": {"root", "tree_size"}.
+        if let (Some(root), Some(size)) =
+            (o.extra.get("merkle_root"), o.extra.get("merkle_tree_size"))
+        {
+            body["merkle"] = serde_json::json!({
+                "root": root,
+                "tree_size": size.parse::<u64>().unwrap_or(0),
+            });
         }
     }
     let json = Bytes::from(serde_json::to_vec(&body).expect("results serialize"));

@@ -5,6 +5,7 @@
 //! tables ([`provision`]). The sans-IO shard state machine and its commit, recovery, fan-out,
 //! persister and recount drivers grow here (DESIGN §2).
 
+pub mod audit;
 pub mod commit;
 pub mod dynamo;
 pub mod elections_log;

@@ -19,14 +19,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use roaring::RoaringTreemap;
-use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS, VoteRecord};
+use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS};
 
 use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
 use crate::fanout::{Official, official_fields, sum_partitions};
-use crate::kafka::{VotesContext, read_committed_consumer_config};
+use crate::kafka::VotesContext;
 
 /// Queries in flight while counting the buckets.
 const QUERY_CONCURRENCY: usize = 32;
@@ -36,6 +34,8 @@ pub struct RecountConfig {
     pub brokers: String,
     pub redis_url: String,
     pub names: Names,
+    /// `VOTES_AUDIT_KEY`: the leaves' pseudonyms (DESIGN §4.5).
+    pub audit_key: Vec<u8>,
     /// The persisters' consumer group, whose committed offsets say what DynamoDB holds.
     pub persist_group: String,
     /// How long to wait for the persisters to reach the end of the log.
@@ -67,8 +67,13 @@ pub enum RecountError {
         committed: Option<u64>,
         end: u64,
     },
-    #[error("reading the votes log stalled for {0:?}")]
-    KafkaTimeout(Duration),
+    #[error("reading the votes log: {0}")]
+    Log(#[from] crate::audit::AuditError),
+    #[error(
+        "the votes log changed while the receipts index was built (root {first} then {second}); \
+         nothing official was written: recount again"
+    )]
+    LogMoved { first: String, second: String },
     #[error("DynamoDB: {0}")]
     Dynamo(String),
     #[error("Redis: {0}")]
@@ -136,6 +141,9 @@ pub struct Report {
     pub records_read: u64,
     /// Records of this election whose voter had already voted (never counted).
     pub log_duplicates: u64,
+    /// The Merkle tree of the counted votes (DESIGN §4.5).
+    pub tree_size: u64,
+    pub root: votes_core::merkle::Hash,
     pub timings: Vec<(&'static str, Duration)>,
 }
 
@@ -176,9 +184,18 @@ pub async fn recount(
     let t = Instant::now();
     let c = cfg.clone();
     let id = election.id.clone();
-    let replay = tokio::task::spawn_blocking(move || replay_election(&c, &id))
-        .await
-        .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
+    let replay = tokio::task::spawn_blocking(move || {
+        crate::audit::for_each_counted(
+            &c.brokers,
+            &c.names,
+            &c.audit_key,
+            &id,
+            c.kafka_timeout,
+            |_| {},
+        )
+    })
+    .await
+    .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
     timings.push(("kafka replay", t.elapsed()));
 
     let t = Instant::now();
@@ -223,7 +240,10 @@ pub async fn recount(
             total: totals.values().sum(),
             totals,
             decided_at_ms: now_ms(),
-            extra: BTreeMap::new(),
+            extra: BTreeMap::from([
+                ("merkle_root".to_owned(), hex(&replay.root)),
+                ("merkle_tree_size".to_owned(), replay.tree_size.to_string()),
+            ]),
         };
         if election.state == ElectionState::Final {
             Verdict::Official {
@@ -231,6 +251,14 @@ pub async fn recount(
                 already: true,
             }
         } else {
+            let t = Instant::now();
+            let c = cfg.clone();
+            let id = election.id.clone();
+            let root = replay.root;
+            tokio::task::spawn_blocking(move || write_receipts_index(&c, &id, &root))
+                .await
+                .map_err(|e| RecountError::Dynamo(format!("the index task failed: {e}")))??;
+            timings.push(("receipts index written", t.elapsed()));
             let t = Instant::now();
             write_official(cfg, dynamo, election, &official).await?;
             timings.push(("official result written", t.elapsed()));
@@ -248,81 +276,9 @@ pub async fn recount(
         verdict,
         records_read: replay.records,
         log_duplicates: replay.duplicates,
+        tree_size: replay.tree_size,
+        root: replay.root,
         timings,
-    })
-}
-
-struct Replay {
-    totals: BTreeMap<String, u64>,
-    /// Per partition: one past the last record the replay read (0 when empty).
-    ends: Vec<u64>,
-    records: u64,
-    duplicates: u64,
-}
-
-/// Reads every partition of `votes` to its end and counts the first vote of each voter.
-fn replay_election(cfg: &RecountConfig, election: &ElectionId) -> Result<Replay, RecountError> {
-    let topic = cfg.names.votes_topic();
-    let consumer: BaseConsumer<VotesContext> =
-        read_committed_consumer_config(&cfg.brokers, &format!("{}recount", cfg.names.prefix()))
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .create_with_context(VotesContext)?;
-    let md = consumer.fetch_metadata(Some(&topic), cfg.kafka_timeout)?;
-    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
-    assert!(partitions > 0, "votes init created {topic} with partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut ends = vec![0u64; partitions];
-    let mut done = vec![false; partitions];
-    let mut voters = RoaringTreemap::new();
-    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut records, mut duplicates) = (0u64, 0u64);
-    let mut last_answer = Instant::now();
-    while done.iter().any(|d| !d) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_answer = Instant::now();
-                let p = m.partition() as usize;
-                ends[p] = m.offset() as u64 + 1;
-                records += 1;
-                let Some(Ok(record)) = m.payload().map(VoteRecord::decode) else {
-                    continue;
-                };
-                if &record.election != election {
-                    continue;
-                }
-                if voters.insert(record.voter.0) {
-                    *totals.entry(record.option.as_str().to_owned()).or_default() += 1;
-                } else {
-                    duplicates += 1;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                last_answer = Instant::now();
-                done[p as usize] = true;
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {
-                if last_answer.elapsed() > cfg.kafka_timeout {
-                    return Err(RecountError::KafkaTimeout(cfg.kafka_timeout));
-                }
-            }
-        }
-    }
-    debug_assert_eq!(
-        voters.len(),
-        totals.values().sum::<u64>(),
-        "one count per voter"
-    );
-    Ok(Replay {
-        totals,
-        ends,
-        records,
-        duplicates,
     })
 }
 
@@ -506,6 +462,106 @@ async fn write_official(
     .await
     .map_err(|e| RecountError::Dynamo(format!("the elections writer task failed: {e}")))??;
     Ok(())
+}
+
+/// Leaves between two pipelines of the receipts index.
+const INDEX_CHUNK: usize = 4096;
+
+/// Writes the receipts index of a final election to Redis (DESIGN §4.5, `GET …/receipts/…`):
+/// a second pass over the log, streaming, so memory stays bounded by a chunk and the tree's
+/// height. Its root must be the counted one: the log of a closed election does not move.
+fn write_receipts_index(
+    cfg: &RecountConfig,
+    election: &ElectionId,
+    expected_root: &votes_core::merkle::Hash,
+) -> Result<(), RecountError> {
+    use votes_core::merkle::LevelsBuilder;
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let names = &cfg.names;
+    let receipts_key = names.redis_receipts_key(election.as_str());
+    // Rebuilt from scratch: an earlier, interrupted build may have left a partial index.
+    let mut stale: Vec<String> = vec![receipts_key.clone()];
+    stale.extend((0..65).map(|l| names.redis_merkle_level_key(election.as_str(), l)));
+    let _: () = redis::cmd("DEL").arg(&stale).query(&mut conn)?;
+
+    let mut levels = LevelsBuilder::new();
+    let mut nodes: Vec<Vec<u8>> = Vec::new();
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(INDEX_CHUNK);
+    let mut index = 0u64;
+    let mut failed: Option<redis::RedisError> = None;
+    let flush = |conn: &mut redis::Connection,
+                 entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+                 nodes: &mut Vec<Vec<u8>>|
+     -> Result<(), redis::RedisError> {
+        let mut pipe = redis::pipe();
+        if !entries.is_empty() {
+            pipe.cmd("HSET").arg(&receipts_key).arg(&*entries).ignore();
+        }
+        for (level, bytes) in nodes.iter_mut().enumerate() {
+            if !bytes.is_empty() {
+                pipe.cmd("APPEND")
+                    .arg(names.redis_merkle_level_key(election.as_str(), level))
+                    .arg(&*bytes)
+                    .ignore();
+                bytes.clear();
+            }
+        }
+        entries.clear();
+        pipe.query::<()>(conn)
+    };
+    fn keep(nodes: &mut Vec<Vec<u8>>, level: usize, node: &votes_core::merkle::Hash) {
+        if nodes.len() <= level {
+            nodes.resize_with(level + 1, Vec::new);
+        }
+        nodes[level].extend_from_slice(node);
+    }
+    let summary = crate::audit::for_each_counted(
+        &cfg.brokers,
+        names,
+        &cfg.audit_key,
+        election,
+        cfg.kafka_timeout,
+        |c| {
+            if failed.is_some() {
+                return;
+            }
+            let mut value = index.to_be_bytes().to_vec();
+            value.extend_from_slice(&c.leaf.canonical_bytes());
+            entries.push((c.leaf_hash.to_vec(), value));
+            index += 1;
+            levels.push(c.leaf_hash, &mut |l, _, n| keep(&mut nodes, l, n));
+            if entries.len() >= INDEX_CHUNK
+                && let Err(e) = flush(&mut conn, &mut entries, &mut nodes)
+            {
+                failed = Some(e);
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let (root, size) = levels.finish(&mut |l, _, n| keep(&mut nodes, l, n));
+    flush(&mut conn, &mut entries, &mut nodes)?;
+    assert_eq!(size, summary.tree_size, "one leaf per counted vote");
+    if &root != expected_root || summary.root != root {
+        return Err(RecountError::LogMoved {
+            first: hex(expected_root),
+            second: hex(&root),
+        });
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn now_ms() -> u64 {

@@ -1,0 +1,156 @@
+//! An election's counted votes in tree order (DESIGN §4.5): the committed `votes` log read
+//! partition by partition, each in offset order, keeping the first vote of each voter, as the
+//! shards count. The recount (Merkle root, receipts index) and the auditors' export read it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use roaring::RoaringTreemap;
+use votes_core::merkle::{Hash, MerkleBuilder};
+use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::{ElectionId, Names, VoteRecord, VoterId};
+
+use crate::kafka::{VotesContext, read_committed_consumer_config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("reading partition {partition} of the votes log stalled for {timeout:?}")]
+    Stalled { partition: u32, timeout: Duration },
+    #[error("topic {0} does not exist: run `votes init`")]
+    NoTopic(String),
+}
+
+/// One counted vote.
+#[derive(Clone, Debug)]
+pub struct Counted {
+    pub leaf: Leaf,
+    pub leaf_hash: Hash,
+    pub voter: VoterId,
+    pub received_at_ms: u64,
+}
+
+/// What the pass over the log found.
+#[derive(Clone, Debug, Default)]
+pub struct LogSummary {
+    /// Counted votes per option.
+    pub totals: BTreeMap<String, u64>,
+    pub tree_size: u64,
+    /// RFC 6962 root of the counted votes' leaf hashes in (partition, offset) order.
+    pub root: Hash,
+    /// Committed records read, of every election.
+    pub records: u64,
+    /// Records of this election whose voter had already voted (never counted).
+    pub duplicates: u64,
+    /// Per partition: offsets of the first and last counted vote.
+    pub ranges: Vec<Option<(u64, u64)>>,
+    /// Per partition: one past the last record read (of any election); 0 when empty.
+    pub ends: Vec<u64>,
+}
+
+/// Calls `f` for each counted vote of `election` in tree order. Memory: one roaring bitmap of
+/// the voters of the partition being read.
+pub fn for_each_counted(
+    brokers: &str,
+    names: &Names,
+    audit_key: &[u8],
+    election: &ElectionId,
+    kafka_timeout: Duration,
+    mut f: impl FnMut(&Counted),
+) -> Result<LogSummary, AuditError> {
+    let topic = names.votes_topic();
+    let consumer: BaseConsumer<VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}audit", names.prefix()))
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .create_with_context(VotesContext)?;
+    let md = consumer.fetch_metadata(Some(&topic), kafka_timeout)?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(AuditError::NoTopic(topic));
+    }
+    let mut summary = LogSummary {
+        ranges: vec![None; partitions],
+        ends: vec![0; partitions],
+        ..Default::default()
+    };
+    let mut tree = MerkleBuilder::new();
+    for p in 0..partitions {
+        let partition = p as u32;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        // A voter's records all live in one partition (key = voter), so dedup is per partition.
+        let mut voters = RoaringTreemap::new();
+        let mut last_answer = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                // A message or end-of-partition event of the previous assignment still queued.
+                Some(Ok(m)) if m.partition() as usize != p => {}
+                Some(Err(KafkaError::PartitionEOF(other))) if other as usize != p => {}
+                Some(Ok(m)) => {
+                    last_answer = Instant::now();
+                    let offset = m.offset() as u64;
+                    summary.ends[p] = offset + 1;
+                    summary.records += 1;
+                    let Some(Ok(record)) = m.payload().map(VoteRecord::decode) else {
+                        continue;
+                    };
+                    if &record.election != election {
+                        continue;
+                    }
+                    if !voters.insert(record.voter.0) {
+                        summary.duplicates += 1;
+                        continue;
+                    }
+                    let leaf = Leaf {
+                        election: record.election.clone(),
+                        pseudonym: pseudonym(audit_key, &record.election, record.voter),
+                        option: record.option.clone(),
+                        partition,
+                        offset,
+                        nonce: record.nonce,
+                    };
+                    let counted = Counted {
+                        leaf_hash: leaf.leaf_hash(),
+                        leaf,
+                        voter: record.voter,
+                        received_at_ms: record.received_at_ms,
+                    };
+                    tree.push(counted.leaf_hash);
+                    *summary
+                        .totals
+                        .entry(record.option.as_str().to_owned())
+                        .or_default() += 1;
+                    let range = summary.ranges[p].get_or_insert((offset, offset));
+                    range.1 = offset;
+                    f(&counted);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    if last_answer.elapsed() > kafka_timeout {
+                        return Err(AuditError::Stalled {
+                            partition,
+                            timeout: kafka_timeout,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let (root, size) = tree.finish();
+    debug_assert_eq!(
+        size,
+        summary.totals.values().sum::<u64>(),
+        "one leaf per counted vote"
+    );
+    summary.root = root;
+    summary.tree_size = size;
+    Ok(summary)
+}
