@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
 mod init;
+mod keys;
 mod persist;
 mod recount;
 mod serve;
@@ -92,6 +93,10 @@ enum Command {
         /// Lifetime, e.g. 3600s, 60m, 1h.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Sign with this key of VOTES_TOKEN_KEYS_FILE (an HS256 secret or an Ed25519
+        /// private key) instead of VOTES_TOKEN_KEY.
+        #[arg(long)]
+        kid: Option<String>,
     },
     /// Host tuning.
     Tune {
@@ -142,19 +147,24 @@ fn run() -> Result<std::process::ExitCode> {
         Command::Serve(args) => serve::run(&cli.common, &args)?,
         Command::Persist(args) => persist::run(&cli.common, &args)?,
         Command::Recount(args) => return recount::run(&cli.common, &args),
-        Command::Token { voter, ttl } => {
+        Command::Token { voter, ttl, kid } => {
             let secret = std::env::var("VOTES_TOKEN_KEY").context("VOTES_TOKEN_KEY must be set")?;
-            let keys = votes_core::TokenKeys::hs256(secret.as_bytes())
-                .map_err(|e| anyhow::anyhow!("VOTES_TOKEN_KEY: {e}"))?;
+            let keys = keys::token_keys(secret.as_bytes())?;
+            let key = match &kid {
+                None => keys.signing_key(),
+                Some(kid) => keys
+                    .keys()
+                    .iter()
+                    .find(|k| k.kid() == Some(kid.as_str()) && k.can_sign())
+                    .with_context(|| {
+                        format!("no key {kid:?} that can sign in VOTES_TOKEN_KEYS_FILE")
+                    })?,
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
-            let token = votes_core::token::issue(
-                keys.signing_key(),
-                votes_core::VoterId(voter),
-                parse_ttl(&ttl)?,
-                now,
-            );
+            let token =
+                votes_core::token::issue(key, votes_core::VoterId(voter), parse_ttl(&ttl)?, now);
             println!("{token}");
         }
         Command::Tune {

@@ -1,5 +1,6 @@
 //! Voter tokens (DESIGN §4.2 Auth): compact JWS tokens (RFC 7515) carrying JWT claims
-//! (RFC 7519), signed with HS256 and the secret `VOTES_TOKEN_KEY`.
+//! (RFC 7519), signed with HS256 and the secret `VOTES_TOKEN_KEY`, or with EdDSA (Ed25519,
+//! RFC 8037) by an issuer whose public key the node holds.
 //!
 //! A token is `base64url(header) "." base64url(claims) "." base64url(signature)`, no padding.
 //! [`issue`] writes `{"alg":"HS256","typ":"JWT"}` (plus `kid` when the key has one) and the
@@ -10,8 +11,9 @@
 //!
 //! * at most [`TOKEN_MAX_LEN`] bytes, exactly three segments, canonical base64url without
 //!   padding (so one signature has exactly one spelling);
-//! * the header is a JSON object with `alg` (only `"HS256"`: `"none"` and every other algorithm
-//!   are refused, so a key is never used with an algorithm it was not made for), optionally
+//! * the header is a JSON object with `alg` (only `"HS256"` and `"EdDSA"`: `"none"` and every
+//!   other algorithm are refused, and a key is only ever tried with its own algorithm, so an
+//!   Ed25519 public key can never be used as an HMAC secret), optionally
 //!   `typ` (`"JWT"`) and `kid`; any other header parameter, `crit` included, is refused because
 //!   we implement none of them;
 //! * the signature is checked in constant time *before* the claims are parsed, so the JSON
@@ -23,9 +25,9 @@
 //!
 //! Every failure maps to `401 unauthorized`; the messages name what was wrong, never the token.
 //!
-//! Keys: [`TokenKeys`] holds one or more [`TokenKey`]s. Today the only kind is HS256; the kind
-//! is private key material behind [`Algorithm`], so EdDSA keys can be added without changing
-//! callers, and an optional `kid` selects the key during a rotation.
+//! Keys: [`TokenKeys`] holds one or more [`TokenKey`]s (HS256 secrets, Ed25519 public keys, or
+//! Ed25519 key pairs that also sign); an optional `kid` selects the key during a rotation, and
+//! several keys are accepted at once. [`parse_key_file`] reads the operator's list of keys.
 
 use std::fmt;
 
@@ -63,6 +65,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum Algorithm {
     /// HMAC-SHA256 with a shared secret (RFC 7518 §3.2).
     Hs256,
+    /// Ed25519 signatures (RFC 8037 §3.1): the node holds only the issuer's public key.
+    EdDsa,
 }
 
 impl Algorithm {
@@ -70,6 +74,7 @@ impl Algorithm {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hs256 => "HS256",
+            Self::EdDsa => "EdDSA",
         }
     }
 
@@ -77,6 +82,7 @@ impl Algorithm {
     fn from_header(alg: &str) -> Option<Self> {
         match alg {
             "HS256" => Some(Self::Hs256),
+            "EdDSA" => Some(Self::EdDsa),
             _ => None,
         }
     }
@@ -87,7 +93,18 @@ impl Algorithm {
 #[derive(Clone)]
 enum KeyMaterial {
     Hs256(HmacSha256),
+    /// The 32-byte public key, and the key pair when this node also issues (tests, dev).
+    EdDsa {
+        public: [u8; 32],
+        pair: Option<std::sync::Arc<ring::signature::Ed25519KeyPair>>,
+    },
 }
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410 §4): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (0 unused bits) } followed by the 32 key bytes.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// One key that signs and verifies tokens.
 #[derive(Clone)]
@@ -123,6 +140,12 @@ pub enum KeyError {
     TooManyKeys(usize),
     #[error("two token keys have the same key id")]
     DuplicateKid,
+    #[error(
+        "an Ed25519 key must be a PEM public key (SubjectPublicKeyInfo) or PKCS#8 private key: {0}"
+    )]
+    BadEd25519(&'static str),
+    #[error("token key file, line {line}: {why}")]
+    KeyFile { line: usize, why: String },
 }
 
 impl TokenKey {
@@ -136,6 +159,48 @@ impl TokenKey {
             kid: None,
             material: KeyMaterial::Hs256(mac),
         })
+    }
+
+    /// An Ed25519 verification key from its PEM SubjectPublicKeyInfo (`openssl pkey -pubout`).
+    pub fn ed25519_public_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_body(pem, "PUBLIC KEY").ok_or(KeyError::BadEd25519("no PUBLIC KEY block"))?;
+        let key = der
+            .strip_prefix(&ED25519_SPKI_PREFIX[..])
+            .filter(|k| k.len() == 32)
+            .ok_or(KeyError::BadEd25519("not an Ed25519 SubjectPublicKeyInfo"))?;
+        Ok(Self {
+            kid: None,
+            material: KeyMaterial::EdDsa {
+                public: key.try_into().expect("32 bytes"),
+                pair: None,
+            },
+        })
+    }
+
+    /// An Ed25519 key pair from its PEM PKCS#8 (`openssl genpkey -algorithm ed25519`): it signs
+    /// and verifies.
+    pub fn ed25519_private_pem(pem: &str) -> Result<Self, KeyError> {
+        use ring::signature::KeyPair;
+        let der =
+            pem_body(pem, "PRIVATE KEY").ok_or(KeyError::BadEd25519("no PRIVATE KEY block"))?;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .map_err(|_| KeyError::BadEd25519("not an Ed25519 PKCS#8 key"))?;
+        let public = pair.public_key().as_ref().try_into().expect("32 bytes");
+        Ok(Self {
+            kid: None,
+            material: KeyMaterial::EdDsa {
+                public,
+                pair: Some(std::sync::Arc::new(pair)),
+            },
+        })
+    }
+
+    /// Whether this key can issue tokens (an HS256 secret or an Ed25519 key pair).
+    pub fn can_sign(&self) -> bool {
+        match &self.material {
+            KeyMaterial::Hs256(_) => true,
+            KeyMaterial::EdDsa { pair, .. } => pair.is_some(),
+        }
     }
 
     /// The same key, named `kid`: tokens it issues carry the name in their header, and tokens
@@ -156,9 +221,12 @@ impl TokenKey {
     pub fn algorithm(&self) -> Algorithm {
         match self.material {
             KeyMaterial::Hs256(_) => Algorithm::Hs256,
+            KeyMaterial::EdDsa { .. } => Algorithm::EdDsa,
         }
     }
 
+    /// # Panics
+    /// For a verification-only key: callers pick a key that [`can_sign`](Self::can_sign).
     fn sign(&self, signing_input: &[u8]) -> Vec<u8> {
         match &self.material {
             KeyMaterial::Hs256(mac) => {
@@ -166,6 +234,12 @@ impl TokenKey {
                 mac.update(signing_input);
                 mac.finalize().into_bytes().to_vec()
             }
+            KeyMaterial::EdDsa { pair, .. } => pair
+                .as_ref()
+                .expect("only a key pair signs")
+                .sign(signing_input)
+                .as_ref()
+                .to_vec(),
         }
     }
 
@@ -177,8 +251,67 @@ impl TokenKey {
                 mac.update(signing_input);
                 mac.verify_slice(signature).is_ok()
             }
+            KeyMaterial::EdDsa { public, .. } => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+                    .verify(signing_input, signature)
+                    .is_ok()
+            }
         }
     }
+}
+
+/// The DER inside a PEM block labelled `label`, if there is exactly that block.
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let b64: String = pem[start..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// Parses the operator's token key file (`VOTES_TOKEN_KEYS_FILE`): one key per line,
+/// `<kid> <alg> <path>`, where `alg` is `HS256` (the file at `path` holds the secret, ≥ 32
+/// bytes, trailing newline ignored) or `EdDSA` (a PEM public key, or a PKCS#8 private key when
+/// this node also issues). `#` starts a comment. `read` gets a path's contents, so the keys
+/// never pass through the environment or the command line.
+pub fn parse_key_file(
+    text: &str,
+    mut read: impl FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<TokenKey>, KeyError> {
+    let mut keys = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: String| KeyError::KeyFile { line: i + 1, why };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [kid, alg, path] = fields[..] else {
+            return Err(bad("expected `<kid> <alg> <path>`".into()));
+        };
+        let bytes = read(path).map_err(|e| bad(format!("reading {path}: {e}")))?;
+        let key = match alg {
+            "HS256" => {
+                let secret = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                TokenKey::hs256(secret)
+            }
+            "EdDSA" => {
+                let pem = String::from_utf8(bytes)
+                    .map_err(|_| bad("the PEM file is not UTF-8".into()))?;
+                if pem.contains("PRIVATE KEY") {
+                    TokenKey::ed25519_private_pem(&pem)
+                } else {
+                    TokenKey::ed25519_public_pem(&pem)
+                }
+            }
+            other => return Err(bad(format!("unknown algorithm {other:?} (HS256 or EdDSA)"))),
+        }
+        .and_then(|k| k.with_kid(kid))
+        .map_err(|e| bad(e.to_string()))?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn valid_kid(kid: &str) -> bool {
@@ -214,6 +347,12 @@ impl TokenKeys {
         Self::new(vec![TokenKey::hs256(secret)?])
     }
 
+    /// The first key that can issue tokens (an HS256 secret or an Ed25519 key pair), if any:
+    /// a node that only verifies an external issuer's EdDSA tokens has none.
+    pub fn signer(&self) -> Option<&TokenKey> {
+        self.keys.iter().find(|k| k.can_sign())
+    }
+
     /// The key new tokens are signed with.
     pub fn signing_key(&self) -> &TokenKey {
         // Invariant of `new`: never empty.
@@ -232,7 +371,7 @@ pub enum TokenError {
     TooLong { len: usize },
     #[error("token is malformed: {0}")]
     Malformed(&'static str),
-    #[error("token algorithm is not accepted (only HS256 is)")]
+    #[error("token algorithm is not accepted (only HS256 and EdDSA are)")]
     BadAlgorithm,
     #[error("token names a key id that is not configured")]
     UnknownKey,
@@ -498,6 +637,148 @@ mod tests {
         forge(r#"{"alg":"HS256","typ":"JWT"}"#, claims)
     }
 
+    /// An Ed25519 SubjectPublicKeyInfo PEM of raw key bytes.
+    fn spki_pem(public: &[u8]) -> String {
+        let mut der = ED25519_SPKI_PREFIX.to_vec();
+        der.extend_from_slice(public);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
+    }
+
+    #[test]
+    fn verifies_the_rfc_8037_ed25519_signature() {
+        // RFC 8037 Appendix A.4: the JWS of "Example of Ed25519 signing" under the A.1 key. Its
+        // payload is not JWT claims, so a correct verifier gets past the signature and stops
+        // at the claims; a wrong one stops at the signature.
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        let keys =
+            TokenKeys::new(vec![TokenKey::ed25519_public_pem(&spki_pem(&x)).unwrap()]).unwrap();
+        let jws = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.\
+                   hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+        assert_eq!(
+            verify(&keys, jws, NOW),
+            Err(TokenError::Malformed(
+                "claims are not a JSON object without duplicates"
+            ))
+        );
+        let mut tampered = jws.to_owned();
+        tampered.replace_range(jws.len() - 2..jws.len() - 1, "B");
+        assert_eq!(verify(&keys, &tampered, NOW), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_with_the_public_key_alone_and_rotate_by_kid() {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pem_of = |pkcs8: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+            format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+        };
+        let new_pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let issuer = TokenKey::ed25519_private_pem(&pem_of(new_pkcs8.as_ref()))
+            .unwrap()
+            .with_kid("2026-11")
+            .unwrap();
+        let public = ring::signature::Ed25519KeyPair::from_pkcs8(new_pkcs8.as_ref())
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        // The node: the new issuer's public key (by kid) and the old HS256 secret, at once.
+        let node = TokenKeys::new(vec![
+            TokenKey::ed25519_public_pem(&spki_pem(&public))
+                .unwrap()
+                .with_kid("2026-11")
+                .unwrap(),
+            TokenKey::hs256(KEY).unwrap(),
+        ])
+        .unwrap();
+        assert!(
+            node.signer()
+                .is_some_and(|k| k.algorithm() == Algorithm::Hs256)
+        );
+        let token = issue(&issuer, VoterId(7), 600, NOW);
+        assert!(token.starts_with(&b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"2026-11"}"#)));
+        assert_eq!(verify(&node, &token, NOW), Ok(VoterId(7)));
+        assert_eq!(
+            verify(&node, PINNED, NOW),
+            Ok(VoterId(42)),
+            "the old secret still works"
+        );
+
+        // Another Ed25519 key under the same kid: refused.
+        let other = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let forger = TokenKey::ed25519_private_pem(&pem_of(other.as_ref()))
+            .unwrap()
+            .with_kid("2026-11")
+            .unwrap();
+        assert_eq!(
+            verify(&node, &issue(&forger, VoterId(7), 600, NOW), NOW),
+            Err(TokenError::BadSignature)
+        );
+        // Algorithm confusion: HS256 with the public key bytes as the secret, under the EdDSA kid.
+        let confused = TokenKey::hs256(&[public.clone(), public.clone()].concat())
+            .unwrap()
+            .with_kid("2026-11")
+            .unwrap();
+        assert_eq!(
+            verify(&node, &issue(&confused, VoterId(7), 600, NOW), NOW),
+            Err(TokenError::UnknownKey),
+            "an EdDSA key is never tried as an HMAC secret"
+        );
+        let unknown = issuer.clone().with_kid("2027-01").unwrap();
+        assert_eq!(
+            verify(&node, &issue(&unknown, VoterId(7), 600, NOW), NOW),
+            Err(TokenError::UnknownKey)
+        );
+        // A verification-only key never signs, and its Debug shows no key bytes.
+        let verify_only = TokenKeys::new(vec![
+            TokenKey::ed25519_public_pem(&spki_pem(&public)).unwrap(),
+        ])
+        .unwrap();
+        assert!(verify_only.signer().is_none());
+        assert!(format!("{:?}", node).contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_key_file_lists_keys_by_kid_and_names_the_bad_line() {
+        let files = |path: &str| -> Result<Vec<u8>, String> {
+            match path {
+                "/k/old" => Ok(b"an-old-hs256-secret-of-32-bytes-or-more\n".to_vec()),
+                "/k/short" => Ok(b"short".to_vec()),
+                "/k/pub" => Ok(spki_pem(&[7u8; 32]).into_bytes()),
+                _ => Err("no such file".into()),
+            }
+        };
+        let keys = parse_key_file(
+            "# rotation\nold HS256 /k/old\n\nnew EdDSA /k/pub # issuer\n",
+            files,
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].kid(), keys[0].algorithm()),
+            (Some("old"), Algorithm::Hs256)
+        );
+        assert_eq!(
+            (keys[1].kid(), keys[1].algorithm()),
+            (Some("new"), Algorithm::EdDsa)
+        );
+        for (text, line) in [
+            ("a HS256 /k/short", 1),
+            ("\nb RS256 /k/old", 2),
+            ("c HS256", 1),
+            ("d EdDSA /k/missing", 1),
+        ] {
+            match parse_key_file(text, files) {
+                Err(KeyError::KeyFile { line: got, .. }) => assert_eq!(got, line, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn issues_exactly_the_independently_computed_token() {
         let key = TokenKey::hs256(KEY).unwrap();
@@ -557,10 +838,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_every_algorithm_but_hs256() {
+    fn refuses_every_algorithm_but_hs256_and_eddsa() {
         let claims = r#"{"sub":"1","aud":"votes","exp":1790003600}"#;
         for alg in [
-            "none", "None", "hs256", "HS384", "HS512", "RS256", "EdDSA", "",
+            "none", "None", "hs256", "HS384", "HS512", "RS256", "eddsa", "Ed25519", "",
         ] {
             let t = forge(&format!(r#"{{"alg":"{alg}"}}"#), claims);
             assert_eq!(
@@ -569,6 +850,9 @@ mod tests {
                 "{alg}"
             );
         }
+        // EdDSA is known, but an HMAC-signed token claiming it meets no Ed25519 key here.
+        let t = forge(r#"{"alg":"EdDSA"}"#, claims);
+        assert_eq!(verify(&keys(), &t, NOW), Err(TokenError::BadSignature));
         // The classic `alg: none` token with an empty signature.
         let none = format!(
             "{}.{}.",

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use votes_core::pow::PowKey;
-use votes_core::token::TokenKeys;
 use votes_net::{CoreContext, ListenerKind, ListenerSpec, ReactorConfig, start_reactors};
 use votes_tally::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
 
@@ -145,8 +144,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     }
     let names = common.names()?;
     let token_secret = secret("VOTES_TOKEN_KEY", 32)?;
-    let token_keys =
-        TokenKeys::hs256(&token_secret).map_err(|e| anyhow::anyhow!("VOTES_TOKEN_KEY: {e}"))?;
+    let token_keys = crate::keys::token_keys(&token_secret)?;
     let audit_key = secret("VOTES_AUDIT_KEY", 32)?;
     let admin_token = if roles.admin {
         Some(
