@@ -16,6 +16,7 @@ pub mod provision;
 pub mod read_model;
 pub mod recount;
 pub mod recovery;
+pub mod reprocess;
 pub mod shard;
 
 /// Where the external services are; every role reads the same settings (DESIGN §4.1).

@@ -273,7 +273,7 @@ fn refresh_lag(consumer: &StreamConsumer<VotesContext>, topic: &str, stats: &Per
 }
 
 /// Writes every item, `concurrency` BatchWriteItem calls at a time.
-async fn write_all(
+pub async fn write_all(
     dynamo: &Client,
     table: &str,
     items: Vec<HashMap<String, AttributeValue>>,

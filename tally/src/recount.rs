@@ -323,7 +323,7 @@ fn wait_persisted(cfg: &RecountConfig, ends: &[u64]) -> Result<(), RecountError>
 }
 
 /// Counts the election's items per option with one paginated Query per bucket.
-async fn dynamo_counts(
+pub async fn dynamo_counts(
     dynamo: &aws_sdk_dynamodb::Client,
     table: &str,
     election: &ElectionId,
@@ -388,7 +388,7 @@ async fn count_bucket(
     }
 }
 
-fn redis_counts(
+pub fn redis_counts(
     cfg: &RecountConfig,
     election: &ElectionId,
     partitions: u32,
