@@ -7,12 +7,17 @@
 #   2. playwright-core from package-lock.json (`npm ci`) when node_modules is missing or stale;
 #   3. Kafka, DynamoDB and Redis via scripts/services.sh; only what this run started is stopped
 #      afterwards (under CI, the services go in $VOTES_SERVICES_SESSION and CI stops them);
-#   4. `votes init` and `votes serve --dev-login` under a fresh prefix, on free loopback ports,
-#      with fresh secrets; an open election created through the admin API;
-#   5. `node --test tests/browser/vote.test.mjs`.
+#   4. `votes init`, `votes serve --dev-login` and `votes persist` (the recount that makes a
+#      closed election's result official waits for it) under a fresh prefix, on free loopback
+#      ports, with fresh secrets; an open election created through the admin API;
+#   5. `node --test` of tests/browser/receipt-check.test.mjs (the voter page's receipt check,
+#      as pure functions) and tests/browser/vote.test.mjs (the browser).
 #
-# Uses the binary that `make build` made (never builds). Exit status: the test's.
-# Logs and failure screenshots: target/browser/.
+# Uses the binary that `make build` made (never builds); the test fails early when the pages it
+# embeds differ from src/serve/web/. BROWSER_WEB_FROM_SOURCE=1 serves the pages from
+# src/serve/web/ instead (the browser intercepts /static/… and the pages, keeping the server's
+# headers and CSP): for working on the pages without a rebuild, never for CI.
+# Exit status: the tests'. Logs and failure screenshots: target/browser/.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -60,6 +65,7 @@ fi
 
 # ---- Cleanup (set before anything is started) ------------------------------------------------
 SERVE_PID=
+PERSIST_PID=
 OWN_SESSION=
 if [[ -n ${VOTES_SERVICES_SESSION:-} ]]; then
   SESSION=$VOTES_SERVICES_SESSION # CI's: it stops them at the end of the whole run
@@ -68,21 +74,28 @@ else
   OWN_SESSION=$SESSION
 fi
 
+# Stops process $1 (named $2): SIGTERM, then SIGKILL after 10 s.
+# shellcheck disable=SC2317 # (reached through the EXIT trap)
+stop() {
+  local pid=$1 name=$2
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop within 10 s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
 # shellcheck disable=SC2317 # (reached through the EXIT trap)
 cleanup() {
   local rc=$?
-  if [[ -n $SERVE_PID ]] && kill -0 "$SERVE_PID" 2>/dev/null; then
-    kill -TERM "$SERVE_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$SERVE_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVE_PID" 2>/dev/null; then
-      log "votes serve did not stop within 10 s: SIGKILL"
-      kill -KILL "$SERVE_PID" 2>/dev/null || true
-    fi
-    wait "$SERVE_PID" 2>/dev/null || true
-  fi
+  stop "$PERSIST_PID" 'votes persist'
+  stop "$SERVE_PID" 'votes serve'
   if [[ -n $OWN_SESSION ]]; then
     "$SERVICES" down --session-file "$OWN_SESSION" || rc=1
     rm -f "$OWN_SESSION"
@@ -143,6 +156,14 @@ until [[ $(curl -s -o /dev/null -w '%{http_code}' "$PUBLIC_URL/readyz" || true) 
 done
 log "votes serve is ready"
 
+# The persister writes every committed vote to DynamoDB: closing the election starts the
+# recount, which makes the result official only once the persisters have reached the end of
+# the votes log.
+PERSIST_LOG=$OUT/persist.log
+log "votes persist, log $PERSIST_LOG"
+"$VOTES" persist --instance-id browser-persister >"$PERSIST_LOG" 2>&1 </dev/null &
+PERSIST_PID=$!
+
 # An admin call that must answer $1; prints the body.
 admin_call() {
   local want=$1 method=$2 path=$3 body=${4:-} out code
@@ -167,10 +188,17 @@ log "election $ELECTION is open (proof-of-work difficulty $POW)"
 # ---- 5. The test -----------------------------------------------------------------------------
 # Voter ids from the clock: fresh for every run (each id votes once per election anyway).
 VOTER=$(($(date +%s%N) / 1000))
+WEB_DIR=
+[[ ${BROWSER_WEB_FROM_SOURCE:-0} == 1 ]] && WEB_DIR=$ROOT/src/serve/web
+kill -0 "$PERSIST_PID" 2>/dev/null || {
+  tail -n 40 "$PERSIST_LOG" >&2 || true
+  PERSIST_PID=
+  die "votes persist exited (log above, full log $PERSIST_LOG)"
+}
 set +e
 VOTES_PUBLIC_URL=$PUBLIC_URL VOTES_ADMIN_URL=$ADMIN_URL VOTES_ELECTION=$ELECTION \
-  VOTES_VOTER=$VOTER VOTES_SERVE_LOG=$SERVE_LOG \
-  node --test --test-reporter=spec "$HERE/vote.test.mjs"
+  VOTES_VOTER=$VOTER VOTES_SERVE_LOG=$SERVE_LOG VOTES_PERSIST_LOG=$PERSIST_LOG VOTES_WEB_DIR=$WEB_DIR \
+  node --test --test-concurrency=1 --test-reporter=spec "$HERE/receipt-check.test.mjs" "$HERE/vote.test.mjs"
 rc=$?
 set -e
 exit "$rc"

@@ -1,7 +1,10 @@
 // Headless Chromium against a running `votes serve` (started by tests/browser/run.sh): the voter
 // page signs in with the development login and votes, the public results page follows the
 // count over SSE without reloading, a second vote is refused as already_voted, and the admin
-// dashboard lists the election and shows live figures.
+// dashboard lists the election and shows live figures. Last, the election is closed through
+// the admin API and, once its result is official, the voter page's "Check my receipt" (in a
+// browser that kept the first voter's receipt) proves the vote is counted for its option, and
+// says a tampered receipt is not in the official tree.
 //
 // Environment (run.sh sets all of it):
 //   VOTES_PUBLIC_URL   public listener, e.g. http://127.0.0.1:18080
@@ -10,12 +13,16 @@
 //   VOTES_ELECTION     an open election with at least 2 options
 //   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 must be fresh too)
 //   VOTES_SERVE_LOG    optional: the server's log, named on failure
+//   VOTES_PERSIST_LOG  optional: the persister's log, named on failure
+//   VOTES_WEB_DIR      optional: serve the pages from this directory (src/serve/web) instead of
+//                      the binary's embedded copy; without it, the embedded copy must equal
+//                      src/serve/web (a stale binary fails at once, not with a puzzling timeout)
 //   CHROMIUM           optional: the browser binary (default /usr/bin/chromium)
 //
 // On failure every page of the test is saved as target/browser/<test>-<page>.png.
 
 import assert from 'node:assert/strict';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +34,9 @@ const SHOTS = path.join(REPO, 'target', 'browser');
 const LIVE_UPDATE_MS = 15_000;
 // A vote may include a proof of work and waits for its Kafka commit.
 const VOTE_MS = 30_000;
+// After the close: the recount waits for the persister, then replays the log (DESIGN §4.5).
+const FINAL_MS = 60_000;
+const WEB_SOURCE = path.join(REPO, 'src', 'serve', 'web');
 
 function env(name) {
   const value = process.env[name];
@@ -36,6 +46,8 @@ function env(name) {
 
 let browser;
 let cfg;
+// What the vote test leaves for the receipt check: {receipt, option, title, storageState}.
+let firstVote = null;
 
 before(async () => {
   cfg = {
@@ -44,7 +56,9 @@ before(async () => {
     adminToken: env('VOTES_ADMIN_TOKEN'),
     election: env('VOTES_ELECTION'),
     voter: BigInt(env('VOTES_VOTER')),
+    webDir: process.env.VOTES_WEB_DIR || null,
   };
+  if (!cfg.webDir) await assertBinaryIsCurrent();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox'],
@@ -54,6 +68,58 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
+
+/** Fails unless the server's `/static/…` files are byte for byte those of src/serve/web. */
+async function assertBinaryIsCurrent() {
+  const stale = [];
+  for (const name of (await readdir(WEB_SOURCE)).sort()) {
+    const res = await fetch(`${cfg.publicUrl}/static/${encodeURIComponent(name)}`);
+    const served = res.ok ? Buffer.from(await res.arrayBuffer()) : null;
+    if (!served || !served.equals(await readFile(path.join(WEB_SOURCE, name)))) stale.push(name);
+  }
+  if (stale.length > 0) {
+    throw new Error(`the binary embeds other pages than src/serve/web (${stale.join(', ')} differ): `
+      + 'rebuild it (make build), or run with BROWSER_WEB_FROM_SOURCE=1 to test the pages from the source tree');
+  }
+}
+
+/** The file of src/serve/web that `url` is served from, or null. */
+function sourceFile(url) {
+  const { origin, pathname } = new URL(url);
+  const m = /^\/static\/([A-Za-z0-9._-]+)$/.exec(pathname);
+  if (m && (origin === new URL(cfg.publicUrl).origin || origin === new URL(cfg.adminUrl).origin)) return m[1];
+  if (origin === new URL(cfg.publicUrl).origin) {
+    if (pathname === '/') return 'index.html';
+    if (/^\/results\/[^/]+$/.test(pathname)) return 'results.html';
+  }
+  if (origin === new URL(cfg.adminUrl).origin && pathname === '/admin') return 'admin.html';
+  return null;
+}
+
+const SOURCE_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml' };
+
+/**
+ * VOTES_WEB_DIR: the pages and /static/ files come from that directory, with the headers the
+ * server gives them (its CSP included), so page changes are tested without a rebuild.
+ */
+async function serveFromSource(context) {
+  await context.route((url) => sourceFile(url.href) !== null, async (route) => {
+    const name = sourceFile(route.request().url());
+    let body;
+    try {
+      body = await readFile(path.join(cfg.webDir, name));
+    } catch {
+      return route.fallback();
+    }
+    const response = await route.fetch();
+    const headers = response.ok()
+      ? response.headers()
+      : { 'content-type': SOURCE_TYPES[name.split('.').pop()] ?? 'application/octet-stream', 'x-content-type-options': 'nosniff' };
+    delete headers['content-length'];
+    delete headers['content-encoding'];
+    return route.fulfill({ status: 200, headers, body });
+  });
+}
 
 /** Polls `check` until it returns a truthy value (returned), or fails after `timeout` ms. */
 async function eventually(check, { timeout = 10_000, interval = 200, what = 'the condition' } = {}) {
@@ -87,9 +153,10 @@ function browserTest(name, body) {
     const contexts = [];
     const logs = [];
     const problems = [];
-    const open = async (label) => {
-      const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const open = async (label, options = {}) => {
+      const context = await browser.newContext({ viewport: { width: 390, height: 844 }, ...options });
       contexts.push(context);
+      if (cfg.webDir) await serveFromSource(context);
       const page = await context.newPage();
       page.setDefaultTimeout(20_000);
       page.on('console', (msg) => {
@@ -117,6 +184,7 @@ function browserTest(name, body) {
         }
       }
       if (process.env.VOTES_SERVE_LOG) console.error(`server log: ${process.env.VOTES_SERVE_LOG}`);
+      if (process.env.VOTES_PERSIST_LOG) console.error(`persister log: ${process.env.VOTES_PERSIST_LOG}`);
       for (const line of [...logs, ...problems]) console.error(line);
       throw err;
     } finally {
@@ -195,7 +263,9 @@ browserTest('vote, live results and already voted', async ({ open }) => {
   // The first voter signs in and votes.
   const voter = await open('voter');
   await signIn(voter, first);
-  await voteAccepted(voter, e, option);
+  const receipt = await voteAccepted(voter, e, option);
+  // The page keeps the receipt in localStorage; the receipt check reopens this browser's storage.
+  firstVote = { receipt, option, title: e.title, storageState: await voter.context().storageState() };
 
   // The public results page shows that vote (once the read model has it).
   const results = await open('results');
@@ -285,4 +355,56 @@ browserTest('admin dashboard', async ({ open }) => {
   assert.equal(e.state, 'open');
   assert.equal(e.pow_difficulty, 3);
   assert.deepEqual(e.options.map((o) => o.label), ['Yes', 'No']);
+});
+
+browserTest('check my receipt once the result is official', async ({ open }) => {
+  assert.ok(firstVote, 'the vote test left no receipt to check (it failed before the vote)');
+  const { receipt, option, title, storageState } = firstVote;
+  const id = encodeURIComponent(cfg.election);
+
+  // Closing the election starts the official recount; it waits for the persister.
+  const closed = await fetch(`${cfg.adminUrl}/admin/v1/elections/${id}/close`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${cfg.adminToken}` },
+  });
+  assert.equal(closed.status, 200, `POST /admin/v1/elections/${cfg.election}/close: ${await closed.text()}`);
+  await eventually(async () => {
+    const res = await fetch(`${cfg.publicUrl}/v1/elections/${id}`);
+    return res.ok && (await res.json()).state === 'final';
+  }, { timeout: FINAL_MS, interval: 500, what: `the state of ${cfg.election} to become final (recount log: the server log)` });
+  const official = await (await fetch(`${cfg.publicUrl}/v1/elections/${id}/results`)).json();
+  assert.equal(official.final, true, `the results once final: ${JSON.stringify(official)}`);
+  assert.match(official.merkle?.root ?? '', /^[0-9a-f]{64}$/, `the official result's Merkle root: ${JSON.stringify(official)}`);
+  assert.equal(official.merkle.tree_size, official.total, 'one leaf per counted vote');
+
+  // The first voter's browser (its localStorage) offers the check, prefilled with the receipt.
+  const page = await open('voter', { storageState });
+  await page.goto(`${cfg.publicUrl}/`);
+  await page.getByRole('button', { name: `Check receipt in ${title}` }).click();
+  const section = page.getByRole('region', { name: 'Check my receipt' });
+  await section.waitFor();
+  const field = section.getByLabel('Receipt', { exact: true });
+  assert.equal(await field.inputValue(), receipt, 'the receipt kept in this browser is filled in');
+
+  await section.getByRole('button', { name: 'Check my receipt' }).click();
+  const verdict = section.getByRole('status');
+  await verdict.getByRole('heading', { name: 'Counted', exact: true }).waitFor();
+  const text = (await verdict.textContent()).replace(/\s+/g, ' ');
+  const said = /Your vote for (.+) is counted in the official result \(leaf (\d+) of (\d+)\)\./.exec(text);
+  assert.ok(said, `the verdict: ${text}`);
+  assert.equal(said[1], option.label, 'the vote is counted for the option it was cast for');
+  assert.ok(Number(said[2]) < Number(said[3]));
+  assert.equal(Number(said[3]), official.merkle.tree_size);
+  // The details: checked against the official root.
+  await section.getByText('Details of the check').click();
+  const root = section.getByText('Official root', { exact: true }).locator('xpath=following-sibling::dd[1]');
+  assert.equal((await root.textContent()).trim(), official.merkle.root);
+
+  // One hex digit changed: not in the official tree.
+  const at = 17;
+  const tampered = receipt.slice(0, at) + ((parseInt(receipt[at], 16) + 1) % 16).toString(16) + receipt.slice(at + 1);
+  await field.fill(tampered);
+  await section.getByRole('button', { name: 'Check my receipt' }).click();
+  await verdict.getByRole('heading', { name: 'Not counted', exact: true }).waitFor();
+  assert.match(await verdict.textContent(), /the receipt is not in the official tree/i);
 });

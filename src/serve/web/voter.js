@@ -1,12 +1,18 @@
 // The voter page (served at /): sign in (development login or a pasted token), pick an open
 // election, vote (solving the proof-of-work challenge in a worker when the election asks for
-// one), see the receipt, and watch the live results. API: DESIGN §4.2.
+// one), see the receipt, and watch the live results. API: DESIGN §4.2. Once an election is
+// closed, "Check my receipt" proves in this browser that the vote is counted in the official
+// result (receipt-check.js, DESIGN §4.5); the receipts of votes made here are kept for that.
 
 import {
   api, byId, describeError, fmtInt, followResults, h, notify, ResultsPanel, seg, setChildren,
 } from '/static/common.js';
+import { normalizeReceipt, runReceiptCheck } from '/static/receipt-check.js';
 
 const SESSION_KEY = 'votes.voter';
+// Receipts of the votes cast in this browser: {election id: [{receipt, voter, at}]}, oldest first.
+const RECEIPTS_KEY = 'votes.receipts';
+const RECEIPTS_PER_ELECTION = 10;
 const U64_MAX = (1n << 64n) - 1n;
 
 const ui = {
@@ -40,6 +46,15 @@ const ui = {
   liveSection: byId('live-section'),
   resultsLink: byId('results-link'),
   liveResults: byId('live-results'),
+  checkSection: byId('check-section'),
+  checkTitle: byId('check-title'),
+  checkForm: byId('check-form'),
+  checkReceipt: byId('check-receipt'),
+  checkSaved: byId('check-saved'),
+  checkButton: byId('check-button'),
+  checkVerdict: byId('check-verdict'),
+  checkDetails: byId('check-details'),
+  checkDetailsList: byId('check-details-list'),
 };
 
 const state = {
@@ -53,6 +68,8 @@ const state = {
   panel: null,
   busy: false,
   cancelPow: null,
+  checking: false,
+  checkFor: null, // the election whose receipt check is shown
 };
 
 // ---- Session --------------------------------------------------------------------------------
@@ -186,8 +203,12 @@ function renderElections() {
     const action = e.state === 'open'
       ? h('button', { type: 'button', class: 'small', onclick: () => chooseElection(e.id, true) },
         'Vote', h('span', { class: 'visually-hidden', text: ` in ${title}` }))
-      : h('a', { class: 'button secondary small', href: `/results/${seg(e.id)}` },
-        'Results', h('span', { class: 'visually-hidden', text: ` of ${title}` }));
+      : h('div', { class: 'actions' },
+        (e.state === 'closed' || e.state === 'final') && h('button', {
+          type: 'button', class: 'small', onclick: () => openCheck(e.id),
+        }, 'Check receipt', h('span', { class: 'visually-hidden', text: ` in ${title}` })),
+        h('a', { class: 'button secondary small', href: `/results/${seg(e.id)}` },
+          'Results', h('span', { class: 'visually-hidden', text: ` of ${title}` })));
     return h('li', { class: `election${state.election?.id === e.id ? ' selected' : ''}`, dataset: { id: e.id } },
       h('div', { class: 'meta' },
         h('h3', { text: title }),
@@ -248,9 +269,12 @@ async function loadBallot(id) {
   ui.cast.disabled = !open;
   ui.cast.hidden = !open;
   if (!open) {
-    notify(ui.voteError, `This election is ${e.state}: voting is over. See the results below.`, 'warn');
+    const check = e.state === 'closed' || e.state === 'final' ? ' Check your receipt and see the results below.' : ' See the results below.';
+    notify(ui.voteError, `This election is ${e.state}: voting is over.${check}`, 'warn');
   }
   ui.ballotSection.hidden = false;
+  if (e.state === 'closed' || e.state === 'final') showCheck(e);
+  else hideCheck();
 
   ui.resultsLink.href = `/results/${seg(e.id)}`;
   ui.liveSection.hidden = false;
@@ -267,7 +291,11 @@ function startResults(e) {
     if (res.ok && state.panel === panel) panel.update(res.data);
   });
   state.stream = followResults(e.id, {
-    onResults: (r) => panel.update(r),
+    onResults: (r) => {
+      panel.update(r);
+      // The result became official while the page was open: receipts can be checked now.
+      if (r.final && state.election?.id === e.id) showCheck(e);
+    },
     onState: (s) => panel.setConnection(s),
   });
 }
@@ -442,6 +470,7 @@ async function castVote(event) {
       const res = await api(`/v1/elections/${seg(e.id)}/votes`, { method: 'POST', token: s.token, body });
       if (res.ok) {
         state.voted = true;
+        if (typeof res.data?.receipt === 'string') keepReceipt(e.id, res.data.receipt, s.voter);
         showReceipt(res.data ?? {}, e, label);
         // Voting again would only be refused: close the ballot (a reload opens a new one).
         ui.ballotFieldset.disabled = true;
@@ -467,6 +496,120 @@ async function castVote(event) {
   }
 }
 
+// ---- Receipts: kept in this browser, checked against the official result -------------------
+
+/** All kept receipts: {election id: [{receipt, voter, at}]}. */
+function keptReceipts() {
+  try {
+    const all = JSON.parse(localStorage.getItem(RECEIPTS_KEY) ?? '{}');
+    return all && typeof all === 'object' && !Array.isArray(all) ? all : {};
+  } catch {
+    return {}; // storage disabled or damaged: the receipt can still be pasted
+  }
+}
+
+/** The kept receipts of election `id`, oldest first. */
+function receiptsOf(id) {
+  const list = keptReceipts()[id];
+  return Array.isArray(list) ? list.filter((r) => typeof r?.receipt === 'string' && normalizeReceipt(r.receipt) === r.receipt) : [];
+}
+
+function keepReceipt(id, receipt, voter) {
+  const all = keptReceipts();
+  const list = receiptsOf(id).filter((r) => r.receipt !== receipt);
+  list.push({ receipt, voter: voter ?? null, at: Date.now() });
+  all[id] = list.slice(-RECEIPTS_PER_ELECTION);
+  try {
+    localStorage.setItem(RECEIPTS_KEY, JSON.stringify(all));
+  } catch {
+    // storage full or disabled: the receipt is on screen, to copy
+  }
+}
+
+/** The receipt to offer for election `id`: the signed-in voter's latest, else the latest. */
+function preferredReceipt(id) {
+  const list = receiptsOf(id);
+  const voter = session()?.voter;
+  const mine = voter ? list.filter((r) => r.voter === voter) : [];
+  return (mine.at(-1) ?? list.at(-1))?.receipt ?? '';
+}
+
+/** Shows "Check my receipt" for election `e` (closed or final), prefilled when a receipt is kept. */
+function showCheck(e) {
+  const kept = receiptsOf(e.id);
+  setChildren(ui.checkSaved, kept.map((r) => h('option', { value: r.receipt })));
+  if (state.checkFor !== e.id) {
+    state.checkFor = e.id;
+    ui.checkReceipt.value = preferredReceipt(e.id);
+    ui.checkReceipt.setAttribute('aria-invalid', 'false');
+    notify(ui.checkVerdict, '');
+    ui.checkDetails.hidden = true;
+    setChildren(ui.checkDetailsList);
+  } else if (!ui.checkReceipt.value) {
+    ui.checkReceipt.value = preferredReceipt(e.id);
+  }
+  ui.checkSection.hidden = false;
+}
+
+function hideCheck() {
+  state.checkFor = null;
+  ui.checkSection.hidden = true;
+}
+
+/** The list's "Check receipt" button: opens the election and moves to its receipt check. */
+async function openCheck(id) {
+  await chooseElection(id, false);
+  if (state.election?.id === id && !ui.checkSection.hidden) ui.checkTitle.focus();
+}
+
+// The yes/no of a verdict (receipt-check.js codes) and its colour. Any other code is a proof
+// that failed: the server could not show the vote is counted.
+const VERDICT_HEAD = {
+  counted: ['Counted', 'ok'],
+  not_in_tree: ['Not counted', 'error'],
+  not_final: ['Not checked yet', 'warn'],
+  unavailable: ['Not checked', 'warn'],
+  insecure: ['Not checked', 'warn'],
+  invalid_receipt: ['Not checked', 'warn'],
+  error: ['Not checked', 'warn'],
+};
+
+async function checkReceipt(event) {
+  event.preventDefault();
+  const e = state.election;
+  if (state.checking || !e) return;
+  const typed = ui.checkReceipt.value;
+  if (!normalizeReceipt(typed)) {
+    ui.checkReceipt.setAttribute('aria-invalid', 'true');
+    ui.checkReceipt.focus();
+  } else {
+    ui.checkReceipt.setAttribute('aria-invalid', 'false');
+  }
+  state.checking = true;
+  ui.checkButton.disabled = true;
+  ui.checkButton.textContent = 'Checking…';
+  ui.checkForm.setAttribute('aria-busy', 'true');
+  ui.checkDetails.hidden = true;
+  notify(ui.checkVerdict, 'Checking your receipt against the official result…', 'info');
+  let verdict;
+  try {
+    verdict = await runReceiptCheck({ election: e, receipt: typed, api });
+  } finally {
+    state.checking = false;
+    ui.checkButton.disabled = false;
+    ui.checkButton.textContent = 'Check my receipt';
+    ui.checkForm.removeAttribute('aria-busy');
+  }
+  if (state.election?.id !== e.id) return; // another election was chosen meanwhile
+  const [head, kind] = verdict.counted ? VERDICT_HEAD.counted : VERDICT_HEAD[verdict.code] ?? ['Not proven', 'error'];
+  notify(ui.checkVerdict, h('div', {},
+    h('h3', { text: head }),
+    h('p', { text: verdict.message })), kind);
+  setChildren(ui.checkDetailsList, verdict.details.flatMap(([term, value]) => [
+    h('dt', { text: term }), h('dd', { text: value })]));
+  ui.checkDetails.hidden = verdict.details.length === 0;
+}
+
 // ---- Start ----------------------------------------------------------------------------------
 
 ui.devForm.addEventListener('submit', devSignIn);
@@ -478,6 +621,7 @@ ui.signOut.addEventListener('click', () => {
 ui.refresh.addEventListener('click', loadElections);
 ui.ballot.addEventListener('submit', castVote);
 ui.powCancel.addEventListener('click', cancelPow);
+ui.checkForm.addEventListener('submit', checkReceipt);
 
 await Promise.all([detectSignIn(), loadElections()]);
 // Reopen the ballot of the election in the fragment (kept across a reload).
