@@ -6,11 +6,13 @@ use std::ffi::OsString;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod audit;
 mod config;
 mod init;
 mod keys;
 mod persist;
 mod recount;
+mod reprocess;
 mod serve;
 
 #[global_allocator]
@@ -98,6 +100,8 @@ enum Command {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Auditors' tools (DESIGN §4.5): signed offline export, its verification, the public key.
+    Audit(audit::AuditArgs),
     /// Host tuning.
     Tune {
         #[command(subcommand)]
@@ -147,6 +151,7 @@ fn run() -> Result<std::process::ExitCode> {
         Command::Serve(args) => serve::run(&cli.common, &args)?,
         Command::Persist(args) => persist::run(&cli.common, &args)?,
         Command::Recount(args) => return recount::run(&cli.common, &args),
+        Command::Audit(args) => return audit::run(&cli.common, &args),
         Command::Token { voter, ttl, kid } => {
             let secret = std::env::var("VOTES_TOKEN_KEY").context("VOTES_TOKEN_KEY must be set")?;
             let keys = keys::token_keys(secret.as_bytes())?;

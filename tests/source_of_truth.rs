@@ -401,6 +401,28 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         );
         assert!(out.contains("matches the official result"), "{out}");
 
+        // An auditor's reprocess into a fresh prefix agrees with the official result.
+        let rp = votes_cmd(&prefix, &["audit", "reprocess", "--election", "good"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&rp.stdout);
+        assert!(
+            rp.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&rp.stderr)
+        );
+        assert!(
+            out.contains("agree: the reprocessed tallies and root match"),
+            "{out}"
+        );
+        let rp_bad = votes_cmd(&prefix, &["audit", "reprocess", "--election", "bad"])
+            .output()
+            .unwrap();
+        assert!(
+            !rp_bad.status.success(),
+            "no official result to compare with"
+        );
+
         // "bad" stays closed: nothing official, and the CLI says why and exits non-zero.
         let refused = votes_cmd(
             &prefix,

@@ -1,0 +1,469 @@
+//! `votes.parquet`: one row per counted vote, in tree order (partition, offset), written and
+//! read with the `parquet` crate's low-level column API (no Arrow), in row groups of at most
+//! [`ROW_GROUP_ROWS`] rows so that neither side holds more than one row group in memory.
+//!
+//! | column           | Parquet type                 | holds                                  |
+//! |------------------|------------------------------|----------------------------------------|
+//! | `pseudonym`      | FIXED_LEN_BYTE_ARRAY(16)     | the voter's pseudonym in this election |
+//! | `option`         | BYTE_ARRAY (UTF8)            | the option id voted for                |
+//! | `partition`      | INT32                        | Kafka partition of the vote record     |
+//! | `offset`         | INT64                        | Kafka offset of the vote record        |
+//! | `received_at_ms` | INT64                        | when the appliance received the vote   |
+//! | `nonce`          | FIXED_LEN_BYTE_ARRAY(16)     | the record's random nonce              |
+//! | `leaf_hash`      | FIXED_LEN_BYTE_ARRAY(32)     | the receipt: SHA-256(0x00 ‖ leaf)       |
+//!
+//! Every column is `required`. The file is deterministic for a given list of rows: exporting
+//! the same election twice gives the same bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use parquet::basic::{Compression, Encoding, Type as Physical};
+use parquet::column::reader::ColumnReaderImpl;
+use parquet::data_type::{
+    ByteArray, ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+    Int64Type,
+};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::ColumnPath;
+
+/// Rows per row group: ~6.5 MiB of values, whatever the election's size.
+pub const ROW_GROUP_ROWS: usize = 65_536;
+
+pub const SCHEMA: &str = "message votes {
+  required fixed_len_byte_array(16) pseudonym;
+  required binary option (UTF8);
+  required int32 partition;
+  required int64 offset;
+  required int64 received_at_ms;
+  required fixed_len_byte_array(16) nonce;
+  required fixed_len_byte_array(32) leaf_hash;
+}";
+
+/// (name, physical type, fixed length) of each column, in file order.
+const COLUMNS: [(&str, Physical, i32); 7] = [
+    ("pseudonym", Physical::FIXED_LEN_BYTE_ARRAY, 16),
+    ("option", Physical::BYTE_ARRAY, -1),
+    ("partition", Physical::INT32, -1),
+    ("offset", Physical::INT64, -1),
+    ("received_at_ms", Physical::INT64, -1),
+    ("nonce", Physical::FIXED_LEN_BYTE_ARRAY, 16),
+    ("leaf_hash", Physical::FIXED_LEN_BYTE_ARRAY, 32),
+];
+
+/// One counted vote as a row of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub pseudonym: [u8; 16],
+    pub option: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub received_at_ms: u64,
+    pub nonce: [u8; 16],
+    pub leaf_hash: [u8; 32],
+}
+
+/// A row to write, borrowed from wherever the vote is.
+#[derive(Clone, Copy, Debug)]
+pub struct RowRef<'a> {
+    pub pseudonym: &'a [u8; 16],
+    pub option: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub received_at_ms: u64,
+    pub nonce: &'a [u8; 16],
+    pub leaf_hash: &'a [u8; 32],
+}
+
+fn properties(election: &str) -> WriterProperties {
+    let random = ["pseudonym", "nonce", "leaf_hash"];
+    let increasing = ["offset", "received_at_ms"];
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("votes {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new("votes.election".to_owned(), election.to_owned()),
+            KeyValue::new("votes.order".to_owned(), "partition, offset".to_owned()),
+        ]))
+        .set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: 2,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 3,
+                descending: false,
+                nulls_first: false,
+            },
+        ]));
+    for c in random {
+        // Hashes and random bytes: a dictionary, min/max or compression would only cost.
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None)
+            .set_column_compression(ColumnPath::from(c), Compression::UNCOMPRESSED);
+    }
+    for c in increasing {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+    }
+    b.build()
+}
+
+/// Column buffers of the row group being filled.
+#[derive(Default)]
+struct Columns {
+    pseudonym: Vec<u8>,
+    option: Vec<ByteArray>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    received_at_ms: Vec<i64>,
+    nonce: Vec<u8>,
+    leaf_hash: Vec<u8>,
+}
+
+impl Columns {
+    fn len(&self) -> usize {
+        self.partition.len()
+    }
+
+    fn clear(&mut self) {
+        self.pseudonym.clear();
+        self.option.clear();
+        self.partition.clear();
+        self.offset.clear();
+        self.received_at_ms.clear();
+        self.nonce.clear();
+        self.leaf_hash.clear();
+    }
+}
+
+/// Cuts `bytes` into `width`-byte values sharing one buffer.
+fn fixed(bytes: &[u8], width: usize) -> Vec<FixedLenByteArray> {
+    let all = ByteArray::from(bytes.to_vec());
+    (0..bytes.len() / width)
+        .map(|i| FixedLenByteArray::from(all.slice(i * width, width)))
+        .collect()
+}
+
+/// Streams rows into a Parquet file, one row group per [`ROW_GROUP_ROWS`] rows.
+pub struct VotesWriter<W: Write + Send> {
+    file: SerializedFileWriter<W>,
+    buf: Columns,
+    /// One shared buffer per option id.
+    options: HashMap<String, ByteArray>,
+    rows: u64,
+}
+
+impl<W: Write + Send> VotesWriter<W> {
+    pub fn new(out: W, election: &str) -> Result<Self> {
+        let schema = Arc::new(parse_message_type(SCHEMA).expect("the schema parses"));
+        let file = SerializedFileWriter::new(out, schema, Arc::new(properties(election)))?;
+        Ok(Self {
+            file,
+            buf: Columns::default(),
+            options: HashMap::new(),
+            rows: 0,
+        })
+    }
+
+    /// Appends one row; writes a row group when the buffer is full.
+    ///
+    /// # Errors
+    /// When the partition or an offset does not fit Parquet's signed integers, or on I/O.
+    pub fn push(&mut self, r: RowRef<'_>) -> Result<()> {
+        let b = &mut self.buf;
+        b.pseudonym.extend_from_slice(r.pseudonym);
+        let option = match self.options.get(r.option) {
+            Some(v) => v.clone(),
+            None => {
+                let v = ByteArray::from(r.option.as_bytes().to_vec());
+                self.options.insert(r.option.to_owned(), v.clone());
+                v
+            }
+        };
+        b.option.push(option);
+        b.partition
+            .push(i32::try_from(r.partition).context("partition beyond INT32")?);
+        b.offset
+            .push(i64::try_from(r.offset).context("offset beyond INT64")?);
+        b.received_at_ms
+            .push(i64::try_from(r.received_at_ms).context("received_at_ms beyond INT64")?);
+        b.nonce.extend_from_slice(r.nonce);
+        b.leaf_hash.extend_from_slice(r.leaf_hash);
+        self.rows += 1;
+        if b.len() >= ROW_GROUP_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn push_row(&mut self, r: &Row) -> Result<()> {
+        self.push(RowRef {
+            pseudonym: &r.pseudonym,
+            option: &r.option,
+            partition: r.partition,
+            offset: r.offset,
+            received_at_ms: r.received_at_ms,
+            nonce: &r.nonce,
+            leaf_hash: &r.leaf_hash,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.buf.len() == 0 {
+            return Ok(());
+        }
+        let b = &self.buf;
+        let mut rg = self.file.next_row_group()?;
+        let mut i = 0;
+        while let Some(mut col) = rg.next_column()? {
+            match i {
+                0 => col.typed::<FixedLenByteArrayType>().write_batch(
+                    &fixed(&b.pseudonym, 16),
+                    None,
+                    None,
+                )?,
+                1 => col
+                    .typed::<ByteArrayType>()
+                    .write_batch(&b.option, None, None)?,
+                2 => col
+                    .typed::<Int32Type>()
+                    .write_batch(&b.partition, None, None)?,
+                3 => col
+                    .typed::<Int64Type>()
+                    .write_batch(&b.offset, None, None)?,
+                4 => col
+                    .typed::<Int64Type>()
+                    .write_batch(&b.received_at_ms, None, None)?,
+                5 => col.typed::<FixedLenByteArrayType>().write_batch(
+                    &fixed(&b.nonce, 16),
+                    None,
+                    None,
+                )?,
+                6 => col.typed::<FixedLenByteArrayType>().write_batch(
+                    &fixed(&b.leaf_hash, 32),
+                    None,
+                    None,
+                )?,
+                _ => unreachable!("the schema has 7 columns"),
+            };
+            col.close()?;
+            i += 1;
+        }
+        rg.close()?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the last row group and the footer; returns the sink and the row count.
+    pub fn finish(mut self) -> Result<(W, u64)> {
+        self.flush()?;
+        let rows = self.rows;
+        // Writes the footer, flushes, and hands the sink back.
+        Ok((self.file.into_inner()?, rows))
+    }
+}
+
+/// Reads the rows of a votes file, one row group at a time.
+pub struct VotesReader {
+    file: SerializedFileReader<File>,
+}
+
+impl VotesReader {
+    /// Opens `path` and checks that its schema is exactly [`SCHEMA`].
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = SerializedFileReader::new(f)
+            .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+        let schema = file.metadata().file_metadata().schema_descr();
+        let got: Vec<String> = schema
+            .columns()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {}/{}",
+                    c.name(),
+                    c.physical_type(),
+                    c.type_length(),
+                    c.max_def_level(),
+                    c.max_rep_level()
+                )
+            })
+            .collect();
+        let want: Vec<String> = COLUMNS
+            .iter()
+            .map(|(name, ty, len)| {
+                let len = if *ty == Physical::FIXED_LEN_BYTE_ARRAY {
+                    *len
+                } else {
+                    // parquet reports -1 for types without a fixed length.
+                    -1
+                };
+                format!("{name} {ty} {len} 0/0")
+            })
+            .collect();
+        if got != want {
+            bail!(
+                "{} does not have the columns of a votes export: found [{}], expected [{}]",
+                path.display(),
+                got.join(", "),
+                want.join(", ")
+            );
+        }
+        Ok(Self { file })
+    }
+
+    /// Rows the footer announces.
+    pub fn num_rows(&self) -> u64 {
+        u64::try_from(self.file.metadata().file_metadata().num_rows()).unwrap_or(0)
+    }
+
+    pub fn num_row_groups(&self) -> usize {
+        self.file.num_row_groups()
+    }
+
+    /// The rows of row group `i`, in file order.
+    pub fn row_group(&self, i: usize) -> Result<Vec<Row>> {
+        let rg = self.file.get_row_group(i)?;
+        let n = usize::try_from(rg.metadata().num_rows()).context("negative row count")?;
+        let pseudonym = read_column::<FixedLenByteArrayType>(&*rg, 0, n)?;
+        let option = read_column::<ByteArrayType>(&*rg, 1, n)?;
+        let partition = read_column::<Int32Type>(&*rg, 2, n)?;
+        let offset = read_column::<Int64Type>(&*rg, 3, n)?;
+        let received_at_ms = read_column::<Int64Type>(&*rg, 4, n)?;
+        let nonce = read_column::<FixedLenByteArrayType>(&*rg, 5, n)?;
+        let leaf_hash = read_column::<FixedLenByteArrayType>(&*rg, 6, n)?;
+        let mut rows = Vec::with_capacity(n);
+        for k in 0..n {
+            let at = |what: &str| format!("row group {i}, row {k}: {what}");
+            rows.push(Row {
+                pseudonym: array(pseudonym[k].data()).ok_or_else(|| anyhow!(at("pseudonym")))?,
+                option: option[k]
+                    .as_utf8()
+                    .map_err(|_| anyhow!(at("option is not UTF-8")))?
+                    .to_owned(),
+                partition: u32::try_from(partition[k])
+                    .map_err(|_| anyhow!(at("negative partition")))?,
+                offset: u64::try_from(offset[k]).map_err(|_| anyhow!(at("negative offset")))?,
+                received_at_ms: u64::try_from(received_at_ms[k])
+                    .map_err(|_| anyhow!(at("negative received_at_ms")))?,
+                nonce: array(nonce[k].data()).ok_or_else(|| anyhow!(at("nonce")))?,
+                leaf_hash: array(leaf_hash[k].data()).ok_or_else(|| anyhow!(at("leaf_hash")))?,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+fn array<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+    bytes.try_into().ok()
+}
+
+/// Every value of column `c` of a row group (all columns are required: no levels).
+fn read_column<T: DataType>(rg: &dyn RowGroupReader, c: usize, n: usize) -> Result<Vec<T::T>> {
+    let reader = rg.get_column_reader(c)?;
+    let mut reader: ColumnReaderImpl<T> = T::get_column_reader(reader)
+        .ok_or_else(|| anyhow!("column {} has an unexpected type", COLUMNS[c].0))?;
+    let mut values = Vec::with_capacity(n);
+    loop {
+        let want = n.saturating_sub(values.len()).max(1);
+        let (records, _, _) = reader.read_records(want, None, None, &mut values)?;
+        if records == 0 {
+            break;
+        }
+    }
+    if values.len() != n {
+        bail!(
+            "column {} holds {} values in a row group of {n} rows",
+            COLUMNS[c].0,
+            values.len()
+        );
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: u64) -> Row {
+        let b = i.to_be_bytes();
+        let mut pseudonym = [0u8; 16];
+        pseudonym[..8].copy_from_slice(&b);
+        let mut nonce = [0xaa; 16];
+        nonce[8..].copy_from_slice(&b);
+        let mut leaf_hash = [0x55; 32];
+        leaf_hash[24..].copy_from_slice(&b);
+        Row {
+            pseudonym,
+            option: ["red", "green", "blue"][(i % 3) as usize].to_owned(),
+            partition: (i / 50_000) as u32,
+            offset: i % 50_000 * 2,
+            received_at_ms: 1_700_000_000_000 + i,
+            nonce,
+            leaf_hash,
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_across_row_groups() {
+        let dir = std::env::temp_dir().join(format!("votes-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("votes.parquet");
+        let n = ROW_GROUP_ROWS as u64 * 2 + 17;
+        let mut w = VotesWriter::new(File::create(&path).unwrap(), "e").unwrap();
+        for i in 0..n {
+            w.push_row(&row(i)).unwrap();
+        }
+        let (_, rows) = w.finish().unwrap();
+        assert_eq!(rows, n);
+        let r = VotesReader::open(&path).unwrap();
+        assert_eq!(r.num_rows(), n);
+        assert_eq!(r.num_row_groups(), 3);
+        let mut i = 0;
+        for g in 0..r.num_row_groups() {
+            for got in r.row_group(g).unwrap() {
+                assert_eq!(got, row(i));
+                i += 1;
+            }
+        }
+        assert_eq!(i, n);
+        // The same rows give the same bytes.
+        let again = dir.join("again.parquet");
+        let mut w = VotesWriter::new(File::create(&again).unwrap(), "e").unwrap();
+        for i in 0..n {
+            w.push_row(&row(i)).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&again).unwrap()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_has_no_row_group() {
+        let mut out = Vec::new();
+        let (_, rows) = VotesWriter::new(&mut out, "e").unwrap().finish().unwrap();
+        assert_eq!(rows, 0);
+        assert!(out.starts_with(b"PAR1") && out.ends_with(b"PAR1"));
+    }
+}
