@@ -419,12 +419,10 @@ impl CoreApp {
     /// GET /v1/elections/{id}/votes/me: has this voter voted, read from DynamoDB (the source
     /// of truth, DESIGN §4.2). A vote shows once the persister wrote it.
     async fn votes_me<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
-        let voter =
-            match bearer(req).map(|t| token::verify(&self.shared.token_keys, t, now_ms() / 1000)) {
-                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
-                Some(Err(e)) => return error(e.code(), &e.message()),
-                Some(Ok(v)) => v,
-            };
+        let voter = match self.voter(req, now_ms()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
         let Some(election) = self.visible_election(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
@@ -488,6 +486,22 @@ impl CoreApp {
         }
     }
 
+    /// The voter a request's bearer token speaks for, or the `401` to answer (DESIGN §4.2).
+    fn voter<B>(
+        &self,
+        req: &Request<B>,
+        now_ms: u64,
+    ) -> Result<votes_core::VoterId, Box<Response<BoxBody>>> {
+        match bearer(req).map(|t| token::verify(&self.shared.token_keys, t, now_ms / 1000)) {
+            None => Err(Box::new(error(
+                ErrorCode::Unauthorized,
+                "a bearer token is required",
+            ))),
+            Some(Err(e)) => Err(Box::new(error(e.code(), &e.message()))),
+            Some(Ok(v)) => Ok(v),
+        }
+    }
+
     /// An election voters may see (drafts are not public).
     fn visible_election(&self, id: &str) -> Option<Election> {
         self.elections
@@ -498,12 +512,10 @@ impl CoreApp {
     }
 
     fn challenge<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
-        let voter =
-            match bearer(req).map(|t| token::verify(&self.shared.token_keys, t, now_ms() / 1000)) {
-                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
-                Some(Err(e)) => return error(e.code(), &e.message()),
-                Some(Ok(v)) => v,
-            };
+        let voter = match self.voter(req, now_ms()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
         let Some(election) = self.visible_election(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
@@ -526,12 +538,10 @@ impl CoreApp {
     /// shard; `202` only once the vote's transaction committed.
     async fn vote(&self, id: &str, req: Request<Incoming>) -> Response<BoxBody> {
         let now = now_ms();
-        let voter =
-            match bearer(&req).map(|t| token::verify(&self.shared.token_keys, t, now / 1000)) {
-                None => return error(ErrorCode::Unauthorized, "a bearer token is required"),
-                Some(Err(e)) => return error(e.code(), &e.message()),
-                Some(Ok(v)) => v,
-            };
+        let voter = match self.voter(&req, now) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
         if !is_json(&req) {
             return error(
                 ErrorCode::UnsupportedMediaType,
