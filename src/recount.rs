@@ -111,10 +111,7 @@ pub fn print_report(r: &Report) {
     println!(
         "  merkle tree of the counted votes: {} leaves, root {}",
         r.tree_size,
-        r.root
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        hex::encode(r.root)
     );
     for (step, took) in &r.timings {
         println!("  {step}: {:.3} s", took.as_secs_f64());

@@ -81,7 +81,7 @@ pub fn run(common: &Common, args: &ReprocessArgs) -> Result<std::process::ExitCo
             get(&report.redis, o)
         );
     }
-    let root: String = report.root.iter().map(|b| format!("{b:02x}")).collect();
+    let root = hex::encode(report.root);
     println!(
         "  merkle root {root} ({} leaves); official {}",
         report.tree_size,

@@ -39,16 +39,6 @@ pub struct ReceiptsReader {
     conn: std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 impl ReceiptsReader {
     pub fn new(rt: tokio::runtime::Handle, redis_url: &str, names: Names) -> anyhow::Result<Self> {
         Ok(Self {
@@ -152,17 +142,17 @@ impl ReceiptsReader {
             leaf: LeafView {
                 version: votes_core::receipt::LEAF_VERSION,
                 election: leaf.election.to_string(),
-                pseudonym: hex(&leaf.pseudonym),
+                pseudonym: hex::encode(leaf.pseudonym),
                 option: leaf.option.to_string(),
                 partition: leaf.partition,
                 offset: leaf.offset,
-                nonce: hex(&leaf.nonce),
+                nonce: hex::encode(leaf.nonce),
             },
-            leaf_hash: hex(&leaf_hash),
+            leaf_hash: hex::encode(leaf_hash),
             leaf_index: index,
             tree_size,
-            root: hex(&root),
-            audit_path: path.iter().map(|h| hex(h)).collect(),
+            root: hex::encode(root),
+            audit_path: path.iter().map(hex::encode).collect(),
         }))
     }
 }

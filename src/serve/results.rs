@@ -175,10 +175,7 @@ impl CoreResults {
         let root = official.extra.get("merkle_root")?;
         let size = official.extra.get("merkle_tree_size")?.parse().ok()?;
         let mut out = [0u8; 32];
-        (root.len() == 64).then_some(())?;
-        for (i, chunk) in root.as_bytes().chunks(2).enumerate() {
-            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-        }
+        hex::decode_to_slice(root, &mut out).ok()?;
         Some((out, size))
     }
 

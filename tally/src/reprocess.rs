@@ -12,7 +12,7 @@ use votes_core::merkle::Hash;
 use votes_core::{ElectionId, Names};
 
 use crate::persist::{PersistStats, vote_item, write_all};
-use crate::recount::{RecountConfig, RecountError, dynamo_counts, redis_counts};
+use crate::recount::{RecountConfig, RecountError, dynamo_counts, hex, redis_counts};
 
 /// Items per BatchWriteItem wave during the replay.
 const WRITE_CHUNK: usize = 5_000;
@@ -59,10 +59,6 @@ impl ReprocessReport {
             && nonzero(&self.redis) == o
             && self.official_root.as_deref() == Some(hex(&self.root).as_str())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub async fn reprocess(
