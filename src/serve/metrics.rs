@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use votes_core::{ElectionId, OptionId};
+use votes_net::HttpStats;
 use votes_tally::shard::{CommitOutcome, ShardState};
 
 use super::shards::PartitionStatus;
@@ -97,6 +98,8 @@ pub struct NodeMetrics {
     pub partitions: Vec<Arc<PartitionStatus>>,
     /// Open SSE subscriptions of each core, as of its last snapshot.
     sse: Vec<AtomicU64>,
+    /// Each core's connection counters, as of its last snapshot.
+    http: Vec<Mutex<HttpStats>>,
 }
 
 /// (partition, election, counts by option, offset they reflect).
@@ -113,7 +116,14 @@ impl NodeMetrics {
                 .map(|_| Arc::new(PartitionStatus::default()))
                 .collect(),
             sse: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+            http: (0..cores)
+                .map(|_| Mutex::new(HttpStats::default()))
+                .collect(),
         })
+    }
+
+    pub fn set_http(&self, core: usize, stats: HttpStats) {
+        *self.http[core].lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }
 
     pub fn set_sse_subscribers(&self, core: usize, n: usize) {
@@ -225,7 +235,86 @@ impl NodeMetrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        self.render_http(&mut out);
         out.push_str(extra);
         out
+    }
+
+    /// The connection layer of every core: what the edge limits are doing.
+    fn render_http(&self, out: &mut String) {
+        let stats: Vec<HttpStats> = self
+            .http
+            .iter()
+            .map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        type Field = fn(&HttpStats) -> u64;
+        let figures: [(&str, &str, &str, Field); 10] = [
+            (
+                "votes_http_open_connections",
+                "gauge",
+                "Open connections.",
+                |s| s.open_connections as u64,
+            ),
+            (
+                "votes_http_requests_in_flight",
+                "gauge",
+                "Requests being answered.",
+                |s| s.requests_in_flight as u64,
+            ),
+            (
+                "votes_http_accepted_total",
+                "counter",
+                "Connections accepted.",
+                |s| s.accepted,
+            ),
+            (
+                "votes_http_rejected_over_cap_total",
+                "counter",
+                "Connections closed at accept: the core's table was full.",
+                |s| s.rejected_over_cap,
+            ),
+            (
+                "votes_http_rejected_over_addr_cap_total",
+                "counter",
+                "Connections closed at accept: their source address had its share open.",
+                |s| s.rejected_over_addr_cap,
+            ),
+            (
+                "votes_http_header_timeouts_total",
+                "counter",
+                "Connections closed because a request head (or TLS handshake) did not arrive in time.",
+                |s| s.header_timeouts,
+            ),
+            (
+                "votes_http_idle_closes_total",
+                "counter",
+                "Connections closed after the idle timeout.",
+                |s| s.idle_closes,
+            ),
+            (
+                "votes_http_stalled_closes_total",
+                "counter",
+                "Connections closed because a response made no progress (the client did not read).",
+                |s| s.stalled_closes,
+            ),
+            (
+                "votes_http_handler_panics_total",
+                "counter",
+                "Requests answered 503 because their handler panicked.",
+                |s| s.handler_panics,
+            ),
+            (
+                "votes_http_tls_handshake_failures_total",
+                "counter",
+                "Failed TLS handshakes.",
+                |s| s.tls_handshake_failures,
+            ),
+        ];
+        for (name, kind, help, field) in figures {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (core, s) in stats.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(s));
+            }
+        }
     }
 }

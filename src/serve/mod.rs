@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Seconds of silence after which a results stream sends a heartbeat comment.
     #[arg(long, env = "VOTES_SSE_HEARTBEAT_S", default_value_t = 15)]
     pub sse_heartbeat_s: u64,
+    /// Open connections one source address may hold, per core (beyond it a new one is closed
+    /// at accept). Generous by default for carrier-grade NAT.
+    #[arg(long, env = "VOTES_MAX_CONNS_PER_ADDR", default_value_t = 4_096)]
+    pub max_conns_per_addr: usize,
     /// When an election is closed, how long its recount waits for the persisters, in seconds.
     #[arg(long, env = "VOTES_RECOUNT_CATCH_UP_S", default_value_t = 120)]
     pub recount_catch_up_s: u64,
@@ -134,6 +138,18 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     }
     if args.sse_max_rate == 0 || args.sse_heartbeat_s == 0 || args.results_poll_ms == 0 {
         bail!("--sse-max-rate, --sse-heartbeat-s and --results-poll-ms must be positive");
+    }
+    if Duration::from_secs(args.sse_heartbeat_s)
+        >= votes_net::HttpLimits::default().response_stall_timeout
+    {
+        bail!(
+            "--sse-heartbeat-s must be below the response stall timeout ({:?}): a quiet stream \
+             would be closed as a stalled reader",
+            votes_net::HttpLimits::default().response_stall_timeout
+        );
+    }
+    if args.max_conns_per_addr == 0 {
+        bail!("--max-conns-per-addr must be positive");
     }
     if args.dev_login {
         tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
@@ -270,6 +286,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     };
 
     let mut cfg = ReactorConfig::new(cpus.clone());
+    cfg.http.max_connections_per_addr = args.max_conns_per_addr;
     let public = roles.ingest || roles.results;
     if public {
         cfg.listeners
@@ -372,9 +389,11 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         .detach();
         glommio::spawn_local({
             let node_metrics = shared.metrics.clone();
+            let http = ctx.http_stats();
             async move {
                 loop {
                     node_metrics.publish(core, metrics.snapshot(), shards.tallies());
+                    node_metrics.set_http(core, http.get());
                     let subscribers = results.as_ref().map_or(0, |r| r.subscribers());
                     node_metrics.set_sse_subscribers(core, subscribers);
                     glommio::timer::sleep(Duration::from_secs(1)).await;

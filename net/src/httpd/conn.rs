@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -43,18 +44,34 @@ where
 struct InFlight {
     conn: Rc<ConnState>,
     core: Rc<CoreHttp>,
+    /// The app answered: the response is being written.
+    responding: bool,
 }
 
 impl InFlight {
     fn start(conn: Rc<ConnState>, core: Rc<CoreHttp>) -> Self {
         conn.request_started();
         core.request_started();
-        Self { conn, core }
+        Self {
+            conn,
+            core,
+            responding: false,
+        }
+    }
+
+    fn responding(mut self) -> Self {
+        debug_assert!(!self.responding);
+        self.conn.response_started();
+        self.responding = true;
+        self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.responding {
+            self.conn.response_finished();
+        }
         self.conn.request_finished();
         self.core.request_finished();
     }
@@ -64,7 +81,7 @@ impl Drop for InFlight {
 /// hyper drops the body (after the last byte, or on abort).
 pub(crate) struct TrackedBody {
     inner: BoxBody,
-    _guard: InFlight,
+    guard: InFlight,
 }
 
 impl Body for TrackedBody {
@@ -75,7 +92,13 @@ impl Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            // hyper polls only when it can write: a frame is the client keeping up.
+            this.guard.conn.response_progress();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -142,11 +165,12 @@ impl Future for SvcFuture {
                 unavailable()
             }
         };
-        let guard = this.guard.take().expect("polled after completion");
-        Poll::Ready(Ok(resp.map(|inner| TrackedBody {
-            inner,
-            _guard: guard,
-        })))
+        let guard = this
+            .guard
+            .take()
+            .expect("polled after completion")
+            .responding();
+        Poll::Ready(Ok(resp.map(|inner| TrackedBody { inner, guard })))
     }
 }
 
@@ -200,6 +224,7 @@ enum End {
     Done,
     HeaderTimeout,
     IdleTimeout,
+    Stalled,
 }
 
 /// Serves one connection to completion. Registered in the core's table by the caller.
@@ -213,6 +238,8 @@ pub(crate) async fn serve<A: App>(
     peer: SocketAddr,
 ) {
     let t = core.timeouts();
+    // Stays open as long as the connection: `Io` owns the stream until `drive` returns.
+    let fd = stream.as_raw_fd();
     // Sniff or handshake, bounded by the fresh-connection deadline and by shutdown.
     let started = {
         let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
@@ -266,22 +293,48 @@ pub(crate) async fn serve<A: App>(
     let end = match proto {
         Proto::H2 => {
             let c = core.h2.serve_connection(io, svc);
-            drive(std::pin::pin!(c), &conn, &core).await
+            drive(std::pin::pin!(c), &conn, &core, fd).await
         }
         Proto::H1 | Proto::Unknown => {
             let c = core.h1.serve_connection(io, svc);
-            drive(std::pin::pin!(c), &conn, &core).await
+            drive(std::pin::pin!(c), &conn, &core, fd).await
         }
     };
     match end {
         End::Done => {}
         End::HeaderTimeout => core.count_end(true, false),
         End::IdleTimeout => core.count_end(false, true),
+        End::Stalled => core.count_stalled(),
     }
 }
 
+/// Bytes of ours the peer has acknowledged (TCP_INFO), or `None` if the kernel would not say.
+fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: `fd` is the connection's open socket; the kernel writes at most `len` bytes into
+    // `info`, a plain-old-data struct for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let has_field = len as usize
+        >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (rc == 0 && has_field).then_some(info.tcpi_bytes_acked)
+}
+
 /// Polls the hyper connection and enforces the watchdog deadline and shutdown on it.
-async fn drive<C: GracefulConn>(mut c: Pin<&mut C>, conn: &ConnState, core: &CoreHttp) -> End {
+async fn drive<C: GracefulConn>(
+    mut c: Pin<&mut C>,
+    conn: &ConnState,
+    core: &CoreHttp,
+    fd: RawFd,
+) -> End {
     let t = core.timeouts();
     let grace = core.limits().graceful_close_timeout;
     let mut timer: Option<(Instant, Timer)> = None;
@@ -321,6 +374,13 @@ async fn drive<C: GracefulConn>(mut c: Pin<&mut C>, conn: &ConnState, core: &Cor
                 match why {
                     None => return Poll::Ready(End::IdleTimeout),
                     Some(Expiry::HeaderTimeout) => return Poll::Ready(End::HeaderTimeout),
+                    Some(Expiry::Stalled) => return Poll::Ready(End::Stalled),
+                    Some(Expiry::SendStalled) => {
+                        if conn.send_stall_expired(bytes_acked(fd)) {
+                            return Poll::Ready(End::Stalled);
+                        }
+                        continue;
+                    }
                     Some(Expiry::Idle) => {
                         c.as_mut().graceful();
                         graceful = Some(Some(now + grace));

@@ -218,11 +218,24 @@ impl hyper::rt::Write for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().stream.poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = this.stream.poll_write(cx, buf);
+        if polled.is_pending() {
+            this.state.on_write_blocked();
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().stream.poll_flush(cx)
+        let this = self.get_mut();
+        let polled = this.stream.poll_flush(cx);
+        // hyper and h2 flush only once their own write buffer is in the socket.
+        match &polled {
+            Poll::Pending => this.state.on_write_blocked(),
+            Poll::Ready(Ok(())) => this.state.on_flushed(),
+            Poll::Ready(Err(_)) => {}
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -155,6 +155,13 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is closed after this time (h2: GOAWAY first).
     pub idle_timeout: Duration,
+    /// Slow-read bound: a connection whose responses yield no frame for this long (its client
+    /// does not read, or keeps its h2 window shut) is closed at once. Streaming responses must
+    /// send something more often (the results stream's heartbeat).
+    pub response_stall_timeout: Duration,
+    /// Open connections per source address, per core: one address (or a few) cannot take the
+    /// whole table. Generous: carrier-grade NAT puts many voters behind one address.
+    pub max_connections_per_addr: usize,
     /// Request line + headers (HTTP/1.1: 431 beyond it; h2: SETTINGS_MAX_HEADER_LIST_SIZE).
     /// At least 8192 (hyper's minimum read buffer).
     pub max_header_bytes: usize,
@@ -172,6 +179,8 @@ impl Default for HttpLimits {
             max_connections_per_core: 16_384,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            response_stall_timeout: Duration::from_secs(30),
+            max_connections_per_addr: 4_096,
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 128,
             graceful_close_timeout: Duration::from_secs(5),
@@ -191,7 +200,13 @@ impl HttpLimits {
         if self.h2_max_concurrent_streams == 0 {
             return Err("h2_max_concurrent_streams must be > 0".into());
         }
-        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+        if self.max_connections_per_addr == 0 {
+            return Err("max_connections_per_addr must be > 0".into());
+        }
+        if self.header_read_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.response_stall_timeout.is_zero()
+        {
             return Err("timeouts must be > 0".into());
         }
         if self.listen_backlog <= 0 {
@@ -227,10 +242,14 @@ pub struct HttpStats {
     pub requests_in_flight: usize,
     pub accepted: u64,
     pub rejected_over_cap: u64,
+    /// Connections closed at accept because their source address had its share open.
+    pub rejected_over_addr_cap: u64,
     /// Connections closed because no request head arrived in time (on TLS listeners the
     /// handshake counts against the same bound, so a stalled handshake lands here).
     pub header_timeouts: u64,
     pub idle_closes: u64,
+    /// Connections closed because a response made no progress (slow or stalled reader).
+    pub stalled_closes: u64,
     pub handler_panics: u64,
     /// TLS handshakes that failed: not TLS at all (plain HTTP to the TLS port), no common
     /// version, cipher suite or ALPN id, or the peer closed mid-handshake (a TCP health check

@@ -1,6 +1,8 @@
 //! One core's HTTP layer: accept loops, the table of open connections, counters, drain.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +21,15 @@ pub(crate) struct CoreHttp {
     pub(crate) h1: hyper::server::conn::http1::Builder,
     pub(crate) h2: hyper::server::conn::http2::Builder<LocalExec>,
     conns: RefCell<slab::Slab<Rc<ConnState>>>,
+    /// Open connections by source address; an address leaves the map with its last one.
+    per_addr: RefCell<HashMap<IpAddr, u32>>,
     requests_in_flight: Cell<usize>,
     accepted: Cell<u64>,
     rejected_over_cap: Cell<u64>,
+    rejected_over_addr_cap: Cell<u64>,
     header_timeouts: Cell<u64>,
     idle_closes: Cell<u64>,
+    stalled_closes: Cell<u64>,
     handler_panics: Cell<u64>,
     tls_handshake_failures: Cell<u64>,
     shutdown: LocalSignal,
@@ -48,14 +54,17 @@ impl CoreHttp {
             conns: RefCell::new(slab::Slab::with_capacity(
                 limits.max_connections_per_core.min(4096),
             )),
+            per_addr: RefCell::new(HashMap::new()),
             limits,
             h1,
             h2,
             requests_in_flight: Cell::new(0),
             accepted: Cell::new(0),
             rejected_over_cap: Cell::new(0),
+            rejected_over_addr_cap: Cell::new(0),
             header_timeouts: Cell::new(0),
             idle_closes: Cell::new(0),
+            stalled_closes: Cell::new(0),
             handler_panics: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
             shutdown,
@@ -70,6 +79,7 @@ impl CoreHttp {
         Timeouts {
             header_read: self.limits.header_read_timeout,
             idle: self.limits.idle_timeout,
+            response_stall: self.limits.response_stall_timeout,
         }
     }
 
@@ -110,14 +120,20 @@ impl CoreHttp {
         }
     }
 
+    pub(crate) fn count_stalled(&self) {
+        self.stalled_closes.set(self.stalled_closes.get() + 1);
+    }
+
     pub(crate) fn stats(&self) -> HttpStats {
         HttpStats {
             open_connections: self.conns.borrow().len(),
             requests_in_flight: self.requests_in_flight.get(),
             accepted: self.accepted.get(),
             rejected_over_cap: self.rejected_over_cap.get(),
+            rejected_over_addr_cap: self.rejected_over_addr_cap.get(),
             header_timeouts: self.header_timeouts.get(),
             idle_closes: self.idle_closes.get(),
+            stalled_closes: self.stalled_closes.get(),
             handler_panics: self.handler_panics.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
         }
@@ -160,11 +176,21 @@ impl CoreHttp {
 struct ConnSlot {
     core: Rc<CoreHttp>,
     key: usize,
+    addr: IpAddr,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.core.conns.borrow_mut().remove(self.key);
+        let mut per_addr = self.core.per_addr.borrow_mut();
+        let n = per_addr
+            .get_mut(&self.addr)
+            .expect("an open connection's address is counted");
+        assert!(*n > 0);
+        *n -= 1;
+        if *n == 0 {
+            per_addr.remove(&self.addr);
+        }
     }
 }
 
@@ -213,6 +239,19 @@ pub(crate) async fn accept_loop<A: App>(
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
+        let addr = peer.ip().to_canonical();
+        {
+            let mut per_addr = core.per_addr.borrow_mut();
+            let n = per_addr.entry(addr).or_insert(0);
+            if *n as usize >= core.limits.max_connections_per_addr {
+                core.rejected_over_addr_cap
+                    .set(core.rejected_over_addr_cap.get() + 1);
+                drop(per_addr);
+                drop(stream);
+                continue;
+            }
+            *n += 1;
+        }
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let state = Rc::new(ConnState::new(Instant::now()));
@@ -221,6 +260,7 @@ pub(crate) async fn accept_loop<A: App>(
         let slot = ConnSlot {
             core: core.clone(),
             key,
+            addr,
         };
         let (core2, app2, tls2) = (core.clone(), app.clone(), tls.clone());
         glommio::spawn_local(async move {

@@ -21,8 +21,11 @@ pub(crate) enum Proto {
 pub(crate) enum Phase {
     /// Accepted, no request head seen yet.
     Fresh { since: Instant },
-    /// At least one request in flight (handler running or response streaming).
-    Busy,
+    /// At least one request in flight. `progress` is `None` while no response is being
+    /// written (only handlers run, and the app bounds its own work); otherwise the last time a
+    /// response was started or yielded a frame. A client that stops reading stops that
+    /// progress: hyper polls a body only when it can write (h1 buffer, h2 window).
+    Busy { progress: Option<Instant> },
     /// No request in flight since `since`; `first_byte` is when bytes of a next request
     /// started to arrive, if they did.
     Idle {
@@ -37,20 +40,106 @@ pub(crate) enum Expiry {
     HeaderTimeout,
     /// Idle for too long: close gracefully (h2 GOAWAY).
     Idle,
+    /// A response made no progress for too long (the client keeps its h2 window shut, or
+    /// does not read): close at once, a graceful close would wait on the same stalled writes.
+    Stalled,
+    /// The socket has refused our writes for too long in all: ask the kernel what the client
+    /// acknowledged ([`ConnState::send_stall_expired`]), then close or start over.
+    SendStalled,
+}
+
+/// A client must acknowledge this much of what we sent since the last stall check for its
+/// connection's stall clock to start over: at the 30 s default a reader slower than about
+/// 2 KiB/s while we have data for it is closed.
+pub(crate) const DRAIN_BYTES: u64 = 64 * 1024;
+
+/// How long the connection has been behind on its writes (the socket refusing them) in this
+/// epoch. Episodes add up: the kernel takes more of our bytes now and then (as it grows the
+/// send buffer, or answers a zero-window probe) even from a client that reads nothing, so the
+/// writer catching up says nothing about the client. What the client acknowledged does: it
+/// is read (TCP_INFO) when the clock runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SendStall {
+    /// Since when the socket has been refusing writes, if it is.
+    blocked_since: Option<Instant>,
+    /// Time behind in earlier episodes of this epoch.
+    used: Duration,
+    /// Bytes the peer had acknowledged when the epoch began.
+    acked_base: u64,
+}
+
+impl SendStall {
+    /// The socket refused a write or flush.
+    pub(crate) fn refused(&mut self, now: Instant) {
+        if self.blocked_since.is_none() {
+            self.blocked_since = Some(now);
+        }
+    }
+
+    /// The writer's buffer is all in the socket: the episode ends, its time stays counted.
+    pub(crate) fn caught_up(&mut self, now: Instant) {
+        if let Some(since) = self.blocked_since.take() {
+            self.used += now.saturating_duration_since(since);
+        }
+    }
+
+    /// When the clock runs out, while the connection is behind.
+    pub(crate) fn deadline(&self, stall: Duration) -> Option<Instant> {
+        self.blocked_since
+            .map(|since| since + stall.saturating_sub(self.used))
+    }
+
+    /// The clock ran out; `acked` is what the peer has acknowledged in all (`None` if the kernel
+    /// would not say). True when the connection is stalled: close it. Otherwise the client
+    /// proved it reads, and a new epoch starts now.
+    pub(crate) fn expired(&mut self, now: Instant, acked: Option<u64>) -> bool {
+        let Some(acked) = acked else { return true };
+        if acked.saturating_sub(self.acked_base) < DRAIN_BYTES {
+            return true;
+        }
+        *self = SendStall {
+            blocked_since: self.blocked_since.map(|_| now),
+            used: Duration::ZERO,
+            acked_base: acked,
+        };
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    pub response_stall: Duration,
 }
 
-/// When the connection must be closed, and why; `None` while a request is in flight (the app
+/// When the connection must be closed, and why; `None` while only handlers run (the app
 /// bounds its own work; body upload speed is bounded by the app's read timeout).
-pub(crate) fn deadline(phase: Phase, proto: Proto, t: Timeouts) -> Option<(Instant, Expiry)> {
+/// `send` applies whatever the phase: hyper over HTTP/1.1 does not even poll the next pipelined
+/// request's handler while its previous answer cannot be flushed.
+pub(crate) fn deadline(
+    phase: Phase,
+    proto: Proto,
+    send: SendStall,
+    t: Timeouts,
+) -> Option<(Instant, Expiry)> {
+    let by_phase = phase_deadline(phase, proto, t);
+    let by_writes = send
+        .deadline(t.response_stall)
+        .map(|at| (at, Expiry::SendStalled));
+    match (by_phase, by_writes) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn phase_deadline(phase: Phase, proto: Proto, t: Timeouts) -> Option<(Instant, Expiry)> {
     match phase {
         Phase::Fresh { since } => Some((since + t.header_read, Expiry::HeaderTimeout)),
-        Phase::Busy => None,
+        Phase::Busy { progress: None } => None,
+        Phase::Busy {
+            progress: Some(last),
+        } => Some((last + t.response_stall, Expiry::Stalled)),
         Phase::Idle { since, first_byte } => {
             let idle = (since + t.idle, Expiry::Idle);
             match (proto, first_byte) {
@@ -70,6 +159,9 @@ pub(crate) fn deadline(phase: Phase, proto: Proto, t: Timeouts) -> Option<(Insta
 pub(crate) struct ConnState {
     phase: Cell<Phase>,
     in_flight: Cell<u32>,
+    /// Responses handed to hyper and not yet finished (a subset of `in_flight`).
+    responding: Cell<u32>,
+    send: Cell<SendStall>,
     proto: Cell<Proto>,
     shutdown: Cell<bool>,
     waker: RefCell<Option<Waker>>,
@@ -80,6 +172,8 @@ impl ConnState {
         Self {
             phase: Cell::new(Phase::Fresh { since: now }),
             in_flight: Cell::new(0),
+            responding: Cell::new(0),
+            send: Cell::new(SendStall::default()),
             proto: Cell::new(Proto::Unknown),
             shutdown: Cell::new(false),
             waker: RefCell::new(None),
@@ -96,7 +190,34 @@ impl ConnState {
     }
 
     pub(crate) fn deadline(&self, t: Timeouts) -> Option<(Instant, Expiry)> {
-        deadline(self.phase.get(), self.proto.get(), t)
+        deadline(self.phase.get(), self.proto.get(), self.send.get(), t)
+    }
+
+    /// The socket refused a write or flush (its send buffer is full).
+    pub(crate) fn on_write_blocked(&self) {
+        if self.send.get().blocked_since.is_none() {
+            self.update_send(|s| s.refused(Instant::now()));
+        }
+    }
+
+    /// A flush completed: everything the connection had to write is in the kernel.
+    pub(crate) fn on_flushed(&self) {
+        if self.send.get().blocked_since.is_some() {
+            self.update_send(|s| s.caught_up(Instant::now()));
+        }
+    }
+
+    /// The send-stall clock ran out (see [`SendStall::expired`]).
+    pub(crate) fn send_stall_expired(&self, acked: Option<u64>) -> bool {
+        let mut stalled = false;
+        self.update_send(|s| stalled = s.expired(Instant::now(), acked));
+        stalled
+    }
+
+    fn update_send(&self, f: impl FnOnce(&mut SendStall)) {
+        let mut s = self.send.get();
+        f(&mut s);
+        self.send.set(s);
     }
 
     /// Bytes arrived from the peer.
@@ -119,13 +240,59 @@ impl ConnState {
     /// A request head was parsed and handed to the app.
     pub(crate) fn request_started(&self) {
         self.in_flight.set(self.in_flight.get() + 1);
-        self.phase.set(Phase::Busy);
+        // Another stream's response may be streaming already: its progress stands. A new
+        // request is not progress: a client could open streams to dodge the stall bound.
+        if !matches!(self.phase.get(), Phase::Busy { .. }) {
+            self.phase.set(Phase::Busy { progress: None });
+        }
+    }
+
+    /// The app answered a request in flight: hyper now writes its head and body.
+    pub(crate) fn response_started(&self) {
+        assert!(
+            self.responding.get() < self.in_flight.get(),
+            "a response without its request"
+        );
+        let was = self.phase.get();
+        self.responding.set(self.responding.get() + 1);
+        self.phase.set(Phase::Busy {
+            progress: Some(Instant::now()),
+        });
+        // On h2 this runs in a stream task: the connection task sleeps without a deadline
+        // (only handlers were running) and must arm the stall timer. On HTTP/1.1 this runs
+        // inside the connection task's own poll, which reads the deadline afterwards.
+        if was == (Phase::Busy { progress: None }) && self.proto.get() == Proto::H2 {
+            self.wake();
+        }
+    }
+
+    /// A response being written yielded a frame.
+    pub(crate) fn response_progress(&self) {
+        assert!(self.responding.get() > 0, "progress without a response");
+        self.phase.set(Phase::Busy {
+            progress: Some(Instant::now()),
+        });
+    }
+
+    /// A response was written completely (or abandoned); `request_finished` follows.
+    pub(crate) fn response_finished(&self) {
+        let n = self.responding.get();
+        assert!(n > 0, "response_finished without response_started");
+        self.responding.set(n - 1);
+        if n == 1 {
+            // Handlers may still run: they have no deadline of ours.
+            self.phase.set(Phase::Busy { progress: None });
+        }
     }
 
     /// A request's response finished (or was abandoned).
     pub(crate) fn request_finished(&self) {
         let n = self.in_flight.get();
         assert!(n > 0, "request_finished without request_started");
+        assert!(
+            self.responding.get() < n,
+            "request finished before its response"
+        );
         self.in_flight.set(n - 1);
         if n == 1 {
             self.phase.set(Phase::Idle {
@@ -167,6 +334,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header_read: Duration::from_secs(10),
         idle: Duration::from_secs(60),
+        response_stall: Duration::from_secs(30),
     };
 
     #[test]
@@ -174,15 +342,35 @@ mod tests {
         let t0 = Instant::now();
         for proto in [Proto::Unknown, Proto::H1, Proto::H2] {
             assert_eq!(
-                deadline(Phase::Fresh { since: t0 }, proto, T),
+                deadline(Phase::Fresh { since: t0 }, proto, SendStall::default(), T),
                 Some((t0 + T.header_read, Expiry::HeaderTimeout))
             );
         }
     }
 
     #[test]
-    fn busy_connection_has_no_deadline() {
-        assert_eq!(deadline(Phase::Busy, Proto::H1, T), None);
+    fn a_running_handler_has_no_deadline_but_a_response_must_progress() {
+        for proto in [Proto::H1, Proto::H2] {
+            assert_eq!(
+                deadline(
+                    Phase::Busy { progress: None },
+                    proto,
+                    SendStall::default(),
+                    T
+                ),
+                None
+            );
+            let t0 = Instant::now();
+            assert_eq!(
+                deadline(
+                    Phase::Busy { progress: Some(t0) },
+                    proto,
+                    SendStall::default(),
+                    T
+                ),
+                Some((t0 + T.response_stall, Expiry::Stalled))
+            );
+        }
     }
 
     #[test]
@@ -193,7 +381,7 @@ mod tests {
             first_byte: None,
         };
         assert_eq!(
-            deadline(idle, Proto::H1, T),
+            deadline(idle, Proto::H1, SendStall::default(), T),
             Some((t0 + T.idle, Expiry::Idle))
         );
         let fb = t0 + Duration::from_secs(5);
@@ -202,7 +390,7 @@ mod tests {
             first_byte: Some(fb),
         };
         assert_eq!(
-            deadline(started, Proto::H1, T),
+            deadline(started, Proto::H1, SendStall::default(), T),
             Some((fb + T.header_read, Expiry::HeaderTimeout))
         );
         // Bytes right before the idle deadline must not extend the connection's life.
@@ -211,7 +399,7 @@ mod tests {
             first_byte: Some(t0 + Duration::from_secs(55)),
         };
         assert_eq!(
-            deadline(late, Proto::H1, T),
+            deadline(late, Proto::H1, SendStall::default(), T),
             Some((t0 + T.idle, Expiry::Idle))
         );
     }
@@ -223,7 +411,84 @@ mod tests {
             since: t0,
             first_byte: Some(t0 + Duration::from_secs(1)),
         };
-        assert_eq!(deadline(p, Proto::H2, T), Some((t0 + T.idle, Expiry::Idle)));
+        assert_eq!(
+            deadline(p, Proto::H2, SendStall::default(), T),
+            Some((t0 + T.idle, Expiry::Idle))
+        );
+    }
+
+    #[test]
+    fn a_socket_that_refuses_writes_stalls_the_connection_in_any_phase() {
+        let t0 = Instant::now();
+        let mut send = SendStall::default();
+        send.refused(t0 + Duration::from_secs(1));
+        let at = t0 + Duration::from_secs(1) + T.response_stall;
+        for phase in [
+            Phase::Busy { progress: None },
+            Phase::Idle {
+                since: t0,
+                first_byte: None,
+            },
+        ] {
+            assert_eq!(
+                deadline(phase, Proto::H1, send, T),
+                Some((at, Expiry::SendStalled))
+            );
+        }
+        // The earlier bound wins.
+        let fresh = Phase::Fresh { since: t0 };
+        assert_eq!(
+            deadline(fresh, Proto::H1, send, T),
+            Some((t0 + T.header_read, Expiry::HeaderTimeout))
+        );
+    }
+
+    #[test]
+    fn a_trickle_reader_adds_up_its_stalls_and_a_real_reader_starts_over() {
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut send = SendStall::default();
+        send.refused(s(0));
+        send.refused(s(5));
+        assert_eq!(
+            send.deadline(T.response_stall),
+            Some(s(30)),
+            "the first refusal counts"
+        );
+        // The kernel takes more of our bytes, the writer catches up, then is refused again.
+        send.caught_up(s(10));
+        assert_eq!(
+            send.deadline(T.response_stall),
+            None,
+            "not behind: no deadline"
+        );
+        send.refused(s(100));
+        assert_eq!(
+            send.deadline(T.response_stall),
+            Some(s(120)),
+            "10 s of the 30 were used in the first episode"
+        );
+        // The peer acknowledged a trickle: stalled.
+        assert!({ send }.expired(s(120), Some(4_096)));
+        assert!({ send }.expired(s(120), None), "unknown counts as stalled");
+        // It acknowledged DRAIN_BYTES: a new epoch, with its whole allowance.
+        assert!(!send.expired(s(120), Some(DRAIN_BYTES + 10)));
+        assert_eq!(send.deadline(T.response_stall), Some(s(150)));
+        assert!(
+            { send }.expired(s(150), Some(DRAIN_BYTES + 20)),
+            "measured from the new epoch's base"
+        );
+        assert!(!send.expired(s(150), Some(2 * DRAIN_BYTES + 10)));
+    }
+
+    #[test]
+    fn a_new_request_does_not_refresh_a_stalled_response() {
+        let s = ConnState::new(Instant::now());
+        s.request_started();
+        s.response_started();
+        let before = s.phase();
+        s.request_started();
+        assert_eq!(s.phase(), before);
     }
 
     #[test]
@@ -233,9 +498,23 @@ mod tests {
         assert!(matches!(s.phase(), Phase::Fresh { .. }));
         s.request_started();
         s.request_started();
-        assert_eq!(s.phase(), Phase::Busy);
+        assert_eq!(s.phase(), Phase::Busy { progress: None });
+        s.response_started();
+        let Phase::Busy {
+            progress: Some(first),
+        } = s.phase()
+        else {
+            panic!("a response in flight has a progress time: {:?}", s.phase());
+        };
+        s.response_progress();
+        assert!(matches!(s.phase(), Phase::Busy { progress: Some(t) } if t >= first));
+        s.response_finished();
         s.request_finished();
-        assert_eq!(s.phase(), Phase::Busy, "one still in flight");
+        assert_eq!(
+            s.phase(),
+            Phase::Busy { progress: None },
+            "one still in flight, its handler running"
+        );
         s.request_finished();
         assert!(matches!(
             s.phase(),
