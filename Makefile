@@ -21,6 +21,7 @@ SESSION := $(if $(VOTES_SERVICES_SESSION),--session-file $(VOTES_SERVICES_SESSIO
 help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
+	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
 	@echo "make services-up | services-down | services-status | test-browser | test-cluster | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
@@ -79,6 +80,12 @@ demo-stop:
 .PHONY: bench
 bench: prerequisites
 	cargo bench --workspace
+
+# The appliance against its peers on this machine: table into perf/RESULTS.md, plot into
+# perf/latency-vs-load.png (about 15-25 minutes; see perf/scripts/perf.sh for the knobs).
+.PHONY: perf
+perf: prerequisites
+	perf/scripts/perf.sh
 
 # Every cargo-fuzz target for FUZZ_SECONDS each (default 60); fails on the first crash and
 # leaves the input in fuzz/artifacts/<target>/.

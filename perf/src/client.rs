@@ -3,8 +3,10 @@
 //! HTTP/1.1 keeps `N` keep-alive connections and sends one request at a time on each (a request
 //! waits, FIFO, for a free connection, and that wait is part of its latency); h2c (prior
 //! knowledge) opens `N` connections and multiplexes streams over them round-robin. A broken
-//! connection is replaced on its next use.
+//! connection is replaced on its next use. With source addresses, connection `i` binds to
+//! `sources[i % len]`: many voters behind different addresses, as per-address limits see them.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 pub type Body = Full<Bytes>;
@@ -124,16 +126,59 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-async fn tcp(authority: &str) -> Result<TokioIo<TcpStream>, ClientError> {
-    let s = TcpStream::connect(authority)
-        .await
-        .map_err(ClientError::Connect)?;
+/// Source addresses handed out round-robin to new connections (none: the kernel chooses).
+struct Sources {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Sources {
+    fn pick(&self) -> Option<IpAddr> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        Some(self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()])
+    }
+}
+
+async fn tcp(authority: &str, source: Option<IpAddr>) -> Result<TokioIo<TcpStream>, ClientError> {
+    let s = match source {
+        None => TcpStream::connect(authority)
+            .await
+            .map_err(ClientError::Connect)?,
+        Some(src) => {
+            let to: SocketAddr = tokio::net::lookup_host(authority)
+                .await
+                .map_err(ClientError::Connect)?
+                .find(|a| a.is_ipv4() == src.is_ipv4())
+                .ok_or_else(|| {
+                    ClientError::Connect(std::io::Error::other(format!(
+                        "{authority} has no address of the family of source {src}"
+                    )))
+                })?;
+            let sock = if to.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(ClientError::Connect)?;
+            if src.is_ipv4() {
+                crate::sys::bind_address_no_port(&sock).map_err(ClientError::Connect)?;
+            }
+            sock.bind(SocketAddr::new(src, 0))
+                .map_err(ClientError::Connect)?;
+            sock.connect(to).await.map_err(ClientError::Connect)?
+        }
+    };
     s.set_nodelay(true).map_err(ClientError::Connect)?;
     Ok(TokioIo::new(s))
 }
 
-async fn connect_h1(authority: &str) -> Result<http1::SendRequest<Body>, ClientError> {
-    let (send, conn) = http1::handshake(tcp(authority).await?)
+async fn connect_h1(
+    authority: &str,
+    source: Option<IpAddr>,
+) -> Result<http1::SendRequest<Body>, ClientError> {
+    let (send, conn) = http1::handshake(tcp(authority, source).await?)
         .await
         .map_err(ClientError::Handshake)?;
     tokio::spawn(async move {
@@ -142,11 +187,14 @@ async fn connect_h1(authority: &str) -> Result<http1::SendRequest<Body>, ClientE
     Ok(send)
 }
 
-async fn connect_h2(authority: &str) -> Result<http2::SendRequest<Body>, ClientError> {
+async fn connect_h2(
+    authority: &str,
+    source: Option<IpAddr>,
+) -> Result<http2::SendRequest<Body>, ClientError> {
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(1 << 22)
-        .handshake(tcp(authority).await?)
+        .handshake(tcp(authority, source).await?)
         .await
         .map_err(ClientError::Handshake)?;
     tokio::spawn(async move {
@@ -204,6 +252,7 @@ pub struct Client {
     target: Target,
     protocol: Protocol,
     pool: Pool,
+    sources: Sources,
 }
 
 impl Client {
@@ -213,12 +262,26 @@ impl Client {
         protocol: Protocol,
         connections: usize,
     ) -> Result<Self, ClientError> {
+        Self::connect_from(target, protocol, connections, Vec::new()).await
+    }
+
+    /// Like [`Client::connect`], each connection bound to the next of `sources` in turn.
+    pub async fn connect_from(
+        target: Target,
+        protocol: Protocol,
+        connections: usize,
+        sources: Vec<IpAddr>,
+    ) -> Result<Self, ClientError> {
+        let sources = Sources {
+            addrs: sources,
+            next: AtomicUsize::new(0),
+        };
         let connections = connections.max(1);
         let pool = match protocol {
             Protocol::H1 => {
                 let mut idle = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    idle.push(Some(connect_h1(&target.authority).await?));
+                    idle.push(Some(connect_h1(&target.authority, sources.pick()).await?));
                 }
                 Pool::H1(H1Pool {
                     permits: Semaphore::new(connections),
@@ -229,7 +292,9 @@ impl Client {
                 let mut conns = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     conns.push(H2Conn {
-                        send: Mutex::new(Some(connect_h2(&target.authority).await?)),
+                        send: Mutex::new(Some(
+                            connect_h2(&target.authority, sources.pick()).await?,
+                        )),
                         reconnect: tokio::sync::Mutex::new(()),
                     });
                 }
@@ -243,6 +308,7 @@ impl Client {
             target,
             protocol,
             pool,
+            sources,
         })
     }
 
@@ -282,7 +348,7 @@ impl Client {
                 let mut slot = H1Slot { pool, conn: None };
                 let mut conn = match conn {
                     Some(c) if !c.is_closed() => c,
-                    _ => connect_h1(&self.target.authority).await?,
+                    _ => connect_h1(&self.target.authority, self.sources.pick()).await?,
                 };
                 conn.ready().await.map_err(ClientError::Http)?;
                 let resp = conn.send_request(req).await.map_err(ClientError::Http)?;
@@ -316,7 +382,7 @@ impl Client {
         if let Some(s) = live(c) {
             return Ok(s);
         }
-        let s = connect_h2(&self.target.authority).await?;
+        let s = connect_h2(&self.target.authority, self.sources.pick()).await?;
         *c.send.lock().expect("conn lock") = Some(s.clone());
         Ok(s)
     }

@@ -41,6 +41,8 @@ pub struct Config {
     pub invalid_ratio: f64,
     pub protocol: Protocol,
     pub connections: usize,
+    /// Source addresses the connections bind to in turn (empty: the kernel chooses).
+    pub source_addrs: Vec<std::net::IpAddr>,
     /// Option ids to vote for; `None`: the election's, from `GET /v1/elections/{id}`.
     pub options: Option<Vec<String>>,
     /// The HS256 secret voter tokens are signed with.
@@ -386,12 +388,17 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         return Err(LoadError::ElectionId(cfg.election.clone()));
     }
     let schedule = Schedule::new(cfg.rate, cfg.duration, cfg.ramp);
-    let client = Client::connect(cfg.target.clone(), cfg.protocol, cfg.connections)
-        .await
-        .map_err(|source| LoadError::Connect {
-            target: cfg.target.authority.clone(),
-            source,
-        })?;
+    let client = Client::connect_from(
+        cfg.target.clone(),
+        cfg.protocol,
+        cfg.connections,
+        cfg.source_addrs.clone(),
+    )
+    .await
+    .map_err(|source| LoadError::Connect {
+        target: cfg.target.authority.clone(),
+        source,
+    })?;
     let election = match get_election(&client, &cfg.election).await {
         Ok(e) => Some(e),
         Err(why) if cfg.options.is_some() => {

@@ -36,6 +36,8 @@ struct Server {
     /// Answer 202 to every POST without looking (generator throughput).
     trivial: bool,
     voted: Mutex<HashSet<u64>>,
+    /// Source addresses of the accepted connections.
+    peers: Mutex<HashSet<std::net::IpAddr>>,
 }
 
 fn now_ms() -> u64 {
@@ -139,8 +141,9 @@ async fn serve(server: Arc<Server>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let (stream, _) = listener.accept().await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
             stream.set_nodelay(true).unwrap();
+            server.peers.lock().unwrap().insert(peer.ip());
             let server = server.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -164,6 +167,7 @@ fn server(pow_difficulty: u8, delay: Duration, trivial: bool) -> Arc<Server> {
         delay,
         trivial,
         voted: Mutex::new(HashSet::new()),
+        peers: Mutex::new(HashSet::new()),
     })
 }
 
@@ -180,6 +184,7 @@ fn config(addr: SocketAddr, protocol: Protocol, rate: f64, duration: Duration) -
         invalid_ratio: 0.2,
         protocol,
         connections: 4,
+        source_addrs: Vec::new(),
         options: None,
         token_key: SECRET.as_bytes().to_vec(),
         token_cache: 4_096,
@@ -261,6 +266,24 @@ async fn http1_mixed_run_against_an_in_process_server() {
     assert!(r.elapsed_s >= 0.99 && r.elapsed_s < 3.0, "{}", r.elapsed_s);
     assert!((r.offered_rate - 2_000.0).abs() < 1.0);
     println!("{}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_the_source_addresses() {
+    for protocol in [Protocol::H1, Protocol::H2] {
+        let server = server(0, Duration::ZERO, false);
+        let addr = serve(server.clone()).await;
+        let mut cfg = config(addr, protocol, 200.0, Duration::from_millis(500));
+        cfg.connections = 6;
+        cfg.source_addrs = (2..=4)
+            .map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i)))
+            .collect();
+        let r = run(cfg.clone()).await.unwrap();
+        assert_eq!(r.report.sent + r.dropped, r.planned);
+        let peers = server.peers.lock().unwrap().clone();
+        let want: HashSet<_> = cfg.source_addrs.iter().copied().collect();
+        assert_eq!(peers, want, "{protocol:?}: connections came from {peers:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,10 @@ struct Args {
     /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections.
     #[arg(long, env = "VOTES_LOAD_CONNECTIONS", default_value_t = 32)]
     connections: usize,
+    /// Spread the connections over source addresses 127.0.0.1 ..= 127.0.0.K (loopback targets),
+    /// so per-address limits and SO_REUSEPORT hashing see many clients; 0: the kernel chooses.
+    #[arg(long, env = "VOTES_LOAD_SOURCE_ADDRS", default_value_t = 0)]
+    source_addrs: u8,
     /// `none`, or `tv:RISE,HOLD,FALL` (e.g. tv:10s,30s,5s): linear rise to --rate, hold, fall.
     #[arg(long, default_value = "none")]
     ramp: Ramp,
@@ -114,6 +118,9 @@ fn main() -> Result<()> {
         invalid_ratio: args.invalid_ratio,
         protocol: args.protocol,
         connections: args.connections,
+        source_addrs: (1..=args.source_addrs)
+            .map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i)))
+            .collect(),
         options: args.options,
         token_key: args.token_key.into_bytes(),
         token_cache: args.token_cache,
