@@ -35,7 +35,7 @@ fn active_shard() -> Shard {
 fn votes(first_voter: u64, n: usize) -> Vec<Vote> {
     let election = ElectionId::new("tv-final-2026").unwrap();
     let options: Vec<OptionId> = (0..8)
-        .map(|i| OptionId::new(&format!("candidate-{i}")).unwrap())
+        .map(|i| OptionId::new(format!("candidate-{i}")).unwrap())
         .collect();
     (0..n as u64)
         .map(|i| Vote {
