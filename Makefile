@@ -22,7 +22,7 @@ help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
 	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
-	@echo "make services-up | services-down | services-status | test-browser | test-cluster | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -63,12 +63,17 @@ test-cluster: build
 
 # The pages in Debian's Chromium (headless, Playwright): sign in, vote, receipt, live results
 # over SSE, already voted, the dashboard. Installs chromium and playwright-core when missing.
+# systemd-analyze verify of the unit files (with their drop-ins) against the built binary.
+.PHONY: test-systemd
+test-systemd: build
+	scripts/verify-systemd.sh $(VOTES)
+
 .PHONY: test-browser
 test-browser: build services-up
 	tests/browser/run.sh
 
 .PHONY: test
-test: fmt-check clippy test-rust test-browser test-cluster
+test: fmt-check clippy test-rust test-systemd test-browser test-cluster
 	@echo "make test: all checks passed"
 
 .PHONY: demo demo-stop
