@@ -327,6 +327,13 @@ impl Shared {
     }
 }
 
+/// Where a request's latency starts: its intended send time `due`, so a request the generator
+/// (or a stalled server) made late counts its wait (no coordinated omission); or the actual
+/// send `now` when that was earlier (the timer woke up to a tick early).
+fn measured_from(due: Instant, now: Instant) -> Instant {
+    due.min(now)
+}
+
 /// Performs `plan` and records its latency from `due`: the intended send time, or the actual
 /// one when that was earlier.
 async fn request(shared: Arc<Shared>, plan: Plan, due: Instant) {
@@ -511,9 +518,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         stats.sent.fetch_add(1, Ordering::Relaxed);
         let lag = u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
         lag_us.saturating_record(lag.clamp(1, LATENCY_MAX_US));
-        // Early by less than the timer's tick: measure from the actual send, as a late
-        // request is measured from its intended one.
-        tokio::spawn(request(shared.clone(), plan, due.max(now)));
+        tokio::spawn(request(shared.clone(), plan, measured_from(due, now)));
     }
     // Every request ends within its timeout; wait for the stragglers.
     while stats.in_flight.load(Ordering::Acquire) > 0 {
@@ -634,5 +639,23 @@ impl LoadReport {
             }
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_starts_at_the_earlier_of_intended_and_actual_send() {
+        let due = Instant::now() + Duration::from_secs(1);
+        let late = due + Duration::from_millis(40);
+        assert_eq!(measured_from(due, late), due, "a late send counts its wait");
+        let early = due - Duration::from_micros(500);
+        assert_eq!(
+            measured_from(due, early),
+            early,
+            "an early send counts from itself"
+        );
     }
 }
