@@ -9,9 +9,11 @@
 //! subscriber, and the server's memory per subscriber ([`sys`]).
 
 pub mod client;
+pub mod cpu;
 pub mod duration;
 pub mod load;
 pub mod mix;
+pub mod peers;
 pub mod report;
 pub mod schedule;
 pub mod sse;

@@ -1,0 +1,241 @@
+//! `votes-peer`: the peers of the appliance, fed the same votes, each reported as JSON.
+//!
+//! ```text
+//! votes-peer floor     --brokers 127.0.0.1:9092 --topic perf-floor --votes 1000000 --voters 900000 --out floor.json
+//! votes-peer postgres  --url postgres://postgres@127.0.0.1:55432/postgres --votes 100000 --voters 90000 --out pg.json
+//! votes-peer redis-lua --url redis://127.0.0.1:16392 --votes 100000 --voters 90000 --out redis.json
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use votes_perf::peers::floor::{self, FloorConfig};
+use votes_perf::peers::postgres::{self, PostgresConfig};
+use votes_perf::peers::redis_lua::{self, RedisConfig};
+use votes_perf::peers::{Expected, ServerReport, VoteSpec, write_json};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "votes-peer",
+    version,
+    about = "Peers of the votes appliance (Kafka floor, PostgreSQL, Redis Lua) on the same votes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The durable log alone: transactional producers writing pre-encoded vote records.
+    Floor(FloorArgs),
+    /// One PostgreSQL transaction per vote (synchronous_commit = on).
+    Postgres(PgArgs),
+    /// One Redis Lua script (EVALSHA) per vote; not durable.
+    RedisLua(RedisArgs),
+}
+
+/// The vote sequence, shared by every peer.
+#[derive(ClapArgs, Debug, Clone)]
+struct VoteArgs {
+    /// Votes to send.
+    #[arg(long, default_value_t = 100_000)]
+    votes: u64,
+    /// Distinct voters; the other votes repeat an earlier voter.
+    #[arg(long, default_value_t = 90_000)]
+    voters: u64,
+    /// Options of the election (`a`, `b`, `c`, …).
+    #[arg(long, default_value_t = 3)]
+    options: u32,
+    #[arg(long, default_value = "perf")]
+    election: String,
+    /// Seed of the sequence (which votes repeat, which options).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Offered votes/s (open loop, latency from each vote's intended time); default: closed
+    /// loop, as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the expected tallies (first vote of each voter counts) here, as
+    /// {"<election>": {"<option>": count}}.
+    #[arg(long)]
+    expected: Option<PathBuf>,
+}
+
+impl VoteArgs {
+    fn spec(&self) -> VoteSpec {
+        VoteSpec {
+            votes: self.votes,
+            voters: self.voters,
+            options: self.options,
+            election: self.election.clone(),
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(ClapArgs, Debug)]
+struct FloorArgs {
+    #[arg(long, env = "VOTES_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Created with --partitions partitions (replication 1) if missing.
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Votes per transaction (the appliance's default --batch-max).
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Broker pids whose CPU is counted (space or comma separated); default: pgrep -f 'kafka\.Kafka'.
+    #[arg(long)]
+    broker_pids: Option<String>,
+    /// Bound on topic creation, init_transactions and each commit, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    #[command(flatten)]
+    votes: VoteArgs,
+}
+
+#[derive(ClapArgs, Debug)]
+struct PgArgs {
+    /// e.g. postgres://postgres@127.0.0.1:55432/postgres
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// The postmaster's pid (default: the parent of our backend, when local).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    votes: VoteArgs,
+}
+
+#[derive(ClapArgs, Debug)]
+struct RedisArgs {
+    /// e.g. redis://127.0.0.1:16392
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Scripts per pipeline on one connection.
+    #[arg(long, default_value_t = 16)]
+    pipeline: u32,
+    /// The redis-server's pid (default: INFO's process_id, when local).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    votes: VoteArgs,
+}
+
+fn parse_pids(s: &str) -> Result<Vec<u32>> {
+    s.split([' ', ','])
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().with_context(|| format!("bad pid {p:?}")))
+        .collect()
+}
+
+fn write_outputs(
+    out: Option<&Path>,
+    report: &impl serde::Serialize,
+    expected_path: Option<&Path>,
+    expected: &Expected,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    match out {
+        Some(p) => write_json(p, report)?,
+        None => println!("{json}"),
+    }
+    if let Some(p) = expected_path {
+        write_json(p, &expected.by_election())?;
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn finish_server(r: &ServerReport, a: &VoteArgs, expected: &Expected) -> Result<()> {
+    write_outputs(a.out.as_deref(), r, a.expected.as_deref(), expected)?;
+    eprintln!("{}", r.summary());
+    if !r.verified {
+        bail!(
+            "tallies differ from the expected first votes: {:?} (accepted {} of {}, per option [expected, found])",
+            r.tally_diff,
+            r.accepted,
+            expected.accepted
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Floor(a) => {
+            let broker_pids = a.broker_pids.as_deref().map(parse_pids).transpose()?;
+            let cfg = FloorConfig {
+                brokers: a.brokers,
+                topic: a.topic,
+                partitions: a.partitions,
+                spec: a.votes.spec(),
+                batch: a.batch,
+                rate: a.votes.rate,
+                broker_pids,
+                timeout: Duration::from_secs(a.timeout_s),
+            };
+            let (report, expected) = floor::run(&cfg).context("kafka floor")?;
+            if report.broker_cpu_s.is_none() {
+                eprintln!("votes-peer: warning: no broker pid found; broker CPU not counted");
+            }
+            write_outputs(
+                a.votes.out.as_deref(),
+                &report,
+                a.votes.expected.as_deref(),
+                &expected,
+            )?;
+            eprintln!("{}", report.summary());
+        }
+        Cmd::Postgres(a) => {
+            let cfg = PostgresConfig {
+                url: a.url,
+                spec: a.votes.spec(),
+                connections: a.connections,
+                rate: a.votes.rate,
+                server_pid: a.server_pid,
+            };
+            let (report, expected) = runtime()?
+                .block_on(
+                    async move { tokio::spawn(async move { postgres::run(&cfg).await }).await },
+                )?
+                .context("postgres peer")?;
+            finish_server(&report, &a.votes, &expected)?;
+        }
+        Cmd::RedisLua(a) => {
+            let cfg = RedisConfig {
+                url: a.url,
+                spec: a.votes.spec(),
+                connections: a.connections,
+                pipeline: a.pipeline,
+                rate: a.votes.rate,
+                server_pid: a.server_pid,
+            };
+            let (report, expected) = runtime()?
+                .block_on(
+                    async move { tokio::spawn(async move { redis_lua::run(&cfg).await }).await },
+                )?
+                .context("redis-lua peer")?;
+            finish_server(&report, &a.votes, &expected)?;
+        }
+    }
+    Ok(())
+}
