@@ -4,8 +4,8 @@
 # appliance's latency percentiles against offered load (perf/latency-vs-load.png).
 #
 #   perf/scripts/perf.sh
-#   env: RATES="1000 2000 3000 4000 5000 6000 8000"  SWEEP_DURATION=15s   (appliance sweep)
-#        FIXED_RATE=2000  FIXED_DURATION=20s          (every system at the same offered load)
+#   env: RATES="1000 2000 4000 8000 12000 16000 20000"  SWEEP_DURATION=15s   (appliance sweep)
+#        FIXED_RATE=1000  FIXED_DURATION=20s          (every system at the same offered load)
 #        PEER_VOTES=200000  DUP_RATIO=0.1             (closed-loop runs of the peers)
 #        CORES=2  CONNECTIONS=256  SOURCE_ADDRS=8
 #        NO_RESULTS_MD=1 (do not touch RESULTS.md)  SKIP_PEERS=1 (the appliance only)
@@ -22,9 +22,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-RATES=${RATES:-1000 2000 3000 4000 5000 6000 8000}
+RATES=${RATES:-1000 2000 4000 8000 12000 16000 20000}
 SWEEP_DURATION=${SWEEP_DURATION:-15s}
-FIXED_RATE=${FIXED_RATE:-2000}
+FIXED_RATE=${FIXED_RATE:-1000}
 FIXED_DURATION=${FIXED_DURATION:-20s}
 PEER_VOTES=${PEER_VOTES:-200000}
 DUP_RATIO=${DUP_RATIO:-0.1}

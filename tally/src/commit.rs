@@ -209,6 +209,9 @@ impl PartitionProducer {
             Some(Err(e)) => return self.abort(e),
             None => return self.abort(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)),
         };
+        if !self.wait_until_released(deadline) {
+            return self.abort(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+        }
         let mut attempt = 0;
         loop {
             match self.producer.commit_transaction(self.timeout) {
@@ -231,6 +234,27 @@ impl PartitionProducer {
                 }
             }
         }
+    }
+
+    /// Waits until librdkafka has let go of every record of the batch. The last delivery report
+    /// wakes us from inside its callback, while librdkafka still counts that record; rust-rdkafka's
+    /// `commit_transaction` flushes first, and a flush that sees one record outstanding polls
+    /// for a whole 100 ms step. The gap is microseconds: yield, then sleep briefly.
+    fn wait_until_released(&self, deadline: Instant) -> bool {
+        for spin in 0u32.. {
+            if self.producer.in_flight_count() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if spin < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     fn abort(&self, cause: KafkaError) -> CommitOutcome {
