@@ -6,7 +6,8 @@
 #   perf/scripts/perf.sh
 #   env: RATES="1000 2000 4000 8000 12000 16000 20000"  SWEEP_DURATION=15s   (appliance sweep)
 #        FIXED_RATE=1000  FIXED_DURATION=20s          (every system at the same offered load)
-#        PEER_VOTES=200000  DUP_RATIO=0.1             (closed-loop runs of the peers)
+#        PEER_VOTES=1000000 PG_VOTES=200000  DUP_RATIO=0.1   (closed-loop runs of the peers;
+#        PostgreSQL takes a vote per fsync'd transaction, so it gets fewer)
 #        CORES=2  CONNECTIONS=256  SOURCE_ADDRS=8
 #        NO_RESULTS_MD=1 (do not touch RESULTS.md)  SKIP_PEERS=1 (the appliance only)
 #
@@ -14,9 +15,11 @@
 #   appliance  votes serve (HTTP, tokens, dedup, tally, Kafka transactions) + the Kafka broker
 #   floor      a bare rdkafka transactional producer of pre-encoded records + the Kafka broker
 #   kstreams   a Kafka Streams exactly_once_v2 app (dedup store + count) + the Kafka broker
-#   postgres   PostgreSQL 15, one transaction per vote, synchronous_commit on
-#   redis-lua  Redis, one Lua script per vote (SADD + HINCRBY), not durable
-# Load generators are not counted. Everything shares this machine's CPUs: the figures compare
+#              (its input is the floor's topic, written before it starts)
+#   postgres   PostgreSQL 15, one transaction per vote, synchronous_commit on, + its client
+#   redis-lua  Redis, one Lua script per vote (SADD + HINCRBY), not durable, + its client
+# votes-load (the appliance's HTTP load generator) is not counted; the peers' clients are, as
+# they stand in for the application that would talk to the database. Everything shares this machine's CPUs: the figures compare
 # systems under the same handicap, they are not what a dedicated node does.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,7 +29,8 @@ RATES=${RATES:-1000 2000 4000 8000 12000 16000 20000}
 SWEEP_DURATION=${SWEEP_DURATION:-15s}
 FIXED_RATE=${FIXED_RATE:-1000}
 FIXED_DURATION=${FIXED_DURATION:-20s}
-PEER_VOTES=${PEER_VOTES:-200000}
+PEER_VOTES=${PEER_VOTES:-1000000}
+PG_VOTES=${PG_VOTES:-200000}
 DUP_RATIO=${DUP_RATIO:-0.1}
 CORES=${CORES:-2}
 CONNECTIONS=${CONNECTIONS:-256}
@@ -39,6 +43,8 @@ say() { printf '[perf %4ss] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 say "building release binaries"
 cargo build --release --quiet -p votes -p votes-perf --bins
+# The Kafka Streams peer's jar (Maven Central on first use), before anything is timed.
+(cd perf/peers/kstreams && mvn -q -B package -DskipTests) >&2
 BIN=$CARGO_TARGET_DIR/release
 export BIN
 say "starting services (Kafka, DynamoDB endpoint, Redis)"
@@ -122,6 +128,7 @@ trap - EXIT
 # --- peers ----------------------------------------------------------------------------------
 if [ -z "${SKIP_PEERS:-}" ]; then
 PEER_VOTERS=$(python3 -c "print(int($PEER_VOTES * (1 - $DUP_RATIO)))")
+PG_VOTERS=$(python3 -c "print(int($PG_VOTES * (1 - $DUP_RATIO)))")
 FIXED_VOTES=$(python3 -c "print(int($FIXED_RATE * ${FIXED_DURATION%s}))")
 FIXED_VOTERS=$(python3 -c "print(int($FIXED_VOTES * (1 - $DUP_RATIO)))")
 FLOOR_TOPIC="perf-floor-$STAMP"
@@ -137,8 +144,8 @@ say "kafka streams (exactly_once_v2): the floor's $PEER_VOTES records"
 INPUT=$FLOOR_TOPIC RECORDS=$PEER_VOTES EXPECTED=$OUT/floor-expected.json OUT=$OUT/kstreams-max.json \
   perf/scripts/peer-kstreams.sh >&2
 
-say "postgres: $PEER_VOTES votes, closed loop"
-VOTES=$PEER_VOTES VOTERS=$PEER_VOTERS OUT=$OUT/postgres-max.json perf/scripts/peer-postgres.sh >&2
+say "postgres: $PG_VOTES votes, closed loop"
+VOTES=$PG_VOTES VOTERS=$PG_VOTERS OUT=$OUT/postgres-max.json perf/scripts/peer-postgres.sh >&2
 say "postgres: fixed load $FIXED_RATE votes/s"
 VOTES=$FIXED_VOTES VOTERS=$FIXED_VOTERS RATE=$FIXED_RATE OUT=$OUT/postgres-fixed.json perf/scripts/peer-postgres.sh >&2
 
@@ -154,6 +161,6 @@ VENV=$(perf/scripts/plot-venv.sh)
 RESULTS_ARGS=(--results-md perf/RESULTS.md)
 [ -n "${NO_RESULTS_MD:-}" ] && RESULTS_ARGS=()
 "$VENV/bin/python" perf/scripts/report.py --run "$OUT" --plot perf/latency-vs-load.png \
-  --command "RATES=\"$RATES\" SWEEP_DURATION=$SWEEP_DURATION FIXED_RATE=$FIXED_RATE FIXED_DURATION=$FIXED_DURATION PEER_VOTES=$PEER_VOTES make perf" \
+  --command "RATES=\"$RATES\" SWEEP_DURATION=$SWEEP_DURATION FIXED_RATE=$FIXED_RATE FIXED_DURATION=$FIXED_DURATION PEER_VOTES=$PEER_VOTES PG_VOTES=$PG_VOTES make perf" \
   "${RESULTS_ARGS[@]}"
 say "done in $(($(date +%s) - T0)) s; raw figures in $OUT"
