@@ -27,6 +27,7 @@ fi
 max_len() {
     case "$1" in
         record_decode | leaf_decode) echo 512 ;;
+        snapshot_decode) echo 8192 ;;
         vote_body) echo 1100 ;;
         pow_verify) echo 400 ;;
         token_verify) echo 4200 ;;

@@ -579,15 +579,5 @@ async fn metric_sum(serve: &Serve, name: &str) -> u64 {
 
 /// The sum over cores of one `/metrics` counter, as published now.
 async fn metric_now(serve: &Serve, name: &str) -> u64 {
-    let (status, page) = TestClient::http1()
-        .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
-        .await;
-    assert_eq!(status, 200, "/metrics: {page}");
-    page["raw"]
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    common::serve::metric(serve, name).await.values().sum()
 }

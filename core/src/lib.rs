@@ -19,6 +19,7 @@ pub mod pow;
 pub mod receipt;
 pub mod record;
 pub mod routing;
+pub mod snapshot;
 pub mod token;
 pub mod vote_body;
 mod wire;

@@ -227,6 +227,35 @@ impl NodeMetrics {
             let n = s.log_duplicates.load(std::sync::atomic::Ordering::Relaxed);
             let _ = writeln!(out, "votes_log_duplicates{{partition=\"{p}\"}} {n}");
         }
+        type Field = fn(&PartitionStatus) -> u64;
+        let per_partition: [(&str, &str, Field); 4] = [
+            (
+                "votes_snapshot_start_offset",
+                "Offset of the snapshot the shard's last recovery started from (0: the log's beginning).",
+                |s| s.snapshot_start.load(Ordering::Relaxed),
+            ),
+            (
+                "votes_snapshot_offset",
+                "Offset the newest snapshot this node wrote reflects.",
+                |s| s.snapshot_offset.load(Ordering::Relaxed),
+            ),
+            (
+                "votes_snapshot_bytes",
+                "Size of the newest snapshot this node wrote.",
+                |s| s.snapshot_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "votes_snapshots_skipped",
+                "Snapshots recovery skipped as damaged or untrustworthy.",
+                |s| s.snapshots_skipped.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, field) in per_partition {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (p, s) in self.partitions.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", field(s));
+            }
+        }
         out.push_str("# HELP votes_sse_subscribers Open results streams (SSE), by core.\n# TYPE votes_sse_subscribers gauge\n");
         for (core, n) in self.sse.iter().enumerate() {
             let _ = writeln!(

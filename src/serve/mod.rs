@@ -94,6 +94,14 @@ pub struct ServeArgs {
     /// Seconds of silence after which a results stream sends a heartbeat comment.
     #[arg(long, env = "VOTES_SSE_HEARTBEAT_S", default_value_t = 15)]
     pub sse_heartbeat_s: u64,
+    /// Directory for shard snapshots (voter sets, tallies and their offset, DESIGN §3): recovery
+    /// then replays only the log after the newest good one. Off when not set. Must be on a
+    /// file system with O_DIRECT (not tmpfs).
+    #[arg(long, env = "VOTES_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<std::path::PathBuf>,
+    /// Seconds between two snapshots of an active shard that moved on.
+    #[arg(long, env = "VOTES_SNAPSHOT_EVERY_S", default_value_t = 60)]
+    pub snapshot_every_s: u64,
     /// Open connections one source address may hold, per core (beyond it a new one is closed
     /// at accept). Generous by default for carrier-grade NAT.
     #[arg(long, env = "VOTES_MAX_CONNS_PER_ADDR", default_value_t = 4_096)]
@@ -283,6 +291,24 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         max_queued: args.batch_max * 8,
         linger: Duration::from_millis(args.linger_ms),
         kafka_timeout,
+        snapshots: match &args.snapshot_dir {
+            None => None,
+            Some(root) => {
+                if args.snapshot_every_s == 0 {
+                    bail!("--snapshot-every-s must be positive");
+                }
+                // The prefix names the deployment's log: its snapshots live apart.
+                let dir = root.join(format!("{}votes", names.prefix()));
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("creating the snapshot directory {}", dir.display())
+                })?;
+                Some(shards::SnapshotSettings {
+                    dir,
+                    every: Duration::from_secs(args.snapshot_every_s),
+                    keep: 2,
+                })
+            }
+        },
     };
 
     let mut cfg = ReactorConfig::new(cpus.clone());

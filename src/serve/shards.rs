@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use votes_tally::commit::{CommitError, PartitionProducer};
 use votes_tally::fanout::TallyUpdate;
 use votes_tally::recovery::replay;
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
+use votes_tally::snapshot;
 
 use super::metrics::{CoreMetrics, TallyRow};
 
@@ -48,6 +50,13 @@ pub struct PartitionStatus {
     pub replayed_records: AtomicU64,
     pub replay_offset: AtomicU64,
     pub log_duplicates: AtomicU64,
+    /// Offset of the snapshot the last recovery started from (0: the log's beginning).
+    pub snapshot_start: AtomicU64,
+    /// Offset and size of the newest snapshot this node wrote.
+    pub snapshot_offset: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
+    /// Snapshots recovery skipped as damaged or untrustworthy.
+    pub snapshots_skipped: AtomicU64,
 }
 
 const RECOVERING: u8 = 0;
@@ -85,6 +94,18 @@ pub struct CommitSettings {
     pub linger: Duration,
     /// Bound on each blocking Kafka call (init, commit, replay silence).
     pub kafka_timeout: Duration,
+    pub snapshots: Option<SnapshotSettings>,
+}
+
+/// Where and how often shards write their snapshots (`--snapshot-dir`).
+#[derive(Clone, Debug)]
+pub struct SnapshotSettings {
+    /// This deployment's directory (the prefix is part of it: snapshots of another log never
+    /// mix in).
+    pub dir: PathBuf,
+    pub every: Duration,
+    /// Snapshots kept per partition: the newest may be damaged, an older one then serves.
+    pub keep: usize,
 }
 
 struct Slot {
@@ -144,6 +165,14 @@ impl ShardHost {
                 metrics.clone(),
             ))
             .detach();
+            if settings.snapshots.is_some() {
+                glommio::spawn_local(snapshot_loop(
+                    slot.clone(),
+                    settings.clone(),
+                    blocking.clone(),
+                ))
+                .detach();
+            }
             slots.insert(p, slot);
         }
         Rc::new(Self {
@@ -339,6 +368,115 @@ async fn drive(
     }
 }
 
+/// The shard of `cfg` from its partition's newest trustworthy snapshot, or `fresh` when there is
+/// none. Blocking (reads files, asks the broker for the log's end).
+fn restore(
+    s: &CommitSettings,
+    snaps: &SnapshotSettings,
+    cfg: ShardConfig,
+    fresh: Shard,
+    status: &PartitionStatus,
+) -> Result<Shard, votes_tally::recovery::ReplayError> {
+    let p = cfg.partition;
+    let end = votes_tally::recovery::log_end(&s.brokers, &s.names, p, s.kafka_timeout)?;
+    let loaded = match snapshot::files::load_newest(&snaps.dir, p, end) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(partition = p, dir = %snaps.dir.display(), error = %e, "cannot read snapshots; replaying the whole log");
+            return Ok(fresh);
+        }
+    };
+    for (path, why) in &loaded.skipped {
+        tracing::warn!(partition = p, file = %path.display(), %why, "snapshot skipped");
+        status.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    let Some((path, snap)) = loaded.snapshot else {
+        status.snapshot_start.store(0, Ordering::Relaxed);
+        return Ok(fresh);
+    };
+    tracing::info!(
+        partition = p,
+        file = %path.display(),
+        applied_end = snap.applied_end,
+        voters = snap.voters(),
+        "recovering from snapshot, then the log's tail"
+    );
+    status
+        .snapshot_start
+        .store(snap.applied_end, Ordering::Relaxed);
+    Ok(Shard::from_snapshot(cfg, snap))
+}
+
+/// Writes the shard's committed state every `every` while it is active and has moved on:
+/// copied on the reactor, encoded on the blocking pool, written with direct I/O under a
+/// temporary name and synced (glommio), renamed and the directory synced (blocking pool).
+async fn snapshot_loop(slot: Rc<Slot>, settings: Arc<CommitSettings>, blocking: Blocking) {
+    let snaps = settings
+        .snapshots
+        .clone()
+        .expect("started only with snapshots configured");
+    let mut last_end = 0u64;
+    loop {
+        glommio::timer::sleep(snaps.every).await;
+        let snap = match slot.shard.borrow().as_ref() {
+            Some(s) if s.state() == ShardState::Active && s.applied_end() > last_end => {
+                s.snapshot()
+            }
+            _ => continue,
+        };
+        let end = snap.applied_end;
+        let started = Instant::now();
+        match write_snapshot(&snaps, slot.partition, snap, &blocking).await {
+            Ok(bytes) => {
+                last_end = end;
+                slot.status.snapshot_offset.store(end, Ordering::Relaxed);
+                slot.status.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                tracing::debug!(partition = slot.partition, end, bytes, took = ?started.elapsed(), "snapshot written");
+            }
+            Err(e) => {
+                tracing::warn!(partition = slot.partition, error = %e, "snapshot not written; the previous one stands");
+            }
+        }
+    }
+}
+
+async fn write_snapshot(
+    snaps: &SnapshotSettings,
+    partition: u32,
+    snap: votes_tally::snapshot::ShardSnapshot,
+    blocking: &Blocking,
+) -> std::io::Result<u64> {
+    use futures_lite::AsyncWriteExt;
+    let end = snap.applied_end;
+    let bytes = blocking
+        .run(move || snap.encode())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let len = bytes.len() as u64;
+    let tmp = snaps.dir.join(snapshot::files::temporary(partition, end));
+    let file = glommio::io::DmaFile::create(&tmp)
+        .await
+        .map_err(std::io::Error::from)?;
+    // Direct I/O in aligned buffers; close() flushes, fdatasyncs and trims the padding.
+    let mut writer = glommio::io::DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(1 << 20)
+        .build();
+    writer.write_all(&bytes).await?;
+    writer.close().await?;
+    drop(bytes);
+    let dir = snaps.dir.clone();
+    let keep = snaps.keep;
+    blocking
+        .run(move || -> std::io::Result<()> {
+            std::fs::rename(&tmp, dir.join(snapshot::files::name(partition, end)))?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            snapshot::files::prune(&dir, partition, keep)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    Ok(len)
+}
+
 /// Drops a producer on the blocking pool: destroying a librdkafka client joins its threads
 /// and closes its connections, which must not stall the reactor.
 async fn retire(producer: Arc<PartitionProducer>, blocking: &Blocking) {
@@ -393,11 +531,20 @@ async fn take_ownership(
             .expect("the shard is home before it replays");
         let s = settings.clone();
         let status = slot.status.clone();
+        let cfg = slot.cfg.clone();
         let replayed = blocking
             .run(move || {
                 let progress = |pr: votes_tally::recovery::ReplayProgress| {
                     status.replayed_records.store(pr.records, Ordering::Relaxed);
                     status.replay_offset.store(pr.offset, Ordering::Relaxed);
+                };
+                // A shard that holds nothing yet starts from its newest good snapshot; one
+                // that kept its state (after an unknown outcome) replays from where it is.
+                let shard = match &s.snapshots {
+                    Some(snaps) if shard.applied_end() == 0 => {
+                        restore(&s, snaps, cfg, shard, &status).map_err(|e| e.to_string())?
+                    }
+                    _ => shard,
                 };
                 // On failure the shard comes back unchanged in spirit: recovering, to retry.
                 replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)

@@ -18,6 +18,7 @@ pub mod recount;
 pub mod recovery;
 pub mod reprocess;
 pub mod shard;
+pub mod snapshot;
 
 /// Where the external services are; every role reads the same settings (DESIGN §4.1).
 #[derive(Clone, Debug)]

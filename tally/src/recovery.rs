@@ -33,6 +33,29 @@ pub struct ReplayProgress {
     pub undecodable: u64,
 }
 
+/// The partition's high watermark: the offset after its last record. A snapshot that claims
+/// offsets past it belongs to another log and is not trusted.
+pub fn log_end(
+    brokers: &str,
+    names: &Names,
+    partition: u32,
+    timeout: Duration,
+) -> Result<u64, ReplayError> {
+    let kafka = |source| ReplayError::Kafka { partition, source };
+    let consumer: BaseConsumer<crate::kafka::VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+            .create_with_context(crate::kafka::VotesContext)
+            .map_err(kafka)?;
+    let (_, high) = consumer
+        .fetch_watermarks(
+            &names.votes_topic(),
+            i32::try_from(partition).expect("partition fits i32"),
+            timeout,
+        )
+        .map_err(kafka)?;
+    Ok(u64::try_from(high).unwrap_or(0))
+}
+
 /// Replays `shard`'s partition from its `applied_end` to the end of the committed log, then
 /// marks it recovered. `timeout` bounds the silence between two answers of the broker, not
 /// the whole replay (a long log legitimately takes long).

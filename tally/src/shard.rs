@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
+use crate::snapshot::{ElectionState, ShardSnapshot};
 use roaring::RoaringTreemap;
 use votes_core::record::{NODE_MAX, RECORD_MAX_LEN, RecordRef};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
@@ -453,6 +454,59 @@ impl Shard {
         } else {
             self.log_duplicates += 1;
         }
+    }
+
+    /// The committed state for a snapshot: every voter set and tally, and the offset below which
+    /// every record of the partition is in them. Pending votes are not part of it (they may
+    /// still abort). Copies the voter sets: O(voters), so call it rarely.
+    pub fn snapshot(&self) -> ShardSnapshot {
+        assert_ne!(
+            self.state,
+            ShardState::Fenced,
+            "a fenced shard's state is no one's to keep"
+        );
+        let mut elections: Vec<ElectionState> = self
+            .elections
+            .iter()
+            // An election seen only in votes that never committed holds no state of the log.
+            .filter(|(_, t)| !t.voters.is_empty())
+            .map(|(id, t)| ElectionState {
+                election: id.clone(),
+                counts: t.counts.clone(),
+                voters: t.voters.clone(),
+            })
+            .collect();
+        elections.sort_by(|a, b| a.election.cmp(&b.election));
+        ShardSnapshot {
+            partition: self.cfg.partition,
+            applied_end: self.applied_end,
+            log_duplicates: self.log_duplicates,
+            elections,
+        }
+    }
+
+    /// A recovering shard that starts from `snapshot` instead of the beginning of the log: the
+    /// replay continues at its `applied_end`.
+    pub fn from_snapshot(cfg: ShardConfig, snapshot: ShardSnapshot) -> Self {
+        assert_eq!(
+            snapshot.partition, cfg.partition,
+            "a snapshot restores its own partition"
+        );
+        let mut shard = Shard::new(cfg);
+        for e in snapshot.elections {
+            debug_assert_eq!(e.counts.values().sum::<u64>(), e.voters.len());
+            shard.elections.insert(
+                e.election,
+                ElectionTally {
+                    voters: e.voters,
+                    counts: e.counts,
+                    pending: HashMap::new(),
+                },
+            );
+        }
+        shard.applied_end = snapshot.applied_end;
+        shard.log_duplicates = snapshot.log_duplicates;
+        shard
     }
 
     /// The replay reached the end of the committed log (`end` = its next offset): accept.

@@ -371,6 +371,28 @@ impl TestClient {
     }
 }
 
+/// Every sample of the `/metrics` series `name`, keyed by its labels (`partition="0"`, or ""
+/// when it has none), as published now (cores publish once a second).
+pub async fn metric(serve: &Serve, name: &str) -> HashMap<String, u64> {
+    let (status, page) = TestClient::http1()
+        .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 200, "/metrics: {page}");
+    page["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Creates and opens an election with `options` through the admin API.
 pub async fn open_election(
     client: &TestClient,

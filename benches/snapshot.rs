@@ -1,0 +1,119 @@
+//! Shard snapshots at national scale: 100,000,000 voters in one election, spread over the
+//! partitions of a node by `partition_of` (8 here, 64 in the capacity plan), ids drawn from an
+//! eligible population three times the turnout (as `voter_set` does). Reports the snapshot's
+//! size per voter (= the voter set's serialized size plus a few bytes of tallies), and encode
+//! and decode time per voter. Peer in the same run: the same voters as a sorted `Vec<u64>`
+//! written raw (8 B/voter), the obvious "dump the set" format, decoded into a HashSet (what a
+//! shard without bitmaps would have to rebuild). Medians of 3 runs.
+//!
+//! Run: `cargo bench --bench snapshot` (`-- --quick`: 10,000,000 voters).
+
+use std::collections::{BTreeMap, HashSet};
+use std::hint::black_box;
+use std::time::Instant;
+
+use roaring::RoaringTreemap;
+use votes_core::snapshot::{ElectionState, ShardSnapshot};
+use votes_core::{ElectionId, OptionId, VoterId, partition_of};
+
+fn voters(n: u64, population: u64, seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed | 1;
+    (0..n).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % population
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let turnout: u64 = if quick { 10_000_000 } else { 100_000_000 };
+    for partitions in [8u32, 64] {
+        let mut sets: Vec<RoaringTreemap> =
+            (0..partitions).map(|_| RoaringTreemap::new()).collect();
+        for v in voters(turnout, turnout * 3, 0x5eed) {
+            sets[partition_of(VoterId(v), partitions) as usize].insert(v);
+        }
+        let total: u64 = sets.iter().map(|s| s.len()).sum();
+        let snaps: Vec<ShardSnapshot> = sets
+            .into_iter()
+            .enumerate()
+            .map(|(p, voters)| {
+                let n = voters.len();
+                ShardSnapshot {
+                    partition: p as u32,
+                    applied_end: n + 1,
+                    log_duplicates: 0,
+                    elections: vec![ElectionState {
+                        election: ElectionId::new("tv-final-2026").unwrap(),
+                        counts: BTreeMap::from([
+                            (OptionId::new("candidate-1").unwrap(), n / 2),
+                            (OptionId::new("candidate-2").unwrap(), n - n / 2),
+                        ]),
+                        voters,
+                    }],
+                }
+            })
+            .collect();
+        let (mut enc, mut dec, mut peer_enc, mut peer_dec) = (vec![], vec![], vec![], vec![]);
+        let mut bytes = 0usize;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let encoded: Vec<Vec<u8>> = snaps.iter().map(|s| s.encode()).collect();
+            enc.push(t.elapsed().as_secs_f64());
+            bytes = encoded.iter().map(|b| b.len()).sum();
+            let t = Instant::now();
+            for b in &encoded {
+                black_box(ShardSnapshot::decode(b).unwrap());
+            }
+            dec.push(t.elapsed().as_secs_f64());
+            drop(encoded);
+            let t = Instant::now();
+            let raw: Vec<Vec<u8>> = snaps
+                .iter()
+                .map(|s| {
+                    let mut out = Vec::with_capacity(s.voters() as usize * 8);
+                    for v in s.elections[0].voters.iter() {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                    out
+                })
+                .collect();
+            peer_enc.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for r in &raw {
+                let set: HashSet<u64> = r
+                    .chunks_exact(8)
+                    .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+                    .collect();
+                black_box(set.len());
+            }
+            peer_dec.push(t.elapsed().as_secs_f64());
+        }
+        let per = |s: f64| s * 1e9 / total as f64;
+        let (e, d, pe, pd) = (median(enc), median(dec), median(peer_enc), median(peer_dec));
+        println!(
+            "{turnout} votes, {total} distinct voters over {partitions} partitions: snapshot {:.1} MB = {:.2} B/voter; \
+             encode {:.2} s ({:.1} ns/voter), decode {:.2} s ({:.1} ns/voter) | peer raw u64 + HashSet: {:.1} MB = 8.00 B/voter, \
+             write {:.2} s ({:.1} ns/voter), rebuild {:.2} s ({:.1} ns/voter) | decode ratio peer/snapshot {:.1}x",
+            bytes as f64 / 1e6,
+            bytes as f64 / total as f64,
+            e,
+            per(e),
+            d,
+            per(d),
+            total as f64 * 8.0 / 1e6,
+            pe,
+            per(pe),
+            pd,
+            per(pd),
+            pd / d
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! A shard's committed state as bytes (the codec; the files live in `votes_tally::snapshot`) (DESIGN §3, invariant 3: recovery = latest snapshot +
+//! replay of the tail): its voter sets, its tallies and the log
+//! offset they reflect, so recovery replays only the records after that offset. Sans-IO: the
+//! driver decides where the bytes go (temporary name, sync, rename) and which file to trust.
+//!
+//! Layout of version 1, all integers big-endian, strings prefixed with their length as a u16:
+//!
+//! | field                 | bytes                          |
+//! |-----------------------|--------------------------------|
+//! | magic                 | 8: `VOTESNAP`                  |
+//! | version               | 1: `1`                         |
+//! | partition             | 4                              |
+//! | applied_end           | 8: next offset to replay       |
+//! | log_duplicates        | 8                              |
+//! | elections             | 4: count                       |
+//! | per election: id      | 2 + 1..=64                     |
+//! | per election: options | 2: count, then per option: id (2 + 1..=32), count (8) |
+//! | per election: voters  | 8: length, then a serialized `RoaringTreemap` |
+//! | checksum              | 8: xxh3-64 of every byte before it |
+//!
+//! Decoding trusts nothing: a wrong magic, version or checksum, a short or long file, invalid
+//! ids, an unreadable bitmap, or tallies that do not add up to the voters (each voter counted
+//! exactly once) are all errors, and a snapshot that fails is skipped, never half-used.
+
+use std::collections::BTreeMap;
+
+use crate::{ElectionId, OptionId};
+use roaring::RoaringTreemap;
+
+const MAGIC: &[u8; 8] = b"VOTESNAP";
+pub const SNAPSHOT_VERSION: u8 = 1;
+const ELECTION_ID_MAX: usize = 64;
+const OPTION_ID_MAX: usize = 32;
+/// Bound on the options of one election in a snapshot (an election has a handful).
+const OPTIONS_MAX: usize = 1_024;
+
+/// One election's committed state on a shard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElectionState {
+    pub election: ElectionId,
+    pub counts: BTreeMap<OptionId, u64>,
+    pub voters: RoaringTreemap,
+}
+
+/// A shard's committed state: every record of its partition below `applied_end` is in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardSnapshot {
+    pub partition: u32,
+    pub applied_end: u64,
+    pub log_duplicates: u64,
+    /// Sorted by election id.
+    pub elections: Vec<ElectionState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a snapshot (bad magic)")]
+    Magic,
+    #[error("snapshot version {0} is not supported")]
+    Version(u8),
+    #[error("the snapshot is truncated in {0}")]
+    Truncated(&'static str),
+    #[error("the checksum does not match: the file is damaged")]
+    Checksum,
+    #[error("{0} bytes after the checksum")]
+    Trailing(usize),
+    #[error("invalid {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("election {election}: the tallies count {counted} votes but {voters} voters")]
+    Inconsistent {
+        election: String,
+        counted: u64,
+        voters: u64,
+    },
+}
+
+impl ShardSnapshot {
+    /// Voters in every election of the snapshot.
+    pub fn voters(&self) -> u64 {
+        self.elections.iter().map(|e| e.voters.len()).sum()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let bitmaps: usize = self
+            .elections
+            .iter()
+            .map(|e| e.voters.serialized_size())
+            .sum();
+        let mut out = Vec::with_capacity(64 + bitmaps + 128 * self.elections.len());
+        out.extend_from_slice(MAGIC);
+        out.push(SNAPSHOT_VERSION);
+        out.extend_from_slice(&self.partition.to_be_bytes());
+        out.extend_from_slice(&self.applied_end.to_be_bytes());
+        out.extend_from_slice(&self.log_duplicates.to_be_bytes());
+        let n = u32::try_from(self.elections.len()).expect("fewer than 2^32 elections");
+        out.extend_from_slice(&n.to_be_bytes());
+        for e in &self.elections {
+            put_str(&mut out, e.election.as_str());
+            let options = u16::try_from(e.counts.len()).expect("an election has few options");
+            out.extend_from_slice(&options.to_be_bytes());
+            for (option, count) in &e.counts {
+                put_str(&mut out, option.as_str());
+                out.extend_from_slice(&count.to_be_bytes());
+            }
+            let len = e.voters.serialized_size() as u64;
+            out.extend_from_slice(&len.to_be_bytes());
+            let before = out.len();
+            e.voters
+                .serialize_into(&mut out)
+                .expect("writing into a Vec cannot fail");
+            assert_eq!((out.len() - before) as u64, len, "serialized_size is exact");
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotError::Magic);
+        }
+        let version = *bytes
+            .get(MAGIC.len())
+            .ok_or(SnapshotError::Truncated("version"))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        // The checksum first: nothing of a damaged file is parsed.
+        if bytes.len() < MAGIC.len() + 1 + 8 {
+            return Err(SnapshotError::Truncated("checksum"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 8);
+        let want = u64::from_be_bytes(sum.try_into().expect("8 bytes"));
+        if xxhash_rust::xxh3::xxh3_64(body) != want {
+            return Err(SnapshotError::Checksum);
+        }
+        let mut r = Cursor {
+            bytes: body,
+            pos: MAGIC.len() + 1,
+        };
+        let partition = r.u32("partition")?;
+        let applied_end = r.u64("applied_end")?;
+        let log_duplicates = r.u64("log_duplicates")?;
+        let n = r.u32("elections")?;
+        let mut elections: Vec<ElectionState> = Vec::new();
+        for _ in 0..n {
+            let election = r.str("election", ELECTION_ID_MAX)?;
+            let election = ElectionId::new(election).map_err(|e| SnapshotError::Invalid {
+                field: "election",
+                why: e.to_string(),
+            })?;
+            if elections
+                .last()
+                .is_some_and(|prev| prev.election >= election)
+            {
+                return Err(SnapshotError::Invalid {
+                    field: "election",
+                    why: "elections out of order or repeated".into(),
+                });
+            }
+            let options = usize::from(r.u16("options")?);
+            if options > OPTIONS_MAX {
+                return Err(SnapshotError::Invalid {
+                    field: "options",
+                    why: format!("{options} options (at most {OPTIONS_MAX})"),
+                });
+            }
+            let mut counts = BTreeMap::new();
+            let mut counted = 0u64;
+            for _ in 0..options {
+                let option = r.str("option", OPTION_ID_MAX)?;
+                let option = OptionId::new(option).map_err(|e| SnapshotError::Invalid {
+                    field: "option",
+                    why: e.to_string(),
+                })?;
+                let count = r.u64("count")?;
+                counted = counted
+                    .checked_add(count)
+                    .ok_or_else(|| SnapshotError::Invalid {
+                        field: "count",
+                        why: "tallies overflow".into(),
+                    })?;
+                if counts.insert(option, count).is_some() {
+                    return Err(SnapshotError::Invalid {
+                        field: "option",
+                        why: "an option appears twice".into(),
+                    });
+                }
+            }
+            let len = r.u64("voters length")?;
+            let len = usize::try_from(len).map_err(|_| SnapshotError::Truncated("voters"))?;
+            let raw = r.take("voters", len)?;
+            let voters =
+                RoaringTreemap::deserialize_from(raw).map_err(|e| SnapshotError::Invalid {
+                    field: "voters",
+                    why: e.to_string(),
+                })?;
+            if counted != voters.len() {
+                return Err(SnapshotError::Inconsistent {
+                    election: election.as_str().to_string(),
+                    counted,
+                    voters: voters.len(),
+                });
+            }
+            elections.push(ElectionState {
+                election,
+                counts,
+                voters,
+            });
+        }
+        if r.pos != body.len() {
+            return Err(SnapshotError::Trailing(body.len() - r.pos));
+        }
+        Ok(ShardSnapshot {
+            partition,
+            applied_end,
+            log_duplicates,
+            elections,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("ids are short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(SnapshotError::Truncated(field))?;
+        let s = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(SnapshotError::Truncated(field))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], SnapshotError> {
+        Ok(self.take(field, N)?.try_into().expect("exactly N bytes"))
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, SnapshotError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, SnapshotError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, SnapshotError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, SnapshotError> {
+        let len = usize::from(self.u16(field)?);
+        if len > max {
+            return Err(SnapshotError::Invalid {
+                field,
+                why: format!("{len} bytes (at most {max})"),
+            });
+        }
+        std::str::from_utf8(self.take(field, len)?).map_err(|_| SnapshotError::Invalid {
+            field,
+            why: "not UTF-8".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn snapshot(voters_per_election: &[(&str, Vec<u64>)]) -> ShardSnapshot {
+        let mut elections: Vec<ElectionState> = voters_per_election
+            .iter()
+            .map(|(id, voters)| {
+                let mut set = RoaringTreemap::new();
+                let mut counts = BTreeMap::new();
+                for (i, v) in voters.iter().enumerate() {
+                    if set.insert(*v) {
+                        let option = OptionId::new(["red", "blue", "green"][i % 3]).unwrap();
+                        *counts.entry(option).or_insert(0) += 1;
+                    }
+                }
+                ElectionState {
+                    election: ElectionId::new(*id).unwrap(),
+                    counts,
+                    voters: set,
+                }
+            })
+            .collect();
+        elections.sort_by(|a, b| a.election.cmp(&b.election));
+        ShardSnapshot {
+            partition: 3,
+            applied_end: 12_345,
+            log_duplicates: 2,
+            elections,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let s = snapshot(&[
+            ("final", vec![1, 5, 1 << 40, 7, 5]),
+            ("semi", vec![]),
+            ("x-1", (0..10_000).map(|v| v * 3).collect()),
+        ]);
+        let bytes = s.encode();
+        assert_eq!(ShardSnapshot::decode(&bytes), Ok(s.clone()));
+        assert_eq!(s.voters(), 4 + 10_000);
+    }
+
+    #[test]
+    fn every_defect_is_named() {
+        let s = snapshot(&[("final", vec![1, 2, 3])]);
+        let good = s.encode();
+        assert_eq!(ShardSnapshot::decode(b"nope"), Err(SnapshotError::Magic));
+        let mut v2 = good.clone();
+        v2[8] = 2;
+        assert_eq!(ShardSnapshot::decode(&v2), Err(SnapshotError::Version(2)));
+        assert_eq!(
+            ShardSnapshot::decode(&good[..good.len() - 1]),
+            Err(SnapshotError::Checksum)
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(ShardSnapshot::decode(&longer), Err(SnapshotError::Checksum));
+        // A tally that does not add up is refused even with a valid checksum.
+        let mut lying = s.clone();
+        *lying.elections[0].counts.values_mut().next().unwrap() += 1;
+        assert!(matches!(
+            ShardSnapshot::decode(&lying.encode()),
+            Err(SnapshotError::Inconsistent {
+                counted: 4,
+                voters: 3,
+                ..
+            })
+        ));
+    }
+
+    proptest! {
+        /// Any truncation or flipped bit of a snapshot is detected: decode never panics and
+        /// never returns a different snapshot.
+        #[test]
+        fn damage_is_detected(
+            voters in proptest::collection::vec(0u64..1_000_000, 0..300),
+            cut in 0usize..10_000,
+            flip in 0usize..80_000,
+        ) {
+            let s = snapshot(&[("e", voters)]);
+            let good = s.encode();
+            let cut = cut % good.len();
+            prop_assert!(ShardSnapshot::decode(&good[..cut]).is_err());
+            let mut flipped = good.clone();
+            let bit = flip % (good.len() * 8);
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(ShardSnapshot::decode(&flipped).is_err());
+        }
+    }
+}
