@@ -44,8 +44,8 @@ where
 struct InFlight {
     conn: Rc<ConnState>,
     core: Rc<CoreHttp>,
-    /// The app answered: the response is being written.
-    responding: bool,
+    /// The app answered: the response being written, by its key in the connection's table.
+    response: Option<usize>,
 }
 
 impl InFlight {
@@ -55,22 +55,21 @@ impl InFlight {
         Self {
             conn,
             core,
-            responding: false,
+            response: None,
         }
     }
 
     fn responding(mut self) -> Self {
-        debug_assert!(!self.responding);
-        self.conn.response_started();
-        self.responding = true;
+        debug_assert!(self.response.is_none());
+        self.response = Some(self.conn.response_started());
         self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.responding {
-            self.conn.response_finished();
+        if let Some(key) = self.response {
+            self.conn.response_finished(key);
         }
         self.conn.request_finished();
         self.core.request_finished();
@@ -96,7 +95,11 @@ impl Body for TrackedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
             // hyper polls only when it can write: a frame is the client keeping up.
-            this.guard.conn.response_progress();
+            let key = this
+                .guard
+                .response
+                .expect("a body is tracked once responding");
+            this.guard.conn.response_progress(key);
         }
         polled
     }
@@ -308,26 +311,6 @@ pub(crate) async fn serve<A: App>(
     }
 }
 
-/// Bytes of ours the peer has acknowledged (TCP_INFO), or `None` if the kernel would not say.
-fn bytes_acked(fd: RawFd) -> Option<u64> {
-    // SAFETY: `fd` is the connection's open socket; the kernel writes at most `len` bytes into
-    // `info`, a plain-old-data struct for which all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    let has_field = len as usize
-        >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
-    (rc == 0 && has_field).then_some(info.tcpi_bytes_acked)
-}
-
 /// Polls the hyper connection and enforces the watchdog deadline and shutdown on it.
 async fn drive<C: GracefulConn>(
     mut c: Pin<&mut C>,
@@ -376,7 +359,7 @@ async fn drive<C: GracefulConn>(
                     Some(Expiry::HeaderTimeout) => return Poll::Ready(End::HeaderTimeout),
                     Some(Expiry::Stalled) => return Poll::Ready(End::Stalled),
                     Some(Expiry::SendStalled) => {
-                        if conn.send_stall_expired(bytes_acked(fd)) {
+                        if conn.send_stall_expired(super::io::bytes_acked(fd)) {
                             return Poll::Ready(End::Stalled);
                         }
                         continue;

@@ -39,6 +39,14 @@ impl Transport {
         }
     }
 
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Plain(s) => s.as_raw_fd(),
+            Self::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -221,7 +229,8 @@ impl hyper::rt::Write for Io {
         let this = self.get_mut();
         let polled = this.stream.poll_write(cx, buf);
         if polled.is_pending() {
-            this.state.on_write_blocked();
+            let fd = this.stream.fd();
+            this.state.on_write_blocked(|| bytes_acked(fd));
         }
         polled
     }
@@ -231,7 +240,10 @@ impl hyper::rt::Write for Io {
         let polled = this.stream.poll_flush(cx);
         // hyper and h2 flush only once their own write buffer is in the socket.
         match &polled {
-            Poll::Pending => this.state.on_write_blocked(),
+            Poll::Pending => {
+                let fd = this.stream.fd();
+                this.state.on_write_blocked(|| bytes_acked(fd));
+            }
             Poll::Ready(Ok(())) => this.state.on_flushed(),
             Poll::Ready(Err(_)) => {}
         }
@@ -241,4 +253,24 @@ impl hyper::rt::Write for Io {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().stream.poll_close(cx)
     }
+}
+
+/// Bytes of ours the peer has acknowledged (TCP_INFO), or `None` if the kernel would not say.
+pub(crate) fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: `fd` is the connection's open socket; the kernel writes at most `len` bytes into
+    // `info`, a plain-old-data struct for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let has_field = len as usize
+        >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (rc == 0 && has_field).then_some(info.tcpi_bytes_acked)
 }

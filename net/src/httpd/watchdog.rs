@@ -22,8 +22,9 @@ pub(crate) enum Phase {
     /// Accepted, no request head seen yet.
     Fresh { since: Instant },
     /// At least one request in flight. `progress` is `None` while no response is being
-    /// written (only handlers run, and the app bounds its own work); otherwise the last time a
-    /// response was started or yielded a frame. A client that stops reading stops that
+    /// written (only handlers run, and the app bounds its own work); otherwise, of the
+    /// responses being written, the oldest time one of them last started or yielded a frame:
+    /// each response must progress, so a lively stream beside a stalled one is no cover. A client that stops reading stops that
     /// progress: hyper polls a body only when it can write (h1 buffer, h2 window).
     Busy { progress: Option<Instant> },
     /// No request in flight since `since`; `first_byte` is when bytes of a next request
@@ -64,15 +65,20 @@ pub(crate) struct SendStall {
     blocked_since: Option<Instant>,
     /// Time behind in earlier episodes of this epoch.
     used: Duration,
-    /// Bytes the peer had acknowledged when the epoch began.
-    acked_base: u64,
+    /// Bytes the peer had acknowledged when the epoch began (read at its first refusal).
+    acked_base: Option<u64>,
 }
 
 impl SendStall {
-    /// The socket refused a write or flush.
-    pub(crate) fn refused(&mut self, now: Instant) {
+    /// The socket refused a write or flush; `acked` reads what the peer acknowledged so far
+    /// (a syscall, made once per epoch).
+    pub(crate) fn refused(&mut self, now: Instant, acked: impl FnOnce() -> Option<u64>) {
         if self.blocked_since.is_none() {
             self.blocked_since = Some(now);
+        }
+        if self.acked_base.is_none() {
+            // Unknown counts as nothing acknowledged: the epoch is judged from zero.
+            self.acked_base = Some(acked().unwrap_or(0));
         }
     }
 
@@ -94,13 +100,13 @@ impl SendStall {
     /// proved it reads, and a new epoch starts now.
     pub(crate) fn expired(&mut self, now: Instant, acked: Option<u64>) -> bool {
         let Some(acked) = acked else { return true };
-        if acked.saturating_sub(self.acked_base) < DRAIN_BYTES {
+        if acked.saturating_sub(self.acked_base.unwrap_or(0)) < DRAIN_BYTES {
             return true;
         }
         *self = SendStall {
             blocked_since: self.blocked_since.map(|_| now),
             used: Duration::ZERO,
-            acked_base: acked,
+            acked_base: Some(acked),
         };
         false
     }
@@ -159,8 +165,9 @@ fn phase_deadline(phase: Phase, proto: Proto, t: Timeouts) -> Option<(Instant, E
 pub(crate) struct ConnState {
     phase: Cell<Phase>,
     in_flight: Cell<u32>,
-    /// Responses handed to hyper and not yet finished (a subset of `in_flight`).
-    responding: Cell<u32>,
+    /// Responses handed to hyper and not yet finished (a subset of `in_flight`), each with the
+    /// last time it started or yielded a frame. At most the h2 stream limit of them.
+    responses: RefCell<slab::Slab<Instant>>,
     send: Cell<SendStall>,
     proto: Cell<Proto>,
     shutdown: Cell<bool>,
@@ -172,7 +179,7 @@ impl ConnState {
         Self {
             phase: Cell::new(Phase::Fresh { since: now }),
             in_flight: Cell::new(0),
-            responding: Cell::new(0),
+            responses: RefCell::new(slab::Slab::new()),
             send: Cell::new(SendStall::default()),
             proto: Cell::new(Proto::Unknown),
             shutdown: Cell::new(false),
@@ -193,10 +200,11 @@ impl ConnState {
         deadline(self.phase.get(), self.proto.get(), self.send.get(), t)
     }
 
-    /// The socket refused a write or flush (its send buffer is full).
-    pub(crate) fn on_write_blocked(&self) {
+    /// The socket refused a write or flush (its send buffer is full); `acked` reads what the
+    /// peer acknowledged so far, called only when an epoch starts.
+    pub(crate) fn on_write_blocked(&self, acked: impl FnOnce() -> Option<u64>) {
         if self.send.get().blocked_since.is_none() {
-            self.update_send(|s| s.refused(Instant::now()));
+            self.update_send(|s| s.refused(Instant::now(), acked));
         }
     }
 
@@ -247,42 +255,52 @@ impl ConnState {
         }
     }
 
-    /// The app answered a request in flight: hyper now writes its head and body.
-    pub(crate) fn response_started(&self) {
-        assert!(
-            self.responding.get() < self.in_flight.get(),
-            "a response without its request"
-        );
+    /// The app answered a request in flight: hyper now writes its head and body. The key names
+    /// the response in [`Self::response_progress`] and [`Self::response_finished`].
+    pub(crate) fn response_started(&self) -> usize {
         let was = self.phase.get();
-        self.responding.set(self.responding.get() + 1);
-        self.phase.set(Phase::Busy {
-            progress: Some(Instant::now()),
-        });
+        let key = {
+            let mut responses = self.responses.borrow_mut();
+            assert!(
+                (responses.len() as u64) < u64::from(self.in_flight.get()),
+                "a response without its request"
+            );
+            responses.insert(Instant::now())
+        };
+        self.update_progress();
         // On h2 this runs in a stream task: the connection task sleeps without a deadline
         // (only handlers were running) and must arm the stall timer. On HTTP/1.1 this runs
         // inside the connection task's own poll, which reads the deadline afterwards.
         if was == (Phase::Busy { progress: None }) && self.proto.get() == Proto::H2 {
             self.wake();
         }
+        key
     }
 
-    /// A response being written yielded a frame.
-    pub(crate) fn response_progress(&self) {
-        assert!(self.responding.get() > 0, "progress without a response");
-        self.phase.set(Phase::Busy {
-            progress: Some(Instant::now()),
-        });
+    /// Response `key` yielded a frame.
+    pub(crate) fn response_progress(&self, key: usize) {
+        *self
+            .responses
+            .borrow_mut()
+            .get_mut(key)
+            .expect("progress of a response being written") = Instant::now();
+        self.update_progress();
     }
 
-    /// A response was written completely (or abandoned); `request_finished` follows.
-    pub(crate) fn response_finished(&self) {
-        let n = self.responding.get();
-        assert!(n > 0, "response_finished without response_started");
-        self.responding.set(n - 1);
-        if n == 1 {
-            // Handlers may still run: they have no deadline of ours.
-            self.phase.set(Phase::Busy { progress: None });
-        }
+    /// Response `key` was written completely (or abandoned); `request_finished` follows.
+    pub(crate) fn response_finished(&self, key: usize) {
+        self.responses.borrow_mut().remove(key);
+        self.update_progress();
+    }
+
+    /// Busy's progress: the oldest of the responses' (handlers alone have no deadline of ours).
+    fn update_progress(&self) {
+        let oldest = self.responses.borrow().iter().map(|(_, t)| *t).min();
+        assert!(
+            matches!(self.phase.get(), Phase::Busy { .. }),
+            "responses only while requests are in flight"
+        );
+        self.phase.set(Phase::Busy { progress: oldest });
     }
 
     /// A request's response finished (or was abandoned).
@@ -290,7 +308,7 @@ impl ConnState {
         let n = self.in_flight.get();
         assert!(n > 0, "request_finished without request_started");
         assert!(
-            self.responding.get() < n,
+            (self.responses.borrow().len() as u64) < u64::from(n),
             "request finished before its response"
         );
         self.in_flight.set(n - 1);
@@ -421,7 +439,7 @@ mod tests {
     fn a_socket_that_refuses_writes_stalls_the_connection_in_any_phase() {
         let t0 = Instant::now();
         let mut send = SendStall::default();
-        send.refused(t0 + Duration::from_secs(1));
+        send.refused(t0 + Duration::from_secs(1), || Some(0));
         let at = t0 + Duration::from_secs(1) + T.response_stall;
         for phase in [
             Phase::Busy { progress: None },
@@ -448,8 +466,8 @@ mod tests {
         let t0 = Instant::now();
         let s = |secs| t0 + Duration::from_secs(secs);
         let mut send = SendStall::default();
-        send.refused(s(0));
-        send.refused(s(5));
+        send.refused(s(0), || Some(0));
+        send.refused(s(5), || panic!("the epoch's base is read once"));
         assert_eq!(
             send.deadline(T.response_stall),
             Some(s(30)),
@@ -462,7 +480,7 @@ mod tests {
             None,
             "not behind: no deadline"
         );
-        send.refused(s(100));
+        send.refused(s(100), || panic!("the epoch's base is read once"));
         assert_eq!(
             send.deadline(T.response_stall),
             Some(s(120)),
@@ -482,6 +500,15 @@ mod tests {
     }
 
     #[test]
+    fn what_a_client_read_before_it_stopped_does_not_buy_it_time() {
+        let t0 = Instant::now();
+        let mut send = SendStall::default();
+        // 1 MiB acknowledged over the connection's life, then the client stops reading.
+        send.refused(t0, || Some(1 << 20));
+        assert!(send.expired(t0 + T.response_stall, Some((1 << 20) + 100)));
+    }
+
+    #[test]
     fn a_new_request_does_not_refresh_a_stalled_response() {
         let s = ConnState::new(Instant::now());
         s.request_started();
@@ -492,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn a_lively_response_does_not_cover_a_stalled_one() {
+        let s = ConnState::new(Instant::now());
+        s.request_started();
+        s.request_started();
+        let stalled = s.response_started();
+        let Phase::Busy {
+            progress: Some(stalled_at),
+        } = s.phase()
+        else {
+            panic!("{:?}", s.phase());
+        };
+        let lively = s.response_started();
+        std::thread::sleep(Duration::from_millis(2));
+        s.response_progress(lively);
+        assert_eq!(
+            s.phase(),
+            Phase::Busy {
+                progress: Some(stalled_at)
+            },
+            "the oldest progress rules"
+        );
+        s.response_finished(stalled);
+        s.request_finished();
+        assert!(
+            matches!(s.phase(), Phase::Busy { progress: Some(t) } if t > stalled_at),
+            "then the lively one's"
+        );
+        s.response_finished(lively);
+        s.request_finished();
+    }
+
+    #[test]
     fn state_transitions() {
         let s = ConnState::new(Instant::now());
         s.on_read(100); // fresh: bytes do not change the fresh deadline
@@ -499,16 +558,16 @@ mod tests {
         s.request_started();
         s.request_started();
         assert_eq!(s.phase(), Phase::Busy { progress: None });
-        s.response_started();
+        let key = s.response_started();
         let Phase::Busy {
             progress: Some(first),
         } = s.phase()
         else {
             panic!("a response in flight has a progress time: {:?}", s.phase());
         };
-        s.response_progress();
+        s.response_progress(key);
         assert!(matches!(s.phase(), Phase::Busy { progress: Some(t) } if t >= first));
-        s.response_finished();
+        s.response_finished(key);
         s.request_finished();
         assert_eq!(
             s.phase(),
