@@ -49,6 +49,7 @@ fn main() {
                 ShardSnapshot {
                     partition: p as u32,
                     applied_end: n + 1,
+                    log_id: 1,
                     log_duplicates: 0,
                     elections: vec![ElectionState {
                         election: ElectionId::new("tv-final-2026").unwrap(),

@@ -85,7 +85,8 @@ fn recovery_starts_from_the_newest_good_snapshot_and_replays_only_the_tail() {
         .join(&prefix);
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let dir = root.join(format!("{prefix}votes"));
+    // Serve::start_env runs node `test-node`.
+    let dir = root.join(format!("{prefix}votes")).join("test-node");
     let rt = common::runtime();
     let client = TestClient::http1();
 

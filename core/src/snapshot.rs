@@ -11,6 +11,7 @@
 //! | version               | 1: `1`                         |
 //! | partition             | 4                              |
 //! | applied_end           | 8: next offset to replay       |
+//! | log_id                | 8: identity of the log (its first committed record) |
 //! | log_duplicates        | 8                              |
 //! | elections             | 4: count                       |
 //! | per election: id      | 2 + 1..=64                     |
@@ -47,6 +48,9 @@ pub struct ElectionState {
 pub struct ShardSnapshot {
     pub partition: u32,
     pub applied_end: u64,
+    /// Which log the state is of: a digest of the partition's first committed record (see
+    /// [`log_id`]). A topic deleted and made again under the same name has another one.
+    pub log_id: u64,
     pub log_duplicates: u64,
     /// Sorted by election id.
     pub elections: Vec<ElectionState>,
@@ -91,6 +95,7 @@ impl ShardSnapshot {
         out.push(SNAPSHOT_VERSION);
         out.extend_from_slice(&self.partition.to_be_bytes());
         out.extend_from_slice(&self.applied_end.to_be_bytes());
+        out.extend_from_slice(&self.log_id.to_be_bytes());
         out.extend_from_slice(&self.log_duplicates.to_be_bytes());
         let n = u32::try_from(self.elections.len()).expect("fewer than 2^32 elections");
         out.extend_from_slice(&n.to_be_bytes());
@@ -140,6 +145,7 @@ impl ShardSnapshot {
         };
         let partition = r.u32("partition")?;
         let applied_end = r.u64("applied_end")?;
+        let log_id = r.u64("log_id")?;
         let log_duplicates = r.u64("log_duplicates")?;
         let n = r.u32("elections")?;
         let mut elections: Vec<ElectionState> = Vec::new();
@@ -214,10 +220,23 @@ impl ShardSnapshot {
         Ok(ShardSnapshot {
             partition,
             applied_end,
+            log_id,
             log_duplicates,
             elections,
         })
     }
+}
+
+/// The identity of a partition's log: a digest of its first committed record (offset, key and
+/// value; the value carries a random nonce), which never changes while the log lives (the
+/// `votes` topic is never compacted or expired) and differs for a log made anew.
+pub fn log_id(offset: u64, key: &[u8], value: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&offset.to_be_bytes());
+    h.update(&(key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    h.digest()
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -304,6 +323,7 @@ mod tests {
         ShardSnapshot {
             partition: 3,
             applied_end: 12_345,
+            log_id: 0xfeed,
             log_duplicates: 2,
             elections,
         }

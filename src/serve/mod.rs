@@ -297,8 +297,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 if args.snapshot_every_s == 0 {
                     bail!("--snapshot-every-s must be positive");
                 }
-                // The prefix names the deployment's log: its snapshots live apart.
-                let dir = root.join(format!("{}votes", names.prefix()));
+                // The prefix names the deployment's log and the node its writer: two nodes on
+                // one host never share (or prune) each other's files.
+                let dir = root.join(format!("{}votes", names.prefix())).join(&node);
                 std::fs::create_dir_all(&dir).with_context(|| {
                     format!("creating the snapshot directory {}", dir.display())
                 })?;

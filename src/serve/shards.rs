@@ -118,6 +118,8 @@ struct Slot {
     status: Arc<PartitionStatus>,
     /// Tallies changed since the read model last got them (DESIGN §3.4).
     dirty: Cell<bool>,
+    /// The identity of the partition's log, once known (snapshots carry it).
+    log_id: Cell<Option<u64>>,
 }
 
 /// The shards of one core.
@@ -155,6 +157,7 @@ impl ShardHost {
                 wake,
                 status: status[p as usize].clone(),
                 dirty: Cell::new(false),
+                log_id: Cell::new(None),
             });
             slot.status.set(ShardState::Recovering);
             glommio::spawn_local(drive(
@@ -369,21 +372,23 @@ async fn drive(
 }
 
 /// The shard of `cfg` from its partition's newest trustworthy snapshot, or `fresh` when there is
-/// none. Blocking (reads files, asks the broker for the log's end).
+/// none; and the identity of the log, when it holds a record. Blocking (reads files, asks the
+/// broker for the log's first record and end).
 fn restore(
     s: &CommitSettings,
     snaps: &SnapshotSettings,
     cfg: ShardConfig,
     fresh: Shard,
     status: &PartitionStatus,
-) -> Result<Shard, votes_tally::recovery::ReplayError> {
+) -> Result<(Shard, Option<u64>), votes_tally::recovery::ReplayError> {
     let p = cfg.partition;
+    let log_id = votes_tally::recovery::log_identity(&s.brokers, &s.names, p, s.kafka_timeout)?;
     let end = votes_tally::recovery::log_end(&s.brokers, &s.names, p, s.kafka_timeout)?;
-    let loaded = match snapshot::files::load_newest(&snaps.dir, p, end) {
+    let loaded = match snapshot::files::load_newest(&snaps.dir, p, log_id, end) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(partition = p, dir = %snaps.dir.display(), error = %e, "cannot read snapshots; replaying the whole log");
-            return Ok(fresh);
+            return Ok((fresh, log_id));
         }
     };
     for (path, why) in &loaded.skipped {
@@ -392,7 +397,7 @@ fn restore(
     }
     let Some((path, snap)) = loaded.snapshot else {
         status.snapshot_start.store(0, Ordering::Relaxed);
-        return Ok(fresh);
+        return Ok((fresh, log_id));
     };
     tracing::info!(
         partition = p,
@@ -404,7 +409,7 @@ fn restore(
     status
         .snapshot_start
         .store(snap.applied_end, Ordering::Relaxed);
-    Ok(Shard::from_snapshot(cfg, snap))
+    Ok((Shard::from_snapshot(cfg, snap), log_id))
 }
 
 /// Writes the shard's committed state every `every` while it is active and has moved on:
@@ -415,13 +420,47 @@ async fn snapshot_loop(slot: Rc<Slot>, settings: Arc<CommitSettings>, blocking: 
         .snapshots
         .clone()
         .expect("started only with snapshots configured");
+    // What recovery started from is on disk already.
     let mut last_end = 0u64;
     loop {
         glommio::timer::sleep(snaps.every).await;
-        let snap = match slot.shard.borrow().as_ref() {
-            Some(s) if s.state() == ShardState::Active && s.applied_end() > last_end => {
-                s.snapshot()
+        last_end = last_end.max(slot.status.snapshot_start.load(Ordering::Relaxed));
+        let moved_on = match slot.shard.borrow().as_ref() {
+            Some(s) => s.state() == ShardState::Active && s.applied_end() > last_end,
+            None => false,
+        };
+        if !moved_on {
+            continue;
+        }
+        let log_id = match slot.log_id.get() {
+            Some(id) => id,
+            None => {
+                // The log was empty at recovery: its first record exists now.
+                let (s, p) = (settings.clone(), slot.partition);
+                match blocking
+                    .run(move || {
+                        votes_tally::recovery::log_identity(
+                            &s.brokers,
+                            &s.names,
+                            p,
+                            s.kafka_timeout,
+                        )
+                    })
+                    .await
+                {
+                    Ok(Ok(Some(id))) => {
+                        slot.log_id.set(Some(id));
+                        id
+                    }
+                    other => {
+                        tracing::warn!(partition = slot.partition, outcome = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot name the log yet; no snapshot this time");
+                        continue;
+                    }
+                }
             }
+        };
+        let snap = match slot.shard.borrow().as_ref() {
+            Some(s) if s.state() == ShardState::Active => s.snapshot(log_id),
             _ => continue,
         };
         let end = snap.applied_end;
@@ -540,19 +579,23 @@ async fn take_ownership(
                 };
                 // A shard that holds nothing yet starts from its newest good snapshot; one
                 // that kept its state (after an unknown outcome) replays from where it is.
-                let shard = match &s.snapshots {
+                let (shard, log_id) = match &s.snapshots {
                     Some(snaps) if shard.applied_end() == 0 => {
                         restore(&s, snaps, cfg, shard, &status).map_err(|e| e.to_string())?
                     }
-                    _ => shard,
+                    _ => (shard, None),
                 };
                 // On failure the shard comes back unchanged in spirit: recovering, to retry.
                 replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
+                    .map(|shard| (shard, log_id))
                     .map_err(|e| e.to_string())
             })
             .await;
         match replayed {
-            Ok(Ok(shard)) => {
+            Ok(Ok((shard, log_id))) => {
+                if log_id.is_some() {
+                    slot.log_id.set(log_id);
+                }
                 slot.status
                     .log_duplicates
                     .store(shard.log_duplicates(), Ordering::Relaxed);

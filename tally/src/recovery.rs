@@ -56,6 +56,46 @@ pub fn log_end(
     Ok(u64::try_from(high).unwrap_or(0))
 }
 
+/// The identity of the partition's log ([`votes_core::snapshot::log_id`] of its first
+/// committed record), or `None` while it holds none.
+pub fn log_identity(
+    brokers: &str,
+    names: &Names,
+    partition: u32,
+    timeout: Duration,
+) -> Result<Option<u64>, ReplayError> {
+    let kafka = |source| ReplayError::Kafka { partition, source };
+    let consumer: BaseConsumer<crate::kafka::VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+            .create_with_context(crate::kafka::VotesContext)
+            .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &names.votes_topic(),
+        i32::try_from(partition).expect("partition fits i32"),
+        Offset::Beginning,
+    )
+    .map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let offset = u64::try_from(m.offset()).expect("a consumed record has an offset");
+                return Ok(Some(votes_core::snapshot::log_id(
+                    offset,
+                    m.key().unwrap_or_default(),
+                    m.payload().unwrap_or_default(),
+                )));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(kafka(e)),
+            None => {}
+        }
+    }
+    Err(ReplayError::Timeout { partition, timeout })
+}
+
 /// Replays `shard`'s partition from its `applied_end` to the end of the committed log, then
 /// marks it recovered. `timeout` bounds the silence between two answers of the broker, not
 /// the whole replay (a long log legitimately takes long).

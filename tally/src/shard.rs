@@ -458,8 +458,9 @@ impl Shard {
 
     /// The committed state for a snapshot: every voter set and tally, and the offset below which
     /// every record of the partition is in them. Pending votes are not part of it (they may
-    /// still abort). Copies the voter sets: O(voters), so call it rarely.
-    pub fn snapshot(&self) -> ShardSnapshot {
+    /// still abort). Copies the voter sets: O(voters), so call it rarely. `log_id` names the
+    /// log it is of ([`votes_core::snapshot::log_id`]).
+    pub fn snapshot(&self, log_id: u64) -> ShardSnapshot {
         assert_ne!(
             self.state,
             ShardState::Fenced,
@@ -480,6 +481,7 @@ impl Shard {
         ShardSnapshot {
             partition: self.cfg.partition,
             applied_end: self.applied_end,
+            log_id,
             log_duplicates: self.log_duplicates,
             elections,
         }

@@ -58,10 +58,16 @@ pub mod files {
         pub skipped: Vec<(PathBuf, String)>,
     }
 
-    /// The newest snapshot of `partition` in `dir` that decodes, belongs to the partition and
-    /// does not claim offsets past `log_end` (the partition's high watermark: a snapshot ahead
-    /// of the log belongs to another log). Older ones are tried in turn.
-    pub fn load_newest(dir: &Path, partition: u32, log_end: u64) -> std::io::Result<Loaded> {
+    /// The newest snapshot of `partition` in `dir` that decodes, belongs to the partition, is
+    /// of the log named `log_id` (`None`: the log is empty, no snapshot fits) and does not
+    /// claim offsets past `log_end` (the partition's high watermark). Older ones are tried in
+    /// turn.
+    pub fn load_newest(
+        dir: &Path,
+        partition: u32,
+        log_id: Option<u64>,
+        log_end: u64,
+    ) -> std::io::Result<Loaded> {
         let mut loaded = Loaded::default();
         for (_, path) in list(dir, partition)? {
             let bytes = match std::fs::read(&path) {
@@ -76,6 +82,10 @@ pub mod files {
                 Ok(s) if s.partition != partition => loaded
                     .skipped
                     .push((path, format!("it is partition {}'s", s.partition))),
+                Ok(s) if Some(s.log_id) != log_id => loaded.skipped.push((
+                    path,
+                    "it is of another log (the topic was made anew)".into(),
+                )),
                 Ok(s) if s.applied_end > log_end => loaded.skipped.push((
                     path,
                     format!(
@@ -125,6 +135,7 @@ pub mod files {
             ShardSnapshot {
                 partition,
                 applied_end: 0,
+                log_id: 42,
                 log_duplicates: 0,
                 elections: vec![ElectionState {
                     election: ElectionId::new("e").unwrap(),
@@ -155,15 +166,19 @@ pub mod files {
             std::fs::write(dir.join(temporary(3, 500)), b"partial").unwrap();
             std::fs::write(dir.join(name(4, 900)), b"another partition").unwrap();
 
-            let got = load_newest(&dir, 3, 10_000).unwrap();
+            let got = load_newest(&dir, 3, Some(42), 10_000).unwrap();
             let (path, snap) = got.snapshot.expect("the snapshot at 200 is good");
             assert_eq!(path, dir.join(name(3, 200)));
             assert_eq!(snap.applied_end, 200);
             assert_eq!(got.skipped.len(), 2, "{:?}", got.skipped);
 
             // A log that ends before a snapshot makes it untrustworthy.
-            let got = load_newest(&dir, 3, 150).unwrap();
+            let got = load_newest(&dir, 3, Some(42), 150).unwrap();
             assert_eq!(got.snapshot.map(|(_, s)| s.applied_end), Some(100));
+            // Snapshots of another log (same name, made anew) are never trusted.
+            let got = load_newest(&dir, 3, Some(43), 10_000).unwrap();
+            assert!(got.snapshot.is_none());
+            assert_eq!(got.skipped.len(), 4, "{:?}", got.skipped);
 
             prune(&dir, 3, 1).unwrap();
             let left: Vec<u64> = list(&dir, 3).unwrap().into_iter().map(|(o, _)| o).collect();

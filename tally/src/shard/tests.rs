@@ -489,13 +489,13 @@ proptest! {
         let mut snap = None;
         for (i, op) in ops.into_iter().enumerate() {
             if i == at && h.shard.state() == ShardState::Active {
-                snap = Some(h.shard.snapshot());
+                snap = Some(h.shard.snapshot(7));
             }
             h.step(op);
         }
         h.drain();
         prop_assume!(h.shard.state() == ShardState::Active);
-        let snap = snap.unwrap_or_else(|| h.shard.snapshot());
+        let snap = snap.unwrap_or_else(|| h.shard.snapshot(7));
         let bytes = snap.encode();
         let decoded = crate::snapshot::ShardSnapshot::decode(&bytes).expect("a snapshot reads back");
         prop_assert_eq!(&decoded, &snap);
@@ -505,7 +505,7 @@ proptest! {
             restored.apply_committed(*o, r);
         }
         restored.finish_recovery(h.next_offset);
-        let (got, live) = (restored.snapshot(), h.shard.snapshot());
+        let (got, live) = (restored.snapshot(7), h.shard.snapshot(7));
         prop_assert_eq!(&got.elections, &live.elections);
         prop_assert_eq!(got.log_duplicates, live.log_duplicates);
         // The live shard stops after its last record, the replay after the commit marker.
