@@ -382,9 +382,9 @@ fn restore(
     status: &PartitionStatus,
 ) -> Result<(Shard, Option<u64>), votes_tally::recovery::ReplayError> {
     let p = cfg.partition;
-    let log_id = votes_tally::recovery::log_identity(&s.brokers, &s.names, p, s.kafka_timeout)?;
-    let end = votes_tally::recovery::log_end(&s.brokers, &s.names, p, s.kafka_timeout)?;
-    let loaded = match snapshot::files::load_newest(&snaps.dir, p, log_id, end) {
+    let log = votes_tally::recovery::log_identity(&s.brokers, &s.names, p, s.kafka_timeout)?;
+    let log_id = log.id;
+    let loaded = match snapshot::files::load_newest(&snaps.dir, p, log.id, log.end) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(partition = p, dir = %snaps.dir.display(), error = %e, "cannot read snapshots; replaying the whole log");
@@ -448,7 +448,7 @@ async fn snapshot_loop(slot: Rc<Slot>, settings: Arc<CommitSettings>, blocking: 
                     })
                     .await
                 {
-                    Ok(Ok(Some(id))) => {
+                    Ok(Ok(votes_tally::recovery::LogIdentity { id: Some(id), .. })) => {
                         slot.log_id.set(Some(id));
                         id
                     }

@@ -33,14 +33,22 @@ pub struct ReplayProgress {
     pub undecodable: u64,
 }
 
-/// The partition's high watermark: the offset after its last record. A snapshot that claims
-/// offsets past it belongs to another log and is not trusted.
-pub fn log_end(
+/// What a snapshot is checked against: the identity of the partition's log
+/// ([`votes_core::snapshot::log_id`] of its first committed record, `None` while it holds
+/// none) and its high watermark (the offset after its last record: a snapshot claiming more
+/// is of another log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogIdentity {
+    pub id: Option<u64>,
+    pub end: u64,
+}
+
+pub fn log_identity(
     brokers: &str,
     names: &Names,
     partition: u32,
     timeout: Duration,
-) -> Result<u64, ReplayError> {
+) -> Result<LogIdentity, ReplayError> {
     let kafka = |source| ReplayError::Kafka { partition, source };
     let consumer: BaseConsumer<crate::kafka::VotesContext> =
         read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
@@ -53,22 +61,7 @@ pub fn log_end(
             timeout,
         )
         .map_err(kafka)?;
-    Ok(u64::try_from(high).unwrap_or(0))
-}
-
-/// The identity of the partition's log ([`votes_core::snapshot::log_id`] of its first
-/// committed record), or `None` while it holds none.
-pub fn log_identity(
-    brokers: &str,
-    names: &Names,
-    partition: u32,
-    timeout: Duration,
-) -> Result<Option<u64>, ReplayError> {
-    let kafka = |source| ReplayError::Kafka { partition, source };
-    let consumer: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
-            .create_with_context(crate::kafka::VotesContext)
-            .map_err(kafka)?;
+    let end = u64::try_from(high).unwrap_or(0);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(
         &names.votes_topic(),
@@ -82,13 +75,14 @@ pub fn log_identity(
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let offset = u64::try_from(m.offset()).expect("a consumed record has an offset");
-                return Ok(Some(votes_core::snapshot::log_id(
+                let id = votes_core::snapshot::log_id(
                     offset,
                     m.key().unwrap_or_default(),
                     m.payload().unwrap_or_default(),
-                )));
+                );
+                return Ok(LogIdentity { id: Some(id), end });
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(LogIdentity { id: None, end }),
             Some(Err(e)) => return Err(kafka(e)),
             None => {}
         }
