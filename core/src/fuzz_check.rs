@@ -162,6 +162,18 @@ pub fn pow_verify(data: &[u8]) {
     }
 }
 
+/// `ShardSnapshot::decode` on damaged files: never panics, and whatever decodes re-encodes to
+/// the same bytes (the format has one encoding per state).
+pub fn snapshot_decode(data: &[u8]) {
+    if let Ok(s) = crate::snapshot::ShardSnapshot::decode(data) {
+        assert_eq!(
+            s.encode(),
+            data,
+            "a decoded snapshot re-encodes to its bytes"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,17 +261,5 @@ mod tests {
         };
         assert!(seeds.iter().any(|(_, b)| verifies(b)));
         assert!(seeds.iter().any(|(_, b)| !verifies(b)));
-    }
-}
-
-/// `ShardSnapshot::decode` on damaged files: never panics, and whatever decodes re-encodes to
-/// the same bytes (the format has one encoding per state).
-pub fn snapshot_decode(data: &[u8]) {
-    if let Ok(s) = crate::snapshot::ShardSnapshot::decode(data) {
-        assert_eq!(
-            s.encode(),
-            data,
-            "a decoded snapshot re-encodes to its bytes"
-        );
     }
 }
