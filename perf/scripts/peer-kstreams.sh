@@ -15,6 +15,11 @@
 # application id; its state dir (under target/perf/kstreams-state), output and internal topics
 # are deleted afterwards.
 set -euo pipefail
+if ! command -v jq >/dev/null; then
+  command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] ||
+    { echo "error: jq not found (Debian: apt-get install -y jq)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq >/dev/null
+fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 BROKERS=${BROKERS:-127.0.0.1:9092}

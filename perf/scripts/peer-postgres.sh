@@ -18,6 +18,13 @@ PORT=55432
 OUT=${OUT:-$ROOT/target/perf/peer-postgres.json}
 mkdir -p "$ROOT/target/perf" "$(dirname "$OUT")"
 as_pg() { runuser -u postgres -- "$@"; }
+# Debian's PostgreSQL server, installed when missing (its own cluster is not used).
+if [ ! -x "$PGBIN/initdb" ]; then
+  command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] ||
+    { echo "error: $PGBIN/initdb not found: install Debian's postgresql (or set PGBIN)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
 
 # The cluster lives under target/perf unless the postgres user cannot reach it there.
 DATA=$ROOT/target/perf/pg
