@@ -33,7 +33,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let turnout: u64 = if quick { 10_000_000 } else { 100_000_000 };
+    // `cargo test --benches` runs this with --bench absent: keep that run tiny.
+    let under_test = !std::env::args().any(|a| a == "--bench");
+    let turnout: u64 = if under_test {
+        100_000
+    } else if quick {
+        10_000_000
+    } else {
+        100_000_000
+    };
     for partitions in [8u32, 64] {
         let mut sets: Vec<RoaringTreemap> =
             (0..partitions).map(|_| RoaringTreemap::new()).collect();
