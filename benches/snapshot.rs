@@ -16,20 +16,9 @@ use roaring::RoaringTreemap;
 use votes_core::snapshot::{ElectionState, ShardSnapshot};
 use votes_core::{ElectionId, OptionId, VoterId, partition_of};
 
-fn voters(n: u64, population: u64, seed: u64) -> impl Iterator<Item = u64> {
-    let mut x = seed | 1;
-    (0..n).map(move |_| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % population
-    })
-}
+mod common;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+use common::{median, voters};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");

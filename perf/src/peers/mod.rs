@@ -356,6 +356,44 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), PeerError> 
     std::fs::write(path, body).map_err(io)
 }
 
+/// What one connection of the PostgreSQL or Redis peer measured.
+pub(crate) struct LaneResult {
+    pub latency_us: Histogram<u64>,
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// Waits for every lane and merges what they measured; a lane's failure (its error mapped by
+/// `failed`) fails the run once all have ended.
+pub(crate) async fn join_lanes<E>(
+    tasks: Vec<tokio::task::JoinHandle<Result<LaneResult, E>>>,
+    failed: impl Fn(E) -> PeerError,
+) -> Result<LaneResult, PeerError> {
+    let mut all = LaneResult {
+        latency_us: latency_histogram(),
+        accepted: 0,
+        duplicates: 0,
+    };
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(r)) => {
+                all.latency_us
+                    .add(&r.latency_us)
+                    .map_err(|e| PeerError::Worker(e.to_string()))?;
+                all.accepted += r.accepted;
+                all.duplicates += r.duplicates;
+            }
+            Ok(Err(e)) => failure = Some(failed(e)),
+            Err(e) => failure = Some(PeerError::Worker(e.to_string())),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(all),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

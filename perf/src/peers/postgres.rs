@@ -14,12 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Expected, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, cpu_figures,
-    latency_ms, record, tally_diff,
+    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate,
+    cpu_figures, latency_ms, record, tally_diff,
 };
 use crate::cpu;
 
@@ -87,12 +86,6 @@ async fn local_postmaster(client: &Client) -> Option<u32> {
     }
     let parent = cpu::ProcStat::read(backend).ok()?.ppid;
     (comm(parent)? == "postgres").then_some(parent)
-}
-
-struct LaneResult {
-    latency_us: Histogram<u64>,
-    accepted: u64,
-    duplicates: u64,
 }
 
 /// Sleeps until `due` (open loop) and returns the time the vote's latency is measured from:
@@ -213,25 +206,11 @@ pub async fn run(cfg: &PostgresConfig) -> Result<(ServerReport, Expected), PeerE
         .zip(lanes)
         .map(|((c, st), lane)| tokio::spawn(run_lane(c, st, votes.clone(), lane, pace)))
         .collect();
-    let mut latency_us = super::latency_histogram();
-    let (mut accepted, mut duplicates) = (0, 0);
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(r)) => {
-                latency_us
-                    .add(&r.latency_us)
-                    .map_err(|e| PeerError::Worker(e.to_string()))?;
-                accepted += r.accepted;
-                duplicates += r.duplicates;
-            }
-            Ok(Err(e)) => failure = Some(PeerError::Postgres(e)),
-            Err(e) => failure = Some(PeerError::Worker(e.to_string())),
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let super::LaneResult {
+        latency_us,
+        accepted,
+        duplicates,
+    } = super::join_lanes(tasks, PeerError::Postgres).await?;
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let c1 = cpu::self_cpu_seconds()?;
     let s1 = server_pid.map(cpu::tree_cpu_seconds).transpose()?;

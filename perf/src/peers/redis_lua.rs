@@ -13,13 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 
 use super::postgres::wait_due;
 use super::{
-    Expected, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, cpu_figures,
-    latency_ms, record, tally_diff,
+    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate,
+    cpu_figures, latency_ms, record, tally_diff,
 };
 use crate::cpu;
 
@@ -35,12 +34,6 @@ pub struct RedisConfig {
     pub rate: Option<f64>,
     /// The redis-server; `None`: the `process_id` of `INFO server`, when it is local.
     pub server_pid: Option<u32>,
-}
-
-struct LaneResult {
-    latency_us: Histogram<u64>,
-    accepted: u64,
-    duplicates: u64,
 }
 
 struct Keys {
@@ -179,25 +172,11 @@ pub async fn run(cfg: &RedisConfig) -> Result<(ServerReport, Expected), PeerErro
         .zip(lanes)
         .map(|(c, lane)| tokio::spawn(run_lane(c, keys.clone(), votes.clone(), lane, pace, depth)))
         .collect();
-    let mut latency_us = super::latency_histogram();
-    let (mut accepted, mut duplicates) = (0, 0);
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(r)) => {
-                latency_us
-                    .add(&r.latency_us)
-                    .map_err(|e| PeerError::Worker(e.to_string()))?;
-                accepted += r.accepted;
-                duplicates += r.duplicates;
-            }
-            Ok(Err(e)) => failure = Some(PeerError::Redis(e)),
-            Err(e) => failure = Some(PeerError::Worker(e.to_string())),
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let super::LaneResult {
+        latency_us,
+        accepted,
+        duplicates,
+    } = super::join_lanes(tasks, PeerError::Redis).await?;
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let c1 = cpu::self_cpu_seconds()?;
     let s1 = server_pid.map(|p| cpu::cpu_seconds(p, false)).transpose()?;
