@@ -42,15 +42,11 @@ OUT=$ROOT/target/perf/attack
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb >/dev/null
 
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 export VOTES_PREFIX="perf-attack-$(date +%s)-"
 HTTP=127.0.0.1:18680
 ADMIN=127.0.0.1:19690
-TICK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 "$BIN/votes" init --partitions 8 >/dev/null
 "$BIN/votes" serve --cores "$CORES" --http "$HTTP" --admin "$ADMIN" --node-id perf-attack \

@@ -13,9 +13,7 @@ B=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/release}
 HTTP=127.0.0.1:18382
 ADMIN=127.0.0.1:19392
 export VOTES_PREFIX="batch-$PARTS-$LINGER-$RATE-$(date +%s%N)-"
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 # The whole load comes from one loopback address: per-source rate limits would measure
 # themselves, not the write path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0

@@ -50,19 +50,13 @@ export BIN
 say "starting services (Kafka, DynamoDB endpoint, Redis)"
 scripts/services.sh up >/dev/null
 
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 # Loopback load from a few addresses: the per-address limits would measure themselves.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 HTTP=127.0.0.1:18680
 ADMIN=127.0.0.1:19690
-TICK=$(getconf CLK_TCK)
 PARTITIONS=8
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
-kafka_pids() { pgrep -f 'kafka\.Kafka' | tr '\n' ' '; }
 
 # --- the appliance --------------------------------------------------------------------------
 export VOTES_PREFIX="perf-$STAMP-"

@@ -26,9 +26,7 @@ PARTITIONS=${PARTITIONS:-8}
 CORES=${CORES:-2}
 scripts/services.sh up kafka dynamodb redis >/dev/null
 export VOTES_PREFIX="perf-snap-$(date +%s)-"
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 OUT=$ROOT/target/perf/snapshot-recovery
 SNAPS=$OUT/snapshots
 rm -rf "$OUT"; mkdir -p "$SNAPS"

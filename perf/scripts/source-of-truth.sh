@@ -21,15 +21,12 @@ OUT=$ROOT/target/perf
 mkdir -p "$OUT"
 scripts/services.sh up >/dev/null
 
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 VOTES_PREFIX="sot-$(date +%s)-"
 export VOTES_PREFIX
 HTTP=127.0.0.1:18581
 ADMIN=127.0.0.1:19591
-TICK=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$TICK" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat"; }
 
 "$BIN/votes" init --partitions 8 >/dev/null

@@ -53,9 +53,7 @@ free_port() {
 HTTP=127.0.0.1:$(free_port)
 ADMIN=127.0.0.1:$(free_port)
 
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 # All subscribers come from a few loopback addresses of one /24: per-source rate limits would
 # measure themselves, not the results path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
@@ -102,7 +100,6 @@ curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
   -d '{"id":"sse","title":"sse","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
 curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/sse/open"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 report=$OUT/sse-$SUBSCRIBERS.json
 s0=$(cpu_ticks "$serve")
 "$BIN/votes-sse" --target "http://$HTTP" --election sse --subscribers "$SUBSCRIBERS" \

@@ -26,20 +26,13 @@ OUT=$ROOT/target/perf
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb >/dev/null
 
-export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
-export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
-export VOTES_ADMIN_TOKEN=perf-admin-token
+. "$ROOT/perf/scripts/lib.sh"
 # The whole load comes from one loopback address: per-source rate limits would measure
 # themselves, not the write path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 HTTP=127.0.0.1:18580
 ADMIN=127.0.0.1:19590
-TICK=$(getconf CLK_TCK)
 
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-kafka_pids() { pgrep -f 'kafka\.Kafka' | tr '\n' ' '; }
-sum_ticks() { local t=0; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 
 printf '%-5s %-8s %-10s %-8s %-8s %-9s %-9s %-12s %-12s\n' cores offered achieved 202 other p50_ms p99_ms serve_cpu_s/100k kafka_cpu_s/100k
 for cores in $CORES; do

@@ -21,6 +21,20 @@ pub struct LatencyMs {
     pub max: f64,
 }
 
+impl LatencyMs {
+    /// The percentiles of a histogram recorded in microseconds.
+    pub fn of(us: &Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            p50: ms(us.value_at_quantile(0.5)),
+            p90: ms(us.value_at_quantile(0.9)),
+            p99: ms(us.value_at_quantile(0.99)),
+            p999: ms(us.value_at_quantile(0.999)),
+            max: ms(us.max()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub sent: u64,
@@ -45,18 +59,11 @@ impl Report {
             .filter(|(k, _)| k.as_str() != "error")
             .map(|(_, v)| v)
             .sum();
-        let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1000.0;
         Self {
             sent,
             achieved_rate: answered as f64 / elapsed_s,
             by_status,
-            latency_ms: LatencyMs {
-                p50: ms(0.5),
-                p90: ms(0.9),
-                p99: ms(0.99),
-                p999: ms(0.999),
-                max: latency_us.max() as f64 / 1000.0,
-            },
+            latency_ms: LatencyMs::of(latency_us),
         }
     }
 }

@@ -1123,17 +1123,6 @@ struct Finish {
     own: u32,
 }
 
-fn latency_ms(h: &Histogram<u64>) -> LatencyMs {
-    let ms = |us: u64| us as f64 / 1000.0;
-    LatencyMs {
-        p50: ms(h.value_at_quantile(0.5)),
-        p90: ms(h.value_at_quantile(0.9)),
-        p99: ms(h.value_at_quantile(0.99)),
-        p999: ms(h.value_at_quantile(0.999)),
-        max: ms(h.max()),
-    }
-}
-
 fn finish(
     cfg: &Config,
     ctx: &Ctx,
@@ -1176,15 +1165,15 @@ fn finish(
         connect_failures: cfg.subscribers - connected.min(cfg.subscribers),
         votes_accepted: ctx.accepted.load(Ordering::Relaxed),
         events: c.events.load(Ordering::Relaxed),
-        delay_ms: latency_ms(&all.from_ack),
+        delay_ms: LatencyMs::of(&all.from_ack),
         subscribers_final_total_ok: ok,
         rss_per_subscriber_kib: f.server_rss_kib.per_subscriber(f.connected_at_vote_start),
         server_rss_kib: f.server_rss_kib,
-        delay_from_send_ms: latency_ms(&all.from_send),
+        delay_from_send_ms: LatencyMs::of(&all.from_send),
         delay_samples: all.from_ack.len(),
         delay_samples_before_ack: all.before_ack,
-        fanout_ms: latency_ms(&all.fanout),
-        vote_ack_ms: latency_ms(&ctx.vote_ack_us.lock().expect("vote latency lock")),
+        fanout_ms: LatencyMs::of(&all.fanout),
+        vote_ack_ms: LatencyMs::of(&ctx.vote_ack_us.lock().expect("vote latency lock")),
         client_rss_per_subscriber_kib: f.client_rss_kib.per_subscriber(f.connected_at_vote_start),
         client_rss_kib: f.client_rss_kib,
         server_cpu_s: CpuS {

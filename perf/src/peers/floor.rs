@@ -18,7 +18,7 @@ use serde::Serialize;
 use votes_core::record::VoteRecord;
 use votes_core::{ElectionId, OptionId, VoterId};
 
-use super::{Expected, Pace, PeerError, VoteSpec, Votes, check_rate, latency_ms, record};
+use super::{Expected, Pace, PeerError, VoteSpec, Votes, check_rate, record};
 use crate::cpu;
 use crate::mix::Rng;
 use crate::report::LatencyMs;
@@ -527,7 +527,7 @@ pub fn run(cfg: &FloorConfig) -> Result<(FloorReport, Expected), PeerError> {
             p99: ms(0.99),
             max: commit_us.max() as f64 / 1000.0,
         },
-        latency_ms: cfg.rate.map(|_| latency_ms(&latency_us)),
+        latency_ms: cfg.rate.map(|_| LatencyMs::of(&latency_us)),
         batch: cfg.batch,
         partitions: cfg.partitions,
         voters: expected.voters,

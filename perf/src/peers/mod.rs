@@ -244,17 +244,6 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(us.clamp(1, LATENCY_MAX_US));
 }
 
-pub fn latency_ms(h: &Histogram<u64>) -> LatencyMs {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    LatencyMs {
-        p50: ms(0.5),
-        p90: ms(0.9),
-        p99: ms(0.99),
-        p999: ms(0.999),
-        max: h.max() as f64 / 1000.0,
-    }
-}
-
 /// Tallies that differ from the expected ones: option → (expected, found).
 pub fn tally_diff(
     expected: &BTreeMap<String, u64>,
@@ -314,6 +303,40 @@ pub fn cpu_figures(votes: u64, client: f64, server: Option<f64>) -> (f64, f64, f
 }
 
 impl ServerReport {
+    /// The measured part of a run's report, with its derived figures (rates, CPU per vote)
+    /// computed here; the caller adds how the run was set up and whether the tallies held.
+    pub(crate) fn measured(
+        peer: &str,
+        votes: u64,
+        wall_s: f64,
+        client_cpu_s: f64,
+        server_cpu_s: Option<f64>,
+        lanes: &LaneResult,
+    ) -> Self {
+        let (cpu_s, votes_per_cpu_s, cpu_us_per_vote) =
+            cpu_figures(votes, client_cpu_s, server_cpu_s);
+        ServerReport {
+            peer: peer.into(),
+            votes,
+            wall_s,
+            votes_per_s: votes as f64 / wall_s,
+            client_cpu_s,
+            server_cpu_s,
+            cpu_s,
+            votes_per_cpu_s,
+            cpu_us_per_vote,
+            accepted: lanes.accepted,
+            duplicates: lanes.duplicates,
+            latency_ms: LatencyMs::of(&lanes.latency_us),
+            connections: 0,
+            pipeline: 1,
+            rate: None,
+            verified: false,
+            tally_diff: BTreeMap::new(),
+            server: BTreeMap::new(),
+        }
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{}: {} votes in {:.2}s = {:.0} votes/s; cpu {:.2}s (client {:.2} + server {}) = {:.1} µs/vote, {:.0} votes/cpu-s; latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; accepted {} duplicates {}; {}",

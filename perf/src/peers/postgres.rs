@@ -17,8 +17,8 @@ use std::time::Instant;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate,
-    cpu_figures, latency_ms, record, tally_diff,
+    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, record,
+    tally_diff,
 };
 use crate::cpu;
 
@@ -206,11 +206,7 @@ pub async fn run(cfg: &PostgresConfig) -> Result<(ServerReport, Expected), PeerE
         .zip(lanes)
         .map(|((c, st), lane)| tokio::spawn(run_lane(c, st, votes.clone(), lane, pace)))
         .collect();
-    let super::LaneResult {
-        latency_us,
-        accepted,
-        duplicates,
-    } = super::join_lanes(tasks, PeerError::Postgres).await?;
+    let lanes = super::join_lanes(tasks, PeerError::Postgres).await?;
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let c1 = cpu::self_cpu_seconds()?;
     let s1 = server_pid.map(cpu::tree_cpu_seconds).transpose()?;
@@ -238,32 +234,25 @@ pub async fn run(cfg: &PostgresConfig) -> Result<(ServerReport, Expected), PeerE
         .try_get(0)?;
     let diff = tally_diff(&expected.tallies, &found);
     let verified = diff.is_empty()
-        && accepted == expected.accepted
+        && lanes.accepted == expected.accepted
         && u64::try_from(stored).ok() == Some(expected.accepted);
 
-    let n = cfg.spec.votes;
-    let client_cpu = c1 - c0;
     let server_cpu = s0.zip(s1).map(|(a, b)| b - a);
-    let (cpu_s, per_cpu, us_per_vote) = cpu_figures(n, client_cpu, server_cpu);
     let report = ServerReport {
-        peer: "postgres".into(),
-        votes: n,
-        wall_s: wall,
-        votes_per_s: n as f64 / wall,
-        client_cpu_s: client_cpu,
-        server_cpu_s: server_cpu,
-        cpu_s,
-        votes_per_cpu_s: per_cpu,
-        cpu_us_per_vote: us_per_vote,
-        accepted,
-        duplicates,
-        latency_ms: latency_ms(&latency_us),
         connections: cfg.connections,
         pipeline: 1,
         rate: cfg.rate,
         verified,
         tally_diff: diff,
         server,
+        ..ServerReport::measured(
+            "postgres",
+            cfg.spec.votes,
+            wall,
+            c1 - c0,
+            server_cpu,
+            &lanes,
+        )
     };
     Ok((report, expected))
 }

@@ -17,8 +17,8 @@ use redis::aio::MultiplexedConnection;
 
 use super::postgres::wait_due;
 use super::{
-    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate,
-    cpu_figures, latency_ms, record, tally_diff,
+    Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, record,
+    tally_diff,
 };
 use crate::cpu;
 
@@ -172,11 +172,7 @@ pub async fn run(cfg: &RedisConfig) -> Result<(ServerReport, Expected), PeerErro
         .zip(lanes)
         .map(|(c, lane)| tokio::spawn(run_lane(c, keys.clone(), votes.clone(), lane, pace, depth)))
         .collect();
-    let super::LaneResult {
-        latency_us,
-        accepted,
-        duplicates,
-    } = super::join_lanes(tasks, PeerError::Redis).await?;
+    let lanes = super::join_lanes(tasks, PeerError::Redis).await?;
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let c1 = cpu::self_cpu_seconds()?;
     let s1 = server_pid.map(|p| cpu::cpu_seconds(p, false)).transpose()?;
@@ -196,31 +192,25 @@ pub async fn run(cfg: &RedisConfig) -> Result<(ServerReport, Expected), PeerErro
     // Options nobody voted for have no field; the expected tallies list them with 0.
     let mut diff = tally_diff(&expected.tallies, &found);
     diff.retain(|_, (e, f)| !(*e == 0 && *f == 0));
-    let verified = diff.is_empty() && accepted == expected.accepted && stored == expected.accepted;
+    let verified =
+        diff.is_empty() && lanes.accepted == expected.accepted && stored == expected.accepted;
 
-    let n = cfg.spec.votes;
-    let client_cpu = c1 - c0;
     let server_cpu = s0.zip(s1).map(|(a, b)| b - a);
-    let (cpu_s, per_cpu, us_per_vote) = cpu_figures(n, client_cpu, server_cpu);
     let report = ServerReport {
-        peer: "redis-lua".into(),
-        votes: n,
-        wall_s: wall,
-        votes_per_s: n as f64 / wall,
-        client_cpu_s: client_cpu,
-        server_cpu_s: server_cpu,
-        cpu_s,
-        votes_per_cpu_s: per_cpu,
-        cpu_us_per_vote: us_per_vote,
-        accepted,
-        duplicates,
-        latency_ms: latency_ms(&latency_us),
         connections: cfg.connections,
         pipeline: cfg.pipeline,
         rate: cfg.rate,
         verified,
         tally_diff: diff,
         server,
+        ..ServerReport::measured(
+            "redis-lua",
+            cfg.spec.votes,
+            wall,
+            c1 - c0,
+            server_cpu,
+            &lanes,
+        )
     };
     Ok((report, expected))
 }

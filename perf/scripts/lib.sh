@@ -1,0 +1,9 @@
+# Sourced by the perf scripts: the development keys their local appliance runs with, and CPU
+# time read from /proc (utime + stime, in clock ticks of TICK per second).
+export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
+export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
+export VOTES_ADMIN_TOKEN=perf-admin-token
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+kafka_pids() { pgrep -f 'kafka\.Kafka' | tr '\n' ' '; }
