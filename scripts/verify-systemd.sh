@@ -5,7 +5,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/debug/votes}
-command -v systemd-analyze >/dev/null || { echo "error: systemd-analyze not found (Debian: apt-get install -y systemd)" >&2; exit 1; }
+if ! command -v systemd-analyze >/dev/null; then
+  # Debian's systemd package ships it; install it when we may (a fresh machine or container).
+  command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] ||
+    { echo "error: systemd-analyze not found (Debian: apt-get install -y systemd)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null
+fi
 [ -x "$BIN" ] || { echo "error: $BIN is not built (cargo build -p votes)" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
