@@ -31,6 +31,8 @@ max_len() {
         vote_body) echo 1100 ;;
         pow_verify) echo 400 ;;
         token_verify) echo 4200 ;;
+        forward_decode) echo 600 ;;
+        group_assignment) echo 1024 ;;
         *) echo 4096 ;;
     esac
 }

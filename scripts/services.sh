@@ -287,10 +287,11 @@ transaction.state.log.min.isr=$isr
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$isr
 
-# Test speed: small internal topics, no wait for more consumers before the first rebalance.
+# Test speed: small internal topics; a short wait for more members before a new group's first
+# rebalance (the cores of one votes serve join within milliseconds: one rebalance, not one per core).
 offsets.topic.num.partitions=4
 transaction.state.log.num.partitions=8
-group.initial.rebalance.delay.ms=0
+group.initial.rebalance.delay.ms=300
 # Topics are created by 'votes init' (or tests), never by a typo in a producer.
 auto.create.topics.enable=false
 EOF

@@ -51,6 +51,12 @@ impl ErrorCode {
         }
     }
 
+    /// The code named `name` by [`Self::as_str`]; `None` for any other string. Derived from
+    /// [`Self::ALL`] and `as_str`, so a new variant cannot be forgotten here.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The HTTP status that carries the code.
     pub fn status(self) -> u16 {
         match self {
@@ -105,5 +111,15 @@ mod tests {
                 .iter()
                 .all(|c| c.status() >= 400 && c.status() < 600)
         );
+    }
+
+    #[test]
+    fn every_code_round_trips_through_its_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+        }
+        for other in ["", "Unavailable", "unavailable ", "not-found", "ok"] {
+            assert_eq!(ErrorCode::from_name(other), None, "{other:?}");
+        }
     }
 }

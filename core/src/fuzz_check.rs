@@ -174,6 +174,56 @@ pub fn snapshot_decode(data: &[u8]) {
     }
 }
 
+/// `forward_decode`: reads `data` as a stream of frames. Each frame that decodes is canonical
+/// (its bytes are exactly what it encodes to) and fits the bound, and each of its proper
+/// prefixes is a partial frame, so a reader never acts on a frame before all of it arrived.
+pub fn forward_decode(data: &[u8]) {
+    use crate::forward::{FRAME_MAX, decode_frame};
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = decode_frame(rest) {
+        let again = frame.encode();
+        assert_eq!(
+            again,
+            rest[..used],
+            "a decoded frame re-encodes to its own bytes"
+        );
+        assert!(used <= 4 + FRAME_MAX);
+        assert_eq!(decode_frame(&rest[..used - 1]), Ok(None));
+        rest = &rest[used..];
+    }
+}
+
+/// `group_assignment`: an assignment that parses re-encodes, in the version it was read in, to
+/// its own bytes up to `user_data`, which the parser drops and the encoder writes as null; what
+/// follows is one well-formed `user_data` field (so a null one means the very same bytes).
+pub fn group_assignment(data: &[u8]) {
+    use crate::group::{encode_assignment, parse_assignment};
+    let Ok(assignment) = parse_assignment(data) else {
+        return;
+    };
+    let [v0, v1, ..] = *data else {
+        assert!(data.is_empty(), "only empty input parses without a version");
+        assert!(assignment.is_empty());
+        return;
+    };
+    let again = encode_assignment(i16::from_be_bytes([v0, v1]), &assignment);
+    let head = again.len() - 4;
+    assert_eq!(
+        data[..head],
+        again[..head],
+        "fields before user_data re-encode"
+    );
+    let user_data = &data[head..];
+    let (len, bytes) = user_data.split_at(4);
+    let len = i32::from_be_bytes(len.try_into().expect("split at 4"));
+    if len == -1 {
+        assert_eq!(again, data, "null user_data: the very same bytes");
+    } else {
+        assert_eq!(usize::try_from(len).ok(), Some(bytes.len()));
+    }
+    assert_eq!(parse_assignment(&again), Ok(assignment));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +311,26 @@ mod tests {
         };
         assert!(seeds.iter().any(|(_, b)| verifies(b)));
         assert!(seeds.iter().any(|(_, b)| !verifies(b)));
+    }
+
+    #[test]
+    fn forward_decode_seeds() {
+        let seeds = replay("forward_decode", forward_decode);
+        let decode = |b: &[u8]| crate::forward::decode_frame(b);
+        assert!(seeds.iter().any(|(_, b)| matches!(decode(b), Ok(Some(_)))));
+        assert!(seeds.iter().any(|(_, b)| decode(b) == Ok(None)));
+        assert!(seeds.iter().any(|(_, b)| decode(b).is_err()));
+    }
+
+    #[test]
+    fn group_assignment_seeds() {
+        let seeds = replay("group_assignment", group_assignment);
+        let parse = |b: &[u8]| crate::group::parse_assignment(b);
+        assert!(
+            seeds
+                .iter()
+                .any(|(_, b)| parse(b).is_ok_and(|a| !a.is_empty()))
+        );
+        assert!(seeds.iter().any(|(_, b)| parse(b).is_err()));
     }
 }

@@ -9,8 +9,10 @@
 
 pub mod api_error;
 pub mod election;
+pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_check;
+pub mod group;
 pub mod ids;
 mod json;
 pub mod merkle;

@@ -43,6 +43,12 @@ impl Names {
         format!("{}elections", self.prefix)
     }
 
+    /// Kafka consumer group whose members (one per core of every `votes serve`) divide the
+    /// partitions of the votes topic between them.
+    pub fn serve_group(&self) -> String {
+        format!("{}serve", self.prefix)
+    }
+
     /// `transactional.id` of the producer that owns `partition` (DESIGN §3.1).
     pub fn transactional_id(&self, partition: u32) -> String {
         format!("{}votes-{partition}", self.prefix)

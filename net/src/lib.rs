@@ -13,6 +13,7 @@ mod blocking;
 mod body;
 mod error;
 pub mod error_body;
+pub mod forward;
 mod httpd;
 mod listener;
 mod mesh;

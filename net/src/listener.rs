@@ -65,7 +65,7 @@ pub(crate) fn bind_all(
             })?;
         drop(probe);
         let serving: Vec<usize> = match spec.kind {
-            ListenerKind::Public => (0..cores).collect(),
+            ListenerKind::Public | ListenerKind::Internal => (0..cores).collect(),
             ListenerKind::Admin => vec![0],
         };
         let mut sockets = Vec::with_capacity(serving.len());

@@ -89,6 +89,7 @@ pub struct CoreContext<M: Send + 'static> {
     blocking: Blocking,
     http: Rc<CoreHttp>,
     shutdown: LocalSignal,
+    internal: Option<glommio::net::TcpListener>,
 }
 
 impl<M: Send + 'static> CoreContext<M> {
@@ -127,6 +128,12 @@ impl<M: Send + 'static> CoreContext<M> {
     /// the drain until `shutdown_grace` runs out.
     pub fn shutdown_signal(&self) -> LocalSignal {
         self.shutdown.clone()
+    }
+
+    /// This core's socket of the internal (node-to-node) listener, if one is configured; `Some`
+    /// once. The app serves its own protocol on it.
+    pub fn take_internal_listener(&mut self) -> Option<glommio::net::TcpListener> {
+        self.internal.take()
     }
 
     /// A live view of this core's HTTP counters.
@@ -324,6 +331,15 @@ where
     {
         return Err(NetError::Config("at most one admin listener".into()));
     }
+    if cfg
+        .listeners
+        .iter()
+        .filter(|l| l.kind == ListenerKind::Internal)
+        .count()
+        > 1
+    {
+        return Err(NetError::Config("at most one internal listener".into()));
+    }
     preflight::judge(&preflight::probe(), &cfg.cpus)?;
     let n = cfg.cpus.len();
     let bound = bind_all(&cfg.listeners, n, cfg.http.listen_backlog)?;
@@ -489,6 +505,17 @@ where
     };
 
     let http = CoreHttp::new(cfg.http.clone(), shutdown.clone());
+    let (internal, listeners): (Vec<_>, Vec<_>) = listeners
+        .into_iter()
+        .partition(|l| l.kind == ListenerKind::Internal);
+    let internal = internal.into_iter().next().map(|l| {
+        // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves to glommio.
+        unsafe {
+            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+                l.socket.into_raw_fd(),
+            )
+        }
+    });
     let ctx = CoreContext {
         index,
         cpu,
@@ -497,6 +524,7 @@ where
         blocking: Blocking::new(cfg.max_blocking_in_flight),
         http: http.clone(),
         shutdown: shutdown.clone(),
+        internal,
     };
     debug_assert_eq!(ctx.cores(), cores);
     let app = match std::panic::catch_unwind(AssertUnwindSafe(|| make_app(ctx))) {

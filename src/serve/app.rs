@@ -21,8 +21,8 @@ use votes_net::{
 };
 use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
 
+use super::fleet::{FleetBoard, FleetView, Route, route};
 use super::metrics::{CoreMetrics, NodeMetrics};
-use super::ownership::Ownership;
 use super::reply::{self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms};
 use super::results::CoreResults;
 use super::shards::{ShardHost, VoteAnswer, VoteRequest};
@@ -30,6 +30,19 @@ use super::web;
 
 /// Longest time a vote's body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The owner side of forwarding: votes other nodes send to this core's `--internal` socket.
+pub struct ForwardedVotes(pub Rc<CoreApp>);
+
+impl votes_net::forward::ForwardHandler for ForwardedVotes {
+    fn vote(
+        &self,
+        vote: votes_core::forward::ForwardedVote,
+    ) -> LocalBoxFuture<'static, votes_core::forward::ForwardOutcome> {
+        let app = self.0.clone();
+        Box::pin(async move { app.forwarded(vote).await.into() })
+    }
+}
 
 /// Messages between cores.
 pub enum CoreMsg {
@@ -148,7 +161,10 @@ pub struct NodeShared {
     pub pow_key: PowKey,
     pub audit_key: Vec<u8>,
     pub admin_token: Option<String>,
-    pub ownership: Ownership,
+    /// Partitions of the votes topic: the routing function depends on it.
+    pub partitions: u32,
+    /// The fleet's partition → node/core map, as the group last described it.
+    pub fleet: Arc<FleetBoard>,
     pub metrics: Arc<NodeMetrics>,
     pub elections_writer: Arc<ElectionsWriter>,
     /// How long a PoW challenge stays valid.
@@ -161,6 +177,11 @@ pub struct CoreApp {
     pub mesh: Mesh<CoreMsg>,
     pub elections: Rc<RefCell<ElectionsView>>,
     pub shards: Rc<ShardHost>,
+    /// This core's copy of the fleet map.
+    pub fleet: FleetView,
+    /// Links to the other nodes, for votes whose partition another node owns; `None` when
+    /// this node has no `--internal` listener (then such votes answer 503).
+    pub forwarder: Option<Rc<votes_net::forward::Forwarder>>,
     /// The results role on this core; `None` when the node does not serve it.
     pub results: Option<Rc<CoreResults>>,
     pub metrics: Rc<CoreMetrics>,
@@ -191,6 +212,7 @@ impl App for AppHandle {
             match kind {
                 ListenerKind::Public => app.public(peer, req).await,
                 ListenerKind::Admin => app.admin(req).await,
+                ListenerKind::Internal => unreachable!("the internal listener does not speak HTTP"),
             }
         })
     }
@@ -245,12 +267,12 @@ impl CoreApp {
         match (segs.as_slice(), &method) {
             (["healthz"], &Method::GET) => json(200, &serde_json::json!({"status": "ok"})),
             (["readyz"], &Method::GET) => {
-                if !self.shared.roles.ingest || self.shared.metrics.ready() {
+                if self.ready() {
                     json(200, &serde_json::json!({"status": "ready"}))
                 } else {
                     error(
                         ErrorCode::Unavailable,
-                        "not every shard of this node has recovered",
+                        "this node has not joined the fleet, or not every shard it owns has recovered",
                     )
                 }
             }
@@ -618,9 +640,7 @@ impl CoreApp {
         option: OptionId,
         now: u64,
     ) -> Response<BoxBody> {
-        let ownership = &self.shared.ownership;
-        let partition = partition_of(voter, ownership.partitions());
-        let owner = ownership.owner(partition);
+        let partition = partition_of(voter, self.shared.partitions);
         let nonce: [u8; 16] = rand::random();
         let req = VoteRequest {
             election: election.clone(),
@@ -629,26 +649,61 @@ impl CoreApp {
             received_at_ms: now,
             nonce,
         };
-        let (tx, rx) = reply_channel();
-        if owner == self.core {
-            self.shards.submit(partition, req, tx);
-        } else if let Err(e) = self.mesh.try_send(
-            owner,
-            CoreMsg::Vote {
-                partition,
-                req,
-                reply: tx,
+        let (_, map) = self.fleet.map();
+        let handed = std::time::Instant::now();
+        let answer = match route(&map, &self.shared.node, self.mesh.cores(), partition) {
+            Route::Local { core } => match self.deliver(core, partition, req) {
+                Ok(rx) => {
+                    let a = rx.await;
+                    self.metrics.answered(false, handed.elapsed());
+                    a.map_err(|_| "the vote's shard stopped before answering")
+                }
+                Err(why) => return error(ErrorCode::Unavailable, why),
             },
-        ) {
-            let why = if matches!(e, SendError::Full(_)) {
-                "the shard's core is saturated"
-            } else {
-                "the shard's core is gone"
-            };
-            return error(ErrorCode::Unavailable, why);
-        }
-        match rx.await {
-            Ok(VoteAnswer::Accepted { partition, offset }) => {
+            Route::Remote { internal, .. } => {
+                let Some(forwarder) = &self.forwarder else {
+                    return error(
+                        ErrorCode::Unavailable,
+                        "another node owns this vote's partition and this node cannot forward",
+                    );
+                };
+                let vote = votes_core::forward::ForwardedVote {
+                    id: 0,
+                    partition,
+                    election: req.election,
+                    voter,
+                    option: req.option,
+                    received_at_ms: now,
+                    nonce,
+                };
+                match forwarder.forward(internal, vote) {
+                    Ok(rx) => {
+                        let a = rx.await;
+                        self.metrics.answered(true, handed.elapsed());
+                        a.map(VoteAnswer::from)
+                            .map_err(|_| "the link to the vote's owner closed before answering")
+                    }
+                    Err(refused) => {
+                        return error(
+                            ErrorCode::Unavailable,
+                            &format!("the vote's owner cannot be reached: {refused}"),
+                        );
+                    }
+                }
+            }
+            Route::NoOwner => {
+                return error(
+                    ErrorCode::Unavailable,
+                    "no node owns this vote's partition right now (the fleet is rebalancing)",
+                );
+            }
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) => return error(ErrorCode::Unavailable, why),
+        };
+        match answer {
+            VoteAnswer::Accepted { partition, offset } => {
                 let leaf = Leaf {
                     election: election.clone(),
                     pseudonym: pseudonym(&self.shared.audit_key, &election, voter),
@@ -662,18 +717,110 @@ impl CoreApp {
                     &serde_json::json!({"status": "accepted", "receipt": leaf.receipt_hex(), "partition": partition, "offset": offset}),
                 )
             }
-            Ok(VoteAnswer::Rejected(ErrorCode::AlreadyVoted)) => error(
+            VoteAnswer::Rejected(ErrorCode::AlreadyVoted) => error(
                 ErrorCode::AlreadyVoted,
                 "this voter has already voted in this election",
             ),
-            Ok(VoteAnswer::Rejected(code)) => {
-                error(code, "the vote could not be recorded now; retry")
-            }
-            Err(_) => error(
-                ErrorCode::Unavailable,
-                "the vote's shard stopped before answering; retry",
-            ),
+            VoteAnswer::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
         }
+    }
+
+    /// A vote another node forwarded here: it passed that node's edge checks; this node only
+    /// checks that the vote is routed right and hands it to its shard. Never forwarded again
+    /// (a map that moved on answers 503 and the voter retries), so votes cannot loop.
+    async fn forwarded(&self, v: votes_core::forward::ForwardedVote) -> VoteAnswer {
+        if v.partition != partition_of(v.voter, self.shared.partitions) {
+            return VoteAnswer::Rejected(ErrorCode::InvalidRequest);
+        }
+        let (_, map) = self.fleet.map();
+        let Route::Local { core } = route(&map, &self.shared.node, self.mesh.cores(), v.partition)
+        else {
+            return VoteAnswer::Rejected(ErrorCode::Unavailable);
+        };
+        let req = VoteRequest {
+            election: v.election,
+            voter: v.voter,
+            option: v.option,
+            received_at_ms: v.received_at_ms,
+            nonce: v.nonce,
+        };
+        match self.deliver(core, v.partition, req) {
+            Ok(rx) => rx
+                .await
+                .unwrap_or(VoteAnswer::Rejected(ErrorCode::Unavailable)),
+            Err(_) => VoteAnswer::Rejected(ErrorCode::Unavailable),
+        }
+    }
+
+    /// Hands `req` to the shard of `partition` on `core` of this node (this one or another
+    /// through the mesh).
+    pub fn deliver(
+        &self,
+        core: usize,
+        partition: u32,
+        req: VoteRequest,
+    ) -> Result<votes_net::ReplyRx<VoteAnswer>, &'static str> {
+        let (tx, rx) = reply_channel();
+        if core == self.core {
+            self.shards.submit(partition, req, tx);
+        } else if let Err(e) = self.mesh.try_send(
+            core,
+            CoreMsg::Vote {
+                partition,
+                req,
+                reply: tx,
+            },
+        ) {
+            return Err(if matches!(e, SendError::Full(_)) {
+                "the shard's core is saturated"
+            } else {
+                "the shard's core is gone"
+            });
+        }
+        Ok(rx)
+    }
+
+    /// Ready when this node has joined the fleet with every core, every partition has an
+    /// owner, and every partition this node owns has recovered: then any vote can be taken.
+    pub fn ready(&self) -> bool {
+        if !self.shared.roles.ingest {
+            return true;
+        }
+        let (generation, map) = self.fleet.map();
+        generation > 0
+            && map.nodes.get(&self.shared.node).copied() == Some(self.mesh.cores())
+            && map.owners.iter().enumerate().all(|(p, owner)| match owner {
+                None => false,
+                Some(o) if o.node == self.shared.node => {
+                    self.shared.metrics.partitions[p].state()
+                        == Some(votes_tally::shard::ShardState::Active)
+                }
+                Some(_) => true,
+            })
+    }
+
+    /// The fleet map as JSON (`GET /admin/v1/fleet`).
+    fn admin_fleet(&self) -> Response<BoxBody> {
+        let (generation, map) = self.fleet.map();
+        let owners: Vec<serde_json::Value> = map
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(p, o)| match o {
+                Some(o) => serde_json::json!({"partition": p, "node": o.node, "core": o.core, "internal": o.internal.to_string()}),
+                None => serde_json::json!({"partition": p, "node": null}),
+            })
+            .collect();
+        json(
+            200,
+            &serde_json::json!({
+                "node": self.shared.node,
+                "generation": generation,
+                "members": map.members,
+                "nodes": map.nodes,
+                "partitions": owners,
+            }),
+        )
     }
 
     async fn admin(self: Rc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
@@ -702,6 +849,7 @@ impl CoreApp {
         match (segs.as_slice(), &method) {
             (["admin", "v1", "elections"], &Method::GET) => self.admin_list(),
             (["admin", "v1", "stats"], &Method::GET) => self.admin_stats(),
+            (["admin", "v1", "fleet"], &Method::GET) => self.admin_fleet(),
             (["admin", "v1", "elections"], &Method::POST) => self.admin_create(req).await,
             (["admin", "v1", "elections", id, "open"], &Method::POST) => {
                 self.admin_transition(id, ElectionState::Open).await
@@ -737,19 +885,15 @@ impl CoreApp {
             extra,
             "# HELP votes_ready Whether every shard of the node accepts votes.\n# TYPE votes_ready gauge"
         );
+        let _ = writeln!(extra, "votes_ready {}", u8::from(self.ready()));
         let _ = writeln!(
             extra,
-            "votes_ready {}",
-            u8::from(self.shared.metrics.ready())
-        );
-        let _ = writeln!(
-            extra,
-            "# HELP votes_ownership_generation Generation of this node's partition ownership map."
+            "# HELP votes_ownership_generation Changes of the fleet map this node has seen."
         );
         let _ = writeln!(
             extra,
             "# TYPE votes_ownership_generation gauge\nvotes_ownership_generation {}",
-            self.shared.ownership.generation()
+            self.shared.fleet.generation()
         );
         if let Some(l) = &self.shared.link_stats {
             use std::sync::atomic::Ordering::Relaxed;
@@ -834,8 +978,9 @@ impl CoreApp {
                 "at_ms": now_ms(),
                 "uptime_s": self.shared.started.elapsed().as_secs(),
                 "cores": self.mesh.cores(),
-                "partitions": self.shared.ownership.partitions(),
-                "ready": !self.shared.roles.ingest || m.ready(),
+                "partitions": self.shared.partitions,
+                "owned_partitions": m.owned_partitions(),
+                "ready": self.ready(),
                 "votes": c.votes,
                 "batches": c.batches,
                 "commit_latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": c.commit_latency_us.max() as f64 / 1000.0},

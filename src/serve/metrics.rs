@@ -28,6 +28,13 @@ pub struct Counters {
     pub batches: BTreeMap<&'static str, u64>,
     pub batch_size: Histogram<u64>,
     pub commit_latency_us: Histogram<u64>,
+    /// Node-to-node forwarding, by figure (see `votes_net::forward::ForwardStats`).
+    pub forward: BTreeMap<&'static str, u64>,
+    /// Time from a vote's hand-off to its shard (on this node, or forwarded to the owning
+    /// node) to the shard's answer, in microseconds: the cost of the extra hop is the
+    /// difference between the two.
+    pub answer_local_us: Histogram<u64>,
+    pub answer_forwarded_us: Histogram<u64>,
 }
 
 impl Default for Counters {
@@ -37,6 +44,11 @@ impl Default for Counters {
             batches: BTreeMap::new(),
             batch_size: Histogram::new_with_bounds(1, 1 << 20, 2).expect("static bounds"),
             commit_latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("static bounds"),
+            forward: BTreeMap::new(),
+            answer_local_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("static bounds"),
+            answer_forwarded_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
                 .expect("static bounds"),
         }
     }
@@ -53,6 +65,15 @@ impl Counters {
         self.batch_size.add(&other.batch_size).expect("same bounds");
         self.commit_latency_us
             .add(&other.commit_latency_us)
+            .expect("same bounds");
+        for (k, v) in &other.forward {
+            *self.forward.entry(k).or_default() += v;
+        }
+        self.answer_local_us
+            .add(&other.answer_local_us)
+            .expect("same bounds");
+        self.answer_forwarded_us
+            .add(&other.answer_forwarded_us)
             .expect("same bounds");
     }
 }
@@ -86,6 +107,38 @@ impl CoreMetrics {
 
     pub fn snapshot(&self) -> Counters {
         self.counters.borrow().clone()
+    }
+
+    /// How long the shard's answer to one vote took, by route.
+    pub fn answered(&self, forwarded: bool, took: Duration) {
+        let us = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        let mut c = self.counters.borrow_mut();
+        let h = if forwarded {
+            &mut c.answer_forwarded_us
+        } else {
+            &mut c.answer_local_us
+        };
+        h.saturating_record(us);
+    }
+
+    /// Copies the forwarder's counters into this core's figures.
+    pub fn set_forward(&self, f: &votes_net::forward::ForwardStats) {
+        let mut c = self.counters.borrow_mut();
+        for (name, v) in [
+            ("sent", f.sent.get()),
+            ("answered", f.answered.get()),
+            ("refused", f.refused.get()),
+            ("broken", f.broken.get()),
+            ("writes", f.writes.get()),
+            ("connects", f.connects.get()),
+            ("connect_failures", f.connect_failures.get()),
+            ("received", f.received.get()),
+            ("rejected_links", f.rejected_links.get()),
+        ] {
+            c.forward.insert(name, v);
+        }
     }
 }
 
@@ -153,11 +206,12 @@ impl NodeMetrics {
         out
     }
 
-    /// Ready when every partition this node owns has recovered and none is fenced.
-    pub fn ready(&self) -> bool {
-        self.partitions
-            .iter()
-            .all(|p| p.state() == ShardState::Active)
+    /// Partitions a core of this node owns now.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        (0..self.partitions.len())
+            .filter(|p| self.partitions[*p].state().is_some())
+            .map(|p| u32::try_from(p).expect("partition count fits u32"))
+            .collect()
     }
 
     pub fn merged(&self) -> Counters {
@@ -202,13 +256,40 @@ impl NodeMetrics {
         let _ = writeln!(out, "votes_batch_size_mean {:.1}", c.batch_size.mean());
         out.push_str("# HELP votes_shard_ready Whether the shard of a partition accepts votes (1) or not.\n# TYPE votes_shard_ready gauge\n");
         for (p, s) in self.partitions.iter().enumerate() {
-            let ready = u8::from(s.state() == ShardState::Active);
+            let ready = u8::from(s.state() == Some(ShardState::Active));
             let _ = writeln!(out, "votes_shard_ready{{partition=\"{p}\"}} {ready}");
         }
         out.push_str("# HELP votes_shard_fenced Whether a newer owner fenced the shard.\n# TYPE votes_shard_fenced gauge\n");
         for (p, s) in self.partitions.iter().enumerate() {
-            let fenced = u8::from(s.state() == ShardState::Fenced);
+            let fenced = u8::from(s.state() == Some(ShardState::Fenced));
             let _ = writeln!(out, "votes_shard_fenced{{partition=\"{p}\"}} {fenced}");
+        }
+        out.push_str("# HELP votes_partition_owned Whether a core of this node owns the partition (the serve group assigned it).\n# TYPE votes_partition_owned gauge\n");
+        for (p, s) in self.partitions.iter().enumerate() {
+            let owned = u8::from(s.state().is_some());
+            let _ = writeln!(out, "votes_partition_owned{{partition=\"{p}\"}} {owned}");
+        }
+        out.push_str("# HELP votes_vote_answer_seconds From a vote's hand-off to its shard to the shard's answer, by route: on this node (local) or through the owning node (forwarded).\n# TYPE votes_vote_answer_seconds summary\n");
+        for (route, h) in [
+            ("local", &c.answer_local_us),
+            ("forwarded", &c.answer_forwarded_us),
+        ] {
+            for q in [0.5, 0.9, 0.99] {
+                let v = h.value_at_quantile(q) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "votes_vote_answer_seconds{{route=\"{route}\",quantile=\"{q}\"}} {v}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "votes_vote_answer_seconds_count{{route=\"{route}\"}} {}",
+                h.len()
+            );
+        }
+        out.push_str("# HELP votes_forward_total Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers.\n# TYPE votes_forward_total counter\n");
+        for (what, n) in &c.forward {
+            let _ = writeln!(out, "votes_forward_total{{what=\"{what}\"}} {n}");
         }
         out.push_str("# HELP votes_replay_records Records replayed by the last recovery of the shard.\n# TYPE votes_replay_records gauge\n");
         for (p, s) in self.partitions.iter().enumerate() {

@@ -5,8 +5,8 @@
 //! publishes the shards' tallies and polls the results every core serves.
 
 mod app;
+mod fleet;
 mod metrics;
-mod ownership;
 mod receipts;
 mod reply;
 mod results;
@@ -25,9 +25,9 @@ use votes_net::{CoreContext, ListenerKind, ListenerSpec, ReactorConfig, start_re
 use votes_tally::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
 
 use crate::Common;
-use app::{AppHandle, CoreApp, CoreMsg, NodeShared, Roles, broadcast_election};
+use app::{AppHandle, CoreApp, CoreMsg, ForwardedVotes, NodeShared, Roles, broadcast_election};
+use fleet::{FleetBoard, FleetView};
 use metrics::{CoreMetrics, NodeMetrics};
-use ownership::Ownership;
 use results::{CoreResults, ResultsSettings};
 use shards::{CommitSettings, ShardHost};
 
@@ -62,9 +62,22 @@ pub struct ServeArgs {
     /// Admin API and /metrics.
     #[arg(long, env = "VOTES_ADMIN", default_value = "0.0.0.0:9090")]
     pub admin: SocketAddr,
-    /// Name of this node, written into every vote record.
+    /// Name of this node, written into every vote record; also its identity in the fleet
+    /// (static group membership: a restarted node keeps its partitions). Default: hostname.
     #[arg(long, env = "VOTES_NODE_ID")]
     pub node_id: Option<String>,
+    /// Node-to-node forwarding listener: other nodes send here the votes whose partition
+    /// this node owns. Off when not set (then votes for other nodes' partitions answer 503).
+    #[arg(long, env = "VOTES_INTERNAL")]
+    pub internal: Option<SocketAddr>,
+    /// The address other nodes reach `--internal` at, when it binds a wildcard address.
+    #[arg(long, env = "VOTES_INTERNAL_ADVERTISE")]
+    pub internal_advertise: Option<SocketAddr>,
+    /// After this long without a heartbeat a node's partitions move to the others, in
+    /// milliseconds (Kafka's session.timeout.ms; brokers accept 6,000 and up by default).
+    /// Shorter fails over sooner; longer rides out pauses and restarts without a move.
+    #[arg(long, env = "VOTES_GROUP_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub group_session_timeout_ms: u64,
     /// Largest batch of votes in one Kafka transaction.
     #[arg(long, env = "VOTES_BATCH_MAX", default_value_t = 2048)]
     pub batch_max: usize,
@@ -190,12 +203,31 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         None => votes_tuning::placement(&allowed, args.cores),
     };
     let cores = cpus.len();
-    let ownership = Ownership::all_local(partitions, cores, 1);
     let node = args.node_id.clone().unwrap_or_else(hostname);
-    if node.len() > votes_core::record::NODE_MAX {
+    // The node id travels in records, hellos and the group's client ids: it must fit all.
+    let probe_tag = votes_core::group::MemberTag {
+        node: node.clone(),
+        core: 0,
+        internal: SocketAddr::from(([127, 0, 0, 1], 1)),
+    };
+    if node.is_empty()
+        || node.len() > votes_core::record::NODE_MAX
+        || votes_core::group::MemberTag::parse(&probe_tag.client_id()).as_ref() != Some(&probe_tag)
+    {
         bail!(
-            "--node-id is longer than {} bytes",
+            "--node-id {node:?} must be 1 to {} bytes without '/'",
             votes_core::record::NODE_MAX
+        );
+    }
+    if args.group_session_timeout_ms == 0 {
+        bail!("--group-session-timeout-ms must be positive");
+    }
+    if let Some(a) = args.internal
+        && a.ip().is_unspecified()
+        && args.internal_advertise.is_none()
+    {
+        bail!(
+            "--internal {a} binds every address: give --internal-advertise, the address other nodes reach"
         );
     }
 
@@ -213,6 +245,27 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     )?);
 
     let node_metrics = NodeMetrics::new(cores, partitions);
+    let fleet_board = Arc::new(FleetBoard::default());
+    let fleet_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fleet_watch = if roles.ingest {
+        let watch =
+            votes_tally::membership::GroupWatch::new(&common.kafka_brokers, &names, partitions)?;
+        Some(fleet::start_watch(
+            watch,
+            fleet_board.clone(),
+            fleet_stop.clone(),
+            kafka_timeout,
+        )?)
+    } else {
+        None
+    };
+    // Each core's membership events: the senders go to the members, which join the group once
+    // the listeners are bound (their client ids carry the internal address).
+    let (member_events, core_events): (Vec<_>, Vec<_>) =
+        (0..cores).map(|_| std::sync::mpsc::channel()).unzip();
+    let core_events = Mutex::new(core_events.into_iter().map(Some).collect::<Vec<_>>());
+    let forward_key = votes_core::forward::derive_key(&token_secret);
+    let handoff_timeout = kafka_timeout;
     let link = if roles.ingest || roles.results {
         let (handle, thread) = votes_tally::fanout::start(votes_tally::fanout::LinkConfig {
             redis_url: common.redis_url.clone(),
@@ -278,7 +331,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         pow_key,
         audit_key,
         admin_token,
-        ownership: ownership.clone(),
+        partitions,
+        fleet: fleet_board.clone(),
         metrics: node_metrics.clone(),
         elections_writer: writer,
         challenge_ttl: Duration::from_secs(args.challenge_ttl_s),
@@ -336,8 +390,16 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         cfg.listeners
             .push(ListenerSpec::plain(args.admin, ListenerKind::Admin));
     }
-    // Each shard has at most one transaction in flight, plus producer opens and replays.
-    let per_core = ownership.owned_by(0).len().max(1);
+    if let Some(addr) = args.internal {
+        if !roles.ingest {
+            bail!("--internal takes votes forwarded to this node's shards: add the ingest role");
+        }
+        cfg.listeners
+            .push(ListenerSpec::plain(addr, ListenerKind::Internal));
+    }
+    // Each shard has at most one transaction in flight, plus producer opens and replays; a
+    // core may come to own up to its share of every partition (a fleet of one node).
+    let per_core = (partitions as usize).div_ceil(cores).max(1);
     cfg.blocking_threads = per_core + 2;
     cfg.max_blocking_in_flight = per_core * 2 + 8;
 
@@ -350,19 +412,33 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
         let core = ctx.core_index();
         let metrics = Rc::new(CoreMetrics::default());
-        let owned = if shared.roles.ingest {
-            shared.ownership.owned_by(core)
-        } else {
-            Vec::new()
-        };
-        let shards = ShardHost::start(
+        let shards = ShardHost::new(
             core,
-            &owned,
             Arc::new(settings.clone()),
             &shared.metrics.partitions,
             ctx.blocking().clone(),
             metrics.clone(),
         );
+        let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
+            .take()
+            .expect("each core starts once");
+        if shared.roles.ingest {
+            glommio::spawn_local(fleet::follow_membership(
+                shards.clone(),
+                events,
+                handoff_timeout,
+                ctx.shutdown_signal(),
+            ))
+            .detach();
+        }
+        let internal = ctx.take_internal_listener();
+        let forwarder = internal.is_some().then(|| {
+            votes_net::forward::Forwarder::new(
+                shared.node.clone(),
+                forward_key.clone().into(),
+                votes_net::forward::ForwardLimits::default(),
+            )
+        });
         let elections = Rc::new(RefCell::new(initial.clone()));
         let results = match (&link_handle, shared.roles.results) {
             (Some(link), true) => {
@@ -388,12 +464,25 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             mesh: ctx.mesh().clone(),
             elections: elections.clone(),
             shards: shards.clone(),
+            fleet: FleetView::new(shared.fleet.clone()),
+            forwarder: forwarder.clone(),
             results: results.clone(),
             metrics: metrics.clone(),
             blocking: ctx.blocking().clone(),
             limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
             lookups: std::cell::Cell::new(0),
         });
+        if let (Some(listener), Some(fwd)) = (internal, &forwarder) {
+            glommio::spawn_local(votes_net::forward::serve_forwarded(
+                listener,
+                forward_key.clone().into(),
+                Rc::new(ForwardedVotes(app.clone())),
+                votes_net::forward::ForwardLimits::default(),
+                fwd.stats.clone(),
+                ctx.shutdown_signal(),
+            ))
+            .detach();
+        }
         let mut inbox = ctx.take_inbox().expect("the inbox is taken once, here");
         glommio::spawn_local({
             let shards = shards.clone();
@@ -419,6 +508,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             let http = ctx.http_stats();
             async move {
                 loop {
+                    if let Some(f) = &forwarder {
+                        metrics.set_forward(&f.stats);
+                    }
                     node_metrics.publish(core, metrics.snapshot(), shards.tallies());
                     node_metrics.set_http(core, http.get());
                     let subscribers = results.as_ref().map_or(0, |r| r.subscribers());
@@ -454,7 +546,33 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     for l in reactors.listeners() {
         tracing::info!(kind = ?l.spec.kind, addr = %l.addr, "listening");
     }
-    tracing::info!(cores, partitions, node = %node, "serving");
+    // Join the serve group, one member per core, now that the internal address is known.
+    let internal = args
+        .internal_advertise
+        .or_else(|| reactors.local_addr(ListenerKind::Internal))
+        // No listener: peers cannot forward here (their attempts fail fast and answer 503).
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut members = Vec::new();
+    if roles.ingest {
+        for (core, events) in member_events.into_iter().enumerate() {
+            let cfg = votes_tally::membership::MemberConfig {
+                brokers: common.kafka_brokers.clone(),
+                names: names.clone(),
+                tag: votes_core::group::MemberTag {
+                    node: node.clone(),
+                    core: u16::try_from(core)?,
+                    internal,
+                },
+                session_timeout: Duration::from_millis(args.group_session_timeout_ms),
+                handoff_timeout,
+            };
+            members.push(
+                votes_tally::membership::Member::start(&cfg, events)
+                    .context("joining the serve group")?,
+            );
+        }
+    }
+    tracing::info!(cores, partitions, node = %node, %internal, "serving");
 
     let shutdown = reactors.shutdown_handle();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -474,6 +592,13 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         shutdown.trigger();
     });
     let joined = reactors.join().context("reactors");
+    drop(members);
+    fleet_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(t) = fleet_watch
+        && t.join().is_err()
+    {
+        tracing::error!("the fleet watch panicked");
+    }
     if let Some((rt, _)) = sidecar {
         rt.shutdown_timeout(Duration::from_secs(1));
     }

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
 use votes_net::Blocking;
-use votes_net::ReplyTx;
+use votes_net::{LocalSignal, ReplyTx};
 use votes_tally::commit::{CommitError, PartitionProducer};
 use votes_tally::fanout::TallyUpdate;
 use votes_tally::recovery::replay;
@@ -42,11 +42,36 @@ pub enum VoteAnswer {
     Rejected(ErrorCode),
 }
 
-/// Readiness and replay progress of one partition, shared with `/readyz` and `/metrics` on any
-/// core. Each field has one writer (the owning core or its replay thread).
+impl From<votes_core::forward::ForwardOutcome> for VoteAnswer {
+    fn from(o: votes_core::forward::ForwardOutcome) -> Self {
+        match o {
+            votes_core::forward::ForwardOutcome::Accepted { partition, offset } => {
+                VoteAnswer::Accepted { partition, offset }
+            }
+            votes_core::forward::ForwardOutcome::Rejected { code } => VoteAnswer::Rejected(code),
+        }
+    }
+}
+
+impl From<VoteAnswer> for votes_core::forward::ForwardOutcome {
+    fn from(a: VoteAnswer) -> Self {
+        match a {
+            VoteAnswer::Accepted { partition, offset } => {
+                votes_core::forward::ForwardOutcome::Accepted { partition, offset }
+            }
+            VoteAnswer::Rejected(code) => votes_core::forward::ForwardOutcome::Rejected { code },
+        }
+    }
+}
+
+/// Ownership, readiness and replay progress of one partition on this node, shared with
+/// `/readyz` and `/metrics` on any core. Each field has one writer at a time: the slot that
+/// owns the partition (its core or its replay thread), recognised by its claim epoch.
 #[derive(Default)]
 pub struct PartitionStatus {
-    state: AtomicU8,
+    /// `epoch << 8 | state`: a slot writes only while the epoch is still the one its claim
+    /// got, so a slot that is leaving cannot overwrite the state of the one that replaced it.
+    state: AtomicU64,
     pub replayed_records: AtomicU64,
     pub replay_offset: AtomicU64,
     pub log_duplicates: AtomicU64,
@@ -59,25 +84,63 @@ pub struct PartitionStatus {
     pub snapshots_skipped: AtomicU64,
 }
 
-const RECOVERING: u8 = 0;
-const ACTIVE: u8 = 1;
-const FENCED: u8 = 2;
+const NOT_OWNED: u64 = 0;
+const RECOVERING: u64 = 1;
+const ACTIVE: u64 = 2;
+const FENCED: u64 = 3;
 
 impl PartitionStatus {
-    fn set(&self, state: ShardState) {
+    /// A new owner on this node: a fresh epoch, recovering.
+    fn claim(&self) -> u64 {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let epoch = (current >> 8) + 1;
+            match self.state.compare_exchange(
+                current,
+                epoch << 8 | RECOVERING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return epoch,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Sets the state if `epoch` still owns the partition.
+    fn set_if(&self, epoch: u64, state: u64) {
+        let mut current = self.state.load(Ordering::Acquire);
+        while current >> 8 == epoch {
+            match self.state.compare_exchange(
+                current,
+                epoch << 8 | state,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn set(&self, epoch: u64, state: ShardState) {
         let v = match state {
             ShardState::Recovering => RECOVERING,
             ShardState::Active => ACTIVE,
             ShardState::Fenced => FENCED,
+            ShardState::Released => NOT_OWNED,
         };
-        self.state.store(v, Ordering::Release);
+        self.set_if(epoch, v);
     }
 
-    pub fn state(&self) -> ShardState {
-        match self.state.load(Ordering::Acquire) {
-            ACTIVE => ShardState::Active,
-            FENCED => ShardState::Fenced,
-            _ => ShardState::Recovering,
+    /// The state of this node's shard of the partition; `None` when no core of this node
+    /// owns it.
+    pub fn state(&self) -> Option<ShardState> {
+        match self.state.load(Ordering::Acquire) & 0xff {
+            RECOVERING => Some(ShardState::Recovering),
+            ACTIVE => Some(ShardState::Active),
+            FENCED => Some(ShardState::Fenced),
+            _ => None,
         }
     }
 }
@@ -110,6 +173,8 @@ pub struct SnapshotSettings {
 
 struct Slot {
     partition: u32,
+    /// This ownership's claim on the partition's status.
+    epoch: u64,
     cfg: ShardConfig,
     /// `None` while the shard replays on the blocking pool.
     shard: RefCell<Option<Shard>>,
@@ -120,76 +185,120 @@ struct Slot {
     dirty: Cell<bool>,
     /// The identity of the partition's log, once known (snapshots carry it).
     log_id: Cell<Option<u64>>,
+    /// The group moved the partition away: finish the transaction in flight, then hand off.
+    leaving: Cell<bool>,
+    /// Fired when the driver stopped writing for good (handed off or fenced).
+    gone: LocalSignal,
 }
 
-/// The shards of one core.
+/// The shards of one core: the partitions the group currently assigns to it.
 pub struct ShardHost {
-    slots: HashMap<u32, Rc<Slot>>,
+    core: usize,
+    slots: RefCell<HashMap<u32, Rc<Slot>>>,
     next_ticket: Cell<u64>,
+    settings: Arc<CommitSettings>,
+    status: Vec<Arc<PartitionStatus>>,
+    blocking: Blocking,
+    metrics: Rc<CoreMetrics>,
 }
 
 impl ShardHost {
-    /// Creates the shards of `partitions` and spawns their drivers on the current reactor.
-    pub fn start(
+    /// A core's host, owning no partition yet.
+    pub fn new(
         core: usize,
-        partitions: &[u32],
         settings: Arc<CommitSettings>,
         status: &[Arc<PartitionStatus>],
         blocking: Blocking,
         metrics: Rc<CoreMetrics>,
     ) -> Rc<Self> {
-        let mut slots = HashMap::with_capacity(partitions.len());
+        Rc::new(Self {
+            core,
+            slots: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
+            settings,
+            status: status.to_vec(),
+            blocking,
+            metrics,
+        })
+    }
+
+    /// Takes ownership of `partitions`: each gets a fresh shard whose driver fences the
+    /// previous writer, recovers, then accepts.
+    pub fn assign(&self, partitions: &[u32]) {
         for &p in partitions {
+            let status = self.status[p as usize].clone();
+            if let Some(old) = self.slots.borrow_mut().remove(&p) {
+                // Assigned twice without a revocation between (a lost membership rejoined):
+                // the old driver hands off; the new one fences it anyway.
+                old.leaving.set(true);
+                let _ = old.wake.try_send(());
+            }
             let cfg = ShardConfig {
                 partition: p,
-                node: settings.node.clone(),
-                core: u16::try_from(core).expect("core index fits u16"),
-                max_batch: settings.max_batch,
-                max_queued: settings.max_queued,
+                node: self.settings.node.clone(),
+                core: u16::try_from(self.core).expect("core index fits u16"),
+                max_batch: self.settings.max_batch,
+                max_queued: self.settings.max_queued,
             };
             // Capacity 1: a wake-up pending is all the driver needs to know.
             let (wake, wake_rx) = local_channel::new_bounded(1);
             let slot = Rc::new(Slot {
                 partition: p,
+                epoch: status.claim(),
                 shard: RefCell::new(Some(Shard::new(cfg.clone()))),
                 cfg,
                 waiting: RefCell::new(HashMap::new()),
                 wake,
-                status: status[p as usize].clone(),
+                status,
                 dirty: Cell::new(false),
                 log_id: Cell::new(None),
+                leaving: Cell::new(false),
+                gone: LocalSignal::new(),
             });
-            slot.status.set(ShardState::Recovering);
             glommio::spawn_local(drive(
                 slot.clone(),
                 wake_rx,
-                settings.clone(),
-                blocking.clone(),
-                metrics.clone(),
+                self.settings.clone(),
+                self.blocking.clone(),
+                self.metrics.clone(),
             ))
             .detach();
-            if settings.snapshots.is_some() {
+            if self.settings.snapshots.is_some() {
                 glommio::spawn_local(snapshot_loop(
                     slot.clone(),
-                    settings.clone(),
-                    blocking.clone(),
+                    self.settings.clone(),
+                    self.blocking.clone(),
                 ))
                 .detach();
             }
-            slots.insert(p, slot);
+            self.slots.borrow_mut().insert(p, slot);
         }
-        Rc::new(Self {
-            slots,
-            next_ticket: Cell::new(0),
-        })
     }
 
-    /// Hands a vote to the shard of `partition`, which this core must own.
+    /// Gives `partitions` up: new votes for them are refused at once; each driver finishes
+    /// the transaction in flight, answers what waits `503` and stops. Returns when every
+    /// driver stopped (the caller bounds the wait: the new owner fences a straggler).
+    pub async fn revoke(&self, partitions: &[u32]) {
+        let leaving: Vec<Rc<Slot>> = partitions
+            .iter()
+            .filter_map(|p| self.slots.borrow_mut().remove(p))
+            .collect();
+        for slot in &leaving {
+            slot.leaving.set(true);
+            let _ = slot.wake.try_send(());
+        }
+        for slot in &leaving {
+            slot.gone.wait().await;
+        }
+    }
+
+    /// Hands a vote to the shard of `partition`; `503` when this core does not own it (the
+    /// sender's map was older than the group's last move).
     pub fn submit(&self, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
-        let slot = self
-            .slots
-            .get(&partition)
-            .expect("votes are routed to the core owning their partition");
+        let Some(slot) = self.slots.borrow().get(&partition).cloned() else {
+            let _ = reply.send(VoteAnswer::Rejected(ErrorCode::Unavailable));
+            return;
+        };
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         let submitted = match slot.shard.borrow_mut().as_mut() {
@@ -224,7 +333,7 @@ impl ShardHost {
     /// Absolute tallies of every election in this core's shards, by partition.
     pub fn tallies(&self) -> Vec<TallyRow> {
         let mut out = Vec::new();
-        for slot in self.slots.values() {
+        for slot in self.slots.borrow().values() {
             if let Some(shard) = slot.shard.borrow().as_ref() {
                 for (election, counts) in shard.elections() {
                     let counts = counts.iter().map(|(o, c)| (o.clone(), *c)).collect();
@@ -244,7 +353,7 @@ impl ShardHost {
     /// every active shard when `all`), for the read model. Clears the marks.
     pub fn tally_updates(&self, all: bool) -> Vec<TallyUpdate> {
         let mut out = Vec::new();
-        for slot in self.slots.values() {
+        for slot in self.slots.borrow().values() {
             if !(slot.dirty.replace(false) || all) {
                 continue;
             }
@@ -266,14 +375,18 @@ impl ShardHost {
 
     /// Marks every shard's tallies as not yet in the read model (its link was full).
     pub fn mark_all_dirty(&self) {
-        for slot in self.slots.values() {
+        for slot in self.slots.borrow().values() {
             slot.dirty.set(true);
         }
     }
 
     /// Votes waiting for a commit on this core (for `/metrics`).
     pub fn waiting(&self) -> usize {
-        self.slots.values().map(|s| s.waiting.borrow().len()).sum()
+        self.slots
+            .borrow()
+            .values()
+            .map(|s| s.waiting.borrow().len())
+            .sum()
     }
 }
 
@@ -298,7 +411,8 @@ fn answer_all(slot: &Slot, answers: Vec<Answer>) {
     }
 }
 
-/// The driver of one shard: fence and recover, then commit batches until fenced.
+/// The driver of one shard: fence and recover, then commit batches until fenced or handed
+/// off; then answer whatever still waits and tell the host it stopped.
 async fn drive(
     slot: Rc<Slot>,
     wake: LocalReceiver<()>,
@@ -306,11 +420,43 @@ async fn drive(
     blocking: Blocking,
     metrics: Rc<CoreMetrics>,
 ) {
-    let Some(mut producer) = take_ownership(&slot, &settings, &blocking).await else {
-        return;
-    };
+    if let Some(producer) = take_ownership(&slot, &settings, &blocking).await {
+        let producer = commit_loop(&slot, &wake, &settings, &blocking, &metrics, producer).await;
+        if let Some(producer) = producer {
+            retire(producer, &blocking).await;
+        }
+    }
+    if let Some(shard) = slot.shard.borrow_mut().as_mut()
+        && shard.state() != ShardState::Fenced
+    {
+        // Between transactions (the loop ended there): the queued votes get 503 now.
+        answer_all(&slot, shard.hand_off());
+    }
+    if slot.leaving.get() {
+        slot.status.set(slot.epoch, ShardState::Released);
+        tracing::info!(partition = slot.partition, "partition handed off");
+    }
+    slot.gone.fire();
+}
+
+/// Commits batches while the shard is this core's. Returns the producer still to retire (the
+/// loop retires it itself when fenced).
+async fn commit_loop(
+    slot: &Rc<Slot>,
+    wake: &LocalReceiver<()>,
+    settings: &Arc<CommitSettings>,
+    blocking: &Blocking,
+    metrics: &CoreMetrics,
+    mut producer: Arc<PartitionProducer>,
+) -> Option<Arc<PartitionProducer>> {
     while wake.recv().await.is_some() {
+        if slot.leaving.get() {
+            return Some(producer);
+        }
         loop {
+            if slot.leaving.get() {
+                return Some(producer);
+            }
             let (can, full) = match slot.shard.borrow().as_ref() {
                 Some(s) => (s.can_take_batch(), s.batch_full()),
                 None => (false, false),
@@ -346,29 +492,30 @@ async fn drive(
                 .as_mut()
                 .expect("the shard stays home while its batch commits")
                 .on_outcome(seq, outcome.clone());
-            answer_all(&slot, answers);
+            answer_all(slot, answers);
             match outcome {
                 CommitOutcome::Fenced => {
                     tracing::error!(
                         partition = slot.partition,
                         "fenced by a newer owner: this shard stops accepting"
                     );
-                    slot.status.set(ShardState::Fenced);
-                    retire(producer, &blocking).await;
-                    return;
+                    slot.status.set(slot.epoch, ShardState::Fenced);
+                    retire(producer, blocking).await;
+                    return None;
                 }
                 CommitOutcome::Unknown => {
-                    slot.status.set(ShardState::Recovering);
-                    retire(producer, &blocking).await;
-                    match take_ownership(&slot, &settings, &blocking).await {
+                    slot.status.set(slot.epoch, ShardState::Recovering);
+                    retire(producer, blocking).await;
+                    match take_ownership(slot, settings, blocking).await {
                         Some(p) => producer = p,
-                        None => return,
+                        None => return None,
                     }
                 }
                 CommitOutcome::Committed { .. } | CommitOutcome::Aborted => {}
             }
         }
     }
+    Some(producer)
 }
 
 /// The shard of `cfg` from its partition's newest trustworthy snapshot, or `fresh` when there is
@@ -424,6 +571,9 @@ async fn snapshot_loop(slot: Rc<Slot>, settings: Arc<CommitSettings>, blocking: 
     let mut last_end = 0u64;
     loop {
         glommio::timer::sleep(snaps.every).await;
+        if slot.leaving.get() || slot.gone.is_fired() {
+            return;
+        }
         last_end = last_end.max(slot.status.snapshot_start.load(Ordering::Relaxed));
         let moved_on = match slot.shard.borrow().as_ref() {
             Some(s) => s.state() == ShardState::Active && s.applied_end() > last_end,
@@ -534,6 +684,9 @@ async fn take_ownership(
 ) -> Option<Arc<PartitionProducer>> {
     let mut backoff = Duration::from_millis(100);
     loop {
+        if slot.leaving.get() {
+            return None;
+        }
         let s = settings.clone();
         let p = slot.partition;
         let opened = blocking
@@ -542,13 +695,17 @@ async fn take_ownership(
             })
             .await;
         let producer = match opened {
+            Ok(Ok(producer)) if slot.leaving.get() => {
+                retire(Arc::new(producer), blocking).await;
+                return None;
+            }
             Ok(Ok(producer)) => Arc::new(producer),
             Ok(Err(CommitError::Fenced { .. })) => {
                 tracing::error!(partition = p, "fenced while taking ownership");
                 if let Some(shard) = slot.shard.borrow_mut().as_mut() {
                     answer_all(slot, shard.fence());
                 }
-                slot.status.set(ShardState::Fenced);
+                slot.status.set(slot.epoch, ShardState::Fenced);
                 return None;
             }
             Ok(Err(e)) => {
@@ -592,6 +749,12 @@ async fn take_ownership(
             })
             .await;
         match replayed {
+            Ok(Ok((shard, _))) if slot.leaving.get() => {
+                // Moved away while it replayed: the recovered state is the next owner's job.
+                *slot.shard.borrow_mut() = Some(shard);
+                retire(producer, blocking).await;
+                return None;
+            }
             Ok(Ok((shard, log_id))) => {
                 if log_id.is_some() {
                     slot.log_id.set(log_id);
@@ -600,7 +763,7 @@ async fn take_ownership(
                     .log_duplicates
                     .store(shard.log_duplicates(), Ordering::Relaxed);
                 *slot.shard.borrow_mut() = Some(shard);
-                slot.status.set(ShardState::Active);
+                slot.status.set(slot.epoch, ShardState::Active);
                 // The recovered tallies may be ahead of (or missing from) the read model.
                 slot.dirty.set(true);
                 tracing::info!(partition = p, "shard recovered and accepting");
@@ -616,6 +779,7 @@ async fn take_ownership(
                 // beginning of the log, which rebuilds the same state (DESIGN §3.3).
                 tracing::warn!(partition = p, %why, "replay failed; retrying from the start");
                 *slot.shard.borrow_mut() = Some(Shard::new(slot.cfg.clone()));
+                retire(producer, blocking).await;
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -11,6 +11,7 @@ pub mod dynamo;
 pub mod elections_log;
 pub mod fanout;
 pub mod kafka;
+pub mod membership;
 pub mod persist;
 pub mod provision;
 pub mod read_model;

@@ -149,6 +149,8 @@ pub enum ShardState {
     Active,
     /// Another owner fenced this one; terminal.
     Fenced,
+    /// The partition moved to another owner and this shard handed it off; terminal.
+    Released,
 }
 
 #[derive(Default)]
@@ -423,6 +425,30 @@ impl Shard {
                 }
             }));
         }
+    }
+
+    /// The partition moves to another owner (the group took it away): every queued vote is
+    /// answered `503` and the shard stops for good. Only between transactions: the outcome of
+    /// a batch in flight must be known first, or its voters would hear 503 for votes that may
+    /// have committed (safe by §3.2, but needlessly).
+    pub fn hand_off(&mut self) -> Vec<Answer> {
+        assert!(
+            self.in_flight.is_none(),
+            "a shard hands off between transactions"
+        );
+        assert_ne!(
+            self.state,
+            ShardState::Fenced,
+            "a fenced shard owns nothing"
+        );
+        let mut answers = Vec::new();
+        self.release_queued(&mut answers);
+        self.state = ShardState::Released;
+        debug_assert!(
+            self.elections.values().all(|e| e.pending.is_empty()),
+            "nothing is pending after a hand-off"
+        );
+        answers
     }
 
     /// Another owner fenced the shard outside of a commit (e.g. at init): stop for good.

@@ -38,6 +38,9 @@ pub struct Serve {
     /// The TLS listener and the PEM of its self-signed certificate, when started with TLS.
     pub https: Option<(SocketAddr, String)>,
     pub admin: SocketAddr,
+    /// The node-to-node listener, when started as a fleet node ([`Serve::start_node`]).
+    pub internal: Option<SocketAddr>,
+    pub node: String,
     child: Option<Child>,
     log: std::path::PathBuf,
 }
@@ -70,6 +73,23 @@ impl Serve {
     /// Like [`Serve::start_with`], with extra environment for the process. Rate limits are off
     /// unless `env` sets them: every test client speaks from 127.0.0.1.
     pub fn start_env(prefix: &str, cores: usize, tls: bool, env: &[(&str, &str)]) -> Serve {
+        Serve::launch(prefix, cores, tls, env, "test-node", false)
+    }
+
+    /// A node of a fleet on `prefix`: its own node id, an internal listener for votes other
+    /// nodes forward, and a 6 s group session (the broker's minimum) so failovers are quick.
+    pub fn start_node(prefix: &str, cores: usize, node: &str, env: &[(&str, &str)]) -> Serve {
+        Serve::launch(prefix, cores, false, env, node, true)
+    }
+
+    fn launch(
+        prefix: &str,
+        cores: usize,
+        tls: bool,
+        env: &[(&str, &str)],
+        node: &str,
+        fleet: bool,
+    ) -> Serve {
         require(super::Service::Redis);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -94,6 +114,17 @@ impl Serve {
             ];
             https = Some((addr, cert));
         }
+        let internal: Option<SocketAddr> =
+            fleet.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let mut fleet_args: Vec<String> = Vec::new();
+        if let Some(addr) = internal {
+            fleet_args = vec![
+                "--internal".into(),
+                addr.to_string(),
+                "--group-session-timeout-ms".into(),
+                "6000".into(),
+            ];
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_votes"))
             .args([
                 "serve",
@@ -104,8 +135,9 @@ impl Serve {
                 "--admin",
                 &admin.to_string(),
             ])
-            .args(["--node-id", "test-node"])
+            .args(["--node-id", node])
             .args(&tls_args)
+            .args(&fleet_args)
             .env("VOTES_PREFIX", prefix)
             .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
             .env("VOTES_REDIS_URL", super::REDIS)
@@ -126,6 +158,8 @@ impl Serve {
             http,
             https,
             admin,
+            internal,
+            node: node.to_owned(),
             child: Some(child),
             log,
         };
@@ -178,6 +212,11 @@ impl Serve {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, for signals (SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// `kill -9`: no shutdown path runs.

@@ -32,6 +32,9 @@ pub enum ListenerKind {
     Public,
     /// Bound on core 0 only: low traffic, and the admin state lives in one place.
     Admin,
+    /// Node-to-node forwarding (`--internal`), bound on every core; not HTTP: each core's app
+    /// takes its socket with [`crate::CoreContext::take_internal_listener`].
+    Internal,
 }
 
 /// One address to listen on.

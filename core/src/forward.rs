@@ -1,0 +1,660 @@
+//! Frames of the node-to-node forwarding link (`--internal`, DESIGN §4.1).
+//!
+//! A node that takes a vote for a partition another node owns forwards it over one persistent
+//! TCP connection; the owner answers once its Kafka transaction committed. Every frame is a
+//! big-endian `u32` body length, at most [`FRAME_MAX`], then the body, whose first byte is the
+//! kind:
+//!
+//! | kind | frame    | body after the kind byte                                                  |
+//! |------|----------|---------------------------------------------------------------------------|
+//! | 1    | `Hello`  | `b"VOTESFWD"`, version `1`, node (u16 + 1..=64), nonce (16), tag (32)      |
+//! | 2    | `Vote`   | id u64, partition u32, election (u16 + id), voter u64, option (u16 + id), received_at_ms u64, nonce (16) |
+//! | 3    | `Answer` | id u64, outcome u8: `0` partition u32 + offset u64, `1` code (u16 + name)  |
+//!
+//! The decoder is sans-IO and streaming: [`decode_frame`] says how many bytes a whole frame
+//! took, or that more bytes are needed. It is strict (one encoding per frame, no trailing
+//! bytes, ids validated as in [`crate::record`]) because the peer is only trusted after its
+//! `Hello` verified, and every defect is a typed error after which the caller closes the link.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::api_error::ErrorCode;
+use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
+use crate::record::NODE_MAX;
+use crate::wire::{Reader, WireError, put_str};
+
+/// The first bytes of a `Hello` body after its kind: a peer that is not a forwarding link (a
+/// stray HTTP client, a port scan) fails here rather than deep inside a field.
+pub const HELLO_MAGIC: [u8; 8] = *b"VOTESFWD";
+pub const FORWARD_VERSION: u8 = 1;
+/// Domain separation of the `Hello` tag, so a MAC made with the same key for another purpose
+/// can never pass for one.
+const HELLO_CONTEXT: &[u8] = b"votes-forward v1\0";
+
+const KIND_HELLO: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_ANSWER: u8 = 3;
+const OUTCOME_ACCEPTED: u8 = 0;
+const OUTCOME_REJECTED: u8 = 1;
+/// Bound of an error code's name on the wire; the longest name today has 22 bytes.
+const CODE_NAME_MAX: usize = 32;
+
+const LEN_PREFIX: usize = 4;
+const HELLO_MAX_LEN: usize = 1 + HELLO_MAGIC.len() + 1 + (2 + NODE_MAX) + 16 + 32;
+const VOTE_MAX_LEN: usize = 1 + 8 + 4 + (2 + ELECTION_ID_MAX) + 8 + (2 + OPTION_ID_MAX) + 8 + 16;
+const ANSWER_MAX_LEN: usize = 1 + 8 + 1 + max(4 + 8, 2 + CODE_NAME_MAX);
+
+/// Largest body a peer may announce (256 today). The largest body is a `Vote`; the slack up to
+/// the next power of two lets a later version add a field without every reader's bound having
+/// to move in the same release.
+pub const FRAME_MAX: usize = VOTE_MAX_LEN.next_power_of_two();
+
+const _: () = assert!(HELLO_MAX_LEN <= FRAME_MAX && ANSWER_MAX_LEN <= FRAME_MAX);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// Why bytes from a peer are not a frame; the link is closed after any of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    #[error("frame length {len} exceeds {FRAME_MAX}")]
+    TooLarge { len: u32 },
+    #[error("frame body is empty")]
+    Empty,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame ends inside field `{0}`")]
+    Truncated(&'static str),
+    #[error("frame has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("hello does not start with the forwarding magic")]
+    BadMagic,
+    #[error("forwarding version {0} is not supported (expected {FORWARD_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("node name is empty, longer than {NODE_MAX} bytes or not UTF-8")]
+    InvalidNode,
+    #[error("frame field `{field}` is invalid: {source}")]
+    InvalidId {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+    #[error("unknown answer outcome {0}")]
+    UnknownOutcome(u8),
+    #[error("answer carries an unknown error code")]
+    UnknownErrorCode,
+    #[error("hello tag does not verify")]
+    BadTag,
+}
+
+impl From<WireError> for ForwardError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => ForwardError::Truncated(field),
+            WireError::TooLong { field, max } => ForwardError::InvalidId {
+                field,
+                source: IdError::TooLong { kind: field, max },
+            },
+            WireError::NotText(field) => ForwardError::InvalidId {
+                field,
+                source: IdError::BadCharacter { kind: field },
+            },
+        }
+    }
+}
+
+fn node_ok(node: &str) -> bool {
+    (1..=NODE_MAX).contains(&node.len())
+}
+
+/// The fleet's forwarding key, derived from the voter-token secret every node already has: one
+/// secret less to manage, and a key that can never pass for a token or a challenge key.
+pub fn derive_key(secret: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"votes node-to-node forwarding v1");
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The first frame of the connecting side: who it is, proven with the shared forwarding key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub node: String,
+    pub nonce: [u8; 16],
+    pub tag: [u8; 32],
+}
+
+impl Hello {
+    /// A hello from `node`, tagged with `key`; `nonce` must be fresh random bytes.
+    ///
+    /// # Panics
+    /// When `node` is empty or longer than [`NODE_MAX`]: the node id is validated at start-up.
+    pub fn sign(key: &[u8], node: &str, nonce: [u8; 16]) -> Hello {
+        let mac = hello_mac(key, node, &nonce).expect("node id validated at start-up");
+        Hello {
+            node: node.to_owned(),
+            nonce,
+            tag: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    /// Checks the tag against `key` in constant time.
+    pub fn verify(&self, key: &[u8]) -> Result<(), ForwardError> {
+        let mac = hello_mac(key, &self.node, &self.nonce).ok_or(ForwardError::InvalidNode)?;
+        mac.verify_slice(&self.tag)
+            .map_err(|_| ForwardError::BadTag)
+    }
+}
+
+/// The MAC over the context, the length-prefixed node and the nonce; `None` for a node name
+/// that could not be on the wire (the prefix keeps `node ‖ nonce` unambiguous).
+fn hello_mac(key: &[u8], node: &str, nonce: &[u8; 16]) -> Option<Hmac<Sha256>> {
+    if !node_ok(node) {
+        return None;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(HELLO_CONTEXT);
+    let mut node_field = Vec::with_capacity(2 + node.len());
+    put_str(&mut node_field, node);
+    mac.update(&node_field);
+    mac.update(nonce);
+    Some(mac)
+}
+
+/// A vote forwarded to the node that owns its partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedVote {
+    /// The sender's request id, echoed by the answer (many votes are in flight per link).
+    pub id: u64,
+    pub partition: u32,
+    pub election: ElectionId,
+    pub voter: VoterId,
+    pub option: OptionId,
+    pub received_at_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+/// The owner's verdict on a forwarded vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// Committed to Kafka at this position.
+    Accepted {
+        partition: u32,
+        offset: u64,
+    },
+    Rejected {
+        code: ErrorCode,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardAnswer {
+    /// The `id` of the [`ForwardedVote`] answered.
+    pub id: u64,
+    pub outcome: ForwardOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Vote(ForwardedVote),
+    Answer(ForwardAnswer),
+}
+
+impl Frame {
+    /// Appends the length prefix and the body to `out`, so a writer can batch many frames into
+    /// one buffer and one write.
+    ///
+    /// # Panics
+    /// When a `Hello`'s node name is empty or longer than [`NODE_MAX`] (validated at start-up).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; LEN_PREFIX]);
+        match self {
+            Frame::Hello(h) => {
+                assert!(node_ok(&h.node), "node id validated at start-up");
+                out.push(KIND_HELLO);
+                out.extend_from_slice(&HELLO_MAGIC);
+                out.push(FORWARD_VERSION);
+                put_str(out, &h.node);
+                out.extend_from_slice(&h.nonce);
+                out.extend_from_slice(&h.tag);
+            }
+            Frame::Vote(v) => {
+                out.push(KIND_VOTE);
+                out.extend_from_slice(&v.id.to_be_bytes());
+                out.extend_from_slice(&v.partition.to_be_bytes());
+                put_str(out, v.election.as_str());
+                out.extend_from_slice(&v.voter.0.to_be_bytes());
+                put_str(out, v.option.as_str());
+                out.extend_from_slice(&v.received_at_ms.to_be_bytes());
+                out.extend_from_slice(&v.nonce);
+            }
+            Frame::Answer(a) => {
+                out.push(KIND_ANSWER);
+                out.extend_from_slice(&a.id.to_be_bytes());
+                match a.outcome {
+                    ForwardOutcome::Accepted { partition, offset } => {
+                        out.push(OUTCOME_ACCEPTED);
+                        out.extend_from_slice(&partition.to_be_bytes());
+                        out.extend_from_slice(&offset.to_be_bytes());
+                    }
+                    ForwardOutcome::Rejected { code } => {
+                        out.push(OUTCOME_REJECTED);
+                        put_str(out, code.as_str());
+                    }
+                }
+            }
+        }
+        let body_len = out.len() - start - LEN_PREFIX;
+        // Ids are bounded by their types and the node by the assertion above, so only a
+        // change of the layout that forgot FRAME_MAX could trip this.
+        assert!(body_len <= FRAME_MAX, "every frame fits FRAME_MAX");
+        let prefix = u32::try_from(body_len).expect("FRAME_MAX fits a u32");
+        out[start..start + LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    }
+
+    /// The frame with its length prefix, in a fresh buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(LEN_PREFIX + FRAME_MAX);
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// The first frame of `buf` and the bytes it took, or `Ok(None)` while `buf` holds only part
+/// of one (the caller reads more and calls again with the longer buffer).
+///
+/// A length prefix above [`FRAME_MAX`] is an error as soon as its 4 bytes are in, before any
+/// byte of the body is awaited, so a peer cannot make the caller buffer more than that.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ForwardError> {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix);
+    let body_len = match usize::try_from(len) {
+        Ok(n) if n <= FRAME_MAX => n,
+        _ => return Err(ForwardError::TooLarge { len }),
+    };
+    let end = LEN_PREFIX + body_len;
+    let Some(body) = buf.get(LEN_PREFIX..end) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, end)))
+}
+
+fn decode_body(body: &[u8]) -> Result<Frame, ForwardError> {
+    let kind = *body.first().ok_or(ForwardError::Empty)?;
+    let mut r = Reader::at(body, 1);
+    let frame = match kind {
+        KIND_HELLO => Frame::Hello(decode_hello(&mut r)?),
+        KIND_VOTE => Frame::Vote(decode_vote(&mut r)?),
+        KIND_ANSWER => Frame::Answer(decode_answer(&mut r)?),
+        other => return Err(ForwardError::UnknownKind(other)),
+    };
+    if r.remaining() != 0 {
+        return Err(ForwardError::TrailingBytes(r.remaining()));
+    }
+    Ok(frame)
+}
+
+fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
+    if r.array::<8>("magic")? != HELLO_MAGIC {
+        return Err(ForwardError::BadMagic);
+    }
+    let [version] = r.array("version")?;
+    if version != FORWARD_VERSION {
+        return Err(ForwardError::UnsupportedVersion(version));
+    }
+    let node = match r.str("node", NODE_MAX) {
+        Ok(node) if node_ok(node) => node.to_owned(),
+        Err(WireError::Truncated(field)) => return Err(ForwardError::Truncated(field)),
+        _ => return Err(ForwardError::InvalidNode),
+    };
+    Ok(Hello {
+        node,
+        nonce: r.array("nonce")?,
+        tag: r.array("tag")?,
+    })
+}
+
+fn decode_vote(r: &mut Reader<'_>) -> Result<ForwardedVote, ForwardError> {
+    let id = u64::from_be_bytes(r.array("id")?);
+    let partition = u32::from_be_bytes(r.array("partition")?);
+    let election = r.str("election", ELECTION_ID_MAX)?;
+    let election = ElectionId::new(election).map_err(|source| ForwardError::InvalidId {
+        field: "election",
+        source,
+    })?;
+    let voter = VoterId(u64::from_be_bytes(r.array("voter")?));
+    let option = r.str("option", OPTION_ID_MAX)?;
+    let option = OptionId::new(option).map_err(|source| ForwardError::InvalidId {
+        field: "option",
+        source,
+    })?;
+    Ok(ForwardedVote {
+        id,
+        partition,
+        election,
+        voter,
+        option,
+        received_at_ms: u64::from_be_bytes(r.array("received_at_ms")?),
+        nonce: r.array("nonce")?,
+    })
+}
+
+fn decode_answer(r: &mut Reader<'_>) -> Result<ForwardAnswer, ForwardError> {
+    let id = u64::from_be_bytes(r.array("id")?);
+    let [outcome] = r.array("outcome")?;
+    let outcome = match outcome {
+        OUTCOME_ACCEPTED => ForwardOutcome::Accepted {
+            partition: u32::from_be_bytes(r.array("partition")?),
+            offset: u64::from_be_bytes(r.array("offset")?),
+        },
+        OUTCOME_REJECTED => {
+            let name = match r.str("code", CODE_NAME_MAX) {
+                Ok(name) => name,
+                Err(WireError::Truncated(field)) => return Err(ForwardError::Truncated(field)),
+                Err(_) => return Err(ForwardError::UnknownErrorCode),
+            };
+            let code = ErrorCode::from_name(name).ok_or(ForwardError::UnknownErrorCode)?;
+            ForwardOutcome::Rejected { code }
+        }
+        other => return Err(ForwardError::UnknownOutcome(other)),
+    };
+    Ok(ForwardAnswer { id, outcome })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"test-only forwarding key";
+
+    fn vote() -> ForwardedVote {
+        ForwardedVote {
+            id: 9,
+            partition: 5,
+            election: ElectionId::new("final-2026").unwrap(),
+            voter: VoterId(42),
+            option: OptionId::new("blue").unwrap(),
+            received_at_ms: 1_790_000_000_000,
+            nonce: [7; 16],
+        }
+    }
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello::sign(KEY, "node-a", [3; 16])),
+            Frame::Vote(vote()),
+            Frame::Answer(ForwardAnswer {
+                id: 9,
+                outcome: ForwardOutcome::Accepted {
+                    partition: 5,
+                    offset: 1 << 40,
+                },
+            }),
+            Frame::Answer(ForwardAnswer {
+                id: 10,
+                outcome: ForwardOutcome::Rejected {
+                    code: ErrorCode::AlreadyVoted,
+                },
+            }),
+        ]
+    }
+
+    /// The body of `frame` with a length prefix recomputed for it (for hand-damaged bodies).
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn each_kind_round_trips() {
+        for frame in samples() {
+            let bytes = frame.encode();
+            assert!(bytes.len() <= LEN_PREFIX + FRAME_MAX);
+            assert_eq!(decode_frame(&bytes), Ok(Some((frame, bytes.len()))));
+        }
+    }
+
+    #[test]
+    fn pins_the_vote_layout_and_the_bound() {
+        let mut expected = vec![0, 0, 0, 63, 2];
+        expected.extend_from_slice(&9u64.to_be_bytes());
+        expected.extend_from_slice(&5u32.to_be_bytes());
+        expected.extend_from_slice(&[0, 10]);
+        expected.extend_from_slice(b"final-2026");
+        expected.extend_from_slice(&42u64.to_be_bytes());
+        expected.extend_from_slice(&[0, 4]);
+        expected.extend_from_slice(b"blue");
+        expected.extend_from_slice(&1_790_000_000_000u64.to_be_bytes());
+        expected.extend_from_slice(&[7; 16]);
+        assert_eq!(Frame::Vote(vote()).encode(), expected);
+        assert_eq!(VOTE_MAX_LEN, 145);
+        assert_eq!(FRAME_MAX, 256);
+        let longest = Frame::Vote(ForwardedVote {
+            election: ElectionId::new("e".repeat(ELECTION_ID_MAX)).unwrap(),
+            option: OptionId::new("o".repeat(OPTION_ID_MAX)).unwrap(),
+            ..vote()
+        });
+        assert_eq!(longest.encode().len(), LEN_PREFIX + VOTE_MAX_LEN);
+        let hello = Frame::Hello(Hello::sign(KEY, &"n".repeat(NODE_MAX), [0; 16]));
+        assert_eq!(hello.encode().len(), LEN_PREFIX + HELLO_MAX_LEN);
+    }
+
+    #[test]
+    fn batched_frames_decode_one_after_another() {
+        let mut buf = Vec::new();
+        for frame in samples() {
+            frame.encode_into(&mut buf);
+        }
+        let mut rest = &buf[..];
+        let mut decoded = Vec::new();
+        while let Some((frame, used)) = decode_frame(rest).unwrap() {
+            decoded.push(frame);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(decoded, samples());
+    }
+
+    #[test]
+    fn a_partial_frame_asks_for_more_at_every_cut() {
+        for frame in samples() {
+            let bytes = frame.encode();
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    decode_frame(&bytes[..cut]),
+                    Ok(None),
+                    "{frame:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_rejected_before_the_body() {
+        let len = u32::try_from(FRAME_MAX + 1).unwrap();
+        assert_eq!(
+            decode_frame(&len.to_be_bytes()),
+            Err(ForwardError::TooLarge { len })
+        );
+        assert_eq!(
+            decode_frame(&[0xff; 4]),
+            Err(ForwardError::TooLarge { len: u32::MAX })
+        );
+        // The bound itself is allowed: the frame is just incomplete.
+        let len = u32::try_from(FRAME_MAX).unwrap();
+        assert_eq!(decode_frame(&len.to_be_bytes()), Ok(None));
+    }
+
+    #[test]
+    fn unknown_kinds_and_empty_bodies_are_rejected() {
+        assert_eq!(decode_frame(&framed(&[])), Err(ForwardError::Empty));
+        for kind in [0, 4, 0xff] {
+            assert_eq!(
+                decode_frame(&framed(&[kind, 0, 0])),
+                Err(ForwardError::UnknownKind(kind))
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_inside_a_body_are_rejected() {
+        for frame in samples() {
+            let bytes = frame.encode();
+            let mut body = bytes[LEN_PREFIX..].to_vec();
+            body.push(0);
+            assert_eq!(
+                decode_frame(&framed(&body)),
+                Err(ForwardError::TrailingBytes(1))
+            );
+            // A short body is a defect of the frame, not a partial frame.
+            body.truncate(body.len() - 2);
+            assert!(matches!(
+                decode_frame(&framed(&body)),
+                Err(ForwardError::Truncated(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn damaged_fields_are_named() {
+        let hello = Frame::Hello(Hello::sign(KEY, "node-a", [3; 16])).encode();
+        let mut magic = hello.clone();
+        magic[5] = b'X';
+        assert_eq!(decode_frame(&magic), Err(ForwardError::BadMagic));
+        let mut version = hello.clone();
+        version[13] = 2;
+        assert_eq!(
+            decode_frame(&version),
+            Err(ForwardError::UnsupportedVersion(2))
+        );
+        let mut body = vec![KIND_HELLO];
+        body.extend_from_slice(&HELLO_MAGIC);
+        body.push(FORWARD_VERSION);
+        body.extend_from_slice(&[0, 0]);
+        body.extend_from_slice(&[0; 48]);
+        assert_eq!(decode_frame(&framed(&body)), Err(ForwardError::InvalidNode));
+
+        let mut upper = Frame::Vote(vote()).encode();
+        upper[LEN_PREFIX + 15] = b'F';
+        assert!(matches!(
+            decode_frame(&upper),
+            Err(ForwardError::InvalidId {
+                field: "election",
+                ..
+            })
+        ));
+
+        let mut body = vec![KIND_ANSWER];
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.push(OUTCOME_REJECTED);
+        put_str(&mut body, "teapot");
+        assert_eq!(
+            decode_frame(&framed(&body)),
+            Err(ForwardError::UnknownErrorCode)
+        );
+        body[9] = 2;
+        assert_eq!(
+            decode_frame(&framed(&body)),
+            Err(ForwardError::UnknownOutcome(2))
+        );
+    }
+
+    #[test]
+    fn hello_verifies_only_with_its_key_and_fields() {
+        let hello = Hello::sign(KEY, "node-a", [3; 16]);
+        assert_eq!(hello.verify(KEY), Ok(()));
+        assert_eq!(hello.verify(b"another key"), Err(ForwardError::BadTag));
+        let mut tag = hello.clone();
+        tag.tag[31] ^= 1;
+        assert_eq!(tag.verify(KEY), Err(ForwardError::BadTag));
+        let mut node = hello.clone();
+        node.node = "node-b".into();
+        assert_eq!(node.verify(KEY), Err(ForwardError::BadTag));
+        let mut nonce = hello.clone();
+        nonce.nonce[0] ^= 1;
+        assert_eq!(nonce.verify(KEY), Err(ForwardError::BadTag));
+        let mut empty = hello;
+        empty.node.clear();
+        assert_eq!(empty.verify(KEY), Err(ForwardError::InvalidNode));
+    }
+
+    #[test]
+    fn hello_tag_is_the_documented_hmac() {
+        let hello = Hello::sign(KEY, "ab", [1; 16]);
+        let mut msg = b"votes-forward v1\0".to_vec();
+        msg.extend_from_slice(&[0, 2, b'a', b'b']);
+        msg.extend_from_slice(&[1; 16]);
+        let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+        mac.update(&msg);
+        assert_eq!(hello.tag[..], mac.finalize().into_bytes()[..]);
+    }
+
+    fn any_frame() -> impl Strategy<Value = Frame> {
+        let hello = ("[a-zA-Z0-9._-]{1,64}", any::<[u8; 16]>(), any::<[u8; 32]>())
+            .prop_map(|(node, nonce, tag)| Frame::Hello(Hello { node, nonce, tag }));
+        let vote = (
+            any::<u64>(),
+            any::<u32>(),
+            "[a-z0-9-]{1,64}",
+            any::<u64>(),
+            "[a-z0-9-]{1,32}",
+            any::<u64>(),
+            any::<[u8; 16]>(),
+        )
+            .prop_map(
+                |(id, partition, election, voter, option, received_at_ms, nonce)| {
+                    Frame::Vote(ForwardedVote {
+                        id,
+                        partition,
+                        election: ElectionId::new(election).unwrap(),
+                        voter: VoterId(voter),
+                        option: OptionId::new(option).unwrap(),
+                        received_at_ms,
+                        nonce,
+                    })
+                },
+            );
+        let accepted = (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(id, p, o)| {
+            Frame::Answer(ForwardAnswer {
+                id,
+                outcome: ForwardOutcome::Accepted {
+                    partition: p,
+                    offset: o,
+                },
+            })
+        });
+        let rejected = (any::<u64>(), 0..ErrorCode::ALL.len()).prop_map(|(id, i)| {
+            Frame::Answer(ForwardAnswer {
+                id,
+                outcome: ForwardOutcome::Rejected {
+                    code: ErrorCode::ALL[i],
+                },
+            })
+        });
+        prop_oneof![hello, vote, accepted, rejected]
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_round_trips(frame in any_frame(), extra in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let mut bytes = frame.encode();
+            let len = bytes.len();
+            bytes.extend_from_slice(&extra);
+            prop_assert_eq!(decode_frame(&bytes), Ok(Some((frame, len))));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(Some((frame, used))) = decode_frame(&bytes) {
+                prop_assert_eq!(&frame.encode()[..], &bytes[..used]);
+            }
+        }
+    }
+}

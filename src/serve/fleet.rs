@@ -1,0 +1,228 @@
+//! The fleet as this node sees it (DESIGN §3.1, §4.1 `--internal`).
+//!
+//! * Each core is a member of the serve group ([`votes_tally::membership::Member`], on a
+//!   thread of its own); [`follow_membership`] turns the member's events into
+//!   [`ShardHost::assign`]/[`ShardHost::revoke`] on the core.
+//! * One thread per node reads the group's description every [`WATCH_EVERY`] and publishes
+//!   the map partition → node/core/internal address on a [`FleetBoard`]; every core keeps a
+//!   [`FleetView`] of it (one atomic load per vote, the map is re-read only when it changed)
+//!   and routes each vote with [`route`].
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use votes_tally::membership::{FleetMap, GroupWatch, OwnershipEvent};
+
+use super::shards::ShardHost;
+
+/// How often the node reads the group's description.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How often a core looks for membership events.
+const EVENTS_EVERY: Duration = Duration::from_millis(10);
+
+/// The newest stable fleet map, published by the watch thread, read by every core.
+#[derive(Default)]
+pub struct FleetBoard {
+    /// 0 until the first stable description.
+    generation: AtomicU64,
+    map: Mutex<Arc<FleetMap>>,
+}
+
+impl FleetBoard {
+    fn publish(&self, map: FleetMap) {
+        let mut current = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if **current == map && self.generation.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        *current = Arc::new(map);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<FleetMap> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One core's copy of the board's map.
+pub struct FleetView {
+    board: Arc<FleetBoard>,
+    cached: RefCell<(u64, Arc<FleetMap>)>,
+}
+
+impl FleetView {
+    pub fn new(board: Arc<FleetBoard>) -> Self {
+        Self {
+            cached: RefCell::new((0, Arc::new(FleetMap::default()))),
+            board,
+        }
+    }
+
+    /// The newest map and its generation (0: none yet).
+    pub fn map(&self) -> (u64, Arc<FleetMap>) {
+        let generation = self.board.generation();
+        let mut cached = self.cached.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, self.board.current());
+        }
+        cached.clone()
+    }
+}
+
+/// Where a vote for a partition goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A core of this node owns it.
+    Local { core: usize },
+    /// Another node owns it; its internal listener.
+    Remote { node: String, internal: SocketAddr },
+    /// Nobody does right now (no stable map yet, or a rebalance is moving it).
+    NoOwner,
+}
+
+pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route {
+    match map.owner(partition) {
+        None => Route::NoOwner,
+        Some(o) if o.node == node => {
+            let core = usize::from(o.core);
+            // A core index from a previous run of this node with more cores.
+            if core < cores {
+                Route::Local { core }
+            } else {
+                Route::NoOwner
+            }
+        }
+        Some(o) => Route::Remote {
+            node: o.node.clone(),
+            internal: o.internal,
+        },
+    }
+}
+
+/// Reads the group's description until `stop`, publishing each stable map.
+pub fn start_watch(
+    watch: GroupWatch,
+    board: Arc<FleetBoard>,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fleet-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match watch.describe(timeout) {
+                    Ok(Some(map)) => board.publish(map),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot describe the serve group"),
+                }
+                std::thread::sleep(WATCH_EVERY);
+            }
+        })
+}
+
+/// Applies this core's membership events to its shards until `shutdown`. A revocation waits
+/// for the shards to hand off, at most `handoff_timeout` (the member thread waits as long).
+pub async fn follow_membership(
+    shards: std::rc::Rc<ShardHost>,
+    events: mpsc::Receiver<OwnershipEvent>,
+    handoff_timeout: Duration,
+    shutdown: votes_net::LocalSignal,
+) {
+    while !shutdown.is_fired() {
+        loop {
+            match events.try_recv() {
+                Ok(OwnershipEvent::Assigned(partitions)) => shards.assign(&partitions),
+                Ok(OwnershipEvent::Revoked {
+                    partitions,
+                    lost,
+                    done,
+                }) => {
+                    let handed_off = futures_lite::future::or(
+                        async {
+                            shards.revoke(&partitions).await;
+                            true
+                        },
+                        async {
+                            glommio::timer::sleep(handoff_timeout).await;
+                            false
+                        },
+                    )
+                    .await;
+                    if !handed_off {
+                        tracing::warn!(
+                            ?partitions,
+                            lost,
+                            "shards still busy after the hand-off timeout; the new owner fences them"
+                        );
+                    }
+                    let _ = done.send(());
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        futures_lite::future::or(glommio::timer::sleep(EVENTS_EVERY), async {
+            shutdown.wait().await;
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use votes_tally::membership::PartitionOwner;
+
+    #[test]
+    fn routes_follow_the_map() {
+        let owner = |node: &str, core| {
+            Some(PartitionOwner {
+                node: node.into(),
+                core,
+                internal: "127.0.0.1:7000".parse().unwrap(),
+            })
+        };
+        let map = FleetMap {
+            owners: vec![owner("a", 1), owner("b", 0), None, owner("a", 5)],
+            members: 3,
+            nodes: Default::default(),
+        };
+        assert_eq!(route(&map, "a", 2, 0), Route::Local { core: 1 });
+        assert_eq!(
+            route(&map, "a", 2, 1),
+            Route::Remote {
+                node: "b".into(),
+                internal: "127.0.0.1:7000".parse().unwrap()
+            }
+        );
+        assert_eq!(route(&map, "a", 2, 2), Route::NoOwner);
+        assert_eq!(
+            route(&map, "a", 2, 3),
+            Route::NoOwner,
+            "core 5 of a 2-core node"
+        );
+    }
+
+    #[test]
+    fn the_board_counts_changes_only() {
+        let board = Arc::new(FleetBoard::default());
+        let view = FleetView::new(board.clone());
+        assert_eq!(view.map().0, 0);
+        board.publish(FleetMap::default());
+        assert_eq!(view.map().0, 1, "the first map counts even when empty");
+        board.publish(FleetMap::default());
+        assert_eq!(board.generation(), 1);
+        let m = FleetMap {
+            members: 1,
+            ..Default::default()
+        };
+        board.publish(m.clone());
+        assert_eq!(view.map(), (2, Arc::new(m)));
+    }
+}

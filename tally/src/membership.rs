@@ -1,0 +1,462 @@
+//! Who owns which partition of `votes`, decided by Kafka's group membership (DESIGN §3.1).
+//!
+//! Every core of every `votes serve` is one member of the consumer group
+//! [`Names::serve_group`], subscribed to the votes topic with the cooperative-sticky assignor
+//! and static membership (`group.instance.id` = node and core). The group coordinator divides
+//! the partitions between the members; a member hears of the partitions it gains and loses
+//! through the rebalance callbacks, which this module turns into [`OwnershipEvent`]s for the
+//! core's reactor. Membership is only a hint of who *should* write: the writer is made single
+//! by the transactional id, which the new owner's `init_transactions` fences (§3.1).
+//!
+//! Members consume nothing: every assigned partition is paused at once, so the group costs
+//! heartbeats, not a second read of every vote.
+//!
+//! Why static membership: a node restarted by systemd rejoins under the same instance ids
+//! within the session timeout and gets its partitions back without a rebalance of the fleet;
+//! the price is that a node that dies keeps its partitions until the session times out.
+//!
+//! [`GroupWatch`] reads the group's description (members, their client ids and assignments)
+//! so that every node can publish the map partition → node/core/internal address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+use votes_core::Names;
+use votes_core::group::{MemberTag, parse_assignment};
+
+use crate::kafka::base_config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("creating the group member: {0}")]
+    Create(#[source] rdkafka::error::KafkaError),
+    #[error("subscribing to {topic}: {source}")]
+    Subscribe {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("starting the member's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("describing the group {group}: {source}")]
+    Describe {
+        group: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// What a core learns from its group membership.
+#[derive(Debug)]
+pub enum OwnershipEvent {
+    /// These partitions are this core's now: fence the previous writer, recover, accept.
+    Assigned(Vec<u32>),
+    /// These partitions are no longer this core's: stop accepting, finish the transaction in
+    /// flight, answer what waits, then send on `done`. `lost`: the membership expired (the
+    /// process was stopped or cut off); a new owner may already have fenced us.
+    Revoked {
+        partitions: Vec<u32>,
+        lost: bool,
+        done: mpsc::SyncSender<()>,
+    },
+}
+
+/// How one core joins the group.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    pub brokers: String,
+    pub names: Names,
+    /// Published in the member's client id: where its node listens and which core it is.
+    pub tag: MemberTag,
+    /// After this long without a heartbeat the coordinator gives the member's partitions to
+    /// the others (Kafka's `session.timeout.ms`; the broker bounds it, 6 s by default).
+    pub session_timeout: Duration,
+    /// Longest wait, inside a revocation, for the core to hand its partitions off. Past it the
+    /// group moves on: the new owner fences whatever this core still writes.
+    pub handoff_timeout: Duration,
+}
+
+impl MemberConfig {
+    /// `group.instance.id`: stable across restarts of the same node and core.
+    pub fn instance_id(&self) -> String {
+        format!("{}-{}", self.tag.node, self.tag.core)
+    }
+}
+
+/// The rebalance callbacks of one member; they run on the member's thread, inside `poll`.
+struct MemberContext {
+    topic: String,
+    events: mpsc::Sender<OwnershipEvent>,
+    handoff_timeout: Duration,
+    instance: String,
+    /// What the group assigned this member last (only the member's thread touches it; the
+    /// lock satisfies rdkafka's `Sync` bound).
+    owned: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl ClientContext for MemberContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(member = %self.instance, %error, %reason, "group member");
+    }
+}
+
+impl MemberContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
+        let mut ps: Vec<u32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| u32::try_from(e.partition()).ok())
+            .collect();
+        ps.sort_unstable();
+        ps
+    }
+
+    /// Tells the core to give `partitions` up and waits (bounded) until it did.
+    fn revoke(&self, partitions: Vec<u32>, lost: bool) {
+        {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &partitions {
+                owned.remove(p);
+            }
+        }
+        tracing::info!(member = %self.instance, ?partitions, lost, "partitions revoked");
+        let (done, handed_off) = mpsc::sync_channel(1);
+        if self
+            .events
+            .send(OwnershipEvent::Revoked {
+                partitions: partitions.clone(),
+                lost,
+                done,
+            })
+            .is_err()
+        {
+            return; // The core is gone: nothing of ours writes any more.
+        }
+        // Blocking here holds the rebalance: the partitions reach their new owner only after
+        // our last transaction ended, so the hand-off rarely needs the fence.
+        if handed_off.recv_timeout(self.handoff_timeout).is_err() {
+            tracing::warn!(member = %self.instance, ?partitions, "hand-off not confirmed in time; the new owner will fence");
+        }
+    }
+}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions = self.partitions(tpl);
+        if partitions.is_empty() {
+            return;
+        }
+        let lost = consumer.assignment_lost();
+        self.revoke(partitions, lost);
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.partitions(tpl);
+                if partitions.is_empty() {
+                    return;
+                }
+                // Membership only: the shard replays its partition on its own consumer.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(member = %self.instance, error = %e, "could not pause assigned partitions");
+                }
+                tracing::info!(member = %self.instance, ?partitions, "partitions assigned");
+                self.owned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(partitions.iter().copied());
+                let _ = self.events.send(OwnershipEvent::Assigned(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(member = %self.instance, error = %e, "rebalance failed");
+            }
+        }
+    }
+}
+
+/// One core's membership, polled on a thread of its own (the callbacks block).
+pub struct Member {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long one `poll` may wait: bounds how late a stop is noticed.
+const POLL_STEP: Duration = Duration::from_millis(100);
+
+impl Member {
+    /// Joins the group; ownership events arrive on `events` from now on.
+    pub fn start(
+        cfg: &MemberConfig,
+        events: mpsc::Sender<OwnershipEvent>,
+    ) -> Result<Self, MembershipError> {
+        let topic = cfg.names.votes_topic();
+        let instance = cfg.instance_id();
+        let session_ms = cfg.session_timeout.as_millis().max(1);
+        let mut config = base_config(&cfg.brokers);
+        config
+            .set("group.id", cfg.names.serve_group())
+            .set("group.instance.id", &instance)
+            .set("client.id", cfg.tag.client_id())
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session_ms.to_string())
+            .set("heartbeat.interval.ms", (session_ms / 4).max(1).to_string())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            // Paused right after assignment; anything fetched before that is small.
+            .set("max.partition.fetch.bytes", "16384");
+        let consumer: BaseConsumer<MemberContext> = config
+            .create_with_context(MemberContext {
+                topic: topic.clone(),
+                events,
+                handoff_timeout: cfg.handoff_timeout,
+                instance: instance.clone(),
+                owned: Default::default(),
+            })
+            .map_err(MembershipError::Create)?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|source| MembershipError::Subscribe {
+                topic: topic.clone(),
+                source,
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name(format!("member-{}", cfg.tag.core))
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Acquire) {
+                        // Paused partitions yield nothing but errors worth a line.
+                        if let Some(Err(e)) = consumer.poll(POLL_STEP) {
+                            tracing::debug!(member = %instance, error = %e, "group member poll");
+                        }
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            // E.g. another process joined with this node id and core
+                            // (FENCED_INSTANCE_ID): this member is out of the group for good,
+                            // so its core must not keep writing as if it owned anything.
+                            tracing::error!(member = %instance, ?code, %reason, "group membership failed for good; this core gives up its partitions");
+                            let owned: Vec<u32> = consumer
+                                .context()
+                                .owned
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .iter()
+                                .copied()
+                                .collect();
+                            if !owned.is_empty() {
+                                consumer.context().revoke(owned, true);
+                            }
+                            break;
+                        }
+                    }
+                    // Static members do not leave on close: the coordinator keeps their
+                    // partitions for them until the session times out (a restart comes back
+                    // to them without a rebalance).
+                    drop(consumer);
+                }
+            })
+            .map_err(MembershipError::Thread)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops polling and closes the member (joins its thread).
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("a group member's thread panicked");
+        }
+    }
+}
+
+impl Drop for Member {
+    /// Asks the thread to stop without waiting: it may be inside a revocation that waits for a
+    /// core that is itself shutting down; it ends within `handoff_timeout`, or with the process.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The owner of one partition, as the group describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOwner {
+    pub node: String,
+    pub core: u16,
+    pub internal: SocketAddr,
+}
+
+/// The partition → owner map of the whole fleet, as the coordinator last described a stable
+/// group. `owners[p]` is `None` when no member holds p (a rebalance is moving it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetMap {
+    pub owners: Vec<Option<PartitionOwner>>,
+    /// Members of the group (cores of `votes serve`), including those without partitions.
+    pub members: usize,
+    /// Members per node.
+    pub nodes: std::collections::BTreeMap<String, usize>,
+}
+
+impl FleetMap {
+    pub fn owner(&self, partition: u32) -> Option<&PartitionOwner> {
+        self.owners.get(partition as usize).and_then(Option::as_ref)
+    }
+}
+
+/// Reads the group's description; one per node, polled from a thread of its own.
+pub struct GroupWatch {
+    consumer: BaseConsumer,
+    group: String,
+    topic: String,
+    partitions: u32,
+}
+
+impl GroupWatch {
+    pub fn new(brokers: &str, names: &Names, partitions: u32) -> Result<Self, MembershipError> {
+        assert!(partitions > 0, "the votes topic has partitions");
+        let consumer = base_config(brokers)
+            .create()
+            .map_err(MembershipError::Create)?;
+        Ok(Self {
+            consumer,
+            group: names.serve_group(),
+            topic: names.votes_topic(),
+            partitions,
+        })
+    }
+
+    /// The fleet map when the group is stable; `None` while it rebalances (the last stable map
+    /// then still says more than a half-built one).
+    pub fn describe(&self, timeout: Duration) -> Result<Option<FleetMap>, MembershipError> {
+        let list = self
+            .consumer
+            .fetch_group_list(Some(&self.group), timeout)
+            .map_err(|source| MembershipError::Describe {
+                group: self.group.clone(),
+                source,
+            })?;
+        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
+            return Ok(None);
+        };
+        if group.state() != "Stable" {
+            return Ok(None);
+        }
+        Ok(Some(fleet_map(
+            group
+                .members()
+                .iter()
+                .map(|m| (m.client_id(), m.assignment().unwrap_or(&[]))),
+            &self.topic,
+            self.partitions,
+        )))
+    }
+}
+
+/// The map from each member's (client id, assignment bytes). Members whose client id is not a
+/// [`MemberTag`] (not a `votes serve` core) or whose assignment does not parse are ignored; a
+/// partition claimed twice (never in a stable group) keeps its first claimant.
+pub fn fleet_map<'a>(
+    members: impl Iterator<Item = (&'a str, &'a [u8])>,
+    topic: &str,
+    partitions: u32,
+) -> FleetMap {
+    let mut map = FleetMap {
+        owners: vec![None; partitions as usize],
+        members: 0,
+        nodes: Default::default(),
+    };
+    for (client_id, assignment) in members {
+        let Some(tag) = MemberTag::parse(client_id) else {
+            tracing::debug!(client_id, "a group member that is not a votes serve core");
+            continue;
+        };
+        map.members += 1;
+        *map.nodes.entry(tag.node.clone()).or_default() += 1;
+        let assigned = match parse_assignment(assignment) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(client_id, error = %e, "unreadable assignment in the group description");
+                continue;
+            }
+        };
+        for (t, ps) in assigned {
+            if t != topic {
+                continue;
+            }
+            for p in ps {
+                let Some(slot) = usize::try_from(p).ok().and_then(|p| map.owners.get_mut(p)) else {
+                    continue;
+                };
+                if slot.is_none() {
+                    *slot = Some(PartitionOwner {
+                        node: tag.node.clone(),
+                        core: tag.core,
+                        internal: tag.internal,
+                    });
+                }
+            }
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use votes_core::group::encode_assignment;
+
+    #[test]
+    fn the_map_names_each_partitions_member_and_ignores_strangers() {
+        let a = MemberTag {
+            node: "n1".into(),
+            core: 0,
+            internal: "127.0.0.1:7001".parse().unwrap(),
+        };
+        let b = MemberTag {
+            node: "n2".into(),
+            core: 1,
+            internal: "[::1]:7002".parse().unwrap(),
+        };
+        let (ca, cb) = (a.client_id(), b.client_id());
+        let aa = encode_assignment(1, &[("t-votes", vec![0, 2]), ("other", vec![1])]);
+        let ab = encode_assignment(0, &[("t-votes", vec![1, 9])]);
+        let stranger = encode_assignment(0, &[("t-votes", vec![3])]);
+        let members = [
+            (ca.as_str(), aa.as_slice()),
+            (cb.as_str(), ab.as_slice()),
+            ("rdkafka", stranger.as_slice()),
+            (ca.as_str(), &b"\x00"[..]),
+        ];
+        let map = fleet_map(members.into_iter(), "t-votes", 4);
+        assert_eq!(
+            map.members, 3,
+            "two cores, one of them twice with a broken assignment"
+        );
+        assert_eq!(map.nodes.get("n1"), Some(&2));
+        assert_eq!(map.owner(0).unwrap().node, "n1");
+        assert_eq!(map.owner(1).unwrap().internal, b.internal);
+        assert_eq!(map.owner(1).unwrap().core, 1);
+        assert_eq!(map.owner(2).unwrap().node, "n1");
+        assert_eq!(map.owner(3), None, "a stranger's claim is not an owner");
+        assert_eq!(map.owner(9), None);
+    }
+}

@@ -1,0 +1,525 @@
+//! The fleet's promises (DESIGN §3.1-3.3, issue #10) against the real broker and real `votes
+//! serve` processes: two nodes divide the partitions through Kafka's group membership, any
+//! node takes any vote (forwarding it to the owner), a node killed with `kill -9` hands its
+//! partitions to the survivor, and a node stopped with SIGSTOP comes back as a fenced zombie
+//! whose late votes never commit. In every case: each `202` is in the log exactly once, no
+//! voter is in it twice, and the live tallies equal the committed records.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::runtime;
+use common::serve::{Committed, Serve, TestClient, committed_votes, open_election};
+use tokio::sync::{Mutex, Semaphore};
+use votes_core::{VoterId, partition_of};
+
+const OPTIONS: [&str; 3] = ["red", "blue", "green"];
+const PARTITIONS: u32 = 4;
+
+/// One vote request and what came back.
+#[derive(Debug, Clone)]
+struct Attempt {
+    voter: u64,
+    option: &'static str,
+    at: Instant,
+    status: Option<u16>,
+    partition: Option<u64>,
+    offset: Option<u64>,
+}
+
+fn init(test: &str) -> String {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let prefix = common::unique_prefix(test);
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "votes init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prefix
+}
+
+fn option_of(voter: u64) -> &'static str {
+    OPTIONS[(voter % 3) as usize]
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// The fleet map as `serve` sees it.
+async fn fleet(client: &TestClient, serve: &Serve) -> serde_json::Value {
+    client
+        .admin(
+            "GET",
+            &serve.admin_url("/admin/v1/fleet"),
+            serde_json::Value::Null,
+        )
+        .await
+        .1
+}
+
+/// Waits until `serve` sees exactly `nodes` (node → cores) in the fleet and is ready; returns
+/// the partitions each node owns.
+async fn wait_fleet(
+    client: &TestClient,
+    serve: &Serve,
+    nodes: &[(&str, u64)],
+    within: Duration,
+) -> BTreeMap<String, BTreeSet<u32>> {
+    let deadline = Instant::now() + within;
+    let want: BTreeMap<String, u64> = nodes.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+    loop {
+        let map = fleet(client, serve).await;
+        let got: BTreeMap<String, u64> = map["nodes"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut owners: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        for p in map["partitions"].as_array().into_iter().flatten() {
+            if let Some(node) = p["node"].as_str() {
+                owners
+                    .entry(node.to_owned())
+                    .or_default()
+                    .insert(p["partition"].as_u64().unwrap() as u32);
+            }
+        }
+        let owned: usize = owners.values().map(BTreeSet::len).sum();
+        let ready = matches!(client.get(&serve.url("/readyz")).await, Ok((200, _)));
+        if got == want && owned == PARTITIONS as usize && ready {
+            return owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never became {want:?} as seen by {}: {map}\n{}",
+            serve.node,
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
+    let option = option_of(voter);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.vote(url, election, voter, option),
+    )
+    .await;
+    let at = Instant::now();
+    match answer {
+        Ok(Ok((status, body))) => Attempt {
+            voter,
+            option,
+            at,
+            status: Some(status),
+            partition: body["partition"].as_u64(),
+            offset: body["offset"].as_u64(),
+        },
+        _ => Attempt {
+            voter,
+            option,
+            at,
+            status: None,
+            partition: None,
+            offset: None,
+        },
+    }
+}
+
+/// Voters arriving at `rate` per second, each retrying (every 100 ms, like a client honouring a
+/// short Retry-After) until `202` or `409` or `until`; every attempt is recorded.
+async fn voters_until_answered(
+    client: &TestClient,
+    url: &str,
+    election: &str,
+    voters: std::ops::Range<u64>,
+    rate: u64,
+    until: Instant,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+) {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    let every = Duration::from_micros(1_000_000 / rate);
+    for voter in voters {
+        tokio::time::sleep(every).await;
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        let (client, url, election, attempts) = (
+            client.clone(),
+            url.to_owned(),
+            election.to_owned(),
+            attempts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let a = vote_once(&client, &url, &election, voter).await;
+                let done = matches!(a.status, Some(202 | 409));
+                attempts.lock().await.push(a);
+                if done || Instant::now() > until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Every `202` is in the committed log exactly once, where it said, with its option; no voter
+/// is in the log twice.
+fn assert_every_202_once(log: &[Committed], election: &str, attempts: &[Attempt]) {
+    let mut seen: HashMap<u64, &Committed> = HashMap::new();
+    for c in log
+        .iter()
+        .filter(|c| c.record.election.as_str() == election)
+    {
+        assert!(
+            seen.insert(c.record.voter.0, c).is_none(),
+            "voter {} is in the committed log twice",
+            c.record.voter
+        );
+    }
+    for a in attempts.iter().filter(|a| a.status == Some(202)) {
+        let c = seen
+            .get(&a.voter)
+            .unwrap_or_else(|| panic!("the 202 of voter {} is not in the log", a.voter));
+        assert_eq!(
+            (Some(u64::from(c.partition)), Some(c.offset)),
+            (a.partition, a.offset),
+            "voter {}",
+            a.voter
+        );
+        assert_eq!(c.record.option.as_str(), a.option);
+    }
+    let accepted: BTreeSet<u64> = attempts
+        .iter()
+        .filter(|a| a.status == Some(202))
+        .map(|a| a.voter)
+        .collect();
+    let twice = attempts.iter().filter(|a| a.status == Some(202)).count() - accepted.len();
+    assert_eq!(twice, 0, "a voter was acknowledged twice");
+}
+
+fn log_tallies(log: &[Committed], election: &str) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
+    for c in log
+        .iter()
+        .filter(|c| c.record.election.as_str() == election)
+    {
+        *t.entry(c.record.option.to_string()).or_default() += 1;
+    }
+    t
+}
+
+/// Waits until the live totals summed over `nodes` (each reports the shards it owns) equal
+/// the committed log's tallies.
+async fn wait_live_totals(
+    client: &TestClient,
+    nodes: &[&Serve],
+    election: &str,
+    want: &BTreeMap<String, u64>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        for serve in nodes {
+            let (_, list) = client
+                .admin(
+                    "GET",
+                    &serve.admin_url("/admin/v1/elections"),
+                    serde_json::Value::Null,
+                )
+                .await;
+            let e = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["id"] == election)
+                .cloned()
+                .unwrap_or_default();
+            for (k, v) in e["live"]["totals"].as_object().into_iter().flatten() {
+                *got.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+        got.retain(|_, v| *v > 0);
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "live totals {got:?} never matched the log {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn signal(serve: &Serve, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &serve.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig}");
+}
+
+#[test]
+fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
+    let prefix = init("fleet-split");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        let want = [("node-a", 1), ("node-b", 1)];
+        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
+        open_election(&client, &a, "split", &OPTIONS, 0).await;
+        tokio::time::sleep(Duration::from_millis(500)).await; // b learns the election
+        // Every voter through a, every other through b: half of each node's votes are its
+        // peer's to commit.
+        let mut attempts = Vec::new();
+        for voter in 0..200u64 {
+            let node = if voter % 2 == 0 { &a } else { &b };
+            attempts.push(vote_once(&client, &node.url(""), "split", voter).await);
+        }
+        for at in &attempts {
+            assert_eq!(at.status, Some(202), "voter {}", at.voter);
+            let p = partition_of(VoterId(at.voter), PARTITIONS);
+            assert_eq!(at.partition, Some(u64::from(p)));
+        }
+        // A second vote of each voter, through the other node: already voted.
+        for voter in 0..20u64 {
+            let node = if voter % 2 == 0 { &b } else { &a };
+            let again = vote_once(&client, &node.url(""), "split", voter).await;
+            assert_eq!(again.status, Some(409), "voter {voter}");
+        }
+        let log = committed_votes(&a.names(), PARTITIONS);
+        assert_every_202_once(&log, "split", &attempts);
+        assert_eq!(log.len(), 200);
+        // Each record was written by the node owning its partition.
+        for c in &log {
+            let owner = owners
+                .iter()
+                .find(|(_, ps)| ps.contains(&c.partition))
+                .map(|(n, _)| n.as_str());
+            assert_eq!(
+                Some(c.record.node.as_str()),
+                owner,
+                "partition {}",
+                c.partition
+            );
+        }
+        // Metrics are published once a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let mut received = 0;
+        for node in [&a, &b] {
+            let forward = common::serve::metric(node, "votes_forward_total").await;
+            received += forward.get("what=\"received\"").copied().unwrap_or(0);
+        }
+        assert!(
+            received >= 100,
+            "half the votes crossed between the nodes: {received}"
+        );
+        wait_live_totals(&client, &[&a, &b], "split", &log_tallies(&log, "split")).await;
+    });
+}
+
+#[test]
+fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_doubled() {
+    let prefix = init("fleet-kill");
+    let mut a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        let want = [("node-a", 1), ("node-b", 1)];
+        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        let owners = wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let a_parts = owners.get("node-a").cloned().unwrap_or_default();
+        assert!(!a_parts.is_empty(), "node-a owns partitions: {owners:?}");
+        open_election(&client, &b, "kill", &OPTIONS, 0).await;
+
+        // Voters reach the survivor only; half of them belong to node-a's partitions and go
+        // through the forwarding link until node-a dies.
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let until = Instant::now() + Duration::from_secs(90);
+        let load = tokio::spawn({
+            let (client, url, attempts) = (client.clone(), b.url(""), attempts.clone());
+            async move {
+                voters_until_answered(&client, &url, "kill", 0..3_000, 200, until, attempts).await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let killed = Instant::now();
+        a.kill();
+        let owners = wait_fleet(&client, &b, &[("node-b", 1)], Duration::from_secs(60)).await;
+        let moved = killed.elapsed();
+        assert_eq!(owners["node-b"].len(), PARTITIONS as usize);
+        load.await.unwrap();
+        let attempts = attempts.lock().await.clone();
+
+        let of_a = |a: &Attempt| a_parts.contains(&partition_of(VoterId(a.voter), PARTITIONS));
+        let first_after = attempts
+            .iter()
+            .filter(|x| of_a(x) && x.at > killed && x.status == Some(202))
+            .map(|x| x.at)
+            .min()
+            .expect("node-a's voters were served again");
+        let refused = attempts
+            .iter()
+            .filter(|x| of_a(x) && x.at > killed && x.status != Some(202) && x.status != Some(409))
+            .count();
+        eprintln!(
+            "failover: node-a's partitions moved {moved:?} after the kill; its voters were \
+             without service for {:?} ({refused} attempts refused meanwhile)",
+            first_after - killed
+        );
+        // Every voter got through in the end: a 202, or a 409 for a vote that committed
+        // but whose answer was lost with node-a.
+        let done: BTreeSet<u64> = attempts
+            .iter()
+            .filter(|x| matches!(x.status, Some(202 | 409)))
+            .map(|x| x.voter)
+            .collect();
+        assert_eq!(done.len(), 3_000, "every voter was answered in the end");
+        let log = committed_votes(&b.names(), PARTITIONS);
+        assert_every_202_once(&log, "kill", &attempts);
+        assert_eq!(log.len(), 3_000, "every voter exactly once in the log");
+        wait_live_totals(&client, &[&b], "kill", &log_tallies(&log, "kill")).await;
+    });
+}
+
+#[test]
+fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
+    let prefix = init("fleet-zombie");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        let want = [("node-a", 1), ("node-b", 1)];
+        wait_fleet(&client, &b, &want, Duration::from_secs(60)).await;
+        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(30)).await;
+        let a_parts = owners.get("node-a").cloned().unwrap_or_default();
+        open_election(&client, &a, "zombie", &OPTIONS, 0).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let of_a = |v: &u64| a_parts.contains(&partition_of(VoterId(*v), PARTITIONS));
+
+        // Load on node-a's own partitions, through node-a, while it is stopped: its shards
+        // have votes queued and in flight when the process freezes.
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let a_voters: Vec<u64> = (0..100_000u64).filter(of_a).take(1_500).collect();
+        let load = tokio::spawn({
+            let (client, url, attempts) = (client.clone(), a.url(""), attempts.clone());
+            let voters = a_voters.clone();
+            async move {
+                let gate = Arc::new(Semaphore::new(32));
+                let mut tasks = Vec::new();
+                for voter in voters {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let permit = gate.clone().acquire_owned().await.unwrap();
+                    let (client, url, attempts) = (client.clone(), url.clone(), attempts.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let at = vote_once(&client, &url, "zombie", voter).await;
+                        attempts.lock().await.push(at);
+                        drop(permit);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopped_ms = now_ms();
+        signal(&a, "-STOP");
+        // The group gives node-a's partitions to node-b once node-a's session expires; node-b
+        // fences node-a's producers and recovers them.
+        let moved = Instant::now();
+        wait_fleet(&client, &b, &[("node-b", 1)], Duration::from_secs(60)).await;
+        eprintln!(
+            "zombie: partitions moved {:?} after SIGSTOP",
+            moved.elapsed()
+        );
+        // node-b takes node-a's voters while node-a is frozen.
+        let fresh: Vec<u64> = (200_000..300_000u64).filter(of_a).take(50).collect();
+        let mut later = Vec::new();
+        for &v in &fresh {
+            let at = vote_once(&client, &b.url(""), "zombie", v).await;
+            assert_eq!(at.status, Some(202), "node-b takes voter {v}");
+            later.push(at);
+        }
+        signal(&a, "-CONT");
+        let resumed_ms = now_ms();
+        load.await.unwrap();
+        let mut attempts = attempts.lock().await.clone();
+
+        // Once resumed, node-a learns it lost its partitions (fenced commit or lost
+        // assignment) and rejoins the fleet.
+        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        let log_a = a.log_text();
+        assert!(
+            log_a.contains("fenced") || log_a.contains("lost=true"),
+            "node-a never noticed it was replaced:\n{log_a}"
+        );
+        let log = committed_votes(&b.names(), PARTITIONS);
+        // None of the zombie's late votes committed: node-a wrote nothing it received between
+        // the stop and the resume (it received them all on resuming).
+        let late_by_a: Vec<&Committed> = log
+            .iter()
+            .filter(|c| c.record.node == "node-a" && c.record.received_at_ms >= stopped_ms)
+            .filter(|c| c.record.received_at_ms <= resumed_ms + 2_000)
+            .collect();
+        let counts = attempts.iter().fold(BTreeMap::new(), |mut m, x| {
+            *m.entry(x.status).or_insert(0usize) += 1;
+            m
+        });
+        eprintln!("zombie: answers to the load through node-a: {counts:?}");
+        assert!(
+            late_by_a.is_empty(),
+            "the zombie committed {} late votes: {:?}",
+            late_by_a.len(),
+            late_by_a.first()
+        );
+        attempts.extend(later);
+        assert_every_202_once(&log, "zombie", &attempts);
+        // Every voter refused (503 or no answer) is absent unless it got a 202 elsewhere.
+        let accepted: BTreeSet<u64> = attempts
+            .iter()
+            .filter(|x| x.status == Some(202))
+            .map(|x| x.voter)
+            .collect();
+        let in_log: BTreeSet<u64> = log.iter().map(|c| c.record.voter.0).collect();
+        for x in attempts.iter().filter(|x| x.status == Some(503)) {
+            if !accepted.contains(&x.voter) {
+                assert!(
+                    !in_log.contains(&x.voter),
+                    "voter {} was refused but its vote committed",
+                    x.voter
+                );
+            }
+        }
+        // Both nodes serve again: fresh voters through the resumed node.
+        for v in 400_000..400_050u64 {
+            let at = vote_once(&client, &a.url(""), "zombie", v).await;
+            assert_eq!(at.status, Some(202), "voter {v} through the resumed node-a");
+        }
+        let log = committed_votes(&b.names(), PARTITIONS);
+        let tallies = log_tallies(&log, "zombie");
+        wait_live_totals(&client, &[&a, &b], "zombie", &tallies).await;
+    });
+}
