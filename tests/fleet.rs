@@ -270,6 +270,24 @@ async fn wait_live_totals(
     }
 }
 
+/// Waits until `serve` shows election `id` open (it learns elections from the elections topic).
+async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
+            && e["state"] == "open"
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw election {id} open",
+            serve.node
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn signal(serve: &Serve, sig: &str) {
     let st = std::process::Command::new("kill")
         .args([sig, &serve.pid().to_string()])
@@ -290,7 +308,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
         wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
         assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
         open_election(&client, &a, "split", &OPTIONS, 0).await;
-        tokio::time::sleep(Duration::from_millis(500)).await; // b learns the election
+        wait_open(&client, &b, "split").await;
         // Every voter through a, every other through b: half of each node's votes are its
         // peer's to commit.
         let mut attempts = Vec::new();
@@ -416,21 +434,28 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         let owners = wait_fleet(&client, &a, &want, Duration::from_secs(30)).await;
         let a_parts = owners.get("node-a").cloned().unwrap_or_default();
         open_election(&client, &a, "zombie", &OPTIONS, 0).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_open(&client, &b, "zombie").await;
         let of_a = |v: &u64| a_parts.contains(&partition_of(VoterId(*v), PARTITIONS));
 
         // Load on node-a's own partitions, through node-a, while it is stopped: its shards
         // have votes queued and in flight when the process freezes.
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let a_voters: Vec<u64> = (0..100_000u64).filter(of_a).take(1_500).collect();
+        // Stops sending at SIGSTOP: what node-a receives from then on is only what was
+        // already on its way.
+        let stop_sending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = tokio::spawn({
             let (client, url, attempts) = (client.clone(), a.url(""), attempts.clone());
             let voters = a_voters.clone();
+            let stop_sending = stop_sending.clone();
             async move {
                 let gate = Arc::new(Semaphore::new(32));
                 let mut tasks = Vec::new();
                 for voter in voters {
                     tokio::time::sleep(Duration::from_millis(2)).await;
+                    if stop_sending.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
                     let permit = gate.clone().acquire_owned().await.unwrap();
                     let (client, url, attempts) = (client.clone(), url.clone(), attempts.clone());
                     tasks.push(tokio::spawn(async move {
@@ -445,6 +470,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
+        stop_sending.store(true, std::sync::atomic::Ordering::Release);
         let stopped_ms = now_ms();
         signal(&a, "-STOP");
         // The group gives node-a's partitions to node-b once node-a's session expires; node-b
@@ -464,25 +490,27 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
             later.push(at);
         }
         signal(&a, "-CONT");
-        let resumed_ms = now_ms();
         load.await.unwrap();
         let mut attempts = attempts.lock().await.clone();
 
         // Once resumed, node-a learns it lost its partitions (fenced commit or lost
         // assignment) and rejoins the fleet.
         wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        // Nothing was sent to node-a since the stop, until now.
+        let quiet_until_ms = now_ms();
         let log_a = a.log_text();
         assert!(
             log_a.contains("fenced") || log_a.contains("lost=true"),
             "node-a never noticed it was replaced:\n{log_a}"
         );
         let log = committed_votes(&b.names(), PARTITIONS);
-        // None of the zombie's late votes committed: node-a wrote nothing it received between
-        // the stop and the resume (it received them all on resuming).
+        // None of the zombie's late votes committed: node-a wrote nothing it received after the
+        // stop (the votes already on their way reached it on resuming, when it was fenced).
         let late_by_a: Vec<&Committed> = log
             .iter()
-            .filter(|c| c.record.node == "node-a" && c.record.received_at_ms >= stopped_ms)
-            .filter(|c| c.record.received_at_ms <= resumed_ms + 2_000)
+            .filter(|c| c.record.node == "node-a")
+            .filter(|c| (stopped_ms..quiet_until_ms).contains(&c.record.received_at_ms))
             .collect();
         let counts = attempts.iter().fold(BTreeMap::new(), |mut m, x| {
             *m.entry(x.status).or_insert(0usize) += 1;

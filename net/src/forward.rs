@@ -39,6 +39,10 @@ pub struct ForwardLimits {
     pub retry_after: Duration,
     /// Time the connecting side has to send its hello.
     pub hello_timeout: Duration,
+    /// A link with votes waiting and no answer for this long is closed (its votes answer
+    /// 503): the peer is stopped or cut off without the connection breaking. Above the
+    /// owner's longest commit.
+    pub answer_stall: Duration,
 }
 
 impl Default for ForwardLimits {
@@ -48,6 +52,7 @@ impl Default for ForwardLimits {
             connect_timeout: Duration::from_secs(1),
             retry_after: Duration::from_millis(250),
             hello_timeout: Duration::from_secs(5),
+            answer_stall: Duration::from_secs(30),
         }
     }
 }
@@ -129,6 +134,8 @@ struct Link {
     waiting: RefCell<HashMap<u64, ReplyTx<ForwardOutcome>>>,
     next_id: Cell<u64>,
     wake_writer: Notify,
+    /// When the link last made progress: an answer, or a vote while none waited.
+    last_progress: Cell<Instant>,
 }
 
 impl Link {
@@ -193,6 +200,9 @@ impl Forwarder {
         link.next_id.set(id + 1);
         vote.id = id;
         let (tx, rx) = reply_channel();
+        if link.waiting.borrow().is_empty() {
+            link.last_progress.set(Instant::now());
+        }
         link.waiting.borrow_mut().insert(id, tx);
         Frame::Vote(vote).encode_into(&mut link.out.borrow_mut());
         bump(&self.stats.sent);
@@ -211,6 +221,7 @@ impl Forwarder {
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             wake_writer: Notify::default(),
+            last_progress: Cell::new(Instant::now()),
         });
         self.links.borrow_mut().insert(peer, link.clone());
         glommio::spawn_local(run_link(self.clone(), link.clone())).detach();
@@ -289,6 +300,7 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
                     Ok(Some((Frame::Answer(ForwardAnswer { id, outcome }), used))) => {
                         at += used;
                         bump(&fwd.stats.answered);
+                        link.last_progress.set(Instant::now());
                         // A voter who gave up has dropped the receiver: nothing to tell.
                         if let Some(reply) = link.waiting.borrow_mut().remove(&id) {
                             let _ = reply.send(outcome);
@@ -308,7 +320,18 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
             buf.drain(..at);
         }
     };
-    futures_lite::future::or(write, read).await;
+    let watch = async {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            if !link.waiting.borrow().is_empty()
+                && link.last_progress.get().elapsed() > fwd.limits.answer_stall
+            {
+                tracing::warn!(peer = %link.addr, waiting = link.waiting.borrow().len(), "forwarding link: no answer in time; closing it");
+                return;
+            }
+        }
+    };
+    futures_lite::future::or(futures_lite::future::or(write, read), watch).await;
     tracing::info!(peer = %link.addr, "forwarding link closed");
     link_down(&fwd, &link);
 }
@@ -328,6 +351,9 @@ async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -
     })
     .await
 }
+
+/// Bytes of answers waiting for a slow peer before its link stops being read.
+const ANSWERS_BUFFERED_MAX: usize = 1 << 20;
 
 /// What the owning node does with a forwarded vote.
 pub trait ForwardHandler: 'static {
@@ -419,9 +445,11 @@ async fn serve_link(
     };
     tracing::info!(?peer, node = %hello.node, "forwarding link from a peer");
 
-    // Answers queued for the writer, and its wake-up.
+    // Answers queued for the writer, its wake-up, and the reader's wake-up once the writer
+    // drained them.
     let out = Rc::new((
         RefCell::new(Vec::<u8>::with_capacity(16 << 10)),
+        Notify::default(),
         Notify::default(),
     ));
     let in_flight = Rc::new(Cell::new(0usize));
@@ -439,6 +467,7 @@ async fn serve_link(
                     return;
                 }
                 pending.clear();
+                out.2.notify();
             }
         }
     };
@@ -489,6 +518,10 @@ async fn serve_link(
                 }
             }
             buf.drain(..at);
+            // A peer that sends without reading its answers is not read either.
+            while out.0.borrow().len() > ANSWERS_BUFFERED_MAX {
+                out.2.notified().await;
+            }
             match reader.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),

@@ -165,6 +165,8 @@ pub struct NodeShared {
     pub partitions: u32,
     /// The fleet's partition → node/core map, as the group last described it.
     pub fleet: Arc<FleetBoard>,
+    /// A map older than this (the group not described since) makes the node not ready.
+    pub fleet_stale_after: Duration,
     pub metrics: Arc<NodeMetrics>,
     pub elections_writer: Arc<ElectionsWriter>,
     /// How long a PoW challenge stays valid.
@@ -787,7 +789,13 @@ impl CoreApp {
             return true;
         }
         let (generation, map) = self.fleet.map();
+        let fresh = self
+            .shared
+            .fleet
+            .age()
+            .is_some_and(|age| age < self.shared.fleet_stale_after);
         generation > 0
+            && fresh
             && map.nodes.get(&self.shared.node).copied() == Some(self.mesh.cores())
             && map.owners.iter().enumerate().all(|(p, owner)| match owner {
                 None => false,

@@ -29,6 +29,9 @@ pub struct FleetBoard {
     /// 0 until the first stable description.
     generation: AtomicU64,
     map: Mutex<Arc<FleetMap>>,
+    /// When the group was last described (ms since the UNIX epoch; 0: never): a node cut off
+    /// from Kafka must not keep vouching for its last map.
+    described_at_ms: AtomicU64,
 }
 
 impl FleetBoard {
@@ -43,6 +46,18 @@ impl FleetBoard {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        self.described_at_ms.store(now_ms(), Ordering::Release);
+    }
+
+    /// Time since the group was last described (`None`: never).
+    pub fn age(&self) -> Option<Duration> {
+        match self.described_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
+        }
     }
 
     pub fn current(&self) -> Arc<FleetMap> {
@@ -105,6 +120,12 @@ pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route 
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Reads the group's description until `stop`, publishing each stable map.
 pub fn start_watch(
     watch: GroupWatch,
@@ -117,8 +138,11 @@ pub fn start_watch(
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 match watch.describe(timeout) {
-                    Ok(Some(map)) => board.publish(map),
-                    Ok(None) => {}
+                    Ok(Some(map)) => {
+                        board.publish(map);
+                        board.touch();
+                    }
+                    Ok(None) => board.touch(),
                     Err(e) => tracing::warn!(error = %e, "cannot describe the serve group"),
                 }
                 std::thread::sleep(WATCH_EVERY);

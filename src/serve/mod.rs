@@ -264,8 +264,13 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let (member_events, core_events): (Vec<_>, Vec<_>) =
         (0..cores).map(|_| std::sync::mpsc::channel()).unzip();
     let core_events = Mutex::new(core_events.into_iter().map(Some).collect::<Vec<_>>());
+    let assignments: Vec<votes_tally::membership::Assignment> =
+        (0..cores).map(|_| Default::default()).collect();
+    let core_assignments = assignments.clone();
     let forward_key = votes_core::forward::derive_key(&token_secret);
-    let handoff_timeout = kafka_timeout;
+    // A revocation waits for the transaction in flight: its produce and commit calls are each
+    // bounded by the Kafka timeout, and an abort may follow.
+    let handoff_timeout = kafka_timeout * 4;
     let link = if roles.ingest || roles.results {
         let (handle, thread) = votes_tally::fanout::start(votes_tally::fanout::LinkConfig {
             redis_url: common.redis_url.clone(),
@@ -333,6 +338,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         admin_token,
         partitions,
         fleet: fleet_board.clone(),
+        fleet_stale_after: Duration::from_millis(args.group_session_timeout_ms),
         metrics: node_metrics.clone(),
         elections_writer: writer,
         challenge_ttl: Duration::from_secs(args.challenge_ttl_s),
@@ -418,6 +424,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             &shared.metrics.partitions,
             ctx.blocking().clone(),
             metrics.clone(),
+            core_assignments[core].clone(),
         );
         let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
             .take()
@@ -567,7 +574,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 handoff_timeout,
             };
             members.push(
-                votes_tally::membership::Member::start(&cfg, events)
+                votes_tally::membership::Member::start(&cfg, events, assignments[core].clone())
                     .context("joining the serve group")?,
             );
         }

@@ -19,6 +19,7 @@ use votes_net::Blocking;
 use votes_net::{LocalSignal, ReplyTx};
 use votes_tally::commit::{CommitError, PartitionProducer};
 use votes_tally::fanout::TallyUpdate;
+use votes_tally::membership::{self, Assignment};
 use votes_tally::recovery::replay;
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
 use votes_tally::snapshot;
@@ -189,6 +190,16 @@ struct Slot {
     leaving: Cell<bool>,
     /// Fired when the driver stopped writing for good (handed off or fenced).
     gone: LocalSignal,
+    /// The core's group assignment, checked before every fence of the previous writer.
+    assignment: Assignment,
+}
+
+impl Slot {
+    /// Whether this slot may still take its partition: not leaving, and the group (as the
+    /// member's thread last heard) still assigns it here.
+    fn still_owner(&self) -> bool {
+        !self.leaving.get() && membership::holds(&self.assignment, self.partition)
+    }
 }
 
 /// The shards of one core: the partitions the group currently assigns to it.
@@ -200,18 +211,21 @@ pub struct ShardHost {
     status: Vec<Arc<PartitionStatus>>,
     blocking: Blocking,
     metrics: Rc<CoreMetrics>,
+    assignment: Assignment,
 }
 
 impl ShardHost {
-    /// A core's host, owning no partition yet.
+    /// A core's host, owning no partition yet; `assignment` is its group member's.
     pub fn new(
         core: usize,
         settings: Arc<CommitSettings>,
         status: &[Arc<PartitionStatus>],
         blocking: Blocking,
         metrics: Rc<CoreMetrics>,
+        assignment: Assignment,
     ) -> Rc<Self> {
         Rc::new(Self {
+            assignment,
             core,
             slots: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
@@ -254,6 +268,7 @@ impl ShardHost {
                 log_id: Cell::new(None),
                 leaving: Cell::new(false),
                 gone: LocalSignal::new(),
+                assignment: self.assignment.clone(),
             });
             glommio::spawn_local(drive(
                 slot.clone(),
@@ -289,6 +304,8 @@ impl ShardHost {
         }
         for slot in &leaving {
             slot.gone.wait().await;
+            // A shard fenced before the revocation ended without handing off.
+            slot.status.set(slot.epoch, ShardState::Released);
         }
     }
 
@@ -334,7 +351,14 @@ impl ShardHost {
     pub fn tallies(&self) -> Vec<TallyRow> {
         let mut out = Vec::new();
         for slot in self.slots.borrow().values() {
-            if let Some(shard) = slot.shard.borrow().as_ref() {
+            // Only what this core vouches for now: a recovering shard's tallies are partial,
+            // and a fenced one's belong to the new owner.
+            if let Some(shard) = slot
+                .shard
+                .borrow()
+                .as_ref()
+                .filter(|s| s.state() == ShardState::Active)
+            {
                 for (election, counts) in shard.elections() {
                     let counts = counts.iter().map(|(o, c)| (o.clone(), *c)).collect();
                     out.push((
@@ -466,6 +490,9 @@ async fn commit_loop(
             }
             if !full && !settings.linger.is_zero() {
                 glommio::timer::sleep(settings.linger).await;
+                if slot.leaving.get() {
+                    return Some(producer);
+                }
             }
             let Some(batch) = slot.shard.borrow_mut().as_mut().and_then(Shard::take_batch) else {
                 break;
@@ -495,13 +522,28 @@ async fn commit_loop(
             answer_all(slot, answers);
             match outcome {
                 CommitOutcome::Fenced => {
-                    tracing::error!(
-                        partition = slot.partition,
-                        "fenced by a newer owner: this shard stops accepting"
-                    );
                     slot.status.set(slot.epoch, ShardState::Fenced);
                     retire(producer, blocking).await;
-                    return None;
+                    if !slot.still_owner() {
+                        tracing::error!(
+                            partition = slot.partition,
+                            "fenced by a newer owner: this shard stops accepting"
+                        );
+                        return None;
+                    }
+                    // The group still assigns the partition here: the fence came from a writer
+                    // with a stale view (a resumed zombie). Take it back once that writer had
+                    // time to hear it lost the partition.
+                    tracing::warn!(
+                        partition = slot.partition,
+                        "fenced while still assigned here; taking the partition back"
+                    );
+                    glommio::timer::sleep(REFENCE_AFTER).await;
+                    *slot.shard.borrow_mut() = Some(Shard::new(slot.cfg.clone()));
+                    match take_ownership(slot, settings, blocking).await {
+                        Some(p) => producer = p,
+                        None => return None,
+                    }
                 }
                 CommitOutcome::Unknown => {
                     slot.status.set(slot.epoch, ShardState::Recovering);
@@ -666,6 +708,10 @@ async fn write_snapshot(
     Ok(len)
 }
 
+/// How long a shard fenced while still assigned waits before it takes its partition back: the
+/// fencing writer's member hears of its lost assignment within a heartbeat or two.
+const REFENCE_AFTER: Duration = Duration::from_secs(3);
+
 /// Drops a producer on the blocking pool: destroying a librdkafka client joins its threads
 /// and closes its connections, which must not stall the reactor.
 async fn retire(producer: Arc<PartitionProducer>, blocking: &Blocking) {
@@ -684,7 +730,8 @@ async fn take_ownership(
 ) -> Option<Arc<PartitionProducer>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if slot.leaving.get() {
+        // Never fence a writer for a partition the group gave someone else.
+        if !slot.still_owner() {
             return None;
         }
         let s = settings.clone();
@@ -695,11 +742,17 @@ async fn take_ownership(
             })
             .await;
         let producer = match opened {
-            Ok(Ok(producer)) if slot.leaving.get() => {
+            Ok(Ok(producer)) if !slot.still_owner() => {
                 retire(Arc::new(producer), blocking).await;
                 return None;
             }
             Ok(Ok(producer)) => Arc::new(producer),
+            Ok(Err(CommitError::Fenced { .. })) if slot.still_owner() => {
+                // Another writer opened at the same moment; whoever the group assigns wins.
+                tracing::warn!(partition = p, "fenced while taking ownership; trying again");
+                glommio::timer::sleep(REFENCE_AFTER).await;
+                continue;
+            }
             Ok(Err(CommitError::Fenced { .. })) => {
                 tracing::error!(partition = p, "fenced while taking ownership");
                 if let Some(shard) = slot.shard.borrow_mut().as_mut() {
@@ -749,7 +802,7 @@ async fn take_ownership(
             })
             .await;
         match replayed {
-            Ok(Ok((shard, _))) if slot.leaving.get() => {
+            Ok(Ok((shard, _))) if !slot.still_owner() => {
                 // Moved away while it replayed: the recovered state is the next owner's job.
                 *slot.shard.borrow_mut() = Some(shard);
                 retire(producer, blocking).await;

@@ -52,6 +52,19 @@ pub enum MembershipError {
     },
 }
 
+/// The partitions the group assigns one member now, as its thread last heard: shared with the
+/// core, which checks it before it fences anyone (taking a partition it no longer holds would
+/// fence the rightful owner). Written on the member's thread before the core hears of a change.
+pub type Assignment = Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>;
+
+/// Whether `assignment` holds `partition`.
+pub fn holds(assignment: &Assignment, partition: u32) -> bool {
+    assignment
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&partition)
+}
+
 /// What a core learns from its group membership.
 #[derive(Debug)]
 pub enum OwnershipEvent {
@@ -95,9 +108,8 @@ struct MemberContext {
     events: mpsc::Sender<OwnershipEvent>,
     handoff_timeout: Duration,
     instance: String,
-    /// What the group assigned this member last (only the member's thread touches it; the
-    /// lock satisfies rdkafka's `Sync` bound).
-    owned: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// What the group assigned this member last.
+    owned: Assignment,
 }
 
 impl ClientContext for MemberContext {
@@ -199,6 +211,7 @@ impl Member {
     pub fn start(
         cfg: &MemberConfig,
         events: mpsc::Sender<OwnershipEvent>,
+        assignment: Assignment,
     ) -> Result<Self, MembershipError> {
         let topic = cfg.names.votes_topic();
         let instance = cfg.instance_id();
@@ -222,7 +235,7 @@ impl Member {
                 events,
                 handoff_timeout: cfg.handoff_timeout,
                 instance: instance.clone(),
-                owned: Default::default(),
+                owned: assignment,
             })
             .map_err(MembershipError::Create)?;
         consumer

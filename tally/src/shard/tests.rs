@@ -211,6 +211,9 @@ enum Op {
     Unknown {
         committed: bool,
     },
+    /// The group moves the partition to another owner (only between transactions, as the
+    /// driver does); the new owner starts from the log.
+    HandOff,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -221,6 +224,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Abort),
         1 => Just(Op::Fence),
         1 => any::<bool>().prop_map(|committed| Op::Unknown { committed }),
+        1 => Just(Op::HandOff),
     ]
 }
 
@@ -363,6 +367,30 @@ impl Harness {
                         self.outstanding.insert(t);
                     }
                 }
+            }
+            Op::HandOff => {
+                if self.in_flight.is_some() || self.shard.state() == ShardState::Fenced {
+                    return;
+                }
+                let answers = self.shard.hand_off();
+                assert!(
+                    answers.iter().all(|a| matches!(
+                        a,
+                        Answer::Rejected {
+                            code: ErrorCode::Unavailable,
+                            ..
+                        }
+                    )),
+                    "a hand-off only refuses"
+                );
+                assert_eq!(self.shard.state(), ShardState::Released);
+                assert!(
+                    self.shard.take_batch().is_none(),
+                    "a released shard writes nothing"
+                );
+                self.record_answers(answers);
+                self.shard = Shard::new(cfg(self.max_batch));
+                self.replay();
             }
             Op::Take => {
                 if self.in_flight.is_none() {
