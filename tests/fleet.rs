@@ -288,6 +288,25 @@ async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
     }
 }
 
+/// The log without terminal colour codes (tracing colours its fields).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn signal(serve: &Serve, sig: &str) {
     let st = std::process::Command::new("kill")
         .args([sig, &serve.pid().to_string()])
@@ -499,7 +518,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
         // Nothing was sent to node-a since the stop, until now.
         let quiet_until_ms = now_ms();
-        let log_a = a.log_text();
+        let log_a = strip_ansi(&a.log_text());
         assert!(
             log_a.contains("fenced") || log_a.contains("lost=true"),
             "node-a never noticed it was replaced:\n{log_a}"
