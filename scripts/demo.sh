@@ -18,12 +18,23 @@ export VOTES_AUDIT_KEY=demo-audit-key-for-local-use-only-0001
 export VOTES_ADMIN_TOKEN=demo-admin-token
 HTTP=127.0.0.1:8080
 ADMIN=127.0.0.1:9090
+HTTPS=127.0.0.1:8443
 
 "$ROOT/scripts/demo-stop.sh" >/dev/null 2>&1 || true
 "$BIN/votes" init --partitions 8
+# TLS (HTTP/1.1, h2) and HTTP/3 on 8443: a development certificate unless one is given.
+TLS_CERT=${VOTES_TLS_CERT:-}
+TLS_KEY=${VOTES_TLS_KEY:-}
+SPKI=
+if [ -z "$TLS_CERT" ] || [ -z "$TLS_KEY" ]; then
+  SPKI=$("$BIN/votes" dev-cert --out "$RUN/tls" --names localhost,127.0.0.1)
+  TLS_CERT=$RUN/tls/cert.pem
+  TLS_KEY=$RUN/tls/key.pem
+fi
 
 setsid nohup "$BIN/votes" serve --roles ingest,results,admin --dev-login --cores 2 \
   --http "$HTTP" --admin "$ADMIN" --node-id demo-node \
+  --https "$HTTPS" --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY" \
   >"$RUN/serve.log" 2>&1 < /dev/null &
 echo $! >"$RUN/serve.pid"
 # The persister writes every committed vote to DynamoDB; closing an election on the dashboard
@@ -64,6 +75,11 @@ echo
 echo "Running: votes serve (pid $(cat "$RUN/serve.pid")), log $RUN/serve.log"
 echo "         votes persist (pid $(cat "$RUN/persist.pid")), log $RUN/persist.log, metrics http://127.0.0.1:9191/metrics"
 echo "  voter page:    http://$HTTP/            (development sign-in: any voter id)"
+echo "  over HTTP/3:   https://$HTTPS/   (TLS over TCP advertises it with Alt-Svc)"
+if [ -n "$SPKI" ]; then
+  echo "                 chromium --origin-to-force-quic-on=$HTTPS --ignore-certificate-errors-spki-list=$SPKI https://$HTTPS/"
+fi
+echo "                 votes-load --protocol h3 --target https://$HTTPS --ca-cert $TLS_CERT --election $E"
 echo "  live results:  http://$HTTP/results/$E"
 echo "  dashboard:     http://$ADMIN/admin#token=$VOTES_ADMIN_TOKEN"
 echo "  results API:   http://$HTTP/v1/elections/$E/results   (stream: …/results/stream)"

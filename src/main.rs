@@ -102,6 +102,17 @@ enum Command {
     },
     /// Auditors' tools (DESIGN §4.5): signed offline export, its verification, the public key.
     Audit(audit::AuditArgs),
+    /// Write a self-signed development certificate and key (`cert.pem`, `key.pem`) for
+    /// `--https` to DIR, and print the base64 SHA-256 of its public key (what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes). Development and tests only.
+    DevCert {
+        /// Directory to write cert.pem and key.pem to (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Names and addresses the certificate is for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        names: Vec<String>,
+    },
     /// Host tuning.
     Tune {
         #[command(subcommand)]
@@ -171,6 +182,17 @@ fn run() -> Result<std::process::ExitCode> {
             let token =
                 votes_core::token::issue(key, votes_core::VoterId(voter), parse_ttl(&ttl)?, now);
             println!("{token}");
+        }
+        Command::DevCert { out, names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let (cert, key, spki) = votes_net::self_signed_dev_cert_with_spki(&names)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            std::fs::write(out.join("cert.pem"), cert)?;
+            let key_path = out.join("key.pem");
+            std::fs::write(&key_path, key)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+            println!("{spki}");
         }
         Command::Tune {
             command: TuneCommand::Check { cores },

@@ -352,10 +352,10 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
-const PROTOCOLS: [&str; 4] = ["h1", "h2c", "h1-tls", "h2-tls"];
+const PROTOCOLS: [&str; 5] = ["h1", "h2c", "h1-tls", "h2-tls", "h3"];
 
 #[test]
-fn every_row_of_the_voter_api_over_http1_h2c_and_tls() {
+fn every_row_of_the_voter_api_over_http1_h2c_tls_and_http3() {
     require_services();
     let prefix = common::unique_prefix("api");
     assert!(
@@ -383,6 +383,58 @@ fn every_row_of_the_voter_api_over_http1_h2c_and_tls() {
         for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
             every_row(&serve, protocol, 1_000 * (i as u64 + 1)).await;
         }
+        // The HTTP/3 rows arrived over QUIC, and TLS over TCP advertises it. (Each core
+        // publishes its counters once a second.)
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let h3 = common::serve::metric(&serve, "votes_http3_requests_total").await;
+        assert!(h3.values().sum::<u64>() > 0, "{h3:?}");
+        let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+        let (st, hdrs, _) = TestClient::for_protocol("h2-tls", root)
+            .send("GET", &serve.base_for("h2-tls"), &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        let port = serve.https.as_ref().unwrap().0.port();
+        assert_eq!(
+            hdrs.get("alt-svc").map(String::as_str),
+            Some(format!("h3=\":{port}\"; ma=86400").as_str())
+        );
+    });
+}
+
+/// Under handshake pressure (here: always) a QUIC client must echo a Retry token before the
+/// server does any handshake work; an honest client does so transparently and votes.
+#[test]
+fn http3_clients_prove_their_address_with_a_retry_under_pressure() {
+    require_services();
+    let prefix = common::unique_prefix("h3-retry");
+    assert!(
+        common::votes(&prefix, &["init", "--partitions", "2"])
+            .status
+            .success()
+    );
+    let serve = Serve::start_env(&prefix, 1, true, &[("VOTES_H3_RETRY_ABOVE", "0")]);
+    runtime().block_on(async {
+        let admin = TestClient::http1();
+        open_election(&admin, &serve, "retry", &["red", "blue"], 0).await;
+        let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+        let c = TestClient::for_protocol("h3", root);
+        for voter in 1..=5u64 {
+            let (st, body) = c
+                .vote(&serve.base_for("h3"), "retry", voter, "red")
+                .await
+                .unwrap();
+            assert_eq!(st, 202, "{body}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let retries = common::serve::metric(&serve, "votes_http3_retries_total").await;
+        assert!(retries.values().sum::<u64>() >= 1, "{retries:?}");
+        let conns = common::serve::metric(&serve, "votes_http3_connections_total").await;
+        assert_eq!(
+            conns.values().sum::<u64>(),
+            1,
+            "one connection for five votes"
+        );
     });
 }
 

@@ -195,15 +195,34 @@ fn concurrent_duplicates_yield_exactly_one_accepted_vote_per_voter() {
 
 #[test]
 fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
-    let mut serve = Serve::init_and_start("crash", 8, 2);
+    kill_9_mid_load("crash", "h1");
+}
+
+/// The same crash with every voter on HTTP/3 (QUIC streams, the server's answers in flight
+/// when it dies).
+#[test]
+fn kill_9_mid_load_over_http3_loses_no_acknowledged_vote_and_counts_none_twice() {
+    kill_9_mid_load("crash-h3", "h3");
+}
+
+fn kill_9_mid_load(test: &str, protocol: &str) {
+    let prefix = common::unique_prefix(test);
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let out = common::votes(&prefix, &["init", "--partitions", "8"]);
+    assert!(out.status.success(), "votes init");
+    let tls = protocol == "h3";
+    let mut serve = Serve::start_with(&prefix, 2, tls);
     let voters = 10_000u64;
     let sent = runtime().block_on(async {
-        let client = TestClient::http1();
-        open_election(&client, &serve, "crash", &OPTIONS, 0).await;
+        let admin = TestClient::http1();
+        open_election(&admin, &serve, "crash", &OPTIONS, 0).await;
+        let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+        let client = TestClient::for_protocol(protocol, root.as_deref());
         let votes: Vec<(u64, &'static str)> = (0..voters)
             .map(|v| (v, OPTIONS[(v % 3) as usize]))
             .collect();
-        let url = serve.url("");
+        let url = serve.base_for(protocol);
         let load = tokio::spawn({
             let client = client.clone();
             async move { send_all(&client, &url, "crash", votes, 48).await }
@@ -212,7 +231,7 @@ fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let metrics = client
+            let metrics = admin
                 .send(
                     "GET",
                     &serve.admin_url("/metrics"),
@@ -254,7 +273,7 @@ fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
     );
 
     // Restart on the same prefix: the new process fences the dead one and recovers.
-    let serve = Serve::start(&serve.prefix.clone(), 2);
+    let serve = Serve::start_with(&serve.prefix.clone(), 2, tls);
     let log = committed_votes(&serve.names(), 8);
     assert_log_matches(&log, "crash", &sent);
     // Votes that were in flight may have committed without their 202; never more than sent.
@@ -266,14 +285,15 @@ fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
     );
 
     runtime().block_on(async {
-        let client = TestClient::http1();
+        let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+        let client = TestClient::for_protocol(protocol, root.as_deref());
         // Every acknowledged voter (and every voter whose vote made it in unacknowledged) is
         // refused a second vote after the restart; everyone else may vote now.
         let in_log: HashSet<u64> = log.iter().map(|c| c.record.voter.0).collect();
         let retry: Vec<(u64, &'static str)> = (0..voters)
             .map(|v| (v, OPTIONS[(v % 3) as usize]))
             .collect();
-        let again = send_all(&client, &serve.url(""), "crash", retry, 48).await;
+        let again = send_all(&client, &serve.base_for(protocol), "crash", retry, 48).await;
         for s in &again {
             let want = if in_log.contains(&s.voter) { 409 } else { 202 };
             assert_eq!(s.status, Some(want), "voter {} after restart", s.voter);
@@ -287,7 +307,13 @@ fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
         let mut all = sent.clone();
         all.extend(again);
         assert_log_matches(&log, "crash", &all);
-        wait_live_totals(&client, &serve, "crash", &log_tallies(&log, "crash")).await;
+        wait_live_totals(
+            &TestClient::http1(),
+            &serve,
+            "crash",
+            &log_tallies(&log, "crash"),
+        )
+        .await;
     });
 }
 

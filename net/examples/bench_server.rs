@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use votes_net::{
     App, BoxBody, CoreContext, ListenerKind, ListenerSpec, LocalBoxFuture, Mesh, ReactorConfig,
     ReplyTx, reply_channel, start_reactors,
@@ -25,7 +24,7 @@ impl App for Bench {
         &self,
         _: ListenerKind,
         _: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<votes_net::RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         if let Some(n) = req
             .uri()

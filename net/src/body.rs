@@ -11,6 +11,43 @@ use http_body_util::BodyExt;
 /// Error type of response bodies (what hyper wants).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request's body as the app sees it: hyper's stream (HTTP/1.1, h2), or the bytes the HTTP/3
+/// layer already read (it reads a bounded body before handing the request over). Either way
+/// the app reads it with [`read_body_limited`].
+pub enum RequestBody {
+    Http(hyper::body::Incoming),
+    Read(Option<Bytes>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Read(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http(b) => b.is_end_stream(),
+            RequestBody::Read(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Http(b) => b.size_hint(),
+            RequestBody::Read(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
 /// A response body: empty, one buffer, or any (possibly `!Send`) body/stream, e.g. SSE fed
 /// by a core-local channel. Full bodies are not boxed: the hot path allocates nothing extra.
 pub struct BoxBody {

@@ -25,7 +25,7 @@ pub mod sse;
 mod tls;
 
 pub use blocking::{Blocking, BlockingError};
-pub use body::{BodyLimitError, BoxBody, BoxError, read_body_limited};
+pub use body::{BodyLimitError, BoxBody, BoxError, RequestBody, read_body_limited};
 pub use error::NetError;
 pub use error_body::error_body;
 pub use httpd::{
@@ -38,7 +38,10 @@ pub use reactor::{
     start_reactors,
 };
 pub use signal::{LocalSignal, Wait};
-pub use tls::{TlsFileKind, TlsFileProblem, self_signed_dev_cert, tls_server_config};
+pub use tls::{
+    TlsFileKind, TlsFileProblem, self_signed_dev_cert, self_signed_dev_cert_with_spki,
+    tls_server_config,
+};
 
 /// Re-exported so apps name the same versions.
 pub use {bytes, http, hyper, rustls};

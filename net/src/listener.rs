@@ -25,6 +25,8 @@ pub(crate) struct BoundSpec {
     pub(crate) addr: SocketAddr,
     /// (core index, listening socket).
     pub(crate) sockets: Vec<(usize, Socket)>,
+    /// (core index, UDP socket) for HTTP/3 on the same address: public TLS listeners only.
+    pub(crate) udp: Vec<(usize, Socket)>,
 }
 
 fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -43,11 +45,30 @@ fn bind_err(addr: SocketAddr, e: std::io::Error) -> NetError {
     }
 }
 
-/// Binds every spec: Public on all `cores`, Admin on core 0 only.
+/// UDP sockets for HTTP/3 on `addr`, one per core in one SO_REUSEPORT group (the kernel keeps
+/// each client's 4-tuple on one core), after a probe without SO_REUSEPORT like the TCP one.
+fn bind_udp(addr: SocketAddr, cores: usize) -> Result<Vec<(usize, Socket)>, NetError> {
+    let udp = |reuse: bool| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if reuse {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
+        Ok(s)
+    };
+    drop(udp(false).map_err(|e| bind_err(addr, e))?);
+    (0..cores)
+        .map(|core| Ok((core, udp(true).map_err(|e| bind_err(addr, e))?)))
+        .collect()
+}
+
+/// Binds every spec: Public on all `cores`, Admin on core 0 only; public TLS listeners also
+/// on UDP for HTTP/3 when `http3`.
 pub(crate) fn bind_all(
     specs: &[ListenerSpec],
     cores: usize,
     backlog: i32,
+    http3: bool,
 ) -> Result<Vec<BoundSpec>, NetError> {
     assert!(cores > 0);
     let mut out = Vec::with_capacity(specs.len());
@@ -76,10 +97,16 @@ pub(crate) fn bind_all(
             s.listen(backlog).map_err(|e| bind_err(addr, e))?;
             sockets.push((core, s));
         }
+        let udp = if http3 && spec.tls.is_some() && spec.kind == ListenerKind::Public {
+            bind_udp(addr, cores)?
+        } else {
+            Vec::new()
+        };
         out.push(BoundSpec {
             spec: spec.clone(),
             addr,
             sockets,
+            udp,
         });
     }
     Ok(out)
@@ -93,7 +120,7 @@ mod tests {
     fn port_zero_resolves_once_and_every_core_shares_it() {
         let spec = ListenerSpec::plain("127.0.0.1:0".parse().unwrap(), ListenerKind::Public);
         let admin = ListenerSpec::plain("127.0.0.1:0".parse().unwrap(), ListenerKind::Admin);
-        let bound = bind_all(&[spec, admin], 3, 128).unwrap();
+        let bound = bind_all(&[spec, admin], 3, 128, true).unwrap();
         assert_ne!(bound[0].addr.port(), 0);
         assert_eq!(bound[0].sockets.len(), 3);
         for (_, s) in &bound[0].sockets {
@@ -108,7 +135,7 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = ListenerSpec::plain(other.local_addr().unwrap(), ListenerKind::Public);
         assert!(matches!(
-            bind_all(&[spec], 2, 128),
+            bind_all(&[spec], 2, 128, true),
             Err(NetError::AddrInUse { .. })
         ));
 
@@ -120,11 +147,12 @@ mod tests {
             )],
             1,
             16,
+            true,
         )
         .unwrap();
         let spec = ListenerSpec::plain(bound[0].addr, ListenerKind::Public);
         assert!(matches!(
-            bind_all(&[spec], 1, 16),
+            bind_all(&[spec], 1, 16, true),
             Err(NetError::AddrInUse { .. })
         ));
     }

@@ -39,6 +39,8 @@ pub struct ReactorConfig {
     pub shutdown_grace: Duration,
     /// Bound on start-up (executor creation, mesh connection, `make_app`).
     pub start_timeout: Duration,
+    /// Serve HTTP/3 on the UDP side of every public TLS listener (and advertise it).
+    pub http3: bool,
 }
 
 impl ReactorConfig {
@@ -52,6 +54,7 @@ impl ReactorConfig {
             max_blocking_in_flight: 64,
             shutdown_grace: Duration::from_secs(10),
             start_timeout: Duration::from_secs(10),
+            http3: true,
         }
     }
 
@@ -297,6 +300,13 @@ struct CoreListener {
     socket: socket2::Socket,
 }
 
+/// One core's UDP socket of a TLS listener, for HTTP/3.
+struct CoreQuic {
+    socket: socket2::Socket,
+    config: quinn::ServerConfig,
+    port: u16,
+}
+
 /// Everything one core needs, moved to its thread.
 struct CoreBoot<M: Send + 'static> {
     index: usize,
@@ -304,6 +314,7 @@ struct CoreBoot<M: Send + 'static> {
     cores: usize,
     mesh: MeshEnds<M>,
     listeners: Vec<CoreListener>,
+    quic: Vec<CoreQuic>,
     cfg: ReactorConfig,
     ready: mpsc::SyncSender<Result<(), NetError>>,
     shutdown: oneshot::Receiver<()>,
@@ -342,7 +353,7 @@ where
     }
     preflight::judge(&preflight::probe(), &cfg.cpus)?;
     let n = cfg.cpus.len();
-    let bound = bind_all(&cfg.listeners, n, cfg.http.listen_backlog)?;
+    let bound = bind_all(&cfg.listeners, n, cfg.http.listen_backlog, cfg.http3)?;
     let listeners = bound
         .iter()
         .map(|b| BoundListener {
@@ -351,13 +362,31 @@ where
         })
         .collect();
     let mut per_core: Vec<Vec<CoreListener>> = (0..n).map(|_| Vec::new()).collect();
-    for BoundSpec { spec, sockets, .. } in bound {
+    let mut per_core_udp: Vec<Vec<CoreQuic>> = (0..n).map(|_| Vec::new()).collect();
+    for BoundSpec {
+        spec,
+        sockets,
+        udp,
+        addr,
+    } in bound
+    {
         for (core, socket) in sockets {
             per_core[core].push(CoreListener {
                 kind: spec.kind,
                 tls: spec.tls.clone(),
                 socket,
             });
+        }
+        if let (false, Some(tls)) = (udp.is_empty(), &spec.tls) {
+            let quic = crate::httpd::h3_server_config(tls, &cfg.http)
+                .map_err(|e| NetError::Config(format!("HTTP/3 on {addr}: {e}")))?;
+            for (core, socket) in udp {
+                per_core_udp[core].push(CoreQuic {
+                    socket,
+                    config: quic.clone(),
+                    port: addr.port(),
+                });
+            }
         }
     }
 
@@ -367,10 +396,11 @@ where
     let mut triggers = Vec::with_capacity(n);
     let mut readies = Vec::with_capacity(n);
     let mut fail: Option<NetError> = None;
-    for ((index, mesh), sockets) in build_mesh::<M>(n, cfg.mesh_capacity)
+    for (((index, mesh), sockets), quic) in build_mesh::<M>(n, cfg.mesh_capacity)
         .into_iter()
         .enumerate()
         .zip(per_core)
+        .zip(per_core_udp)
     {
         let cpu = cfg.cpus[index];
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
@@ -381,6 +411,7 @@ where
             cores: n,
             mesh,
             listeners: sockets,
+            quic,
             cfg: cfg.clone(),
             ready: ready_tx,
             shutdown: shutdown_rx,
@@ -469,6 +500,7 @@ where
         cores,
         mesh,
         listeners,
+        quic,
         cfg,
         ready,
         shutdown: trigger,
@@ -546,6 +578,22 @@ where
         };
         let tls = tls.map(futures_rustls::TlsAcceptor::from);
         glommio::spawn_local(accept_loop(http.clone(), app.clone(), listener, kind, tls)).detach();
+    }
+    for CoreQuic {
+        socket,
+        config,
+        port,
+    } in quic
+    {
+        *http.alt_svc.borrow_mut() =
+            http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok();
+        glommio::spawn_local(crate::httpd::serve_h3(
+            http.clone(),
+            app.clone(),
+            socket.into(),
+            config,
+        ))
+        .detach();
     }
     let _ = ready.send(Ok(()));
     tracing::info!(core = index, cpu, "reactor serving");

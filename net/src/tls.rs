@@ -19,6 +19,7 @@ use crate::error::NetError;
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// ALPN id of HTTP/1.1 (RFC 7301 §6).
 pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub(crate) const ALPN_H3: &[u8] = b"h3";
 
 /// A certificate chain or key file is a few KiB; anything much larger is the wrong file, and we
 /// would rather say so than read a multi-GB file into memory.
@@ -218,6 +219,28 @@ pub fn self_signed_dev_cert(hosts: &[&str]) -> Result<(String, String), NetError
     let ck = rcgen::generate_simple_self_signed(names)
         .map_err(|e| NetError::TlsConfig(format!("self-signed certificate for {hosts:?}: {e}")))?;
     Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+/// Like [`self_signed_dev_cert`], plus the base64 SHA-256 of the certificate's public key
+/// (SubjectPublicKeyInfo): what Chromium's `--ignore-certificate-errors-spki-list` takes to
+/// trust it, over QUIC too.
+pub fn self_signed_dev_cert_with_spki(
+    hosts: &[&str],
+) -> Result<(String, String, String), NetError> {
+    use base64::Engine as _;
+    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| NetError::TlsConfig(format!("self-signed certificate for {hosts:?}: {e}")))?;
+    use rcgen::PublicKeyData as _;
+    let spki = ring::digest::digest(
+        &ring::digest::SHA256,
+        &ck.signing_key.subject_public_key_info(),
+    );
+    Ok((
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        base64::engine::general_purpose::STANDARD.encode(spki.as_ref()),
+    ))
 }
 
 /// A listener's configuration must only negotiate protocols we serve: an ALPN id we do not

@@ -46,7 +46,7 @@ impl App for TestApp {
         &self,
         kind: ListenerKind,
         _peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<votes_net::RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         let core = self.core;
         let mesh = self.mesh.clone();
@@ -571,7 +571,7 @@ fn app_with_rc_state_and_a_panicking_handler() {
             &self,
             _: ListenerKind,
             _: SocketAddr,
-            req: Request<Incoming>,
+            req: Request<votes_net::RequestBody>,
         ) -> LocalBoxFuture<'static, Response<BoxBody>> {
             let _keep = self.0.clone();
             Box::pin(async move {
@@ -649,7 +649,7 @@ impl App for Panicky2 {
         &self,
         _: ListenerKind,
         _: SocketAddr,
-        _: Request<Incoming>,
+        _: Request<votes_net::RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         Box::pin(async { Response::new(BoxBody::empty()) })
     }

@@ -37,7 +37,7 @@ impl App for InfoApp {
         &self,
         kind: ListenerKind,
         _peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<votes_net::RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         let body = match req.extensions().get::<ConnInfo>() {
             Some(i) => format!(
@@ -490,4 +490,103 @@ fn bad_tls_files_and_configs_give_precise_errors() {
         matches!(&err, NetError::Config(m) if m.contains("spdy/3")),
         "{err}"
     );
+}
+
+/// An HTTP/3 client (quinn on tokio, h3) trusting only `cert_pem`.
+async fn h3_client(
+    addr: SocketAddr,
+    cert_pem: &str,
+) -> h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    send
+}
+
+#[test]
+fn https_serves_http3_on_the_same_port_and_advertises_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let server = start(HttpLimits::default());
+    rt().block_on(async {
+        // HTTP/1.1 over TLS names the same port for h3.
+        let s = tls_connect(server.tls, client_config(&server.cert_pem, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let mut h1 = h1_over(s).await;
+        let resp = h1.send_request(get("/")).await.unwrap();
+        let alt = resp.headers().get("alt-svc").cloned();
+        assert_eq!(
+            alt.as_ref().and_then(|v| v.to_str().ok()),
+            Some(format!("h3=\":{}\"; ma=86400", server.tls.port()).as_str())
+        );
+        // Plaintext does not advertise it.
+        let plain = tokio::net::TcpStream::connect(server.plain).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(plain))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = tx
+            .send_request(
+                Request::builder()
+                    .uri("/")
+                    .header("host", "x")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(resp.headers().get("alt-svc").is_none());
+
+        // HTTP/3 on the UDP side of the same address: the app sees it as such.
+        let mut send = h3_client(server.tls, &server.cert_pem).await;
+        for i in 0..20 {
+            let req = Request::builder()
+                .method("POST")
+                .uri(format!("https://localhost/n/{i}"))
+                .body(())
+                .unwrap();
+            let mut stream = send.send_request(req).await.unwrap();
+            stream.send_data(Bytes::from_static(b"{}")).await.unwrap();
+            stream.finish().await.unwrap();
+            let resp = stream.recv_response().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = Vec::new();
+            while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+                use bytes::Buf;
+                while chunk.has_remaining() {
+                    let c = chunk.chunk().to_vec();
+                    chunk.advance(c.len());
+                    body.extend_from_slice(&c);
+                }
+            }
+            let body = String::from_utf8(body).unwrap();
+            assert_eq!(
+                body,
+                "tls=true alpn=Some(H3) conn=HTTP/3.0 req=HTTP/3.0 kind=Public"
+            );
+        }
+        let s = server.wait_stats("h3 counted", |s| s.accepted >= 3).await;
+        assert!(s.accepted >= 3, "{s:?}");
+    });
+    server.reactors.shutdown();
+    server.reactors.join().unwrap();
 }

@@ -3,7 +3,8 @@
 //! [`report`] is the JSON report every load run writes, built from HDR histograms of latencies
 //! measured from each request's intended send time. [`load`] is the open-loop run behind the
 //! `votes-load` binary: its [`schedule`] (constant rate or a TV-style ramp), request [`mix`]
-//! (fresh, duplicate and malformed votes), voter [`tokens`] and HTTP/1.1 or h2c [`client`].
+//! (fresh, duplicate and malformed votes), voter [`tokens`] and HTTP/1.1, h2 (h2c or TLS) or
+//! HTTP/3 [`client`].
 //! [`subscribe`] is the live-results scale run behind `votes-sse`: many SSE subscribers read
 //! by the small incremental reader of [`sse`], the delay from a vote's commit to each
 //! subscriber, and the server's memory per subscriber ([`sys`]).

@@ -14,10 +14,10 @@ use votes_core::token::{self, TokenKeys};
 use votes_core::vote_body::VOTE_BODY_MAX;
 use votes_core::{Election, ElectionId, ErrorCode, OptionId, VoteBody, partition_of};
 use votes_net::http::{Method, Request, Response};
-use votes_net::hyper::body::Incoming;
+
 use votes_net::{
-    App, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh, SendError, read_body_limited,
-    reply_channel,
+    App, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh, RequestBody, SendError,
+    read_body_limited, reply_channel,
 };
 use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
 
@@ -207,7 +207,7 @@ impl App for AppHandle {
         &self,
         kind: ListenerKind,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         let app = self.0.clone();
         Box::pin(async move {
@@ -247,7 +247,11 @@ fn segments(path: &str) -> Vec<&str> {
 }
 
 impl CoreApp {
-    async fn public(self: Rc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn public(
+        self: Rc<Self>,
+        peer: SocketAddr,
+        req: Request<RequestBody>,
+    ) -> Response<BoxBody> {
         let path = req.uri().path().to_owned();
         let segs = segments(&path);
         let method = req.method().clone();
@@ -406,7 +410,7 @@ impl CoreApp {
     }
 
     /// POST /v1/dev/login `{"voter":"42"}`: a token for any voter id, only with `--dev-login`.
-    async fn dev_login(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn dev_login(&self, req: Request<RequestBody>) -> Response<BoxBody> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Login {
@@ -560,7 +564,7 @@ impl CoreApp {
 
     /// POST /v1/elections/{id}/votes: the checks in the order the contract implies, then the
     /// shard; `202` only once the vote's transaction committed.
-    async fn vote(&self, id: &str, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn vote(&self, id: &str, req: Request<RequestBody>) -> Response<BoxBody> {
         let now = now_ms();
         let voter = match self.voter(&req, now) {
             Ok(v) => v,
@@ -831,7 +835,7 @@ impl CoreApp {
         )
     }
 
-    async fn admin(self: Rc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn admin(self: Rc<Self>, req: Request<RequestBody>) -> Response<BoxBody> {
         let path = req.uri().path().to_owned();
         let segs = segments(&path);
         if segs.as_slice() == ["metrics"] && req.method() == Method::GET {
@@ -1019,7 +1023,7 @@ impl CoreApp {
     }
 
     async fn admin_body<T: serde::de::DeserializeOwned>(
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<T, Response<BoxBody>> {
         if !is_json(&req) {
             return Err(error(
@@ -1047,7 +1051,7 @@ impl CoreApp {
         })
     }
 
-    async fn admin_create(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn admin_create(&self, req: Request<RequestBody>) -> Response<BoxBody> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Create {
@@ -1098,7 +1102,7 @@ impl CoreApp {
         }
     }
 
-    async fn admin_patch(&self, id: &str, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn admin_patch(&self, id: &str, req: Request<RequestBody>) -> Response<BoxBody> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Patch {

@@ -358,7 +358,7 @@ impl NodeMetrics {
             .map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
         type Field = fn(&HttpStats) -> u64;
-        let figures: [(&str, &str, &str, Field); 10] = [
+        let figures: [(&str, &str, &str, Field); 16] = [
             (
                 "votes_http_open_connections",
                 "gauge",
@@ -418,6 +418,42 @@ impl NodeMetrics {
                 "counter",
                 "Failed TLS handshakes.",
                 |s| s.tls_handshake_failures,
+            ),
+            (
+                "votes_http3_open_connections",
+                "gauge",
+                "Open QUIC connections (HTTP/3).",
+                |s| s.h3_open_connections as u64,
+            ),
+            (
+                "votes_http3_connections_total",
+                "counter",
+                "QUIC connections established (HTTP/3).",
+                |s| s.h3_connections,
+            ),
+            (
+                "votes_http3_requests_total",
+                "counter",
+                "Requests received over HTTP/3.",
+                |s| s.h3_requests,
+            ),
+            (
+                "votes_http3_retries_total",
+                "counter",
+                "QUIC Retry packets sent: address validation under handshake pressure.",
+                |s| s.h3_retries,
+            ),
+            (
+                "votes_http3_refused_total",
+                "counter",
+                "QUIC connections refused over the per-core or per-address cap.",
+                |s| s.h3_refused,
+            ),
+            (
+                "votes_http3_handshake_failures_total",
+                "counter",
+                "QUIC handshakes that failed or timed out.",
+                |s| s.h3_handshake_failures,
             ),
         ];
         for (name, kind, help, field) in figures {

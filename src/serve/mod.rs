@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// Seconds between two snapshots of an active shard that moved on.
     #[arg(long, env = "VOTES_SNAPSHOT_EVERY_S", default_value_t = 60)]
     pub snapshot_every_s: u64,
+    /// New QUIC handshakes per second and core above which HTTP/3 clients must first prove
+    /// their address with a Retry round trip (spoofed sources then cost no handshake work);
+    /// 0 = always.
+    #[arg(long, env = "VOTES_H3_RETRY_ABOVE", default_value_t = 1_000)]
+    pub h3_retry_above: u64,
     /// Open connections one source address may hold, per core (beyond it a new one is closed
     /// at accept). Generous by default for carrier-grade NAT.
     #[arg(long, env = "VOTES_MAX_CONNS_PER_ADDR", default_value_t = 4_096)]
@@ -374,6 +379,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
 
     let mut cfg = ReactorConfig::new(cpus.clone());
     cfg.http.max_connections_per_addr = args.max_conns_per_addr;
+    cfg.http.h3_retry_above_handshakes = args.h3_retry_above;
     let public = roles.ingest || roles.results;
     if public {
         cfg.listeners

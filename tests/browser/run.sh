@@ -9,7 +9,8 @@
 #      afterwards (under CI, the services go in $VOTES_SERVICES_SESSION and CI stops them);
 #   4. `votes init`, `votes serve --dev-login` and `votes persist` (the recount that makes a
 #      closed election's result official waits for it) under a fresh prefix, on free loopback
-#      ports, with fresh secrets; an open election created through the admin API;
+#      ports, with fresh secrets, and a TLS listener (HTTP/3 on its UDP side) with a development
+#      certificate from `votes dev-cert`; an open election created through the admin API;
 #   5. `node --test` of tests/browser/receipt-check.test.mjs (the voter page's receipt check,
 #      as pure functions) and tests/browser/vote.test.mjs (the browser).
 #
@@ -113,14 +114,29 @@ trap 'exit 143' TERM
 # ---- 4. The appliance ------------------------------------------------------------------------
 # Two free loopback ports, both held open until both are known so that they differ. Ephemeral
 # ports never collide with the fixed ones of the services (9092-9094, 19092-19094, 8000, 6379).
-read -r HTTP_PORT ADMIN_PORT < <(python3 -c '
+# A third port for TLS (TCP) and HTTP/3 (UDP): free on both.
+read -r HTTP_PORT ADMIN_PORT HTTPS_PORT < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
+while True:
+    t = socket.socket()
+    t.bind(("127.0.0.1", 0))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", t.getsockname()[1]))
+        break
+    except OSError:
+        continue
+print(*(s.getsockname()[1] for s in socks), t.getsockname()[1])
 ')
-[[ -n $HTTP_PORT && -n $ADMIN_PORT ]] || die "could not pick free ports"
+[[ -n $HTTP_PORT && -n $ADMIN_PORT && -n $HTTPS_PORT ]] || die "could not pick free ports"
+
+# A development certificate for the TLS listener; Chromium trusts it by its key's hash. The
+# HTTP/3 origin is 127.0.0.1, not localhost: Chromium tries ::1 first, where nothing listens.
+TLS_DIR=$OUT/tls
+SPKI=$("$VOTES" dev-cert --out "$TLS_DIR" --names localhost,127.0.0.1)
 
 secret() { head -c "$1" /dev/urandom | od -An -v -tx1 | tr -d ' \n'; }
 export VOTES_PREFIX VOTES_TOKEN_KEY VOTES_AUDIT_KEY VOTES_ADMIN_TOKEN
@@ -138,6 +154,7 @@ ADMIN_URL=http://127.0.0.1:$ADMIN_PORT
 log "votes serve on $PUBLIC_URL (admin $ADMIN_URL), log $SERVE_LOG"
 "$VOTES" serve --roles ingest,results,admin --dev-login --cores 2 \
   --http "127.0.0.1:$HTTP_PORT" --admin "127.0.0.1:$ADMIN_PORT" --node-id browser \
+  --https "127.0.0.1:$HTTPS_PORT" --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem" \
   >"$SERVE_LOG" 2>&1 </dev/null &
 SERVE_PID=$!
 
@@ -197,6 +214,7 @@ kill -0 "$PERSIST_PID" 2>/dev/null || {
 }
 set +e
 VOTES_PUBLIC_URL=$PUBLIC_URL VOTES_ADMIN_URL=$ADMIN_URL VOTES_ELECTION=$ELECTION \
+  VOTES_H3_ORIGIN=127.0.0.1:$HTTPS_PORT VOTES_TLS_SPKI=$SPKI \
   VOTES_VOTER=$VOTER VOTES_SERVE_LOG=$SERVE_LOG VOTES_PERSIST_LOG=$PERSIST_LOG VOTES_WEB_DIR=$WEB_DIR \
   node --test --test-concurrency=1 --test-reporter=spec "$HERE/receipt-check.test.mjs" "$HERE/vote.test.mjs"
 rc=$?

@@ -57,11 +57,19 @@ before(async () => {
     election: env('VOTES_ELECTION'),
     voter: BigInt(env('VOTES_VOTER')),
     webDir: process.env.VOTES_WEB_DIR || null,
+    // HTTP/3: QUIC forced for the TLS origin, its development certificate trusted by its key.
+    h3Origin: env('VOTES_H3_ORIGIN'),
+    tlsSpki: env('VOTES_TLS_SPKI'),
   };
   if (!cfg.webDir) await assertBinaryIsCurrent();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox'],
+    args: [
+      '--no-sandbox',
+      '--enable-quic',
+      `--origin-to-force-quic-on=${cfg.h3Origin}`,
+      `--ignore-certificate-errors-spki-list=${cfg.tlsSpki}`,
+    ],
   });
 });
 
@@ -203,8 +211,8 @@ async function election() {
   return e;
 }
 
-async function signIn(page, voter) {
-  await page.goto(`${cfg.publicUrl}/`);
+async function signIn(page, voter, base = cfg.publicUrl) {
+  await page.goto(`${base}/`);
   await page.getByLabel('Voter id').fill(String(voter));
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByText(`Signed in as voter ${voter}`).first().waitFor();
@@ -300,6 +308,30 @@ browserTest('vote, live results and already voted', async ({ open }) => {
   assert.equal(again.status, 409, `a second vote was answered ${again.status} ${JSON.stringify(again.body)}`);
   assert.equal(again.body?.error?.code, 'already_voted');
   await voter.getByRole('alert').filter({ hasText: 'You have already voted in this election' }).waitFor();
+});
+
+/** The sum of a counter of the server's /metrics over its labels (each core publishes once a second). */
+async function metricSum(name) {
+  const text = await (await fetch(`${cfg.adminUrl}/metrics`)).text();
+  return text.split('\n')
+    .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+    .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+}
+
+browserTest('a vote over HTTP/3', async ({ open }) => {
+  const e = await election();
+  const before = await metricSum('votes_http3_requests_total');
+  const page = await open('h3');
+  const voter = cfg.voter + 1000n;
+  await signIn(page, voter, `https://${cfg.h3Origin}`);
+  const navigation = await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+  assert.equal(navigation, 'h3', 'the voter page arrived over HTTP/3');
+  await voteAccepted(page, e, e.options[1]);
+  const votes = await page.evaluate(() => performance.getEntriesByType('resource')
+    .filter((r) => r.name.endsWith('/votes')).map((r) => r.nextHopProtocol));
+  assert.ok(votes.length >= 1 && votes.every((p) => p === 'h3'), `the vote went over HTTP/3: ${votes}`);
+  await eventually(async () => (await metricSum('votes_http3_requests_total')) > before,
+    { timeout: 5_000, interval: 250, what: 'the server to count the HTTP/3 requests' });
 });
 
 browserTest('results page of an unknown election', async ({ open }) => {

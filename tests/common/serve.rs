@@ -198,7 +198,7 @@ impl Serve {
     /// The base URL a client of `protocol` talks to (TLS protocols use the TLS listener).
     pub fn base_for(&self, protocol: &str) -> String {
         match protocol {
-            "h1-tls" | "h2-tls" => format!(
+            "h1-tls" | "h2-tls" | "h3" => format!(
                 "https://localhost:{}",
                 self.https.as_ref().expect("started with TLS").0.port()
             ),
@@ -247,10 +247,107 @@ pub fn token(voter: u64) -> String {
     votes_core::token::issue(keys.signing_key(), VoterId(voter), 3600, now)
 }
 
-/// A client of the public and admin APIs over HTTP/1.1 or h2c (prior knowledge).
+/// A client of the public and admin APIs over HTTP/1.1, h2c (prior knowledge), TLS, or HTTP/3.
 #[derive(Clone)]
 pub struct TestClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Set for HTTP/3: every request goes over QUIC (one connection per authority).
+    h3: Option<std::sync::Arc<H3Client>>,
+}
+
+type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// HTTP/3 over quinn on tokio, trusting one certificate.
+pub struct H3Client {
+    tls: rustls::ClientConfig,
+    conns: tokio::sync::Mutex<HashMap<String, H3Send>>,
+}
+
+impl H3Client {
+    fn new(tls_root: Option<&str>) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = tls_root {
+            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        Self {
+            tls,
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn sender(&self, uri: &hyper::Uri) -> Result<H3Send, String> {
+        let authority = uri.authority().ok_or("no authority")?.to_string();
+        let mut conns = self.conns.lock().await;
+        if let Some(s) = conns.get(&authority) {
+            return Ok(s.clone());
+        }
+        let host = uri.host().ok_or("no host")?;
+        let port = uri.port_u16().ok_or("no port")?;
+        let ip = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        let addr: SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.clone())
+            .map_err(|e| e.to_string())?;
+        let mut ep =
+            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+        let conn = ep
+            .connect(addr, host)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        conns.insert(authority, send.clone());
+        Ok(send)
+    }
+
+    async fn send(
+        &self,
+        req: hyper::Request<()>,
+        body: Bytes,
+    ) -> Result<(u16, HashMap<String, String>, Bytes), String> {
+        use bytes::Buf;
+        let mut send = self.sender(req.uri()).await?;
+        let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            stream.send_data(body).await.map_err(|e| e.to_string())?;
+        }
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let hdrs = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let mut out = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                out.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        Ok((resp.status().as_u16(), hdrs, Bytes::from(out)))
+    }
 }
 
 fn connector(
@@ -292,6 +389,7 @@ impl TestClient {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(256)
                 .build(connector(None, true, false)),
+            h3: None,
         }
     }
 
@@ -300,10 +398,12 @@ impl TestClient {
             client: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build(connector(None, false, true)),
+            h3: None,
         }
     }
 
-    /// `h1`, `h2c`, or over TLS trusting `tls_root`: `h1-tls` (ALPN http/1.1), `h2-tls` (ALPN h2).
+    /// `h1`, `h2c`, or over TLS trusting `tls_root`: `h1-tls` (ALPN http/1.1), `h2-tls` (ALPN
+    /// h2), `h3` (QUIC).
     pub fn for_protocol(protocol: &str, tls_root: Option<&str>) -> Self {
         match protocol {
             "h1" => Self::http1(),
@@ -311,11 +411,18 @@ impl TestClient {
             "h1-tls" => Self {
                 client: Client::builder(TokioExecutor::new())
                     .build(connector(tls_root, true, false)),
+                h3: None,
             },
             "h2-tls" => Self {
                 client: Client::builder(TokioExecutor::new())
                     .http2_only(true)
                     .build(connector(tls_root, false, true)),
+                h3: None,
+            },
+            "h3" => Self {
+                client: Client::builder(TokioExecutor::new())
+                    .build(connector(tls_root, true, false)),
+                h3: Some(std::sync::Arc::new(H3Client::new(tls_root))),
             },
             other => panic!("unknown protocol {other}"),
         }
@@ -333,6 +440,13 @@ impl TestClient {
         let mut req = hyper::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(h3) = &self.h3 {
+            let req = req.body(()).map_err(|e| e.to_string())?;
+            let (status, hdrs, bytes) = h3.send(req, body.into()).await?;
+            let json = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&bytes)}));
+            return Ok((status, hdrs, json));
         }
         let req = req
             .body(Full::new(body.into()))

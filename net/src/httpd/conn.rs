@@ -127,16 +127,24 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Error = Infallible;
     type Future = SvcFuture;
 
-    fn call(&self, mut req: Request<Incoming>) -> SvcFuture {
+    fn call(&self, req: Request<Incoming>) -> SvcFuture {
+        let mut req = req.map(crate::RequestBody::Http);
         req.extensions_mut().insert(self.info);
         let guard = InFlight::start(self.conn.clone(), self.core.clone());
         // A panic while *creating* the future is caught like one while polling it.
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.app.handle(self.kind, self.peer, req)
         }));
+        // Over TLS, tell the client the same origin speaks HTTP/3 (RFC 7838).
+        let alt_svc = if self.info.tls && self.kind == ListenerKind::Public {
+            self.core.alt_svc.borrow().clone()
+        } else {
+            None
+        };
         SvcFuture {
             inner: inner.ok(),
             guard: Some(guard),
+            alt_svc,
         }
     }
 }
@@ -144,6 +152,7 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
 struct SvcFuture {
     inner: Option<LocalBoxFuture<'static, Response<BoxBody>>>,
     guard: Option<InFlight>,
+    alt_svc: Option<http::HeaderValue>,
 }
 
 impl Future for SvcFuture {
@@ -156,7 +165,7 @@ impl Future for SvcFuture {
             None => Err(Box::new("handler panicked while building its future")
                 as Box<dyn std::any::Any + Send>),
         };
-        let resp = match polled {
+        let mut resp = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(resp)) => resp,
             Err(_) => {
@@ -168,6 +177,9 @@ impl Future for SvcFuture {
                 unavailable()
             }
         };
+        if let Some(v) = this.alt_svc.take() {
+            resp.headers_mut().insert(http::header::ALT_SVC, v);
+        }
         let guard = this
             .guard
             .take()
@@ -177,7 +189,7 @@ impl Future for SvcFuture {
     }
 }
 
-fn unavailable() -> Response<BoxBody> {
+pub(crate) fn unavailable() -> Response<BoxBody> {
     let body = crate::error_body(
         votes_core::ErrorCode::Unavailable,
         "internal error, retry later",

@@ -126,6 +126,7 @@ pub(crate) async fn start(
     let (proto, http_version) = match alpn {
         Some(Alpn::H2) => (Proto::H2, http::Version::HTTP_2),
         Some(Alpn::Http11) | None => (Proto::H1, http::Version::HTTP_11),
+        Some(Alpn::H3) => unreachable!("a TCP listener never offers h3 (check_alpn)"),
     };
     state.set_proto(proto);
     let info = ConnInfo {

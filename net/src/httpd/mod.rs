@@ -7,7 +7,10 @@
 //! [`App::handle`] call per request, with a [`ConnInfo`] in the request's extensions.
 
 pub(crate) mod conn;
+mod h3;
+pub(crate) use h3::{serve as serve_h3, server_config as h3_server_config};
 pub(crate) mod io;
+mod quic_runtime;
 pub(crate) mod server;
 pub(crate) mod watchdog;
 
@@ -18,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::body::BoxBody;
 
@@ -108,6 +110,8 @@ pub enum Alpn {
     H2,
     /// `http/1.1`
     Http11,
+    /// `h3` (QUIC)
+    H3,
 }
 
 impl Alpn {
@@ -116,6 +120,7 @@ impl Alpn {
         match self {
             Self::H2 => crate::tls::ALPN_H2,
             Self::Http11 => crate::tls::ALPN_HTTP11,
+            Self::H3 => crate::tls::ALPN_H3,
         }
     }
 
@@ -174,6 +179,9 @@ pub struct HttpLimits {
     pub graceful_close_timeout: Duration,
     /// listen(2) backlog of each core's socket.
     pub listen_backlog: i32,
+    /// New QUIC handshakes per second and core above which a client must first prove its
+    /// address with a Retry round trip.
+    pub h3_retry_above_handshakes: u64,
 }
 
 impl Default for HttpLimits {
@@ -188,6 +196,7 @@ impl Default for HttpLimits {
             h2_max_concurrent_streams: 128,
             graceful_close_timeout: Duration::from_secs(5),
             listen_backlog: 1024,
+            h3_retry_above_handshakes: 1_000,
         }
     }
 }
@@ -228,7 +237,7 @@ pub trait App: 'static {
         &self,
         kind: ListenerKind,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<crate::RequestBody>,
     ) -> LocalBoxFuture<'static, Response<BoxBody>>;
 
     /// Called once per core after its HTTP connections drained on shutdown, before the reactor
@@ -259,4 +268,13 @@ pub struct HttpStats {
     /// that connects and closes counts here too). Logged at debug level only: a flood of them
     /// must not fill the log.
     pub tls_handshake_failures: u64,
+    /// HTTP/3: open QUIC connections, connections established, requests, Retry packets sent
+    /// (address validation under handshake pressure), connections refused over a cap, and
+    /// handshakes that failed or timed out.
+    pub h3_open_connections: usize,
+    pub h3_connections: u64,
+    pub h3_requests: u64,
+    pub h3_retries: u64,
+    pub h3_refused: u64,
+    pub h3_handshake_failures: u64,
 }

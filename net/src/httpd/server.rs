@@ -32,6 +32,11 @@ pub(crate) struct CoreHttp {
     stalled_closes: Cell<u64>,
     handler_panics: Cell<u64>,
     tls_handshake_failures: Cell<u64>,
+    /// Open QUIC connections (they count against the per-core and per-address caps too).
+    quic_open: Cell<usize>,
+    pub(crate) h3: super::h3::H3Counters,
+    /// `Alt-Svc` for responses on TLS over TCP, once this core serves HTTP/3.
+    pub(crate) alt_svc: RefCell<Option<http::HeaderValue>>,
     shutdown: LocalSignal,
 }
 
@@ -67,6 +72,9 @@ impl CoreHttp {
             stalled_closes: Cell::new(0),
             handler_panics: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            quic_open: Cell::new(0),
+            h3: Default::default(),
+            alt_svc: RefCell::new(None),
             shutdown,
         })
     }
@@ -124,6 +132,51 @@ impl CoreHttp {
         self.stalled_closes.set(self.stalled_closes.get() + 1);
     }
 
+    /// Counts a QUIC connection from `addr` against the core's caps; `None` when over them.
+    pub(crate) fn admit_quic(self: &Rc<Self>, addr: IpAddr) -> Option<super::h3::QuicSlot> {
+        let addr = addr.to_canonical();
+        if self.conns.borrow().len() + self.quic_open.get() >= self.limits.max_connections_per_core
+        {
+            self.rejected_over_cap.set(self.rejected_over_cap.get() + 1);
+            return None;
+        }
+        let mut per_addr = self.per_addr.borrow_mut();
+        let n = per_addr.entry(addr).or_insert(0);
+        if *n as usize >= self.limits.max_connections_per_addr {
+            self.rejected_over_addr_cap
+                .set(self.rejected_over_addr_cap.get() + 1);
+            return None;
+        }
+        *n += 1;
+        self.quic_open.set(self.quic_open.get() + 1);
+        self.accepted.set(self.accepted.get() + 1);
+        Some(super::h3::QuicSlot {
+            core: self.clone(),
+            addr,
+        })
+    }
+
+    pub(crate) fn release_quic(&self, addr: IpAddr) {
+        let open = self.quic_open.get();
+        assert!(open > 0, "a QUIC connection is released once");
+        self.quic_open.set(open - 1);
+        let mut per_addr = self.per_addr.borrow_mut();
+        let n = per_addr
+            .get_mut(&addr)
+            .expect("an open connection's address is counted");
+        assert!(*n > 0);
+        *n -= 1;
+        if *n == 0 {
+            per_addr.remove(&addr);
+        }
+    }
+
+    /// Counts a request in flight (for the drain) until the guard drops.
+    pub(crate) fn request_guard(self: Rc<Self>) -> RequestGuard {
+        self.request_started();
+        RequestGuard(self)
+    }
+
     pub(crate) fn stats(&self) -> HttpStats {
         HttpStats {
             open_connections: self.conns.borrow().len(),
@@ -136,6 +189,12 @@ impl CoreHttp {
             stalled_closes: self.stalled_closes.get(),
             handler_panics: self.handler_panics.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
+            h3_open_connections: self.quic_open.get(),
+            h3_connections: self.h3.connections.get(),
+            h3_requests: self.h3.requests.get(),
+            h3_retries: self.h3.retries.get(),
+            h3_refused: self.h3.refused.get(),
+            h3_handshake_failures: self.h3.handshake_failures.get(),
         }
     }
 
@@ -154,6 +213,7 @@ impl CoreHttp {
         self.ask_connections_to_close();
         loop {
             if self.conns.borrow().is_empty() && self.requests_in_flight.get() == 0 {
+                // QUIC connections close with their endpoint once the reactor stops.
                 return true;
             }
             let now = Instant::now();
@@ -169,6 +229,15 @@ impl CoreHttp {
             // Polling is fine here: it runs once per core, only while shutting down.
             Timer::new((deadline - now).min(Duration::from_millis(10))).await;
         }
+    }
+}
+
+/// A request in flight on a connection the core does not track itself (HTTP/3).
+pub(crate) struct RequestGuard(Rc<CoreHttp>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 

@@ -37,7 +37,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use votes_core::VoterId;
 use votes_core::token::{self, TokenKeys};
-use votes_perf::client::{Body, Client, Protocol, Target};
+use votes_perf::client::{Body, Client, Protocol, Target, Trust};
 use votes_perf::duration::parse_duration;
 use votes_perf::report::{LATENCY_MAX_US, Report, latency_histogram};
 
@@ -51,9 +51,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Floods the voter API with requests it must refuse, each kind with its own 4xx"
 )]
 struct Args {
-    /// Base URL of a public listener (plaintext HTTP/1.1 or h2c).
+    /// Base URL of a public listener: http://HOST:PORT (HTTP/1.1 or h2c) or https://HOST:PORT
+    /// (TLS: HTTP/1.1, h2 or h3; needs --ca-cert or --insecure).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: Target,
+    /// Trust this PEM certificate (a CA, or the server's self-signed certificate) for an
+    /// https:// target.
+    #[arg(long)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// https:// without any certificate verification. TESTING ONLY: anyone on the path can
+    /// impersonate the server; never use it across a network you do not control.
+    #[arg(long)]
+    insecure: bool,
     /// An open election without proof of work.
     #[arg(long)]
     election: String,
@@ -68,7 +77,7 @@ struct Args {
     concurrency: usize,
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
-    /// h1 (HTTP/1.1 keep-alive) or h2 (h2c, prior knowledge).
+    /// h1 (HTTP/1.1 keep-alive), h2 (h2c, or ALPN h2 on https://) or h3 (QUIC; https://).
     #[arg(long, default_value = "h1")]
     protocol: Protocol,
     /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections.
@@ -265,7 +274,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 async fn prepare(args: &Args) -> Result<Prep> {
-    let client = Client::connect(args.target.clone(), args.protocol, args.connections)
+    let target = args
+        .target
+        .clone()
+        .with_trust(Trust::from_flags(args.ca_cert.clone(), args.insecure));
+    let client = Client::connect(target, args.protocol, args.connections)
         .await
         .with_context(|| format!("connecting to {}", args.target.authority))?;
     let keys = TokenKeys::hs256(args.token_key.as_bytes()).context("--token-key")?;

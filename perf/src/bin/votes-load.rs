@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use votes_perf::client::{Protocol, Target};
+use votes_perf::client::{Protocol, Target, Trust};
 use votes_perf::duration::parse_duration;
 use votes_perf::load::{self, Config};
 use votes_perf::schedule::Ramp;
@@ -24,7 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Open-loop load generator for the votes voter API (latencies from intended send times)"
 )]
 struct Args {
-    /// Base URL of a public listener (plaintext HTTP/1.1 or h2c).
+    /// Base URL of a public listener: http://HOST:PORT (HTTP/1.1 or h2c) or https://HOST:PORT
+    /// (TLS: HTTP/1.1, h2 or h3; needs --ca-cert or --insecure).
     #[arg(
         long,
         env = "VOTES_LOAD_TARGET",
@@ -53,13 +54,24 @@ struct Args {
     /// token (401) and oversize body (413).
     #[arg(long, default_value_t = 0.0)]
     invalid_ratio: f64,
-    /// h1 (HTTP/1.1 keep-alive) or h2 (h2c, prior knowledge); h3 is not supported yet.
+    /// h1 (HTTP/1.1 keep-alive), h2 (h2c prior knowledge, or ALPN h2 on https://) or h3
+    /// (HTTP/3 over QUIC; https:// only).
     #[arg(long, env = "VOTES_LOAD_PROTOCOL", default_value = "h1")]
     protocol: Protocol,
-    /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections.
+    /// Trust this PEM certificate (a CA, or the server's self-signed certificate) for an
+    /// https:// target.
+    #[arg(long, env = "VOTES_LOAD_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// https:// without any certificate verification. TESTING ONLY: anyone on the path can
+    /// impersonate the server; never use it across a network you do not control.
+    #[arg(long)]
+    insecure: bool,
+    /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections;
+    /// h3: QUIC connections (each request its own stream).
     #[arg(long, env = "VOTES_LOAD_CONNECTIONS", default_value_t = 32)]
     connections: usize,
-    /// Spread the connections over source addresses 127.0.0.1 ..= 127.0.0.K (loopback targets),
+    /// Spread the connections (TCP or, for h3, UDP sockets) over source addresses
+    /// 127.0.0.1 ..= 127.0.0.K (loopback targets),
     /// so per-address limits and SO_REUSEPORT hashing see many clients; 0: the kernel chooses.
     #[arg(long, env = "VOTES_LOAD_SOURCE_ADDRS", default_value_t = 0)]
     source_addrs: u8,
@@ -107,7 +119,9 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let cfg = Config {
-        target: args.target,
+        target: args
+            .target
+            .with_trust(Trust::from_flags(args.ca_cert, args.insecure)),
         election: args.election,
         rate: args.rate,
         duration: args.duration,

@@ -4,6 +4,8 @@
 //! votes-peer floor     --brokers 127.0.0.1:9092 --topic perf-floor --votes 1000000 --voters 900000 --out floor.json
 //! votes-peer postgres  --url postgres://postgres@127.0.0.1:55432/postgres --votes 100000 --voters 90000 --out pg.json
 //! votes-peer redis-lua --url redis://127.0.0.1:16392 --votes 100000 --voters 90000 --out redis.json
+//! votes-peer gen-cert --out /tmp/h3-cert          # cert.pem + key.pem, self-signed
+//! votes-peer h3-reference --listen 127.0.0.1:4433 --cert cert.pem --key key.pem --threads 1
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use votes_perf::peers::floor::{self, FloorConfig};
+use votes_perf::peers::h3_reference;
 use votes_perf::peers::postgres::{self, PostgresConfig};
 use votes_perf::peers::redis_lua::{self, RedisConfig};
 use votes_perf::peers::{Expected, ServerReport, VoteSpec, write_json};
@@ -23,7 +26,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "votes-peer",
     version,
-    about = "Peers of the votes appliance (Kafka floor, PostgreSQL, Redis Lua) on the same votes"
+    about = "Peers of the votes appliance (Kafka floor, PostgreSQL, Redis Lua) on the same votes, \
+             and the reference HTTP/3 server"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +42,38 @@ enum Cmd {
     Postgres(PgArgs),
     /// One Redis Lua script (EVALSHA) per vote; not durable.
     RedisLua(RedisArgs),
+    /// Reference HTTP/3 server (tokio + quinn + h3, the h3 crate's example pattern): every
+    /// `POST /v1/elections/{id}/votes` answered 202 with a fixed receipt; drive it with
+    /// `votes-load --protocol h3`. Runs until killed.
+    H3Reference(H3RefArgs),
+    /// Writes a self-signed certificate (cert.pem) and its key (key.pem) for local TLS runs.
+    GenCert(GenCertArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct H3RefArgs {
+    /// UDP address to listen on (port 0: any; the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: std::net::SocketAddr,
+    /// Certificate chain, PEM.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    key: PathBuf,
+    /// tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(ClapArgs, Debug)]
+struct GenCertArgs {
+    /// Directory to write cert.pem and key.pem into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Names of the certificate: DNS names or IP addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    names: Vec<String>,
 }
 
 /// The vote sequence, shared by every peer.
@@ -235,6 +271,26 @@ fn main() -> Result<()> {
                 )?
                 .context("redis-lua peer")?;
             finish_server(&report, &a.votes, &expected)?;
+        }
+        Cmd::H3Reference(a) => {
+            let (certs, key) = h3_reference::load_pem(&a.cert, &a.key)?;
+            let cfg = h3_reference::server_config(certs, key)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads.max(1))
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let endpoint = h3_reference::bind(a.listen, cfg)?;
+                println!("listening on {}", endpoint.local_addr()?);
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                tokio::spawn(h3_reference::serve(endpoint)).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Cmd::GenCert(a) => {
+            h3_reference::write_self_signed(&a.out, &a.names)?;
+            println!("{}", a.out.display());
         }
     }
     Ok(())

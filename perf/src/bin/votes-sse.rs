@@ -95,6 +95,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.target.tls {
+        anyhow::bail!("votes-sse drives plaintext targets only (http://), not https://");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

@@ -3,13 +3,16 @@
 //! * [`floor`]: the durable log alone, a bare transactional Kafka producer per partition
 //!   writing pre-encoded records;
 //! * [`postgres`]: the usual single-database answer, one transaction per vote;
-//! * [`redis_lua`]: the usual cache answer (not durable), one Lua script per vote.
+//! * [`redis_lua`]: the usual cache answer (not durable), one Lua script per vote;
+//! * [`h3_reference`]: not a vote store but the floor of HTTP/3 itself: a tokio + quinn + h3
+//!   server answering every vote `202` (`votes-peer h3-reference`), driven by `votes-load`.
 //!
 //! [`Votes::generate`] makes the vote sequence every peer uses: `votes` votes by `voters`
 //! distinct voters, the `votes - voters` others repeating an earlier voter, deterministic for
 //! a seed. The first vote of each voter counts ([`Votes::expected`]).
 
 pub mod floor;
+pub mod h3_reference;
 pub mod postgres;
 pub mod redis_lua;
 
