@@ -570,3 +570,74 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         wait_live_totals(&client, &[&a, &b], "zombie", &tallies).await;
     });
 }
+
+/// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
+/// key: a hello recorded from another link, or signed with another key, is refused.
+#[test]
+fn the_internal_link_refuses_replayed_or_foreign_hellos() {
+    use std::io::{Read, Write};
+    use votes_core::forward::{Challenge, Frame, Hello, decode_frame};
+    let prefix = init("fleet-hello");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
+    let internal = a.internal.expect("a fleet node has an internal listener");
+    // Connects, reads the challenge, sends `hello(challenge)`; whether the link stays open.
+    let attempt = |hello: &dyn Fn(&Challenge) -> Hello| -> bool {
+        let mut s = std::net::TcpStream::connect(internal).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        let challenge = loop {
+            if let Some((frame, _)) = decode_frame(&buf).unwrap() {
+                match frame {
+                    Frame::Challenge(c) => break c,
+                    other => panic!("the owner opened with {other:?}"),
+                }
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the challenge");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        s.write_all(&Frame::Hello(hello(&challenge)).encode())
+            .unwrap();
+        // A refused link is closed at once; an admitted one waits for votes.
+        s.set_read_timeout(Some(Duration::from_millis(1_500)))
+            .unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(_) => panic!("the owner sent something unasked"),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                true
+            }
+        }
+    };
+    assert!(
+        attempt(&|c| Hello::sign(&key, "node-x", [1; 16], c)),
+        "a signed hello is admitted"
+    );
+    let recorded = Hello::sign(&key, "node-x", [1; 16], &Challenge { nonce: [9; 16] });
+    assert!(
+        !attempt(&|_| recorded.clone()),
+        "a replayed hello is refused"
+    );
+    assert!(
+        !attempt(&|c| Hello::sign(b"another fleet's key", "node-x", [1; 16], c)),
+        "a hello under another key is refused"
+    );
+    runtime().block_on(async {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let forward = common::serve::metric(&a, "votes_forward_total").await;
+        assert_eq!(
+            forward.get("what=\"rejected_links\""),
+            Some(&2),
+            "{forward:?}"
+        );
+    });
+}

@@ -35,6 +35,7 @@ const HELLO_CONTEXT: &[u8] = b"votes-forward v1\0";
 const KIND_HELLO: u8 = 1;
 const KIND_VOTE: u8 = 2;
 const KIND_ANSWER: u8 = 3;
+const KIND_CHALLENGE: u8 = 4;
 const OUTCOME_ACCEPTED: u8 = 0;
 const OUTCOME_REJECTED: u8 = 1;
 /// Bound of an error code's name on the wire; the longest name today has 22 bytes.
@@ -117,7 +118,15 @@ pub fn derive_key(secret: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The first frame of the connecting side: who it is, proven with the shared forwarding key.
+/// The first frame of the listening side: a fresh nonce the connecting side's [`Hello`] must
+/// sign, so a hello recorded on the wire cannot open another link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub nonce: [u8; 16],
+}
+
+/// The connecting side's answer to the [`Challenge`]: who it is, proven with the shared
+/// forwarding key over both nonces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub node: String,
@@ -126,12 +135,13 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// A hello from `node`, tagged with `key`; `nonce` must be fresh random bytes.
+    /// A hello from `node` answering `challenge`, tagged with `key`; `nonce` must be fresh
+    /// random bytes.
     ///
     /// # Panics
     /// When `node` is empty or longer than [`NODE_MAX`]: the node id is validated at start-up.
-    pub fn sign(key: &[u8], node: &str, nonce: [u8; 16]) -> Hello {
-        let mac = hello_mac(key, node, &nonce).expect("node id validated at start-up");
+    pub fn sign(key: &[u8], node: &str, nonce: [u8; 16], challenge: &Challenge) -> Hello {
+        let mac = hello_mac(key, node, &nonce, challenge).expect("node id validated at start-up");
         Hello {
             node: node.to_owned(),
             nonce,
@@ -139,17 +149,23 @@ impl Hello {
         }
     }
 
-    /// Checks the tag against `key` in constant time.
-    pub fn verify(&self, key: &[u8]) -> Result<(), ForwardError> {
-        let mac = hello_mac(key, &self.node, &self.nonce).ok_or(ForwardError::InvalidNode)?;
+    /// Checks the tag against `key` and the challenge this side sent, in constant time.
+    pub fn verify(&self, key: &[u8], challenge: &Challenge) -> Result<(), ForwardError> {
+        let mac =
+            hello_mac(key, &self.node, &self.nonce, challenge).ok_or(ForwardError::InvalidNode)?;
         mac.verify_slice(&self.tag)
             .map_err(|_| ForwardError::BadTag)
     }
 }
 
-/// The MAC over the context, the length-prefixed node and the nonce; `None` for a node name
-/// that could not be on the wire (the prefix keeps `node ‖ nonce` unambiguous).
-fn hello_mac(key: &[u8], node: &str, nonce: &[u8; 16]) -> Option<Hmac<Sha256>> {
+/// The MAC over the context, the length-prefixed node, the nonce and the challenge; `None` for
+/// a node name that could not be on the wire (the prefix keeps `node ‖ nonce` unambiguous).
+fn hello_mac(
+    key: &[u8],
+    node: &str,
+    nonce: &[u8; 16],
+    challenge: &Challenge,
+) -> Option<Hmac<Sha256>> {
     if !node_ok(node) {
         return None;
     }
@@ -159,6 +175,7 @@ fn hello_mac(key: &[u8], node: &str, nonce: &[u8; 16]) -> Option<Hmac<Sha256>> {
     put_str(&mut node_field, node);
     mac.update(&node_field);
     mac.update(nonce);
+    mac.update(&challenge.nonce);
     Some(mac)
 }
 
@@ -197,6 +214,7 @@ pub struct ForwardAnswer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
+    Challenge(Challenge),
     Hello(Hello),
     Vote(ForwardedVote),
     Answer(ForwardAnswer),
@@ -212,6 +230,12 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; LEN_PREFIX]);
         match self {
+            Frame::Challenge(c) => {
+                out.push(KIND_CHALLENGE);
+                out.extend_from_slice(&HELLO_MAGIC);
+                out.push(FORWARD_VERSION);
+                out.extend_from_slice(&c.nonce);
+            }
             Frame::Hello(h) => {
                 assert!(node_ok(&h.node), "node id validated at start-up");
                 out.push(KIND_HELLO);
@@ -288,6 +312,7 @@ fn decode_body(body: &[u8]) -> Result<Frame, ForwardError> {
     let kind = *body.first().ok_or(ForwardError::Empty)?;
     let mut r = Reader::at(body, 1);
     let frame = match kind {
+        KIND_CHALLENGE => Frame::Challenge(decode_challenge(&mut r)?),
         KIND_HELLO => Frame::Hello(decode_hello(&mut r)?),
         KIND_VOTE => Frame::Vote(decode_vote(&mut r)?),
         KIND_ANSWER => Frame::Answer(decode_answer(&mut r)?),
@@ -299,7 +324,8 @@ fn decode_body(body: &[u8]) -> Result<Frame, ForwardError> {
     Ok(frame)
 }
 
-fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
+/// The magic and the protocol version that open a challenge and a hello.
+fn decode_preamble(r: &mut Reader<'_>) -> Result<(), ForwardError> {
     if r.array::<8>("magic")? != HELLO_MAGIC {
         return Err(ForwardError::BadMagic);
     }
@@ -307,6 +333,18 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
     if version != FORWARD_VERSION {
         return Err(ForwardError::UnsupportedVersion(version));
     }
+    Ok(())
+}
+
+fn decode_challenge(r: &mut Reader<'_>) -> Result<Challenge, ForwardError> {
+    decode_preamble(r)?;
+    Ok(Challenge {
+        nonce: r.array("challenge")?,
+    })
+}
+
+fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
+    decode_preamble(r)?;
     let node = match r.str("node", NODE_MAX) {
         Ok(node) if node_ok(node) => node.to_owned(),
         Err(WireError::Truncated(field)) => return Err(ForwardError::Truncated(field)),
@@ -372,6 +410,7 @@ mod tests {
     use proptest::prelude::*;
 
     const KEY: &[u8] = b"test-only forwarding key";
+    const CHALLENGE: Challenge = Challenge { nonce: [5; 16] };
 
     fn vote() -> ForwardedVote {
         ForwardedVote {
@@ -387,7 +426,8 @@ mod tests {
 
     fn samples() -> Vec<Frame> {
         vec![
-            Frame::Hello(Hello::sign(KEY, "node-a", [3; 16])),
+            Frame::Challenge(CHALLENGE),
+            Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE)),
             Frame::Vote(vote()),
             Frame::Answer(ForwardAnswer {
                 id: 9,
@@ -442,7 +482,7 @@ mod tests {
             ..vote()
         });
         assert_eq!(longest.encode().len(), LEN_PREFIX + VOTE_MAX_LEN);
-        let hello = Frame::Hello(Hello::sign(KEY, &"n".repeat(NODE_MAX), [0; 16]));
+        let hello = Frame::Hello(Hello::sign(KEY, &"n".repeat(NODE_MAX), [0; 16], &CHALLENGE));
         assert_eq!(hello.encode().len(), LEN_PREFIX + HELLO_MAX_LEN);
     }
 
@@ -495,7 +535,7 @@ mod tests {
     #[test]
     fn unknown_kinds_and_empty_bodies_are_rejected() {
         assert_eq!(decode_frame(&framed(&[])), Err(ForwardError::Empty));
-        for kind in [0, 4, 0xff] {
+        for kind in [0, 5, 0xff] {
             assert_eq!(
                 decode_frame(&framed(&[kind, 0, 0])),
                 Err(ForwardError::UnknownKind(kind))
@@ -524,7 +564,7 @@ mod tests {
 
     #[test]
     fn damaged_fields_are_named() {
-        let hello = Frame::Hello(Hello::sign(KEY, "node-a", [3; 16])).encode();
+        let hello = Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE)).encode();
         let mut magic = hello.clone();
         magic[5] = b'X';
         assert_eq!(decode_frame(&magic), Err(ForwardError::BadMagic));
@@ -568,29 +608,39 @@ mod tests {
 
     #[test]
     fn hello_verifies_only_with_its_key_and_fields() {
-        let hello = Hello::sign(KEY, "node-a", [3; 16]);
-        assert_eq!(hello.verify(KEY), Ok(()));
-        assert_eq!(hello.verify(b"another key"), Err(ForwardError::BadTag));
+        let hello = Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE);
+        assert_eq!(hello.verify(KEY, &CHALLENGE), Ok(()));
+        assert_eq!(
+            hello.verify(b"another key", &CHALLENGE),
+            Err(ForwardError::BadTag)
+        );
+        // A hello recorded on one link does not answer another link's challenge.
+        let other = Challenge { nonce: [8; 16] };
+        assert_eq!(hello.verify(KEY, &other), Err(ForwardError::BadTag));
         let mut tag = hello.clone();
         tag.tag[31] ^= 1;
-        assert_eq!(tag.verify(KEY), Err(ForwardError::BadTag));
+        assert_eq!(tag.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
         let mut node = hello.clone();
         node.node = "node-b".into();
-        assert_eq!(node.verify(KEY), Err(ForwardError::BadTag));
+        assert_eq!(node.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
         let mut nonce = hello.clone();
         nonce.nonce[0] ^= 1;
-        assert_eq!(nonce.verify(KEY), Err(ForwardError::BadTag));
+        assert_eq!(nonce.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
         let mut empty = hello;
         empty.node.clear();
-        assert_eq!(empty.verify(KEY), Err(ForwardError::InvalidNode));
+        assert_eq!(
+            empty.verify(KEY, &CHALLENGE),
+            Err(ForwardError::InvalidNode)
+        );
     }
 
     #[test]
     fn hello_tag_is_the_documented_hmac() {
-        let hello = Hello::sign(KEY, "ab", [1; 16]);
+        let hello = Hello::sign(KEY, "ab", [1; 16], &CHALLENGE);
         let mut msg = b"votes-forward v1\0".to_vec();
         msg.extend_from_slice(&[0, 2, b'a', b'b']);
         msg.extend_from_slice(&[1; 16]);
+        msg.extend_from_slice(&CHALLENGE.nonce);
         let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
         mac.update(&msg);
         assert_eq!(hello.tag[..], mac.finalize().into_bytes()[..]);
@@ -638,7 +688,8 @@ mod tests {
                 },
             })
         });
-        prop_oneof![hello, vote, accepted, rejected]
+        let challenge = any::<[u8; 16]>().prop_map(|nonce| Frame::Challenge(Challenge { nonce }));
+        prop_oneof![challenge, hello, vote, accepted, rejected]
     }
 
     proptest! {

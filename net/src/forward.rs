@@ -4,8 +4,10 @@
 //! Each core keeps one persistent TCP connection per peer node ([`Forwarder`]); the frames
 //! are `votes_core::forward`'s. Sending is batched: votes queued while a write is in progress
 //! leave together in the next write, so under load one syscall carries many votes. The
-//! connecting side proves it knows the fleet's forwarding key with a signed [`Hello`]; the
-//! listening side ([`serve_forwarded`]) refuses anything else.
+//! listening side ([`serve_forwarded`]) opens with a fresh [`Challenge`], and the connecting side
+//! proves it knows the fleet's forwarding key with a [`Hello`] that signs it (a hello recorded
+//! on the wire opens no other link); anything else is refused. The links are not encrypted:
+//! `--internal` belongs on the fleet's private network.
 //!
 //! Bounds: votes in flight per peer and per accepted connection, the bytes a frame may claim,
 //! the time to connect and to say hello. A vote whose connection breaks before its answer is
@@ -21,7 +23,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use votes_core::ErrorCode;
 use votes_core::forward::{
-    FRAME_MAX, ForwardAnswer, ForwardOutcome, ForwardedVote, Frame, Hello, decode_frame,
+    Challenge, FRAME_MAX, ForwardAnswer, ForwardOutcome, ForwardedVote, Frame, Hello, decode_frame,
 };
 
 use crate::httpd::LocalBoxFuture;
@@ -39,6 +41,9 @@ pub struct ForwardLimits {
     pub retry_after: Duration,
     /// Time the connecting side has to send its hello.
     pub hello_timeout: Duration,
+    /// Links a core accepts at once (a fleet needs one per peer core); beyond it a new
+    /// connection is closed at accept.
+    pub max_links: usize,
     /// A link with votes waiting and no answer for this long is closed (its votes answer
     /// 503): the peer is stopped or cut off without the connection breaking. Above the
     /// owner's longest commit.
@@ -52,6 +57,7 @@ impl Default for ForwardLimits {
             connect_timeout: Duration::from_secs(1),
             retry_after: Duration::from_millis(250),
             hello_timeout: Duration::from_secs(5),
+            max_links: 1024,
             answer_stall: Duration::from_secs(30),
         }
     }
@@ -263,8 +269,25 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
     let _ = stream.set_nodelay(true);
     bump(&fwd.stats.connects);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut chunk = vec![0u8; 16 << 10];
+    // The owner speaks first: a fresh challenge our hello must sign.
+    let challenge = within(
+        fwd.limits.hello_timeout,
+        read_frame(&mut reader, &mut buf, &mut chunk),
+    )
+    .await;
+    let challenge = match challenge {
+        Some(Ok(Frame::Challenge(c))) => c,
+        other => {
+            tracing::warn!(peer = %link.addr, outcome = ?other.map(|r| r.map(|f| std::mem::discriminant(&f))), "forwarding link: no challenge from the owner");
+            link_down(&fwd, &link);
+            return;
+        }
+    };
     let mut hello = Vec::with_capacity(128);
-    Frame::Hello(Hello::sign(&fwd.key, &fwd.node, rand::random())).encode_into(&mut hello);
+    Frame::Hello(Hello::sign(&fwd.key, &fwd.node, rand::random(), &challenge))
+        .encode_into(&mut hello);
     if writer.write_all(&hello).await.is_err() {
         link_down(&fwd, &link);
         return;
@@ -286,14 +309,7 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
         }
     };
     let read = async {
-        let mut buf = Vec::with_capacity(16 << 10);
-        let mut chunk = vec![0u8; 16 << 10];
         loop {
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
             let mut at = 0;
             loop {
                 match decode_frame(&buf[at..]) {
@@ -318,6 +334,10 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
                 }
             }
             buf.drain(..at);
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
     };
     let watch = async {
@@ -341,6 +361,29 @@ fn link_down(fwd: &Forwarder, link: &Link) {
     link.state.set(LinkState::Down {
         until: Instant::now() + fwd.limits.retry_after,
     });
+}
+
+/// The next whole frame from `reader`, keeping what follows it in `buf`.
+async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> std::io::Result<Frame> {
+    loop {
+        match decode_frame(buf) {
+            Ok(Some((frame, used))) => {
+                buf.drain(..used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+        let n = reader.read(chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// `fut`'s output, or `None` when `limit` passes first.
@@ -370,6 +413,7 @@ pub async fn serve_forwarded(
     stats: Rc<ForwardStats>,
     shutdown: LocalSignal,
 ) {
+    let open = Rc::new(Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shutdown.wait().await;
@@ -385,13 +429,24 @@ pub async fn serve_forwarded(
                 continue;
             }
         };
-        glommio::spawn_local(serve_link(
+        if open.get() >= limits.max_links {
+            bump(&stats.rejected_links);
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let link = serve_link(
             stream,
             key.clone(),
             handler.clone(),
             limits.clone(),
             stats.clone(),
-        ))
+        );
+        let open = open.clone();
+        glommio::spawn_local(async move {
+            link.await;
+            open.set(open.get() - 1);
+        })
         .detach();
     }
 }
@@ -409,23 +464,17 @@ async fn serve_link(
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 16 << 10];
 
-    // The hello, within its time.
+    // A fresh challenge, then the hello that signs it, within its time.
+    let challenge = Challenge {
+        nonce: rand::random(),
+    };
+    let mut first = Vec::with_capacity(64);
+    Frame::Challenge(challenge).encode_into(&mut first);
     let hello = within(limits.hello_timeout, async {
-        loop {
-            match decode_frame(&buf) {
-                Ok(Some((Frame::Hello(h), used))) => {
-                    buf.drain(..used);
-                    return Ok(h);
-                }
-                Ok(Some(_)) => return Err(std::io::Error::other("the first frame is not a hello")),
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-                Ok(None) => {}
-            }
-            let n = reader.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        writer.write_all(&first).await?;
+        match read_frame(&mut reader, &mut buf, &mut chunk).await? {
+            Frame::Hello(h) => Ok(h),
+            _ => Err(std::io::Error::other("the first frame is not a hello")),
         }
     })
     .await;
@@ -433,7 +482,7 @@ async fn serve_link(
         .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
         .map_err(|e| e.to_string())
         .and_then(|h| {
-            h.verify(&key).map_err(|e| e.to_string())?;
+            h.verify(&key, &challenge).map_err(|e| e.to_string())?;
             Ok(h)
         }) {
         Ok(h) => h,
