@@ -28,7 +28,7 @@ use votes_core::forward::{
 
 use crate::httpd::LocalBoxFuture;
 use crate::mesh::{ReplyRx, ReplyTx, reply_channel};
-use crate::signal::LocalSignal;
+use crate::signal::{LocalSignal, within};
 
 /// Limits of the forwarding links.
 #[derive(Clone, Debug)]
@@ -384,15 +384,6 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// `fut`'s output, or `None` when `limit` passes first.
-async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        glommio::timer::sleep(limit).await;
-        None
-    })
-    .await
 }
 
 /// Bytes of answers waiting for a slow peer before its link stops being read.

@@ -10,6 +10,18 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+/// `fut`'s output, or `None` when `limit` passes first (on this core's timer wheel).
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
 /// Cloneable handle; all clones observe the same signal. `!Send`: lives on one reactor.
 #[derive(Clone, Default)]
 pub struct LocalSignal {

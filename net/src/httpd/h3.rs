@@ -27,6 +27,7 @@ use super::quic_runtime::{GlommioRuntime, GlommioUdpSocket};
 use super::server::CoreHttp;
 use super::{Alpn, App, ConnInfo, ListenerKind};
 use crate::body::{BoxBody, RequestBody};
+use crate::signal::within;
 
 /// Largest request body the HTTP/3 layer reads before the app sees the request; the app's own
 /// limits (1 KiB for a vote) are lower, and a larger body is answered 413 here.
@@ -172,12 +173,7 @@ async fn connection<A: App>(
     peer: SocketAddr,
 ) {
     let timeout = core.limits().header_read_timeout;
-    let handshake = async { Some(incoming.await) }
-        .or(async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
+    let handshake = within(timeout, async { incoming.await }).await;
     let conn = match handshake {
         Some(Ok(c)) => c,
         _ => {
@@ -261,12 +257,7 @@ async fn request<A: App>(
         }
         Ok(Some(body.freeze()))
     };
-    let body = async { Some(read.await) }
-        .or(async {
-            glommio::timer::sleep(limit).await;
-            None
-        })
-        .await;
+    let body = within(limit, read).await;
     let resp = match body {
         None => refusal(
             StatusCode::BAD_REQUEST,
@@ -322,12 +313,7 @@ async fn request<A: App>(
         let frame = frame.map_err(|e| e.to_string())?;
         if let Ok(data) = frame.into_data() {
             // A client that stops reading holds the stream's flow control shut.
-            let sent = async { Some(stream.send_data(data).await) }
-                .or(async {
-                    glommio::timer::sleep(stall).await;
-                    None
-                })
-                .await;
+            let sent = within(stall, stream.send_data(data)).await;
             match sent {
                 Some(r) => r?,
                 None => {
