@@ -666,7 +666,7 @@ impl CoreApp {
                 }
                 Err(why) => return error(ErrorCode::Unavailable, why),
             },
-            Route::Remote { internal, .. } => {
+            Route::Remote { internal } => {
                 let Some(forwarder) = &self.forwarder else {
                     return error(
                         ErrorCode::Unavailable,

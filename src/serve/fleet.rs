@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -65,26 +66,27 @@ impl FleetBoard {
     }
 }
 
-/// One core's copy of the board's map.
+/// One core's copy of the board's map: a deep copy, so that using it per vote touches no
+/// reference count shared with the other cores.
 pub struct FleetView {
     board: Arc<FleetBoard>,
-    cached: RefCell<(u64, Arc<FleetMap>)>,
+    cached: RefCell<(u64, Rc<FleetMap>)>,
 }
 
 impl FleetView {
     pub fn new(board: Arc<FleetBoard>) -> Self {
         Self {
-            cached: RefCell::new((0, Arc::new(FleetMap::default()))),
+            cached: RefCell::new((0, Rc::new(FleetMap::default()))),
             board,
         }
     }
 
     /// The newest map and its generation (0: none yet).
-    pub fn map(&self) -> (u64, Arc<FleetMap>) {
+    pub fn map(&self) -> (u64, Rc<FleetMap>) {
         let generation = self.board.generation();
         let mut cached = self.cached.borrow_mut();
         if cached.0 != generation {
-            *cached = (generation, self.board.current());
+            *cached = (generation, Rc::new((*self.board.current()).clone()));
         }
         cached.clone()
     }
@@ -96,7 +98,7 @@ pub enum Route {
     /// A core of this node owns it.
     Local { core: usize },
     /// Another node owns it; its internal listener.
-    Remote { node: String, internal: SocketAddr },
+    Remote { internal: SocketAddr },
     /// Nobody does right now (no stable map yet, or a rebalance is moving it).
     NoOwner,
 }
@@ -114,7 +116,6 @@ pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route 
             }
         }
         Some(o) => Route::Remote {
-            node: o.node.clone(),
             internal: o.internal,
         },
     }
@@ -153,7 +154,7 @@ pub fn start_watch(
 /// Applies this core's membership events to its shards until `shutdown`. A revocation waits
 /// for the shards to hand off, at most `handoff_timeout` (the member thread waits as long).
 pub async fn follow_membership(
-    shards: std::rc::Rc<ShardHost>,
+    shards: Rc<ShardHost>,
     events: mpsc::Receiver<OwnershipEvent>,
     handoff_timeout: Duration,
     shutdown: votes_net::LocalSignal,
@@ -221,7 +222,6 @@ mod tests {
         assert_eq!(
             route(&map, "a", 2, 1),
             Route::Remote {
-                node: "b".into(),
                 internal: "127.0.0.1:7000".parse().unwrap()
             }
         );
@@ -247,6 +247,6 @@ mod tests {
             ..Default::default()
         };
         board.publish(m.clone());
-        assert_eq!(view.map(), (2, Arc::new(m)));
+        assert_eq!(view.map(), (2, Rc::new(m)));
     }
 }
