@@ -7,12 +7,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::runtime;
-use common::serve::{Committed, Serve, TestClient, committed_votes, open_election};
+use common::serve::{
+    Ack, Committed, Serve, TestClient, assert_acks_in_log, committed_votes, log_tallies,
+    open_election,
+};
 use tokio::sync::{Mutex, Semaphore};
 use votes_core::{VoterId, partition_of};
 
@@ -183,49 +186,25 @@ async fn voters_until_answered(
 }
 
 /// Every `202` is in the committed log exactly once, where it said, with its option; no voter
-/// is in the log twice.
+/// is in the log twice, nor acknowledged twice.
 fn assert_every_202_once(log: &[Committed], election: &str, attempts: &[Attempt]) {
-    let mut seen: HashMap<u64, &Committed> = HashMap::new();
-    for c in log
-        .iter()
-        .filter(|c| c.record.election.as_str() == election)
-    {
-        assert!(
-            seen.insert(c.record.voter.0, c).is_none(),
-            "voter {} is in the committed log twice",
-            c.record.voter
-        );
-    }
-    for a in attempts.iter().filter(|a| a.status == Some(202)) {
-        let c = seen
-            .get(&a.voter)
-            .unwrap_or_else(|| panic!("the 202 of voter {} is not in the log", a.voter));
-        assert_eq!(
-            (Some(u64::from(c.partition)), Some(c.offset)),
-            (a.partition, a.offset),
-            "voter {}",
-            a.voter
-        );
-        assert_eq!(c.record.option.as_str(), a.option);
-    }
-    let accepted: BTreeSet<u64> = attempts
-        .iter()
-        .filter(|a| a.status == Some(202))
-        .map(|a| a.voter)
-        .collect();
-    let twice = attempts.iter().filter(|a| a.status == Some(202)).count() - accepted.len();
-    assert_eq!(twice, 0, "a voter was acknowledged twice");
-}
-
-fn log_tallies(log: &[Committed], election: &str) -> BTreeMap<String, u64> {
-    let mut t = BTreeMap::new();
-    for c in log
-        .iter()
-        .filter(|c| c.record.election.as_str() == election)
-    {
-        *t.entry(c.record.option.to_string()).or_default() += 1;
-    }
-    t
+    let accepted: Vec<&Attempt> = attempts.iter().filter(|a| a.status == Some(202)).collect();
+    assert_acks_in_log(
+        log,
+        election,
+        accepted.iter().map(|a| Ack {
+            voter: a.voter,
+            option: a.option,
+            partition: a.partition,
+            offset: a.offset,
+        }),
+    );
+    let voters: BTreeSet<u64> = accepted.iter().map(|a| a.voter).collect();
+    assert_eq!(
+        voters.len(),
+        accepted.len(),
+        "a voter was acknowledged twice"
+    );
 }
 
 /// Waits until the live totals summed over `nodes` (each reports the shards it owns) equal

@@ -14,11 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet -p votes -p votes-perf --bins
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins
 RATE=${1:-1000}
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-64}

@@ -1,5 +1,5 @@
-# Sourced by the perf scripts: the development keys their local appliance runs with, and CPU
-# time read from /proc (utime + stime, in clock ticks of TICK per second).
+# Sourced by the perf scripts: the development keys their local appliance runs with, CPU time
+# read from /proc (utime + stime, in clock ticks of TICK per second), and the release binaries.
 export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
 export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
 export VOTES_ADMIN_TOKEN=perf-admin-token
@@ -7,3 +7,11 @@ TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 kafka_pids() { pgrep -f 'kafka\.Kafka' | tr '\n' ' '; }
+# Sets BIN to the directory of the release binaries: as given, or built here first (votes and
+# the perf tools) into $CARGO_TARGET_DIR.
+release_bins() {
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet -p votes -p votes-perf --bins
+    BIN=$CARGO_TARGET_DIR/release
+  fi
+}

@@ -19,11 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet -p votes -p votes-perf --bins
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins
 SUBSCRIBERS=${SUBSCRIBERS:-20000}
 CONNECT_RATE=${CONNECT_RATE:-2000}
 SOURCE_ADDRS=${SOURCE_ADDRS:-8}

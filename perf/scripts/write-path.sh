@@ -12,11 +12,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  cargo build --release --quiet -p votes -p votes-perf --bins
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins
 RATES=("$@")
 [ ${#RATES[@]} -gt 0 ] || RATES=(2000 5000 10000 20000)
 CORES=${CORES:-1 2}

@@ -619,3 +619,55 @@ pub fn committed_votes(names: &Names, partitions: u32) -> Vec<Committed> {
     }
     out
 }
+
+/// A `202` as its client saw it.
+pub struct Ack<'a> {
+    pub voter: u64,
+    pub option: &'a str,
+    pub partition: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+/// Every acknowledged vote is in the committed log exactly once, at the partition and offset
+/// its `202` named, with its option; and no voter of `election` appears twice in the log.
+pub fn assert_acks_in_log<'a>(
+    log: &[Committed],
+    election: &str,
+    acks: impl IntoIterator<Item = Ack<'a>>,
+) {
+    let mut seen: HashMap<u64, &Committed> = HashMap::new();
+    for c in log
+        .iter()
+        .filter(|c| c.record.election.as_str() == election)
+    {
+        assert!(
+            seen.insert(c.record.voter.0, c).is_none(),
+            "voter {} appears twice in the committed log",
+            c.record.voter
+        );
+    }
+    for a in acks {
+        let c = seen
+            .get(&a.voter)
+            .unwrap_or_else(|| panic!("acknowledged vote of voter {} is not in the log", a.voter));
+        assert_eq!(
+            (Some(u64::from(c.partition)), Some(c.offset)),
+            (a.partition, a.offset),
+            "voter {}",
+            a.voter
+        );
+        assert_eq!(c.record.option.as_str(), a.option, "voter {}", a.voter);
+    }
+}
+
+/// Votes per option of `election` in the committed log.
+pub fn log_tallies(log: &[Committed], election: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut t = std::collections::BTreeMap::new();
+    for c in log
+        .iter()
+        .filter(|c| c.record.election.as_str() == election)
+    {
+        *t.entry(c.record.option.to_string()).or_default() += 1;
+    }
+    t
+}
