@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::runtime;
 use common::serve::{
     Ack, Committed, Serve, TestClient, assert_acks_in_log, committed_votes, log_tallies,
-    open_election,
+    open_election, wait_live_totals,
 };
 use tokio::sync::{Mutex, Semaphore};
 use votes_core::{VoterId, partition_of};
@@ -205,48 +205,6 @@ fn assert_every_202_once(log: &[Committed], election: &str, attempts: &[Attempt]
         accepted.len(),
         "a voter was acknowledged twice"
     );
-}
-
-/// Waits until the live totals summed over `nodes` (each reports the shards it owns) equal
-/// the committed log's tallies.
-async fn wait_live_totals(
-    client: &TestClient,
-    nodes: &[&Serve],
-    election: &str,
-    want: &BTreeMap<String, u64>,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut got: BTreeMap<String, u64> = BTreeMap::new();
-        for serve in nodes {
-            let (_, list) = client
-                .admin(
-                    "GET",
-                    &serve.admin_url("/admin/v1/elections"),
-                    serde_json::Value::Null,
-                )
-                .await;
-            let e = list
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["id"] == election)
-                .cloned()
-                .unwrap_or_default();
-            for (k, v) in e["live"]["totals"].as_object().into_iter().flatten() {
-                *got.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
-            }
-        }
-        got.retain(|_, v| *v > 0);
-        if &got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "live totals {got:?} never matched the log {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Waits until `serve` shows election `id` open (it learns elections from the elections topic).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::runtime;
 use common::serve::{
     Ack, Committed, Serve, TestClient, assert_acks_in_log, committed_votes, log_tallies,
-    open_election,
+    open_election, wait_live_totals,
 };
 use tokio::sync::Semaphore;
 
@@ -92,47 +92,6 @@ fn assert_log_matches(log: &[Committed], election: &str, sent: &[Sent]) {
     assert_acks_in_log(log, election, acks);
 }
 
-/// The live totals of the admin API once they reflect `want` (snapshots refresh each second).
-async fn wait_live_totals(
-    client: &TestClient,
-    serve: &Serve,
-    election: &str,
-    want: &BTreeMap<String, u64>,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, list) = client
-            .admin(
-                "GET",
-                &serve.admin_url("/admin/v1/elections"),
-                serde_json::Value::Null,
-            )
-            .await;
-        let e = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == election)
-            .unwrap()
-            .clone();
-        let got: BTreeMap<String, u64> = e["live"]["totals"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-            .filter(|(_, v)| *v > 0)
-            .collect();
-        if &got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "live totals {got:?} never matched the log {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[test]
 fn concurrent_duplicates_yield_exactly_one_accepted_vote_per_voter() {
     let serve = Serve::init_and_start("dups", 8, 2);
@@ -162,7 +121,7 @@ fn concurrent_duplicates_yield_exactly_one_accepted_vote_per_voter() {
     assert_eq!(want.values().sum::<u64>(), voters);
     runtime().block_on(wait_live_totals(
         &TestClient::http1(),
-        &serve,
+        &[&serve],
         "dups",
         &want,
     ));
@@ -284,7 +243,7 @@ fn kill_9_mid_load(test: &str, protocol: &str) {
         assert_log_matches(&log, "crash", &all);
         wait_live_totals(
             &TestClient::http1(),
-            &serve,
+            &[&serve],
             "crash",
             &log_tallies(&log, "crash"),
         )

@@ -7,11 +7,12 @@ TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 kafka_pids() { pgrep -f 'kafka\.Kafka' | tr '\n' ' '; }
-# Sets BIN to the directory of the release binaries: as given, or built here first (votes and
-# the perf tools) into $CARGO_TARGET_DIR.
+# Sets BIN to the directory of the release binaries: as given, or built here first into
+# $CARGO_TARGET_DIR (what the arguments name to cargo; by default votes and the perf tools).
 release_bins() {
   if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet -p votes -p votes-perf --bins
+    [ $# -gt 0 ] || set -- -p votes -p votes-perf --bins
+    cargo build --release --quiet "$@"
     BIN=$CARGO_TARGET_DIR/release
   fi
 }

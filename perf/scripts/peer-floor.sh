@@ -11,10 +11,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet -p votes-perf --bin votes-peer
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins -p votes-perf --bin votes-peer
 TOPIC=${TOPIC:-perf-floor-$(date +%Y%m%d-%H%M%S)}
 BROKERS=${BROKERS:-127.0.0.1:9092}
 OUT=${OUT:-$ROOT/target/perf/peer-floor.json}

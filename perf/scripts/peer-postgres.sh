@@ -9,10 +9,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet -p votes-perf --bin votes-peer
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins -p votes-perf --bin votes-peer
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=55432
 OUT=${OUT:-$ROOT/target/perf/peer-postgres.json}

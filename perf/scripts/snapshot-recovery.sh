@@ -15,10 +15,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet -p votes -p votes-perf --bins
-  BIN=$CARGO_TARGET_DIR/release
-fi
+. "$ROOT/perf/scripts/lib.sh"
+release_bins
 VOTES=${VOTES:-5000000}
 VOTERS=${VOTERS:-4500000}
 TAIL=${TAIL:-500000}

@@ -2,7 +2,7 @@
 //! prefix, killed (`kill -9`) when dropped, plus an HTTP client speaking HTTP/1.1 or h2c and a
 //! reader of the committed `votes` log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -661,8 +661,8 @@ pub fn assert_acks_in_log<'a>(
 }
 
 /// Votes per option of `election` in the committed log.
-pub fn log_tallies(log: &[Committed], election: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut t = std::collections::BTreeMap::new();
+pub fn log_tallies(log: &[Committed], election: &str) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
     for c in log
         .iter()
         .filter(|c| c.record.election.as_str() == election)
@@ -670,4 +670,46 @@ pub fn log_tallies(log: &[Committed], election: &str) -> std::collections::BTree
         *t.entry(c.record.option.to_string()).or_default() += 1;
     }
     t
+}
+
+/// Waits until the live totals of the admin API, summed over `nodes` (each reports the shards
+/// it owns; they refresh each second), equal `want` (the committed log's tallies).
+pub async fn wait_live_totals(
+    client: &TestClient,
+    nodes: &[&Serve],
+    election: &str,
+    want: &BTreeMap<String, u64>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        for serve in nodes {
+            let (_, list) = client
+                .admin(
+                    "GET",
+                    &serve.admin_url("/admin/v1/elections"),
+                    serde_json::Value::Null,
+                )
+                .await;
+            let e = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["id"] == election)
+                .cloned()
+                .unwrap_or_default();
+            for (k, v) in e["live"]["totals"].as_object().into_iter().flatten() {
+                *got.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+        got.retain(|_, v| *v > 0);
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "live totals {got:?} never matched the log {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
