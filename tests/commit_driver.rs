@@ -1,16 +1,22 @@
-//! The shard with its real commit driver and recovery against the real broker (DESIGN §3.1-3.3):
-//! votes are acknowledged only with the offsets Kafka gave them, a replay of the committed log
-//! rebuilds exactly the same voter sets and tallies, and a second owner fences the first.
+//! A core's real committer and recovery against the real broker (DESIGN §3.1-3.3): one
+//! transaction spans every partition of the core; votes are acknowledged only with the offsets
+//! Kafka gave them; a replay of the committed log rebuilds exactly the same voter sets and
+//! tallies; and a core stopped between producing and committing a transaction over several
+//! partitions never gets any of those votes counted once a new owner took over — whether the
+//! new owner fences it, or only the group moved on (its offsets carry a stale generation).
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{KAFKA, Service, replication, require, runtime, unique_prefix};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
-use votes_tally::commit::PartitionProducer;
+use votes_tally::committer::{CommitterConfig, CoreProducer};
+use votes_tally::engine::TxnOutcome;
 use votes_tally::provision::{TopicPlan, create_topics};
-use votes_tally::recovery::replay;
+use votes_tally::recovery::{await_stable, replay};
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
 
 const T: Duration = Duration::from_secs(30);
@@ -32,12 +38,17 @@ fn setup(test: &str) -> Names {
     names
 }
 
+/// A shard of `partition` replayed from the committed log; its records name `node`, core 0.
 fn recovered_shard(names: &Names, partition: u32) -> Shard {
+    recovered_shard_of(names, partition, "test")
+}
+
+fn recovered_shard_of(names: &Names, partition: u32, node: &str) -> Shard {
     let cfg = ShardConfig {
         partition,
-        node: "test".into(),
+        node: node.into(),
         core: 0,
-        max_batch: 32,
+        max_batch: 256,
         max_queued: 1024,
     };
     replay(&KAFKA, names, Shard::new(cfg), T, |_| {}).expect("replay")
@@ -54,27 +65,96 @@ fn vote(ticket: u64, election: &str, voter: u64, option: &str) -> Vote {
     }
 }
 
-/// Commits everything queued in `shard`, returning every answer.
-fn commit_all(shard: &mut Shard, producer: &PartitionProducer) -> Vec<Answer> {
+fn producer(names: &Names, node: &str) -> CoreProducer {
+    CoreProducer::open(&CommitterConfig {
+        brokers: KAFKA.clone(),
+        names: names.clone(),
+        node: node.into(),
+        core: 0,
+        timeout: T,
+    })
+    .expect("the core's producer opens")
+}
+
+/// A member of the serve group, polled until the group gave it a generation.
+fn member(names: &Names, instance: &str) -> (BaseConsumer, Arc<ConsumerGroupMetadata>) {
+    let consumer: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
+        .set("group.id", names.serve_group())
+        .set("group.instance.id", instance)
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&names.votes_topic()]).unwrap();
+    let deadline = Instant::now() + T;
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{instance} never got an assignment"
+        );
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    let group = consumer
+        .group_metadata()
+        .expect("a member has group metadata");
+    (consumer, Arc::new(group))
+}
+
+/// Commits everything queued in the shards, one transaction over all of them at a time.
+fn commit_all(
+    shards: &mut [&mut Shard],
+    producer: &mut CoreProducer,
+    group: &ConsumerGroupMetadata,
+) -> Vec<Answer> {
     let mut answers = Vec::new();
-    while let Some(batch) = shard.take_batch() {
-        let outcome = producer.commit(&batch);
-        answers.extend(shard.on_outcome(batch.seq, outcome));
+    loop {
+        let mut batches = Vec::new();
+        for s in shards.iter_mut() {
+            batches.extend(s.take_batch());
+        }
+        if batches.is_empty() {
+            return answers;
+        }
+        let outcome = producer.commit(&batches, group);
+        answers.extend(settle(shards, &batches, outcome));
+    }
+}
+
+fn settle(
+    shards: &mut [&mut Shard],
+    batches: &[votes_tally::shard::Batch],
+    outcome: TxnOutcome,
+) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        let shard = shards
+            .iter_mut()
+            .find(|s| s.partition() == b.partition)
+            .unwrap();
+        let o = match &outcome {
+            TxnOutcome::Committed { offsets } => CommitOutcome::Committed {
+                offsets: offsets[i].clone(),
+            },
+            TxnOutcome::Aborted => CommitOutcome::Aborted,
+            TxnOutcome::Fenced => CommitOutcome::Fenced,
+            TxnOutcome::Unknown => CommitOutcome::Unknown,
+        };
+        answers.extend(shard.on_outcome(b.seq, o));
     }
     answers
 }
 
 #[test]
-fn committed_votes_are_acknowledged_with_their_offsets_and_replay_to_the_same_state() {
+fn one_transaction_over_both_partitions_is_acknowledged_with_its_offsets_and_replays_the_same() {
     let names = setup("commit");
-    let partition = 1;
-    let mut shard = recovered_shard(&names, partition);
-    assert_eq!(shard.state(), ShardState::Active);
-    let producer =
-        PartitionProducer::open(&KAFKA, &names, partition, T, Duration::from_millis(1)).unwrap();
+    let (_member, group) = member(&names, "test-0");
+    let (mut p0, mut p1) = (recovered_shard(&names, 0), recovered_shard(&names, 1));
+    assert_eq!(p0.state(), ShardState::Active);
+    let mut producer = producer(&names, "test");
 
     for i in 0..100u64 {
         let election = if i % 2 == 0 { "e-even" } else { "e-odd" };
+        let shard = if i % 4 < 2 { &mut p0 } else { &mut p1 };
         assert_eq!(
             shard.submit(vote(
                 i,
@@ -85,23 +165,32 @@ fn committed_votes_are_acknowledged_with_their_offsets_and_replay_to_the_same_st
             Submitted::Queued
         );
     }
-    let answers = commit_all(&mut shard, &producer);
+    let answers = commit_all(&mut [&mut p0, &mut p1], &mut producer, &group);
     assert_eq!(answers.len(), 100);
+    for shard in [&p0, &p1] {
+        assert_eq!(
+            shard.voters(&ElectionId::new("e-even").unwrap())
+                + shard.voters(&ElectionId::new("e-odd").unwrap()),
+            50
+        );
+    }
     let offsets: Vec<u64> = answers
         .iter()
+        .filter(|a| matches!(a, Answer::Accepted { vote, .. } if vote.ticket % 4 < 2))
         .map(|a| match a {
             Answer::Accepted { offset, .. } => *offset,
             other => panic!("expected accepted, got {other:?}"),
         })
         .collect();
-    assert!(
-        offsets.windows(2).all(|w| w[0] < w[1]),
-        "offsets grow: {offsets:?}"
+    assert_eq!(
+        offsets,
+        (0..50).collect::<Vec<u64>>(),
+        "partition 0's offsets, in order"
     );
 
     // A duplicate of a committed vote is refused at once.
     assert_eq!(
-        shard.submit(vote(1000, "e-even", 0, "blue")),
+        p0.submit(vote(1000, "e-even", 0, "blue")),
         Submitted::Answered(Answer::Rejected {
             ticket: 1000,
             code: ErrorCode::AlreadyVoted
@@ -110,60 +199,116 @@ fn committed_votes_are_acknowledged_with_their_offsets_and_replay_to_the_same_st
 
     // A new owner rebuilds the same state from the committed log alone.
     drop(producer);
-    let rebuilt = recovered_shard(&names, partition);
-    // The replay ends past the last commit marker; the live shard one past its last record.
-    assert_eq!(rebuilt.applied_end(), shard.applied_end() + 1);
-    for e in ["e-even", "e-odd"] {
-        let e = ElectionId::new(e).unwrap();
-        assert_eq!(rebuilt.voters(&e), 50);
-        assert_eq!(rebuilt.tallies(&e), shard.tallies(&e));
+    for live in [&p0, &p1] {
+        let rebuilt = recovered_shard(&names, live.partition());
+        // The replay ends past the last commit marker; the live shard one past its last record.
+        assert_eq!(rebuilt.applied_end(), live.applied_end() + 1);
+        for e in ["e-even", "e-odd"] {
+            let e = ElectionId::new(e).unwrap();
+            assert_eq!(rebuilt.voters(&e), live.voters(&e));
+            assert_eq!(rebuilt.tallies(&e), live.tallies(&e));
+        }
+        assert_eq!(rebuilt.log_duplicates(), 0);
     }
-    assert_eq!(rebuilt.log_duplicates(), 0);
+}
+
+/// The zombie's view: one committed vote per partition, then a transaction over both that it
+/// produces and, stopped, does not commit until the new owner took over.
+fn zombie_takes_over_case(test: &str, new_owner_fences: bool) {
+    let names = setup(test);
+    let (zombie_member, zombie_group) = member(&names, "zombie-0");
+    let (mut z0, mut z1) = (
+        recovered_shard_of(&names, 0, "zombie"),
+        recovered_shard_of(&names, 1, "zombie"),
+    );
+    let mut zombie = producer(&names, "zombie");
+    z0.submit(vote(1, "e", 10, "red"));
+    z1.submit(vote(2, "e", 11, "red"));
+    let first = commit_all(&mut [&mut z0, &mut z1], &mut zombie, &zombie_group);
+    assert!(first.iter().all(|a| matches!(a, Answer::Accepted { .. })));
+
+    z0.submit(vote(3, "e", 20, "blue"));
+    z1.submit(vote(4, "e", 21, "blue"));
+    let batches: Vec<_> = [&mut z0, &mut z1]
+        .into_iter()
+        .filter_map(|s| s.take_batch())
+        .collect();
+    assert_eq!(batches.len(), 2, "the transaction spans both partitions");
+    let mut taken_over = Vec::new();
+    let outcome = zombie.commit_pausing(&batches, &zombie_group, || {
+        // Stopped with its records open in both partitions. The group moves on: its member
+        // is gone, another takes the partitions.
+        drop(zombie_member);
+        let (_owner_member, owner_group) = member(&names, "owner-0");
+        let mut owner = producer(&names, "owner");
+        let grace = if new_owner_fences { Duration::ZERO } else { T };
+        let mut shards = Vec::new();
+        for p in 0..2 {
+            if new_owner_fences {
+                await_stable(&KAFKA, &names, p, ("owner", 0), || true, grace, T)
+                    .expect("the zombie's transaction is resolved");
+            }
+            shards.push(recovered_shard_of(&names, p, "owner"));
+        }
+        let (mut o0, mut o1) = (shards.remove(0), shards.remove(0));
+        o0.submit(vote(5, "e", 20, "green"));
+        o1.submit(vote(6, "e", 31, "green"));
+        taken_over = commit_all(&mut [&mut o0, &mut o1], &mut owner, &owner_group);
+    });
+    if new_owner_fences {
+        assert_eq!(
+            outcome,
+            TxnOutcome::Fenced,
+            "the new owner fenced the zombie's producer"
+        );
+    } else {
+        assert_eq!(
+            outcome,
+            TxnOutcome::Aborted,
+            "the coordinator refused the stale generation's offsets"
+        );
+    }
+    let answers = settle(&mut [&mut z0, &mut z1], &batches, outcome);
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Rejected {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        )),
+        "the zombie acknowledges nothing: {answers:?}"
+    );
+    assert!(
+        taken_over
+            .iter()
+            .all(|a| matches!(a, Answer::Accepted { .. })),
+        "{taken_over:?}"
+    );
+
+    let e = ElectionId::new("e").unwrap();
+    let (after0, after1) = (recovered_shard(&names, 0), recovered_shard(&names, 1));
+    assert!(after0.has_voted(&e, VoterId(10)) && after1.has_voted(&e, VoterId(11)));
+    assert!(
+        !after1.has_voted(&e, VoterId(21)),
+        "none of the zombie's transaction is in the committed log"
+    );
+    let mut counts = after0.tallies(&e).cloned().unwrap_or_default();
+    assert_eq!(
+        counts.remove(&OptionId::new("green").unwrap()),
+        Some(1),
+        "voter 20 counts once, for the new owner's vote"
+    );
+    assert_eq!(counts.remove(&OptionId::new("blue").unwrap()), None);
+    assert!(after1.has_voted(&e, VoterId(31)));
 }
 
 #[test]
-fn a_new_owner_fences_the_old_one_whose_votes_are_never_counted() {
-    let names = setup("fence-shard");
-    let partition = 0;
-    let mut old = recovered_shard(&names, partition);
-    let old_producer =
-        PartitionProducer::open(&KAFKA, &names, partition, T, Duration::from_millis(1)).unwrap();
-    old.submit(vote(1, "e", 1, "red"));
-    assert!(matches!(
-        commit_all(&mut old, &old_producer)[0],
-        Answer::Accepted { .. }
-    ));
+fn a_core_paused_mid_transaction_is_fenced_by_the_new_owner_and_none_of_its_votes_count() {
+    zombie_takes_over_case("zombie-fenced", true);
+}
 
-    // The new owner fences first, then recovers: it sees the old owner's committed vote.
-    let new_producer =
-        PartitionProducer::open(&KAFKA, &names, partition, T, Duration::from_millis(1)).unwrap();
-    let mut new = recovered_shard(&names, partition);
-    assert!(new.has_voted(&ElectionId::new("e").unwrap(), VoterId(1)));
-
-    old.submit(vote(2, "e", 2, "red"));
-    let batch = old.take_batch().unwrap();
-    assert_eq!(old_producer.commit(&batch), CommitOutcome::Fenced);
-    let answers = old.on_outcome(batch.seq, CommitOutcome::Fenced);
-    assert_eq!(
-        answers,
-        vec![Answer::Rejected {
-            ticket: 2,
-            code: ErrorCode::Unavailable
-        }]
-    );
-    assert_eq!(old.state(), ShardState::Fenced);
-
-    new.submit(vote(3, "e", 3, "blue"));
-    assert!(matches!(
-        commit_all(&mut new, &new_producer)[0],
-        Answer::Accepted { .. }
-    ));
-
-    let e = ElectionId::new("e").unwrap();
-    let after = recovered_shard(&names, partition);
-    assert!(after.has_voted(&e, VoterId(1)) && after.has_voted(&e, VoterId(3)));
-    assert!(
-        !after.has_voted(&e, VoterId(2)),
-        "the fenced owner's vote is not in the committed log"
-    );
+#[test]
+fn a_core_paused_mid_transaction_cannot_commit_with_a_stale_generation() {
+    zombie_takes_over_case("zombie-generation", false);
 }

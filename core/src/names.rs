@@ -54,6 +54,13 @@ impl Names {
         format!("{}votes-{partition}", self.prefix)
     }
 
+    /// `transactional.id` of the producer of one core of one node (DESIGN §3.1): a restarted
+    /// node's core fences its previous incarnation with it, and a new owner of a partition
+    /// fences a former owner stuck with a transaction open in it.
+    pub fn core_transactional_id(&self, node: &str, core: u16) -> String {
+        format!("{}votes-{node}-{core}", self.prefix)
+    }
+
     /// DynamoDB table of committed votes, keyed by (election, voter).
     pub fn votes_table(&self) -> String {
         format!("{}votes", self.prefix)

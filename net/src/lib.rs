@@ -11,6 +11,7 @@
 
 mod blocking;
 mod body;
+pub mod doorbell;
 mod error;
 pub mod error_body;
 pub mod forward;

@@ -885,13 +885,30 @@ impl CoreApp {
         let mut extra = String::new();
         let _ = writeln!(
             extra,
-            "# HELP votes_waiting_votes Votes waiting for their commit on core 0's shards."
+            "# HELP votes_waiting_votes Votes waiting for their commit on this core's shards."
         );
         let _ = writeln!(
             extra,
             "# TYPE votes_waiting_votes gauge\nvotes_waiting_votes{{core=\"{}\"}} {}",
             self.core,
             self.shards.waiting()
+        );
+        let (engine, window) = self.shards.engine_stats();
+        let _ = writeln!(
+            extra,
+            "# HELP votes_commit_window_seconds How long this core's oldest queued vote may wait before its transaction starts (pacing).\n# TYPE votes_commit_window_seconds gauge\nvotes_commit_window_seconds{{core=\"{}\"}} {}",
+            self.core,
+            window.as_secs_f64()
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP votes_producer_opens_total Times this core opened its transactional producer (start, unknown outcome, fence).\n# TYPE votes_producer_opens_total counter\nvotes_producer_opens_total{{core=\"{}\"}} {}",
+            self.core, engine.producer_opens
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP votes_recoveries_total Partition recoveries this core completed.\n# TYPE votes_recoveries_total counter\nvotes_recoveries_total{{core=\"{}\"}} {}",
+            self.core, engine.recoveries
         );
         let _ = writeln!(
             extra,

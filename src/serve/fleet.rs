@@ -1,8 +1,8 @@
 //! The fleet as this node sees it (DESIGN §3.1, §4.1 `--internal`).
 //!
 //! * Each core is a member of the serve group ([`votes_tally::membership::Member`], on a
-//!   thread of its own); [`follow_membership`] turns the member's events into
-//!   [`ShardHost::assign`]/[`ShardHost::revoke`] on the core.
+//!   thread of its own); the core's [`super::shards::ShardHost`] drains the member's events (the member rings
+//!   the core's doorbell) into its commit engine.
 //! * One thread per node reads the group's description every [`WATCH_EVERY`] and publishes
 //!   the map partition → node/core/internal address on a [`FleetBoard`]; every core keeps a
 //!   [`FleetView`] of it (one atomic load per vote, the map is re-read only when it changed)
@@ -12,17 +12,13 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use votes_tally::membership::{FleetMap, GroupWatch, OwnershipEvent};
-
-use super::shards::ShardHost;
+use votes_tally::membership::{FleetMap, GroupWatch};
 
 /// How often the node reads the group's description.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
-/// How often a core looks for membership events.
-const EVENTS_EVERY: Duration = Duration::from_millis(10);
 
 /// The newest stable fleet map, published by the watch thread, read by every core.
 #[derive(Default)]
@@ -149,54 +145,6 @@ pub fn start_watch(
                 std::thread::sleep(WATCH_EVERY);
             }
         })
-}
-
-/// Applies this core's membership events to its shards until `shutdown`. A revocation waits
-/// for the shards to hand off, at most `handoff_timeout` (the member thread waits as long).
-pub async fn follow_membership(
-    shards: Rc<ShardHost>,
-    events: mpsc::Receiver<OwnershipEvent>,
-    handoff_timeout: Duration,
-    shutdown: votes_net::LocalSignal,
-) {
-    while !shutdown.is_fired() {
-        loop {
-            match events.try_recv() {
-                Ok(OwnershipEvent::Assigned(partitions)) => shards.assign(&partitions),
-                Ok(OwnershipEvent::Revoked {
-                    partitions,
-                    lost,
-                    done,
-                }) => {
-                    let handed_off = futures_lite::future::or(
-                        async {
-                            shards.revoke(&partitions).await;
-                            true
-                        },
-                        async {
-                            glommio::timer::sleep(handoff_timeout).await;
-                            false
-                        },
-                    )
-                    .await;
-                    if !handed_off {
-                        tracing::warn!(
-                            ?partitions,
-                            lost,
-                            "shards still busy after the hand-off timeout; the new owner fences them"
-                        );
-                    }
-                    let _ = done.send(());
-                }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return,
-            }
-        }
-        futures_lite::future::or(glommio::timer::sleep(EVENTS_EVERY), async {
-            shutdown.wait().await;
-        })
-        .await;
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use votes_core::{ElectionId, OptionId};
 use votes_net::HttpStats;
-use votes_tally::shard::{CommitOutcome, ShardState};
+use votes_tally::engine::TxnOutcome;
+use votes_tally::shard::ShardState;
 
 use super::shards::PartitionStatus;
 
@@ -89,13 +90,14 @@ impl CoreMetrics {
         *self.counters.borrow_mut().votes.entry(outcome).or_default() += 1;
     }
 
-    pub fn commit(&self, size: usize, latency: Duration, outcome: &CommitOutcome) {
+    /// One transaction of the core: how many votes it carried, how long it took, how it ended.
+    pub fn commit(&self, size: usize, latency: Duration, outcome: &TxnOutcome) {
         let mut c = self.counters.borrow_mut();
         let name = match outcome {
-            CommitOutcome::Committed { .. } => "committed",
-            CommitOutcome::Aborted => "aborted",
-            CommitOutcome::Fenced => "fenced",
-            CommitOutcome::Unknown => "unknown",
+            TxnOutcome::Committed { .. } => "committed",
+            TxnOutcome::Aborted => "aborted",
+            TxnOutcome::Fenced => "fenced",
+            TxnOutcome::Unknown => "unknown",
         };
         *c.batches.entry(name).or_default() += 1;
         c.batch_size.saturating_record(size as u64);

@@ -78,11 +78,17 @@ pub struct ServeArgs {
     /// Shorter fails over sooner; longer rides out pauses and restarts without a move.
     #[arg(long, env = "VOTES_GROUP_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub group_session_timeout_ms: u64,
-    /// Largest batch of votes in one Kafka transaction.
+    /// Largest transaction, in votes over all the partitions of one core.
     #[arg(long, env = "VOTES_BATCH_MAX", default_value_t = 2048)]
     pub batch_max: usize,
-    /// How long a batch that is not full waits for more votes, in milliseconds.
-    #[arg(long, env = "VOTES_LINGER_MS", default_value_t = 2)]
+    /// What a vote's acknowledgement should take at most, in milliseconds: each core starts
+    /// its next transaction when its oldest queued vote has waited this target minus the
+    /// recent commit latency (fewer, larger transactions), or at once when a batch is full.
+    #[arg(long, env = "VOTES_ACK_TARGET_MS", default_value_t = 15)]
+    pub ack_target_ms: u64,
+    /// Longest a queued vote waits for its transaction to start, in milliseconds, whatever
+    /// the target leaves (0: start every transaction as soon as the previous one ended).
+    #[arg(long, env = "VOTES_LINGER_MS", default_value_t = 10)]
     pub linger_ms: u64,
     /// Bound on each blocking Kafka call (init, commit), in milliseconds.
     #[arg(long, env = "VOTES_KAFKA_TIMEOUT_MS", default_value_t = 10_000)]
@@ -269,6 +275,10 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let (member_events, core_events): (Vec<_>, Vec<_>) =
         (0..cores).map(|_| std::sync::mpsc::channel()).unzip();
     let core_events = Mutex::new(core_events.into_iter().map(Some).collect::<Vec<_>>());
+    // Each core's doorbell, rung by its member thread after each ownership event.
+    let ringers: Arc<Mutex<Vec<Option<votes_net::doorbell::Ringer>>>> =
+        Arc::new(Mutex::new(vec![None; cores]));
+    let core_ringers = ringers.clone();
     let assignments: Vec<votes_tally::membership::Assignment> =
         (0..cores).map(|_| Default::default()).collect();
     let core_assignments = assignments.clone();
@@ -354,7 +364,11 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         node: node.clone(),
         max_batch: args.batch_max,
         max_queued: args.batch_max * 8,
-        linger: Duration::from_millis(args.linger_ms),
+        pacing: votes_tally::engine::PacingConfig {
+            ack_target: args.ack_target_ms * 1_000,
+            min_window: 0,
+            max_window: args.linger_ms * 1_000,
+        },
         kafka_timeout,
         snapshots: match &args.snapshot_dir {
             None => None,
@@ -409,10 +423,10 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         cfg.listeners
             .push(ListenerSpec::plain(addr, ListenerKind::Internal));
     }
-    // Each shard has at most one transaction in flight, plus producer opens and replays; a
-    // core may come to own up to its share of every partition (a fleet of one node).
+    // Commits run on each core's committer thread; the pool replays (one per partition a core
+    // takes, all at once after a failover), encodes snapshots and retires clients.
     let per_core = (partitions as usize).div_ceil(cores).max(1);
-    cfg.blocking_threads = per_core + 2;
+    cfg.blocking_threads = per_core.min(8) + 1;
     cfg.max_blocking_in_flight = per_core * 2 + 8;
 
     let initial = view;
@@ -424,26 +438,21 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
         let core = ctx.core_index();
         let metrics = Rc::new(CoreMetrics::default());
-        let shards = ShardHost::new(
+        let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
+            .take()
+            .expect("each core starts once");
+        let (shards, ringer) = ShardHost::new(
             core,
             Arc::new(settings.clone()),
             &shared.metrics.partitions,
             ctx.blocking().clone(),
             metrics.clone(),
             core_assignments[core].clone(),
-        );
-        let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
-            .take()
-            .expect("each core starts once");
-        if shared.roles.ingest {
-            glommio::spawn_local(fleet::follow_membership(
-                shards.clone(),
-                events,
-                handoff_timeout,
-                ctx.shutdown_signal(),
-            ))
-            .detach();
-        }
+            shared.roles.ingest.then_some(events),
+            ctx.shutdown_signal(),
+        )
+        .expect("starting the core's commit engine");
+        core_ringers.lock().unwrap_or_else(|p| p.into_inner())[core] = Some(ringer);
         let internal = ctx.take_internal_listener();
         let forwarder = internal.is_some().then(|| {
             votes_net::forward::Forwarder::new(
@@ -579,9 +588,17 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 session_timeout: Duration::from_millis(args.group_session_timeout_ms),
                 handoff_timeout,
             };
+            let ringer = ringers.lock().unwrap_or_else(|p| p.into_inner())[core]
+                .take()
+                .context("every core made its doorbell")?;
             members.push(
-                votes_tally::membership::Member::start(&cfg, events, assignments[core].clone())
-                    .context("joining the serve group")?,
+                votes_tally::membership::Member::start(
+                    &cfg,
+                    events,
+                    assignments[core].clone(),
+                    Box::new(move || ringer.ring()),
+                )
+                .context("joining the serve group")?,
             );
         }
     }

@@ -1,27 +1,35 @@
-//! The shards a core owns, and the driver task of each: recover, then commit batches one
-//! transaction at a time on the blocking pool and answer every waiting vote (DESIGN §3).
+//! The thin I/O driver of a core's commit engine ([`votes_tally::engine::CoreEngine`], sans-IO):
+//! it feeds the engine its events — votes from the mesh, the group member's ownership events,
+//! the committer thread's results, replays finished on the blocking pool, the passing of time —
+//! and carries out the engine's commands (DESIGN §3).
 //!
-//! Everything here lives on one reactor: the shard state machines are in `RefCell`s that are
-//! never borrowed across an `.await`, and a shard moves to the blocking pool (by value) only
-//! while it replays.
+//! Everything here lives on one reactor: the engine sits in a `RefCell` that is never borrowed
+//! across an `.await` and never re-entered (commands only send, spawn or answer). Blocking work
+//! never runs here: the core's transactional producer lives on its committer thread
+//! ([`votes_tally::committer`]), replays and snapshot encoding on the blocking pool. The
+//! committer and the member thread wake the reactor through a doorbell, so an idle core sleeps.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
-use votes_net::Blocking;
-use votes_net::{LocalSignal, ReplyTx};
-use votes_tally::commit::{CommitError, PartitionProducer};
+use votes_net::doorbell::{Bell, Ringer};
+use votes_net::{Blocking, LocalSignal, ReplyTx};
+use votes_tally::committer::{Committer, CommitterConfig, Finished, Job};
+use votes_tally::engine::{
+    ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, PacingConfig, RevokeId,
+};
 use votes_tally::fanout::TallyUpdate;
-use votes_tally::membership::{self, Assignment};
-use votes_tally::recovery::replay;
-use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
+use votes_tally::membership::{self, Assignment, OwnershipEvent};
+use votes_tally::recovery::{await_stable, replay};
+use votes_tally::shard::{Answer, Shard, ShardConfig, ShardState, Ticket, Vote};
 use votes_tally::snapshot;
 
 use super::metrics::{CoreMetrics, TallyRow};
@@ -146,16 +154,18 @@ impl PartitionStatus {
     }
 }
 
-/// How the drivers commit; the same for every shard of the node.
+/// How the cores commit; the same for every core of the node.
 #[derive(Clone, Debug)]
 pub struct CommitSettings {
     pub brokers: String,
     pub names: Names,
     pub node: String,
+    /// Largest transaction, in votes over all the core's partitions.
     pub max_batch: usize,
+    /// Bound on votes queued per partition.
     pub max_queued: usize,
-    /// How long a non-full batch waits for more votes before its transaction starts.
-    pub linger: Duration,
+    /// When a transaction starts (DESIGN §3.2: acknowledgements wait for it).
+    pub pacing: PacingConfig,
     /// Bound on each blocking Kafka call (init, commit, replay silence).
     pub kafka_timeout: Duration,
     pub snapshots: Option<SnapshotSettings>,
@@ -172,50 +182,60 @@ pub struct SnapshotSettings {
     pub keep: usize,
 }
 
-struct Slot {
-    partition: u32,
-    /// This ownership's claim on the partition's status.
+/// How long a fenced core waits before it takes back what the group still assigns it: the
+/// writer that fenced it hears of its own lost assignment within a heartbeat or two.
+const RETAKE_AFTER: Duration = Duration::from_secs(3);
+/// How long a recovering partition waits for a transaction still open in it before it fences
+/// that transaction's writer: a predecessor that handed off cleanly left nothing open but the
+/// markers of its last commit, which land within milliseconds.
+const FENCE_GRACE: Duration = Duration::from_secs(1);
+
+/// One claim of a partition on this core, as the driver tracks it.
+struct Claim {
+    claim: ClaimId,
+    /// The node-wide status epoch of this claim.
     epoch: u64,
-    cfg: ShardConfig,
-    /// `None` while the shard replays on the blocking pool.
-    shard: RefCell<Option<Shard>>,
-    waiting: RefCell<HashMap<u64, ReplyTx<VoteAnswer>>>,
-    wake: LocalSender<()>,
-    status: Arc<PartitionStatus>,
-    /// Tallies changed since the read model last got them (DESIGN §3.4).
-    dirty: Cell<bool>,
     /// The identity of the partition's log, once known (snapshots carry it).
-    log_id: Cell<Option<u64>>,
-    /// The group moved the partition away: finish the transaction in flight, then hand off.
-    leaving: Cell<bool>,
-    /// Fired when the driver stopped writing for good (handed off or fenced).
-    gone: LocalSignal,
-    /// The core's group assignment, checked before every fence of the previous writer.
-    assignment: Assignment,
+    log_id: Option<u64>,
+    /// Offset of the newest snapshot written or restored for this claim.
+    snapshot_end: u64,
 }
 
-impl Slot {
-    /// Whether this slot may still take its partition: not leaving, and the group (as the
-    /// member's thread last heard) still assigns it here.
-    fn still_owner(&self) -> bool {
-        !self.leaving.get() && membership::holds(&self.assignment, self.partition)
-    }
-}
-
-/// The shards of one core: the partitions the group currently assigns to it.
+/// The commit engine of one core and what its commands need.
 pub struct ShardHost {
     core: usize,
-    slots: RefCell<HashMap<u32, Rc<Slot>>>,
-    next_ticket: Cell<u64>,
+    engine: RefCell<CoreEngine>,
+    /// The commands of the event being handled (a reused buffer).
+    commands: RefCell<Vec<Command>>,
+    waiting: RefCell<HashMap<Ticket, ReplyTx<VoteAnswer>>>,
+    next_ticket: Cell<Ticket>,
+    claims: RefCell<HashMap<u32, Claim>>,
+    /// Revocations the member thread waits on.
+    revokes: RefCell<HashMap<RevokeId, mpsc::SyncSender<()>>>,
+    next_revoke: Cell<RevokeId>,
+    /// Group metadata by the generation token the engine knows it by.
+    groups: RefCell<BTreeMap<u64, Arc<ConsumerGroupMetadata>>>,
+    next_generation: Cell<u64>,
+    committer: Committer,
+    finished: crossbeam_channel::Receiver<Finished>,
+    /// The engine's next deadline, and a nudge for the timer task when it moved earlier.
+    deadline: Cell<Option<Instant>>,
+    timer_armed: Cell<Option<Instant>>,
+    rearm: LocalSender<()>,
     settings: Arc<CommitSettings>,
     status: Vec<Arc<PartitionStatus>>,
     blocking: Blocking,
     metrics: Rc<CoreMetrics>,
     assignment: Assignment,
+    /// The engine's clock starts here.
+    epoch: Instant,
 }
 
 impl ShardHost {
-    /// A core's host, owning no partition yet; `assignment` is its group member's.
+    /// A core's host, owning no partition yet; `assignment` is its group member's. Starts the
+    /// core's committer thread and the tasks that feed the engine; the returned [`Ringer`] is
+    /// for the member thread (it rings after each ownership event).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: usize,
         settings: Arc<CommitSettings>,
@@ -223,151 +243,474 @@ impl ShardHost {
         blocking: Blocking,
         metrics: Rc<CoreMetrics>,
         assignment: Assignment,
-    ) -> Rc<Self> {
-        Rc::new(Self {
-            assignment,
+        events: Option<mpsc::Receiver<OwnershipEvent>>,
+        shutdown: LocalSignal,
+    ) -> anyhow::Result<(Rc<Self>, Ringer)> {
+        let core16 = u16::try_from(core)?;
+        let (bell, ringer) = votes_net::doorbell::doorbell()?;
+        // The engine has at most one job out, so at most one result waits here.
+        let (finished_tx, finished) = crossbeam_channel::bounded(4);
+        let committer = {
+            let ringer = ringer.clone();
+            Committer::start(
+                CommitterConfig {
+                    brokers: settings.brokers.clone(),
+                    names: settings.names.clone(),
+                    node: settings.node.clone(),
+                    core: core16,
+                    timeout: settings.kafka_timeout,
+                },
+                finished_tx,
+                move || ringer.ring(),
+            )?
+        };
+        let engine = CoreEngine::new(EngineConfig {
+            node: settings.node.clone(),
+            core: core16,
+            max_txn_votes: settings.max_batch,
+            max_queued: settings.max_queued,
+            pacing: settings.pacing,
+            retake_after: micros(RETAKE_AFTER),
+            backoff_min: 100_000,
+            backoff_max: 5_000_000,
+        });
+        // Capacity 1: one nudge pending is all the timer task needs to know.
+        let (rearm, rearm_rx) = local_channel::new_bounded(1);
+        let host = Rc::new(Self {
             core,
-            slots: RefCell::new(HashMap::new()),
+            engine: RefCell::new(engine),
+            commands: RefCell::new(Vec::new()),
+            waiting: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
+            claims: RefCell::new(HashMap::new()),
+            revokes: RefCell::new(HashMap::new()),
+            next_revoke: Cell::new(0),
+            groups: RefCell::new(BTreeMap::new()),
+            next_generation: Cell::new(1),
+            committer,
+            finished,
+            deadline: Cell::new(None),
+            timer_armed: Cell::new(None),
+            rearm,
             settings,
             status: status.to_vec(),
             blocking,
             metrics,
-        })
+            assignment,
+            epoch: Instant::now(),
+        });
+        glommio::spawn_local(host.clone().inbound(bell, events, shutdown.clone())).detach();
+        glommio::spawn_local(host.clone().timer(rearm_rx, shutdown.clone())).detach();
+        if host.settings.snapshots.is_some() {
+            glommio::spawn_local(host.clone().snapshots(shutdown)).detach();
+        }
+        Ok((host, ringer))
     }
 
-    /// Takes ownership of `partitions`: each gets a fresh shard whose driver fences the
-    /// previous writer, recovers, then accepts.
-    pub fn assign(&self, partitions: &[u32]) {
-        for &p in partitions {
-            let status = self.status[p as usize].clone();
-            if let Some(old) = self.slots.borrow_mut().remove(&p) {
-                // Assigned twice without a revocation between (a lost membership rejoined):
-                // the old driver hands off; the new one fences it anyway.
-                old.leaving.set(true);
-                let _ = old.wake.try_send(());
+    fn now(&self) -> Micros {
+        micros(self.epoch.elapsed())
+    }
+
+    /// Feeds one event to the engine and carries out its commands.
+    fn feed(self: &Rc<Self>, event: Event) {
+        let mut commands = self.commands.take();
+        let next = {
+            let mut engine = self.engine.borrow_mut();
+            engine.handle(self.now(), event, &mut commands);
+            engine.next_deadline()
+        };
+        for c in commands.drain(..) {
+            self.execute(c);
+        }
+        self.commands.replace(commands);
+        let next = next.map(|us| self.epoch + Duration::from_micros(us));
+        self.deadline.set(next);
+        if let Some(at) = next
+            && self.timer_armed.get().is_none_or(|armed| at < armed)
+        {
+            // Full means a nudge is pending already.
+            let _ = self.rearm.try_send(());
+        }
+    }
+
+    fn execute(self: &Rc<Self>, c: Command) {
+        match c {
+            Command::Answer { partition, answer } => {
+                let reply = self
+                    .waiting
+                    .borrow_mut()
+                    .remove(&answer.ticket())
+                    .expect("every answered ticket was waiting");
+                // The voter may have gone; the vote's fate is the same either way.
+                let _ = reply.send(to_vote_answer(partition, &answer));
             }
-            let cfg = ShardConfig {
-                partition: p,
-                node: self.settings.node.clone(),
-                core: u16::try_from(self.core).expect("core index fits u16"),
-                max_batch: self.settings.max_batch,
-                max_queued: self.settings.max_queued,
-            };
-            // Capacity 1: a wake-up pending is all the driver needs to know.
-            let (wake, wake_rx) = local_channel::new_bounded(1);
-            let slot = Rc::new(Slot {
-                partition: p,
-                epoch: status.claim(),
-                shard: RefCell::new(Some(Shard::new(cfg.clone()))),
-                cfg,
-                waiting: RefCell::new(HashMap::new()),
-                wake,
-                status,
-                dirty: Cell::new(false),
-                log_id: Cell::new(None),
-                leaving: Cell::new(false),
-                gone: LocalSignal::new(),
-                assignment: self.assignment.clone(),
-            });
-            glommio::spawn_local(drive(
-                slot.clone(),
-                wake_rx,
-                self.settings.clone(),
-                self.blocking.clone(),
-                self.metrics.clone(),
-            ))
-            .detach();
-            if self.settings.snapshots.is_some() {
-                glommio::spawn_local(snapshot_loop(
-                    slot.clone(),
-                    self.settings.clone(),
-                    self.blocking.clone(),
-                ))
-                .detach();
+            Command::Commit {
+                txn,
+                generation,
+                batches,
+            } => {
+                let group = {
+                    let mut groups = self.groups.borrow_mut();
+                    // Transactions only ever carry the newest generation from now on.
+                    groups.retain(|g, _| *g >= generation.0);
+                    groups
+                        .get(&generation.0)
+                        .expect("the engine names a generation the member gave")
+                        .clone()
+                };
+                self.committer.submit(Job::Commit {
+                    txn,
+                    batches,
+                    group,
+                });
             }
-            self.slots.borrow_mut().insert(p, slot);
+            Command::OpenProducer { attempt } => self.committer.submit(Job::Open { attempt }),
+            Command::Claimed { partition, claim } => {
+                let epoch = self.status[partition as usize].claim();
+                self.claims.borrow_mut().insert(
+                    partition,
+                    Claim {
+                        claim,
+                        epoch,
+                        log_id: None,
+                        snapshot_end: 0,
+                    },
+                );
+            }
+            Command::Recover {
+                partition,
+                claim,
+                shard,
+            } => {
+                glommio::spawn_local(self.clone().recover(partition, claim, shard)).detach();
+            }
+            Command::Status {
+                partition,
+                claim,
+                state,
+            } => {
+                let mut claims = self.claims.borrow_mut();
+                if let Some(c) = claims.get(&partition).filter(|c| c.claim == claim) {
+                    self.status[partition as usize].set(c.epoch, state);
+                    if state == ShardState::Released {
+                        claims.remove(&partition);
+                        tracing::info!(partition, core = self.core, "partition handed off");
+                    }
+                    if state == ShardState::Active {
+                        tracing::info!(
+                            partition,
+                            core = self.core,
+                            "shard recovered and accepting"
+                        );
+                    }
+                }
+            }
+            Command::RevokeDone { ack } => {
+                if let Some(done) = self.revokes.borrow_mut().remove(&ack) {
+                    let _ = done.try_send(());
+                }
+            }
         }
     }
+}
 
-    /// Gives `partitions` up: new votes for them are refused at once; each driver finishes
-    /// the transaction in flight, answers what waits `503` and stops. Returns when every
-    /// driver stopped (the caller bounds the wait: the new owner fences a straggler).
-    pub async fn revoke(&self, partitions: &[u32]) {
-        let leaving: Vec<Rc<Slot>> = partitions
-            .iter()
-            .filter_map(|p| self.slots.borrow_mut().remove(p))
-            .collect();
-        for slot in &leaving {
-            slot.leaving.set(true);
-            let _ = slot.wake.try_send(());
-        }
-        for slot in &leaving {
-            slot.gone.wait().await;
-            // A shard fenced before the revocation ended without handing off.
-            slot.status.set(slot.epoch, ShardState::Released);
-        }
-    }
-
+impl ShardHost {
     /// Hands a vote to the shard of `partition`; `503` when this core does not own it (the
     /// sender's map was older than the group's last move).
-    pub fn submit(&self, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
-        let Some(slot) = self.slots.borrow().get(&partition).cloned() else {
-            let _ = reply.send(VoteAnswer::Rejected(ErrorCode::Unavailable));
-            return;
-        };
+    pub fn submit(self: &Rc<Self>, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
-        let submitted = match slot.shard.borrow_mut().as_mut() {
-            None => Submitted::Answered(Answer::Rejected {
-                ticket,
-                code: ErrorCode::Unavailable,
-            }),
-            Some(shard) => shard.submit(Vote {
+        self.waiting.borrow_mut().insert(ticket, reply);
+        self.feed(Event::Vote {
+            partition,
+            vote: Vote {
                 ticket,
                 election: req.election,
                 voter: req.voter,
                 option: req.option,
                 received_at_ms: req.received_at_ms,
                 nonce: req.nonce,
-            }),
-        };
-        match submitted {
-            Submitted::Answered(answer) => {
-                let _ = reply.send(to_vote_answer(partition, &answer));
+            },
+        });
+    }
+
+    fn on_membership(self: &Rc<Self>, event: OwnershipEvent) {
+        match event {
+            OwnershipEvent::Assigned { partitions, group } => {
+                let token = self.next_generation.get();
+                self.next_generation.set(token + 1);
+                self.groups.borrow_mut().insert(token, group);
+                self.feed(Event::Assigned {
+                    partitions,
+                    generation: Generation(token),
+                });
             }
-            Submitted::Queued => {
-                slot.waiting.borrow_mut().insert(ticket, reply);
-                // Full means a wake-up is already pending: nothing is lost.
-                let _ = slot.wake.try_send(());
-            }
-            Submitted::Waiting => {
-                slot.waiting.borrow_mut().insert(ticket, reply);
+            OwnershipEvent::Revoked {
+                partitions,
+                lost,
+                done,
+            } => {
+                let ack = self.next_revoke.get();
+                self.next_revoke.set(ack + 1);
+                self.revokes.borrow_mut().insert(ack, done);
+                if lost {
+                    tracing::warn!(
+                        core = self.core,
+                        ?partitions,
+                        "membership lost: these partitions may already have a new owner"
+                    );
+                }
+                self.feed(Event::Revoked {
+                    partitions,
+                    lost,
+                    ack,
+                });
             }
         }
     }
 
-    /// Absolute tallies of every election in this core's shards, by partition.
-    pub fn tallies(&self) -> Vec<TallyRow> {
-        let mut out = Vec::new();
-        for slot in self.slots.borrow().values() {
-            // Only what this core vouches for now: a recovering shard's tallies are partial,
-            // and a fenced one's belong to the new owner.
-            if let Some(shard) = slot
-                .shard
-                .borrow()
-                .as_ref()
-                .filter(|s| s.state() == ShardState::Active)
-            {
-                for (election, counts) in shard.elections() {
-                    let counts = counts.iter().map(|(o, c)| (o.clone(), *c)).collect();
-                    out.push((
-                        slot.partition,
-                        election.clone(),
-                        counts,
-                        shard.applied_end(),
-                    ));
+    /// Wakes on the doorbell and drains what the committer and the group member sent.
+    async fn inbound(
+        self: Rc<Self>,
+        mut bell: Bell,
+        events: Option<mpsc::Receiver<OwnershipEvent>>,
+        shutdown: LocalSignal,
+    ) {
+        loop {
+            while let Ok(f) = self.finished.try_recv() {
+                match f {
+                    Finished::Opened { attempt, result } => {
+                        self.feed(Event::ProducerOpened { attempt, result })
+                    }
+                    Finished::Txn {
+                        txn,
+                        outcome,
+                        votes,
+                        elapsed,
+                    } => {
+                        self.metrics.commit(votes, elapsed, &outcome);
+                        self.feed(Event::TxnDone { txn, outcome });
+                    }
                 }
+            }
+            if let Some(events) = &events {
+                while let Ok(e) = events.try_recv() {
+                    self.on_membership(e);
+                }
+            }
+            let rang = futures_lite::future::or(bell.wait(), async {
+                shutdown.wait().await;
+                false
+            })
+            .await;
+            if !rang {
+                return;
+            }
+        }
+    }
+
+    /// Ticks the engine at its deadlines.
+    async fn timer(self: Rc<Self>, rearm: LocalReceiver<()>, shutdown: LocalSignal) {
+        while !shutdown.is_fired() {
+            match self.deadline.get() {
+                Some(at) if at <= Instant::now() => {
+                    self.timer_armed.set(None);
+                    self.feed(Event::Tick);
+                }
+                Some(at) => {
+                    self.timer_armed.set(Some(at));
+                    futures_lite::future::or(glommio::timer::sleep(at - Instant::now()), async {
+                        let _ = rearm.recv().await;
+                    })
+                    .await;
+                }
+                None => {
+                    self.timer_armed.set(None);
+                    futures_lite::future::or(
+                        async {
+                            let _ = rearm.recv().await;
+                        },
+                        shutdown.wait(),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Fences the previous writers' open transactions, restores and replays the partition on
+    /// the blocking pool, and hands the result to the engine.
+    async fn recover(self: Rc<Self>, partition: u32, claim: ClaimId, shard: Shard) {
+        let s = self.settings.clone();
+        let status = self.status[partition as usize].clone();
+        let assignment = self.assignment.clone();
+        let core = u16::try_from(self.core).expect("core index fits u16");
+        let replayed = self
+            .blocking
+            .run(move || {
+                let p = partition;
+                await_stable(
+                    &s.brokers,
+                    &s.names,
+                    p,
+                    (&s.node, core),
+                    || membership::holds(&assignment, p),
+                    FENCE_GRACE,
+                    s.kafka_timeout,
+                )
+                .map_err(|e| e.to_string())?;
+                let progress = |pr: votes_tally::recovery::ReplayProgress| {
+                    status.replayed_records.store(pr.records, Ordering::Relaxed);
+                    status.replay_offset.store(pr.offset, Ordering::Relaxed);
+                };
+                // A shard that holds nothing yet starts from its newest good snapshot; one
+                // that kept its state (after an unknown outcome) replays from where it is.
+                let (shard, log_id) = match &s.snapshots {
+                    Some(snaps) if shard.applied_end() == 0 => {
+                        let cfg = shard_config_of(&shard, &s, core);
+                        restore(&s, snaps, cfg, shard, &status).map_err(|e| e.to_string())?
+                    }
+                    _ => (shard, None),
+                };
+                let start = status.snapshot_start.load(Ordering::Relaxed);
+                replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
+                    .map(|shard| (shard, log_id, start))
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let shard = match replayed {
+            Ok(Ok((shard, log_id, snapshot_start))) => {
+                self.status[partition as usize]
+                    .log_duplicates
+                    .store(shard.log_duplicates(), Ordering::Relaxed);
+                if let Some(c) = self
+                    .claims
+                    .borrow_mut()
+                    .get_mut(&partition)
+                    .filter(|c| c.claim == claim)
+                {
+                    c.log_id = c.log_id.or(log_id);
+                    // What recovery started from is on disk already.
+                    c.snapshot_end = c.snapshot_end.max(snapshot_start);
+                }
+                Some(shard)
+            }
+            Ok(Err(why)) => {
+                tracing::warn!(partition, %why, "recovery failed; retrying from the start");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "blocking pool refused the recovery");
+                None
+            }
+        };
+        self.feed(Event::Recovered {
+            partition,
+            claim,
+            shard,
+        });
+    }
+
+    /// Writes each active shard's committed state every `every` once it has moved on: copied
+    /// on the reactor, encoded on the blocking pool, written with direct I/O under a temporary
+    /// name and synced (glommio), renamed and the directory synced (blocking pool).
+    async fn snapshots(self: Rc<Self>, shutdown: LocalSignal) {
+        let snaps = self
+            .settings
+            .snapshots
+            .clone()
+            .expect("started only with snapshots configured");
+        while !shutdown.is_fired() {
+            futures_lite::future::or(glommio::timer::sleep(snaps.every), shutdown.wait()).await;
+            let partitions: Vec<u32> = self
+                .engine
+                .borrow()
+                .active_shards()
+                .map(|(p, _)| p)
+                .collect();
+            for p in partitions {
+                self.snapshot_one(&snaps, p).await;
+            }
+        }
+    }
+
+    async fn snapshot_one(&self, snaps: &SnapshotSettings, partition: u32) {
+        let (claim, known_id, last_end) = match self.claims.borrow().get(&partition) {
+            Some(c) => (c.claim, c.log_id, c.snapshot_end),
+            None => return,
+        };
+        let moved_on = self
+            .engine
+            .borrow()
+            .active_shard(partition)
+            .is_some_and(|s| s.applied_end() > last_end);
+        if !moved_on {
+            return;
+        }
+        let log_id = match known_id {
+            Some(id) => id,
+            None => {
+                // The log was empty at recovery: its first record exists now.
+                let s = self.settings.clone();
+                match self
+                    .blocking
+                    .run(move || {
+                        votes_tally::recovery::log_identity(
+                            &s.brokers,
+                            &s.names,
+                            partition,
+                            s.kafka_timeout,
+                        )
+                    })
+                    .await
+                {
+                    Ok(Ok(votes_tally::recovery::LogIdentity { id: Some(id), .. })) => id,
+                    other => {
+                        tracing::warn!(partition, outcome = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot name the log yet; no snapshot this time");
+                        return;
+                    }
+                }
+            }
+        };
+        let snap = {
+            let engine = self.engine.borrow();
+            match engine.active_shard(partition) {
+                Some(s) if engine.claim_of(partition) == Some(claim) => s.snapshot(log_id),
+                _ => return,
+            }
+        };
+        let end = snap.applied_end;
+        let started = Instant::now();
+        match write_snapshot(snaps, partition, snap, &self.blocking).await {
+            Ok(bytes) => {
+                if let Some(c) = self
+                    .claims
+                    .borrow_mut()
+                    .get_mut(&partition)
+                    .filter(|c| c.claim == claim)
+                {
+                    c.log_id = Some(log_id);
+                    c.snapshot_end = end;
+                }
+                let status = &self.status[partition as usize];
+                status.snapshot_offset.store(end, Ordering::Relaxed);
+                status.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                tracing::debug!(partition, end, bytes, took = ?started.elapsed(), "snapshot written");
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "snapshot not written; the previous one stands");
+            }
+        }
+    }
+
+    /// Absolute tallies of every election in this core's active shards, by partition.
+    pub fn tallies(&self) -> Vec<TallyRow> {
+        let engine = self.engine.borrow();
+        let mut out = Vec::new();
+        for (p, shard) in engine.active_shards() {
+            for (election, counts) in shard.elections() {
+                let counts = counts.iter().map(|(o, c)| (o.clone(), *c)).collect();
+                out.push((p, election.clone(), counts, shard.applied_end()));
             }
         }
         out
@@ -376,19 +719,18 @@ impl ShardHost {
     /// The absolute tallies of the shards whose tallies changed since the last call (or of
     /// every active shard when `all`), for the read model. Clears the marks.
     pub fn tally_updates(&self, all: bool) -> Vec<TallyUpdate> {
+        let mut engine = self.engine.borrow_mut();
+        let partitions: Vec<u32> = engine.active_shards().map(|(p, _)| p).collect();
         let mut out = Vec::new();
-        for slot in self.slots.borrow().values() {
-            if !(slot.dirty.replace(false) || all) {
+        for p in partitions {
+            if !(engine.take_dirty(p) || all) {
                 continue;
             }
-            let shard = slot.shard.borrow();
-            let Some(shard) = shard.as_ref().filter(|s| s.state() == ShardState::Active) else {
-                continue;
-            };
+            let shard = engine.active_shard(p).expect("listed as active");
             for (election, counts) in shard.elections() {
                 out.push(TallyUpdate {
                     election: election.clone(),
-                    partition: slot.partition,
+                    partition: p,
                     offset: shard.applied_end(),
                     counts: counts.iter().map(|(o, c)| (o.clone(), *c)).collect(),
                 });
@@ -399,18 +741,36 @@ impl ShardHost {
 
     /// Marks every shard's tallies as not yet in the read model (its link was full).
     pub fn mark_all_dirty(&self) {
-        for slot in self.slots.borrow().values() {
-            slot.dirty.set(true);
-        }
+        self.engine.borrow_mut().mark_all_dirty();
     }
 
     /// Votes waiting for a commit on this core (for `/metrics`).
     pub fn waiting(&self) -> usize {
-        self.slots
-            .borrow()
-            .values()
-            .map(|s| s.waiting.borrow().len())
-            .sum()
+        self.waiting.borrow().len()
+    }
+
+    /// The engine's counters and pacing, for `/metrics`.
+    pub fn engine_stats(&self) -> (votes_tally::engine::EngineStats, Duration) {
+        let engine = self.engine.borrow();
+        (
+            engine.stats(),
+            Duration::from_micros(engine.pacing().window()),
+        )
+    }
+}
+
+fn micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The configuration a shard was made with, for a restore that replaces it.
+fn shard_config_of(shard: &Shard, s: &CommitSettings, core: u16) -> ShardConfig {
+    ShardConfig {
+        partition: shard.partition(),
+        node: s.node.clone(),
+        core,
+        max_batch: s.max_batch,
+        max_queued: s.max_queued,
     }
 }
 
@@ -422,142 +782,6 @@ fn to_vote_answer(partition: u32, answer: &Answer) -> VoteAnswer {
         },
         Answer::Rejected { code, .. } => VoteAnswer::Rejected(*code),
     }
-}
-
-fn answer_all(slot: &Slot, answers: Vec<Answer>) {
-    let mut waiting = slot.waiting.borrow_mut();
-    for answer in answers {
-        let reply = waiting
-            .remove(&answer.ticket())
-            .expect("every answered ticket was waiting");
-        // The voter may have gone; the vote's fate is the same either way.
-        let _ = reply.send(to_vote_answer(slot.partition, &answer));
-    }
-}
-
-/// The driver of one shard: fence and recover, then commit batches until fenced or handed
-/// off; then answer whatever still waits and tell the host it stopped.
-async fn drive(
-    slot: Rc<Slot>,
-    wake: LocalReceiver<()>,
-    settings: Arc<CommitSettings>,
-    blocking: Blocking,
-    metrics: Rc<CoreMetrics>,
-) {
-    if let Some(producer) = take_ownership(&slot, &settings, &blocking).await {
-        let producer = commit_loop(&slot, &wake, &settings, &blocking, &metrics, producer).await;
-        if let Some(producer) = producer {
-            retire(producer, &blocking).await;
-        }
-    }
-    if let Some(shard) = slot.shard.borrow_mut().as_mut()
-        && shard.state() != ShardState::Fenced
-    {
-        // Between transactions (the loop ended there): the queued votes get 503 now.
-        answer_all(&slot, shard.hand_off());
-    }
-    if slot.leaving.get() {
-        slot.status.set(slot.epoch, ShardState::Released);
-        tracing::info!(partition = slot.partition, "partition handed off");
-    }
-    slot.gone.fire();
-}
-
-/// Commits batches while the shard is this core's. Returns the producer still to retire (the
-/// loop retires it itself when fenced).
-async fn commit_loop(
-    slot: &Rc<Slot>,
-    wake: &LocalReceiver<()>,
-    settings: &Arc<CommitSettings>,
-    blocking: &Blocking,
-    metrics: &CoreMetrics,
-    mut producer: Arc<PartitionProducer>,
-) -> Option<Arc<PartitionProducer>> {
-    while wake.recv().await.is_some() {
-        if slot.leaving.get() {
-            return Some(producer);
-        }
-        loop {
-            if slot.leaving.get() {
-                return Some(producer);
-            }
-            let (can, full) = match slot.shard.borrow().as_ref() {
-                Some(s) => (s.can_take_batch(), s.batch_full()),
-                None => (false, false),
-            };
-            if !can {
-                break;
-            }
-            if !full && !settings.linger.is_zero() {
-                glommio::timer::sleep(settings.linger).await;
-                if slot.leaving.get() {
-                    return Some(producer);
-                }
-            }
-            let Some(batch) = slot.shard.borrow_mut().as_mut().and_then(Shard::take_batch) else {
-                break;
-            };
-            let (seq, size) = (batch.seq, batch.len());
-            let started = Instant::now();
-            let committer = producer.clone();
-            let outcome = match blocking.run(move || committer.commit(&batch)).await {
-                Ok(outcome) => outcome,
-                // Nothing was sent: the batch certainly did not commit.
-                Err(votes_net::BlockingError::Saturated { .. }) => CommitOutcome::Aborted,
-                Err(votes_net::BlockingError::Panicked(why)) => {
-                    tracing::error!(partition = slot.partition, %why, "commit panicked");
-                    CommitOutcome::Unknown
-                }
-            };
-            metrics.commit(size, started.elapsed(), &outcome);
-            if matches!(outcome, CommitOutcome::Committed { .. }) {
-                slot.dirty.set(true);
-            }
-            let answers = slot
-                .shard
-                .borrow_mut()
-                .as_mut()
-                .expect("the shard stays home while its batch commits")
-                .on_outcome(seq, outcome.clone());
-            answer_all(slot, answers);
-            match outcome {
-                CommitOutcome::Fenced => {
-                    slot.status.set(slot.epoch, ShardState::Fenced);
-                    retire(producer, blocking).await;
-                    if !slot.still_owner() {
-                        tracing::error!(
-                            partition = slot.partition,
-                            "fenced by a newer owner: this shard stops accepting"
-                        );
-                        return None;
-                    }
-                    // The group still assigns the partition here: the fence came from a writer
-                    // with a stale view (a resumed zombie). Take it back once that writer had
-                    // time to hear it lost the partition.
-                    tracing::warn!(
-                        partition = slot.partition,
-                        "fenced while still assigned here; taking the partition back"
-                    );
-                    glommio::timer::sleep(REFENCE_AFTER).await;
-                    *slot.shard.borrow_mut() = Some(Shard::new(slot.cfg.clone()));
-                    match take_ownership(slot, settings, blocking).await {
-                        Some(p) => producer = p,
-                        None => return None,
-                    }
-                }
-                CommitOutcome::Unknown => {
-                    slot.status.set(slot.epoch, ShardState::Recovering);
-                    retire(producer, blocking).await;
-                    match take_ownership(slot, settings, blocking).await {
-                        Some(p) => producer = p,
-                        None => return None,
-                    }
-                }
-                CommitOutcome::Committed { .. } | CommitOutcome::Aborted => {}
-            }
-        }
-    }
-    Some(producer)
 }
 
 /// The shard of `cfg` from its partition's newest trustworthy snapshot, or `fresh` when there is
@@ -601,76 +825,6 @@ fn restore(
     Ok((Shard::from_snapshot(cfg, snap), log_id))
 }
 
-/// Writes the shard's committed state every `every` while it is active and has moved on:
-/// copied on the reactor, encoded on the blocking pool, written with direct I/O under a
-/// temporary name and synced (glommio), renamed and the directory synced (blocking pool).
-async fn snapshot_loop(slot: Rc<Slot>, settings: Arc<CommitSettings>, blocking: Blocking) {
-    let snaps = settings
-        .snapshots
-        .clone()
-        .expect("started only with snapshots configured");
-    // What recovery started from is on disk already.
-    let mut last_end = 0u64;
-    loop {
-        glommio::timer::sleep(snaps.every).await;
-        if slot.leaving.get() || slot.gone.is_fired() {
-            return;
-        }
-        last_end = last_end.max(slot.status.snapshot_start.load(Ordering::Relaxed));
-        let moved_on = match slot.shard.borrow().as_ref() {
-            Some(s) => s.state() == ShardState::Active && s.applied_end() > last_end,
-            None => false,
-        };
-        if !moved_on {
-            continue;
-        }
-        let log_id = match slot.log_id.get() {
-            Some(id) => id,
-            None => {
-                // The log was empty at recovery: its first record exists now.
-                let (s, p) = (settings.clone(), slot.partition);
-                match blocking
-                    .run(move || {
-                        votes_tally::recovery::log_identity(
-                            &s.brokers,
-                            &s.names,
-                            p,
-                            s.kafka_timeout,
-                        )
-                    })
-                    .await
-                {
-                    Ok(Ok(votes_tally::recovery::LogIdentity { id: Some(id), .. })) => {
-                        slot.log_id.set(Some(id));
-                        id
-                    }
-                    other => {
-                        tracing::warn!(partition = slot.partition, outcome = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot name the log yet; no snapshot this time");
-                        continue;
-                    }
-                }
-            }
-        };
-        let snap = match slot.shard.borrow().as_ref() {
-            Some(s) if s.state() == ShardState::Active => s.snapshot(log_id),
-            _ => continue,
-        };
-        let end = snap.applied_end;
-        let started = Instant::now();
-        match write_snapshot(&snaps, slot.partition, snap, &blocking).await {
-            Ok(bytes) => {
-                last_end = end;
-                slot.status.snapshot_offset.store(end, Ordering::Relaxed);
-                slot.status.snapshot_bytes.store(bytes, Ordering::Relaxed);
-                tracing::debug!(partition = slot.partition, end, bytes, took = ?started.elapsed(), "snapshot written");
-            }
-            Err(e) => {
-                tracing::warn!(partition = slot.partition, error = %e, "snapshot not written; the previous one stands");
-            }
-        }
-    }
-}
-
 async fn write_snapshot(
     snaps: &SnapshotSettings,
     partition: u32,
@@ -706,136 +860,4 @@ async fn write_snapshot(
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
     Ok(len)
-}
-
-/// How long a shard fenced while still assigned waits before it takes its partition back: the
-/// fencing writer's member hears of its lost assignment within a heartbeat or two.
-const REFENCE_AFTER: Duration = Duration::from_secs(3);
-
-/// Drops a producer on the blocking pool: destroying a librdkafka client joins its threads
-/// and closes its connections, which must not stall the reactor.
-async fn retire(producer: Arc<PartitionProducer>, blocking: &Blocking) {
-    if let Err(e) = blocking.run(move || drop(producer)).await {
-        tracing::warn!(error = %e, "could not retire a producer off the reactor");
-    }
-}
-
-/// Opens the partition's producer (fencing any earlier owner), then replays the committed log
-/// into the shard. Retries transient failures with a bounded backoff; gives up only when
-/// fenced. Returns the producer once the shard accepts.
-async fn take_ownership(
-    slot: &Rc<Slot>,
-    settings: &Arc<CommitSettings>,
-    blocking: &Blocking,
-) -> Option<Arc<PartitionProducer>> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        // Never fence a writer for a partition the group gave someone else.
-        if !slot.still_owner() {
-            return None;
-        }
-        let s = settings.clone();
-        let p = slot.partition;
-        let opened = blocking
-            .run(move || {
-                PartitionProducer::open(&s.brokers, &s.names, p, s.kafka_timeout, Duration::ZERO)
-            })
-            .await;
-        let producer = match opened {
-            Ok(Ok(producer)) if !slot.still_owner() => {
-                retire(Arc::new(producer), blocking).await;
-                return None;
-            }
-            Ok(Ok(producer)) => Arc::new(producer),
-            Ok(Err(CommitError::Fenced { .. })) if slot.still_owner() => {
-                // Another writer opened at the same moment; whoever the group assigns wins.
-                tracing::warn!(partition = p, "fenced while taking ownership; trying again");
-                glommio::timer::sleep(REFENCE_AFTER).await;
-                continue;
-            }
-            Ok(Err(CommitError::Fenced { .. })) => {
-                tracing::error!(partition = p, "fenced while taking ownership");
-                if let Some(shard) = slot.shard.borrow_mut().as_mut() {
-                    answer_all(slot, shard.fence());
-                }
-                slot.status.set(slot.epoch, ShardState::Fenced);
-                return None;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(partition = p, error = %e, "cannot open the partition's producer yet");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "blocking pool refused the producer");
-                glommio::timer::sleep(backoff).await;
-                continue;
-            }
-        };
-        let shard = slot
-            .shard
-            .borrow_mut()
-            .take()
-            .expect("the shard is home before it replays");
-        let s = settings.clone();
-        let status = slot.status.clone();
-        let cfg = slot.cfg.clone();
-        let replayed = blocking
-            .run(move || {
-                let progress = |pr: votes_tally::recovery::ReplayProgress| {
-                    status.replayed_records.store(pr.records, Ordering::Relaxed);
-                    status.replay_offset.store(pr.offset, Ordering::Relaxed);
-                };
-                // A shard that holds nothing yet starts from its newest good snapshot; one
-                // that kept its state (after an unknown outcome) replays from where it is.
-                let (shard, log_id) = match &s.snapshots {
-                    Some(snaps) if shard.applied_end() == 0 => {
-                        restore(&s, snaps, cfg, shard, &status).map_err(|e| e.to_string())?
-                    }
-                    _ => (shard, None),
-                };
-                // On failure the shard comes back unchanged in spirit: recovering, to retry.
-                replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
-                    .map(|shard| (shard, log_id))
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-        match replayed {
-            Ok(Ok((shard, _))) if !slot.still_owner() => {
-                // Moved away while it replayed: the recovered state is the next owner's job.
-                *slot.shard.borrow_mut() = Some(shard);
-                retire(producer, blocking).await;
-                return None;
-            }
-            Ok(Ok((shard, log_id))) => {
-                if log_id.is_some() {
-                    slot.log_id.set(log_id);
-                }
-                slot.status
-                    .log_duplicates
-                    .store(shard.log_duplicates(), Ordering::Relaxed);
-                *slot.shard.borrow_mut() = Some(shard);
-                slot.status.set(slot.epoch, ShardState::Active);
-                // The recovered tallies may be ahead of (or missing from) the read model.
-                slot.dirty.set(true);
-                tracing::info!(partition = p, "shard recovered and accepting");
-                return Some(producer);
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(why)) => why,
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                // The half-replayed shard is gone with the failed call: start over from the
-                // beginning of the log, which rebuilds the same state (DESIGN §3.3).
-                tracing::warn!(partition = p, %why, "replay failed; retrying from the start");
-                *slot.shard.borrow_mut() = Some(Shard::new(slot.cfg.clone()));
-                retire(producer, blocking).await;
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }

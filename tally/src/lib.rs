@@ -6,9 +6,10 @@
 //! persister and recount drivers grow here (DESIGN §2).
 
 pub mod audit;
-pub mod commit;
+pub mod committer;
 pub mod dynamo;
 pub mod elections_log;
+pub mod engine;
 pub mod fanout;
 pub mod kafka;
 pub mod membership;
@@ -19,6 +20,7 @@ pub mod recount;
 pub mod recovery;
 pub mod reprocess;
 pub mod shard;
+pub mod sim;
 pub mod snapshot;
 
 /// Where the external services are; every role reads the same settings (DESIGN §4.1).

@@ -5,8 +5,10 @@
 //! and static membership (`group.instance.id` = node and core). The group coordinator divides
 //! the partitions between the members; a member hears of the partitions it gains and loses
 //! through the rebalance callbacks, which this module turns into [`OwnershipEvent`]s for the
-//! core's reactor. Membership is only a hint of who *should* write: the writer is made single
-//! by the transactional id, which the new owner's `init_transactions` fences (§3.1).
+//! core's reactor. Membership alone is only a hint of who *should* write; it makes the writer
+//! single through the group generation each event carries: a core's transactions commit
+//! offsets with it, and the coordinator refuses a generation that is no longer the group's
+//! (KIP-447), so a core that lost a partition without hearing of it cannot commit (§3.1).
 //!
 //! Members consume nothing: every assigned partition is paused at once, so the group costs
 //! heartbeats, not a second read of every vote.
@@ -25,7 +27,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::{ClientContext, TopicPartitionList};
 use votes_core::Names;
 use votes_core::group::{MemberTag, parse_assignment};
@@ -66,10 +70,14 @@ pub fn holds(assignment: &Assignment, partition: u32) -> bool {
 }
 
 /// What a core learns from its group membership.
-#[derive(Debug)]
 pub enum OwnershipEvent {
-    /// These partitions are this core's now: fence the previous writer, recover, accept.
-    Assigned(Vec<u32>),
+    /// These partitions are this core's now (recover, then accept), and the group synced at a
+    /// new generation, whose metadata the core's transactions carry from now on. Sent for
+    /// every sync, with no partitions when this member gained none.
+    Assigned {
+        partitions: Vec<u32>,
+        group: Arc<ConsumerGroupMetadata>,
+    },
     /// These partitions are no longer this core's: stop accepting, finish the transaction in
     /// flight, answer what waits, then send on `done`. `lost`: the membership expired (the
     /// process was stopped or cut off); a new owner may already have fenced us.
@@ -110,6 +118,8 @@ struct MemberContext {
     instance: String,
     /// What the group assigned this member last.
     owned: Assignment,
+    /// Rings the core's doorbell after each event.
+    wake: Box<dyn Fn() + Send + Sync>,
 }
 
 impl ClientContext for MemberContext {
@@ -150,6 +160,7 @@ impl MemberContext {
         {
             return; // The core is gone: nothing of ours writes any more.
         }
+        (self.wake)();
         // Blocking here holds the rebalance: the partitions reach their new owner only after
         // our last transaction ended, so the hand-off rarely needs the fence.
         if handed_off.recv_timeout(self.handoff_timeout).is_err() {
@@ -175,19 +186,28 @@ impl ConsumerContext for MemberContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions(tpl);
-                if partitions.is_empty() {
+                // librdkafka calls this after every sync (cooperative protocol), with the
+                // partitions gained, maybe none: each call is a new generation.
+                let Some(group) = consumer.group_metadata() else {
+                    tracing::error!(member = %self.instance, "no group metadata after a sync");
                     return;
+                };
+                if !partitions.is_empty() {
+                    // Membership only: the shard replays its partition on its own consumer.
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::warn!(member = %self.instance, error = %e, "could not pause assigned partitions");
+                    }
+                    tracing::info!(member = %self.instance, ?partitions, "partitions assigned");
+                    self.owned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(partitions.iter().copied());
                 }
-                // Membership only: the shard replays its partition on its own consumer.
-                if let Err(e) = consumer.pause(tpl) {
-                    tracing::warn!(member = %self.instance, error = %e, "could not pause assigned partitions");
-                }
-                tracing::info!(member = %self.instance, ?partitions, "partitions assigned");
-                self.owned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(partitions.iter().copied());
-                let _ = self.events.send(OwnershipEvent::Assigned(partitions));
+                let _ = self.events.send(OwnershipEvent::Assigned {
+                    partitions,
+                    group: Arc::new(group),
+                });
+                (self.wake)();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => {
@@ -212,6 +232,7 @@ impl Member {
         cfg: &MemberConfig,
         events: mpsc::Sender<OwnershipEvent>,
         assignment: Assignment,
+        wake: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, MembershipError> {
         let topic = cfg.names.votes_topic();
         let instance = cfg.instance_id();
@@ -236,6 +257,7 @@ impl Member {
                 handoff_timeout: cfg.handoff_timeout,
                 instance: instance.clone(),
                 owned: assignment,
+                wake,
             })
             .map_err(MembershipError::Create)?;
         consumer

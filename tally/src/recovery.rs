@@ -90,6 +90,111 @@ pub fn log_identity(
     Err(ReplayError::Timeout { partition, timeout })
 }
 
+/// Waits until every transaction that was open in `partition` when this was called is decided
+/// (committed or aborted), so that a replay to the end of the committed log misses nothing a
+/// former owner may still commit (DESIGN §3.1, §3.3).
+///
+/// With one producer per core, a new owner does not share its predecessor's transactional id,
+/// so its own `init_transactions` does not resolve what the predecessor left open. A
+/// predecessor that handed off cleanly left nothing open (markers may take a moment to land);
+/// a dead one's transaction is aborted by the broker after the transaction timeout; a stopped
+/// one (a zombie) might commit when it resumes, unless it is fenced. So: wait for the last
+/// stable offset to reach the high watermark seen at the start, and past `grace`, fence the
+/// writer of the record the last stable offset is stuck at — named in the record itself (node
+/// and core) — unless that is this core or the group no longer assigns the partition here
+/// (`still_owner`: fencing the rightful owner would only stall it).
+pub fn await_stable(
+    brokers: &str,
+    names: &Names,
+    partition: u32,
+    me: (&str, u16),
+    still_owner: impl Fn() -> bool,
+    grace: Duration,
+    timeout: Duration,
+) -> Result<(), ReplayError> {
+    let kafka = |source| ReplayError::Kafka { partition, source };
+    let topic = names.votes_topic();
+    let p = i32::try_from(partition).expect("partition fits i32");
+    let uncommitted: BaseConsumer<crate::kafka::VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+            .set("isolation.level", "read_uncommitted")
+            .create_with_context(crate::kafka::VotesContext)
+            .map_err(kafka)?;
+    let committed: BaseConsumer<crate::kafka::VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+            .create_with_context(crate::kafka::VotesContext)
+            .map_err(kafka)?;
+    let (_, hwm) = uncommitted
+        .fetch_watermarks(&topic, p, timeout)
+        .map_err(kafka)?;
+    let started = Instant::now();
+    // The offset whose writer was fenced last, and when: a fence that did not take (the
+    // writer's id could not be named or reached) is tried again after a while.
+    let mut fenced: Option<(i64, Instant)> = None;
+    loop {
+        let (_, lso) = committed
+            .fetch_watermarks(&topic, p, timeout)
+            .map_err(kafka)?;
+        if lso >= hwm {
+            return Ok(());
+        }
+        if started.elapsed() > timeout * 6 {
+            return Err(ReplayError::Timeout {
+                partition,
+                timeout: timeout * 6,
+            });
+        }
+        let retry = fenced.is_none_or(|(at, when)| {
+            at != lso || when.elapsed() >= grace.max(Duration::from_secs(1)) * 5
+        });
+        if started.elapsed() >= grace && retry {
+            fenced = Some((lso, Instant::now()));
+            match writer_at(&uncommitted, &topic, p, lso, timeout) {
+                Ok(Some((node, core))) if (node.as_str(), core) != me && still_owner() => {
+                    let id = names.core_transactional_id(&node, core);
+                    tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
+                    if let Err(e) = crate::committer::fence_writer(brokers, &id, timeout) {
+                        tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read the open transaction's writer")
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The node and core that wrote the record at `offset` (read uncommitted).
+fn writer_at(
+    consumer: &BaseConsumer<crate::kafka::VotesContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<(String, u16)>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                return Ok(m
+                    .payload()
+                    .and_then(|p| VoteRecord::decode(p).ok())
+                    .map(|r| (r.node, r.core)));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Replays `shard`'s partition from its `applied_end` to the end of the committed log, then
 /// marks it recovered. `timeout` bounds the silence between two answers of the broker, not
 /// the whole replay (a long log legitimately takes long).

@@ -180,6 +180,19 @@ pub struct Shard {
     log_duplicates: u64,
 }
 
+impl std::fmt::Debug for Shard {
+    /// A summary: the voter sets are too large to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("partition", &self.cfg.partition)
+            .field("state", &self.state)
+            .field("applied_end", &self.applied_end)
+            .field("queued", &self.open.len())
+            .field("in_flight", &self.in_flight.as_ref().map(|t| t.votes.len()))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Shard {
     /// A shard starts recovering: it accepts only after the log has been replayed.
     pub fn new(cfg: ShardConfig) -> Self {
@@ -305,10 +318,16 @@ impl Shard {
 
     /// Moves up to `max_batch` queued votes into a new in-flight batch, encoded.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        if !self.can_take_batch() {
+        self.take_batch_of(self.cfg.max_batch)
+    }
+
+    /// Moves up to `limit` (and `max_batch`) queued votes into a new in-flight batch: a
+    /// transaction that spans several partitions shares its size between them.
+    pub fn take_batch_of(&mut self, limit: usize) -> Option<Batch> {
+        if !self.can_take_batch() || limit == 0 {
             return None;
         }
-        let n = self.open.len().min(self.cfg.max_batch);
+        let n = self.open.len().min(self.cfg.max_batch).min(limit);
         let votes: Vec<Vote> = self.open.drain(..n).collect();
         let seq = self.next_seq;
         self.next_seq += 1;
