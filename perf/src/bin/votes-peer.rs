@@ -38,6 +38,9 @@ struct Cli {
 enum Cmd {
     /// The durable log alone: transactional producers writing pre-encoded vote records.
     Floor(FloorArgs),
+    /// The appliance's commit engine and committer threads without HTTP: pre-made votes
+    /// through real shards, pacing, one transaction per core, real group membership.
+    CommitTier(CommitTierArgs),
     /// One PostgreSQL transaction per vote (synchronous_commit = on).
     Postgres(PgArgs),
     /// One Redis Lua script (EVALSHA) per vote; not durable.
@@ -141,6 +144,40 @@ struct FloorArgs {
 }
 
 #[derive(ClapArgs, Debug)]
+struct CommitTierArgs {
+    #[arg(long, env = "VOTES_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Prefix of the topic ({prefix}votes, created with --partitions if missing), the group
+    /// and the transactional ids.
+    #[arg(long)]
+    prefix: String,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Cores: one engine, committer and group member each.
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    /// Largest transaction, in votes (the appliance's --batch-max).
+    #[arg(long, default_value_t = 2048)]
+    batch_max: usize,
+    /// The appliance's --ack-target-ms and --linger-ms (pacing).
+    #[arg(long, default_value_t = 15)]
+    ack_target_ms: u64,
+    #[arg(long, default_value_t = 10)]
+    linger_ms: u64,
+    /// Closed loop (no --rate): votes in flight per core.
+    #[arg(long, default_value_t = 4096)]
+    window: usize,
+    /// Broker pids whose CPU is counted (space or comma separated); default: pgrep -f 'kafka\.Kafka'.
+    #[arg(long)]
+    broker_pids: Option<String>,
+    /// Bound on each blocking Kafka call, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+    #[command(flatten)]
+    votes: VoteArgs,
+}
+
+#[derive(ClapArgs, Debug)]
 struct PgArgs {
     /// e.g. postgres://postgres@127.0.0.1:55432/postgres
     #[arg(long)]
@@ -217,6 +254,42 @@ fn finish_server(r: &ServerReport, a: &VoteArgs, expected: &Expected) -> Result<
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::CommitTier(a) => {
+            let broker_pids = a.broker_pids.as_deref().map(parse_pids).transpose()?;
+            let cfg = votes_perf::peers::commit_tier::CommitTierConfig {
+                brokers: a.brokers,
+                prefix: a.prefix,
+                partitions: a.partitions,
+                cores: a.cores,
+                spec: a.votes.spec(),
+                rate: a.votes.rate,
+                window: a.window,
+                max_batch: a.batch_max,
+                pacing: votes_tally::engine::PacingConfig {
+                    ack_target: a.ack_target_ms * 1_000,
+                    min_window: 0,
+                    max_window: a.linger_ms * 1_000,
+                },
+                broker_pids,
+                timeout: Duration::from_secs(a.timeout_s),
+            };
+            let report = votes_perf::peers::commit_tier::run(&cfg).context("commit tier")?;
+            let expected =
+                votes_perf::peers::Votes::generate(&a.votes.spec())?.expected(a.votes.seed);
+            write_outputs(
+                a.votes.out.as_deref(),
+                &report,
+                a.votes.expected.as_deref(),
+                &expected,
+            )?;
+            eprintln!("{}", report.summary());
+            if !report.verified {
+                bail!(
+                    "the commit tier's tallies differ from the expected first votes: {:?}",
+                    report.tally_diff
+                );
+            }
+        }
         Cmd::Floor(a) => {
             let broker_pids = a.broker_pids.as_deref().map(parse_pids).transpose()?;
             let cfg = FloorConfig {

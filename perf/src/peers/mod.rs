@@ -2,6 +2,8 @@
 //!
 //! * [`floor`]: the durable log alone, a bare transactional Kafka producer per partition
 //!   writing pre-encoded records;
+//! * [`commit_tier`]: the appliance's own commit engine and committer threads without the
+//!   HTTP edge, fed the same votes;
 //! * [`postgres`]: the usual single-database answer, one transaction per vote;
 //! * [`redis_lua`]: the usual cache answer (not durable), one Lua script per vote;
 //! * [`h3_reference`]: not a vote store but the floor of HTTP/3 itself: a tokio + quinn + h3
@@ -11,6 +13,7 @@
 //! distinct voters, the `votes - voters` others repeating an earlier voter, deterministic for
 //! a seed. The first vote of each voter counts ([`Votes::expected`]).
 
+pub mod commit_tier;
 pub mod floor;
 pub mod h3_reference;
 pub mod postgres;
