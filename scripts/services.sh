@@ -54,6 +54,10 @@ KAFKA_CONTROLLER_PORT=19092 # node i's controller listener is KAFKA_CONTROLLER_P
 KAFKA_LIB=$RUN/kafka/lib
 KAFKA_POM=$SCRIPTS/kafka/pom.xml
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
+# One network thread per two CPUs and one I/O thread per CPU, at least two of each.
+CPUS=$(nproc 2>/dev/null || echo 2)
+KAFKA_NETWORK_THREADS=${KAFKA_NETWORK_THREADS:-$(( CPUS / 2 > 2 ? CPUS / 2 : 2 ))}
+KAFKA_IO_THREADS=${KAFKA_IO_THREADS:-$(( CPUS > 2 ? CPUS : 2 ))}
 DYNAMODB_PORT=8000
 DYNAMODB_DIR=$RUN/dynamodb
 # SERVICES_REDIS_PORT runs another Redis beside the shared one, with its own dir and pidfile:
@@ -294,6 +298,11 @@ transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=300
 # Topics are created by 'votes init' (or tests), never by a typo in a producer.
 auto.create.topics.enable=false
+
+# Threads sized for the machine (docs/capacity.md): the defaults (3 network, 8 I/O) are for
+# many-core brokers; on a few cores their hand-offs cost more than they parallelise.
+num.network.threads=$KAFKA_NETWORK_THREADS
+num.io.threads=$KAFKA_IO_THREADS
 EOF
 }
 
