@@ -62,6 +62,14 @@ macro_rules! slug_id {
             }
         }
 
+        // The derived `Hash`, `Eq` and `Ord` are those of the string, so maps keyed by the id
+        // can be searched with a `&str` (no allocation per lookup).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

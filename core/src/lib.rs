@@ -13,6 +13,7 @@ pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_check;
 pub mod group;
+pub mod hash;
 pub mod ids;
 mod json;
 pub mod merkle;

@@ -23,7 +23,9 @@ use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
 
 use super::fleet::{FleetBoard, FleetView, Route, route};
 use super::metrics::{CoreMetrics, NodeMetrics};
-use super::reply::{self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms};
+use super::reply::{
+    self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms, raw_json,
+};
 use super::results::CoreResults;
 use super::shards::{ShardHost, VoteAnswer, VoteRequest};
 use super::web;
@@ -576,12 +578,18 @@ impl CoreApp {
                 "the body must be application/json",
             );
         }
-        // A body trickled in byte by byte must not hold the connection's slot forever.
-        let read = glommio::timer::timeout(BODY_TIMEOUT, async {
-            Ok(read_body_limited(req.into_body(), VOTE_BODY_MAX).await)
-        });
-        let Ok(read) = read.await else {
-            return error(ErrorCode::InvalidRequest, "the body did not arrive in time");
+        // A body trickled in byte by byte must not hold the connection's slot forever. Most
+        // bodies arrived with their headers: those are read without arming a timer.
+        let mut read = Box::pin(read_body_limited(req.into_body(), VOTE_BODY_MAX));
+        let read = match futures_lite::future::poll_once(&mut read).await {
+            Some(read) => read,
+            None => {
+                let waited = glommio::timer::timeout(BODY_TIMEOUT, async { Ok(read.await) });
+                let Ok(read) = waited.await else {
+                    return error(ErrorCode::InvalidRequest, "the body did not arrive in time");
+                };
+                read
+            }
         };
         let body = match read {
             Ok(b) => b,
@@ -602,41 +610,49 @@ impl CoreApp {
             Ok(b) => b,
             Err(e) => return error(e.code(), &e.message()),
         };
-        let Some(election) = self.visible_election(id) else {
-            return error(ErrorCode::NotFound, "no such election");
-        };
-        if election.state != ElectionState::Open {
-            return error(
-                ErrorCode::ElectionNotOpen,
-                &format!("the election is {}", election.state.as_str()),
-            );
-        }
-        if !election.has_option(&body.option) {
-            return error(
-                ErrorCode::InvalidOption,
-                &format!("{} is not an option of this election", body.option),
-            );
-        }
-        if election.pow_difficulty > 0 {
-            let Some(solution) = &body.pow else {
-                return error(
-                    ErrorCode::ChallengeRequired,
-                    "this election requires a solved challenge (GET …/challenge)",
-                );
+        // Checked under a borrow of this core's elections: only the id leaves it.
+        let election_id = {
+            let elections = self.elections.borrow();
+            let Some(election) = elections
+                .find(id)
+                .filter(|e| e.state != ElectionState::Draft)
+            else {
+                return error(ErrorCode::NotFound, "no such election");
             };
-            if let Err(e) = pow::verify(
-                &self.shared.pow_key,
-                &solution.challenge,
-                &solution.nonce,
-                &election.id,
-                voter,
-                election.pow_difficulty,
-                now,
-            ) {
-                return error(ErrorCode::ChallengeFailed, &e.to_string());
+            if election.state != ElectionState::Open {
+                return error(
+                    ErrorCode::ElectionNotOpen,
+                    &format!("the election is {}", election.state.as_str()),
+                );
             }
-        }
-        self.submit(election.id, voter, body.option, now).await
+            if !election.has_option(&body.option) {
+                return error(
+                    ErrorCode::InvalidOption,
+                    &format!("{} is not an option of this election", body.option),
+                );
+            }
+            if election.pow_difficulty > 0 {
+                let Some(solution) = &body.pow else {
+                    return error(
+                        ErrorCode::ChallengeRequired,
+                        "this election requires a solved challenge (GET …/challenge)",
+                    );
+                };
+                if let Err(e) = pow::verify(
+                    &self.shared.pow_key,
+                    &solution.challenge,
+                    &solution.nonce,
+                    &election.id,
+                    voter,
+                    election.pow_difficulty,
+                    now,
+                ) {
+                    return error(ErrorCode::ChallengeFailed, &e.to_string());
+                }
+            }
+            election.id.clone()
+        };
+        self.submit(election_id, voter, body.option, now).await
     }
 
     async fn submit(
@@ -718,10 +734,12 @@ impl CoreApp {
                     offset,
                     nonce,
                 };
-                json(
-                    202,
-                    &serde_json::json!({"status": "accepted", "receipt": leaf.receipt_hex(), "partition": partition, "offset": offset}),
-                )
+                // The contract's 202 body, written directly: hex and integers need no escaping.
+                let body = format!(
+                    r#"{{"status":"accepted","receipt":"{}","partition":{partition},"offset":{offset}}}"#,
+                    leaf.receipt_hex()
+                );
+                raw_json(202, body.into_bytes())
             }
             VoteAnswer::Rejected(ErrorCode::AlreadyVoted) => error(
                 ErrorCode::AlreadyVoted,

@@ -207,7 +207,7 @@ pub struct ShardHost {
     engine: RefCell<CoreEngine>,
     /// The commands of the event being handled (a reused buffer).
     commands: RefCell<Vec<Command>>,
-    waiting: RefCell<HashMap<Ticket, ReplyTx<VoteAnswer>>>,
+    waiting: RefCell<votes_core::hash::U64Map<ReplyTx<VoteAnswer>>>,
     next_ticket: Cell<Ticket>,
     claims: RefCell<HashMap<u32, Claim>>,
     /// Revocations the member thread waits on.
@@ -280,7 +280,7 @@ impl ShardHost {
             core,
             engine: RefCell::new(engine),
             commands: RefCell::new(Vec::new()),
-            waiting: RefCell::new(HashMap::new()),
+            waiting: RefCell::new(votes_core::hash::U64Map::default()),
             next_ticket: Cell::new(0),
             claims: RefCell::new(HashMap::new()),
             revokes: RefCell::new(HashMap::new()),

@@ -49,8 +49,7 @@ impl ElectionsView {
 
     /// Looks up an id as it came in a request path (not yet validated).
     pub fn find(&self, id: &str) -> Option<&Election> {
-        let id = ElectionId::new(id).ok()?;
-        self.by_id.get(&id)
+        self.by_id.get(id)
     }
 
     /// Elections sorted by id, for stable listings.

@@ -17,10 +17,11 @@
 //! - After `Fenced` the shard never accepts again; after `Unknown` it accepts again only after
 //!   replaying the log past the uncertain transaction.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, hash_map::Entry};
 
 use crate::snapshot::{ElectionState, ShardSnapshot};
 use roaring::RoaringTreemap;
+use votes_core::hash::{StrMap, U64Map};
 use votes_core::record::{NODE_MAX, RECORD_MAX_LEN, RecordRef};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
 
@@ -158,7 +159,7 @@ struct ElectionTally {
     voters: RoaringTreemap,
     counts: BTreeMap<OptionId, u64>,
     /// Voters with a vote in the open or in-flight batch, and the tickets of their repeats.
-    pending: HashMap<u64, Vec<Ticket>>,
+    pending: U64Map<Vec<Ticket>>,
 }
 
 struct InFlight {
@@ -169,7 +170,7 @@ struct InFlight {
 pub struct Shard {
     cfg: ShardConfig,
     state: ShardState,
-    elections: HashMap<ElectionId, ElectionTally>,
+    elections: StrMap<ElectionId, ElectionTally>,
     open: Vec<Vote>,
     in_flight: Option<InFlight>,
     next_seq: u64,
@@ -200,7 +201,7 @@ impl Shard {
         Self {
             cfg,
             state: ShardState::Recovering,
-            elections: HashMap::new(),
+            elections: StrMap::default(),
             open: Vec::new(),
             in_flight: None,
             next_seq: 0,
@@ -547,7 +548,7 @@ impl Shard {
                 ElectionTally {
                     voters: e.voters,
                     counts: e.counts,
-                    pending: HashMap::new(),
+                    pending: U64Map::default(),
                 },
             );
         }

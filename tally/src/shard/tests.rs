@@ -1,6 +1,6 @@
 use super::*;
 use proptest::prelude::*;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 fn cfg(max_batch: usize) -> ShardConfig {
     ShardConfig {
