@@ -145,8 +145,9 @@ def main():
     out.append("")
     out.append("Kafka Streams reads the floor's topic, written before it starts: throughput only, no "
                "offered-load latency. The floor writes every vote (it does not deduplicate) in "
-               "transactions of up to 2,048; the appliance commits what arrived during the previous "
-               "commit, one transaction per partition at a time.\n")
+               "transactions of up to 2,048; the appliance's cores each commit one transaction at a time "
+               "over all their partitions, started when the oldest queued vote has waited the "
+               "pacing window (ack target minus the median commit).\n")
     out.append("Appliance sweep (votes-load open loop, HTTP/1.1, "
                f"{sweep[0].get('connections', 256) if isinstance(sweep[0].get('connections'), int) else 256} connections; "
                "plot: `perf/latency-vs-load.png`):\n")
