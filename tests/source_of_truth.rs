@@ -268,7 +268,9 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             String::from_utf8_lossy(&finish.stderr)
         );
 
-        // Corrupt the live tally of "bad" (same offset, so the fan-out never overwrites it).
+        // Corrupt the live tally of "bad", under an offset beyond anything the partition will
+        // hold (the fan-out writes only newer offsets, and the close marker moves the shard's
+        // offset on), so it stays corrupted.
         let redis = redis::Client::open(REDIS).unwrap();
         let mut conn = redis.get_connection().unwrap();
         let key = serve.names().redis_tally_key("bad", 0);
@@ -285,6 +287,12 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             .arg(&key)
             .arg("x")
             .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        let _: i64 = redis::cmd("HSET")
+            .arg(&key)
+            .arg(votes_tally::read_model::OFFSET_FIELD)
+            .arg(1_000_000_000u64)
             .query(&mut conn)
             .unwrap();
 

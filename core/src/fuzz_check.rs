@@ -11,7 +11,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::receipt::{LEAF_MAX_LEN, Leaf, leaf_hash_of};
-use crate::record::{RECORD_MAX_LEN, VoteRecord};
+use crate::record::{LogRecord, RECORD_MAX_LEN, VoteRecord};
 use crate::token::{self, TokenKey, TokenKeys};
 use crate::vote_body::{VOTE_BODY_MAX, VoteBody};
 
@@ -23,13 +23,28 @@ pub const NOW_S: u64 = 1_790_000_000;
 /// First byte of a `token_verify` input that asks the harness to sign `header 0x00 claims`.
 pub const SIGN_MODE: u8 = 0;
 
-/// `record_decode`: a record that decodes is canonical (re-encodes to the same bytes).
+/// `record_decode`: a record of the log (a vote or a close marker) that decodes is canonical
+/// (re-encodes to the same bytes), and a vote decodes the same either way.
 pub fn record_decode(data: &[u8]) {
-    if let Ok(record) = VoteRecord::decode(data) {
-        let again = record.encode();
-        assert_eq!(again, data, "a decoded record re-encodes to its own bytes");
-        assert!(again.len() <= RECORD_MAX_LEN);
-        assert_eq!(VoteRecord::decode(&again), Ok(record));
+    match LogRecord::decode(data) {
+        Ok(LogRecord::Vote(record)) => {
+            let again = record.encode();
+            assert_eq!(again, data, "a decoded record re-encodes to its own bytes");
+            assert!(again.len() <= RECORD_MAX_LEN);
+            assert_eq!(VoteRecord::decode(&again), Ok(record));
+        }
+        Ok(LogRecord::Close(marker)) => {
+            let again = marker.encode();
+            assert_eq!(again, data, "a decoded marker re-encodes to its own bytes");
+            assert!(
+                VoteRecord::decode(data).is_err(),
+                "a marker is never a vote"
+            );
+        }
+        Err(_) => assert!(
+            VoteRecord::decode(data).is_err(),
+            "what votes decode, the log decodes"
+        ),
     }
 }
 

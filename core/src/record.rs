@@ -15,11 +15,31 @@
 //!
 //! The decoder is strict: unknown versions, invalid ids, short input and trailing bytes are
 //! all errors, because the log is the source every count is rebuilt from.
+//!
+//! The log also carries one control record, the **close marker** (DESIGN §7, the close
+//! frontier): the owner of a partition appends one for an election when it stops taking that
+//! election's votes, in a transaction of its own like any vote. Every reader counts an
+//! election's votes of a partition up to the first committed marker of that election there,
+//! and no owner commits a vote of the election after it, so the marker's offset is the
+//! partition's frontier. Layout, same conventions, version byte `0x81` (the high bit marks
+//! control records, which a vote-only reader refuses as an unknown version):
+//!
+//! | field            | bytes        | notes                                   |
+//! |------------------|--------------|-----------------------------------------|
+//! | version          | 1            | `0x81`                                  |
+//! | election         | 2 + 1..=64   | the election that closed                |
+//! | closed_at_ms     | 8            | Unix ms when the owner closed it        |
+//! | node             | 2 + 0..=64   | the owner's node                        |
+//! | core             | 2            | the owner's core                        |
 
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
 use crate::wire::{Reader, WireError, put_str};
 
 pub const RECORD_VERSION: u8 = 1;
+/// Version byte of a close marker.
+pub const CLOSE_RECORD_VERSION: u8 = 0x81;
+/// The Kafka key of a close marker (records are keyed by voter; a marker has none).
+pub const CLOSE_RECORD_KEY: [u8; 8] = [0xff; 8];
 /// Longest node name carried in a record.
 pub const NODE_MAX: usize = 64;
 /// Upper bound of an encoded record; buffers sized with it never reallocate.
@@ -175,6 +195,111 @@ impl VoteRecord {
     }
 }
 
+/// A close marker: the owner of a partition stopped taking the election's votes here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub election: ElectionId,
+    pub closed_at_ms: u64,
+    pub node: String,
+    pub core: u16,
+}
+
+impl CloseRecord {
+    /// Appends the encoding to `out`.
+    ///
+    /// # Panics
+    /// When the node name exceeds [`NODE_MAX`] (validated at start-up).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        encode_close(
+            &self.election,
+            self.closed_at_ms,
+            &self.node,
+            self.core,
+            out,
+        );
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// Appends a close marker's encoding to `out` without owning its strings.
+pub fn encode_close(
+    election: &ElectionId,
+    closed_at_ms: u64,
+    node: &str,
+    core: u16,
+    out: &mut Vec<u8>,
+) {
+    assert!(node.len() <= NODE_MAX, "node name validated at start-up");
+    out.push(CLOSE_RECORD_VERSION);
+    put_str(out, election.as_str());
+    out.extend_from_slice(&closed_at_ms.to_be_bytes());
+    put_str(out, node);
+    out.extend_from_slice(&core.to_be_bytes());
+}
+
+/// Any record of the `votes` topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    Vote(VoteRecord),
+    Close(CloseRecord),
+}
+
+impl LogRecord {
+    /// Decodes a vote or a close marker, as strictly as [`VoteRecord::decode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        match bytes.first() {
+            Some(&CLOSE_RECORD_VERSION) => {
+                let mut r = Reader::at(bytes, 1);
+                let election = r.str("election", ELECTION_ID_MAX)?;
+                let election =
+                    ElectionId::new(election).map_err(|source| RecordError::InvalidId {
+                        field: "election",
+                        source,
+                    })?;
+                let closed_at_ms = u64::from_be_bytes(r.array("closed_at_ms")?);
+                let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
+                if node_len > NODE_MAX {
+                    return Err(RecordError::InvalidNode);
+                }
+                let node = std::str::from_utf8(r.take("node", node_len)?)
+                    .map_err(|_| RecordError::InvalidNode)?
+                    .to_owned();
+                let core = u16::from_be_bytes(r.array("core")?);
+                if r.remaining() != 0 {
+                    return Err(RecordError::TrailingBytes(r.remaining()));
+                }
+                Ok(LogRecord::Close(CloseRecord {
+                    election,
+                    closed_at_ms,
+                    node,
+                    core,
+                }))
+            }
+            _ => VoteRecord::decode(bytes).map(LogRecord::Vote),
+        }
+    }
+
+    /// The node and core whose producer wrote the record.
+    pub fn writer(&self) -> (&str, u16) {
+        match self {
+            LogRecord::Vote(v) => (&v.node, v.core),
+            LogRecord::Close(c) => (&c.node, c.core),
+        }
+    }
+
+    pub fn election(&self) -> &ElectionId {
+        match self {
+            LogRecord::Vote(v) => &v.election,
+            LogRecord::Close(c) => &c.election,
+        }
+    }
+}
+
 impl From<WireError> for RecordError {
     fn from(e: WireError) -> Self {
         match e {
@@ -226,6 +351,43 @@ mod tests {
         expected.extend_from_slice(&[7; 16]);
         assert_eq!(bytes, expected);
         assert_eq!(VoteRecord::decode(&bytes), Ok(rec));
+    }
+
+    #[test]
+    fn close_markers_round_trip_pin_their_layout_and_are_not_votes() {
+        let marker = CloseRecord {
+            election: ElectionId::new("final-2026").unwrap(),
+            closed_at_ms: 1_790_000_000_123,
+            node: "node-a".into(),
+            core: 3,
+        };
+        let bytes = marker.encode();
+        let mut expected = vec![0x81u8, 0, 10];
+        expected.extend_from_slice(b"final-2026");
+        expected.extend_from_slice(&1_790_000_000_123u64.to_be_bytes());
+        expected.extend_from_slice(&[0, 6]);
+        expected.extend_from_slice(b"node-a");
+        expected.extend_from_slice(&[0, 3]);
+        assert_eq!(bytes, expected);
+        let decoded = LogRecord::decode(&bytes).unwrap();
+        assert_eq!(decoded.writer(), ("node-a", 3));
+        assert_eq!(decoded, LogRecord::Close(marker));
+        assert_eq!(
+            VoteRecord::decode(&bytes),
+            Err(RecordError::UnsupportedVersion(0x81)),
+            "a vote-only reader refuses a marker"
+        );
+        assert_eq!(
+            LogRecord::decode(&sample().encode()),
+            Ok(LogRecord::Vote(sample()))
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(LogRecord::decode(&long), Err(RecordError::TrailingBytes(1)));
+        assert!(matches!(
+            LogRecord::decode(&bytes[..bytes.len() - 1]),
+            Err(RecordError::Truncated("core"))
+        ));
     }
 
     #[test]

@@ -1177,7 +1177,14 @@ impl CoreApp {
             }
             Err(why) => return error(ErrorCode::Unavailable, &why.to_string()),
         }
-        broadcast_election(self.core, &self.mesh, &self.elections, e.clone()).await;
+        broadcast_election(
+            self.core,
+            &self.mesh,
+            &self.elections,
+            &self.shards,
+            e.clone(),
+        )
+        .await;
         json(status, &ElectionView::from(&e))
     }
 }
@@ -1187,9 +1194,11 @@ pub async fn broadcast_election(
     core: usize,
     mesh: &Mesh<CoreMsg>,
     view: &RefCell<ElectionsView>,
+    shards: &Rc<ShardHost>,
     e: Election,
 ) {
     view.borrow_mut().apply(e.clone());
+    shards.election_changed(&e);
     for other in (0..mesh.cores()).filter(|c| *c != core) {
         // Election changes are rare; waiting for room keeps every core's copy complete.
         if mesh

@@ -438,6 +438,18 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     cfg.max_blocking_in_flight = per_core * 2 + 8;
 
     let initial = view;
+    // Test-only (tests/close_frontier.rs): this node applies election changes from the topic
+    // this much later, as a node whose view lags would.
+    let elections_lag = std::env::var("VOTES_TEST_ELECTIONS_LAG_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(lag) = elections_lag {
+        tracing::warn!(
+            ?lag,
+            "VOTES_TEST_ELECTIONS_LAG_MS: election changes are applied late (tests only)"
+        );
+    }
     let (rate_per_addr, rate_per_prefix) = (args.rate_per_addr, args.rate_per_prefix);
     let results_settings = ResultsSettings {
         max_rate: args.sse_max_rate,
@@ -449,6 +461,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
             .take()
             .expect("each core starts once");
+        let elections = Rc::new(RefCell::new(initial.clone()));
         let (shards, ringer) = ShardHost::new(
             core,
             Arc::new(settings.clone()),
@@ -456,6 +469,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             ctx.blocking().clone(),
             metrics.clone(),
             core_assignments[core].clone(),
+            elections.clone(),
             shared.roles.ingest.then_some(events),
             ctx.shutdown_signal(),
         )
@@ -469,7 +483,6 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 votes_net::forward::ForwardLimits::default(),
             )
         });
-        let elections = Rc::new(RefCell::new(initial.clone()));
         let results = match (&link_handle, shared.roles.results) {
             (Some(link), true) => {
                 let r = CoreResults::new(
@@ -526,7 +539,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                             reply,
                         } => shards.submit(partition, req, reply),
                         CoreMsg::Election(e) => {
-                            elections.borrow_mut().apply(e);
+                            elections.borrow_mut().apply(e.clone());
+                            shards.election_changed(&e);
                         }
                     }
                 }
@@ -536,6 +550,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         glommio::spawn_local({
             let node_metrics = shared.metrics.clone();
             let http = ctx.http_stats();
+            let shards = shards.clone();
             async move {
                 loop {
                     if let Some(f) = &forwarder {
@@ -558,12 +573,28 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 .take()
                 .expect("core 0 starts once");
             let mesh = ctx.mesh().clone();
+            let shards = shards.clone();
+            let mut lagging = initial.clone();
             glommio::spawn_local(async move {
                 loop {
-                    // Applied here by poll_now; broadcast re-applies idempotently (same version).
-                    let changed = reader.poll_now(&mut elections.borrow_mut());
-                    for e in changed {
-                        broadcast_election(core, &mesh, &elections, e).await;
+                    let Some(lag) = elections_lag else {
+                        // Applied here by poll_now; broadcast re-applies idempotently.
+                        let changed = reader.poll_now(&mut elections.borrow_mut());
+                        for e in changed {
+                            broadcast_election(core, &mesh, &elections, &shards, e).await;
+                        }
+                        glommio::timer::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    };
+                    // Test-only: the node hears of every change `lag` late.
+                    for e in reader.poll_now(&mut lagging) {
+                        let (mesh, elections, shards) =
+                            (mesh.clone(), elections.clone(), shards.clone());
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(lag).await;
+                            broadcast_election(core, &mesh, &elections, &shards, e).await;
+                        })
+                        .detach();
                     }
                     glommio::timer::sleep(Duration::from_millis(250)).await;
                 }

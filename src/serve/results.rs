@@ -300,6 +300,14 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
                 "tree_size": size.parse::<u64>().unwrap_or(0),
             });
         }
+        // DESIGN §7: the per-partition end offsets the official count stops at.
+        if let Some(frontier) = o
+            .extra
+            .get("frontier")
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+        {
+            body["frontier"] = frontier;
+        }
     }
     let json = Bytes::from(serde_json::to_vec(&body).expect("results serialize"));
     let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&json));

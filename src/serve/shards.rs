@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rdkafka::consumer::ConsumerGroupMetadata;
+use votes_core::Election;
+use votes_core::election::ElectionState;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
 use votes_net::doorbell::{Bell, Ringer};
 use votes_net::{Blocking, LocalSignal, ReplyTx};
 use votes_tally::committer::{Committer, CommitterConfig, Finished, Job};
+use votes_tally::elections_log::ElectionsView;
 use votes_tally::engine::{
     ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, PacingConfig, RevokeId,
 };
@@ -227,6 +230,9 @@ pub struct ShardHost {
     blocking: Blocking,
     metrics: Rc<CoreMetrics>,
     assignment: Assignment,
+    /// This core's copy of the elections: every vote is checked against it again here, at
+    /// the owner (DESIGN §7), forwarded ones included.
+    elections: Rc<RefCell<ElectionsView>>,
     /// The engine's clock starts here.
     epoch: Instant,
 }
@@ -243,6 +249,7 @@ impl ShardHost {
         blocking: Blocking,
         metrics: Rc<CoreMetrics>,
         assignment: Assignment,
+        elections: Rc<RefCell<ElectionsView>>,
         events: Option<mpsc::Receiver<OwnershipEvent>>,
         shutdown: LocalSignal,
     ) -> anyhow::Result<(Rc<Self>, Ringer)> {
@@ -297,8 +304,20 @@ impl ShardHost {
             blocking,
             metrics,
             assignment,
+            elections,
             epoch: Instant::now(),
         });
+        // Elections closed before this process started are closed on every shard it takes.
+        let closed: Vec<Election> = host
+            .elections
+            .borrow()
+            .sorted()
+            .into_iter()
+            .cloned()
+            .collect();
+        for e in &closed {
+            host.election_changed(e);
+        }
         glommio::spawn_local(host.clone().inbound(bell, events, shutdown.clone())).detach();
         glommio::spawn_local(host.clone().timer(rearm_rx, shutdown.clone())).detach();
         if host.settings.snapshots.is_some() {
@@ -418,6 +437,19 @@ impl ShardHost {
     /// Hands a vote to the shard of `partition`; `503` when this core does not own it (the
     /// sender's map was older than the group's last move).
     pub fn submit(self: &Rc<Self>, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
+        // The edge checked these on its own copy, which may lag this one (another node, a
+        // forwarded vote in flight): a vote reaching its owner after its election closed
+        // gets 409, never a 202 past the frontier.
+        let refused = match self.elections.borrow().find(req.election.as_str()) {
+            None => Some(ErrorCode::NotFound),
+            Some(e) if e.state != ElectionState::Open => Some(ErrorCode::ElectionNotOpen),
+            Some(e) if !e.has_option(&req.option) => Some(ErrorCode::InvalidOption),
+            Some(_) => None,
+        };
+        if let Some(code) = refused {
+            let _ = reply.send(VoteAnswer::Rejected(code));
+            return;
+        }
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         self.waiting.borrow_mut().insert(ticket, reply);
@@ -432,6 +464,17 @@ impl ShardHost {
                 nonce: req.nonce,
             },
         });
+    }
+
+    /// An election changed on this core's copy: once closed (or final), every shard of the
+    /// core stops taking its votes and writes its close marker (DESIGN §7). Idempotent.
+    pub fn election_changed(self: &Rc<Self>, e: &Election) {
+        if matches!(e.state, ElectionState::Closed | ElectionState::Final) {
+            self.feed(Event::Close {
+                election: e.id.clone(),
+                at_ms: e.updated_at_ms,
+            });
+        }
     }
 
     fn on_membership(self: &Rc<Self>, event: OwnershipEvent) {

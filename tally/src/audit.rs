@@ -1,6 +1,8 @@
 //! An election's counted votes in tree order (DESIGN §4.5): the committed `votes` log read
 //! partition by partition, each in offset order, keeping the first vote of each voter, as the
-//! shards count. The recount (Merkle root, receipts index) and the auditors' export read it.
+//! shards count, and only up to the partition's frontier (its first committed close marker of
+//! the election, DESIGN §7). The recount (Merkle root, receipts index), the auditors' export
+//! and the reprocess read it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,7 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use roaring::RoaringTreemap;
 use votes_core::merkle::{Hash, MerkleBuilder};
 use votes_core::receipt::{Leaf, pseudonym};
-use votes_core::{ElectionId, Names, VoteRecord, VoterId};
+use votes_core::record::LogRecord;
+use votes_core::{ElectionId, Names, VoterId};
 
 use crate::kafka::{VotesContext, read_committed_consumer_config};
 
@@ -51,6 +54,30 @@ pub struct LogSummary {
     pub ranges: Vec<Option<(u64, u64)>>,
     /// Per partition: one past the last record read (of any election); 0 when empty.
     pub ends: Vec<u64>,
+    /// Per partition: the offset of the election's first committed close marker, the
+    /// frontier its votes are counted up to; `None` while the partition's owner has not
+    /// closed the election.
+    pub frontiers: Vec<Option<u64>>,
+    /// Per partition: one past the last vote of the election before its frontier, counted or
+    /// a voter's repeat (0 when none): what the persisters must have passed for DynamoDB to
+    /// hold what this pass saw.
+    pub election_ends: Vec<u64>,
+    /// Votes of the election committed after their partition's frontier: never counted. No
+    /// owner writes one (it stops taking the election's votes before its marker), so any is
+    /// a bug to alarm on.
+    pub past_frontier: u64,
+}
+
+impl LogSummary {
+    /// Partitions without a frontier yet.
+    pub fn open_partitions(&self) -> Vec<u32> {
+        self.frontiers
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.is_none())
+            .map(|(p, _)| p as u32)
+            .collect()
+    }
 }
 
 /// Calls `f` for each counted vote of `election` in tree order. Memory: one roaring bitmap of
@@ -79,6 +106,8 @@ pub fn for_each_counted(
     let mut summary = LogSummary {
         ranges: vec![None; partitions],
         ends: vec![0; partitions],
+        frontiers: vec![None; partitions],
+        election_ends: vec![0; partitions],
         ..Default::default()
     };
     let mut tree = MerkleBuilder::new();
@@ -100,12 +129,24 @@ pub fn for_each_counted(
                     let offset = m.offset() as u64;
                     summary.ends[p] = offset + 1;
                     summary.records += 1;
-                    let Some(Ok(record)) = m.payload().map(VoteRecord::decode) else {
-                        continue;
+                    let record = match m.payload().map(LogRecord::decode) {
+                        Some(Ok(LogRecord::Vote(record))) => record,
+                        Some(Ok(LogRecord::Close(marker))) => {
+                            if &marker.election == election {
+                                summary.frontiers[p].get_or_insert(offset);
+                            }
+                            continue;
+                        }
+                        _ => continue,
                     };
                     if &record.election != election {
                         continue;
                     }
+                    if summary.frontiers[p].is_some() {
+                        summary.past_frontier += 1;
+                        continue;
+                    }
+                    summary.election_ends[p] = offset + 1;
                     if !voters.insert(record.voter.0) {
                         summary.duplicates += 1;
                         continue;

@@ -20,6 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::record::LogRecord;
 use votes_core::{Names, VoteRecord, vote_item_pk};
 
 use crate::kafka::{VotesContext, read_committed_consumer_config};
@@ -147,10 +148,12 @@ pub async fn run(
                 Ok(m) => {
                     let (p, o) = (m.partition() as u32, m.offset() as u64);
                     at_end.insert(p, false);
-                    match m.payload().map(VoteRecord::decode) {
-                        Some(Ok(record)) => {
+                    match m.payload().map(LogRecord::decode) {
+                        Some(Ok(LogRecord::Vote(record))) => {
                             items.push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
                         }
+                        // A close marker (DESIGN §7): the recount reads it from the log.
+                        Some(Ok(LogRecord::Close(_))) => {}
                         other => {
                             // Never produced by a shard: counted and logged, not written. The
                             // recount's replay cannot count it either, so the counts still agree.

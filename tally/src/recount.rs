@@ -70,6 +70,14 @@ pub enum RecountError {
     #[error("reading the votes log: {0}")]
     Log(#[from] crate::audit::AuditError),
     #[error(
+        "partitions {partitions:?} have no close marker of the election after {timeout:?}: their \
+         owners have not stopped taking its votes (is every partition owned? `GET /admin/v1/fleet`)"
+    )]
+    FrontierIncomplete {
+        partitions: Vec<u32>,
+        timeout: Duration,
+    },
+    #[error(
         "the votes log changed while the receipts index was built (root {first} then {second}); \
          nothing official was written: recount again"
     )]
@@ -181,26 +189,48 @@ pub async fn recount(
         });
     }
     let mut timings = Vec::new();
+    // The close is a barrier (DESIGN §7): each partition's owner writes a close marker once
+    // it stopped taking the election's votes, and only votes before it count. Until every
+    // partition has one (an owner's view of the elections lags, a new owner takes over from a
+    // dead one), the count is not final: read again.
     let t = Instant::now();
-    let c = cfg.clone();
-    let id = election.id.clone();
-    let replay = tokio::task::spawn_blocking(move || {
-        crate::audit::for_each_counted(
-            &c.brokers,
-            &c.names,
-            &c.audit_key,
-            &id,
-            c.kafka_timeout,
-            |_| {},
-        )
-    })
-    .await
-    .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
-    timings.push(("kafka replay", t.elapsed()));
+    let deadline = Instant::now() + cfg.catch_up_timeout;
+    let replay = loop {
+        let c = cfg.clone();
+        let id = election.id.clone();
+        let replay = tokio::task::spawn_blocking(move || {
+            crate::audit::for_each_counted(
+                &c.brokers,
+                &c.names,
+                &c.audit_key,
+                &id,
+                c.kafka_timeout,
+                |_| {},
+            )
+        })
+        .await
+        .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
+        let open = replay.open_partitions();
+        if open.is_empty() {
+            break replay;
+        }
+        if Instant::now() >= deadline {
+            return Err(RecountError::FrontierIncomplete {
+                partitions: open,
+                timeout: cfg.catch_up_timeout,
+            });
+        }
+        tracing::info!(election = %election.id, partitions = ?open, "waiting for the close markers of these partitions");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    timings.push(("kafka replay to the frontier", t.elapsed()));
 
     let t = Instant::now();
     let c = cfg.clone();
-    let ends = replay.ends.clone();
+    // DynamoDB must hold every vote of the election the replay saw: the persisters must have
+    // passed its last one in each partition (what follows, other elections' votes and the
+    // markers, does not matter).
+    let ends = replay.election_ends.clone();
     tokio::task::spawn_blocking(move || wait_persisted(&c, &ends))
         .await
         .map_err(|e| RecountError::Dynamo(format!("the catch-up task failed: {e}")))??;
@@ -243,6 +273,7 @@ pub async fn recount(
             extra: BTreeMap::from([
                 ("merkle_root".to_owned(), hex(&replay.root)),
                 ("merkle_tree_size".to_owned(), replay.tree_size.to_string()),
+                ("frontier".to_owned(), frontier_json(&replay.frontiers)),
             ]),
         };
         if election.state == ElectionState::Final {
@@ -280,6 +311,16 @@ pub async fn recount(
         root: replay.root,
         timings,
     })
+}
+
+/// The per-partition frontier as the official result stores it: `{"<partition>": offset}`.
+pub fn frontier_json(frontiers: &[Option<u64>]) -> String {
+    let fields: Vec<String> = frontiers
+        .iter()
+        .enumerate()
+        .filter_map(|(p, f)| f.map(|f| format!("\"{p}\":{f}")))
+        .collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 /// Waits until the persisters' committed offsets reach `ends` on every partition.

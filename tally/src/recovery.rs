@@ -8,7 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use votes_core::{Names, VoteRecord};
+use votes_core::Names;
+use votes_core::record::LogRecord;
 
 use crate::kafka::read_committed_consumer_config;
 use crate::shard::{Shard, ShardState};
@@ -184,8 +185,11 @@ fn writer_at(
             Some(Ok(m)) => {
                 return Ok(m
                     .payload()
-                    .and_then(|p| VoteRecord::decode(p).ok())
-                    .map(|r| (r.node, r.core)));
+                    .and_then(|p| LogRecord::decode(p).ok())
+                    .map(|r| {
+                        let (node, core) = r.writer();
+                        (node.to_owned(), core)
+                    }));
             }
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
             Some(Err(e)) => return Err(e),
@@ -239,8 +243,11 @@ pub fn replay(
             Some(Ok(m)) => {
                 last_answer = Instant::now();
                 let offset = u64::try_from(m.offset()).expect("a consumed record has an offset");
-                match m.payload().map(VoteRecord::decode) {
-                    Some(Ok(record)) => shard.apply_committed(offset, &record),
+                match m.payload().map(LogRecord::decode) {
+                    Some(Ok(LogRecord::Vote(record))) => shard.apply_committed(offset, &record),
+                    Some(Ok(LogRecord::Close(marker))) => {
+                        shard.apply_committed_close(offset, &marker)
+                    }
                     // Not written by a shard (every shard writes valid records): it counts for
                     // nobody, and the metric makes it visible.
                     _ => p.undecodable += 1,

@@ -16,13 +16,23 @@
 //! - Every ticket gets exactly one answer.
 //! - After `Fenced` the shard never accepts again; after `Unknown` it accepts again only after
 //!   replaying the log past the uncertain transaction.
+//! - Closing an election (DESIGN §7, the close frontier) is a barrier: from [`Shard::close`] on
+//!   no vote of it is taken (`409 election_not_open`), its votes still queued are answered so,
+//!   and the next batch carries a close marker after every vote of it that can still commit;
+//!   readers count the election's votes up to the first committed marker, so a vote this shard
+//!   acknowledged is always before it. Which elections closed is not in snapshots: the engine
+//!   closes them again from the elections it knows (a node loads every election before it takes
+//!   a vote, and an owner writes a marker only after the close was published), and a second
+//!   marker is harmless (the first counts).
 
 use std::collections::{BTreeMap, hash_map::Entry};
 
 use crate::snapshot::{ElectionState, ShardSnapshot};
 use roaring::RoaringTreemap;
 use votes_core::hash::{StrMap, U64Map};
-use votes_core::record::{NODE_MAX, RECORD_MAX_LEN, RecordRef};
+use votes_core::record::{
+    CLOSE_RECORD_KEY, CloseRecord, NODE_MAX, RECORD_MAX_LEN, RecordRef, encode_close,
+};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
 
 /// Repeats of one voter's pending vote that wait for its outcome.
@@ -121,16 +131,24 @@ pub enum CommitOutcome {
 pub struct Batch {
     pub seq: u64,
     pub partition: u32,
-    /// Record keys (voter, 8 bytes big-endian), one per vote.
+    /// Record keys (voter, 8 bytes big-endian), one per record.
     pub keys: Vec<[u8; 8]>,
     /// All record values back to back; record i is `payload[ends[i-1]..ends[i]]`.
     pub payload: Vec<u8>,
     pub ends: Vec<usize>,
+    /// The last `markers` records are close markers; the others are votes.
+    pub markers: usize,
 }
 
 impl Batch {
+    /// Records of the batch, votes and markers.
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Votes of the batch.
+    pub fn votes(&self) -> usize {
+        self.keys.len() - self.markers
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,6 +183,19 @@ struct ElectionTally {
 struct InFlight {
     seq: u64,
     votes: Vec<Vote>,
+    /// Close markers after the votes, in order.
+    markers: Vec<ElectionId>,
+}
+
+/// Where an election's closing stands on this shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Closed at `at_ms` (Unix ms, the marker's); the marker waits for the next batch.
+    MarkerDue { at_ms: u64 },
+    /// The marker is in the transaction in flight.
+    MarkerInFlight { at_ms: u64 },
+    /// The first committed marker, at this offset: the partition's frontier.
+    Closed { frontier: u64 },
 }
 
 pub struct Shard {
@@ -179,6 +210,10 @@ pub struct Shard {
     /// Committed records whose voter had already voted in that election: never counted. Only a
     /// second writer or a bug can produce one, so it is exported as a metric to alarm on.
     log_duplicates: u64,
+    /// Elections closed here (DESIGN §7), and where their marker stands.
+    closing: StrMap<ElectionId, Closing>,
+    /// Markers waiting for a batch (those `MarkerDue`).
+    markers_due: usize,
 }
 
 impl std::fmt::Debug for Shard {
@@ -207,6 +242,8 @@ impl Shard {
             next_seq: 0,
             applied_end: 0,
             log_duplicates: 0,
+            closing: StrMap::default(),
+            markers_due: 0,
         }
     }
 
@@ -273,6 +310,9 @@ impl Shard {
         if self.state != ShardState::Active {
             return reject(ErrorCode::Unavailable);
         }
+        if self.closing.contains_key(vote.election.as_str()) {
+            return reject(ErrorCode::ElectionNotOpen);
+        }
         // Look up before inserting: the id is cloned only for an election's first vote here.
         if !self.elections.contains_key(&vote.election) {
             self.elections
@@ -310,7 +350,9 @@ impl Shard {
     /// flight. (When to start — at once, or after a linger to fill the batch — is the driver's
     /// policy; the shard only says whether it may.)
     pub fn can_take_batch(&self) -> bool {
-        self.state == ShardState::Active && self.in_flight.is_none() && !self.open.is_empty()
+        self.state == ShardState::Active
+            && self.in_flight.is_none()
+            && (!self.open.is_empty() || self.markers_due > 0)
     }
 
     pub fn batch_full(&self) -> bool {
@@ -322,10 +364,11 @@ impl Shard {
         self.take_batch_of(self.cfg.max_batch)
     }
 
-    /// Moves up to `limit` (and `max_batch`) queued votes into a new in-flight batch: a
-    /// transaction that spans several partitions shares its size between them.
+    /// Moves up to `limit` (and `max_batch`) queued votes into a new in-flight batch, followed
+    /// by the close markers due: a transaction that spans several partitions shares its size
+    /// between them (markers do not count against it).
     pub fn take_batch_of(&mut self, limit: usize) -> Option<Batch> {
-        if !self.can_take_batch() || limit == 0 {
+        if !self.can_take_batch() || (limit == 0 && self.markers_due == 0) {
             return None;
         }
         let n = self.open.len().min(self.cfg.max_batch).min(limit);
@@ -338,6 +381,7 @@ impl Shard {
             keys: Vec::with_capacity(n),
             payload: Vec::with_capacity(n * RECORD_MAX_LEN),
             ends: Vec::with_capacity(n),
+            markers: 0,
         };
         for v in &votes {
             RecordRef {
@@ -353,7 +397,40 @@ impl Shard {
             batch.keys.push(voter_key(v.voter));
             batch.ends.push(batch.payload.len());
         }
-        self.in_flight = Some(InFlight { seq, votes });
+        // After every vote of the batch: a vote of a closing election is never queued (close
+        // answered those still queued), so none can follow its marker.
+        let mut markers = Vec::new();
+        for (election, closing) in self.closing.iter_mut() {
+            if let Closing::MarkerDue { at_ms } = *closing {
+                *closing = Closing::MarkerInFlight { at_ms };
+                markers.push((election.clone(), at_ms));
+            }
+        }
+        markers.sort();
+        for (election, at_ms) in &markers {
+            encode_close(
+                election,
+                *at_ms,
+                &self.cfg.node,
+                self.cfg.core,
+                &mut batch.payload,
+            );
+            batch.keys.push(CLOSE_RECORD_KEY);
+            batch.ends.push(batch.payload.len());
+        }
+        let markers: Vec<ElectionId> = markers.into_iter().map(|(e, _)| e).collect();
+        batch.markers = markers.len();
+        self.markers_due -= markers.len();
+        debug_assert_eq!(self.markers_due, 0, "every due marker goes in the batch");
+        assert!(
+            !batch.is_empty(),
+            "a batch is taken only with something to write"
+        );
+        self.in_flight = Some(InFlight {
+            seq,
+            votes,
+            markers,
+        });
         Some(batch)
     }
 
@@ -372,7 +449,7 @@ impl Shard {
             CommitOutcome::Committed { offsets } => {
                 assert_eq!(
                     offsets.len(),
-                    in_flight.votes.len(),
+                    in_flight.votes.len() + in_flight.markers.len(),
                     "one offset per record"
                 );
                 assert!(
@@ -383,6 +460,7 @@ impl Shard {
                     offsets.first().is_none_or(|o| *o >= self.applied_end),
                     "a committed batch lies past everything applied"
                 );
+                let marker_offsets = offsets[in_flight.votes.len()..].to_vec();
                 for (vote, offset) in in_flight.votes.into_iter().zip(offsets) {
                     let (tally, waiters) = self.settle(&vote);
                     let fresh = tally.voters.insert(vote.voter.0);
@@ -395,24 +473,126 @@ impl Shard {
                     }));
                     answers.push(Answer::Accepted { vote, offset });
                 }
+                for (election, offset) in in_flight.markers.into_iter().zip(marker_offsets) {
+                    self.applied_end = offset + 1;
+                    self.closing
+                        .insert(election, Closing::Closed { frontier: offset });
+                }
             }
             CommitOutcome::Aborted => {
                 self.release(in_flight.votes, &mut answers);
+                self.markers_again(in_flight.markers);
             }
             CommitOutcome::Fenced => {
                 self.release(in_flight.votes, &mut answers);
                 self.release_queued(&mut answers);
+                self.markers_again(in_flight.markers);
                 self.state = ShardState::Fenced;
             }
             CommitOutcome::Unknown => {
                 // The batch may or may not be in the log: only a replay can tell, and until
-                // then no voter of this partition can be deduplicated with certainty.
+                // then no voter of this partition can be deduplicated with certainty. A marker
+                // the replay does not find is written again.
                 self.release(in_flight.votes, &mut answers);
                 self.release_queued(&mut answers);
+                self.markers_again(in_flight.markers);
                 self.state = ShardState::Recovering;
             }
         }
         answers
+    }
+
+    /// Markers of a transaction that did not commit: due again.
+    fn markers_again(&mut self, markers: Vec<ElectionId>) {
+        for election in markers {
+            let closing = self
+                .closing
+                .get_mut(election.as_str())
+                .expect("a marker in flight is of a closing election");
+            let Closing::MarkerInFlight { at_ms } = *closing else {
+                unreachable!("a marker in flight is in flight");
+            };
+            *closing = Closing::MarkerDue { at_ms };
+            self.markers_due += 1;
+        }
+    }
+
+    /// Closes `election` here (DESIGN §7): no vote of it is taken from now on; its votes still
+    /// queued (not in a transaction) are answered `409 election_not_open`, with their repeats;
+    /// a close marker goes into the next batch, after every vote of it that may still commit.
+    /// Idempotent: a second close, or one of an election whose marker is in the log, does
+    /// nothing.
+    pub fn close(&mut self, election: &ElectionId, at_ms: u64) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        if matches!(self.state, ShardState::Fenced | ShardState::Released)
+            || self.closing.contains_key(election.as_str())
+        {
+            return answers;
+        }
+        self.closing
+            .insert(election.clone(), Closing::MarkerDue { at_ms });
+        self.markers_due += 1;
+        let (closed, kept): (Vec<Vote>, Vec<Vote>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|v| &v.election == election);
+        self.open = kept;
+        for vote in closed {
+            let (_, waiters) = self.settle(&vote);
+            answers.extend(std::iter::once(vote.ticket).chain(waiters).map(|ticket| {
+                Answer::Rejected {
+                    ticket,
+                    code: ErrorCode::ElectionNotOpen,
+                }
+            }));
+        }
+        answers
+    }
+
+    /// Where `election`'s closing stands here; `None`: open as far as this shard knows.
+    pub fn closing(&self, election: &str) -> Option<Closing> {
+        self.closing.get(election).copied()
+    }
+
+    /// Close markers waiting for a batch.
+    pub fn markers_due(&self) -> usize {
+        if self.state == ShardState::Active {
+            self.markers_due
+        } else {
+            0
+        }
+    }
+
+    /// A committed close marker read back from the log while recovering: the first one of an
+    /// election is its frontier here.
+    pub fn apply_committed_close(&mut self, offset: u64, marker: &CloseRecord) {
+        assert_eq!(
+            self.state,
+            ShardState::Recovering,
+            "replay only while recovering"
+        );
+        if offset < self.applied_end {
+            return;
+        }
+        self.applied_end = offset + 1;
+        match self.closing.get(marker.election.as_str()) {
+            Some(Closing::Closed { .. }) => {}
+            Some(Closing::MarkerDue { .. }) => {
+                self.markers_due -= 1;
+                self.closing.insert(
+                    marker.election.clone(),
+                    Closing::Closed { frontier: offset },
+                );
+            }
+            Some(Closing::MarkerInFlight { .. }) => {
+                unreachable!("nothing is in flight while recovering")
+            }
+            None => {
+                self.closing.insert(
+                    marker.election.clone(),
+                    Closing::Closed { frontier: offset },
+                );
+            }
+        }
     }
 
     /// Ends `vote`'s pending state: its election's tally and the tickets that waited for it.

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
+use votes_core::record::{CloseRecord, LogRecord};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId};
 
 use crate::engine::{
@@ -87,9 +88,18 @@ pub struct SimConfig {
     pub commit_fault_rate: u64,
     pub unknown_rate: u64,
     pub rebalance_rate: u64,
+    /// When election `e0` closes, if it does.
+    pub close_at: Option<Micros>,
 }
 
 impl SimConfig {
+    fn with_close(mut self, r: &mut Rng) -> Self {
+        if r.chance(7_000) {
+            self.close_at = Some(r.range(0, self.span * 8 / 10));
+        }
+        self
+    }
+
     pub fn from_seed(seed: u64) -> Self {
         let mut r = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
         let partitions = r.range(1, 8) as u32;
@@ -117,7 +127,9 @@ impl SimConfig {
             commit_fault_rate: r.range(0, 800),
             unknown_rate: r.range(0, 500),
             rebalance_rate: r.range(0, 200),
+            close_at: None,
         }
+        .with_close(&mut r)
     }
 }
 
@@ -128,6 +140,8 @@ pub struct SimReport {
     pub sent: u64,
     pub accepted: u64,
     pub already_voted: u64,
+    /// Answered `409 election_not_open` (the election had closed).
+    pub not_open: u64,
     pub unavailable: u64,
     pub unanswered_crashed: u64,
     pub txns_committed: u64,
@@ -155,6 +169,8 @@ struct Rec {
     voter: u64,
     option: u8,
     state: RecState,
+    /// A close marker of `election` (voter and option unused).
+    marker: bool,
 }
 
 #[derive(Default)]
@@ -305,6 +321,13 @@ enum Op {
         node: usize,
     },
     GroupCheck,
+    /// The operator closes election `e0`: it reaches each member's elections view later.
+    CloseIssued,
+    /// Member `m`'s view of the elections hears of the close.
+    Close {
+        m: usize,
+        inc: u64,
+    },
 }
 
 impl Op {
@@ -316,6 +339,7 @@ impl Op {
             | Op::OpenStep { m, inc, .. }
             | Op::CommitStep { m, inc, .. }
             | Op::RecoverStep { m, inc, .. }
+            | Op::Close { m, inc }
             | Op::Tick { m, inc } => Some((*m, *inc)),
             _ => None,
         }
@@ -354,6 +378,8 @@ pub struct World {
     /// (election, voter) → the accepted ticket.
     accepted: HashMap<(u8, u64), Ticket>,
     faults_until: Micros,
+    /// Election `e0` was closed by the operator.
+    closed: bool,
     /// When each paused or killed node fell silent.
     silent: HashMap<usize, Micros>,
     /// Per partition, the log version and shard ends last checked.
@@ -405,6 +431,7 @@ impl World {
             tickets: HashMap::new(),
             accepted: HashMap::new(),
             faults_until: cfg.span * 7 / 10,
+            closed: false,
             silent: HashMap::new(),
             checked: vec![(u64::MAX, Vec::new()); cfg.partitions as usize],
             report: SimReport::default(),
@@ -436,6 +463,9 @@ impl World {
         while t < w.faults_until {
             t += w.rng.range(5, 60) * MS;
             w.schedule_at(t, Op::Fault);
+        }
+        if let Some(at) = w.cfg.close_at {
+            w.schedule_at(at, Op::CloseIssued);
         }
         let mut t = 0;
         while t < span + SETTLE {
@@ -470,6 +500,16 @@ impl World {
         let inc = self.cores[m].incarnation + 1;
         self.cores[m] = empty_core(inc);
         self.cores[m].engine = Some(CoreEngine::new(self.engine_config(m)));
+        // A starting node loads every election before it takes a vote.
+        if self.closed {
+            self.deliver_close(m);
+        }
+    }
+
+    fn deliver_close(&mut self, m: usize) {
+        let election = ElectionId::new(ELECTIONS[0]).expect("valid");
+        let at_ms = self.now / MS;
+        self.deliver(m, Event::Close { election, at_ms });
     }
 
     fn schedule_at(&mut self, at: Micros, op: Op) {
@@ -586,6 +626,15 @@ impl World {
                 }
             }
             Op::GroupCheck => self.group_check(),
+            Op::CloseIssued => {
+                self.closed = true;
+                self.note("election e0 closed by the operator".into());
+                for m in 0..self.cores.len() {
+                    let (inc, d) = (self.cores[m].incarnation, self.rng.range(0, 300) * MS);
+                    self.schedule(d, Op::Close { m, inc });
+                }
+            }
+            Op::Close { m, .. } => self.deliver_close(m),
         }
     }
 
@@ -803,14 +852,25 @@ impl World {
                     let log = &mut self.logs[b.partition as usize];
                     for i in 0..b.len() {
                         let (_, value) = b.record(i);
-                        let r = VoteRecord::decode(value).expect("shards write valid records");
+                        let r = LogRecord::decode(value).expect("shards write valid records");
                         recs.push((b.partition, log.recs.len() as u64));
-                        log.recs.push(Rec {
-                            writer: m,
-                            election: index_of(&ELECTIONS, r.election.as_str()),
-                            voter: r.voter.0,
-                            option: index_of(&OPTIONS, r.option.as_str()),
-                            state: RecState::Open,
+                        log.recs.push(match r {
+                            LogRecord::Vote(r) => Rec {
+                                writer: m,
+                                election: index_of(&ELECTIONS, r.election.as_str()),
+                                voter: r.voter.0,
+                                option: index_of(&OPTIONS, r.option.as_str()),
+                                state: RecState::Open,
+                                marker: false,
+                            },
+                            LogRecord::Close(c) => Rec {
+                                writer: m,
+                                election: index_of(&ELECTIONS, c.election.as_str()),
+                                voter: u64::MAX,
+                                option: 0,
+                                state: RecState::Open,
+                                marker: true,
+                            },
                         });
                     }
                     log.version += 1;
@@ -920,7 +980,11 @@ impl World {
             for o in shard.applied_end()..lso {
                 let r = &log.recs[o as usize];
                 if r.state == RecState::Committed {
-                    shard.apply_committed(o, &record_of(r));
+                    if r.marker {
+                        shard.apply_committed_close(o, &marker_of(r));
+                    } else {
+                        shard.apply_committed(o, &record_of(r));
+                    }
                 }
             }
             shard.finish_recovery(lso);
@@ -995,6 +1059,13 @@ impl World {
                         "202 for voter {voter} at p{p}@{offset}, but the first committed vote is @{first}"
                     ));
                 }
+                if let Some(frontier) = first_marker(log, election)
+                    && frontier < *offset
+                {
+                    self.fail(format!(
+                        "202 for voter {voter} of e{election} at p{p}@{offset}, past the frontier @{frontier}"
+                    ));
+                }
                 if let Some(other) = self.accepted.insert((election, voter), ticket) {
                     self.fail(format!(
                         "voter {voter} of e{election} accepted twice: tickets {other} and {ticket}"
@@ -1007,6 +1078,11 @@ impl World {
                 }
             }
             Answer::Rejected { code, .. } => {
+                if *code == ErrorCode::ElectionNotOpen && !(self.closed && election == 0) {
+                    self.fail(format!(
+                        "409 election_not_open for e{election} that the operator did not close"
+                    ));
+                }
                 if *code == ErrorCode::AlreadyVoted {
                     if first_committed(&self.logs[p as usize], election, voter).is_none() {
                         self.fail(format!(
@@ -1014,6 +1090,8 @@ impl World {
                         ));
                     }
                     self.report.already_voted += 1;
+                } else if *code == ErrorCode::ElectionNotOpen {
+                    self.report.not_open += 1;
                 } else {
                     self.report.unavailable += 1;
                 }
@@ -1456,6 +1534,22 @@ impl World {
                     "after healing, p{p} still holds an open transaction"
                 ));
             }
+            if self.closed {
+                let log = &self.logs[p as usize];
+                let Some(frontier) = first_marker(log, 0) else {
+                    self.fail(format!("e0 closed, but p{p} has no committed close marker"));
+                };
+                if let Some(late) =
+                    log.recs.iter().skip(frontier as usize + 1).position(|r| {
+                        r.state == RecState::Committed && !r.marker && r.election == 0
+                    })
+                {
+                    self.fail(format!(
+                        "p{p}: a vote of e0 committed @{} after the frontier @{frontier}",
+                        frontier as usize + 1 + late
+                    ));
+                }
+            }
         }
     }
 }
@@ -1523,10 +1617,32 @@ fn record_of(r: &Rec) -> VoteRecord {
     }
 }
 
+fn marker_of(r: &Rec) -> CloseRecord {
+    CloseRecord {
+        election: ElectionId::new(ELECTIONS[r.election as usize]).expect("valid"),
+        closed_at_ms: 0,
+        node: format!("m{}", r.writer),
+        core: 0,
+    }
+}
+
 fn first_committed(log: &PartitionLog, election: u8, voter: u64) -> Option<u64> {
     log.recs
         .iter()
-        .position(|r| r.state == RecState::Committed && r.election == election && r.voter == voter)
+        .position(|r| {
+            r.state == RecState::Committed
+                && !r.marker
+                && r.election == election
+                && r.voter == voter
+        })
+        .map(|o| o as u64)
+}
+
+/// The partition's frontier for `election`: its first committed close marker.
+fn first_marker(log: &PartitionLog, election: u8) -> Option<u64> {
+    log.recs
+        .iter()
+        .position(|r| r.state == RecState::Committed && r.marker && r.election == election)
         .map(|o| o as u64)
 }
 
@@ -1536,7 +1652,7 @@ type Fold = BTreeMap<u8, (BTreeSet<u64>, BTreeMap<u8, u64>)>;
 fn fold(log: &PartitionLog, end: u64) -> Fold {
     let mut f = Fold::new();
     for r in log.recs.iter().take(end as usize) {
-        if r.state != RecState::Committed {
+        if r.state != RecState::Committed || r.marker {
             continue;
         }
         let (voters, counts) = f.entry(r.election).or_default();

@@ -33,6 +33,7 @@ fn every_seeded_schedule_keeps_the_invariants() {
         total.accepted += r.accepted;
         total.unanswered_crashed += r.unanswered_crashed;
         total.already_voted += r.already_voted;
+        total.not_open += r.not_open;
         total.unavailable += r.unavailable;
         total.pauses += r.pauses;
         total.crashes += r.crashes;
@@ -44,6 +45,7 @@ fn every_seeded_schedule_keeps_the_invariants() {
     // The schedules must actually exercise what they claim to.
     if count >= 100 {
         assert!(total.accepted > 0 && total.already_voted > 0 && total.unavailable > 0);
+        assert!(total.not_open > 0, "elections close during the schedules");
         assert!(total.pauses > 0 && total.crashes > 0 && total.rebalances > 0 && total.fences > 0);
     }
 }

@@ -605,11 +605,17 @@ pub fn committed_votes(names: &Names, partitions: u32) -> Vec<Committed> {
             "reading the votes log did not finish"
         );
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(Committed {
-                partition: m.partition() as u32,
-                offset: m.offset() as u64,
-                record: VoteRecord::decode(m.payload().unwrap()).expect("committed records decode"),
-            }),
+            Some(Ok(m)) => match votes_core::record::LogRecord::decode(m.payload().unwrap())
+                .expect("committed records decode")
+            {
+                votes_core::record::LogRecord::Vote(record) => out.push(Committed {
+                    partition: m.partition() as u32,
+                    offset: m.offset() as u64,
+                    record,
+                }),
+                // Close markers: the tests that close read them with `close_markers`.
+                votes_core::record::LogRecord::Close(_) => {}
+            },
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
             }

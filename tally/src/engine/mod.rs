@@ -34,7 +34,7 @@ pub mod pacing;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use votes_core::ErrorCode;
+use votes_core::{ElectionId, ErrorCode};
 
 use crate::shard::{
     Answer, Batch, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Ticket, Vote,
@@ -137,6 +137,13 @@ pub enum Event {
     TxnDone {
         txn: TxnId,
         outcome: TxnOutcome,
+    },
+    /// The election closed (DESIGN §7): every shard of the core stops taking its votes and
+    /// writes a close marker; shards claimed later close it too. `at_ms` (Unix ms) goes in
+    /// the markers.
+    Close {
+        election: ElectionId,
+        at_ms: u64,
     },
     /// Time passed: the driver calls this at [`CoreEngine::next_deadline`].
     Tick,
@@ -265,6 +272,10 @@ pub struct CoreEngine {
     pacing: Pacing,
     /// Votes queued over every slot.
     queued: usize,
+    /// Close markers waiting for a transaction over every slot.
+    markers: usize,
+    /// Elections closed, with when: every shard of the core closes them, now and later.
+    closed: BTreeMap<ElectionId, u64>,
     /// When the oldest of them was queued.
     oldest: Option<Micros>,
     next_txn: TxnId,
@@ -290,6 +301,8 @@ impl CoreEngine {
             txn: None,
             revokes: Vec::new(),
             queued: 0,
+            markers: 0,
+            closed: BTreeMap::new(),
             oldest: None,
             next_txn: 0,
             next_claim: 0,
@@ -358,7 +371,7 @@ impl CoreEngine {
         match self.producer {
             Producer::Backoff { until } => at(until),
             Producer::Fenced { retake_at } => at(retake_at),
-            Producer::Ready if self.queued > 0 => {
+            Producer::Ready if self.queued + self.markers > 0 => {
                 if let Some(oldest) = self.oldest {
                     at(oldest.saturating_add(self.pacing.window()));
                 }
@@ -386,10 +399,10 @@ impl CoreEngine {
             Event::Assigned {
                 partitions,
                 generation,
-            } => self.on_assigned(partitions, generation, out),
+            } => self.on_assigned(now, partitions, generation, out),
             Event::Revoked {
                 partitions, ack, ..
-            } => self.on_revoked(partitions, ack, out),
+            } => self.on_revoked(now, partitions, ack, out),
             Event::ProducerOpened { attempt, result } => {
                 self.on_producer_opened(now, attempt, result)
             }
@@ -399,6 +412,7 @@ impl CoreEngine {
                 shard,
             } => self.on_recovered(now, partition, claim, shard, out),
             Event::TxnDone { txn, outcome } => self.on_txn_done(now, txn, outcome, out),
+            Event::Close { election, at_ms } => self.on_close(now, election, at_ms, out),
             Event::Tick => {}
         }
         self.pump(now, out);
@@ -430,6 +444,7 @@ impl CoreEngine {
 
     fn on_assigned(
         &mut self,
+        now: Micros,
         partitions: Vec<u32>,
         generation: Generation,
         out: &mut Vec<Command>,
@@ -453,13 +468,19 @@ impl CoreEngine {
                 }
             }
         }
-        self.settle_leaving(out);
+        self.settle_leaving(now, out);
         if self.producer == Producer::Closed && !self.slots.is_empty() {
             self.open_producer(out);
         }
     }
 
-    fn on_revoked(&mut self, partitions: Vec<u32>, ack: RevokeId, out: &mut Vec<Command>) {
+    fn on_revoked(
+        &mut self,
+        now: Micros,
+        partitions: Vec<u32>,
+        ack: RevokeId,
+        out: &mut Vec<Command>,
+    ) {
         for p in &partitions {
             self.assigned.remove(p);
             if let Some(slot) = self.slots.get_mut(p) {
@@ -468,7 +489,7 @@ impl CoreEngine {
             }
         }
         self.revokes.push(PendingRevoke { ack, partitions });
-        self.settle_leaving(out);
+        self.settle_leaving(now, out);
     }
 
     fn on_producer_opened(&mut self, now: Micros, attempt: u64, result: Result<(), OpenFailure>) {
@@ -525,6 +546,12 @@ impl CoreEngine {
             "a replayed shard holds nothing pending"
         );
         slot.backoff = self.cfg.backoff_min;
+        let mut shard = shard;
+        // The elections this core closed meanwhile, or before it claimed the partition.
+        for (election, at_ms) in &self.closed {
+            let answers = shard.close(election, *at_ms);
+            debug_assert!(answers.is_empty(), "a replayed shard holds no vote");
+        }
         slot.shard = Some(shard);
         if matches!(self.producer, Producer::Fenced { .. }) {
             // Fenced while it replayed: it waits for the retake like the others.
@@ -545,6 +572,22 @@ impl CoreEngine {
             claim,
             state: ShardState::Active,
         });
+        self.recount_queued(now);
+    }
+
+    fn on_close(&mut self, now: Micros, election: ElectionId, at_ms: u64, out: &mut Vec<Command>) {
+        if self.closed.contains_key(&election) {
+            return;
+        }
+        for (&p, slot) in &mut self.slots {
+            // A replaying shard closes when it comes back (above).
+            if let Some(shard) = slot.shard.as_mut() {
+                let answers = shard.close(&election, at_ms);
+                answer_all(p, answers, out);
+            }
+        }
+        self.closed.insert(election, at_ms);
+        self.recount_queued(now);
     }
 
     fn on_txn_done(&mut self, now: Micros, id: TxnId, outcome: TxnOutcome, out: &mut Vec<Command>) {
@@ -604,8 +647,8 @@ impl CoreEngine {
                 self.fence_all(now, out);
             }
         }
-        self.recount_queued();
-        self.settle_leaving(out);
+        self.recount_queued(now);
+        self.settle_leaving(now, out);
     }
 
     fn slot_in_txn(&mut self, p: u32, txn: &InFlight) -> &mut Slot {
@@ -689,7 +732,7 @@ impl CoreEngine {
 
     /// Hands off every leaving partition that no transaction holds, claims anew those assigned
     /// again, and confirms the revocations that are complete.
-    fn settle_leaving(&mut self, out: &mut Vec<Command>) {
+    fn settle_leaving(&mut self, now: Micros, out: &mut Vec<Command>) {
         let ready: Vec<u32> = self
             .slots
             .iter()
@@ -714,7 +757,7 @@ impl CoreEngine {
                 self.claim(p, out);
             }
         }
-        self.recount_queued();
+        self.recount_queued(now);
         let slots = &self.slots;
         self.revokes.retain(|r| {
             let done = r
@@ -733,7 +776,7 @@ impl CoreEngine {
     fn pump(&mut self, now: Micros, out: &mut Vec<Command>) {
         match self.producer {
             Producer::Backoff { until } if now >= until => self.open_producer(out),
-            Producer::Fenced { retake_at } if now >= retake_at => self.retake(out),
+            Producer::Fenced { retake_at } if now >= retake_at => self.retake(now, out),
             _ => {}
         }
         for slot in self.slots.values_mut() {
@@ -761,7 +804,7 @@ impl CoreEngine {
 
     /// Starts a transaction if the producer is free and the pacing says so.
     fn maybe_commit(&mut self, now: Micros, out: &mut Vec<Command>) {
-        if self.producer == Producer::Ready && self.queued > 0 {
+        if self.producer == Producer::Ready && self.queued + self.markers > 0 {
             let full = self.queued >= self.cfg.max_txn_votes;
             let oldest = self.oldest.expect("queued votes have a time");
             if self.pacing.decide(now, oldest, full).is_ok() {
@@ -772,7 +815,7 @@ impl CoreEngine {
 
     /// After a fence: the partitions the group still assigns here are claimed anew (fresh
     /// shards: what this core knew may be stale), the others released.
-    fn retake(&mut self, out: &mut Vec<Command>) {
+    fn retake(&mut self, now: Micros, out: &mut Vec<Command>) {
         let held: Vec<u32> = self.slots.keys().copied().collect();
         for p in held {
             let slot = self.slots.remove(&p).expect("listed above");
@@ -788,7 +831,7 @@ impl CoreEngine {
         self.queued = 0;
         self.oldest = None;
         self.open_producer(out);
-        self.settle_leaving(out);
+        self.settle_leaving(now, out);
     }
 
     fn oldest_queued(&self) -> Option<Micros> {
@@ -836,11 +879,12 @@ impl CoreEngine {
             let Some(batch) = shard.take_batch_of(room) else {
                 continue;
             };
-            room -= batch.len();
-            self.queued -= batch.len();
+            room -= batch.votes();
+            self.queued -= batch.votes();
+            self.markers -= batch.markers;
             // Votes left behind were queued before now: waiting from now on understates their
             // wait, but only a full transaction leaves any, and then the next starts at once.
-            slot.queued_since = (shard.queued() > 0).then_some(now);
+            slot.queued_since = (shard.queued() + shard.markers_due() > 0).then_some(now);
             parts.push((p, slot.claim, batch.seq));
             batches.push(batch);
         }
@@ -862,17 +906,21 @@ impl CoreEngine {
         });
     }
 
-    fn recount_queued(&mut self) {
+    fn recount_queued(&mut self, now: Micros) {
         self.queued = 0;
+        self.markers = 0;
         for s in self.slots.values_mut() {
-            let n = match (&s.phase, &s.shard) {
-                (Phase::Active, Some(shard)) => shard.queued(),
-                _ => 0,
+            let (votes, markers) = match (&s.phase, &s.shard) {
+                (Phase::Active, Some(shard)) => (shard.queued(), shard.markers_due()),
+                _ => (0, 0),
             };
-            if n == 0 {
+            if votes + markers == 0 {
                 s.queued_since = None;
+            } else {
+                s.queued_since.get_or_insert(now);
             }
-            self.queued += n;
+            self.queued += votes;
+            self.markers += markers;
         }
         self.oldest = self.oldest_queued();
     }
@@ -932,10 +980,18 @@ impl CoreEngine {
                 .map(Shard::queued)
                 .sum();
             assert_eq!(queued, self.queued, "the queued count is exact");
+            let markers: usize = self
+                .slots
+                .values()
+                .filter(|s| s.phase == Phase::Active)
+                .filter_map(|s| s.shard.as_ref())
+                .map(Shard::markers_due)
+                .sum();
+            assert_eq!(markers, self.markers, "the markers count is exact");
             assert_eq!(
                 self.oldest.is_some(),
-                queued > 0,
-                "queued votes have a time"
+                queued + markers > 0,
+                "queued votes and markers have a time"
             );
         }
     }

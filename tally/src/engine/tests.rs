@@ -443,3 +443,94 @@ fn a_replay_that_ends_after_its_claim_is_ignored_and_a_failed_one_is_retried() {
     });
     assert!(out.is_empty(), "the claim ended while it replayed");
 }
+
+#[test]
+fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_rest() {
+    let pacing = PacingConfig {
+        ack_target: 20 * MS,
+        min_window: 0,
+        max_window: 10 * MS,
+    };
+    let mut c = Core::new(cfg(100, pacing));
+    c.own(&[0, 1]);
+    // Two votes queued (pacing holds them), a third in another election.
+    for (t, v) in [(1, 10), (2, 11)] {
+        assert!(
+            commit_of(c.on(Event::Vote {
+                partition: 0,
+                vote: vote(t, v)
+            }))
+            .is_none()
+        );
+    }
+    let mut other = vote(3, 12);
+    other.election = ElectionId::new("f").unwrap();
+    c.on(Event::Vote {
+        partition: 1,
+        vote: other,
+    });
+    let out = c.on(Event::Close {
+        election: ElectionId::new("e").unwrap(),
+        at_ms: 77,
+    });
+    assert_eq!(
+        answers(out),
+        vec![
+            (1, None, Some(ErrorCode::ElectionNotOpen)),
+            (2, None, Some(ErrorCode::ElectionNotOpen))
+        ],
+        "queued, not yet in a transaction: refused"
+    );
+    assert_eq!(
+        answers(c.on(Event::Vote {
+            partition: 1,
+            vote: vote(4, 13)
+        })),
+        vec![(4, None, Some(ErrorCode::ElectionNotOpen))],
+        "a new vote of the closed election, on any partition"
+    );
+    // The markers go in the next transaction, with the other election's vote.
+    let out = c.at(10 * MS);
+    let (txn, mut parts) = commit_of(out).expect("markers are due");
+    parts.sort();
+    assert_eq!(
+        parts,
+        vec![(0, 1), (1, 2)],
+        "a marker per partition, after the vote"
+    );
+    let Some(Command::Commit { batches, .. }) =
+        out.iter().find(|c| matches!(c, Command::Commit { .. }))
+    else {
+        unreachable!()
+    };
+    for b in batches {
+        let (key, value) = b.record(b.len() - 1);
+        assert_eq!(key, &votes_core::record::CLOSE_RECORD_KEY);
+        assert!(matches!(
+            votes_core::record::LogRecord::decode(value),
+            Ok(votes_core::record::LogRecord::Close(m)) if m.closed_at_ms == 77 && m.election.as_str() == "e"
+        ));
+        assert_eq!(b.markers, 1);
+    }
+    let offsets = vec![vec![5], vec![7, 8]];
+    let (b0, b1) = (&batches[0], &batches[1]);
+    let offsets = if b0.partition == 0 {
+        offsets
+    } else {
+        vec![offsets[1].clone(), offsets[0].clone()]
+    };
+    let _ = b1;
+    let out = c.on(Event::TxnDone {
+        txn,
+        outcome: TxnOutcome::Committed { offsets },
+    });
+    assert_eq!(answers(out), vec![(3, Some(7), None)]);
+    assert!(
+        !c.e.txn_in_flight() && c.e.next_deadline().is_none(),
+        "nothing more is due"
+    );
+    assert_eq!(
+        c.e.active_shard(0).unwrap().closing("e"),
+        Some(crate::shard::Closing::Closed { frontier: 5 })
+    );
+}

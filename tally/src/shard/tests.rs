@@ -540,3 +540,85 @@ proptest! {
         prop_assert!(got.applied_end >= live.applied_end && got.applied_end <= h.next_offset);
     }
 }
+
+#[test]
+fn a_close_is_a_barrier_and_the_first_replayed_marker_is_the_frontier() {
+    let mut s = active(8);
+    assert_eq!(s.submit(vote(1, 0, 10, 0)), Submitted::Queued);
+    let in_flight = s.take_batch().unwrap();
+    assert_eq!(s.submit(vote(2, 0, 11, 0)), Submitted::Queued);
+    assert_eq!(s.submit(vote(3, 0, 11, 1)), Submitted::Waiting);
+    assert_eq!(s.submit(vote(4, 1, 12, 0)), Submitted::Queued);
+    let answers = s.close(&election(0), 99);
+    assert_eq!(
+        answers,
+        vec![
+            Answer::Rejected {
+                ticket: 2,
+                code: ErrorCode::ElectionNotOpen
+            },
+            Answer::Rejected {
+                ticket: 3,
+                code: ErrorCode::ElectionNotOpen
+            }
+        ],
+        "a queued vote and its repeat are refused; the one in flight is not touched"
+    );
+    assert!(s.close(&election(0), 100).is_empty(), "idempotent");
+    assert_eq!(
+        s.submit(vote(5, 0, 13, 0)),
+        Submitted::Answered(Answer::Rejected {
+            ticket: 5,
+            code: ErrorCode::ElectionNotOpen
+        })
+    );
+    assert_eq!(s.markers_due(), 1);
+    // The vote in flight commits before the marker's batch: it counts, before the frontier.
+    let answers = s.on_outcome(
+        in_flight.seq,
+        CommitOutcome::Committed { offsets: vec![20] },
+    );
+    assert!(matches!(answers[..], [Answer::Accepted { offset: 20, .. }]));
+    let b = s.take_batch().unwrap();
+    assert_eq!(
+        (b.votes(), b.markers),
+        (1, 1),
+        "the other election's vote, then the marker"
+    );
+    let marker = match votes_core::record::LogRecord::decode(b.record(1).1).unwrap() {
+        votes_core::record::LogRecord::Close(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (marker.election.clone(), marker.closed_at_ms),
+        (election(0), 99)
+    );
+    // Aborted: the marker is due again.
+    s.on_outcome(b.seq, CommitOutcome::Aborted);
+    assert_eq!(s.markers_due(), 1);
+    let b = s.take_batch().unwrap();
+    assert_eq!((b.votes(), b.markers), (0, 1));
+    s.on_outcome(b.seq, CommitOutcome::Committed { offsets: vec![23] });
+    assert_eq!(s.closing("e0"), Some(Closing::Closed { frontier: 23 }));
+    assert!(!s.can_take_batch(), "nothing more to write");
+
+    // A replaying shard learns of the close from the log, the first marker being the frontier.
+    let mut r = Shard::new(cfg(8));
+    r.apply_committed_close(23, &marker);
+    let mut later = marker.clone();
+    later.closed_at_ms = 200;
+    r.apply_committed_close(30, &later);
+    r.finish_recovery(31);
+    assert_eq!(r.closing("e0"), Some(Closing::Closed { frontier: 23 }));
+    assert!(matches!(
+        r.submit(vote(6, 0, 14, 0)),
+        Submitted::Answered(Answer::Rejected {
+            code: ErrorCode::ElectionNotOpen,
+            ..
+        })
+    ));
+    assert!(
+        !r.can_take_batch(),
+        "a marker in the log is not written again"
+    );
+}

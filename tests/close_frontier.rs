@@ -1,0 +1,225 @@
+//! The close frontier (DESIGN §7): closing an election is a barrier. Votes stream in while the
+//! election closes; afterwards every `202` is counted in the official result (its receipt
+//! verifies against the official root), every other answer is a contract code
+//! (`409 election_not_open` once closed, `503` to retry), the official result names a
+//! frontier for every partition, and the three counts agreed (the result is final). With two
+//! nodes, one of them sees the close late (`VOTES_TEST_ELECTIONS_LAG_MS`, test-only): the
+//! owners still refuse what comes after their own close, forwarded votes included.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::serve::{AUDIT_KEY, Serve, TestClient, open_election};
+use common::{DYNAMODB, KAFKA, REDIS, runtime};
+
+const OPTIONS: [&str; 3] = ["red", "green", "blue"];
+
+fn persist_to_end(prefix: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_votes"))
+        .args(["persist", "--exit-when-caught-up"])
+        .env("VOTES_PREFIX", prefix)
+        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+        .env("VOTES_REDIS_URL", REDIS)
+        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
+        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
+        .env("VOTES_LOG", "warn")
+        .env_remove("VOTES_CONFIG")
+        .output()
+        .expect("votes persist runs");
+    assert!(
+        out.status.success(),
+        "votes persist: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One vote's fate as its voter saw it.
+struct Sent {
+    voter: u64,
+    status: u16,
+    code: Option<String>,
+    receipt: Option<String>,
+}
+
+/// Votes with fresh voters through `urls` (round robin) from `lanes` tasks until `stop`.
+async fn stream_votes(urls: Vec<String>, lanes: u64, stop: Arc<AtomicBool>) -> Vec<Sent> {
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = TestClient::http1();
+            let mut out = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let voter = 1 + lane + n * lanes;
+                let url = &urls[(n as usize) % urls.len()];
+                let option = OPTIONS[(voter % 3) as usize];
+                if let Ok((status, body)) = client.vote(url, "c", voter, option).await {
+                    out.push(Sent {
+                        voter,
+                        status,
+                        code: body["error"]["code"].as_str().map(str::to_owned),
+                        receipt: body["receipt"].as_str().map(str::to_owned),
+                    });
+                }
+                n += 1;
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("a voting lane"));
+    }
+    all
+}
+
+/// Closes "c" through `admin` while votes stream through `urls`; returns the answers and the
+/// official result once final.
+async fn close_under_load(
+    admin: &Serve,
+    urls: Vec<String>,
+    prefix: &str,
+) -> (Vec<Sent>, serde_json::Value) {
+    let client = TestClient::http1();
+    let stop = Arc::new(AtomicBool::new(false));
+    let voting = tokio::spawn(stream_votes(urls, 12, stop.clone()));
+    // Let votes flow, then close while they still do.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (s, body) = client
+        .admin(
+            "POST",
+            &admin.admin_url("/admin/v1/elections/c/close"),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = voting.await.expect("the voting lanes");
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || persist_to_end(&prefix))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let official = loop {
+        let (_, body) = client
+            .get(&admin.url("/v1/elections/c/results"))
+            .await
+            .unwrap();
+        if body["final"] == true && body["state"] == "final" {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "c did not become final: {body}\n{}",
+            admin.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    (sent, official)
+}
+
+/// What every run must show: each 202 counted (its receipt proven against the official root),
+/// nothing but contract codes otherwise, a frontier for every partition.
+async fn assert_barrier_held(
+    serve: &Serve,
+    sent: &[Sent],
+    official: &serde_json::Value,
+    partitions: u32,
+) {
+    let client = TestClient::http1();
+    let accepted: Vec<&Sent> = sent.iter().filter(|s| s.status == 202).collect();
+    let not_open = sent
+        .iter()
+        .filter(|s| s.code.as_deref() == Some("election_not_open"))
+        .count();
+    assert!(
+        accepted.len() > 50 && not_open > 0,
+        "votes were accepted before and refused after the close: {} accepted, {not_open} not open",
+        accepted.len()
+    );
+    for s in sent {
+        assert!(
+            matches!(
+                (s.status, s.code.as_deref()),
+                (202, None) | (409, Some("election_not_open")) | (503, Some("unavailable"))
+            ),
+            "voter {}: {} {:?}",
+            s.voter,
+            s.status,
+            s.code
+        );
+    }
+    assert_eq!(
+        official["merkle"]["tree_size"].as_u64(),
+        Some(accepted.len() as u64),
+        "every 202, and nothing else, is counted (each voter voted once): {official}"
+    );
+    let frontier = official["frontier"]
+        .as_object()
+        .unwrap_or_else(|| panic!("the official result names its frontier: {official}"));
+    assert_eq!(frontier.len(), partitions as usize, "{official}");
+    for s in accepted {
+        let receipt = s.receipt.as_deref().expect("a 202 carries a receipt");
+        let (status, proof) = client
+            .get(&serve.url(&format!("/v1/elections/c/receipts/{receipt}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            status, 200,
+            "voter {}'s receipt is in the official tree: {proof}",
+            s.voter
+        );
+        assert_eq!(proof["root"], official["merkle"]["root"]);
+        let p = proof["leaf"]["partition"].as_u64().unwrap().to_string();
+        assert!(
+            proof["leaf"]["offset"].as_u64().unwrap() < frontier[&p].as_u64().unwrap(),
+            "a counted vote lies before its partition's frontier"
+        );
+    }
+}
+
+#[test]
+fn closing_under_load_counts_every_202_and_refuses_the_rest() {
+    let serve = Serve::init_and_start("close-frontier", 4, 2);
+    let prefix = serve.names().prefix().to_owned();
+    runtime().block_on(async {
+        open_election(&TestClient::http1(), &serve, "c", &OPTIONS, 0).await;
+        let (sent, official) = close_under_load(&serve, vec![serve.url("")], &prefix).await;
+        assert_barrier_held(&serve, &sent, &official, 4).await;
+    });
+}
+
+#[test]
+fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_counted() {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let prefix = common::unique_prefix("close-lag");
+    let out = common::votes(&prefix, &["init", "--partitions", "4"]);
+    assert!(
+        out.status.success(),
+        "votes init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    // node-b's elections view lags 2 s behind the topic: it keeps taking votes of the closed
+    // election at its edge for that long, and owns half the partitions.
+    let b = Serve::start_node(
+        &prefix,
+        1,
+        "node-b",
+        &[("VOTES_TEST_ELECTIONS_LAG_MS", "2000")],
+    );
+    runtime().block_on(async {
+        open_election(&TestClient::http1(), &a, "c", &OPTIONS, 0).await;
+        // node-b hears of the election 2 s late too.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (sent, official) = close_under_load(&a, vec![a.url(""), b.url("")], &prefix).await;
+        assert_barrier_held(&a, &sent, &official, 4).await;
+    });
+}
