@@ -19,7 +19,7 @@ use votes_net::{
     App, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh, RequestBody, SendError,
     read_body_limited, reply_channel,
 };
-use votes_tally::elections_log::{ElectionsView, ElectionsWriter};
+use votes_tally::elections_log::{ElectionsView, ElectionsWriter, UpdateError};
 
 use super::fleet::{FleetBoard, FleetView, Route, route};
 use super::metrics::{CoreMetrics, NodeMetrics};
@@ -194,6 +194,9 @@ pub struct CoreApp {
     pub limiter: RefCell<votes_net::RateLimiter>,
     /// DynamoDB lookups this core is waiting for (bounded by `LOOKUPS_MAX`).
     pub lookups: std::cell::Cell<usize>,
+    /// Admin writes take turns on this core (the node's elections writer serializes them
+    /// anyway): one blocking slot, however many wait.
+    pub admin_writes: glommio::sync::Semaphore,
 }
 
 /// DynamoDB lookups in flight per core; beyond it `/votes/me` answers 503.
@@ -876,20 +879,40 @@ impl CoreApp {
             return error(ErrorCode::Unauthorized, "the admin token is required");
         }
         let method = req.method().clone();
+        // `If-Match: <version>` (quotes allowed): the version a change is based on.
+        let if_match = match req.headers().get(votes_net::http::header::IF_MATCH) {
+            None => None,
+            Some(v) => match v
+                .to_str()
+                .ok()
+                .map(|v| v.trim().trim_matches('"'))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                Some(version) => Some(version),
+                None => {
+                    return error(
+                        ErrorCode::InvalidRequest,
+                        "If-Match takes the election's version, a number",
+                    );
+                }
+            },
+        };
         match (segs.as_slice(), &method) {
             (["admin", "v1", "elections"], &Method::GET) => self.admin_list(),
             (["admin", "v1", "stats"], &Method::GET) => self.admin_stats(),
             (["admin", "v1", "fleet"], &Method::GET) => self.admin_fleet(),
             (["admin", "v1", "elections"], &Method::POST) => self.admin_create(req).await,
             (["admin", "v1", "elections", id, "open"], &Method::POST) => {
-                self.admin_transition(id, ElectionState::Open).await
+                self.admin_transition(id, ElectionState::Open, if_match)
+                    .await
             }
             (["admin", "v1", "elections", id, "close"], &Method::POST) => {
-                self.admin_transition(id, ElectionState::Closed).await
+                self.admin_transition(id, ElectionState::Closed, if_match)
+                    .await
             }
             (["admin", "v1", "elections", id], &Method::PATCH) => {
                 let id = id.to_string();
-                self.admin_patch(&id, req).await
+                self.admin_patch(&id, req, if_match).await
             }
             (["admin", "v1", "elections"], _) => method_not_allowed("GET, POST"),
             (["admin", "v1", "elections", _, "open" | "close"], _) => method_not_allowed("POST"),
@@ -1100,9 +1123,6 @@ impl CoreApp {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        if self.elections.borrow().get(&c.id).is_some() {
-            return custom_error(409, "conflict", "an election with this id exists");
-        }
         let e = Election {
             id: c.id,
             title: c.title,
@@ -1115,29 +1135,51 @@ impl CoreApp {
         if let Err(why) = e.validate() {
             return error(ErrorCode::InvalidRequest, &why.to_string());
         }
-        self.publish(e, 201).await
+        let id = e.id.clone();
+        self.update(id, None, 201, move |current| match current {
+            Some(_) => Err(UpdateError::Conflict(
+                "an election with this id exists".into(),
+            )),
+            None => Ok(Some(e.clone())),
+        })
+        .await
     }
 
-    async fn admin_transition(&self, id: &str, next: ElectionState) -> Response<BoxBody> {
-        let Some(current) = self.elections.borrow().find(id).cloned() else {
+    async fn admin_transition(
+        &self,
+        id: &str,
+        next: ElectionState,
+        if_match: Option<u64>,
+    ) -> Response<BoxBody> {
+        let Ok(id) = ElectionId::new(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
-        match current.transition(next, now_ms()) {
-            Ok(e) => {
-                let resp = self.publish(e.clone(), 200).await;
-                if resp.status() == 200
-                    && next == ElectionState::Closed
-                    && let Some(recounter) = &self.shared.recount
-                {
-                    recounter.start(e);
-                }
-                resp
-            }
-            Err(why) => custom_error(409, "conflict", &why.to_string()),
+        let at = now_ms();
+        let resp = self
+            .update(id.clone(), if_match, 200, move |current| {
+                let current = current.ok_or(UpdateError::NotFound)?;
+                current
+                    .transition(next, at)
+                    .map(Some)
+                    .map_err(|why| UpdateError::Conflict(why.to_string()))
+            })
+            .await;
+        if resp.status() == 200
+            && next == ElectionState::Closed
+            && let Some(recounter) = &self.shared.recount
+            && let Some(e) = self.elections.borrow().get(&id).cloned()
+        {
+            recounter.start(e);
         }
+        resp
     }
 
-    async fn admin_patch(&self, id: &str, req: Request<RequestBody>) -> Response<BoxBody> {
+    async fn admin_patch(
+        &self,
+        id: &str,
+        req: Request<RequestBody>,
+        if_match: Option<u64>,
+    ) -> Response<BoxBody> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Patch {
@@ -1147,28 +1189,63 @@ impl CoreApp {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let Some(current) = self.elections.borrow().find(id).cloned() else {
+        let Ok(id) = ElectionId::new(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
-        let e = Election {
-            pow_difficulty: p.pow_difficulty,
-            version: current.version + 1,
-            updated_at_ms: now_ms(),
-            ..current
-        };
-        if let Err(why) = e.validate() {
-            return error(ErrorCode::InvalidRequest, &why.to_string());
-        }
-        self.publish(e, 200).await
+        let at = now_ms();
+        self.update(id, if_match, 200, move |current| {
+            let current = current.ok_or(UpdateError::NotFound)?;
+            let e = Election {
+                pow_difficulty: p.pow_difficulty,
+                version: current.version + 1,
+                updated_at_ms: at,
+                ..current.clone()
+            };
+            e.validate()
+                .map(|()| Some(e))
+                .map_err(|why| UpdateError::Conflict(why.to_string()))
+        })
+        .await
     }
 
-    /// Appends the new state to the elections topic (off the reactor), then applies it here
-    /// and on every other core at once, so the admin's next request already sees it.
-    async fn publish(&self, e: Election, status: u16) -> Response<BoxBody> {
+    /// Commits a change of one election through the deployment's one elections writer (off the
+    /// reactor): compare-and-set on the election as the topic holds it, so concurrent admin
+    /// writes on any node never lose one another (DESIGN §7). `if_match`: the version the
+    /// caller based its change on (`If-Match`); a stale one changes nothing. Then applies the
+    /// new state here and on every other core, so the admin's next request already sees it.
+    async fn update(
+        &self,
+        id: ElectionId,
+        if_match: Option<u64>,
+        status: u16,
+        change: impl Fn(Option<&Election>) -> Result<Option<Election>, UpdateError> + Send + 'static,
+    ) -> Response<BoxBody> {
         let writer = self.shared.elections_writer.clone();
-        let to_write = e.clone();
-        match self.blocking.run(move || writer.publish(&to_write)).await {
-            Ok(Ok(())) => {}
+        let Ok(_turn) = self.admin_writes.acquire_permit(1).await else {
+            return error(ErrorCode::Unavailable, "the core is shutting down");
+        };
+        let written = self
+            .blocking
+            .run(move || {
+                writer.update(&id, |current| {
+                    if let (Some(expected), Some(c)) = (if_match, current)
+                        && c.version != expected
+                    {
+                        return Err(UpdateError::Conflict(format!(
+                            "the election is at version {}, not {expected}",
+                            c.version
+                        )));
+                    }
+                    change(current)
+                })
+            })
+            .await;
+        let e = match written {
+            Ok(Ok(e)) => e,
+            Ok(Err(UpdateError::Conflict(why))) => return custom_error(409, "conflict", &why),
+            Ok(Err(UpdateError::NotFound)) => {
+                return error(ErrorCode::NotFound, "no such election");
+            }
             Ok(Err(why)) => {
                 return error(
                     ErrorCode::Unavailable,
@@ -1176,7 +1253,7 @@ impl CoreApp {
                 );
             }
             Err(why) => return error(ErrorCode::Unavailable, &why.to_string()),
-        }
+        };
         broadcast_election(
             self.core,
             &self.mesh,
@@ -1185,7 +1262,11 @@ impl CoreApp {
             e.clone(),
         )
         .await;
-        json(status, &ElectionView::from(&e))
+        // The admin sees the version its write made: the base of its next `If-Match`.
+        let mut body =
+            serde_json::to_value(ElectionView::from(&e)).expect("an election serializes");
+        body["version"] = e.version.into();
+        json(status, &body)
     }
 }
 

@@ -514,6 +514,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             blocking: ctx.blocking().clone(),
             limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
             lookups: std::cell::Cell::new(0),
+            admin_writes: glommio::sync::Semaphore::new(1),
         });
         if let (Some(listener), Some(fwd)) = (internal, &forwarder) {
             glommio::spawn_local(votes_net::forward::serve_forwarded(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::{Election, ElectionId, Names};
 
@@ -60,48 +60,185 @@ impl ElectionsView {
     }
 }
 
-/// Writes election states; blocking (runs off the reactors).
+/// Why an update of an election did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The change does not apply to the election as it now stands (a stale `If-Match`
+    /// version, a state that would move backwards, an id that exists): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no such election")]
+    NotFound,
+    #[error(transparent)]
+    Log(#[from] ElectionsLogError),
+    #[error("{attempts} concurrent writers kept fencing this one; try again")]
+    Contended { attempts: u32 },
+}
+
+/// How often an update is tried again when another writer fenced it mid-way.
+const UPDATE_ATTEMPTS: u32 = 20;
+
+/// Writes election states, one serialized writer for the whole deployment (DESIGN §7, election
+/// versions): every update takes the transactional id `{prefix}elections-writer`, which fences
+/// whichever process wrote before, reads the committed topic to its end, applies the change to
+/// the election as it stands there, and commits the next version. Two updates at once, on one
+/// node or two, cannot both be based on the same version: the later `init_transactions` aborts
+/// the earlier one's transaction, which then starts over from what the later one committed.
+/// So the topic never holds two states of one version, compaction keeps the truth, and a write
+/// answered 200 is never lost. Blocking (runs off the reactors); updates on one node take turns.
 pub struct ElectionsWriter {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    brokers: String,
+    names: Names,
     topic: String,
     timeout: Duration,
+    /// The open writer, kept between updates: while no other process takes the id, its next
+    /// commit succeeds and what its reader saw was complete; once fenced, it is made anew.
+    open: std::sync::Mutex<Option<OpenWriter>>,
+}
+
+struct OpenWriter {
+    producer: rdkafka::producer::BaseProducer,
+    reader: ElectionsReader,
+    view: ElectionsView,
 }
 
 impl ElectionsWriter {
     pub fn new(brokers: &str, names: &Names, timeout: Duration) -> Result<Self, ElectionsLogError> {
-        let topic = names.elections_topic();
-        let producer = base_config(brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .create()
-            .map_err(|source| ElectionsLogError::Kafka {
-                topic: topic.clone(),
-                source,
-            })?;
         Ok(Self {
-            producer,
-            topic,
+            brokers: brokers.to_owned(),
+            names: names.clone(),
+            topic: names.elections_topic(),
             timeout,
+            open: std::sync::Mutex::new(None),
         })
     }
 
-    /// Appends `e` and waits until every in-sync replica has it.
-    pub fn publish(&self, e: &Election) -> Result<(), ElectionsLogError> {
-        let err = |source| ElectionsLogError::Kafka {
+    fn err(&self) -> impl Fn(KafkaError) -> ElectionsLogError + '_ {
+        |source| ElectionsLogError::Kafka {
             topic: self.topic.clone(),
             source,
-        };
-        let value = e.to_json();
-        self.producer
-            .send(
-                BaseRecord::<str, [u8]>::to(&self.topic)
-                    .key(e.id.as_str())
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| err(e))?;
-        self.producer.flush(self.timeout).map_err(err)
+        }
     }
+
+    /// Takes the writer's id (fencing whoever had it: what they left open is aborted) and a
+    /// reader of the committed topic from its beginning.
+    fn open_writer(&self) -> Result<OpenWriter, KafkaError> {
+        let producer: rdkafka::producer::BaseProducer =
+            crate::kafka::transactional_producer_config(
+                &self.brokers,
+                &format!("{}elections-writer", self.names.prefix()),
+            )
+            .create()?;
+        producer.init_transactions(self.timeout)?;
+        let reader =
+            ElectionsReader::with_fetch_wait(&self.brokers, &self.names, Duration::from_millis(5))
+                .map_err(|e| match e {
+                    ElectionsLogError::Kafka { source, .. } => source,
+                    ElectionsLogError::Timeout { .. } => {
+                        KafkaError::Global(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)
+                    }
+                })?;
+        Ok(OpenWriter {
+            producer,
+            reader,
+            view: ElectionsView::default(),
+        })
+    }
+
+    /// Applies `change` to election `id` as it stands in the committed topic (`None`: it does
+    /// not exist yet) and commits the result as the next version. `change` says what the new
+    /// state is, that there is nothing to write (`Ok(None)`: the election already is what the
+    /// caller wants; it is returned as it stands), or why it does not apply; it may be called
+    /// again if a concurrent writer won.
+    pub fn update(
+        &self,
+        id: &ElectionId,
+        change: impl Fn(Option<&Election>) -> Result<Option<Election>, UpdateError>,
+    ) -> Result<Election, UpdateError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut backoff = Duration::from_millis(5);
+        for _ in 0..UPDATE_ATTEMPTS {
+            if open.is_none() {
+                match self.open_writer() {
+                    Ok(w) => *open = Some(w),
+                    Err(e) if retriable(&e) => {
+                        std::thread::sleep(jitter(backoff));
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                        continue;
+                    }
+                    Err(e) => return Err(self.err()(e).into()),
+                }
+            }
+            let w = open.as_mut().expect("opened above");
+            // Everything committed before this writer took the id, and since (its own writes):
+            // another writer taking the id would fence the commit below.
+            w.reader.load_to_end(&mut w.view, self.timeout)?;
+            let current = w.view.get(id);
+            let Some(next) = change(current)? else {
+                return current.cloned().ok_or(UpdateError::NotFound);
+            };
+            assert_eq!(&next.id, id, "an update changes its own election");
+            let expected = current.map_or(1, |c| c.version + 1);
+            assert_eq!(next.version, expected, "an update writes the next version");
+            let value = next.to_json();
+            let written = w.producer.begin_transaction().and_then(|()| {
+                w.producer
+                    .send(
+                        BaseRecord::<str, [u8]>::to(&self.topic)
+                            .key(next.id.as_str())
+                            .payload(&value),
+                    )
+                    .map_err(|(e, _)| e)?;
+                w.producer.commit_transaction(self.timeout)
+            });
+            match written {
+                Ok(()) => {
+                    w.view.apply(next.clone());
+                    return Ok(next);
+                }
+                // Another writer took the id meanwhile: start over from what it committed.
+                Err(e) if retriable(&e) => {
+                    tracing::debug!(election = %id, error = %e, "elections writer fenced; trying again");
+                    *open = None;
+                    std::thread::sleep(jitter(backoff));
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    *open = None;
+                    return Err(self.err()(e).into());
+                }
+            }
+        }
+        Err(UpdateError::Contended {
+            attempts: UPDATE_ATTEMPTS,
+        })
+    }
+}
+
+/// Errors after which an update starts over: fenced by a concurrent writer, or a transaction
+/// the broker was still completing.
+fn retriable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(rd) => {
+            rd.is_retriable()
+                || rd.txn_requires_abort()
+                || rd.is_fatal()
+                || matches!(
+                    rd.code(),
+                    rdkafka::types::RDKafkaErrorCode::ConcurrentTransactions
+                        | rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                        | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
+                )
+        }
+        _ => false,
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + Duration::from_nanos(u64::from(nanos) % (d.as_nanos() as u64 + 1))
 }
 
 /// A reader of the elections topic from its beginning.
@@ -113,6 +250,17 @@ pub struct ElectionsReader {
 
 impl ElectionsReader {
     pub fn new(brokers: &str, names: &Names) -> Result<Self, ElectionsLogError> {
+        Self::with_fetch_wait(brokers, names, Duration::from_millis(500))
+    }
+
+    /// A reader whose fetches wait at most `fetch_wait` for new records: a short wait finds
+    /// the end sooner (the writer reads to the end before every update), a long one keeps an
+    /// idle follower from polling the broker.
+    pub fn with_fetch_wait(
+        brokers: &str,
+        names: &Names,
+        fetch_wait: Duration,
+    ) -> Result<Self, ElectionsLogError> {
         let topic = names.elections_topic();
         let err = |source| ElectionsLogError::Kafka {
             topic: topic.clone(),
@@ -120,6 +268,12 @@ impl ElectionsReader {
         };
         let consumer: BaseConsumer<crate::kafka::VotesContext> = base_config(brokers)
             .set("group.id", format!("{}elections-reader", names.prefix()))
+            // Only what a writer committed (an update fenced mid-way is aborted).
+            .set("isolation.level", "read_committed")
+            .set(
+                "fetch.wait.max.ms",
+                fetch_wait.as_millis().max(1).to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .create_with_context(crate::kafka::VotesContext)

@@ -22,7 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS};
 
-use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
+use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter, UpdateError};
 use crate::fanout::{Official, official_fields, sum_partitions};
 use crate::kafka::VotesContext;
 
@@ -67,6 +67,8 @@ pub enum RecountError {
         committed: Option<u64>,
         end: u64,
     },
+    #[error("publishing the final state on the elections topic: {0}")]
+    PublishFinal(#[from] crate::elections_log::UpdateError),
     #[error("reading the votes log: {0}")]
     Log(#[from] crate::audit::AuditError),
     #[error(
@@ -493,12 +495,20 @@ async fn write_official(
         .ignore()
         .query(&mut conn)?;
 
-    let next = election
-        .transition(ElectionState::Final, official.decided_at_ms)
-        .expect("a closed election may become final");
-    let (c, e) = (cfg.clone(), next);
+    // `final` always lands: based on the election as it stands when written (an operator's
+    // PATCH may have moved its version meanwhile), and a no-op when another recount won.
+    let (c, id, at) = (cfg.clone(), election.id.clone(), official.decided_at_ms);
     tokio::task::spawn_blocking(move || {
-        ElectionsWriter::new(&c.brokers, &c.names, c.kafka_timeout)?.publish(&e)
+        ElectionsWriter::new(&c.brokers, &c.names, c.kafka_timeout)?.update(&id, |current| {
+            let current = current.ok_or(UpdateError::NotFound)?;
+            if current.state == ElectionState::Final {
+                return Ok(None);
+            }
+            current
+                .transition(ElectionState::Final, at)
+                .map(Some)
+                .map_err(|e| UpdateError::Conflict(e.to_string()))
+        })
     })
     .await
     .map_err(|e| RecountError::Dynamo(format!("the elections writer task failed: {e}")))??;
