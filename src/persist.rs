@@ -23,7 +23,7 @@ pub struct PersistArgs {
     /// Records per round; offsets are committed after each round is durable.
     #[arg(long, env = "VOTES_PERSIST_BATCH_MAX", default_value_t = 5_000)]
     pub batch_max: usize,
-    /// BatchWriteItem calls in flight.
+    /// Chunks of 25 conditional puts in flight.
     #[arg(long, env = "VOTES_PERSIST_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Prometheus `/metrics` on this address (items, retries, lag per partition).
@@ -132,13 +132,18 @@ fn render(stats: &PersistStats) -> String {
         ),
         (
             "votes_persist_retries_total",
-            "BatchWriteItem retries (unprocessed items, throttling).",
+            "DynamoDB write retries (throttling, cancelled transactions).",
             &stats.retries,
         ),
         (
             "votes_persist_undecodable_total",
             "Committed records that did not decode.",
             &stats.undecodable,
+        ),
+        (
+            "votes_persist_kept_first_total",
+            "Items left alone because an earlier record of their voter holds the item (rewrites after a restart, a voter's later record).",
+            &stats.kept_first,
         ),
     ];
     for (name, help, v) in counters {

@@ -58,14 +58,18 @@ async fn stream_votes(urls: Vec<String>, lanes: u64, stop: Arc<AtomicBool>) -> V
                 let voter = 1 + lane + n * lanes;
                 let url = &urls[(n as usize) % urls.len()];
                 let option = OPTIONS[(voter % 3) as usize];
-                if let Ok((status, body)) = client.vote(url, "c", voter, option).await {
-                    out.push(Sent {
-                        voter,
-                        status,
-                        code: body["error"]["code"].as_str().map(str::to_owned),
-                        receipt: body["receipt"].as_str().map(str::to_owned),
-                    });
-                }
+                // An answer lost with its connection (a node killed) is status 0: its vote
+                // may or may not have been committed.
+                let (status, body) = client
+                    .vote(url, "c", voter, option)
+                    .await
+                    .unwrap_or((0, serde_json::Value::Null));
+                out.push(Sent {
+                    voter,
+                    status,
+                    code: body["error"]["code"].as_str().map(str::to_owned),
+                    receipt: body["receipt"].as_str().map(str::to_owned),
+                });
                 n += 1;
             }
             out
@@ -132,7 +136,6 @@ async fn assert_barrier_held(
     official: &serde_json::Value,
     partitions: u32,
 ) {
-    let client = TestClient::http1();
     let accepted: Vec<&Sent> = sent.iter().filter(|s| s.status == 202).collect();
     let not_open = sent
         .iter()
@@ -160,6 +163,18 @@ async fn assert_barrier_held(
         Some(accepted.len() as u64),
         "every 202, and nothing else, is counted (each voter voted once): {official}"
     );
+    assert_receipts_in_official_tree(serve, &accepted, official, partitions).await;
+}
+
+/// Each 202's receipt is proven against the official root, at an offset before its partition's
+/// frontier, and the official result names a frontier for each of `partitions`.
+async fn assert_receipts_in_official_tree(
+    serve: &Serve,
+    accepted: &[&Sent],
+    official: &serde_json::Value,
+    partitions: u32,
+) {
+    let client = TestClient::http1();
     let frontier = official["frontier"]
         .as_object()
         .unwrap_or_else(|| panic!("the official result names its frontier: {official}"));
@@ -221,5 +236,72 @@ fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_count
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let (sent, official) = close_under_load(&a, vec![a.url(""), b.url("")], &prefix).await;
         assert_barrier_held(&a, &sent, &official, 4).await;
+    });
+}
+
+#[test]
+fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let prefix = common::unique_prefix("close-kill");
+    let out = common::votes(&prefix, &["init", "--partitions", "4"]);
+    assert!(
+        out.status.success(),
+        "votes init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let mut b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &a, "c", &OPTIONS, 0).await;
+        // Votes through both nodes until node-b dies mid-stream.
+        let stop = Arc::new(AtomicBool::new(false));
+        let voting = tokio::spawn(stream_votes(vec![a.url(""), b.url("")], 8, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        b.kill();
+        // The close goes out while node-b's partitions have no live owner yet.
+        let (s, body) = client
+            .admin(
+                "POST",
+                &a.admin_url("/admin/v1/elections/c/close"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let sent = voting.await.unwrap();
+        let prefix2 = prefix.clone();
+        tokio::task::spawn_blocking(move || persist_to_end(&prefix2))
+            .await
+            .unwrap();
+        // node-a takes node-b's partitions after the session timeout, closes them as it
+        // recovers them (its own view says closed), and the recount then finds every frontier.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let official = loop {
+            let (_, body) = client.get(&a.url("/v1/elections/c/results")).await.unwrap();
+            if body["final"] == true && body["state"] == "final" {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "c did not become final with node-b dead: {body}\n{}",
+                a.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        // Votes node-b acknowledged before it died are counted too: no 202 is lost. A vote
+        // whose answer died with node-b (or that answered 503) may be counted or not; nothing
+        // else may be.
+        let accepted: Vec<&Sent> = sent.iter().filter(|s| s.status == 202).collect();
+        let unsure = sent.iter().filter(|s| matches!(s.status, 0 | 503)).count();
+        let counted = official["merkle"]["tree_size"].as_u64().unwrap() as usize;
+        assert!(
+            accepted.len() > 50 && (accepted.len()..=accepted.len() + unsure).contains(&counted),
+            "{} accepted, {unsure} unsure, {counted} counted: {official}",
+            accepted.len()
+        );
+        assert_receipts_in_official_tree(&a, &accepted, &official, 4).await;
     });
 }

@@ -480,3 +480,107 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         }
     });
 }
+
+/// A second committed record of a voter (a test producer with its own transactional id, as a
+/// second writer or a bug would make one) never replaces the first anywhere: DynamoDB keeps the
+/// first across persister rounds, and the recount's three counts (which count first votes)
+/// agree and make the election final with the first vote counted.
+#[test]
+fn a_voters_later_committed_record_never_replaces_the_first() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let serve = Serve::init_and_start("first-wins", 4, 2);
+    let prefix = serve.names().prefix().to_owned();
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "fw", &["x", "y"], 0).await;
+        // Voters 1..=40, voter v for option x when v is even.
+        let voters: Vec<u64> = (1..=40).collect();
+        let (ok, _) = vote_all(&serve, "fw", &voters, &["x", "y"]).await;
+        assert_eq!(ok, 40);
+        let first = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        assert_eq!(items_of("fw", &prefix).await[&2].0, "x");
+
+        // Voter 2 "votes" again, for y, straight into its partition.
+        let names = serve.names();
+        let partitions = 4;
+        let p = votes_core::partition_of(VoterId(2), partitions);
+        let producer: BaseProducer = votes_tally::kafka::transactional_producer_config(
+            &KAFKA,
+            &format!("{prefix}test-second-writer"),
+        )
+        .create()
+        .unwrap();
+        producer.init_transactions(Duration::from_secs(30)).unwrap();
+        producer.begin_transaction().unwrap();
+        let record = votes_core::VoteRecord {
+            election: votes_core::ElectionId::new("fw").unwrap(),
+            voter: VoterId(2),
+            option: votes_core::OptionId::new("y").unwrap(),
+            received_at_ms: 1,
+            node: "second-writer".into(),
+            core: 0,
+            nonce: [9; 16],
+        }
+        .encode();
+        producer
+            .send(
+                BaseRecord::to(&names.votes_topic())
+                    .partition(p as i32)
+                    .key(&votes_core::voter_key(VoterId(2))[..])
+                    .payload(&record),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .unwrap();
+        drop(producer);
+
+        let second = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            second.status.success(),
+            "{}",
+            String::from_utf8_lossy(&second.stderr)
+        );
+        let items = items_of("fw", &prefix).await;
+        assert_eq!(items.len(), 40);
+        assert_eq!(items[&2].0, "x", "DynamoDB keeps voter 2's first vote");
+
+        let (s, body) = client
+            .admin(
+                "POST",
+                &serve.admin_url("/admin/v1/elections/fw/close"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let official = loop {
+            let (_, body) = client
+                .get(&serve.url("/v1/elections/fw/results"))
+                .await
+                .unwrap();
+            if body["final"] == true && body["state"] == "final" {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fw did not become final: {body}\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(official["totals"]["x"], 20, "{official}");
+        assert_eq!(official["totals"]["y"], 20, "{official}");
+        assert_eq!(official["merkle"]["tree_size"], 40);
+    });
+}

@@ -3,8 +3,8 @@
 //! A consumer group (`{prefix}persist`, cooperative-sticky, optional static membership) reads
 //! with `read_committed` and works in rounds: take what arrived (≤ `batch_max` records), turn
 //! each record into one item keyed by (`{election}#{bucket}`, voter), write them with
-//! BatchWriteItem (25 per call, ≤ `concurrency` calls in flight, UnprocessedItems and throttling
-//! retried with jittered backoff), and only then commit the consumer offsets. A crash loses at
+//! conditional puts, 25 per chunk and ≤ `concurrency` chunks in flight (throttling retried
+//! with jittered backoff; a voter's first committed record wins, DESIGN §7), and only then commit the consumer offsets. A crash loses at
 //! most a round's progress, never an item: the next owner rewrites from the last commit, and a
 //! rewrite is the same item (idempotent, DESIGN §3.5).
 
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -25,7 +25,7 @@ use votes_core::{Names, VoteRecord, vote_item_pk};
 
 use crate::kafka::{VotesContext, read_committed_consumer_config};
 
-/// BatchWriteItem's limit of items per call.
+/// Items per chunk of conditional puts in flight together.
 pub const BATCH_WRITE_MAX: usize = 25;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -44,7 +44,7 @@ pub struct PersistConfig {
     pub instance_id: Option<String>,
     /// Records per round (and so the most work a crash can make the next owner redo).
     pub batch_max: usize,
-    /// BatchWriteItem calls in flight.
+    /// Chunks of conditional puts in flight.
     pub concurrency: usize,
     /// Exit once this member holds every partition and each is persisted to its end (a single
     /// persister: tests, measurements).
@@ -66,6 +66,9 @@ pub struct PersistStats {
     pub rounds: AtomicU64,
     pub retries: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Items not written because an earlier record of their voter holds the item (a rewrite
+    /// after a crash, or a voter's later record: first vote wins).
+    pub kept_first: AtomicU64,
     /// Lag per partition (high watermark − committed), refreshed every few seconds.
     pub lag: std::sync::Mutex<BTreeMap<u32, i64>>,
 }
@@ -275,7 +278,7 @@ fn refresh_lag(consumer: &StreamConsumer<VotesContext>, topic: &str, stats: &Per
     }
 }
 
-/// Writes every item, `concurrency` BatchWriteItem calls at a time.
+/// Writes every item, `concurrency` chunks at a time.
 pub async fn write_all(
     dynamo: &Client,
     table: &str,
@@ -300,7 +303,15 @@ pub async fn write_all(
     }
 }
 
-/// One BatchWriteItem, retrying what DynamoDB did not process and what it throttled.
+/// The condition that keeps a voter's first committed record (DESIGN §7, first vote wins
+/// everywhere): an item is written where there is none, or over one of a later record of the
+/// same voter (a voter's records all live in one partition, so offsets order them). A rewrite of
+/// the same record (a round redone after a crash) and a later record both leave the item alone.
+pub const FIRST_VOTE_WINS: &str = "attribute_not_exists(sk) OR #offset > :offset";
+
+/// The conditional puts of one chunk, all in flight at once. Not TransactWriteItems: a
+/// transaction buys nothing here (each item stands alone) and the local engines do not all
+/// run concurrent transactions safely (moto's server fails them with a 500).
 async fn write_chunk(
     dynamo: &Client,
     table: &str,
@@ -309,73 +320,92 @@ async fn write_chunk(
 ) -> Result<(), PersistError> {
     assert!(
         items.len() <= BATCH_WRITE_MAX,
-        "BatchWriteItem takes at most 25 items"
+        "a chunk holds at most {BATCH_WRITE_MAX} items"
     );
     let total = items.len() as u64;
-    let mut requests: Vec<WriteRequest> = items
-        .into_iter()
-        .map(|item| {
-            WriteRequest::builder()
-                .put_request(
-                    PutRequest::builder()
-                        .set_item(Some(item))
-                        .build()
-                        .expect("an item is set"),
-                )
-                .build()
-        })
-        .collect();
-    let mut backoff = BACKOFF_MIN;
-    while !requests.is_empty() {
-        let sent = dynamo
-            .batch_write_item()
-            .request_items(table, requests.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(out) => {
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(table))
-                    .unwrap_or_default();
-            }
-            Err(e) if retryable(&e) => {
-                tracing::debug!(error = %e, "BatchWriteItem throttled or failed; retrying");
-            }
-            Err(e) => {
-                return Err(PersistError::Dynamo(
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
-                ));
-            }
-        }
-        if !requests.is_empty() {
-            stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+    let mut puts = tokio::task::JoinSet::new();
+    for item in items {
+        let (dynamo, table) = (dynamo.clone(), table.to_owned());
+        let stats = PutStats::default();
+        puts.spawn(async move {
+            let r = put_first(&dynamo, &table, item, &stats).await;
+            (r, stats)
+        });
+    }
+    while let Some(done) = puts.join_next().await {
+        let (r, s) = done.map_err(|e| PersistError::Dynamo(format!("a write task failed: {e}")))?;
+        stats
+            .retries
+            .fetch_add(s.retries.load(Ordering::Relaxed), Ordering::Relaxed);
+        stats
+            .kept_first
+            .fetch_add(s.kept_first.load(Ordering::Relaxed), Ordering::Relaxed);
+        r?;
     }
     stats.items.fetch_add(total, Ordering::Relaxed);
     Ok(())
 }
 
-fn retryable(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError,
-    >,
-) -> bool {
-    use aws_sdk_dynamodb::error::SdkError;
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
+/// What one put counted, added to the persister's figures when it ends.
+#[derive(Default)]
+struct PutStats {
+    retries: AtomicU64,
+    kept_first: AtomicU64,
+}
+
+/// One conditional put, retried while throttled; a failed condition is success.
+async fn put_first(
+    dynamo: &Client,
+    table: &str,
+    item: HashMap<String, AttributeValue>,
+    stats: &PutStats,
+) -> Result<(), PersistError> {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let offset = item["offset"].clone();
+        let sent = dynamo
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .condition_expression(FIRST_VOTE_WINS)
+            .expression_attribute_names("#offset", "offset")
+            .expression_attribute_values(":offset", offset)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                stats.kept_first.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => {
+                use aws_sdk_dynamodb::error::SdkError;
+                let again = match &e {
+                    SdkError::TimeoutError(_)
+                    | SdkError::DispatchFailure(_)
+                    | SdkError::ResponseError(_) => true,
+                    SdkError::ServiceError(s) => {
+                        let s = s.err();
+                        s.is_provisioned_throughput_exceeded_exception()
+                            || s.is_request_limit_exceeded()
+                            || s.is_throttling_exception()
+                            || s.is_internal_server_error()
+                    }
+                    _ => false,
+                };
+                if !again {
+                    return Err(PersistError::Dynamo(
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                    ));
+                }
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
-        SdkError::ServiceError(s) => {
-            let s = s.err();
-            s.is_provisioned_throughput_exceeded_exception()
-                || s.is_request_limit_exceeded()
-                || s.is_throttling_exception()
-                || s.is_internal_server_error()
-        }
-        _ => false,
     }
 }
 
