@@ -439,12 +439,18 @@ impl ShardHost {
     pub fn submit(self: &Rc<Self>, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
         // The edge checked these on its own copy, which may lag this one (another node, a
         // forwarded vote in flight): a vote reaching its owner after its election closed
-        // gets 409, never a 202 past the frontier.
+        // gets 409, never a 202 past the frontier. This copy may lag the edge's too (the
+        // election opened through another node a moment ago): what it does not know yet, or
+        // knows only as a draft, the edge saw open, and states never move backwards, so the
+        // edge's word stands. Only a state past `open` here overrules it.
         let refused = match self.elections.borrow().find(req.election.as_str()) {
-            None => Some(ErrorCode::NotFound),
-            Some(e) if e.state != ElectionState::Open => Some(ErrorCode::ElectionNotOpen),
-            Some(e) if !e.has_option(&req.option) => Some(ErrorCode::InvalidOption),
-            Some(_) => None,
+            Some(e) if matches!(e.state, ElectionState::Closed | ElectionState::Final) => {
+                Some(ErrorCode::ElectionNotOpen)
+            }
+            Some(e) if e.state == ElectionState::Open && !e.has_option(&req.option) => {
+                Some(ErrorCode::InvalidOption)
+            }
+            _ => None,
         };
         if let Some(code) = refused {
             let _ = reply.send(VoteAnswer::Rejected(code));
