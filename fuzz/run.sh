@@ -33,6 +33,8 @@ max_len() {
         token_verify) echo 4200 ;;
         forward_decode) echo 600 ;;
         group_assignment) echo 1024 ;;
+        manifest_parse) echo 8192 ;;
+        votes_parquet) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }

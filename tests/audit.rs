@@ -398,16 +398,42 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
         assert_eq!(manifest["official"]["merkle_root"], root);
     }
 
-    // A clean export verifies: one `ok` line per check, exit 0.
+    // A clean export verifies: one `ok` line per check, exit 0; with the root the results API
+    // announced, checked against it too.
     let (ok, stdout) = verify(&dir, &pub1_arg);
     assert!(ok, "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 11, "{stdout}");
+    assert_eq!(lines.len(), 12, "{stdout}");
     assert!(
-        lines[..10].iter().all(|l| l.starts_with("ok   ")),
+        lines[..11].iter().all(|l| l.starts_with("ok   ")),
         "{stdout}"
     );
-    assert_eq!(lines[10], "verified: every check holds");
+    assert_eq!(lines[11], "verified: every check holds");
+    let announced = final_results["merkle"]["root"]
+        .as_str()
+        .expect("the final result announces its root");
+    let with_root = [pub1_arg[0], pub1_arg[1], "--root", announced];
+    let (ok, stdout) = verify(&dir, &with_root);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains(&format!("ok   given root: {announced}")),
+        "{stdout}"
+    );
+    let other_root = "ab".repeat(32);
+    let (ok, stdout) = verify(&dir, &[pub1_arg[0], pub1_arg[1], "--root", &other_root]);
+    assert!(!ok, "{stdout}");
+    assert_eq!(
+        fail_lines(&stdout),
+        vec![format!(
+            "FAIL given root: {other_root} was given, but the manifest's root is {announced} and the rows give {announced}"
+        )]
+    );
+    // Privacy: no time finer than the minute in the published file.
+    assert!(
+        rows.iter()
+            .all(|r| r.received_at_ms.rem_euclid(60_000) == 0),
+        "received_at_ms is floored to the minute"
+    );
 
     // OpenSSL verifies the signature too (base64 of the raw Ed25519 signature).
     let sig_bin = work.join("manifest.sig.bin");
@@ -455,7 +481,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
         .unwrap()
         .to_string();
     write_rows(&t.join("votes.parquet"), &changed);
-    let (ok, stdout) = verify(&t, &pub1_arg);
+    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
     assert!(!ok, "{stdout}");
     let fails = fail_lines(&stdout);
     assert_eq!(fails.len(), 3, "{stdout}");
@@ -481,7 +507,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     let mut deleted = rows.clone();
     deleted.remove(150);
     write_rows(&t.join("votes.parquet"), &deleted);
-    let (ok, stdout) = verify(&t, &pub1_arg);
+    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
     assert!(!ok, "{stdout}");
     assert!(
         stdout.contains("FAIL row count: votes.parquet holds 299 rows, the manifest says 300"),
@@ -507,7 +533,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     let mut duplicated = rows.clone();
     duplicated.insert(43, rows[42].clone());
     write_rows(&t.join("votes.parquet"), &duplicated);
-    let (ok, stdout) = verify(&t, &pub1_arg);
+    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
     assert!(!ok, "{stdout}");
     assert!(
         stdout.contains(&format!(
@@ -600,6 +626,39 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     let (ok, stdout) = verify(&t, &["--pubkey", pub2_path.to_str().unwrap()]);
     assert!(ok, "{stdout}");
     assert!(stdout.contains("(the manifest names "), "{stdout}");
+
+    // Hostile files: a truncated votes.parquet is named and not read; a manifest nested
+    // beyond any real one is refused with its reason; neither panics the verifier.
+    let t = work.join("truncated");
+    copy_export(&dir, &t);
+    let bytes = std::fs::read(t.join("votes.parquet")).unwrap();
+    std::fs::write(t.join("votes.parquet"), &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, stdout) = verify(&t, &pub1_arg);
+    assert!(!ok, "{stdout}");
+    assert_eq!(fail_lines(&stdout).len(), 1, "{stdout}");
+    assert!(
+        fail_lines(&stdout)[0].contains(&format!(
+            "votes.parquet has {} bytes, the manifest says {}",
+            bytes.len() / 2,
+            bytes.len()
+        )),
+        "{stdout}"
+    );
+    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("FAIL rows: votes.parquet cannot be read, no row was checked: not a readable Parquet file"),
+        "{stdout}"
+    );
+    let t = work.join("deep-manifest");
+    copy_export(&dir, &t);
+    std::fs::write(t.join("manifest.json"), "[".repeat(1 << 20)).unwrap();
+    let (ok, stdout) = verify(&t, &pub1_arg);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.starts_with("FAIL manifest: manifest.json cannot be read: invalid type: sequence"),
+        "{stdout}"
+    );
 
     std::fs::remove_dir_all(&work).unwrap();
 }

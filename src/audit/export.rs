@@ -15,13 +15,13 @@ use votes_core::{ElectionId, ElectionState, MerkleBuilder};
 use votes_tally::audit::{Counted, for_each_counted};
 use votes_tally::elections_log::{ElectionsReader, ElectionsView};
 
-use super::manifest::{
+use crate::Common;
+use votes_audit::manifest::{
     ElectionInfo, FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, MerkleInfo, OfficialInfo,
     OptionInfo, PartitionRange, SIGNATURE_FILE, VOTES_FILE, VotesFileInfo, rfc3339_utc,
 };
-use super::signing::SigningKey;
-use super::table::{RowRef, VotesWriter};
-use crate::Common;
+use votes_audit::signing::SigningKey;
+use votes_audit::table::{RowRef, VotesWriter};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -197,7 +197,7 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
                 nonce: &l.nonce,
                 leaf_hash: &c.leaf_hash,
             }) {
-                failed = Some(err);
+                failed = Some(err.into());
             }
             progress.tick(writer.rows(), l.partition);
         },
@@ -318,7 +318,7 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         manifest.signing_key_sha256,
         dir.join(SIGNATURE_FILE).display()
     );
-    let official = super::verify::check_official(&manifest);
+    let official = votes_audit::verify::check_official(&manifest);
     println!("{official}");
     if official.failed() {
         bail!(

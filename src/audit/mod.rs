@@ -1,13 +1,12 @@
 //! `votes audit` (DESIGN §4.5): the auditors' tools. `export` writes a signed offline copy of
 //! a final election's counted votes, `verify` checks one without any service, `pubkey` prints
-//! the public key that verifies the signatures. What each check proves is in
-//! `docs/auditors.md`.
+//! the public key that verifies the signatures. The files and the checks are the `votes-audit`
+//! library; what each check proves is in `docs/auditors.md`.
 
 pub mod export;
-pub mod manifest;
-pub mod signing;
-pub mod table;
 pub mod verify;
+
+use votes_audit::signing;
 
 use std::path::PathBuf;
 

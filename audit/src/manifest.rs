@@ -10,6 +10,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 pub const VOTES_FILE: &str = "votes.parquet";
+/// A manifest lists one entry per partition and per option: 16 MiB holds ~100,000 partitions.
+/// A larger `manifest.json` is refused unread.
+pub const MANIFEST_MAX_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +105,15 @@ impl Manifest {
         out
     }
 
+    /// Parses `manifest.json` strictly (unknown fields refused, nesting bounded by serde_json's
+    /// recursion limit, at most [`MANIFEST_MAX_BYTES`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() as u64 > MANIFEST_MAX_BYTES {
+            return Err(format!(
+                "{} bytes, more than the {MANIFEST_MAX_BYTES} a manifest may hold",
+                bytes.len()
+            ));
+        }
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if m.format != FORMAT {
             return Err(format!("format is {:?}, expected {FORMAT:?}", m.format));

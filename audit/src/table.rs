@@ -8,12 +8,18 @@
 //! | `option`         | BYTE_ARRAY (UTF8)            | the option id voted for                |
 //! | `partition`      | INT32                        | Kafka partition of the vote record     |
 //! | `offset`         | INT64                        | Kafka offset of the vote record        |
-//! | `received_at_ms` | INT64                        | when the appliance received the vote   |
+//! | `received_at_ms` | INT64                        | the minute the appliance received it   |
 //! | `nonce`          | FIXED_LEN_BYTE_ARRAY(16)     | the record's random nonce              |
 //! | `leaf_hash`      | FIXED_LEN_BYTE_ARRAY(32)     | the receipt: SHA-256(0x00 ‖ leaf)       |
 //!
 //! Every column is `required`. The file is deterministic for a given list of rows: exporting
-//! the same election twice gives the same bytes.
+//! the same election twice gives the same bytes. `received_at_ms` is floored to the minute
+//! ([`RECEIVED_AT_RESOLUTION_MS`]) when written: a millisecond time next to an offset would let
+//! anyone who knows when a voter voted find the voter's row (docs/auditors.md, privacy).
+//!
+//! The reader takes hostile files: it allocates only from sizes the file's own length bounds
+//! ([`MIN_ROW_BYTES`] per row, at most [`ROW_GROUP_ROWS`] rows per row group) and answers every
+//! malformed input with a [`TableError`] naming the row group, row or column.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,22 +27,50 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
 use parquet::basic::{Compression, Encoding, Type as Physical};
 use parquet::column::reader::ColumnReaderImpl;
 use parquet::data_type::{
     ByteArray, ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
     Int64Type,
 };
+use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, RowGroupReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::ColumnPath;
 
-/// Rows per row group: ~6.5 MiB of values, whatever the election's size.
+/// Rows per row group: ~6.5 MiB of values, whatever the election's size. The reader refuses
+/// larger row groups: they were not written by an exporter.
 pub const ROW_GROUP_ROWS: usize = 65_536;
+
+/// The bytes every row takes in any file an exporter writes: its pseudonym, nonce and leaf hash
+/// are random (incompressible, stored plain and uncompressed). A footer announcing more rows
+/// than `file bytes / MIN_ROW_BYTES` lies, and the reader refuses it before reading a row.
+pub const MIN_ROW_BYTES: u64 = 16 + 16 + 32;
+
+/// `received_at_ms` is written floored to a multiple of this (one minute).
+pub const RECEIVED_AT_RESOLUTION_MS: u64 = 60_000;
+
+/// Why a votes file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a readable Parquet file: {0}")]
+    Parquet(#[from] ParquetError),
+    /// The file parses but is not what an exporter writes; the text says where and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T, E = TableError> = std::result::Result<T, E>;
+
+fn invalid(what: impl Into<String>) -> TableError {
+    TableError::Invalid(what.into())
+}
 
 pub const SCHEMA: &str = "message votes {
   required fixed_len_byte_array(16) pseudonym;
@@ -195,11 +229,12 @@ impl<W: Write + Send> VotesWriter<W> {
         };
         b.option.push(option);
         b.partition
-            .push(i32::try_from(r.partition).context("partition beyond INT32")?);
+            .push(i32::try_from(r.partition).map_err(|_| invalid("partition beyond INT32"))?);
         b.offset
-            .push(i64::try_from(r.offset).context("offset beyond INT64")?);
+            .push(i64::try_from(r.offset).map_err(|_| invalid("offset beyond INT64"))?);
+        let minute = r.received_at_ms - r.received_at_ms % RECEIVED_AT_RESOLUTION_MS;
         b.received_at_ms
-            .push(i64::try_from(r.received_at_ms).context("received_at_ms beyond INT64")?);
+            .push(i64::try_from(minute).map_err(|_| invalid("received_at_ms beyond INT64"))?);
         b.nonce.extend_from_slice(r.nonce);
         b.leaf_hash.extend_from_slice(r.leaf_hash);
         self.rows += 1;
@@ -209,7 +244,7 @@ impl<W: Write + Send> VotesWriter<W> {
         Ok(())
     }
 
-    #[cfg(test)]
+    /// [`VotesWriter::push`] of an owned row.
     pub fn push_row(&mut self, r: &Row) -> Result<()> {
         self.push(RowRef {
             pseudonym: &r.pseudonym,
@@ -282,16 +317,32 @@ impl<W: Write + Send> VotesWriter<W> {
 }
 
 /// Reads the rows of a votes file, one row group at a time.
-pub struct VotesReader {
-    file: SerializedFileReader<File>,
+pub struct VotesReader<R: ChunkReader + 'static = File> {
+    file: SerializedFileReader<R>,
 }
 
-impl VotesReader {
-    /// Opens `path` and checks that its schema is exactly [`SCHEMA`].
+impl VotesReader<File> {
+    /// Opens `path`; see [`VotesReader::new`].
     pub fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let file = SerializedFileReader::new(f)
-            .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+        let f = File::open(path)?;
+        Self::new(f)
+    }
+}
+
+impl VotesReader<Bytes> {
+    /// Reads a file held in memory (the fuzz target's way in); see [`VotesReader::new`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::new(Bytes::from(bytes))
+    }
+}
+
+impl<R: ChunkReader + 'static> VotesReader<R> {
+    /// Reads the footer and checks, before any row is read, that the schema is exactly
+    /// [`SCHEMA`], that every row group holds at most [`ROW_GROUP_ROWS`] rows and that the row
+    /// groups add up to the footer's row count, which the file's length must be able to hold.
+    pub fn new(source: R) -> Result<Self> {
+        let len = source.len();
+        let file = SerializedFileReader::new(source)?;
         let schema = file.metadata().file_metadata().schema_descr();
         let got: Vec<String> = schema
             .columns()
@@ -320,17 +371,49 @@ impl VotesReader {
             })
             .collect();
         if got != want {
-            bail!(
-                "{} does not have the columns of a votes export: found [{}], expected [{}]",
-                path.display(),
+            return Err(invalid(format!(
+                "not the columns of a votes export: found [{}], expected [{}]",
                 got.join(", "),
                 want.join(", ")
-            );
+            )));
+        }
+        let mut sum = 0u64;
+        for (i, rg) in file.metadata().row_groups().iter().enumerate() {
+            let n = rg.num_rows();
+            if !(0..=ROW_GROUP_ROWS as i64).contains(&n) {
+                return Err(invalid(format!(
+                    "row group {i} announces {n} rows (an exporter writes at most {ROW_GROUP_ROWS})"
+                )));
+            }
+            for c in rg.columns() {
+                let size = c.compressed_size();
+                if !(0..=len as i64).contains(&size) {
+                    return Err(invalid(format!(
+                        "row group {i}, column {}: {size} bytes in a file of {len}",
+                        c.column_path()
+                    )));
+                }
+            }
+            sum += n as u64;
+        }
+        let announced = file.metadata().file_metadata().num_rows();
+        let rows = u64::try_from(announced)
+            .map_err(|_| invalid(format!("the footer announces {announced} rows")))?;
+        if rows > len / MIN_ROW_BYTES {
+            return Err(invalid(format!(
+                "the footer announces {rows} rows, more than a file of {len} bytes holds \
+                 ({MIN_ROW_BYTES} bytes of random columns per row)"
+            )));
+        }
+        if sum != rows {
+            return Err(invalid(format!(
+                "the row groups hold {sum} rows, the footer announces {rows}"
+            )));
         }
         Ok(Self { file })
     }
 
-    /// Rows the footer announces.
+    /// Rows the footer announces (checked against the row groups and the file's length).
     pub fn num_rows(&self) -> u64 {
         u64::try_from(self.file.metadata().file_metadata().num_rows()).unwrap_or(0)
     }
@@ -342,30 +425,37 @@ impl VotesReader {
     /// The rows of row group `i`, in file order.
     pub fn row_group(&self, i: usize) -> Result<Vec<Row>> {
         let rg = self.file.get_row_group(i)?;
-        let n = usize::try_from(rg.metadata().num_rows()).context("negative row count")?;
-        let pseudonym = read_column::<FixedLenByteArrayType>(&*rg, 0, n)?;
-        let option = read_column::<ByteArrayType>(&*rg, 1, n)?;
-        let partition = read_column::<Int32Type>(&*rg, 2, n)?;
-        let offset = read_column::<Int64Type>(&*rg, 3, n)?;
-        let received_at_ms = read_column::<Int64Type>(&*rg, 4, n)?;
-        let nonce = read_column::<FixedLenByteArrayType>(&*rg, 5, n)?;
-        let leaf_hash = read_column::<FixedLenByteArrayType>(&*rg, 6, n)?;
+        let n = usize::try_from(rg.metadata().num_rows())
+            .ok()
+            .filter(|n| *n <= ROW_GROUP_ROWS)
+            .ok_or_else(|| invalid(format!("row group {i}: row count out of bounds")))?;
+        let at = |what: &str| format!("row group {i}: {what}");
+        let pseudonym =
+            read_column::<FixedLenByteArrayType, _>(&*rg, 0, n).map_err(|e| invalid(at(&e)))?;
+        let option = read_column::<ByteArrayType, _>(&*rg, 1, n).map_err(|e| invalid(at(&e)))?;
+        let partition = read_column::<Int32Type, _>(&*rg, 2, n).map_err(|e| invalid(at(&e)))?;
+        let offset = read_column::<Int64Type, _>(&*rg, 3, n).map_err(|e| invalid(at(&e)))?;
+        let received_at_ms =
+            read_column::<Int64Type, _>(&*rg, 4, n).map_err(|e| invalid(at(&e)))?;
+        let nonce =
+            read_column::<FixedLenByteArrayType, _>(&*rg, 5, n).map_err(|e| invalid(at(&e)))?;
+        let leaf_hash =
+            read_column::<FixedLenByteArrayType, _>(&*rg, 6, n).map_err(|e| invalid(at(&e)))?;
         let mut rows = Vec::with_capacity(n);
         for k in 0..n {
-            let at = |what: &str| format!("row group {i}, row {k}: {what}");
+            let at = |what: &str| invalid(format!("row group {i}, row {k}: {what}"));
             rows.push(Row {
-                pseudonym: array(pseudonym[k].data()).ok_or_else(|| anyhow!(at("pseudonym")))?,
+                pseudonym: array(pseudonym[k].data()).ok_or_else(|| at("pseudonym"))?,
                 option: option[k]
                     .as_utf8()
-                    .map_err(|_| anyhow!(at("option is not UTF-8")))?
+                    .map_err(|_| at("option is not UTF-8"))?
                     .to_owned(),
-                partition: u32::try_from(partition[k])
-                    .map_err(|_| anyhow!(at("negative partition")))?,
-                offset: u64::try_from(offset[k]).map_err(|_| anyhow!(at("negative offset")))?,
+                partition: u32::try_from(partition[k]).map_err(|_| at("negative partition"))?,
+                offset: u64::try_from(offset[k]).map_err(|_| at("negative offset"))?,
                 received_at_ms: u64::try_from(received_at_ms[k])
-                    .map_err(|_| anyhow!(at("negative received_at_ms")))?,
-                nonce: array(nonce[k].data()).ok_or_else(|| anyhow!(at("nonce")))?,
-                leaf_hash: array(leaf_hash[k].data()).ok_or_else(|| anyhow!(at("leaf_hash")))?,
+                    .map_err(|_| at("negative received_at_ms"))?,
+                nonce: array(nonce[k].data()).ok_or_else(|| at("nonce"))?,
+                leaf_hash: array(leaf_hash[k].data()).ok_or_else(|| at("leaf_hash"))?,
             });
         }
         Ok(rows)
@@ -376,27 +466,70 @@ fn array<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
     bytes.try_into().ok()
 }
 
-/// Every value of column `c` of a row group (all columns are required: no levels).
-fn read_column<T: DataType>(rg: &dyn RowGroupReader, c: usize, n: usize) -> Result<Vec<T::T>> {
-    let reader = rg.get_column_reader(c)?;
+/// Every value of column `c` of a row group of `n` rows (all columns are required: no levels).
+fn read_column<T: DataType, G: RowGroupReader + ?Sized>(
+    rg: &G,
+    c: usize,
+    n: usize,
+) -> std::result::Result<Vec<T::T>, String> {
+    let name = COLUMNS[c].0;
+    let reader = rg
+        .get_column_reader(c)
+        .map_err(|e| format!("column {name}: {e}"))?;
     let mut reader: ColumnReaderImpl<T> = T::get_column_reader(reader)
-        .ok_or_else(|| anyhow!("column {} has an unexpected type", COLUMNS[c].0))?;
+        .ok_or_else(|| format!("column {name} has an unexpected type"))?;
     let mut values = Vec::with_capacity(n);
     loop {
         let want = n.saturating_sub(values.len()).max(1);
-        let (records, _, _) = reader.read_records(want, None, None, &mut values)?;
-        if records == 0 {
+        let (records, _, _) = reader
+            .read_records(want, None, None, &mut values)
+            .map_err(|e| format!("column {name}: {e}"))?;
+        if records == 0 || values.len() > n {
             break;
         }
     }
     if values.len() != n {
-        bail!(
-            "column {} holds {} values in a row group of {n} rows",
-            COLUMNS[c].0,
+        return Err(format!(
+            "column {name} holds {} values in a row group of {n} rows",
             values.len()
-        );
+        ));
     }
     Ok(values)
+}
+
+/// `file` with its footer rewritten so that each row group announces `row_group_rows` rows
+/// (the footer's total is their sum). How tests make hostile footers.
+#[cfg(test)]
+pub(crate) fn refooter(file: &[u8], row_group_rows: i64) -> Vec<u8> {
+    use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
+    let reader = SerializedFileReader::new(Bytes::from(file.to_vec())).unwrap();
+    let meta = reader.metadata();
+    let fm = meta.file_metadata();
+    let fm = FileMetaData::new(
+        fm.version(),
+        row_group_rows * meta.row_groups().len() as i64,
+        fm.created_by().map(str::to_owned),
+        fm.key_value_metadata().cloned(),
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let groups = meta
+        .row_groups()
+        .iter()
+        .map(|rg| {
+            rg.clone()
+                .into_builder()
+                .set_num_rows(row_group_rows)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let footer_len = u32::from_le_bytes(file[file.len() - 8..file.len() - 4].try_into().unwrap());
+    let mut out = file[..file.len() - 8 - footer_len as usize].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &ParquetMetaData::new(fm, groups))
+        .finish()
+        .unwrap();
+    out
 }
 
 #[cfg(test)]
@@ -416,7 +549,7 @@ mod tests {
             option: ["red", "green", "blue"][(i % 3) as usize].to_owned(),
             partition: (i / 50_000) as u32,
             offset: i % 50_000 * 2,
-            received_at_ms: 1_700_000_000_000 + i,
+            received_at_ms: (28_333_333 + i) * RECEIVED_AT_RESOLUTION_MS,
             nonce,
             leaf_hash,
         }
@@ -457,6 +590,93 @@ mod tests {
             std::fs::read(&again).unwrap()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn times_are_written_to_the_minute_only() {
+        let mut out = Vec::new();
+        let mut w = VotesWriter::new(&mut out, "e").unwrap();
+        let mut r = row(1);
+        r.received_at_ms = 1_700_000_059_999;
+        w.push_row(&r).unwrap();
+        w.finish().unwrap();
+        let got = VotesReader::from_bytes(out).unwrap().row_group(0).unwrap();
+        assert_eq!(got[0].received_at_ms, 1_700_000_040_000);
+    }
+
+    fn ten_rows() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = VotesWriter::new(&mut out, "e").unwrap();
+        for i in 0..10 {
+            w.push_row(&row(i)).unwrap();
+        }
+        w.finish().unwrap();
+        out
+    }
+
+    fn refused(bytes: Vec<u8>) -> String {
+        match VotesReader::from_bytes(bytes) {
+            Err(e) => e.to_string(),
+            Ok(r) => match (0..r.num_row_groups()).try_for_each(|g| r.row_group(g).map(drop)) {
+                Err(e) => e.to_string(),
+                Ok(()) => panic!("the file was read"),
+            },
+        }
+    }
+
+    #[test]
+    fn the_reader_itself_reads_a_rewritten_footer() {
+        let file = ten_rows();
+        let same = refooter(&file, 10);
+        let r = VotesReader::from_bytes(same).unwrap();
+        assert_eq!(r.row_group(0).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn a_footer_announcing_more_rows_than_the_file_holds_is_refused_before_any_row() {
+        let file = ten_rows();
+        let hostile = refooter(&file, 65_536);
+        let len = hostile.len();
+        assert_eq!(
+            refused(hostile),
+            format!(
+                "the footer announces 65536 rows, more than a file of {len} bytes holds (64 bytes of random columns per row)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_row_group_larger_than_an_exporter_writes_is_refused() {
+        let e = refused(refooter(&ten_rows(), 1 << 30));
+        assert_eq!(
+            e,
+            "row group 0 announces 1073741824 rows (an exporter writes at most 65536)"
+        );
+        let e = refused(refooter(&ten_rows(), -5));
+        assert_eq!(
+            e,
+            "row group 0 announces -5 rows (an exporter writes at most 65536)"
+        );
+        // A row group announcing fewer rows than its columns hold.
+        let e = refused(refooter(&ten_rows(), 9));
+        assert!(e.contains("values in a row group of 9 rows"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_file_is_refused() {
+        let file = ten_rows();
+        for cut in [0, 4, file.len() / 2, file.len() - 1] {
+            let e = refused(file[..cut].to_vec());
+            assert!(
+                e.starts_with("not a readable Parquet file"),
+                "cut at {cut}: {e}"
+            );
+        }
+        // The footer intact, a data page damaged.
+        let mut damaged = file.clone();
+        damaged[4..40].fill(0xff);
+        let e = refused(damaged);
+        assert!(e.contains("row group 0"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -18,6 +17,26 @@ const SPKI_PREFIX: [u8; 12] = [
 ];
 pub const PUBLIC_KEY_LEN: usize = 32;
 pub const SIGNATURE_LEN: usize = 64;
+/// Larger key files are not keys: they are refused before being read whole.
+pub const KEY_FILE_MAX_BYTES: u64 = 64 * 1024;
+
+/// Why a key could not be read; the text names the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
+type Result<T, E = KeyError> = std::result::Result<T, E>;
+
+macro_rules! key_err {
+    ($($t:tt)*) => { KeyError(format!($($t)*)) };
+}
+
+/// Reads a key file of at most [`KEY_FILE_MAX_BYTES`].
+pub fn read_key_file(path: &Path, what: &str) -> Result<String> {
+    let bytes = crate::read_bounded(path, KEY_FILE_MAX_BYTES)
+        .map_err(|e| key_err!("reading {what} {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| key_err!("{what} {} is not text", path.display()))
+}
 
 /// The contents of the first PEM block labelled `label` in `text`.
 pub fn pem_block(text: &str, label: &str) -> Result<Vec<u8>> {
@@ -25,29 +44,33 @@ pub fn pem_block(text: &str, label: &str) -> Result<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let Some(start) = text.find(&begin) else {
         if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-            bail!(
+            return Err(key_err!(
                 "the key is encrypted; give an unencrypted PKCS#8 key (openssl genpkey without -aes…)"
-            );
+            ));
         }
         let found = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("-----BEGIN "))
             .map(|l| l.trim_end_matches('-').to_owned());
-        match found {
-            Some(other) => bail!("expected a PEM block \"{label}\", found \"{other}\""),
-            None => bail!("no PEM block \"{label}\" (expected {begin} … {end})"),
-        }
+        return match found {
+            Some(other) => Err(key_err!(
+                "expected a PEM block \"{label}\", found \"{other}\""
+            )),
+            None => Err(key_err!(
+                "no PEM block \"{label}\" (expected {begin} … {end})"
+            )),
+        };
     };
     let body = &text[start + begin.len()..];
     let stop = body
         .find(&end)
-        .ok_or_else(|| anyhow!("PEM block \"{label}\" has no {end} line"))?;
+        .ok_or_else(|| key_err!("PEM block \"{label}\" has no {end} line"))?;
     let b64: String = body[..stop]
         .chars()
         .filter(|c| !c.is_ascii_whitespace())
         .collect();
     B64.decode(b64)
-        .with_context(|| format!("PEM block \"{label}\" is not base64"))
+        .map_err(|e| key_err!("PEM block \"{label}\" is not base64: {e}"))
 }
 
 /// PEM text of `der` under `label`, lines of 64 characters, `\n` line ends (as OpenSSL).
@@ -79,15 +102,14 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM file (v1 as OpenSSL writes it, or v2 with the public key).
     pub fn from_pem_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the signing key {}", path.display()))?;
-        Self::from_pem(&text).with_context(|| format!("the signing key {}", path.display()))
+        let text = read_key_file(path, "the signing key")?;
+        Self::from_pem(&text).map_err(|e| key_err!("the signing key {}: {e}", path.display()))
     }
 
     pub fn from_pem(text: &str) -> Result<Self> {
         let der = pem_block(text, "PRIVATE KEY")?;
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .map_err(|e| anyhow!("not an Ed25519 PKCS#8 private key: {e}"))?;
+            .map_err(|e| key_err!("not an Ed25519 PKCS#8 private key: {e}"))?;
         Ok(Self { pair })
     }
 
@@ -120,7 +142,9 @@ impl PublicKey {
                 out.copy_from_slice(key);
                 Ok(Self(out))
             }
-            _ => bail!("not an Ed25519 public key (SubjectPublicKeyInfo of OID 1.3.101.112)"),
+            _ => Err(key_err!(
+                "not an Ed25519 public key (SubjectPublicKeyInfo of OID 1.3.101.112)"
+            )),
         }
     }
 
