@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::serve::{AUDIT_KEY, Serve, TestClient, open_election};
+use common::serve::{AUDIT_KEY, Serve, TestClient, open_election, wait_open};
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
@@ -37,26 +37,65 @@ fn persist_to_end(prefix: &str) {
     );
 }
 
+/// Where a lane sends votes: a protocol and a node's base URL for it.
+#[derive(Clone)]
+struct Route {
+    protocol: &'static str,
+    base: String,
+    tls_root: Option<String>,
+}
+
+/// HTTP/1.1 to each of `urls`.
+fn h1(urls: &[String]) -> Vec<Route> {
+    urls.iter()
+        .map(|u| Route {
+            protocol: "h1",
+            base: u.clone(),
+            tls_root: None,
+        })
+        .collect()
+}
+
+/// HTTP/1.1 and HTTP/3 to each of `nodes` (started with TLS).
+fn h1_and_h3(nodes: &[&Serve]) -> Vec<Route> {
+    nodes
+        .iter()
+        .flat_map(|n| {
+            let root = n.https.as_ref().map(|(_, cert)| cert.clone());
+            ["h1", "h3"].map(|protocol| Route {
+                protocol,
+                base: n.base_for(protocol),
+                tls_root: root.clone(),
+            })
+        })
+        .collect()
+}
+
 /// One vote's fate as its voter saw it.
 struct Sent {
+    protocol: &'static str,
     voter: u64,
     status: u16,
     code: Option<String>,
     receipt: Option<String>,
 }
 
-/// Votes with fresh voters through `urls` (round robin) from `lanes` tasks until `stop`.
-async fn stream_votes(urls: Vec<String>, lanes: u64, stop: Arc<AtomicBool>) -> Vec<Sent> {
+/// Votes with fresh voters through `routes` (round robin) from `lanes` tasks until `stop`.
+async fn stream_votes(routes: Vec<Route>, lanes: u64, stop: Arc<AtomicBool>) -> Vec<Sent> {
     let mut tasks = Vec::new();
     for lane in 0..lanes {
-        let (urls, stop) = (urls.clone(), stop.clone());
+        let (routes, stop) = (routes.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let client = TestClient::http1();
+            let clients: Vec<TestClient> = routes
+                .iter()
+                .map(|r| TestClient::for_protocol(r.protocol, r.tls_root.as_deref()))
+                .collect();
             let mut out = Vec::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let voter = 1 + lane + n * lanes;
-                let url = &urls[(n as usize) % urls.len()];
+                let at = (n as usize) % routes.len();
+                let (client, url) = (&clients[at], &routes[at].base);
                 let option = OPTIONS[(voter % 3) as usize];
                 // An answer lost with its connection (a node killed) is status 0: its vote
                 // may or may not have been committed.
@@ -65,6 +104,7 @@ async fn stream_votes(urls: Vec<String>, lanes: u64, stop: Arc<AtomicBool>) -> V
                     .await
                     .unwrap_or((0, serde_json::Value::Null));
                 out.push(Sent {
+                    protocol: routes[at].protocol,
                     voter,
                     status,
                     code: body["error"]["code"].as_str().map(str::to_owned),
@@ -86,12 +126,12 @@ async fn stream_votes(urls: Vec<String>, lanes: u64, stop: Arc<AtomicBool>) -> V
 /// official result once final.
 async fn close_under_load(
     admin: &Serve,
-    urls: Vec<String>,
+    routes: Vec<Route>,
     prefix: &str,
 ) -> (Vec<Sent>, serde_json::Value) {
     let client = TestClient::http1();
     let stop = Arc::new(AtomicBool::new(false));
-    let voting = tokio::spawn(stream_votes(urls, 12, stop.clone()));
+    let voting = tokio::spawn(stream_votes(routes, 12, stop.clone()));
     // Let votes flow, then close while they still do.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (s, body) = client
@@ -205,7 +245,7 @@ fn closing_under_load_counts_every_202_and_refuses_the_rest() {
     let prefix = serve.names().prefix().to_owned();
     runtime().block_on(async {
         open_election(&TestClient::http1(), &serve, "c", &OPTIONS, 0).await;
-        let (sent, official) = close_under_load(&serve, vec![serve.url("")], &prefix).await;
+        let (sent, official) = close_under_load(&serve, h1(&[serve.url("")]), &prefix).await;
         assert_barrier_held(&serve, &sent, &official, 4).await;
     });
 }
@@ -221,20 +261,29 @@ fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_count
         "votes init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let a = Serve::start_node_tls(&prefix, 1, "node-a", &[]);
     // node-b's elections view lags 2 s behind the topic: it keeps taking votes of the closed
     // election at its edge for that long, and owns half the partitions.
-    let b = Serve::start_node(
+    let b = Serve::start_node_tls(
         &prefix,
         1,
         "node-b",
         &[("VOTES_TEST_ELECTIONS_LAG_MS", "2000")],
     );
     runtime().block_on(async {
-        open_election(&TestClient::http1(), &a, "c", &OPTIONS, 0).await;
-        // node-b hears of the election 2 s late too.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let (sent, official) = close_under_load(&a, vec![a.url(""), b.url("")], &prefix).await;
+        let client = TestClient::http1();
+        open_election(&client, &a, "c", &OPTIONS, 0).await;
+        // node-b hears of the election late too.
+        wait_open(&client, &b, "c").await;
+        // Voters reach both nodes over HTTP/1.1 and HTTP/3.
+        let (sent, official) = close_under_load(&a, h1_and_h3(&[&a, &b]), &prefix).await;
+        for protocol in ["h1", "h3"] {
+            let accepted = sent
+                .iter()
+                .filter(|s| s.protocol == protocol && s.status == 202)
+                .count();
+            assert!(accepted > 0, "votes were accepted over {protocol}");
+        }
         assert_barrier_held(&a, &sent, &official, 4).await;
     });
 }
@@ -257,7 +306,7 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
         open_election(&client, &a, "c", &OPTIONS, 0).await;
         // Votes through both nodes until node-b dies mid-stream.
         let stop = Arc::new(AtomicBool::new(false));
-        let voting = tokio::spawn(stream_votes(vec![a.url(""), b.url("")], 8, stop.clone()));
+        let voting = tokio::spawn(stream_votes(h1(&[a.url(""), b.url("")]), 8, stop.clone()));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         b.kill();
         // The close goes out while node-b's partitions have no live owner yet.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::runtime;
 use common::serve::{
     Ack, Committed, Serve, TestClient, assert_acks_in_log, committed_votes, log_tallies,
-    open_election, wait_live_totals,
+    open_election, wait_live_totals, wait_open,
 };
 use tokio::sync::{Mutex, Semaphore};
 use votes_core::{VoterId, partition_of};
@@ -208,23 +208,6 @@ fn assert_every_202_once(log: &[Committed], election: &str, attempts: &[Attempt]
 }
 
 /// Waits until `serve` shows election `id` open (it learns elections from the elections topic).
-async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
-            && e["state"] == "open"
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never saw election {id} open",
-            serve.node
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The log without terminal colour codes (tracing colours its fields).
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -295,27 +295,43 @@ impl ElectionsReader {
         view: &mut ElectionsView,
         timeout: Duration,
     ) -> Result<(), ElectionsLogError> {
+        let err = |source| ElectionsLogError::Kafka {
+            topic: self.topic.clone(),
+            source,
+        };
+        // The end as of now. A reader that already reported EOF once gets no second EOF event
+        // when nothing new arrived, and a transaction's commit marker is never delivered, so
+        // the position (which librdkafka moves past markers) against this end also says done.
+        let (_, end) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, timeout)
+            .map_err(err)?;
         let mut last = Instant::now();
         loop {
-            match self.consumer.poll(Duration::from_millis(100)) {
+            match self.consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => {
                     last = Instant::now();
                     take(&self.topic, &mut self.invalid, m.payload(), view);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
-                Some(Err(source)) => {
-                    return Err(ElectionsLogError::Kafka {
-                        topic: self.topic.clone(),
-                        source,
-                    });
+                Some(Err(source)) => return Err(err(source)),
+                None => {
+                    let position = self
+                        .consumer
+                        .position()
+                        .map_err(err)?
+                        .find_partition(&self.topic, 0)
+                        .and_then(|p| p.offset().to_raw());
+                    if position.is_some_and(|p| p >= end) {
+                        return Ok(());
+                    }
+                    if last.elapsed() > timeout {
+                        return Err(ElectionsLogError::Timeout {
+                            topic: self.topic.clone(),
+                            timeout,
+                        });
+                    }
                 }
-                None if last.elapsed() > timeout => {
-                    return Err(ElectionsLogError::Timeout {
-                        topic: self.topic.clone(),
-                        timeout,
-                    });
-                }
-                None => {}
             }
         }
     }

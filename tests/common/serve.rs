@@ -82,6 +82,12 @@ impl Serve {
         Serve::launch(prefix, cores, false, env, node, true)
     }
 
+    /// [`Serve::start_node`] with a TLS listener too: HTTP/1.1 and h2 over TLS, and HTTP/3 on
+    /// its UDP side ([`Serve::base_for`]).
+    pub fn start_node_tls(prefix: &str, cores: usize, node: &str, env: &[(&str, &str)]) -> Serve {
+        Serve::launch(prefix, cores, true, env, node, true)
+    }
+
     fn launch(
         prefix: &str,
         cores: usize,
@@ -521,6 +527,24 @@ impl TestClient {
         )
         .await
         .map(|(s, _, j)| (s, j))
+    }
+}
+
+/// Waits until `serve`'s own copy of the elections shows `id` open.
+pub async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
+            && e["state"] == "open"
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw election {id} open",
+            serve.node
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
