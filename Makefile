@@ -22,7 +22,7 @@ help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
 	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
-	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | chaos | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -81,6 +81,12 @@ demo: build services-up
 	scripts/demo.sh
 demo-stop:
 	scripts/demo-stop.sh
+
+# Seeded fault-campaign runs against a 3-broker cluster, three nodes and two persisters, with an
+# independent checker (perf/src/chaos.rs): make chaos [RUNS=N] [SEED=S] [DURATION=120s].
+.PHONY: chaos
+chaos: prerequisites
+	RUNS=$(or $(RUNS),1) SEED=$(or $(SEED),1) DURATION=$(or $(DURATION),120s) scripts/chaos.sh
 
 .PHONY: bench
 bench: prerequisites

@@ -9,6 +9,7 @@
 //! by the small incremental reader of [`sse`], the delay from a vote's commit to each
 //! subscriber, and the server's memory per subscriber ([`sys`]).
 
+pub mod chaos;
 pub mod client;
 pub mod cpu;
 pub mod duration;

@@ -1,0 +1,965 @@
+//! `votes-chaos`: a seeded fault campaign against a fleet on this machine, and an independent
+//! checker over its whole history (issue: fault campaign).
+//!
+//! One run: three `votes serve` nodes (one core each, TLS for HTTP/3, forwarding links), two
+//! persisters, on the brokers, Redis and DynamoDB engine it is given. Voters vote through random
+//! nodes over HTTP/1.1, h2c and HTTP/3, retrying on 503 and lost connections as a real client
+//! does, and some send their vote twice. Meanwhile a nemesis, chosen and timed from the seed,
+//! kills (`-9`) and restarts nodes, freezes them (SIGSTOP, a zombie) and thaws them, kills
+//! brokers, restarts Redis empty and kills persisters. At the end everything is healed, the
+//! election is closed, and the run waits for the official result.
+//!
+//! The checker trusts none of the system's own verdicts: it reads the committed log itself and
+//! reports every acknowledged vote not in the log at the partition and offset it was given,
+//! every `202` whose receipt the official tree does not prove, `409 already_voted` for a voter
+//! with no committed vote, voters counted twice, official totals that differ from the log's
+//! first votes, and the windows in which a partition gave no `202` (with the faults active
+//! then). The history and the logs stay under the run's directory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Method;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use votes_core::record::LogRecord;
+use votes_core::{Names, VoterId, routing};
+
+use crate::client::{Client, Protocol, Target, Trust};
+use crate::mix::Rng;
+use crate::tokens::Tokens;
+
+pub const TOKEN_KEY: &str = "chaos-only VOTES_TOKEN_KEY, 32+ bytes long";
+pub const AUDIT_KEY: &str = "chaos-only VOTES_AUDIT_KEY, 32+ bytes long!";
+pub const ADMIN_TOKEN: &str = "chaos-admin-token";
+const ELECTION: &str = "chaos";
+const OPTIONS: [&str; 3] = ["red", "green", "blue"];
+/// Attempts per voter before the voter gives up (each after a 503 or a lost answer).
+const ATTEMPTS: u32 = 60;
+/// A partition without a `202` for longer than this is reported as unavailable.
+const GAP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub duration: Duration,
+    pub out: PathBuf,
+    pub votes_bin: PathBuf,
+    pub brokers: String,
+    pub dynamodb: String,
+    pub redis: String,
+    /// `scripts/services.sh`, to bring a killed broker or Redis back.
+    pub services: PathBuf,
+    pub nodes: usize,
+    pub partitions: u32,
+    pub lanes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+fn setup(what: impl Into<String>) -> ChaosError {
+    ChaosError::Setup(what.into())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A process of the fleet that the nemesis may kill, freeze and restart.
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    frozen: bool,
+}
+
+impl Proc {
+    fn start(&mut self, bin: &Path) -> Result<(), ChaosError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("VOTES_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.frozen = false;
+        Ok(())
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    fn kill9(&mut self) {
+        if self.frozen {
+            self.signal(libc::SIGCONT);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.frozen = false;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Node {
+    proc: Proc,
+    http: SocketAddr,
+    https: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One request as its client saw it: the history line the checker reads.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    pub voter: u64,
+    pub option: &'static str,
+    pub node: usize,
+    pub protocol: &'static str,
+    pub duplicate: bool,
+    pub sent_ms: u64,
+    pub answered_ms: u64,
+    /// 0: no answer (connection lost, timeout).
+    pub status: u16,
+    pub code: Option<String>,
+    pub receipt: Option<String>,
+    pub partition: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// A fault, as the history records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fault {
+    pub kind: &'static str,
+    pub target: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub acknowledged: u64,
+    pub attempts: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub anomalies: Vec<String>,
+    /// Per fault kind: the longest window without a `202` on some partition that overlapped it.
+    pub unavailable_ms: BTreeMap<&'static str, Vec<u64>>,
+    pub official: serde_json::Value,
+}
+
+/// The fleet of one run.
+struct Fleet {
+    cfg: Config,
+    prefix: String,
+    nodes: Vec<Node>,
+    persisters: Vec<Proc>,
+    cert: PathBuf,
+}
+
+impl Fleet {
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("VOTES_PREFIX", self.prefix.as_str()),
+            ("VOTES_KAFKA_BROKERS", &self.cfg.brokers),
+            ("VOTES_REDIS_URL", &self.cfg.redis),
+            ("VOTES_DYNAMODB_ENDPOINT", &self.cfg.dynamodb),
+            ("VOTES_TOKEN_KEY", TOKEN_KEY),
+            ("VOTES_AUDIT_KEY", AUDIT_KEY),
+            ("VOTES_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("VOTES_RATE_PER_ADDR", "0"),
+            ("VOTES_RATE_PER_PREFIX", "0"),
+            ("VOTES_LOG", "info"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    fn start(cfg: Config) -> Result<Fleet, ChaosError> {
+        std::fs::create_dir_all(&cfg.out)?;
+        let prefix = format!("chaos-{}-{}-", cfg.seed, std::process::id());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(|e| setup(format!("certificate: {e}")))?;
+        let cert = cfg.out.join("cert.pem");
+        let key = cfg.out.join("key.pem");
+        std::fs::write(&cert, ck.cert.pem())?;
+        std::fs::write(&key, ck.signing_key.serialize_pem())?;
+        let mut fleet = Fleet {
+            cfg: cfg.clone(),
+            prefix,
+            nodes: Vec::new(),
+            persisters: Vec::new(),
+            cert: cert.clone(),
+        };
+        let init = Command::new(&cfg.votes_bin)
+            .args([
+                "init",
+                "--partitions",
+                &cfg.partitions.to_string(),
+                "--replication-factor",
+                "3",
+            ])
+            .envs(fleet.env())
+            .env_remove("VOTES_CONFIG")
+            .output()?;
+        if !init.status.success() {
+            return Err(setup(format!(
+                "votes init: {}",
+                String::from_utf8_lossy(&init.stderr)
+            )));
+        }
+        for i in 0..cfg.nodes {
+            let (http, https, admin, internal) = (
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+            );
+            let args = [
+                "serve",
+                "--cores",
+                "1",
+                "--node-id",
+                &format!("node-{i}"),
+                "--http",
+                &http.to_string(),
+                "--https",
+                &https.to_string(),
+                "--tls-cert",
+                &cert.display().to_string(),
+                "--tls-key",
+                &key.display().to_string(),
+                "--admin",
+                &admin.to_string(),
+                "--internal",
+                &internal.to_string(),
+                "--group-session-timeout-ms",
+                "6000",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let mut proc = Proc {
+                name: format!("node-{i}"),
+                args,
+                env: fleet.env(),
+                log: cfg.out.join(format!("node-{i}.log")),
+                child: None,
+                frozen: false,
+            };
+            proc.start(&cfg.votes_bin)?;
+            fleet.nodes.push(Node {
+                proc,
+                http,
+                https,
+                admin,
+            });
+        }
+        for i in 0..2 {
+            let mut proc = Proc {
+                name: format!("persister-{i}"),
+                args: ["persist", "--instance-id", &format!("chaos-p{i}")]
+                    .map(str::to_owned)
+                    .to_vec(),
+                env: fleet.env(),
+                log: cfg.out.join(format!("persister-{i}.log")),
+                child: None,
+                frozen: false,
+            };
+            proc.start(&cfg.votes_bin)?;
+            fleet.persisters.push(proc);
+        }
+        Ok(fleet)
+    }
+
+    fn node_url(&self, i: usize) -> String {
+        format!("http://{}", self.nodes[i].http)
+    }
+
+    fn admin_url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[i].admin)
+    }
+}
+
+/// A plain HTTP/1.1 request for the harness's own calls (admin, readiness, receipts).
+async fn call(
+    method: Method,
+    url: &str,
+    admin: bool,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri.authority().ok_or("no authority")?.to_string();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority)
+        .header("content-type", "application/json");
+    if admin {
+        req = req.header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let resp = send
+        .send_request(
+            req.body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Waits until `f` holds, polling every 200 ms, at most `within`.
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut f: F) -> Result<(), ChaosError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        if Instant::now() > deadline {
+            return Err(setup(format!("{what} did not happen within {within:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// The voters of one lane vote, each until answered for good.
+#[allow(clippy::too_many_arguments)]
+async fn lane(
+    lane: usize,
+    lanes: usize,
+    clients: Arc<Vec<Vec<(Protocol, Client)>>>,
+    tokens: Arc<Tokens>,
+    seed: u64,
+    until: Instant,
+    history: Arc<Mutex<Vec<Attempt>>>,
+) {
+    let mut rng = Rng::new(seed ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut voter = lane as u64;
+    while Instant::now() < until {
+        voter += lanes as u64;
+        let option = OPTIONS[(rng.next_u64() % 3) as usize];
+        let duplicate_after = rng.next_u64().is_multiple_of(20);
+        let mut answered = false;
+        for attempt in 0..ATTEMPTS {
+            let node = (rng.next_u64() % clients.len() as u64) as usize;
+            let pick = (rng.next_u64() % clients[node].len() as u64) as usize;
+            let a = vote(&clients[node][pick], node, &tokens, voter, option, false).await;
+            let done = matches!(a.status, 202 | 409 | 400 | 404);
+            let accepted = a.status == 202;
+            history.lock().expect("history").push(a);
+            if done {
+                answered = true;
+                if accepted && duplicate_after {
+                    let node = (rng.next_u64() % clients.len() as u64) as usize;
+                    let d = vote(&clients[node][0], node, &tokens, voter, option, true).await;
+                    history.lock().expect("history").push(d);
+                }
+                break;
+            }
+            // A real client backs off before retrying a 503 or a lost answer.
+            let backoff = 50 * u64::from(attempt.min(10) + 1);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            if Instant::now() > until + Duration::from_secs(60) {
+                break;
+            }
+        }
+        let _ = answered;
+    }
+}
+
+async fn vote(
+    c: &(Protocol, Client),
+    node: usize,
+    tokens: &Tokens,
+    voter: u64,
+    option: &'static str,
+    duplicate: bool,
+) -> Attempt {
+    let (protocol, client) = c;
+    let sent_ms = now_ms();
+    let body = format!(r#"{{"option":"{option}"}}"#);
+    let req = client
+        .request(
+            Method::POST,
+            client.uri(&format!("/v1/elections/{ELECTION}/votes")),
+        )
+        .header("authorization", tokens.bearer(voter))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.send(req)).await;
+    let (status, json) = match answer {
+        Ok(Ok(a)) => (
+            a.status.as_u16(),
+            serde_json::from_slice::<serde_json::Value>(&a.body).unwrap_or_default(),
+        ),
+        _ => (0, serde_json::Value::Null),
+    };
+    Attempt {
+        voter,
+        option,
+        node,
+        protocol: match protocol {
+            Protocol::H1 => "h1",
+            Protocol::H2 => "h2c",
+            Protocol::H3 => "h3",
+        },
+        duplicate,
+        sent_ms,
+        answered_ms: now_ms(),
+        status,
+        code: json["error"]["code"].as_str().map(str::to_owned),
+        receipt: json["receipt"].as_str().map(str::to_owned),
+        partition: json["partition"].as_u64().map(|p| p as u32),
+        offset: json["offset"].as_u64(),
+    }
+}
+
+/// The nemesis: one fault at a time, chosen and timed from the seed, until `until`.
+async fn nemesis(
+    fleet: Arc<tokio::sync::Mutex<Fleet>>,
+    seed: u64,
+    until: Instant,
+    faults: Arc<Mutex<Vec<Fault>>>,
+) -> Result<(), ChaosError> {
+    let mut rng = Rng::new(seed.rotate_left(17) ^ 0x5eed);
+    // Let the fleet settle and votes flow first.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    while Instant::now() + Duration::from_secs(15) < until {
+        let kind = match rng.next_u64() % 6 {
+            0 | 1 => "kill-node",
+            2 => "freeze-node",
+            3 => "kill-broker",
+            4 => "restart-redis-empty",
+            _ => "kill-persister",
+        };
+        let from_ms = now_ms();
+        let hold = Duration::from_millis(2_000 + rng.next_u64() % 8_000);
+        let target;
+        {
+            let mut f = fleet.lock().await;
+            let bin = f.cfg.votes_bin.clone();
+            match kind {
+                "kill-node" => {
+                    let i = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    target = f.nodes[i].proc.name.clone();
+                    f.nodes[i].proc.kill9();
+                    drop(f);
+                    tokio::time::sleep(hold).await;
+                    let mut f = fleet.lock().await;
+                    f.nodes[i].proc.start(&bin)?;
+                }
+                "freeze-node" => {
+                    let i = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    target = f.nodes[i].proc.name.clone();
+                    f.nodes[i].proc.signal(libc::SIGSTOP);
+                    f.nodes[i].proc.frozen = true;
+                    drop(f);
+                    // Long enough to lose its partitions (the group session is 6 s).
+                    tokio::time::sleep(hold + Duration::from_secs(6)).await;
+                    let mut f = fleet.lock().await;
+                    f.nodes[i].proc.signal(libc::SIGCONT);
+                    f.nodes[i].proc.frozen = false;
+                }
+                "kill-broker" => {
+                    let b = rng.next_u64() % 3;
+                    target = format!("broker-{b}");
+                    let services = f.cfg.services.clone();
+                    drop(f);
+                    kill_broker(&services, b)?;
+                    tokio::time::sleep(hold).await;
+                    services_up(&services, &["--brokers", "3", "kafka"])?;
+                }
+                "restart-redis-empty" => {
+                    target = "redis".into();
+                    let services = f.cfg.services.clone();
+                    drop(f);
+                    services_cmd(&services, &["down", "redis"])?;
+                    tokio::time::sleep(hold).await;
+                    services_up(&services, &["redis"])?;
+                    flush_redis()?;
+                }
+                _ => {
+                    let i = (rng.next_u64() % f.persisters.len() as u64) as usize;
+                    target = f.persisters[i].name.clone();
+                    f.persisters[i].kill9();
+                    drop(f);
+                    tokio::time::sleep(hold).await;
+                    let mut f = fleet.lock().await;
+                    f.persisters[i].start(&bin)?;
+                }
+            }
+        }
+        faults.lock().expect("faults").push(Fault {
+            kind,
+            target,
+            from_ms,
+            to_ms: now_ms(),
+        });
+        // Quiet between faults, so each one's window is its own.
+        tokio::time::sleep(Duration::from_millis(4_000 + rng.next_u64() % 6_000)).await;
+    }
+    Ok(())
+}
+
+fn services_cmd(services: &Path, args: &[&str]) -> Result<(), ChaosError> {
+    let out = Command::new(services).args(args).output()?;
+    if !out.status.success() {
+        return Err(setup(format!(
+            "{} {}: {}",
+            services.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+fn services_up(services: &Path, args: &[&str]) -> Result<(), ChaosError> {
+    let mut all = vec!["up"];
+    all.extend_from_slice(args);
+    services_cmd(services, &all)
+}
+
+/// `kill -9` of broker `b` of the 3-node cluster `scripts/services.sh` started.
+fn kill_broker(services: &Path, b: u64) -> Result<(), ChaosError> {
+    let root = services
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| setup("services.sh lies under scripts/"))?;
+    let pidfile = root.join(format!("target/services/kafka/cluster3/node-{b}/kafka.pid"));
+    let pid: i32 = std::fs::read_to_string(&pidfile)?
+        .trim()
+        .parse()
+        .map_err(|_| setup(format!("{} holds no pid", pidfile.display())))?;
+    // SAFETY: kill(2) of the broker this checkout's services script started (its pidfile).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    Ok(())
+}
+
+fn flush_redis() -> Result<(), ChaosError> {
+    let out = Command::new("redis-cli").arg("FLUSHALL").output()?;
+    if !out.status.success() {
+        return Err(setup("redis-cli FLUSHALL failed"));
+    }
+    Ok(())
+}
+
+/// Every committed record of the run's `votes` topic, read with read_committed to the end.
+fn committed_log(cfg: &Config, names: &Names) -> Result<Vec<(u32, u64, LogRecord)>, ChaosError> {
+    let consumer: BaseConsumer =
+        votes_tally::kafka::read_committed_consumer_config(&cfg.brokers, "chaos-checker")
+            .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..cfg.partitions {
+        tpl.add_partition_offset(&names.votes_topic(), p as i32, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let mut at_end = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < cfg.partitions as usize {
+        if Instant::now() > deadline {
+            return Err(setup(
+                "reading the votes log did not reach its end in 120 s",
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let record = LogRecord::decode(m.payload().unwrap_or_default())
+                    .map_err(|e| setup(format!("an undecodable committed record: {e:?}")))?;
+                out.push((m.partition() as u32, m.offset() as u64, record));
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The checker: the history against the committed log and the official result.
+fn check(
+    cfg: &Config,
+    log: &[(u32, u64, LogRecord)],
+    history: &[Attempt],
+    faults: &[Fault],
+    official: &serde_json::Value,
+    receipts_ok: &HashMap<String, bool>,
+) -> Report {
+    let mut r = Report {
+        seed: cfg.seed,
+        attempts: history.len() as u64,
+        official: official.clone(),
+        ..Report::default()
+    };
+    for f in faults {
+        *r.faults.entry(f.kind).or_default() += 1;
+    }
+    // The log's counted votes: per partition in offset order, the election's records up to
+    // its first close marker, the first record of each voter.
+    let mut counted: HashMap<u64, (u32, u64, String)> = HashMap::new();
+    let mut closed: HashSet<u32> = HashSet::new();
+    let mut at: HashMap<(u32, u64), (u64, String)> = HashMap::new();
+    for (p, o, rec) in log {
+        match rec {
+            LogRecord::Close(c) if c.election.as_str() == ELECTION => {
+                closed.insert(*p);
+            }
+            LogRecord::Vote(v) if v.election.as_str() == ELECTION => {
+                at.insert((*p, *o), (v.voter.0, v.option.as_str().to_owned()));
+                if closed.contains(p) {
+                    continue;
+                }
+                if let Some((p0, o0, _)) = counted.get(&v.voter.0) {
+                    if *p0 != *p {
+                        r.anomalies.push(format!(
+                            "voter {} has records in partitions {p0} (offset {o0}) and {p}",
+                            v.voter.0
+                        ));
+                    }
+                    continue;
+                }
+                counted.insert(v.voter.0, (*p, *o, v.option.as_str().to_owned()));
+            }
+            _ => {}
+        }
+    }
+    if closed.len() != cfg.partitions as usize {
+        r.anomalies.push(format!(
+            "close markers in {} of {} partitions",
+            closed.len(),
+            cfg.partitions
+        ));
+    }
+    let mut acked = HashSet::new();
+    for a in history.iter().filter(|a| a.status == 202) {
+        acked.insert(a.voter);
+        let (Some(p), Some(o)) = (a.partition, a.offset) else {
+            r.anomalies.push(format!(
+                "voter {}: a 202 without partition and offset",
+                a.voter
+            ));
+            continue;
+        };
+        match counted.get(&a.voter) {
+            Some((cp, co, option)) if (*cp, *co) == (p, o) && option == a.option => {}
+            Some((cp, co, _)) => r.anomalies.push(format!(
+                "voter {}: 202 at {p}/{o}, but the counted vote is at {cp}/{co}",
+                a.voter
+            )),
+            None => r.anomalies.push(format!(
+                "voter {}: 202 at {p}/{o} ({:?} in the log there) is not counted: an acknowledged vote lost",
+                a.voter,
+                at.get(&(p, o))
+            )),
+        }
+        if routing::partition_of(VoterId(a.voter), cfg.partitions) != p {
+            r.anomalies.push(format!(
+                "voter {}: committed in a partition not its own",
+                a.voter
+            ));
+        }
+        match a.receipt.as_ref().and_then(|rc| receipts_ok.get(rc)) {
+            Some(true) => {}
+            _ => r.anomalies.push(format!(
+                "voter {}: receipt {:?} is not proven against the official root",
+                a.voter, a.receipt
+            )),
+        }
+    }
+    r.acknowledged = acked.len() as u64;
+    for a in history
+        .iter()
+        .filter(|a| a.status == 409 && a.code.as_deref() == Some("already_voted"))
+    {
+        if !counted.contains_key(&a.voter) {
+            r.anomalies.push(format!(
+                "voter {}: 409 already_voted, but no committed vote",
+                a.voter
+            ));
+        }
+    }
+    for a in history.iter().filter(|a| {
+        !matches!(a.status, 0 | 202 | 503) && a.code.as_deref() != Some("already_voted")
+    }) {
+        r.anomalies.push(format!(
+            "voter {}: an answer outside the contract under faults: {} {:?}",
+            a.voter, a.status, a.code
+        ));
+    }
+    // Official result = the log's first votes.
+    let mut tallies: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, _, option) in counted.values() {
+        *tallies.entry(option.clone()).or_default() += 1;
+    }
+    if official["state"] != "final" {
+        r.anomalies
+            .push(format!("the election did not become final: {official}"));
+    }
+    for o in OPTIONS {
+        let (theirs, ours) = (
+            official["totals"][o].as_u64().unwrap_or(0),
+            tallies.get(o).copied().unwrap_or(0),
+        );
+        if theirs != ours {
+            r.anomalies.push(format!(
+                "{o}: official {theirs}, the log's first votes {ours}"
+            ));
+        }
+    }
+    if official["merkle"]["tree_size"].as_u64() != Some(counted.len() as u64) {
+        r.anomalies.push(format!(
+            "official tree size {}, {} voters counted in the log",
+            official["merkle"]["tree_size"],
+            counted.len()
+        ));
+    }
+    // Unavailability: per partition, windows between 202s longer than GAP while load ran.
+    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for a in history.iter().filter(|a| a.status == 202 && !a.duplicate) {
+        if let Some(p) = a.partition {
+            by_partition.entry(p).or_default().push(a.answered_ms);
+        }
+    }
+    for times in by_partition.values_mut() {
+        times.sort_unstable();
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            if gap <= GAP.as_millis() as u64 {
+                continue;
+            }
+            let cause = faults
+                .iter()
+                .find(|f| f.from_ms <= w[1] && f.to_ms + 10_000 >= w[0])
+                .map(|f| f.kind)
+                .unwrap_or("none");
+            r.unavailable_ms.entry(cause).or_default().push(gap);
+        }
+    }
+    r
+}
+
+/// One seeded run, start to verdict.
+pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
+    let fleet = Fleet::start(cfg.clone())?;
+    let names = Names::new(&fleet.prefix).map_err(|e| setup(format!("prefix: {e}")))?;
+    for i in 0..fleet.nodes.len() {
+        let url = format!("{}/readyz", fleet.node_url(i));
+        wait_for("a node being ready", Duration::from_secs(120), || {
+            let url = url.clone();
+            async move { matches!(call(Method::GET, &url, false, None).await, Ok((200, _))) }
+        })
+        .await?;
+    }
+    let options: Vec<serde_json::Value> = OPTIONS
+        .iter()
+        .map(|o| serde_json::json!({"id": o, "label": o.to_uppercase()}))
+        .collect();
+    let create = serde_json::json!({"id": ELECTION, "title": "Chaos", "options": options, "pow_difficulty": 0});
+    let (s, b) = call(
+        Method::POST,
+        &fleet.admin_url(0, "/admin/v1/elections"),
+        true,
+        Some(create),
+    )
+    .await
+    .map_err(setup)?;
+    if s != 201 {
+        return Err(setup(format!("creating the election: {s} {b}")));
+    }
+    let (s, b) = call(
+        Method::POST,
+        &fleet.admin_url(0, &format!("/admin/v1/elections/{ELECTION}/open")),
+        true,
+        None,
+    )
+    .await
+    .map_err(setup)?;
+    if s != 200 {
+        return Err(setup(format!("opening the election: {s} {b}")));
+    }
+    for i in 0..fleet.nodes.len() {
+        let url = format!("{}/v1/elections/{ELECTION}", fleet.node_url(i));
+        wait_for("every node seeing the election open", Duration::from_secs(60), || {
+            let url = url.clone();
+            async move {
+                matches!(call(Method::GET, &url, false, None).await, Ok((200, e)) if e["state"] == "open")
+            }
+        })
+        .await?;
+    }
+
+    // Clients: per node, one of each protocol.
+    let mut clients = Vec::new();
+    for n in &fleet.nodes {
+        let mut per_node = Vec::new();
+        for (protocol, url) in [
+            (Protocol::H1, format!("http://{}", n.http)),
+            (Protocol::H2, format!("http://{}", n.http)),
+            (
+                Protocol::H3,
+                format!("https://localhost:{}", n.https.port()),
+            ),
+        ] {
+            let target: Target = url.parse().map_err(|e| setup(format!("{e}")))?;
+            let target = target.with_trust(Trust::CaFile(fleet.cert.clone()));
+            let client = Client::connect(target, protocol, 2)
+                .await
+                .map_err(|e| setup(format!("connecting {protocol:?} to {url}: {e}")))?;
+            per_node.push((protocol, client));
+        }
+        clients.push(per_node);
+    }
+    let clients = Arc::new(clients);
+    let issued = now_ms() / 1000;
+    let tokens = Arc::new(
+        Tokens::new(TOKEN_KEY.as_bytes(), 0, 0, issued, 6 * 3600)
+            .map_err(|e| setup(format!("token key: {e}")))?,
+    );
+    let until = Instant::now() + cfg.duration;
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let faults = Arc::new(Mutex::new(Vec::new()));
+    let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
+    let mut lanes = Vec::new();
+    for l in 0..cfg.lanes {
+        lanes.push(tokio::spawn(lane(
+            l,
+            cfg.lanes,
+            clients.clone(),
+            tokens.clone(),
+            cfg.seed,
+            until,
+            history.clone(),
+        )));
+    }
+    let nemesis_result = nemesis(fleet.clone(), cfg.seed, until, faults.clone()).await;
+    for l in lanes {
+        let _ = l.await;
+    }
+    nemesis_result?;
+
+    // Heal, close, and wait for the official result.
+    let f = fleet.lock().await;
+    services_up(&cfg.services, &["--brokers", "3", "kafka", "redis"])?;
+    let (s, b) = call(
+        Method::POST,
+        &f.admin_url(0, &format!("/admin/v1/elections/{ELECTION}/close")),
+        true,
+        None,
+    )
+    .await
+    .map_err(setup)?;
+    if s != 200 {
+        return Err(setup(format!("closing the election: {s} {b}")));
+    }
+    let results = format!("{}/v1/elections/{ELECTION}/results", f.node_url(0));
+    let mut official = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = call(Method::GET, &results, false, None).await
+            && body["state"] == "final"
+        {
+            official = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every receipt of a 202, against the official tree.
+    let history = history.lock().expect("history").clone();
+    let mut receipts_ok = HashMap::new();
+    if official["state"] == "final" {
+        for a in history.iter().filter(|a| a.status == 202) {
+            if let Some(rc) = &a.receipt {
+                let url = format!("{}/v1/elections/{ELECTION}/receipts/{rc}", f.node_url(0));
+                let ok = matches!(call(Method::GET, &url, false, None).await,
+                    Ok((200, proof)) if proof["root"] == official["merkle"]["root"]);
+                receipts_ok.insert(rc.clone(), ok);
+            }
+        }
+    }
+    let log = committed_log(&cfg, &names)?;
+    let faults = faults.lock().expect("faults").clone();
+    let report = check(&cfg, &log, &history, &faults, &official, &receipts_ok);
+
+    let mut h = std::io::BufWriter::new(std::fs::File::create(cfg.out.join("history.jsonl"))?);
+    for a in &history {
+        serde_json::to_writer(&mut h, a).map_err(std::io::Error::other)?;
+        h.write_all(b"\n")?;
+    }
+    for fault in &faults {
+        serde_json::to_writer(&mut h, fault).map_err(std::io::Error::other)?;
+        h.write_all(b"\n")?;
+    }
+    h.flush()?;
+    std::fs::write(
+        cfg.out.join("report.json"),
+        serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?,
+    )?;
+    Ok(report)
+}
