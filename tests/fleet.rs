@@ -235,6 +235,27 @@ fn signal(serve: &Serve, sig: &str) {
     assert!(st.success(), "kill {sig}");
 }
 
+/// Waits until every thread of `serve` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+fn wait_stopped(serve: &Serve) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tasks = format!("/proc/{}/task", serve.pid());
+    loop {
+        let all_stopped = std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .all(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} did not stop", serve.node);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
     let prefix = init("fleet-split");
@@ -410,8 +431,11 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop_sending.store(true, std::sync::atomic::Ordering::Release);
-        let stopped_ms = now_ms();
         signal(&a, "-STOP");
+        // The stop counts from when every thread of node-a is frozen: a vote received before
+        // that (one already on its way) is not late.
+        wait_stopped(&a);
+        let stopped_ms = now_ms();
         // The group gives node-a's partitions to node-b once node-a's session expires; node-b
         // fences node-a's producers and recovers them.
         let moved = Instant::now();
