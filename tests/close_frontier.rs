@@ -11,9 +11,9 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::serve::{AUDIT_KEY, Serve, TestClient, open_election, wait_open};
+use common::serve::{AUDIT_KEY, Serve, TestClient, open_election, wait_final, wait_open};
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
@@ -149,22 +149,7 @@ async fn close_under_load(
     tokio::task::spawn_blocking(move || persist_to_end(&prefix))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let official = loop {
-        let (_, body) = client
-            .get(&admin.url("/v1/elections/c/results"))
-            .await
-            .unwrap();
-        if body["final"] == true && body["state"] == "final" {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "c did not become final: {body}\n{}",
-            admin.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let official = wait_final(&client, admin, "c", Duration::from_secs(120)).await;
     (sent, official)
 }
 
@@ -327,19 +312,7 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
             .unwrap();
         // node-a takes node-b's partitions after the session timeout, closes them as it
         // recovers them (its own view says closed), and the recount then finds every frontier.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let official = loop {
-            let (_, body) = client.get(&a.url("/v1/elections/c/results")).await.unwrap();
-            if body["final"] == true && body["state"] == "final" {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "c did not become final with node-b dead: {body}\n{}",
-                a.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let official = wait_final(&client, &a, "c", Duration::from_secs(120)).await;
         // Votes node-b acknowledged before it died are counted too: no 202 is lost. A vote
         // whose answer died with node-b (or that answered 503) may be counted or not; nothing
         // else may be.

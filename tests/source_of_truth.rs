@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::serve::{AUDIT_KEY, Serve, TestClient, committed_votes, open_election, token};
+use common::serve::{
+    AUDIT_KEY, Serve, TestClient, committed_votes, open_election, token, wait_final,
+};
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 use votes_core::{VOTE_BUCKETS, VoterId};
 
@@ -563,22 +565,7 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
             )
             .await;
         assert_eq!(s, 200, "{body}");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let official = loop {
-            let (_, body) = client
-                .get(&serve.url("/v1/elections/fw/results"))
-                .await
-                .unwrap();
-            if body["final"] == true && body["state"] == "final" {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fw did not become final: {body}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let official = wait_final(&client, &serve, "fw", Duration::from_secs(90)).await;
         assert_eq!(official["totals"]["x"], 20, "{official}");
         assert_eq!(official["totals"]["y"], 20, "{official}");
         assert_eq!(official["merkle"]["tree_size"], 40);

@@ -530,6 +530,32 @@ impl TestClient {
     }
 }
 
+/// Waits until `GET …/results` of `id` on `serve` is final (the three counts agreed and the
+/// official result was written); returns it.
+pub async fn wait_final(
+    client: &TestClient,
+    serve: &Serve,
+    id: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, body) = client
+            .get(&serve.url(&format!("/v1/elections/{id}/results")))
+            .await
+            .unwrap();
+        if body["final"] == true && body["state"] == "final" {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not become final: {body}\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `serve`'s own copy of the elections shows `id` open.
 pub async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
