@@ -10,13 +10,18 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::serve::{AUDIT_KEY, Serve, TestClient, open_election, wait_final, wait_open};
+use common::serve::{
+    AUDIT_KEY, Serve, TestClient, open_election, wait_final, wait_open, wait_state,
+};
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
+/// How many 202s a run collects before it closes, so that the barrier has votes on both sides.
+const ACCEPTED_BEFORE_CLOSE: u64 = 60;
 
 fn persist_to_end(prefix: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_votes"))
@@ -80,11 +85,37 @@ struct Sent {
     receipt: Option<String>,
 }
 
+/// What the voting lanes have heard so far: the test waits on these, never on a duration.
+#[derive(Default)]
+struct Heard {
+    accepted: AtomicU64,
+    not_open: AtomicU64,
+}
+
+/// Waits until `counter` reaches `at_least`; the bound only turns a hung system into a
+/// failure, it is not what the test waits for.
+async fn until(counter: &AtomicU64, at_least: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counter.load(Ordering::Relaxed) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {at_least} within 120 s",
+            counter.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Votes with fresh voters through `routes` (round robin) from `lanes` tasks until `stop`.
-async fn stream_votes(routes: Vec<Route>, lanes: u64, stop: Arc<AtomicBool>) -> Vec<Sent> {
+async fn stream_votes(
+    routes: Vec<Route>,
+    lanes: u64,
+    stop: Arc<AtomicBool>,
+    heard: Arc<Heard>,
+) -> Vec<Sent> {
     let mut tasks = Vec::new();
     for lane in 0..lanes {
-        let (routes, stop) = (routes.clone(), stop.clone());
+        let (routes, stop, heard) = (routes.clone(), stop.clone(), heard.clone());
         tasks.push(tokio::spawn(async move {
             let clients: Vec<TestClient> = routes
                 .iter()
@@ -103,11 +134,17 @@ async fn stream_votes(routes: Vec<Route>, lanes: u64, stop: Arc<AtomicBool>) -> 
                     .vote(url, "c", voter, option)
                     .await
                     .unwrap_or((0, serde_json::Value::Null));
+                let code = body["error"]["code"].as_str().map(str::to_owned);
+                if status == 202 {
+                    heard.accepted.fetch_add(1, Ordering::Relaxed);
+                } else if code.as_deref() == Some("election_not_open") {
+                    heard.not_open.fetch_add(1, Ordering::Relaxed);
+                }
                 out.push(Sent {
                     protocol: routes[at].protocol,
                     voter,
                     status,
-                    code: body["error"]["code"].as_str().map(str::to_owned),
+                    code,
                     receipt: body["receipt"].as_str().map(str::to_owned),
                 });
                 n += 1;
@@ -122,18 +159,25 @@ async fn stream_votes(routes: Vec<Route>, lanes: u64, stop: Arc<AtomicBool>) -> 
     all
 }
 
-/// Closes "c" through `admin` while votes stream through `urls`; returns the answers and the
-/// official result once final.
+/// Closes "c" through `admin` while votes stream through `routes`; returns the answers and
+/// the official result once final.
 async fn close_under_load(
     admin: &Serve,
+    nodes: &[&Serve],
     routes: Vec<Route>,
     prefix: &str,
 ) -> (Vec<Sent>, serde_json::Value) {
     let client = TestClient::http1();
     let stop = Arc::new(AtomicBool::new(false));
-    let voting = tokio::spawn(stream_votes(routes, 12, stop.clone()));
+    let heard = Arc::new(Heard::default());
+    let voting = tokio::spawn(stream_votes(routes, 12, stop.clone(), heard.clone()));
     // Let votes flow, then close while they still do.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until(
+        &heard.accepted,
+        ACCEPTED_BEFORE_CLOSE,
+        "votes accepted before the close",
+    )
+    .await;
     let (s, body) = client
         .admin(
             "POST",
@@ -142,7 +186,18 @@ async fn close_under_load(
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Keep voting until every node's own view says closed (a lagging node's too) and votes
+    // were refused after that.
+    for node in nodes {
+        wait_state(&client, node, "c", &["closed", "final"]).await;
+    }
+    let refused = heard.not_open.load(Ordering::Relaxed);
+    until(
+        &heard.not_open,
+        refused + 24,
+        "votes refused after the close",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let sent = voting.await.expect("the voting lanes");
     let prefix = prefix.to_owned();
@@ -167,7 +222,7 @@ async fn assert_barrier_held(
         .filter(|s| s.code.as_deref() == Some("election_not_open"))
         .count();
     assert!(
-        accepted.len() > 50 && not_open > 0,
+        accepted.len() as u64 >= ACCEPTED_BEFORE_CLOSE && not_open > 0,
         "votes were accepted before and refused after the close: {} accepted, {not_open} not open",
         accepted.len()
     );
@@ -230,7 +285,8 @@ fn closing_under_load_counts_every_202_and_refuses_the_rest() {
     let prefix = serve.names().prefix().to_owned();
     runtime().block_on(async {
         open_election(&TestClient::http1(), &serve, "c", &OPTIONS, 0).await;
-        let (sent, official) = close_under_load(&serve, h1(&[serve.url("")]), &prefix).await;
+        let (sent, official) =
+            close_under_load(&serve, &[&serve], h1(&[serve.url("")]), &prefix).await;
         assert_barrier_held(&serve, &sent, &official, 4).await;
     });
 }
@@ -261,7 +317,7 @@ fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_count
         // node-b hears of the election late too.
         wait_open(&client, &b, "c").await;
         // Voters reach both nodes over HTTP/1.1 and HTTP/3.
-        let (sent, official) = close_under_load(&a, h1_and_h3(&[&a, &b]), &prefix).await;
+        let (sent, official) = close_under_load(&a, &[&a, &b], h1_and_h3(&[&a, &b]), &prefix).await;
         for protocol in ["h1", "h3"] {
             let accepted = sent
                 .iter()
@@ -291,8 +347,19 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
         open_election(&client, &a, "c", &OPTIONS, 0).await;
         // Votes through both nodes until node-b dies mid-stream.
         let stop = Arc::new(AtomicBool::new(false));
-        let voting = tokio::spawn(stream_votes(h1(&[a.url(""), b.url("")]), 8, stop.clone()));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let heard = Arc::new(Heard::default());
+        let voting = tokio::spawn(stream_votes(
+            h1(&[a.url(""), b.url("")]),
+            8,
+            stop.clone(),
+            heard.clone(),
+        ));
+        until(
+            &heard.accepted,
+            ACCEPTED_BEFORE_CLOSE,
+            "votes accepted before the kill",
+        )
+        .await;
         b.kill();
         // The close goes out while node-b's partitions have no live owner yet.
         let (s, body) = client
@@ -303,7 +370,14 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
             )
             .await;
         assert_eq!(s, 200, "{body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // node-a refuses the closed election from its own view; stop once it did.
+        let refused = heard.not_open.load(Ordering::Relaxed);
+        until(
+            &heard.not_open,
+            refused + 8,
+            "votes refused after the close",
+        )
+        .await;
         stop.store(true, Ordering::Relaxed);
         let sent = voting.await.unwrap();
         let prefix2 = prefix.clone();
@@ -320,7 +394,8 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
         let unsure = sent.iter().filter(|s| matches!(s.status, 0 | 503)).count();
         let counted = official["merkle"]["tree_size"].as_u64().unwrap() as usize;
         assert!(
-            accepted.len() > 50 && (accepted.len()..=accepted.len() + unsure).contains(&counted),
+            accepted.len() as u64 >= ACCEPTED_BEFORE_CLOSE
+                && (accepted.len()..=accepted.len() + unsure).contains(&counted),
             "{} accepted, {unsure} unsure, {counted} counted: {official}",
             accepted.len()
         );

@@ -303,17 +303,23 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
                 c.partition
             );
         }
-        // Metrics are published once a second.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let mut received = 0;
-        for node in [&a, &b] {
-            let forward = common::serve::metric(node, "votes_forward_total").await;
-            received += forward.get("what=\"received\"").copied().unwrap_or(0);
+        // Metrics are published once a second: wait for the count, bounded.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut received = 0;
+            for node in [&a, &b] {
+                let forward = common::serve::metric(node, "votes_forward_total").await;
+                received += forward.get("what=\"received\"").copied().unwrap_or(0);
+            }
+            if received >= 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "half the votes crossed between the nodes: {received}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            received >= 100,
-            "half the votes crossed between the nodes: {received}"
-        );
         wait_live_totals(&client, &[&a, &b], "split", &log_tallies(&log, "split")).await;
     });
 }
@@ -342,7 +348,25 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
                 voters_until_answered(&client, &url, "kill", 0..3_000, 200, until, attempts).await
             }
         });
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // node-a dies once it has acknowledged some of its voters' votes.
+        let of_a = |a: &Attempt| a_parts.contains(&partition_of(VoterId(a.voter), PARTITIONS));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let served = attempts
+                .lock()
+                .await
+                .iter()
+                .filter(|x| of_a(x) && x.status == Some(202))
+                .count();
+            if served >= 50 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node-a served {served} of its voters"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let killed = Instant::now();
         a.kill();
         let owners = wait_fleet(&client, &b, &[("node-b", 1)], Duration::from_secs(60)).await;
@@ -351,7 +375,6 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
         load.await.unwrap();
         let attempts = attempts.lock().await.clone();
 
-        let of_a = |a: &Attempt| a_parts.contains(&partition_of(VoterId(a.voter), PARTITIONS));
         let first_after = attempts
             .iter()
             .filter(|x| of_a(x) && x.at > killed && x.status == Some(202))

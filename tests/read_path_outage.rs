@@ -98,20 +98,30 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
         };
         let url = serve.url("/v1/elections/outage/results");
 
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let before_outage = results(client.clone(), url.clone()).await;
-        assert!(before_outage > 0, "results flow before the outage");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let before_outage = loop {
+            let total = results(client.clone(), url.clone()).await;
+            if total > 0 {
+                break total;
+            }
+            assert!(Instant::now() < deadline, "results flow before the outage");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
 
         private_redis("down");
         let accepted_at_stop = accepted.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        // Not a rate (the machine is shared): ingest must simply not wait for Redis. Every
-        // answer is also checked to be a 202 below.
-        let during = accepted.load(Ordering::Relaxed) - accepted_at_stop;
-        assert!(
-            during > 0,
-            "no vote was accepted in the 3 s Redis was down: ingest waits for the read model"
-        );
+        // Not a rate (the machine is shared): ingest must simply not wait for Redis. Votes go
+        // on being accepted while Redis is down (every answer is also checked to be a 202
+        // below); the bound only turns a stuck ingest into a failure.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accepted.load(Ordering::Relaxed) < accepted_at_stop + 50 {
+            assert!(
+                Instant::now() < deadline,
+                "{} votes accepted in 60 s with Redis down: ingest waits for the read model",
+                accepted.load(Ordering::Relaxed) - accepted_at_stop
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // The results still answer, from what the node read last.
         let stale = results(client.clone(), url.clone()).await;
         assert!(stale >= before_outage);

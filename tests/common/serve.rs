@@ -558,16 +558,21 @@ pub async fn wait_final(
 
 /// Waits until `serve`'s own copy of the elections shows `id` open.
 pub async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
+    wait_state(client, serve, id, &["open"]).await
+}
+
+/// Waits until `serve`'s public view of election `id` is in one of `states`.
+pub async fn wait_state(client: &TestClient, serve: &Serve, id: &str, states: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
-            && e["state"] == "open"
+            && states.iter().any(|s| e["state"] == *s)
         {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{} never saw election {id} open",
+            "{} never saw election {id} in {states:?}",
             serve.node
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
