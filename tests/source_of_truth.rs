@@ -571,3 +571,153 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
         assert_eq!(official["merkle"]["tree_size"], 40);
     });
 }
+
+/// DynamoDB throttles a table past its capacity and fails now and then; no local engine does.
+/// Through a proxy that answers a seeded share of calls with DynamoDB's own error responses,
+/// the persister still writes every voter's first vote exactly once, the recount still makes
+/// the result official and checks it again, and `/votes/me` answers 200 or a retryable 503,
+/// never a wrong answer.
+#[test]
+fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
+    use common::dynamo_faults::{Fault, FaultProxy, Rule};
+    let rule = |operation, fault, per_mille| Rule {
+        operation,
+        fault,
+        per_mille,
+    };
+    // Shares high enough that some calls fail all of the SDK's own 3 attempts, so the
+    // project's backoff (not only the SDK's) is what carries them.
+    let proxy = FaultProxy::start(
+        DYNAMODB,
+        &[
+            rule("PutItem", Fault::ProvisionedThroughputExceeded, 400),
+            rule("PutItem", Fault::Throttling, 150),
+            rule("PutItem", Fault::InternalServerError, 100),
+            rule("PutItem", Fault::RequestLimitExceeded, 50),
+            rule("Query", Fault::ProvisionedThroughputExceeded, 400),
+            rule("Query", Fault::Throttling, 150),
+            rule("GetItem", Fault::ProvisionedThroughputExceeded, 300),
+        ],
+    );
+    let prefix = common::unique_prefix("throttled");
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = Serve::start_env(
+        &prefix,
+        2,
+        false,
+        &[("VOTES_DYNAMODB_ENDPOINT", proxy.url.as_str())],
+    );
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "t", &["a", "b", "c"], 0).await;
+        let voters: Vec<u64> = (1..=2_000).chain((1..=200).map(|v| v * 7)).collect();
+        let (accepted, duplicates) = vote_all(&serve, "t", &voters, &["a", "b", "c"]).await;
+        assert_eq!((accepted, duplicates), (2_000, 200));
+
+        let persisted = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
+            .env("VOTES_DYNAMODB_ENDPOINT", &proxy.url)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&persisted.stdout);
+        assert!(
+            persisted.status.success(),
+            "{said}{}\n{}",
+            String::from_utf8_lossy(&persisted.stderr),
+            proxy.summary()
+        );
+        let retries: u64 = said
+            .split(", ")
+            .find_map(|p| p.trim().strip_suffix(" retries"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the persister says its retries: {said}"));
+        assert!(
+            proxy.injected("PutItem", Fault::ProvisionedThroughputExceeded) > 0
+                && proxy.injected("PutItem", Fault::InternalServerError) > 0
+                && retries > 0,
+            "throttles reached the persister's own backoff: {retries} retries; {}",
+            proxy.summary()
+        );
+
+        // DynamoDB (read directly, not through the proxy) holds each voter's first committed
+        // vote, once.
+        let items = items_of("t", &prefix).await;
+        let mut first: HashMap<u64, String> = HashMap::new();
+        for c in committed_votes(&serve.names(), PARTITIONS) {
+            if c.record.election.as_str() == "t" {
+                first
+                    .entry(c.record.voter.0)
+                    .or_insert_with(|| c.record.option.as_str().to_owned());
+            }
+        }
+        assert_eq!(first.len(), 2_000);
+        let stored: HashMap<u64, String> = items.into_iter().map(|(v, (o, _, _))| (v, o)).collect();
+        assert_eq!(stored, first, "DynamoDB holds the log's first votes");
+
+        // /votes/me: 200 with the stored vote, or 503 to retry when the read stays throttled.
+        let mut answered = 0;
+        for voter in [1u64, 7, 700, 1_999] {
+            let url = serve.url("/v1/elections/t/votes/me");
+            let auth = format!("Bearer {}", token(voter));
+            for _ in 0..20 {
+                let (status, _, body) = client
+                    .send("GET", &url, &[("authorization", &auth)], "")
+                    .await
+                    .unwrap();
+                match status {
+                    200 => {
+                        assert_eq!(body["voted"], true, "{body}");
+                        assert_eq!(body["option"].as_str(), Some(first[&voter].as_str()));
+                        answered += 1;
+                        break;
+                    }
+                    503 => assert!(body["error"]["code"].is_string(), "{body}"),
+                    other => panic!("/votes/me answered {other}: {body}; {}", proxy.summary()),
+                }
+            }
+        }
+        assert_eq!(
+            answered,
+            4,
+            "every voter got an answer; {}",
+            proxy.summary()
+        );
+
+        // The close's recount queries every bucket through the throttles and still agrees.
+        let (s, body) = client
+            .admin(
+                "POST",
+                &serve.admin_url("/admin/v1/elections/t/close"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let official = wait_final(&client, &serve, "t", Duration::from_secs(180)).await;
+        assert_eq!(official["total"], 2_000, "{official}");
+        let again = votes_cmd(&prefix, &["recount", "--election", "t"])
+            .env("VOTES_DYNAMODB_ENDPOINT", &proxy.url)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert!(
+            again.status.success() && said.contains("matches the official result"),
+            "{said}{}\n{}",
+            String::from_utf8_lossy(&again.stderr),
+            proxy.summary()
+        );
+        assert!(
+            proxy.injected("Query", Fault::ProvisionedThroughputExceeded) > 0
+                && proxy.injected("GetItem", Fault::ProvisionedThroughputExceeded) > 0,
+            "{}",
+            proxy.summary()
+        );
+        eprintln!(
+            "throttled run: {retries} persister retries; {}",
+            proxy.summary()
+        );
+    });
+}

@@ -23,12 +23,11 @@ use votes_core::receipt::{Leaf, pseudonym};
 use votes_core::record::LogRecord;
 use votes_core::{Names, VoteRecord, vote_item_pk};
 
+use crate::dynamo::{Backoff, retriable};
 use crate::kafka::{VotesContext, read_committed_consumer_config};
 
 /// Items per chunk of conditional puts in flight together.
 pub const BATCH_WRITE_MAX: usize = 25;
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a round waits for more records once it has some.
 const ROUND_LINGER: Duration = Duration::from_millis(20);
 
@@ -311,7 +310,7 @@ pub const FIRST_VOTE_WINS: &str = "attribute_not_exists(sk) OR #offset > :offset
 
 /// The conditional puts of one chunk, all in flight at once. Not TransactWriteItems: a
 /// transaction buys nothing here (each item stands alone) and the local engines do not all
-/// run concurrent transactions safely (moto's server fails them with a 500).
+/// run concurrent transactions safely (moto's server failed them with a 500).
 async fn write_chunk(
     dynamo: &Client,
     table: &str,
@@ -360,7 +359,7 @@ async fn put_first(
     item: HashMap<String, AttributeValue>,
     stats: &PutStats,
 ) -> Result<(), PersistError> {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let offset = item["offset"].clone();
         let sent = dynamo
@@ -381,44 +380,18 @@ async fn put_first(
                 stats.kept_first.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(e) => {
-                use aws_sdk_dynamodb::error::SdkError;
-                let again = match &e {
-                    SdkError::TimeoutError(_)
-                    | SdkError::DispatchFailure(_)
-                    | SdkError::ResponseError(_) => true,
-                    SdkError::ServiceError(s) => {
-                        let s = s.err();
-                        s.is_provisioned_throughput_exceeded_exception()
-                            || s.is_request_limit_exceeded()
-                            || s.is_throttling_exception()
-                            || s.is_internal_server_error()
-                    }
-                    _ => false,
-                };
-                if !again {
-                    return Err(PersistError::Dynamo(
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
-                    ));
-                }
+            // The persister never gives up on a throttled table: its offsets wait for the item.
+            Err(e) if retriable(&e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.wait().await;
+            }
+            Err(e) => {
+                return Err(PersistError::Dynamo(
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                ));
             }
         }
     }
-}
-
-/// "Full jitter": a uniform wait in [0, backoff], so retrying writers do not move in step.
-fn jitter(backoff: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut x = u64::from(nanos) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    backoff.mul_f64((x % 1000) as f64 / 1000.0)
 }
 
 #[cfg(test)]
@@ -458,12 +431,5 @@ mod tests {
         let kept = dedup_first(items);
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0]["option"].as_s().unwrap(), "a");
-    }
-
-    #[test]
-    fn jitter_stays_within_the_backoff() {
-        for _ in 0..100 {
-            assert!(jitter(Duration::from_millis(100)) <= Duration::from_millis(100));
-        }
     }
 }

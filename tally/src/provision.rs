@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client as DynamoClient;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -224,15 +224,48 @@ async fn create_table(
             .key_schema(key(name, KeyType::Range)?)
             .attribute_definitions(attr(name, ty)?);
     }
-    match req.send().await {
-        Ok(_) => Ok(Outcome::Created),
+    let outcome = match req.send().await {
+        Ok(_) => Outcome::Created,
         Err(e) => {
             let service = e.as_service_error();
             if service.is_some_and(|s| s.is_resource_in_use_exception()) {
-                Ok(Outcome::AlreadyThere)
+                Outcome::AlreadyThere
             } else {
-                Err(err(&aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+                return Err(err(&aws_sdk_dynamodb::error::DisplayErrorContext(&e)));
             }
         }
+    };
+    wait_active(client, table).await?;
+    Ok(outcome)
+}
+
+/// Longest wait for a new table to become ACTIVE (DynamoDB takes seconds; a write before then
+/// fails with ResourceNotFoundException, so `init` returns only once the tables take writes).
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn wait_active(client: &DynamoClient, table: &str) -> Result<(), ProvisionError> {
+    let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+    loop {
+        let status = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| ProvisionError::Dynamo {
+                table: table.to_owned(),
+                message: aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+            })?
+            .table
+            .and_then(|t| t.table_status);
+        if status == Some(TableStatus::Active) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProvisionError::Dynamo {
+                table: table.to_owned(),
+                message: format!("not ACTIVE after {TABLE_ACTIVE_TIMEOUT:?} (status {status:?})"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

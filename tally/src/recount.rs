@@ -22,12 +22,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS};
 
+use crate::dynamo::{Backoff, retriable};
 use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter, UpdateError};
 use crate::fanout::{Official, official_fields, sum_partitions};
 use crate::kafka::VotesContext;
 
 /// Queries in flight while counting the buckets.
 const QUERY_CONCURRENCY: usize = 32;
+/// Backoffs one DynamoDB call of the recount (a bucket's query page, the official result's
+/// put) may take while throttled before the recount fails (their ceilings add up to ~12 s).
+const CALL_BACKOFFS: u32 = 12;
 
 #[derive(Clone, Debug)]
 pub struct RecountConfig {
@@ -401,6 +405,7 @@ async fn count_bucket(
 ) -> Result<HashMap<String, u64>, RecountError> {
     let mut counts = HashMap::new();
     let mut start: Option<HashMap<String, AttributeValue>> = None;
+    let mut backoff = Backoff::default();
     loop {
         let page = dynamo
             .query()
@@ -410,12 +415,23 @@ async fn count_bucket(
             .projection_expression("#o")
             .expression_attribute_names("#o", "option")
             .consistent_read(true)
-            .set_exclusive_start_key(start.take())
+            .set_exclusive_start_key(start.clone())
             .send()
-            .await
-            .map_err(|e| {
-                RecountError::Dynamo(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
-            })?;
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            // A throttled page is asked again (the same start key); a table throttled for
+            // longer than CALL_BACKOFFS backoffs fails the recount, which is retried whole.
+            Err(e) if retriable(&e) && backoff.attempts() < CALL_BACKOFFS => {
+                backoff.wait().await;
+                continue;
+            }
+            Err(e) => {
+                return Err(RecountError::Dynamo(
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                ));
+            }
+        };
         for item in page.items() {
             let option = item
                 .get("option")
@@ -473,9 +489,18 @@ async fn write_official(
     for (k, v) in &official.extra {
         put = put.item(k, AttributeValue::S(v.clone()));
     }
-    put.send().await.map_err(|e| {
-        RecountError::Dynamo(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
-    })?;
+    let mut backoff = Backoff::default();
+    loop {
+        match put.clone().send().await {
+            Ok(_) => break,
+            Err(e) if retriable(&e) && backoff.attempts() < CALL_BACKOFFS => backoff.wait().await,
+            Err(e) => {
+                return Err(RecountError::Dynamo(
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                ));
+            }
+        }
+    }
 
     let client = redis::Client::open(cfg.redis_url.as_str())?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;

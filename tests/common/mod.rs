@@ -3,6 +3,7 @@
 //! side on one Kafka, one local DynamoDB endpoint and one Redis.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod dynamo_faults;
 pub mod serve;
 pub mod sse;
 
@@ -46,7 +47,9 @@ impl Service {
     fn describe(self) -> &'static str {
         match self {
             Service::Kafka => "Kafka (KRaft broker, VOTES_TEST_KAFKA_BROKERS or 127.0.0.1:9092)",
-            Service::DynamoDb => "the local DynamoDB endpoint (moto at http://127.0.0.1:8000)",
+            Service::DynamoDb => {
+                "the local DynamoDB endpoint (dynoxide at http://127.0.0.1:8000, scripts/services.sh up dynamodb)"
+            }
             Service::Redis => "Redis (127.0.0.1:6379)",
         }
     }
