@@ -24,17 +24,18 @@ pub fn partition_of(voter: VoterId, partitions: u32) -> u32 {
     (hash % u64::from(partitions)) as u32
 }
 
-/// Write-shard buckets of an election in DynamoDB (DESIGN §4.4). A DynamoDB partition takes
-/// about 1,000 writes/s, so a 250,000 votes/s peak in one election needs its items spread over
-/// at least 250 partition keys; 256 buckets give that with room. Fixed forever: the recount
-/// queries every bucket, and an item's key must never move.
-pub const VOTE_BUCKETS: u32 = 256;
+/// Write-shard buckets of an election in DynamoDB (DESIGN §4.4). A DynamoDB partition takes at
+/// most 1,000 writes/s, so a 250,000 votes/s peak in one election needs its items spread over
+/// at least 250 partition keys; 1,024 buckets keep each at ~244 writes/s, a quarter of the
+/// limit (docs/capacity.md; 256 would run them at 98%). Fixed once a deployment holds data: the
+/// recount queries every bucket, and an item's key must never move.
+pub const VOTE_BUCKETS: u32 = 1024;
 
 /// Seed of the bucket hash: a different function from the partition hash, so the voters of one
 /// Kafka partition still spread over every bucket.
 const BUCKET_SEED: u64 = 0x766f_7465_732d_6262; // "votes-bb"
 
-/// The DynamoDB write-shard bucket of `voter`: `xxh3_64_with_seed(voter key, seed) % 256`.
+/// The DynamoDB write-shard bucket of `voter`: `xxh3_64_with_seed(voter key, seed) % 1024`.
 #[inline]
 pub fn bucket_of(voter: VoterId) -> u32 {
     let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&voter_key(voter), BUCKET_SEED);
@@ -56,7 +57,7 @@ mod tests {
         let got: Vec<u32> = (0..6u64).map(|v| bucket_of(VoterId(v))).collect();
         assert_eq!(
             got,
-            [187, 150, 108, 35, 220, 169],
+            [443, 918, 108, 291, 988, 681],
             "pinned: items never move"
         );
         assert!(got.iter().all(|b| *b < VOTE_BUCKETS));

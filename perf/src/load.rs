@@ -55,6 +55,8 @@ pub struct Config {
     pub seed: u64,
     /// Print a progress line to stderr once a second.
     pub progress: bool,
+    /// Look voters up (`GET …/votes/me`) instead of voting.
+    pub lookups: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +219,7 @@ struct Shared {
     stats: Stats,
     votes_uri: Uri,
     challenge_uri: Uri,
+    me_uri: Uri,
     json: HeaderValue,
     /// One body per option.
     option_bodies: Vec<Bytes>,
@@ -290,6 +293,12 @@ impl Shared {
             Kind::Oversize => {
                 self.post(Some(self.tokens.bearer(plan.voter)), self.oversize.clone())
             }
+            Kind::Lookup => self
+                .client
+                .request(Method::GET, self.me_uri.clone())
+                .header(AUTHORIZATION, self.tokens.bearer(plan.voter))
+                .body(Body::default())
+                .expect("valid request"),
             Kind::Fresh | Kind::Dup => {
                 let auth = self.tokens.bearer(plan.voter);
                 if self.pow_difficulty == 0 {
@@ -441,6 +450,9 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         cfg.voters,
         options.len(),
     )?;
+    if cfg.lookups {
+        mix = mix.lookups_only();
+    }
     let ttl_s = schedule.duration().as_secs() + cfg.timeout.as_secs() + 3_600;
     let tokens = Tokens::new(
         &cfg.token_key,
@@ -459,6 +471,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
     let shared = Arc::new(Shared {
         votes_uri: client.uri(&format!("/v1/elections/{}/votes", cfg.election)),
         challenge_uri: client.uri(&format!("/v1/elections/{}/challenge", cfg.election)),
+        me_uri: client.uri(&format!("/v1/elections/{}/votes/me", cfg.election)),
         client,
         tokens,
         stats: Stats::new(),

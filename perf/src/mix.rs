@@ -20,16 +20,19 @@ pub enum Kind {
     MissingToken,
     /// A body over 1 KiB: `413 too_large`.
     Oversize,
+    /// `GET …/votes/me` of a voter (a read from DynamoDB, not a vote): `200`.
+    Lookup,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Fresh,
         Kind::Dup,
         Kind::BadJson,
         Kind::UnknownOption,
         Kind::MissingToken,
         Kind::Oversize,
+        Kind::Lookup,
     ];
     /// The malformed kinds, used in rotation.
     pub const INVALID: [Kind; 4] = [
@@ -47,6 +50,7 @@ impl Kind {
             Kind::UnknownOption => 422,
             Kind::MissingToken => 401,
             Kind::Oversize => 413,
+            Kind::Lookup => 200,
         }
     }
 
@@ -66,6 +70,7 @@ impl Kind {
             Kind::UnknownOption => "unknown_option",
             Kind::MissingToken => "missing_token",
             Kind::Oversize => "oversize",
+            Kind::Lookup => "lookup",
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct Mix {
     options: usize,
     fresh_sent: u64,
     invalid_sent: u64,
+    lookups: bool,
 }
 
 impl Mix {
@@ -164,7 +170,15 @@ impl Mix {
             options,
             fresh_sent: 0,
             invalid_sent: 0,
+            lookups: false,
         })
+    }
+
+    /// Every request a lookup (`GET …/votes/me`) of a voter drawn uniformly from the range,
+    /// instead of a vote: the read path's latency at an offered rate.
+    pub fn lookups_only(mut self) -> Self {
+        self.lookups = true;
+        self
     }
 
     /// Voters that got a first vote so far.
@@ -175,6 +189,14 @@ impl Mix {
     pub fn draw(&mut self) -> Plan {
         let u = self.rng.unit();
         let option = self.rng.below(self.options as u64) as usize;
+        if self.lookups {
+            let voter = self.base + self.rng.below(self.voters);
+            return Plan {
+                kind: Kind::Lookup,
+                voter,
+                option,
+            };
+        }
         if u < self.invalid {
             let kind = Kind::INVALID[(self.invalid_sent % 4) as usize];
             self.invalid_sent += 1;
@@ -209,13 +231,21 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn counts(mix: &mut Mix, n: usize) -> ([usize; 6], Vec<Plan>) {
-        let mut c = [0; 6];
+    fn counts(mix: &mut Mix, n: usize) -> ([usize; 7], Vec<Plan>) {
+        let mut c = [0; 7];
         let plans: Vec<Plan> = (0..n).map(|_| mix.draw()).collect();
         for p in &plans {
             c[p.kind.index()] += 1;
         }
         (c, plans)
+    }
+
+    #[test]
+    fn a_lookup_mix_only_reads_voters_of_the_range() {
+        let mut mix = Mix::new(3, 0.0, 0.0, 100, 50, 2).unwrap().lookups_only();
+        let (c, plans) = counts(&mut mix, 500);
+        assert_eq!(c[Kind::Lookup.index()], 500);
+        assert!(plans.iter().all(|p| (100..150).contains(&p.voter)));
     }
 
     #[test]

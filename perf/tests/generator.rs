@@ -192,6 +192,7 @@ fn config(addr: SocketAddr, protocol: Protocol, rate: f64, duration: Duration) -
         timeout: Duration::from_secs(5),
         seed: 9,
         progress: false,
+        lookups: false,
     }
 }
 

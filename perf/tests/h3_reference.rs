@@ -44,6 +44,7 @@ fn config(target: String, trust: Trust, connections: usize, sources: u8) -> Conf
         timeout: Duration::from_secs(5),
         seed: 3,
         progress: false,
+        lookups: false,
     }
 }
 

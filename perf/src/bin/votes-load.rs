@@ -108,6 +108,10 @@ struct Args {
     /// No progress line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Look voters of the range up (`GET …/votes/me`, answered from DynamoDB) instead of
+    /// voting: the read path's latency at --rate.
+    #[arg(long)]
+    lookups: bool,
 }
 
 fn main() -> Result<()> {
@@ -142,6 +146,7 @@ fn main() -> Result<()> {
         timeout: args.timeout,
         seed: args.seed,
         progress: !args.quiet,
+        lookups: args.lookups,
     };
     // The dispatcher runs on a worker too: from outside the pool every spawn would have to
     // wake a worker, and --threads would not bound the generator's cores.
