@@ -47,6 +47,9 @@ const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 const ATTEMPTS: u32 = 60;
 /// A partition without a `202` for longer than this is reported as unavailable.
 const GAP: Duration = Duration::from_secs(1);
+/// How long after a fault heals a window is still put down to it: a restarted node rejoins
+/// the group, which moves partitions once more.
+const AFTERMATH_MS: u64 = 30_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +173,20 @@ pub struct Attempt {
     pub offset: Option<u64>,
 }
 
+/// One admin write (a PATCH of the proof-of-work difficulty, to the 0 it already is) as its
+/// client saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdminWrite {
+    /// The write's number in the run.
+    pub n: u64,
+    pub node: usize,
+    pub sent_ms: u64,
+    /// 0: no answer (the node was down, or died meanwhile).
+    pub status: u16,
+    /// The version the write made, from a `200`.
+    pub version: Option<u64>,
+}
+
 /// A fault, as the history records it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Fault {
@@ -189,6 +206,8 @@ pub struct Report {
     pub anomalies: Vec<String>,
     /// Per fault kind: the longest window without a `202` on some partition that overlapped it.
     pub unavailable_ms: BTreeMap<&'static str, Vec<u64>>,
+    /// Admin writes answered `200` during the run.
+    pub admin_writes: u64,
     pub official: serde_json::Value,
 }
 
@@ -478,6 +497,47 @@ async fn vote(
     }
 }
 
+/// An operator editing the election while votes flow and faults strike: a PATCH through a
+/// random node every few seconds, until `until`. The value stays 0 (the voters solve no
+/// proof of work); each write still makes a new version, which is what the checker counts.
+async fn admin_lane(
+    admin_urls: Vec<String>,
+    seed: u64,
+    until: Instant,
+    writes: Arc<Mutex<Vec<AdminWrite>>>,
+) {
+    let mut rng = Rng::new(seed.rotate_left(29) ^ 0xad31);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1_000 + rng.next_u64() % 3_000)).await;
+        n += 1;
+        let node = (rng.next_u64() % admin_urls.len() as u64) as usize;
+        let sent_ms = now_ms();
+        let url = format!("{}/admin/v1/elections/{ELECTION}", admin_urls[node]);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            call(
+                Method::PATCH,
+                &url,
+                true,
+                Some(serde_json::json!({ "pow_difficulty": 0 })),
+            ),
+        )
+        .await;
+        let (status, body) = match answer {
+            Ok(Ok(a)) => a,
+            _ => (0, serde_json::Value::Null),
+        };
+        writes.lock().expect("admin writes").push(AdminWrite {
+            n,
+            node,
+            sent_ms,
+            status,
+            version: (status == 200).then(|| body["version"].as_u64()).flatten(),
+        });
+    }
+}
+
 /// The nemesis: one fault at a time, chosen and timed from the seed, until `until`.
 async fn nemesis(
     fleet: Arc<tokio::sync::Mutex<Fleet>>,
@@ -489,11 +549,12 @@ async fn nemesis(
     // Let the fleet settle and votes flow first.
     tokio::time::sleep(Duration::from_secs(8)).await;
     while Instant::now() + Duration::from_secs(15) < until {
-        let kind = match rng.next_u64() % 6 {
+        let kind = match rng.next_u64() % 7 {
             0 | 1 => "kill-node",
             2 => "freeze-node",
             3 => "kill-broker",
             4 => "restart-redis-empty",
+            5 => "stop-dynamodb",
             _ => "kill-persister",
         };
         let from_ms = now_ms();
@@ -541,6 +602,16 @@ async fn nemesis(
                     tokio::time::sleep(hold).await;
                     services_up(&services, &["redis"])?;
                     flush_redis()?;
+                }
+                "stop-dynamodb" => {
+                    // The engine keeps its tables in a file (VOTES_DYNAMODB_DB, set by
+                    // scripts/chaos.sh), so it comes back with what it had: a stop, not a loss.
+                    target = "dynamodb".into();
+                    let services = f.cfg.services.clone();
+                    drop(f);
+                    services_cmd(&services, &["down", "dynamodb"])?;
+                    tokio::time::sleep(hold).await;
+                    services_up(&services, &["dynamodb"])?;
                 }
                 _ => {
                     let i = (rng.next_u64() % f.persisters.len() as u64) as usize;
@@ -643,7 +714,54 @@ fn committed_log(cfg: &Config, names: &Names) -> Result<Vec<(u32, u64, LogRecord
     Ok(out)
 }
 
+/// Every vote item of the run's election in DynamoDB, read by the checker itself: voter →
+/// option. Consistent reads of every bucket, page by page.
+async fn dynamo_votes(cfg: &Config, names: &Names) -> Result<HashMap<u64, String>, ChaosError> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let client = votes_tally::dynamo::client(Some(&cfg.dynamodb)).await;
+    let mut out = HashMap::new();
+    for bucket in 0..routing::VOTE_BUCKETS {
+        let mut start = None;
+        loop {
+            let page = client
+                .query()
+                .table_name(names.votes_table())
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(
+                    ":pk",
+                    AttributeValue::S(format!("{ELECTION}#{bucket}")),
+                )
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    setup(format!(
+                        "reading DynamoDB: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    ))
+                })?;
+            for item in page.items() {
+                let voter = item
+                    .get("sk")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<u64>().ok());
+                let option = item.get("option").and_then(|v| v.as_s().ok());
+                if let (Some(voter), Some(option)) = (voter, option) {
+                    out.insert(voter, option.clone());
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The checker: the history against the committed log and the official result.
+#[allow(clippy::too_many_arguments)]
 fn check(
     cfg: &Config,
     log: &[(u32, u64, LogRecord)],
@@ -651,6 +769,10 @@ fn check(
     faults: &[Fault],
     official: &serde_json::Value,
     receipts_ok: &HashMap<String, bool>,
+    admin: &[AdminWrite],
+    opened_version: u64,
+    election: &serde_json::Value,
+    dynamo: &HashMap<u64, String>,
 ) -> Report {
     let mut r = Report {
         seed: cfg.seed,
@@ -780,6 +902,62 @@ fn check(
             counted.len()
         ));
     }
+    // DynamoDB holds each counted voter's first vote, and nothing else.
+    for (voter, (_, _, option)) in &counted {
+        match dynamo.get(voter) {
+            Some(o) if o == option => {}
+            other => r.anomalies.push(format!(
+                "voter {voter}: DynamoDB holds {other:?}, the log's first vote is {option}"
+            )),
+        }
+    }
+    for voter in dynamo.keys().filter(|v| !counted.contains_key(v)) {
+        r.anomalies.push(format!(
+            "voter {voter}: in DynamoDB but not counted in the log"
+        ));
+    }
+    // Admin writes: no two acknowledged writes made the same version (one of them would be
+    // lost), and the versions add up: from the open, each acknowledged write, the close and
+    // `final` made one, and each write without a clear answer (none, or 503) at most one.
+    r.admin_writes = admin.iter().filter(|w| w.status == 200).count() as u64;
+    let mut made: BTreeMap<u64, u64> = BTreeMap::new();
+    for w in admin.iter().filter(|w| w.status == 200) {
+        let Some(v) = w.version else {
+            r.anomalies
+                .push(format!("admin write {}: a 200 without its version", w.n));
+            continue;
+        };
+        if let Some(other) = made.insert(v, w.n) {
+            r.anomalies.push(format!(
+                "admin writes {other} and {} were both acknowledged as version {v}: one is lost",
+                w.n
+            ));
+        }
+    }
+    for w in admin.iter().filter(|w| !matches!(w.status, 0 | 200 | 409 | 503)) {
+        r.anomalies.push(format!(
+            "admin write {}: an answer outside the contract: {}",
+            w.n, w.status
+        ));
+    }
+    let unsure = admin.iter().filter(|w| matches!(w.status, 0 | 503)).count() as u64;
+    let least = opened_version + r.admin_writes + 2;
+    let final_version = election["version"].as_u64().unwrap_or(0);
+    if !(least..=least + unsure).contains(&final_version) {
+        r.anomalies.push(format!(
+            "the election ended at version {final_version}; open at {opened_version}, {} \
+             acknowledged writes, {unsure} unsure, close and final: {least}..={}",
+            r.admin_writes,
+            least + unsure
+        ));
+    }
+    if let Some(v) = made.keys().next_back()
+        && final_version < *v
+    {
+        r.anomalies.push(format!(
+            "the election ended at version {final_version}, below the acknowledged {v}"
+        ));
+    }
     // Unavailability: per partition, windows between 202s longer than GAP while load ran.
     let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for a in history.iter().filter(|a| a.status == 202 && !a.duplicate) {
@@ -794,9 +972,12 @@ fn check(
             if gap <= GAP.as_millis() as u64 {
                 continue;
             }
+            // The latest fault that began before the window ended and ended (plus its
+            // aftermath) after it began.
             let cause = faults
                 .iter()
-                .find(|f| f.from_ms <= w[1] && f.to_ms + 10_000 >= w[0])
+                .filter(|f| f.from_ms <= w[1] && f.to_ms + AFTERMATH_MS >= w[0])
+                .max_by_key(|f| f.from_ms)
                 .map(|f| f.kind)
                 .unwrap_or("none");
             r.unavailable_ms.entry(cause).or_default().push(gap);
@@ -844,6 +1025,9 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
     if s != 200 {
         return Err(setup(format!("opening the election: {s} {b}")));
     }
+    let opened_version = b["version"]
+        .as_u64()
+        .ok_or_else(|| setup(format!("the open's answer has no version: {b}")))?;
     for i in 0..fleet.nodes.len() {
         let url = format!("{}/v1/elections/{ELECTION}", fleet.node_url(i));
         wait_for("every node seeing the election open", Duration::from_secs(60), || {
@@ -898,15 +1082,30 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
             history.clone(),
         )));
     }
+    let admin_writes = Arc::new(Mutex::new(Vec::new()));
+    let admin_urls: Vec<String> = {
+        let f = fleet.lock().await;
+        (0..f.nodes.len()).map(|i| f.admin_url(i, "")).collect()
+    };
+    let operator = tokio::spawn(admin_lane(
+        admin_urls,
+        cfg.seed,
+        until,
+        admin_writes.clone(),
+    ));
     let nemesis_result = nemesis(fleet.clone(), cfg.seed, until, faults.clone()).await;
     for l in lanes {
         let _ = l.await;
     }
+    let _ = operator.await;
     nemesis_result?;
 
     // Heal, close, and wait for the official result.
     let f = fleet.lock().await;
-    services_up(&cfg.services, &["--brokers", "3", "kafka", "redis"])?;
+    services_up(
+        &cfg.services,
+        &["--brokers", "3", "kafka", "redis", "dynamodb"],
+    )?;
     let (s, b) = call(
         Method::POST,
         &f.admin_url(0, &format!("/admin/v1/elections/{ELECTION}/close")),
@@ -943,9 +1142,35 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
             }
         }
     }
+    let (_, list) = call(
+        Method::GET,
+        &f.admin_url(0, "/admin/v1/elections"),
+        true,
+        None,
+    )
+    .await
+    .map_err(setup)?;
+    let election = list
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["id"] == ELECTION))
+        .cloned()
+        .unwrap_or_default();
+    let dynamo = dynamo_votes(&cfg, &names).await?;
     let log = committed_log(&cfg, &names)?;
     let faults = faults.lock().expect("faults").clone();
-    let report = check(&cfg, &log, &history, &faults, &official, &receipts_ok);
+    let admin = admin_writes.lock().expect("admin writes").clone();
+    let report = check(
+        &cfg,
+        &log,
+        &history,
+        &faults,
+        &official,
+        &receipts_ok,
+        &admin,
+        opened_version,
+        &election,
+        &dynamo,
+    );
 
     let mut h = std::io::BufWriter::new(std::fs::File::create(cfg.out.join("history.jsonl"))?);
     for a in &history {
@@ -954,6 +1179,10 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
     }
     for fault in &faults {
         serde_json::to_writer(&mut h, fault).map_err(std::io::Error::other)?;
+        h.write_all(b"\n")?;
+    }
+    for w in &admin {
+        serde_json::to_writer(&mut h, w).map_err(std::io::Error::other)?;
         h.write_all(b"\n")?;
     }
     h.flush()?;

@@ -69,9 +69,10 @@ fn main() -> ExitCode {
         match rt.block_on(run(cfg)) {
             Ok(r) => {
                 println!(
-                    "seed {seed}: {} votes acknowledged in {} attempts; faults {:?}; anomalies {}; unavailable ms by fault {:?} ({})",
+                    "seed {seed}: {} votes acknowledged in {} attempts; {} admin writes acknowledged; faults {:?}; anomalies {}; unavailable ms by fault {:?} ({})",
                     r.acknowledged,
                     r.attempts,
+                    r.admin_writes,
                     r.faults,
                     r.anomalies.len(),
                     r.unavailable_ms
