@@ -22,7 +22,7 @@ help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
 	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
-	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | chaos | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | test-chaos | chaos | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -72,8 +72,15 @@ test-systemd: build
 test-browser: build services-up
 	tests/browser/run.sh
 
+# One short seeded fault campaign (make chaos) on every run: the checker's verdict is the test.
+# The seed is the day, so runs explore new schedules; CHAOS_SEED=S repeats one.
+CHAOS_SEED ?= $(shell date -u +%Y%m%d)
+.PHONY: test-chaos
+test-chaos: build
+	RUNS=1 SEED=$(CHAOS_SEED) DURATION=45s scripts/chaos.sh
+
 .PHONY: test
-test: fmt-check clippy test-rust test-systemd test-browser test-cluster
+test: fmt-check clippy test-rust test-systemd test-browser test-cluster test-chaos
 	@echo "make test: all checks passed"
 
 .PHONY: demo demo-stop

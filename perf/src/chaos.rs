@@ -934,7 +934,10 @@ fn check(
             ));
         }
     }
-    for w in admin.iter().filter(|w| !matches!(w.status, 0 | 200 | 409 | 503)) {
+    for w in admin
+        .iter()
+        .filter(|w| !matches!(w.status, 0 | 200 | 409 | 503))
+    {
         r.anomalies.push(format!(
             "admin write {}: an answer outside the contract: {}",
             w.n, w.status
