@@ -30,8 +30,11 @@ use crate::kafka::VotesContext;
 /// Queries in flight while counting the buckets.
 const QUERY_CONCURRENCY: usize = 32;
 /// Backoffs one DynamoDB call of the recount (a bucket's query page, the official result's
-/// put) may take while throttled before the recount fails (their ceilings add up to ~12 s).
-const CALL_BACKOFFS: u32 = 12;
+/// put) may take while throttled before the recount fails: ceilings adding up to ~66 s (half
+/// that on average), so a table throttled for a minute fails the recount (the timer runs it
+/// again) while a busy one, even when the SDK's own retry quota is spent and every second
+/// call is refused, practically never fails one of an election's 1,024 buckets.
+const CALL_BACKOFFS: u32 = 40;
 
 #[derive(Clone, Debug)]
 pub struct RecountConfig {
