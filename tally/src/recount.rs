@@ -422,7 +422,11 @@ async fn count_bucket(
             .send()
             .await;
         let page = match page {
-            Ok(page) => page,
+            Ok(page) => {
+                // The bound and the waits are per call: the next page starts afresh.
+                backoff = Backoff::default();
+                page
+            }
             // A throttled page is asked again (the same start key); a table throttled for
             // longer than CALL_BACKOFFS backoffs fails the recount, which is retried whole.
             Err(e) if retriable(&e) && backoff.attempts() < CALL_BACKOFFS => {
