@@ -5,7 +5,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/serve/web");
+    // Read when the script runs: clones share one warm target directory, and a script built in
+    // another clone would otherwise list that clone's pages.
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&root).join("src/serve/web");
     // A directory: cargo rescans it and reruns this script when any file in it changes.
     println!("cargo:rerun-if-changed=src/serve/web");
     let mut names: Vec<String> = std::fs::read_dir(&dir)

@@ -246,7 +246,8 @@ mod tests {
 
     /// Every file of `fuzz/seeds/<target>/`, sorted, with its name.
     fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
             .join("../fuzz/seeds")
             .join(target);
         let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
