@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::serve::{
-    AUDIT_KEY, Serve, TestClient, open_election, wait_final, wait_open, wait_state,
+    AUDIT_KEY, Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
 };
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 
@@ -178,14 +178,7 @@ async fn close_under_load(
         "votes accepted before the close",
     )
     .await;
-    let (s, body) = client
-        .admin(
-            "POST",
-            &admin.admin_url("/admin/v1/elections/c/close"),
-            serde_json::Value::Null,
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    close_election(&client, admin, "c").await;
     // Keep voting until every node's own view says closed (a lagging node's too) and votes
     // were refused after that.
     for node in nodes {
@@ -362,14 +355,7 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
         .await;
         b.kill();
         // The close goes out while node-b's partitions have no live owner yet.
-        let (s, body) = client
-            .admin(
-                "POST",
-                &a.admin_url("/admin/v1/elections/c/close"),
-                serde_json::Value::Null,
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
+        close_election(&client, &a, "c").await;
         // node-a refuses the closed election from its own view; stop once it did.
         let refused = heard.not_open.load(Ordering::Relaxed);
         until(

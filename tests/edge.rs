@@ -53,17 +53,10 @@ fn an_external_issuers_eddsa_tokens_vote_beside_hs256_and_no_secret_is_logged() 
     )
     .unwrap();
 
-    let prefix = common::unique_prefix("edge");
-    let out = common::votes(&prefix, &["init", "--partitions", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let serve = Serve::start_env(
-        &prefix,
+    let serve = Serve::init_and_start_env(
+        "edge",
+        2,
         1,
-        false,
         &[("VOTES_TOKEN_KEYS_FILE", key_file.to_str().unwrap())],
     );
     runtime().block_on(async {

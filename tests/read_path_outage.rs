@@ -47,18 +47,11 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
     common::require(common::Service::Kafka);
     private_redis("up");
     let _redis = RedisGuard;
-    let prefix = common::unique_prefix("redis-outage");
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let redis_url = format!("redis://127.0.0.1:{REDIS_PORT}");
-    let serve = Serve::start_env(
-        &prefix,
+    let serve = Serve::init_and_start_env(
+        "redis-outage",
+        PARTITIONS,
         2,
-        false,
         &[
             ("VOTES_REDIS_URL", &redis_url),
             ("VOTES_RESULTS_POLL_MS", "50"),

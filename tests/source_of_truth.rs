@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::serve::{
-    AUDIT_KEY, Serve, TestClient, committed_votes, open_election, token, wait_final,
+    AUDIT_KEY, Serve, TestClient, close_election, committed_votes, open_election, token, wait_final,
 };
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 use votes_core::{VOTE_BUCKETS, VoterId};
@@ -300,14 +300,7 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
 
         // Closing through the admin API starts the recount: "good" becomes final.
         for e in ["good", "bad"] {
-            let (s, body) = client
-                .admin(
-                    "POST",
-                    &serve.admin_url(&format!("/admin/v1/elections/{e}/close")),
-                    serde_json::Value::Null,
-                )
-                .await;
-            assert_eq!(s, 200, "{body}");
+            close_election(&client, &serve, e).await;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let final_results = loop {
@@ -557,14 +550,7 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
         assert_eq!(items.len(), 40);
         assert_eq!(items[&2].0, "x", "DynamoDB keeps voter 2's first vote");
 
-        let (s, body) = client
-            .admin(
-                "POST",
-                &serve.admin_url("/admin/v1/elections/fw/close"),
-                serde_json::Value::Null,
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
+        close_election(&client, &serve, "fw").await;
         let official = wait_final(&client, &serve, "fw", Duration::from_secs(90)).await;
         assert_eq!(official["totals"]["x"], 20, "{official}");
         assert_eq!(official["totals"]["y"], 20, "{official}");
@@ -599,19 +585,13 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
             rule("GetItem", Fault::ProvisionedThroughputExceeded, 300),
         ],
     );
-    let prefix = common::unique_prefix("throttled");
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let serve = Serve::start_env(
-        &prefix,
+    let serve = Serve::init_and_start_env(
+        "throttled",
+        PARTITIONS,
         2,
-        false,
         &[("VOTES_DYNAMODB_ENDPOINT", proxy.url.as_str())],
     );
+    let prefix = serve.prefix.clone();
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "t", &["a", "b", "c"], 0).await;
@@ -694,14 +674,7 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
         );
 
         // The close's recount queries every bucket through the throttles and still agrees.
-        let (s, body) = client
-            .admin(
-                "POST",
-                &serve.admin_url("/admin/v1/elections/t/close"),
-                serde_json::Value::Null,
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
+        close_election(&client, &serve, "t").await;
         let official = wait_final(&client, &serve, "t", Duration::from_secs(180)).await;
         assert_eq!(official["total"], 2_000, "{official}");
         let again = votes_cmd(&prefix, &["recount", "--election", "t"])

@@ -598,9 +598,7 @@ async fn nemesis(
                     target = "redis".into();
                     let services = f.cfg.services.clone();
                     drop(f);
-                    services_cmd(&services, &["down", "redis"])?;
-                    tokio::time::sleep(hold).await;
-                    services_up(&services, &["redis"])?;
+                    stop_for(&services, "redis", hold).await?;
                     flush_redis()?;
                 }
                 "stop-dynamodb" => {
@@ -609,9 +607,7 @@ async fn nemesis(
                     target = "dynamodb".into();
                     let services = f.cfg.services.clone();
                     drop(f);
-                    services_cmd(&services, &["down", "dynamodb"])?;
-                    tokio::time::sleep(hold).await;
-                    services_up(&services, &["dynamodb"])?;
+                    stop_for(&services, "dynamodb", hold).await?;
                 }
                 _ => {
                     let i = (rng.next_u64() % f.persisters.len() as u64) as usize;
@@ -634,6 +630,13 @@ async fn nemesis(
         tokio::time::sleep(Duration::from_millis(4_000 + rng.next_u64() % 6_000)).await;
     }
     Ok(())
+}
+
+/// Stops `service` (through the services script), keeps it down for `hold`, starts it again.
+async fn stop_for(services: &Path, service: &str, hold: Duration) -> Result<(), ChaosError> {
+    services_cmd(services, &["down", service])?;
+    tokio::time::sleep(hold).await;
+    services_up(services, &[service])
 }
 
 fn services_cmd(services: &Path, args: &[&str]) -> Result<(), ChaosError> {

@@ -48,6 +48,16 @@ pub struct Serve {
 impl Serve {
     /// `votes init` for a fresh prefix, then a serve process on it.
     pub fn init_and_start(test: &str, partitions: u32, cores: usize) -> Serve {
+        Serve::init_and_start_env(test, partitions, cores, &[])
+    }
+
+    /// Like [`Serve::init_and_start`], with extra environment for the process.
+    pub fn init_and_start_env(
+        test: &str,
+        partitions: u32,
+        cores: usize,
+        env: &[(&str, &str)],
+    ) -> Serve {
         require(Service::Kafka);
         require(Service::DynamoDb);
         let prefix = super::unique_prefix(test);
@@ -57,7 +67,7 @@ impl Serve {
             "votes init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Serve::start(&prefix, cores)
+        Serve::start_env(&prefix, cores, false, env)
     }
 
     /// A serve process on an existing prefix; waits until `/readyz` answers 200.
@@ -528,6 +538,18 @@ impl TestClient {
         .await
         .map(|(s, _, j)| (s, j))
     }
+}
+
+/// Closes election `id` through `serve`'s admin API; the close must be accepted.
+pub async fn close_election(client: &TestClient, serve: &Serve, id: &str) {
+    let (s, body) = client
+        .admin(
+            "POST",
+            &serve.admin_url(&format!("/admin/v1/elections/{id}/close")),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "closing {id}: {body}");
 }
 
 /// Waits until `GET …/results` of `id` on `serve` is final (the three counts agreed and the
