@@ -3,7 +3,8 @@
 //! Kafka gave them; a replay of the committed log rebuilds exactly the same voter sets and
 //! tallies; and a core stopped between producing and committing a transaction over several
 //! partitions never gets any of those votes counted once a new owner took over — whether the
-//! new owner fences it, or only the group moved on (its offsets carry a stale generation).
+//! new owner fences it, or only the group moved on (its offsets carry a stale generation). The
+//! same holds for a node's committer, whose transaction carries several cores' parts.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{KAFKA, Service, replication, require, runtime, unique_prefix};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
-use votes_tally::committer::{CommitterConfig, CoreProducer};
+use votes_tally::committer::{CommitterConfig, Part, Scope, TxnProducer};
 use votes_tally::engine::TxnOutcome;
 use votes_tally::provision::{TopicPlan, create_topics};
 use votes_tally::recovery::{await_stable, replay};
@@ -65,15 +66,19 @@ fn vote(ticket: u64, election: &str, voter: u64, option: &str) -> Vote {
     }
 }
 
-fn producer(names: &Names, node: &str) -> CoreProducer {
-    CoreProducer::open(&CommitterConfig {
+fn producer(names: &Names, node: &str) -> TxnProducer {
+    producer_of(names, node, Scope::Core(0))
+}
+
+fn producer_of(names: &Names, node: &str, scope: Scope) -> TxnProducer {
+    TxnProducer::open(&CommitterConfig {
         brokers: KAFKA.clone(),
         names: names.clone(),
         node: node.into(),
-        core: 0,
+        scope,
         timeout: T,
     })
-    .expect("the core's producer opens")
+    .expect("the committer's producer opens")
 }
 
 /// A member of the serve group, polled until the group gave it a generation.
@@ -103,7 +108,7 @@ fn member(names: &Names, instance: &str) -> (BaseConsumer, Arc<ConsumerGroupMeta
 /// Commits everything queued in the shards, one transaction over all of them at a time.
 fn commit_all(
     shards: &mut [&mut Shard],
-    producer: &mut CoreProducer,
+    producer: &mut TxnProducer,
     group: &ConsumerGroupMetadata,
 ) -> Vec<Answer> {
     let mut answers = Vec::new();
@@ -213,15 +218,17 @@ fn one_transaction_over_both_partitions_is_acknowledged_with_its_offsets_and_rep
 }
 
 /// The zombie's view: one committed vote per partition, then a transaction over both that it
-/// produces and, stopped, does not commit until the new owner took over.
-fn zombie_takes_over_case(test: &str, new_owner_fences: bool) {
+/// produces and, stopped, does not commit until the new owner took over. With `Scope::Node`
+/// the zombie is a node's committer, its transaction two cores' parts (one partition each,
+/// each part's offsets sent on their own), and the new owner fences the node's producer.
+fn zombie_takes_over_case(test: &str, new_owner_fences: bool, scope: Scope) {
     let names = setup(test);
     let (zombie_member, zombie_group) = member(&names, "zombie-0");
     let (mut z0, mut z1) = (
         recovered_shard_of(&names, 0, "zombie"),
         recovered_shard_of(&names, 1, "zombie"),
     );
-    let mut zombie = producer(&names, "zombie");
+    let mut zombie = producer_of(&names, "zombie", scope);
     z0.submit(vote(1, "e", 10, "red"));
     z1.submit(vote(2, "e", 11, "red"));
     let first = commit_all(&mut [&mut z0, &mut z1], &mut zombie, &zombie_group);
@@ -235,7 +242,20 @@ fn zombie_takes_over_case(test: &str, new_owner_fences: bool) {
         .collect();
     assert_eq!(batches.len(), 2, "the transaction spans both partitions");
     let mut taken_over = Vec::new();
-    let outcome = zombie.commit_pausing(&batches, &zombie_group, || {
+    let parts: Vec<Part<'_>> = match scope {
+        Scope::Core(_) => vec![Part {
+            batches: &batches,
+            group: &zombie_group,
+        }],
+        Scope::Node => batches
+            .chunks(1)
+            .map(|b| Part {
+                batches: b,
+                group: &zombie_group,
+            })
+            .collect(),
+    };
+    let outcome = zombie.commit_parts(&parts, || {
         // Stopped with its records open in both partitions. The group moves on: its member
         // is gone, another takes the partitions.
         drop(zombie_member);
@@ -255,6 +275,10 @@ fn zombie_takes_over_case(test: &str, new_owner_fences: bool) {
         o1.submit(vote(6, "e", 31, "green"));
         taken_over = commit_all(&mut [&mut o0, &mut o1], &mut owner, &owner_group);
     });
+    let outcome = match outcome {
+        Ok(offsets) => panic!("the zombie committed after the takeover, at {offsets:?}"),
+        Err(outcome) => outcome,
+    };
     if new_owner_fences {
         assert_eq!(
             outcome,
@@ -305,10 +329,75 @@ fn zombie_takes_over_case(test: &str, new_owner_fences: bool) {
 
 #[test]
 fn a_core_paused_mid_transaction_is_fenced_by_the_new_owner_and_none_of_its_votes_count() {
-    zombie_takes_over_case("zombie-fenced", true);
+    zombie_takes_over_case("zombie-fenced", true, Scope::Core(0));
 }
 
 #[test]
 fn a_core_paused_mid_transaction_cannot_commit_with_a_stale_generation() {
-    zombie_takes_over_case("zombie-generation", false);
+    zombie_takes_over_case("zombie-generation", false, Scope::Core(0));
+}
+
+#[test]
+fn a_node_committer_paused_mid_transaction_is_fenced_by_the_new_owner_and_none_of_its_votes_count()
+{
+    zombie_takes_over_case("zombie-node-fenced", true, Scope::Node);
+}
+
+#[test]
+fn a_node_committer_paused_mid_transaction_cannot_commit_with_a_stale_generation() {
+    zombie_takes_over_case("zombie-node-generation", false, Scope::Node);
+}
+
+/// A node's committer carries two cores' parts in one transaction: each part's offsets are
+/// committed with its own group metadata, each part hears its own records' offsets, and the
+/// log replays to the same state.
+#[test]
+fn a_node_transaction_carries_each_cores_part_with_its_own_offsets() {
+    let names = setup("node-commit");
+    let (_member, group) = member(&names, "node-0");
+    let (mut p0, mut p1) = (recovered_shard(&names, 0), recovered_shard(&names, 1));
+    let mut node = producer_of(&names, "test", Scope::Node);
+    for i in 0..40u64 {
+        let shard = if i % 2 == 0 { &mut p0 } else { &mut p1 };
+        assert_eq!(shard.submit(vote(i, "e", i, "red")), Submitted::Queued);
+    }
+    let (b0, b1) = (p0.take_batch().unwrap(), p1.take_batch().unwrap());
+    let (core0, core1) = (vec![b0], vec![b1]);
+    let offsets = node
+        .commit_parts(
+            &[
+                Part {
+                    batches: &core0,
+                    group: &group,
+                },
+                Part {
+                    batches: &core1,
+                    group: &group,
+                },
+            ],
+            || {},
+        )
+        .expect("the node's transaction commits");
+    assert_eq!(offsets.len(), 2, "one result per part");
+    for (part, batches) in offsets.iter().zip([&core0, &core1]) {
+        assert_eq!(part.len(), 1);
+        assert_eq!(
+            part[0],
+            (0..20).collect::<Vec<u64>>(),
+            "each partition from 0"
+        );
+        settle(
+            &mut [&mut p0, &mut p1],
+            batches,
+            TxnOutcome::Committed {
+                offsets: part.clone(),
+            },
+        );
+    }
+    let e = ElectionId::new("e").unwrap();
+    for live in [&p0, &p1] {
+        let rebuilt = recovered_shard(&names, live.partition());
+        assert_eq!(rebuilt.voters(&e), 20);
+        assert_eq!(rebuilt.tallies(&e), live.tallies(&e));
+    }
 }

@@ -61,6 +61,12 @@ impl Names {
         format!("{}votes-{node}-{core}", self.prefix)
     }
 
+    /// `transactional.id` of the one producer of a node's cores (the committer of scope node):
+    /// ends in `-node`, so it never equals a core's (which ends in the core's number).
+    pub fn node_transactional_id(&self, node: &str) -> String {
+        format!("{}votes-{node}-node", self.prefix)
+    }
+
     /// DynamoDB table of committed votes, keyed by (election, voter).
     pub fn votes_table(&self) -> String {
         format!("{}votes", self.prefix)
@@ -103,6 +109,8 @@ mod tests {
         assert_eq!(n.votes_topic(), "t1-votes");
         assert_eq!(n.elections_topic(), "t1-elections");
         assert_eq!(n.transactional_id(7), "t1-votes-7");
+        assert_eq!(n.core_transactional_id("a", 1), "t1-votes-a-1");
+        assert_eq!(n.node_transactional_id("a"), "t1-votes-a-node");
         assert_eq!(n.votes_table(), "t1-votes");
         assert_eq!(n.results_table(), "t1-results");
         assert_eq!(n.redis_tally_key("e1", 3), "t1-tally:{e1}:3");

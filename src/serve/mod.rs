@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// Shorter fails over sooner; longer rides out pauses and restarts without a move.
     #[arg(long, env = "VOTES_GROUP_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub group_session_timeout_ms: u64,
+    /// Who writes the votes' transactions: one committer per core, or one per node whose
+    /// transactions carry the batches of every core that has one ready (fewer transactions,
+    /// the broker's main cost, but one offsets round trip per core in each: docs/capacity.md).
+    #[arg(long, env = "VOTES_COMMITTER", value_enum, default_value_t = CommitterScope::Core)]
+    pub committer: CommitterScope,
     /// Largest transaction, in votes over all the partitions of one core.
     #[arg(long, env = "VOTES_BATCH_MAX", default_value_t = 2048)]
     pub batch_max: usize,
@@ -364,10 +369,28 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         elections_writer: writer,
         challenge_ttl: Duration::from_secs(args.challenge_ttl_s),
     });
+    let node_committer = match args.committer {
+        CommitterScope::Core => None,
+        CommitterScope::Node if !roles.ingest => None,
+        CommitterScope::Node => Some(Arc::new(
+            votes_tally::committer::CommitterThread::start(
+                votes_tally::committer::CommitterConfig {
+                    brokers: common.kafka_brokers.clone(),
+                    names: names.clone(),
+                    node: node.clone(),
+                    scope: votes_tally::committer::Scope::Node,
+                    timeout: kafka_timeout,
+                },
+                cores,
+            )
+            .context("starting the node's committer")?,
+        )),
+    };
     let settings = CommitSettings {
         brokers: common.kafka_brokers.clone(),
         names: names.clone(),
         node: node.clone(),
+        node_committer,
         max_batch: args.batch_max,
         max_queued: args.batch_max * 8,
         pacing: votes_tally::engine::PacingConfig {
@@ -732,4 +755,11 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "node".into())
+}
+
+/// `--committer`: the granularity of the votes' transactions (docs/capacity.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommitterScope {
+    Node,
+    Core,
 }

@@ -24,7 +24,7 @@ use votes_core::election::ElectionState;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
 use votes_net::doorbell::{Bell, Ringer};
 use votes_net::{Blocking, LocalSignal, ReplyTx};
-use votes_tally::committer::{Committer, CommitterConfig, Finished, Job};
+use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
 use votes_tally::elections_log::ElectionsView;
 use votes_tally::engine::{
     ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, PacingConfig, RevokeId,
@@ -163,6 +163,9 @@ pub struct CommitSettings {
     pub brokers: String,
     pub names: Names,
     pub node: String,
+    /// The node's committer, whose transactions carry every core's batches; `None`: each core
+    /// starts its own.
+    pub node_committer: Option<Arc<CommitterThread>>,
     /// Largest transaction, in votes over all the core's partitions.
     pub max_batch: usize,
     /// Bound on votes queued per partition.
@@ -259,17 +262,21 @@ impl ShardHost {
         let (finished_tx, finished) = crossbeam_channel::bounded(4);
         let committer = {
             let ringer = ringer.clone();
-            Committer::start(
-                CommitterConfig {
-                    brokers: settings.brokers.clone(),
-                    names: settings.names.clone(),
-                    node: settings.node.clone(),
-                    core: core16,
-                    timeout: settings.kafka_timeout,
-                },
-                finished_tx,
-                move || ringer.ring(),
-            )?
+            let wake = move || ringer.ring();
+            match &settings.node_committer {
+                Some(node) => node.port(core, finished_tx, wake),
+                None => Committer::start(
+                    CommitterConfig {
+                        brokers: settings.brokers.clone(),
+                        names: settings.names.clone(),
+                        node: settings.node.clone(),
+                        scope: Scope::Core(core16),
+                        timeout: settings.kafka_timeout,
+                    },
+                    finished_tx,
+                    wake,
+                )?,
+            }
         };
         let engine = CoreEngine::new(EngineConfig {
             node: settings.node.clone(),

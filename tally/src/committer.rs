@@ -1,18 +1,23 @@
-//! The committer of one core: a long-lived thread that owns the core's transactional producer
-//! and carries out its engine's [`Job`]s (open the producer; write one transaction), one at a
-//! time, reporting each result on a channel and ringing the core's doorbell (DESIGN §3.1-3.2).
+//! The committer of a node (or of one core): a long-lived thread that owns a transactional
+//! producer and carries out its engines' [`Job`]s (open the producer; write a transaction),
+//! reporting each result on the core's channel and ringing the core's doorbell (DESIGN §3.1-3.2).
 //!
 //! Why a thread of its own: librdkafka's transaction calls block, and a reactor never blocks.
 //! The thread polls its producer itself — delivery reports are read from the producer's event
 //! queue on this thread, between produce and commit — so there is no second polling thread, no
-//! per-record allocation or lock, and no spinning: idle, the thread sleeps on its job channel.
+//! per-record allocation or lock, and no spinning: idle, the thread sleeps on its mailbox.
 //!
-//! One producer per core, `transactional.id = {prefix}votes-{node}-{core}`: its
-//! `init_transactions` fences every earlier incarnation of this core (a restart, a duplicate
-//! process) and aborts what it left open. A transaction spans every partition the core owns;
-//! its records go out in one produce call per partition, and its offsets commit carries the
-//! core's group generation, so the coordinator refuses it (and it aborts) once the group gave a
-//! partition of this core to someone else (KIP-447).
+//! The broker's work per transaction, not per vote, is what a vote costs (perf/RESULTS.md), so
+//! the default is one committer per node ([`Scope::Node`], `transactional.id =
+//! {prefix}votes-{node}-node`): each core's engine still paces and hands over its own batch,
+//! and the thread takes every batch handed over while it was busy (waiting [`GATHER_SLACK`]
+//! for the cores of its last transaction) into one transaction; on N cores that is up to N
+//! times fewer transactions. Each core's offsets go out with that core's group generation, so
+//! the coordinator refuses the transaction (and it aborts) once the group gave a partition of
+//! any of its cores to someone else (KIP-447): a stale core costs its peers one transaction.
+//! `init_transactions` fences every earlier incarnation (a restart, a duplicate process) and
+//! aborts what it left open. [`Scope::Core`] keeps one producer and thread per core
+//! (`{prefix}votes-{node}-{core}`).
 
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
@@ -56,13 +61,24 @@ pub enum CommitterError {
     Thread(#[source] std::io::Error),
 }
 
+/// Whose votes one committer's transactions carry, which names its producer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One core's: `transactional.id = {prefix}votes-{node}-{core}`.
+    Core(u16),
+    /// Every core of the node's: `{prefix}votes-{node}-node`. A transaction then carries the
+    /// batches of every core that has one ready, and each core's offsets with that core's own
+    /// group generation, so each core's partitions stay fenced by its own membership.
+    Node,
+}
+
 /// Who the committer writes as, and where.
 #[derive(Clone, Debug)]
 pub struct CommitterConfig {
     pub brokers: String,
     pub names: Names,
     pub node: String,
-    pub core: u16,
+    pub scope: Scope,
     /// Bound on each blocking Kafka call (init, offsets, commit, abort) and on the delivery of
     /// a transaction's records.
     pub timeout: Duration,
@@ -70,7 +86,18 @@ pub struct CommitterConfig {
 
 impl CommitterConfig {
     pub fn transactional_id(&self) -> String {
-        self.names.core_transactional_id(&self.node, self.core)
+        match self.scope {
+            Scope::Core(core) => self.names.core_transactional_id(&self.node, core),
+            Scope::Node => self.names.node_transactional_id(&self.node),
+        }
+    }
+
+    /// For the committer's log lines.
+    fn label(&self) -> String {
+        match self.scope {
+            Scope::Core(core) => format!("core {core}"),
+            Scope::Node => "node".to_owned(),
+        }
     }
 }
 
@@ -97,141 +124,370 @@ pub enum Finished {
     Txn {
         txn: TxnId,
         outcome: TxnOutcome,
-        /// The records carried, for the core's metrics.
+        /// The records carried (this core's), for the core's metrics.
         votes: usize,
+        /// From the job's hand-over to its outcome (a node committer's gathering included).
         elapsed: Duration,
     },
 }
 
-/// The handle of a core's committer thread. Dropping it ends the thread after its current
-/// job (the thread then drops the producer, off the reactor).
-pub struct Committer {
-    jobs: Arc<JobSlot>,
-    _thread: JoinHandle<()>,
-}
+/// How long a node committer holding a ready job waits for the other cores that were in its
+/// last transaction. Cores of one transaction hear its outcome at the same moment and, loaded,
+/// hand over their next batches within microseconds of each other; without this wait a few µs
+/// of skew split them into alternating transactions, one core each, and the merge is lost. A
+/// core that has not handed over after this long has no votes, or a window far from its peers'.
+const GATHER_SLACK: Duration = Duration::from_millis(2);
 
-/// Where the engine's one job waits for the committer: a mutex and a condition variable, so
-/// the idle thread sleeps at once (a channel's receive spins and yields first, a few dozen
-/// wasted system calls per transaction).
-#[derive(Default)]
-struct JobSlot {
-    state: Mutex<(Option<Job>, bool)>,
+/// Where the engines' jobs wait for the committer thread: one slot per core (an engine has at
+/// most one job out), a mutex and a condition variable, so the idle thread sleeps at once (a
+/// channel's receive spins and yields first, a few dozen wasted system calls per transaction).
+/// Touched once per job by a core and once per transaction by the thread: never per vote.
+struct Mailbox {
+    state: Mutex<MailState>,
     ready: Condvar,
 }
 
-impl JobSlot {
-    fn put(&self, job: Job) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+struct MailState {
+    slots: Vec<Slot>,
+    /// Ports and group handles alive; the thread ends when none is left and no job waits.
+    handles: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<(Job, Instant)>,
+    link: Option<Arc<Link>>,
+    /// Whether this core's job was in the last transaction: the thread waits a little for it.
+    in_last_txn: bool,
+}
+
+/// How the thread answers one core.
+struct Link {
+    finished: crossbeam_channel::Sender<Finished>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Link {
+    /// `false` once the core is gone.
+    fn send(&self, done: Finished) -> bool {
+        let sent = self.finished.send(done).is_ok();
+        if sent {
+            (self.wake)();
+        }
+        sent
+    }
+}
+
+/// Jobs taken by the thread in one go.
+struct Gathered {
+    opens: Vec<(Arc<Link>, u64)>,
+    commits: Vec<Taken>,
+}
+
+struct Taken {
+    link: Arc<Link>,
+    txn: TxnId,
+    batches: Vec<Batch>,
+    group: Arc<ConsumerGroupMetadata>,
+    handed_over: Instant,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, slot: usize, job: Job) {
+        let mut s = self.lock();
+        let slot = &mut s.slots[slot];
         assert!(
-            s.0.is_none(),
-            "the engine has at most one job out and the committer takes each at once"
+            slot.job.is_none(),
+            "an engine has at most one job out and hears its result only after it was taken"
         );
-        s.0 = Some(job);
+        assert!(slot.link.is_some(), "a job comes through a live port");
+        slot.job = Some((job, Instant::now()));
         self.ready.notify_one();
     }
 
-    /// The next job; `None` once the handle is gone.
-    fn take(&self) -> Option<Job> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(job) = s.0.take() {
-                return Some(job);
-            }
-            if s.1 {
+    fn release(&self) {
+        let mut s = self.lock();
+        assert!(s.handles > 0);
+        s.handles -= 1;
+        self.ready.notify_one();
+    }
+
+    /// Waits for at least one job, then up to [`GATHER_SLACK`] for the cores of the last
+    /// transaction, and takes every job there is. `None` once every handle is gone.
+    fn gather(&self) -> Option<Gathered> {
+        let mut s = self.lock();
+        while s.slots.iter().all(|x| x.job.is_none()) {
+            if s.handles == 0 {
                 return None;
             }
             s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+        let until = Instant::now() + GATHER_SLACK;
+        loop {
+            let awaited = s
+                .slots
+                .iter()
+                .any(|x| x.in_last_txn && x.job.is_none() && x.link.is_some());
+            let left = until.saturating_duration_since(Instant::now());
+            if !awaited || left.is_zero() {
+                break;
+            }
+            s = self
+                .ready
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let mut gathered = Gathered {
+            opens: Vec::new(),
+            commits: Vec::new(),
+        };
+        for slot in &mut s.slots {
+            slot.in_last_txn = false;
+            let Some((job, handed_over)) = slot.job.take() else {
+                continue;
+            };
+            let link = slot.link.clone().expect("a job comes through a live port");
+            match job {
+                Job::Open { attempt } => gathered.opens.push((link, attempt)),
+                Job::Commit {
+                    txn,
+                    batches,
+                    group,
+                } => {
+                    slot.in_last_txn = true;
+                    gathered.commits.push(Taken {
+                        link,
+                        txn,
+                        batches,
+                        group,
+                        handed_over,
+                    });
+                }
+            }
+        }
+        Some(gathered)
+    }
+}
+
+/// The committer thread of a node (or of one core), shared by its cores' [`Committer`] ports.
+/// Dropping this handle and every port ends the thread after its current transaction.
+pub struct CommitterThread {
+    mailbox: Arc<Mailbox>,
+    cores: usize,
+    _thread: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for CommitterThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitterThread")
+            .field("cores", &self.cores)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CommitterThread {
+    fn drop(&mut self) {
+        self.mailbox.release();
+    }
+}
+
+impl CommitterThread {
+    /// Starts the thread for `cores` ports (one per core whose engine it serves).
+    pub fn start(cfg: CommitterConfig, cores: usize) -> Result<Self, CommitterError> {
+        assert!(cores >= 1 && (cfg.scope == Scope::Node || cores == 1));
+        let mailbox = Arc::new(Mailbox {
+            state: Mutex::new(MailState {
+                slots: (0..cores).map(|_| Slot::default()).collect(),
+                handles: 1,
+            }),
+            ready: Condvar::new(),
+        });
+        let mb = mailbox.clone();
+        let name = match cfg.scope {
+            Scope::Core(core) => format!("commit-{core}"),
+            Scope::Node => "commit-node".to_owned(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || Worker::new(cfg).run(&mb))
+            .map_err(CommitterError::Thread)?;
+        Ok(Self {
+            mailbox,
+            cores,
+            _thread: thread,
+        })
     }
 
-    fn close(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        self.ready.notify_one();
+    /// The port of core slot `slot`: `finished` receives each of its results, after which
+    /// `wake` is called (the core's doorbell).
+    pub fn port(
+        &self,
+        slot: usize,
+        finished: crossbeam_channel::Sender<Finished>,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Committer {
+        assert!(slot < self.cores);
+        let mut s = self.mailbox.lock();
+        assert!(s.slots[slot].link.is_none(), "one port per core");
+        s.slots[slot].link = Some(Arc::new(Link {
+            finished,
+            wake: Box::new(wake),
+        }));
+        s.handles += 1;
+        Committer {
+            mailbox: self.mailbox.clone(),
+            slot,
+            _own_thread: None,
+        }
     }
+}
+
+/// A core's port to its committer thread.
+pub struct Committer {
+    mailbox: Arc<Mailbox>,
+    slot: usize,
+    /// A committer of one core owns its thread.
+    _own_thread: Option<CommitterThread>,
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        self.jobs.close();
+        let mut s = self.mailbox.lock();
+        s.slots[self.slot].link = None;
+        s.slots[self.slot].in_last_txn = false;
+        drop(s);
+        self.mailbox.release();
     }
 }
 
 impl Committer {
-    /// Starts the thread. `finished` receives every result; `wake` is called after each (the
-    /// core's doorbell).
+    /// A committer thread of one core's own (`cfg.scope` is `Core`). `finished` receives every
+    /// result; `wake` is called after each (the core's doorbell).
     pub fn start(
         cfg: CommitterConfig,
         finished: crossbeam_channel::Sender<Finished>,
-        wake: impl Fn() + Send + 'static,
+        wake: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, CommitterError> {
-        let jobs = Arc::new(JobSlot::default());
-        let slot = jobs.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("commit-{}", cfg.core))
-            .spawn(move || {
-                let mut producer: Option<CoreProducer> = None;
-                while let Some(job) = slot.take() {
-                    let done = match job {
-                        Job::Open { attempt } => {
-                            // The old producer goes first: its epoch is fenced by the new one
-                            // anyway, and two clients of one id only fight.
-                            drop(producer.take());
-                            let result = match CoreProducer::open(&cfg) {
-                                Ok(p) => {
-                                    producer = Some(p);
-                                    Ok(())
-                                }
-                                Err(e) => {
-                                    tracing::warn!(core = cfg.core, error = %e, "cannot open the core's producer");
-                                    Err(match e {
-                                        CommitterError::Init { fenced: true, .. } => {
-                                            OpenFailure::Fenced
-                                        }
-                                        _ => OpenFailure::Transient,
-                                    })
-                                }
-                            };
-                            Finished::Opened { attempt, result }
-                        }
-                        Job::Commit {
-                            txn,
-                            batches,
-                            group,
-                        } => {
-                            let started = Instant::now();
-                            let votes = batches.iter().map(Batch::len).sum();
-                            let outcome = match &mut producer {
-                                Some(p) => p.commit(&batches, &group),
-                                // Never opened (the engine only commits after an open): nothing
-                                // was sent.
-                                None => TxnOutcome::Aborted,
-                            };
-                            Finished::Txn {
-                                txn,
-                                outcome,
-                                votes,
-                                elapsed: started.elapsed(),
-                            }
-                        }
-                    };
-                    if finished.send(done).is_err() {
-                        break; // The core is gone.
-                    }
-                    wake();
-                }
-            })
-            .map_err(CommitterError::Thread)?;
-        Ok(Self {
-            jobs,
-            _thread: thread,
-        })
+        assert!(matches!(cfg.scope, Scope::Core(_)));
+        let thread = CommitterThread::start(cfg, 1)?;
+        let mut port = thread.port(0, finished, wake);
+        port._own_thread = Some(thread);
+        Ok(port)
     }
 
     /// Hands a job to the thread; never blocks (the engine has at most one out, and the
     /// thread reports a job's result only after it took the job).
     pub fn submit(&self, job: Job) {
-        self.jobs.put(job);
+        self.mailbox.put(self.slot, job);
     }
+}
+
+/// The committer thread's state: its producer, and whether that producer must be opened
+/// again before it carries another transaction.
+struct Worker {
+    cfg: CommitterConfig,
+    producer: Option<TxnProducer>,
+}
+
+impl Worker {
+    fn new(cfg: CommitterConfig) -> Self {
+        Self {
+            cfg,
+            producer: None,
+        }
+    }
+
+    fn run(mut self, mailbox: &Mailbox) {
+        while let Some(gathered) = mailbox.gather() {
+            for (link, attempt) in gathered.opens {
+                let result = self.open();
+                link.send(Finished::Opened { attempt, result });
+            }
+            if !gathered.commits.is_empty() {
+                self.commit(gathered.commits);
+            }
+        }
+    }
+
+    /// A core asks for an open producer: after a failed transaction (whose outcome only a new
+    /// `init_transactions` settles), after a fence, or at its start. A producer that has
+    /// carried nothing but clean outcomes since its own open already settled everything an
+    /// earlier one left, so it is kept (the cores of a node share it).
+    fn open(&mut self) -> Result<(), OpenFailure> {
+        if self.producer.is_some() {
+            return Ok(());
+        }
+        match TxnProducer::open(&self.cfg) {
+            Ok(p) => {
+                self.producer = Some(p);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(committer = %self.cfg.label(), error = %e, "cannot open the producer");
+                Err(match e {
+                    CommitterError::Init { fenced: true, .. } => OpenFailure::Fenced,
+                    _ => OpenFailure::Transient,
+                })
+            }
+        }
+    }
+
+    fn commit(&mut self, commits: Vec<Taken>) {
+        // A transaction after another's failure starts on a fresh producer: the failed one is
+        // dropped below, and opening the next settles what it left.
+        let opened = self.open();
+        let outcomes: Vec<TxnOutcome> = match (&mut self.producer, opened) {
+            (Some(p), Ok(())) => {
+                let parts: Vec<Part<'_>> = commits
+                    .iter()
+                    .map(|t| Part {
+                        batches: &t.batches,
+                        group: &t.group,
+                    })
+                    .collect();
+                match p.commit_parts(&parts, || {}) {
+                    Ok(offsets) => offsets
+                        .into_iter()
+                        .map(|offsets| TxnOutcome::Committed { offsets })
+                        .collect(),
+                    Err(outcome) => vec![outcome; commits.len()],
+                }
+            }
+            // Nothing was sent.
+            (_, Err(OpenFailure::Fenced)) => vec![TxnOutcome::Fenced; commits.len()],
+            _ => vec![TxnOutcome::Aborted; commits.len()],
+        };
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, TxnOutcome::Fenced | TxnOutcome::Unknown))
+        {
+            // Fenced is for good; Unknown is settled only by the next init. Either way the
+            // producer carries nothing more.
+            self.producer = None;
+        }
+        for (t, outcome) in commits.into_iter().zip(outcomes) {
+            let votes = t.batches.iter().map(Batch::len).sum();
+            // A core that is gone hears nothing; the others still do.
+            t.link.send(Finished::Txn {
+                txn: t.txn,
+                outcome,
+                votes,
+                elapsed: t.handed_over.elapsed(),
+            });
+        }
+    }
+}
+
+/// One core's share of a transaction: its batches (one per partition it owns) and the group
+/// metadata its offsets are committed with.
+pub struct Part<'a> {
+    pub batches: &'a [Batch],
+    pub group: &'a ConsumerGroupMetadata,
 }
 
 /// Delivery reports are not used by rust-rdkafka here: the committer reads them itself.
@@ -242,20 +498,20 @@ impl ProducerContext for Quiet {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-/// A core's transactional producer, used by one thread only.
-pub struct CoreProducer {
+/// A committer's transactional producer (a core's or a node's), used by one thread only.
+pub struct TxnProducer {
     producer: BaseProducer<Quiet>,
     /// The producer's main event queue, where delivery reports arrive.
     queue: *mut rd::rd_kafka_queue_t,
     topic: *mut rd::rd_kafka_topic_t,
     topic_name: String,
     timeout: Duration,
-    core: u16,
+    label: String,
     /// Reused message array of the produce calls.
     messages: Vec<rd::rd_kafka_message_t>,
 }
 
-impl Drop for CoreProducer {
+impl Drop for TxnProducer {
     fn drop(&mut self) {
         // SAFETY: both handles were obtained from this producer's client in `open` and are
         // released exactly once, before the client itself is destroyed (field drop order).
@@ -266,7 +522,7 @@ impl Drop for CoreProducer {
     }
 }
 
-impl CoreProducer {
+impl TxnProducer {
     /// Creates the core's producer and fences every earlier producer with its transactional
     /// id: once this returns, what an earlier incarnation left open is aborted.
     pub fn open(cfg: &CommitterConfig) -> Result<Self, CommitterError> {
@@ -309,7 +565,7 @@ impl CoreProducer {
             topic,
             topic_name,
             timeout: cfg.timeout,
-            core: cfg.core,
+            label: cfg.label(),
             messages: Vec::new(),
         })
     }
@@ -321,7 +577,7 @@ impl CoreProducer {
         self.commit_pausing(batches, group, || {})
     }
 
-    /// [`CoreProducer::commit`], calling `pause` once every record is in the log (open) and
+    /// [`TxnProducer::commit`], calling `pause` once every record is in the log (open) and
     /// before the offsets with the group generation go out: where a process stopped by
     /// SIGSTOP (a zombie) would sit. For the tests of that case.
     pub fn commit_pausing(
@@ -330,68 +586,98 @@ impl CoreProducer {
         group: &ConsumerGroupMetadata,
         pause: impl FnOnce(),
     ) -> TxnOutcome {
+        match self.commit_parts(&[Part { batches, group }], pause) {
+            Ok(mut offsets) => TxnOutcome::Committed {
+                offsets: offsets.pop().expect("one part"),
+            },
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Writes every part's batches in one transaction that commits each part's offsets with
+    /// that part's group metadata (one `send_offsets_to_transaction` each: the coordinator
+    /// checks every core's generation, and refuses the whole transaction if one is stale).
+    /// `Ok` holds the offsets of each part's records, batch by batch; `Err` how it failed
+    /// (never `Committed`). `pause` is called as in [`TxnProducer::commit_pausing`].
+    pub fn commit_parts(
+        &mut self,
+        parts: &[Part<'_>],
+        pause: impl FnOnce(),
+    ) -> Result<Vec<Vec<Vec<u64>>>, TxnOutcome> {
+        assert!(!parts.is_empty());
+        let batches: Vec<&Batch> = parts.iter().flat_map(|p| p.batches.iter()).collect();
         assert!(!batches.is_empty() && batches.iter().all(|b| !b.is_empty()));
         debug_assert!(
-            batches.windows(2).all(|w| w[0].partition != w[1].partition) || batches.len() < 2,
-            "one batch per partition"
+            {
+                let mut seen: Vec<u32> = batches.iter().map(|b| b.partition).collect();
+                seen.sort_unstable();
+                seen.windows(2).all(|w| w[0] != w[1])
+            },
+            "one batch per partition in a transaction: each partition has one writing core"
         );
         if let Err(e) = self.producer.begin_transaction() {
-            return self.settle_failure(e);
+            return Err(self.settle_failure(e));
         }
         let deadline = Instant::now() + self.timeout;
-        if let Err(e) = self.produce(batches) {
-            return self.abort(e);
+        if let Err(e) = self.produce(&batches) {
+            return Err(self.abort(e));
         }
-        let offsets = match self.deliveries(batches, deadline) {
-            Ok(offsets) => offsets,
-            Err(e) => return self.abort(e),
+        let mut offsets = match self.deliveries(&batches, deadline) {
+            Ok(offsets) => offsets.into_iter(),
+            Err(e) => return Err(self.abort(e)),
         };
         pause();
-        let mut tpl = TopicPartitionList::new();
-        for (b, offs) in batches.iter().zip(&offsets) {
-            let next = offs.last().map_or(0, |o| o + 1);
-            if let Err(e) = tpl.add_partition_offset(
-                &self.topic_name,
-                i32::try_from(b.partition).expect("partition fits i32"),
-                Offset::Offset(i64::try_from(next).expect("offsets fit i64")),
-            ) {
-                return self.abort(e);
+        let mut per_part = Vec::with_capacity(parts.len());
+        for part in parts {
+            let mine: Vec<Vec<u64>> = offsets.by_ref().take(part.batches.len()).collect();
+            let mut tpl = TopicPartitionList::new();
+            for (b, offs) in part.batches.iter().zip(&mine) {
+                let next = offs.last().map_or(0, |o| o + 1);
+                if let Err(e) = tpl.add_partition_offset(
+                    &self.topic_name,
+                    i32::try_from(b.partition).expect("partition fits i32"),
+                    Offset::Offset(i64::try_from(next).expect("offsets fit i64")),
+                ) {
+                    return Err(self.abort(e));
+                }
             }
-        }
-        // The coordinator checks the member's generation here: a core whose partitions moved
-        // (a paused zombie, a stale member) cannot commit, whatever it already produced.
-        let mut attempt = 0;
-        while let Err(e) = self
-            .producer
-            .send_offsets_to_transaction(&tpl, group, self.timeout)
-        {
-            attempt += 1;
-            match txn_error(&e) {
-                Some(rd)
-                    if rd.is_retriable()
-                        && !rd.txn_requires_abort()
-                        && attempt <= COMMIT_RETRIES => {}
-                _ => return self.abort(e),
+            // The coordinator checks the member's generation here: a core whose partitions
+            // moved (a paused zombie, a stale member) cannot commit, whatever it produced.
+            let mut attempt = 0;
+            while let Err(e) =
+                self.producer
+                    .send_offsets_to_transaction(&tpl, part.group, self.timeout)
+            {
+                attempt += 1;
+                match txn_error(&e) {
+                    Some(rd)
+                        if rd.is_retriable()
+                            && !rd.txn_requires_abort()
+                            && attempt <= COMMIT_RETRIES => {}
+                    _ => return Err(self.abort(e)),
+                }
             }
+            per_part.push(mine);
         }
+        debug_assert!(offsets.next().is_none(), "every batch belongs to a part");
         let mut attempt = 0;
         loop {
             match self.producer.commit_transaction(self.timeout) {
-                Ok(()) => return TxnOutcome::Committed { offsets },
+                Ok(()) => return Ok(per_part),
                 Err(e) => {
                     let Some(rd) = txn_error(&e) else {
-                        return TxnOutcome::Unknown;
+                        return Err(TxnOutcome::Unknown);
                     };
                     if rd.is_fatal() {
-                        return TxnOutcome::Fenced;
+                        return Err(TxnOutcome::Fenced);
                     }
                     if rd.txn_requires_abort() {
-                        return self.abort(e);
+                        return Err(self.abort(e));
                     }
                     attempt += 1;
                     if !rd.is_retriable() || attempt > COMMIT_RETRIES {
-                        tracing::warn!(core = self.core, error = %e, "commit outcome unknown");
-                        return TxnOutcome::Unknown;
+                        tracing::warn!(committer = %self.label, error = %e, "commit outcome unknown");
+                        return Err(TxnOutcome::Unknown);
                     }
                 }
             }
@@ -399,7 +685,7 @@ impl CoreProducer {
     }
 
     /// Enqueues every record, one librdkafka call per partition, then wakes the senders.
-    fn produce(&mut self, batches: &[Batch]) -> Result<(), KafkaError> {
+    fn produce(&mut self, batches: &[&Batch]) -> Result<(), KafkaError> {
         for (bi, b) in batches.iter().enumerate() {
             self.messages.clear();
             for i in 0..b.len() {
@@ -449,11 +735,11 @@ impl CoreProducer {
     /// Reads the delivery report of every record from the producer's event queue.
     fn deliveries(
         &mut self,
-        batches: &[Batch],
+        batches: &[&Batch],
         deadline: Instant,
     ) -> Result<Vec<Vec<u64>>, KafkaError> {
         let mut offsets: Vec<Vec<u64>> = batches.iter().map(|b| vec![u64::MAX; b.len()]).collect();
-        let mut pending: usize = batches.iter().map(Batch::len).sum();
+        let mut pending: usize = batches.iter().map(|b| b.len()).sum();
         let mut failed = None;
         while pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -499,7 +785,7 @@ impl CoreProducer {
                         let why = std::ffi::CStr::from_ptr(rd::rd_kafka_event_error_string(ev))
                             .to_string_lossy()
                             .into_owned();
-                        tracing::warn!(core = self.core, error = ?RDKafkaErrorCode::from(err), %why, "producer");
+                        tracing::warn!(committer = %self.label, error = ?RDKafkaErrorCode::from(err), %why, "producer");
                     }
                     _ => {}
                 }
@@ -520,7 +806,7 @@ impl CoreProducer {
         if txn_error(&cause).is_some_and(|rd| rd.is_fatal()) || is_fencing(&cause) {
             return TxnOutcome::Fenced;
         }
-        tracing::warn!(core = self.core, error = %cause, "aborting transaction");
+        tracing::warn!(committer = %self.label, error = %cause, "aborting transaction");
         let outcome = match self.producer.abort_transaction(self.timeout) {
             Ok(()) => TxnOutcome::Aborted,
             Err(e) => self.settle_failure(e),
@@ -548,7 +834,7 @@ impl CoreProducer {
         if txn_error(&e).is_some_and(|rd| rd.is_fatal()) || is_fencing(&e) {
             TxnOutcome::Fenced
         } else {
-            tracing::warn!(core = self.core, error = %e, "transaction failed");
+            tracing::warn!(committer = %self.label, error = %e, "transaction failed");
             TxnOutcome::Unknown
         }
     }

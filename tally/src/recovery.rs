@@ -102,7 +102,7 @@ pub fn log_identity(
 /// one (a zombie) might commit when it resumes, unless it is fenced. So: wait for the last
 /// stable offset to reach the high watermark seen at the start, and past `grace`, fence the
 /// writer of the record the last stable offset is stuck at — named in the record itself (node
-/// and core) — unless that is this core or the group no longer assigns the partition here
+/// and core; its core's producer or its node's) — unless that is this core or the group no longer assigns the partition here
 /// (`still_owner`: fencing the rightful owner would only stall it).
 pub fn await_stable(
     brokers: &str,
@@ -152,10 +152,20 @@ pub fn await_stable(
             fenced = Some((lso, Instant::now()));
             match writer_at(&uncommitted, &topic, p, lso, timeout) {
                 Ok(Some((node, core))) if (node.as_str(), core) != me && still_owner() => {
-                    let id = names.core_transactional_id(&node, core);
-                    tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
-                    if let Err(e) = crate::committer::fence_writer(brokers, &id, timeout) {
-                        tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
+                    // The record names the node and core, not the committer's scope: the
+                    // writer is that core's producer or, with one committer per node, the
+                    // node's. Both are fenced (an id nobody uses costs the coordinator one
+                    // entry), except this node's own, whose live committer finishes what it
+                    // holds: fencing it would stall every core here.
+                    let mut ids = vec![names.core_transactional_id(&node, core)];
+                    if node != me.0 {
+                        ids.push(names.node_transactional_id(&node));
+                    }
+                    for id in ids {
+                        tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
+                        if let Err(e) = crate::committer::fence_writer(brokers, &id, timeout) {
+                            tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
+                        }
                     }
                 }
                 Ok(_) => {}

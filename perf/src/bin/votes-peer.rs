@@ -159,6 +159,9 @@ struct CommitTierArgs {
     /// Largest transaction, in votes (the appliance's --batch-max).
     #[arg(long, default_value_t = 2048)]
     batch_max: usize,
+    /// The appliance's --committer: one for the node's cores, or one per core.
+    #[arg(long, default_value = "core", value_parser = ["node", "core"])]
+    committer: String,
     /// The appliance's --ack-target-ms and --linger-ms (pacing).
     #[arg(long, default_value_t = 15)]
     ack_target_ms: u64,
@@ -265,6 +268,7 @@ fn main() -> Result<()> {
                 rate: a.votes.rate,
                 window: a.window,
                 max_batch: a.batch_max,
+                node_committer: a.committer == "node",
                 pacing: votes_tally::engine::PacingConfig {
                     ack_target: a.ack_target_ms * 1_000,
                     min_window: 0,

@@ -19,7 +19,10 @@ use hdrhistogram::Histogram;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use serde::Serialize;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
-use votes_tally::committer::{Committer, CommitterConfig, Finished, Job};
+use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
+
+/// The node name the tier's cores write as.
+const TIER_NODE: &str = "tier";
 use votes_tally::engine::{
     Command, CoreEngine, EngineConfig, Event, Generation, PacingConfig, TxnOutcome,
 };
@@ -43,6 +46,8 @@ pub struct CommitTierConfig {
     pub rate: Option<f64>,
     pub window: usize,
     pub max_batch: usize,
+    /// One committer for every core (the appliance's `--committer node`), or one per core.
+    pub node_committer: bool,
     pub pacing: PacingConfig,
     pub broker_pids: Option<Vec<u32>>,
     pub timeout: Duration,
@@ -173,9 +178,27 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
     // Each core sends its figures when its last vote is answered, before it tears down (a
     // static member's close may wait): the clock and the CPU stop at the last answer.
     let (results_tx, results_rx) = mpsc::channel::<CoreResult>();
+    let node_committer = if cfg.node_committer {
+        Some(Arc::new(
+            CommitterThread::start(
+                CommitterConfig {
+                    brokers: cfg.brokers.clone(),
+                    names: names.clone(),
+                    node: TIER_NODE.to_string(),
+                    scope: Scope::Node,
+                    timeout: cfg.timeout,
+                },
+                cfg.cores,
+            )
+            .map_err(|e| PeerError::Worker(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
     let mut threads = Vec::new();
     for core in 0..cfg.cores {
         let (cfg, names) = (cfg.clone(), names.clone());
+        let node_committer = node_committer.clone();
         let (by_partition, active, start, t0, failed) = (
             by_partition.clone(),
             active.clone(),
@@ -192,6 +215,7 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
                     let r = core_thread(
                         &cfg,
                         &names,
+                        node_committer.as_deref(),
                         core,
                         &by_partition,
                         &election,
@@ -308,6 +332,7 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
 fn core_thread(
     cfg: &CommitTierConfig,
     names: &Names,
+    node_committer: Option<&CommitterThread>,
     core: usize,
     by_partition: &[Vec<(u64, u64, u32)>],
     election: &ElectionId,
@@ -317,7 +342,7 @@ fn core_thread(
     t0: &Mutex<Option<Instant>>,
     results: &mpsc::Sender<CoreResult>,
 ) -> Result<(), PeerError> {
-    let node = "tier".to_string();
+    let node = TIER_NODE.to_string();
     let core16 = u16::try_from(core).map_err(|_| PeerError::Args("too many cores".into()))?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
     let ring = |w: &Wake| {
@@ -327,18 +352,21 @@ fn core_thread(
         }
     };
     let (finished_tx, finished) = crossbeam_channel::bounded(4);
-    let committer = Committer::start(
-        CommitterConfig {
-            brokers: cfg.brokers.clone(),
-            names: names.clone(),
-            node: node.clone(),
-            core: core16,
-            timeout: cfg.timeout,
-        },
-        finished_tx,
-        ring(&wake_tx),
-    )
-    .map_err(|e| PeerError::Worker(e.to_string()))?;
+    let committer = match node_committer {
+        Some(c) => c.port(core, finished_tx, ring(&wake_tx)),
+        None => Committer::start(
+            CommitterConfig {
+                brokers: cfg.brokers.clone(),
+                names: names.clone(),
+                node: node.clone(),
+                scope: Scope::Core(core16),
+                timeout: cfg.timeout,
+            },
+            finished_tx,
+            ring(&wake_tx),
+        )
+        .map_err(|e| PeerError::Worker(e.to_string()))?,
+    };
     let (events_tx, events) = mpsc::channel();
     let assignment = votes_tally::membership::Assignment::default();
     let member = Member::start(
