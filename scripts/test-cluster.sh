@@ -47,3 +47,8 @@ grep -q 'min.insync.replicas=2' <<<"$describe" || {
 # Transactions on the replicated cluster: the same tests as on the single node.
 VOTES_TEST_KAFKA_BROKERS=$BROKERS VOTES_TEST_REPLICATION=3 \
   cargo test --quiet --test kafka_transactions
+
+# The serve group across a kill -9 of its coordinator, with a 2 s group session (shorter than
+# the brokers' failover): every partition is served again (tests/group_failover.rs).
+VOTES_TEST_KAFKA_BROKERS=$BROKERS VOTES_TEST_REPLICATION=3 \
+  cargo test --quiet --test group_failover -- --ignored

@@ -119,7 +119,7 @@ struct MemberContext {
     /// What the group assigned this member last.
     owned: Assignment,
     /// Rings the core's doorbell after each event.
-    wake: Box<dyn Fn() + Send + Sync>,
+    wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl ClientContext for MemberContext {
@@ -161,6 +161,14 @@ impl MemberContext {
             return; // The core is gone: nothing of ours writes any more.
         }
         (self.wake)();
+        // Lost partitions (the session expired, the member was fenced) are the group's already:
+        // waiting would hold this member's rejoin (up to the hand-off bound, while a commit in
+        // flight rides out a broker failover) for nothing. The core still hands them off in
+        // order, before any later generation reaches it, and whatever it has in flight carries
+        // a generation the coordinator refuses, or is fenced by the new owner.
+        if lost {
+            return;
+        }
         // Blocking here holds the rebalance: the partitions reach their new owner only after
         // our last transaction ended, so the hand-off rarely needs the fence.
         if handed_off.recv_timeout(self.handoff_timeout).is_err() {
@@ -225,6 +233,10 @@ pub struct Member {
 
 /// How long one `poll` may wait: bounds how late a stop is noticed.
 const POLL_STEP: Duration = Duration::from_millis(100);
+/// Waits before a member whose client failed for good joins again with a new one: doubling
+/// from the first to the last, back to the first once a client lasted [`REJOIN_STABLE`].
+const REJOIN_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+const REJOIN_STABLE: Duration = Duration::from_secs(60);
 
 impl Member {
     /// Joins the group; ownership events arrive on `events` from now on.
@@ -234,6 +246,92 @@ impl Member {
         assignment: Assignment,
         wake: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, MembershipError> {
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::from(wake);
+        let join = {
+            let cfg = cfg.clone();
+            move || Self::join(&cfg, events.clone(), assignment.clone(), wake.clone())
+        };
+        let mut consumer = join()?;
+        let instance = cfg.instance_id();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name(format!("member-{}", cfg.tag.core))
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    let mut backoff = REJOIN_BACKOFF.0;
+                    let mut joined = std::time::Instant::now();
+                    while !stop.load(Ordering::Acquire) {
+                        // Paused partitions yield nothing but errors worth a line.
+                        if let Some(Err(e)) = consumer.poll(POLL_STEP) {
+                            tracing::debug!(member = %instance, error = %e, "group member poll");
+                        }
+                        let Some((code, reason)) = consumer.client().fatal_error() else {
+                            continue;
+                        };
+                        // The client is out of the group for good: FENCED_INSTANCE_ID when
+                        // another client joined with this node id and core, which is also what
+                        // librdkafka's own rejoin meets after its session expired across a
+                        // coordinator failover. Its core gives up what it held, and a new
+                        // client joins under the same instance id (a real duplicate process
+                        // then fences it in turn, at most once per backoff).
+                        tracing::error!(member = %instance, ?code, %reason, ?backoff, "group membership failed; this core gives up its partitions and joins again");
+                        let owned: Vec<u32> = consumer
+                            .context()
+                            .owned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .copied()
+                            .collect();
+                        if !owned.is_empty() {
+                            consumer.context().revoke(owned, true);
+                        }
+                        drop(consumer);
+                        if joined.elapsed() >= REJOIN_STABLE {
+                            backoff = REJOIN_BACKOFF.0;
+                        }
+                        loop {
+                            let until = std::time::Instant::now() + backoff;
+                            while std::time::Instant::now() < until {
+                                if stop.load(Ordering::Acquire) {
+                                    return;
+                                }
+                                std::thread::sleep(POLL_STEP);
+                            }
+                            backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
+                            match join() {
+                                Ok(c) => {
+                                    consumer = c;
+                                    joined = std::time::Instant::now();
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::error!(member = %instance, error = %e, "cannot join the group again")
+                                }
+                            }
+                        }
+                    }
+                    // Static members do not leave on close: the coordinator keeps their
+                    // partitions for them until the session times out (a restart comes back
+                    // to them without a rebalance).
+                    drop(consumer);
+                }
+            })
+            .map_err(MembershipError::Thread)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A new client of the group under this core's instance id, subscribed.
+    fn join(
+        cfg: &MemberConfig,
+        events: mpsc::Sender<OwnershipEvent>,
+        assignment: Assignment,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<BaseConsumer<MemberContext>, MembershipError> {
         let topic = cfg.names.votes_topic();
         let instance = cfg.instance_id();
         let session_ms = cfg.session_timeout.as_millis().max(1);
@@ -255,7 +353,7 @@ impl Member {
                 topic: topic.clone(),
                 events,
                 handoff_timeout: cfg.handoff_timeout,
-                instance: instance.clone(),
+                instance,
                 owned: assignment,
                 wake,
             })
@@ -266,47 +364,7 @@ impl Member {
                 topic: topic.clone(),
                 source,
             })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name(format!("member-{}", cfg.tag.core))
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Acquire) {
-                        // Paused partitions yield nothing but errors worth a line.
-                        if let Some(Err(e)) = consumer.poll(POLL_STEP) {
-                            tracing::debug!(member = %instance, error = %e, "group member poll");
-                        }
-                        if let Some((code, reason)) = consumer.client().fatal_error() {
-                            // E.g. another process joined with this node id and core
-                            // (FENCED_INSTANCE_ID): this member is out of the group for good,
-                            // so its core must not keep writing as if it owned anything.
-                            tracing::error!(member = %instance, ?code, %reason, "group membership failed for good; this core gives up its partitions");
-                            let owned: Vec<u32> = consumer
-                                .context()
-                                .owned
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .iter()
-                                .copied()
-                                .collect();
-                            if !owned.is_empty() {
-                                consumer.context().revoke(owned, true);
-                            }
-                            break;
-                        }
-                    }
-                    // Static members do not leave on close: the coordinator keeps their
-                    // partitions for them until the session times out (a restart comes back
-                    // to them without a rebalance).
-                    drop(consumer);
-                }
-            })
-            .map_err(MembershipError::Thread)?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(consumer)
     }
 
     /// Stops polling and closes the member (joins its thread).

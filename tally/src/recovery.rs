@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::Names;
@@ -284,12 +284,17 @@ pub fn replay(
                 shard.finish_recovery(end);
                 return Ok(shard);
             }
-            Some(Err(e)) => return Err(kafka(e)),
-            None => {
+            // A broker of the cluster down (not necessarily this partition's leader): librdkafka
+            // reports it and keeps trying; a replay started from scratch would meet it again.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            )))
+            | None => {
                 if last_answer.elapsed() > timeout {
                     return Err(ReplayError::Timeout { partition, timeout });
                 }
             }
+            Some(Err(e)) => return Err(kafka(e)),
         }
     }
 }

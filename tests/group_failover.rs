@@ -1,0 +1,216 @@
+//! The serve group when a member's client is thrown out of it (issue #18; found by `make chaos`
+//! seed 7 on 2026-12-03). With a group session shorter than the time the cluster takes to give
+//! a killed broker's partitions new leaders (2 s here, against ~3-4 s), a member's session
+//! expires while its group coordinator moves, and librdkafka's rejoin can meet
+//! FENCED_INSTANCE_ID: every member of that run gave its partitions up for good, and no
+//! partition had an owner until a node was restarted. A member whose client failed now joins
+//! again with a new one.
+//!
+//! `a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition` makes the fatal
+//! error happen for certain (another client joins with the member's instance id) and runs on
+//! any broker; the coordinator kill needs the 3-broker cluster: `scripts/test-cluster.sh` runs
+//! it (`--ignored`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::serve::{Serve, TestClient, open_election};
+use common::{KAFKA, replication, repo_root, runtime};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use votes_core::{VoterId, partition_of};
+
+const PARTITIONS: u32 = 3;
+/// Bounds a hung fleet, not a slow one: the failover itself takes a few seconds.
+const SERVED_AGAIN_WITHIN: Duration = Duration::from_secs(120);
+
+/// Java's `String.hashCode`, which Kafka uses to place a group on a `__consumer_offsets`
+/// partition (`Utils.abs(hash) % partitions`, abs being `& 0x7fffffff`).
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The broker id leading the `__consumer_offsets` partition of `group`: its coordinator.
+fn coordinator_of(group: &str) -> i32 {
+    let consumer: BaseConsumer = votes_tally::kafka::base_config(&KAFKA).create().unwrap();
+    let md = consumer
+        .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(30))
+        .expect("metadata of __consumer_offsets");
+    let topic = &md.topics()[0];
+    let count = i32::try_from(topic.partitions().len()).unwrap();
+    assert!(count > 0, "__consumer_offsets has partitions");
+    let p = (java_hash(group) & 0x7fff_ffff) % count;
+    topic
+        .partitions()
+        .iter()
+        .find(|x| x.id() == p)
+        .map(|x| x.leader())
+        .expect("the group's offsets partition has a leader")
+}
+
+/// Brings the killed broker back whatever the test's outcome.
+struct BrokersUp;
+impl Drop for BrokersUp {
+    fn drop(&mut self) {
+        let out = std::process::Command::new(repo_root().join("scripts/services.sh"))
+            .args(["up", "--brokers", "3", "kafka"])
+            .output()
+            .expect("scripts/services.sh runs");
+        assert!(
+            out.status.success(),
+            "restarting the killed broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Votes with new voters until each partition in `wanted` answered one `202`; returns how long
+/// that took. Panics past [`SERVED_AGAIN_WITHIN`].
+async fn serve_each_partition(
+    client: &TestClient,
+    url: &str,
+    next_voter: &mut u64,
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    let mut wanted: Vec<u32> = (0..PARTITIONS).collect();
+    while !wanted.is_empty() {
+        assert!(
+            started.elapsed() < SERVED_AGAIN_WITHIN,
+            "{what}: partitions {wanted:?} gave no 202 within {SERVED_AGAIN_WITHIN:?}"
+        );
+        for &p in &wanted.clone() {
+            let voter = loop {
+                *next_voter += 1;
+                if partition_of(VoterId(*next_voter), PARTITIONS) == p {
+                    break *next_voter;
+                }
+            };
+            if let Ok((202, _)) = client.vote(url, "e", voter, "red").await {
+                wanted.retain(|x| *x != p);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[test]
+#[ignore = "needs the 3-broker cluster: scripts/test-cluster.sh runs it"]
+fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
+    assert_eq!(
+        replication(),
+        3,
+        "this test kills a broker of the 3-broker cluster: run it through scripts/test-cluster.sh"
+    );
+    // A session shorter than the brokers' failover (scripts/services.sh: 3 s broker session).
+    let serve = start_node("coordinator-failover");
+    let names = serve.names();
+    let client = TestClient::http1();
+    let url = serve.url("");
+    let mut next_voter = 0;
+    runtime().block_on(async {
+        open_election(&client, &serve, "e", &["red", "blue"], 0).await;
+        let first = serve_each_partition(&client, &url, &mut next_voter, "before the kill").await;
+        eprintln!("every partition served in {first:?}");
+
+        let coordinator = coordinator_of(&names.serve_group());
+        let pidfile = repo_root().join(format!(
+            "target/services/kafka/cluster3/node-{coordinator}/kafka.pid"
+        ));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .parse()
+            .expect("a pid");
+        let _up = BrokersUp;
+        // SAFETY: kill(2) of the broker this checkout's services script started (its pidfile).
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGKILL) },
+            0,
+            "kill -9 broker {coordinator}"
+        );
+        eprintln!("killed broker {coordinator}, the serve group's coordinator");
+        let again = serve_each_partition(&client, &url, &mut next_voter, "after the kill").await;
+        eprintln!("every partition served again {again:?} after the kill");
+    });
+    eprintln!(
+        "members that joined again: {}",
+        serve.log_text().matches("joins again").count()
+    );
+}
+
+/// Starts a serve node of one core on a fresh prefix with a 2 s group session.
+fn start_node(test: &str) -> Serve {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let prefix = common::unique_prefix(test);
+    let out = common::votes(
+        &prefix,
+        &[
+            "init",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--replication-factor",
+            &replication().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "votes init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut serve = Serve::start_env(
+        &prefix,
+        1,
+        false,
+        &[("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000")],
+    );
+    serve.wait_ready(Duration::from_secs(60));
+    serve
+}
+
+#[test]
+fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
+    let serve = start_node("intruder");
+    let names = serve.names();
+    let client = TestClient::http1();
+    let url = serve.url("");
+    let mut next_voter = 0;
+    runtime().block_on(async {
+        open_election(&client, &serve, "e", &["red", "blue"], 0).await;
+        serve_each_partition(&client, &url, &mut next_voter, "before the intruder").await;
+
+        // Another client under the serve member's static instance id: the coordinator hands
+        // the instance to it and fences the member's client (FENCED_INSTANCE_ID, fatal).
+        let intruder: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
+            .set("group.id", names.serve_group())
+            .set("group.instance.id", format!("{}-0", serve.node))
+            .set("session.timeout.ms", "2000")
+            .set("heartbeat.interval.ms", "500")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        intruder.subscribe(&[&names.votes_topic()]).unwrap();
+        let deadline = Instant::now() + SERVED_AGAIN_WITHIN;
+        while !serve.log_text().contains("group membership failed") {
+            assert!(
+                Instant::now() < deadline,
+                "the serve member was never fenced by the intruder"
+            );
+            let _ = intruder.poll(Duration::from_millis(100));
+        }
+        // The intruder goes silent (as a duplicate process that exits); the member's new
+        // client takes the instance back.
+        drop(intruder);
+        let again =
+            serve_each_partition(&client, &url, &mut next_voter, "after the intruder").await;
+        eprintln!("every partition served again {again:?} after the member was fenced");
+    });
+    assert!(
+        serve.log_text().contains("joins again"),
+        "the member joined again with a new client"
+    );
+}
