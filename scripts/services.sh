@@ -49,6 +49,10 @@ SCRIPTS=$ROOT/scripts
 RUN=$ROOT/target/services
 
 ALL_SERVICES=(kafka dynamodb redis)
+# The address Kafka's client listener, the DynamoDB engine and Redis listen on (Kafka also
+# advertises it). Loopback unless set: make chaos sets the address of its bridge, so that nodes
+# in network namespaces of their own reach the services (scripts/chaos.sh).
+HOST=${SERVICES_HOST:-127.0.0.1}
 HEALTH_TIMEOUT=${SERVICES_HEALTH_TIMEOUT:-90}
 STOP_TIMEOUT=${SERVICES_STOP_TIMEOUT:-30}
 
@@ -88,8 +92,8 @@ die() {
 
 usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
-# True if something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp, no extra tool).
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# True if something accepts TCP connections on $HOST:$1 (bash's /dev/tcp, no extra tool).
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # True if process $1 exists and is not a zombie (a daemon that died while this script is its
 # parent stays a zombie until reaped, and kill -0 would still succeed on it).
@@ -220,7 +224,7 @@ kafka_mode() { if (($1 == 1)); then echo single; else echo "cluster$1"; fi; }
 kafka_node_dir() { echo "$RUN/kafka/$(kafka_mode "$1")/node-$2"; }
 kafka_bootstrap() {
   local i out=
-  for ((i = 0; i < $1; i++)); do out+="${out:+,}127.0.0.1:$((KAFKA_PORT + i))"; done
+  for ((i = 0; i < $1; i++)); do out+="${out:+,}$HOST:$((KAFKA_PORT + i))"; done
   echo "$out"
 }
 
@@ -288,8 +292,8 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$((KAFKA_PORT + i)),CONTROLLER://127.0.0.1:$((KAFKA_CONTROLLER_PORT + i))
-advertised.listeners=PLAINTEXT://127.0.0.1:$((KAFKA_PORT + i))
+listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i)),CONTROLLER://127.0.0.1:$((KAFKA_CONTROLLER_PORT + i))
+advertised.listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i))
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
@@ -369,13 +373,13 @@ up_kafka() {
   if ((${#foreign[@]})); then
     count=$(kafka_brokers_answering "$(kafka_bootstrap 3)")
     if ((count == n)) && [[ -z $(kafka_our_pids "$n") ]]; then
-      log "kafka: already up ($n node(s) on 127.0.0.1:$KAFKA_PORT, not started from this checkout)"
+      log "kafka: already up ($n node(s) on $HOST:$KAFKA_PORT, not started from this checkout)"
       return 0
     fi
     if ((count == 0)); then
-      die "kafka: ports of node(s) ${foreign[*]} (first: $((KAFKA_PORT + foreign[0])) or $((KAFKA_CONTROLLER_PORT + foreign[0]))) are taken by something that is not a Kafka answering on 127.0.0.1:$KAFKA_PORT"
+      die "kafka: ports of node(s) ${foreign[*]} (first: $((KAFKA_PORT + foreign[0])) or $((KAFKA_CONTROLLER_PORT + foreign[0]))) are taken by something that is not a Kafka answering on $HOST:$KAFKA_PORT"
     fi
-    die "kafka: a ${n}-node cluster is wanted, but a Kafka of $count broker(s) not started from this checkout answers on 127.0.0.1:$KAFKA_PORT (the 1-node and 3-node modes are exclusive): run 'scripts/services.sh down kafka' in the checkout that started it"
+    die "kafka: a ${n}-node cluster is wanted, but a Kafka of $count broker(s) not started from this checkout answers on $HOST:$KAFKA_PORT (the 1-node and 3-node modes are exclusive): run 'scripts/services.sh down kafka' in the checkout that started it"
   fi
 
   # Start the nodes that do not run: all on the first call, a killed one after a fault test.
@@ -549,7 +553,7 @@ dynamodb_ensure_venv() {
 # service named in the credential scope; dynoxide wants a date; neither checks the signature).
 dynamodb_healthy() {
   local out
-  out=$(curl -sS --max-time 3 -X POST "http://127.0.0.1:$DYNAMODB_PORT/" \
+  out=$(curl -sS --max-time 3 -X POST "http://$HOST:$DYNAMODB_PORT/" \
     -H 'Content-Type: application/x-amz-json-1.0' \
     -H 'X-Amz-Target: DynamoDB_20120810.ListTables' -H 'X-Amz-Date: 20250101T000000Z' \
     -H 'Authorization: AWS4-HMAC-SHA256 Credential=local/20250101/us-east-1/dynamodb/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=0' \
@@ -578,7 +582,7 @@ up_dynamodb() {
   if dynamodb_healthy; then
     pid=$(dynamodb_pid) || pid=
     running=$(dynamodb_engine_running)
-    log "dynamodb: already up on 127.0.0.1:$DYNAMODB_PORT ($running, $(whose "$pid" pid))"
+    log "dynamodb: already up on $HOST:$DYNAMODB_PORT ($running, $(whose "$pid" pid))"
     if [[ -n $pid && $running != "$DYNAMODB_ENGINE" ]]; then
       log "dynamodb: $running runs, $DYNAMODB_ENGINE was asked for: run 'scripts/services.sh down dynamodb' first to switch"
     fi
@@ -590,24 +594,24 @@ up_dynamodb() {
     dynoxide_ensure_installed
     local db=()
     [[ -n $DYNAMODB_DB ]] && db=(--db-path "$DYNAMODB_DB")
-    daemon "$DYNAMODB_DIR/dynamodb.log" "$DYNOXIDE_BIN" --host 127.0.0.1 --port "$DYNAMODB_PORT" \
+    daemon "$DYNAMODB_DIR/dynamodb.log" "$DYNOXIDE_BIN" --host "$HOST" --port "$DYNAMODB_PORT" \
       "${db[@]}" >"$DYNAMODB_DIR/dynamodb.pid"
   else
     dynamodb_ensure_venv
     PYTHONUNBUFFERED=1 daemon "$DYNAMODB_DIR/dynamodb.log" "$DYNAMODB_VENV/bin/python" \
-      "$SCRIPTS/dynamodb/server.py" -H 127.0.0.1 -p "$DYNAMODB_PORT" >"$DYNAMODB_DIR/dynamodb.pid"
+      "$SCRIPTS/dynamodb/server.py" -H "$HOST" -p "$DYNAMODB_PORT" >"$DYNAMODB_DIR/dynamodb.pid"
   fi
   deadline=$((SECONDS + HEALTH_TIMEOUT))
   until dynamodb_healthy; do
     if ! dynamodb_pid >/dev/null || ((SECONDS >= deadline)); then
       show_tail "$DYNAMODB_DIR/dynamodb.log"
       pid=$(dynamodb_pid) && stop_pids dynamodb "$pid"
-      die "dynamodb: no answer to ListTables on 127.0.0.1:$DYNAMODB_PORT (log above)"
+      die "dynamodb: no answer to ListTables on $HOST:$DYNAMODB_PORT (log above)"
     fi
     sleep 0.1
   done
   record_started dynamodb
-  log "dynamodb: $DYNAMODB_ENGINE up on 127.0.0.1:$DYNAMODB_PORT (pid $(dynamodb_pid)) in $((SECONDS - t0))s"
+  log "dynamodb: $DYNAMODB_ENGINE up on $HOST:$DYNAMODB_PORT (pid $(dynamodb_pid)) in $((SECONDS - t0))s"
 }
 
 down_dynamodb() {
@@ -627,9 +631,9 @@ status_dynamodb() {
   local pid
   pid=$(dynamodb_pid) || pid=
   if dynamodb_healthy; then
-    printf '%-9s %-5s %s (%s, %s)\n' dynamodb up "127.0.0.1:$DYNAMODB_PORT" "$(dynamodb_engine_running)" "$(whose "$pid" pid)"
+    printf '%-9s %-5s %s (%s, %s)\n' dynamodb up "$HOST:$DYNAMODB_PORT" "$(dynamodb_engine_running)" "$(whose "$pid" pid)"
   else
-    printf '%-9s %-5s %s%s\n' dynamodb down "127.0.0.1:$DYNAMODB_PORT" "${pid:+ (pid $pid runs but does not answer)}"
+    printf '%-9s %-5s %s%s\n' dynamodb down "$HOST:$DYNAMODB_PORT" "${pid:+ (pid $pid runs but does not answer)}"
     return 1
   fi
 }
@@ -637,7 +641,7 @@ status_dynamodb() {
 # ---------------------------------------------------------------------------------------------
 # Redis
 
-redis_healthy() { command -v redis-cli >/dev/null && [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" PING 2>/dev/null) == PONG ]]; }
+redis_healthy() { command -v redis-cli >/dev/null && [[ $(redis-cli -h "$HOST" -p "$REDIS_PORT" PING 2>/dev/null) == PONG ]]; }
 redis_pid() { live_pid "$REDIS_DIR/redis.pid" redis-server; }
 
 redis_ensure_installed() {
@@ -667,7 +671,7 @@ up_redis() {
   local pid t0=$SECONDS deadline
   if redis_healthy; then
     pid=$(redis_pid) || pid=
-    log "redis: already up on 127.0.0.1:$REDIS_PORT ($(whose "$pid" pid))"
+    log "redis: already up on $HOST:$REDIS_PORT ($(whose "$pid" pid))"
     return 0
   fi
   port_open "$REDIS_PORT" && die "redis: port $REDIS_PORT is in use by something that does not answer PING"
@@ -675,11 +679,16 @@ up_redis() {
   mkdir -p "$REDIS_DIR/data"
   rm -f "$REDIS_DIR/redis.pid"
   # A cache of tallies that the system rebuilds from Kafka: no RDB snapshots, no AOF.
+  # Protected mode refuses every client not on loopback while there is no password: off when
+  # SERVICES_HOST binds another address (make chaos: its bridge's, which only this machine's
+  # network namespaces reach).
+  local redis_protected=yes
+  [[ $HOST == 127.0.0.1 ]] || redis_protected=no
   cat >"$REDIS_DIR/redis.conf" <<EOF
 # Written by scripts/services.sh at each start; edit the script, not this file.
-bind 127.0.0.1
+bind $HOST
 port $REDIS_PORT
-protected-mode yes
+protected-mode $redis_protected
 daemonize yes
 pidfile "$REDIS_DIR/redis.pid"
 logfile "$REDIS_DIR/redis.log"
@@ -696,12 +705,12 @@ EOF
     if ((SECONDS >= deadline)); then
       show_tail "$REDIS_DIR/redis.log"
       pid=$(redis_pid) && stop_pids redis "$pid"
-      die "redis: no PONG on 127.0.0.1:$REDIS_PORT within ${HEALTH_TIMEOUT}s (log above)"
+      die "redis: no PONG on $HOST:$REDIS_PORT within ${HEALTH_TIMEOUT}s (log above)"
     fi
     sleep 0.2
   done
   record_started redis
-  log "redis: up on 127.0.0.1:$REDIS_PORT (pid $pid) in $((SECONDS - t0))s"
+  log "redis: up on $HOST:$REDIS_PORT (pid $pid) in $((SECONDS - t0))s"
 }
 
 down_redis() {
@@ -722,9 +731,9 @@ status_redis() {
   local pid
   pid=$(redis_pid) || pid=
   if redis_healthy; then
-    printf '%-9s %-5s %s (%s)\n' redis up "127.0.0.1:$REDIS_PORT" "$(whose "$pid" pid)"
+    printf '%-9s %-5s %s (%s)\n' redis up "$HOST:$REDIS_PORT" "$(whose "$pid" pid)"
   else
-    printf '%-9s %-5s %s%s\n' redis down "127.0.0.1:$REDIS_PORT" "${pid:+ (pid $pid runs but does not answer)}"
+    printf '%-9s %-5s %s%s\n' redis down "$HOST:$REDIS_PORT" "${pid:+ (pid $pid runs but does not answer)}"
     return 1
   fi
 }
@@ -809,7 +818,7 @@ main() {
     if [[ " $* " == *" --bootstrap-server "* || " $* " == *" --bootstrap-server="* ]]; then
       cmd_kafka_run org.apache.kafka.tools.TopicCommand "$@"
     else
-      cmd_kafka_run org.apache.kafka.tools.TopicCommand --bootstrap-server "${KAFKA_BOOTSTRAP:-127.0.0.1:$KAFKA_PORT}" "$@"
+      cmd_kafka_run org.apache.kafka.tools.TopicCommand --bootstrap-server "${KAFKA_BOOTSTRAP:-$HOST:$KAFKA_PORT}" "$@"
     fi
     ;;
   kafka-run)

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,95 @@ pub struct Config {
     pub nodes: usize,
     pub partitions: u32,
     pub lanes: usize,
+    /// Each node's group session: a dead or frozen node keeps its partitions this long.
+    pub group_session: Duration,
+    /// Each node in a network namespace of its own on this bridge, so the nemesis can cut it
+    /// off (`partition-node`); `None`: every node on loopback, no partitions.
+    pub net: Option<Net>,
+    /// The nemesis draws only these kinds ([`FAULT_KINDS`]), evenly; empty: all, weighted.
+    pub faults: Vec<&'static str>,
+}
+
+/// Every kind of fault the nemesis injects.
+pub const FAULT_KINDS: [&str; 7] = [
+    "kill-node",
+    "freeze-node",
+    "partition-node",
+    "kill-broker",
+    "restart-redis-empty",
+    "stop-dynamodb",
+    "kill-persister",
+];
+
+/// The campaign's network: a bridge in this namespace whose address the services listen on
+/// (`scripts/chaos.sh` makes it before they start), and one namespace per node, tied to the
+/// bridge by a veth pair. Cutting a node off is taking its bridge-side end down: every packet
+/// to or from it is dropped, TCP connections hang (no reset), as behind a failed switch port.
+#[derive(Clone, Debug)]
+pub struct Net {
+    pub bridge: String,
+    /// The bridge's address, a /24 (the services' host).
+    pub host: Ipv4Addr,
+    /// Names this campaign's namespaces and veths apart from another's (at most 6 chars).
+    pub tag: String,
+}
+
+impl Net {
+    fn node_ip(&self, i: usize) -> Ipv4Addr {
+        let [a, b, c, _] = self.host.octets();
+        Ipv4Addr::new(a, b, c, 10 + u8::try_from(i).expect("a few nodes"))
+    }
+}
+
+/// A node's namespace and veth pair, removed when dropped.
+struct Isolation {
+    netns: String,
+    /// The bridge-side end: down = the node is cut off.
+    veth: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), ChaosError> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(setup(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Isolation {
+    fn create(net: &Net, i: usize) -> Result<Self, ChaosError> {
+        let iso = Isolation {
+            netns: format!("votes-{}-n{i}", net.tag),
+            veth: format!("vc{}n{i}", net.tag),
+        };
+        let peer = format!("vp{}n{i}", net.tag);
+        let addr = format!("{}/24", net.node_ip(i));
+        ip(&["netns", "add", &iso.netns])?;
+        ip(&[
+            "link", "add", &iso.veth, "type", "veth", "peer", "name", &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &iso.netns])?;
+        ip(&["link", "set", &iso.veth, "master", &net.bridge, "up"])?;
+        ip(&["-n", &iso.netns, "addr", "add", &addr, "dev", &peer])?;
+        ip(&["-n", &iso.netns, "link", "set", &peer, "up"])?;
+        ip(&["-n", &iso.netns, "link", "set", "lo", "up"])?;
+        Ok(iso)
+    }
+
+    fn cut(&self, cut: bool) -> Result<(), ChaosError> {
+        ip(&["link", "set", &self.veth, if cut { "down" } else { "up" }])
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.veth]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +185,8 @@ struct Proc {
     log: PathBuf,
     child: Option<Child>,
     frozen: bool,
+    /// The network namespace it runs in (`ip netns exec` execs it: the pid is the process's).
+    netns: Option<String>,
 }
 
 impl Proc {
@@ -104,7 +195,15 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin)
+        let mut cmd = match &self.netns {
+            None => Command::new(bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+        };
+        let child = cmd
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("VOTES_CONFIG")
@@ -146,6 +245,8 @@ struct Node {
     http: SocketAddr,
     https: SocketAddr,
     admin: SocketAddr,
+    /// Dropped after `proc` (field order): the process goes before its namespace.
+    isolation: Option<Isolation>,
 }
 
 fn free_port() -> u16 {
@@ -242,7 +343,11 @@ impl Fleet {
     fn start(cfg: Config) -> Result<Fleet, ChaosError> {
         std::fs::create_dir_all(&cfg.out)?;
         let prefix = format!("chaos-{}-{}-", cfg.seed, std::process::id());
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        if let Some(net) = &cfg.net {
+            names.extend((0..cfg.nodes).map(|i| net.node_ip(i).to_string()));
+        }
+        let ck = rcgen::generate_simple_self_signed(names)
             .map_err(|e| setup(format!("certificate: {e}")))?;
         let cert = cfg.out.join("cert.pem");
         let key = cfg.out.join("key.pem");
@@ -273,12 +378,29 @@ impl Fleet {
             )));
         }
         for i in 0..cfg.nodes {
-            let (http, https, admin, internal) = (
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
-            );
+            let isolation = cfg
+                .net
+                .as_ref()
+                .map(|net| Isolation::create(net, i))
+                .transpose()?;
+            let (http, https, admin, internal) = match &cfg.net {
+                // A namespace of its own: every port is free there.
+                Some(net) => {
+                    let ip = IpAddr::V4(net.node_ip(i));
+                    (
+                        SocketAddr::new(ip, 8080),
+                        SocketAddr::new(ip, 8443),
+                        SocketAddr::new(ip, 9090),
+                        SocketAddr::new(ip, 7070),
+                    )
+                }
+                None => (
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                ),
+            };
             let args = [
                 "serve",
                 "--cores",
@@ -298,7 +420,7 @@ impl Fleet {
                 "--internal",
                 &internal.to_string(),
                 "--group-session-timeout-ms",
-                "6000",
+                &cfg.group_session.as_millis().to_string(),
             ]
             .map(str::to_owned)
             .to_vec();
@@ -309,6 +431,7 @@ impl Fleet {
                 log: cfg.out.join(format!("node-{i}.log")),
                 child: None,
                 frozen: false,
+                netns: isolation.as_ref().map(|x| x.netns.clone()),
             };
             proc.start(&cfg.votes_bin)?;
             fleet.nodes.push(Node {
@@ -316,6 +439,7 @@ impl Fleet {
                 http,
                 https,
                 admin,
+                isolation,
             });
         }
         for i in 0..2 {
@@ -328,6 +452,7 @@ impl Fleet {
                 log: cfg.out.join(format!("persister-{i}.log")),
                 child: None,
                 frozen: false,
+                netns: None,
             };
             proc.start(&cfg.votes_bin)?;
             fleet.persisters.push(proc);
@@ -549,12 +674,19 @@ async fn nemesis(
     // Let the fleet settle and votes flow first.
     tokio::time::sleep(Duration::from_secs(8)).await;
     while Instant::now() + Duration::from_secs(15) < until {
-        let kind = match rng.next_u64() % 7 {
+        let (partitions, only) = {
+            let f = fleet.lock().await;
+            (f.cfg.net.is_some(), f.cfg.faults.clone())
+        };
+        let draw = rng.next_u64();
+        let kind = match draw % 8 {
+            _ if !only.is_empty() => only[(draw % only.len() as u64) as usize],
             0 | 1 => "kill-node",
             2 => "freeze-node",
             3 => "kill-broker",
             4 => "restart-redis-empty",
             5 => "stop-dynamodb",
+            6 if partitions => "partition-node",
             _ => "kill-persister",
         };
         let from_ms = now_ms();
@@ -578,12 +710,29 @@ async fn nemesis(
                     target = f.nodes[i].proc.name.clone();
                     f.nodes[i].proc.signal(libc::SIGSTOP);
                     f.nodes[i].proc.frozen = true;
+                    let session = f.cfg.group_session;
                     drop(f);
-                    // Long enough to lose its partitions (the group session is 6 s).
-                    tokio::time::sleep(hold + Duration::from_secs(6)).await;
+                    // Long enough to lose its partitions (a group session and a rebalance).
+                    tokio::time::sleep(hold + session + Duration::from_secs(1)).await;
                     let mut f = fleet.lock().await;
                     f.nodes[i].proc.signal(libc::SIGCONT);
                     f.nodes[i].proc.frozen = false;
+                }
+                "partition-node" => {
+                    // Cut off from the brokers, the other nodes, the services and the voters:
+                    // long enough to lose its partitions, then back.
+                    let i = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    target = f.nodes[i].proc.name.clone();
+                    let session = f.cfg.group_session;
+                    let cut = |f: &Fleet, cut: bool| match &f.nodes[i].isolation {
+                        Some(iso) => iso.cut(cut),
+                        None => Err(setup("partition-node without namespaces")),
+                    };
+                    cut(&f, true)?;
+                    drop(f);
+                    tokio::time::sleep(hold + session + Duration::from_secs(1)).await;
+                    let f = fleet.lock().await;
+                    cut(&f, false)?;
                 }
                 "kill-broker" => {
                     let b = rng.next_u64() % 3;
@@ -597,9 +746,10 @@ async fn nemesis(
                 "restart-redis-empty" => {
                     target = "redis".into();
                     let services = f.cfg.services.clone();
+                    let redis = f.cfg.redis.clone();
                     drop(f);
                     stop_for(&services, "redis", hold).await?;
-                    flush_redis()?;
+                    flush_redis(&redis)?;
                 }
                 "stop-dynamodb" => {
                     // The engine keeps its tables in a file (VOTES_DYNAMODB_DB, set by
@@ -674,8 +824,10 @@ fn kill_broker(services: &Path, b: u64) -> Result<(), ChaosError> {
     Ok(())
 }
 
-fn flush_redis() -> Result<(), ChaosError> {
-    let out = Command::new("redis-cli").arg("FLUSHALL").output()?;
+fn flush_redis(url: &str) -> Result<(), ChaosError> {
+    let out = Command::new("redis-cli")
+        .args(["-u", url, "FLUSHALL"])
+        .output()?;
     if !out.status.success() {
         return Err(setup("redis-cli FLUSHALL failed"));
     }
@@ -1054,7 +1206,10 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
             (Protocol::H2, format!("http://{}", n.http)),
             (
                 Protocol::H3,
-                format!("https://localhost:{}", n.https.port()),
+                match n.isolation {
+                    Some(_) => format!("https://{}", n.https),
+                    None => format!("https://localhost:{}", n.https.port()),
+                },
             ),
         ] {
             let target: Target = url.parse().map_err(|e| setup(format!("{e}")))?;

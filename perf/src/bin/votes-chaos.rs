@@ -41,10 +41,47 @@ struct Args {
     partitions: u32,
     #[arg(long, default_value_t = 16)]
     lanes: usize,
+    /// Each node's group session (`votes serve --group-session-timeout-ms`): how long a dead
+    /// or frozen node keeps its partitions. The campaign's brokers accept sessions down to 1 s.
+    #[arg(long, env = "CHAOS_GROUP_SESSION_MS", default_value_t = 2_000)]
+    group_session_ms: u64,
+    /// Run each node in a network namespace of its own on this bridge (made beforehand, its
+    /// address `--host-ip`, where the services listen), so the nemesis can cut nodes off.
+    #[arg(long, requires = "host_ip")]
+    bridge: Option<String>,
+    #[arg(long)]
+    host_ip: Option<std::net::Ipv4Addr>,
+    /// Tells this campaign's namespaces and veths apart (letters and digits, at most 6).
+    #[arg(long, default_value = "x")]
+    net_tag: String,
+    /// Draw only these fault kinds (comma separated), evenly: kill-node, freeze-node,
+    /// partition-node, kill-broker, restart-redis-empty, stop-dynamodb, kill-persister.
+    #[arg(long, env = "CHAOS_FAULTS", value_delimiter = ',')]
+    faults: Vec<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let mut faults = Vec::new();
+    for f in &args.faults {
+        match votes_perf::chaos::FAULT_KINDS
+            .iter()
+            .find(|k| **k == f.as_str())
+        {
+            Some(k) => faults.push(*k),
+            None => {
+                eprintln!(
+                    "votes-chaos: unknown fault kind {f:?} (kinds: {})",
+                    votes_perf::chaos::FAULT_KINDS.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if faults.contains(&"partition-node") && args.bridge.is_none() {
+        eprintln!("votes-chaos: partition-node needs --bridge (network namespaces)");
+        return ExitCode::from(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,6 +101,15 @@ fn main() -> ExitCode {
             nodes: args.nodes,
             partitions: args.partitions,
             lanes: args.lanes,
+            group_session: std::time::Duration::from_millis(args.group_session_ms),
+            net: args.bridge.clone().zip(args.host_ip).map(|(bridge, host)| {
+                votes_perf::chaos::Net {
+                    bridge,
+                    host,
+                    tag: args.net_tag.clone(),
+                }
+            }),
+            faults: faults.clone(),
         };
         let out = cfg.out.clone();
         match rt.block_on(run(cfg)) {
