@@ -193,8 +193,10 @@ pub struct SnapshotSettings {
 const RETAKE_AFTER: Duration = Duration::from_secs(3);
 /// How long a recovering partition waits for a transaction still open in it before it fences
 /// that transaction's writer: a predecessor that handed off cleanly left nothing open but the
-/// markers of its last commit, which land within milliseconds.
-const FENCE_GRACE: Duration = Duration::from_secs(1);
+/// markers of its last commit, which land within milliseconds; a dead one's partitions wait
+/// for this on top of the group session. Fencing a live predecessor whose markers are late
+/// costs it one aborted transaction (its voters get 503 and retry), never a vote.
+const FENCE_GRACE: Duration = Duration::from_millis(500);
 
 /// One claim of a partition on this core, as the driver tracks it.
 struct Claim {

@@ -129,9 +129,10 @@ pub fn await_stable(
         .fetch_watermarks(&topic, p, timeout)
         .map_err(kafka)?;
     let started = Instant::now();
-    // The offset whose writer was fenced last, and when: a fence that did not take (the
-    // writer's id could not be named or reached) is tried again after a while.
-    let mut fenced: Option<(i64, Instant)> = None;
+    // The offset stuck at, the ids that may hold it open and how many were fenced: one fence
+    // per look at the last stable offset (the first usually takes); a round that did not take
+    // (the ids could not be reached or named) starts over after a while.
+    let mut fencing: Option<Fencing> = None;
     loop {
         let (_, lso) = committed
             .fetch_watermarks(&topic, p, timeout)
@@ -145,36 +146,73 @@ pub fn await_stable(
                 timeout: timeout * 6,
             });
         }
-        let retry = fenced.is_none_or(|(at, when)| {
-            at != lso || when.elapsed() >= grace.max(Duration::from_secs(1)) * 5
-        });
-        if started.elapsed() >= grace && retry {
-            fenced = Some((lso, Instant::now()));
-            match writer_at(&uncommitted, &topic, p, lso, timeout) {
-                Ok(Some((node, core))) if (node.as_str(), core) != me && still_owner() => {
-                    // The record names the node and core, not the committer's scope: the
-                    // writer is that core's producer or, with one committer per node, the
-                    // node's. Both are fenced (an id nobody uses costs the coordinator one
-                    // entry), except this node's own, whose live committer finishes what it
-                    // holds: fencing it would stall every core here.
-                    let mut ids = vec![names.core_transactional_id(&node, core)];
-                    if node != me.0 {
-                        ids.push(names.node_transactional_id(&node));
-                    }
-                    for id in ids {
-                        tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
-                        if let Err(e) = crate::committer::fence_writer(brokers, &id, timeout) {
-                            tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
-                        }
-                    }
+        if started.elapsed() >= grace {
+            let again = grace.max(Duration::from_secs(1)) * 5;
+            // A new stuck offset, or a round over (every id fenced, or none could be named)
+            // that has not taken for a while: (re)name the writer's ids.
+            if fencing.as_ref().is_none_or(|f| {
+                f.offset != lso || (f.done == f.ids.len() && f.since.elapsed() >= again)
+            }) {
+                fencing = Some(Fencing {
+                    offset: lso,
+                    ids: writer_ids(&uncommitted, names, &topic, partition, lso, me, timeout),
+                    done: 0,
+                    since: Instant::now(),
+                });
+            }
+            let f = fencing.as_mut().expect("set above");
+            if f.done < f.ids.len() && still_owner() {
+                let id = &f.ids[f.done];
+                tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
+                if let Err(e) = crate::committer::fence_writer(brokers, id, timeout) {
+                    tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read the open transaction's writer")
-                }
+                f.done += 1;
+                f.since = Instant::now();
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fencing of the writer a partition's last stable offset is stuck at.
+struct Fencing {
+    offset: i64,
+    ids: Vec<String>,
+    done: usize,
+    /// When the ids were named, or the last of them fenced.
+    since: Instant,
+}
+
+/// The transactional ids that may hold the transaction at `offset` open. The record names the
+/// node and core, not the committer's scope: the writer is that core's producer or, with one
+/// committer per node, the node's; the core's comes first (the default scope), the node's is
+/// fenced next if the offset stays stuck. None for this core's own records, and no node id
+/// for this node (its live committer finishes what it holds: fencing it would stall every
+/// core here).
+fn writer_ids(
+    uncommitted: &BaseConsumer<crate::kafka::VotesContext>,
+    names: &Names,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    me: (&str, u16),
+    timeout: Duration,
+) -> Vec<String> {
+    let p = i32::try_from(partition).expect("partition fits i32");
+    match writer_at(uncommitted, topic, p, offset, timeout) {
+        Ok(Some((node, core))) if (node.as_str(), core) != me => {
+            let mut ids = vec![names.core_transactional_id(&node, core)];
+            if node != me.0 {
+                ids.push(names.node_transactional_id(&node));
+            }
+            ids
+        }
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "cannot read the open transaction's writer");
+            Vec::new()
+        }
     }
 }
 
