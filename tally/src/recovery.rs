@@ -161,7 +161,10 @@ pub fn await_stable(
                 });
             }
             let f = fencing.as_mut().expect("set above");
-            if f.done < f.ids.len() && still_owner() {
+            // After a fence, the aborted transaction's markers take a moment to move the last
+            // stable offset: the next id only once that had its grace.
+            let spaced = f.done == 0 || f.since.elapsed() >= grace;
+            if f.done < f.ids.len() && spaced && still_owner() {
                 let id = &f.ids[f.done];
                 tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
                 if let Err(e) = crate::committer::fence_writer(brokers, id, timeout) {
