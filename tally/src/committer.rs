@@ -14,7 +14,9 @@
 //! for the cores of its last transaction) into one transaction; on N cores that is up to N
 //! times fewer transactions. Each core's offsets go out with that core's group generation, so
 //! the coordinator refuses the transaction (and it aborts) once the group gave a partition of
-//! any of its cores to someone else (KIP-447): a stale core costs its peers one transaction.
+//! any of its cores to someone else (KIP-447): a stale core aborts its peers' transactions
+//! until it hears of its revocation (a heartbeat or two), and a fence of the node's id (by
+//! another node's recovery) fences every core of the node at once.
 //! `init_transactions` fences every earlier incarnation (a restart, a duplicate process) and
 //! aborts what it left open. [`Scope::Core`] keeps one producer and thread per core
 //! (`{prefix}votes-{node}-{core}`).
@@ -246,12 +248,24 @@ impl Mailbox {
             opens: Vec::new(),
             commits: Vec::new(),
         };
-        for slot in &mut s.slots {
+        // Partitions already in this transaction: a partition moving between two cores of
+        // the node can be in both their batches for a moment (the old core has not heard of
+        // its revocation yet); the later job waits for the next transaction, where the stale
+        // one's generation has been refused.
+        // Oldest first, so a job put back is not passed over again by a newer one.
+        let mut taken: Vec<u32> = Vec::new();
+        let mut order: Vec<usize> = (0..s.slots.len()).collect();
+        order.sort_by_key(|&i| s.slots[i].job.as_ref().map(|(_, at)| *at));
+        for i in order {
+            let slot = &mut s.slots[i];
             slot.in_last_txn = false;
             let Some((job, handed_over)) = slot.job.take() else {
                 continue;
             };
-            let link = slot.link.clone().expect("a job comes through a live port");
+            // A job whose core dropped its port while it waited: nobody to answer.
+            let Some(link) = slot.link.clone() else {
+                continue;
+            };
             match job {
                 Job::Open { attempt } => gathered.opens.push((link, attempt)),
                 Job::Commit {
@@ -259,6 +273,18 @@ impl Mailbox {
                     batches,
                     group,
                 } => {
+                    if batches.iter().any(|b| taken.contains(&b.partition)) {
+                        slot.job = Some((
+                            Job::Commit {
+                                txn,
+                                batches,
+                                group,
+                            },
+                            handed_over,
+                        ));
+                        continue;
+                    }
+                    taken.extend(batches.iter().map(|b| b.partition));
                     slot.in_last_txn = true;
                     gathered.commits.push(Taken {
                         link,
@@ -359,6 +385,7 @@ impl Drop for Committer {
     fn drop(&mut self) {
         let mut s = self.mailbox.lock();
         s.slots[self.slot].link = None;
+        s.slots[self.slot].job = None;
         s.slots[self.slot].in_last_txn = false;
         drop(s);
         self.mailbox.release();

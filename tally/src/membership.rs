@@ -253,6 +253,12 @@ impl Member {
         };
         let mut consumer = join()?;
         let instance = cfg.instance_id();
+        let (group_id, client_id) = (cfg.names.serve_group(), cfg.tag.client_id());
+        // Only reads the group's description before a rejoin (no group of its own).
+        let watcher: BaseConsumer = base_config(&cfg.brokers)
+            .create()
+            .map_err(MembershipError::Create)?;
+        let timeout = cfg.handoff_timeout;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", cfg.tag.core))
@@ -273,8 +279,11 @@ impl Member {
                         // another client joined with this node id and core, which is also what
                         // librdkafka's own rejoin meets after its session expired across a
                         // coordinator failover. Its core gives up what it held, and a new
-                        // client joins under the same instance id (a real duplicate process
-                        // then fences it in turn, at most once per backoff).
+                        // client joins under the same instance id once no member with this
+                        // core's client id is left in the group: the dropped client's own
+                        // leftover goes with its session, while a duplicate process (the same
+                        // node id, a misconfiguration) keeps the instance and this core stays
+                        // out, as long as that one lives.
                         tracing::error!(member = %instance, ?code, %reason, ?backoff, "group membership failed; this core gives up its partitions and joins again");
                         let owned: Vec<u32> = consumer
                             .context()
@@ -300,6 +309,10 @@ impl Member {
                                 std::thread::sleep(POLL_STEP);
                             }
                             backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
+                            if instance_held(&watcher, &group_id, &client_id, timeout) {
+                                tracing::error!(member = %instance, ?backoff, "another client with this core's id is in the group (a second process with this node id?); staying out");
+                                continue;
+                            }
                             match join() {
                                 Ok(c) => {
                                     consumer = c;
@@ -387,6 +400,23 @@ impl Drop for Member {
     /// core that is itself shutting down; it ends within `handoff_timeout`, or with the process.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Whether a member with `client_id` is in `group` now. A description that cannot be had
+/// says no: joining then is what a member would do anyway.
+fn instance_held(watcher: &BaseConsumer, group: &str, client_id: &str, timeout: Duration) -> bool {
+    match watcher.fetch_group_list(Some(group), timeout) {
+        Ok(list) => list
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .flat_map(|g| g.members())
+            .any(|m| m.client_id() == client_id),
+        Err(e) => {
+            tracing::warn!(group, error = %e, "cannot describe the group before joining again");
+            false
+        }
     }
 }
 
