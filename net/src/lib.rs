@@ -38,7 +38,7 @@ pub use reactor::{
     BoundListener, CoreContext, HttpStatsHandle, ReactorConfig, Reactors, ShutdownHandle,
     start_reactors,
 };
-pub use signal::{LocalSignal, Wait};
+pub use signal::{LocalNotify, LocalSignal, Wait};
 pub use tls::{
     TlsFileKind, TlsFileProblem, self_signed_dev_cert, self_signed_dev_cert_with_spki,
     tls_server_config,

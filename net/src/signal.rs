@@ -103,6 +103,44 @@ impl Drop for Wait {
     }
 }
 
+/// A resettable, single-waiter nudge on one reactor: "something changed, look again". Notes
+/// made while nobody waits are kept (one is enough), so a change between two waits is never
+/// missed. What changed is for the waiter to find out.
+#[derive(Default)]
+pub struct LocalNotify {
+    noted: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes a change and wakes the waiter, if one waits.
+    pub fn notify(&self) {
+        self.noted.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once a change has been noted since the last time it resolved.
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            if self.noted.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut waiter = self.waiter.borrow_mut();
+            if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiter = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +166,24 @@ mod tests {
         s.fire();
         assert!(Pin::new(&mut kept).poll(&mut cx).is_ready());
         assert!(Pin::new(&mut s.wait()).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_note_made_while_nobody_waits_is_kept_once() {
+        let n = LocalNotify::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut w = std::pin::pin!(n.notified());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            n.notify();
+            assert!(w.as_mut().poll(&mut cx).is_ready());
+        }
+        n.notify();
+        n.notify();
+        assert!(std::pin::pin!(n.notified()).poll(&mut cx).is_ready());
+        assert!(
+            std::pin::pin!(n.notified()).poll(&mut cx).is_pending(),
+            "two notes before a wait resolve one wait"
+        );
     }
 }

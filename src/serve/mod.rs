@@ -708,7 +708,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
 
 /// Hands this core's changed tallies to the Redis link; never waits for it. When the link's
 /// queue is full the marks stay and the next turn tries again: tallies are absolute, so
-/// coalescing loses nothing.
+/// coalescing loses nothing. A turn starts when a tally moved (then waits `FANOUT_EVERY` for
+/// more commits to coalesce) or when the full re-send is due: an idle core is not woken
+/// 50 times a second for nothing.
 async fn fan_out(
     shards: Rc<ShardHost>,
     link: votes_tally::fanout::LinkHandle,
@@ -716,9 +718,25 @@ async fn fan_out(
 ) {
     let mut last_all = std::time::Instant::now();
     while !shutdown.is_fired() {
-        futures_lite::future::or(glommio::timer::sleep(FANOUT_EVERY), async {
-            shutdown.wait().await;
-        })
+        let all_due = FANOUT_ALL_EVERY.saturating_sub(last_all.elapsed());
+        let moved = futures_lite::future::or(
+            async {
+                shards.tallies_moved().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(all_due).await;
+                false
+            },
+        );
+        futures_lite::future::or(
+            async {
+                if moved.await {
+                    glommio::timer::sleep(FANOUT_EVERY).await;
+                }
+            },
+            shutdown.wait(),
+        )
         .await;
         let all = last_all.elapsed() >= FANOUT_ALL_EVERY;
         if all {

@@ -26,6 +26,8 @@ use votes_tally::fanout::{ElectionResults, LinkHandle, ResultsBoard};
 pub const FINAL_EVENT_ID: &str = "final";
 /// How long a browser waits before reconnecting a dropped stream.
 const RETRY_MS: u32 = 2_000;
+/// A look at the board and the elections even when neither said it moved.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct ResultsSettings {
@@ -102,10 +104,28 @@ impl CoreResults {
                     watched = ids;
                 }
             }
+            let seen_elections = elections.borrow().changes();
             self.refresh(&public);
-            futures_lite::future::or(glommio::timer::sleep(period), async {
-                self.shutdown.wait().await;
-            })
+            // The throttle, then sleep until the board or the elections move: an idle core
+            // is not woken ten times a second to find nothing new.
+            futures_lite::future::or(glommio::timer::sleep(period), self.shutdown.wait()).await;
+            let moved = futures_lite::future::or(
+                self.board.changed_since(self.seen_generation.get()),
+                std::future::poll_fn(|cx| {
+                    if elections
+                        .borrow_mut()
+                        .changed_since(seen_elections, cx.waker())
+                    {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                }),
+            );
+            futures_lite::future::or(
+                futures_lite::future::or(moved, glommio::timer::sleep(RECHECK_EVERY)),
+                self.shutdown.wait(),
+            )
             .await;
         }
         for topic in self.topics.borrow().values() {

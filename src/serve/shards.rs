@@ -23,7 +23,7 @@ use votes_core::Election;
 use votes_core::election::ElectionState;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
 use votes_net::doorbell::{Bell, Ringer};
-use votes_net::{Blocking, LocalSignal, ReplyTx};
+use votes_net::{Blocking, LocalNotify, LocalSignal, ReplyTx};
 use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
 use votes_tally::elections_log::ElectionsView;
 use votes_tally::engine::{
@@ -240,6 +240,9 @@ pub struct ShardHost {
     elections: Rc<RefCell<ElectionsView>>,
     /// The engine's clock starts here.
     epoch: Instant,
+    /// Noted when a shard's tallies may have moved (a commit, a recovery, a full re-send), so
+    /// the read model's fan-out sleeps while nothing changes.
+    tallies_moved: LocalNotify,
 }
 
 impl ShardHost {
@@ -315,6 +318,7 @@ impl ShardHost {
             assignment,
             elections,
             epoch: Instant::now(),
+            tallies_moved: LocalNotify::new(),
         });
         // Elections closed before this process started are closed on every shard it takes.
         let closed: Vec<Election> = host
@@ -341,6 +345,8 @@ impl ShardHost {
 
     /// Feeds one event to the engine and carries out its commands.
     fn feed(self: &Rc<Self>, event: Event) {
+        // The only events after which a shard's tallies can differ (`take_dirty`).
+        let moves_tallies = matches!(event, Event::TxnDone { .. } | Event::Recovered { .. });
         let mut commands = self.commands.take();
         let next = {
             let mut engine = self.engine.borrow_mut();
@@ -351,6 +357,9 @@ impl ShardHost {
             self.execute(c);
         }
         self.commands.replace(commands);
+        if moves_tallies {
+            self.tallies_moved.notify();
+        }
         let next = next.map(|us| self.epoch + Duration::from_micros(us));
         self.deadline.set(next);
         if let Some(at) = next
@@ -800,6 +809,12 @@ impl ShardHost {
     /// Marks every shard's tallies as not yet in the read model (its link was full).
     pub fn mark_all_dirty(&self) {
         self.engine.borrow_mut().mark_all_dirty();
+        self.tallies_moved.notify();
+    }
+
+    /// Resolves when a shard's tallies may have moved since the last time it resolved.
+    pub async fn tallies_moved(&self) {
+        self.tallies_moved.notified().await
     }
 
     /// Votes waiting for a commit on this core (for `/metrics`).

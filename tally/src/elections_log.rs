@@ -29,6 +29,9 @@ pub enum ElectionsLogError {
 #[derive(Clone, Debug, Default)]
 pub struct ElectionsView {
     by_id: HashMap<ElectionId, Election>,
+    /// How many changes the view has taken, and who wants to hear of the next one.
+    changes: u64,
+    watcher: Option<std::task::Waker>,
 }
 
 impl ElectionsView {
@@ -38,9 +41,30 @@ impl ElectionsView {
             Some(current) if current.version >= e.version => false,
             _ => {
                 self.by_id.insert(e.id.clone(), e);
+                self.changes += 1;
+                if let Some(w) = self.watcher.take() {
+                    w.wake();
+                }
                 true
             }
         }
+    }
+
+    /// Changes taken so far: compare two readings to see whether anything moved.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Whether the view moved past `seen` changes; if not, `waker` is woken by the next change
+    /// (one watcher per view: the core's results task).
+    pub fn changed_since(&mut self, seen: u64, waker: &std::task::Waker) -> bool {
+        if self.changes != seen {
+            return true;
+        }
+        if !self.watcher.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.watcher = Some(waker.clone());
+        }
+        false
     }
 
     pub fn get(&self, id: &ElectionId) -> Option<&Election> {
@@ -374,5 +398,48 @@ fn take(
             None
         }
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn election(version: u64) -> Election {
+        Election::from_json(
+            format!(
+                r#"{{"id":"e","title":"t","state":"open","version":{version},
+                "options":[{{"id":"a","label":"A"}},{{"id":"b","label":"B"}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_watcher_hears_of_a_change_and_not_of_an_older_state() {
+        let mut view = ElectionsView::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let seen = view.changes();
+        assert!(!view.changed_since(seen, &waker));
+        assert!(view.apply(election(2)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken by the change");
+        assert!(view.changed_since(seen, &waker));
+        let seen = view.changes();
+        assert!(!view.changed_since(seen, &waker));
+        assert!(!view.apply(election(1)), "an older state is not a change");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!view.changed_since(seen, &waker));
     }
 }

@@ -140,11 +140,31 @@ pub fn official_fields(o: &Official) -> Vec<(String, String)> {
 pub struct ResultsBoard {
     generation: AtomicU64,
     results: Mutex<Arc<HashMap<ElectionId, Arc<ElectionResults>>>>,
+    /// Cores waiting for the next post (one waker each at most: they re-register per wait).
+    waiting: Mutex<Vec<std::task::Waker>>,
 }
 
 impl ResultsBoard {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the board's generation differs from `seen`. The link thread wakes the
+    /// waiters when it posts, so a core waiting here sleeps while the results stand still.
+    pub async fn changed_since(&self, seen: u64) {
+        std::future::poll_fn(|cx| {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock `post` takes after moving the generation: a post either
+            // shows here or finds this waker.
+            if self.generation() != seen {
+                return std::task::Poll::Ready(());
+            }
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     pub fn snapshot(&self) -> Arc<HashMap<ElectionId, Arc<ElectionResults>>> {
@@ -157,6 +177,8 @@ impl ResultsBoard {
     fn post(&self, results: HashMap<ElectionId, Arc<ElectionResults>>) {
         *self.results.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(results);
         self.generation.fetch_add(1, Ordering::Release);
+        let woken = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        woken.into_iter().for_each(std::task::Waker::wake);
     }
 }
 
@@ -511,6 +533,41 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_post_wakes_a_core_waiting_on_the_board_from_another_thread() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let board = Arc::new(ResultsBoard::default());
+        let flag = Arc::new(Flag(false.into()));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let seen = board.generation();
+        let mut wait = std::pin::pin!(board.changed_since(seen));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "re-polled, still one waker"
+        );
+        assert_eq!(board.waiting.lock().unwrap().len(), 1);
+        let poster = board.clone();
+        std::thread::spawn(move || poster.post(HashMap::new()))
+            .join()
+            .unwrap();
+        assert!(flag.0.load(Ordering::SeqCst), "the post woke the waiter");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        assert!(board.waiting.lock().unwrap().is_empty());
+        // A post that lands before the wait is seen at once.
+        assert!(
+            std::pin::pin!(board.changed_since(seen))
+                .poll(&mut cx)
+                .is_ready()
+        );
     }
 
     #[test]
