@@ -8,7 +8,8 @@
 #        FIXED_RATE=1000  FIXED_DURATION=20s          (every system at the same offered load)
 #        PEER_VOTES=1000000 PG_VOTES=200000  DUP_RATIO=0.1   (closed-loop runs of the peers;
 #        PostgreSQL takes a vote per fsync'd transaction, so it gets fewer)
-#        CORES=2  CONNECTIONS=256  SOURCE_ADDRS=8
+#        CORES=2  CONNECTIONS=256  SOURCE_ADDRS=8  PARTITIONS=8 (the votes topic, the floor's too)
+#        COMMITTER=core|node (votes serve --committer; empty: its default)
 #        NO_RESULTS_MD=1 (do not touch RESULTS.md)  SKIP_PEERS=1 (the appliance only)
 #
 # Systems and what their CPU-seconds include (read from /proc/<pid>/stat around each run):
@@ -55,13 +56,14 @@ scripts/services.sh up >/dev/null
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 HTTP=127.0.0.1:18680
 ADMIN=127.0.0.1:19690
-PARTITIONS=8
+PARTITIONS=${PARTITIONS:-8}
+COMMITTER=${COMMITTER:-}
 
 
 # --- the appliance --------------------------------------------------------------------------
 export VOTES_PREFIX="perf-$STAMP-"
 "$BIN/votes" init --partitions "$PARTITIONS" >/dev/null
-"$BIN/votes" serve --cores "$CORES" --http "$HTTP" --admin "$ADMIN" --node-id perf >"$OUT/serve.log" 2>&1 &
+"$BIN/votes" serve --cores "$CORES" ${COMMITTER:+--committer "$COMMITTER"} --http "$HTTP" --admin "$ADMIN" --node-id perf >"$OUT/serve.log" 2>&1 &
 SERVE=$!
 cleanup() { kill "$SERVE" 2>/dev/null || true; }
 trap cleanup EXIT
