@@ -26,9 +26,18 @@ pub struct FleetBoard {
     /// 0 until the first stable description.
     generation: AtomicU64,
     map: Mutex<Arc<FleetMap>>,
-    /// When the group was last described (ms since the UNIX epoch; 0: never): a node cut off
-    /// from Kafka must not keep vouching for its last map.
+    /// When the group was last described, in ms on the process's monotonic clock, plus one
+    /// (0: never): a node cut off from Kafka must not keep vouching for its last map. Not the
+    /// wall clock: a clock stepped back would keep a dead watch's map fresh for as long as the
+    /// step, and a step forward would make a live one stale.
     described_at_ms: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl FleetBoard {
@@ -46,14 +55,17 @@ impl FleetBoard {
     }
 
     fn touch(&self) {
-        self.described_at_ms.store(now_ms(), Ordering::Release);
+        self.described_at_ms
+            .store(monotonic_ms().saturating_add(1), Ordering::Release);
     }
 
     /// Time since the group was last described (`None`: never).
     pub fn age(&self) -> Option<Duration> {
         match self.described_at_ms.load(Ordering::Acquire) {
             0 => None,
-            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
+            at => Some(Duration::from_millis(
+                monotonic_ms().saturating_add(1).saturating_sub(at),
+            )),
         }
     }
 
@@ -115,12 +127,6 @@ pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route 
             internal: o.internal,
         },
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Reads the group's description until `stop`, publishing each stable map.
