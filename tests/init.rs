@@ -84,6 +84,43 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
                 .unwrap_or_default()
         };
         assert_eq!(value(0, "cleanup.policy"), "compact");
+        for topic in [0, 1] {
+            assert_eq!(
+                value(topic, "message.timestamp.type"),
+                "LogAppendTime",
+                "records carry the broker's time, whatever the writing node's clock says"
+            );
+        }
+        // A writer whose clock runs two hours ahead: the broker refuses such a CreateTime
+        // record (log.message.timestamp.after.max.ms is an hour); these topics take it.
+        let ahead: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", KAFKA.as_str())
+            .set("message.timeout.ms", "10000")
+            .create()
+            .unwrap();
+        let two_hours_ahead = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+            + 2 * 3_600_000;
+        for topic in [&elections, &votes_topic] {
+            let sent = ahead
+                .send(
+                    rdkafka::producer::FutureRecord::to(topic)
+                        .key("clock")
+                        .payload("ahead")
+                        .timestamp(two_hours_ahead),
+                    Duration::from_secs(10),
+                )
+                .await;
+            assert!(
+                sent.is_ok(),
+                "a record from a clock two hours ahead is refused by {topic}: {sent:?}"
+            );
+        }
         assert_eq!(
             value(1, "retention.ms"),
             "-1",

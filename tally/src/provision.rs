@@ -95,16 +95,23 @@ pub async fn create_topics(
     let votes_topic = names.votes_topic();
     let elections_topic = names.elections_topic();
     let partitions = i32::try_from(plan.partitions).expect("bounded by MAX_PARTITIONS");
+    // Records carry the broker's time, not the writing node's: a broker refuses a record
+    // stamped more than an hour ahead of its own clock (`log.message.timestamp.after.max.ms`),
+    // so under CreateTime a node whose clock stepped forward could commit no vote and no admin
+    // write. Nothing reads a record's timestamp; a vote's own time is in its value.
+    const TIMESTAMPS: (&str, &str) = ("message.timestamp.type", "LogAppendTime");
     let votes = NewTopic::new(&votes_topic, partitions, replication())
         // The log is the audit trail and the recovery source: nothing is ever deleted.
         .set("retention.ms", "-1")
         .set("retention.bytes", "-1")
         .set("min.insync.replicas", min_isr)
-        .set("unclean.leader.election.enable", "false");
+        .set("unclean.leader.election.enable", "false")
+        .set(TIMESTAMPS.0, TIMESTAMPS.1);
     let elections = NewTopic::new(&elections_topic, 1, replication())
         .set("cleanup.policy", "compact")
         .set("min.insync.replicas", min_isr)
-        .set("unclean.leader.election.enable", "false");
+        .set("unclean.leader.election.enable", "false")
+        .set(TIMESTAMPS.0, TIMESTAMPS.1);
     let opts = AdminOptions::new()
         .operation_timeout(Some(plan.timeout))
         .request_timeout(Some(plan.timeout));
