@@ -19,6 +19,13 @@ SEED=${SEED:-1}
 DURATION=${DURATION:-120s}
 
 cargo build --bin votes -p votes
+# The jump-clock fault runs nodes under libfaketime (Debian's package; LD_PRELOAD).
+faketime_lib() { ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1; }
+if [ -z "$(faketime_lib)" ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfaketime >/dev/null
+fi
+FAKETIME_LIB=$(faketime_lib)
+[ -n "$FAKETIME_LIB" ] || { echo "error: libfaketime is not installed (apt-get install libfaketime)" >&2; exit 1; }
 # The harness is light: a debug build, sharing the tests' warm target directory.
 cargo build --bin votes-chaos -p votes-perf
 
@@ -68,4 +75,5 @@ $S up --brokers 3 kafka
 "$TARGET/debug/votes-chaos" --votes-bin "$TARGET/debug/votes" --services "$S" \
   --brokers "$NET_HOST:9092,$NET_HOST:9093,$NET_HOST:9094" --dynamodb "http://$NET_HOST:8000" \
   --redis "redis://$NET_HOST:6379" --bridge "$BRIDGE" --host-ip "$NET_HOST" --net-tag "$NET_TAG" \
+  --faketime "$FAKETIME_LIB" \
   --seed "$SEED" --runs "$RUNS" --duration "$DURATION" --out "$ROOT/target/chaos"

@@ -72,10 +72,14 @@ pub struct Config {
     pub net: Option<Net>,
     /// The nemesis draws only these kinds ([`FAULT_KINDS`]), evenly; empty: all, weighted.
     pub faults: Vec<&'static str>,
+    /// libfaketime (`libfaketimeMT.so.1`): each node's wall clock then follows a file of its
+    /// own, and the nemesis steps it (`jump-clock`); the monotonic clocks stay real. `None`:
+    /// real clocks, no clock jumps.
+    pub faketime: Option<PathBuf>,
 }
 
 /// Every kind of fault the nemesis injects.
-pub const FAULT_KINDS: [&str; 7] = [
+pub const FAULT_KINDS: [&str; 8] = [
     "kill-node",
     "freeze-node",
     "partition-node",
@@ -83,7 +87,26 @@ pub const FAULT_KINDS: [&str; 7] = [
     "restart-redis-empty",
     "stop-dynamodb",
     "kill-persister",
+    "jump-clock",
 ];
+
+/// How far `jump-clock` steps a node's wall clock, in seconds, drawn from `draw`: forward or
+/// back, mostly by what an NTP step or a resumed VM does (10 s to 10 min), one time in four by
+/// two hours: past the broker's bound on a record's timestamp ahead of its own clock
+/// (`log.message.timestamp.after.max.ms`, one hour by default).
+fn clock_step_s(draw: u64) -> i64 {
+    let magnitude = if draw.is_multiple_of(4) {
+        7_200
+    } else {
+        10 + (draw >> 8) % 590
+    };
+    let magnitude = i64::try_from(magnitude).expect("small");
+    if (draw >> 4).is_multiple_of(2) {
+        magnitude
+    } else {
+        -magnitude
+    }
+}
 
 /// The campaign's network: a bridge in this namespace whose address the services listen on
 /// (`scripts/chaos.sh` makes it before they start), and one namespace per node, tied to the
@@ -245,6 +268,8 @@ struct Node {
     http: SocketAddr,
     https: SocketAddr,
     admin: SocketAddr,
+    /// The file libfaketime reads the node's clock offset from (`Config::faketime`).
+    clock: Option<PathBuf>,
     /// Dropped after `proc` (field order): the process goes before its namespace.
     isolation: Option<Isolation>,
 }
@@ -424,10 +449,35 @@ impl Fleet {
             ]
             .map(str::to_owned)
             .to_vec();
+            let mut env = fleet.env();
+            let clock = match &cfg.faketime {
+                Some(lib) => {
+                    let clock = cfg.out.join(format!("node-{i}.clock"));
+                    std::fs::write(&clock, "+0\n")?;
+                    env.extend(
+                        [
+                            ("LD_PRELOAD", lib.display().to_string()),
+                            ("FAKETIME_TIMESTAMP_FILE", clock.display().to_string()),
+                            // Re-read every second: a step takes hold within one.
+                            ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+                            // Timers, pacing and timeouts run on the monotonic clock, which
+                            // a wall-clock step does not move; and a wait on a condition
+                            // variable timed on it (librdkafka's threads) must not be
+                            // "fixed" by libfaketime, whose fix turns it into a busy loop
+                            // (Debian's 0.9.10 on glibc 2.36: every such wait returns at once).
+                            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+                            ("FAKETIME_FORCE_MONOTONIC_FIX", "0".to_owned()),
+                        ]
+                        .map(|(k, v)| (k.to_owned(), v)),
+                    );
+                    Some(clock)
+                }
+                None => None,
+            };
             let mut proc = Proc {
                 name: format!("node-{i}"),
                 args,
-                env: fleet.env(),
+                env,
                 log: cfg.out.join(format!("node-{i}.log")),
                 child: None,
                 frozen: false,
@@ -439,6 +489,7 @@ impl Fleet {
                 http,
                 https,
                 admin,
+                clock,
                 isolation,
             });
         }
@@ -680,12 +731,16 @@ async fn nemesis(
     // Let the fleet settle and votes flow first.
     tokio::time::sleep(Duration::from_secs(8)).await;
     while Instant::now() + Duration::from_secs(15) < until {
-        let (partitions, only) = {
+        let (partitions, clocks, only) = {
             let f = fleet.lock().await;
-            (f.cfg.net.is_some(), f.cfg.faults.clone())
+            (
+                f.cfg.net.is_some(),
+                f.cfg.faketime.is_some(),
+                f.cfg.faults.clone(),
+            )
         };
         let draw = rng.next_u64();
-        let kind = match draw % 8 {
+        let kind = match draw % 9 {
             _ if !only.is_empty() => only[(draw % only.len() as u64) as usize],
             0 | 1 => "kill-node",
             2 => "freeze-node",
@@ -693,6 +748,7 @@ async fn nemesis(
             4 => "restart-redis-empty",
             5 => "stop-dynamodb",
             6 if partitions => "partition-node",
+            7 if clocks => "jump-clock",
             _ => "kill-persister",
         };
         let from_ms = now_ms();
@@ -739,6 +795,19 @@ async fn nemesis(
                     tokio::time::sleep(hold + session + Duration::from_secs(1)).await;
                     let f = fleet.lock().await;
                     cut(&f, false)?;
+                }
+                "jump-clock" => {
+                    // The node's wall clock steps, stays there for the hold, and steps back.
+                    let i = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    let step = clock_step_s(rng.next_u64());
+                    target = format!("{} {step:+}s", f.nodes[i].proc.name);
+                    let Some(clock) = f.nodes[i].clock.clone() else {
+                        return Err(setup("jump-clock without libfaketime (--faketime)"));
+                    };
+                    drop(f);
+                    std::fs::write(&clock, format!("{step:+}s\n"))?;
+                    tokio::time::sleep(hold).await;
+                    std::fs::write(&clock, "+0\n")?;
                 }
                 "kill-broker" => {
                     let b = rng.next_u64() % 3;

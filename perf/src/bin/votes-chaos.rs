@@ -55,9 +55,14 @@ struct Args {
     #[arg(long, default_value = "x")]
     net_tag: String,
     /// Draw only these fault kinds (comma separated), evenly: kill-node, freeze-node,
-    /// partition-node, kill-broker, restart-redis-empty, stop-dynamodb, kill-persister.
+    /// partition-node, kill-broker, restart-redis-empty, stop-dynamodb, kill-persister,
+    /// jump-clock.
     #[arg(long, env = "CHAOS_FAULTS", value_delimiter = ',')]
     faults: Vec<String>,
+    /// libfaketime's `libfaketimeMT.so.1`: nodes run with their wall clock under the nemesis'
+    /// control (`jump-clock`).
+    #[arg(long, env = "CHAOS_FAKETIME")]
+    faketime: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if faults.contains(&"jump-clock") && args.faketime.is_none() {
+        eprintln!("votes-chaos: jump-clock needs --faketime (libfaketime)");
+        return ExitCode::from(2);
     }
     if faults.contains(&"partition-node") && args.bridge.is_none() {
         eprintln!("votes-chaos: partition-node needs --bridge (network namespaces)");
@@ -110,6 +119,7 @@ fn main() -> ExitCode {
                 }
             }),
             faults: faults.clone(),
+            faketime: args.faketime.clone(),
         };
         let out = cfg.out.clone();
         match rt.block_on(run(cfg)) {
