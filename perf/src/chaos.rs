@@ -90,6 +90,14 @@ pub const FAULT_KINDS: [&str; 8] = [
     "jump-clock",
 ];
 
+/// Sets a node's clock offset: written aside and renamed over the file, so libfaketime never
+/// reads a half-written or empty one.
+fn set_clock(file: &Path, offset: &str) -> std::io::Result<()> {
+    let next = file.with_extension("clock.next");
+    std::fs::write(&next, format!("{offset}\n"))?;
+    std::fs::rename(&next, file)
+}
+
 /// How far `jump-clock` steps a node's wall clock, in seconds, drawn from `draw`: forward or
 /// back, mostly by what an NTP step or a resumed VM does (10 s to 10 min), one time in four by
 /// two hours: past the broker's bound on a record's timestamp ahead of its own clock
@@ -453,7 +461,7 @@ impl Fleet {
             let clock = match &cfg.faketime {
                 Some(lib) => {
                     let clock = cfg.out.join(format!("node-{i}.clock"));
-                    std::fs::write(&clock, "+0\n")?;
+                    set_clock(&clock, "+0")?;
                     env.extend(
                         [
                             ("LD_PRELOAD", lib.display().to_string()),
@@ -805,9 +813,9 @@ async fn nemesis(
                         return Err(setup("jump-clock without libfaketime (--faketime)"));
                     };
                     drop(f);
-                    std::fs::write(&clock, format!("{step:+}s\n"))?;
+                    set_clock(&clock, &format!("{step:+}s"))?;
                     tokio::time::sleep(hold).await;
-                    std::fs::write(&clock, "+0\n")?;
+                    set_clock(&clock, "+0")?;
                 }
                 "kill-broker" => {
                     let b = rng.next_u64() % 3;
