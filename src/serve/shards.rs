@@ -345,13 +345,11 @@ impl ShardHost {
 
     /// Feeds one event to the engine and carries out its commands.
     fn feed(self: &Rc<Self>, event: Event) {
-        // The only events after which a shard's tallies can differ (`take_dirty`).
-        let moves_tallies = matches!(event, Event::TxnDone { .. } | Event::Recovered { .. });
         let mut commands = self.commands.take();
-        let next = {
+        let (next, moves_tallies) = {
             let mut engine = self.engine.borrow_mut();
             engine.handle(self.now(), event, &mut commands);
-            engine.next_deadline()
+            (engine.next_deadline(), engine.take_tallies_moved())
         };
         for c in commands.drain(..) {
             self.execute(c);
@@ -808,8 +806,11 @@ impl ShardHost {
 
     /// Marks every shard's tallies as not yet in the read model (its link was full).
     pub fn mark_all_dirty(&self) {
-        self.engine.borrow_mut().mark_all_dirty();
-        self.tallies_moved.notify();
+        let mut engine = self.engine.borrow_mut();
+        engine.mark_all_dirty();
+        if engine.take_tallies_moved() {
+            self.tallies_moved.notify();
+        }
     }
 
     /// Resolves when a shard's tallies may have moved since the last time it resolved.

@@ -555,6 +555,7 @@ impl World {
             self.step(op);
             self.report.steps += 1;
             self.check_shards();
+            self.check_tallies_noted();
         }
         self.check_end();
         self.report
@@ -1448,6 +1449,30 @@ impl World {
 
     /// Every active shard's voters and tallies are the fold of the committed log below its
     /// `applied_end` (checked when the log or a shard's end moved).
+    /// Plays a driver's read-model fan-out: every partition whose tallies were marked dirty
+    /// must come with the engine's note that tallies moved, or the fan-out would sleep
+    /// through the change.
+    fn check_tallies_noted(&mut self) {
+        let mut unnoted = None;
+        for (m, core) in self.cores.iter_mut().enumerate() {
+            let Some(e) = core.engine.as_mut() else {
+                continue;
+            };
+            let noted = e.take_tallies_moved();
+            let active: Vec<u32> = e.active_shards().map(|(p, _)| p).collect();
+            for p in active {
+                if e.take_dirty(p) && !noted {
+                    unnoted.get_or_insert((m, p));
+                }
+            }
+        }
+        if let Some((m, p)) = unnoted {
+            self.fail(format!(
+                "m{m}'s p{p} tallies moved without the engine's note"
+            ));
+        }
+    }
+
     fn check_shards(&mut self) {
         for p in 0..self.cfg.partitions {
             let mut ends: Vec<(usize, u64)> = Vec::new();

@@ -285,6 +285,8 @@ pub struct CoreEngine {
     /// transaction fills up.
     round_robin: usize,
     stats: EngineStats,
+    /// A slot was marked dirty since [`Self::take_tallies_moved`] last looked.
+    tallies_moved: bool,
 }
 
 impl CoreEngine {
@@ -309,6 +311,7 @@ impl CoreEngine {
             next_attempt: 0,
             round_robin: 0,
             stats: EngineStats::default(),
+            tallies_moved: false,
         }
     }
 
@@ -357,6 +360,13 @@ impl CoreEngine {
         for s in self.slots.values_mut() {
             s.dirty = true;
         }
+        self.tallies_moved = true;
+    }
+
+    /// Whether any partition's tallies were marked dirty since the last call (a driver wakes
+    /// its read-model fan-out on it); clears the mark.
+    pub fn take_tallies_moved(&mut self) -> bool {
+        std::mem::take(&mut self.tallies_moved)
     }
 
     /// The claim under which the core holds `partition`, if it does.
@@ -567,6 +577,7 @@ impl CoreEngine {
         }
         slot.phase = Phase::Active;
         slot.dirty = true;
+        self.tallies_moved = true;
         out.push(Command::Status {
             partition,
             claim,
@@ -604,6 +615,7 @@ impl CoreEngine {
                 self.stats.txns_committed += 1;
                 assert_eq!(offsets.len(), txn.parts.len(), "offsets for every batch");
                 for (&(p, _, seq), offsets) in txn.parts.iter().zip(offsets) {
+                    self.tallies_moved = true;
                     let slot = self.slot_in_txn(p, &txn);
                     slot.dirty = true;
                     let answers =
