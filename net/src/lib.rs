@@ -18,6 +18,7 @@ pub mod forward;
 mod httpd;
 mod listener;
 mod mesh;
+pub mod ports;
 pub mod preflight;
 mod rate;
 mod reactor;
@@ -33,6 +34,7 @@ pub use httpd::{
     Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
 };
 pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
+pub use ports::loopback_listener_port;
 pub use rate::RateLimiter;
 pub use reactor::{
     BoundListener, CoreContext, HttpStatsHandle, ReactorConfig, Reactors, ShutdownHandle,

@@ -3,7 +3,7 @@
 //! reader of the committed `votes` log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,10 @@ pub const TOKEN_KEY: &str = "test-token-key-0123456789abcdef-0123";
 pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef-0123";
 pub const ADMIN_TOKEN: &str = "test-admin-token-01";
 
+/// A port for one of the child's listeners, outside the range the kernel gives to the many
+/// outgoing connections the suite opens (see [`votes_net::loopback_listener_port`]).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    votes_net::loopback_listener_port().expect("a free loopback port for votes serve")
 }
 
 pub struct Serve {
