@@ -27,7 +27,8 @@ use votes_net::{Blocking, LocalNotify, LocalSignal, ReplyTx};
 use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
 use votes_tally::elections_log::ElectionsView;
 use votes_tally::engine::{
-    ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, PacingConfig, RevokeId,
+    ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, OpenFailure,
+    PacingConfig, RevokeId, TxnId, TxnOutcome,
 };
 use votes_tally::fanout::TallyUpdate;
 use votes_tally::membership::{self, Assignment, OwnershipEvent};
@@ -191,6 +192,16 @@ pub struct SnapshotSettings {
 /// How long a fenced core waits before it takes back what the group still assigns it: the
 /// writer that fenced it hears of its own lost assignment within a heartbeat or two.
 const RETAKE_AFTER: Duration = Duration::from_secs(3);
+
+/// How often the committer watch looks at a job in flight.
+const COMMITTER_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A job the committer holds, for the engine event that answers it if the committer dies.
+#[derive(Clone, Copy, Debug)]
+enum JobOut {
+    Open { attempt: u64 },
+    Commit { txn: TxnId },
+}
 /// How long a recovering partition waits for a transaction still open in it before it fences
 /// that transaction's writer: a predecessor that handed off cleanly left nothing open but the
 /// markers of its last commit, which land within milliseconds; a dead one's partitions wait
@@ -224,8 +235,15 @@ pub struct ShardHost {
     /// Group metadata by the generation token the engine knows it by.
     groups: RefCell<BTreeMap<u64, Arc<ConsumerGroupMetadata>>>,
     next_generation: Cell<u64>,
-    committer: Committer,
-    finished: crossbeam_channel::Receiver<Finished>,
+    /// Replaced, with its channel, when its thread is stuck in a call that never returns.
+    committer: RefCell<Committer>,
+    finished: RefCell<crossbeam_channel::Receiver<Finished>>,
+    /// The job handed to the committer and not yet answered (the engine has at most one).
+    job_out: Cell<Option<JobOut>>,
+    /// Noted when a job is handed over: the committer watch wakes only then.
+    job_handed: LocalNotify,
+    /// Rings this core's doorbell; a replacement committer needs it.
+    ringer: Ringer,
     /// The engine's next deadline, and a nudge for the timer task when it moved earlier.
     deadline: Cell<Option<Instant>>,
     timer_armed: Cell<Option<Instant>>,
@@ -263,26 +281,7 @@ impl ShardHost {
     ) -> anyhow::Result<(Rc<Self>, Ringer)> {
         let core16 = u16::try_from(core)?;
         let (bell, ringer) = votes_net::doorbell::doorbell()?;
-        // The engine has at most one job out, so at most one result waits here.
-        let (finished_tx, finished) = crossbeam_channel::bounded(4);
-        let committer = {
-            let ringer = ringer.clone();
-            let wake = move || ringer.ring();
-            match &settings.node_committer {
-                Some(node) => node.port(core, finished_tx, wake),
-                None => Committer::start(
-                    CommitterConfig {
-                        brokers: settings.brokers.clone(),
-                        names: settings.names.clone(),
-                        node: settings.node.clone(),
-                        scope: Scope::Core(core16),
-                        timeout: settings.kafka_timeout,
-                    },
-                    finished_tx,
-                    wake,
-                )?,
-            }
-        };
+        let (committer, finished) = start_committer(&settings, core16, &ringer)?;
         let engine = CoreEngine::new(EngineConfig {
             node: settings.node.clone(),
             core: core16,
@@ -306,8 +305,11 @@ impl ShardHost {
             next_revoke: Cell::new(0),
             groups: RefCell::new(BTreeMap::new()),
             next_generation: Cell::new(1),
-            committer,
-            finished,
+            committer: RefCell::new(committer),
+            finished: RefCell::new(finished),
+            job_out: Cell::new(None),
+            job_handed: LocalNotify::new(),
+            ringer: ringer.clone(),
             deadline: Cell::new(None),
             timer_armed: Cell::new(None),
             rearm,
@@ -333,6 +335,7 @@ impl ShardHost {
         }
         glommio::spawn_local(host.clone().inbound(bell, events, shutdown.clone())).detach();
         glommio::spawn_local(host.clone().timer(rearm_rx, shutdown.clone())).detach();
+        glommio::spawn_local(host.clone().watch_committer(shutdown.clone())).detach();
         if host.settings.snapshots.is_some() {
             glommio::spawn_local(host.clone().snapshots(shutdown)).detach();
         }
@@ -393,13 +396,17 @@ impl ShardHost {
                         .expect("the engine names a generation the member gave")
                         .clone()
                 };
-                self.committer.submit(Job::Commit {
+                self.hand_over(JobOut::Commit { txn });
+                self.committer.borrow().submit(Job::Commit {
                     txn,
                     batches,
                     group,
                 });
             }
-            Command::OpenProducer { attempt } => self.committer.submit(Job::Open { attempt }),
+            Command::OpenProducer { attempt } => {
+                self.hand_over(JobOut::Open { attempt });
+                self.committer.borrow().submit(Job::Open { attempt });
+            }
             Command::Claimed { partition, claim } => {
                 let epoch = self.status[partition as usize].claim();
                 self.claims.borrow_mut().insert(
@@ -542,7 +549,12 @@ impl ShardHost {
         shutdown: LocalSignal,
     ) {
         loop {
-            while let Ok(f) = self.finished.try_recv() {
+            loop {
+                let Ok(f) = self.finished.borrow().try_recv() else {
+                    break;
+                };
+                let out = self.job_out.take();
+                debug_assert!(out.is_some(), "a result answers the job handed over");
                 match f {
                     Finished::Opened { attempt, result } => {
                         self.feed(Event::ProducerOpened { attempt, result })
@@ -571,6 +583,79 @@ impl ShardHost {
             if !rang {
                 return;
             }
+        }
+    }
+
+    fn hand_over(&self, job: JobOut) {
+        let before = self.job_out.replace(Some(job));
+        assert!(
+            before.is_none(),
+            "the engine has at most one committer job out"
+        );
+        self.job_handed.notify();
+    }
+
+    /// Gives up a committer thread stuck in a librdkafka call that will not return
+    /// ([`Committer::stuck_for`]): the job's outcome becomes unknown (a transaction) or a
+    /// failed open, and a new committer thread takes over; its `init_transactions` fences the
+    /// stuck producer and settles its transaction before the engine replays those partitions.
+    /// A node committer serves every core and cannot be replaced by one: the process exits
+    /// so its supervisor restarts it (the other nodes take its partitions meanwhile).
+    async fn watch_committer(self: Rc<Self>, shutdown: LocalSignal) {
+        while !shutdown.is_fired() {
+            if self.job_out.get().is_none() {
+                futures_lite::future::or(self.job_handed.notified(), shutdown.wait()).await;
+                continue;
+            }
+            futures_lite::future::or(
+                glommio::timer::sleep(COMMITTER_WATCH_EVERY),
+                shutdown.wait(),
+            )
+            .await;
+            let Some(stuck) = self.committer.borrow().stuck_for() else {
+                continue;
+            };
+            let Some(job) = self.job_out.take() else {
+                continue;
+            };
+            if self.settings.node_committer.is_some() {
+                tracing::error!(
+                    core = self.core,
+                    ?stuck,
+                    ?job,
+                    "the node committer is stuck in a Kafka call that does not return (librdkafka#5456); exiting so the supervisor restarts this node"
+                );
+                std::process::exit(70);
+            }
+            tracing::error!(
+                core = self.core,
+                ?stuck,
+                ?job,
+                "the committer is stuck in a Kafka call that does not return (librdkafka#5456); starting another, the job's outcome is unknown"
+            );
+            let core16 = u16::try_from(self.core).expect("checked at start");
+            match start_committer(&self.settings, core16, &self.ringer) {
+                Ok((committer, finished)) => {
+                    // The stuck thread's port goes with the old committer: if its call ever
+                    // returns, it answers nobody and ends.
+                    drop(self.committer.replace(committer));
+                    drop(self.finished.replace(finished));
+                }
+                Err(e) => {
+                    tracing::error!(core = self.core, error = %e, "cannot start another committer; exiting so the supervisor restarts this node");
+                    std::process::exit(70);
+                }
+            }
+            self.feed(match job {
+                JobOut::Commit { txn } => Event::TxnDone {
+                    txn,
+                    outcome: TxnOutcome::Unknown,
+                },
+                JobOut::Open { attempt } => Event::ProducerOpened {
+                    attempt,
+                    result: Err(OpenFailure::Transient),
+                },
+            });
         }
     }
 
@@ -934,4 +1019,31 @@ async fn write_snapshot(
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
     Ok(len)
+}
+
+/// The core's committer and the channel of its results: its own thread, or its port on the
+/// node's. The engine has at most one job out, so at most one result waits in the channel.
+fn start_committer(
+    settings: &CommitSettings,
+    core: u16,
+    ringer: &Ringer,
+) -> anyhow::Result<(Committer, crossbeam_channel::Receiver<Finished>)> {
+    let (finished_tx, finished) = crossbeam_channel::bounded(4);
+    let ringer = ringer.clone();
+    let wake = move || ringer.ring();
+    let committer = match &settings.node_committer {
+        Some(node) => node.port(usize::from(core), finished_tx, wake),
+        None => Committer::start(
+            CommitterConfig {
+                brokers: settings.brokers.clone(),
+                names: settings.names.clone(),
+                node: settings.node.clone(),
+                scope: Scope::Core(core),
+                timeout: settings.kafka_timeout,
+            },
+            finished_tx,
+            wake,
+        )?,
+    };
+    Ok((committer, finished))
 }

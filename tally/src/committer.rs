@@ -22,6 +22,7 @@
 //! (`{prefix}votes-{node}-{core}`).
 
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +42,55 @@ use crate::shard::Batch;
 const COMMIT_RETRIES: u32 = 3;
 /// Longest single wait for delivery reports (bounds how late a deadline is noticed).
 const POLL_STEP_MS: i32 = 100;
+
+/// Since when a committer thread has been inside one blocking librdkafka call. Each such call
+/// is bounded by the committer's timeout, yet one can wait forever: librdkafka 2.12's
+/// `send_offsets_to_transaction` waits without end when the group coordinator's broker died
+/// (confluentinc/librdkafka#5456: the coordinator request's timeout is never checked; #5511).
+/// A call running for twice its bound is taken for one of those ([`Committer::stuck_for`]),
+/// and the thread's owner gives the thread up.
+pub struct CallWatch {
+    base: Instant,
+    /// Microseconds from `base` to the start of the call in progress, plus one; 0: none.
+    since: AtomicU64,
+}
+
+impl CallWatch {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks a blocking call as begun until the guard drops.
+    fn enter(self: &Arc<Self>) -> CallGuard {
+        let at = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1;
+        let before = self.since.swap(at, Ordering::Relaxed);
+        debug_assert_eq!(before, 0, "one blocking call at a time per committer");
+        CallGuard(self.clone())
+    }
+
+    /// How long the call in progress has run; `None` between calls.
+    pub fn in_call_for(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.base
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(at - 1)),
+            ),
+        }
+    }
+}
+
+struct CallGuard(Arc<CallWatch>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.since.store(0, Ordering::Relaxed);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitterError {
@@ -147,6 +197,10 @@ const GATHER_SLACK: Duration = Duration::from_millis(2);
 struct Mailbox {
     state: Mutex<MailState>,
     ready: Condvar,
+    /// The thread's blocking calls, watched by its ports.
+    watch: Arc<CallWatch>,
+    /// The bound of each of those calls.
+    timeout: Duration,
 }
 
 struct MailState {
@@ -332,6 +386,8 @@ impl CommitterThread {
                 handles: 1,
             }),
             ready: Condvar::new(),
+            watch: CallWatch::new(),
+            timeout: cfg.timeout,
         });
         let mb = mailbox.clone();
         let name = match cfg.scope {
@@ -340,7 +396,7 @@ impl CommitterThread {
         };
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || Worker::new(cfg).run(&mb))
+            .spawn(move || Worker::new(cfg, mb.watch.clone()).run(&mb))
             .map_err(CommitterError::Thread)?;
         Ok(Self {
             mailbox,
@@ -412,6 +468,17 @@ impl Committer {
     pub fn submit(&self, job: Job) {
         self.mailbox.put(self.slot, job);
     }
+
+    /// How long the thread has been inside one blocking call, once that is past twice the
+    /// call's bound: it will not come back ([`CallWatch`]). Its owner then drops this port
+    /// (the thread, if it ever returns, answers nobody and ends), takes the job's outcome as
+    /// unknown, and starts another committer, whose `init_transactions` fences this one.
+    pub fn stuck_for(&self) -> Option<Duration> {
+        self.mailbox
+            .watch
+            .in_call_for()
+            .filter(|d| *d > self.mailbox.timeout * 2)
+    }
 }
 
 /// The committer thread's state: its producer, and whether that producer must be opened
@@ -419,13 +486,15 @@ impl Committer {
 struct Worker {
     cfg: CommitterConfig,
     producer: Option<TxnProducer>,
+    watch: Arc<CallWatch>,
 }
 
 impl Worker {
-    fn new(cfg: CommitterConfig) -> Self {
+    fn new(cfg: CommitterConfig, watch: Arc<CallWatch>) -> Self {
         Self {
             cfg,
             producer: None,
+            watch,
         }
     }
 
@@ -449,7 +518,7 @@ impl Worker {
         if self.producer.is_some() {
             return Ok(());
         }
-        match TxnProducer::open(&self.cfg) {
+        match TxnProducer::open_watched(&self.cfg, self.watch.clone()) {
             Ok(p) => {
                 self.producer = Some(p);
                 Ok(())
@@ -536,6 +605,8 @@ pub struct TxnProducer {
     label: String,
     /// Reused message array of the produce calls.
     messages: Vec<rd::rd_kafka_message_t>,
+    /// Marks each blocking call, for whoever watches this producer's thread.
+    watch: Arc<CallWatch>,
 }
 
 impl Drop for TxnProducer {
@@ -553,6 +624,11 @@ impl TxnProducer {
     /// Creates the core's producer and fences every earlier producer with its transactional
     /// id: once this returns, what an earlier incarnation left open is aborted.
     pub fn open(cfg: &CommitterConfig) -> Result<Self, CommitterError> {
+        Self::open_watched(cfg, CallWatch::new())
+    }
+
+    /// [`TxnProducer::open`], marking each blocking call in `watch`.
+    fn open_watched(cfg: &CommitterConfig, watch: Arc<CallWatch>) -> Result<Self, CommitterError> {
         let transactional_id = cfg.transactional_id();
         let mut config: ClientConfig =
             transactional_producer_config(&cfg.brokers, &transactional_id);
@@ -567,13 +643,14 @@ impl TxnProducer {
                     transactional_id: transactional_id.clone(),
                     source,
                 })?;
-        producer
-            .init_transactions(cfg.timeout)
-            .map_err(|source| CommitterError::Init {
-                fenced: is_fencing(&source),
-                transactional_id: transactional_id.clone(),
-                source,
-            })?;
+        let call = watch.enter();
+        let init = producer.init_transactions(cfg.timeout);
+        drop(call);
+        init.map_err(|source| CommitterError::Init {
+            fenced: is_fencing(&source),
+            transactional_id: transactional_id.clone(),
+            source,
+        })?;
         let topic_name = cfg.names.votes_topic();
         let c_topic = CString::new(topic_name.clone())
             .map_err(|_| CommitterError::Topic(topic_name.clone()))?;
@@ -594,6 +671,7 @@ impl TxnProducer {
             timeout: cfg.timeout,
             label: cfg.label(),
             messages: Vec::new(),
+            watch,
         })
     }
 
@@ -649,7 +727,10 @@ impl TxnProducer {
         if let Err(e) = self.produce(&batches) {
             return Err(self.abort(e));
         }
-        let mut offsets = match self.deliveries(&batches, deadline) {
+        let call = self.watch.enter();
+        let delivered = self.deliveries(&batches, deadline);
+        drop(call);
+        let mut offsets = match delivered {
             Ok(offsets) => offsets.into_iter(),
             Err(e) => return Err(self.abort(e)),
         };
@@ -671,10 +752,11 @@ impl TxnProducer {
             // The coordinator checks the member's generation here: a core whose partitions
             // moved (a paused zombie, a stale member) cannot commit, whatever it produced.
             let mut attempt = 0;
-            while let Err(e) =
+            while let Err(e) = {
+                let _call = self.watch.enter();
                 self.producer
                     .send_offsets_to_transaction(&tpl, part.group, self.timeout)
-            {
+            } {
                 attempt += 1;
                 match txn_error(&e) {
                     Some(rd)
@@ -689,7 +771,11 @@ impl TxnProducer {
         debug_assert!(offsets.next().is_none(), "every batch belongs to a part");
         let mut attempt = 0;
         loop {
-            match self.producer.commit_transaction(self.timeout) {
+            let committed = {
+                let _call = self.watch.enter();
+                self.producer.commit_transaction(self.timeout)
+            };
+            match committed {
                 Ok(()) => return Ok(per_part),
                 Err(e) => {
                     let Some(rd) = txn_error(&e) else {
@@ -834,7 +920,11 @@ impl TxnProducer {
             return TxnOutcome::Fenced;
         }
         tracing::warn!(committer = %self.label, error = %cause, "aborting transaction");
-        let outcome = match self.producer.abort_transaction(self.timeout) {
+        let aborted = {
+            let _call = self.watch.enter();
+            self.producer.abort_transaction(self.timeout)
+        };
+        let outcome = match aborted {
             Ok(()) => TxnOutcome::Aborted,
             Err(e) => self.settle_failure(e),
         };
@@ -923,5 +1013,22 @@ mod tests {
             assert_ne!(t, 0, "librdkafka's opaque may not look like a null pointer");
             assert_eq!(from_delivery_tag(t), (b, r));
         }
+    }
+
+    #[test]
+    fn a_call_is_watched_from_its_start_until_its_guard_drops() {
+        let watch = CallWatch::new();
+        assert_eq!(watch.in_call_for(), None, "no call yet");
+        let call = watch.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        let during = watch.in_call_for().expect("in a call");
+        assert!(during >= Duration::from_millis(20), "{during:?}");
+        drop(call);
+        assert_eq!(watch.in_call_for(), None, "the call returned");
+        let _call = watch.enter();
+        assert!(
+            watch.in_call_for().is_some(),
+            "a second call is watched too"
+        );
     }
 }
