@@ -30,6 +30,8 @@ use crate::kafka::{VotesContext, read_committed_consumer_config};
 pub const BATCH_WRITE_MAX: usize = 25;
 /// How long a round waits for more records once it has some.
 const ROUND_LINGER: Duration = Duration::from_millis(20);
+/// How often the lag per partition (`votes_persist_lag`) is read from the brokers.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct PersistConfig {
@@ -142,6 +144,13 @@ pub async fn run(
         let first = tokio::select! {
             _ = &mut stop => break,
             m = consumer.recv() => m,
+            // An idle persister still refreshes its lag: what it reported while catching up
+            // would otherwise stand until the next vote (recv is cancellation safe).
+            _ = tokio::time::sleep(LAG_EVERY.saturating_sub(last_lag.elapsed())) => {
+                last_lag = Instant::now();
+                refresh_lag(&consumer, &topic, &stats);
+                continue;
+            }
         };
         let mut next = Some(first);
         let round_started = Instant::now();
@@ -219,7 +228,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "offset commit failed; the next owner rewrites those items");
             }
         }
-        if last_lag.elapsed() >= Duration::from_secs(5) {
+        if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
             refresh_lag(&consumer, &topic, &stats);
         }
