@@ -22,7 +22,7 @@ help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
 	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
-	@echo "make services-up | services-down | services-status | test-systemd | test-browser | test-cluster | test-chaos | chaos | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-systemd | test-ops | test-browser | test-cluster | test-chaos | chaos | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -68,6 +68,12 @@ test-cluster: build
 test-systemd: build
 	scripts/verify-systemd.sh $(VOTES)
 
+# promtool on the alerting rules (and their unit tests), the scrape configuration and every
+# query of the Grafana dashboard (ops/); tests/ops.rs checks the series they read exist.
+.PHONY: test-ops
+test-ops:
+	scripts/verify-ops.sh
+
 .PHONY: test-browser
 test-browser: build services-up
 	tests/browser/run.sh
@@ -80,7 +86,7 @@ test-chaos: build
 	RUNS=1 SEED=$(CHAOS_SEED) DURATION=45s scripts/chaos.sh
 
 .PHONY: test
-test: fmt-check clippy test-rust test-systemd test-browser test-cluster test-chaos
+test: fmt-check clippy test-ops test-rust test-systemd test-browser test-cluster test-chaos
 	@echo "make test: all checks passed"
 
 .PHONY: demo demo-stop

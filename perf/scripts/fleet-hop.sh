@@ -63,8 +63,15 @@ load = json.load(open(sys.argv[1]))
 text = open(sys.argv[2]).read()
 rate, ta, tb, tick = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def q(route, quant):
-    m = re.search(r'votes_vote_answer_seconds\{route="%s",quantile="%s"\} (\S+)' % (route, quant), text)
-    return float(m.group(1)) * 1000
+    # Prometheus's histogram_quantile: linear within the bucket the rank falls in.
+    buckets = [(float(le), int(c)) for le, c in re.findall(
+        r'votes_vote_answer_seconds_bucket\{route="%s",le="([^"+]+)"\} (\d+)' % route, text)]
+    rank, lo, below = quant * n(route), 0.0, 0
+    for le, c in buckets:
+        if c >= rank and c > below:
+            return (lo + (le - lo) * (rank - below) / (c - below)) * 1000
+        lo, below = le, c
+    return lo * 1000
 def n(route):
     return int(re.search(r'votes_vote_answer_seconds_count\{route="%s"\} (\d+)' % route, text).group(1))
 def f(what):

@@ -22,6 +22,18 @@ use super::shards::PartitionStatus;
 /// Commit latencies in microseconds, up to a minute.
 const LATENCY_MAX_US: u64 = 60_000_000;
 
+/// The `le` bounds of the latency histograms, in microseconds: dense around the 20 ms ack
+/// target, so `histogram_quantile` over them answers "is p99 under target" precisely.
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000,
+];
+
+/// The `le` bounds of the votes-per-transaction histogram.
+const BATCH_BOUNDS: [u64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000,
+];
+
 #[derive(Clone)]
 pub struct Counters {
     /// Vote requests answered, by the code of the answer (`accepted` for 202).
@@ -236,25 +248,25 @@ impl NodeMetrics {
         for (outcome, n) in &c.batches {
             let _ = writeln!(out, "votes_batches_total{{outcome=\"{outcome}\"}} {n}");
         }
-        out.push_str("# HELP votes_commit_latency_seconds Time to commit one batch's transaction.\n# TYPE votes_commit_latency_seconds summary\n");
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let v = c.commit_latency_us.value_at_quantile(q) as f64 / 1e6;
-            let _ = writeln!(out, "votes_commit_latency_seconds{{quantile=\"{q}\"}} {v}");
-        }
-        let _ = writeln!(
-            out,
-            "votes_commit_latency_seconds_count {}",
-            c.commit_latency_us.len()
+        out.push_str("# HELP votes_commit_latency_seconds Time to commit one batch's transaction.\n# TYPE votes_commit_latency_seconds histogram\n");
+        write_histogram(
+            &mut out,
+            "votes_commit_latency_seconds",
+            "",
+            &c.commit_latency_us,
+            &LATENCY_BOUNDS_US,
+            1e6,
         );
-        out.push_str("# HELP votes_batch_size Votes per committed transaction.\n# TYPE votes_batch_size summary\n");
-        for q in [0.5, 0.9, 0.99] {
-            let _ = writeln!(
-                out,
-                "votes_batch_size{{quantile=\"{q}\"}} {}",
-                c.batch_size.value_at_quantile(q)
-            );
-        }
-        let _ = writeln!(out, "votes_batch_size_count {}", c.batch_size.len());
+        out.push_str("# HELP votes_batch_size Votes per committed transaction.\n# TYPE votes_batch_size histogram\n");
+        write_histogram(
+            &mut out,
+            "votes_batch_size",
+            "",
+            &c.batch_size,
+            &BATCH_BOUNDS,
+            1.0,
+        );
+        out.push_str("# HELP votes_batch_size_mean Votes per committed transaction, averaged since the start.\n# TYPE votes_batch_size_mean gauge\n");
         let _ = writeln!(out, "votes_batch_size_mean {:.1}", c.batch_size.mean());
         out.push_str("# HELP votes_shard_ready Whether the shard of a partition accepts votes (1) or not.\n# TYPE votes_shard_ready gauge\n");
         for (p, s) in self.partitions.iter().enumerate() {
@@ -271,22 +283,18 @@ impl NodeMetrics {
             let owned = u8::from(s.state().is_some());
             let _ = writeln!(out, "votes_partition_owned{{partition=\"{p}\"}} {owned}");
         }
-        out.push_str("# HELP votes_vote_answer_seconds From a vote's hand-off to its shard to the shard's answer, by route: on this node (local) or through the owning node (forwarded).\n# TYPE votes_vote_answer_seconds summary\n");
+        out.push_str("# HELP votes_vote_answer_seconds From a vote's hand-off to its shard to the shard's answer, by route: on this node (local) or through the owning node (forwarded).\n# TYPE votes_vote_answer_seconds histogram\n");
         for (route, h) in [
             ("local", &c.answer_local_us),
             ("forwarded", &c.answer_forwarded_us),
         ] {
-            for q in [0.5, 0.9, 0.99] {
-                let v = h.value_at_quantile(q) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "votes_vote_answer_seconds{{route=\"{route}\",quantile=\"{q}\"}} {v}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "votes_vote_answer_seconds_count{{route=\"{route}\"}} {}",
-                h.len()
+            write_histogram(
+                &mut out,
+                "votes_vote_answer_seconds",
+                &format!("route=\"{route}\","),
+                h,
+                &LATENCY_BOUNDS_US,
+                1e6,
             );
         }
         out.push_str("# HELP votes_forward_total Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers.\n# TYPE votes_forward_total counter\n");
@@ -464,5 +472,132 @@ impl NodeMetrics {
                 let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(s));
             }
         }
+    }
+}
+
+/// One Prometheus histogram's samples (`_bucket` per bound and `+Inf`, `_sum`, `_count`) from
+/// an HDR histogram that counts since the start, so every sample only grows and `rate()` over
+/// it gives the recent distribution. A recorded value falls in the first bucket at or above
+/// the lowest value it stands for (HDR keeps 2-3 significant digits), and the sum adds those
+/// same values, so both are within the histogram's precision of the exact figures.
+/// `labels` is empty or ends with a comma; `scale` turns recorded units into the unit of `le`.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &Histogram<u64>,
+    bounds: &[u64],
+    scale: f64,
+) {
+    debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "bounds ascend");
+    debug_assert!(labels.is_empty() || labels.ends_with(','));
+    let mut in_bucket = vec![0u64; bounds.len()];
+    let mut sum: u128 = 0;
+    for v in h.iter_recorded() {
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        let count = v.count_at_value();
+        sum += u128::from(value) * u128::from(count);
+        if let Some(i) = bounds.iter().position(|b| value <= *b) {
+            in_bucket[i] += count;
+        }
+    }
+    let mut cumulative = 0u64;
+    for (bound, n) in bounds.iter().zip(&in_bucket) {
+        cumulative += n;
+        let le = *bound as f64 / scale;
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+    }
+    let total = h.len();
+    debug_assert!(
+        cumulative <= total,
+        "buckets never hold more than the histogram"
+    );
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", sum as f64 / scale);
+    let _ = writeln!(out, "{name}_count{braces} {total}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(page: &str) -> Vec<(&str, f64)> {
+        page.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(k, v)| (k, v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_histogram_is_cumulative_and_ends_with_its_count_and_sum() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, 3).unwrap();
+        for us in [500, 1_000, 4_000, 19_000, 21_000, 90_000_000] {
+            h.saturating_record(us.min(LATENCY_MAX_US));
+        }
+        let mut out = String::new();
+        write_histogram(
+            &mut out,
+            "t_seconds",
+            "route=\"local\",",
+            &h,
+            &LATENCY_BOUNDS_US,
+            1e6,
+        );
+        let s = samples(&out);
+        let get = |k: &str| s.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"0.001\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"0.005\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"0.02\"}"),
+            Some(4.0)
+        );
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"0.025\"}"),
+            Some(5.0)
+        );
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"10\"}"),
+            Some(5.0)
+        );
+        assert_eq!(
+            get("t_seconds_bucket{route=\"local\",le=\"+Inf\"}"),
+            Some(6.0)
+        );
+        assert_eq!(get("t_seconds_count{route=\"local\"}"), Some(6.0));
+        let sum = get("t_seconds_sum{route=\"local\"}").unwrap();
+        let exact = (500 + 1_000 + 4_000 + 19_000 + 21_000 + LATENCY_MAX_US) as f64 / 1e6;
+        assert!((sum - exact).abs() / exact < 0.001, "{sum} against {exact}");
+        let buckets: Vec<f64> = s
+            .iter()
+            .filter(|(n, _)| n.contains("_bucket"))
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{out}");
+    }
+
+    #[test]
+    fn an_empty_histogram_without_labels_has_every_sample_at_zero() {
+        let h = Histogram::<u64>::new_with_bounds(1, 1 << 20, 2).unwrap();
+        let mut out = String::new();
+        write_histogram(&mut out, "b", "", &h, &BATCH_BOUNDS, 1.0);
+        assert!(out.contains("b_bucket{le=\"1\"} 0\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"+Inf\"} 0\n"), "{out}");
+        assert!(
+            out.contains("b_sum 0\n") && out.contains("b_count 0\n"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), BATCH_BOUNDS.len() + 3);
     }
 }
