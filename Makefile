@@ -21,8 +21,9 @@ SESSION := $(if $(VOTES_SERVICES_SESSION),--session-file $(VOTES_SERVICES_SESSIO
 help:
 	@echo "make demo    start the services and the appliance, open a demo election, send votes, print where to look"
 	@echo "make test    install what is missing, start the services, fmt, clippy, every test"
+	@echo "make deb     build the Debian package (binary, systemd units, /etc/votes, the votes user) into \$$CARGO_TARGET_DIR/deb"
 	@echo "make perf    measure the appliance against its peers (Kafka floor, Kafka Streams, PostgreSQL, Redis): table + plot"
-	@echo "make services-up | services-down | services-status | test-systemd | test-ops | test-browser | test-cluster | test-chaos | chaos | bench | fuzz | demo-stop"
+	@echo "make services-up | services-down | services-status | test-systemd | test-ops | deb | test-deb | test-browser | test-cluster | test-chaos | chaos | bench | fuzz | demo-stop"
 
 .PHONY: prerequisites
 prerequisites:
@@ -68,6 +69,15 @@ test-cluster: build
 test-systemd: build
 	scripts/verify-systemd.sh $(VOTES)
 
+# The Debian package (scripts/package-deb.sh): binary, units, /etc/votes, the votes user.
+.PHONY: deb test-deb
+deb: prerequisites
+	scripts/package-deb.sh
+# Installs it here, verifies the installed units, runs `votes tune check` and `votes init` from
+# it as the service user, purges it.
+test-deb: services-up
+	scripts/test-deb.sh
+
 # promtool on the alerting rules (and their unit tests), the scrape configuration and every
 # query of the Grafana dashboard (ops/); tests/ops.rs checks the series they read exist.
 .PHONY: test-ops
@@ -86,11 +96,11 @@ test-chaos: build
 	RUNS=1 SEED=$(CHAOS_SEED) DURATION=45s scripts/chaos.sh
 
 .PHONY: test
-test: fmt-check clippy test-ops test-rust test-systemd test-browser test-cluster test-chaos
+test: fmt-check clippy test-ops test-rust test-systemd test-deb test-browser test-cluster test-chaos
 	@echo "make test: all checks passed"
 
 .PHONY: demo demo-stop
-demo: build services-up
+demo: prerequisites services-up
 	scripts/demo.sh
 demo-stop:
 	scripts/demo-stop.sh

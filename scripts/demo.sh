@@ -8,9 +8,14 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BIN=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/debug
+# The optimized build that ships (Cargo.toml's `ship` profile): a debug build answers a
+# burst of a few hundred votes/s with a p99 near a second, which is not this product.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
+BIN=$CARGO_TARGET_DIR/ship
 RUN=$ROOT/target/demo
 mkdir -p "$RUN"
+echo "demo: building votes and votes-load (optimized; the first build takes several minutes)"
+cargo build --profile ship -p votes --bin votes -p votes-perf --bin votes-load
 
 export VOTES_PREFIX=demo-
 export VOTES_TOKEN_KEY=demo-token-key-for-local-use-only-0001
@@ -58,18 +63,26 @@ curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
   -d '{"id":"'"$E"'","title":"Song of the night","options":[{"id":"aurora","label":"Aurora"},{"id":"borealis","label":"Borealis"},{"id":"cascade","label":"Cascade"}]}'
 curl -sS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/$E/open"
 
-echo "demo: a short burst of votes (2,000 requests, 10% duplicates)"
-if [ -x "$BIN/votes-load" ]; then
-  "$BIN/votes-load" --target "http://$HTTP" --election "$E" --rate 500 --duration 4s --voters 1800 \
-    --voter-base "$(date +%s)000" --dup-ratio 0.1 --connections 32 --report "$RUN/load.json"
-else
-  for v in $(seq 1 200); do
-    t=$("$BIN/votes" token --voter "$v")
-    curl -sS -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $t" -H 'Content-Type: application/json' \
-      -X POST "http://$HTTP/v1/elections/$E/votes" -d '{"option":"aurora"}'
-  done | sort | uniq -c
-fi
-sleep 1.2
+echo "demo: a burst of votes (6,000 requests over 4 s, 10% of them a voter's second vote)"
+"$BIN/votes-load" --target "http://$HTTP" --election "$E" --rate 1500 --duration 4s --voters 5400 \
+  --voter-base "$(date +%s)000" --dup-ratio 0.1 --connections 64 --report "$RUN/load.json" >"$RUN/load.out"
+sleep 1.2 # the cores publish their figures once a second
+# What a newcomer should see: the rate answered, how fast, and how many votes each Kafka
+# transaction carried (the appliance's whole point: few, large, paced transactions).
+curl -sS "${auth[@]}" "http://$ADMIN/admin/v1/stats" >"$RUN/stats.json"
+python3 - "$RUN/load.json" "$RUN/stats.json" <<'PY'
+import json, sys
+load = json.load(open(sys.argv[1]))
+stats = json.load(open(sys.argv[2]))
+lat, by = load["latency_ms"], load["by_status"]
+other = sum(v for k, v in by.items() if k not in ("202", "409"))
+print(f"demo: {load['achieved_rate']:.0f} votes/s answered: {by.get('202', 0)} accepted (202), "
+      f"{by.get('409', 0)} second votes refused (409), {other} other")
+print(f"      answer latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms (from each request's intended send)")
+commit = stats.get("commit_latency_ms", {})
+print(f"      {stats.get('batch_size_mean', 0):.1f} votes per Kafka transaction; "
+      f"commit p50 {commit.get('p50', 0):.1f} ms, p99 {commit.get('p99', 0):.1f} ms")
+PY
 
 echo
 echo "Running: votes serve (pid $(cat "$RUN/serve.pid")), log $RUN/serve.log"

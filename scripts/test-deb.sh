@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# `make test-deb`: builds the Debian package (scripts/package-deb.sh), installs it on this
+# machine, and checks what an operator relies on: the `votes` user and its state directory,
+# the secrets file's mode, `systemd-analyze verify` of the installed units, `votes tune check`,
+# the default configuration accepted by `votes serve`, and `votes init` run as the service user
+# against the local services (scripts/services.sh). Purges the package at the end, also on
+# failure. Needs root (dpkg) and the services up (`make services-up`).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "error: test-deb installs a package: run it as root" >&2; exit 1; }
+fail() { echo "error: test-deb: $*" >&2; exit 1; }
+if dpkg -s votes >/dev/null 2>&1; then
+  fail "a votes package is already installed here; this test installs and purges its own (dpkg --purge votes first)"
+fi
+deb=$("$ROOT/scripts/package-deb.sh")
+cleanup() { dpkg --purge votes >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+echo "test-deb: installing $(basename "$deb")"
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/dev/null
+dpkg -s votes | grep -q '^Status: install ok installed' || fail "dpkg does not report votes installed"
+
+# The user, its state directory, the secrets.
+getent passwd votes >/dev/null || fail "no votes user after install"
+[ "$(stat -c '%U:%G %a' /var/lib/votes)" = "votes:votes 750" ] ||
+  fail "/var/lib/votes is $(stat -c '%U:%G %a' /var/lib/votes), want votes:votes 750"
+[ "$(stat -c '%U:%G %a' /etc/votes/votes.env)" = "root:votes 640" ] ||
+  fail "/etc/votes/votes.env is $(stat -c '%U:%G %a' /etc/votes/votes.env), want root:votes 640"
+dpkg-query -W -f='${Conffiles}\n' votes | grep -q /etc/votes/votes.toml || fail "votes.toml is not a conffile"
+
+# The installed units, through the paths systemd itself would search.
+units=()
+for u in /lib/systemd/system/votes-*.service /lib/systemd/system/votes-*.timer; do
+  case "$u" in *@.service) units+=("/lib/systemd/system/votes-serve@node-a.service") ;; *) units+=("$u") ;; esac
+done
+cp /lib/systemd/system/votes-serve@.service /lib/systemd/system/votes-serve@node-a.service
+ln -sfn votes-serve@.service.d /lib/systemd/system/votes-serve@node-a.service.d
+out=$(systemd-analyze verify --man=no --generators=no "${units[@]}" 2>&1) || true
+rm -f /lib/systemd/system/votes-serve@node-a.service /lib/systemd/system/votes-serve@node-a.service.d
+[ -z "$out" ] || { echo "$out" >&2; fail "systemd-analyze verify of the installed units printed problems"; }
+grep -q 'ExecStart=/usr/bin/votes ' /lib/systemd/system/votes-persist.service ||
+  fail "the installed units do not run /usr/bin/votes"
+echo "test-deb: ${#units[@]} installed units verified"
+
+# The binary, the host check and the default configuration.
+/usr/bin/votes --version
+/usr/bin/votes tune check >/dev/null || fail "votes tune check failed"
+/usr/bin/votes --config /etc/votes/votes.toml serve --help >/dev/null ||
+  fail "votes serve refuses the default /etc/votes/votes.toml"
+
+# votes init as the service user, on the local services under a prefix of its own; the flags
+# beat the file's replication factor of 3 (one local broker).
+prefix="deb-$(date +%s%N | tail -c 9)-"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin VOTES_PREFIX="$prefix" \
+  runuser -u votes -- /usr/bin/votes --config /etc/votes/votes.toml init --partitions 2 --replication-factor 1 ||
+  fail "votes init from the installed binary failed (are the services up? make services-up)"
+echo "test-deb: votes init as user votes created prefix $prefix"
+
+dpkg --purge votes >/dev/null
+[ ! -e /usr/bin/votes ] && [ ! -e /var/lib/votes ] && [ ! -e /etc/votes/votes.toml ] ||
+  fail "purge left files behind"
+trap - EXIT
+echo "test-deb: package installs, verifies, runs and purges cleanly"
