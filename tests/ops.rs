@@ -73,8 +73,18 @@ fn exported(page: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn persister(prefix: &str, metrics: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_votes"))
+/// A `votes persist` process, killed when dropped (a failing assertion included).
+struct Persister(Child);
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn persister(prefix: &str, metrics: &str) -> Persister {
+    let child = Command::new(env!("CARGO_BIN_EXE_votes"))
         .args([
             "persist",
             "--instance-id",
@@ -95,7 +105,8 @@ fn persister(prefix: &str, metrics: &str) -> Child {
                 .unwrap(),
         )
         .spawn()
-        .expect("votes persist starts")
+        .expect("votes persist starts");
+    Persister(child)
 }
 
 /// The persister's `/metrics` (HTTP/1.0, one request per connection).
@@ -180,7 +191,7 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
     // The persister reports a partition's lag once it holds the partition.
     let deadline = Instant::now() + Duration::from_secs(60);
     let persister_names = loop {
-        if let Ok(Some(status)) = persist.try_wait() {
+        if let Ok(Some(status)) = persist.0.try_wait() {
             panic!("votes persist exited with {status}");
         }
         let page = persister_page(&metrics_addr).unwrap_or_default();
@@ -193,8 +204,7 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = persist.kill();
-    let _ = persist.wait();
+    drop(persist);
     names.extend(persister_names);
     // Prometheus adds `up` itself; every other series must come from the appliance.
     let missing: Vec<_> = from_rules
