@@ -197,6 +197,10 @@ pub struct CoreApp {
     /// Admin writes take turns on this core (the node's elections writer serializes them
     /// anyway): one blocking slot, however many wait.
     pub admin_writes: glommio::sync::Semaphore,
+    /// Stops this core's shard host. Fired after the HTTP connections drained, not when the
+    /// shutdown starts: a vote in flight waits for its transaction, so the shards must go on
+    /// committing and answering until the last request is answered.
+    pub shards_stop: votes_net::LocalSignal,
 }
 
 /// DynamoDB lookups in flight per core; beyond it `/votes/me` answers 503.
@@ -222,6 +226,11 @@ impl App for AppHandle {
                 ListenerKind::Internal => unreachable!("the internal listener does not speak HTTP"),
             }
         })
+    }
+
+    fn shutdown(&self) -> LocalBoxFuture<'static, ()> {
+        self.0.shards_stop.fire();
+        Box::pin(async {})
     }
 }
 

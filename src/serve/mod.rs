@@ -485,6 +485,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             .take()
             .expect("each core starts once");
         let elections = Rc::new(RefCell::new(initial.clone()));
+        let shards_stop = votes_net::LocalSignal::new();
         let (shards, ringer) = ShardHost::new(
             core,
             Arc::new(settings.clone()),
@@ -494,7 +495,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             core_assignments[core].clone(),
             elections.clone(),
             shared.roles.ingest.then_some(events),
-            ctx.shutdown_signal(),
+            shards_stop.clone(),
         )
         .expect("starting the core's commit engine");
         core_ringers.lock().unwrap_or_else(|p| p.into_inner())[core] = Some(ringer);
@@ -538,6 +539,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
             lookups: std::cell::Cell::new(0),
             admin_writes: glommio::sync::Semaphore::new(1),
+            shards_stop,
         });
         if let (Some(listener), Some(fwd)) = (internal, &forwarder) {
             glommio::spawn_local(votes_net::forward::serve_forwarded(
