@@ -405,6 +405,193 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
     });
 }
 
+/// Voters waiting for an answer at once: enough that those retrying a partition without an
+/// owner never hold up the voters of the others (100/s over a 12 s window is 1,200).
+const VOTERS_AT_ONCE: usize = 4_096;
+
+/// Voters arriving at `rate` per second through whichever nodes `urls` holds now (a
+/// balancer's view: a node being restarted is taken out, its successor put in), each retrying
+/// on the next node every 100 ms until `202` or `409` or `until`; every attempt is recorded.
+async fn voters_through_the_fleet(
+    client: &TestClient,
+    urls: Arc<std::sync::RwLock<Vec<String>>>,
+    election: &str,
+    voters: std::ops::Range<u64>,
+    rate: u64,
+    until: Instant,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+) {
+    let gate = Arc::new(Semaphore::new(VOTERS_AT_ONCE));
+    let mut tasks = Vec::new();
+    let every = Duration::from_micros(1_000_000 / rate);
+    for voter in voters {
+        tokio::time::sleep(every).await;
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        let (client, urls, election, attempts) = (
+            client.clone(),
+            urls.clone(),
+            election.to_owned(),
+            attempts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for turn in 0u64.. {
+                let url = {
+                    let urls = urls.read().unwrap();
+                    urls[((voter + turn) % urls.len() as u64) as usize].clone()
+                };
+                let a = vote_once(&client, &url, &election, voter).await;
+                let done = matches!(a.status, Some(202 | 409));
+                attempts.lock().await.push(a);
+                if done || Instant::now() > until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The longest time without any `202` for each partition between `from` and `to`: when it
+/// began (after `from`) and how long it lasted.
+fn longest_gaps(
+    attempts: &[Attempt],
+    from: Instant,
+    to: Instant,
+) -> BTreeMap<u32, (Duration, Duration)> {
+    let mut gaps = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let mut acks: Vec<Instant> = attempts
+            .iter()
+            .filter(|a| a.status == Some(202) && partition_of(VoterId(a.voter), PARTITIONS) == p)
+            .map(|a| a.at.clamp(from, to))
+            .collect();
+        acks.extend([from, to]);
+        acks.sort();
+        let longest = acks
+            .windows(2)
+            .map(|w| (w[1] - w[0], w[0] - from))
+            .max()
+            .map(|(len, at)| (at, len))
+            .unwrap_or_default();
+        gaps.insert(p, longest);
+    }
+    gaps
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
+    let prefix = init("fleet-rolling");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        let want = [("node-a", 1), ("node-b", 1)];
+        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        open_election(&client, &a, "rolling", &OPTIONS, 0).await;
+        wait_open(&client, &b, "rolling").await;
+
+        let urls = Arc::new(std::sync::RwLock::new(vec![a.url(""), b.url("")]));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let voters = 0..4_000;
+        let until = Instant::now() + Duration::from_secs(120);
+        let load = tokio::spawn({
+            let (client, urls, attempts, voters) = (
+                client.clone(),
+                urls.clone(),
+                attempts.clone(),
+                voters.clone(),
+            );
+            async move {
+                voters_through_the_fleet(&client, urls, "rolling", voters, 100, until, attempts)
+                    .await
+            }
+        });
+        // One node after the other, the way an operator upgrades a fleet: take it out of the
+        // balancer, stop it (SIGTERM), start it again under the same node id, put it back,
+        // wait until the fleet has every partition served by both nodes again.
+        let started = Instant::now();
+        let mut nodes = [Some(a), Some(b)];
+        let mut restarts = Vec::new();
+        for i in 0..nodes.len() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut leaving = nodes[i].take().expect("running");
+            let node = leaving.node.clone();
+            let other = nodes[1 - i].as_ref().expect("running").url("");
+            *urls.write().unwrap() = vec![other];
+            // Stopping and starting block: on a thread of their own, so the voters go on.
+            let stopped_at = Instant::now();
+            let (prefix, name) = (prefix.clone(), node.clone());
+            let restart = std::thread::spawn(move || {
+                let status = leaving.stop(Duration::from_secs(60));
+                let stopped_in = stopped_at.elapsed();
+                (
+                    status,
+                    stopped_in,
+                    Serve::start_node(&prefix, 1, &name, &[]),
+                )
+            });
+            while !restart.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (status, stopped_in, back) = restart.join().expect("the restart thread");
+            assert!(
+                status.success(),
+                "{node} exits cleanly on SIGTERM: {status}"
+            );
+            wait_fleet(&client, &back, &want, Duration::from_secs(60)).await;
+            restarts.push((node, stopped_at, stopped_in, stopped_at.elapsed()));
+            nodes[i] = Some(back);
+            *urls.write().unwrap() = nodes.iter().flatten().map(|n| n.url("")).collect();
+        }
+        let [Some(first), Some(second)] = &nodes else {
+            unreachable!("both nodes run again")
+        };
+        let restarted = Instant::now();
+        load.await.unwrap();
+        let attempts = attempts.lock().await.clone();
+
+        for (node, at, stop, back) in &restarts {
+            eprintln!("rolling restart: {node} got SIGTERM at {:?}", *at - started);
+            eprintln!(
+                "rolling restart: {node} stopped in {stop:?}, serving again {back:?} after SIGTERM"
+            );
+        }
+        eprintln!(
+            "longest time without a 202 per partition during the restarts (from, length): {:?}",
+            longest_gaps(&attempts, started, restarted)
+        );
+        let done: BTreeSet<u64> = attempts
+            .iter()
+            .filter(|x| matches!(x.status, Some(202 | 409)))
+            .map(|x| x.voter)
+            .collect();
+        assert_eq!(
+            done.len(),
+            voters.clone().count(),
+            "every voter was answered in the end"
+        );
+        let log = committed_votes(&first.names(), PARTITIONS);
+        assert_every_202_once(&log, "rolling", &attempts);
+        assert_eq!(
+            log.len(),
+            voters.count(),
+            "every voter exactly once in the log"
+        );
+        wait_live_totals(
+            &client,
+            &[first, second],
+            "rolling",
+            &log_tallies(&log, "rolling"),
+        )
+        .await;
+    });
+}
+
 #[test]
 fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
     let prefix = init("fleet-zombie");

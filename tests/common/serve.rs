@@ -234,6 +234,28 @@ impl Serve {
     }
 
     /// `kill -9`: no shutdown path runs.
+    /// SIGTERM, then waits for the process to end (a graceful stop answers what is in flight
+    /// and exits); panics if it has not ended within `within`.
+    pub fn stop(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running process");
+        // SAFETY: kill(2) of our own child, which has not been waited for yet.
+        let sent = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM to {}", self.node);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for votes serve") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?} of SIGTERM:\n{}",
+                self.node,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
