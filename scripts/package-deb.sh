@@ -4,6 +4,7 @@
 #   /lib/systemd/system/votes-*         the units of systemd/ (installed, not enabled)
 #   /etc/votes/votes.toml, votes.env    the default configuration (conffiles; votes.env 0640)
 #   /usr/share/votes/ops/               Prometheus rules and scrape config, Grafana dashboard
+#   /usr/share/man/man1/votes*.1.gz     man pages; bash and zsh completions
 #   /usr/share/doc/votes/               README, ARCHITECTURE, docs/, copyright
 # postinst creates the `votes` system user and /var/lib/votes. Prints the package's path.
 # Usage: scripts/package-deb.sh [OUT_DIR]   (default $CARGO_TARGET_DIR/deb)
@@ -38,6 +39,13 @@ sed -i 's#/usr/local/bin/votes#/usr/bin/votes#g' "$PKG"/lib/systemd/system/*.ser
 install -m 0644 packaging/deb/votes.toml "$PKG/etc/votes/votes.toml"
 install -m 0640 packaging/deb/votes.env "$PKG/etc/votes/votes.env"
 cp -r ops/. "$PKG/usr/share/votes/ops/"
+# Man pages and shell completions, generated from the CLI definition of the binary shipped.
+install -d "$PKG/usr/share/man/man1" "$PKG/usr/share/bash-completion/completions" \
+  "$PKG/usr/share/zsh/vendor-completions"
+"$BIN" man --out "$PKG/usr/share/man/man1" 2>/dev/null
+gzip -9n "$PKG"/usr/share/man/man1/*.1
+"$BIN" completions bash >"$PKG/usr/share/bash-completion/completions/votes"
+"$BIN" completions zsh >"$PKG/usr/share/zsh/vendor-completions/_votes"
 cp -r README.md ARCHITECTURE.md docs "$PKG/usr/share/doc/votes/"
 cat >"$PKG/usr/share/doc/votes/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

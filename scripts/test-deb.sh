@@ -13,7 +13,8 @@ if dpkg -s votes >/dev/null 2>&1; then
   fail "a votes package is already installed here; this test installs and purges its own (dpkg --purge votes first)"
 fi
 deb=$("$ROOT/scripts/package-deb.sh")
-cleanup() { dpkg --purge votes >/dev/null 2>&1 || true; }
+WORK=$(mktemp -d)
+cleanup() { dpkg --purge votes >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 echo "test-deb: installing $(basename "$deb")"
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/dev/null
@@ -46,6 +47,14 @@ echo "test-deb: ${#units[@]} installed units verified"
 /usr/bin/votes tune check >/dev/null || fail "votes tune check failed"
 /usr/bin/votes --config /etc/votes/votes.toml serve --help >/dev/null ||
   fail "votes serve refuses the default /etc/votes/votes.toml"
+/usr/bin/votes --config /etc/votes/votes.toml config check serve init >"$WORK/check.txt" ||
+  fail "votes config check refuses the default /etc/votes/votes.toml"
+grep -q '^  snapshot-dir  *\/var\/lib\/votes  *file$' "$WORK/check.txt" ||
+  { cat "$WORK/check.txt" >&2; fail "votes config check does not show snapshot-dir from the file"; }
+for page in votes votes-serve votes-config-check; do
+  [ -s "/usr/share/man/man1/$page.1.gz" ] || fail "no man page $page(1)"
+done
+grep -q 'votes' /usr/share/bash-completion/completions/votes || fail "no bash completion"
 
 # votes init as the service user, on the local services under a prefix of its own; the flags
 # beat the file's replication factor of 3 (one local broker).
@@ -56,6 +65,7 @@ env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin VOTES_PREFIX="$prefix" \
 echo "test-deb: votes init as user votes created prefix $prefix"
 
 dpkg --purge votes >/dev/null
+rm -rf "$WORK"
 [ ! -e /usr/bin/votes ] && [ ! -e /var/lib/votes ] && [ ! -e /etc/votes/votes.toml ] ||
   fail "purge left files behind"
 trap - EXIT

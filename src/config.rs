@@ -1,40 +1,69 @@
 //! Settings come from flags, then `VOTES_*` environment variables, then a TOML file, then
 //! defaults (DESIGN §4.1). clap handles the first two and the last; the file is folded in by
 //! placing its settings as flags *before* the user's own, so anything the user typed wins
-//! (`args_override_self`), and a key whose `VOTES_*` variable is set is left out so the
+//! (`args_override_self`), and a key whose environment variable is set is left out so the
 //! environment wins over the file.
 //!
 //! File layout: top-level keys are the global flags (`kafka-brokers = "…"`); a table per
 //! subcommand holds that subcommand's flags (`[init] partitions = 16`, `[tune.check] cores = 2`).
+//! Every key must name a flag of its command and every table a command, whichever command runs:
+//! a misspelt key of another role would otherwise wait, silently, for the day that role starts.
+//! `votes config check` prints the settings in effect and where each came from.
 
 use std::ffi::OsString;
+use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
 
 /// The environment variable that may name the file when `--config` is not given.
 pub const CONFIG_ENV: &str = "VOTES_CONFIG";
 
-/// The flag's environment variable: `partitions` → `VOTES_PARTITIONS`.
-pub fn env_name(key: &str) -> String {
-    format!("VOTES_{}", key.to_ascii_uppercase().replace('-', "_"))
-}
+/// Secrets read from the environment only (never flags, never the file): shown masked.
+const SECRETS: [&str; 3] = ["VOTES_TOKEN_KEY", "VOTES_AUDIT_KEY", "VOTES_ADMIN_TOKEN"];
 
-/// Returns `args` with the file's settings inserted where clap expects them.
+/// Returns `args` with the file's settings inserted where clap expects them. `cli` is the
+/// command line's definition: keys are checked against it, and a key is left out when the
+/// environment variable of its flag is set.
 pub fn expand_args(
     args: Vec<OsString>,
+    cli: &clap::Command,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<OsString>> {
     let Some(path) = config_path(&args).or_else(|| env(CONFIG_ENV).map(OsString::from)) else {
         return Ok(args);
     };
-    let text = std::fs::read_to_string(Path::new(&path))
-        .with_context(|| format!("reading config file {}", Path::new(&path).display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("parsing config file {}", Path::new(&path).display()))?;
+    let table = read(Path::new(&path))?;
+    let mut cli = cli.clone();
+    cli.build();
+    validate(&table, &cli, &[])
+        .with_context(|| format!("config file {}", Path::new(&path).display()))?;
+    let chain = subcommands_of(&cli, &args);
     let mut out = args;
-    insert_section(&mut out, &table, &[], &env)?;
+    insert_section(&mut out, &table, &cli, &chain, 0, &env)?;
     Ok(out)
+}
+
+/// The subcommand chain the command line runs (`["tune", "check"]`), as clap reads it: a
+/// command's name that appears as a value (`votes config check serve`) is not one.
+fn subcommands_of(cli: &clap::Command, args: &[OsString]) -> Vec<String> {
+    let Ok(mut m) = cli.clone().ignore_errors(true).try_get_matches_from(args) else {
+        return Vec::new();
+    };
+    let mut chain = Vec::new();
+    while let Some((name, sub)) = m.subcommand() {
+        chain.push(name.to_owned());
+        let sub = sub.clone();
+        m = sub;
+    }
+    chain
+}
+
+fn read(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 fn config_path(args: &[OsString]) -> Option<OsString> {
@@ -51,29 +80,115 @@ fn config_path(args: &[OsString]) -> Option<OsString> {
     None
 }
 
-/// Inserts the scalar keys of `table` right after the subcommand path `path`, and recurses
-/// into sub-tables for nested subcommands. A section for a subcommand not on the command line
-/// is ignored: it configures a command that is not being run.
+/// The flag of `cmd` a file key names (`replication_factor` and `replication-factor` alike).
+fn flag_of<'a>(cmd: &'a clap::Command, key: &str) -> Option<&'a clap::Arg> {
+    let long = key.replace('_', "-");
+    cmd.get_arguments().find(|a| {
+        a.get_long() == Some(long.as_str())
+            && !matches!(long.as_str(), "help" | "version" | "config")
+    })
+}
+
+/// Refuses a key that names no flag of its command and a table that names no command.
+fn validate(table: &toml::Table, cmd: &clap::Command, path: &[&str]) -> Result<()> {
+    let section = if path.is_empty() {
+        "top level".to_owned()
+    } else {
+        format!("[{}]", path.join("."))
+    };
+    let mut unknown = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(sub) => match cmd.find_subcommand(key) {
+                Some(sub_cmd) => {
+                    let mut sub_path = path.to_vec();
+                    sub_path.push(key);
+                    validate(sub, sub_cmd, &sub_path)?;
+                }
+                None => unknown.push(format!(
+                    "[{}] is not a command (commands: {})",
+                    path.iter()
+                        .copied()
+                        .chain([key.as_str()])
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    cmd.get_subcommands()
+                        .map(|c| c.get_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            },
+            _ if flag_of(cmd, key).is_some() => {}
+            _ => {
+                let near = nearest(key, cmd.get_arguments().filter_map(clap::Arg::get_long));
+                unknown.push(match near {
+                    Some(n) => format!("{section}: unknown key {key:?} (did you mean {n:?}?)"),
+                    None => format!("{section}: unknown key {key:?}"),
+                });
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        bail!("{}", unknown.join("; "));
+    }
+    Ok(())
+}
+
+/// The flag closest to a misspelt key, if one is close (edit distance at most 2).
+fn nearest<'a>(key: &str, flags: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let key = key.replace('_', "-");
+    flags
+        .map(|f| (edit_distance(&key, f), f))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, f)| f)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Inserts the scalar keys of `table` right after the first `depth` commands of `chain` on
+/// the command line, and recurses into the sub-table of the next command of the chain. A
+/// section of a command that is not running is checked by [`validate`], not inserted.
 fn insert_section(
     args: &mut Vec<OsString>,
     table: &toml::Table,
-    path: &[&str],
+    cmd: &clap::Command,
+    chain: &[String],
+    depth: usize,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<()> {
-    let Some(at) = subcommand_end(args, path) else {
+    let Some(at) = subcommand_end(args, &chain[..depth]) else {
         return Ok(());
     };
     let mut flags: Vec<OsString> = Vec::new();
     for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
         let values: Vec<&toml::Value> = match value {
             toml::Value::Table(_) => continue,
             toml::Value::Array(items) => items.iter().collect(),
             v => vec![v],
         };
-        if env(&env_name(key)).is_some() {
+        let arg = flag_of(cmd, key).expect("validated");
+        if arg
+            .get_env()
+            .and_then(|name| env(&name.to_string_lossy()))
+            .is_some()
+        {
             continue;
         }
+        let flag = format!("--{}", arg.get_long().expect("found by its long name"));
         for v in values {
             match v {
                 toml::Value::Boolean(true) => flags.push(flag.clone().into()),
@@ -88,29 +203,150 @@ fn insert_section(
         }
     }
     args.splice(at..at, flags);
-    for (key, value) in table {
-        if let toml::Value::Table(sub) = value {
-            let mut sub_path = path.to_vec();
-            sub_path.push(key);
-            insert_section(args, sub, &sub_path, env)?;
-        }
+    if let Some(next) = chain.get(depth)
+        && let Some(toml::Value::Table(sub)) = table.get(next)
+    {
+        let sub_cmd = cmd.find_subcommand(next).expect("validated");
+        insert_section(args, sub, sub_cmd, chain, depth + 1, env)?;
     }
     Ok(())
 }
 
 /// Index just after the tokens naming `path` (in order) on the command line.
-fn subcommand_end(args: &[OsString], path: &[&str]) -> Option<usize> {
+fn subcommand_end(args: &[OsString], path: &[String]) -> Option<usize> {
     let mut at = 1;
     for name in path {
-        let pos = args[at..].iter().position(|a| a.to_str() == Some(*name))?;
+        let pos = args[at..]
+            .iter()
+            .position(|a| a.to_str() == Some(name.as_str()))?;
         at += pos + 1;
     }
     Some(at.min(args.len()))
 }
 
+/// `votes config check`: the settings each of `commands` would run with, given the file (if
+/// any) and the environment, and where each came from (file, env VOTES_…, default, unset);
+/// the environment-only secrets as set or not, never their values; passwords in URLs masked.
+/// Fails on a file that does not parse or holds an unknown key, and on a value its flag
+/// refuses.
+pub fn check(
+    cli: &clap::Command,
+    file: Option<&Path>,
+    commands: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String> {
+    let mut cli = cli.clone();
+    cli.build();
+    let file = file
+        .map(Path::to_path_buf)
+        .or_else(|| env(CONFIG_ENV).map(Into::into));
+    let mut out = String::new();
+    match &file {
+        Some(f) => {
+            let table = read(f)?;
+            validate(&table, &cli, &[]).with_context(|| format!("config file {}", f.display()))?;
+            let _ = writeln!(out, "config file: {} (every key known)", f.display());
+        }
+        None => out.push_str("config file: none (--config or VOTES_CONFIG)\n"),
+    }
+    out.push_str("\nsecrets (environment only)\n");
+    for name in SECRETS {
+        let state = match env(name) {
+            Some(v) => format!("set, {} bytes", v.len()),
+            None => "not set".to_owned(),
+        };
+        let _ = writeln!(out, "  {name:<24} {state}");
+    }
+    for name in commands {
+        let sub = cli
+            .find_subcommand(name)
+            .with_context(|| format!("{name:?} is not a command of votes"))?;
+        let mut args: Vec<OsString> = vec!["votes".into()];
+        if let Some(f) = &file {
+            args.extend(["--config".into(), f.clone().into_os_string()]);
+        }
+        args.push(name.into());
+        let args = expand_args(args, &cli, &env)?;
+        // The command's own required arguments (an election to recount) are the caller's
+        // business; any other refusal is a setting that would not start.
+        let matches = match cli.clone().try_get_matches_from(&args) {
+            Ok(m) => m,
+            Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => cli
+                .clone()
+                .ignore_errors(true)
+                .try_get_matches_from(&args)
+                .context("reading the settings")?,
+            Err(e) => bail!("votes {name} would refuse these settings:\n{e}"),
+        };
+        let sub_matches = matches
+            .subcommand_matches(name)
+            .expect("the command is on the line");
+        let _ = writeln!(out, "\nvotes {name}");
+        for arg in sub.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            let from = if arg.is_global_set() {
+                &matches
+            } else {
+                sub_matches
+            };
+            let (value, source) = describe(from, id, arg);
+            let _ = writeln!(out, "  {long:<28} {value:<40} {source}");
+        }
+    }
+    Ok(out)
+}
+
+fn describe(m: &clap::ArgMatches, id: &str, arg: &clap::Arg) -> (String, String) {
+    let value = m
+        .get_raw(id)
+        .map(|vals| {
+            vals.map(|v| mask_url_password(&v.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .map(|v| if v.is_empty() { "\"\"".to_owned() } else { v })
+        .unwrap_or_else(|| "-".to_owned());
+    let source = match m.value_source(id) {
+        // Nothing was typed: what the command line holds came from the file.
+        Some(ValueSource::CommandLine) => "file".to_owned(),
+        Some(ValueSource::EnvVariable) => format!(
+            "env {}",
+            arg.get_env()
+                .map(|e| e.to_string_lossy())
+                .unwrap_or_default()
+        ),
+        Some(ValueSource::DefaultValue) => "default".to_owned(),
+        _ => "unset".to_owned(),
+    };
+    (value, source)
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`; anything else as it is.
+fn mask_url_password(v: &str) -> String {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return v.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return v.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => v.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    fn cli() -> clap::Command {
+        crate::Cli::command()
+    }
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
@@ -152,6 +388,7 @@ mod tests {
         );
         let got = expand_args(
             os(&["votes", "--config", &path, "init", "--partitions", "4"]),
+            &cli(),
             |_| None,
         )
         .unwrap();
@@ -172,7 +409,7 @@ mod tests {
                 "4"
             ])
         );
-        let got = expand_args(os(&["votes", "tune", "check"]), |k| {
+        let got = expand_args(os(&["votes", "tune", "check"]), &cli(), |k| {
             (k == CONFIG_ENV).then(|| path.clone())
         })
         .unwrap();
@@ -187,7 +424,7 @@ mod tests {
     #[test]
     fn environment_beats_the_file() {
         let (_keep, path) = with_file("prefix = \"file-\"\nkafka-brokers = \"a:1\"\n");
-        let got = expand_args(os(&["votes", "--config", &path, "init"]), |k| {
+        let got = expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |k| {
             (k == "VOTES_PREFIX").then(|| "env-".to_string())
         })
         .unwrap();
@@ -200,7 +437,101 @@ mod tests {
     #[test]
     fn a_broken_file_is_named() {
         let (_keep, path) = with_file("prefix = ");
-        let err = expand_args(os(&["votes", "--config", &path, "init"]), |_| None).unwrap_err();
+        let err =
+            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
         assert!(format!("{err:#}").contains(&path), "{err:#}");
+    }
+
+    #[test]
+    fn an_unknown_key_or_command_is_refused_whichever_command_runs() {
+        let (_keep, path) = with_file("[init]\npartitions = 4\n[persist]\nbatch-maxx = 10\n");
+        let err =
+            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("[persist]: unknown key \"batch-maxx\" (did you mean \"batch-max\"?)"),
+            "{msg}"
+        );
+        let (_keep, path) = with_file("prefix = \"p-\"\n[serv]\nhttp = \"0.0.0.0:1\"\n");
+        let err =
+            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[serv] is not a command"),
+            "{err:#}"
+        );
+        let (_keep, path) = with_file("kafka_brokerz = \"a:1\"\n");
+        let err =
+            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("top level: unknown key"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_flag_whose_own_variable_is_set_is_left_to_the_environment() {
+        // persist's --batch-max reads VOTES_PERSIST_BATCH_MAX, not VOTES_BATCH_MAX.
+        let (_keep, path) = with_file("[persist]\nbatch-max = 10\n");
+        let got = expand_args(os(&["votes", "--config", &path, "persist"]), &cli(), |k| {
+            (k == "VOTES_PERSIST_BATCH_MAX").then(|| "99".to_string())
+        })
+        .unwrap();
+        assert_eq!(got, os(&["votes", "--config", &path, "persist"]));
+    }
+
+    #[test]
+    fn check_names_where_each_setting_came_from_and_masks_secrets() {
+        let (_keep, path) = with_file(
+            "prefix = \"file-\"\nredis-url = \"redis://ops:hunter2@10.0.0.9:6379\"\n[serve]\nhttp = \"0.0.0.0:80\"\n",
+        );
+        let out = check(
+            &cli(),
+            Some(Path::new(&path)),
+            &["serve".to_string(), "recount".to_string()],
+            // Secrets are read through `env`; clap reads flags' variables from the process
+            // (tests/config_check.rs runs the binary with them).
+            |k| (k == "VOTES_TOKEN_KEY").then(|| "x".repeat(40)),
+        )
+        .unwrap();
+        let line = |flag: &str| {
+            out.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+                .unwrap_or_else(|| panic!("no line for {flag}:\n{out}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("http"), ["http", "0.0.0.0:80", "file"]);
+        assert_eq!(line("prefix"), ["prefix", "file-", "file"]);
+        assert_eq!(
+            line("kafka-brokers"),
+            ["kafka-brokers", "127.0.0.1:9092", "default"]
+        );
+        assert_eq!(line("redis-url")[1], "redis://ops:***@10.0.0.9:6379");
+        assert!(!out.contains("hunter2"), "{out}");
+        assert_eq!(
+            line("VOTES_TOKEN_KEY"),
+            ["VOTES_TOKEN_KEY", "set,", "40", "bytes"]
+        );
+        assert_eq!(line("VOTES_AUDIT_KEY"), ["VOTES_AUDIT_KEY", "not", "set"]);
+        assert!(
+            out.contains("\nvotes recount\n"),
+            "a command with required flags is shown too"
+        );
+    }
+
+    #[test]
+    fn check_refuses_a_value_its_flag_refuses() {
+        let (_keep, path) = with_file("[init]\npartitions = \"many\"\n");
+        let err = check(
+            &cli(),
+            Some(Path::new(&path)),
+            &["init".to_string()],
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("votes init would refuse"),
+            "{err:#}"
+        );
     }
 }

@@ -118,6 +118,30 @@ enum Command {
         #[command(subcommand)]
         command: TuneCommand,
     },
+    /// Print a shell completion script (`votes completions bash > /etc/bash_completion.d/votes`).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages of votes and of each command (votes.1, votes-serve.1, …) to DIR.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// The configuration file and environment.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the settings each command would run with, and where each came from (file, env,
+    /// default); secrets only as set or not. Fails on an unknown key or a refused value.
+    Check {
+        /// Commands to show.
+        #[arg(default_values_t = ["init".to_string(), "serve".to_string(), "persist".to_string(), "recount".to_string()])]
+        commands: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,7 +173,7 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<std::process::ExitCode> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let args = config::expand_args(args, |k| std::env::var(k).ok())?;
+    let args = config::expand_args(args, &Cli::command(), |k| std::env::var(k).ok())?;
     let matches = Cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).context("reading the command line")?;
     match cli.command {
@@ -194,6 +218,22 @@ fn run() -> Result<std::process::ExitCode> {
             std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
             println!("{spki}");
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "votes", &mut std::io::stdout());
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let written = write_man_pages(Cli::command(), "votes", &out)?;
+            eprintln!("{written} man pages in {}", out.display());
+        }
+        Command::Config {
+            command: ConfigCommand::Check { commands },
+        } => {
+            let report = config::check(&Cli::command(), cli.config.as_deref(), &commands, |k| {
+                std::env::var(k).ok()
+            })?;
+            print!("{report}");
+        }
         Command::Tune {
             command: TuneCommand::Check { cores },
         } => {
@@ -210,6 +250,22 @@ fn run() -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The page of `cmd` (named `name`, e.g. `votes-tune-check`) and of every command under it;
+/// returns how many were written.
+fn write_man_pages(cmd: clap::Command, name: &str, dir: &std::path::Path) -> Result<usize> {
+    let cmd = cmd.name(name.to_owned());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    let mut written = 1;
+    for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        written += write_man_pages(sub.clone(), &sub_name, dir)?;
+    }
+    Ok(written)
 }
 
 /// `90s`, `15m`, `1h`, `2d` or plain seconds.
