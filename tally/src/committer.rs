@@ -47,7 +47,7 @@ const POLL_STEP_MS: i32 = 100;
 /// is bounded by the committer's timeout, yet one can wait forever: librdkafka 2.12's
 /// `send_offsets_to_transaction` waits without end when the group coordinator's broker died
 /// (confluentinc/librdkafka#5456: the coordinator request's timeout is never checked; #5511).
-/// A call running for twice its bound is taken for one of those ([`Committer::stuck_for`]),
+/// A call running a quarter past its bound is taken for one of those ([`Committer::stuck_for`]),
 /// and the thread's owner gives the thread up.
 pub struct CallWatch {
     base: Instant,
@@ -469,15 +469,16 @@ impl Committer {
         self.mailbox.put(self.slot, job);
     }
 
-    /// How long the thread has been inside one blocking call, once that is past twice the
-    /// call's bound: it will not come back ([`CallWatch`]). Its owner then drops this port
+    /// How long the thread has been inside one blocking call, once that is a quarter past
+    /// the call's bound: it will not come back ([`CallWatch`]; librdkafka returns its calls by
+    /// their timeout, so a quarter more is slack for a loaded machine, not for a slow broker). Its owner then drops this port
     /// (the thread, if it ever returns, answers nobody and ends), takes the job's outcome as
     /// unknown, and starts another committer, whose `init_transactions` fences this one.
     pub fn stuck_for(&self) -> Option<Duration> {
         self.mailbox
             .watch
             .in_call_for()
-            .filter(|d| *d > self.mailbox.timeout * 2)
+            .filter(|d| *d > self.mailbox.timeout + self.mailbox.timeout / 4)
     }
 }
 
