@@ -13,12 +13,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use votes_tally::membership::{FleetMap, GroupWatch};
 
 /// How often the node reads the group's description.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Shortest time between two new clients of the fleet watch after failed describes.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// The newest stable fleet map, published by the watch thread, read by every core.
 #[derive(Default)]
@@ -131,7 +134,7 @@ pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route 
 
 /// Reads the group's description until `stop`, publishing each stable map.
 pub fn start_watch(
-    watch: GroupWatch,
+    mut watch: GroupWatch,
     board: Arc<FleetBoard>,
     stop: Arc<AtomicBool>,
     timeout: Duration,
@@ -139,6 +142,7 @@ pub fn start_watch(
     std::thread::Builder::new()
         .name("fleet-watch".into())
         .spawn(move || {
+            let mut renewed = Instant::now();
             while !stop.load(Ordering::Acquire) {
                 match watch.describe(timeout) {
                     Ok(Some(map)) => {
@@ -146,7 +150,17 @@ pub fn start_watch(
                         board.touch();
                     }
                     Ok(None) => board.touch(),
-                    Err(e) => tracing::warn!(error = %e, "cannot describe the serve group"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot describe the serve group");
+                        // A client stuck on a dead broker fails until it is replaced
+                        // (GroupWatch::renew); at most once a second, a new one.
+                        if renewed.elapsed() >= RENEW_EVERY {
+                            renewed = Instant::now();
+                            if let Err(e) = watch.renew() {
+                                tracing::warn!(error = %e, "cannot renew the fleet watch's client");
+                            }
+                        }
+                    }
                 }
                 std::thread::sleep(WATCH_EVERY);
             }

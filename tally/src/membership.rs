@@ -448,6 +448,7 @@ impl FleetMap {
 /// Reads the group's description; one per node, polled from a thread of its own.
 pub struct GroupWatch {
     consumer: BaseConsumer,
+    brokers: String,
     group: String,
     topic: String,
     partitions: u32,
@@ -461,10 +462,24 @@ impl GroupWatch {
             .map_err(MembershipError::Create)?;
         Ok(Self {
             consumer,
+            brokers: brokers.to_owned(),
             group: names.serve_group(),
             topic: names.votes_topic(),
             partitions,
         })
+    }
+
+    /// Replaces the client after a failed describe. librdkafka lists groups by asking every
+    /// broker its client knows and fails the whole call while one of them is down
+    /// (`rd_kafka_list_groups`), so a client that knew a broker now dead failed for as long as
+    /// that broker stayed down (the fleet map, and so the routing of forwarded votes, frozen
+    /// meanwhile: chaos seed 38, 24 s); a new client learns the brokers from the live ones'
+    /// metadata, which leaves out a broker the controllers fenced.
+    pub fn renew(&mut self) -> Result<(), MembershipError> {
+        self.consumer = base_config(&self.brokers)
+            .create()
+            .map_err(MembershipError::Create)?;
+        Ok(())
     }
 
     /// The fleet map when the group is stable; `None` while it rebalances (the last stable map
