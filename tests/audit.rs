@@ -14,8 +14,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::runtime;
 use common::serve::{AUDIT_KEY, Serve, TestClient, committed_votes, open_election};
-use common::{DYNAMODB, KAFKA, REDIS, runtime};
 use parquet::data_type::{
     ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type, Int64Type,
 };
@@ -28,16 +28,8 @@ const PARTITIONS: u32 = 4;
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 
 fn votes_cmd(prefix: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_votes"));
-    c.args(args)
-        .env("VOTES_PREFIX", prefix)
-        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
-        .env("VOTES_REDIS_URL", REDIS)
-        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
-        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
-        .env("VOTES_LOG", "warn")
-        .env_remove("VOTES_CONFIG")
-        .env_remove("VOTES_AUDIT_SIGNING_KEY");
+    let mut c = common::votes_command(prefix, args);
+    c.env("VOTES_LOG", "warn");
     c
 }
 

@@ -145,7 +145,8 @@ async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -
 }
 
 /// Voters arriving at `rate` per second, each retrying (every 100 ms, like a client honouring a
-/// short Retry-After) until `202` or `409` or `until`; every attempt is recorded.
+/// short Retry-After) until `202` or `409` or `until`, at most 64 at once, all through `url`;
+/// every attempt is recorded.
 async fn voters_until_answered(
     client: &TestClient,
     url: &str,
@@ -155,34 +156,13 @@ async fn voters_until_answered(
     until: Instant,
     attempts: Arc<Mutex<Vec<Attempt>>>,
 ) {
-    let gate = Arc::new(Semaphore::new(64));
-    let mut tasks = Vec::new();
-    let every = Duration::from_micros(1_000_000 / rate);
-    for voter in voters {
-        tokio::time::sleep(every).await;
-        let permit = gate.clone().acquire_owned().await.unwrap();
-        let (client, url, election, attempts) = (
-            client.clone(),
-            url.to_owned(),
-            election.to_owned(),
-            attempts.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let a = vote_once(&client, &url, &election, voter).await;
-                let done = matches!(a.status, Some(202 | 409));
-                attempts.lock().await.push(a);
-                if done || Instant::now() > until {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let urls = Arc::new(std::sync::RwLock::new(vec![url.to_owned()]));
+    let lanes = Lanes {
+        at_once: 64,
+        rate,
+        until,
+    };
+    voters_through_the_fleet(client, urls, election, voters, lanes, attempts).await
 }
 
 /// Every `202` is in the committed log exactly once, where it said, with its option; no voter
@@ -405,9 +385,19 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
     });
 }
 
-/// Voters waiting for an answer at once: enough that those retrying a partition without an
-/// owner never hold up the voters of the others (100/s over a 12 s window is 1,200).
+/// Voters waiting for an answer at once in the rolling restart: enough that those retrying a
+/// partition without an owner never hold up the voters of the others (100/s over a 12 s window
+/// is 1,200).
 const VOTERS_AT_ONCE: usize = 4_096;
+
+/// How voters arrive: `rate` per second, at most `at_once` waiting for an answer, retrying
+/// until `until`.
+#[derive(Clone, Copy)]
+struct Lanes {
+    at_once: usize,
+    rate: u64,
+    until: Instant,
+}
 
 /// Voters arriving at `rate` per second through whichever nodes `urls` holds now (a
 /// balancer's view: a node being restarted is taken out, its successor put in), each retrying
@@ -417,11 +407,14 @@ async fn voters_through_the_fleet(
     urls: Arc<std::sync::RwLock<Vec<String>>>,
     election: &str,
     voters: std::ops::Range<u64>,
-    rate: u64,
-    until: Instant,
+    Lanes {
+        at_once,
+        rate,
+        until,
+    }: Lanes,
     attempts: Arc<Mutex<Vec<Attempt>>>,
 ) {
-    let gate = Arc::new(Semaphore::new(VOTERS_AT_ONCE));
+    let gate = Arc::new(Semaphore::new(at_once));
     let mut tasks = Vec::new();
     let every = Duration::from_micros(1_000_000 / rate);
     for voter in voters {
@@ -507,8 +500,12 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
                 voters.clone(),
             );
             async move {
-                voters_through_the_fleet(&client, urls, "rolling", voters, 100, until, attempts)
-                    .await
+                let lanes = Lanes {
+                    at_once: VOTERS_AT_ONCE,
+                    rate: 100,
+                    until,
+                };
+                voters_through_the_fleet(&client, urls, "rolling", voters, lanes, attempts).await
             }
         });
         // One node after the other, the way an operator upgrades a fleet: take it out of the

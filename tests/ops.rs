@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::serve::{AUDIT_KEY, Serve, TestClient, open_election};
-use common::{DYNAMODB, KAFKA, REDIS, repo_root, runtime};
+use common::serve::{Serve, TestClient, open_election};
+use common::{repo_root, runtime};
 
 /// Every `votes_…` series name an expression of `text` reads.
 fn series_named_in(text: &str) -> BTreeSet<String> {
@@ -84,28 +84,22 @@ impl Drop for Persister {
 }
 
 fn persister(prefix: &str, metrics: &str) -> Persister {
-    let child = Command::new(env!("CARGO_BIN_EXE_votes"))
-        .args([
+    let child = common::votes_command(
+        prefix,
+        &[
             "persist",
             "--instance-id",
             "ops-persister",
             "--metrics",
             metrics,
-        ])
-        .env("VOTES_PREFIX", prefix)
-        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
-        .env("VOTES_REDIS_URL", REDIS)
-        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
-        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
-        .env("VOTES_LOG", "info")
-        .env_remove("VOTES_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(std::env::temp_dir().join(format!("{prefix}persist.log")))
-                .unwrap(),
-        )
-        .spawn()
-        .expect("votes persist starts");
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::File::create(std::env::temp_dir().join(format!("{prefix}persist.log"))).unwrap(),
+    )
+    .spawn()
+    .expect("votes persist starts");
     Persister(child)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::serve::{
-    AUDIT_KEY, Serve, TestClient, close_election, committed_votes, open_election, token, wait_final,
+    Serve, TestClient, close_election, committed_votes, open_election, token, wait_final,
 };
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 use votes_core::{VOTE_BUCKETS, VoterId};
@@ -19,16 +19,7 @@ use votes_core::{VOTE_BUCKETS, VoterId};
 const PARTITIONS: u32 = 4;
 
 fn votes_cmd(prefix: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_votes"));
-    c.args(args)
-        .env("VOTES_PREFIX", prefix)
-        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
-        .env("VOTES_REDIS_URL", REDIS)
-        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
-        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
-        .env("VOTES_LOG", "info")
-        .env_remove("VOTES_CONFIG");
-    c
+    common::votes_command(prefix, args)
 }
 
 fn persister(prefix: &str, log: &str, extra: &[&str]) -> Child {

@@ -160,6 +160,22 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{test}-{}-{}-", std::process::id(), nanos % 1_000_000_000)
 }
 
+/// The `votes` binary built for this test run, with the local services and the test audit
+/// key configured and no configuration file, ready to spawn (persisters, recounts, exports).
+pub fn votes_command(prefix: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_votes"));
+    c.args(args)
+        .env("VOTES_PREFIX", prefix)
+        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
+        .env("VOTES_REDIS_URL", REDIS)
+        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
+        .env("VOTES_AUDIT_KEY", serve::AUDIT_KEY)
+        .env("VOTES_LOG", "info")
+        .env_remove("VOTES_CONFIG")
+        .env_remove("VOTES_AUDIT_SIGNING_KEY");
+    c
+}
+
 /// Runs the `votes` binary built for this test run with the local services configured.
 pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_votes"))
