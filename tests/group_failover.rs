@@ -105,7 +105,7 @@ fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
         "this test kills a broker of the 3-broker cluster: run it through scripts/test-cluster.sh"
     );
     // A session shorter than the brokers' failover (scripts/services.sh: 3 s broker session).
-    let serve = start_node("coordinator-failover");
+    let serve = start_short_session("coordinator-failover");
     let names = serve.names();
     let client = TestClient::http1();
     let url = serve.url("");
@@ -142,7 +142,7 @@ fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
 }
 
 /// Starts a serve node of one core on a fresh prefix with a 2 s group session.
-fn start_node(test: &str) -> Serve {
+fn start_short_session(test: &str) -> Serve {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix(test);
@@ -161,19 +161,18 @@ fn start_node(test: &str) -> Serve {
         "votes init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut serve = Serve::start_env(
+    // Returns once /readyz answers 200.
+    Serve::start_env(
         &prefix,
         1,
         false,
         &[("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000")],
-    );
-    serve.wait_ready(Duration::from_secs(60));
-    serve
+    )
 }
 
 #[test]
 fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
-    let serve = start_node("intruder");
+    let serve = start_short_session("intruder");
     let names = serve.names();
     let client = TestClient::http1();
     let url = serve.url("");

@@ -254,10 +254,7 @@ impl Member {
         let mut consumer = join()?;
         let instance = cfg.instance_id();
         let (group_id, client_id) = (cfg.names.serve_group(), cfg.tag.client_id());
-        // Only reads the group's description before a rejoin (no group of its own).
-        let watcher: BaseConsumer = base_config(&cfg.brokers)
-            .create()
-            .map_err(MembershipError::Create)?;
+        let brokers = cfg.brokers.clone();
         let timeout = cfg.handoff_timeout;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -267,6 +264,9 @@ impl Member {
                 move || {
                     let mut backoff = REJOIN_BACKOFF.0;
                     let mut joined = std::time::Instant::now();
+                    // Reads the group's description before a rejoin; made at the first one (a
+                    // client idle all its life would cost threads and connections per core).
+                    let mut watcher: Option<BaseConsumer> = None;
                     while !stop.load(Ordering::Acquire) {
                         // Paused partitions yield nothing but errors worth a line.
                         if let Some(Err(e)) = consumer.poll(POLL_STEP) {
@@ -309,7 +309,12 @@ impl Member {
                                 std::thread::sleep(POLL_STEP);
                             }
                             backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
-                            if instance_held(&watcher, &group_id, &client_id, timeout) {
+                            if watcher.is_none() {
+                                watcher = base_config(&brokers).create().ok();
+                            }
+                            if watcher.as_ref().is_some_and(|w| {
+                                instance_held(w, &group_id, &client_id, timeout)
+                            }) {
                                 tracing::error!(member = %instance, ?backoff, "another client with this core's id is in the group (a second process with this node id?); staying out");
                                 continue;
                             }
