@@ -141,6 +141,9 @@ impl Recounter {
 
 /// Lifetime of a token from the development sign-in.
 const DEV_LOGIN_TTL_S: u64 = 3600;
+/// The largest integer a JSON number holds exactly in JavaScript (2^53 - 1): the development
+/// sign-in takes voter ids as numbers up to it, or as decimal strings up to 2^64 - 1.
+pub const JS_SAFE_INTEGER_MAX: u64 = (1 << 53) - 1;
 
 /// What every core of the node shares, read-only.
 pub struct NodeShared {
@@ -310,6 +313,9 @@ impl CoreApp {
                 Some(e) => json(200, &ElectionView::from(&e)),
                 None => error(ErrorCode::NotFound, "no such election"),
             },
+            (["openapi.json"], &Method::GET) => {
+                reply::raw_json_static(200, super::openapi::public())
+            }
             ([], &Method::GET) => page("index.html"),
             (["results", _], &Method::GET) => page("results.html"),
             (["static", name], &Method::GET) => page(name),
@@ -344,8 +350,11 @@ impl CoreApp {
                     .vote(outcome_name(resp.status().as_u16(), &resp));
                 resp
             }
+            (["v1", "dev", "login"], _) if self.shared.dev_login => method_not_allowed("GET, POST"),
             (
-                ["healthz" | "readyz"]
+                ["healthz" | "readyz" | "openapi.json"]
+                | []
+                | ["results" | "static", _]
                 | ["v1", "elections"]
                 | ["v1", "elections", _]
                 | ["v1", "elections", _, "challenge" | "results"]
@@ -436,7 +445,15 @@ impl CoreApp {
         };
         let voter = match &login.voter {
             serde_json::Value::String(s) if !s.starts_with('+') => s.parse::<u64>().ok(),
-            serde_json::Value::Number(n) => n.as_u64(),
+            // JSON numbers as JavaScript writes them: `7` or `7.0`, up to 2^53 - 1.
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(53))
+                        .map(|f| f as u64)
+                })
+                .filter(|v| *v <= JS_SAFE_INTEGER_MAX),
             _ => None,
         };
         let Some(voter) = voter else {
@@ -877,6 +894,9 @@ impl CoreApp {
                 // The page itself holds no secret: every call it makes carries the admin token.
                 ["admin"] => return page("admin.html"),
                 ["static", name] => return page(name),
+                ["admin", "openapi.json"] => {
+                    return reply::raw_json_static(200, super::openapi::admin());
+                }
                 _ => {}
             }
         }
@@ -926,6 +946,10 @@ impl CoreApp {
             (["admin", "v1", "elections"], _) => method_not_allowed("GET, POST"),
             (["admin", "v1", "elections", _, "open" | "close"], _) => method_not_allowed("POST"),
             (["admin", "v1", "elections", _], _) => method_not_allowed("PATCH"),
+            (["admin", "v1", "stats" | "fleet"], _) => method_not_allowed("GET"),
+            (["metrics" | "healthz" | "admin"] | ["static", _] | ["admin", "openapi.json"], _) => {
+                method_not_allowed("GET")
+            }
             _ => error(ErrorCode::NotFound, "no such resource"),
         }
     }
@@ -1125,7 +1149,7 @@ impl CoreApp {
             id: ElectionId,
             title: String,
             options: Vec<ElectionOption>,
-            #[serde(default)]
+            #[serde(default, deserialize_with = "small_integer")]
             pow_difficulty: u8,
         }
         let c: Create = match Self::admin_body(req).await {
@@ -1192,6 +1216,7 @@ impl CoreApp {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Patch {
+            #[serde(deserialize_with = "small_integer")]
             pow_difficulty: u8,
         }
         let p: Patch = match Self::admin_body(req).await {
@@ -1315,6 +1340,21 @@ fn outcome_name(status: u16, resp: &Response<BoxBody>) -> &'static str {
     resp.extensions()
         .get::<ErrorCode>()
         .map_or("other", |c| c.as_str())
+}
+
+/// A small JSON integer, written `17` or `17.0` (JSON Schema's "integer" is both; JavaScript
+/// clients cannot tell them apart).
+fn small_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    use serde::Deserialize;
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=255.0).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not an integer from 0 to 255")))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

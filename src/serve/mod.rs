@@ -7,6 +7,7 @@
 mod app;
 mod fleet;
 mod metrics;
+mod openapi;
 mod receipts;
 mod reply;
 mod results;

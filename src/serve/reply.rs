@@ -21,6 +21,16 @@ pub fn raw_json(status: u16, body: Vec<u8>) -> Response<BoxBody> {
         .expect("static headers are valid")
 }
 
+/// A JSON body that lives as long as the process (the API descriptions): no copy per answer.
+pub fn raw_json_static(status: u16, body: &'static [u8]) -> Response<BoxBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).expect("valid status"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "public, max-age=300")
+        .body(BoxBody::full(votes_net::bytes::Bytes::from_static(body)))
+        .expect("static headers are valid")
+}
+
 /// An error of the public contract, with `Retry-After` where the code calls for it.
 pub fn error(code: ErrorCode, message: &str) -> Response<BoxBody> {
     let mut resp = raw_json(code.status(), votes_net::error_body(code, message));
