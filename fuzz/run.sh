@@ -32,6 +32,7 @@ max_len() {
         pow_verify) echo 400 ;;
         token_verify) echo 4200 ;;
         forward_decode) echo 600 ;;
+        proxy_header) echo 600 ;;
         group_assignment) echo 1024 ;;
         manifest_parse) echo 8192 ;;
         votes_parquet) echo 16384 ;;

@@ -103,7 +103,7 @@ echo "  vote:       TOKEN=\$(VOTES_TOKEN_KEY=$VOTES_TOKEN_KEY $BIN/votes token -
 echo "              curl -H \"Authorization: Bearer \$TOKEN\" -H 'Content-Type: application/json' \\"
 echo "                   -d '{\"option\":\"aurora\"}' http://$HTTP/v1/elections/$E/votes"
 echo "  admin API:  curl -H 'Authorization: Bearer $VOTES_ADMIN_TOKEN' http://$ADMIN/admin/v1/elections"
-echo "  metrics:    http://$ADMIN/metrics"
+echo "  metrics:    curl -H 'Authorization: Bearer $VOTES_ADMIN_TOKEN' http://$ADMIN/metrics"
 echo "  services:   scripts/services.sh status   (logs under target/services/)"
 echo "Live totals now:"
 curl -sS "${auth[@]}" "http://$ADMIN/admin/v1/elections" | python3 -c 'import json,sys; [print("  ", e["id"], e["state"], e["live"]) for e in json.load(sys.stdin)]'

@@ -13,6 +13,7 @@ mod keys;
 mod persist;
 mod recount;
 mod reprocess;
+mod secrets;
 mod serve;
 
 #[global_allocator]
@@ -188,7 +189,7 @@ fn run() -> Result<std::process::ExitCode> {
         Command::Recount(args) => return recount::run(&cli.common, &args),
         Command::Audit(args) => return audit::run(&cli.common, &args),
         Command::Token { voter, ttl, kid } => {
-            let secret = std::env::var("VOTES_TOKEN_KEY").context("VOTES_TOKEN_KEY must be set")?;
+            let secret = secrets::read("VOTES_TOKEN_KEY", 32)?;
             let keys = keys::token_keys(secret.as_bytes())?;
             let key = match &kid {
                 None => keys.signing_key(),

@@ -45,11 +45,7 @@ pub fn run(common: &Common, args: &PersistArgs) -> Result<()> {
         "--batch-max and --concurrency must be positive"
     );
     let names = common.names()?;
-    let audit_key = std::env::var("VOTES_AUDIT_KEY").context("VOTES_AUDIT_KEY must be set")?;
-    anyhow::ensure!(
-        audit_key.len() >= 32,
-        "VOTES_AUDIT_KEY must be at least 32 bytes"
-    );
+    let audit_key = crate::secrets::read("VOTES_AUDIT_KEY", 32)?;
     let cfg = PersistConfig {
         brokers: common.kafka_brokers.clone(),
         group: args.group.clone().unwrap_or_else(|| default_group(&names)),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use votes_tally::recount::{RecountConfig, Report, Verdict, closed_elections, load_election};
 
 use crate::Common;
@@ -30,11 +30,7 @@ pub struct RecountArgs {
 
 pub fn config(common: &Common, args: &RecountArgs) -> Result<RecountConfig> {
     let names = common.names()?;
-    let audit_key = std::env::var("VOTES_AUDIT_KEY").context("VOTES_AUDIT_KEY must be set")?;
-    anyhow::ensure!(
-        audit_key.len() >= 32,
-        "VOTES_AUDIT_KEY must be at least 32 bytes"
-    );
+    let audit_key = crate::secrets::read("VOTES_AUDIT_KEY", 32)?;
     Ok(RecountConfig {
         audit_key: audit_key.into_bytes(),
         brokers: common.kafka_brokers.clone(),

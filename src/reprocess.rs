@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use votes_tally::reprocess::{ReprocessConfig, reprocess};
 
 use crate::Common;
@@ -37,7 +37,7 @@ pub fn run(common: &Common, args: &ReprocessArgs) -> Result<std::process::ExitCo
     }
     let election = votes_core::ElectionId::new(args.election.clone())
         .map_err(|e| anyhow::anyhow!("--election: {e}"))?;
-    let audit_key = std::env::var("VOTES_AUDIT_KEY").context("VOTES_AUDIT_KEY must be set")?;
+    let audit_key = crate::secrets::read("VOTES_AUDIT_KEY", 32)?;
     let cfg = ReprocessConfig {
         brokers: common.kafka_brokers.clone(),
         redis_url: common.redis_url.clone(),

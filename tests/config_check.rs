@@ -149,3 +149,52 @@ fn man_pages_and_completions_come_from_the_cli_definition() {
     );
     assert!(script.contains("--snapshot-dir"), "serve's flags complete");
 }
+
+/// Secrets come from the environment, or else from a systemd credential of the same name
+/// (`LoadCredential=` in the units): the environment of a process is readable by its children
+/// and in `/proc`, a credential only by the service.
+#[test]
+fn a_secret_comes_from_a_systemd_credential_when_the_environment_lacks_it() {
+    let dir = std::env::temp_dir().join(format!("votes-credentials-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = "credential-token-key-0123456789abcdef";
+    std::fs::write(dir.join("VOTES_TOKEN_KEY"), format!("{key}\n")).unwrap();
+    let credentials = dir.to_str().unwrap();
+    let from_file = votes(
+        &["token", "--voter", "7"],
+        &[("CREDENTIALS_DIRECTORY", credentials)],
+    );
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    // The token verifies with the key the credential holds.
+    let token = String::from_utf8_lossy(&from_file.stdout).trim().to_owned();
+    let keys = votes_core::TokenKeys::hs256(key.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        votes_core::token::verify(&keys, &token, now),
+        Ok(votes_core::VoterId(7))
+    );
+    let neither = votes(&["token", "--voter", "7"], &[]);
+    assert!(!neither.status.success());
+    let why = String::from_utf8_lossy(&neither.stderr);
+    assert!(
+        why.contains("VOTES_TOKEN_KEY") && why.contains("credential"),
+        "{why}"
+    );
+    std::fs::write(dir.join("VOTES_TOKEN_KEY"), "short\n").unwrap();
+    let short = votes(
+        &["token", "--voter", "7"],
+        &[("CREDENTIALS_DIRECTORY", credentials)],
+    );
+    assert!(
+        !short.status.success(),
+        "a short key is refused wherever it comes from"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -581,3 +581,98 @@ async fn metric_sum(serve: &Serve, name: &str) -> u64 {
 async fn metric_now(serve: &Serve, name: &str) -> u64 {
     common::serve::metric(serve, name).await.values().sum()
 }
+
+/// Subscribers that fill the public listener's connection cap must not lock the operator out:
+/// the admin listener has a budget of its own. A node capped at 500 public connections per
+/// core takes results streams until it refuses one; with every slot held, an admin close
+/// still answers 200 and `/admin/v1/stats` still answers; once the holders leave, voters are
+/// served again.
+#[test]
+fn subscribers_filling_the_public_cap_do_not_lock_the_operator_out() {
+    const CAP: usize = 500;
+    let serve = Serve::init_and_start_env(
+        "admin-budget",
+        1,
+        1,
+        &[("VOTES_MAX_CONNS_PER_CORE", &CAP.to_string())],
+    );
+    common::runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "held", &["a", "b"], 0).await;
+        let mut held = Vec::new();
+        // The test's own clients may keep a public connection or two open: take slots until
+        // the node refuses one, and no more than the cap plus a margin.
+        while held.len() < CAP + 50 {
+            match hold_results_stream(serve.http, "/v1/elections/held/results/stream").await {
+                Some(s) => held.push(s),
+                None => break,
+            }
+        }
+        assert!(
+            held.len() >= CAP - 10 && held.len() <= CAP,
+            "{} streams held with a cap of {CAP}",
+            held.len()
+        );
+        assert!(
+            hold_results_stream(serve.http, "/v1/elections/held/results/stream")
+                .await
+                .is_none(),
+            "the public cap is full"
+        );
+        // A new client: a new connection to the admin listener, accepted with the public
+        // table full (the first client's pooled connection predates the holders).
+        let operator = TestClient::http1();
+        let (status, body) = operator
+            .admin(
+                "POST",
+                &serve.admin_url("/admin/v1/elections/held/close"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "the operator's close with the public cap full: {body}"
+        );
+        let (status, stats) = TestClient::http1()
+            .admin(
+                "GET",
+                &serve.admin_url("/admin/v1/stats"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{stats}");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = TestClient::http1().get(&serve.url("/v1/elections")).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voters are not served after the holders left"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// Opens a results stream over a raw HTTP/1.1 connection and returns it once its first event
+/// arrived; `None` when the node closed it instead (over a cap).
+async fn hold_results_stream(addr: SocketAddr, path: &str) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(12).any(|w| w == b"event: tally") {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Some(s)
+}

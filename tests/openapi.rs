@@ -438,6 +438,7 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
         // The admin API.
         p.admin("GET", "/healthz", "", 200).await;
         p.admin("GET", "/metrics", "", 200).await;
+        p.send(Listener::Admin, "GET", "/metrics", &[], Bytes::new(), 401).await;
         p.admin("GET", "/admin", "", 200).await;
         p.admin("GET", "/static/admin.js", "", 200).await;
         p.admin("GET", "/static/nope.js", "", 404).await;

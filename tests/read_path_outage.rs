@@ -152,7 +152,10 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let metrics = client.get(&serve.admin_url("/metrics")).await.unwrap().1;
+        let metrics = client
+            .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
+            .await
+            .1;
         let text = metrics["raw"].as_str().unwrap_or_default().to_owned();
         assert!(
             text.lines().any(|l| l.starts_with("votes_redis_errors_total") && !l.ends_with(" 0")),

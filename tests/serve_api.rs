@@ -472,8 +472,10 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
         assert_eq!(st, 200);
         assert_eq!(list[0]["id"], "e1");
         assert_eq!(list[0]["live"]["total"], 0);
-        // /metrics is Prometheus text.
-        let (st, _, m) = c.send("GET", &serve.admin_url("/metrics"), &[], Bytes::new()).await.unwrap();
+        // /metrics is Prometheus text, behind the admin token.
+        let (st, _, _) = c.send("GET", &serve.admin_url("/metrics"), &[], Bytes::new()).await.unwrap();
+        assert_eq!(st, 401, "/metrics without the admin token");
+        let (st, m) = c.admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null).await;
         assert_eq!(st, 200);
         let text = m["raw"].as_str().unwrap();
         assert!(text.contains("votes_shard_ready{partition=\"1\"} 1"), "{text}");

@@ -166,15 +166,9 @@ fn kill_9_mid_load(test: &str, protocol: &str) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let metrics = admin
-                .send(
-                    "GET",
-                    &serve.admin_url("/metrics"),
-                    &[],
-                    bytes::Bytes::new(),
-                )
+                .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
                 .await
-                .unwrap()
-                .2;
+                .1;
             let text = metrics["raw"].as_str().unwrap_or("").to_owned();
             let accepted: u64 = text
                 .lines()

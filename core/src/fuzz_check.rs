@@ -239,6 +239,35 @@ pub fn group_assignment(data: &[u8]) {
     assert_eq!(parse_assignment(&again), Ok(assignment));
 }
 
+/// `proxy_header`: whatever parses is exactly one header long, names a client the canonical
+/// encoding round-trips, and is that encoding byte for byte when it carries no TLVs.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy_header::{ADDRESS_BLOCK_MAX, FIXED_LEN, Proxied, encode, header_len, parse};
+    if data.len() >= FIXED_LEN
+        && let Ok(len) = header_len(data)
+    {
+        assert!((FIXED_LEN..=FIXED_LEN + ADDRESS_BLOCK_MAX).contains(&len));
+    }
+    if let Ok(proxied) = parse(data) {
+        assert_eq!(
+            header_len(data),
+            Ok(data.len()),
+            "a header is its own length"
+        );
+        if let Proxied::Client {
+            source,
+            destination,
+        } = proxied
+        {
+            let again = encode(source, destination);
+            assert_eq!(parse(&again), Ok(proxied));
+            if again.len() == data.len() {
+                assert_eq!(again, data, "without TLVs a client header is canonical");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +315,14 @@ mod tests {
         let decode = |b: &[u8]| crate::snapshot::ShardSnapshot::decode(b);
         assert!(seeds.iter().any(|(_, b)| decode(b).is_ok()));
         assert!(seeds.iter().any(|(_, b)| decode(b).is_err()));
+    }
+
+    #[test]
+    fn proxy_header_seeds() {
+        let seeds = replay("proxy_header", proxy_header);
+        let parse = crate::proxy_header::parse;
+        assert!(seeds.iter().any(|(_, b)| parse(b).is_ok()));
+        assert!(seeds.iter().any(|(_, b)| parse(b).is_err()));
     }
 
     #[test]

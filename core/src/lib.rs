@@ -19,6 +19,7 @@ mod json;
 pub mod merkle;
 pub mod names;
 pub mod pow;
+pub mod proxy_header;
 pub mod receipt;
 pub mod record;
 pub mod routing;

@@ -1,12 +1,15 @@
-//! Per-core rate limits by source address and by network prefix (/24 for IPv4, /56 for IPv6),
-//! as token buckets (DESIGN §4.1 `VOTES_RATE_PER_ADDR`, `VOTES_RATE_PER_PREFIX`). Sans-IO: the
-//! caller passes the time, so the limiter is tested without a clock.
+//! Per-core rate limits by source address and by network prefix, as token buckets (DESIGN §4.1
+//! `VOTES_RATE_PER_ADDR`, `VOTES_RATE_PER_PREFIX`). An IPv4 "address" is the address; an IPv6
+//! one is its /64, since one host is handed a whole /64 and may rotate through it at will. The
+//! prefixes are /24 (IPv4) and /56 (IPv6). Sans-IO: the caller passes the time, so the limiter
+//! is tested without a clock.
 //!
 //! Each core limits the connections it owns; SO_REUSEPORT spreads one client's connections over
 //! the cores, so a node admits up to `cores ×` the configured rate from one source. Tables are
 //! bounded: when one is full, buckets that have refilled completely (idle sources) are dropped;
-//! if that frees nothing, the table is cleared — failing open for a moment rather than turning
-//! honest voters away because an attacker filled the table.
+//! if that frees too little, the eighth of the table nearest to full is evicted — the sources
+//! least held back, so a flood of fresh addresses cannot flush the ones being throttled (a
+//! table cleared whole would let every throttled source burst again).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -61,14 +64,41 @@ impl Buckets {
         }
     }
 
+    /// Frees room for at least one source, and for an eighth of the table when it evicts
+    /// (the scan then runs once per `capacity / 8` new sources, not once per source).
     fn evict(&mut self, now: Instant) {
         let (rate, burst) = (self.rate, self.burst);
-        self.table.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-        });
-        if self.table.len() >= self.capacity {
-            self.table.clear();
+        let projected =
+            |b: &Bucket| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate;
+        self.table.retain(|_, b| projected(b) < burst);
+        if self.table.len() < self.capacity {
+            return;
         }
+        let evict = (self.capacity / 8).max(1);
+        let mut fill: Vec<f64> = self.table.values().map(projected).collect();
+        let keep = fill.len() - evict;
+        // The `keep`-th fullest from the bottom: everything fuller than it goes.
+        let (_, threshold, _) = fill.select_nth_unstable_by(keep, f64::total_cmp);
+        let threshold = *threshold;
+        // Everything fuller than the threshold goes, and as many at it as make up `evict`.
+        let mut ties = evict - fill.iter().filter(|p| **p > threshold).count();
+        self.table.retain(|_, b| {
+            let p = projected(b);
+            if p > threshold {
+                false
+            } else if p == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        assert!(
+            self.table.len() < self.capacity,
+            "eviction freed room: {} of {}",
+            self.table.len(),
+            self.capacity
+        );
     }
 }
 
@@ -79,12 +109,12 @@ pub struct RateLimiter {
     per_prefix: Option<Buckets>,
 }
 
-/// The address key: the whole address, IPv4 mapped into IPv6 space so both share one table.
-/// `ip` is canonical (an IPv4-mapped IPv6 address arrives as IPv4).
+/// The address key: an IPv4 address mapped into IPv6 space (both share one table), or an
+/// IPv6 address's /64. `ip` is canonical (an IPv4-mapped IPv6 address arrives as IPv4).
 fn addr_key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
+        IpAddr::V6(v6) => u128::from(v6) & (!0u128 << 64),
     }
 }
 
@@ -175,6 +205,40 @@ mod tests {
         }
         assert!(l.check(ip("2001:db8:0:abff::1"), t0).is_err(), "same /56");
         assert!(l.check(ip("2001:db8:0:ac00::1"), t0).is_ok(), "another /56");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_slash_64() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1, 0);
+        assert!(l.check(ip("2001:db8:1:2::1"), t0).is_ok());
+        assert!(l.check(ip("2001:db8:1:2:ffff::9"), t0).is_ok());
+        assert!(
+            l.check(ip("2001:db8:1:2:abcd:1234:5678:9abc"), t0).is_err(),
+            "a host rotating inside its /64 is one source"
+        );
+        assert!(l.check(ip("2001:db8:1:3::1"), t0).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn a_full_table_keeps_the_sources_it_is_holding_back() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::with_capacity(1, 0, 16);
+        // A source that used its burst is being held back.
+        let throttled = ip("10.9.9.9");
+        assert!(l.check(throttled, t0).is_ok());
+        assert!(l.check(throttled, t0).is_ok());
+        assert!(l.check(throttled, t0).is_err());
+        // A flood of fresh sources, far more than the table holds.
+        for i in 0..1_000u32 {
+            let fresh = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert!(l.check(fresh, t0).is_ok(), "a new source starts full");
+            assert!(l.per_addr.as_ref().unwrap().table.len() <= 16);
+        }
+        assert!(
+            l.check(throttled, t0).is_err(),
+            "the flood did not flush the throttled source"
+        );
     }
 
     #[test]

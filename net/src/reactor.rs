@@ -303,6 +303,7 @@ impl Drop for DrainedMark {
 struct CoreListener {
     kind: ListenerKind,
     tls: Option<Arc<rustls::ServerConfig>>,
+    proxy_protocol: bool,
     socket: socket2::Socket,
 }
 
@@ -380,6 +381,7 @@ where
             per_core[core].push(CoreListener {
                 kind: spec.kind,
                 tls: spec.tls.clone(),
+                proxy_protocol: spec.proxy_protocol,
                 socket,
             });
         }
@@ -581,13 +583,24 @@ where
             return Ok(());
         }
     };
-    for CoreListener { kind, tls, socket } in listeners {
+    for CoreListener {
+        kind,
+        tls,
+        proxy_protocol,
+        socket,
+    } in listeners
+    {
         // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves to glommio.
         let listener = unsafe {
             <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
         };
         let tls = tls.map(futures_rustls::TlsAcceptor::from);
-        glommio::spawn_local(accept_loop(http.clone(), app.clone(), listener, kind, tls)).detach();
+        let from = super::httpd::server::Listening {
+            kind,
+            tls,
+            proxy_protocol,
+        };
+        glommio::spawn_local(accept_loop(http.clone(), app.clone(), listener, from)).detach();
     }
     for CoreQuic {
         socket,

@@ -33,7 +33,7 @@ s0=$(ticks $serve); k0=$(ticks "$kafka")
 "$B/votes-load" -q --target "http://$HTTP" --election e1 --rate "$RATE" --duration 10s \
   --voters $((RATE * 10 + 100)) --connections 256 --report /tmp/batch-size.json >/dev/null
 s1=$(ticks $serve); k1=$(ticks "$kafka")
-batch=$(curl -fsS "http://$ADMIN/metrics" | awk '/^votes_batch_size_mean/ {print $2}')
+batch=$(curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" "http://$ADMIN/metrics" | awk '/^votes_batch_size_mean/ {print $2}')
 python3 - /tmp/batch-size.json $((s1 - s0)) $((k1 - k0)) "$(getconf CLK_TCK)" "$batch" <<PY
 import json, sys
 r = json.load(open(sys.argv[1])); acc = r["by_status"].get("202", 0) or 1

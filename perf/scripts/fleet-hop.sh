@@ -56,7 +56,7 @@ ca0=$(cpu_ticks "${pids[0]}"); cb0=$(cpu_ticks "${pids[1]}")
   --report "$OUT/hop-load.json" >/dev/null
 ca1=$(cpu_ticks "${pids[0]}"); cb1=$(cpu_ticks "${pids[1]}")
 sleep 1.5 # metrics are published once a second
-curl -fsS http://127.0.0.1:19680/metrics >"$OUT/hop-node-a.metrics"
+curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" http://127.0.0.1:19680/metrics >"$OUT/hop-node-a.metrics"
 python3 - "$OUT/hop-load.json" "$OUT/hop-node-a.metrics" "$RATE" $((ca1 - ca0)) $((cb1 - cb0)) "$TICK" <<'PY'
 import json, re, sys
 load = json.load(open(sys.argv[1]))

@@ -35,7 +35,7 @@ ADMIN=127.0.0.1:19790
 "$BIN/votes-peer" floor --topic "${VOTES_PREFIX}votes" --partitions "$PARTITIONS" \
   --votes "$VOTES" --voters "$VOTERS" --election perf --out "$OUT/floor-1.json" 2>&1 | tail -1
 
-metric_sum() { curl -fsS "http://$ADMIN/metrics" | awk -v n="$1" 'index($0, n"{") == 1 {s += $NF} END {print s + 0}'; }
+metric_sum() { curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" "http://$ADMIN/metrics" | awk -v n="$1" 'index($0, n"{") == 1 {s += $NF} END {print s + 0}'; }
 # start NAME [serve args...]: starts serve (pid in SERVE), waits for /readyz; seconds to
 # ready in READY_S.
 SERVE=
@@ -59,7 +59,7 @@ trap '[ -n "$SERVE" ] && kill -9 "$SERVE" 2>/dev/null || true' EXIT
 start first --snapshot-dir "$SNAPS" --snapshot-every-s 1; first=$READY_S
 # Wait until every partition has a snapshot (the shards are idle: one is enough).
 for _ in $(seq 1 600); do
-  n=$(curl -fsS "http://$ADMIN/metrics" | awk 'index($0, "votes_snapshot_offset{") == 1 && $NF > 0 {n++} END {print n + 0}')
+  n=$(curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" "http://$ADMIN/metrics" | awk 'index($0, "votes_snapshot_offset{") == 1 && $NF > 0 {n++} END {print n + 0}')
   [ "$n" -ge "$PARTITIONS" ] && break
   sleep 0.2
 done

@@ -105,5 +105,5 @@ s0=$(cpu_ticks "$serve")
 s1=$(cpu_ticks "$serve")
 echo "  serve: $((serve_fds)) files open before the run (limit $serve_nofile), \
 CPU $(awk -v t=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz}') s over the run"
-curl -fsS "http://$ADMIN/metrics" | grep -Ei '^votes_(sse|results)' | sed 's/^/  metrics: /' || true
+curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" "http://$ADMIN/metrics" | grep -Ei '^votes_(sse|results)' | sed 's/^/  metrics: /' || true
 echo "  report: $report"

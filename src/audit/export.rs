@@ -106,11 +106,7 @@ impl Progress {
 
 pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode> {
     let names = common.names()?;
-    let audit_key = std::env::var("VOTES_AUDIT_KEY").context("VOTES_AUDIT_KEY must be set")?;
-    anyhow::ensure!(
-        audit_key.len() >= 32,
-        "VOTES_AUDIT_KEY must be at least 32 bytes"
-    );
+    let audit_key = crate::secrets::read("VOTES_AUDIT_KEY", 32)?;
     // The key first: a missing key should not cost a pass over the log.
     let key = SigningKey::from_pem_file(&args.audit_signing_key)?;
     let id = ElectionId::new(args.election.as_str())

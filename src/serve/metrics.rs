@@ -368,7 +368,7 @@ impl NodeMetrics {
             .map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
         type Field = fn(&HttpStats) -> u64;
-        let figures: [(&str, &str, &str, Field); 16] = [
+        let figures: [(&str, &str, &str, Field); 17] = [
             (
                 "votes_http_open_connections",
                 "gauge",
@@ -428,6 +428,12 @@ impl NodeMetrics {
                 "counter",
                 "Failed TLS handshakes.",
                 |s| s.tls_handshake_failures,
+            ),
+            (
+                "votes_http_proxy_header_refusals_total",
+                "counter",
+                "Connections to a --proxy-protocol listener closed for want of a valid PROXY v2 header.",
+                |s| s.proxy_header_refusals,
             ),
             (
                 "votes_http3_open_connections",

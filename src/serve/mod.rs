@@ -60,8 +60,9 @@ pub struct ServeArgs {
     /// PEM private key of the TLS listener.
     #[arg(long, env = "VOTES_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
-    /// Admin API and /metrics.
-    #[arg(long, env = "VOTES_ADMIN", default_value = "0.0.0.0:9090")]
+    /// Admin API and /metrics (both behind `VOTES_ADMIN_TOKEN`). Loopback unless told
+    /// otherwise: put it on the operators' network, never the voters'.
+    #[arg(long, env = "VOTES_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
     /// Name of this node, written into every vote record; also its identity in the fleet
     /// (static group membership: a restarted node keeps its partitions). Default: hostname.
@@ -136,6 +137,14 @@ pub struct ServeArgs {
     /// at accept). Generous by default for carrier-grade NAT.
     #[arg(long, env = "VOTES_MAX_CONNS_PER_ADDR", default_value_t = 4_096)]
     pub max_conns_per_addr: usize,
+    /// Open connections per core on the public listeners (HTTP/1.1, h2 and HTTP/3 together);
+    /// beyond it a new one is closed at accept.
+    #[arg(long, env = "VOTES_MAX_CONNS_PER_CORE", default_value_t = 16_384)]
+    pub max_conns_per_core: usize,
+    /// Open connections on the admin listener, a budget of its own: voters filling the public
+    /// listeners' cap cannot lock the operators out.
+    #[arg(long, env = "VOTES_MAX_ADMIN_CONNS", default_value_t = 64)]
+    pub max_admin_conns: usize,
     /// When an election is closed, how long its recount waits for the persisters, in seconds.
     #[arg(long, env = "VOTES_RECOUNT_CATCH_UP_S", default_value_t = 120)]
     pub recount_catch_up_s: u64,
@@ -145,10 +154,25 @@ pub struct ServeArgs {
     /// timer tick.
     #[arg(long, env = "VOTES_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
+    /// The public TCP listeners (`--http`, `--https`) sit behind a load balancer that starts
+    /// every connection with a PROXY protocol v2 header: its source address is the client's
+    /// for the rate limits and the logs, and a connection without one is closed. Never on a
+    /// listener voters reach directly: anyone could claim any address. HTTP/3 (UDP) is not
+    /// covered.
+    #[arg(long, env = "VOTES_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
     /// Development sign-in: `POST /v1/dev/login` issues a token for any voter id. Never in
     /// production: anyone could vote as anyone.
     #[arg(long, env = "VOTES_DEV_LOGIN")]
     pub dev_login: bool,
+}
+
+fn behind_proxy(spec: ListenerSpec, proxy_protocol: bool) -> ListenerSpec {
+    if proxy_protocol {
+        spec.behind_proxy()
+    } else {
+        spec
+    }
 }
 
 /// How often each core hands changed tallies to the Redis link.
@@ -158,11 +182,7 @@ const FANOUT_ALL_EVERY: Duration = Duration::from_secs(5);
 
 /// A secret from the environment, required and at least `min` bytes.
 fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
-    let v = std::env::var(name).with_context(|| format!("{name} must be set"))?;
-    if v.len() < min {
-        bail!("{name} must be at least {min} bytes");
-    }
-    Ok(v.into_bytes())
+    crate::secrets::read(name, min).map(String::into_bytes)
 }
 
 pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
@@ -192,10 +212,20 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             votes_net::HttpLimits::default().response_stall_timeout
         );
     }
-    if args.max_conns_per_addr == 0 {
-        bail!("--max-conns-per-addr must be positive");
+    if args.max_conns_per_addr == 0 || args.max_conns_per_core == 0 || args.max_admin_conns == 0 {
+        bail!("--max-conns-per-addr, --max-conns-per-core and --max-admin-conns must be positive");
     }
     if args.dev_login {
+        // Anyone who reaches it can vote as anyone: only a developer's own machine may.
+        let mut public = vec![args.http];
+        if args.tls_cert.is_some() {
+            public.push(args.https);
+        }
+        if let Some(open) = public.iter().find(|a| !a.ip().is_loopback()) {
+            bail!(
+                "--dev-login lets anyone sign in as any voter: it needs every public listener on                  loopback, and {open} is not"
+            );
+        }
         tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
     }
     match votes_tuning::host::raise_nofile() {
@@ -425,11 +455,15 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     cfg.spin_before_park =
         (args.spin_before_park_us > 0).then(|| Duration::from_micros(args.spin_before_park_us));
     cfg.http.max_connections_per_addr = args.max_conns_per_addr;
+    cfg.http.max_connections_per_core = args.max_conns_per_core;
+    cfg.http.max_admin_connections = args.max_admin_conns;
     cfg.http.h3_retry_above_handshakes = args.h3_retry_above;
     let public = roles.ingest || roles.results;
     if public {
-        cfg.listeners
-            .push(ListenerSpec::plain(args.http, ListenerKind::Public));
+        cfg.listeners.push(behind_proxy(
+            ListenerSpec::plain(args.http, ListenerKind::Public),
+            args.proxy_protocol,
+        ));
     }
     match (&args.tls_cert, &args.tls_key) {
         (Some(_), Some(_)) if !public => {
@@ -438,8 +472,10 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         (Some(cert), Some(key)) => {
             let tls =
                 votes_net::tls_server_config(cert, key).context("loading the TLS certificate")?;
-            cfg.listeners
-                .push(ListenerSpec::tls(args.https, ListenerKind::Public, tls));
+            cfg.listeners.push(behind_proxy(
+                ListenerSpec::tls(args.https, ListenerKind::Public, tls),
+                args.proxy_protocol,
+            ));
         }
         (None, None) => {}
         _ => bail!("--tls-cert and --tls-key go together"),

@@ -706,10 +706,12 @@ fn admin_doc() -> Value {
     let mut paths = health_paths();
     let more = json!({
         "/metrics": {"get": {
-            "summary": "Prometheus text exposition of the node's figures.",
+            "summary": "Prometheus text exposition of the node's figures (scrape with the admin token).",
             "operationId": "metrics",
-            "security": [],
-            "responses": {"200": {"description": "The figures.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": responses(
+                &[(200, json!({"description": "The figures.", "content": {"text/plain": {"schema": {"type": "string"}}}}))],
+                &[unauthorized],
+            ),
         }},
         "/admin": {"get": {
             "summary": "The operator's page (it holds no secret: every call it makes carries the admin token).",

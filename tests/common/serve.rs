@@ -41,6 +41,8 @@ pub struct Serve {
     pub node: String,
     child: Option<Child>,
     log: std::path::PathBuf,
+    /// Started with `--proxy-protocol`: its public listener wants a PROXY header first.
+    behind_proxy: bool,
 }
 
 impl Serve {
@@ -176,6 +178,9 @@ impl Serve {
             node: node.to_owned(),
             child: Some(child),
             log,
+            behind_proxy: env
+                .iter()
+                .any(|(k, v)| *k == "VOTES_PROXY_PROTOCOL" && *v == "true"),
         };
         s.wait_ready(Duration::from_secs(60));
         s
@@ -191,9 +196,21 @@ impl Serve {
                 panic!("votes serve exited with {status}:\n{}", self.log_text());
             }
             let ready = super::runtime().block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), client.get(&self.url("/readyz"))).await
+                // Behind a proxy the public listener wants a PROXY header first: ask the admin.
+                if self.behind_proxy {
+                    let url = self.admin_url("/admin/v1/stats");
+                    let auth = format!("Bearer {ADMIN_TOKEN}");
+                    let headers = [("authorization", auth.as_str())];
+                    let stats = client.send("GET", &url, &headers, Bytes::new());
+                    let answer = tokio::time::timeout(Duration::from_secs(2), stats).await;
+                    return matches!(answer, Ok(Ok((200, _, s))) if s["ready"] == true);
+                }
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), client.get(&self.url("/readyz")))
+                        .await;
+                matches!(answer, Ok(Ok((200, _))))
             });
-            if matches!(ready, Ok(Ok((200, _)))) {
+            if ready {
                 return;
             }
             assert!(

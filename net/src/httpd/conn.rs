@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::io::{Io, StartError, Started, start};
+use super::io::{Io, StartError, Started, read_proxy_header, start};
 use super::server::CoreHttp;
 use super::watchdog::{ConnState, Expiry, Proto};
 use super::{App, ConnInfo, ListenerKind, LocalBoxFuture};
@@ -242,27 +242,56 @@ enum End {
     Stalled,
 }
 
+/// How a connection came in.
+pub(crate) struct Accepted {
+    pub(crate) kind: ListenerKind,
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// A PROXY v2 header comes first and names the client.
+    pub(crate) proxy_protocol: bool,
+    /// The socket's peer: the client, or the balancer when `proxy_protocol`.
+    pub(crate) peer: SocketAddr,
+}
+
 /// Serves one connection to completion. Registered in the core's table by the caller.
 pub(crate) async fn serve<A: App>(
     core: Rc<CoreHttp>,
     app: Rc<A>,
     conn: Rc<ConnState>,
-    stream: TcpStream,
-    kind: ListenerKind,
-    tls: Option<TlsAcceptor>,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    how: Accepted,
 ) {
+    let Accepted {
+        kind,
+        tls,
+        proxy_protocol,
+        mut peer,
+    } = how;
     let t = core.timeouts();
     // Stays open as long as the connection: `Io` owns the stream until `drive` returns.
     let fd = stream.as_raw_fd();
-    // Sniff or handshake, bounded by the fresh-connection deadline and by shutdown.
+    // The PROXY header, then sniff or handshake, bounded together by the fresh-connection
+    // deadline and by shutdown.
     let started = {
         let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
         debug_assert_eq!(why, Expiry::HeaderTimeout);
         let timeout = at.saturating_duration_since(Instant::now());
         let shutdown = core.shutdown_signal();
+        let peer = &mut peer;
         futures_lite::future::or(
-            async { Some(start(stream, tls.as_ref(), conn.clone()).await) },
+            async {
+                if proxy_protocol {
+                    match read_proxy_header(&mut stream).await {
+                        Ok(votes_core::proxy_header::Proxied::Client { source, .. }) => {
+                            *peer = source;
+                        }
+                        // The balancer's own connection (a health check): its address is
+                        // the client's.
+                        Ok(votes_core::proxy_header::Proxied::Local) => {}
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                Some(start(stream, tls.as_ref(), conn.clone()).await)
+            },
             futures_lite::future::or(
                 async {
                     Timer::new(timeout).await;
@@ -281,6 +310,13 @@ pub(crate) async fn serve<A: App>(
         Some(Ok(Started::Closed)) => return,
         Some(Err(StartError::Io(e))) => {
             tracing::debug!(%peer, error = %e, "connection failed before its first request");
+            return;
+        }
+        Some(Err(StartError::ProxyHeader(why))) => {
+            // Debug only, like handshake failures: whoever reaches the listener directly can
+            // make them in floods; the counter is what operators watch.
+            tracing::debug!(%peer, %why, "connection refused: no valid PROXY v2 header");
+            core.proxy_header_refused();
             return;
         }
         Some(Err(StartError::Handshake(e))) => {

@@ -113,6 +113,28 @@ pub(crate) enum StartError {
     Io(io::Error),
     /// The TLS handshake failed; counted, and logged at debug level only.
     Handshake(io::Error),
+    /// A `--proxy-protocol` listener's connection did not start with a valid PROXY v2 header.
+    ProxyHeader(String),
+}
+
+/// Reads exactly one PROXY protocol v2 header, not one byte more (what follows is the client's
+/// TLS or HTTP), and says whose connection it is.
+pub(crate) async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<votes_core::proxy_header::Proxied, StartError> {
+    use votes_core::proxy_header::{ADDRESS_BLOCK_MAX, FIXED_LEN, header_len, parse};
+    let refuse = |why: String| StartError::ProxyHeader(why);
+    let mut head = [0u8; FIXED_LEN + ADDRESS_BLOCK_MAX];
+    stream
+        .read_exact(&mut head[..FIXED_LEN])
+        .await
+        .map_err(|e| refuse(format!("reading its fixed part: {e}")))?;
+    let len = header_len(&head[..FIXED_LEN]).map_err(|e| refuse(e.to_string()))?;
+    stream
+        .read_exact(&mut head[FIXED_LEN..len])
+        .await
+        .map_err(|e| refuse(format!("reading its addresses: {e}")))?;
+    parse(&head[..len]).map_err(|e| refuse(e.to_string()))
 }
 
 /// Starts a connection: sniff on plaintext; on TLS the handshake, after which ALPN decides

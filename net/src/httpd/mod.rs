@@ -49,6 +49,11 @@ pub struct ListenerSpec {
     /// HTTP/1.1 otherwise (ALPN `http/1.1` or none). Its `alpn_protocols` may only hold those
     /// two ids ([`crate::start_reactors`] refuses others); see [`crate::tls_server_config`].
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Every connection starts with a PROXY protocol v2 header from a load balancer (before
+    /// TLS); its source address is the client's for the app (rate limits, logs). A connection
+    /// without a valid one is closed. Never on a listener clients reach directly: anyone could
+    /// claim any address.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerSpec {
@@ -58,6 +63,7 @@ impl ListenerSpec {
             addr,
             kind,
             tls: None,
+            proxy_protocol: false,
         }
     }
 
@@ -67,7 +73,14 @@ impl ListenerSpec {
             addr,
             kind,
             tls: Some(cfg),
+            proxy_protocol: false,
         }
+    }
+
+    /// The same listener, behind a balancer that speaks the PROXY protocol v2.
+    pub fn behind_proxy(mut self) -> Self {
+        self.proxy_protocol = true;
+        self
     }
 
     pub fn is_tls(&self) -> bool {
@@ -83,6 +96,7 @@ impl std::fmt::Debug for ListenerSpec {
             .field("addr", &self.addr)
             .field("kind", &self.kind)
             .field("tls", &self.is_tls())
+            .field("proxy_protocol", &self.proxy_protocol)
             .finish()
     }
 }
@@ -93,6 +107,7 @@ impl PartialEq for ListenerSpec {
     fn eq(&self, other: &Self) -> bool {
         self.addr == other.addr
             && self.kind == other.kind
+            && self.proxy_protocol == other.proxy_protocol
             && match (&self.tls, &other.tls) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -154,9 +169,14 @@ pub struct ConnInfo {
 /// Per-core HTTP limits. Every queue and buffer on the connection path is bounded by one.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
-    /// Open connections per core, all listeners together. Beyond it a new connection is
-    /// closed right after accept (cheaper than keeping it in the backlog, and visible).
+    /// Open connections per core on the public listeners (TCP and QUIC together). Beyond it a
+    /// new connection is closed right after accept (cheaper than keeping it in the backlog, and
+    /// visible).
     pub max_connections_per_core: usize,
+    /// Open connections on the admin listener, counted apart from the public ones (and from
+    /// the per-address table): voters or SSE holders filling the public table cannot lock the
+    /// operator out, and the admin listener cannot take the voters' share.
+    pub max_admin_connections: usize,
     /// Slowloris bound: a new connection must deliver its first request head within this time
     /// (on TLS listeners: finish the handshake *and* deliver its first head, both counted from
     /// accept), and on HTTP/1.1 a request head must complete within this time of its first byte.
@@ -188,6 +208,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_connections_per_core: 16_384,
+            max_admin_connections: 64,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             response_stall_timeout: Duration::from_secs(30),
@@ -205,6 +226,9 @@ impl HttpLimits {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.max_connections_per_core == 0 {
             return Err("max_connections_per_core must be > 0".into());
+        }
+        if self.max_admin_connections == 0 {
+            return Err("max_admin_connections must be > 0".into());
         }
         if self.max_header_bytes < 8192 {
             return Err("max_header_bytes must be >= 8192 (hyper's minimum buffer)".into());
@@ -268,6 +292,9 @@ pub struct HttpStats {
     /// that connects and closes counts here too). Logged at debug level only: a flood of them
     /// must not fill the log.
     pub tls_handshake_failures: u64,
+    /// Connections to a `--proxy-protocol` listener closed because they did not start with a
+    /// valid PROXY v2 header (a client reaching the listener directly, a misconfigured balancer).
+    pub proxy_header_refusals: u64,
     /// HTTP/3: open QUIC connections, connections established, requests, Retry packets sent
     /// (address validation under handshake pressure), connections refused over a cap, and
     /// handshakes that failed or timed out.

@@ -21,8 +21,10 @@ pub(crate) struct CoreHttp {
     pub(crate) h1: hyper::server::conn::http1::Builder,
     pub(crate) h2: hyper::server::conn::http2::Builder<LocalExec>,
     conns: RefCell<slab::Slab<Rc<ConnState>>>,
-    /// Open connections by source address; an address leaves the map with its last one.
+    /// Open public connections by source address; an address leaves the map with its last one.
     per_addr: RefCell<HashMap<IpAddr, u32>>,
+    /// Open connections of the admin listener (in `conns` too, but under their own cap).
+    admin_open: Cell<usize>,
     requests_in_flight: Cell<usize>,
     accepted: Cell<u64>,
     rejected_over_cap: Cell<u64>,
@@ -32,6 +34,7 @@ pub(crate) struct CoreHttp {
     stalled_closes: Cell<u64>,
     handler_panics: Cell<u64>,
     tls_handshake_failures: Cell<u64>,
+    proxy_header_refusals: Cell<u64>,
     /// Open QUIC connections (they count against the per-core and per-address caps too).
     quic_open: Cell<usize>,
     pub(crate) h3: super::h3::H3Counters,
@@ -60,6 +63,7 @@ impl CoreHttp {
                 limits.max_connections_per_core.min(4096),
             )),
             per_addr: RefCell::new(HashMap::new()),
+            admin_open: Cell::new(0),
             limits,
             h1,
             h2,
@@ -72,6 +76,7 @@ impl CoreHttp {
             stalled_closes: Cell::new(0),
             handler_panics: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            proxy_header_refusals: Cell::new(0),
             quic_open: Cell::new(0),
             h3: Default::default(),
             alt_svc: RefCell::new(None),
@@ -119,6 +124,11 @@ impl CoreHttp {
             .set(self.tls_handshake_failures.get() + 1);
     }
 
+    pub(crate) fn proxy_header_refused(&self) {
+        self.proxy_header_refusals
+            .set(self.proxy_header_refusals.get() + 1);
+    }
+
     pub(crate) fn count_end(&self, header_timeout: bool, idle: bool) {
         if header_timeout {
             self.header_timeouts.set(self.header_timeouts.get() + 1);
@@ -132,11 +142,20 @@ impl CoreHttp {
         self.stalled_closes.set(self.stalled_closes.get() + 1);
     }
 
+    /// Open TCP connections of the public listeners.
+    fn public_open(&self) -> usize {
+        let all = self.conns.borrow().len();
+        assert!(
+            all >= self.admin_open.get(),
+            "admin connections are in the table"
+        );
+        all - self.admin_open.get()
+    }
+
     /// Counts a QUIC connection from `addr` against the core's caps; `None` when over them.
     pub(crate) fn admit_quic(self: &Rc<Self>, addr: IpAddr) -> Option<super::h3::QuicSlot> {
         let addr = addr.to_canonical();
-        if self.conns.borrow().len() + self.quic_open.get() >= self.limits.max_connections_per_core
-        {
+        if self.public_open() + self.quic_open.get() >= self.limits.max_connections_per_core {
             self.rejected_over_cap.set(self.rejected_over_cap.get() + 1);
             return None;
         }
@@ -189,6 +208,7 @@ impl CoreHttp {
             stalled_closes: self.stalled_closes.get(),
             handler_panics: self.handler_panics.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
+            proxy_header_refusals: self.proxy_header_refusals.get(),
             h3_open_connections: self.quic_open.get(),
             h3_connections: self.h3.connections.get(),
             h3_requests: self.h3.requests.get(),
@@ -246,11 +266,23 @@ struct ConnSlot {
     core: Rc<CoreHttp>,
     key: usize,
     addr: IpAddr,
+    admin: bool,
+    /// Counted in the per-address table (public listeners not behind a proxy).
+    per_addr: bool,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.core.conns.borrow_mut().remove(self.key);
+        if self.admin {
+            let open = self.core.admin_open.get();
+            assert!(open > 0, "an admin connection is released once");
+            self.core.admin_open.set(open - 1);
+            return;
+        }
+        if !self.per_addr {
+            return;
+        }
         let mut per_addr = self.core.per_addr.borrow_mut();
         let n = per_addr
             .get_mut(&self.addr)
@@ -263,16 +295,27 @@ impl Drop for ConnSlot {
     }
 }
 
+/// What one listening socket serves.
+pub(crate) struct Listening {
+    pub(crate) kind: ListenerKind,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) proxy_protocol: bool,
+}
+
 /// Accepts on one listener until shutdown; the listener is closed when this returns. With
 /// `tls`, every connection starts with a TLS handshake (in its own task, so a slow handshake
-/// never holds the accept loop).
+/// never holds the accept loop); behind a proxy, with its PROXY header before that.
 pub(crate) async fn accept_loop<A: App>(
     core: Rc<CoreHttp>,
     app: Rc<A>,
     listener: TcpListener,
-    kind: ListenerKind,
-    tls: Option<TlsAcceptor>,
+    from: Listening,
 ) {
+    let Listening {
+        kind,
+        tls,
+        proxy_protocol,
+    } = from;
     loop {
         let shutdown = core.shutdown_signal();
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -298,7 +341,16 @@ pub(crate) async fn accept_loop<A: App>(
                 continue;
             }
         };
-        if core.conns.borrow().len() >= core.limits.max_connections_per_core {
+        let admin = kind == ListenerKind::Admin;
+        // Behind a balancer every connection comes from the balancer's few addresses: the
+        // per-address cap would throttle it, so only the per-core cap applies there.
+        let per_addr = !admin && !proxy_protocol;
+        let over_cap = if admin {
+            core.admin_open.get() >= core.limits.max_admin_connections
+        } else {
+            core.public_open() >= core.limits.max_connections_per_core
+        };
+        if over_cap {
             // Over the cap: close at once. The client sees a reset/EOF and may retry on
             // another connection (which the kernel may hash to a less loaded core).
             core.rejected_over_cap.set(core.rejected_over_cap.get() + 1);
@@ -309,7 +361,9 @@ pub(crate) async fn accept_loop<A: App>(
             continue;
         };
         let addr = peer.ip().to_canonical();
-        {
+        if admin {
+            core.admin_open.set(core.admin_open.get() + 1);
+        } else if per_addr {
             let mut per_addr = core.per_addr.borrow_mut();
             let n = per_addr.entry(addr).or_insert(0);
             if *n as usize >= core.limits.max_connections_per_addr {
@@ -330,11 +384,19 @@ pub(crate) async fn accept_loop<A: App>(
             core: core.clone(),
             key,
             addr,
+            admin,
+            per_addr,
         };
         let (core2, app2, tls2) = (core.clone(), app.clone(), tls.clone());
         glommio::spawn_local(async move {
             let _slot = slot;
-            conn::serve(core2, app2, state, stream, kind, tls2, peer).await;
+            let how = conn::Accepted {
+                kind,
+                tls: tls2,
+                proxy_protocol,
+                peer,
+            };
+            conn::serve(core2, app2, state, stream, how).await;
         })
         .detach();
     }
