@@ -22,8 +22,21 @@ dpkg -s votes | grep -q '^Status: install ok installed' || fail "dpkg does not r
 
 # The user, its state directory, the secrets.
 getent passwd votes >/dev/null || fail "no votes user after install"
-[ "$(stat -c '%U:%G %a' /var/lib/votes)" = "votes:votes 750" ] ||
-  fail "/var/lib/votes is $(stat -c '%U:%G %a' /var/lib/votes), want votes:votes 750"
+[ "$(stat -c '%U:%G %a' /var/lib/votes)" = "votes:votes 700" ] ||
+  fail "/var/lib/votes is $(stat -c '%U:%G %a' /var/lib/votes), want votes:votes 700"
+[ "$(stat -c '%U:%G %a' /etc/votes/credentials)" = "root:root 700" ] ||
+  fail "/etc/votes/credentials is $(stat -c '%U:%G %a' /etc/votes/credentials), want root:root 700"
+for name in VOTES_TOKEN_KEY VOTES_AUDIT_KEY VOTES_ADMIN_TOKEN; do
+  file=/etc/votes/credentials/$name
+  [ "$(stat -c '%U:%G %a' "$file")" = "root:root 600" ] || fail "$file is not root:root 600"
+  [ "$(tr -d '\n' <"$file" | wc -c)" -ge 32 ] || fail "$file holds fewer than 32 bytes"
+done
+[ "$(sort -u /etc/votes/credentials/* | wc -l)" = 3 ] || fail "the three secrets made at install are not distinct"
+# The installed binary reads them the way a unit's LoadCredential= hands them over.
+env -i VOTES_LOG=warn CREDENTIALS_DIRECTORY=/etc/votes/credentials /usr/bin/votes token --voter 1 >/dev/null ||
+  fail "votes does not read VOTES_TOKEN_KEY from \$CREDENTIALS_DIRECTORY"
+grep -q '^LoadCredential=VOTES_TOKEN_KEY:/etc/votes/credentials/VOTES_TOKEN_KEY$' \
+  /lib/systemd/system/votes-serve@.service || fail "votes-serve@ does not load its credentials"
 [ "$(stat -c '%U:%G %a' /etc/votes/votes.env)" = "root:votes 640" ] ||
   fail "/etc/votes/votes.env is $(stat -c '%U:%G %a' /etc/votes/votes.env), want root:votes 640"
 dpkg-query -W -f='${Conffiles}\n' votes | grep -q /etc/votes/votes.toml || fail "votes.toml is not a conffile"
@@ -66,7 +79,8 @@ echo "test-deb: votes init as user votes created prefix $prefix"
 
 dpkg --purge votes >/dev/null
 rm -rf "$WORK"
-[ ! -e /usr/bin/votes ] && [ ! -e /var/lib/votes ] && [ ! -e /etc/votes/votes.toml ] ||
+[ ! -e /usr/bin/votes ] && [ ! -e /var/lib/votes ] && [ ! -e /etc/votes/votes.toml ] &&
+  [ ! -e /etc/votes/credentials ] ||
   fail "purge left files behind"
 trap - EXIT
 echo "test-deb: package installs, verifies, runs and purges cleanly"

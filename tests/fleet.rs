@@ -722,53 +722,60 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
     });
 }
 
+/// Connects to `internal`, reads the owner's challenge, sends `hello(challenge)`; whether the
+/// link stays open.
+fn hello_attempt(
+    internal: std::net::SocketAddr,
+    hello: &dyn Fn(&votes_core::forward::Challenge) -> votes_core::forward::Hello,
+) -> bool {
+    use std::io::{Read, Write};
+    use votes_core::forward::{Frame, decode_frame};
+    let mut s = std::net::TcpStream::connect(internal).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let challenge = loop {
+        if let Some((frame, _)) = decode_frame(&buf).unwrap() {
+            match frame {
+                Frame::Challenge(c) => break c,
+                other => panic!("the owner opened with {other:?}"),
+            }
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the challenge");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    s.write_all(&Frame::Hello(hello(&challenge)).encode())
+        .unwrap();
+    // A refused link is closed at once; an admitted one waits for votes.
+    s.set_read_timeout(Some(Duration::from_millis(1_500)))
+        .unwrap();
+    match s.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(_) => panic!("the owner sent something unasked"),
+        Err(e) => {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            );
+            true
+        }
+    }
+}
+
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
 /// key: a hello recorded from another link, or signed with another key, is refused.
 #[test]
 fn the_internal_link_refuses_replayed_or_foreign_hellos() {
-    use std::io::{Read, Write};
-    use votes_core::forward::{Challenge, Frame, Hello, decode_frame};
+    use votes_core::forward::{Challenge, Hello};
     let prefix = init("fleet-hello");
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
     let internal = a.internal.expect("a fleet node has an internal listener");
-    // Connects, reads the challenge, sends `hello(challenge)`; whether the link stays open.
-    let attempt = |hello: &dyn Fn(&Challenge) -> Hello| -> bool {
-        let mut s = std::net::TcpStream::connect(internal).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 512];
-        let challenge = loop {
-            if let Some((frame, _)) = decode_frame(&buf).unwrap() {
-                match frame {
-                    Frame::Challenge(c) => break c,
-                    other => panic!("the owner opened with {other:?}"),
-                }
-            }
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed before the challenge");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        s.write_all(&Frame::Hello(hello(&challenge)).encode())
-            .unwrap();
-        // A refused link is closed at once; an admitted one waits for votes.
-        s.set_read_timeout(Some(Duration::from_millis(1_500)))
-            .unwrap();
-        match s.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(_) => panic!("the owner sent something unasked"),
-            Err(e) => {
-                assert!(
-                    matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ),
-                    "{e}"
-                );
-                true
-            }
-        }
-    };
+    let attempt = |hello: &dyn Fn(&Challenge) -> Hello| hello_attempt(internal, hello);
     assert!(
         attempt(&|c| Hello::sign(&key, "node-x", [1; 16], c)),
         "a signed hello is admitted"
@@ -790,5 +797,52 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
             Some(&2),
             "{forward:?}"
         );
+    });
+}
+
+/// Anyone who reaches `--internal` can open connections: 1,100 silent ones from one address
+/// (more than the 1,024 links a core takes) must not keep a real peer out. Connections still in
+/// their handshake are bounded in all and per source address; the rest are closed at accept.
+#[test]
+fn silent_connections_to_the_internal_link_do_not_keep_a_peer_out() {
+    use votes_core::forward::Hello;
+    const SILENT: usize = 1_100;
+    let prefix = init("fleet-silent");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
+    let internal = a.internal.expect("a fleet node has an internal listener");
+    runtime().block_on(async {
+        let mut silent = Vec::with_capacity(SILENT);
+        for _ in 0..SILENT {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            if let Ok(s) = socket.connect(internal).await {
+                silent.push(s);
+            }
+        }
+        // The peer speaks from 127.0.0.1 while the silent ones are still held.
+        let admitted = tokio::task::spawn_blocking(move || {
+            hello_attempt(internal, &|c| Hello::sign(&key, "node-x", [1; 16], c))
+        })
+        .await
+        .unwrap();
+        assert!(
+            admitted,
+            "a peer with a valid hello was kept out by silent connections"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let forward = common::serve::metric(&a, "votes_forward_total").await;
+            let rejected = forward.get("what=\"rejected_links\"").copied().unwrap_or(0);
+            if rejected >= (SILENT - 100) as u64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the silent connections over the bounds are not refused at accept: {forward:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(silent);
     });
 }

@@ -98,6 +98,15 @@ fn recovery_starts_from_the_newest_good_snapshot_and_replays_only_the_tail() {
         wait_snapshots(&serve, &HashMap::new()).await
     });
     assert!(snapshot_files(&dir).len() >= PARTITIONS as usize);
+    // Who voted is the service's alone: the directory 0700, each snapshot 0600.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for f in snapshot_files(&dir) {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
 
     // 2. A tail the snapshots may not hold, then kill -9 and restart.
     rt.block_on(vote_all(&client, &serve, 201..241, 202));

@@ -44,6 +44,11 @@ pub struct ForwardLimits {
     /// Links a core accepts at once (a fleet needs one per peer core); beyond it a new
     /// connection is closed at accept.
     pub max_links: usize,
+    /// Connections a core holds that have not proven themselves yet (no valid hello), in all
+    /// and per source address: anyone who reaches `--internal` can open connections, and
+    /// without these bounds silent ones would hold every link slot for `hello_timeout` each.
+    pub max_handshaking: usize,
+    pub max_handshaking_per_addr: usize,
     /// A link with votes waiting and no answer for this long is closed (its votes answer
     /// 503): the peer is stopped or cut off without the connection breaking. Above the
     /// owner's longest commit.
@@ -58,6 +63,8 @@ impl Default for ForwardLimits {
             retry_after: Duration::from_millis(250),
             hello_timeout: Duration::from_secs(5),
             max_links: 1024,
+            max_handshaking: 64,
+            max_handshaking_per_addr: 8,
             answer_stall: Duration::from_secs(30),
         }
     }
@@ -405,6 +412,7 @@ pub async fn serve_forwarded(
     shutdown: LocalSignal,
 ) {
     let open = Rc::new(Cell::new(0usize));
+    let handshaking = Rc::new(RefCell::new(Handshaking::default()));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shutdown.wait().await;
@@ -420,11 +428,13 @@ pub async fn serve_forwarded(
                 continue;
             }
         };
-        if open.get() >= limits.max_links {
+        let from = stream.peer_addr().map(|a| a.ip().to_canonical()).ok();
+        let unproven = from.and_then(|ip| Handshaking::admit(&handshaking, ip, &limits));
+        let Some(unproven) = unproven.filter(|_| open.get() < limits.max_links) else {
             bump(&stats.rejected_links);
             drop(stream);
             continue;
-        }
+        };
         open.set(open.get() + 1);
         let link = serve_link(
             stream,
@@ -432,6 +442,7 @@ pub async fn serve_forwarded(
             handler.clone(),
             limits.clone(),
             stats.clone(),
+            unproven,
         );
         let open = open.clone();
         glommio::spawn_local(async move {
@@ -442,12 +453,63 @@ pub async fn serve_forwarded(
     }
 }
 
+/// The connections of one core that have not sent a valid hello yet, by source address.
+#[derive(Default)]
+struct Handshaking {
+    all: usize,
+    by_addr: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+impl Handshaking {
+    /// Counts a new connection from `ip`, or `None` when it is over a bound.
+    fn admit(
+        this: &Rc<RefCell<Self>>,
+        ip: std::net::IpAddr,
+        limits: &ForwardLimits,
+    ) -> Option<Unproven> {
+        let mut h = this.borrow_mut();
+        let n = h.by_addr.get(&ip).copied().unwrap_or(0);
+        if h.all >= limits.max_handshaking || n >= limits.max_handshaking_per_addr {
+            return None;
+        }
+        h.all += 1;
+        h.by_addr.insert(ip, n + 1);
+        Some(Unproven {
+            of: this.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection still in its handshake; counted until dropped (hello verified or refused).
+struct Unproven {
+    of: Rc<RefCell<Handshaking>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        let mut h = self.of.borrow_mut();
+        assert!(h.all > 0, "an unproven connection is released once");
+        h.all -= 1;
+        let n = h
+            .by_addr
+            .get_mut(&self.ip)
+            .expect("an unproven connection's address is counted");
+        *n -= 1;
+        if *n == 0 {
+            h.by_addr.remove(&self.ip);
+        }
+    }
+}
+
 async fn serve_link(
     stream: TcpStream,
     key: Rc<[u8]>,
     handler: Rc<dyn ForwardHandler>,
     limits: ForwardLimits,
     stats: Rc<ForwardStats>,
+    unproven: Unproven,
 ) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -469,13 +531,16 @@ async fn serve_link(
         }
     })
     .await;
-    let hello = match hello
+    let hello = hello
         .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
         .map_err(|e| e.to_string())
         .and_then(|h| {
             h.verify(&key, &challenge).map_err(|e| e.to_string())?;
             Ok(h)
-        }) {
+        });
+    // Proven or refused: either way no longer a handshake.
+    drop(unproven);
+    let hello = match hello {
         Ok(h) => h,
         Err(why) => {
             bump(&stats.rejected_links);

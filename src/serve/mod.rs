@@ -167,6 +167,13 @@ pub struct ServeArgs {
     pub dev_login: bool,
 }
 
+/// Makes `dir` (which this process created or owns) readable by its owner only.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (mode 0700)", dir.display()))
+}
+
 fn behind_proxy(spec: ListenerSpec, proxy_protocol: bool) -> ListenerSpec {
     if proxy_protocol {
         spec.behind_proxy()
@@ -442,6 +449,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 std::fs::create_dir_all(&dir).with_context(|| {
                     format!("creating the snapshot directory {}", dir.display())
                 })?;
+                // Snapshots hold who voted: this service's eyes only, whatever the umask.
+                private_dir(&dir)?;
                 Some(shards::SnapshotSettings {
                     dir,
                     every: Duration::from_secs(args.snapshot_every_s),

@@ -1012,6 +1012,9 @@ async fn write_snapshot(
     let keep = snaps.keep;
     blocking
         .run(move || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            // Who voted: the owner's alone, whatever the umask (the directory is 0700 too).
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
             std::fs::rename(&tmp, dir.join(snapshot::files::name(partition, end)))?;
             std::fs::File::open(&dir)?.sync_all()?;
             snapshot::files::prune(&dir, partition, keep)

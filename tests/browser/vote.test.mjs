@@ -312,7 +312,9 @@ browserTest('vote, live results and already voted', async ({ open }) => {
 
 /** The sum of a counter of the server's /metrics over its labels (each core publishes once a second). */
 async function metricSum(name) {
-  const text = await (await fetch(`${cfg.adminUrl}/metrics`)).text();
+  const res = await fetch(`${cfg.adminUrl}/metrics`, { headers: { Authorization: `Bearer ${cfg.adminToken}` } });
+  assert.equal(res.status, 200, `/metrics with the admin token answered ${res.status}`);
+  const text = await res.text();
   return text.split('\n')
     .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
     .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
