@@ -291,20 +291,9 @@ impl Probe<'_> {
         body: &str,
         expect: u16,
     ) -> Seen {
-        let auth = format!("Bearer {}", token(voter));
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        self.send(
-            Listener::Public,
-            method,
-            path,
-            &headers,
-            Bytes::from(body.to_owned()),
-            expect,
-        )
-        .await
+        let token = token(voter);
+        self.json_request(Listener::Public, &token, method, path, &[], body, expect)
+            .await
     }
 
     async fn admin(&mut self, method: &str, path: &str, body: &str, expect: u16) -> Seen {
@@ -319,14 +308,38 @@ impl Probe<'_> {
         body: &str,
         expect: u16,
     ) -> Seen {
-        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.json_request(
+            Listener::Admin,
+            ADMIN_TOKEN,
+            method,
+            path,
+            extra,
+            body,
+            expect,
+        )
+        .await
+    }
+
+    /// A JSON request with `bearer` as its token, and `extra` headers.
+    #[allow(clippy::too_many_arguments)]
+    async fn json_request(
+        &mut self,
+        l: Listener,
+        bearer: &str,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &str,
+        expect: u16,
+    ) -> Seen {
+        let auth = format!("Bearer {bearer}");
         let mut headers = vec![
             ("authorization", auth.as_str()),
             ("content-type", "application/json"),
         ];
         headers.extend_from_slice(extra);
         self.send(
-            Listener::Admin,
+            l,
             method,
             path,
             &headers,
