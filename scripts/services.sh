@@ -641,7 +641,18 @@ status_dynamodb() {
 # ---------------------------------------------------------------------------------------------
 # Redis
 
-redis_healthy() { command -v redis-cli >/dev/null && [[ $(redis-cli -h "$HOST" -p "$REDIS_PORT" PING 2>/dev/null) == PONG ]]; }
+# SERVICES_REDIS_TLS_DIR (cert.pem, key.pem: the server's certificate, also the clients' CA)
+# serves TLS only, and SERVICES_REDIS_PASSWORD requires a password: a Redis configured as
+# production runs it, for tests/redis_tls.rs (with SERVICES_REDIS_PORT, beside the shared one).
+REDIS_TLS_DIR=${SERVICES_REDIS_TLS_DIR:-}
+REDIS_PASSWORD=${SERVICES_REDIS_PASSWORD:-}
+redis_cli() {
+  local args=(-h "$HOST" -p "$REDIS_PORT")
+  [[ -n $REDIS_TLS_DIR ]] && args+=(--tls --cacert "$REDIS_TLS_DIR/cert.pem")
+  [[ -n $REDIS_PASSWORD ]] && args+=(--no-auth-warning -a "$REDIS_PASSWORD")
+  redis-cli "${args[@]}" "$@"
+}
+redis_healthy() { command -v redis-cli >/dev/null && [[ $(redis_cli PING 2>/dev/null) == PONG ]]; }
 redis_pid() { live_pid "$REDIS_DIR/redis.pid" redis-server; }
 
 redis_ensure_installed() {
@@ -684,10 +695,22 @@ up_redis() {
   # network namespaces reach).
   local redis_protected=yes
   [[ $HOST == 127.0.0.1 ]] || redis_protected=no
+  local listen="port $REDIS_PORT" auth=""
+  if [[ -n $REDIS_TLS_DIR ]]; then
+    [[ -r $REDIS_TLS_DIR/cert.pem && -r $REDIS_TLS_DIR/key.pem ]] ||
+      die "redis: SERVICES_REDIS_TLS_DIR=$REDIS_TLS_DIR lacks cert.pem or key.pem"
+    listen="port 0
+tls-port $REDIS_PORT
+tls-cert-file $REDIS_TLS_DIR/cert.pem
+tls-key-file $REDIS_TLS_DIR/key.pem
+tls-auth-clients no"
+  fi
+  [[ -n $REDIS_PASSWORD ]] && auth="requirepass $REDIS_PASSWORD"
   cat >"$REDIS_DIR/redis.conf" <<EOF
 # Written by scripts/services.sh at each start; edit the script, not this file.
 bind $HOST
-port $REDIS_PORT
+$listen
+$auth
 protected-mode $redis_protected
 daemonize yes
 pidfile "$REDIS_DIR/redis.pid"

@@ -55,6 +55,10 @@ pub struct Common {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// PEM certificate authority of a `rediss://` Redis whose certificate the system does not
+    /// trust (a password goes in the URL: `rediss://:password@host:6380`).
+    #[arg(long, global = true, env = "VOTES_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// DynamoDB endpoint; set it empty to use real DynamoDB with the AWS credential chain.
     #[arg(
         long,
@@ -71,6 +75,18 @@ pub struct Common {
 impl Common {
     pub fn names(&self) -> Result<votes_core::Names> {
         Ok(votes_core::Names::new(&self.prefix)?)
+    }
+
+    /// The Redis read model: URL, and the certificate authority for TLS when given.
+    pub fn redis(&self) -> Result<votes_tally::RedisTarget> {
+        let ca = match &self.redis_ca {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading --redis-ca {}", path.display()))?,
+            ),
+        };
+        Ok(votes_tally::RedisTarget::new(&self.redis_url, ca)?)
     }
 
     pub fn dynamodb_endpoint(&self) -> Option<&str> {
@@ -163,6 +179,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The AWS SDK brings aws-lc-rs and our TLS uses ring, so rustls cannot pick a process
+    // default by itself; the Redis client's TLS (rediss://) asks for one. Ring, like the rest.
+    // Err only when a default is set already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run() {
         Ok(code) => code,
         Err(err) => {

@@ -34,7 +34,7 @@ pub fn config(common: &Common, args: &RecountArgs) -> Result<RecountConfig> {
     Ok(RecountConfig {
         audit_key: audit_key.into_bytes(),
         brokers: common.kafka_brokers.clone(),
-        redis_url: common.redis_url.clone(),
+        redis: common.redis()?,
         persist_group: args
             .persist_group
             .clone()

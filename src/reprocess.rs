@@ -40,7 +40,7 @@ pub fn run(common: &Common, args: &ReprocessArgs) -> Result<std::process::ExitCo
     let audit_key = crate::secrets::read("VOTES_AUDIT_KEY", 32)?;
     let cfg = ReprocessConfig {
         brokers: common.kafka_brokers.clone(),
-        redis_url: common.redis_url.clone(),
+        redis: common.redis()?,
         source,
         into: into.clone(),
         audit_key: audit_key.into_bytes(),

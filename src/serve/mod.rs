@@ -335,9 +335,21 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     // A revocation waits for the transaction in flight: its produce and commit calls are each
     // bounded by the Kafka timeout, and an abort may follow.
     let handoff_timeout = kafka_timeout * 4;
+    let redis = common.redis()?;
+    // Wrong credentials or an untrusted certificate are settings to fix: stop here and say so.
+    // A Redis that does not answer yet may come later (the link retries; results wait).
+    match redis.check(Duration::from_secs(2)) {
+        Ok(()) => {}
+        Err(votes_tally::redis_target::RedisCheck::Refused(why)) => {
+            bail!("Redis at {} refused this node: {why}", redis.display())
+        }
+        Err(votes_tally::redis_target::RedisCheck::Unreachable(why)) => {
+            tracing::warn!(redis = %redis.display(), %why, "Redis does not answer yet; the link retries");
+        }
+    }
     let link = if roles.ingest || roles.results {
         let (handle, thread) = votes_tally::fanout::start(votes_tally::fanout::LinkConfig {
-            redis_url: common.redis_url.clone(),
+            redis: redis.clone(),
             names: names.clone(),
             partitions,
             poll_every: roles
@@ -377,7 +389,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             .as_ref()
             .filter(|_| roles.results)
             .map(|(rt, _)| {
-                receipts::ReceiptsReader::new(rt.handle().clone(), &common.redis_url, names.clone())
+                receipts::ReceiptsReader::new(rt.handle().clone(), &redis, names.clone())
             })
             .transpose()?,
         names: names.clone(),
@@ -386,7 +398,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 votes_tally::recount::RecountConfig {
                     audit_key: audit_key.clone(),
                     brokers: common.kafka_brokers.clone(),
-                    redis_url: common.redis_url.clone(),
+                    redis: redis.clone(),
                     names: names.clone(),
                     persist_group: crate::persist::default_group(&names),
                     catch_up_timeout: Duration::from_secs(args.recount_catch_up_s),

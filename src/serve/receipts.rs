@@ -40,10 +40,14 @@ pub struct ReceiptsReader {
 }
 
 impl ReceiptsReader {
-    pub fn new(rt: tokio::runtime::Handle, redis_url: &str, names: Names) -> anyhow::Result<Self> {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        redis: &votes_tally::RedisTarget,
+        names: Names,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             rt,
-            client: redis::Client::open(redis_url)?,
+            client: redis.client()?,
             names,
             conn: Default::default(),
         })

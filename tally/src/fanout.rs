@@ -198,7 +198,7 @@ pub struct LinkStats {
 
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
-    pub redis_url: String,
+    pub redis: crate::RedisTarget,
     pub names: Names,
     /// Partitions of `votes` (how many hashes make an election's results).
     pub partitions: u32,
@@ -360,7 +360,7 @@ impl Link {
     /// The connection, (re)opened when the backoff allows; `None` while Redis is away.
     fn connection(&mut self) -> Option<&mut (redis::Connection, String)> {
         if self.conn.is_none() && Instant::now() >= self.retry_at {
-            match open(&self.cfg.redis_url) {
+            match open(&self.cfg.redis) {
                 Ok(c) => {
                     tracing::info!("connected to the Redis read model");
                     self.conn = Some(c);
@@ -506,8 +506,8 @@ impl Link {
     }
 }
 
-fn open(url: &str) -> Result<(redis::Connection, String), LinkError> {
-    let client = redis::Client::open(url)?;
+fn open(target: &crate::RedisTarget) -> Result<(redis::Connection, String), LinkError> {
+    let client = target.client()?;
     let mut conn = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
     conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
     conn.set_write_timeout(Some(REDIS_TIMEOUT))?;

@@ -18,10 +18,13 @@ pub mod provision;
 pub mod read_model;
 pub mod recount;
 pub mod recovery;
+pub mod redis_target;
 pub mod reprocess;
 pub mod shard;
 pub mod sim;
 pub mod snapshot;
+
+pub use redis_target::RedisTarget;
 
 /// Where the external services are; every role reads the same settings (DESIGN §4.1).
 #[derive(Clone, Debug)]

@@ -39,7 +39,7 @@ const CALL_BACKOFFS: u32 = 40;
 #[derive(Clone, Debug)]
 pub struct RecountConfig {
     pub brokers: String,
-    pub redis_url: String,
+    pub redis: crate::RedisTarget,
     pub names: Names,
     /// `VOTES_AUDIT_KEY`: the leaves' pseudonyms (DESIGN §4.5).
     pub audit_key: Vec<u8>,
@@ -459,7 +459,7 @@ pub fn redis_counts(
     election: &ElectionId,
     partitions: u32,
 ) -> Result<BTreeMap<String, u64>, RecountError> {
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let client = cfg.redis.client()?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     let mut pipe = redis::pipe();
     for p in 0..partitions {
@@ -509,7 +509,7 @@ async fn write_official(
         }
     }
 
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let client = cfg.redis.client()?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     let key = cfg.names.redis_final_key(election.id.as_str());
     let mut hset = redis::cmd("HSET");
@@ -559,7 +559,7 @@ fn write_receipts_index(
     expected_root: &votes_core::merkle::Hash,
 ) -> Result<(), RecountError> {
     use votes_core::merkle::LevelsBuilder;
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let client = cfg.redis.client()?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let names = &cfg.names;

@@ -20,7 +20,7 @@ const WRITE_CHUNK: usize = 5_000;
 #[derive(Clone, Debug)]
 pub struct ReprocessConfig {
     pub brokers: String,
-    pub redis_url: String,
+    pub redis: crate::RedisTarget,
     /// Where the election lives.
     pub source: Names,
     /// The fresh prefix the replay writes into.
@@ -139,7 +139,7 @@ pub async fn reprocess(
 
     // The new Redis tallies, through the same offset-guarded script as the fan-out.
     {
-        let client = redis::Client::open(cfg.redis_url.as_str())?;
+        let client = cfg.redis.client()?;
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
         let script = redis::Script::new(crate::read_model::PUBLISH_TALLY_LUA);
         for (partition, counts) in &per_partition {
@@ -156,7 +156,7 @@ pub async fn reprocess(
     let dynamodb = dynamo_counts(dynamo, &cfg.into.votes_table(), election).await?;
     let recount_view = RecountConfig {
         brokers: cfg.brokers.clone(),
-        redis_url: cfg.redis_url.clone(),
+        redis: cfg.redis.clone(),
         names: cfg.into.clone(),
         audit_key: cfg.audit_key.clone(),
         persist_group: String::new(),

@@ -1,0 +1,149 @@
+//! Redis as production runs it: TLS only and a password (DESIGN §7, `rediss://` URLs), started
+//! by the services script on a port of its own. A node given the URL and the certificate
+//! authority (`--redis-ca`) publishes its tallies and reads the results through it; the same
+//! node with a wrong password, or without the authority, stops at start and says why.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, open_election};
+use common::{repo_root, runtime};
+
+const REDIS_PORT: &str = "16391";
+const PASSWORD: &str = "a-redis-password-for-tests";
+
+fn tls_redis(action: &str, dir: &std::path::Path) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/services.sh"))
+        .args([action, "redis"])
+        .env("SERVICES_REDIS_PORT", REDIS_PORT)
+        .env("SERVICES_REDIS_TLS_DIR", dir)
+        .env("SERVICES_REDIS_PASSWORD", PASSWORD)
+        .output()
+        .expect("scripts/services.sh runs");
+    assert!(
+        out.status.success(),
+        "Redis with TLS on port {REDIS_PORT}: `services.sh {action} redis` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops the TLS Redis however the test ends.
+struct RedisGuard(std::path::PathBuf);
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        let dir = self.0.clone();
+        let _ = std::panic::catch_unwind(move || tls_redis("down", &dir));
+    }
+}
+
+/// `votes serve` on `prefix` with `env`, expected to stop at start: its stderr.
+fn refused_at_start(prefix: &str, env: &[(&str, &str)]) -> String {
+    let port = || votes_net::loopback_listener_port().unwrap().to_string();
+    let mut child = common::votes_command(prefix, &["serve", "--cores", "1"])
+        .args(["--http", &format!("127.0.0.1:{}", port())])
+        .args(["--admin", &format!("127.0.0.1:{}", port())])
+        .env("VOTES_TOKEN_KEY", TOKEN_KEY)
+        .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("votes serve starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "votes serve exited 0:\n{err}");
+            return err;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("votes serve kept running against a Redis that refuses it");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
+    common::require(common::Service::Kafka);
+    let dir = std::env::temp_dir().join(format!("votes-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = votes_net::self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    tls_redis("up", &dir);
+    let _redis = RedisGuard(dir.clone());
+    let ca = dir.join("cert.pem");
+    let ca = ca.to_str().unwrap();
+    let url = format!("rediss://:{PASSWORD}@127.0.0.1:{REDIS_PORT}");
+
+    let serve = Serve::init_and_start_env(
+        "redis-tls",
+        2,
+        1,
+        &[
+            ("VOTES_REDIS_URL", &url),
+            ("VOTES_REDIS_CA", ca),
+            ("VOTES_RESULTS_POLL_MS", "50"),
+        ],
+    );
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "tls", &["a", "b"], 0).await;
+        for voter in 1..=20u64 {
+            let (status, body) = client
+                .vote(
+                    &serve.url(""),
+                    "tls",
+                    voter,
+                    ["a", "b"][(voter % 2) as usize],
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+        }
+        // The tallies went to Redis over TLS and came back as the results.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, results) = client
+                .get(&serve.url("/v1/elections/tls/results"))
+                .await
+                .unwrap();
+            if results["total"] == 20 {
+                assert_eq!(results["totals"]["a"], 10, "{results}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the results never showed the 20 votes through the TLS Redis: {results}\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let log = serve.log_text();
+    assert!(!log.contains(PASSWORD), "the password reached the log");
+
+    let prefix = serve.prefix.clone();
+    let wrong = format!("rediss://:not-the-password@127.0.0.1:{REDIS_PORT}");
+    let err = refused_at_start(
+        &prefix,
+        &[("VOTES_REDIS_URL", &wrong), ("VOTES_REDIS_CA", ca)],
+    );
+    assert!(err.contains("refused this node"), "{err}");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password reached stderr: {err}"
+    );
+    let err = refused_at_start(&prefix, &[("VOTES_REDIS_URL", &url)]);
+    assert!(
+        err.contains("refused this node"),
+        "a certificate the system does not trust must stop the node: {err}"
+    );
+}
