@@ -13,15 +13,16 @@ const CREDENTIAL_MAX: u64 = 64 * 1024;
 /// The secret `name`, at least `min` bytes.
 pub fn read(name: &str, min: usize) -> Result<String> {
     let value = match std::env::var(name) {
-        Ok(v) => v,
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} must be UTF-8"),
-        Err(std::env::VarError::NotPresent) => match credential_path(name) {
+        // An empty variable (`KEY=` left in an env file) is no value: the credential may be.
+        Ok(v) if !v.is_empty() => v,
+        Ok(_) | Err(std::env::VarError::NotPresent) => match credential_path(name) {
             Some(path) => read_credential(&path)
                 .with_context(|| format!("reading {name} from {}", path.display()))?,
             None => bail!(
                 "{name} must be set (in the environment, or as a systemd credential of that name)"
             ),
         },
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} must be UTF-8"),
     };
     if value.len() < min {
         bail!("{name} must be at least {min} bytes");

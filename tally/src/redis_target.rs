@@ -25,7 +25,8 @@ impl RedisTarget {
     pub fn new(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, RedisTargetError> {
         let tls = url.starts_with("rediss://");
         if !tls && !url.starts_with("redis://") {
-            let scheme = url.split("://").next().unwrap_or(url);
+            // Only what precedes the first ':' — never the rest, which may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
             return Err(RedisTargetError::Scheme(scheme.to_owned()));
         }
         if ca_pem.is_some() && !tls {
@@ -83,6 +84,14 @@ impl RedisTarget {
             Err(e) if is_tls_failure(&e) => return Err(RedisCheck::Refused(e.to_string())),
             Err(e) => return Err(RedisCheck::Unreachable(e.to_string())),
         };
+        // The connection's own timeouts end with its setup: a Redis that stops answering after
+        // it must not hold the start-up.
+        let bounded = conn
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| conn.set_write_timeout(Some(timeout)));
+        if let Err(e) = bounded {
+            return Err(RedisCheck::Unreachable(e.to_string()));
+        }
         match redis::cmd("PING").query::<String>(&mut conn) {
             Ok(_) => Ok(()),
             Err(e)
@@ -150,5 +159,9 @@ mod tests {
             RedisTarget::url("http://127.0.0.1:6379"),
             Err(RedisTargetError::Scheme(_))
         ));
+        let Err(e) = RedisTarget::url("redis:/:s3cret@host:6379") else {
+            panic!("a URL without :// is refused");
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

@@ -169,8 +169,9 @@ pub struct ConnInfo {
 /// Per-core HTTP limits. Every queue and buffer on the connection path is bounded by one.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
-    /// Open connections per core on the public listeners (TCP and QUIC together). Beyond it a
-    /// new connection is closed right after accept (cheaper than keeping it in the backlog, and
+    /// Open connections per core on the public listeners: TCP connections are admitted while
+    /// the TCP ones are under it, QUIC ones while TCP and QUIC together are. Beyond it a new
+    /// connection is closed right after accept (cheaper than keeping it in the backlog, and
     /// visible).
     pub max_connections_per_core: usize,
     /// Open connections on the admin listener, counted apart from the public ones (and from
