@@ -8,45 +8,27 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::serve::{Serve, TestClient, committed_votes, open_election};
-use common::{repo_root, runtime};
+use common::runtime;
 
 const PARTITIONS: u32 = 4;
 const REDIS_PORT: &str = "16390";
 
-fn private_redis(action: &str) {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/services.sh"))
-        .args([action, "redis"])
-        .env("SERVICES_REDIS_PORT", REDIS_PORT)
-        .output()
-        .expect("scripts/services.sh runs");
-    assert!(
-        out.status.success(),
-        "Redis on port {REDIS_PORT}: `services.sh {action} redis` failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Stops the private Redis however the test ends.
-struct RedisGuard;
-impl Drop for RedisGuard {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| private_redis("down"));
+fn private_redis() -> common::PrivateRedis {
+    common::PrivateRedis {
+        port: REDIS_PORT,
+        env: Vec::new(),
     }
 }
 
 #[test]
 fn results_converge_after_redis_comes_back_without_restarting_votes() {
     common::require(common::Service::Kafka);
-    private_redis("up");
-    let _redis = RedisGuard;
+    let _redis = private_redis().up();
     let redis_url = format!("redis://127.0.0.1:{REDIS_PORT}");
     let serve = Serve::init_and_start_env(
         "redis-outage",
@@ -101,7 +83,7 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
 
-        private_redis("down");
+        private_redis().run("down");
         let accepted_at_stop = accepted.load(Ordering::Relaxed);
         // Not a rate (the machine is shared): ingest must simply not wait for Redis. Votes go
         // on being accepted while Redis is down (every answer is also checked to be a 202
@@ -119,7 +101,7 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
         let stale = results(client.clone(), url.clone()).await;
         assert!(stale >= before_outage);
 
-        private_redis("up");
+        private_redis().run("up");
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.store(true, Ordering::Relaxed);
         let failures = voting.await.unwrap();

@@ -5,40 +5,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::runtime;
 use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, open_election};
-use common::{repo_root, runtime};
 
 const REDIS_PORT: &str = "16391";
 const PASSWORD: &str = "a-redis-password-for-tests";
-
-fn tls_redis(action: &str, dir: &std::path::Path) {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/services.sh"))
-        .args([action, "redis"])
-        .env("SERVICES_REDIS_PORT", REDIS_PORT)
-        .env("SERVICES_REDIS_TLS_DIR", dir)
-        .env("SERVICES_REDIS_PASSWORD", PASSWORD)
-        .output()
-        .expect("scripts/services.sh runs");
-    assert!(
-        out.status.success(),
-        "Redis with TLS on port {REDIS_PORT}: `services.sh {action} redis` failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Stops the TLS Redis however the test ends.
-struct RedisGuard(std::path::PathBuf);
-impl Drop for RedisGuard {
-    fn drop(&mut self) {
-        let dir = self.0.clone();
-        let _ = std::panic::catch_unwind(move || tls_redis("down", &dir));
-    }
-}
 
 /// `votes serve` on `prefix` with `env`, expected to stop at start: its stderr.
 fn refused_at_start(prefix: &str, env: &[(&str, &str)]) -> String {
@@ -77,8 +51,14 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     let (cert, key) = votes_net::self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
     std::fs::write(dir.join("cert.pem"), &cert).unwrap();
     std::fs::write(dir.join("key.pem"), &key).unwrap();
-    tls_redis("up", &dir);
-    let _redis = RedisGuard(dir.clone());
+    let _redis = common::PrivateRedis {
+        port: REDIS_PORT,
+        env: vec![
+            ("SERVICES_REDIS_TLS_DIR", dir.clone().into_os_string()),
+            ("SERVICES_REDIS_PASSWORD", PASSWORD.into()),
+        ],
+    }
+    .up();
     let ca = dir.join("cert.pem");
     let ca = ca.to_str().unwrap();
     let url = format!("rediss://:{PASSWORD}@127.0.0.1:{REDIS_PORT}");

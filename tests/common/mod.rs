@@ -188,3 +188,46 @@ pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
         .output()
         .expect("the votes binary runs")
 }
+
+/// A Redis of a test's own beside the shared one, through `scripts/services.sh` on `port`
+/// with `env` (e.g. `SERVICES_REDIS_TLS_DIR`, `SERVICES_REDIS_PASSWORD`): a test may stop it
+/// without disturbing the others. `action` is `up` or `down`.
+#[derive(Clone)]
+pub struct PrivateRedis {
+    pub port: &'static str,
+    pub env: Vec<(&'static str, std::ffi::OsString)>,
+}
+
+impl PrivateRedis {
+    pub fn run(&self, action: &str) {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/services.sh"))
+            .args([action, "redis"])
+            .env("SERVICES_REDIS_PORT", self.port)
+            .envs(self.env.iter().map(|(k, v)| (*k, v)))
+            .output()
+            .expect("scripts/services.sh runs");
+        assert!(
+            out.status.success(),
+            "Redis on port {}: `services.sh {action} redis` failed:\n{}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts it; the guard stops it however the test ends.
+    pub fn up(&self) -> PrivateRedisGuard {
+        self.run("up");
+        PrivateRedisGuard(self.clone())
+    }
+}
+
+pub struct PrivateRedisGuard(PrivateRedis);
+
+impl Drop for PrivateRedisGuard {
+    fn drop(&mut self) {
+        let redis = self.0.clone();
+        let _ = std::panic::catch_unwind(move || redis.run("down"));
+    }
+}
