@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::serve::{Serve, TestClient, committed_votes, open_election};
 use common::runtime;
+use common::serve::{Serve, TestClient, committed_votes, open_election};
 
 const PARTITIONS: u32 = 4;
 const REDIS_PORT: &str = "16390";
