@@ -167,7 +167,16 @@ daemon() {
   # A mark in the log, so that the tail shown after a failed start is not read as old output.
   printf -- '----- %s: started by scripts/services.sh\n' "$(date '+%F %T')" >>"$out"
   setsid nohup "$@" </dev/null >>"$out" 2>&1 7>&- 8>&- 9>&- &
-  echo $!
+  local pid=$! i
+  # Until it execs, the child is a copy of this shell, whose command line names no service: a
+  # liveness check by command line in that window would call a starting service dead (a busy
+  # machine made it long enough once). Wait for the exec, bounded (30 s).
+  for ((i = 0; i < 600; i++)); do
+    running "$pid" || break
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1" && break
+    sleep 0.05
+  done
+  echo "$pid"
 }
 
 # ---------------------------------------------------------------------------------------------
