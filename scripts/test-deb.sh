@@ -26,12 +26,12 @@ getent passwd votes >/dev/null || fail "no votes user after install"
   fail "/var/lib/votes is $(stat -c '%U:%G %a' /var/lib/votes), want votes:votes 700"
 [ "$(stat -c '%U:%G %a' /etc/votes/credentials)" = "root:root 700" ] ||
   fail "/etc/votes/credentials is $(stat -c '%U:%G %a' /etc/votes/credentials), want root:root 700"
-for name in VOTES_TOKEN_KEY VOTES_AUDIT_KEY VOTES_ADMIN_TOKEN; do
+for name in VOTES_TOKEN_KEY VOTES_AUDIT_KEY VOTES_ADMIN_TOKEN VOTES_FORWARD_KEY; do
   file=/etc/votes/credentials/$name
   [ "$(stat -c '%U:%G %a' "$file")" = "root:root 600" ] || fail "$file is not root:root 600"
   [ "$(tr -d '\n' <"$file" | wc -c)" -ge 32 ] || fail "$file holds fewer than 32 bytes"
 done
-[ "$(sort -u /etc/votes/credentials/* | wc -l)" = 3 ] || fail "the three secrets made at install are not distinct"
+[ "$(sort -u /etc/votes/credentials/* | wc -l)" = 4 ] || fail "the four secrets made at install are not distinct"
 # The installed binary reads them the way a unit's LoadCredential= hands them over.
 env -i VOTES_LOG=warn CREDENTIALS_DIRECTORY=/etc/votes/credentials /usr/bin/votes token --voter 1 >/dev/null ||
   fail "votes does not read VOTES_TOKEN_KEY from \$CREDENTIALS_DIRECTORY"

@@ -21,7 +21,12 @@ use clap::parser::ValueSource;
 pub const CONFIG_ENV: &str = "VOTES_CONFIG";
 
 /// Secrets read from the environment only (never flags, never the file): shown masked.
-const SECRETS: [&str; 3] = ["VOTES_TOKEN_KEY", "VOTES_AUDIT_KEY", "VOTES_ADMIN_TOKEN"];
+const SECRETS: [&str; 4] = [
+    "VOTES_TOKEN_KEY",
+    "VOTES_AUDIT_KEY",
+    "VOTES_ADMIN_TOKEN",
+    "VOTES_FORWARD_KEY",
+];
 
 /// Returns `args` with the file's settings inserted where clap expects them. `cli` is the
 /// command line's definition: keys are checked against it, and a key is left out when the

@@ -1,4 +1,5 @@
-//! The process's secrets (`VOTES_TOKEN_KEY`, `VOTES_AUDIT_KEY`, `VOTES_ADMIN_TOKEN`): from the
+//! The process's secrets (`VOTES_TOKEN_KEY`, `VOTES_AUDIT_KEY`, `VOTES_ADMIN_TOKEN`,
+//! `VOTES_FORWARD_KEY`): from the
 //! environment, or else from a systemd credential of the same name (`LoadCredential=` puts it
 //! in `$CREDENTIALS_DIRECTORY`, readable by this service only, never in its environment, where
 //! `/proc/<pid>/environ` and every child would see it).

@@ -241,19 +241,25 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
     let prefix = init("fleet-split");
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    each_node_takes_every_vote(&a, &b);
+}
+
+/// Two nodes of one fleet: the partitions divided, every vote through either node `202` once,
+/// half of them forwarded to their owner, a second vote through the other node `409`.
+fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
     runtime().block_on(async {
         let client = TestClient::http1();
         let want = [("node-a", 1), ("node-b", 1)];
-        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let owners = wait_fleet(&client, a, &want, Duration::from_secs(60)).await;
+        wait_fleet(&client, b, &want, Duration::from_secs(30)).await;
         assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
-        open_election(&client, &a, "split", &OPTIONS, 0).await;
-        wait_open(&client, &b, "split").await;
+        open_election(&client, a, "split", &OPTIONS, 0).await;
+        wait_open(&client, b, "split").await;
         // Every voter through a, every other through b: half of each node's votes are its
         // peer's to commit.
         let mut attempts = Vec::new();
         for voter in 0..200u64 {
-            let node = if voter % 2 == 0 { &a } else { &b };
+            let node = if voter % 2 == 0 { a } else { b };
             attempts.push(vote_once(&client, &node.url(""), "split", voter).await);
         }
         for at in &attempts {
@@ -263,7 +269,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
         }
         // A second vote of each voter, through the other node: already voted.
         for voter in 0..20u64 {
-            let node = if voter % 2 == 0 { &b } else { &a };
+            let node = if voter % 2 == 0 { b } else { a };
             let again = vote_once(&client, &node.url(""), "split", voter).await;
             assert_eq!(again.status, Some(409), "voter {voter}");
         }
@@ -287,7 +293,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut received = 0;
-            for node in [&a, &b] {
+            for node in [a, b] {
                 let forward = common::serve::metric(node, "votes_forward_total").await;
                 received += forward.get("what=\"received\"").copied().unwrap_or(0);
             }
@@ -300,7 +306,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        wait_live_totals(&client, &[&a, &b], "split", &log_tallies(&log, "split")).await;
+        wait_live_totals(&client, &[a, b], "split", &log_tallies(&log, "split")).await;
     });
 }
 
@@ -722,82 +728,394 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
     });
 }
 
+/// A test's end of a plaintext forwarding link: the owner's challenge read, a hello sent.
+struct RawLink {
+    stream: std::net::TcpStream,
+    challenge: votes_core::forward::Challenge,
+    hello: votes_core::forward::Hello,
+    buf: Vec<u8>,
+}
+
+impl RawLink {
+    /// Connects to `internal`, reads the owner's challenge, sends `hello(challenge)`.
+    fn open(
+        internal: std::net::SocketAddr,
+        hello: &dyn Fn(&votes_core::forward::Challenge) -> votes_core::forward::Hello,
+    ) -> RawLink {
+        use std::io::{Read, Write};
+        use votes_core::forward::{Frame, decode_frame};
+        let mut stream = std::net::TcpStream::connect(internal).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        let challenge = loop {
+            if let Some((frame, used)) = decode_frame(&buf).unwrap() {
+                buf.drain(..used);
+                match frame {
+                    Frame::Challenge(c) => break c,
+                    other => panic!("the owner opened with {other:?}"),
+                }
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the challenge");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let hello = hello(&challenge);
+        stream
+            .write_all(&Frame::Hello(hello.clone()).encode())
+            .unwrap();
+        RawLink {
+            stream,
+            challenge,
+            hello,
+            buf,
+        }
+    }
+
+    /// The seal of the edge's end of this link under `key`.
+    fn seal(&self, key: &[u8]) -> votes_core::forward::LinkSeal {
+        use votes_core::forward::{LinkEnd, LinkSeal};
+        LinkSeal::new(key, LinkEnd::Edge, &self.challenge, &self.hello)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        // A link the owner closed may refuse the write: what it did is read next.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Whether the owner keeps the link open: an admitted link stays silent (or answers what
+    /// it was sent, which `seal` opens), a refused one is closed at once.
+    fn stays_open(&mut self, seal: Option<&mut votes_core::forward::LinkSeal>) -> bool {
+        use std::io::Read;
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(1_500)))
+            .unwrap();
+        let mut seal = seal;
+        let mut chunk = [0u8; 512];
+        loop {
+            if let Some(seal) = seal.as_deref_mut()
+                && let Some((frame, used)) = seal.open(&self.buf).unwrap()
+            {
+                assert!(
+                    matches!(frame, votes_core::forward::Frame::Answer(_)),
+                    "{frame:?}"
+                );
+                self.buf.drain(..used);
+                continue;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    assert!(seal.is_some(), "the owner sent something unasked");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return false,
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                        "{e}"
+                    );
+                    return true;
+                }
+            }
+        }
+    }
+}
+
 /// Connects to `internal`, reads the owner's challenge, sends `hello(challenge)`; whether the
 /// link stays open.
 fn hello_attempt(
     internal: std::net::SocketAddr,
     hello: &dyn Fn(&votes_core::forward::Challenge) -> votes_core::forward::Hello,
 ) -> bool {
-    use std::io::{Read, Write};
-    use votes_core::forward::{Frame, decode_frame};
-    let mut s = std::net::TcpStream::connect(internal).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    let challenge = loop {
-        if let Some((frame, _)) = decode_frame(&buf).unwrap() {
-            match frame {
-                Frame::Challenge(c) => break c,
-                other => panic!("the owner opened with {other:?}"),
-            }
+    RawLink::open(internal, hello).stays_open(None)
+}
+
+fn forward_key() -> Vec<u8> {
+    votes_core::forward::derive_key(common::serve::FORWARD_KEY.as_bytes())
+}
+
+/// Waits until `serve`'s forwarding counter `what` reaches `at_least` (metrics are published
+/// once a second), bounded.
+async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let forward = common::serve::metric(serve, "votes_forward_total").await;
+        let n = forward
+            .get(&format!("what=\"{what}\""))
+            .copied()
+            .unwrap_or(0);
+        if n >= at_least {
+            return;
         }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed before the challenge");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    s.write_all(&Frame::Hello(hello(&challenge)).encode())
-        .unwrap();
-    // A refused link is closed at once; an admitted one waits for votes.
-    s.set_read_timeout(Some(Duration::from_millis(1_500)))
-        .unwrap();
-    match s.read(&mut chunk) {
-        Ok(0) => false,
-        Ok(_) => panic!("the owner sent something unasked"),
-        Err(e) => {
-            assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "{e}"
-            );
-            true
-        }
+        assert!(
+            Instant::now() < deadline,
+            "votes_forward_total{{what=\"{what}\"}} stays below {at_least}: {forward:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
-/// key: a hello recorded from another link, or signed with another key, is refused.
+/// key: a hello recorded from another link, made for another listener, or signed with another
+/// key (the voter-token key included) is refused.
 #[test]
 fn the_internal_link_refuses_replayed_or_foreign_hellos() {
     use votes_core::forward::{Challenge, Hello};
     let prefix = init("fleet-hello");
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
+    let key = forward_key();
     let internal = a.internal.expect("a fleet node has an internal listener");
     let attempt = |hello: &dyn Fn(&Challenge) -> Hello| hello_attempt(internal, hello);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
+    });
     assert!(
         attempt(&|c| Hello::sign(&key, "node-x", [1; 16], c)),
         "a signed hello is admitted"
     );
-    let recorded = Hello::sign(&key, "node-x", [1; 16], &Challenge { nonce: [9; 16] });
+    let recorded = |c: &Challenge| {
+        let old = Challenge {
+            nonce: [9; 16],
+            ..c.clone()
+        };
+        Hello::sign(&key, "node-x", [1; 16], &old)
+    };
+    assert!(!attempt(&recorded), "a replayed hello is refused");
+    let for_another_listener = |c: &Challenge| {
+        let relayed = Challenge {
+            node: "node-b".into(),
+            ..c.clone()
+        };
+        Hello::sign(&key, "node-x", [1; 16], &relayed)
+    };
     assert!(
-        !attempt(&|_| recorded.clone()),
-        "a replayed hello is refused"
+        !attempt(&for_another_listener),
+        "a hello made for another node's listener is refused"
     );
     assert!(
         !attempt(&|c| Hello::sign(b"another fleet's key", "node-x", [1; 16], c)),
         "a hello under another key is refused"
     );
+    let token_key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
+    assert!(
+        !attempt(&|c| Hello::sign(&token_key, "node-x", [1; 16], c)),
+        "the voter-token key opens no link"
+    );
     runtime().block_on(async {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        wait_forward_count(&a, "rejected_links", 4).await;
         let forward = common::serve::metric(&a, "votes_forward_total").await;
         assert_eq!(
             forward.get("what=\"rejected_links\""),
-            Some(&2),
+            Some(&4),
             "{forward:?}"
         );
     });
+}
+
+/// After the hello, every frame on a plaintext link carries a MAC over its direction, its
+/// sequence number and its body under a key of that link alone: a frame forged without the
+/// key, replayed on the link or from another one, reflected (sealed as the owner's) or
+/// modified closes the link, and each is counted. A well-sealed vote is answered.
+#[test]
+fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
+    use votes_core::forward::{ForwardedVote, Frame, Hello, LinkEnd, LinkSeal};
+    use votes_core::{ElectionId, OptionId};
+    let prefix = init("fleet-frames");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let key = forward_key();
+    let internal = a.internal.expect("a fleet node has an internal listener");
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
+    });
+    let vote = |id: u64| {
+        let voter = 7 + id;
+        Frame::Vote(ForwardedVote {
+            id,
+            partition: partition_of(VoterId(voter), PARTITIONS),
+            election: ElectionId::new("no-such-election").unwrap(),
+            voter: VoterId(voter),
+            option: OptionId::new("red").unwrap(),
+            received_at_ms: now_ms(),
+            nonce: [id as u8; 16],
+        })
+    };
+    let open = || RawLink::open(internal, &|c| Hello::sign(&key, "node-x", [1; 16], c));
+    let sealed = |seal: &mut LinkSeal, frame: &Frame| {
+        let mut out = Vec::new();
+        seal.seal_into(frame, &mut out);
+        out
+    };
+
+    // A well-sealed vote is answered and the link stays open (the control).
+    let mut link = open();
+    let mut seal = link.seal(&key);
+    let first = sealed(&mut seal, &vote(1));
+    link.send(&first);
+    let mut opener = LinkSeal::new(&key, LinkEnd::Edge, &link.challenge, &link.hello);
+    assert!(link.stays_open(Some(&mut opener)), "a sealed vote is taken");
+    // Replayed on the same link.
+    link.send(&first);
+    assert!(!link.stays_open(Some(&mut opener)), "a replayed frame");
+    // Replayed from that link onto a new one.
+    let mut link = open();
+    link.send(&first);
+    assert!(!link.stays_open(None), "a frame from another link");
+    // Forged: a plain frame, no seal.
+    let mut link = open();
+    link.send(&vote(2).encode());
+    assert!(!link.stays_open(None), "an unsealed frame");
+    // Modified: one bit of a sealed vote's body.
+    let mut link = open();
+    let mut seal = link.seal(&key);
+    let mut bytes = sealed(&mut seal, &vote(3));
+    bytes[20] ^= 1;
+    link.send(&bytes);
+    assert!(!link.stays_open(None), "a modified frame");
+    // Reflected: a frame sealed as the owner's own direction.
+    let mut link = open();
+    let mut mirror = LinkSeal::new(&key, LinkEnd::Owner, &link.challenge, &link.hello);
+    link.send(&sealed(&mut mirror, &vote(4)));
+    assert!(!link.stays_open(None), "a reflected frame");
+    runtime().block_on(async {
+        wait_forward_count(&a, "refused_frames", 5).await;
+        let forward = common::serve::metric(&a, "votes_forward_total").await;
+        assert_eq!(
+            forward.get("what=\"refused_frames\""),
+            Some(&5),
+            "{forward:?}"
+        );
+        assert_eq!(forward.get("what=\"received\""), Some(&1), "{forward:?}");
+    });
+}
+
+/// Files of a development fleet PKI for `nodes` on loopback, under a directory of the test.
+fn fleet_pki_files(prefix: &str, nodes: usize) -> (std::path::PathBuf, Vec<[String; 2]>) {
+    let pki = votes_net::dev_fleet_pki(&vec!["127.0.0.1"; nodes]).unwrap();
+    let dir = std::env::temp_dir().join(format!("{prefix}pki"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let files = pki
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (cert, key))| {
+            let (c, k) = (
+                dir.join(format!("node{i}.pem")),
+                dir.join(format!("node{i}.key")),
+            );
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            [c.display().to_string(), k.display().to_string()]
+        })
+        .collect();
+    (ca, files)
+}
+
+/// Whether a TLS client with `identity` (certificate and key PEM, or none) stays connected to
+/// `internal` (TLS 1.3: the owner refuses a client certificate after the client's handshake
+/// ends, with an alert on the first read).
+fn tls_attempt(
+    internal: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::Read;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"votes-forward/2".to_vec()];
+    let name = rustls::pki_types::ServerName::IpAddress(internal.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(internal).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(1_500)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut chunk = [0u8; 64];
+    match tls.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(_) => panic!("the owner sent something unasked"),
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// On mutual TLS (`--internal-tls-*`) the fleet works as on the keyed links, and a peer
+/// without a certificate from the fleet's CA cannot connect: none, or one another CA signed.
+#[test]
+fn on_mutual_tls_the_fleet_forwards_and_refuses_a_peer_without_a_fleet_certificate() {
+    let prefix = init("fleet-tls");
+    let (ca, files) = fleet_pki_files(&prefix, 3);
+    let node = |name: &str, [cert, key]: &[String; 2]| {
+        let env = [
+            ("VOTES_INTERNAL_TLS_CERT", cert.as_str()),
+            ("VOTES_INTERNAL_TLS_KEY", key.as_str()),
+            ("VOTES_INTERNAL_TLS_CA", ca.to_str().unwrap()),
+            // The key of the plaintext mode: present, and unused under TLS.
+            ("VOTES_FORWARD_KEY", common::serve::FORWARD_KEY),
+        ];
+        Serve::start_node(&prefix, 1, name, &env)
+    };
+    let a = node("node-a", &files[0]);
+    let b = node("node-b", &files[1]);
+    each_node_takes_every_vote(&a, &b);
+    let internal = a.internal.expect("a fleet node has an internal listener");
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let read = |p: &String| std::fs::read_to_string(p).unwrap();
+    let (cert, key) = (read(&files[2][0]), read(&files[2][1]));
+    assert!(
+        tls_attempt(internal, &ca_pem, Some((&cert, &key))),
+        "a peer with a fleet certificate is admitted"
+    );
+    assert!(
+        !tls_attempt(internal, &ca_pem, None),
+        "a peer without a certificate is refused"
+    );
+    let foreign = votes_net::dev_fleet_pki(&["127.0.0.1"]).unwrap();
+    let (cert, key) = &foreign.nodes[0];
+    assert!(
+        !tls_attempt(internal, &ca_pem, Some((cert, key))),
+        "a peer whose certificate another CA signed is refused"
+    );
+    // A plaintext peer that knows the forwarding key gets no challenge: TLS only.
+    assert!(
+        std::panic::catch_unwind(|| {
+            hello_attempt(internal, &|c| {
+                votes_core::forward::Hello::sign(&forward_key(), "node-x", [1; 16], c)
+            })
+        })
+        .is_err(),
+        "a TLS listener speaks no plaintext"
+    );
+    runtime().block_on(wait_forward_count(&a, "rejected_links", 3));
 }
 
 /// Anyone who reaches `--internal` can open connections: 1,100 silent ones from one address
@@ -809,9 +1127,11 @@ fn silent_connections_to_the_internal_link_do_not_keep_a_peer_out() {
     const SILENT: usize = 1_100;
     let prefix = init("fleet-silent");
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let key = votes_core::forward::derive_key(common::serve::TOKEN_KEY.as_bytes());
+    let key = forward_key();
     let internal = a.internal.expect("a fleet node has an internal listener");
     runtime().block_on(async {
+        let client = TestClient::http1();
+        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
         let mut silent = Vec::with_capacity(SILENT);
         for _ in 0..SILENT {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();

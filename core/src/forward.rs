@@ -5,16 +5,26 @@
 //! big-endian `u32` body length, at most [`FRAME_MAX`], then the body, whose first byte is the
 //! kind:
 //!
-//! | kind | frame    | body after the kind byte                                                  |
-//! |------|----------|---------------------------------------------------------------------------|
-//! | 1    | `Hello`  | `b"VOTESFWD"`, version `1`, node (u16 + 1..=64), nonce (16), tag (32)      |
-//! | 2    | `Vote`   | id u64, partition u32, election (u16 + id), voter u64, option (u16 + id), received_at_ms u64, nonce (16) |
-//! | 3    | `Answer` | id u64, outcome u8: `0` partition u32 + offset u64, `1` code (u16 + name)  |
+//! | kind | frame       | body after the kind byte                                               |
+//! |------|-------------|------------------------------------------------------------------------|
+//! | 4    | `Challenge` | `b"VOTESFWD"`, version `2`, listener node (u16 + 1..=64), nonce (16)    |
+//! | 1    | `Hello`     | `b"VOTESFWD"`, version `2`, node (u16 + 1..=64), nonce (16), tag (32)   |
+//! | 2    | `Vote`      | id u64, partition u32, election (u16 + id), voter u64, option (u16 + id), received_at_ms u64, nonce (16) |
+//! | 3    | `Answer`    | id u64, outcome u8: `0` partition u32 + offset u64, `1` code (u16 + name) |
+//!
+//! A link is secured one of two ways. With mutual TLS (production) the frames travel as above
+//! inside the TLS stream, which authenticates both ends by the fleet's CA and protects every
+//! byte. Without TLS (development), the owner opens with a `Challenge`, the connecting side
+//! answers with a `Hello` tagged under the fleet's forwarding key, and every later frame is
+//! sealed by a [`LinkSeal`]: its length prefix counts a 16-byte tag after the body, an
+//! HMAC-SHA-256 under a key of this connection alone over the frame's direction, its sequence
+//! number and its body. A frame forged without the key, replayed (on this link or another),
+//! reordered, reflected back to its sender or modified fails its tag.
 //!
 //! The decoder is sans-IO and streaming: [`decode_frame`] says how many bytes a whole frame
 //! took, or that more bytes are needed. It is strict (one encoding per frame, no trailing
-//! bytes, ids validated as in [`crate::record`]) because the peer is only trusted after its
-//! `Hello` verified, and every defect is a typed error after which the caller closes the link.
+//! bytes, ids validated as in [`crate::record`]), and every defect is a typed error after which
+//! the caller closes the link.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -27,10 +37,15 @@ use crate::wire::{Reader, WireError, put_str};
 /// The first bytes of a `Hello` body after its kind: a peer that is not a forwarding link (a
 /// stray HTTP client, a port scan) fails here rather than deep inside a field.
 pub const HELLO_MAGIC: [u8; 8] = *b"VOTESFWD";
-pub const FORWARD_VERSION: u8 = 1;
-/// Domain separation of the `Hello` tag, so a MAC made with the same key for another purpose
-/// can never pass for one.
-const HELLO_CONTEXT: &[u8] = b"votes-forward v1\0";
+/// 2: the challenge names the listening node, the hello's tag covers both nodes and every
+/// later frame is sealed (version 1 trusted every frame after the hello).
+pub const FORWARD_VERSION: u8 = 2;
+/// Domain separation of the `Hello` tag and of the link key, so a MAC made with the same key
+/// for another purpose can never pass for either.
+const HELLO_CONTEXT: &[u8] = b"votes-forward v2 hello\0";
+const SESSION_CONTEXT: &[u8] = b"votes-forward v2 link\0";
+/// Bytes of a sealed frame's tag (HMAC-SHA-256 truncated to 128 bits).
+pub const SEAL_TAG_LEN: usize = 16;
 
 const KIND_HELLO: u8 = 1;
 const KIND_VOTE: u8 = 2;
@@ -42,6 +57,7 @@ const OUTCOME_REJECTED: u8 = 1;
 const CODE_NAME_MAX: usize = 32;
 
 const LEN_PREFIX: usize = 4;
+const CHALLENGE_MAX_LEN: usize = 1 + HELLO_MAGIC.len() + 1 + (2 + NODE_MAX) + 16;
 const HELLO_MAX_LEN: usize = 1 + HELLO_MAGIC.len() + 1 + (2 + NODE_MAX) + 16 + 32;
 const VOTE_MAX_LEN: usize = 1 + 8 + 4 + (2 + ELECTION_ID_MAX) + 8 + (2 + OPTION_ID_MAX) + 8 + 16;
 const ANSWER_MAX_LEN: usize = 1 + 8 + 1 + max(4 + 8, 2 + CODE_NAME_MAX);
@@ -51,7 +67,12 @@ const ANSWER_MAX_LEN: usize = 1 + 8 + 1 + max(4 + 8, 2 + CODE_NAME_MAX);
 /// to move in the same release.
 pub const FRAME_MAX: usize = VOTE_MAX_LEN.next_power_of_two();
 
-const _: () = assert!(HELLO_MAX_LEN <= FRAME_MAX && ANSWER_MAX_LEN <= FRAME_MAX);
+const _: () = assert!(
+    HELLO_MAX_LEN <= FRAME_MAX
+        && CHALLENGE_MAX_LEN <= FRAME_MAX
+        && ANSWER_MAX_LEN + SEAL_TAG_LEN <= FRAME_MAX
+        && VOTE_MAX_LEN + SEAL_TAG_LEN <= FRAME_MAX
+);
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
@@ -88,6 +109,10 @@ pub enum ForwardError {
     UnknownErrorCode,
     #[error("hello tag does not verify")]
     BadTag,
+    #[error("a sealed frame of {len} bytes cannot hold its tag")]
+    SealTooShort { len: usize },
+    #[error("frame seal does not verify (forged, replayed, reordered, reflected or modified)")]
+    BadSeal,
 }
 
 impl From<WireError> for ForwardError {
@@ -110,18 +135,22 @@ fn node_ok(node: &str) -> bool {
     (1..=NODE_MAX).contains(&node.len())
 }
 
-/// The fleet's forwarding key, derived from the voter-token secret every node already has: one
-/// secret less to manage, and a key that can never pass for a token or a challenge key.
+/// The fleet's forwarding key of a plaintext link, from `VOTES_FORWARD_KEY`: a secret of its
+/// own, not the voter-token key every token issuer holds, so issuing tokens gives no way onto
+/// the links.
 pub fn derive_key(secret: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(b"votes node-to-node forwarding v1");
+    mac.update(b"votes node-to-node forwarding v2");
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The first frame of the listening side: a fresh nonce the connecting side's [`Hello`] must
-/// sign, so a hello recorded on the wire cannot open another link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The first frame of the listening side: who it is and a fresh nonce the connecting side's
+/// [`Hello`] must sign, so a hello recorded on the wire cannot open another link and a
+/// challenge relayed from another node's listener is refused by the node that meant to reach
+/// this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Challenge {
+    pub node: String,
     pub nonce: [u8; 16],
 }
 
@@ -135,11 +164,12 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// A hello from `node` answering `challenge`, tagged with `key`; `nonce` must be fresh
-    /// random bytes.
+    /// A hello from `node` answering `challenge` (from the listening node it names), tagged
+    /// with `key`; `nonce` must be fresh random bytes.
     ///
     /// # Panics
-    /// When `node` is empty or longer than [`NODE_MAX`]: the node id is validated at start-up.
+    /// When `node` or the challenge's node is empty or longer than [`NODE_MAX`]: node ids are
+    /// validated at start-up and by the decoder.
     pub fn sign(key: &[u8], node: &str, nonce: [u8; 16], challenge: &Challenge) -> Hello {
         let mac = hello_mac(key, node, &nonce, challenge).expect("node id validated at start-up");
         Hello {
@@ -149,7 +179,8 @@ impl Hello {
         }
     }
 
-    /// Checks the tag against `key` and the challenge this side sent, in constant time.
+    /// Checks the tag against `key` and the challenge this side sent (its own node and nonce),
+    /// in constant time.
     pub fn verify(&self, key: &[u8], challenge: &Challenge) -> Result<(), ForwardError> {
         let mac =
             hello_mac(key, &self.node, &self.nonce, challenge).ok_or(ForwardError::InvalidNode)?;
@@ -158,25 +189,144 @@ impl Hello {
     }
 }
 
-/// The MAC over the context, the length-prefixed node, the nonce and the challenge; `None` for
-/// a node name that could not be on the wire (the prefix keeps `node ‖ nonce` unambiguous).
+/// The MAC under `context` over the length-prefixed connecting node, the length-prefixed
+/// listening node (so a hello is bound to the direction and the listener it was made for), the
+/// connecting side's nonce and the challenge's; `None` for a node name that could not be on
+/// the wire (the prefixes keep the concatenation unambiguous).
+fn link_mac(
+    key: &[u8],
+    context: &[u8],
+    node: &str,
+    nonce: &[u8; 16],
+    challenge: &Challenge,
+) -> Option<Hmac<Sha256>> {
+    if !node_ok(node) || !node_ok(&challenge.node) {
+        return None;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(context);
+    let mut nodes = Vec::with_capacity(4 + node.len() + challenge.node.len());
+    put_str(&mut nodes, node);
+    put_str(&mut nodes, &challenge.node);
+    mac.update(&nodes);
+    mac.update(nonce);
+    mac.update(&challenge.nonce);
+    Some(mac)
+}
+
 fn hello_mac(
     key: &[u8],
     node: &str,
     nonce: &[u8; 16],
     challenge: &Challenge,
 ) -> Option<Hmac<Sha256>> {
-    if !node_ok(node) {
-        return None;
+    link_mac(key, HELLO_CONTEXT, node, nonce, challenge)
+}
+
+/// Which end of a link a [`LinkSeal`] belongs to: the edge connects and sends votes, the owner
+/// listens and sends answers. Each direction's frames are tagged with its own label, so a
+/// frame reflected back to its sender never verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    Edge,
+    Owner,
+}
+
+impl LinkEnd {
+    fn label(self) -> u8 {
+        match self {
+            LinkEnd::Edge => b'E',
+            LinkEnd::Owner => b'O',
+        }
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(HELLO_CONTEXT);
-    let mut node_field = Vec::with_capacity(2 + node.len());
-    put_str(&mut node_field, node);
-    mac.update(&node_field);
-    mac.update(nonce);
-    mac.update(&challenge.nonce);
-    Some(mac)
+
+    fn other(self) -> LinkEnd {
+        match self {
+            LinkEnd::Edge => LinkEnd::Owner,
+            LinkEnd::Owner => LinkEnd::Edge,
+        }
+    }
+}
+
+/// The per-frame authentication of one plaintext link, after its hello verified: a key of
+/// this connection alone (from the fleet key and both nonces), and a sequence number per
+/// direction that both ends count without sending it.
+pub struct LinkSeal {
+    end: LinkEnd,
+    /// Keyed once per link; each frame's MAC starts from a copy.
+    mac: Hmac<Sha256>,
+    sent: u64,
+    received: u64,
+}
+
+impl std::fmt::Debug for LinkSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSeal")
+            .field("end", &self.end)
+            .field("sent", &self.sent)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkSeal {
+    /// The seal of `end` of the link whose handshake was `challenge` then `hello` under `key`.
+    /// Call it on the owner only after [`Hello::verify`] passed.
+    ///
+    /// # Panics
+    /// When a node name could not be on the wire (the decoder and start-up check them).
+    pub fn new(key: &[u8], end: LinkEnd, challenge: &Challenge, hello: &Hello) -> LinkSeal {
+        let session = link_mac(key, SESSION_CONTEXT, &hello.node, &hello.nonce, challenge)
+            .expect("node ids validated before a link is sealed")
+            .finalize()
+            .into_bytes();
+        LinkSeal {
+            end,
+            mac: Hmac::<Sha256>::new_from_slice(&session).expect("HMAC takes any key length"),
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn tag(&self, end: LinkEnd, seq: u64, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(&[end.label()]);
+        mac.update(&seq.to_be_bytes());
+        mac.update(body);
+        mac
+    }
+
+    /// Appends `frame`, sealed as the next frame this end sends, to `out`.
+    pub fn seal_into(&mut self, frame: &Frame, out: &mut Vec<u8>) {
+        let start = out.len();
+        frame.encode_into(out);
+        let tag = self.tag(self.end, self.sent, &out[start + LEN_PREFIX..]);
+        out.extend_from_slice(&tag.finalize().into_bytes()[..SEAL_TAG_LEN]);
+        let len = out.len() - start - LEN_PREFIX;
+        assert!(len <= FRAME_MAX, "a sealed frame fits FRAME_MAX");
+        let prefix = u32::try_from(len).expect("FRAME_MAX fits a u32");
+        out[start..start + LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+        self.sent += 1;
+    }
+
+    /// Like [`decode_frame`] for the next frame the other end sent: its tag is checked (in
+    /// constant time) before any field is read. After an error the link must be closed: the
+    /// sequence no longer matches.
+    pub fn open(&mut self, buf: &[u8]) -> Result<Option<(Frame, usize)>, ForwardError> {
+        let Some(sealed) = frame_body(buf)? else {
+            return Ok(None);
+        };
+        let Some(body_len) = sealed.len().checked_sub(SEAL_TAG_LEN).filter(|n| *n > 0) else {
+            return Err(ForwardError::SealTooShort { len: sealed.len() });
+        };
+        let (body, tag) = sealed.split_at(body_len);
+        self.tag(self.end.other(), self.received, body)
+            .verify_truncated_left(tag)
+            .map_err(|_| ForwardError::BadSeal)?;
+        let frame = decode_body(body)?;
+        self.received += 1;
+        Ok(Some((frame, LEN_PREFIX + sealed.len())))
+    }
 }
 
 /// A vote forwarded to the node that owns its partition.
@@ -231,9 +381,11 @@ impl Frame {
         out.extend_from_slice(&[0; LEN_PREFIX]);
         match self {
             Frame::Challenge(c) => {
+                assert!(node_ok(&c.node), "node id validated at start-up");
                 out.push(KIND_CHALLENGE);
                 out.extend_from_slice(&HELLO_MAGIC);
                 out.push(FORWARD_VERSION);
+                put_str(out, &c.node);
                 out.extend_from_slice(&c.nonce);
             }
             Frame::Hello(h) => {
@@ -293,6 +445,14 @@ impl Frame {
 /// A length prefix above [`FRAME_MAX`] is an error as soon as its 4 bytes are in, before any
 /// byte of the body is awaited, so a peer cannot make the caller buffer more than that.
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ForwardError> {
+    let Some(body) = frame_body(buf)? else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, LEN_PREFIX + body.len())))
+}
+
+/// The bytes the first length prefix of `buf` announces, once all are in.
+fn frame_body(buf: &[u8]) -> Result<Option<&[u8]>, ForwardError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
@@ -301,11 +461,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ForwardError> 
         Ok(n) if n <= FRAME_MAX => n,
         _ => return Err(ForwardError::TooLarge { len }),
     };
-    let end = LEN_PREFIX + body_len;
-    let Some(body) = buf.get(LEN_PREFIX..end) else {
-        return Ok(None);
-    };
-    Ok(Some((decode_body(body)?, end)))
+    Ok(buf.get(LEN_PREFIX..LEN_PREFIX + body_len))
 }
 
 fn decode_body(body: &[u8]) -> Result<Frame, ForwardError> {
@@ -339,19 +495,23 @@ fn decode_preamble(r: &mut Reader<'_>) -> Result<(), ForwardError> {
 fn decode_challenge(r: &mut Reader<'_>) -> Result<Challenge, ForwardError> {
     decode_preamble(r)?;
     Ok(Challenge {
+        node: decode_node(r)?,
         nonce: r.array("challenge")?,
     })
 }
 
+fn decode_node(r: &mut Reader<'_>) -> Result<String, ForwardError> {
+    match r.str("node", NODE_MAX) {
+        Ok(node) if node_ok(node) => Ok(node.to_owned()),
+        Err(WireError::Truncated(field)) => Err(ForwardError::Truncated(field)),
+        _ => Err(ForwardError::InvalidNode),
+    }
+}
+
 fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
     decode_preamble(r)?;
-    let node = match r.str("node", NODE_MAX) {
-        Ok(node) if node_ok(node) => node.to_owned(),
-        Err(WireError::Truncated(field)) => return Err(ForwardError::Truncated(field)),
-        _ => return Err(ForwardError::InvalidNode),
-    };
     Ok(Hello {
-        node,
+        node: decode_node(r)?,
         nonce: r.array("nonce")?,
         tag: r.array("tag")?,
     })
@@ -410,7 +570,13 @@ mod tests {
     use proptest::prelude::*;
 
     const KEY: &[u8] = b"test-only forwarding key";
-    const CHALLENGE: Challenge = Challenge { nonce: [5; 16] };
+
+    fn challenge() -> Challenge {
+        Challenge {
+            node: "node-b".into(),
+            nonce: [5; 16],
+        }
+    }
 
     fn vote() -> ForwardedVote {
         ForwardedVote {
@@ -426,8 +592,8 @@ mod tests {
 
     fn samples() -> Vec<Frame> {
         vec![
-            Frame::Challenge(CHALLENGE),
-            Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE)),
+            Frame::Challenge(challenge()),
+            Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &challenge())),
             Frame::Vote(vote()),
             Frame::Answer(ForwardAnswer {
                 id: 9,
@@ -482,7 +648,12 @@ mod tests {
             ..vote()
         });
         assert_eq!(longest.encode().len(), LEN_PREFIX + VOTE_MAX_LEN);
-        let hello = Frame::Hello(Hello::sign(KEY, &"n".repeat(NODE_MAX), [0; 16], &CHALLENGE));
+        let hello = Frame::Hello(Hello::sign(
+            KEY,
+            &"n".repeat(NODE_MAX),
+            [0; 16],
+            &challenge(),
+        ));
         assert_eq!(hello.encode().len(), LEN_PREFIX + HELLO_MAX_LEN);
     }
 
@@ -564,15 +735,16 @@ mod tests {
 
     #[test]
     fn damaged_fields_are_named() {
-        let hello = Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE)).encode();
+        let hello = Frame::Hello(Hello::sign(KEY, "node-a", [3; 16], &challenge())).encode();
         let mut magic = hello.clone();
         magic[5] = b'X';
         assert_eq!(decode_frame(&magic), Err(ForwardError::BadMagic));
         let mut version = hello.clone();
-        version[13] = 2;
+        // Version 1 links (no seal) are refused, not misread.
+        version[13] = 1;
         assert_eq!(
             decode_frame(&version),
-            Err(ForwardError::UnsupportedVersion(2))
+            Err(ForwardError::UnsupportedVersion(1))
         );
         let mut body = vec![KIND_HELLO];
         body.extend_from_slice(&HELLO_MAGIC);
@@ -608,42 +780,162 @@ mod tests {
 
     #[test]
     fn hello_verifies_only_with_its_key_and_fields() {
-        let hello = Hello::sign(KEY, "node-a", [3; 16], &CHALLENGE);
-        assert_eq!(hello.verify(KEY, &CHALLENGE), Ok(()));
+        let hello = Hello::sign(KEY, "node-a", [3; 16], &challenge());
+        assert_eq!(hello.verify(KEY, &challenge()), Ok(()));
         assert_eq!(
-            hello.verify(b"another key", &CHALLENGE),
+            hello.verify(b"another key", &challenge()),
             Err(ForwardError::BadTag)
         );
         // A hello recorded on one link does not answer another link's challenge.
-        let other = Challenge { nonce: [8; 16] };
+        let other = Challenge {
+            nonce: [8; 16],
+            ..challenge()
+        };
         assert_eq!(hello.verify(KEY, &other), Err(ForwardError::BadTag));
+        // A challenge relayed from another listener: the hello was made for node-b, so node-c
+        // (whose challenge the relay showed node-a) refuses it.
+        let relayed = Challenge {
+            node: "node-c".into(),
+            ..challenge()
+        };
+        assert_eq!(hello.verify(KEY, &relayed), Err(ForwardError::BadTag));
         let mut tag = hello.clone();
         tag.tag[31] ^= 1;
-        assert_eq!(tag.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
+        assert_eq!(tag.verify(KEY, &challenge()), Err(ForwardError::BadTag));
         let mut node = hello.clone();
         node.node = "node-b".into();
-        assert_eq!(node.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
+        assert_eq!(node.verify(KEY, &challenge()), Err(ForwardError::BadTag));
         let mut nonce = hello.clone();
         nonce.nonce[0] ^= 1;
-        assert_eq!(nonce.verify(KEY, &CHALLENGE), Err(ForwardError::BadTag));
+        assert_eq!(nonce.verify(KEY, &challenge()), Err(ForwardError::BadTag));
         let mut empty = hello;
         empty.node.clear();
         assert_eq!(
-            empty.verify(KEY, &CHALLENGE),
+            empty.verify(KEY, &challenge()),
             Err(ForwardError::InvalidNode)
         );
     }
 
     #[test]
     fn hello_tag_is_the_documented_hmac() {
-        let hello = Hello::sign(KEY, "ab", [1; 16], &CHALLENGE);
-        let mut msg = b"votes-forward v1\0".to_vec();
+        let hello = Hello::sign(KEY, "ab", [1; 16], &challenge());
+        let mut msg = b"votes-forward v2 hello\0".to_vec();
         msg.extend_from_slice(&[0, 2, b'a', b'b']);
+        msg.extend_from_slice(&[0, 6]);
+        msg.extend_from_slice(b"node-b");
         msg.extend_from_slice(&[1; 16]);
-        msg.extend_from_slice(&CHALLENGE.nonce);
+        msg.extend_from_slice(&challenge().nonce);
         let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
         mac.update(&msg);
         assert_eq!(hello.tag[..], mac.finalize().into_bytes()[..]);
+    }
+
+    /// Both ends of one link after its handshake.
+    fn sealed_link() -> (LinkSeal, LinkSeal) {
+        let hello = Hello::sign(KEY, "node-a", [3; 16], &challenge());
+        (
+            LinkSeal::new(KEY, LinkEnd::Edge, &challenge(), &hello),
+            LinkSeal::new(KEY, LinkEnd::Owner, &challenge(), &hello),
+        )
+    }
+
+    fn answer(id: u64) -> Frame {
+        Frame::Answer(ForwardAnswer {
+            id,
+            outcome: ForwardOutcome::Accepted {
+                partition: 5,
+                offset: id,
+            },
+        })
+    }
+
+    #[test]
+    fn sealed_frames_open_in_order_in_both_directions() {
+        let (mut edge, mut owner) = sealed_link();
+        let mut wire = Vec::new();
+        for i in 0..3 {
+            edge.seal_into(&Frame::Vote(ForwardedVote { id: i, ..vote() }), &mut wire);
+        }
+        let mut rest = &wire[..];
+        for i in 0..3 {
+            for cut in 0..LEN_PREFIX + 1 {
+                assert_eq!(owner.open(&rest[..cut]), Ok(None));
+            }
+            let (frame, used) = owner.open(rest).unwrap().unwrap();
+            assert_eq!(frame, Frame::Vote(ForwardedVote { id: i, ..vote() }));
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        let mut back = Vec::new();
+        owner.seal_into(&answer(1), &mut back);
+        assert_eq!(edge.open(&back), Ok(Some((answer(1), back.len()))));
+        let longest = Frame::Vote(ForwardedVote {
+            election: ElectionId::new("e".repeat(ELECTION_ID_MAX)).unwrap(),
+            option: OptionId::new("o".repeat(OPTION_ID_MAX)).unwrap(),
+            ..vote()
+        });
+        let mut big = Vec::new();
+        edge.seal_into(&longest, &mut big);
+        assert_eq!(big.len(), LEN_PREFIX + VOTE_MAX_LEN + SEAL_TAG_LEN);
+    }
+
+    #[test]
+    fn forged_replayed_reflected_or_modified_frames_do_not_open() {
+        let sealed = |edge: &mut LinkSeal, f: &Frame| {
+            let mut out = Vec::new();
+            edge.seal_into(f, &mut out);
+            out
+        };
+        // Forged: a plain frame, or one sealed under another fleet's key.
+        let (_, mut owner) = sealed_link();
+        assert!(owner.open(&Frame::Vote(vote()).encode()).is_err());
+        let hello = Hello::sign(b"another fleet", "node-a", [3; 16], &challenge());
+        let mut foreign = LinkSeal::new(b"another fleet", LinkEnd::Edge, &challenge(), &hello);
+        assert_eq!(
+            owner.open(&sealed(&mut foreign, &Frame::Vote(vote()))),
+            Err(ForwardError::BadSeal)
+        );
+        // Replayed on the same link: the sequence moved on.
+        let (mut edge, mut owner) = sealed_link();
+        let first = sealed(&mut edge, &Frame::Vote(vote()));
+        assert!(owner.open(&first).unwrap().is_some());
+        assert_eq!(owner.open(&first), Err(ForwardError::BadSeal));
+        // Replayed on another link (another challenge): another link key.
+        let other = Challenge {
+            nonce: [6; 16],
+            ..challenge()
+        };
+        let hello = Hello::sign(KEY, "node-a", [3; 16], &other);
+        let mut owner2 = LinkSeal::new(KEY, LinkEnd::Owner, &other, &hello);
+        let (mut edge, _) = sealed_link();
+        assert_eq!(
+            owner2.open(&sealed(&mut edge, &Frame::Vote(vote()))),
+            Err(ForwardError::BadSeal)
+        );
+        // Reordered: the second frame first.
+        let (mut edge, mut owner) = sealed_link();
+        let _skipped = sealed(&mut edge, &Frame::Vote(vote()));
+        let second = sealed(&mut edge, &Frame::Vote(vote()));
+        assert_eq!(owner.open(&second), Err(ForwardError::BadSeal));
+        // Reflected: the edge's own first frame sent back to it as an answer.
+        let (mut edge, _) = sealed_link();
+        let mine = sealed(&mut edge, &answer(0));
+        assert_eq!(edge.open(&mine), Err(ForwardError::BadSeal));
+        // Modified: any bit of the body or the tag.
+        let (mut edge, _) = sealed_link();
+        let good = sealed(&mut edge, &Frame::Vote(vote()));
+        for byte in LEN_PREFIX..good.len() {
+            let mut bad = good.clone();
+            bad[byte] ^= 0x10;
+            let (_, mut owner) = sealed_link();
+            assert!(owner.open(&bad).is_err(), "byte {byte} flipped");
+        }
+        // Too short to hold a tag.
+        let (_, mut owner) = sealed_link();
+        assert_eq!(
+            owner.open(&framed(&[KIND_VOTE; SEAL_TAG_LEN])),
+            Err(ForwardError::SealTooShort { len: SEAL_TAG_LEN })
+        );
     }
 
     fn any_frame() -> impl Strategy<Value = Frame> {
@@ -688,7 +980,8 @@ mod tests {
                 },
             })
         });
-        let challenge = any::<[u8; 16]>().prop_map(|nonce| Frame::Challenge(Challenge { nonce }));
+        let challenge = ("[a-zA-Z0-9._-]{1,64}", any::<[u8; 16]>())
+            .prop_map(|(node, nonce)| Frame::Challenge(Challenge { node, nonce }));
         prop_oneof![challenge, hello, vote, accepted, rejected]
     }
 

@@ -192,8 +192,20 @@ pub fn snapshot_decode(data: &[u8]) {
 /// `forward_decode`: reads `data` as a stream of frames. Each frame that decodes is canonical
 /// (its bytes are exactly what it encodes to) and fits the bound, and each of its proper
 /// prefixes is a partial frame, so a reader never acts on a frame before all of it arrived.
+///
+/// The same bytes on a sealed link never panic the opener, and every frame that decodes, sealed
+/// by one end, opens at the other as itself.
 pub fn forward_decode(data: &[u8]) {
-    use crate::forward::{FRAME_MAX, decode_frame};
+    use crate::forward::{Challenge, FRAME_MAX, Hello, LinkEnd, LinkSeal, decode_frame};
+    const KEY: &[u8] = b"fuzz forwarding key";
+    let challenge = Challenge {
+        node: "owner".into(),
+        nonce: [1; 16],
+    };
+    let hello = Hello::sign(KEY, "edge", [2; 16], &challenge);
+    let mut edge = LinkSeal::new(KEY, LinkEnd::Edge, &challenge, &hello);
+    let mut owner = LinkSeal::new(KEY, LinkEnd::Owner, &challenge, &hello);
+    let _ = LinkSeal::new(KEY, LinkEnd::Owner, &challenge, &hello).open(data);
     let mut rest = data;
     while let Ok(Some((frame, used))) = decode_frame(rest) {
         let again = frame.encode();
@@ -204,6 +216,9 @@ pub fn forward_decode(data: &[u8]) {
         );
         assert!(used <= 4 + FRAME_MAX);
         assert_eq!(decode_frame(&rest[..used - 1]), Ok(None));
+        let mut sealed = Vec::new();
+        edge.seal_into(&frame, &mut sealed);
+        assert_eq!(owner.open(&sealed), Ok(Some((frame, sealed.len()))));
         rest = &rest[used..];
     }
 }

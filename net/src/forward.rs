@@ -3,32 +3,81 @@
 //!
 //! Each core keeps one persistent TCP connection per peer node ([`Forwarder`]); the frames
 //! are `votes_core::forward`'s. Sending is batched: votes queued while a write is in progress
-//! leave together in the next write, so under load one syscall carries many votes. The
-//! listening side ([`serve_forwarded`]) opens with a fresh [`Challenge`], and the connecting side
-//! proves it knows the fleet's forwarding key with a [`Hello`] that signs it (a hello recorded
-//! on the wire opens no other link); anything else is refused. The links are not encrypted:
-//! `--internal` belongs on the fleet's private network.
+//! leave together in the next write, so under load one syscall carries many votes.
+//!
+//! A link is secured by [`LinkSecurity`]: mutual TLS with the fleet's CA (production; each end
+//! refuses a peer without a fleet certificate), or, for development, plaintext under the
+//! fleet's own forwarding key (`VOTES_FORWARD_KEY`): the listening side ([`serve_forwarded`])
+//! opens with a fresh [`Challenge`] naming itself, the connecting side proves it knows the key
+//! with a [`Hello`] that signs it, and every later frame in both directions carries a MAC with
+//! its direction and sequence number ([`LinkSeal`]). A listener takes connections only from
+//! the addresses of the fleet map's members ([`ForwardHandler::admits`]); the connecting side
+//! takes only answers to votes it sent, for the partition it sent them to.
 //!
 //! Bounds: votes in flight per peer and per accepted connection, the bytes a frame may claim,
-//! the time to connect and to say hello. A vote whose connection breaks before its answer is
-//! answered `503`: it may have committed, and the voter's retry then gets `409` (§3.2).
+//! the time to connect and to finish the handshake, the connections still in it. A vote whose
+//! connection breaks before its answer is answered `503`: it may have committed, and the
+//! voter's retry then gets `409` (§3.2).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use votes_core::ErrorCode;
 use votes_core::forward::{
-    Challenge, FRAME_MAX, ForwardAnswer, ForwardOutcome, ForwardedVote, Frame, Hello, decode_frame,
+    Challenge, FRAME_MAX, ForwardAnswer, ForwardError, ForwardOutcome, ForwardedVote, Frame, Hello,
+    LinkEnd, LinkSeal, decode_frame,
 };
+
+use crate::tls::InternalTls;
 
 use crate::httpd::LocalBoxFuture;
 use crate::mesh::{ReplyRx, ReplyTx, reply_channel};
 use crate::signal::{LocalSignal, within};
+
+/// How the forwarding links are secured (the same on every node of a fleet).
+#[derive(Clone, Debug)]
+pub enum LinkSecurity {
+    /// Mutual TLS 1.3 with the fleet's CA: the production mode.
+    Tls(InternalTls),
+    /// Plaintext, every frame sealed under a key derived from `VOTES_FORWARD_KEY`
+    /// ([`votes_core::forward::derive_key`]): development, or a network the operator trusts
+    /// not to read votes; frames cannot be forged, replayed or altered, but they are readable.
+    Keyed(Arc<[u8]>),
+}
+
+/// The frames of one established link in one direction or both: as they are inside TLS, or
+/// sealed on a plaintext link.
+enum Codec {
+    Plain,
+    Sealed(LinkSeal),
+}
+
+impl Codec {
+    fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) {
+        match self {
+            Codec::Plain => frame.encode_into(out),
+            Codec::Sealed(seal) => seal.seal_into(frame, out),
+        }
+    }
+
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<(Frame, usize)>, ForwardError> {
+        match self {
+            Codec::Plain => decode_frame(buf),
+            Codec::Sealed(seal) => seal.open(buf),
+        }
+    }
+}
+
+/// A link's byte stream: TCP, or TLS over TCP.
+trait Duplex: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
+type LinkStream = Box<dyn Duplex>;
 
 /// Limits of the forwarding links.
 #[derive(Clone, Debug)]
@@ -96,8 +145,16 @@ pub struct ForwardStats {
     pub connect_failures: Cell<u64>,
     /// Votes received from peers.
     pub received: Cell<u64>,
-    /// Connections refused at hello (bad key or malformed).
+    /// Connections refused in their handshake (no fleet certificate, bad key, malformed, late).
     pub rejected_links: Cell<u64>,
+    /// Connections closed at accept: their source is no member's address in the fleet map.
+    pub refused_sources: Cell<u64>,
+    /// Links closed on a frame that failed its seal or did not decode after the handshake
+    /// (forged, replayed, reflected, modified), either direction.
+    pub refused_frames: Cell<u64>,
+    /// Links closed on an answer to no vote in flight or for another partition than the
+    /// vote's.
+    pub bad_answers: Cell<u64>,
 }
 
 /// Wakes one waiting task on this core; a notification sent while nobody waits is kept (one),
@@ -139,12 +196,23 @@ enum LinkState {
     Down { until: Instant },
 }
 
-/// One link to a peer node: frames waiting to be written, votes waiting for answers.
+/// A vote sent on a link and not answered yet.
+struct Waiting {
+    partition: u32,
+    reply: ReplyTx<ForwardOutcome>,
+}
+
+/// One link to a peer node: votes waiting to be written (encoded by the writer, which owns
+/// the link's seal), votes waiting for answers.
 struct Link {
     addr: SocketAddr,
+    /// The node the fleet map names at `addr`: a plaintext link's challenge must come from it.
+    node: String,
     state: Cell<LinkState>,
-    out: RefCell<Vec<u8>>,
-    waiting: RefCell<HashMap<u64, ReplyTx<ForwardOutcome>>>,
+    /// Set when the fleet map names another node at `addr`: the link closes.
+    retired: Cell<bool>,
+    out: RefCell<Vec<ForwardedVote>>,
+    waiting: RefCell<HashMap<u64, Waiting>>,
     next_id: Cell<u64>,
     wake_writer: Notify,
     /// When the link last made progress: an answer, or a vote while none waited.
@@ -154,7 +222,7 @@ struct Link {
 impl Link {
     fn fail_all(&self, stats: &ForwardStats) {
         self.out.borrow_mut().clear();
-        for (_, reply) in self.waiting.borrow_mut().drain() {
+        for (_, Waiting { reply, .. }) in self.waiting.borrow_mut().drain() {
             bump(&stats.broken);
             let _ = reply.send(ForwardOutcome::Rejected {
                 code: ErrorCode::Unavailable,
@@ -166,33 +234,35 @@ impl Link {
 /// The forwarding side of one core: a link per peer, opened on first use.
 pub struct Forwarder {
     node: String,
-    key: Rc<[u8]>,
+    security: LinkSecurity,
     limits: ForwardLimits,
     links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
     pub stats: Rc<ForwardStats>,
 }
 
 impl Forwarder {
-    /// `node` names this node in its hellos; `key` is the fleet's forwarding key.
-    pub fn new(node: String, key: Rc<[u8]>, limits: ForwardLimits) -> Rc<Self> {
+    /// `node` names this node in its hellos.
+    pub fn new(node: String, security: LinkSecurity, limits: ForwardLimits) -> Rc<Self> {
         assert!(limits.max_in_flight > 0);
         Rc::new(Self {
             node,
-            key,
+            security,
             limits,
             links: RefCell::new(HashMap::new()),
             stats: Rc::new(ForwardStats::default()),
         })
     }
 
-    /// Queues `vote` (its `id` is set here) for the node listening on `peer`; the answer comes
-    /// on the returned receiver: the owner's verdict, or `503` if the link breaks first.
+    /// Queues `vote` (its `id` is set here) for `owner`, the node listening on `peer`; the
+    /// answer comes on the returned receiver: the owner's verdict, or `503` if the link breaks
+    /// first.
     pub fn forward(
         self: &Rc<Self>,
+        owner: &str,
         peer: SocketAddr,
         mut vote: ForwardedVote,
     ) -> Result<ReplyRx<ForwardOutcome>, ForwardRefused> {
-        let link = self.link(peer);
+        let link = self.link(owner, peer);
         match link.state.replace(LinkState::Connecting) {
             LinkState::Down { until } if Instant::now() < until => {
                 link.state.set(LinkState::Down { until });
@@ -216,21 +286,32 @@ impl Forwarder {
         if link.waiting.borrow().is_empty() {
             link.last_progress.set(Instant::now());
         }
-        link.waiting.borrow_mut().insert(id, tx);
-        Frame::Vote(vote).encode_into(&mut link.out.borrow_mut());
+        let waiting = Waiting {
+            partition: vote.partition,
+            reply: tx,
+        };
+        link.waiting.borrow_mut().insert(id, waiting);
+        link.out.borrow_mut().push(vote);
         bump(&self.stats.sent);
         link.wake_writer.notify();
         Ok(rx)
     }
 
-    fn link(self: &Rc<Self>, peer: SocketAddr) -> Rc<Link> {
+    fn link(self: &Rc<Self>, owner: &str, peer: SocketAddr) -> Rc<Link> {
         if let Some(l) = self.links.borrow().get(&peer) {
-            return l.clone();
+            if l.node == owner {
+                return l.clone();
+            }
+            // Another node took over the address: the old link's votes answer 503.
+            l.retired.set(true);
+            l.wake_writer.notify();
         }
         let link = Rc::new(Link {
             addr: peer,
+            node: owner.to_owned(),
             state: Cell::new(LinkState::Connecting),
-            out: RefCell::new(Vec::with_capacity(16 << 10)),
+            retired: Cell::new(false),
+            out: RefCell::new(Vec::with_capacity(256)),
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             wake_writer: Notify::default(),
@@ -251,62 +332,34 @@ impl Forwarder {
     }
 }
 
-/// Connects, says hello, then writes and reads until the connection breaks; every vote still
-/// waiting is then answered `503` and the link stays down for `retry_after`.
+/// Connects and secures the link, then writes and reads until the connection breaks; every
+/// vote still waiting is then answered `503` and the link stays down for `retry_after`.
 async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
-    let connected = within(fwd.limits.connect_timeout, async {
-        TcpStream::connect(link.addr)
-            .await
-            .map_err(std::io::Error::from)
-    })
-    .await;
-    let stream = match connected {
-        Some(Ok(s)) => s,
-        failed => {
-            let e = failed.map_or_else(
-                || "timed out".to_owned(),
-                |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
-            );
-            bump(&fwd.stats.connect_failures);
-            tracing::debug!(peer = %link.addr, error = %e, "forwarding link: cannot connect");
-            link_down(&fwd, &link);
-            return;
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    bump(&fwd.stats.connects);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut chunk = vec![0u8; 16 << 10];
-    // The owner speaks first: a fresh challenge our hello must sign.
-    let challenge = within(
-        fwd.limits.hello_timeout,
-        read_frame(&mut reader, &mut buf, &mut chunk),
-    )
-    .await;
-    let challenge = match challenge {
-        Some(Ok(Frame::Challenge(c))) => c,
-        other => {
-            tracing::warn!(peer = %link.addr, outcome = ?other.map(|r| r.map(|f| std::mem::discriminant(&f))), "forwarding link: no challenge from the owner");
-            link_down(&fwd, &link);
-            return;
-        }
-    };
-    let mut hello = Vec::with_capacity(128);
-    Frame::Hello(Hello::sign(&fwd.key, &fwd.node, rand::random(), &challenge))
-        .encode_into(&mut hello);
-    if writer.write_all(&hello).await.is_err() {
+    let Some((stream, codec)) = open_link(&fwd, &link).await else {
         link_down(&fwd, &link);
         return;
-    }
+    };
     link.state.set(LinkState::Up);
+    let codec = RefCell::new(codec);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
     let write = async {
+        let mut votes = Vec::with_capacity(256);
         let mut buf = Vec::with_capacity(16 << 10);
         loop {
-            std::mem::swap(&mut buf, &mut link.out.borrow_mut());
-            if buf.is_empty() {
+            if link.retired.get() {
+                tracing::info!(peer = %link.addr, node = %link.node, "forwarding link: another node has this address now");
+                return;
+            }
+            std::mem::swap(&mut votes, &mut link.out.borrow_mut());
+            if votes.is_empty() {
                 link.wake_writer.notified().await;
                 continue;
+            }
+            {
+                let mut codec = codec.borrow_mut();
+                for vote in votes.drain(..) {
+                    codec.encode(&Frame::Vote(vote), &mut buf);
+                }
             }
             if writer.write_all(&buf).await.is_err() {
                 return;
@@ -316,26 +369,46 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
         }
     };
     let read = async {
+        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+        let mut chunk = vec![0u8; 16 << 10];
         loop {
             let mut at = 0;
             loop {
-                match decode_frame(&buf[at..]) {
+                let decoded = codec.borrow_mut().decode(&buf[at..]);
+                match decoded {
                     Ok(Some((Frame::Answer(ForwardAnswer { id, outcome }), used))) => {
                         at += used;
                         bump(&fwd.stats.answered);
                         link.last_progress.set(Instant::now());
-                        // A voter who gave up has dropped the receiver: nothing to tell.
-                        if let Some(reply) = link.waiting.borrow_mut().remove(&id) {
-                            let _ = reply.send(outcome);
+                        let Some(waiting) = link.waiting.borrow_mut().remove(&id) else {
+                            // Ids are never reused on a link and a vote is answered once.
+                            bump(&fwd.stats.bad_answers);
+                            tracing::warn!(peer = %link.addr, id, "forwarding link: an answer to no vote in flight");
+                            return;
+                        };
+                        if let ForwardOutcome::Accepted { partition, .. } = outcome
+                            && partition != waiting.partition
+                        {
+                            bump(&fwd.stats.bad_answers);
+                            tracing::warn!(peer = %link.addr, id, partition, sent = waiting.partition, "forwarding link: an answer for another partition than the vote's");
+                            // The vote may have committed: its voter gets 503 and retries.
+                            let _ = waiting.reply.send(ForwardOutcome::Rejected {
+                                code: ErrorCode::Unavailable,
+                            });
+                            return;
                         }
+                        // A voter who gave up has dropped the receiver: nothing to tell.
+                        let _ = waiting.reply.send(outcome);
                     }
                     Ok(Some((other, _))) => {
+                        bump(&fwd.stats.refused_frames);
                         tracing::warn!(peer = %link.addr, frame = ?std::mem::discriminant(&other), "forwarding link: the owner sent a frame only a client sends");
                         return;
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(peer = %link.addr, error = %e, "forwarding link: undecodable answer");
+                        bump(&fwd.stats.refused_frames);
+                        tracing::warn!(peer = %link.addr, error = %e, "forwarding link: refused an answer frame");
                         return;
                     }
                 }
@@ -361,6 +434,85 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
     futures_lite::future::or(futures_lite::future::or(write, read), watch).await;
     tracing::info!(peer = %link.addr, "forwarding link closed");
     link_down(&fwd, &link);
+}
+
+/// Connects to the owner and secures the link (TLS handshake, or challenge and hello), each
+/// step within its bound; `None` (logged and counted) when any step fails.
+async fn open_link(fwd: &Forwarder, link: &Link) -> Option<(LinkStream, Codec)> {
+    let connected = within(fwd.limits.connect_timeout, async {
+        TcpStream::connect(link.addr)
+            .await
+            .map_err(std::io::Error::from)
+    })
+    .await;
+    let tcp = match connected {
+        Some(Ok(s)) => s,
+        failed => {
+            let e = failed.map_or_else(
+                || "timed out".to_owned(),
+                |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+            );
+            bump(&fwd.stats.connect_failures);
+            tracing::debug!(peer = %link.addr, error = %e, "forwarding link: cannot connect");
+            return None;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    bump(&fwd.stats.connects);
+    let secured = within(fwd.limits.hello_timeout, async {
+        match &fwd.security {
+            LinkSecurity::Tls(tls) => {
+                // The owner's certificate must name the address the fleet map gives for it.
+                let name = rustls::pki_types::ServerName::IpAddress(link.addr.ip().into());
+                let stream = futures_rustls::TlsConnector::from(tls.client.clone())
+                    .connect(name, tcp)
+                    .await?;
+                Ok((Box::new(stream) as LinkStream, Codec::Plain))
+            }
+            LinkSecurity::Keyed(key) => {
+                let mut stream: LinkStream = Box::new(tcp);
+                let mut buf = Vec::with_capacity(512);
+                let mut chunk = [0u8; 512];
+                // The owner speaks first: who it is, and a fresh challenge our hello must sign.
+                let challenge = match read_frame(&mut stream, &mut buf, &mut chunk).await? {
+                    Frame::Challenge(c) => c,
+                    _ => {
+                        return Err(std::io::Error::other(
+                            "the owner did not open with a challenge",
+                        ));
+                    }
+                };
+                if challenge.node != link.node {
+                    return Err(std::io::Error::other(format!(
+                        "the challenge comes from node {:?}, the fleet map has {:?} there",
+                        challenge.node, link.node
+                    )));
+                }
+                if !buf.is_empty() {
+                    return Err(std::io::Error::other("the owner spoke before our hello"));
+                }
+                let hello = Hello::sign(key, &fwd.node, rand::random(), &challenge);
+                let mut out = Vec::with_capacity(128);
+                Frame::Hello(hello.clone()).encode_into(&mut out);
+                stream.write_all(&out).await?;
+                let seal = LinkSeal::new(key, LinkEnd::Edge, &challenge, &hello);
+                Ok((stream, Codec::Sealed(seal)))
+            }
+        }
+    })
+    .await;
+    match secured {
+        Some(Ok(link_io)) => Some(link_io),
+        other => {
+            bump(&fwd.stats.connect_failures);
+            let why = match other {
+                Some(Err(e)) => e.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            tracing::warn!(peer = %link.addr, node = %link.node, %why, "forwarding link: handshake failed");
+            None
+        }
+    }
 }
 
 fn link_down(fwd: &Forwarder, link: &Link) {
@@ -393,24 +545,45 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
     }
 }
 
-/// Bytes of answers waiting for a slow peer before its link stops being read.
-const ANSWERS_BUFFERED_MAX: usize = 1 << 20;
+/// Answers waiting for a slow peer before its link stops being read.
+const ANSWERS_BUFFERED_MAX: usize = 32 << 10;
 
 /// What the owning node does with a forwarded vote.
 pub trait ForwardHandler: 'static {
     /// The verdict on `vote`, after its commit (or why not).
     fn vote(&self, vote: ForwardedVote) -> LocalBoxFuture<'static, ForwardOutcome>;
+    /// Whether a connection from `ip` may come from a peer: the address of a member of the
+    /// fleet map. Anything else is closed at accept.
+    fn admits(&self, ip: IpAddr) -> bool;
 }
 
-/// Accepts peers' links on this core's share of `--internal` until `shutdown`.
+/// What every accepted link of a core shares.
+struct Accepting {
+    node: String,
+    security: LinkSecurity,
+    handler: Rc<dyn ForwardHandler>,
+    limits: ForwardLimits,
+    stats: Rc<ForwardStats>,
+}
+
+/// Accepts peers' links on this core's share of `--internal` until `shutdown`; `node` names
+/// this node in its challenges.
 pub async fn serve_forwarded(
     listener: TcpListener,
-    key: Rc<[u8]>,
+    node: String,
+    security: LinkSecurity,
     handler: Rc<dyn ForwardHandler>,
     limits: ForwardLimits,
     stats: Rc<ForwardStats>,
     shutdown: LocalSignal,
 ) {
+    let ctx = Rc::new(Accepting {
+        node,
+        security,
+        handler,
+        limits,
+        stats,
+    });
     let open = Rc::new(Cell::new(0usize));
     let handshaking = Rc::new(RefCell::new(Handshaking::default()));
     loop {
@@ -428,22 +601,22 @@ pub async fn serve_forwarded(
                 continue;
             }
         };
-        let from = stream.peer_addr().map(|a| a.ip().to_canonical()).ok();
-        let unproven = from.and_then(|ip| Handshaking::admit(&handshaking, ip, &limits));
-        let Some(unproven) = unproven.filter(|_| open.get() < limits.max_links) else {
-            bump(&stats.rejected_links);
+        let Some(from) = stream.peer_addr().ok().map(|a| a.ip().to_canonical()) else {
+            continue;
+        };
+        if !ctx.handler.admits(from) {
+            bump(&ctx.stats.refused_sources);
+            tracing::debug!(%from, "internal listener: a connection from outside the fleet map");
+            continue;
+        }
+        let unproven = Handshaking::admit(&handshaking, from, &ctx.limits);
+        let Some(unproven) = unproven.filter(|_| open.get() < ctx.limits.max_links) else {
+            bump(&ctx.stats.rejected_links);
             drop(stream);
             continue;
         };
         open.set(open.get() + 1);
-        let link = serve_link(
-            stream,
-            key.clone(),
-            handler.clone(),
-            limits.clone(),
-            stats.clone(),
-            unproven,
-        );
+        let link = serve_link(stream, ctx.clone(), unproven);
         let open = open.clone();
         glommio::spawn_local(async move {
             link.await;
@@ -503,112 +676,143 @@ impl Drop for Unproven {
     }
 }
 
-async fn serve_link(
-    stream: TcpStream,
-    key: Rc<[u8]>,
-    handler: Rc<dyn ForwardHandler>,
-    limits: ForwardLimits,
-    stats: Rc<ForwardStats>,
-    unproven: Unproven,
-) {
-    let peer = stream.peer_addr().ok();
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut chunk = vec![0u8; 16 << 10];
+/// An accepted link once secured: its stream, its codec, the peer's name, and the bytes read
+/// after the hello (a peer sends its first votes right behind it).
+type Secured = (LinkStream, Codec, String, Vec<u8>);
 
-    // A fresh challenge, then the hello that signs it, within its time.
-    let challenge = Challenge {
-        nonce: rand::random(),
-    };
-    let mut first = Vec::with_capacity(64);
-    Frame::Challenge(challenge).encode_into(&mut first);
-    let hello = within(limits.hello_timeout, async {
-        writer.write_all(&first).await?;
-        match read_frame(&mut reader, &mut buf, &mut chunk).await? {
-            Frame::Hello(h) => Ok(h),
-            _ => Err(std::io::Error::other("the first frame is not a hello")),
+/// Secures an accepted link (TLS handshake, or challenge and hello), each step within the
+/// hello bound; `Err` says why it was refused.
+async fn accept_link(tcp: TcpStream, ctx: &Accepting) -> Result<Secured, String> {
+    let secured = within(ctx.limits.hello_timeout, async {
+        match &ctx.security {
+            LinkSecurity::Tls(tls) => {
+                let stream = futures_rustls::TlsAcceptor::from(tls.server.clone())
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                Ok((
+                    Box::new(stream) as LinkStream,
+                    Codec::Plain,
+                    "(TLS)".to_owned(),
+                    Vec::new(),
+                ))
+            }
+            LinkSecurity::Keyed(key) => {
+                let mut stream: LinkStream = Box::new(tcp);
+                let challenge = Challenge {
+                    node: ctx.node.clone(),
+                    nonce: rand::random(),
+                };
+                let mut out = Vec::with_capacity(128);
+                Frame::Challenge(challenge.clone()).encode_into(&mut out);
+                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                let mut buf = Vec::with_capacity(512);
+                let mut chunk = [0u8; 512];
+                let hello = match read_frame(&mut stream, &mut buf, &mut chunk).await {
+                    Ok(Frame::Hello(h)) => h,
+                    Ok(_) => return Err("the first frame is not a hello".to_owned()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                hello.verify(key, &challenge).map_err(|e| e.to_string())?;
+                let seal = LinkSeal::new(key, LinkEnd::Owner, &challenge, &hello);
+                Ok((stream, Codec::Sealed(seal), hello.node, buf))
+            }
         }
     })
     .await;
-    let hello = hello
-        .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
-        .map_err(|e| e.to_string())
-        .and_then(|h| {
-            h.verify(&key, &challenge).map_err(|e| e.to_string())?;
-            Ok(h)
-        });
+    secured.unwrap_or_else(|| Err("no handshake in time".to_owned()))
+}
+
+async fn serve_link(stream: TcpStream, ctx: Rc<Accepting>, unproven: Unproven) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let accepted = accept_link(stream, &ctx).await;
     // Proven or refused: either way no longer a handshake.
     drop(unproven);
-    let hello = match hello {
-        Ok(h) => h,
+    let (stream, codec, node, early) = match accepted {
+        Ok(a) => a,
         Err(why) => {
-            bump(&stats.rejected_links);
+            bump(&ctx.stats.rejected_links);
             tracing::warn!(?peer, %why, "internal link refused");
             return;
         }
     };
-    tracing::info!(?peer, node = %hello.node, "forwarding link from a peer");
+    tracing::info!(?peer, %node, "forwarding link from a peer");
+    let stats = &ctx.stats;
+    let limits = &ctx.limits;
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let codec = RefCell::new(codec);
 
     // Answers queued for the writer, its wake-up, and the reader's wake-up once the writer
-    // drained them.
+    // took them.
     let out = Rc::new((
-        RefCell::new(Vec::<u8>::with_capacity(16 << 10)),
+        RefCell::new(Vec::<ForwardAnswer>::with_capacity(256)),
         Notify::default(),
         Notify::default(),
     ));
     let in_flight = Rc::new(Cell::new(0usize));
     let write = {
         let out = out.clone();
+        let codec = &codec;
         async move {
+            let mut answers = Vec::with_capacity(256);
             let mut pending = Vec::with_capacity(16 << 10);
             loop {
-                std::mem::swap(&mut pending, &mut out.0.borrow_mut());
-                if pending.is_empty() {
+                std::mem::swap(&mut answers, &mut out.0.borrow_mut());
+                if answers.is_empty() {
                     out.1.notified().await;
                     continue;
                 }
+                {
+                    let mut codec = codec.borrow_mut();
+                    for answer in answers.drain(..) {
+                        codec.encode(&Frame::Answer(answer), &mut pending);
+                    }
+                }
+                out.2.notify();
                 if writer.write_all(&pending).await.is_err() {
                     return;
                 }
                 pending.clear();
-                out.2.notify();
             }
         }
     };
     let read = async {
+        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+        buf.extend_from_slice(&early);
+        let mut chunk = vec![0u8; 16 << 10];
         loop {
             let mut at = 0;
             loop {
-                match decode_frame(&buf[at..]) {
+                let decoded = codec.borrow_mut().decode(&buf[at..]);
+                match decoded {
                     Ok(Some((Frame::Vote(vote), used))) => {
                         at += used;
                         bump(&stats.received);
                         let id = vote.id;
                         if in_flight.get() >= limits.max_in_flight {
-                            Frame::Answer(ForwardAnswer {
+                            out.0.borrow_mut().push(ForwardAnswer {
                                 id,
                                 outcome: ForwardOutcome::Rejected {
                                     code: ErrorCode::Unavailable,
                                 },
-                            })
-                            .encode_into(&mut out.0.borrow_mut());
+                            });
                             out.1.notify();
                             continue;
                         }
                         in_flight.set(in_flight.get() + 1);
-                        let verdict = handler.vote(vote);
+                        let verdict = ctx.handler.vote(vote);
                         let (out, in_flight) = (out.clone(), in_flight.clone());
                         glommio::spawn_local(async move {
                             let outcome = verdict.await;
                             in_flight.set(in_flight.get() - 1);
-                            Frame::Answer(ForwardAnswer { id, outcome })
-                                .encode_into(&mut out.0.borrow_mut());
+                            out.0.borrow_mut().push(ForwardAnswer { id, outcome });
                             out.1.notify();
                         })
                         .detach();
                     }
                     Ok(Some(_)) => {
+                        bump(&stats.refused_frames);
                         tracing::warn!(
                             ?peer,
                             "internal link: a peer sent a frame only an owner sends"
@@ -617,7 +821,8 @@ async fn serve_link(
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(?peer, error = %e, "internal link: undecodable frame");
+                        bump(&stats.refused_frames);
+                        tracing::warn!(?peer, error = %e, "internal link: refused a frame");
                         return;
                     }
                 }
@@ -634,7 +839,7 @@ async fn serve_link(
         }
     };
     futures_lite::future::or(write, read).await;
-    tracing::info!(?peer, node = %hello.node, "forwarding link from a peer closed");
+    tracing::info!(?peer, %node, "forwarding link from a peer closed");
 }
 
 const _: () = assert!(FRAME_MAX <= 16 << 10, "one read chunk holds a whole frame");

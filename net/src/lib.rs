@@ -42,8 +42,8 @@ pub use reactor::{
 };
 pub use signal::{LocalNotify, LocalSignal, Wait};
 pub use tls::{
-    TlsFileKind, TlsFileProblem, self_signed_dev_cert, self_signed_dev_cert_with_spki,
-    tls_server_config,
+    DevFleetPki, InternalTls, TlsFileKind, TlsFileProblem, dev_fleet_pki, internal_tls,
+    self_signed_dev_cert, self_signed_dev_cert_with_spki, tls_server_config,
 };
 
 /// Re-exported so apps name the same versions.

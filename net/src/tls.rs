@@ -140,21 +140,32 @@ pub fn tls_server_config(
     key_pem_path: impl AsRef<Path>,
 ) -> Result<Arc<ServerConfig>, NetError> {
     let (cert_path, key_path) = (cert_pem_path.as_ref(), key_pem_path.as_ref());
+    let (certs, key) = load_identity(cert_path, key_path)?;
+    let mut cfg = ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::TlsConfig(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| identity_err(e, cert_path, key_path))?;
+    // Order is the server's preference when the client offers both (RFC 7301 lets us choose):
+    // h2 multiplexes, so one connection per voter app is enough.
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    // 0-RTT stays off (rustls' default, `max_early_data_size = 0`): early data can be replayed,
+    // and a replayed vote must never look like a new request.
+    Ok(Arc::new(cfg))
+}
 
-    let PemFile { sections, .. } = read_pem(TlsFileKind::CertChain, cert_path)?;
-    let found = describe(&sections);
-    let certs: Vec<CertificateDer<'static>> = sections
-        .into_iter()
-        .filter_map(|(k, der)| CertificateDer::from_pem(k, der))
-        .collect();
-    if certs.is_empty() {
-        return Err(file_err(
-            TlsFileKind::CertChain,
-            cert_path,
-            TlsFileProblem::NoCertificate { found },
-        ));
-    }
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
+/// The certificate chain (leaf first) and the one private key of a TLS end, each checked
+/// apart so that an error names the file at fault.
+fn load_identity(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), NetError> {
+    let certs = load_certs(cert_path)?;
     let PemFile { raw, sections } = read_pem(TlsFileKind::PrivateKey, key_path)?;
     let found = describe(&sections);
     let mut keys: Vec<PrivateKeyDer<'static>> = sections
@@ -171,38 +182,157 @@ pub fn tls_server_config(
         None => return Err(key_err(TlsFileProblem::NoPrivateKey { found })),
         Some(_) => return Err(key_err(TlsFileProblem::SeveralKeys { count })),
     };
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Checked apart from the certificate so that a bad key is blamed on the key file.
-    provider
+    ring_provider()
         .key_provider
         .load_private_key(key.clone_key())
         .map_err(|e| key_err(TlsFileProblem::UnusableKey(e)))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| NetError::TlsConfig(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => NetError::TlsKeyMismatch {
-                cert: cert_path.to_path_buf(),
-                key: key_path.to_path_buf(),
-            },
-            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-                file_err(
-                    TlsFileKind::CertChain,
-                    cert_path,
-                    TlsFileProblem::BadCertificate(e),
-                )
-            }
-            other => NetError::TlsConfig(other.to_string()),
+    Ok((certs, key))
+}
+
+/// Every CERTIFICATE block of a PEM file, in order; at least one.
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let PemFile { sections, .. } = read_pem(TlsFileKind::CertChain, path)?;
+    let found = describe(&sections);
+    let certs: Vec<CertificateDer<'static>> = sections
+        .into_iter()
+        .filter_map(|(k, der)| CertificateDer::from_pem(k, der))
+        .collect();
+    if certs.is_empty() {
+        return Err(file_err(
+            TlsFileKind::CertChain,
+            path,
+            TlsFileProblem::NoCertificate { found },
+        ));
+    }
+    Ok(certs)
+}
+
+/// rustls' complaint about a certificate and key pair, blamed on the right file.
+fn identity_err(e: rustls::Error, cert_path: &Path, key_path: &Path) -> NetError {
+    match e {
+        rustls::Error::InconsistentKeys(_) => NetError::TlsKeyMismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+        },
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => file_err(
+            TlsFileKind::CertChain,
+            cert_path,
+            TlsFileProblem::BadCertificate(e),
+        ),
+        other => NetError::TlsConfig(other.to_string()),
+    }
+}
+
+/// ALPN id of the node-to-node forwarding link: a TLS client of another protocol that reaches
+/// `--internal` fails the handshake instead of being read as a peer.
+pub const ALPN_FORWARD: &[u8] = b"votes-forward/2";
+
+/// Both ends of the forwarding links' mutual TLS: this node's certificate and key, and the
+/// fleet's CA, which must have signed every peer's certificate. The connecting side checks the
+/// owner's certificate against the IP address it dials (the address the fleet map gives), so
+/// node certificates carry their `--internal` address as an IP subject alternative name.
+#[derive(Clone)]
+pub struct InternalTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for InternalTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InternalTls")
+    }
+}
+
+/// The forwarding links' TLS from PEM files: this node's chain and key, and the fleet's CA
+/// certificate(s). Only TLS 1.3; a peer without a certificate from that CA is refused by
+/// both ends. Reads files: call it at start-up.
+pub fn internal_tls(
+    cert_pem_path: impl AsRef<Path>,
+    key_pem_path: impl AsRef<Path>,
+    ca_pem_path: impl AsRef<Path>,
+) -> Result<InternalTls, NetError> {
+    let (cert_path, key_path, ca_path) = (
+        cert_pem_path.as_ref(),
+        key_pem_path.as_ref(),
+        ca_pem_path.as_ref(),
+    );
+    let (certs, key) = load_identity(cert_path, key_path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(ca_path)? {
+        roots.add(ca).map_err(|e| {
+            file_err(
+                TlsFileKind::CertChain,
+                ca_path,
+                TlsFileProblem::BadCertificate(e),
+            )
         })?;
-    // Order is the server's preference when the client offers both (RFC 7301 lets us choose):
-    // h2 multiplexes, so one connection per voter app is enough.
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    // 0-RTT stays off (rustls' default, `max_early_data_size = 0`): early data can be replayed,
-    // and a replayed vote must never look like a new request.
-    Ok(Arc::new(cfg))
+    }
+    let roots = Arc::new(roots);
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), ring_provider())
+            .build()
+            .map_err(|e| NetError::TlsConfig(format!("fleet CA {}: {e}", ca_path.display())))?;
+    let mut server = ServerConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::TlsConfig(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| identity_err(e, cert_path, key_path))?;
+    server.alpn_protocols = vec![ALPN_FORWARD.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::TlsConfig(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| identity_err(e, cert_path, key_path))?;
+    client.alpn_protocols = vec![ALPN_FORWARD.to_vec()];
+    Ok(InternalTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// A development fleet PKI: a CA, and for each of `nodes` (IP addresses or DNS names) a
+/// certificate it signed and its key, all PEM. **Tests and `make demo` only**.
+pub struct DevFleetPki {
+    pub ca_pem: String,
+    /// (certificate, key) per node, in the order asked.
+    pub nodes: Vec<(String, String)>,
+}
+
+pub fn dev_fleet_pki(nodes: &[&str]) -> Result<DevFleetPki, NetError> {
+    let err = |e: rcgen::Error| NetError::TlsConfig(format!("development fleet PKI: {e}"));
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "votes development fleet CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut params = rcgen::CertificateParams::new(vec![node.to_string()]).map_err(err)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, *node);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().map_err(err)?;
+        let cert = params.signed_by(&key, &issuer).map_err(err)?;
+        out.push((cert.pem(), key.serialize_pem()));
+    }
+    Ok(DevFleetPki {
+        ca_pem: ca_cert.pem(),
+        nodes: out,
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

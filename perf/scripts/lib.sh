@@ -2,6 +2,7 @@
 # read from /proc (utime + stime, in clock ticks of TICK per second), and the release binaries.
 export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
 export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
+export VOTES_FORWARD_KEY=perf-forward-key-0123456789abcdef-001
 export VOTES_ADMIN_TOKEN=perf-admin-token
 TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -40,6 +40,7 @@ use crate::tokens::Tokens;
 
 pub const TOKEN_KEY: &str = "chaos-only VOTES_TOKEN_KEY, 32+ bytes long";
 pub const AUDIT_KEY: &str = "chaos-only VOTES_AUDIT_KEY, 32+ bytes long!";
+pub const FORWARD_KEY: &str = "chaos-only VOTES_FORWARD_KEY, 32+ bytes long";
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 const ELECTION: &str = "chaos";
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
@@ -364,6 +365,7 @@ impl Fleet {
             ("VOTES_TOKEN_KEY", TOKEN_KEY),
             ("VOTES_AUDIT_KEY", AUDIT_KEY),
             ("VOTES_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("VOTES_FORWARD_KEY", FORWARD_KEY),
             ("VOTES_RATE_PER_ADDR", "0"),
             ("VOTES_RATE_PER_PREFIX", "0"),
             ("VOTES_LOG", "info"),

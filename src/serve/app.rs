@@ -44,6 +44,10 @@ impl votes_net::forward::ForwardHandler for ForwardedVotes {
         let app = self.0.clone();
         Box::pin(async move { app.forwarded(vote).await.into() })
     }
+
+    fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.0.fleet.map().1.admits_link_from(ip)
+    }
 }
 
 /// Messages between cores.
@@ -711,7 +715,7 @@ impl CoreApp {
                 }
                 Err(why) => return error(ErrorCode::Unavailable, why),
             },
-            Route::Remote { internal } => {
+            Route::Remote { node, internal } => {
                 let Some(forwarder) = &self.forwarder else {
                     return error(
                         ErrorCode::Unavailable,
@@ -727,7 +731,7 @@ impl CoreApp {
                     received_at_ms: now,
                     nonce,
                 };
-                match forwarder.forward(internal, vote) {
+                match forwarder.forward(&node, internal, vote) {
                     Ok(rx) => {
                         let a = rx.await;
                         self.metrics.answered(true, handed.elapsed());

@@ -108,8 +108,8 @@ impl FleetView {
 pub enum Route {
     /// A core of this node owns it.
     Local { core: usize },
-    /// Another node owns it; its internal listener.
-    Remote { internal: SocketAddr },
+    /// Another node owns it; its name and internal listener.
+    Remote { node: String, internal: SocketAddr },
     /// Nobody does right now (no stable map yet, or a rebalance is moving it).
     NoOwner,
 }
@@ -127,6 +127,7 @@ pub fn route(map: &FleetMap, node: &str, cores: usize, partition: u32) -> Route 
             }
         }
         Some(o) => Route::Remote {
+            node: o.node.clone(),
             internal: o.internal,
         },
     }
@@ -184,12 +185,13 @@ mod tests {
         let map = FleetMap {
             owners: vec![owner("a", 1), owner("b", 0), None, owner("a", 5)],
             members: 3,
-            nodes: Default::default(),
+            ..Default::default()
         };
         assert_eq!(route(&map, "a", 2, 0), Route::Local { core: 1 });
         assert_eq!(
             route(&map, "a", 2, 1),
             Route::Remote {
+                node: "b".into(),
                 internal: "127.0.0.1:7000".parse().unwrap()
             }
         );

@@ -150,6 +150,9 @@ impl CoreMetrics {
             ("connect_failures", f.connect_failures.get()),
             ("received", f.received.get()),
             ("rejected_links", f.rejected_links.get()),
+            ("refused_sources", f.refused_sources.get()),
+            ("refused_frames", f.refused_frames.get()),
+            ("bad_answers", f.bad_answers.get()),
         ] {
             c.forward.insert(name, v);
         }
@@ -297,7 +300,7 @@ impl NodeMetrics {
                 1e6,
             );
         }
-        out.push_str("# HELP votes_forward_total Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers.\n# TYPE votes_forward_total counter\n");
+        out.push_str("# HELP votes_forward_total Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers; links refused in their handshake, connections from outside the fleet map, frames refused (forged, replayed, reflected, modified), answers that match no vote sent.\n# TYPE votes_forward_total counter\n");
         for (what, n) in &c.forward {
             let _ = writeln!(out, "votes_forward_total{{what=\"{what}\"}} {n}");
         }

@@ -75,6 +75,19 @@ pub struct ServeArgs {
     /// The address other nodes reach `--internal` at, when it binds a wildcard address.
     #[arg(long, env = "VOTES_INTERNAL_ADVERTISE")]
     pub internal_advertise: Option<SocketAddr>,
+    /// PEM certificate chain of this node on the forwarding links (mutual TLS). Its subject
+    /// alternative names must hold the IP address of `--internal` (or `--internal-advertise`),
+    /// which peers check. Without the three `--internal-tls-*` files the links are plaintext
+    /// with a MAC on every frame under `VOTES_FORWARD_KEY` (development).
+    #[arg(long, env = "VOTES_INTERNAL_TLS_CERT", requires_all = ["internal_tls_key", "internal_tls_ca"])]
+    pub internal_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--internal-tls-cert`.
+    #[arg(long, env = "VOTES_INTERNAL_TLS_KEY", requires_all = ["internal_tls_cert", "internal_tls_ca"])]
+    pub internal_tls_key: Option<std::path::PathBuf>,
+    /// PEM certificate(s) of the fleet's CA: a peer whose certificate it did not sign is
+    /// refused at either end of a link.
+    #[arg(long, env = "VOTES_INTERNAL_TLS_CA", requires_all = ["internal_tls_cert", "internal_tls_key"])]
+    pub internal_tls_ca: Option<std::path::PathBuf>,
     /// After this long without a heartbeat a node's partitions move to the others, in
     /// milliseconds (Kafka's session.timeout.ms; brokers accept 6,000 and up by default).
     /// Shorter fails over sooner; longer rides out pauses and restarts without a move.
@@ -186,6 +199,28 @@ fn behind_proxy(spec: ListenerSpec, proxy_protocol: bool) -> ListenerSpec {
 const FANOUT_EVERY: Duration = Duration::from_millis(20);
 /// How often each core re-sends every tally, so a wiped Redis heals without a restart.
 const FANOUT_ALL_EVERY: Duration = Duration::from_secs(5);
+
+/// How this node's forwarding links are secured: mutual TLS from the `--internal-tls-*` files,
+/// or else plaintext sealed under `VOTES_FORWARD_KEY`; neither is an error that says both.
+fn link_security(args: &ServeArgs) -> Result<votes_net::forward::LinkSecurity> {
+    use votes_net::forward::LinkSecurity;
+    if let (Some(cert), Some(key), Some(ca)) = (
+        &args.internal_tls_cert,
+        &args.internal_tls_key,
+        &args.internal_tls_ca,
+    ) {
+        let tls = votes_net::internal_tls(cert, key, ca).context("--internal-tls-*")?;
+        return Ok(LinkSecurity::Tls(tls));
+    }
+    let secret = secret("VOTES_FORWARD_KEY", 32).context(
+        "--internal needs its links secured: give --internal-tls-cert, --internal-tls-key and \
+         --internal-tls-ca (mutual TLS), or, for development, VOTES_FORWARD_KEY (plaintext, a MAC \
+         on every frame), the same on every node",
+    )?;
+    Ok(LinkSecurity::Keyed(
+        votes_core::forward::derive_key(&secret).into(),
+    ))
+}
 
 /// A secret from the environment, required and at least `min` bytes.
 fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
@@ -331,7 +366,10 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let assignments: Vec<votes_tally::membership::Assignment> =
         (0..cores).map(|_| Default::default()).collect();
     let core_assignments = assignments.clone();
-    let forward_key = votes_core::forward::derive_key(&token_secret);
+    let link_security = match args.internal {
+        Some(_) => Some(link_security(args)?),
+        None => None,
+    };
     // A revocation waits for the transaction in flight: its produce and commit calls are each
     // bounded by the Kafka timeout, and an abort may follow.
     let handoff_timeout = kafka_timeout * 4;
@@ -564,13 +602,16 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         .expect("starting the core's commit engine");
         core_ringers.lock().unwrap_or_else(|p| p.into_inner())[core] = Some(ringer);
         let internal = ctx.take_internal_listener();
-        let forwarder = internal.is_some().then(|| {
-            votes_net::forward::Forwarder::new(
-                shared.node.clone(),
-                forward_key.clone().into(),
-                votes_net::forward::ForwardLimits::default(),
-            )
-        });
+        let forwarder = internal
+            .as_ref()
+            .zip(link_security.as_ref())
+            .map(|(_, security)| {
+                votes_net::forward::Forwarder::new(
+                    shared.node.clone(),
+                    security.clone(),
+                    votes_net::forward::ForwardLimits::default(),
+                )
+            });
         let results = match (&link_handle, shared.roles.results) {
             (Some(link), true) => {
                 let r = CoreResults::new(
@@ -605,10 +646,12 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             admin_writes: glommio::sync::Semaphore::new(1),
             shards_stop,
         });
-        if let (Some(listener), Some(fwd)) = (internal, &forwarder) {
+        if let (Some(listener), Some(fwd), Some(security)) = (internal, &forwarder, &link_security)
+        {
             glommio::spawn_local(votes_net::forward::serve_forwarded(
                 listener,
-                forward_key.clone().into(),
+                shared.node.clone(),
+                security.clone(),
                 Rc::new(ForwardedVotes(app.clone())),
                 votes_net::forward::ForwardLimits::default(),
                 fwd.stats.clone(),

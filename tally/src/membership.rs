@@ -442,11 +442,22 @@ pub struct FleetMap {
     pub members: usize,
     /// Members per node.
     pub nodes: std::collections::BTreeMap<String, usize>,
+    /// Every member's `--internal` address: where forwarding links may come from.
+    pub internals: std::collections::BTreeSet<SocketAddr>,
 }
 
 impl FleetMap {
     pub fn owner(&self, partition: u32) -> Option<&PartitionOwner> {
         self.owners.get(partition as usize).and_then(Option::as_ref)
+    }
+
+    /// Whether a forwarding link from `ip` may come from a member: the IP of a member's
+    /// `--internal` address. Members on loopback (one machine) connect from any loopback
+    /// address, whichever the kernel picks as the source.
+    pub fn admits_link_from(&self, ip: std::net::IpAddr) -> bool {
+        self.internals
+            .iter()
+            .any(|a| a.ip() == ip || (ip.is_loopback() && a.ip().is_loopback()))
     }
 }
 
@@ -526,6 +537,7 @@ pub fn fleet_map<'a>(
         owners: vec![None; partitions as usize],
         members: 0,
         nodes: Default::default(),
+        internals: Default::default(),
     };
     for (client_id, assignment) in members {
         let Some(tag) = MemberTag::parse(client_id) else {
@@ -534,6 +546,7 @@ pub fn fleet_map<'a>(
         };
         map.members += 1;
         *map.nodes.entry(tag.node.clone()).or_default() += 1;
+        map.internals.insert(tag.internal);
         let assigned = match parse_assignment(assignment) {
             Ok(a) => a,
             Err(e) => {

@@ -23,6 +23,7 @@ use super::{KAFKA, Service, require};
 pub const TOKEN_KEY: &str = "test-token-key-0123456789abcdef-0123";
 pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef-0123";
 pub const ADMIN_TOKEN: &str = "test-admin-token-01";
+pub const FORWARD_KEY: &str = "test-forward-key-0123456789abcdef-012";
 
 /// A port for one of the child's listeners, outside the range the kernel gives to the many
 /// outgoing connections the suite opens (see [`votes_net::loopback_listener_port`]).
@@ -160,6 +161,7 @@ impl Serve {
             .env("VOTES_TOKEN_KEY", TOKEN_KEY)
             .env("VOTES_AUDIT_KEY", AUDIT_KEY)
             .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("VOTES_FORWARD_KEY", FORWARD_KEY)
             .env("VOTES_LOG", "info")
             .env("VOTES_RATE_PER_ADDR", "0")
             .env("VOTES_RATE_PER_PREFIX", "0")
