@@ -125,8 +125,14 @@ pub(crate) async fn read_proxy_header(
     use votes_core::proxy_header::{ADDRESS_BLOCK_MAX, FIXED_LEN, header_len, parse};
     let refuse = |why: String| StartError::ProxyHeader(why);
     let mut head = [0u8; FIXED_LEN + ADDRESS_BLOCK_MAX];
+    // A connection closed before its first byte is a balancer's health check (connect, then
+    // close), not a refusal: it is not counted as one.
+    let first = stream.read(&mut head[..1]).await.map_err(StartError::Io)?;
+    if first == 0 {
+        return Err(StartError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     stream
-        .read_exact(&mut head[..FIXED_LEN])
+        .read_exact(&mut head[1..FIXED_LEN])
         .await
         .map_err(|e| refuse(format!("reading its fixed part: {e}")))?;
     let len = header_len(&head[..FIXED_LEN]).map_err(|e| refuse(e.to_string()))?;
