@@ -154,7 +154,7 @@ impl CoreHttp {
 
     /// Counts a QUIC connection from `addr` against the core's caps; `None` when over them.
     pub(crate) fn admit_quic(self: &Rc<Self>, addr: IpAddr) -> Option<super::h3::QuicSlot> {
-        let addr = addr.to_canonical();
+        let addr = conn_source(addr);
         if self.public_open() + self.quic_open.get() >= self.limits.max_connections_per_core {
             self.rejected_over_cap.set(self.rejected_over_cap.get() + 1);
             return None;
@@ -261,6 +261,16 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The source a connection counts against in the per-address cap: an IPv4 address, or an IPv6
+/// address's /64 (one host is handed a whole /64 and may open connections from all of it, as
+/// the rate limiter also knows).
+fn conn_source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (!0u128 << 64)).into()),
+        v4 => v4,
+    }
+}
+
 /// Removes a connection from the core's table when its task ends (or is dropped).
 struct ConnSlot {
     core: Rc<CoreHttp>,
@@ -360,7 +370,7 @@ pub(crate) async fn accept_loop<A: App>(
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        let addr = peer.ip().to_canonical();
+        let addr = conn_source(peer.ip());
         if admin {
             core.admin_open.set(core.admin_open.get() + 1);
         } else if per_addr {
@@ -401,4 +411,23 @@ pub(crate) async fn accept_loop<A: App>(
         .detach();
     }
     tracing::debug!(?kind, tls = tls.is_some(), "accept loop stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn_source;
+    use std::net::IpAddr;
+
+    #[test]
+    fn an_ipv6_host_is_its_64_and_an_ipv4_one_its_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(conn_source(ip("2001:db8:1:2::7")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            conn_source(ip("2001:db8:1:2:ffff:1:2:3")),
+            conn_source(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(conn_source(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(conn_source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(conn_source(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 }
