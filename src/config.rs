@@ -21,11 +21,12 @@ use clap::parser::ValueSource;
 pub const CONFIG_ENV: &str = "VOTES_CONFIG";
 
 /// Secrets read from the environment only (never flags, never the file): shown masked.
-const SECRETS: [&str; 4] = [
+const SECRETS: [&str; 5] = [
     "VOTES_TOKEN_KEY",
     "VOTES_AUDIT_KEY",
     "VOTES_ADMIN_TOKEN",
     "VOTES_FORWARD_KEY",
+    "VOTES_REDIS_PASSWORD",
 ];
 
 /// Returns `args` with the file's settings inserted where clap expects them. `cli` is the

@@ -86,7 +86,9 @@ impl Common {
                     .with_context(|| format!("reading --redis-ca {}", path.display()))?,
             ),
         };
-        Ok(votes_tally::RedisTarget::new(&self.redis_url, ca)?)
+        // A credential, so that the password need not sit in the URL of a readable config file.
+        let password = secrets::optional("VOTES_REDIS_PASSWORD")?;
+        Ok(votes_tally::RedisTarget::new(&self.redis_url, ca)?.with_password(password))
     }
 
     pub fn dynamodb_endpoint(&self) -> Option<&str> {

@@ -1,5 +1,5 @@
 //! The process's secrets (`VOTES_TOKEN_KEY`, `VOTES_AUDIT_KEY`, `VOTES_ADMIN_TOKEN`,
-//! `VOTES_FORWARD_KEY`): from the
+//! `VOTES_FORWARD_KEY`, `VOTES_REDIS_PASSWORD`): from the
 //! environment, or else from a systemd credential of the same name (`LoadCredential=` puts it
 //! in `$CREDENTIALS_DIRECTORY`, readable by this service only, never in its environment, where
 //! `/proc/<pid>/environ` and every child would see it).
@@ -29,6 +29,23 @@ pub fn read(name: &str, min: usize) -> Result<String> {
         bail!("{name} must be at least {min} bytes");
     }
     Ok(value)
+}
+
+/// The secret `name` when one is given (environment or credential, neither empty), else `None`.
+pub fn optional(name: &str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => return Ok(Some(v)),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} must be UTF-8"),
+        Ok(_) | Err(std::env::VarError::NotPresent) => {}
+    }
+    match credential_path(name) {
+        Some(path) => {
+            let value = read_credential(&path)
+                .with_context(|| format!("reading {name} from {}", path.display()))?;
+            Ok(Some(value).filter(|v| !v.is_empty()))
+        }
+        None => Ok(None),
+    }
 }
 
 /// `$CREDENTIALS_DIRECTORY/<name>` when it exists.

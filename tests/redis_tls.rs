@@ -1,7 +1,9 @@
 //! Redis as production runs it: TLS only and a password (DESIGN §7, `rediss://` URLs), started
 //! by the services script on a port of its own. A node given the URL and the certificate
-//! authority (`--redis-ca`) publishes its tallies and reads the results through it; the same
-//! node with a wrong password, or without the authority, stops at start and says why.
+//! authority (`--redis-ca`), and the password as a systemd credential (`VOTES_REDIS_PASSWORD`
+//! in `$CREDENTIALS_DIRECTORY`, not in the URL), publishes its tallies and reads the results
+//! through it; the same node with a wrong password (in the URL or the credential), or without
+//! the authority, stops at start and says why.
 
 mod common;
 
@@ -61,7 +63,14 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     .up();
     let ca = dir.join("cert.pem");
     let ca = ca.to_str().unwrap();
-    let url = format!("rediss://:{PASSWORD}@127.0.0.1:{REDIS_PORT}");
+    let credentials = dir.join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(
+        credentials.join("VOTES_REDIS_PASSWORD"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{REDIS_PORT}");
 
     let serve = Serve::init_and_start_env(
         "redis-tls",
@@ -70,6 +79,7 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
         &[
             ("VOTES_REDIS_URL", &url),
             ("VOTES_REDIS_CA", ca),
+            ("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap()),
             ("VOTES_RESULTS_POLL_MS", "50"),
         ],
     );
@@ -121,7 +131,18 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
         !err.contains("not-the-password"),
         "the password reached stderr: {err}"
     );
-    let err = refused_at_start(&prefix, &[("VOTES_REDIS_URL", &url)]);
+    let err = refused_at_start(
+        &prefix,
+        &[
+            ("VOTES_REDIS_URL", &url),
+            ("VOTES_REDIS_CA", ca),
+            ("VOTES_REDIS_PASSWORD", "not-the-password-either"),
+        ],
+    );
+    assert!(err.contains("refused this node"), "{err}");
+    assert!(!err.contains("not-the-password-either"), "{err}");
+    let with_password = format!("rediss://:{PASSWORD}@127.0.0.1:{REDIS_PORT}");
+    let err = refused_at_start(&prefix, &[("VOTES_REDIS_URL", &with_password)]);
     assert!(
         err.contains("refused this node"),
         "a certificate the system does not trust must stop the node: {err}"

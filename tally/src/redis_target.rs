@@ -1,7 +1,8 @@
 //! Where the Redis read model is and how to reach it: `redis://` or `rediss://` (TLS), a
-//! password in the URL (`rediss://:password@host:6380`), and for TLS the certificate authority
-//! that signs the server's certificate when the system does not trust it already. Every Redis
-//! client of every process is made here, so none can forget the TLS settings.
+//! password (from the credential `VOTES_REDIS_PASSWORD`, which wins, or in the URL:
+//! `rediss://:password@host:6380`), and for TLS the certificate authority that signs the
+//! server's certificate when the system does not trust it already. Every Redis client of every
+//! process is made here, so none can forget the TLS settings.
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ pub struct RedisTarget {
     url: String,
     /// PEM of the certificate authority for a `rediss://` URL.
     ca_pem: Option<Arc<[u8]>>,
+    /// The password when it is not in the URL (a credential, not a setting in a file).
+    password: Option<Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,25 @@ impl RedisTarget {
         Ok(Self {
             url: url.to_owned(),
             ca_pem: ca_pem.map(Arc::from),
+            password: None,
+        })
+    }
+
+    /// The same endpoint with `password` for its AUTH, in place of any in the URL.
+    pub fn with_password(mut self, password: Option<String>) -> Self {
+        self.password = password.map(Arc::from);
+        self
+    }
+
+    fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let info = self.url.as_str().into_connection_info()?;
+        Ok(match &self.password {
+            None => info,
+            Some(password) => {
+                let settings = info.redis_settings().clone().set_password(password);
+                info.set_redis_settings(settings)
+            }
         })
     }
 
@@ -44,10 +66,11 @@ impl RedisTarget {
     }
 
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        let info = self.connection_info()?;
         match &self.ca_pem {
-            None => redis::Client::open(self.url.as_str()),
+            None => redis::Client::open(info),
             Some(ca) => redis::Client::build_with_tls(
-                self.url.as_str(),
+                info,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(ca.to_vec()),
@@ -132,6 +155,7 @@ impl std::fmt::Debug for RedisTarget {
         f.debug_struct("RedisTarget")
             .field("url", &self.display())
             .field("ca", &self.ca_pem.is_some())
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
 }
