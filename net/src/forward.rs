@@ -34,7 +34,7 @@ use votes_core::forward::{
     LinkEnd, LinkSeal, decode_frame,
 };
 
-use crate::tls::InternalTls;
+use crate::tls::{ALPN_FORWARD, InternalTls};
 
 use crate::httpd::LocalBoxFuture;
 use crate::mesh::{ReplyRx, ReplyTx, reply_channel};
@@ -361,7 +361,8 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
                     codec.encode(&Frame::Vote(vote), &mut buf);
                 }
             }
-            if writer.write_all(&buf).await.is_err() {
+            // TLS keeps records the socket could not take yet: only a flush sends them.
+            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             bump(&fwd.stats.writes);
@@ -467,6 +468,12 @@ async fn open_link(fwd: &Forwarder, link: &Link) -> Option<(LinkStream, Codec)> 
                 let stream = futures_rustls::TlsConnector::from(tls.client.clone())
                     .connect(name, tcp)
                     .await?;
+                // rustls refuses a mismatch, not a server that chose no protocol at all.
+                if stream.get_ref().1.alpn_protocol() != Some(ALPN_FORWARD) {
+                    return Err(std::io::Error::other(
+                        "the owner did not choose votes-forward/2",
+                    ));
+                }
                 Ok((Box::new(stream) as LinkStream, Codec::Plain))
             }
             LinkSecurity::Keyed(key) => {
@@ -690,6 +697,10 @@ async fn accept_link(tcp: TcpStream, ctx: &Accepting) -> Result<Secured, String>
                     .accept(tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
+                // rustls refuses a mismatch, not a client that offered no protocol at all.
+                if stream.get_ref().1.alpn_protocol() != Some(ALPN_FORWARD) {
+                    return Err("the peer did not offer votes-forward/2".to_owned());
+                }
                 Ok((
                     Box::new(stream) as LinkStream,
                     Codec::Plain,
@@ -770,7 +781,8 @@ async fn serve_link(stream: TcpStream, ctx: Rc<Accepting>, unproven: Unproven) {
                     }
                 }
                 out.2.notify();
-                if writer.write_all(&pending).await.is_err() {
+                // TLS keeps records the socket could not take yet: only a flush sends them.
+                if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
                 pending.clear();

@@ -217,6 +217,10 @@ fn link_security(args: &ServeArgs) -> Result<votes_net::forward::LinkSecurity> {
          --internal-tls-ca (mutual TLS), or, for development, VOTES_FORWARD_KEY (plaintext, a MAC \
          on every frame), the same on every node",
     )?;
+    tracing::warn!(
+        "forwarding links are plaintext (VOTES_FORWARD_KEY): votes cross the network readable, \
+         though not forgeable; give --internal-tls-cert/-key/-ca for production"
+    );
     Ok(LinkSecurity::Keyed(
         votes_core::forward::derive_key(&secret).into(),
     ))

@@ -455,9 +455,11 @@ impl FleetMap {
     /// `--internal` address. Members on loopback (one machine) connect from any loopback
     /// address, whichever the kernel picks as the source.
     pub fn admits_link_from(&self, ip: std::net::IpAddr) -> bool {
-        self.internals
-            .iter()
-            .any(|a| a.ip() == ip || (ip.is_loopback() && a.ip().is_loopback()))
+        let ip = ip.to_canonical();
+        self.internals.iter().any(|a| {
+            let member = a.ip().to_canonical();
+            member == ip || (ip.is_loopback() && member.is_loopback())
+        })
     }
 }
 
@@ -579,6 +581,32 @@ pub fn fleet_map<'a>(
 mod tests {
     use super::*;
     use votes_core::group::encode_assignment;
+
+    #[test]
+    fn links_are_admitted_from_members_internal_addresses_only() {
+        let map = |addrs: &[&str]| FleetMap {
+            internals: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ..Default::default()
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let fleet = map(&["10.0.0.1:7000", "[::ffff:10.0.0.2]:7000"]);
+        assert!(fleet.admits_link_from(ip("10.0.0.1")));
+        assert!(
+            fleet.admits_link_from(ip("::ffff:10.0.0.1")),
+            "mapped source"
+        );
+        assert!(fleet.admits_link_from(ip("10.0.0.2")), "mapped member");
+        assert!(!fleet.admits_link_from(ip("10.0.0.3")));
+        assert!(
+            !fleet.admits_link_from(ip("127.0.0.1")),
+            "loopback only where members are on it"
+        );
+        assert!(map(&["127.0.0.1:7000"]).admits_link_from(ip("127.0.0.3")));
+        assert!(
+            !FleetMap::default().admits_link_from(ip("10.0.0.1")),
+            "no map yet"
+        );
+    }
 
     #[test]
     fn the_map_names_each_partitions_member_and_ignores_strangers() {
