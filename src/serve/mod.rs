@@ -64,6 +64,13 @@ pub struct ServeArgs {
     /// otherwise: put it on the operators' network, never the voters'.
     #[arg(long, env = "VOTES_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// PEM certificate chain of the admin listener: TLS (HTTP/1.1 and h2) when it leaves the
+    /// machine, so that the admin token never crosses the operators' network in the clear.
+    #[arg(long, env = "VOTES_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--admin-tls-cert`.
+    #[arg(long, env = "VOTES_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<std::path::PathBuf>,
     /// Name of this node, written into every vote record; also its identity in the fleet
     /// (static group membership: a restarted node keeps its partitions). Default: hostname.
     #[arg(long, env = "VOTES_NODE_ID")]
@@ -550,8 +557,15 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         _ => bail!("--tls-cert and --tls-key go together"),
     }
     if shared.admin_token.is_some() {
-        cfg.listeners
-            .push(ListenerSpec::plain(args.admin, ListenerKind::Admin));
+        let admin = match (&args.admin_tls_cert, &args.admin_tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = votes_net::tls_server_config(cert, key)
+                    .context("loading the admin listener's TLS certificate")?;
+                ListenerSpec::tls(args.admin, ListenerKind::Admin, tls)
+            }
+            _ => ListenerSpec::plain(args.admin, ListenerKind::Admin),
+        };
+        cfg.listeners.push(admin);
     }
     if let Some(addr) = args.internal {
         if !roles.ingest {
