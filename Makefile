@@ -30,6 +30,7 @@ prerequisites:
 	@command -v cargo >/dev/null || { echo "error: cargo not found: install Rust with rustup" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+	@pkg-config --exists openssl 2>/dev/null || { echo "installing libssl-dev and pkg-config (librdkafka's TLS and SCRAM)"; apt-get install -y -q libssl-dev pkg-config >/dev/null; }
 
 .PHONY: services-up services-down services-status
 services-up:

@@ -4,6 +4,8 @@
 #
 #   kafka     Apache Kafka 4.3.1, KRaft, broker+controller per node,  9092 (controllers 19092)
 #             jars from Maven Central via scripts/kafka/pom.xml       3 nodes: 9092-9094 (19092-19094)
+#             one node also: SASL_SSL (TLS + SCRAM-SHA-512)           9097 (see "Kafka's secure
+#             listener" below: CA, user and password)
 #   dynamodb  DynamoDB API: dynoxide 3.2.0 (crates.io, MIT/Apache-2.0)  8000
 #             or moto's server (PyPI, Apache-2.0) with VOTES_DYNAMODB_ENGINE=moto
 #   redis     Debian's redis-server, no persistence                   6379
@@ -58,6 +60,12 @@ STOP_TIMEOUT=${SERVICES_STOP_TIMEOUT:-30}
 
 KAFKA_PORT=9092             # node i listens on KAFKA_PORT + i
 KAFKA_CONTROLLER_PORT=19092 # node i's controller listener is KAFKA_CONTROLLER_PORT + i
+# Kafka's secure listener (single node): TLS with a certificate from a CA made here
+# (target/services/kafka/tls/ca.pem), SASL SCRAM-SHA-512 with one user made at each start.
+# Test and development credentials only: production clusters are the operator's.
+KAFKA_SECURE_PORT=${SERVICES_KAFKA_SECURE_PORT:-9097}
+KAFKA_SCRAM_USER=${SERVICES_KAFKA_SCRAM_USER:-votes}
+KAFKA_SCRAM_PASSWORD=${SERVICES_KAFKA_SCRAM_PASSWORD:-votes-test-scram-password}
 KAFKA_LIB=$RUN/kafka/lib
 KAFKA_POM=$SCRIPTS/kafka/pom.xml
 # The brokers' JVM, both overridable: G1 with a 20 ms pause goal (ZGC measured worse on two
@@ -282,6 +290,38 @@ kafka_brokers_answering() {
   grep -c ' -> (' <<<"$out" || true
 }
 
+# The secure listener's TLS material, made once: a CA and the broker's key and certificate (for
+# 127.0.0.1 and localhost) in one PEM file, the form Kafka's PEM key store reads.
+kafka_tls_dir() { echo "$RUN/kafka/tls"; }
+kafka_ensure_tls() {
+  local dir
+  dir=$(kafka_tls_dir)
+  [[ -s $dir/broker-keystore.pem && -s $dir/ca.pem ]] && return 0
+  command -v openssl >/dev/null || die "kafka: openssl is needed for the secure listener's certificates (Debian: apt-get install -y openssl)"
+  mkdir -p "$dir"
+  (
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj '/CN=votes services Kafka CA' -keyout "$dir/ca.key" -out "$dir/ca.pem" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=localhost' \
+        -keyout "$dir/broker.key" -out "$dir/broker.csr" &&
+      openssl x509 -req -in "$dir/broker.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 3650 -out "$dir/broker.pem" \
+        -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') &&
+      openssl pkcs8 -topk8 -nocrypt -in "$dir/broker.key" -out "$dir/broker.pk8" &&
+      cat "$dir/broker.pk8" "$dir/broker.pem" >"$dir/broker-keystore.pem"
+  ) >"$dir/openssl.log" 2>&1 || { show_tail "$dir/openssl.log"; die "kafka: making the secure listener's certificates failed"; }
+  chmod 0644 "$dir/ca.pem"
+}
+
+# Creates (or resets) the SCRAM user of the secure listener, through the plaintext listener.
+kafka_ensure_scram_user() {
+  kafka_tool kafka.admin.ConfigCommand --bootstrap-server "$HOST:$KAFKA_PORT" --alter \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SCRAM_PASSWORD]" \
+    --entity-type users --entity-name "$KAFKA_SCRAM_USER" >"$RUN/kafka/scram.log" 2>&1 ||
+    { show_tail "$RUN/kafka/scram.log"; die "kafka: creating the SCRAM user $KAFKA_SCRAM_USER failed"; }
+}
+
 # Node i's server.properties, written on every start so that the script stays its only source.
 kafka_write_config() {
   local n=$1 i=$2 dir=$3 voters='' j rf isr
@@ -296,14 +336,26 @@ kafka_write_config() {
   if ((n > 1)); then
     failover=$'broker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000'
   fi
+  # One node also listens with TLS and SCRAM (tests/kafka_secure.rs); the fault cluster does not.
+  local secure_listener='' secure_advertised='' secure_map='' secure=''
+  if ((n == 1)); then
+    secure_listener=",SECURE://127.0.0.1:$KAFKA_SECURE_PORT"
+    secure_advertised=",SECURE://127.0.0.1:$KAFKA_SECURE_PORT"
+    secure_map=",SECURE:SASL_SSL"
+    secure="sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.secure.ssl.keystore.type=PEM
+listener.name.secure.ssl.keystore.location=$(kafka_tls_dir)/broker-keystore.pem"
+  fi
   cat >"$dir/server.properties" <<EOF
 # Written by scripts/services.sh at each start; edit the script, not this file.
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i)),CONTROLLER://127.0.0.1:$((KAFKA_CONTROLLER_PORT + i))
-advertised.listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i))
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i)),CONTROLLER://127.0.0.1:$((KAFKA_CONTROLLER_PORT + i))$secure_listener
+advertised.listeners=PLAINTEXT://$HOST:$((KAFKA_PORT + i))$secure_advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$secure_map
+$secure
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
@@ -340,6 +392,7 @@ kafka_start_node() {
   local n=$1 i=$2 dir cid
   dir=$(kafka_node_dir "$n" "$i")
   mkdir -p "$dir/logs"
+  ((n == 1)) && kafka_ensure_tls
   kafka_write_config "$n" "$i" "$dir"
   cid=$(<"$RUN/kafka/$(kafka_mode "$n")/cluster.id")
   # Storage is formatted once, on the first start of the node; later starts keep the data.
@@ -432,6 +485,10 @@ up_kafka() {
 
   pid=$(kafka_our_pids "$n" | xargs)
   if ((${#started[@]})); then
+    if ((n == 1)); then
+      kafka_ensure_scram_user
+      log "kafka: SASL_SSL on 127.0.0.1:$KAFKA_SECURE_PORT (SCRAM-SHA-512 user $KAFKA_SCRAM_USER, CA $(kafka_tls_dir)/ca.pem)"
+    fi
     record_started kafka
     log "kafka: up on $bootstrap ($n node(s), pid(s) $pid) in $((SECONDS - t0))s"
   else

@@ -31,8 +31,10 @@ for name in VOTES_TOKEN_KEY VOTES_AUDIT_KEY VOTES_ADMIN_TOKEN VOTES_FORWARD_KEY;
   [ "$(stat -c '%U:%G %a' "$file")" = "root:root 600" ] || fail "$file is not root:root 600"
   [ "$(tr -d '\n' <"$file" | wc -c)" -ge 32 ] || fail "$file holds fewer than 32 bytes"
 done
-[ "$(stat -c '%U:%G %a %s' /etc/votes/credentials/VOTES_REDIS_PASSWORD)" = "root:root 600 0" ] ||
-  fail "VOTES_REDIS_PASSWORD is not an empty root:root 600 credential after install"
+for name in VOTES_REDIS_PASSWORD VOTES_KAFKA_PASSWORD; do
+  [ "$(stat -c '%U:%G %a %s' "/etc/votes/credentials/$name")" = "root:root 600 0" ] ||
+    fail "$name is not an empty root:root 600 credential after install"
+done
 [ "$(sort -u /etc/votes/credentials/* | wc -l)" = 4 ] || fail "the four secrets made at install are not distinct"
 # The installed binary reads them the way a unit's LoadCredential= hands them over.
 env -i VOTES_LOG=warn CREDENTIALS_DIRECTORY=/etc/votes/credentials /usr/bin/votes token --voter 1 >/dev/null ||

@@ -21,12 +21,13 @@ use clap::parser::ValueSource;
 pub const CONFIG_ENV: &str = "VOTES_CONFIG";
 
 /// Secrets read from the environment only (never flags, never the file): shown masked.
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
     "VOTES_TOKEN_KEY",
     "VOTES_AUDIT_KEY",
     "VOTES_ADMIN_TOKEN",
     "VOTES_FORWARD_KEY",
     "VOTES_REDIS_PASSWORD",
+    "VOTES_KAFKA_PASSWORD",
 ];
 
 /// Returns `args` with the file's settings inserted where clap expects them. `cli` is the

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod audit;
@@ -70,11 +70,101 @@ pub struct Common {
     /// Prefix of topics, tables and Redis keys, so several deployments share the services.
     #[arg(long, global = true, env = "VOTES_PREFIX", default_value = "")]
     pub prefix: String,
+    /// How every Kafka client connects: plaintext, ssl (TLS), sasl_plaintext or sasl_ssl
+    /// (TLS and SASL; the production choice).
+    #[arg(long, global = true, env = "VOTES_KAFKA_SECURITY_PROTOCOL", value_enum, default_value_t = KafkaProtocolArg::Plaintext)]
+    pub kafka_security_protocol: KafkaProtocolArg,
+    /// PEM certificate authority of the brokers' certificates, when the system does not trust
+    /// it already (ssl and sasl_ssl).
+    #[arg(long, global = true, env = "VOTES_KAFKA_CA")]
+    pub kafka_ca: Option<std::path::PathBuf>,
+    /// SASL mechanism (sasl_ssl and sasl_plaintext).
+    #[arg(long, global = true, env = "VOTES_KAFKA_SASL_MECHANISM", value_enum, default_value_t = SaslMechanismArg::ScramSha512)]
+    pub kafka_sasl_mechanism: SaslMechanismArg,
+    /// SASL user; its password is the secret `VOTES_KAFKA_PASSWORD` (environment or systemd
+    /// credential).
+    #[arg(long, global = true, env = "VOTES_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaProtocolArg {
+    Plaintext,
+    Ssl,
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanismArg {
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "PLAIN")]
+    Plain,
 }
 
 impl Common {
     pub fn names(&self) -> Result<votes_core::Names> {
         Ok(votes_core::Names::new(&self.prefix)?)
+    }
+
+    /// How this process's Kafka clients connect, from the flags and `VOTES_KAFKA_PASSWORD`.
+    pub fn kafka_security(&self) -> Result<votes_tally::kafka::KafkaSecurity> {
+        use votes_tally::kafka::{KafkaProtocol, KafkaSecurity, SaslLogin};
+        let protocol = match self.kafka_security_protocol {
+            KafkaProtocolArg::Plaintext => KafkaProtocol::Plaintext,
+            KafkaProtocolArg::Ssl => KafkaProtocol::Ssl,
+            KafkaProtocolArg::SaslPlaintext => KafkaProtocol::SaslPlaintext,
+            KafkaProtocolArg::SaslSsl => KafkaProtocol::SaslSsl,
+        };
+        let password = secrets::optional("VOTES_KAFKA_PASSWORD")?;
+        let login = match (&self.kafka_sasl_username, password) {
+            (None, None) => None,
+            (Some(username), Some(password)) => Some(SaslLogin {
+                mechanism: match self.kafka_sasl_mechanism {
+                    SaslMechanismArg::ScramSha512 => "SCRAM-SHA-512",
+                    SaslMechanismArg::ScramSha256 => "SCRAM-SHA-256",
+                    SaslMechanismArg::Plain => "PLAIN",
+                },
+                username: username.clone(),
+                password,
+            }),
+            (Some(_), None) => bail!("--kafka-sasl-username needs VOTES_KAFKA_PASSWORD"),
+            (None, Some(_)) => bail!("VOTES_KAFKA_PASSWORD needs --kafka-sasl-username"),
+        };
+        Ok(KafkaSecurity::new(
+            protocol,
+            self.kafka_ca.as_deref(),
+            login,
+        )?)
+    }
+
+    /// Sets the process's Kafka security and, when it is not plaintext, checks it against the
+    /// cluster: wrong credentials or an untrusted certificate stop the command here, saying
+    /// so, instead of every client retrying them forever.
+    pub fn connect_kafka(&self) -> Result<()> {
+        let security = self.kafka_security()?;
+        let plaintext = security.is_plaintext();
+        votes_tally::kafka::set_security(security);
+        if plaintext {
+            return Ok(());
+        }
+        match votes_tally::kafka::check(&self.kafka_brokers, std::time::Duration::from_secs(10)) {
+            Ok(()) => Ok(()),
+            Err(votes_tally::kafka::KafkaCheck::Refused(why)) => bail!(
+                "Kafka at {} refused this process ({why}): check --kafka-sasl-username, \
+                 VOTES_KAFKA_PASSWORD, --kafka-ca and --kafka-security-protocol",
+                self.kafka_brokers
+            ),
+            Err(votes_tally::kafka::KafkaCheck::Unreachable(why)) => {
+                tracing::warn!(brokers = %self.kafka_brokers, %why, "Kafka does not answer yet; its clients retry");
+                Ok(())
+            }
+        }
     }
 
     /// The Redis read model: URL, and the certificate authority for TLS when given.
@@ -199,6 +289,15 @@ fn run() -> Result<std::process::ExitCode> {
     let args = config::expand_args(args, &Cli::command(), |k| std::env::var(k).ok())?;
     let matches = Cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).context("reading the command line")?;
+    // The commands that talk to Kafka (an audit verify reads files only).
+    let kafka = match &cli.command {
+        Command::Init(_) | Command::Serve(_) | Command::Persist(_) | Command::Recount(_) => true,
+        Command::Audit(a) => matches!(a.command, audit::AuditCommand::Export(_)),
+        _ => false,
+    };
+    if kafka {
+        cli.common.connect_kafka()?;
+    }
     match cli.command {
         Command::Init(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,190 @@
 //! Kafka client configuration shared by every driver.
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
+
+/// How the process's clients reach the cluster: plaintext, TLS, SASL or both. The same for
+/// every client of a process, so it is set once at start ([`set_security`]) and every
+/// configuration made here carries it, none can forget it.
+#[derive(Clone, Default)]
+pub struct KafkaSecurity {
+    /// librdkafka properties (`security.protocol`, `ssl.*`, `sasl.*`).
+    props: Vec<(&'static str, String)>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    fn name(self) -> &'static str {
+        match self {
+            KafkaProtocol::Plaintext => "plaintext",
+            KafkaProtocol::Ssl => "ssl",
+            KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, KafkaProtocol::Ssl | KafkaProtocol::SaslSsl)
+    }
+
+    fn sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+}
+
+/// A SASL identity: the mechanism (`SCRAM-SHA-512`, `SCRAM-SHA-256`, `PLAIN`), a user and its
+/// password.
+#[derive(Clone)]
+pub struct SaslLogin {
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KafkaSecurityError {
+    #[error(
+        "Kafka over {0} needs a SASL user and password (--kafka-sasl-username, VOTES_KAFKA_PASSWORD)"
+    )]
+    SaslWithoutLogin(&'static str),
+    #[error(
+        "a SASL user or password for Kafka needs --kafka-security-protocol sasl_ssl (or sasl_plaintext)"
+    )]
+    LoginWithoutSasl,
+    #[error(
+        "a certificate authority for Kafka (--kafka-ca) needs --kafka-security-protocol ssl or sasl_ssl"
+    )]
+    CaWithoutTls,
+}
+
+impl KafkaSecurity {
+    pub fn new(
+        protocol: KafkaProtocol,
+        ca: Option<&std::path::Path>,
+        login: Option<SaslLogin>,
+    ) -> Result<Self, KafkaSecurityError> {
+        if ca.is_some() && !protocol.tls() {
+            return Err(KafkaSecurityError::CaWithoutTls);
+        }
+        match (&login, protocol.sasl()) {
+            (None, true) => return Err(KafkaSecurityError::SaslWithoutLogin(protocol.name())),
+            (Some(_), false) => return Err(KafkaSecurityError::LoginWithoutSasl),
+            _ => {}
+        }
+        let mut props = vec![("security.protocol", protocol.name().to_owned())];
+        if let Some(ca) = ca {
+            props.push(("ssl.ca.location", ca.display().to_string()));
+        }
+        if protocol.tls() {
+            // The broker's certificate must name the host dialled (librdkafka's default since
+            // 2.0, stated so that no configuration can lose it).
+            props.push(("ssl.endpoint.identification.algorithm", "https".to_owned()));
+        }
+        if let Some(login) = login {
+            props.push(("sasl.mechanism", login.mechanism.to_owned()));
+            props.push(("sasl.username", login.username));
+            props.push(("sasl.password", login.password));
+        }
+        Ok(Self { props })
+    }
+
+    pub fn is_plaintext(&self) -> bool {
+        self.props.is_empty()
+            || self
+                .props
+                .iter()
+                .any(|(k, v)| *k == "security.protocol" && v == "plaintext")
+    }
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.props {
+            m.entry(k, if *k == "sasl.password" { &"***" } else { v });
+        }
+        m.finish()
+    }
+}
+
+static SECURITY: OnceLock<KafkaSecurity> = OnceLock::new();
+
+/// Sets how every Kafka client of this process connects; once, at start, before any client is
+/// made (a second call is a bug: clients made before it would differ).
+///
+/// # Panics
+/// When called twice.
+pub fn set_security(security: KafkaSecurity) {
+    assert!(
+        SECURITY.set(security).is_ok(),
+        "the Kafka security settings are set once, at start"
+    );
+}
+
+/// Why [`check`] failed.
+#[derive(Debug)]
+pub enum KafkaCheck {
+    /// The cluster answered and refused us (credentials, certificate): a configuration error.
+    Refused(String),
+    /// No answer in time: the cluster may come later.
+    Unreachable(String),
+}
+
+/// Records the first authentication or TLS failure librdkafka reports.
+#[derive(Default)]
+struct CheckContext {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for CheckContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(Code::Authentication | Code::SSL | Code::SaslAuthenticationFailed)
+        ) {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            refused.get_or_insert_with(|| reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for CheckContext {}
+
+/// Asks the cluster for its metadata within `timeout`: what a process checks at start so that
+/// wrong credentials or an untrusted certificate stop it with a clear message.
+pub fn check(brokers: &str, timeout: Duration) -> Result<(), KafkaCheck> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer<CheckContext> = base_config(brokers)
+        .create_with_context(CheckContext::default())
+        .map_err(|e| KafkaCheck::Refused(e.to_string()))?;
+    let fetched = consumer.fetch_metadata(None, timeout);
+    // librdkafka reports an authentication or TLS failure as an event, served by polling.
+    for _ in 0..5 {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    let refused = consumer
+        .context()
+        .refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match (fetched, refused) {
+        (_, Some(why)) => Err(KafkaCheck::Refused(why)),
+        (Ok(_), None) => Ok(()),
+        (Err(e), None) => Err(KafkaCheck::Unreachable(e.to_string())),
+    }
+}
 
 /// Base configuration of any client of the cluster.
 pub fn base_config(brokers: &str) -> ClientConfig {
@@ -10,6 +194,11 @@ pub fn base_config(brokers: &str) -> ClientConfig {
         // minute bounds every metadata wait without masking a dead cluster for long.
         .set("socket.timeout.ms", "60000")
         .set("log_level", "4");
+    if let Some(security) = SECURITY.get() {
+        for (k, v) in &security.props {
+            cfg.set(*k, v);
+        }
+    }
     // librdkafka's own debug contexts (e.g. `eos,protocol`) for diagnosing a cluster.
     if let Ok(contexts) = std::env::var("VOTES_KAFKA_DEBUG") {
         cfg.set("debug", contexts).set("log_level", "7");
@@ -64,3 +253,45 @@ impl rdkafka::ClientContext for VotesContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for VotesContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> SaslLogin {
+        SaslLogin {
+            mechanism: "SCRAM-SHA-512",
+            username: "votes".into(),
+            password: "hunter2-hunter2".into(),
+        }
+    }
+
+    #[test]
+    fn each_protocol_gets_what_it_needs_and_nothing_else() {
+        let ca = std::path::Path::new("/etc/votes/kafka-ca.pem");
+        let s = KafkaSecurity::new(KafkaProtocol::SaslSsl, Some(ca), Some(login())).unwrap();
+        let props: std::collections::BTreeMap<_, _> = s.props.iter().cloned().collect();
+        assert_eq!(props["security.protocol"], "sasl_ssl");
+        assert_eq!(props["ssl.ca.location"], "/etc/votes/kafka-ca.pem");
+        assert_eq!(props["ssl.endpoint.identification.algorithm"], "https");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(props["sasl.username"], "votes");
+        assert!(!s.is_plaintext());
+        assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+        assert!(KafkaSecurity::default().is_plaintext());
+        assert_eq!(
+            KafkaSecurity::new(KafkaProtocol::SaslSsl, None, None).err(),
+            Some(KafkaSecurityError::SaslWithoutLogin("sasl_ssl"))
+        );
+        assert_eq!(
+            KafkaSecurity::new(KafkaProtocol::Ssl, None, Some(login())).err(),
+            Some(KafkaSecurityError::LoginWithoutSasl)
+        );
+        assert_eq!(
+            KafkaSecurity::new(KafkaProtocol::Plaintext, Some(ca), None).err(),
+            Some(KafkaSecurityError::CaWithoutTls)
+        );
+        let plain = KafkaSecurity::new(KafkaProtocol::Plaintext, None, None).unwrap();
+        assert!(plain.is_plaintext());
+    }
+}

@@ -1,0 +1,135 @@
+//! Kafka as production runs it: TLS and SASL SCRAM (DESIGN §7). The services script gives its
+//! one-node broker a second listener, SASL_SSL on 127.0.0.1:9097, with a certificate from a CA
+//! it made (`target/services/kafka/tls/ca.pem`) and a SCRAM-SHA-512 user. Every Kafka client
+//! of `votes` (topics, the transactional producers, the group members, the elections log, the
+//! replays) goes through it: `votes init` and a serving node work end to end, and the votes
+//! are in the log (read back over the plaintext listener of the same broker). Wrong
+//! credentials, or no certificate authority, stop the command at start and say why.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::runtime;
+use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, committed_votes, open_election};
+
+const SECURE: &str = "127.0.0.1:9097";
+const USER: &str = "votes";
+/// The services script's default SCRAM password (development and tests only).
+const PASSWORD: &str = "votes-test-scram-password";
+
+fn ca() -> String {
+    let ca = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/services/kafka/tls/ca.pem"
+    );
+    assert!(
+        std::path::Path::new(ca).is_file(),
+        "Kafka's secure listener: no CA at {ca} (scripts/services.sh up kafka makes it)"
+    );
+    ca.to_owned()
+}
+
+/// The settings of a client of the secure listener, with `password`.
+fn secure_env(ca: &str, password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("VOTES_KAFKA_BROKERS", SECURE.to_owned()),
+        ("VOTES_KAFKA_SECURITY_PROTOCOL", "sasl_ssl".to_owned()),
+        ("VOTES_KAFKA_CA", ca.to_owned()),
+        ("VOTES_KAFKA_SASL_USERNAME", USER.to_owned()),
+        ("VOTES_KAFKA_PASSWORD", password.to_owned()),
+    ]
+}
+
+/// `votes` with `args` and `env`, expected to fail: its stderr.
+fn fails(prefix: &str, args: &[&str], env: &[(&str, String)]) -> String {
+    let mut child = common::votes_command(prefix, args)
+        .env("VOTES_TOKEN_KEY", TOKEN_KEY)
+        .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("votes starts");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "votes {args:?} exited 0:\n{err}");
+            return err;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("votes {args:?} kept running against a Kafka that refuses it");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn votes_runs_end_to_end_over_tls_and_scram_and_stops_on_wrong_credentials() {
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let ca = ca();
+    let prefix = common::unique_prefix("kafka-secure");
+    let env = secure_env(&ca, PASSWORD);
+    let out = common::votes_command(&prefix, &["init", "--partitions", "2"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "votes init over SASL_SSL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let serve = Serve::start_env(&prefix, 1, false, &env_refs);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "secure", &["a", "b"], 0).await;
+        for voter in 1..=20u64 {
+            let (status, body) = client
+                .vote(
+                    &serve.url(""),
+                    "secure",
+                    voter,
+                    ["a", "b"][(voter % 2) as usize],
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+        }
+    });
+    // The same broker's plaintext listener shows the 20 votes committed.
+    let log = committed_votes(&serve.names(), 2);
+    assert_eq!(
+        log.iter()
+            .filter(|c| c.record.election.as_str() == "secure")
+            .count(),
+        20
+    );
+    assert!(
+        !serve.log_text().contains(PASSWORD),
+        "the password reached the log"
+    );
+    drop(serve);
+
+    let wrong = secure_env(&ca, "not-the-scram-password");
+    let err = fails(&prefix, &["init", "--partitions", "2"], &wrong);
+    assert!(err.contains("refused this process"), "{err}");
+    assert!(!err.contains("not-the-scram-password"), "{err}");
+    let err = fails(&prefix, &["serve", "--cores", "1"], &wrong);
+    assert!(err.contains("refused this process"), "{err}");
+    // TLS without the CA that signed the broker's certificate.
+    let mut untrusted = secure_env(&ca, PASSWORD);
+    untrusted.retain(|(k, _)| *k != "VOTES_KAFKA_CA");
+    let err = fails(&prefix, &["init", "--partitions", "2"], &untrusted);
+    assert!(err.contains("refused this process"), "{err}");
+    // SASL without a password is a setting missing, named before anything connects.
+    let mut no_password = secure_env(&ca, PASSWORD);
+    no_password.retain(|(k, _)| *k != "VOTES_KAFKA_PASSWORD");
+    let err = fails(&prefix, &["init", "--partitions", "2"], &no_password);
+    assert!(err.contains("VOTES_KAFKA_PASSWORD"), "{err}");
+}
