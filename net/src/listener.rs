@@ -97,7 +97,13 @@ pub(crate) fn bind_all(
             s.listen(backlog).map_err(|e| bind_err(addr, e))?;
             sockets.push((core, s));
         }
-        let udp = if http3 && spec.tls.is_some() && spec.kind == ListenerKind::Public {
+        // Not behind a proxy: QUIC carries no PROXY header, so its clients would all have the
+        // balancer's address (or reach the node around it); no UDP side, hence no Alt-Svc.
+        let udp = if http3
+            && spec.tls.is_some()
+            && spec.kind == ListenerKind::Public
+            && !spec.proxy_protocol
+        {
             bind_udp(addr, cores)?
         } else {
             Vec::new()
@@ -128,6 +134,25 @@ mod tests {
         }
         assert_eq!(bound[1].sockets.len(), 1);
         assert_eq!(bound[1].sockets[0].0, 0);
+    }
+
+    #[test]
+    fn http3_rides_on_public_tls_listeners_not_behind_a_proxy() {
+        let (cert, key) = crate::self_signed_dev_cert(&["localhost"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("votes-listener-h3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        let tls = crate::tls_server_config(dir.join("cert.pem"), dir.join("key.pem")).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let direct = ListenerSpec::tls(any, ListenerKind::Public, tls.clone());
+        let proxied = ListenerSpec::tls(any, ListenerKind::Public, tls.clone()).behind_proxy();
+        let admin = ListenerSpec::tls(any, ListenerKind::Admin, tls);
+        let bound = bind_all(&[direct, proxied, admin], 2, 16, true).unwrap();
+        assert_eq!(bound[0].udp.len(), 2, "a public TLS listener offers HTTP/3");
+        assert!(bound[1].udp.is_empty(), "not behind a proxy");
+        assert!(bound[2].udp.is_empty(), "not on the admin listener");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -177,8 +177,8 @@ pub struct ServeArgs {
     /// The public TCP listeners (`--http`, `--https`) sit behind a load balancer that starts
     /// every connection with a PROXY protocol v2 header: its source address is the client's
     /// for the rate limits and the logs, and a connection without one is closed. Never on a
-    /// listener voters reach directly: anyone could claim any address. HTTP/3 (UDP) is not
-    /// covered.
+    /// listener voters reach directly: anyone could claim any address. HTTP/3 is then not
+    /// offered (QUIC carries no PROXY header: its voters would all have the balancer's address).
     #[arg(long, env = "VOTES_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
     /// Development sign-in: `POST /v1/dev/login` issues a token for any voter id. Never in
