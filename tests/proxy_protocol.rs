@@ -127,3 +127,59 @@ fn a_listener_without_the_flag_takes_a_proxy_header_as_bad_input() {
         assert_eq!(get_after(serve.http, b"", "/v1/elections").await, Some(200));
     });
 }
+
+/// Behind a proxy every connection comes from the balancer, so the per-address connection cap
+/// counts the client each PROXY header names: one claimed client at its cap is closed, others
+/// (and the balancer's own health checks) are not.
+#[test]
+fn the_connection_cap_per_address_counts_the_client_the_header_names() {
+    const CAP: usize = 3;
+    let serve = Serve::init_and_start_env(
+        "proxy-cap",
+        1,
+        1,
+        &[
+            ("VOTES_PROXY_PROTOCOL", "true"),
+            ("VOTES_MAX_CONNS_PER_ADDR", &CAP.to_string()),
+        ],
+    );
+    common::runtime().block_on(async {
+        let a = header_from("203.0.113.7:40000", serve.http);
+        // CAP connections of client a, each past its header and held open.
+        let mut held = Vec::new();
+        for _ in 0..CAP {
+            let mut s = TcpStream::connect(serve.http).await.unwrap();
+            s.write_all(&a).await.unwrap();
+            held.push(s);
+        }
+        // The node has read those headers once a request on one of them is answered.
+        let mut first = held.pop().unwrap();
+        first
+            .write_all(b"GET /v1/elections HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        first.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(first);
+        assert_eq!(
+            get_after(serve.http, &a, "/v1/elections").await,
+            None,
+            "client a's connection over the cap is closed"
+        );
+        let b = header_from("198.51.100.9:40001", serve.http);
+        assert_eq!(get_after(serve.http, &b, "/v1/elections").await, Some(200));
+        assert_eq!(
+            get_after(serve.http, &proxy_header::encode_local(), "/readyz").await,
+            Some(200),
+            "the balancer's health check is not a client at the cap"
+        );
+        drop(held);
+        // Once a's connections are gone its place is free again (the node notices the closes).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get_after(serve.http, &a, "/v1/elections").await != Some(200) {
+            assert!(Instant::now() < deadline, "client a stays over the cap");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

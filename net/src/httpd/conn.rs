@@ -267,6 +267,8 @@ pub(crate) async fn serve<A: App>(
         mut peer,
     } = how;
     let t = core.timeouts();
+    // Behind a proxy: the client's place in the per-address table, held as long as this.
+    let mut _proxied_source = None;
     // Stays open as long as the connection: `Io` owns the stream until `drive` returns.
     let fd = stream.as_raw_fd();
     // The PROXY header, then sniff or handshake, bounded together by the fresh-connection
@@ -277,12 +279,19 @@ pub(crate) async fn serve<A: App>(
         let timeout = at.saturating_duration_since(Instant::now());
         let shutdown = core.shutdown_signal();
         let peer = &mut peer;
+        let proxied_source = &mut _proxied_source;
+        let core_for_cap = core.clone();
         futures_lite::future::or(
             async {
                 if proxy_protocol {
                     match read_proxy_header(&mut stream).await {
                         Ok(votes_core::proxy_header::Proxied::Client { source, .. }) => {
                             *peer = source;
+                            match core_for_cap.admit_proxied(source.ip()) {
+                                Some(slot) => *proxied_source = Some(slot),
+                                // Counted by the cap; closed without an answer, as at accept.
+                                None => return Some(Ok(Started::Closed)),
+                            }
                         }
                         // The balancer's own connection (a health check): its address is
                         // the client's.

@@ -159,14 +159,9 @@ impl CoreHttp {
             self.rejected_over_cap.set(self.rejected_over_cap.get() + 1);
             return None;
         }
-        let mut per_addr = self.per_addr.borrow_mut();
-        let n = per_addr.entry(addr).or_insert(0);
-        if *n as usize >= self.limits.max_connections_per_addr {
-            self.rejected_over_addr_cap
-                .set(self.rejected_over_addr_cap.get() + 1);
+        if !self.count_source(addr) {
             return None;
         }
-        *n += 1;
         self.quic_open.set(self.quic_open.get() + 1);
         self.accepted.set(self.accepted.get() + 1);
         Some(super::h3::QuicSlot {
@@ -179,15 +174,47 @@ impl CoreHttp {
         let open = self.quic_open.get();
         assert!(open > 0, "a QUIC connection is released once");
         self.quic_open.set(open - 1);
+        self.release_source(addr);
+    }
+
+    /// Counts one more connection from `source` (its [`conn_source`] key) in the per-address
+    /// table; `false` (and counted as a refusal) when that source is at its cap.
+    fn count_source(&self, source: IpAddr) -> bool {
+        let mut per_addr = self.per_addr.borrow_mut();
+        let n = per_addr.entry(source).or_insert(0);
+        if *n as usize >= self.limits.max_connections_per_addr {
+            self.rejected_over_addr_cap
+                .set(self.rejected_over_addr_cap.get() + 1);
+            if *n == 0 {
+                per_addr.remove(&source);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Undoes one [`Self::count_source`].
+    fn release_source(&self, source: IpAddr) {
         let mut per_addr = self.per_addr.borrow_mut();
         let n = per_addr
-            .get_mut(&addr)
+            .get_mut(&source)
             .expect("an open connection's address is counted");
         assert!(*n > 0);
         *n -= 1;
         if *n == 0 {
-            per_addr.remove(&addr);
+            per_addr.remove(&source);
         }
+    }
+
+    /// Behind a proxy, counts the client its PROXY header names against the per-address cap,
+    /// until the returned slot drops; `None` when that client is at its cap.
+    pub(crate) fn admit_proxied(self: &Rc<Self>, client: IpAddr) -> Option<SourceSlot> {
+        let source = conn_source(client);
+        self.count_source(source).then(|| SourceSlot {
+            core: self.clone(),
+            source,
+        })
     }
 
     /// Counts a request in flight (for the drain) until the guard drops.
@@ -290,18 +317,21 @@ impl Drop for ConnSlot {
             self.core.admin_open.set(open - 1);
             return;
         }
-        if !self.per_addr {
-            return;
+        if self.per_addr {
+            self.core.release_source(self.addr);
         }
-        let mut per_addr = self.core.per_addr.borrow_mut();
-        let n = per_addr
-            .get_mut(&self.addr)
-            .expect("an open connection's address is counted");
-        assert!(*n > 0);
-        *n -= 1;
-        if *n == 0 {
-            per_addr.remove(&self.addr);
-        }
+    }
+}
+
+/// A proxied client's place in the per-address table, for as long as its connection lasts.
+pub(crate) struct SourceSlot {
+    core: Rc<CoreHttp>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.core.release_source(self.source);
     }
 }
 
@@ -353,7 +383,7 @@ pub(crate) async fn accept_loop<A: App>(
         };
         let admin = kind == ListenerKind::Admin;
         // Behind a balancer every connection comes from the balancer's few addresses: the
-        // per-address cap would throttle it, so only the per-core cap applies there.
+        // per-address cap counts the client its PROXY header names instead (`conn::serve`).
         let per_addr = !admin && !proxy_protocol;
         let over_cap = if admin {
             core.admin_open.get() >= core.limits.max_admin_connections
@@ -373,17 +403,9 @@ pub(crate) async fn accept_loop<A: App>(
         let addr = conn_source(peer.ip());
         if admin {
             core.admin_open.set(core.admin_open.get() + 1);
-        } else if per_addr {
-            let mut per_addr = core.per_addr.borrow_mut();
-            let n = per_addr.entry(addr).or_insert(0);
-            if *n as usize >= core.limits.max_connections_per_addr {
-                core.rejected_over_addr_cap
-                    .set(core.rejected_over_addr_cap.get() + 1);
-                drop(per_addr);
-                drop(stream);
-                continue;
-            }
-            *n += 1;
+        } else if per_addr && !core.count_source(addr) {
+            drop(stream);
+            continue;
         }
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
