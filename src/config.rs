@@ -20,7 +20,12 @@ use clap::parser::ValueSource;
 /// The environment variable that may name the file when `--config` is not given.
 pub const CONFIG_ENV: &str = "VOTES_CONFIG";
 
-/// Secrets read from the environment only (never flags, never the file): shown masked.
+/// Where the package's units load their credentials from (`LoadCredential=`): what
+/// `config check` looks at for a secret the environment lacks, outside a unit.
+const PACKAGE_CREDENTIALS: &str = "/etc/votes/credentials";
+
+/// Secrets, read from the environment or a systemd credential (never flags, never the file):
+/// shown as set or not, never their value.
 const SECRETS: [&str; 6] = [
     "VOTES_TOKEN_KEY",
     "VOTES_AUDIT_KEY",
@@ -256,11 +261,28 @@ pub fn check(
         }
         None => out.push_str("config file: none (--config or VOTES_CONFIG)\n"),
     }
-    out.push_str("\nsecrets (environment only)\n");
+    out.push_str("\nsecrets (environment, else a systemd credential)\n");
+    // Inside a unit its own credentials; outside, the files the package's units load.
+    let credentials = env("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| Path::new(PACKAGE_CREDENTIALS).to_path_buf(), Into::into);
     for name in SECRETS {
-        let state = match env(name) {
-            Some(v) => format!("set, {} bytes", v.len()),
-            None => "not set".to_owned(),
+        let state = match env(name).filter(|v| !v.is_empty()) {
+            Some(v) => format!("set, {} bytes (environment)", v.len()),
+            None => {
+                let path = credentials.join(name);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() > 0 => {
+                        format!("set, {} bytes (credential {})", m.len(), path.display())
+                    }
+                    Ok(_) => format!("not set (credential {} is empty)", path.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                        "unknown (credential {} is not readable by this user)",
+                        path.display()
+                    ),
+                    Err(_) => "not set".to_owned(),
+                }
+            }
         };
         let _ = writeln!(out, "  {name:<24} {state}");
     }
@@ -491,15 +513,26 @@ mod tests {
         let (_keep, path) = with_file(
             "prefix = \"file-\"\nredis-url = \"redis://ops:hunter2@10.0.0.9:6379\"\n[serve]\nhttp = \"0.0.0.0:80\"\n",
         );
+        // A credential directory holding one secret, and an empty one (a password left blank).
+        let creds = std::env::temp_dir().join(format!("votes-check-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(creds.join("VOTES_ADMIN_TOKEN"), "y".repeat(20)).unwrap();
+        std::fs::write(creds.join("VOTES_REDIS_PASSWORD"), "").unwrap();
+        let creds_dir = creds.display().to_string();
         let out = check(
             &cli(),
             Some(Path::new(&path)),
             &["serve".to_string(), "recount".to_string()],
             // Secrets are read through `env`; clap reads flags' variables from the process
             // (tests/config_check.rs runs the binary with them).
-            |k| (k == "VOTES_TOKEN_KEY").then(|| "x".repeat(40)),
+            |k| match k {
+                "VOTES_TOKEN_KEY" => Some("x".repeat(40)),
+                "CREDENTIALS_DIRECTORY" => Some(creds_dir.clone()),
+                _ => None,
+            },
         )
         .unwrap();
+        std::fs::remove_dir_all(&creds).unwrap();
         let line = |flag: &str| {
             out.lines()
                 .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
@@ -517,7 +550,15 @@ mod tests {
         assert!(!out.contains("hunter2"), "{out}");
         assert_eq!(
             line("VOTES_TOKEN_KEY"),
-            ["VOTES_TOKEN_KEY", "set,", "40", "bytes"]
+            ["VOTES_TOKEN_KEY", "set,", "40", "bytes", "(environment)"]
+        );
+        assert_eq!(
+            line("VOTES_ADMIN_TOKEN")[..5],
+            ["VOTES_ADMIN_TOKEN", "set,", "20", "bytes", "(credential"]
+        );
+        assert_eq!(
+            line("VOTES_REDIS_PASSWORD")[..3],
+            ["VOTES_REDIS_PASSWORD", "not", "set"]
         );
         assert_eq!(line("VOTES_AUDIT_KEY"), ["VOTES_AUDIT_KEY", "not", "set"]);
         assert!(

@@ -84,7 +84,7 @@ fn config_check_shows_each_settings_source_flags_own_variables_included() {
     assert_eq!(line(&report, "cores"), ["cores", "-", "unset"]);
     assert_eq!(
         line(&report, "VOTES_ADMIN_TOKEN"),
-        ["VOTES_ADMIN_TOKEN", "set,", "33", "bytes"]
+        ["VOTES_ADMIN_TOKEN", "set,", "33", "bytes", "(environment)"]
     );
     assert!(
         !report.contains("an-admin-token"),
