@@ -61,7 +61,7 @@ STOP_TIMEOUT=${SERVICES_STOP_TIMEOUT:-30}
 KAFKA_PORT=9092             # node i listens on KAFKA_PORT + i
 KAFKA_CONTROLLER_PORT=19092 # node i's controller listener is KAFKA_CONTROLLER_PORT + i
 # Kafka's secure listener (single node): TLS with a certificate from a CA made here
-# (target/services/kafka/tls/ca.pem), SASL SCRAM-SHA-512 with one user made at each start.
+# (~/.cache/votes-services/kafka-tls/ca.pem), SASL SCRAM-SHA-512 with one user made at each start.
 # Test and development credentials only: production clusters are the operator's.
 KAFKA_SECURE_PORT=${SERVICES_KAFKA_SECURE_PORT:-9097}
 KAFKA_SCRAM_USER=${SERVICES_KAFKA_SCRAM_USER:-votes}
@@ -291,8 +291,10 @@ kafka_brokers_answering() {
 }
 
 # The secure listener's TLS material, made once: a CA and the broker's key and certificate (for
-# 127.0.0.1 and localhost) in one PEM file, the form Kafka's PEM key store reads.
-kafka_tls_dir() { echo "$RUN/kafka/tls"; }
+# 127.0.0.1 and localhost) in one PEM file, the form Kafka's PEM key store reads. In the cache
+# shared by checkouts, like the broker itself may be: a test of any checkout finds the CA of
+# the broker that answers.
+kafka_tls_dir() { echo "$SERVICES_CACHE/kafka-tls"; }
 kafka_ensure_tls() {
   local dir
   dir=$(kafka_tls_dir)

@@ -1,6 +1,7 @@
 //! Kafka as production runs it: TLS and SASL SCRAM (DESIGN §7). The services script gives its
 //! one-node broker a second listener, SASL_SSL on 127.0.0.1:9097, with a certificate from a CA
-//! it made (`target/services/kafka/tls/ca.pem`) and a SCRAM-SHA-512 user. Every Kafka client
+//! it made (`~/.cache/votes-services/kafka-tls/ca.pem`, shared by checkouts like the broker)
+//! and a SCRAM-SHA-512 user. Every Kafka client
 //! of `votes` (topics, the transactional producers, the group members, the elections log, the
 //! replays) goes through it: `votes init` and a serving node work end to end, and the votes
 //! are in the log (read back over the plaintext listener of the same broker). Wrong
@@ -19,16 +20,19 @@ const USER: &str = "votes";
 /// The services script's default SCRAM password (development and tests only).
 const PASSWORD: &str = "votes-test-scram-password";
 
+/// The CA of the secure listener, where `scripts/services.sh` keeps it.
 fn ca() -> String {
-    let ca = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/services/kafka/tls/ca.pem"
-    );
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| format!("{}/.cache", std::env::var("HOME").unwrap()));
+    let ca = format!("{cache}/votes-services/kafka-tls/ca.pem");
     assert!(
-        std::path::Path::new(ca).is_file(),
-        "Kafka's secure listener: no CA at {ca} (scripts/services.sh up kafka makes it)"
+        std::path::Path::new(&ca).is_file(),
+        "Kafka's secure listener: no CA at {ca} (scripts/services.sh up kafka makes it; a \
+         broker started by an older checkout has no secure listener: down kafka, then up)"
     );
-    ca.to_owned()
+    ca
 }
 
 /// The settings of a client of the secure listener, with `password`.
