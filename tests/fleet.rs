@@ -837,6 +837,19 @@ fn hello_attempt(
     RawLink::open(internal, hello).stays_open(None)
 }
 
+/// A one-node fleet on a fresh prefix, in the fleet map (whose addresses its internal listener
+/// admits) and ready; its internal listener's address.
+fn lone_node(test: &str) -> (Serve, std::net::SocketAddr) {
+    let prefix = init(test);
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let internal = a.internal.expect("a fleet node has an internal listener");
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
+    });
+    (a, internal)
+}
+
 fn forward_key() -> Vec<u8> {
     votes_core::forward::derive_key(common::serve::FORWARD_KEY.as_bytes())
 }
@@ -868,15 +881,9 @@ async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
 #[test]
 fn the_internal_link_refuses_replayed_or_foreign_hellos() {
     use votes_core::forward::{Challenge, Hello};
-    let prefix = init("fleet-hello");
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let (a, internal) = lone_node("fleet-hello");
     let key = forward_key();
-    let internal = a.internal.expect("a fleet node has an internal listener");
     let attempt = |hello: &dyn Fn(&Challenge) -> Hello| hello_attempt(internal, hello);
-    runtime().block_on(async {
-        let client = TestClient::http1();
-        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
-    });
     assert!(
         attempt(&|c| Hello::sign(&key, "node-x", [1; 16], c)),
         "a signed hello is admitted"
@@ -928,14 +935,8 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
 fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
     use votes_core::forward::{ForwardedVote, Frame, Hello, LinkEnd, LinkSeal};
     use votes_core::{ElectionId, OptionId};
-    let prefix = init("fleet-frames");
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let (a, internal) = lone_node("fleet-frames");
     let key = forward_key();
-    let internal = a.internal.expect("a fleet node has an internal listener");
-    runtime().block_on(async {
-        let client = TestClient::http1();
-        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
-    });
     let vote = |id: u64| {
         let voter = 7 + id;
         Frame::Vote(ForwardedVote {
@@ -1126,13 +1127,9 @@ fn on_mutual_tls_the_fleet_forwards_and_refuses_a_peer_without_a_fleet_certifica
 fn silent_connections_to_the_internal_link_do_not_keep_a_peer_out() {
     use votes_core::forward::Hello;
     const SILENT: usize = 1_100;
-    let prefix = init("fleet-silent");
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let (a, internal) = lone_node("fleet-silent");
     let key = forward_key();
-    let internal = a.internal.expect("a fleet node has an internal listener");
     runtime().block_on(async {
-        let client = TestClient::http1();
-        wait_fleet(&client, &a, &[("node-a", 1)], Duration::from_secs(60)).await;
         let mut silent = Vec::with_capacity(SILENT);
         for _ in 0..SILENT {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();

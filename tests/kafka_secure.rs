@@ -9,9 +9,6 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use common::runtime;
 use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, committed_votes, open_election};
 
@@ -46,30 +43,14 @@ fn secure_env(ca: &str, password: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `votes` with `args` and `env`, expected to fail: its stderr.
+/// `votes` with `args` and `env`, expected to fail at start: its stderr.
 fn fails(prefix: &str, args: &[&str], env: &[(&str, String)]) -> String {
-    let mut child = common::votes_command(prefix, args)
+    let mut command = common::votes_command(prefix, args);
+    command
         .env("VOTES_TOKEN_KEY", TOKEN_KEY)
         .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("votes starts");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(!status.success(), "votes {args:?} exited 0:\n{err}");
-            return err;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("votes {args:?} kept running against a Kafka that refuses it");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    common::fails_at_start(command)
 }
 
 #[test]

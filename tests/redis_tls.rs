@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::runtime;
@@ -19,30 +18,14 @@ const PASSWORD: &str = "a-redis-password-for-tests";
 /// `votes serve` on `prefix` with `env`, expected to stop at start: its stderr.
 fn refused_at_start(prefix: &str, env: &[(&str, &str)]) -> String {
     let port = || votes_net::loopback_listener_port().unwrap().to_string();
-    let mut child = common::votes_command(prefix, &["serve", "--cores", "1"])
+    let mut serve = common::votes_command(prefix, &["serve", "--cores", "1"]);
+    serve
         .args(["--http", &format!("127.0.0.1:{}", port())])
         .args(["--admin", &format!("127.0.0.1:{}", port())])
         .env("VOTES_TOKEN_KEY", TOKEN_KEY)
         .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("votes serve starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(!status.success(), "votes serve exited 0:\n{err}");
-            return err;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("votes serve kept running against a Redis that refuses it");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .envs(env.iter().copied());
+    common::fails_at_start(serve)
 }
 
 #[test]

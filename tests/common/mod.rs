@@ -176,6 +176,36 @@ pub fn votes_command(prefix: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Spawns `command` (a `votes` process expected to refuse its settings at start) and waits,
+/// bounded, for it to exit non-zero: its stderr.
+pub fn fails_at_start(mut command: Command) -> String {
+    // Not the command's Debug: it shows the environment, secrets included.
+    let what = format!(
+        "{:?} {:?}",
+        command.get_program(),
+        command.get_args().collect::<Vec<_>>()
+    );
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("votes starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "{what} exited 0:\n{err}");
+            return err;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} kept running: a refusal at start was expected");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs the `votes` binary built for this test run with the local services configured.
 pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_votes"))
