@@ -180,6 +180,22 @@ impl ElectionsWriter {
         change: impl Fn(Option<&Election>) -> Result<Option<Election>, UpdateError>,
     ) -> Result<Election, UpdateError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let updated = self.update_open(&mut open, id, change);
+        // Between updates the reader fetches nothing: librdkafka prefetches in the background
+        // whether or not anyone polls, and at a 5 ms fetch wait an idle writer would ask the
+        // broker ~200 times a second for the rest of the process's life.
+        if let Some(w) = open.as_ref() {
+            w.reader.set_fetching(false);
+        }
+        updated
+    }
+
+    fn update_open(
+        &self,
+        open: &mut Option<OpenWriter>,
+        id: &ElectionId,
+        change: impl Fn(Option<&Election>) -> Result<Option<Election>, UpdateError>,
+    ) -> Result<Election, UpdateError> {
         let mut backoff = Duration::from_millis(5);
         for _ in 0..UPDATE_ATTEMPTS {
             if open.is_none() {
@@ -194,6 +210,7 @@ impl ElectionsWriter {
                 }
             }
             let w = open.as_mut().expect("opened above");
+            w.reader.set_fetching(true);
             // Everything committed before this writer took the id, and since (its own writes):
             // another writer taking the id would fence the commit below.
             w.reader.load_to_end(&mut w.view, self.timeout)?;
@@ -357,6 +374,23 @@ impl ElectionsReader {
                     }
                 }
             }
+        }
+    }
+
+    /// Stops (`false`) or restarts (`true`) the background fetching of the topic; a restart
+    /// goes on from the position the reader had reached, so nothing is skipped or read twice.
+    pub fn set_fetching(&self, on: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, 0);
+        let done = if on {
+            self.consumer.resume(&tpl)
+        } else {
+            self.consumer.pause(&tpl)
+        };
+        if let Err(e) = done {
+            // Only an unknown partition fails here; the worst outcome is fetches continuing
+            // (a cost) or a read that times out and is retried (an error the caller sees).
+            tracing::warn!(topic = %self.topic, error = %e, fetching = on, "elections reader");
         }
     }
 
