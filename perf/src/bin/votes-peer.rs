@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use votes_perf::peers::floor::{self, FloorConfig};
-use votes_perf::peers::h3_reference;
 use votes_perf::peers::postgres::{self, PostgresConfig};
 use votes_perf::peers::redis_lua::{self, RedisConfig};
 use votes_perf::peers::{Expected, ServerReport, VoteSpec, write_json};
+use votes_perf::peers::{h1_reference, h3_reference};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -49,6 +49,10 @@ enum Cmd {
     /// `POST /v1/elections/{id}/votes` answered 202 with a fixed receipt; drive it with
     /// `votes-load --protocol h3`. Runs until killed.
     H3Reference(H3RefArgs),
+    /// Reference HTTP/1.1 server (hyper on tokio, keep-alive): every
+    /// `POST /v1/elections/{id}/votes` answered 202 with the same fixed receipt; drive it with
+    /// `votes-load --protocol h1`. Runs until killed.
+    H1Reference(H1RefArgs),
     /// Writes a self-signed certificate (cert.pem) and its key (key.pem) for local TLS runs.
     GenCert(GenCertArgs),
 }
@@ -64,6 +68,16 @@ struct H3RefArgs {
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     #[arg(long)]
     key: PathBuf,
+    /// tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(ClapArgs, Debug)]
+struct H1RefArgs {
+    /// TCP address to listen on (port 0: any; the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: std::net::SocketAddr,
     /// tokio worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -362,6 +376,20 @@ fn main() -> Result<()> {
                 use std::io::Write as _;
                 std::io::stdout().flush()?;
                 tokio::spawn(h3_reference::serve(endpoint)).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Cmd::H1Reference(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads.max(1))
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = h1_reference::bind(a.listen).await?;
+                println!("listening on {}", listener.local_addr()?);
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                tokio::spawn(h1_reference::serve(listener)).await??;
                 anyhow::Ok(())
             })?;
         }

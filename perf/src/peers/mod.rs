@@ -7,7 +7,8 @@
 //! * [`postgres`]: the usual single-database answer, one transaction per vote;
 //! * [`redis_lua`]: the usual cache answer (not durable), one Lua script per vote;
 //! * [`h3_reference`]: not a vote store but the floor of HTTP/3 itself: a tokio + quinn + h3
-//!   server answering every vote `202` (`votes-peer h3-reference`), driven by `votes-load`.
+//!   server answering every vote `202` (`votes-peer h3-reference`), driven by `votes-load`;
+//! * [`h1_reference`]: the same for HTTP/1.1, hyper on tokio (`votes-peer h1-reference`).
 //!
 //! [`Votes::generate`] makes the vote sequence every peer uses: `votes` votes by `voters`
 //! distinct voters, the `votes - voters` others repeating an earlier voter, deterministic for
@@ -15,6 +16,7 @@
 
 pub mod commit_tier;
 pub mod floor;
+pub mod h1_reference;
 pub mod h3_reference;
 pub mod postgres;
 pub mod redis_lua;
