@@ -4,7 +4,8 @@
 # services.
 #
 #   1. Debian's chromium (installed when missing and running as root);
-#   2. playwright-core from package-lock.json (`npm ci`) when node_modules is missing or stale;
+#   2. playwright-core and axe-core from package-lock.json (`npm ci`) when node_modules is
+#      missing or stale;
 #   3. Kafka, DynamoDB and Redis via scripts/services.sh; only what this run started is stopped
 #      afterwards (under CI, the services go in $VOTES_SERVICES_SESSION and CI stops them);
 #   4. `votes init`, `votes serve --dev-login` and `votes persist` (the recount that makes a

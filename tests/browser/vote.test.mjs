@@ -1,7 +1,8 @@
 // Headless Chromium against a running `votes serve` (started by tests/browser/run.sh): the voter
 // page signs in with the development login and votes, the public results page follows the
 // count over SSE without reloading, a second vote is refused as already_voted, and the admin
-// dashboard lists the election and shows live figures. Last, the election is closed through
+// dashboard lists the election and shows live figures. axe-core audits every page for WCAG 2.1
+// A/AA in the light and dark themes, at phone and desktop width. Last, the election is closed through
 // the admin API and, once its result is official, the voter page's "Check my receipt" (in a
 // browser that kept the first voter's receipt) proves the vote is counted for its option, and
 // says a tampered receipt is not in the official tree.
@@ -11,7 +12,8 @@
 //   VOTES_ADMIN_URL    admin listener
 //   VOTES_ADMIN_TOKEN  admin bearer token
 //   VOTES_ELECTION     an open election with at least 2 options
-//   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 must be fresh too)
+//   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 must be fresh too; + 2 signs in
+//                      without voting)
 //   VOTES_SERVE_LOG    optional: the server's log, named on failure
 //   VOTES_PERSIST_LOG  optional: the persister's log, named on failure
 //   VOTES_WEB_DIR      optional: serve the pages from this directory (src/serve/web) instead of
@@ -390,6 +392,83 @@ browserTest('admin dashboard', async ({ open }) => {
   assert.equal(e.pow_difficulty, 3);
   assert.deepEqual(e.options.map((o) => o.label), ['Yes', 'No']);
 });
+
+/** axe-core's source, injected into each page it audits. */
+const AXE_SOURCE = readFile(path.join(REPO, 'tests', 'browser', 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+// What the pages promise: WCAG 2.1 levels A and AA (axe-core's rules for those tags).
+const WCAG_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+
+/**
+ * axe-core's WCAG 2.1 A/AA audit of the page as it is now: the violations, one line per rule
+ * and one per element, and the rules that passed.
+ */
+async function audit(page) {
+  // Evaluated through the DevTools protocol: the page's CSP (no inline or foreign scripts)
+  // does not apply, and the page is audited under the policy it really runs with.
+  await page.evaluate(await AXE_SOURCE);
+  return page.evaluate(async (tags) => {
+    const result = await window.axe.run(document, { runOnly: { type: 'tag', values: tags } });
+    const violations = result.violations.flatMap((v) => [
+      `${v.id} (${v.impact}): ${v.help}`,
+      ...v.nodes.map((n) => `    ${n.target.join(' ')}: ${n.failureSummary.replace(/\s+/g, ' ')}`),
+    ]);
+    return { violations, passed: result.passes.map((p) => p.id) };
+  }, WCAG_TAGS);
+}
+
+/** Fails with every WCAG 2.1 A/AA violation axe-core finds on the page as it is now. */
+async function assertAccessible(page, what) {
+  const { violations, passed } = await audit(page);
+  assert.deepEqual(violations, [], `${what}: WCAG 2.1 A/AA violations`);
+  // The audit saw the rendered page: text whose contrast it measured, a language, a title.
+  for (const rule of ['color-contrast', 'html-has-lang', 'document-title']) {
+    assert.ok(passed.includes(rule), `${what}: axe-core did not check ${rule} (passed: ${passed.join(', ')})`);
+  }
+}
+
+// The audit itself can fail: a page with the faults it must name.
+browserTest('accessibility audit names what it should', async ({ open }) => {
+  const page = await open('faulty');
+  await page.setContent('<html><head><title>faulty</title></head><body>'
+    + '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><p style="color:#777;background:#888">faint</p>'
+    + '<input type="text"></body></html>');
+  const { violations } = await audit(page);
+  const rules = violations.filter((l) => !l.startsWith(' ')).map((l) => l.split(' ')[0]).sort();
+  assert.deepEqual(rules, ['color-contrast', 'html-has-lang', 'image-alt', 'label'], violations.join('\n'));
+});
+
+// Every page in each state a voter or an operator meets, in the light and the dark theme
+// (prefers-color-scheme), at phone and desktop width. Runs while the election is open.
+for (const colorScheme of ['light', 'dark']) {
+  for (const [width, height] of [[390, 844], [1280, 800]]) {
+    const look = `${colorScheme}, ${width}px`;
+    browserTest(`accessibility (WCAG 2.1 A/AA, axe-core): ${look}`, async ({ open }) => {
+      const e = await election();
+      const options = { colorScheme, viewport: { width, height } };
+
+      const voter = await open('voter', options);
+      await voter.goto(`${cfg.publicUrl}/`);
+      await voter.getByLabel('Voter id').waitFor();
+      await assertAccessible(voter, `voter page, signed out (${look})`);
+      // A voter who does not vote here: signing in is enough to see the ballot.
+      await signIn(voter, cfg.voter + 2n);
+      await assertAccessible(voter, `voter page, the list of elections (${look})`);
+      await voter.getByRole('button', { name: `Vote in ${e.title}` }).click();
+      await voter.getByRole('heading', { name: e.title, level: 2 }).waitFor();
+      await assertAccessible(voter, `voter page, the ballot (${look})`);
+
+      const results = await open('results', options);
+      await results.goto(`${cfg.publicUrl}/results/${encodeURIComponent(e.id)}`);
+      await results.getByRole('heading', { name: e.title, level: 1 }).waitFor();
+      await assertAccessible(results, `results page (${look})`);
+
+      const admin = await open('admin', options);
+      await admin.goto(`${cfg.adminUrl}/admin#token=${encodeURIComponent(cfg.adminToken)}`);
+      await admin.getByRole('row').filter({ has: admin.getByText(cfg.election, { exact: true }) }).waitFor();
+      await assertAccessible(admin, `admin dashboard (${look})`);
+    });
+  }
+}
 
 browserTest('check my receipt once the result is official', async ({ open }) => {
   assert.ok(firstVote, 'the vote test left no receipt to check (it failed before the vote)');
