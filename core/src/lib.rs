@@ -8,6 +8,7 @@
 //! of it is unit- and property-tested and fuzzed in isolation.
 
 pub mod api_error;
+pub mod clock;
 pub mod election;
 pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -22,7 +22,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use votes_core::clock::unix_ms;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -200,13 +201,6 @@ pub enum ChaosError {
 
 fn setup(what: impl Into<String>) -> ChaosError {
     ChaosError::Setup(what.into())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A process of the fleet that the nemesis may kill, freeze and restart.
@@ -650,7 +644,7 @@ async fn vote(
     duplicate: bool,
 ) -> Attempt {
     let (protocol, client) = c;
-    let sent_ms = now_ms();
+    let sent_ms = unix_ms();
     let body = format!(r#"{{"option":"{option}"}}"#);
     let req = client
         .request(
@@ -680,7 +674,7 @@ async fn vote(
         },
         duplicate,
         sent_ms,
-        answered_ms: now_ms(),
+        answered_ms: unix_ms(),
         status,
         code: json["error"]["code"].as_str().map(str::to_owned),
         receipt: json["receipt"].as_str().map(str::to_owned),
@@ -704,7 +698,7 @@ async fn admin_lane(
         tokio::time::sleep(Duration::from_millis(1_000 + rng.next_u64() % 3_000)).await;
         n += 1;
         let node = (rng.next_u64() % admin_urls.len() as u64) as usize;
-        let sent_ms = now_ms();
+        let sent_ms = unix_ms();
         let url = format!("{}/admin/v1/elections/{ELECTION}", admin_urls[node]);
         let answer = tokio::time::timeout(
             Duration::from_secs(20),
@@ -761,7 +755,7 @@ async fn nemesis(
             7 if clocks => "jump-clock",
             _ => "kill-persister",
         };
-        let from_ms = now_ms();
+        let from_ms = unix_ms();
         let hold = Duration::from_millis(2_000 + rng.next_u64() % 8_000);
         let target;
         {
@@ -859,7 +853,7 @@ async fn nemesis(
             kind,
             target,
             from_ms,
-            to_ms: now_ms(),
+            to_ms: unix_ms(),
         });
         // Quiet between faults, so each one's window is its own.
         tokio::time::sleep(Duration::from_millis(4_000 + rng.next_u64() % 6_000)).await;
@@ -1307,7 +1301,7 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
         clients.push(per_node);
     }
     let clients = Arc::new(clients);
-    let issued = now_ms() / 1000;
+    let issued = unix_ms() / 1000;
     let tokens = Arc::new(
         Tokens::new(TOKEN_KEY.as_bytes(), 0, 0, issued, 6 * 3600)
             .map_err(|e| setup(format!("token key: {e}")))?,

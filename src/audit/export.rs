@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use votes_core::clock::unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -248,7 +249,7 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
     let manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        created_at: rfc3339_utc(now_ms()),
+        created_at: rfc3339_utc(unix_ms()),
         election: ElectionInfo {
             id: id.to_string(),
             title: election.title.clone(),
@@ -385,10 +386,4 @@ async fn read_official(
         merkle_root,
         merkle_tree_size,
     }))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use votes_core::clock::unix_ms;
 
 use votes_core::election::{ElectionOption, ElectionState};
 use votes_core::pow::{self, PowKey};
@@ -24,7 +25,7 @@ use votes_tally::elections_log::{ElectionsView, ElectionsWriter, UpdateError};
 use super::fleet::{FleetBoard, FleetView, Route, route};
 use super::metrics::{CoreMetrics, NodeMetrics};
 use super::reply::{
-    self, bearer, custom_error, error, is_json, json, method_not_allowed, now_ms, raw_json,
+    self, bearer, custom_error, error, is_json, json, method_not_allowed, raw_json,
 };
 use super::results::CoreResults;
 use super::shards::{ShardHost, VoteAnswer, VoteRequest};
@@ -466,7 +467,7 @@ impl CoreApp {
                 "voter must be a decimal voter id (0 to 2^64-1)",
             );
         };
-        let now_s = now_ms() / 1000;
+        let now_s = unix_ms() / 1000;
         let token = token::issue(
             self.shared.token_keys.signing_key(),
             votes_core::VoterId(voter),
@@ -482,7 +483,7 @@ impl CoreApp {
     /// GET /v1/elections/{id}/votes/me: has this voter voted, read from DynamoDB (the source
     /// of truth, DESIGN §4.2). A vote shows once the persister wrote it.
     async fn votes_me<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
-        let voter = match self.voter(req, now_ms()) {
+        let voter = match self.voter(req, unix_ms()) {
             Ok(v) => v,
             Err(resp) => return *resp,
         };
@@ -575,7 +576,7 @@ impl CoreApp {
     }
 
     fn challenge<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
-        let voter = match self.voter(req, now_ms()) {
+        let voter = match self.voter(req, unix_ms()) {
             Ok(v) => v,
             Err(resp) => return *resp,
         };
@@ -583,7 +584,7 @@ impl CoreApp {
             return error(ErrorCode::NotFound, "no such election");
         };
         let expires_at =
-            now_ms() + u64::try_from(self.shared.challenge_ttl.as_millis()).unwrap_or(u64::MAX);
+            unix_ms() + u64::try_from(self.shared.challenge_ttl.as_millis()).unwrap_or(u64::MAX);
         let challenge = pow::issue(
             &self.shared.pow_key,
             &election.id,
@@ -600,7 +601,7 @@ impl CoreApp {
     /// POST /v1/elections/{id}/votes: the checks in the order the contract implies, then the
     /// shard; `202` only once the vote's transaction committed.
     async fn vote(&self, id: &str, req: Request<RequestBody>) -> Response<BoxBody> {
-        let now = now_ms();
+        let now = unix_ms();
         let voter = match self.voter(&req, now) {
             Ok(v) => v,
             Err(resp) => return *resp,
@@ -1081,7 +1082,7 @@ impl CoreApp {
             200,
             &serde_json::json!({
                 "node": self.shared.node,
-                "at_ms": now_ms(),
+                "at_ms": unix_ms(),
                 "uptime_s": self.shared.started.elapsed().as_secs(),
                 "cores": self.mesh.cores(),
                 "partitions": self.shared.partitions,
@@ -1166,7 +1167,7 @@ impl CoreApp {
             options: c.options,
             pow_difficulty: c.pow_difficulty,
             version: 1,
-            updated_at_ms: now_ms(),
+            updated_at_ms: unix_ms(),
         };
         if let Err(why) = e.validate() {
             return error(ErrorCode::InvalidRequest, &why.to_string());
@@ -1190,7 +1191,7 @@ impl CoreApp {
         let Ok(id) = ElectionId::new(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
-        let at = now_ms();
+        let at = unix_ms();
         let resp = self
             .update(id.clone(), if_match, 200, move |current| {
                 let current = current.ok_or(UpdateError::NotFound)?;
@@ -1229,7 +1230,7 @@ impl CoreApp {
         let Ok(id) = ElectionId::new(id) else {
             return error(ErrorCode::NotFound, "no such election");
         };
-        let at = now_ms();
+        let at = unix_ms();
         self.update(id, if_match, 200, move |current| {
             let current = current.ok_or(UpdateError::NotFound)?;
             let e = Election {

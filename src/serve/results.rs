@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use votes_core::clock::unix_ms;
 
 use votes_core::election::ElectionState;
 use votes_core::{Election, ElectionId};
@@ -274,10 +275,6 @@ impl CoreResults {
     }
 }
 
-fn now_ms() -> u64 {
-    super::reply::now_ms()
-}
-
 /// The results JSON of DESIGN §4.2, its ETag and its SSE frame.
 fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
     let mut totals: serde_json::Map<String, serde_json::Value> = e
@@ -285,7 +282,7 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
         .iter()
         .map(|o| (o.id.as_str().to_owned(), 0u64.into()))
         .collect();
-    let (mut total, mut version, mut as_of, mut official) = (0u64, 0u64, now_ms(), None);
+    let (mut total, mut version, mut as_of, mut official) = (0u64, 0u64, unix_ms(), None);
     if let Some(r) = &source {
         let counts = r.official.as_ref().map_or(&r.totals, |o| &o.totals);
         for (option, n) in counts {

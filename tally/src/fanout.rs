@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use votes_core::clock::unix_ms;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use votes_core::{ElectionId, Names, OptionId};
@@ -471,7 +472,7 @@ impl Link {
             "one answer per read"
         );
         self.stats.polls.fetch_add(1, Ordering::Relaxed);
-        let now_ms = now_ms();
+        let now_ms = unix_ms();
         let mut results = HashMap::with_capacity(watched.len());
         for (e, chunk) in watched.iter().zip(answers.chunks(partitions as usize + 1)) {
             let (parts, fin) = chunk.split_at(partitions as usize);
@@ -516,12 +517,6 @@ fn open(target: &crate::RedisTarget) -> Result<(redis::Connection, String), Link
         .arg(PUBLISH_TALLY_LUA)
         .query(&mut conn)?;
     Ok((conn, sha))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

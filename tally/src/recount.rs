@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+use votes_core::clock::unix_ms;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -278,7 +279,7 @@ pub async fn recount(
         let official = Official {
             total: totals.values().sum(),
             totals,
-            decided_at_ms: now_ms(),
+            decided_at_ms: unix_ms(),
             extra: BTreeMap::from([
                 ("merkle_root".to_owned(), hex(&replay.root)),
                 ("merkle_tree_size".to_owned(), replay.tree_size.to_string()),
@@ -645,12 +646,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
