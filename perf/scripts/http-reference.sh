@@ -40,7 +40,6 @@ LOAD_CPUS=${LOAD_CPUS:-1}
 LOAD_THREADS=${LOAD_THREADS:-1}
 OUT=$ROOT/target/perf/$PROTOCOL-reference
 mkdir -p "$OUT"
-. "$ROOT/perf/scripts/lib.sh"
 
 "$BIN/votes-peer" gen-cert --out "$OUT/cert" --names localhost,127.0.0.1 >/dev/null
 CERT=$OUT/cert/cert.pem
