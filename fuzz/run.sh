@@ -33,6 +33,7 @@ max_len() {
         token_verify) echo 4200 ;;
         forward_decode) echo 600 ;;
         proxy_header) echo 600 ;;
+        ws_frame) echo 8192 ;;
         group_assignment) echo 1024 ;;
         manifest_parse) echo 8192 ;;
         votes_parquet) echo 16384 ;;

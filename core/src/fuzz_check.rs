@@ -283,6 +283,32 @@ pub fn proxy_header(data: &[u8]) {
     }
 }
 
+/// `ws_frame`: a client's WebSocket frames read from a byte stream never panic, never take
+/// more bytes than there are, and whatever parses is canonical: the same frame, masked with the
+/// same mask, is the very bytes it was read from. A bound below the stream's frames is refused
+/// from the header alone.
+pub fn ws_frame(data: &[u8]) {
+    use crate::ws::{CONTROL_MAX, FrameError, encode_masked, parse};
+    const MAX: usize = 4096;
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = parse(rest, MAX) {
+        assert!(used >= 6 && used <= rest.len());
+        assert!(frame.payload.len() <= MAX);
+        if frame.opcode.is_control() {
+            assert!(frame.fin && frame.payload.len() <= CONTROL_MAX);
+        }
+        let again = encode_masked(frame.opcode, frame.fin, &frame.payload, frame.mask);
+        assert_eq!(again, &rest[..used], "a parsed frame is canonical");
+        if !frame.payload.is_empty() && !frame.opcode.is_control() {
+            assert!(matches!(
+                parse(rest, frame.payload.len() - 1),
+                Err(FrameError::TooBig { .. })
+            ));
+        }
+        rest = &rest[used..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +363,14 @@ mod tests {
         let seeds = replay("proxy_header", proxy_header);
         let parse = crate::proxy_header::parse;
         assert!(seeds.iter().any(|(_, b)| parse(b).is_ok()));
+        assert!(seeds.iter().any(|(_, b)| parse(b).is_err()));
+    }
+
+    #[test]
+    fn ws_frame_seeds() {
+        let seeds = replay("ws_frame", ws_frame);
+        let parse = |b: &[u8]| crate::ws::parse(b, 4096);
+        assert!(seeds.iter().any(|(_, b)| matches!(parse(b), Ok(Some(_)))));
         assert!(seeds.iter().any(|(_, b)| parse(b).is_err()));
     }
 

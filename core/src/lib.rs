@@ -4,7 +4,8 @@
 //! the binary vote record stored in the `votes` topic ([`record`]), the names of every external
 //! resource derived from one prefix ([`names`]), the error codes of the public API
 //! ([`api_error`]), voter tokens ([`token`]), the vote request body ([`vote_body`]), receipts
-//! ([`receipt`]) and the election's Merkle tree ([`merkle`]). Nothing here performs I/O, so all
+//! ([`receipt`]), the election's Merkle tree ([`merkle`]) and the WebSocket frames of the live
+//! results ([`ws`]). Nothing here performs I/O, so all
 //! of it is unit- and property-tested and fuzzed in isolation.
 
 pub mod api_error;
@@ -28,6 +29,7 @@ pub mod snapshot;
 pub mod token;
 pub mod vote_body;
 mod wire;
+pub mod ws;
 
 pub use api_error::ErrorCode;
 pub use election::{Election, ElectionOption, ElectionState};
