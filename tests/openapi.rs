@@ -427,6 +427,17 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
         .await;
         p.public("GET", "/v1/elections/nope/results", 404).await;
         p.public("GET", "/v1/elections/nope/results/stream", 404).await;
+        let ws = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        let plain_ws = "/v1/elections/plain/results/ws";
+        p.send(Listener::Public, "GET", plain_ws, &ws, Bytes::new(), 101).await;
+        p.public("GET", plain_ws, 400).await;
+        p.send(Listener::Public, "GET", "/v1/elections/nope/results/ws", &ws, Bytes::new(), 404)
+            .await;
         p.voter(2, "GET", "/v1/elections/plain/votes/me", "", 200).await;
         p.public("GET", "/v1/elections/plain/votes/me", 401).await;
         p.voter(2, "GET", "/v1/elections/nope/votes/me", "", 404).await;
@@ -662,8 +673,13 @@ fn the_api_fuzzer_finds_no_server_error_and_no_undocumented_answer() {
             "public",
             serve.url("/openapi.json"),
             format!("Authorization: Bearer {voter_token}"),
-            // An open election's stream never ends: its answer is checked in the test above.
-            vec!["--exclude-path", "/v1/elections/{id}/results/stream"],
+            // An open election's streams never end: their answers are checked in the test above.
+            vec![
+                "--exclude-path",
+                "/v1/elections/{id}/results/stream",
+                "--exclude-path",
+                "/v1/elections/{id}/results/ws",
+            ],
         ),
         (
             "admin",

@@ -25,6 +25,7 @@ mod reactor;
 mod signal;
 pub mod sse;
 mod tls;
+pub mod ws;
 
 pub use blocking::{Blocking, BlockingError};
 pub use body::{BodyLimitError, BoxBody, BoxError, RequestBody, read_body_limited};

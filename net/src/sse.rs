@@ -100,6 +100,18 @@ impl Topic {
         heartbeat: Duration,
         shutdown: Option<LocalSignal>,
     ) -> Subscriber {
+        self.subscribe_with(first, heartbeat, Bytes::from_static(HEARTBEAT), shutdown)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a stream whose heartbeat is another frame (a
+    /// WebSocket ping).
+    pub fn subscribe_with(
+        &self,
+        first: Option<Bytes>,
+        heartbeat: Duration,
+        heartbeat_frame: Bytes,
+        shutdown: Option<LocalSignal>,
+    ) -> Subscriber {
         assert!(!heartbeat.is_zero(), "a heartbeat interval is set");
         let slot = self.inner.waiters.borrow_mut().insert(None);
         Subscriber {
@@ -108,6 +120,7 @@ impl Topic {
             seen: self.inner.version.get(),
             first,
             heartbeat,
+            heartbeat_frame,
             timer: Timer::new(heartbeat),
             shutdown: shutdown.map(|s| s.wait()),
             done: false,
@@ -136,9 +149,17 @@ pub struct Subscriber {
     seen: u64,
     first: Option<Bytes>,
     heartbeat: Duration,
+    heartbeat_frame: Bytes,
     timer: Timer,
     shutdown: Option<crate::Wait>,
     done: bool,
+}
+
+impl Subscriber {
+    /// The terminal frame was handed out: the stream ends next.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
 }
 
 impl Stream for Subscriber {
@@ -173,7 +194,7 @@ impl Stream for Subscriber {
             this.timer = Timer::new(this.heartbeat);
             // Poll the fresh timer once so its waker is registered.
             let _ = Pin::new(&mut this.timer).poll(cx);
-            return Poll::Ready(Some(Ok(Bytes::from_static(HEARTBEAT))));
+            return Poll::Ready(Some(Ok(this.heartbeat_frame.clone())));
         }
         // One slot per subscriber, overwritten on each poll: waiting never grows memory.
         if let Some(w) = topic.waiters.borrow_mut().get_mut(this.slot) {

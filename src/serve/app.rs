@@ -336,6 +336,9 @@ impl CoreApp {
             (["v1", "elections", id, "results", "stream"], &Method::GET) => {
                 self.with_results(id, |r, e| r.stream(e, req.headers()))
             }
+            (["v1", "elections", id, "results", "ws"], &Method::GET) => {
+                self.with_results(id, |r, e| r.websocket(e, &req))
+            }
             (["v1", "elections", id, "receipts", receipt], &Method::GET) => {
                 let (id, receipt) = (id.to_string(), receipt.to_string());
                 self.receipt(&id, &receipt).await
@@ -365,7 +368,7 @@ impl CoreApp {
                 | ["v1", "elections", _, "challenge" | "results"]
                 | ["v1", "elections", _, "votes", "me"]
                 | ["v1", "elections", _, "receipts", _]
-                | ["v1", "elections", _, "results", "stream"],
+                | ["v1", "elections", _, "results", "stream" | "ws"],
                 _,
             ) => method_not_allowed("GET"),
             (["v1", "elections", _, "votes"], _) => method_not_allowed("POST"),

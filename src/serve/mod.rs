@@ -597,6 +597,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     let results_settings = ResultsSettings {
         max_rate: args.sse_max_rate,
         heartbeat: Duration::from_secs(args.sse_heartbeat_s),
+        stall: votes_net::HttpLimits::default().response_stall_timeout,
     };
     let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
         let core = ctx.core_index();

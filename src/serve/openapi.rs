@@ -480,6 +480,29 @@ fn public_doc() -> Value {
                 ),
             },
         },
+        "/v1/elections/{id}/results/ws": {
+            "parameters": [election_param()],
+            "get": {
+                "summary": "WebSocket (RFC 6455, HTTP/1.1 Upgrade): the stream's events as JSON text frames `{\"event\": \"tally\"|\"final\", \"id\": …, \"data\": <the results JSON>}`, the current state first; pings as the heartbeat; after `final`, a close (1000). A data frame from the client is closed with 1003; a ping unanswered by the next heartbeat ends the session.",
+                "operationId": "streamResultsWebSocket",
+                "security": [],
+                "parameters": [
+                    {"name": "Upgrade", "in": "header", "required": true, "schema": {"type": "string", "const": "websocket"}},
+                    {"name": "Sec-WebSocket-Version", "in": "header", "required": true, "schema": {"type": "string", "const": "13"}},
+                    {"name": "Sec-WebSocket-Key", "in": "header", "required": true, "schema": {"type": "string"},
+                        "description": "The base64 of 16 random bytes."}
+                ],
+                "responses": responses(
+                    &[(101, json!({"description": "Switching to the WebSocket protocol.",
+                        "headers": {"Sec-WebSocket-Accept": {"schema": {"type": "string"}}}}))],
+                    &[
+                        (400, "Not a WebSocket handshake (HTTP/1.1, `Upgrade: websocket`, `Connection: Upgrade`, version 13 and a 16-byte key); a wrong version is answered with `Sec-WebSocket-Version: 13`."),
+                        (404, "No such public election."),
+                        RATE_LIMITED,
+                    ],
+                ),
+            },
+        },
         "/v1/elections/{id}/votes/me": {
             "parameters": [election_param()],
             "get": {

@@ -14,11 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use votes_core::clock::unix_ms;
 
+use votes_core::ErrorCode;
 use votes_core::election::ElectionState;
 use votes_core::{Election, ElectionId};
 use votes_net::bytes::Bytes;
 use votes_net::http::{HeaderMap, Response, StatusCode, header};
 use votes_net::sse::{self, Topic};
+use votes_net::{http, ws};
+
+use super::reply;
 use votes_net::{BoxBody, LocalSignal};
 use votes_tally::elections_log::ElectionsView;
 use votes_tally::fanout::{ElectionResults, LinkHandle, ResultsBoard};
@@ -35,6 +39,9 @@ pub struct ResultsSettings {
     /// At most this many events per second per subscriber (and renders per core).
     pub max_rate: u32,
     pub heartbeat: Duration,
+    /// A WebSocket subscriber that takes no frame for this long is closed (the HTTP layer's
+    /// response-stall bound, which SSE subscribers get from it).
+    pub stall: Duration,
 }
 
 /// One election's results as served: rendered once per change, shared by every answer.
@@ -45,6 +52,8 @@ pub struct Rendered {
     pub etag: String,
     /// `event: tally` (or `final`) with the same JSON.
     pub frame: Bytes,
+    /// The same event as a WebSocket text frame: `{"event":…,"id":…,"data":<the JSON>}`.
+    pub ws_frame: Bytes,
     /// What it was rendered from, to notice changes.
     source: Option<Arc<ElectionResults>>,
     state: ElectionState,
@@ -57,6 +66,8 @@ pub struct CoreResults {
     seen_generation: Cell<u64>,
     rendered: RefCell<HashMap<ElectionId, Rc<Rendered>>>,
     topics: RefCell<HashMap<ElectionId, Topic>>,
+    /// The same streams in WebSocket frames.
+    ws_topics: RefCell<HashMap<ElectionId, Topic>>,
 }
 
 impl CoreResults {
@@ -73,12 +84,20 @@ impl CoreResults {
             seen_generation: Cell::new(u64::MAX),
             rendered: RefCell::new(HashMap::new()),
             topics: RefCell::new(HashMap::new()),
+            ws_topics: RefCell::new(HashMap::new()),
         })
     }
 
     /// Subscribers on this core, over every election.
     pub fn subscribers(&self) -> usize {
-        self.topics.borrow().values().map(Topic::subscribers).sum()
+        let count = |topics: &RefCell<HashMap<ElectionId, Topic>>| {
+            topics
+                .borrow()
+                .values()
+                .map(Topic::subscribers)
+                .sum::<usize>()
+        };
+        count(&self.topics) + count(&self.ws_topics)
     }
 
     /// The tick: re-renders what changed and publishes it to the subscribers. On core 0 it also
@@ -165,10 +184,16 @@ impl CoreResults {
             if news && let Some(topic) = self.topics.borrow().get(&e.id) {
                 topic.publish(fresh.frame.clone(), fresh.official);
             }
+            if news && let Some(topic) = self.ws_topics.borrow().get(&e.id) {
+                topic.publish(fresh.ws_frame.clone(), fresh.official);
+            }
             rendered.insert(e.id.clone(), fresh);
         }
         // Streams nobody listens to any more cost nothing to keep, but do not keep them forever.
         self.topics.borrow_mut().retain(|_, t| t.subscribers() > 0);
+        self.ws_topics
+            .borrow_mut()
+            .retain(|_, t| t.subscribers() > 0);
     }
 
     /// The current results of a public election, rendering on demand before the first tick.
@@ -273,6 +298,126 @@ impl CoreResults {
             .body(body)
             .expect("valid headers")
     }
+
+    /// `GET /v1/elections/{id}/results/ws`: the stream's events as WebSocket text frames
+    /// (HTTP/1.1 Upgrade, RFC 6455); the current state first, then each change, a ping as the
+    /// heartbeat; after an official result, the `final` event and a close (1000).
+    pub fn websocket<B>(&self, e: &Election, req: &http::Request<B>) -> Response<BoxBody> {
+        let accept = match websocket_handshake(req) {
+            Ok(accept) => accept,
+            Err(refusal) => return refusal.response(),
+        };
+        let r = self.current(e);
+        let frames = if r.official {
+            // Nothing follows an official result: a stream of it alone, ending after it.
+            let alone = Topic::new();
+            let sub = alone.subscribe_with(None, self.settings.heartbeat, ws::ping_frame(), None);
+            alone.publish(r.ws_frame.clone(), true);
+            sub
+        } else {
+            let topic = self
+                .ws_topics
+                .borrow_mut()
+                .entry(e.id.clone())
+                .or_default()
+                .clone();
+            topic.subscribe_with(
+                Some(r.ws_frame.clone()),
+                self.settings.heartbeat,
+                ws::ping_frame(),
+                Some(self.shutdown.clone()),
+            )
+        };
+        let stall = self.settings.stall;
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(BoxBody::empty())
+            .expect("valid headers");
+        ws::upgrade_to(
+            response,
+            Box::new(move |socket| {
+                Box::pin(async move {
+                    let end = ws::results_session(socket, frames, stall).await;
+                    tracing::debug!(?end, "results WebSocket ended");
+                })
+            }),
+        )
+    }
+}
+
+/// Why a request is not a WebSocket handshake this server takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NotHttp11,
+    NotUpgrade,
+    Version,
+    Key,
+}
+
+impl Refusal {
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::NotHttp11 => "a WebSocket opens with an HTTP/1.1 Upgrade",
+            Refusal::NotUpgrade => {
+                "a WebSocket handshake needs Upgrade: websocket and Connection: Upgrade"
+            }
+            Refusal::Version => "Sec-WebSocket-Version must be 13",
+            Refusal::Key => "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        }
+    }
+
+    /// A 400 in the error envelope; a wrong version also names the one spoken (§4.4).
+    fn response(self) -> Response<BoxBody> {
+        let mut resp = reply::error(ErrorCode::InvalidRequest, self.message());
+        if self == Refusal::Version {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                http::HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}
+
+/// The checks of a WebSocket handshake (RFC 6455 §4.2.1) on an HTTP/1.1 `GET`: the
+/// `Sec-WebSocket-Accept` to answer.
+fn websocket_handshake<B>(req: &http::Request<B>) -> Result<String, Refusal> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.version() != http::Version::HTTP_11 {
+        return Err(Refusal::NotHttp11);
+    }
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Refusal::NotUpgrade);
+    }
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
+    if version.and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
+        return Err(Refusal::Version);
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
+    key.and_then(|v| v.to_str().ok())
+        .and_then(|k| votes_core::ws::accept_key(k).ok())
+        .ok_or(Refusal::Key)
+}
+
+/// An event as a WebSocket text frame: `{"event":…,"id":…,"data":<json>}`.
+fn ws_event(id: &str, event: &str, json: &[u8]) -> Bytes {
+    let mut text = Vec::with_capacity(json.len() + id.len() + event.len() + 32);
+    text.extend_from_slice(b"{\"event\":");
+    text.extend_from_slice(serde_json::to_string(event).expect("a string").as_bytes());
+    text.extend_from_slice(b",\"id\":");
+    text.extend_from_slice(serde_json::to_string(id).expect("a string").as_bytes());
+    text.extend_from_slice(b",\"data\":");
+    text.extend_from_slice(json);
+    text.push(b'}');
+    Bytes::from(votes_core::ws::encode(votes_core::ws::Opcode::Text, &text))
 }
 
 /// The results JSON of DESIGN §4.2, its ETag and its SSE frame.
@@ -336,6 +481,7 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
         version,
         official: official.is_some(),
         frame: sse::frame(&id, event, &json),
+        ws_frame: ws_event(&id, event, &json),
         json,
         etag,
         source,

@@ -120,7 +120,11 @@ struct Svc<A: App> {
     kind: ListenerKind,
     peer: SocketAddr,
     info: ConnInfo,
+    /// A WebSocket session the app accepted (its `101`), run once hyper hands the socket over.
+    upgrade: PendingUpgrade,
 }
+
+type PendingUpgrade = Rc<std::cell::RefCell<Option<crate::ws::Session>>>;
 
 impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Response = Response<TrackedBody>;
@@ -128,6 +132,9 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Future = SvcFuture;
 
     fn call(&self, req: Request<Incoming>) -> SvcFuture {
+        // Only an HTTP/1.1 request that asks to upgrade can become a WebSocket session.
+        let can_upgrade = req.version() == http::Version::HTTP_11
+            && req.headers().contains_key(http::header::UPGRADE);
         let mut req = req.map(crate::RequestBody::Http);
         req.extensions_mut().insert(self.info);
         let guard = InFlight::start(self.conn.clone(), self.core.clone());
@@ -145,6 +152,8 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
             inner: inner.ok(),
             guard: Some(guard),
             alt_svc,
+            can_upgrade,
+            upgrade: self.upgrade.clone(),
         }
     }
 }
@@ -153,6 +162,8 @@ struct SvcFuture {
     inner: Option<LocalBoxFuture<'static, Response<BoxBody>>>,
     guard: Option<InFlight>,
     alt_svc: Option<http::HeaderValue>,
+    can_upgrade: bool,
+    upgrade: PendingUpgrade,
 }
 
 impl Future for SvcFuture {
@@ -177,6 +188,23 @@ impl Future for SvcFuture {
                 unavailable()
             }
         };
+        if let Some(session) = crate::ws::take_parked(&mut resp) {
+            match this.can_upgrade {
+                true if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let mut pending = this.upgrade.borrow_mut();
+                    assert!(pending.is_none(), "one upgrade per connection");
+                    *pending = Some(session);
+                }
+                // The app accepted a handshake that was not an HTTP/1.1 upgrade: its bug.
+                _ => {
+                    tracing::error!("a WebSocket session answered a request that cannot upgrade");
+                    resp = unavailable();
+                }
+            }
+        } else if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            tracing::error!("101 without a session to run");
+            resp = unavailable();
+        }
         if let Some(v) = this.alt_svc.take() {
             resp.headers_mut().insert(http::header::ALT_SVC, v);
         }
@@ -342,6 +370,7 @@ pub(crate) async fn serve<A: App>(
             return;
         }
     };
+    let upgrade: PendingUpgrade = Rc::default();
     let svc = Svc {
         app,
         core: core.clone(),
@@ -349,6 +378,7 @@ pub(crate) async fn serve<A: App>(
         kind,
         peer,
         info,
+        upgrade: upgrade.clone(),
     };
     let end = match proto {
         Proto::H2 => {
@@ -356,8 +386,17 @@ pub(crate) async fn serve<A: App>(
             drive(std::pin::pin!(c), &conn, &core, fd).await
         }
         Proto::H1 | Proto::Unknown => {
-            let c = core.h1.serve_connection(io, svc);
-            drive(std::pin::pin!(c), &conn, &core, fd).await
+            let mut c = core.h1.serve_connection(io, svc);
+            let end = drive(Pin::new(&mut c), &conn, &core, fd).await;
+            // hyper stops after writing a 101 and hands the socket back: a WebSocket session
+            // runs in this task, so the connection's slot stays taken while it lasts.
+            let session = upgrade.borrow_mut().take();
+            if let (End::Done, Some(session)) = (&end, session) {
+                let parts = c.into_parts();
+                session(crate::ws::Socket::new(parts.io, parts.read_buf)).await;
+                return;
+            }
+            end
         }
     };
     match end {

@@ -1,0 +1,256 @@
+//! A results stream over WebSocket (RFC 6455) on an HTTP/1.1 connection that asked to upgrade.
+//!
+//! The app answers the handshake with `101` and [`upgrade_to`], which parks the session it will
+//! run; the connection's own task runs it once hyper hands the socket over, so the session keeps
+//! the connection's slot (the caps count it) and ends with the task. The session sends the
+//! frames of an [`sse::Subscriber`](crate::sse::Subscriber) made with WebSocket frames (text
+//! events, a ping as its heartbeat), answers the client's pings, ends when the client closes or
+//! is gone, when a ping is not answered by the next heartbeat, when a frame cannot be written
+//! within the stall bound, and after a terminal event (close 1000) or on shutdown (close 1001).
+//! Once hyper is done with the connection its buffers are freed: a session holds its socket,
+//! its subscriber and a read buffer that grows only if the client sends more than control
+//! frames.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::Stream;
+use glommio::timer::Timer;
+use http::Response;
+use votes_core::ws::{self, Opcode, close_code};
+
+use crate::BoxBody;
+use crate::httpd::LocalBoxFuture;
+use crate::httpd::io::Io;
+use crate::sse::Subscriber;
+
+/// What a session runs on the upgraded socket.
+pub type Session = Box<dyn FnOnce(Socket) -> LocalBoxFuture<'static, ()>>;
+
+/// The socket of an upgraded connection, with what the client sent after its handshake.
+pub struct Socket {
+    io: Io,
+    early: Bytes,
+}
+
+impl Socket {
+    pub(crate) fn new(io: Io, early: Bytes) -> Self {
+        Self { io, early }
+    }
+}
+
+// Sessions answered with `101` whose connection has not taken them yet, per core.
+thread_local! {
+    static PARKED: RefCell<slab::Slab<Session>> = RefCell::new(slab::Slab::new());
+}
+
+/// Names a parked session in the `101` response's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ParkedSession(usize);
+
+/// The `101 Switching Protocols` answer to a valid handshake: `response` (its status and
+/// headers) carries `session`, which the connection runs once hyper hands the socket over.
+pub fn upgrade_to(mut response: Response<BoxBody>, session: Session) -> Response<BoxBody> {
+    assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let key = PARKED.with(|p| p.borrow_mut().insert(session));
+    response.extensions_mut().insert(ParkedSession(key));
+    response
+}
+
+/// Takes the session a response parked, if any (every response passes here once).
+pub(crate) fn take_parked(response: &mut Response<BoxBody>) -> Option<Session> {
+    let ParkedSession(key) = response.extensions_mut().remove::<ParkedSession>()?;
+    PARKED.with(|p| p.borrow_mut().try_remove(key))
+}
+
+/// The heartbeat of a WebSocket results stream: a ping (empty).
+pub fn ping_frame() -> Bytes {
+    Bytes::from(ws::encode(Opcode::Ping, b""))
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// It sent its close (the terminal event, shutdown, or an answer to the client's close or
+    /// to a bad frame).
+    Closed(u16),
+    /// The client went away (EOF or a socket error).
+    Gone,
+    /// No pong to a ping by the next heartbeat.
+    Silent,
+    /// A frame was not written within the stall bound.
+    Stalled,
+}
+
+/// Control frames waiting behind the current write: a client may ask pongs faster than it
+/// reads them; beyond this the older pings go unanswered (RFC 6455 §5.5.3 allows it).
+const CONTROL_QUEUE_MAX: usize = 4;
+/// The most a client frame may carry here (controls are ≤ 125 bytes; data is refused).
+const CLIENT_FRAME_MAX: usize = 1024;
+
+/// Runs the results session: `frames` are WebSocket frames (text events, pings as heartbeats).
+pub async fn results_session(
+    socket: Socket,
+    mut frames: Subscriber,
+    stall: Duration,
+) -> SessionEnd {
+    let Socket { mut io, early } = socket;
+    let ping = ping_frame();
+    let mut writing: Option<(Bytes, usize)> = None;
+    let mut control: VecDeque<Bytes> = VecDeque::new();
+    let mut closing: Option<u16> = None;
+    let mut last_terminal = false;
+    let mut awaiting_pong = false;
+    let mut stall_timer: Option<Timer> = None;
+    let mut flushing = false;
+    let mut inbuf: Vec<u8> = early.to_vec();
+    // Bytes in `inbuf` not yet looked at (the client may send a frame right behind its
+    // handshake).
+    let mut unparsed = !inbuf.is_empty();
+    let mut chunk = [0u8; 256];
+    futures_lite::future::poll_fn(|cx| {
+        loop {
+            // 1. Write what is due (and flush it: over TLS a write may sit in the session).
+            if flushing {
+                match hyper::rt::Write::poll_flush(Pin::new(&mut io), cx) {
+                    Poll::Ready(Ok(())) => {
+                        flushing = false;
+                        stall_timer = None;
+                        if let Some(code) = closing
+                            && control.is_empty()
+                            && writing.is_none()
+                        {
+                            return Poll::Ready(SessionEnd::Closed(code));
+                        }
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(SessionEnd::Gone),
+                    Poll::Pending => {
+                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
+                        if Pin::new(t).poll(cx).is_ready() {
+                            return Poll::Ready(SessionEnd::Stalled);
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if writing.is_none() {
+                writing = control.pop_front().map(|f| (f, 0));
+            }
+            if let Some((buf, off)) = writing.as_mut() {
+                match hyper::rt::Write::poll_write(Pin::new(&mut io), cx, &buf[*off..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(SessionEnd::Gone);
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        *off += n;
+                        stall_timer = None;
+                        if *off == buf.len() {
+                            writing = None;
+                            flushing = true;
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {
+                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
+                        if Pin::new(t).poll(cx).is_ready() {
+                            return Poll::Ready(SessionEnd::Stalled);
+                        }
+                    }
+                }
+            }
+            // 2. Read what the client sent, while answers can still be queued.
+            if closing.is_none() && control.len() < CONTROL_QUEUE_MAX && !unparsed {
+                let mut rb = hyper::rt::ReadBuf::new(&mut chunk);
+                match hyper::rt::Read::poll_read(Pin::new(&mut io), cx, rb.unfilled()) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        return Poll::Ready(SessionEnd::Gone);
+                    }
+                    Poll::Ready(Ok(())) => {
+                        inbuf.extend_from_slice(rb.filled());
+                        unparsed = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(SessionEnd::Gone),
+                    Poll::Pending => {}
+                }
+            }
+            if unparsed {
+                unparsed = false;
+                let mut used_all = 0;
+                while closing.is_none() {
+                    match ws::parse(&inbuf[used_all..], CLIENT_FRAME_MAX) {
+                        Ok(None) => break,
+                        Ok(Some((frame, used))) => {
+                            used_all += used;
+                            match frame.opcode {
+                                Opcode::Pong => awaiting_pong = false,
+                                Opcode::Ping => {
+                                    if control.len() >= CONTROL_QUEUE_MAX {
+                                        control.pop_front();
+                                    }
+                                    let pong = ws::encode(Opcode::Pong, &frame.payload);
+                                    control.push_back(Bytes::from(pong));
+                                }
+                                Opcode::Close => {
+                                    let code = frame.close_code().unwrap_or(close_code::NORMAL);
+                                    control.push_back(Bytes::from(ws::close_frame(code, "")));
+                                    closing = Some(code);
+                                }
+                                Opcode::Text | Opcode::Binary | Opcode::Continuation => {
+                                    let code = close_code::UNSUPPORTED_DATA;
+                                    let why = "this stream takes no data";
+                                    control.push_back(Bytes::from(ws::close_frame(code, why)));
+                                    closing = Some(code);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let code = e.close_code();
+                            control.push_back(Bytes::from(ws::close_frame(code, &e.to_string())));
+                            closing = Some(code);
+                        }
+                    }
+                }
+                inbuf.drain(..used_all);
+                if inbuf.is_empty() {
+                    // A session that only ever sees pongs holds no read buffer.
+                    inbuf = Vec::new();
+                }
+                continue;
+            }
+            // 3. The next event, once the last one is out.
+            if writing.is_none() && !flushing && control.is_empty() && closing.is_none() {
+                match Pin::new(&mut frames).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if frame == ping {
+                            if awaiting_pong {
+                                return Poll::Ready(SessionEnd::Silent);
+                            }
+                            awaiting_pong = true;
+                        } else {
+                            last_terminal = frames.is_done();
+                        }
+                        writing = Some((frame, 0));
+                        continue;
+                    }
+                    Poll::Ready(None) => {
+                        let code = if last_terminal {
+                            close_code::NORMAL
+                        } else {
+                            close_code::GOING_AWAY
+                        };
+                        control.push_back(Bytes::from(ws::close_frame(code, "")));
+                        closing = Some(code);
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}

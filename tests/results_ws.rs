@@ -1,0 +1,355 @@
+//! The live results over WebSocket (DESIGN §7, `GET /v1/elections/{id}/results/ws`): the
+//! handshake and its refusals, the same `tally` and `final` events as the SSE stream as JSON
+//! text frames, pings both ways, a close after the official result, a data frame refused with
+//! 1003, and a client that stops answering pings closed within a heartbeat or two.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::serve::{Serve, TestClient, open_election};
+use common::{REDIS, runtime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use votes_core::ws::{Opcode, accept_key, encode_masked};
+use votes_tally::fanout::{Official, official_fields};
+
+const PARTITIONS: u32 = 4;
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A frame from the server (never masked).
+#[derive(Debug, PartialEq)]
+enum Got {
+    Text(serde_json::Value),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16),
+    /// The socket closed.
+    Eof,
+}
+
+struct Ws {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Ws {
+    async fn send(&mut self, opcode: Opcode, payload: &[u8]) {
+        let frame = encode_masked(opcode, true, payload, [7, 1, 9, 3]);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame within `within`, or `None` when nothing came.
+    async fn next(&mut self, within: Duration) -> Option<Got> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(got) = self.take() {
+                return Some(got);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(Got::Eof),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Got> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        assert_eq!(b[1] & 0x80, 0, "a server frame is not masked");
+        assert_ne!(b[0] & 0x80, 0, "the server sends final frames");
+        let (len, at) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (usize::from(n), 2),
+        };
+        if b.len() < at + len {
+            return None;
+        }
+        let payload = b[at..at + len].to_vec();
+        let got = match b[0] & 0x0F {
+            0x1 => Got::Text(serde_json::from_slice(&payload).expect("a JSON event")),
+            0x9 => Got::Ping(payload),
+            0xA => Got::Pong(payload),
+            0x8 => Got::Close(u16::from_be_bytes([payload[0], payload[1]])),
+            op => panic!("unexpected opcode {op:#x}"),
+        };
+        self.buf.drain(..at + len);
+        Some(got)
+    }
+
+    /// The next text event, answering pings on the way.
+    async fn event(&mut self, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Got::Text(v)) => return v,
+                Some(Got::Ping(p)) => self.send(Opcode::Pong, &p).await,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The handshake's answer: status, headers (lower-case names) and, on 101, the open socket.
+async fn handshake(
+    serve: &Serve,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Ws) {
+    let mut stream = TcpStream::connect(serve.http).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer to the handshake")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the server closed before answering: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = buf[head_end..].to_vec();
+    (status, headers, Ws { stream, buf: rest })
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const UPGRADE: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "keep-alive, Upgrade"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", KEY),
+];
+
+async fn open(serve: &Serve, election: &str) -> Ws {
+    let path = format!("/v1/elections/{election}/results/ws");
+    let (status, headers, ws) = handshake(serve, &path, &UPGRADE).await;
+    assert_eq!(status, 101, "{headers:?}\n{}", serve.log_text());
+    assert_eq!(header(&headers, "upgrade"), Some("websocket"));
+    assert_eq!(
+        header(&headers, "sec-websocket-accept"),
+        Some(accept_key(KEY).unwrap().as_str())
+    );
+    ws
+}
+
+fn write_final(serve: &Serve, election: &str, official: &Official) {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let key = serve.names().redis_final_key(election);
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(&key);
+    for (k, v) in official_fields(official) {
+        cmd.arg(k).arg(v);
+    }
+    let _: i64 = cmd.query(&mut conn).unwrap();
+}
+
+#[test]
+fn results_over_websocket_from_handshake_to_the_official_close() {
+    let prefix = common::unique_prefix("results-ws");
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = Serve::start_env(&prefix, 2, false, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "live", &["yes", "no"], 0).await;
+
+        // Refusals: precise 400s, and the unknown election a 404, all in the JSON envelope.
+        let path = "/v1/elections/live/results/ws";
+        let no_key = &UPGRADE[..3];
+        let (status, headers, mut ws) = handshake(&serve, path, no_key).await;
+        assert_eq!(status, 400, "{headers:?}");
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        while !String::from_utf8_lossy(&ws.buf).contains('}') {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), ws.stream.read(&mut chunk))
+                .await
+                .expect("the error body")
+                .unwrap();
+            assert!(n > 0, "the body of the 400");
+            ws.buf.extend_from_slice(&chunk[..n]);
+        }
+        assert!(String::from_utf8_lossy(&ws.buf).contains("\"invalid_request\""));
+        let old = [
+            UPGRADE[0],
+            UPGRADE[1],
+            ("Sec-WebSocket-Version", "8"),
+            UPGRADE[3],
+        ];
+        let (status, headers, _) = handshake(&serve, path, &old).await;
+        assert_eq!(
+            (status, header(&headers, "sec-websocket-version")),
+            (400, Some("13"))
+        );
+        let short_key = [
+            UPGRADE[0],
+            UPGRADE[1],
+            UPGRADE[2],
+            ("Sec-WebSocket-Key", "c2hvcnQ="),
+        ];
+        assert_eq!(handshake(&serve, path, &short_key).await.0, 400);
+        let (status, _, _) = handshake(&serve, "/v1/elections/nope/results/ws", &UPGRADE).await;
+        assert_eq!(status, 404);
+
+        // A data frame is refused with 1003; a client that never answers pings is let go (each
+        // before the long-lived subscriber below opens: it answers pings only when read).
+        let mut talker = open(&serve, "live").await;
+        let _ = talker.event(Duration::from_secs(5)).await;
+        talker.send(Opcode::Text, b"{\"hello\":1}").await;
+        assert_eq!(
+            talker.next(Duration::from_secs(5)).await,
+            Some(Got::Close(1003))
+        );
+        assert_eq!(talker.next(Duration::from_secs(5)).await, Some(Got::Eof));
+        // The server pings once; at the next heartbeat, still without a pong, it lets go.
+        let mut silent = open(&serve, "live").await;
+        let mut pings = 0;
+        loop {
+            match silent.next(Duration::from_secs(30)).await {
+                Some(Got::Text(_)) => {}
+                Some(Got::Ping(_)) => pings += 1,
+                Some(Got::Eof) => break,
+                other => panic!("expected a ping then the end, got {other:?}"),
+            }
+        }
+        assert_eq!(pings, 1, "one unanswered ping is enough");
+
+        // The current state first, then each vote as a tally event with a larger id.
+        let mut ws = open(&serve, "live").await;
+        let first = ws.event(Duration::from_secs(5)).await;
+        assert_eq!(first["event"], "tally");
+        assert_eq!(first["data"]["total"], 0);
+        let mut last_id: u64 = first["id"].as_str().unwrap().parse().unwrap();
+        for voter in 1..=3u64 {
+            let (status, body) = client
+                .vote(&serve.url(""), "live", voter, "yes")
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+            loop {
+                let e = ws.event(Duration::from_secs(10)).await;
+                assert_eq!(e["event"], "tally");
+                let id: u64 = e["id"].as_str().unwrap().parse().unwrap();
+                assert!(id > last_id, "event ids grow: {id} after {last_id}");
+                last_id = id;
+                if e["data"]["total"] == voter {
+                    assert_eq!(e["data"]["totals"]["yes"], voter);
+                    break;
+                }
+            }
+        }
+
+        // Quiet: the server pings within its (1 s) heartbeat; it answers a ping with its payload.
+        match ws.next(Duration::from_secs(3)).await {
+            Some(Got::Ping(p)) => {
+                assert!(p.is_empty());
+                ws.send(Opcode::Pong, &p).await;
+            }
+            other => panic!("expected a ping, got {other:?}"),
+        }
+        ws.send(Opcode::Ping, b"are you there").await;
+        loop {
+            match ws.next(Duration::from_secs(3)).await {
+                Some(Got::Pong(p)) => {
+                    assert_eq!(p, b"are you there");
+                    break;
+                }
+                Some(Got::Ping(p)) => ws.send(Opcode::Pong, &p).await,
+                other => panic!("expected our pong, got {other:?}"),
+            }
+        }
+
+        // The official result: the final event, then a normal close.
+        let official = Official {
+            totals: [("yes".to_owned(), 3), ("no".to_owned(), 0)].into(),
+            total: 3,
+            decided_at_ms: 1_800_000_000_000,
+            extra: [
+                ("merkle_root".to_owned(), "00".repeat(32)),
+                ("merkle_tree_size".to_owned(), "3".to_owned()),
+            ]
+            .into(),
+        };
+        write_final(&serve, "live", &official);
+        let fin = loop {
+            let e = ws.event(Duration::from_secs(10)).await;
+            if e["event"] == "final" {
+                break e;
+            }
+        };
+        assert_eq!(fin["id"], "final");
+        assert_eq!(fin["data"]["final"], true);
+        assert_eq!(fin["data"]["total"], 3);
+        assert_eq!(
+            ws.next(Duration::from_secs(5)).await,
+            Some(Got::Close(1000))
+        );
+        assert_eq!(ws.next(Duration::from_secs(5)).await, Some(Got::Eof));
+
+        // Once official, a new subscriber gets the final event and the close at once (the
+        // core it lands on may see the result at its next tick).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut late = open(&serve, "live").await;
+            let e = late.event(Duration::from_secs(5)).await;
+            if e["event"] == "final" {
+                assert_eq!(
+                    late.next(Duration::from_secs(5)).await,
+                    Some(Got::Close(1000))
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "every core sends the final event: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
