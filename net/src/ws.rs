@@ -108,6 +108,8 @@ pub async fn results_session(
     let mut stall_timer: Option<Timer> = None;
     let mut flushing = false;
     let mut inbuf: Vec<u8> = early.to_vec();
+    // `early` is a view of hyper's whole read buffer (8 KiB): keeping it would keep that.
+    drop(early);
     // Bytes in `inbuf` not yet looked at (the client may send a frame right behind its
     // handshake).
     let mut unparsed = !inbuf.is_empty();
