@@ -7,10 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::runtime;
 use common::serve::{Serve, TestClient, committed_votes, open_election};
 use common::sse::{self, Sse};
-use common::{REDIS, runtime};
-use votes_tally::fanout::{Official, official_fields};
+use votes_tally::fanout::Official;
 
 const PARTITIONS: u32 = 4;
 
@@ -255,7 +255,7 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
             ]
             .into(),
         };
-        write_final(&serve, "live", &official);
+        serve.write_official("live", &official);
         let deadline = Instant::now() + Duration::from_secs(10);
         let fin = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -313,18 +313,6 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         };
         assert_eq!(body["as_of"], 1_800_000_000_000u64);
     });
-}
-
-fn write_final(serve: &Serve, election: &str, official: &Official) {
-    let client = redis::Client::open(REDIS).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let key = serve.names().redis_final_key(election);
-    let mut cmd = redis::cmd("HSET");
-    cmd.arg(&key);
-    for (k, v) in official_fields(official) {
-        cmd.arg(k).arg(v);
-    }
-    let _: i64 = cmd.query(&mut conn).unwrap();
 }
 
 #[test]

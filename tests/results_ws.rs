@@ -7,12 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::runtime;
 use common::serve::{Serve, TestClient, open_election};
-use common::{REDIS, runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use votes_core::ws::{Opcode, accept_key, encode_masked};
-use votes_tally::fanout::{Official, official_fields};
+use votes_tally::fanout::Official;
 
 const PARTITIONS: u32 = 4;
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -174,18 +174,6 @@ async fn open(serve: &Serve, election: &str) -> Ws {
     ws
 }
 
-fn write_final(serve: &Serve, election: &str, official: &Official) {
-    let client = redis::Client::open(REDIS).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let key = serve.names().redis_final_key(election);
-    let mut cmd = redis::cmd("HSET");
-    cmd.arg(&key);
-    for (k, v) in official_fields(official) {
-        cmd.arg(k).arg(v);
-    }
-    let _: i64 = cmd.query(&mut conn).unwrap();
-}
-
 #[test]
 fn results_over_websocket_from_handshake_to_the_official_close() {
     let prefix = common::unique_prefix("results-ws");
@@ -316,7 +304,7 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
             ]
             .into(),
         };
-        write_final(&serve, "live", &official);
+        serve.write_official("live", &official);
         let fin = loop {
             let e = ws.event(Duration::from_secs(10)).await;
             if e["event"] == "final" {
