@@ -12,8 +12,8 @@
 //   VOTES_ADMIN_URL    admin listener
 //   VOTES_ADMIN_TOKEN  admin bearer token
 //   VOTES_ELECTION     an open election with at least 2 options
-//   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 must be fresh too; + 2 signs in
-//                      without voting)
+//   VOTES_VOTER        a fresh voter id (VOTES_VOTER + 1 and + 3 must be fresh too; + 2 signs
+//                      in without voting)
 //   VOTES_SERVE_LOG    optional: the server's log, named on failure
 //   VOTES_PERSIST_LOG  optional: the persister's log, named on failure
 //   VOTES_WEB_DIR      optional: serve the pages from this directory (src/serve/web) instead of
@@ -310,6 +310,39 @@ browserTest('vote, live results and already voted', async ({ open }) => {
   assert.equal(again.status, 409, `a second vote was answered ${again.status} ${JSON.stringify(again.body)}`);
   assert.equal(again.body?.error?.code, 'already_voted');
   await voter.getByRole('alert').filter({ hasText: 'You have already voted in this election' }).waitFor();
+});
+
+browserTest('live results over WebSocket', async ({ open }) => {
+  const e = await election();
+  const option = e.options[1];
+  const results = await open('results');
+  // Every WebSocket the page opens, and the text frames it receives on it.
+  const sockets = [];
+  results.on('websocket', (ws) => {
+    const seen = { url: ws.url(), frames: 0 };
+    sockets.push(seen);
+    ws.on('framereceived', () => { seen.frames += 1; });
+  });
+  await results.goto(`${cfg.publicUrl}/results/${encodeURIComponent(e.id)}?transport=ws`);
+  await results.getByRole('heading', { name: e.title, level: 1 }).waitFor();
+  await results.getByText('Live', { exact: true }).waitFor({ timeout: LIVE_UPDATE_MS });
+  const before = await shownCount(results, option);
+  await results.evaluate(() => {
+    window.__votesNoReload = true;
+  });
+
+  // A voter who has not voted yet (VOTES_VOTER + 3) votes for that option elsewhere.
+  const voter = await open('voter');
+  await signIn(voter, cfg.voter + 3n);
+  await voteAccepted(voter, e, option);
+
+  await eventually(async () => {
+    const n = await shownCount(results, option);
+    return n > before ? n : null;
+  }, { timeout: LIVE_UPDATE_MS, what: `the count of ${option.label} to rise above ${before} over WebSocket` });
+  assert.equal(await results.evaluate(() => window.__votesNoReload), true, 'the results page was not reloaded');
+  const ws = sockets.filter((s) => new URL(s.url).pathname === `/v1/elections/${encodeURIComponent(e.id)}/results/ws`);
+  assert.ok(ws.length >= 1 && ws.some((s) => s.frames >= 2), `the page followed over WebSocket: ${JSON.stringify(sockets)}`);
 });
 
 /** The sum of a counter of the server's /metrics over its labels (each core publishes once a second). */

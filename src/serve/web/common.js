@@ -290,12 +290,16 @@ export class ResultsPanel {
 }
 
 /**
- * Follows `GET /v1/elections/{id}/results/stream`. Calls `onResults` with each `tally` and
- * `final` document and `onState` with connecting / live / reconnecting / offline / official.
- * After `final` the stream is closed here (the server closes it too, and answers a reconnect
- * with 204). Returns `{close()}`.
+ * Follows the election's live results. Calls `onResults` with each `tally` and `final` document
+ * and `onState` with connecting / live / reconnecting / offline / official. Over SSE
+ * (`GET …/results/stream`) by default; over WebSocket (`GET …/results/ws`) when `transport` is
+ * `'ws'` or the browser has no EventSource. After `final` the stream is closed here (the
+ * server closes it too). Returns `{close()}`.
  */
-export function followResults(id, { onResults, onState }) {
+export function followResults(id, { onResults, onState, transport = 'sse' }) {
+  if (transport === 'ws' || typeof EventSource === 'undefined') {
+    return followResultsWs(id, { onResults, onState });
+  }
   let finished = false;
   const source = new EventSource(`/v1/elections/${seg(id)}/results/stream`);
   onState('connecting');
@@ -329,6 +333,58 @@ export function followResults(id, { onResults, onState }) {
     close() {
       finished = true;
       source.close();
+    },
+  };
+}
+
+/**
+ * `followResults` over WebSocket: JSON text frames `{event, id, data}`; the browser answers the
+ * server's pings. A dropped socket is reopened after 2 s, then more slowly (at most every 30 s).
+ */
+function followResultsWs(id, { onResults, onState }) {
+  let finished = false;
+  let socket = null;
+  let timer = null;
+  let retry = 2000;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const url = `${scheme}://${location.host}/v1/elections/${seg(id)}/results/ws`;
+  const connect = () => {
+    onState('connecting');
+    socket = new WebSocket(url);
+    socket.addEventListener('open', () => {
+      retry = 2000;
+      onState('live');
+    });
+    socket.addEventListener('message', (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      if (event?.event === 'tally' && event.data) {
+        onResults(event.data);
+        onState('live');
+      } else if (event?.event === 'final' && event.data) {
+        finished = true;
+        onResults({ ...event.data, final: true });
+        onState('official');
+        socket.close();
+      }
+    });
+    socket.addEventListener('close', () => {
+      if (finished) return;
+      onState('reconnecting');
+      timer = setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
+    });
+  };
+  connect();
+  return {
+    close() {
+      finished = true;
+      clearTimeout(timer);
+      socket?.close();
     },
   };
 }

@@ -1,6 +1,6 @@
 // The public results page (/results/{id}): title and options from GET /v1/elections/{id}, the
-// numbers so far from GET …/results, then live updates from the SSE stream until the result is
-// official (DESIGN §4.2).
+// numbers so far from GET …/results, then live updates from the SSE stream (or its WebSocket
+// twin with `?transport=ws`) until the result is official (DESIGN §4.2).
 
 import { api, byId, describeError, followResults, h, notify, ResultsPanel, seg } from '/static/common.js';
 
@@ -87,6 +87,8 @@ async function start() {
     return; // nothing more will change
   }
   followResults(e.id, {
+    // `?transport=ws` follows over WebSocket instead of SSE.
+    transport: new URLSearchParams(location.search).get('transport') === 'ws' ? 'ws' : 'sse',
     onResults: (r) => {
       panel.update(r);
       if (r.final) official();
