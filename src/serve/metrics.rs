@@ -350,7 +350,7 @@ impl NodeMetrics {
                 let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", field(s));
             }
         }
-        out.push_str("# HELP votes_sse_subscribers Open results streams (SSE), by core.\n# TYPE votes_sse_subscribers gauge\n");
+        out.push_str("# HELP votes_sse_subscribers Open results streams (SSE and WebSocket), by core.\n# TYPE votes_sse_subscribers gauge\n");
         for (core, n) in self.sse.iter().enumerate() {
             let _ = writeln!(
                 out,
