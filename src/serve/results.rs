@@ -12,20 +12,19 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use votes_core::clock::unix_ms;
 
 use votes_core::ErrorCode;
+use votes_core::clock::unix_ms;
 use votes_core::election::ElectionState;
 use votes_core::{Election, ElectionId};
 use votes_net::bytes::Bytes;
 use votes_net::http::{HeaderMap, Response, StatusCode, header};
 use votes_net::sse::{self, Topic};
-use votes_net::{http, ws};
-
-use super::reply;
-use votes_net::{BoxBody, LocalSignal};
+use votes_net::{BoxBody, LocalSignal, http, ws};
 use votes_tally::elections_log::ElectionsView;
 use votes_tally::fanout::{ElectionResults, LinkHandle, ResultsBoard};
+
+use super::reply;
 
 /// The id of the event that carries the official result; a client resuming with it is done.
 pub const FINAL_EVENT_ID: &str = "final";
@@ -65,9 +64,32 @@ pub struct CoreResults {
     shutdown: LocalSignal,
     seen_generation: Cell<u64>,
     rendered: RefCell<HashMap<ElectionId, Rc<Rendered>>>,
-    topics: RefCell<HashMap<ElectionId, Topic>>,
-    /// The same streams in WebSocket frames.
-    ws_topics: RefCell<HashMap<ElectionId, Topic>>,
+    streams: RefCell<HashMap<ElectionId, Streams>>,
+}
+
+/// An election's live results on this core, for each way of following them.
+#[derive(Default)]
+struct Streams {
+    /// `GET …/results/stream`: SSE frames.
+    sse: Topic,
+    /// `GET …/results/ws`: WebSocket frames.
+    ws: Topic,
+}
+
+impl Streams {
+    fn subscribers(&self) -> usize {
+        self.sse.subscribers() + self.ws.subscribers()
+    }
+
+    fn publish(&self, r: &Rendered) {
+        self.sse.publish(r.frame.clone(), r.official);
+        self.ws.publish(r.ws_frame.clone(), r.official);
+    }
+
+    fn close(&self) {
+        self.sse.close();
+        self.ws.close();
+    }
 }
 
 impl CoreResults {
@@ -83,21 +105,17 @@ impl CoreResults {
             shutdown,
             seen_generation: Cell::new(u64::MAX),
             rendered: RefCell::new(HashMap::new()),
-            topics: RefCell::new(HashMap::new()),
-            ws_topics: RefCell::new(HashMap::new()),
+            streams: RefCell::new(HashMap::new()),
         })
     }
 
     /// Subscribers on this core, over every election.
     pub fn subscribers(&self) -> usize {
-        let count = |topics: &RefCell<HashMap<ElectionId, Topic>>| {
-            topics
-                .borrow()
-                .values()
-                .map(Topic::subscribers)
-                .sum::<usize>()
-        };
-        count(&self.topics) + count(&self.ws_topics)
+        self.streams
+            .borrow()
+            .values()
+            .map(Streams::subscribers)
+            .sum()
     }
 
     /// The tick: re-renders what changed and publishes it to the subscribers. On core 0 it also
@@ -148,8 +166,8 @@ impl CoreResults {
             )
             .await;
         }
-        for topic in self.topics.borrow().values() {
-            topic.close();
+        for streams in self.streams.borrow().values() {
+            streams.close();
         }
     }
 
@@ -181,19 +199,13 @@ impl CoreResults {
             let news = current.is_none_or(|c| {
                 (c.version, c.state, c.official) != (fresh.version, fresh.state, fresh.official)
             });
-            if news && let Some(topic) = self.topics.borrow().get(&e.id) {
-                topic.publish(fresh.frame.clone(), fresh.official);
-            }
-            if news && let Some(topic) = self.ws_topics.borrow().get(&e.id) {
-                topic.publish(fresh.ws_frame.clone(), fresh.official);
+            if news && let Some(streams) = self.streams.borrow().get(&e.id) {
+                streams.publish(&fresh);
             }
             rendered.insert(e.id.clone(), fresh);
         }
         // Streams nobody listens to any more cost nothing to keep, but do not keep them forever.
-        self.topics.borrow_mut().retain(|_, t| t.subscribers() > 0);
-        self.ws_topics
-            .borrow_mut()
-            .retain(|_, t| t.subscribers() > 0);
+        self.streams.borrow_mut().retain(|_, s| s.subscribers() > 0);
     }
 
     /// The current results of a public election, rendering on demand before the first tick.
@@ -248,6 +260,13 @@ impl CoreResults {
             .expect("valid headers")
     }
 
+    /// The election's streams on this core, made at its first subscriber.
+    fn streams_of(&self, e: &Election) -> std::cell::RefMut<'_, Streams> {
+        std::cell::RefMut::map(self.streams.borrow_mut(), |m| {
+            m.entry(e.id.clone()).or_default()
+        })
+    }
+
     /// `GET /v1/elections/{id}/results/stream`.
     pub fn stream(&self, e: &Election, headers: &HeaderMap) -> Response<BoxBody> {
         let r = self.current(e);
@@ -276,12 +295,7 @@ impl CoreResults {
             // Nothing follows an official result: send it and end.
             BoxBody::full(first)
         } else {
-            let topic = self
-                .topics
-                .borrow_mut()
-                .entry(e.id.clone())
-                .or_default()
-                .clone();
+            let topic = self.streams_of(e).sse.clone();
             let sub = topic.subscribe(
                 Some(Bytes::from(first)),
                 self.settings.heartbeat,
@@ -315,12 +329,7 @@ impl CoreResults {
             alone.publish(r.ws_frame.clone(), true);
             sub
         } else {
-            let topic = self
-                .ws_topics
-                .borrow_mut()
-                .entry(e.id.clone())
-                .or_default()
-                .clone();
+            let topic = self.streams_of(e).ws.clone();
             topic.subscribe_with(
                 Some(r.ws_frame.clone()),
                 self.settings.heartbeat,
