@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::runtime;
@@ -35,7 +36,7 @@ struct Ws {
 
 impl Ws {
     async fn send(&mut self, opcode: Opcode, payload: &[u8]) {
-        let frame = encode_masked(opcode, true, payload, [7, 1, 9, 3]);
+        let frame = encode_masked(opcode, true, payload, MASK);
         self.stream.write_all(&frame).await.unwrap();
     }
 
@@ -43,7 +44,7 @@ impl Ws {
     async fn next(&mut self, within: Duration) -> Option<Got> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Some(got) = self.take() {
+            if let Some(got) = take_frame(&mut self.buf) {
                 return Some(got);
             }
             let mut chunk = [0u8; 4096];
@@ -54,46 +55,103 @@ impl Ws {
             }
         }
     }
+}
 
-    fn take(&mut self) -> Option<Got> {
-        let b = &self.buf;
-        if b.len() < 2 {
-            return None;
-        }
-        assert_eq!(b[1] & 0x80, 0, "a server frame is not masked");
-        assert_ne!(b[0] & 0x80, 0, "the server sends final frames");
-        let (len, at) = match b[1] & 0x7F {
-            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => return None,
-            n => (usize::from(n), 2),
-        };
-        if b.len() < at + len {
-            return None;
-        }
-        let payload = b[at..at + len].to_vec();
-        let got = match b[0] & 0x0F {
-            0x1 => Got::Text(serde_json::from_slice(&payload).expect("a JSON event")),
-            0x9 => Got::Ping(payload),
-            0xA => Got::Pong(payload),
-            0x8 => Got::Close(u16::from_be_bytes([payload[0], payload[1]])),
-            op => panic!("unexpected opcode {op:#x}"),
-        };
-        self.buf.drain(..at + len);
-        Some(got)
+/// Takes one server frame (never masked) off the front of `buf`, once it is all there.
+fn take_frame(buf: &mut Vec<u8>) -> Option<Got> {
+    let b = &*buf;
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "a server frame is not masked");
+    assert_ne!(b[0] & 0x80, 0, "the server sends final frames");
+    let (len, at) = match b[1] & 0x7F {
+        126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+        127 if b.len() >= 10 => (
+            u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (usize::from(n), 2),
+    };
+    if b.len() < at + len {
+        return None;
+    }
+    let payload = b[at..at + len].to_vec();
+    let got = match b[0] & 0x0F {
+        0x1 => Got::Text(serde_json::from_slice(&payload).expect("a JSON event")),
+        0x9 => Got::Ping(payload),
+        0xA => Got::Pong(payload),
+        0x8 => Got::Close(u16::from_be_bytes([payload[0], payload[1]])),
+        op => panic!("unexpected opcode {op:#x}"),
+    };
+    buf.drain(..at + len);
+    Some(got)
+}
+
+const MASK: [u8; 4] = [7, 1, 9, 3];
+
+impl Ws {
+    /// The socket with a reader of its own that answers every ping at once, as a browser does,
+    /// however long the test takes between reads; every frame still reaches `next`.
+    fn answering_pings(self) -> Answering {
+        let (mut read, write) = self.stream.into_split();
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        let (pong_to, mut buf) = (write.clone(), self.buf);
+        tokio::spawn(async move {
+            loop {
+                while let Some(got) = take_frame(&mut buf) {
+                    if let Got::Ping(p) = &got {
+                        let pong = encode_masked(Opcode::Pong, true, p, MASK);
+                        let _ = pong_to.lock().await.write_all(&pong).await;
+                    }
+                    if tx.send(got).is_err() {
+                        return;
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match read.read(&mut chunk).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Got::Eof);
+                        return;
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        Answering { write, frames }
+    }
+}
+
+/// A WebSocket client whose pings are answered in the background.
+struct Answering {
+    write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    frames: tokio::sync::mpsc::UnboundedReceiver<Got>,
+}
+
+impl Answering {
+    async fn send(&mut self, opcode: Opcode, payload: &[u8]) {
+        let frame = encode_masked(opcode, true, payload, MASK);
+        self.write.lock().await.write_all(&frame).await.unwrap();
     }
 
-    /// The next text event, answering pings on the way.
+    /// The next frame within `within`, or `None` when nothing came.
+    async fn next(&mut self, within: Duration) -> Option<Got> {
+        match tokio::time::timeout(within, self.frames.recv()).await {
+            Err(_) => None,
+            Ok(got) => Some(got.unwrap_or(Got::Eof)),
+        }
+    }
+
+    /// The next text event (pings are answered already).
     async fn event(&mut self, within: Duration) -> serde_json::Value {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left).await {
                 Some(Got::Text(v)) => return v,
-                Some(Got::Ping(p)) => self.send(Opcode::Pong, &p).await,
+                Some(Got::Ping(_)) => {}
                 other => panic!("expected an event, got {other:?}"),
             }
         }
@@ -228,7 +286,8 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
         // A data frame is refused with 1003; a client that never answers pings is let go (each
         // before the long-lived subscriber below opens: it answers pings only when read).
         let mut talker = open(&serve, "live").await;
-        let _ = talker.event(Duration::from_secs(5)).await;
+        let first = talker.next(Duration::from_secs(10)).await;
+        assert!(matches!(first, Some(Got::Text(_))), "{first:?}");
         talker.send(Opcode::Text, b"{\"hello\":1}").await;
         assert_eq!(
             talker.next(Duration::from_secs(5)).await,
@@ -249,7 +308,7 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
         assert_eq!(pings, 1, "one unanswered ping is enough");
 
         // The current state first, then each vote as a tally event with a larger id.
-        let mut ws = open(&serve, "live").await;
+        let mut ws = open(&serve, "live").await.answering_pings();
         let first = ws.event(Duration::from_secs(5)).await;
         assert_eq!(first["event"], "tally");
         assert_eq!(first["data"]["total"], 0);
@@ -273,22 +332,20 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
             }
         }
 
-        // Quiet: the server pings within its (1 s) heartbeat; it answers a ping with its payload.
-        match ws.next(Duration::from_secs(3)).await {
-            Some(Got::Ping(p)) => {
-                assert!(p.is_empty());
-                ws.send(Opcode::Pong, &p).await;
-            }
+        // Quiet: the server pings at its (1 s) heartbeat (this client answers them in the
+        // background); it answers a ping with its payload.
+        match ws.next(Duration::from_secs(10)).await {
+            Some(Got::Ping(p)) => assert!(p.is_empty()),
             other => panic!("expected a ping, got {other:?}"),
         }
         ws.send(Opcode::Ping, b"are you there").await;
         loop {
-            match ws.next(Duration::from_secs(3)).await {
+            match ws.next(Duration::from_secs(10)).await {
                 Some(Got::Pong(p)) => {
                     assert_eq!(p, b"are you there");
                     break;
                 }
-                Some(Got::Ping(p)) => ws.send(Opcode::Pong, &p).await,
+                Some(Got::Ping(_)) => {}
                 other => panic!("expected our pong, got {other:?}"),
             }
         }
@@ -324,7 +381,7 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
         // core it lands on may see the result at its next tick).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut late = open(&serve, "live").await;
+            let mut late = open(&serve, "live").await.answering_pings();
             let e = late.event(Duration::from_secs(5)).await;
             if e["event"] == "final" {
                 assert_eq!(
