@@ -161,6 +161,11 @@ impl rdkafka::ClientContext for CheckContext {
 
 impl rdkafka::consumer::ConsumerContext for CheckContext {}
 
+/// How long [`check`] serves librdkafka's events for a refusal after its metadata request
+/// succeeded (a refusal then is rare: another broker of the list), and after it failed.
+const REFUSAL_EVENT_AFTER_SUCCESS: Duration = Duration::from_millis(500);
+const REFUSAL_EVENT_AFTER_FAILURE: Duration = Duration::from_secs(3);
+
 /// Asks the cluster for its metadata within `timeout`: what a process checks at start so that
 /// wrong credentials or an untrusted certificate stop it with a clear message.
 pub fn check(brokers: &str, timeout: Duration) -> Result<(), KafkaCheck> {
@@ -169,9 +174,24 @@ pub fn check(brokers: &str, timeout: Duration) -> Result<(), KafkaCheck> {
         .create_with_context(CheckContext::default())
         .map_err(|e| KafkaCheck::Refused(e.to_string()))?;
     let fetched = consumer.fetch_metadata(None, timeout);
-    // librdkafka reports an authentication or TLS failure as an event, served by polling.
-    for _ in 0..5 {
-        let _ = consumer.poll(Duration::from_millis(100));
+    // librdkafka reports an authentication or TLS failure as an event, served by polling; the
+    // event can trail the failed fetch on a busy machine (a count of polls missed it: each
+    // returns at the first event of any kind), so a failed fetch waits for it, bounded.
+    let wait = match &fetched {
+        Ok(_) => REFUSAL_EVENT_AFTER_SUCCESS,
+        Err(_) => REFUSAL_EVENT_AFTER_FAILURE,
+    };
+    let deadline = std::time::Instant::now() + wait;
+    let refused_yet = || {
+        consumer
+            .context()
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    };
+    while !refused_yet() && std::time::Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
     }
     let refused = consumer
         .context()
