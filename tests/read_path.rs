@@ -158,6 +158,8 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         assert_eq!(s.status, 200);
         assert_eq!(s.headers["content-type"], "text/event-stream");
         assert_eq!(s.headers["cache-control"], "no-cache");
+        // Over HTTP/1.1 the stream leaves hyper: its body ends with the connection.
+        assert_eq!(s.headers["connection"], "close");
         let first = s
             .next_event(Duration::from_secs(5))
             .await

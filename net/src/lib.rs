@@ -33,6 +33,7 @@ pub use error::NetError;
 pub use error_body::error_body;
 pub use httpd::{
     Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
+    detached_stream,
 };
 pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
 pub use ports::loopback_listener_port;

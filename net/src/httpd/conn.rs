@@ -19,6 +19,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::detached::DetachedResponse;
 use super::io::{Io, StartError, Started, read_proxy_header, start};
 use super::server::CoreHttp;
 use super::watchdog::{ConnState, Expiry, Proto};
@@ -120,11 +121,20 @@ struct Svc<A: App> {
     kind: ListenerKind,
     peer: SocketAddr,
     info: ConnInfo,
-    /// A WebSocket session the app accepted (its `101`), run once hyper hands the socket over.
-    upgrade: PendingUpgrade,
+    /// What runs on the socket once hyper hands it over.
+    takeover: PendingTakeover,
 }
 
-type PendingUpgrade = Rc<std::cell::RefCell<Option<crate::ws::Session>>>;
+/// What the connection task runs once hyper is done with the socket.
+enum Takeover {
+    /// A WebSocket session the app accepted (its `101`).
+    WebSocket(crate::ws::Session),
+    /// A long-lived HTTP/1.1 response the app marked with
+    /// [`detached_stream`](super::detached::detached_stream).
+    Detached(DetachedResponse),
+}
+
+type PendingTakeover = Rc<std::cell::RefCell<Option<Takeover>>>;
 
 impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Response = Response<TrackedBody>;
@@ -135,6 +145,8 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
         // Only an HTTP/1.1 request that asks to upgrade can become a WebSocket session.
         let can_upgrade = req.version() == http::Version::HTTP_11
             && req.headers().contains_key(http::header::UPGRADE);
+        // An HTTP/1.x response is the connection's only one while it lasts: it can leave hyper.
+        let can_detach = req.version() <= http::Version::HTTP_11;
         let mut req = req.map(crate::RequestBody::Http);
         req.extensions_mut().insert(self.info);
         let guard = InFlight::start(self.conn.clone(), self.core.clone());
@@ -153,7 +165,9 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
             guard: Some(guard),
             alt_svc,
             can_upgrade,
-            upgrade: self.upgrade.clone(),
+            can_detach,
+            detached: false,
+            takeover: self.takeover.clone(),
         }
     }
 }
@@ -163,7 +177,11 @@ struct SvcFuture {
     guard: Option<InFlight>,
     alt_svc: Option<http::HeaderValue>,
     can_upgrade: bool,
-    upgrade: PendingUpgrade,
+    can_detach: bool,
+    /// The response left for the connection task: hyper waits on this future until it is
+    /// dropped with the rest of hyper's connection.
+    detached: bool,
+    takeover: PendingTakeover,
 }
 
 impl Future for SvcFuture {
@@ -171,6 +189,9 @@ impl Future for SvcFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.detached {
+            return Poll::Pending;
+        }
         let polled = match this.inner.as_mut() {
             Some(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))),
             None => Err(Box::new("handler panicked while building its future")
@@ -191,9 +212,9 @@ impl Future for SvcFuture {
         if let Some(session) = crate::ws::take_parked(&mut resp) {
             match this.can_upgrade {
                 true if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    let mut pending = this.upgrade.borrow_mut();
-                    assert!(pending.is_none(), "one upgrade per connection");
-                    *pending = Some(session);
+                    let mut pending = this.takeover.borrow_mut();
+                    assert!(pending.is_none(), "one takeover per connection");
+                    *pending = Some(Takeover::WebSocket(session));
                 }
                 // The app accepted a handshake that was not an HTTP/1.1 upgrade: its bug.
                 _ => {
@@ -207,6 +228,22 @@ impl Future for SvcFuture {
         }
         if let Some(v) = this.alt_svc.take() {
             resp.headers_mut().insert(http::header::ALT_SVC, v);
+        }
+        if super::detached::take_mark(&mut resp) && this.can_detach {
+            // Counted as responding from now: the stall bound covers the wait for hyper's
+            // flush of what it still holds.
+            let guard = this
+                .guard
+                .take()
+                .expect("polled after completion")
+                .responding();
+            guard.conn.request_detach();
+            this.guard = Some(guard);
+            let mut pending = this.takeover.borrow_mut();
+            assert!(pending.is_none(), "one takeover per connection");
+            *pending = Some(Takeover::Detached(DetachedResponse::new(resp)));
+            this.detached = true;
+            return Poll::Pending;
         }
         let guard = this
             .guard
@@ -268,6 +305,8 @@ enum End {
     HeaderTimeout,
     IdleTimeout,
     Stalled,
+    /// A response asked to leave hyper and hyper has flushed: the socket is the task's.
+    Detached,
 }
 
 /// How a connection came in.
@@ -370,7 +409,7 @@ pub(crate) async fn serve<A: App>(
             return;
         }
     };
-    let upgrade: PendingUpgrade = Rc::default();
+    let takeover: PendingTakeover = Rc::default();
     let svc = Svc {
         app,
         core: core.clone(),
@@ -378,7 +417,7 @@ pub(crate) async fn serve<A: App>(
         kind,
         peer,
         info,
-        upgrade: upgrade.clone(),
+        takeover: takeover.clone(),
     };
     let end = match proto {
         Proto::H2 => {
@@ -388,19 +427,35 @@ pub(crate) async fn serve<A: App>(
         Proto::H1 | Proto::Unknown => {
             let mut c = core.h1.serve_connection(io, svc);
             let end = drive(Pin::new(&mut c), &conn, &core, fd).await;
-            // hyper stops after writing a 101 and hands the socket back: a WebSocket session
-            // runs in this task, so the connection's slot stays taken while it lasts.
-            let session = upgrade.borrow_mut().take();
-            if let (End::Done, Some(session)) = (&end, session) {
-                let parts = c.into_parts();
-                session(crate::ws::Socket::new(parts.io, parts.read_buf)).await;
-                return;
+            // hyper stops after writing a 101 and hands the socket back, and a detached
+            // response takes it once hyper has flushed: either runs in this task, so the
+            // connection's slot stays taken while it lasts.
+            let taken = takeover.borrow_mut().take();
+            match (end, taken) {
+                (End::Done, Some(Takeover::WebSocket(session))) => {
+                    let parts = c.into_parts();
+                    session(crate::ws::Socket::new(parts.io, parts.read_buf)).await;
+                    return;
+                }
+                (End::Detached, Some(Takeover::Detached(response))) => {
+                    // hyper's buffers go with it: what the client sent after this request
+                    // (nothing, from a browser) would be a request never answered.
+                    let parts = c.into_parts();
+                    let end = super::detached::serve(parts.io, response, t.response_stall).await;
+                    tracing::debug!(?end, "a detached response ended");
+                    if end == super::detached::DetachedEnd::Stalled {
+                        core.count_stalled();
+                    }
+                    return;
+                }
+                (End::Detached, _) => unreachable!("detached without a detached response"),
+                (end, _) => end,
             }
-            end
         }
     };
     match end {
         End::Done => {}
+        End::Detached => unreachable!("only an HTTP/1.1 response detaches"),
         End::HeaderTimeout => core.count_end(true, false),
         End::IdleTimeout => core.count_end(false, true),
         End::Stalled => core.count_stalled(),
@@ -431,6 +486,9 @@ async fn drive<C: GracefulConn>(
                 } else {
                     End::Done
                 });
+            }
+            if conn.detach_ready() {
+                return Poll::Ready(End::Detached);
             }
             conn.register(cx.waker());
             let now = Instant::now();

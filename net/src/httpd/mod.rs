@@ -7,6 +7,8 @@
 //! [`App::handle`] call per request, with a [`ConnInfo`] in the request's extensions.
 
 pub(crate) mod conn;
+mod detached;
+pub use detached::detached_stream;
 mod h3;
 pub(crate) use h3::{serve as serve_h3, server_config as h3_server_config};
 pub(crate) mod io;

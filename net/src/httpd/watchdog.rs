@@ -172,6 +172,12 @@ pub(crate) struct ConnState {
     proto: Cell<Proto>,
     shutdown: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    /// Flushes that completed: hyper and h2 flush the socket only once their own write buffer
+    /// is empty, so a flush after a point in time says all they had then is in the kernel.
+    flushes: Cell<u64>,
+    /// An HTTP/1.1 response asked to leave hyper ([`Self::request_detach`]), with the flush
+    /// count at that moment.
+    detach_at_flush: Cell<Option<u64>>,
 }
 
 impl ConnState {
@@ -184,6 +190,8 @@ impl ConnState {
             proto: Cell::new(Proto::Unknown),
             shutdown: Cell::new(false),
             waker: RefCell::new(None),
+            flushes: Cell::new(0),
+            detach_at_flush: Cell::new(None),
         }
     }
 
@@ -210,6 +218,7 @@ impl ConnState {
 
     /// A flush completed: everything the connection had to write is in the kernel.
     pub(crate) fn on_flushed(&self) {
+        self.flushes.set(self.flushes.get() + 1);
         if self.send.get().blocked_since.is_some() {
             self.update_send(|s| s.caught_up(Instant::now()));
         }
@@ -320,6 +329,31 @@ impl ConnState {
             // May run in an h2 stream task: the connection task must re-arm its deadline.
             self.wake();
         }
+    }
+
+    /// The response being answered asks to be written outside hyper (HTTP/1.1 only): the
+    /// connection task takes the socket once hyper has flushed what it holds.
+    pub(crate) fn request_detach(&self) {
+        assert_eq!(
+            self.proto.get(),
+            Proto::H1,
+            "only an HTTP/1.1 response detaches"
+        );
+        assert!(
+            self.detach_at_flush.get().is_none(),
+            "one detached response per connection"
+        );
+        self.detach_at_flush.set(Some(self.flushes.get()));
+    }
+
+    /// A detach was asked and hyper has flushed since: its write buffer is empty, nothing of
+    /// an earlier response is lost by taking the socket from it. (hyper reads the request after
+    /// a bodiless one only once its answer is flushed, but after a request with a body it may
+    /// read on while that answer still waits in its buffer.)
+    pub(crate) fn detach_ready(&self) -> bool {
+        self.detach_at_flush
+            .get()
+            .is_some_and(|mark| self.flushes.get() > mark)
     }
 
     pub(crate) fn request_shutdown(&self) {
