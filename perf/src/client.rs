@@ -360,7 +360,7 @@ fn tls_config(
 }
 
 /// A TCP connection, plain or TLS.
-enum Stream {
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -449,9 +449,9 @@ impl Dial {
         })
     }
 
-    async fn io(&self, source: Option<IpAddr>) -> Result<TokioIo<Stream>, ClientError> {
+    async fn stream(&self, source: Option<IpAddr>) -> Result<Stream, ClientError> {
         let tcp = tcp(&self.authority, source).await?;
-        Ok(TokioIo::new(match &self.tls {
+        Ok(match &self.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => Stream::Tls(Box::new(
                 connector
@@ -459,7 +459,11 @@ impl Dial {
                     .await
                     .map_err(|e| ClientError::Tls(e.to_string()))?,
             )),
-        }))
+        })
+    }
+
+    async fn io(&self, source: Option<IpAddr>) -> Result<TokioIo<Stream>, ClientError> {
+        Ok(TokioIo::new(self.stream(source).await?))
     }
 
     async fn h1(&self, source: Option<IpAddr>) -> Result<http1::SendRequest<Body>, ClientError> {
@@ -486,7 +490,60 @@ impl Dial {
     }
 }
 
+/// Opens HTTP/1.1 connections (plain, or TLS with ALPN `http/1.1`) for a caller that speaks
+/// on them itself, byte by byte: a results stream read incrementally, a WebSocket.
+pub struct RawDialer(Dial);
+
+impl RawDialer {
+    pub fn new(target: &Target) -> Result<Self, ClientError> {
+        Dial::new(target, Protocol::H1).map(Self)
+    }
+
+    /// A new connection, bound to `source` when given.
+    pub async fn connect(&self, source: Option<IpAddr>) -> Result<Stream, ClientError> {
+        self.0.stream(source).await
+    }
+}
+
 type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// A response whose body is read as it comes (a results stream), on any protocol.
+pub struct Streaming {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    body: StreamingBody,
+}
+
+enum StreamingBody {
+    Hyper(hyper::body::Incoming),
+    H3(Box<H3Stream>),
+}
+
+impl Streaming {
+    /// The body's next bytes; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        match &mut self.body {
+            StreamingBody::Hyper(body) => loop {
+                match body.frame().await {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(ClientError::Body(e)),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+            StreamingBody::H3(stream) => {
+                let Some(mut chunk) = stream.recv_data().await.map_err(h3_error)? else {
+                    return Ok(None);
+                };
+                Ok(Some(chunk.copy_to_bytes(chunk.remaining())))
+            }
+        }
+    }
+}
 
 /// One open HTTP/3 connection: its QUIC endpoint (UDP socket) and connection, and the h3
 /// request sender (cloned per request).
@@ -802,6 +859,56 @@ impl Client {
                 send_h3(live.send, req).await
             }
         }
+    }
+
+    /// Sends `req` and returns as soon as the response head arrives, its body unread. On
+    /// HTTP/1.1 the request gets a connection of its own, outside the pool: a long-lived body
+    /// would hold a pooled one.
+    pub async fn open(&self, req: Request<Body>) -> Result<Streaming, ClientError> {
+        let resp = match &self.pool {
+            Pool::H1(_, dial) => {
+                let mut conn = dial.h1(self.sources.pick()).await?;
+                conn.ready().await.map_err(ClientError::Http)?;
+                conn.send_request(req).await.map_err(ClientError::Http)?
+            }
+            Pool::H2 { conns, next, dial } => {
+                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+                let mut send = self
+                    .live(c, |s| !s.is_closed(), || dial.h2(self.sources.pick()))
+                    .await?;
+                send.ready().await.map_err(ClientError::Http)?;
+                send.send_request(req).await.map_err(ClientError::Http)?
+            }
+            Pool::H3 { conns, next, quic } => {
+                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+                let live = self
+                    .live(
+                        c,
+                        |l| l.conn.close_reason().is_none(),
+                        || quic.connect(self.sources.pick()),
+                    )
+                    .await?;
+                let mut send = live.send;
+                let (parts, _) = req.into_parts();
+                let mut stream = send
+                    .send_request(Request::from_parts(parts, ()))
+                    .await
+                    .map_err(h3_error)?;
+                stream.finish().await.map_err(h3_error)?;
+                let resp = stream.recv_response().await.map_err(h3_error)?;
+                return Ok(Streaming {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: StreamingBody::H3(Box::new(stream)),
+                });
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        Ok(Streaming {
+            status: parts.status,
+            headers: parts.headers,
+            body: StreamingBody::Hyper(body),
+        })
     }
 
     /// The open connection of `c`, reconnected (by one request at a time) when it is closed.

@@ -5,8 +5,9 @@
 //! `votes-load` binary: its [`schedule`] (constant rate or a TV-style ramp), request [`mix`]
 //! (fresh, duplicate and malformed votes), voter [`tokens`] and HTTP/1.1, h2 (h2c or TLS) or
 //! HTTP/3 [`client`].
-//! [`subscribe`] is the live-results scale run behind `votes-sse`: many SSE subscribers read
-//! by the small incremental reader of [`sse`], the delay from a vote's commit to each
+//! [`subscribe`] is the live-results scale run behind `votes-sse`: many subscribers (SSE over
+//! h1, h2 or h3, or WebSocket, plain or TLS) read by the small incremental readers of [`sse`]
+//! and [`ws`], the delay from a vote's commit to each
 //! subscriber, and the server's memory per subscriber ([`sys`]).
 
 pub mod chaos;
@@ -22,3 +23,4 @@ pub mod sse;
 pub mod subscribe;
 pub mod sys;
 pub mod tokens;
+pub mod ws;

@@ -33,14 +33,46 @@ use hdrhistogram::Histogram;
 use hyper::Method;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{Body, Client, ClientError, Protocol, Target};
+use crate::client::{Body, Client, ClientError, Protocol, RawDialer, Stream, Target};
 use crate::report::{LATENCY_MAX_US, LatencyMs, latency_histogram};
 use crate::schedule::{Ramp, Schedule};
 use crate::sse::{BodyDecoder, SseError, SseItem, SseParser, TallyData, parse_head};
 use crate::sys;
 use crate::tokens::Tokens;
+use crate::ws::{self, WsError};
+
+/// What a subscriber reads: the event stream, or the same events over a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// `GET …/results/stream` (`text/event-stream`), over h1, h2 or h3.
+    Sse,
+    /// `GET …/results/ws` (HTTP/1.1 Upgrade), plain or TLS.
+    Ws,
+}
+
+impl std::str::FromStr for StreamKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sse" => Ok(Self::Sse),
+            "ws" | "websocket" => Ok(Self::Ws),
+            other => Err(format!("unknown stream {other:?}: expected sse or ws")),
+        }
+    }
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Ws => "ws",
+        }
+    }
+}
 
 /// Everything a run needs; `votes-sse` fills it from flags.
 #[derive(Debug, Clone)]
@@ -48,6 +80,13 @@ pub struct Config {
     pub target: Target,
     pub election: String,
     pub subscribers: u64,
+    /// The event stream or the WebSocket.
+    pub stream: StreamKind,
+    /// How subscribers connect: h1 (a connection each, plain or TLS), h2 or h3 (streams
+    /// multiplexed, `streams_per_connection` on each).
+    pub protocol: Protocol,
+    /// Subscribers sharing one h2 or h3 connection.
+    pub streams_per_connection: usize,
     /// New subscribers per second during the connect phase.
     pub connect_rate: f64,
     /// Subscribers bind to 127.0.0.1 ..= 127.0.0.K (IPv4 loopback targets).
@@ -100,8 +139,12 @@ pub enum SseRunError {
     },
     #[error("reading RLIMIT_NOFILE: {0}")]
     RLimit(#[source] std::io::Error),
-    #[error("--subscribers, --connect-rate and --source-addrs must be positive")]
+    #[error(
+        "--subscribers, --connect-rate, --source-addrs and --streams-per-connection must be positive"
+    )]
     Limits,
+    #[error("the results WebSocket is an HTTP/1.1 upgrade: --stream ws needs --protocol h1")]
+    WsProtocol,
     #[error("--vote-rate must be a finite number >= 0")]
     VoteRate,
     #[error("cannot connect to {target}: {source}")]
@@ -153,6 +196,14 @@ pub struct CpuS {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SseReport {
     pub subscribers_target: u64,
+    /// `sse` or `ws`.
+    pub stream: StreamKind,
+    /// How the subscribers connected (`h1`: a connection each; `h2`, `h3`: multiplexed).
+    pub protocol: String,
+    /// `https://`: the subscribers' connections are TLS (QUIC for h3).
+    pub tls: bool,
+    /// Subscribers per h2 or h3 connection.
+    pub streams_per_connection: Option<usize>,
     /// Subscribers that received at least their first event.
     pub subscribers_connected: u64,
     /// Subscribers that never received an event.
@@ -302,12 +353,23 @@ struct Now {
     wall_ms: u64,
 }
 
+/// How subscribers reach the node.
+enum Transport {
+    /// A connection per subscriber, spoken byte by byte (SSE, WebSocket).
+    H1(RawDialer),
+    /// Streams multiplexed over a few connections.
+    Muxed(Client),
+}
+
 /// What subscriber and vote tasks share.
 struct Ctx {
     t0: Instant,
-    target: SocketAddr,
+    transport: Transport,
+    stream: StreamKind,
     sources: Vec<IpAddr>,
-    /// The request head without its final blank line.
+    /// `…/results/stream` or `…/results/ws`.
+    path: String,
+    /// HTTP/1.1: the request head without its final blank line.
     request: Vec<u8>,
     connect_timeout: Duration,
     /// The total when the votes started (`NONE` before).
@@ -402,29 +464,50 @@ impl Ctx {
                 }
             }
             SseItem::Event { event, data, id } => {
-                self.c.events.fetch_add(1, Ordering::Relaxed);
-                if st.last_id != id {
-                    st.last_id.clear();
-                    st.last_id.extend_from_slice(id);
-                }
-                match event {
-                    b"tally" => self.c.tally_events.fetch_add(1, Ordering::Relaxed),
-                    b"final" => {
-                        self.subs[idx].saw_final.store(true, Ordering::Relaxed);
-                        self.c.final_events.fetch_add(1, Ordering::Relaxed)
-                    }
-                    _ => {
-                        self.c.other_events.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                };
-                match TallyData::parse(data) {
-                    Some(t) => self.delivered(idx, st, t, now),
-                    None => {
-                        self.c.bad_events.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                self.event(idx, st, event, id, || TallyData::parse(data), now);
             }
+        }
+    }
+
+    /// Subscriber `idx` read an event (`tally`, `final`, …) with this id; `data` is its
+    /// results, if they parse.
+    fn event(
+        &self,
+        idx: usize,
+        st: &mut Local,
+        event: &[u8],
+        id: &[u8],
+        data: impl FnOnce() -> Option<TallyData>,
+        now: Now,
+    ) {
+        self.c.events.fetch_add(1, Ordering::Relaxed);
+        if st.last_id != id {
+            st.last_id.clear();
+            st.last_id.extend_from_slice(id);
+        }
+        match event {
+            b"tally" => self.c.tally_events.fetch_add(1, Ordering::Relaxed),
+            b"final" => {
+                self.subs[idx].saw_final.store(true, Ordering::Relaxed);
+                self.c.final_events.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => {
+                self.c.other_events.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match data() {
+            Some(t) => self.delivered(idx, st, t, now),
+            None => {
+                self.c.bad_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            ns: self.now_ns(),
+            wall_ms: now_unix_ms(),
         }
     }
 }
@@ -440,13 +523,15 @@ struct Local {
 #[derive(Debug)]
 enum Fail {
     ConnectTimeout,
-    Connect(std::io::Error),
+    Connect(ClientError),
     HeadTimeout,
     Io(std::io::Error),
     Closed,
     Status(u16),
     NotEventStream,
     Sse(SseError),
+    Ws(WsError),
+    Client(ClientError),
     BodyEnded,
 }
 
@@ -454,13 +539,16 @@ impl Fail {
     fn label(&self) -> String {
         match self {
             Self::ConnectTimeout => "connect: timeout".into(),
-            Self::Connect(e) => format!("connect: {}", io_label(e)),
+            Self::Connect(ClientError::Connect(e)) => format!("connect: {}", io_label(e)),
+            Self::Connect(e) => format!("connect: {}", e.label()),
             Self::HeadTimeout => "response head: timeout".into(),
             Self::Io(e) => format!("read/write: {}", io_label(e)),
             Self::Closed => "closed by the server".into(),
             Self::Status(s) => format!("status {s}"),
             Self::NotEventStream => "200 without text/event-stream".into(),
             Self::Sse(e) => e.to_string(),
+            Self::Ws(e) => e.to_string(),
+            Self::Client(e) => e.label(),
             Self::BodyEnded => "stream body ended".into(),
         }
     }
@@ -482,89 +570,82 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-async fn connect(ctx: &Ctx, src: IpAddr) -> std::io::Result<TcpStream> {
-    let sock = match ctx.target {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    if src.is_ipv4() && ctx.target.is_ipv4() {
-        sys::bind_address_no_port(&sock)?;
-        sock.bind(SocketAddr::new(src, 0))?;
-    }
-    let s = sock.connect(ctx.target).await?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-async fn write_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        s.writable().await?;
-        match s.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+async fn connect(ctx: &Ctx, dialer: &RawDialer, idx: usize) -> Result<Stream, Fail> {
+    let src = ctx.sources[idx % ctx.sources.len()];
+    tokio::time::timeout(ctx.connect_timeout, dialer.connect(Some(src)))
+        .await
+        .map_err(|_| Fail::ConnectTimeout)?
+        .map_err(Fail::Connect)
 }
 
 /// Reads what is available (at least one byte, or 0 at EOF) onto the end of `buf`.
-async fn read_some(s: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    loop {
-        s.readable().await?;
-        let old = buf.len();
-        buf.resize(old + READ_CHUNK, 0);
-        match s.try_read(&mut buf[old..]) {
-            Ok(n) => {
-                buf.truncate(old + n);
-                return Ok(n);
-            }
-            Err(e) => {
-                buf.truncate(old);
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    return Err(e);
-                }
-            }
-        }
-    }
+async fn read_some(s: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + READ_CHUNK, 0);
+    let read = s.read(&mut buf[old..]).await;
+    buf.truncate(old + *read.as_ref().unwrap_or(&0));
+    read
 }
 
-/// One connection of subscriber `idx`, until it fails; `established` once its `200` head came.
+/// Sends the request head `req` and reads until the response head is complete: the head and
+/// the bytes read (the head's and any after it).
+async fn request_head(
+    ctx: &Ctx,
+    s: &mut Stream,
+    req: &[u8],
+) -> Result<(crate::sse::Head, usize, Vec<u8>), Fail> {
+    let mut raw = Vec::with_capacity(512);
+    tokio::time::timeout(ctx.connect_timeout, async {
+        s.write_all(req).await.map_err(Fail::Io)?;
+        s.flush().await.map_err(Fail::Io)?;
+        loop {
+            if let Some((h, len)) = parse_head(&raw).map_err(Fail::Sse)? {
+                return Ok((h, len, std::mem::take(&mut raw)));
+            }
+            if read_some(s, &mut raw).await.map_err(Fail::Io)? == 0 {
+                return Err(Fail::Closed);
+            }
+        }
+    })
+    .await
+    .map_err(|_| Fail::HeadTimeout)?
+}
+
+/// One connection of subscriber `idx`, until it fails; `established` once its stream started.
 async fn session(
     ctx: &Ctx,
     idx: usize,
     st: &mut Local,
     established: &mut bool,
 ) -> Result<(), Fail> {
-    let src = ctx.sources[idx % ctx.sources.len()];
-    let s = tokio::time::timeout(ctx.connect_timeout, connect(ctx, src))
-        .await
-        .map_err(|_| Fail::ConnectTimeout)?
-        .map_err(Fail::Connect)?;
-    let mut raw = Vec::with_capacity(512);
-    let head = tokio::time::timeout(ctx.connect_timeout, async {
-        let mut req = Vec::with_capacity(ctx.request.len() + 40);
-        req.extend_from_slice(&ctx.request);
-        if !st.last_id.is_empty() {
-            req.extend_from_slice(b"Last-Event-ID: ");
-            req.extend_from_slice(&st.last_id);
-            req.extend_from_slice(b"\r\n");
+    match (&ctx.transport, ctx.stream) {
+        (Transport::H1(dialer), StreamKind::Sse) => sse_h1(ctx, dialer, idx, st, established).await,
+        (Transport::H1(dialer), StreamKind::Ws) => ws_h1(ctx, dialer, idx, st, established).await,
+        (Transport::Muxed(client), StreamKind::Sse) => {
+            sse_muxed(ctx, client, idx, st, established).await
         }
+        (Transport::Muxed(_), StreamKind::Ws) => unreachable!("refused by run()"),
+    }
+}
+
+/// The event stream on a connection of its own, parsed as it arrives.
+async fn sse_h1(
+    ctx: &Ctx,
+    dialer: &RawDialer,
+    idx: usize,
+    st: &mut Local,
+    established: &mut bool,
+) -> Result<(), Fail> {
+    let mut s = connect(ctx, dialer, idx).await?;
+    let mut req = Vec::with_capacity(ctx.request.len() + 40);
+    req.extend_from_slice(&ctx.request);
+    if !st.last_id.is_empty() {
+        req.extend_from_slice(b"Last-Event-ID: ");
+        req.extend_from_slice(&st.last_id);
         req.extend_from_slice(b"\r\n");
-        write_all(&s, &req).await.map_err(Fail::Io)?;
-        loop {
-            if let Some(h) = parse_head(&raw).map_err(Fail::Sse)? {
-                return Ok(h);
-            }
-            if read_some(&s, &mut raw).await.map_err(Fail::Io)? == 0 {
-                return Err(Fail::Closed);
-            }
-        }
-    })
-    .await
-    .map_err(|_| Fail::HeadTimeout)??;
-    let (head, head_len) = head;
+    }
+    req.extend_from_slice(b"\r\n");
+    let (head, head_len, mut raw) = request_head(ctx, &mut s, &req).await?;
     if head.status != 200 {
         return Err(Fail::Status(head.status));
     }
@@ -579,10 +660,7 @@ async fn session(
     let mut parser = SseParser::new();
     loop {
         if !raw.is_empty() {
-            let now = Now {
-                ns: ctx.now_ns(),
-                wall_ms: now_unix_ms(),
-            };
+            let now = ctx.now();
             let n = body.decode(&raw, parser.pending_mut()).map_err(Fail::Sse)?;
             raw.drain(..n);
             parser
@@ -595,8 +673,129 @@ async fn session(
                 raw = Vec::new();
             }
         }
-        if read_some(&s, &mut raw).await.map_err(Fail::Io)? == 0 {
+        if read_some(&mut s, &mut raw).await.map_err(Fail::Io)? == 0 {
             return Err(Fail::Closed);
+        }
+    }
+}
+
+/// An event as the results WebSocket sends it.
+#[derive(Deserialize)]
+struct WsEvent {
+    event: String,
+    id: String,
+    data: TallyData,
+}
+
+/// The results WebSocket on a connection of its own: every ping answered, every text frame an
+/// event.
+async fn ws_h1(
+    ctx: &Ctx,
+    dialer: &RawDialer,
+    idx: usize,
+    st: &mut Local,
+    established: &mut bool,
+) -> Result<(), Fail> {
+    let mut s = connect(ctx, dialer, idx).await?;
+    let (head, head_len, mut raw) = request_head(ctx, &mut s, &ctx.request).await?;
+    if head.status != 101 {
+        return Err(Fail::Status(head.status));
+    }
+    ws::check_accept(&raw[..head_len]).map_err(Fail::Ws)?;
+    *established = true;
+    ctx.c.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&ctx.c.open);
+    raw.drain(..head_len);
+    loop {
+        let now = ctx.now();
+        let mut used = 0;
+        while let Some((frame, n)) = ws::parse_server_frame(&raw[used..]).map_err(Fail::Ws)? {
+            let payload = &raw[used..][frame.payload.clone()];
+            match frame.opcode {
+                votes_core::ws::Opcode::Text => match serde_json::from_slice::<WsEvent>(payload) {
+                    Ok(e) => {
+                        let data = e.data;
+                        ctx.event(
+                            idx,
+                            st,
+                            e.event.as_bytes(),
+                            e.id.as_bytes(),
+                            || Some(data),
+                            now,
+                        );
+                    }
+                    Err(_) => {
+                        ctx.c.events.fetch_add(1, Ordering::Relaxed);
+                        ctx.c.bad_events.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                votes_core::ws::Opcode::Ping => {
+                    ctx.c.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    let pong = ws::client_frame(votes_core::ws::Opcode::Pong, payload);
+                    s.write_all(&pong).await.map_err(Fail::Io)?;
+                    s.flush().await.map_err(Fail::Io)?;
+                }
+                votes_core::ws::Opcode::Close => return Err(Fail::BodyEnded),
+                _ => {
+                    ctx.c.comments.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            used += n;
+        }
+        raw.drain(..used);
+        if raw.is_empty() && raw.capacity() > 4 * READ_CHUNK {
+            raw = Vec::new();
+        }
+        if read_some(&mut s, &mut raw).await.map_err(Fail::Io)? == 0 {
+            return Err(Fail::Closed);
+        }
+    }
+}
+
+/// The event stream on one of the multiplexed connections (h2, h3).
+async fn sse_muxed(
+    ctx: &Ctx,
+    client: &Client,
+    idx: usize,
+    st: &mut Local,
+    established: &mut bool,
+) -> Result<(), Fail> {
+    let mut req = client
+        .request(Method::GET, client.uri(&ctx.path))
+        .header("accept", "text/event-stream")
+        .header("cache-control", "no-cache");
+    if !st.last_id.is_empty() {
+        req = req.header("last-event-id", st.last_id.as_slice());
+    }
+    let req = req.body(Body::default()).expect("valid request");
+    let mut resp = tokio::time::timeout(ctx.connect_timeout, client.open(req))
+        .await
+        .map_err(|_| Fail::HeadTimeout)?
+        .map_err(Fail::Client)?;
+    if resp.status != 200 {
+        return Err(Fail::Status(resp.status.as_u16()));
+    }
+    let event_stream = resp
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !event_stream {
+        return Err(Fail::NotEventStream);
+    }
+    *established = true;
+    ctx.c.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&ctx.c.open);
+    let mut parser = SseParser::new();
+    loop {
+        match resp.chunk().await.map_err(Fail::Client)? {
+            None => return Err(Fail::BodyEnded),
+            Some(chunk) => {
+                let now = ctx.now();
+                parser
+                    .feed(&chunk, |item| ctx.item(idx, st, item, now))
+                    .map_err(Fail::Sse)?;
+            }
         }
     }
 }
@@ -798,9 +997,13 @@ fn at_total(ctx: &Ctx, total: u64) -> (u64, u64) {
 pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     if cfg.subscribers == 0
         || cfg.source_addrs == 0
+        || cfg.streams_per_connection == 0
         || !(cfg.connect_rate.is_finite() && cfg.connect_rate > 0.0)
     {
         return Err(SseRunError::Limits);
+    }
+    if cfg.stream == StreamKind::Ws && cfg.protocol != Protocol::H1 {
+        return Err(SseRunError::WsProtocol);
     }
     if !(cfg.vote_rate.is_finite() && cfg.vote_rate >= 0.0) {
         return Err(SseRunError::VoteRate);
@@ -902,16 +1105,45 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     )?;
 
     let n = usize::try_from(cfg.subscribers).unwrap_or(usize::MAX);
-    let ctx = Arc::new(Ctx {
-        t0: Instant::now(),
-        target,
-        sources,
-        request: format!(
-            "GET /v1/elections/{}/results/stream HTTP/1.1\r\nHost: {}\r\n\
-             Accept: text/event-stream\r\nCache-Control: no-cache\r\n",
-            cfg.election, cfg.target.authority
+    let connect_error = |source| SseRunError::Connect {
+        target: cfg.target.authority.clone(),
+        source,
+    };
+    let transport = match cfg.protocol {
+        Protocol::H1 => Transport::H1(RawDialer::new(&cfg.target).map_err(connect_error)?),
+        Protocol::H2 | Protocol::H3 => {
+            let connections = n.div_ceil(cfg.streams_per_connection);
+            let client = Client::connect_from(
+                cfg.target.clone(),
+                cfg.protocol,
+                connections,
+                sources.clone(),
+            )
+            .await
+            .map_err(connect_error)?;
+            Transport::Muxed(client)
+        }
+    };
+    let path = match cfg.stream {
+        StreamKind::Sse => format!("/v1/elections/{}/results/stream", cfg.election),
+        StreamKind::Ws => format!("/v1/elections/{}/results/ws", cfg.election),
+    };
+    let request = match cfg.stream {
+        StreamKind::Sse => format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
+             Cache-Control: no-cache\r\n",
+            cfg.target.authority
         )
         .into_bytes(),
+        StreamKind::Ws => ws::upgrade_request(&path, &cfg.target.authority),
+    };
+    let ctx = Arc::new(Ctx {
+        t0: Instant::now(),
+        transport,
+        stream: cfg.stream,
+        sources,
+        path,
+        request,
         connect_timeout: cfg.connect_timeout,
         baseline: AtomicU64::new(NONE),
         acks: (0..planned).map(|_| AtomicU64::new(0)).collect(),
@@ -1161,6 +1393,11 @@ fn finish(
     let connected = c.connected.load(Ordering::Relaxed);
     SseReport {
         subscribers_target: cfg.subscribers,
+        stream: cfg.stream,
+        protocol: cfg.protocol.as_str().to_string(),
+        tls: cfg.target.tls,
+        streams_per_connection: (cfg.protocol != Protocol::H1)
+            .then_some(cfg.streams_per_connection),
         subscribers_connected: connected,
         connect_failures: cfg.subscribers - connected.min(cfg.subscribers),
         votes_accepted: ctx.accepted.load(Ordering::Relaxed),
@@ -1224,8 +1461,16 @@ impl SseReport {
         let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let _ = writeln!(
             s,
-            "votes-sse: {} subscribers over {} source address(es) at {:.0}/s; connect phase {:.1}s",
-            self.subscribers_target, self.source_addrs, self.connect_rate, self.connect_s
+            "votes-sse: {} {} subscribers over {}{}{} from {} source address(es) at {:.0}/s; connect phase {:.1}s",
+            self.subscribers_target,
+            self.stream.as_str(),
+            self.protocol,
+            if self.tls { " (TLS)" } else { "" },
+            self.streams_per_connection
+                .map_or(String::new(), |k| format!(", {k} per connection")),
+            self.source_addrs,
+            self.connect_rate,
+            self.connect_s
         );
         let _ = writeln!(
             s,

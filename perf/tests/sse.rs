@@ -1,8 +1,9 @@
 //! Runs `votes-sse`'s subscriber run against a tiny in-process live-results server (hyper on
-//! tokio, HTTP/1.1) that streams like the real one: `retry:`, the current state at once, then a
-//! `tally` event per change (throttled to 10/s), `: heartbeat` comments, and votes that change
-//! the totals before their `202`. It also closes one stream in ten once, so subscribers
-//! reconnect with `Last-Event-ID`.
+//! tokio, HTTP/1.1 and h2c) that streams like the real one: `retry:`, the current state at once,
+//! then a `tally` event per change (throttled to 10/s), `: heartbeat` comments, and votes that
+//! change the totals before their `202`; over WebSocket the same events as text frames and pings
+//! as heartbeats. It also closes one stream in ten once, so subscribers reconnect (with
+//! `Last-Event-ID` on the event stream).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,10 +21,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use votes_core::ws::Opcode;
 use votes_perf::client::Protocol;
-use votes_perf::subscribe::{Config, SseRunError, run};
+use votes_perf::subscribe::{Config, SseRunError, StreamKind, run};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -58,6 +61,9 @@ struct Server {
     version: watch::Sender<u64>,
     streams: AtomicU64,
     with_last_event_id: AtomicU64,
+    /// Reads of a WebSocket client's frames (pongs), and those not masked.
+    client_frames: AtomicU64,
+    unmasked_frames: AtomicU64,
     heartbeat: Duration,
 }
 
@@ -77,7 +83,7 @@ impl Server {
         r
     }
 
-    fn stream(self: Arc<Self>, req: &Request<Incoming>) -> Response<Out> {
+    fn stream(self: Arc<Self>, req: &Request<Incoming>, ws: bool) -> mpsc::Receiver<Bytes> {
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
         let resumed = req.headers().contains_key("last-event-id");
         if resumed {
@@ -91,11 +97,19 @@ impl Server {
             let started = tokio::time::Instant::now();
             let mut hb = tokio::time::interval(self.heartbeat);
             hb.tick().await;
-            let event = |s: &Server, v: u64| {
-                Bytes::from(format!("id: {v}\nevent: tally\ndata: {}\n\n", s.results()))
+            let event = |s: &Server, v: u64| match ws {
+                false => Bytes::from(format!("id: {v}\nevent: tally\ndata: {}\n\n", s.results())),
+                true => {
+                    let text = format!(r#"{{"event":"tally","id":"{v}","data":{}}}"#, s.results());
+                    Bytes::from(votes_core::ws::encode(Opcode::Text, text.as_bytes()))
+                }
+            };
+            let heartbeat = match ws {
+                false => Bytes::from_static(b": heartbeat\n\n"),
+                true => Bytes::from(votes_core::ws::encode(Opcode::Ping, b"")),
             };
             let v = *version.borrow_and_update();
-            if tx.send(Bytes::from_static(b"retry: 200\n")).await.is_err()
+            if (!ws && tx.send(Bytes::from_static(b"retry: 200\n")).await.is_err())
                 || tx.send(event(&self, v)).await.is_err()
             {
                 return;
@@ -117,7 +131,7 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     _ = hb.tick() => {
-                        if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                        if tx.send(heartbeat.clone()).await.is_err() {
                             return;
                         }
                     }
@@ -125,12 +139,66 @@ impl Server {
                 }
             }
         });
+        rx
+    }
+
+    fn event_stream(self: Arc<Self>, req: &Request<Incoming>) -> Response<Out> {
+        let rx = self.stream(req, false);
         let mut r = Response::new(ChannelBody(rx).boxed());
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/event-stream"),
         );
         r
+    }
+
+    /// The WebSocket: `101`, then the frames on the upgraded connection; the client's frames
+    /// (pongs) are read and checked to be masked.
+    fn websocket(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Out> {
+        let key = req.headers()["sec-websocket-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut rx = self.clone().stream(&req, true);
+        let upgrade = hyper::upgrade::on(&mut req);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let io = upgrade.await.expect("upgraded");
+            let (mut read, mut write) = tokio::io::split(TokioIo::new(io));
+            let reader = tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                loop {
+                    match read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            server.client_frames.fetch_add(1, Ordering::Relaxed);
+                            if buf[1] & 0x80 == 0 {
+                                server.unmasked_frames.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            });
+            while let Some(frame) = rx.recv().await {
+                if write.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write
+                .write_all(&votes_core::ws::close_frame(1001, ""))
+                .await;
+            reader.abort();
+        });
+        Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header(
+                "sec-websocket-accept",
+                votes_core::ws::accept_key(&key).unwrap(),
+            )
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap()
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Out> {
@@ -143,7 +211,8 @@ impl Server {
                 .to_string(),
             ),
             (&Method::GET, "/v1/elections/e1/results") => Self::json(200, self.results()),
-            (&Method::GET, "/v1/elections/e1/results/stream") => self.stream(&req),
+            (&Method::GET, "/v1/elections/e1/results/stream") => self.event_stream(&req),
+            (&Method::GET, "/v1/elections/e1/results/ws") => self.websocket(req),
             (&Method::POST, "/v1/elections/e1/votes") => {
                 assert!(req.headers().contains_key("authorization"));
                 let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -184,7 +253,7 @@ async fn serve(server: Arc<Server>) -> SocketAddr {
                     async move { Ok::<_, Infallible>(server.handle(req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
@@ -197,6 +266,9 @@ fn config(addr: SocketAddr, subscribers: u64) -> Config {
         target: format!("http://{addr}").parse().unwrap(),
         election: "e1".into(),
         subscribers,
+        stream: StreamKind::Sse,
+        protocol: Protocol::H1,
+        streams_per_connection: 50,
         connect_rate: 2_000.0,
         source_addrs: 4,
         vote_rate: 100.0,
@@ -215,21 +287,38 @@ fn config(addr: SocketAddr, subscribers: u64) -> Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_subscriber_gets_every_update_and_its_delay_is_measured() {
+async fn every_event_stream_subscriber_over_h1_gets_every_update_and_its_delay_is_measured() {
+    every_subscriber_gets_every_update(StreamKind::Sse, Protocol::H1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_stream_subscriber_over_h2_gets_every_update() {
+    every_subscriber_gets_every_update(StreamKind::Sse, Protocol::H2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_websocket_subscriber_gets_every_update() {
+    every_subscriber_gets_every_update(StreamKind::Ws, Protocol::H1).await;
+}
+
+async fn every_subscriber_gets_every_update(stream: StreamKind, protocol: Protocol) {
     let server = Arc::new(Server {
         totals: Mutex::new((0, 0, now_ms())),
         version: watch::channel(0).0,
         streams: AtomicU64::new(0),
         with_last_event_id: AtomicU64::new(0),
+        client_frames: AtomicU64::new(0),
+        unmasked_frames: AtomicU64::new(0),
         heartbeat: Duration::from_millis(400),
     });
     let addr = serve(server.clone()).await;
     let subscribers = 200;
-    let r = tokio::spawn(run(config(addr, subscribers)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut cfg = config(addr, subscribers);
+    cfg.stream = stream;
+    cfg.protocol = protocol;
+    let r = tokio::spawn(run(cfg)).await.unwrap().unwrap();
     eprintln!("{}", r.summary());
+    assert_eq!((r.stream, r.protocol.as_str()), (stream, protocol.as_str()));
 
     assert_eq!(r.subscribers_target, subscribers);
     assert_eq!(r.subscribers_connected, subscribers);
@@ -248,7 +337,13 @@ async fn every_subscriber_gets_every_update_and_its_delay_is_measured() {
     assert_eq!(r.delay_samples, 300 * subscribers);
     // Throttled to 10 events/s: the delays stay around 100 ms, far below a second.
     assert!(r.delay_ms.p50 <= 250.0, "{:?}", r.delay_ms);
-    assert!(r.delay_ms.p99 < 1000.0, "{:?}", r.delay_ms);
+    // A WebSocket has no `retry:`: the one subscriber in ten whose stream was closed comes back
+    // after 2 s, as the page does, and the updates it missed meanwhile wait that long.
+    let tail = match stream {
+        StreamKind::Sse => r.delay_ms.p99,
+        StreamKind::Ws => r.delay_ms.p90,
+    };
+    assert!(tail < 1000.0, "{:?}", r.delay_ms);
     assert!(r.delay_ms.max >= r.delay_ms.p99);
     // The server publishes before it answers 202: a few events beat their acks.
     assert!(r.delay_samples_before_ack < r.delay_samples / 2);
@@ -268,12 +363,19 @@ async fn every_subscriber_gets_every_update_and_its_delay_is_measured() {
     assert!(r.tally_events >= subscribers * 10, "{}", r.tally_events);
     assert_eq!(r.events, r.tally_events);
     assert!(r.heartbeats >= subscribers, "{}", r.heartbeats);
-    // One first stream in ten was closed: those subscribers came back with Last-Event-ID.
+    // One first stream in ten was closed: those subscribers came back (with Last-Event-ID on
+    // the event stream; the WebSocket has no resumption, its first event is the state).
     assert!(r.reconnects >= subscribers / 10, "{}", r.reconnects);
-    assert_eq!(
-        server.with_last_event_id.load(Ordering::Relaxed),
-        r.reconnects
-    );
+    let resumed = server.with_last_event_id.load(Ordering::Relaxed);
+    match stream {
+        StreamKind::Sse => assert_eq!(resumed, r.reconnects),
+        StreamKind::Ws => {
+            assert_eq!(resumed, 0);
+            // Every ping answered by a masked pong (reads may merge a few).
+            assert!(server.client_frames.load(Ordering::Relaxed) > 0);
+            assert_eq!(server.unmasked_frames.load(Ordering::Relaxed), 0);
+        }
+    }
     assert_eq!(r.open_at_end, subscribers);
     assert!(r.server_rss_kib.before.is_some() && r.server_rss_kib.end.is_some());
     assert!(r.rss_per_subscriber_kib.is_some());
@@ -307,6 +409,11 @@ async fn refuses_what_it_cannot_hold_or_must_not_reach() {
     assert!(matches!(err, SseRunError::NoFile { .. }), "{err}");
     assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
     cfg.subscribers = 1;
+    cfg.stream = StreamKind::Ws;
+    cfg.protocol = Protocol::H2;
+    let err = run(cfg.clone()).await.unwrap_err();
+    assert!(matches!(err, SseRunError::WsProtocol), "{err}");
+    cfg.stream = StreamKind::Sse;
     cfg.target = "http://10.1.2.3:8080".parse().unwrap();
     let err = run(cfg).await.unwrap_err();
     assert!(matches!(err, SseRunError::NotLoopback(..)), "{err}");

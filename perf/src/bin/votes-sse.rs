@@ -10,14 +10,19 @@
 //! listen, and reports how many connected, the delay from each vote's commit (its `202`) to
 //! its delivery to every subscriber, whether every subscriber saw the final total, and the
 //! serving process's resident memory per subscriber.
+//!
+//! Subscribers read the event stream (`--stream sse`) over HTTP/1.1, a connection each, or
+//! multiplexed over h2 or h3 (`--protocol`, `--streams-per-connection`), or the WebSocket
+//! (`--stream ws`, HTTP/1.1 Upgrade); over TLS with an `https://` target (`--ca-cert` or
+//! `--insecure`).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use votes_perf::client::{Protocol, Target};
+use votes_perf::client::{Protocol, Target, Trust};
 use votes_perf::duration::parse_duration;
-use votes_perf::subscribe::{self, Config};
+use votes_perf::subscribe::{self, Config, StreamKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,10 +31,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "votes-sse",
     version,
-    about = "Live-results subscriber scale: many SSE subscribers, update delay from commit to delivery, server memory per subscriber"
+    about = "Live-results subscriber scale: many SSE or WebSocket subscribers, update delay from commit to delivery, server memory per subscriber"
 )]
 struct Args {
-    /// Base URL of a public listener on loopback (plaintext HTTP/1.1).
+    /// Base URL of a public listener on loopback (`http://`, or `https://` for TLS and h3).
     #[arg(
         long,
         env = "VOTES_LOAD_TARGET",
@@ -39,9 +44,24 @@ struct Args {
     /// Election id to subscribe to and vote in (votes-sse must be its only voter).
     #[arg(long, env = "VOTES_LOAD_ELECTION")]
     election: String,
-    /// Subscribers, each one HTTP/1.1 connection.
+    /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     subscribers: u64,
+    /// What they read: `sse` (…/results/stream) or `ws` (…/results/ws, HTTP/1.1 only).
+    #[arg(long, default_value = "sse")]
+    stream: StreamKind,
+    /// How they connect: h1 (a connection each), h2 or h3 (multiplexed; h3 needs https://).
+    #[arg(long, default_value = "h1")]
+    protocol: Protocol,
+    /// Subscribers per h2 or h3 connection (the node allows 128 streams per connection).
+    #[arg(long, default_value_t = 100)]
+    streams_per_connection: usize,
+    /// PEM file of the CA (or self-signed certificate) an https:// target is checked against.
+    #[arg(long)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Accept any certificate of an https:// target (testing on this machine only).
+    #[arg(long)]
+    insecure: bool,
     /// New subscribers per second while connecting.
     #[arg(long, default_value_t = 2000.0)]
     connect_rate: f64,
@@ -95,18 +115,20 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.target.tls {
-        anyhow::bail!("votes-sse drives plaintext targets only (http://), not https://");
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let cfg = Config {
-        target: args.target,
+        target: args
+            .target
+            .with_trust(Trust::from_flags(args.ca_cert, args.insecure)),
         election: args.election,
         subscribers: args.subscribers,
+        stream: args.stream,
+        protocol: args.protocol,
+        streams_per_connection: args.streams_per_connection,
         connect_rate: args.connect_rate,
         source_addrs: args.source_addrs,
         vote_rate: args.vote_rate,
