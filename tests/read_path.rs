@@ -361,6 +361,102 @@ fn a_results_only_node_serves_the_same_numbers_and_takes_no_votes() {
     });
 }
 
+/// Every subscriber of the stream, whatever its protocol: HTTP/1.1 (plain and TLS, where the
+/// stream leaves hyper and ends with its connection), h2 (h2c and TLS) and HTTP/3, gets the
+/// current state, each change, and the official result that ends the stream.
+#[test]
+fn the_stream_reaches_subscribers_over_every_protocol() {
+    const PROTOCOLS: [&str; 5] = ["h1", "h2c", "h1-tls", "h2-tls", "h3"];
+    let prefix = common::unique_prefix("results-protocols");
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = Serve::start_env(&prefix, 2, true, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
+    let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "everywhere", &["yes", "no"], 0).await;
+        let mut streams = Vec::new();
+        for protocol in PROTOCOLS {
+            let c = TestClient::for_protocol(protocol, root.as_deref());
+            let url = format!(
+                "{}/v1/elections/everywhere/results/stream",
+                serve.base_for(protocol)
+            );
+            let mut s = c.sse(&url, &[]).await;
+            assert_eq!(s.status, 200, "{protocol}");
+            assert_eq!(s.headers["content-type"], "text/event-stream", "{protocol}");
+            let close = s.headers.get("connection").map(|v| v.to_str().unwrap());
+            match protocol {
+                "h1" | "h1-tls" => assert_eq!(close, Some("close"), "{protocol}"),
+                _ => assert_eq!(close, None, "{protocol}: no connection header on h2/h3"),
+            }
+            let first = s
+                .next_event(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("{protocol}: the current state first"));
+            assert_eq!(first.json()["total"], 0, "{protocol}");
+            streams.push((protocol, c, s));
+        }
+        for voter in 1..=2u64 {
+            let (status, body) = client
+                .vote(&serve.url(""), "everywhere", voter, "yes")
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+            for (protocol, _, s) in &mut streams {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let e = s.next_event(left).await.unwrap_or_else(|| {
+                        panic!(
+                            "{protocol}: no event for vote {voter}:\n{}",
+                            serve.log_text()
+                        )
+                    });
+                    if e.json()["total"] == voter {
+                        break;
+                    }
+                }
+            }
+        }
+        let official = Official {
+            totals: [("yes".to_owned(), 2)].into(),
+            total: 2,
+            decided_at_ms: 1_800_000_000_000,
+            extra: [
+                ("merkle_root".to_owned(), "00".repeat(32)),
+                ("merkle_tree_size".to_owned(), "2".to_owned()),
+            ]
+            .into(),
+        };
+        serve.write_official("everywhere", &official);
+        for (protocol, _, s) in &mut streams {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let e = s
+                    .next_event(left)
+                    .await
+                    .unwrap_or_else(|| panic!("{protocol}: a final event"));
+                if let Sse::Event { event, .. } = &e
+                    && event == "final"
+                {
+                    assert_eq!(e.json()["total"], 2, "{protocol}");
+                    break;
+                }
+            }
+            assert!(
+                s.ends_within(Duration::from_secs(5)).await,
+                "{protocol}: final ends the stream"
+            );
+        }
+    });
+}
+
 #[test]
 fn pages_assets_dev_login_and_admin_stats() {
     let plain = Serve::init_and_start("pages", PARTITIONS, 1);

@@ -470,6 +470,40 @@ impl TestClient {
         }
     }
 
+    /// Opens a results stream (`GET url` with `Accept: text/event-stream` and `headers`) over
+    /// this client's protocol, its body left to read as it comes.
+    pub async fn sse(&self, url: &str, headers: &[(&str, &str)]) -> super::sse::SseStream {
+        let mut req = hyper::Request::get(url).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(h3) = &self.h3 {
+            let req = req.body(()).unwrap();
+            let mut send = h3
+                .sender(req.uri())
+                .await
+                .unwrap_or_else(|e| panic!("HTTP/3 to {url}: {e}"));
+            let mut stream = send.send_request(req).await.unwrap();
+            stream.finish().await.unwrap();
+            let resp = stream.recv_response().await.unwrap();
+            return super::sse::SseStream::new(
+                resp.status().as_u16(),
+                resp.headers().clone(),
+                super::sse::SseBody::H3(Box::new(stream)),
+            );
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+        super::sse::SseStream::new(
+            resp.status().as_u16(),
+            resp.headers().clone(),
+            super::sse::SseBody::Hyper(resp.into_body()),
+        )
+    }
+
     /// `h1`, `h2c`, or over TLS trusting `tls_root`: `h1-tls` (ALPN http/1.1), `h2-tls` (ALPN
     /// h2), `h3` (QUIC).
     pub fn for_protocol(protocol: &str, tls_root: Option<&str>) -> Self {

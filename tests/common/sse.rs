@@ -1,5 +1,6 @@
-//! A reader of Server-Sent Events for the tests: one GET over HTTP/1.1, the body read frame by
-//! frame as it arrives, parsed into events and comments by the rules of the SSE spec.
+//! A reader of Server-Sent Events for the tests: one GET (over HTTP/1.1 here, or over any
+//! protocol through `TestClient::sse`), the body read frame by frame as it arrives, parsed into
+//! events and comments by the rules of the SSE spec.
 
 use std::time::Duration;
 
@@ -30,10 +31,41 @@ impl Sse {
     }
 }
 
+/// An HTTP/3 request stream (its response head read).
+pub type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// The response body, read as it comes.
+pub enum SseBody {
+    Hyper(Incoming),
+    H3(Box<H3Stream>),
+}
+
+impl SseBody {
+    /// The next bytes of the body; `None` at its end.
+    async fn chunk(&mut self) -> Option<Bytes> {
+        use bytes::Buf;
+        match self {
+            SseBody::Hyper(body) => loop {
+                let frame = body.frame().await?.expect("the stream's body reads");
+                if let Ok(data) = frame.into_data() {
+                    return Some(data);
+                }
+            },
+            SseBody::H3(stream) => {
+                let mut chunk = stream
+                    .recv_data()
+                    .await
+                    .expect("the stream's body reads over HTTP/3")?;
+                Some(chunk.copy_to_bytes(chunk.remaining()))
+            }
+        }
+    }
+}
+
 pub struct SseStream {
     pub status: u16,
     pub headers: hyper::HeaderMap,
-    body: Incoming,
+    body: SseBody,
     buf: String,
     pending: std::collections::VecDeque<Sse>,
     ended: bool,
@@ -50,17 +82,25 @@ pub async fn open(url: &str, headers: &[(&str, &str)]) -> SseStream {
         .request(req.body(Empty::new()).unwrap())
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
-    SseStream {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.into_body(),
-        buf: String::new(),
-        pending: Default::default(),
-        ended: false,
-    }
+    SseStream::new(
+        resp.status().as_u16(),
+        resp.headers().clone(),
+        SseBody::Hyper(resp.into_body()),
+    )
 }
 
 impl SseStream {
+    pub fn new(status: u16, headers: hyper::HeaderMap, body: SseBody) -> Self {
+        SseStream {
+            status,
+            headers,
+            body,
+            buf: String::new(),
+            pending: Default::default(),
+            ended: false,
+        }
+    }
+
     /// The next event or comment within `within`; `None` when the stream ended or nothing came.
     pub async fn next(&mut self, within: Duration) -> Option<Sse> {
         let deadline = tokio::time::Instant::now() + within;
@@ -71,19 +111,17 @@ impl SseStream {
             if self.ended {
                 return None;
             }
-            let frame = match tokio::time::timeout_at(deadline, self.body.frame()).await {
+            let data = match tokio::time::timeout_at(deadline, self.body.chunk()).await {
                 Err(_) => return None,
                 Ok(None) => {
                     self.ended = true;
                     continue;
                 }
-                Ok(Some(f)) => f.expect("the stream's body reads"),
+                Ok(Some(data)) => data,
             };
-            if let Ok(data) = frame.into_data() {
-                self.buf
-                    .push_str(std::str::from_utf8(&data).expect("SSE is UTF-8"));
-                self.parse();
-            }
+            self.buf
+                .push_str(std::str::from_utf8(&data).expect("SSE is UTF-8"));
+            self.parse();
         }
     }
 
