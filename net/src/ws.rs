@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::Stream;
-use glommio::timer::Timer;
 use http::Response;
 use votes_core::ws::{self, Opcode, close_code};
 
 use crate::BoxBody;
 use crate::httpd::LocalBoxFuture;
-use crate::httpd::io::Io;
+use crate::httpd::io::{FrameWriter, Io, WriteEnd};
 use crate::sse::Subscriber;
 
 /// What a session runs on the upgraded socket.
@@ -100,13 +99,11 @@ pub async fn results_session(
 ) -> SessionEnd {
     let Socket { mut io, early } = socket;
     let ping = ping_frame();
-    let mut writing: Option<(Bytes, usize)> = None;
+    let mut writer = FrameWriter::new(stall);
     let mut control: VecDeque<Bytes> = VecDeque::new();
     let mut closing: Option<u16> = None;
     let mut last_terminal = false;
     let mut awaiting_pong = false;
-    let mut stall_timer: Option<Timer> = None;
-    let mut flushing = false;
     let mut inbuf: Vec<u8> = early.to_vec();
     // `early` is a view of hyper's whole read buffer (8 KiB): keeping it would keep that.
     drop(early);
@@ -116,53 +113,20 @@ pub async fn results_session(
     let mut chunk = [0u8; 256];
     futures_lite::future::poll_fn(|cx| {
         loop {
-            // 1. Write what is due (and flush it: over TLS a write may sit in the session).
-            if flushing {
-                match hyper::rt::Write::poll_flush(Pin::new(&mut io), cx) {
-                    Poll::Ready(Ok(())) => {
-                        flushing = false;
-                        stall_timer = None;
-                        if let Some(code) = closing
-                            && control.is_empty()
-                            && writing.is_none()
-                        {
-                            return Poll::Ready(SessionEnd::Closed(code));
-                        }
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(SessionEnd::Gone),
-                    Poll::Pending => {
-                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
-                        if Pin::new(t).poll(cx).is_ready() {
-                            return Poll::Ready(SessionEnd::Stalled);
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            if writing.is_none() {
-                writing = control.pop_front().map(|f| (f, 0));
-            }
-            if let Some((buf, off)) = writing.as_mut() {
-                match hyper::rt::Write::poll_write(Pin::new(&mut io), cx, &buf[*off..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(SessionEnd::Gone);
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        *off += n;
-                        stall_timer = None;
-                        if *off == buf.len() {
-                            writing = None;
-                            flushing = true;
-                        }
+            // 1. Write what is due; a blocked write still lets the client's frames be read.
+            match writer.poll_drain(&mut io, cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = control.pop_front() {
+                        writer.start(frame);
                         continue;
                     }
-                    Poll::Pending => {
-                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
-                        if Pin::new(t).poll(cx).is_ready() {
-                            return Poll::Ready(SessionEnd::Stalled);
-                        }
+                    if let Some(code) = closing {
+                        return Poll::Ready(SessionEnd::Closed(code));
                     }
                 }
+                Poll::Ready(Err(WriteEnd::Gone)) => return Poll::Ready(SessionEnd::Gone),
+                Poll::Ready(Err(WriteEnd::Stalled)) => return Poll::Ready(SessionEnd::Stalled),
+                Poll::Pending => {}
             }
             // 2. Read what the client sent, while answers can still be queued.
             if closing.is_none() && control.len() < CONTROL_QUEUE_MAX && !unparsed {
@@ -224,7 +188,7 @@ pub async fn results_session(
                 continue;
             }
             // 3. The next event, once the last one is out.
-            if writing.is_none() && !flushing && control.is_empty() && closing.is_none() {
+            if writer.is_idle() && control.is_empty() && closing.is_none() {
                 match Pin::new(&mut frames).poll_next(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if frame == ping {
@@ -235,7 +199,7 @@ pub async fn results_session(
                         } else {
                             last_terminal = frames.is_done();
                         }
-                        writing = Some((frame, 0));
+                        writer.start(frame);
                         continue;
                     }
                     Poll::Ready(None) => {

@@ -11,11 +11,10 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use glommio::timer::Timer;
 use http::Response;
 use http_body::Body;
 
-use super::io::Io;
+use super::io::{FrameWriter, Io, WriteEnd};
 use crate::body::BoxBody;
 
 /// Marks a response as a long-lived stream to serve outside hyper on HTTP/1.1.
@@ -98,10 +97,9 @@ pub(crate) enum DetachedEnd {
 /// Writes `response` on `io` to its end, or until the client is gone or stalls for `stall`.
 pub(crate) async fn serve(mut io: Io, response: DetachedResponse, stall: Duration) -> DetachedEnd {
     let DetachedResponse { head, mut body } = response;
-    let mut writing: Option<(Bytes, usize)> = Some((head, 0));
-    let mut flushing = false;
+    let mut writer = FrameWriter::new(stall);
+    writer.start(head);
     let mut body_done = false;
-    let mut stall_timer: Option<Timer> = None;
     let mut probe = [0u8; 16];
     let end = futures_lite::future::poll_fn(|cx| {
         loop {
@@ -116,45 +114,12 @@ pub(crate) async fn serve(mut io: Io, response: DetachedResponse, stall: Duratio
                 Poll::Ready(Err(_)) => return Poll::Ready(DetachedEnd::Gone),
                 Poll::Pending => {}
             }
-            // 2. Write what is due, then flush it (over TLS a write may sit in the session).
-            if let Some((buf, off)) = writing.as_mut() {
-                match hyper::rt::Write::poll_write(Pin::new(&mut io), cx, &buf[*off..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(DetachedEnd::Gone);
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        *off += n;
-                        stall_timer = None;
-                        if *off == buf.len() {
-                            writing = None;
-                            flushing = true;
-                        }
-                        continue;
-                    }
-                    Poll::Pending => {
-                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
-                        if Pin::new(t).poll(cx).is_ready() {
-                            return Poll::Ready(DetachedEnd::Stalled);
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            if flushing {
-                match hyper::rt::Write::poll_flush(Pin::new(&mut io), cx) {
-                    Poll::Ready(Ok(())) => {
-                        flushing = false;
-                        stall_timer = None;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(DetachedEnd::Gone),
-                    Poll::Pending => {
-                        let t = stall_timer.get_or_insert_with(|| Timer::new(stall));
-                        if Pin::new(t).poll(cx).is_ready() {
-                            return Poll::Ready(DetachedEnd::Stalled);
-                        }
-                        return Poll::Pending;
-                    }
-                }
+            // 2. What is due, written and flushed.
+            match writer.poll_drain(&mut io, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(WriteEnd::Gone)) => return Poll::Ready(DetachedEnd::Gone),
+                Poll::Ready(Err(WriteEnd::Stalled)) => return Poll::Ready(DetachedEnd::Stalled),
+                Poll::Pending => return Poll::Pending,
             }
             if body_done {
                 return Poll::Ready(DetachedEnd::Done);
@@ -163,10 +128,8 @@ pub(crate) async fn serve(mut io: Io, response: DetachedResponse, stall: Duratio
             match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers have no place in a close-delimited body: dropped.
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        writing = Some((data, 0));
+                    if let Ok(data) = frame.into_data() {
+                        writer.start(data);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -307,3 +307,99 @@ pub(crate) fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
         >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
     (rc == 0 && has_field).then_some(info.tcpi_bytes_acked)
 }
+
+/// How a [`FrameWriter`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteEnd {
+    /// The socket failed or wrote nothing: the client is gone.
+    Gone,
+    /// A frame made no progress within the stall bound.
+    Stalled,
+}
+
+/// One frame at a time into a socket taken from hyper (a WebSocket session, a detached
+/// response), each flushed (over TLS a write may sit in the session), under a stall bound: a
+/// client that stops reading is let go, not buffered for.
+pub(crate) struct FrameWriter {
+    writing: Option<(bytes::Bytes, usize)>,
+    flushing: bool,
+    stall: std::time::Duration,
+    stall_timer: Option<glommio::timer::Timer>,
+}
+
+impl FrameWriter {
+    pub(crate) fn new(stall: std::time::Duration) -> Self {
+        Self {
+            writing: None,
+            flushing: false,
+            stall,
+            stall_timer: None,
+        }
+    }
+
+    /// Nothing being written or flushed: the next frame may start.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.writing.is_none() && !self.flushing
+    }
+
+    pub(crate) fn start(&mut self, frame: bytes::Bytes) {
+        assert!(self.is_idle(), "one frame at a time");
+        if !frame.is_empty() {
+            self.writing = Some((frame, 0));
+        }
+    }
+
+    /// Writes and flushes the current frame: `Ready(Ok)` once idle, `Pending` while the socket
+    /// is full (within the stall bound).
+    pub(crate) fn poll_drain(
+        &mut self,
+        io: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteEnd>> {
+        use hyper::rt::Write;
+        use std::future::Future;
+        loop {
+            let progress = if let Some((buf, off)) = self.writing.as_mut() {
+                match Pin::new(&mut *io).poll_write(cx, &buf[*off..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(WriteEnd::Gone));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        *off += n;
+                        if *off == buf.len() {
+                            self.writing = None;
+                            self.flushing = true;
+                        }
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            } else if self.flushing {
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.flushing = false;
+                        Poll::Ready(())
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(WriteEnd::Gone)),
+                    Poll::Pending => Poll::Pending,
+                }
+            } else {
+                self.stall_timer = None;
+                return Poll::Ready(Ok(()));
+            };
+            match progress {
+                Poll::Ready(()) => self.stall_timer = None,
+                Poll::Pending => {
+                    let stall = self.stall;
+                    let timer = self
+                        .stall_timer
+                        .get_or_insert_with(|| glommio::timer::Timer::new(stall));
+                    if Pin::new(timer).poll(cx).is_ready() {
+                        return Poll::Ready(Err(WriteEnd::Stalled));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
