@@ -9,6 +9,7 @@
 #   perf/scripts/sse-scale.sh
 #   env: SUBSCRIBERS=20000  CONNECT_RATE=2000  SOURCE_ADDRS=8  VOTE_RATE=50  DURATION=30s
 #        CORES=2  THREADS=2 (votes-sse's)  BIN=<dir with release votes, votes-sse>
+#        STREAM=sse|ws  PROTOCOL=h1|h2 (h2c, subscribers multiplexed 100 per connection)
 #
 # Services (Kafka, DynamoDB, Redis) are started when they are not up and only those are stopped
 # at the end; serve is always stopped. The votes-sse report is saved under target/perf/.
@@ -28,6 +29,8 @@ VOTE_RATE=${VOTE_RATE:-50}
 DURATION=${DURATION:-30s}
 CORES=${CORES:-2}
 THREADS=${THREADS:-2}
+STREAM=${STREAM:-sse}
+PROTOCOL=${PROTOCOL:-h1}
 OUT=$ROOT/target/perf
 mkdir -p "$OUT"
 
@@ -97,11 +100,12 @@ curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
   -d '{"id":"sse","title":"sse","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
 curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/sse/open"
 
-report=$OUT/sse-$SUBSCRIBERS.json
+report=$OUT/sse-$STREAM-$PROTOCOL-$SUBSCRIBERS.json
 s0=$(cpu_ticks "$serve")
 "$BIN/votes-sse" --target "http://$HTTP" --election sse --subscribers "$SUBSCRIBERS" \
   --connect-rate "$CONNECT_RATE" --source-addrs "$SOURCE_ADDRS" --vote-rate "$VOTE_RATE" \
-  --duration "$DURATION" --threads "$THREADS" --server-pid "$serve" --report "$report"
+  --duration "$DURATION" --threads "$THREADS" --server-pid "$serve" --report "$report" \
+  --stream "$STREAM" --protocol "$PROTOCOL"
 s1=$(cpu_ticks "$serve")
 echo "  serve: $((serve_fds)) files open before the run (limit $serve_nofile), \
 CPU $(awk -v t=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz}') s over the run"
