@@ -440,8 +440,10 @@ pub(crate) async fn serve<A: App>(
                 (End::Detached, Some(Takeover::Detached(response))) => {
                     // hyper's buffers go with it: what the client sent after this request
                     // (nothing, from a browser) would be a request never answered.
-                    let parts = c.into_parts();
-                    let end = super::detached::serve(parts.io, response, t.response_stall).await;
+                    // Only the socket is kept: the rest of hyper's parts (its read buffer,
+                    // 8 KiB shared by what it parsed) is dropped here, not when the stream ends.
+                    let hyper::server::conn::http1::Parts { io, .. } = c.into_parts();
+                    let end = super::detached::serve(io, response, t.response_stall).await;
                     tracing::debug!(?end, "a detached response ended");
                     if end == super::detached::DetachedEnd::Stalled {
                         core.count_stalled();
