@@ -839,23 +839,13 @@ impl Client {
                 Ok(answer)
             }
             Pool::H2 { conns, next, dial } => {
-                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-                let mut send = self
-                    .live(c, |s| !s.is_closed(), || dial.h2(self.sources.pick()))
-                    .await?;
+                let mut send = self.next_h2(conns, next, dial).await?;
                 send.ready().await.map_err(ClientError::Http)?;
                 let resp = send.send_request(req).await.map_err(ClientError::Http)?;
                 read(resp).await
             }
             Pool::H3 { conns, next, quic } => {
-                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-                let live = self
-                    .live(
-                        c,
-                        |l| l.conn.close_reason().is_none(),
-                        || quic.connect(self.sources.pick()),
-                    )
-                    .await?;
+                let live = self.next_h3(conns, next, quic).await?;
                 send_h3(live.send, req).await
             }
         }
@@ -872,24 +862,19 @@ impl Client {
                 conn.send_request(req).await.map_err(ClientError::Http)?
             }
             Pool::H2 { conns, next, dial } => {
-                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-                let mut send = self
-                    .live(c, |s| !s.is_closed(), || dial.h2(self.sources.pick()))
-                    .await?;
+                let mut send = self.next_h2(conns, next, dial).await?;
                 send.ready().await.map_err(ClientError::Http)?;
                 send.send_request(req).await.map_err(ClientError::Http)?
             }
             Pool::H3 { conns, next, quic } => {
-                let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-                let live = self
-                    .live(
-                        c,
-                        |l| l.conn.close_reason().is_none(),
-                        || quic.connect(self.sources.pick()),
-                    )
-                    .await?;
+                let live = self.next_h3(conns, next, quic).await?;
                 let mut send = live.send;
-                let (parts, _) = req.into_parts();
+                let (parts, body) = req.into_parts();
+                assert_eq!(
+                    hyper::body::Body::size_hint(&body).exact(),
+                    Some(0),
+                    "a streamed request carries no body"
+                );
                 let mut stream = send
                     .send_request(Request::from_parts(parts, ()))
                     .await
@@ -909,6 +894,34 @@ impl Client {
             headers: parts.headers,
             body: StreamingBody::Hyper(body),
         })
+    }
+
+    /// The next h2 connection, round-robin, reconnected when closed.
+    async fn next_h2(
+        &self,
+        conns: &[Muxed<http2::SendRequest<Body>>],
+        next: &AtomicUsize,
+        dial: &Dial,
+    ) -> Result<http2::SendRequest<Body>, ClientError> {
+        let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        self.live(c, |s| !s.is_closed(), || dial.h2(self.sources.pick()))
+            .await
+    }
+
+    /// The next QUIC connection, round-robin, reconnected when closed.
+    async fn next_h3(
+        &self,
+        conns: &[Muxed<H3Live>],
+        next: &AtomicUsize,
+        quic: &Quic,
+    ) -> Result<H3Live, ClientError> {
+        let c = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        self.live(
+            c,
+            |l| l.conn.close_reason().is_none(),
+            || quic.connect(self.sources.pick()),
+        )
+        .await
     }
 
     /// The open connection of `c`, reconnected (by one request at a time) when it is closed.

@@ -18,6 +18,7 @@ use glommio::timer::Timer;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::http1::Parts;
 
 use super::detached::DetachedResponse;
 use super::io::{Io, StartError, Started, read_proxy_header, start};
@@ -432,17 +433,18 @@ pub(crate) async fn serve<A: App>(
             // connection's slot stays taken while it lasts.
             let taken = takeover.borrow_mut().take();
             match (end, taken) {
+                // Only what the session needs is kept of hyper's parts: the rest (its service,
+                // and for a detached response its 8 KiB read buffer, shared by what it parsed)
+                // is dropped here, not when the session ends.
                 (End::Done, Some(Takeover::WebSocket(session))) => {
-                    let parts = c.into_parts();
-                    session(crate::ws::Socket::new(parts.io, parts.read_buf)).await;
+                    let Parts { io, read_buf, .. } = c.into_parts();
+                    session(crate::ws::Socket::new(io, read_buf)).await;
                     return;
                 }
                 (End::Detached, Some(Takeover::Detached(response))) => {
-                    // hyper's buffers go with it: what the client sent after this request
-                    // (nothing, from a browser) would be a request never answered.
-                    // Only the socket is kept: the rest of hyper's parts (its read buffer,
-                    // 8 KiB shared by what it parsed) is dropped here, not when the stream ends.
-                    let hyper::server::conn::http1::Parts { io, .. } = c.into_parts();
+                    // What the client sent after this request (nothing, from a browser) would
+                    // be a request never answered: dropped with the buffer.
+                    let Parts { io, .. } = c.into_parts();
                     let end = super::detached::serve(io, response, t.response_stall).await;
                     tracing::debug!(?end, "a detached response ended");
                     if end == super::detached::DetachedEnd::Stalled {
