@@ -1,7 +1,8 @@
 //! The live results over WebSocket (DESIGN §7, `GET /v1/elections/{id}/results/ws`): the
 //! handshake and its refusals, the same `tally` and `final` events as the SSE stream as JSON
 //! text frames, pings both ways, a close after the official result, a data frame refused with
-//! 1003, and a client that stops answering pings closed within a heartbeat or two.
+//! 1003, and a client that stops answering pings closed within a heartbeat or two; the same
+//! over h2 streams opened by an extended CONNECT (RFC 8441), several on one connection.
 
 mod common;
 
@@ -29,8 +30,12 @@ enum Got {
     Eof,
 }
 
+/// What a WebSocket runs on: a TCP connection (HTTP/1.1) or an h2 stream (RFC 8441).
+trait Pipe: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Pipe for T {}
+
 struct Ws {
-    stream: TcpStream,
+    stream: Box<dyn Pipe>,
     buf: Vec<u8>,
 }
 
@@ -90,7 +95,7 @@ impl Ws {
     /// The socket with a reader of its own that answers every ping at once, as a browser does,
     /// however long the test takes between reads; every frame still reaches `next`.
     fn answering_pings(self) -> Answering {
-        let (mut read, write) = self.stream.into_split();
+        let (mut read, write) = tokio::io::split(self.stream);
         let write = Arc::new(tokio::sync::Mutex::new(write));
         let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
         let (pong_to, mut buf) = (write.clone(), self.buf);
@@ -121,7 +126,7 @@ impl Ws {
 
 /// A WebSocket client whose pings are answered in the background.
 struct Answering {
-    write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    write: Arc<tokio::sync::Mutex<tokio::io::WriteHalf<Box<dyn Pipe>>>>,
     frames: tokio::sync::mpsc::UnboundedReceiver<Got>,
 }
 
@@ -212,6 +217,7 @@ async fn handshake(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let rest = buf[head_end..].to_vec();
+    let stream = Box::new(stream);
     (status, headers, Ws { stream, buf: rest })
 }
 
@@ -401,5 +407,156 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+}
+
+/// RFC 8441: over h2 a WebSocket is a stream opened by `CONNECT` with `:protocol websocket`,
+/// answered `200`; the same events, pings and close as over HTTP/1.1, several sessions on one
+/// connection, in cleartext (prior knowledge) and over TLS (ALPN h2).
+#[test]
+fn results_over_websocket_on_h2_streams() {
+    const VERSION: [(&str, &str); 1] = [("sec-websocket-version", "13")];
+    let prefix = common::unique_prefix("results-ws-h2");
+    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = Serve::start_env(&prefix, 2, true, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
+    let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "tunnel", &["yes", "no"], 0).await;
+        let mut clients = Vec::new();
+        let mut sessions = Vec::new();
+        for protocol in ["h2c", "h2-tls"] {
+            let c = TestClient::for_protocol(protocol, root.as_deref());
+            let base = serve.base_for(protocol);
+            let url = format!("{base}/v1/elections/tunnel/results/ws");
+
+            // Refusals, each a precise 400 (or 404) in the JSON envelope.
+            let (status, headers, _) = c.extended_connect(&url, "webtransport", &VERSION).await;
+            assert_eq!(status, 400, "{protocol}: another :protocol");
+            assert_eq!(headers["content-type"], "application/json");
+            let old = [("sec-websocket-version", "8")];
+            let (status, headers, _) = c.extended_connect(&url, "websocket", &old).await;
+            assert_eq!(status, 400, "{protocol}: an old version");
+            assert_eq!(headers["sec-websocket-version"], "13");
+            let (status, _, body) = c.send("GET", &url, &[], Vec::new()).await.unwrap();
+            assert_eq!(
+                status, 400,
+                "{protocol}: a GET is not a handshake over h2: {body}"
+            );
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("extended CONNECT"), "{message}");
+            let nope = format!("{base}/v1/elections/nope/results/ws");
+            assert_eq!(
+                c.extended_connect(&nope, "websocket", &VERSION).await.0,
+                404
+            );
+
+            // Two sessions on one connection: streams, not connections.
+            for _ in 0..2 {
+                let (status, headers, stream) =
+                    c.extended_connect(&url, "websocket", &VERSION).await;
+                assert_eq!(status, 200, "{protocol}: {headers:?}\n{}", serve.log_text());
+                assert!(
+                    headers.get("sec-websocket-accept").is_none(),
+                    "no key over h2"
+                );
+                let stream: Box<dyn Pipe> = Box::new(stream.expect("the stream"));
+                let mut ws = Ws {
+                    stream,
+                    buf: Vec::new(),
+                }
+                .answering_pings();
+                let first = ws.event(Duration::from_secs(10)).await;
+                assert_eq!(
+                    (&first["event"], &first["data"]["total"]),
+                    (&serde_json::json!("tally"), &serde_json::json!(0)),
+                    "{protocol}: the current state first"
+                );
+                sessions.push((protocol, ws));
+            }
+            clients.push(c);
+        }
+
+        for voter in 1..=2u64 {
+            let (status, body) = client
+                .vote(&serve.url(""), "tunnel", voter, "yes")
+                .await
+                .unwrap();
+            assert_eq!(status, 202, "{body}");
+            for (protocol, ws) in &mut sessions {
+                loop {
+                    let e = ws.event(Duration::from_secs(10)).await;
+                    assert_eq!(e["event"], "tally", "{protocol}");
+                    if e["data"]["total"] == voter {
+                        break;
+                    }
+                }
+            }
+        }
+
+        // Pings both ways: the server's heartbeat (answered in the background), and ours.
+        for (protocol, ws) in &mut sessions {
+            ws.send(Opcode::Ping, b"h2?").await;
+            loop {
+                match ws.next(Duration::from_secs(10)).await {
+                    Some(Got::Pong(p)) => {
+                        assert_eq!(p, b"h2?", "{protocol}");
+                        break;
+                    }
+                    Some(Got::Ping(_)) => {}
+                    other => panic!("{protocol}: expected our pong, got {other:?}"),
+                }
+            }
+        }
+
+        // A client's close is answered and ends its stream alone: the other session on the
+        // same connection goes on.
+        let (protocol, mut leaving) = sessions.remove(0);
+        leaving.send(Opcode::Close, &1000u16.to_be_bytes()).await;
+        assert_eq!(
+            leaving.next_not_ping(Duration::from_secs(10)).await,
+            Some(Got::Close(1000)),
+            "{protocol}"
+        );
+        assert_eq!(
+            leaving.next_not_ping(Duration::from_secs(10)).await,
+            Some(Got::Eof),
+            "{protocol}"
+        );
+
+        // The official result: the final event, a normal close, the end of the stream.
+        let official = Official {
+            totals: [("yes".to_owned(), 2), ("no".to_owned(), 0)].into(),
+            total: 2,
+            decided_at_ms: 1_800_000_000_000,
+            extra: [
+                ("merkle_root".to_owned(), "00".repeat(32)),
+                ("merkle_tree_size".to_owned(), "2".to_owned()),
+            ]
+            .into(),
+        };
+        serve.write_official("tunnel", &official);
+        for (protocol, ws) in &mut sessions {
+            let fin = loop {
+                let e = ws.event(Duration::from_secs(10)).await;
+                if e["event"] == "final" {
+                    break e;
+                }
+            };
+            assert_eq!(fin["data"]["total"], 2, "{protocol}");
+            let within = Duration::from_secs(5);
+            assert_eq!(
+                ws.next_not_ping(within).await,
+                Some(Got::Close(1000)),
+                "{protocol}"
+            );
+            assert_eq!(ws.next_not_ping(within).await, Some(Got::Eof), "{protocol}");
+        }
+        drop(clients);
     });
 }

@@ -1,8 +1,11 @@
-//! A results stream over WebSocket (RFC 6455) on an HTTP/1.1 connection that asked to upgrade.
+//! A results stream over WebSocket (RFC 6455) on an HTTP/1.1 connection that asked to upgrade,
+//! or on an h2 stream opened by an extended CONNECT (RFC 8441).
 //!
-//! The app answers the handshake with `101` and [`upgrade_to`], which parks the session it will
-//! run; the connection's own task runs it once hyper hands the socket over, so the session keeps
-//! the connection's slot (the caps count it) and ends with the task. The session sends the
+//! The app answers the handshake with `101` (or `200` to the CONNECT) and [`upgrade_to`], which
+//! parks the session it will run. Over HTTP/1.1 the connection's own task runs it once hyper
+//! hands the socket over, so the session keeps the connection's slot (the caps count it) and
+//! ends with the task; over h2 a task of the connection's core runs it on the stream hyper hands
+//! over, counted by the connection's watchdog like a response being written. The session sends the
 //! frames of an [`sse::Subscriber`](crate::sse::Subscriber) made with WebSocket frames (text
 //! events, a ping as its heartbeat), answers the client's pings, ends when the client closes or
 //! is gone, when a ping is not answered by the next heartbeat, when a frame cannot be written
@@ -24,6 +27,7 @@ use votes_core::ws::{self, Opcode, close_code};
 
 use crate::BoxBody;
 use crate::httpd::LocalBoxFuture;
+use crate::httpd::conn::InFlight;
 use crate::httpd::io::{FrameWriter, Io, WriteEnd};
 use crate::sse::Subscriber;
 
@@ -32,13 +36,90 @@ pub type Session = Box<dyn FnOnce(Socket) -> LocalBoxFuture<'static, ()>>;
 
 /// The socket of an upgraded connection, with what the client sent after its handshake.
 pub struct Socket {
-    io: Io,
+    stream: Tunnel,
     early: Bytes,
 }
 
 impl Socket {
-    pub(crate) fn new(io: Io, early: Bytes) -> Self {
-        Self { io, early }
+    /// An HTTP/1.1 connection hyper let go of after its `101`.
+    pub(crate) fn tcp(io: Io, early: Bytes) -> Self {
+        Self {
+            stream: Tunnel::Tcp(io),
+            early,
+        }
+    }
+
+    /// An h2 stream hyper opened after its `200` to an extended CONNECT; `guard` keeps it
+    /// counted as a response being written.
+    pub(crate) fn h2(upgraded: hyper::upgrade::Upgraded, guard: InFlight) -> Self {
+        Self {
+            stream: Tunnel::H2 { upgraded, guard },
+            early: Bytes::new(),
+        }
+    }
+}
+
+/// What a session reads and writes WebSocket frames on.
+enum Tunnel {
+    Tcp(Io),
+    H2 {
+        upgraded: hyper::upgrade::Upgraded,
+        guard: InFlight,
+    },
+}
+
+impl hyper::rt::Read for Tunnel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Tunnel::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Tunnel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Tunnel::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Tunnel::H2 { upgraded, guard } => {
+                let written = Pin::new(upgraded).poll_write(cx, buf);
+                // hyper takes a write once the stream's last one went out: the client keeps up.
+                if let Poll::Ready(Ok(n)) = written
+                    && n > 0
+                {
+                    guard.progress();
+                }
+                written
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Tunnel::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Tunnel::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_shutdown(cx),
+        }
     }
 }
 
@@ -51,10 +132,17 @@ thread_local! {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ParkedSession(usize);
 
-/// The `101 Switching Protocols` answer to a valid handshake: `response` (its status and
-/// headers) carries `session`, which the connection runs once hyper hands the socket over.
+/// The answer to a valid handshake, `101 Switching Protocols` (HTTP/1.1) or `200` (an h2
+/// extended CONNECT): `response` (its status and headers) carries `session`, which the
+/// connection runs once hyper hands the socket or stream over.
 pub fn upgrade_to(mut response: Response<BoxBody>, session: Session) -> Response<BoxBody> {
-    assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    assert!(
+        matches!(
+            response.status(),
+            http::StatusCode::SWITCHING_PROTOCOLS | http::StatusCode::OK
+        ),
+        "a WebSocket opens with 101 or, on an h2 CONNECT, 200"
+    );
     let key = PARKED.with(|p| p.borrow_mut().insert(session));
     response.extensions_mut().insert(ParkedSession(key));
     response
@@ -97,7 +185,7 @@ pub async fn results_session(
     mut frames: Subscriber,
     stall: Duration,
 ) -> SessionEnd {
-    let Socket { mut io, early } = socket;
+    let Socket { mut stream, early } = socket;
     let ping = ping_frame();
     let mut writer = FrameWriter::new(stall);
     let mut control: VecDeque<Bytes> = VecDeque::new();
@@ -114,7 +202,7 @@ pub async fn results_session(
     futures_lite::future::poll_fn(|cx| {
         loop {
             // 1. Write what is due; a blocked write still lets the client's frames be read.
-            match writer.poll_drain(&mut io, cx) {
+            match writer.poll_drain(&mut stream, cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = control.pop_front() {
                         writer.start(frame);
@@ -131,7 +219,7 @@ pub async fn results_session(
             // 2. Read what the client sent, while answers can still be queued.
             if closing.is_none() && control.len() < CONTROL_QUEUE_MAX && !unparsed {
                 let mut rb = hyper::rt::ReadBuf::new(&mut chunk);
-                match hyper::rt::Read::poll_read(Pin::new(&mut io), cx, rb.unfilled()) {
+                match hyper::rt::Read::poll_read(Pin::new(&mut stream), cx, rb.unfilled()) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                         return Poll::Ready(SessionEnd::Gone);
                     }
@@ -219,4 +307,11 @@ pub async fn results_session(
         }
     })
     .await
+}
+
+/// The `:protocol` of an h2 extended CONNECT (RFC 8441), when `req` is one.
+pub fn connect_protocol<B>(req: &http::Request<B>) -> Option<&str> {
+    req.extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(hyper::ext::Protocol::as_str)
 }

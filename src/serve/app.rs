@@ -336,7 +336,8 @@ impl CoreApp {
             (["v1", "elections", id, "results", "stream"], &Method::GET) => {
                 self.with_results(id, |r, e| r.stream(e, req.headers()))
             }
-            (["v1", "elections", id, "results", "ws"], &Method::GET) => {
+            // CONNECT: a WebSocket over an h2 stream (RFC 8441).
+            (["v1", "elections", id, "results", "ws"], &Method::GET | &Method::CONNECT) => {
                 self.with_results(id, |r, e| r.websocket(e, &req))
             }
             (["v1", "elections", id, "receipts", receipt], &Method::GET) => {

@@ -484,6 +484,7 @@ fn public_doc() -> Value {
             "parameters": [election_param()],
             "get": {
                 "summary": "WebSocket (RFC 6455, HTTP/1.1 Upgrade): the stream's events as JSON text frames `{\"event\": \"tally\"|\"final\", \"id\": …, \"data\": <the results JSON>}`, the current state first; pings as the heartbeat; after `final`, a close (1000). A data frame from the client is closed with 1003; a ping unanswered by the next heartbeat ends the session.",
+                "description": "Over HTTP/2 the same session opens on a stream with an extended CONNECT (RFC 8441; the server sends SETTINGS_ENABLE_CONNECT_PROTOCOL): `:method CONNECT`, `:protocol websocket`, this path, `Sec-WebSocket-Version: 13`, no key; answered `200` without `Sec-WebSocket-Accept`, and the stream carries the frames (OpenAPI has no CONNECT operation to describe it). A GET over HTTP/2 or HTTP/3 is answered 400; HTTP/3's extended CONNECT (RFC 9220) is not taken.",
                 "operationId": "streamResultsWebSocket",
                 "security": [],
                 "parameters": [
@@ -496,7 +497,7 @@ fn public_doc() -> Value {
                     &[(101, json!({"description": "Switching to the WebSocket protocol.",
                         "headers": {"Sec-WebSocket-Accept": {"schema": {"type": "string"}}}}))],
                     &[
-                        (400, "Not a WebSocket handshake (HTTP/1.1, `Upgrade: websocket`, `Connection: Upgrade`, version 13 and a 16-byte key); a wrong version is answered with `Sec-WebSocket-Version: 13`."),
+                        (400, "Not a WebSocket handshake (HTTP/1.1, `Upgrade: websocket`, `Connection: Upgrade`, version 13 and a 16-byte key; over HTTP/2 an extended CONNECT with `:protocol websocket` and version 13); a wrong version is answered with `Sec-WebSocket-Version: 13`."),
                         (404, "No such public election."),
                         RATE_LIMITED,
                     ],

@@ -322,11 +322,12 @@ impl CoreResults {
     }
 
     /// `GET /v1/elections/{id}/results/ws`: the stream's events as WebSocket text frames
-    /// (HTTP/1.1 Upgrade, RFC 6455); the current state first, then each change, a ping as the
-    /// heartbeat; after an official result, the `final` event and a close (1000).
+    /// (HTTP/1.1 Upgrade, RFC 6455, or over h2 an extended CONNECT, RFC 8441); the current
+    /// state first, then each change, a ping as the heartbeat; after an official result, the
+    /// `final` event and a close (1000).
     pub fn websocket<B>(&self, e: &Election, req: &http::Request<B>) -> Response<BoxBody> {
-        let accept = match websocket_handshake(req) {
-            Ok(accept) => accept,
+        let handshake = match websocket_handshake(req) {
+            Ok(h) => h,
             Err(refusal) => return refusal.response(),
         };
         let r = self.current(e);
@@ -346,13 +347,17 @@ impl CoreResults {
             )
         };
         let stall = self.settings.stall;
-        let response = Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::UPGRADE, "websocket")
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-            .body(BoxBody::empty())
-            .expect("valid headers");
+        let response = match handshake {
+            Handshake::Upgrade { accept } => Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::UPGRADE, "websocket")
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::SEC_WEBSOCKET_ACCEPT, accept),
+            // RFC 8441 §5: the stream is open once the 2xx is sent; no key, no accept.
+            Handshake::ExtendedConnect => Response::builder().status(StatusCode::OK),
+        }
+        .body(BoxBody::empty())
+        .expect("valid headers");
         ws::upgrade_to(
             response,
             Box::new(move |socket| {
@@ -365,11 +370,24 @@ impl CoreResults {
     }
 }
 
+/// A WebSocket handshake this server takes.
+#[derive(Debug, PartialEq, Eq)]
+enum Handshake {
+    /// HTTP/1.1 `GET` with `Upgrade: websocket`: answered `101` with the accept key.
+    Upgrade { accept: String },
+    /// h2 `CONNECT` with `:protocol websocket` (RFC 8441): answered `200`.
+    ExtendedConnect,
+}
+
 /// Why a request is not a WebSocket handshake this server takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
+    /// Not HTTP/1.1, and not an h2 extended CONNECT (HTTP/3's, RFC 9220, is not taken: the
+    /// h3 stack refuses `:protocol websocket`).
     NotHttp11,
     NotUpgrade,
+    /// An h2 CONNECT for another protocol, or a plain CONNECT.
+    ConnectProtocol,
     Version,
     Key,
 }
@@ -377,10 +395,14 @@ enum Refusal {
 impl Refusal {
     fn message(self) -> &'static str {
         match self {
-            Refusal::NotHttp11 => "a WebSocket opens with an HTTP/1.1 Upgrade",
+            Refusal::NotHttp11 => {
+                "a WebSocket opens with an HTTP/1.1 Upgrade, or over HTTP/2 with an extended \
+                 CONNECT (:protocol websocket)"
+            }
             Refusal::NotUpgrade => {
                 "a WebSocket handshake needs Upgrade: websocket and Connection: Upgrade"
             }
+            Refusal::ConnectProtocol => "an extended CONNECT here needs :protocol websocket",
             Refusal::Version => "Sec-WebSocket-Version must be 13",
             Refusal::Key => "Sec-WebSocket-Key must be the base64 of 16 bytes",
         }
@@ -399,28 +421,44 @@ impl Refusal {
     }
 }
 
-/// The checks of a WebSocket handshake (RFC 6455 §4.2.1) on an HTTP/1.1 `GET`: the
-/// `Sec-WebSocket-Accept` to answer.
-fn websocket_handshake<B>(req: &http::Request<B>) -> Result<String, Refusal> {
+/// The checks of a WebSocket handshake: RFC 6455 §4.2.1 on an HTTP/1.1 `GET`, RFC 8441 §5 on
+/// an h2 `CONNECT`.
+fn websocket_handshake<B>(req: &http::Request<B>) -> Result<Handshake, Refusal> {
     let has_token = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
+    let version_13 = || {
+        let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
+        if version.and_then(|v| v.to_str().ok()).map(str::trim) == Some("13") {
+            Ok(())
+        } else {
+            Err(Refusal::Version)
+        }
+    };
+    if req.method() == http::Method::CONNECT {
+        if req.version() != http::Version::HTTP_2 {
+            return Err(Refusal::NotHttp11);
+        }
+        if votes_net::ws::connect_protocol(req) != Some("websocket") {
+            return Err(Refusal::ConnectProtocol);
+        }
+        version_13()?;
+        return Ok(Handshake::ExtendedConnect);
+    }
     if req.version() != http::Version::HTTP_11 {
         return Err(Refusal::NotHttp11);
     }
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
         return Err(Refusal::NotUpgrade);
     }
-    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
-    if version.and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
-        return Err(Refusal::Version);
-    }
+    version_13()?;
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY);
     key.and_then(|v| v.to_str().ok())
         .and_then(|k| votes_core::ws::accept_key(k).ok())
+        .map(|accept| Handshake::Upgrade { accept })
         .ok_or(Refusal::Key)
 }
 

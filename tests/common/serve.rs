@@ -530,6 +530,45 @@ impl TestClient {
         }
     }
 
+    /// An h2 extended CONNECT (RFC 8441) to `url` for `protocol`, with `headers`: the status,
+    /// the headers, and on 2xx the stream as a byte pipe. Only over an h2 client.
+    pub async fn extended_connect(
+        &self,
+        url: &str,
+        protocol: &'static str,
+        headers: &[(&str, &str)],
+    ) -> (
+        u16,
+        hyper::HeaderMap,
+        Option<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+    ) {
+        assert!(self.h3.is_none(), "an extended CONNECT here is h2's");
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(url)
+            .extension(hyper::ext::Protocol::from_static(protocol));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("CONNECT {url}: {e:?}"));
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        if !resp.status().is_success() {
+            return (status, headers, None);
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .unwrap_or_else(|e| panic!("CONNECT {url}: the stream did not open: {e}"));
+        (
+            status,
+            headers,
+            Some(hyper_util::rt::TokioIo::new(upgraded)),
+        )
+    }
+
     /// Sends a request; the answer's body is parsed as JSON (`Null` when empty or not JSON,
     /// with the raw text under `"raw"`).
     pub async fn send(

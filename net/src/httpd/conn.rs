@@ -43,7 +43,7 @@ where
 }
 
 /// Counts a request from head to end of response, for the watchdog and the shutdown drain.
-struct InFlight {
+pub(crate) struct InFlight {
     conn: Rc<ConnState>,
     core: Rc<CoreHttp>,
     /// The app answered: the response being written, by its key in the connection's table.
@@ -65,6 +65,12 @@ impl InFlight {
         debug_assert!(self.response.is_none());
         self.response = Some(self.conn.response_started());
         self
+    }
+
+    /// The response wrote a frame: the client keeps up (the stall bound restarts).
+    pub(crate) fn progress(&self) {
+        let key = self.response.expect("progress of a response being written");
+        self.conn.response_progress(key);
     }
 }
 
@@ -97,11 +103,7 @@ impl Body for TrackedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
             // hyper polls only when it can write: a frame is the client keeping up.
-            let key = this
-                .guard
-                .response
-                .expect("a body is tracked once responding");
-            this.guard.conn.response_progress(key);
+            this.guard.progress();
         }
         polled
     }
@@ -143,9 +145,14 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
     type Future = SvcFuture;
 
     fn call(&self, req: Request<Incoming>) -> SvcFuture {
-        // Only an HTTP/1.1 request that asks to upgrade can become a WebSocket session.
+        // Only an HTTP/1.1 request that asks to upgrade, or an h2 CONNECT (RFC 8441's
+        // extended CONNECT: the stream becomes the tunnel), can become a WebSocket session.
         let can_upgrade = req.version() == http::Version::HTTP_11
             && req.headers().contains_key(http::header::UPGRADE);
+        let mut req = req;
+        let tunnel = (req.version() == http::Version::HTTP_2
+            && req.method() == http::Method::CONNECT)
+            .then(|| hyper::upgrade::on(&mut req));
         // An HTTP/1.x response is the connection's only one while it lasts: it can leave hyper.
         let can_detach = req.version() <= http::Version::HTTP_11;
         let mut req = req.map(crate::RequestBody::Http);
@@ -166,6 +173,7 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
             guard: Some(guard),
             alt_svc,
             can_upgrade,
+            tunnel,
             can_detach,
             detached: false,
             takeover: self.takeover.clone(),
@@ -178,6 +186,8 @@ struct SvcFuture {
     guard: Option<InFlight>,
     alt_svc: Option<http::HeaderValue>,
     can_upgrade: bool,
+    /// The stream of an h2 CONNECT, once its `200` is sent.
+    tunnel: Option<hyper::upgrade::OnUpgrade>,
     can_detach: bool,
     /// The response left for the connection task: hyper waits on this future until it is
     /// dropped with the rest of hyper's connection.
@@ -211,13 +221,31 @@ impl Future for SvcFuture {
             }
         };
         if let Some(session) = crate::ws::take_parked(&mut resp) {
-            match this.can_upgrade {
-                true if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            match (this.can_upgrade, this.tunnel.take(), resp.status()) {
+                (true, _, StatusCode::SWITCHING_PROTOCOLS) => {
                     let mut pending = this.takeover.borrow_mut();
                     assert!(pending.is_none(), "one takeover per connection");
                     *pending = Some(Takeover::WebSocket(session));
                 }
-                // The app accepted a handshake that was not an HTTP/1.1 upgrade: its bug.
+                (_, Some(tunnel), StatusCode::OK) => {
+                    // hyper sends the 200 and then hands the stream over, outside this future:
+                    // the session runs in a task of its own, counted like a response being
+                    // written (the watchdog's stall bound and the shutdown drain see it).
+                    let guard = this.guard.as_ref().expect("polled after completion");
+                    let session_guard =
+                        InFlight::start(guard.conn.clone(), guard.core.clone()).responding();
+                    glommio::spawn_local(async move {
+                        match tunnel.await {
+                            Ok(upgraded) => {
+                                let socket = crate::ws::Socket::h2(upgraded, session_guard);
+                                session(socket).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "an h2 CONNECT never opened"),
+                        }
+                    })
+                    .detach();
+                }
+                // The app accepted a handshake that cannot become a session: its bug.
                 _ => {
                     tracing::error!("a WebSocket session answered a request that cannot upgrade");
                     resp = unavailable();
@@ -438,7 +466,7 @@ pub(crate) async fn serve<A: App>(
                 // is dropped here, not when the session ends.
                 (End::Done, Some(Takeover::WebSocket(session))) => {
                     let Parts { io, read_buf, .. } = c.into_parts();
-                    session(crate::ws::Socket::new(io, read_buf)).await;
+                    session(crate::ws::Socket::tcp(io, read_buf)).await;
                     return;
                 }
                 (End::Detached, Some(Takeover::Detached(response))) => {

@@ -318,7 +318,7 @@ pub(crate) enum WriteEnd {
 }
 
 /// One frame at a time into a socket taken from hyper (a WebSocket session, a detached
-/// response), each flushed (over TLS a write may sit in the session), under a stall bound: a
+/// response) or a tunnel hyper keeps (a WebSocket over an h2 stream), each flushed (over TLS a write may sit in the session), under a stall bound: a
 /// client that stops reading is let go, not buffered for.
 pub(crate) struct FrameWriter {
     writing: Option<(bytes::Bytes, usize)>,
@@ -351,12 +351,11 @@ impl FrameWriter {
 
     /// Writes and flushes the current frame: `Ready(Ok)` once idle, `Pending` while the socket
     /// is full (within the stall bound).
-    pub(crate) fn poll_drain(
+    pub(crate) fn poll_drain<W: hyper::rt::Write + Unpin>(
         &mut self,
-        io: &mut Io,
+        io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteEnd>> {
-        use hyper::rt::Write;
         use std::future::Future;
         loop {
             let progress = if let Some((buf, off)) = self.writing.as_mut() {

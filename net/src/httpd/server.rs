@@ -57,7 +57,9 @@ impl CoreHttp {
         h2.max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             // No keep-alive pings: they would need a hyper timer; idle is ours.
-            .keep_alive_interval(None);
+            .keep_alive_interval(None)
+            // SETTINGS_ENABLE_CONNECT_PROTOCOL: a WebSocket over an h2 stream (RFC 8441).
+            .enable_connect_protocol();
         Rc::new(Self {
             conns: RefCell::new(slab::Slab::with_capacity(
                 limits.max_connections_per_core.min(4096),
