@@ -175,6 +175,8 @@ pub enum ClientError {
     Quic(String),
     #[error("h3: {0}")]
     H3(String),
+    #[error("an extended CONNECT needs an h2 client")]
+    NotH2,
 }
 
 impl ClientError {
@@ -894,6 +896,34 @@ impl Client {
             headers: parts.headers,
             body: StreamingBody::Hyper(body),
         })
+    }
+
+    /// Opens a tunnel with an h2 extended CONNECT (RFC 8441) for `protocol` to `path` with
+    /// `headers`: the status, and on 2xx the stream as a byte pipe. h2 only.
+    pub async fn tunnel(
+        &self,
+        path: &str,
+        protocol: &'static str,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Option<TokioIo<hyper::upgrade::Upgraded>>), ClientError> {
+        let Pool::H2 { conns, next, dial } = &self.pool else {
+            return Err(ClientError::NotH2);
+        };
+        let mut req =
+            Request::connect(self.uri(path)).extension(hyper::ext::Protocol::from_static(protocol));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::default()).expect("valid request");
+        let mut send = self.next_h2(conns, next, dial).await?;
+        send.ready().await.map_err(ClientError::Http)?;
+        let resp = send.send_request(req).await.map_err(ClientError::Http)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Ok((status, None));
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(ClientError::Http)?;
+        Ok((status, Some(TokioIo::new(upgraded))))
     }
 
     /// The next h2 connection, round-robin, reconnected when closed.

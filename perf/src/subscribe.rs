@@ -49,7 +49,8 @@ use crate::ws::{self, WsError};
 pub enum StreamKind {
     /// `GET …/results/stream` (`text/event-stream`), over h1, h2 or h3.
     Sse,
-    /// `GET …/results/ws` (HTTP/1.1 Upgrade), plain or TLS.
+    /// `…/results/ws`: HTTP/1.1 Upgrade, or over h2 an extended CONNECT (RFC 8441), plain or
+    /// TLS.
     Ws,
 }
 
@@ -143,7 +144,9 @@ pub enum SseRunError {
         "--subscribers, --connect-rate, --source-addrs and --streams-per-connection must be positive"
     )]
     Limits,
-    #[error("the results WebSocket is an HTTP/1.1 upgrade: --stream ws needs --protocol h1")]
+    #[error(
+        "the results WebSocket opens over HTTP/1.1 or h2, not HTTP/3: --stream ws needs --protocol h1 or h2"
+    )]
     WsProtocol,
     #[error("--vote-rate must be a finite number >= 0")]
     VoteRate,
@@ -579,7 +582,10 @@ async fn connect(ctx: &Ctx, dialer: &RawDialer, idx: usize) -> Result<Stream, Fa
 }
 
 /// Reads what is available (at least one byte, or 0 at EOF) onto the end of `buf`.
-async fn read_some(s: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_some<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     let old = buf.len();
     buf.resize(old + READ_CHUNK, 0);
     let read = s.read(&mut buf[old..]).await;
@@ -624,7 +630,9 @@ async fn session(
         (Transport::Muxed(client), StreamKind::Sse) => {
             sse_muxed(ctx, client, idx, st, established).await
         }
-        (Transport::Muxed(_), StreamKind::Ws) => unreachable!("refused by run()"),
+        (Transport::Muxed(client), StreamKind::Ws) => {
+            ws_h2(ctx, client, idx, st, established).await
+        }
     }
 }
 
@@ -706,6 +714,44 @@ async fn ws_h1(
     ctx.c.open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(&ctx.c.open);
     raw.drain(..head_len);
+    ws_frames(ctx, &mut s, raw, idx, st).await
+}
+
+/// The results WebSocket on an h2 stream opened by an extended CONNECT (RFC 8441), one of the
+/// streams multiplexed on the client's connections.
+async fn ws_h2(
+    ctx: &Ctx,
+    client: &Client,
+    idx: usize,
+    st: &mut Local,
+    established: &mut bool,
+) -> Result<(), Fail> {
+    let version = [("sec-websocket-version", "13")];
+    let (status, stream) = tokio::time::timeout(
+        ctx.connect_timeout,
+        client.tunnel(&ctx.path, "websocket", &version),
+    )
+    .await
+    .map_err(|_| Fail::HeadTimeout)?
+    .map_err(Fail::Client)?;
+    let Some(mut stream) = stream else {
+        return Err(Fail::Status(status.as_u16()));
+    };
+    *established = true;
+    ctx.c.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&ctx.c.open);
+    ws_frames(ctx, &mut stream, Vec::new(), idx, st).await
+}
+
+/// Reads a results WebSocket until it ends: every text frame an event, every ping answered.
+/// `raw` holds what arrived behind the handshake.
+async fn ws_frames<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    s: &mut S,
+    mut raw: Vec<u8>,
+    idx: usize,
+    st: &mut Local,
+) -> Result<(), Fail> {
     loop {
         let now = ctx.now();
         let mut used = 0;
@@ -746,7 +792,7 @@ async fn ws_h1(
         if raw.is_empty() && raw.capacity() > 4 * READ_CHUNK {
             raw = Vec::new();
         }
-        if read_some(&mut s, &mut raw).await.map_err(Fail::Io)? == 0 {
+        if read_some(s, &mut raw).await.map_err(Fail::Io)? == 0 {
             return Err(Fail::Closed);
         }
     }
@@ -1002,7 +1048,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     {
         return Err(SseRunError::Limits);
     }
-    if cfg.stream == StreamKind::Ws && cfg.protocol != Protocol::H1 {
+    if cfg.stream == StreamKind::Ws && cfg.protocol == Protocol::H3 {
         return Err(SseRunError::WsProtocol);
     }
     if !(cfg.vote_rate.is_finite() && cfg.vote_rate >= 0.0) {

@@ -155,10 +155,21 @@ impl Server {
     /// The WebSocket: `101`, then the frames on the upgraded connection; the client's frames
     /// (pongs) are read and checked to be masked.
     fn websocket(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Out> {
-        let key = req.headers()["sec-websocket-key"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        // Over h2 an extended CONNECT (RFC 8441): no key, a 200.
+        let key = match req.method() {
+            &Method::CONNECT => {
+                let protocol = req.extensions().get::<hyper::ext::Protocol>();
+                assert_eq!(protocol.map(|p| p.as_str()), Some("websocket"));
+                assert_eq!(req.headers()["sec-websocket-version"], "13");
+                None
+            }
+            _ => Some(
+                req.headers()["sec-websocket-key"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+        };
         let mut rx = self.clone().stream(&req, true);
         let upgrade = hyper::upgrade::on(&mut req);
         let server = self.clone();
@@ -189,6 +200,9 @@ impl Server {
                 .await;
             reader.abort();
         });
+        let Some(key) = key else {
+            return Response::new(Full::new(Bytes::new()).boxed());
+        };
         Response::builder()
             .status(101)
             .header("upgrade", "websocket")
@@ -212,7 +226,7 @@ impl Server {
             ),
             (&Method::GET, "/v1/elections/e1/results") => Self::json(200, self.results()),
             (&Method::GET, "/v1/elections/e1/results/stream") => self.event_stream(&req),
-            (&Method::GET, "/v1/elections/e1/results/ws") => self.websocket(req),
+            (&Method::GET | &Method::CONNECT, "/v1/elections/e1/results/ws") => self.websocket(req),
             (&Method::POST, "/v1/elections/e1/votes") => {
                 assert!(req.headers().contains_key("authorization"));
                 let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -252,7 +266,9 @@ async fn serve(server: Arc<Server>) -> SocketAddr {
                     let server = server.clone();
                     async move { Ok::<_, Infallible>(server.handle(req).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http2().enable_connect_protocol();
+                let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
@@ -294,6 +310,11 @@ async fn every_event_stream_subscriber_over_h1_gets_every_update_and_its_delay_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_stream_subscriber_over_h2_gets_every_update() {
     every_subscriber_gets_every_update(StreamKind::Sse, Protocol::H2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_websocket_subscriber_over_h2_streams_gets_every_update() {
+    every_subscriber_gets_every_update(StreamKind::Ws, Protocol::H2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +431,7 @@ async fn refuses_what_it_cannot_hold_or_must_not_reach() {
     assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
     cfg.subscribers = 1;
     cfg.stream = StreamKind::Ws;
-    cfg.protocol = Protocol::H2;
+    cfg.protocol = Protocol::H3;
     let err = run(cfg.clone()).await.unwrap_err();
     assert!(matches!(err, SseRunError::WsProtocol), "{err}");
     cfg.stream = StreamKind::Sse;

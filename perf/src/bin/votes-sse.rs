@@ -13,7 +13,8 @@
 //!
 //! Subscribers read the event stream (`--stream sse`) over HTTP/1.1, a connection each, or
 //! multiplexed over h2 or h3 (`--protocol`, `--streams-per-connection`), or the WebSocket
-//! (`--stream ws`, HTTP/1.1 Upgrade); over TLS with an `https://` target (`--ca-cert` or
+//! (`--stream ws`: HTTP/1.1 Upgrade, or with `--protocol h2` streams opened by extended CONNECT);
+//! over TLS with an `https://` target (`--ca-cert` or
 //! `--insecure`).
 
 use std::time::Duration;
