@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use votes_core::{ElectionId, OptionId, VoteRecord, VoterId};
+use votes_core::{ElectionId, OptionId, VoteIntent, VoteRecord, VoterId};
 use votes_tally::shard::{CommitOutcome, Shard, ShardConfig, Submitted, Vote};
 
 const BATCH: usize = 2_048;
@@ -40,12 +40,14 @@ fn votes(first_voter: u64, n: usize) -> Vec<Vote> {
     (0..n as u64)
         .map(|i| Vote {
             ticket: i,
-            election: election.clone(),
-            // Spread like real ids: not consecutive.
-            voter: VoterId((first_voter + i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20),
-            option: options[(i % 8) as usize].clone(),
-            received_at_ms: 1_790_000_000_000,
-            nonce: [7; 16],
+            intent: VoteIntent {
+                election: election.clone(),
+                // Spread like real ids: not consecutive.
+                voter: VoterId((first_voter + i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20),
+                option: options[(i % 8) as usize].clone(),
+                received_at_ms: 1_790_000_000_000,
+                nonce: [7; 16],
+            },
         })
         .collect()
 }
@@ -92,11 +94,11 @@ fn shard_cycle(c: &mut Criterion) {
                       batch_votes: Vec<Vote>| {
         let mut accepted = 0usize;
         for v in batch_votes {
-            if seen.insert((v.election.as_str().to_string(), v.voter.0)) {
+            if seen.insert((v.intent.election.as_str().to_string(), v.intent.voter.0)) {
                 *counts
                     .entry((
-                        v.election.as_str().to_string(),
-                        v.option.as_str().to_string(),
+                        v.intent.election.as_str().to_string(),
+                        v.intent.option.as_str().to_string(),
                     ))
                     .or_default() += 1;
                 accepted += 1;
@@ -141,13 +143,13 @@ fn batch_assembly(c: &mut Criterion) {
     let records: Vec<VoteRecord> = votes(0, BATCH)
         .into_iter()
         .map(|v| VoteRecord {
-            election: v.election,
-            voter: v.voter,
-            option: v.option,
-            received_at_ms: v.received_at_ms,
+            election: v.intent.election,
+            voter: v.intent.voter,
+            option: v.intent.option,
+            received_at_ms: v.intent.received_at_ms,
             node: "node-1".into(),
             core: 0,
-            nonce: v.nonce,
+            nonce: v.intent.nonce,
         })
         .collect();
     g.bench_function("peer_vec_per_record", |b| {

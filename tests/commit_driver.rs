@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{KAFKA, Service, replication, require, runtime, unique_prefix};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
-use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
+use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoteIntent, VoterId};
 use votes_tally::committer::{CommitterConfig, Part, Scope, TxnProducer};
 use votes_tally::engine::TxnOutcome;
 use votes_tally::provision::{TopicPlan, create_topics};
@@ -58,11 +58,13 @@ fn recovered_shard_of(names: &Names, partition: u32, node: &str) -> Shard {
 fn vote(ticket: u64, election: &str, voter: u64, option: &str) -> Vote {
     Vote {
         ticket,
-        election: ElectionId::new(election).unwrap(),
-        voter: VoterId(voter),
-        option: OptionId::new(option).unwrap(),
-        received_at_ms: 1,
-        nonce: [ticket as u8; 16],
+        intent: VoteIntent {
+            election: ElectionId::new(election).unwrap(),
+            voter: VoterId(voter),
+            option: OptionId::new(option).unwrap(),
+            received_at_ms: 1,
+            nonce: [ticket as u8; 16],
+        },
     }
 }
 

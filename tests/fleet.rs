@@ -934,7 +934,7 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
 #[test]
 fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
     use votes_core::forward::{ForwardedVote, Frame, Hello, LinkEnd, LinkSeal};
-    use votes_core::{ElectionId, OptionId};
+    use votes_core::{ElectionId, OptionId, VoteIntent};
     let (a, internal) = lone_node("fleet-frames");
     let key = forward_key();
     let vote = |id: u64| {
@@ -942,11 +942,13 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
         Frame::Vote(ForwardedVote {
             id,
             partition: partition_of(VoterId(voter), PARTITIONS),
-            election: ElectionId::new("no-such-election").unwrap(),
-            voter: VoterId(voter),
-            option: OptionId::new("red").unwrap(),
-            received_at_ms: now_ms(),
-            nonce: [id as u8; 16],
+            vote: VoteIntent {
+                election: ElectionId::new("no-such-election").unwrap(),
+                voter: VoterId(voter),
+                option: OptionId::new("red").unwrap(),
+                received_at_ms: now_ms(),
+                nonce: [id as u8; 16],
+            },
         })
     };
     let open = || RawLink::open(internal, &|c| Hello::sign(&key, "node-x", [1; 16], c));

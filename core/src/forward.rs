@@ -32,6 +32,7 @@ use sha2::Sha256;
 use crate::api_error::ErrorCode;
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
 use crate::record::NODE_MAX;
+use crate::vote::{VoteIntent, VoteOutcome};
 use crate::wire::{Reader, WireError, put_str};
 
 /// The first bytes of a `Hello` body after its kind: a peer that is not a forwarding link (a
@@ -335,31 +336,15 @@ pub struct ForwardedVote {
     /// The sender's request id, echoed by the answer (many votes are in flight per link).
     pub id: u64,
     pub partition: u32,
-    pub election: ElectionId,
-    pub voter: VoterId,
-    pub option: OptionId,
-    pub received_at_ms: u64,
-    pub nonce: [u8; 16],
-}
-
-/// The owner's verdict on a forwarded vote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwardOutcome {
-    /// Committed to Kafka at this position.
-    Accepted {
-        partition: u32,
-        offset: u64,
-    },
-    Rejected {
-        code: ErrorCode,
-    },
+    pub vote: VoteIntent,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwardAnswer {
     /// The `id` of the [`ForwardedVote`] answered.
     pub id: u64,
-    pub outcome: ForwardOutcome,
+    /// The owner's verdict.
+    pub outcome: VoteOutcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,22 +386,23 @@ impl Frame {
                 out.push(KIND_VOTE);
                 out.extend_from_slice(&v.id.to_be_bytes());
                 out.extend_from_slice(&v.partition.to_be_bytes());
-                put_str(out, v.election.as_str());
-                out.extend_from_slice(&v.voter.0.to_be_bytes());
-                put_str(out, v.option.as_str());
-                out.extend_from_slice(&v.received_at_ms.to_be_bytes());
-                out.extend_from_slice(&v.nonce);
+                let vote = &v.vote;
+                put_str(out, vote.election.as_str());
+                out.extend_from_slice(&vote.voter.0.to_be_bytes());
+                put_str(out, vote.option.as_str());
+                out.extend_from_slice(&vote.received_at_ms.to_be_bytes());
+                out.extend_from_slice(&vote.nonce);
             }
             Frame::Answer(a) => {
                 out.push(KIND_ANSWER);
                 out.extend_from_slice(&a.id.to_be_bytes());
                 match a.outcome {
-                    ForwardOutcome::Accepted { partition, offset } => {
+                    VoteOutcome::Accepted { partition, offset } => {
                         out.push(OUTCOME_ACCEPTED);
                         out.extend_from_slice(&partition.to_be_bytes());
                         out.extend_from_slice(&offset.to_be_bytes());
                     }
-                    ForwardOutcome::Rejected { code } => {
+                    VoteOutcome::Rejected(code) => {
                         out.push(OUTCOME_REJECTED);
                         put_str(out, code.as_str());
                     }
@@ -531,14 +517,17 @@ fn decode_vote(r: &mut Reader<'_>) -> Result<ForwardedVote, ForwardError> {
         field: "option",
         source,
     })?;
-    Ok(ForwardedVote {
-        id,
-        partition,
+    let vote = VoteIntent {
         election,
         voter,
         option,
         received_at_ms: u64::from_be_bytes(r.array("received_at_ms")?),
         nonce: r.array("nonce")?,
+    };
+    Ok(ForwardedVote {
+        id,
+        partition,
+        vote,
     })
 }
 
@@ -546,7 +535,7 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<ForwardAnswer, ForwardError> {
     let id = u64::from_be_bytes(r.array("id")?);
     let [outcome] = r.array("outcome")?;
     let outcome = match outcome {
-        OUTCOME_ACCEPTED => ForwardOutcome::Accepted {
+        OUTCOME_ACCEPTED => VoteOutcome::Accepted {
             partition: u32::from_be_bytes(r.array("partition")?),
             offset: u64::from_be_bytes(r.array("offset")?),
         },
@@ -557,7 +546,7 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<ForwardAnswer, ForwardError> {
                 Err(_) => return Err(ForwardError::UnknownErrorCode),
             };
             let code = ErrorCode::from_name(name).ok_or(ForwardError::UnknownErrorCode)?;
-            ForwardOutcome::Rejected { code }
+            VoteOutcome::Rejected(code)
         }
         other => return Err(ForwardError::UnknownOutcome(other)),
     };
@@ -582,11 +571,13 @@ mod tests {
         ForwardedVote {
             id: 9,
             partition: 5,
-            election: ElectionId::new("final-2026").unwrap(),
-            voter: VoterId(42),
-            option: OptionId::new("blue").unwrap(),
-            received_at_ms: 1_790_000_000_000,
-            nonce: [7; 16],
+            vote: VoteIntent {
+                election: ElectionId::new("final-2026").unwrap(),
+                voter: VoterId(42),
+                option: OptionId::new("blue").unwrap(),
+                received_at_ms: 1_790_000_000_000,
+                nonce: [7; 16],
+            },
         }
     }
 
@@ -597,18 +588,24 @@ mod tests {
             Frame::Vote(vote()),
             Frame::Answer(ForwardAnswer {
                 id: 9,
-                outcome: ForwardOutcome::Accepted {
+                outcome: VoteOutcome::Accepted {
                     partition: 5,
                     offset: 1 << 40,
                 },
             }),
             Frame::Answer(ForwardAnswer {
                 id: 10,
-                outcome: ForwardOutcome::Rejected {
-                    code: ErrorCode::AlreadyVoted,
-                },
+                outcome: VoteOutcome::Rejected(ErrorCode::AlreadyVoted),
             }),
         ]
+    }
+
+    /// A vote with the longest ids: the largest vote frame.
+    fn longest_vote() -> ForwardedVote {
+        let mut v = vote();
+        v.vote.election = ElectionId::new("e".repeat(ELECTION_ID_MAX)).unwrap();
+        v.vote.option = OptionId::new("o".repeat(OPTION_ID_MAX)).unwrap();
+        v
     }
 
     /// The body of `frame` with a length prefix recomputed for it (for hand-damaged bodies).
@@ -642,11 +639,7 @@ mod tests {
         assert_eq!(Frame::Vote(vote()).encode(), expected);
         assert_eq!(VOTE_MAX_LEN, 145);
         assert_eq!(FRAME_MAX, 256);
-        let longest = Frame::Vote(ForwardedVote {
-            election: ElectionId::new("e".repeat(ELECTION_ID_MAX)).unwrap(),
-            option: OptionId::new("o".repeat(OPTION_ID_MAX)).unwrap(),
-            ..vote()
-        });
+        let longest = Frame::Vote(longest_vote());
         assert_eq!(longest.encode().len(), LEN_PREFIX + VOTE_MAX_LEN);
         let hello = Frame::Hello(Hello::sign(
             KEY,
@@ -842,7 +835,7 @@ mod tests {
     fn answer(id: u64) -> Frame {
         Frame::Answer(ForwardAnswer {
             id,
-            outcome: ForwardOutcome::Accepted {
+            outcome: VoteOutcome::Accepted {
                 partition: 5,
                 offset: id,
             },
@@ -869,11 +862,7 @@ mod tests {
         let mut back = Vec::new();
         owner.seal_into(&answer(1), &mut back);
         assert_eq!(edge.open(&back), Ok(Some((answer(1), back.len()))));
-        let longest = Frame::Vote(ForwardedVote {
-            election: ElectionId::new("e".repeat(ELECTION_ID_MAX)).unwrap(),
-            option: OptionId::new("o".repeat(OPTION_ID_MAX)).unwrap(),
-            ..vote()
-        });
+        let longest = Frame::Vote(longest_vote());
         let mut big = Vec::new();
         edge.seal_into(&longest, &mut big);
         assert_eq!(big.len(), LEN_PREFIX + VOTE_MAX_LEN + SEAL_TAG_LEN);
@@ -955,18 +944,20 @@ mod tests {
                     Frame::Vote(ForwardedVote {
                         id,
                         partition,
-                        election: ElectionId::new(election).unwrap(),
-                        voter: VoterId(voter),
-                        option: OptionId::new(option).unwrap(),
-                        received_at_ms,
-                        nonce,
+                        vote: VoteIntent {
+                            election: ElectionId::new(election).unwrap(),
+                            voter: VoterId(voter),
+                            option: OptionId::new(option).unwrap(),
+                            received_at_ms,
+                            nonce,
+                        },
                     })
                 },
             );
         let accepted = (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(id, p, o)| {
             Frame::Answer(ForwardAnswer {
                 id,
-                outcome: ForwardOutcome::Accepted {
+                outcome: VoteOutcome::Accepted {
                     partition: p,
                     offset: o,
                 },
@@ -975,9 +966,7 @@ mod tests {
         let rejected = (any::<u64>(), 0..ErrorCode::ALL.len()).prop_map(|(id, i)| {
             Frame::Answer(ForwardAnswer {
                 id,
-                outcome: ForwardOutcome::Rejected {
-                    code: ErrorCode::ALL[i],
-                },
+                outcome: VoteOutcome::Rejected(ErrorCode::ALL[i]),
             })
         });
         let challenge = ("[a-zA-Z0-9._-]{1,64}", any::<[u8; 16]>())

@@ -4,8 +4,8 @@
 //! the binary vote record stored in the `votes` topic ([`record`]), the names of every external
 //! resource derived from one prefix ([`names`]), the error codes of the public API
 //! ([`api_error`]), voter tokens ([`token`]), the vote request body ([`vote_body`]), receipts
-//! ([`receipt`]), the election's Merkle tree ([`merkle`]) and the WebSocket frames of the live
-//! results ([`ws`]). Nothing here performs I/O, so all
+//! ([`receipt`]), a vote between the edge and the log and its outcome ([`vote`]), the election's
+//! Merkle tree ([`merkle`]) and the WebSocket frames of the live results ([`ws`]). Nothing here performs I/O, so all
 //! of it is unit- and property-tested and fuzzed in isolation.
 
 pub mod api_error;
@@ -27,6 +27,7 @@ pub mod record;
 pub mod routing;
 pub mod snapshot;
 pub mod token;
+pub mod vote;
 pub mod vote_body;
 mod wire;
 pub mod ws;
@@ -40,4 +41,5 @@ pub use receipt::{Leaf, LeafError, pseudonym};
 pub use record::{RecordError, VoteRecord};
 pub use routing::{VOTE_BUCKETS, bucket_of, partition_of, vote_item_pk, voter_key};
 pub use token::{TokenError, TokenKey, TokenKeys};
+pub use vote::{VoteIntent, VoteOutcome};
 pub use vote_body::{BodyError, PowSolution, VoteBody};

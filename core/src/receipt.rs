@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
 use crate::routing::voter_key;
+use crate::vote::VoteIntent;
 use crate::wire::{Reader, WireError, put_str};
 
 pub const LEAF_VERSION: u8 = 0x01;
@@ -87,6 +88,19 @@ pub enum LeafError {
 }
 
 impl Leaf {
+    /// The leaf of `vote` committed at `offset` of `partition`: the one construction behind the
+    /// `202`'s receipt, the persisted item's and the audit's tree.
+    pub fn of(audit_key: &[u8], vote: VoteIntent, partition: u32, offset: u64) -> Self {
+        Self {
+            pseudonym: pseudonym(audit_key, &vote.election, vote.voter),
+            election: vote.election,
+            option: vote.option,
+            partition,
+            offset,
+            nonce: vote.nonce,
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
         1 + 2 + self.election.as_str().len() + 16 + 2 + self.option.as_str().len() + 4 + 8 + 16
     }

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use votes_core::ErrorCode;
 use votes_core::forward::{
-    Challenge, FRAME_MAX, ForwardAnswer, ForwardError, ForwardOutcome, ForwardedVote, Frame, Hello,
-    LinkEnd, LinkSeal, decode_frame,
+    Challenge, FRAME_MAX, ForwardAnswer, ForwardError, ForwardedVote, Frame, Hello, LinkEnd,
+    LinkSeal, decode_frame,
 };
+use votes_core::{ErrorCode, VoteOutcome};
 
 use crate::tls::{ALPN_FORWARD, InternalTls};
 
@@ -199,7 +199,7 @@ enum LinkState {
 /// A vote sent on a link and not answered yet.
 struct Waiting {
     partition: u32,
-    reply: ReplyTx<ForwardOutcome>,
+    reply: ReplyTx<VoteOutcome>,
 }
 
 /// One link to a peer node: votes waiting to be written (encoded by the writer, which owns
@@ -224,9 +224,7 @@ impl Link {
         self.out.borrow_mut().clear();
         for (_, Waiting { reply, .. }) in self.waiting.borrow_mut().drain() {
             bump(&stats.broken);
-            let _ = reply.send(ForwardOutcome::Rejected {
-                code: ErrorCode::Unavailable,
-            });
+            let _ = reply.send(VoteOutcome::Rejected(ErrorCode::Unavailable));
         }
     }
 }
@@ -261,7 +259,7 @@ impl Forwarder {
         owner: &str,
         peer: SocketAddr,
         mut vote: ForwardedVote,
-    ) -> Result<ReplyRx<ForwardOutcome>, ForwardRefused> {
+    ) -> Result<ReplyRx<VoteOutcome>, ForwardRefused> {
         let link = self.link(owner, peer);
         match link.state.replace(LinkState::Connecting) {
             LinkState::Down { until } if Instant::now() < until => {
@@ -387,15 +385,15 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
                             tracing::warn!(peer = %link.addr, id, "forwarding link: an answer to no vote in flight");
                             return;
                         };
-                        if let ForwardOutcome::Accepted { partition, .. } = outcome
+                        if let VoteOutcome::Accepted { partition, .. } = outcome
                             && partition != waiting.partition
                         {
                             bump(&fwd.stats.bad_answers);
                             tracing::warn!(peer = %link.addr, id, partition, sent = waiting.partition, "forwarding link: an answer for another partition than the vote's");
                             // The vote may have committed: its voter gets 503 and retries.
-                            let _ = waiting.reply.send(ForwardOutcome::Rejected {
-                                code: ErrorCode::Unavailable,
-                            });
+                            let _ = waiting
+                                .reply
+                                .send(VoteOutcome::Rejected(ErrorCode::Unavailable));
                             return;
                         }
                         // A voter who gave up has dropped the receiver: nothing to tell.
@@ -558,7 +556,7 @@ const ANSWERS_BUFFERED_MAX: usize = 32 << 10;
 /// What the owning node does with a forwarded vote.
 pub trait ForwardHandler: 'static {
     /// The verdict on `vote`, after its commit (or why not).
-    fn vote(&self, vote: ForwardedVote) -> LocalBoxFuture<'static, ForwardOutcome>;
+    fn vote(&self, vote: ForwardedVote) -> LocalBoxFuture<'static, VoteOutcome>;
     /// Whether a connection from `ip` may come from a peer: the address of a member of the
     /// fleet map. Anything else is closed at accept.
     fn admits(&self, ip: IpAddr) -> bool;
@@ -805,9 +803,7 @@ async fn serve_link(stream: TcpStream, ctx: Rc<Accepting>, unproven: Unproven) {
                         if in_flight.get() >= limits.max_in_flight {
                             out.0.borrow_mut().push(ForwardAnswer {
                                 id,
-                                outcome: ForwardOutcome::Rejected {
-                                    code: ErrorCode::Unavailable,
-                                },
+                                outcome: VoteOutcome::Rejected(ErrorCode::Unavailable),
                             });
                             out.1.notify();
                             continue;

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use votes_core::forward::{ForwardOutcome, ForwardedVote};
-use votes_core::{ElectionId, OptionId, VoterId};
+use votes_core::forward::ForwardedVote;
+use votes_core::{ElectionId, OptionId, VoteIntent, VoteOutcome, VoterId};
 use votes_net::LocalBoxFuture;
 use votes_net::forward::{
     ForwardHandler, ForwardLimits, ForwardStats, Forwarder, LinkSecurity, serve_forwarded,
@@ -24,11 +24,11 @@ const BURST: usize = 40_000;
 struct Owner;
 
 impl ForwardHandler for Owner {
-    fn vote(&self, vote: ForwardedVote) -> LocalBoxFuture<'static, ForwardOutcome> {
+    fn vote(&self, vote: ForwardedVote) -> LocalBoxFuture<'static, VoteOutcome> {
         Box::pin(async move {
-            ForwardOutcome::Accepted {
+            VoteOutcome::Accepted {
                 partition: vote.partition,
-                offset: vote.voter.0,
+                offset: vote.vote.voter.0,
             }
         })
     }
@@ -42,11 +42,13 @@ fn vote(voter: u64) -> ForwardedVote {
     ForwardedVote {
         id: 0,
         partition: (voter % 8) as u32,
-        election: ElectionId::new("a-burst-of-forwarded-votes-2026").unwrap(),
-        voter: VoterId(voter),
-        option: OptionId::new("an-option-with-a-longer-id").unwrap(),
-        received_at_ms: 1_790_000_000_000,
-        nonce: [7; 16],
+        vote: VoteIntent {
+            election: ElectionId::new("a-burst-of-forwarded-votes-2026").unwrap(),
+            voter: VoterId(voter),
+            option: OptionId::new("an-option-with-a-longer-id").unwrap(),
+            received_at_ms: 1_790_000_000_000,
+            nonce: [7; 16],
+        },
     }
 }
 
@@ -79,7 +81,7 @@ fn burst_through(security: LinkSecurity) -> (usize, usize) {
             let (mut accepted, mut other) = (0, 0);
             for (voter, answer) in answers.into_iter().enumerate() {
                 match answer.await {
-                    Ok(ForwardOutcome::Accepted { partition, offset }) => {
+                    Ok(VoteOutcome::Accepted { partition, offset }) => {
                         assert_eq!(offset, voter as u64, "answers match their votes");
                         assert_eq!(partition, (voter % 8) as u32);
                         accepted += 1;

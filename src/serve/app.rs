@@ -10,10 +10,12 @@ use votes_core::clock::unix_ms;
 
 use votes_core::election::{ElectionOption, ElectionState};
 use votes_core::pow::{self, PowKey};
-use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::receipt::Leaf;
 use votes_core::token::{self, TokenKeys};
 use votes_core::vote_body::VOTE_BODY_MAX;
-use votes_core::{Election, ElectionId, ErrorCode, OptionId, VoteBody, partition_of};
+use votes_core::{
+    Election, ElectionId, ErrorCode, OptionId, VoteBody, VoteIntent, VoteOutcome, partition_of,
+};
 use votes_net::http::{Method, Request, Response};
 
 use votes_net::{
@@ -28,7 +30,8 @@ use super::reply::{
     self, bearer, custom_error, error, is_json, json, method_not_allowed, raw_json,
 };
 use super::results::CoreResults;
-use super::shards::{ShardHost, VoteAnswer, VoteRequest};
+use super::routes::{Admin, Public, Transition};
+use super::shards::ShardHost;
 use super::web;
 
 /// Longest time a vote's body may take to arrive once its head has.
@@ -41,9 +44,9 @@ impl votes_net::forward::ForwardHandler for ForwardedVotes {
     fn vote(
         &self,
         vote: votes_core::forward::ForwardedVote,
-    ) -> LocalBoxFuture<'static, votes_core::forward::ForwardOutcome> {
+    ) -> LocalBoxFuture<'static, VoteOutcome> {
         let app = self.0.clone();
-        Box::pin(async move { app.forwarded(vote).await.into() })
+        Box::pin(async move { app.forwarded(vote).await })
     }
 
     fn admits(&self, ip: std::net::IpAddr) -> bool {
@@ -56,8 +59,8 @@ pub enum CoreMsg {
     /// A vote for a partition the receiving core owns; the answer goes back on `reply`.
     Vote {
         partition: u32,
-        req: VoteRequest,
-        reply: votes_net::ReplyTx<VoteAnswer>,
+        vote: VoteIntent,
+        reply: votes_net::ReplyTx<VoteOutcome>,
     },
     /// A newer state of an election (from the admin API or the elections topic).
     Election(Election),
@@ -277,24 +280,28 @@ impl CoreApp {
         let path = req.uri().path().to_owned();
         let segs = segments(&path);
         let method = req.method().clone();
-        let probe = matches!(segs.as_slice(), ["healthz" | "readyz"]);
-        if !probe {
+        let route = Public::of(&segs, self.shared.dev_login);
+        if !route.is_some_and(Public::is_probe) {
             let limited = self
                 .limiter
                 .borrow_mut()
                 .check(peer.ip(), std::time::Instant::now());
             if let Err(wait) = limited {
-                if method == Method::POST
-                    && matches!(segs.as_slice(), ["v1", "elections", _, "votes"])
-                {
+                if method == Method::POST && matches!(route, Some(Public::Votes { .. })) {
                     self.metrics.vote(ErrorCode::RateLimited.as_str());
                 }
                 return reply::rate_limited(wait);
             }
         }
-        match (segs.as_slice(), &method) {
-            (["healthz"], &Method::GET) => json(200, &serde_json::json!({"status": "ok"})),
-            (["readyz"], &Method::GET) => {
+        let Some(route) = route else {
+            return error(ErrorCode::NotFound, "no such resource");
+        };
+        if !route.methods().contains(&method) {
+            return method_not_allowed(route.methods());
+        }
+        match route {
+            Public::Healthz => json(200, &serde_json::json!({"status": "ok"})),
+            Public::Readyz => {
                 if self.ready() {
                     json(200, &serde_json::json!({"status": "ready"}))
                 } else {
@@ -304,7 +311,7 @@ impl CoreApp {
                     )
                 }
             }
-            (["v1", "elections"], &Method::GET) => {
+            Public::Elections => {
                 let view = self.elections.borrow();
                 let list: Vec<ElectionView> = view
                     .sorted()
@@ -314,66 +321,40 @@ impl CoreApp {
                     .collect();
                 json(200, &list)
             }
-            (["v1", "elections", id], &Method::GET) => match self.visible_election(id) {
+            Public::Election { id } => match self.visible_election(id) {
                 Some(e) => json(200, &ElectionView::from(&e)),
                 None => error(ErrorCode::NotFound, "no such election"),
             },
-            (["openapi.json"], &Method::GET) => {
-                reply::raw_json_static(200, super::openapi::public())
-            }
-            ([], &Method::GET) => page("index.html"),
-            (["results", _], &Method::GET) => page("results.html"),
-            (["static", name], &Method::GET) => page(name),
-            (["v1", "dev", "login"], &Method::GET) if self.shared.dev_login => {
-                json(200, &serde_json::json!({"enabled": true}))
-            }
-            (["v1", "dev", "login"], &Method::POST) if self.shared.dev_login => {
-                self.dev_login(req).await
-            }
-            (["v1", "elections", id, "results"], &Method::GET) => {
-                self.with_results(id, |r, e| r.results(e, req.headers()))
-            }
-            (["v1", "elections", id, "results", "stream"], &Method::GET) => {
+            Public::OpenApi => reply::raw_json_static(200, super::openapi::public()),
+            Public::Index => page("index.html"),
+            Public::ResultsPage => page("results.html"),
+            Public::Static { name } => page(name),
+            Public::DevLogin if method == Method::POST => self.dev_login(req).await,
+            Public::DevLogin => json(200, &serde_json::json!({"enabled": true})),
+            Public::Results { id } => self.with_results(id, |r, e| r.results(e, req.headers())),
+            Public::ResultsStream { id } => {
                 self.with_results(id, |r, e| r.stream(e, req.headers()))
             }
-            // CONNECT: a WebSocket over an h2 stream (RFC 8441).
-            (["v1", "elections", id, "results", "ws"], &Method::GET | &Method::CONNECT) => {
-                self.with_results(id, |r, e| r.websocket(e, &req))
-            }
-            (["v1", "elections", id, "receipts", receipt], &Method::GET) => {
+            Public::ResultsWebSocket { id } => self.with_results(id, |r, e| r.websocket(e, &req)),
+            Public::Receipt { id, receipt } => {
                 let (id, receipt) = (id.to_string(), receipt.to_string());
                 self.receipt(&id, &receipt).await
             }
-            (["v1", "elections", id, "challenge"], &Method::GET) => self.challenge(id, &req),
-            (["v1", "elections", id, "votes", "me"], &Method::GET) => {
+            Public::Challenge { id } => self.challenge(id, &req),
+            Public::MyVote { id } => {
                 let id = id.to_string();
                 self.votes_me(&id, &req).await
             }
-            (["v1", "elections", _, "votes"], &Method::POST) if !self.shared.roles.ingest => {
+            Public::Votes { .. } if !self.shared.roles.ingest => {
                 error(ErrorCode::NotFound, "this node does not take votes")
             }
-            (["v1", "elections", id, "votes"], &Method::POST) => {
+            Public::Votes { id } => {
                 let id = id.to_string();
                 let resp = self.vote(&id, req).await;
                 self.metrics
                     .vote(outcome_name(resp.status().as_u16(), &resp));
                 resp
             }
-            (["v1", "dev", "login"], _) if self.shared.dev_login => method_not_allowed("GET, POST"),
-            (
-                ["healthz" | "readyz" | "openapi.json"]
-                | []
-                | ["results" | "static", _]
-                | ["v1", "elections"]
-                | ["v1", "elections", _]
-                | ["v1", "elections", _, "challenge" | "results"]
-                | ["v1", "elections", _, "votes", "me"]
-                | ["v1", "elections", _, "receipts", _]
-                | ["v1", "elections", _, "results", "stream" | "ws"],
-                _,
-            ) => method_not_allowed("GET"),
-            (["v1", "elections", _, "votes"], _) => method_not_allowed("POST"),
-            _ => error(ErrorCode::NotFound, "no such resource"),
         }
     }
 
@@ -701,18 +682,19 @@ impl CoreApp {
         now: u64,
     ) -> Response<BoxBody> {
         let partition = partition_of(voter, self.shared.partitions);
-        let nonce: [u8; 16] = rand::random();
-        let req = VoteRequest {
-            election: election.clone(),
+        let intent = VoteIntent {
+            election,
             voter,
-            option: option.clone(),
+            option,
             received_at_ms: now,
-            nonce,
+            nonce: rand::random(),
         };
+        // The receipt is the leaf of this intent: one copy travels, this one stays for it.
+        let vote = intent.clone();
         let (_, map) = self.fleet.map();
         let handed = std::time::Instant::now();
         let answer = match route(&map, &self.shared.node, self.mesh.cores(), partition) {
-            Route::Local { core } => match self.deliver(core, partition, req) {
+            Route::Local { core } => match self.deliver(core, partition, vote) {
                 Ok(rx) => {
                     let a = rx.await;
                     self.metrics.answered(false, handed.elapsed());
@@ -730,18 +712,13 @@ impl CoreApp {
                 let vote = votes_core::forward::ForwardedVote {
                     id: 0,
                     partition,
-                    election: req.election,
-                    voter,
-                    option: req.option,
-                    received_at_ms: now,
-                    nonce,
+                    vote,
                 };
                 match forwarder.forward(&node, internal, vote) {
                     Ok(rx) => {
                         let a = rx.await;
                         self.metrics.answered(true, handed.elapsed());
-                        a.map(VoteAnswer::from)
-                            .map_err(|_| "the link to the vote's owner closed before answering")
+                        a.map_err(|_| "the link to the vote's owner closed before answering")
                     }
                     Err(refused) => {
                         return error(
@@ -763,15 +740,8 @@ impl CoreApp {
             Err(why) => return error(ErrorCode::Unavailable, why),
         };
         match answer {
-            VoteAnswer::Accepted { partition, offset } => {
-                let leaf = Leaf {
-                    election: election.clone(),
-                    pseudonym: pseudonym(&self.shared.audit_key, &election, voter),
-                    option,
-                    partition,
-                    offset,
-                    nonce,
-                };
+            VoteOutcome::Accepted { partition, offset } => {
+                let leaf = Leaf::of(&self.shared.audit_key, intent, partition, offset);
                 // The contract's 202 body, written directly: hex and integers need no escaping.
                 let body = format!(
                     r#"{{"status":"accepted","receipt":"{}","partition":{partition},"offset":{offset}}}"#,
@@ -779,38 +749,31 @@ impl CoreApp {
                 );
                 raw_json(202, body.into_bytes())
             }
-            VoteAnswer::Rejected(ErrorCode::AlreadyVoted) => error(
+            VoteOutcome::Rejected(ErrorCode::AlreadyVoted) => error(
                 ErrorCode::AlreadyVoted,
                 "this voter has already voted in this election",
             ),
-            VoteAnswer::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
+            VoteOutcome::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
         }
     }
 
     /// A vote another node forwarded here: it passed that node's edge checks; this node only
     /// checks that the vote is routed right and hands it to its shard. Never forwarded again
     /// (a map that moved on answers 503 and the voter retries), so votes cannot loop.
-    async fn forwarded(&self, v: votes_core::forward::ForwardedVote) -> VoteAnswer {
-        if v.partition != partition_of(v.voter, self.shared.partitions) {
-            return VoteAnswer::Rejected(ErrorCode::InvalidRequest);
+    async fn forwarded(&self, v: votes_core::forward::ForwardedVote) -> VoteOutcome {
+        if v.partition != partition_of(v.vote.voter, self.shared.partitions) {
+            return VoteOutcome::Rejected(ErrorCode::InvalidRequest);
         }
         let (_, map) = self.fleet.map();
         let Route::Local { core } = route(&map, &self.shared.node, self.mesh.cores(), v.partition)
         else {
-            return VoteAnswer::Rejected(ErrorCode::Unavailable);
+            return VoteOutcome::Rejected(ErrorCode::Unavailable);
         };
-        let req = VoteRequest {
-            election: v.election,
-            voter: v.voter,
-            option: v.option,
-            received_at_ms: v.received_at_ms,
-            nonce: v.nonce,
-        };
-        match self.deliver(core, v.partition, req) {
+        match self.deliver(core, v.partition, v.vote) {
             Ok(rx) => rx
                 .await
-                .unwrap_or(VoteAnswer::Rejected(ErrorCode::Unavailable)),
-            Err(_) => VoteAnswer::Rejected(ErrorCode::Unavailable),
+                .unwrap_or(VoteOutcome::Rejected(ErrorCode::Unavailable)),
+            Err(_) => VoteOutcome::Rejected(ErrorCode::Unavailable),
         }
     }
 
@@ -820,16 +783,16 @@ impl CoreApp {
         &self,
         core: usize,
         partition: u32,
-        req: VoteRequest,
-    ) -> Result<votes_net::ReplyRx<VoteAnswer>, &'static str> {
+        vote: VoteIntent,
+    ) -> Result<votes_net::ReplyRx<VoteOutcome>, &'static str> {
         let (tx, rx) = reply_channel();
         if core == self.core {
-            self.shards.submit(partition, req, tx);
+            self.shards.submit(partition, vote, tx);
         } else if let Err(e) = self.mesh.try_send(
             core,
             CoreMsg::Vote {
                 partition,
-                req,
+                vote,
                 reply: tx,
             },
         ) {
@@ -894,18 +857,21 @@ impl CoreApp {
     async fn admin(self: Rc<Self>, req: Request<RequestBody>) -> Response<BoxBody> {
         let path = req.uri().path().to_owned();
         let segs = segments(&path);
-        if req.method() == Method::GET {
-            match segs.as_slice() {
-                ["healthz"] => return json(200, &serde_json::json!({"status": "ok"})),
-                // The page itself holds no secret: every call it makes carries the admin token.
-                ["admin"] => return page("admin.html"),
-                ["static", name] => return page(name),
-                ["admin", "openapi.json"] => {
-                    return reply::raw_json_static(200, super::openapi::admin());
-                }
-                _ => {}
-            }
+        let method = req.method().clone();
+        let route = Admin::of(&segs);
+        if let Some(open) = route
+            && open.is_open()
+            && method == Method::GET
+        {
+            return match open {
+                Admin::Healthz => json(200, &serde_json::json!({"status": "ok"})),
+                Admin::Page => page("admin.html"),
+                Admin::Static { name } => page(name),
+                Admin::OpenApi => reply::raw_json_static(200, super::openapi::admin()),
+                _ => unreachable!("not an open route: {open:?}"),
+            };
         }
+        // Anything else, even a path that names nothing, is for the operator only.
         let authorized = match (&self.shared.admin_token, bearer(&req)) {
             (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
             _ => false,
@@ -913,7 +879,12 @@ impl CoreApp {
         if !authorized {
             return error(ErrorCode::Unauthorized, "the admin token is required");
         }
-        let method = req.method().clone();
+        let Some(route) = route else {
+            return error(ErrorCode::NotFound, "no such resource");
+        };
+        if !route.methods().contains(&method) {
+            return method_not_allowed(route.methods());
+        }
         // `If-Match: <version>` (quotes allowed): the version a change is based on.
         let if_match = match req.headers().get(votes_net::http::header::IF_MATCH) {
             None => None,
@@ -932,33 +903,27 @@ impl CoreApp {
                 }
             },
         };
-        match (segs.as_slice(), &method) {
+        match route {
             // Behind the token: the figures say who is voting how fast, and cost a render.
-            (["metrics"], &Method::GET) => self.metrics_page(),
-            (["admin", "v1", "elections"], &Method::GET) => self.admin_list(),
-            (["admin", "v1", "stats"], &Method::GET) => self.admin_stats(),
-            (["admin", "v1", "fleet"], &Method::GET) => self.admin_fleet(),
-            (["admin", "v1", "elections"], &Method::POST) => self.admin_create(req).await,
-            (["admin", "v1", "elections", id, "open"], &Method::POST) => {
-                self.admin_transition(id, ElectionState::Open, if_match)
-                    .await
+            Admin::Metrics => self.metrics_page(),
+            Admin::Elections if method == Method::POST => self.admin_create(req).await,
+            Admin::Elections => self.admin_list(),
+            Admin::Stats => self.admin_stats(),
+            Admin::Fleet => self.admin_fleet(),
+            Admin::Transition { id, to } => {
+                let to = match to {
+                    Transition::Open => ElectionState::Open,
+                    Transition::Close => ElectionState::Closed,
+                };
+                self.admin_transition(id, to, if_match).await
             }
-            (["admin", "v1", "elections", id, "close"], &Method::POST) => {
-                self.admin_transition(id, ElectionState::Closed, if_match)
-                    .await
-            }
-            (["admin", "v1", "elections", id], &Method::PATCH) => {
+            Admin::Election { id } => {
                 let id = id.to_string();
                 self.admin_patch(&id, req, if_match).await
             }
-            (["admin", "v1", "elections"], _) => method_not_allowed("GET, POST"),
-            (["admin", "v1", "elections", _, "open" | "close"], _) => method_not_allowed("POST"),
-            (["admin", "v1", "elections", _], _) => method_not_allowed("PATCH"),
-            (["admin", "v1", "stats" | "fleet"], _) => method_not_allowed("GET"),
-            (["metrics" | "healthz" | "admin"] | ["static", _] | ["admin", "openapi.json"], _) => {
-                method_not_allowed("GET")
+            Admin::Healthz | Admin::Page | Admin::Static { .. } | Admin::OpenApi => {
+                unreachable!("answered before the token check")
             }
-            _ => error(ErrorCode::NotFound, "no such resource"),
         }
     }
 

@@ -11,6 +11,7 @@ mod openapi;
 mod receipts;
 mod reply;
 mod results;
+mod routes;
 mod shards;
 mod web;
 
@@ -687,9 +688,9 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                     match msg {
                         CoreMsg::Vote {
                             partition,
-                            req,
+                            vote,
                             reply,
-                        } => shards.submit(partition, req, reply),
+                        } => shards.submit(partition, vote, reply),
                         CoreMsg::Election(e) => {
                             elections.borrow_mut().apply(e.clone());
                             shards.election_changed(&e);

@@ -61,10 +61,12 @@ pub fn custom_error(status: u16, code: &str, message: &str) -> Response<BoxBody>
     json(status, &body)
 }
 
-pub fn method_not_allowed(allow: &'static str) -> Response<BoxBody> {
+/// `405` with `Allow` naming the methods the path answers.
+pub fn method_not_allowed(allow: &[votes_net::http::Method]) -> Response<BoxBody> {
     let mut resp = custom_error(405, "invalid_request", "method not allowed on this path");
-    resp.headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    let allow: Vec<&str> = allow.iter().map(votes_net::http::Method::as_str).collect();
+    let allow = header::HeaderValue::from_str(&allow.join(", ")).expect("method names are tokens");
+    resp.headers_mut().insert(header::ALLOW, allow);
     resp
 }
 

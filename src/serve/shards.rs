@@ -21,7 +21,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use votes_core::Election;
 use votes_core::election::ElectionState;
-use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
+use votes_core::{ErrorCode, Names, VoteIntent, VoteOutcome};
 use votes_net::doorbell::{Bell, Ringer};
 use votes_net::{Blocking, LocalNotify, LocalSignal, ReplyTx};
 use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
@@ -37,45 +37,6 @@ use votes_tally::shard::{Answer, Shard, ShardConfig, ShardState, Ticket, Vote};
 use votes_tally::snapshot;
 
 use super::metrics::{CoreMetrics, TallyRow};
-
-/// A vote that passed the edge checks, on its way to the shard of its partition.
-#[derive(Debug)]
-pub struct VoteRequest {
-    pub election: ElectionId,
-    pub voter: VoterId,
-    pub option: OptionId,
-    pub received_at_ms: u64,
-    pub nonce: [u8; 16],
-}
-
-/// The shard's answer, sent back to the core that holds the voter's connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VoteAnswer {
-    Accepted { partition: u32, offset: u64 },
-    Rejected(ErrorCode),
-}
-
-impl From<votes_core::forward::ForwardOutcome> for VoteAnswer {
-    fn from(o: votes_core::forward::ForwardOutcome) -> Self {
-        match o {
-            votes_core::forward::ForwardOutcome::Accepted { partition, offset } => {
-                VoteAnswer::Accepted { partition, offset }
-            }
-            votes_core::forward::ForwardOutcome::Rejected { code } => VoteAnswer::Rejected(code),
-        }
-    }
-}
-
-impl From<VoteAnswer> for votes_core::forward::ForwardOutcome {
-    fn from(a: VoteAnswer) -> Self {
-        match a {
-            VoteAnswer::Accepted { partition, offset } => {
-                votes_core::forward::ForwardOutcome::Accepted { partition, offset }
-            }
-            VoteAnswer::Rejected(code) => votes_core::forward::ForwardOutcome::Rejected { code },
-        }
-    }
-}
 
 /// Ownership, readiness and replay progress of one partition on this node, shared with
 /// `/readyz` and `/metrics` on any core. Each field has one writer at a time: the slot that
@@ -226,7 +187,7 @@ pub struct ShardHost {
     engine: RefCell<CoreEngine>,
     /// The commands of the event being handled (a reused buffer).
     commands: RefCell<Vec<Command>>,
-    waiting: RefCell<votes_core::hash::U64Map<ReplyTx<VoteAnswer>>>,
+    waiting: RefCell<votes_core::hash::U64Map<ReplyTx<VoteOutcome>>>,
     next_ticket: Cell<Ticket>,
     claims: RefCell<HashMap<u32, Claim>>,
     /// Revocations the member thread waits on.
@@ -380,7 +341,7 @@ impl ShardHost {
                     .remove(&answer.ticket())
                     .expect("every answered ticket was waiting");
                 // The voter may have gone; the vote's fate is the same either way.
-                let _ = reply.send(to_vote_answer(partition, &answer));
+                let _ = reply.send(to_vote_outcome(partition, &answer));
             }
             Command::Commit {
                 txn,
@@ -459,24 +420,29 @@ impl ShardHost {
 impl ShardHost {
     /// Hands a vote to the shard of `partition`; `503` when this core does not own it (the
     /// sender's map was older than the group's last move).
-    pub fn submit(self: &Rc<Self>, partition: u32, req: VoteRequest, reply: ReplyTx<VoteAnswer>) {
+    pub fn submit(
+        self: &Rc<Self>,
+        partition: u32,
+        intent: VoteIntent,
+        reply: ReplyTx<VoteOutcome>,
+    ) {
         // The edge checked these on its own copy, which may lag this one (another node, a
         // forwarded vote in flight): a vote reaching its owner after its election closed
         // gets 409, never a 202 past the frontier. This copy may lag the edge's too (the
         // election opened through another node a moment ago): what it does not know yet, or
         // knows only as a draft, the edge saw open, and states never move backwards, so the
         // edge's word stands. Only a state past `open` here overrules it.
-        let refused = match self.elections.borrow().find(req.election.as_str()) {
+        let refused = match self.elections.borrow().find(intent.election.as_str()) {
             Some(e) if matches!(e.state, ElectionState::Closed | ElectionState::Final) => {
                 Some(ErrorCode::ElectionNotOpen)
             }
-            Some(e) if e.state == ElectionState::Open && !e.has_option(&req.option) => {
+            Some(e) if e.state == ElectionState::Open && !e.has_option(&intent.option) => {
                 Some(ErrorCode::InvalidOption)
             }
             _ => None,
         };
         if let Some(code) = refused {
-            let _ = reply.send(VoteAnswer::Rejected(code));
+            let _ = reply.send(VoteOutcome::Rejected(code));
             return;
         }
         let ticket = self.next_ticket.get();
@@ -484,14 +450,7 @@ impl ShardHost {
         self.waiting.borrow_mut().insert(ticket, reply);
         self.feed(Event::Vote {
             partition,
-            vote: Vote {
-                ticket,
-                election: req.election,
-                voter: req.voter,
-                option: req.option,
-                received_at_ms: req.received_at_ms,
-                nonce: req.nonce,
-            },
+            vote: Vote { ticket, intent },
         });
     }
 
@@ -933,13 +892,13 @@ fn shard_config_of(shard: &Shard, s: &CommitSettings, core: u16) -> ShardConfig 
     }
 }
 
-fn to_vote_answer(partition: u32, answer: &Answer) -> VoteAnswer {
+fn to_vote_outcome(partition: u32, answer: &Answer) -> VoteOutcome {
     match answer {
-        Answer::Accepted { offset, .. } => VoteAnswer::Accepted {
+        Answer::Accepted { offset, .. } => VoteOutcome::Accepted {
             partition,
             offset: *offset,
         },
-        Answer::Rejected { code, .. } => VoteAnswer::Rejected(*code),
+        Answer::Rejected { code, .. } => VoteOutcome::Rejected(*code),
     }
 }
 

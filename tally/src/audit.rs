@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use roaring::RoaringTreemap;
 use votes_core::merkle::{Hash, MerkleBuilder};
-use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::receipt::Leaf;
 use votes_core::record::LogRecord;
 use votes_core::{ElectionId, Names, VoterId};
 
@@ -151,25 +151,19 @@ pub fn for_each_counted(
                         summary.duplicates += 1;
                         continue;
                     }
-                    let leaf = Leaf {
-                        election: record.election.clone(),
-                        pseudonym: pseudonym(audit_key, &record.election, record.voter),
-                        option: record.option.clone(),
-                        partition,
-                        offset,
-                        nonce: record.nonce,
-                    };
+                    let (voter, received_at_ms) = (record.voter, record.received_at_ms);
+                    let leaf = Leaf::of(audit_key, record.into(), partition, offset);
+                    *summary
+                        .totals
+                        .entry(leaf.option.as_str().to_owned())
+                        .or_default() += 1;
                     let counted = Counted {
                         leaf_hash: leaf.leaf_hash(),
                         leaf,
-                        voter: record.voter,
-                        received_at_ms: record.received_at_ms,
+                        voter,
+                        received_at_ms,
                     };
                     tree.push(counted.leaf_hash);
-                    *summary
-                        .totals
-                        .entry(record.option.as_str().to_owned())
-                        .or_default() += 1;
                     let range = summary.ranges[p].get_or_insert((offset, offset));
                     range.1 = offset;
                     f(&counted);

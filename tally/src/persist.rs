@@ -19,7 +19,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use votes_core::receipt::{Leaf, pseudonym};
+use votes_core::receipt::Leaf;
 use votes_core::record::LogRecord;
 use votes_core::{Names, VoteRecord, vote_item_pk};
 
@@ -81,14 +81,7 @@ pub fn vote_item(
     partition: u32,
     offset: u64,
 ) -> HashMap<String, AttributeValue> {
-    let leaf = Leaf {
-        election: record.election.clone(),
-        pseudonym: pseudonym(audit_key, &record.election, record.voter),
-        option: record.option.clone(),
-        partition,
-        offset,
-        nonce: record.nonce,
-    };
+    let leaf = Leaf::of(audit_key, record.clone().into(), partition, offset);
     let n = |v: u64| AttributeValue::N(v.to_string());
     HashMap::from([
         (

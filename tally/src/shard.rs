@@ -30,10 +30,8 @@ use std::collections::{BTreeMap, hash_map::Entry};
 use crate::snapshot::{ElectionState, ShardSnapshot};
 use roaring::RoaringTreemap;
 use votes_core::hash::{StrMap, U64Map};
-use votes_core::record::{
-    CLOSE_RECORD_KEY, CloseRecord, NODE_MAX, RECORD_MAX_LEN, RecordRef, encode_close,
-};
-use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId, voter_key};
+use votes_core::record::{CLOSE_RECORD_KEY, CloseRecord, NODE_MAX, RECORD_MAX_LEN, encode_close};
+use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteRecord, VoterId, voter_key};
 
 /// Repeats of one voter's pending vote that wait for its outcome.
 pub const MAX_WAITERS_PER_VOTER: usize = 8;
@@ -72,11 +70,7 @@ impl ShardConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vote {
     pub ticket: Ticket,
-    pub election: ElectionId,
-    pub voter: VoterId,
-    pub option: OptionId,
-    pub received_at_ms: u64,
-    pub nonce: [u8; 16],
+    pub intent: VoteIntent,
 }
 
 /// What the shard answers for a ticket.
@@ -310,22 +304,22 @@ impl Shard {
         if self.state != ShardState::Active {
             return reject(ErrorCode::Unavailable);
         }
-        if self.closing.contains_key(vote.election.as_str()) {
+        if self.closing.contains_key(vote.intent.election.as_str()) {
             return reject(ErrorCode::ElectionNotOpen);
         }
         // Look up before inserting: the id is cloned only for an election's first vote here.
-        if !self.elections.contains_key(&vote.election) {
+        if !self.elections.contains_key(&vote.intent.election) {
             self.elections
-                .insert(vote.election.clone(), ElectionTally::default());
+                .insert(vote.intent.election.clone(), ElectionTally::default());
         }
         let tally = self
             .elections
-            .get_mut(&vote.election)
+            .get_mut(&vote.intent.election)
             .expect("inserted above");
-        if tally.voters.contains(vote.voter.0) {
+        if tally.voters.contains(vote.intent.voter.0) {
             return reject(ErrorCode::AlreadyVoted);
         }
-        match tally.pending.entry(vote.voter.0) {
+        match tally.pending.entry(vote.intent.voter.0) {
             Entry::Occupied(mut waiting) => {
                 // A voter repeating a vote still in flight gets one answer per request once the
                 // first settles; past a few repeats the rest are turned away at once.
@@ -384,17 +378,10 @@ impl Shard {
             markers: 0,
         };
         for v in &votes {
-            RecordRef {
-                election: &v.election,
-                voter: v.voter,
-                option: &v.option,
-                received_at_ms: v.received_at_ms,
-                node: &self.cfg.node,
-                core: self.cfg.core,
-                nonce: &v.nonce,
-            }
-            .encode_into(&mut batch.payload);
-            batch.keys.push(voter_key(v.voter));
+            v.intent
+                .record(&self.cfg.node, self.cfg.core)
+                .encode_into(&mut batch.payload);
+            batch.keys.push(voter_key(v.intent.voter));
             batch.ends.push(batch.payload.len());
         }
         // After every vote of the batch: a vote of a closing election is never queued (close
@@ -463,9 +450,9 @@ impl Shard {
                 let marker_offsets = offsets[in_flight.votes.len()..].to_vec();
                 for (vote, offset) in in_flight.votes.into_iter().zip(offsets) {
                     let (tally, waiters) = self.settle(&vote);
-                    let fresh = tally.voters.insert(vote.voter.0);
+                    let fresh = tally.voters.insert(vote.intent.voter.0);
                     assert!(fresh, "a pending voter is never already committed");
-                    *tally.counts.entry(vote.option.clone()).or_insert(0) += 1;
+                    *tally.counts.entry(vote.intent.option.clone()).or_insert(0) += 1;
                     self.applied_end = offset + 1;
                     answers.extend(waiters.into_iter().map(|ticket| Answer::Rejected {
                         ticket,
@@ -534,7 +521,7 @@ impl Shard {
         self.markers_due += 1;
         let (closed, kept): (Vec<Vote>, Vec<Vote>) = std::mem::take(&mut self.open)
             .into_iter()
-            .partition(|v| &v.election == election);
+            .partition(|v| &v.intent.election == election);
         self.open = kept;
         for vote in closed {
             let (_, waiters) = self.settle(&vote);
@@ -599,11 +586,11 @@ impl Shard {
     fn settle(&mut self, vote: &Vote) -> (&mut ElectionTally, Vec<Ticket>) {
         let tally = self
             .elections
-            .get_mut(&vote.election)
+            .get_mut(&vote.intent.election)
             .expect("a pending vote's election exists");
         let waiters = tally
             .pending
-            .remove(&vote.voter.0)
+            .remove(&vote.intent.voter.0)
             .expect("the vote was pending");
         (tally, waiters)
     }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use votes_core::record::{CloseRecord, LogRecord};
-use votes_core::{ElectionId, ErrorCode, OptionId, VoteRecord, VoterId};
+use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteRecord, VoterId};
 
 use crate::engine::{
     ClaimId, Command, CoreEngine, EngineConfig, Event, Generation, Micros, OpenFailure,
@@ -677,11 +677,13 @@ impl World {
             .insert(ticket, (partition, voter, election, option));
         let vote = Vote {
             ticket,
-            election: ElectionId::new(ELECTIONS[election as usize]).expect("valid"),
-            voter: VoterId(voter),
-            option: OptionId::new(OPTIONS[option as usize]).expect("valid"),
-            received_at_ms: self.now / MS,
-            nonce: [0; 16],
+            intent: VoteIntent {
+                election: ElectionId::new(ELECTIONS[election as usize]).expect("valid"),
+                voter: VoterId(voter),
+                option: OptionId::new(OPTIONS[option as usize]).expect("valid"),
+                received_at_ms: self.now / MS,
+                nonce: [0; 16],
+            },
         };
         self.deliver(m, Event::Vote { partition, vote });
     }
@@ -1047,7 +1049,7 @@ impl World {
                     || r.voter != voter
                     || r.election != election
                     || r.option != option
-                    || vote.voter.0 != voter
+                    || vote.intent.voter.0 != voter
                 {
                     self.fail(format!(
                         "202 for ticket {ticket} (voter {voter}) at p{p}@{offset}, whose record is {r:?}"

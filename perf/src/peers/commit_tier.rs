@@ -621,11 +621,13 @@ fn core_thread(
                 partition,
                 vote: Vote {
                     ticket,
-                    election: election.clone(),
-                    voter: VoterId(voter),
-                    option: options[option as usize].clone(),
-                    received_at_ms,
-                    nonce,
+                    intent: votes_core::VoteIntent {
+                        election: election.clone(),
+                        voter: VoterId(voter),
+                        option: options[option as usize].clone(),
+                        received_at_ms,
+                        nonce,
+                    },
                 },
             }
         };

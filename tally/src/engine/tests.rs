@@ -2,7 +2,7 @@
 //! random schedules; these pin the behaviour each rule promises.
 
 use super::*;
-use votes_core::{ElectionId, OptionId, VoterId};
+use votes_core::{ElectionId, OptionId, VoteIntent, VoterId};
 
 const MS: Micros = 1_000;
 
@@ -22,11 +22,13 @@ fn cfg(max_txn_votes: usize, pacing: PacingConfig) -> EngineConfig {
 fn vote(ticket: Ticket, voter: u64) -> Vote {
     Vote {
         ticket,
-        election: ElectionId::new("e").unwrap(),
-        voter: VoterId(voter),
-        option: OptionId::new("a").unwrap(),
-        received_at_ms: 0,
-        nonce: [0; 16],
+        intent: VoteIntent {
+            election: ElectionId::new("e").unwrap(),
+            voter: VoterId(voter),
+            option: OptionId::new("a").unwrap(),
+            received_at_ms: 0,
+            nonce: [0; 16],
+        },
     }
 }
 
@@ -464,7 +466,7 @@ fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_r
         );
     }
     let mut other = vote(3, 12);
-    other.election = ElectionId::new("f").unwrap();
+    other.intent.election = ElectionId::new("f").unwrap();
     c.on(Event::Vote {
         partition: 1,
         vote: other,

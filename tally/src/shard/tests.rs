@@ -23,11 +23,13 @@ fn option(i: u8) -> OptionId {
 fn vote(ticket: Ticket, e: u8, voter: u64, o: u8) -> Vote {
     Vote {
         ticket,
-        election: election(e),
-        voter: VoterId(voter),
-        option: option(o),
-        received_at_ms: 1_000 + ticket,
-        nonce: [ticket as u8; 16],
+        intent: VoteIntent {
+            election: election(e),
+            voter: VoterId(voter),
+            option: option(o),
+            received_at_ms: 1_000 + ticket,
+            nonce: [ticket as u8; 16],
+        },
     }
 }
 
@@ -298,13 +300,19 @@ impl Harness {
                         .expect("accepted vote is in the log");
                     assert_eq!(
                         (&r.election, r.voter, &r.option, r.nonce),
-                        (&vote.election, vote.voter, &vote.option, vote.nonce)
+                        (
+                            &vote.intent.election,
+                            vote.intent.voter,
+                            &vote.intent.option,
+                            vote.intent.nonce
+                        )
                     );
                     assert!(
-                        self.accepted.insert((vote.election.clone(), vote.voter)),
+                        self.accepted
+                            .insert((vote.intent.election.clone(), vote.intent.voter)),
                         "voter {} accepted twice in {}",
-                        vote.voter,
-                        vote.election
+                        vote.intent.voter,
+                        vote.intent.election
                     );
                 }
                 Answer::Rejected {
