@@ -2,14 +2,14 @@
 //!
 //! Today it holds the drivers' shared ground: connections to Kafka ([`kafka`]), DynamoDB
 //! ([`dynamo`]) and Redis ([`read_model`]), and the idempotent provisioning of topics and
-//! tables ([`provision`]). The sans-IO shard state machine and its commit, recovery, fan-out,
-//! persister and recount drivers grow here (DESIGN §2).
+//! tables ([`provision`]), and the drivers around the sans-IO core of `votes-shard` (re-exported
+//! as [`shard`], [`engine`] and [`sim`]): the committer thread, recovery, group membership,
+//! fan-out, the persister and the recount (DESIGN §2).
 
 pub mod audit;
 pub mod committer;
 pub mod dynamo;
 pub mod elections_log;
-pub mod engine;
 pub mod fanout;
 pub mod kafka;
 pub mod membership;
@@ -20,9 +20,10 @@ pub mod recount;
 pub mod recovery;
 pub mod redis_target;
 pub mod reprocess;
-pub mod shard;
-pub mod sim;
 pub mod snapshot;
+
+// The sans-IO core lives in its own crate (no I/O dependency); its paths stay reachable here.
+pub use votes_shard::{engine, shard, sim};
 
 pub use redis_target::RedisTarget;
 

@@ -17,8 +17,8 @@
 //! - every vote is answered at most once; once the faults stop and the fleet heals, every vote
 //!   sent to a live core is answered and every partition has one active owner.
 //!
-//! `make test` runs a few thousand seeds (`tally/tests/sim.rs`); `cargo run --release -p
-//! votes-tally --example vopr -- --seeds N` runs as many as one likes.
+//! `make test` runs a few thousand seeds (`shard/tests/sim.rs`); `cargo run --release -p
+//! votes-shard --example vopr -- --seeds N` runs as many as one likes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;

@@ -9,14 +9,14 @@
 //! - batch assembly: one `Vec<u8>` per record (what a producer API taking owned records
 //!   invites), the same encoding.
 //!
-//! Run: `cargo bench --bench shard -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench -p votes-shard --bench shard -- --warm-up-time 1 --measurement-time 3`.
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use votes_core::{ElectionId, OptionId, VoteIntent, VoteRecord, VoterId};
-use votes_tally::shard::{CommitOutcome, Shard, ShardConfig, Submitted, Vote};
+use votes_shard::shard::{CommitOutcome, Shard, ShardConfig, Submitted, Vote};
 
 const BATCH: usize = 2_048;
 

@@ -3,11 +3,11 @@
 //! runs millions offline:
 //!
 //! ```text
-//! cargo run --release -p votes-tally --example vopr -- --seeds 1000000 [--start S] [--threads N]
+//! cargo run --release -p votes-shard --example vopr -- --seeds 1000000 [--start S] [--threads N]
 //! ```
 //!
 //! A failing seed stops the run with its schedule's last steps; reproduce it alone with
-//! `SIM_SEED=<seed> cargo test -p votes-tally --test sim`.
+//! `SIM_SEED=<seed> cargo test -p votes-shard --test sim`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +41,7 @@ fn main() {
                     if seed >= start + seeds {
                         break;
                     }
-                    match std::panic::catch_unwind(|| votes_tally::sim::run(seed)) {
+                    match std::panic::catch_unwind(|| votes_shard::sim::run(seed)) {
                         Ok(r) => steps += r.steps,
                         Err(_) => {
                             failed.store(true, Ordering::Relaxed);

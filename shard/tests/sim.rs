@@ -1,13 +1,13 @@
-//! The deterministic simulation of the commit engine (`votes_tally::sim`): many seeded
+//! The deterministic simulation of the commit engine (`votes_shard::sim`): many seeded
 //! schedules of a fleet of cores over a simulated log, with pauses, kills, rebalances and
 //! failing, slow or uncertain commits, each checked against DESIGN §3 after every step.
 //!
 //! `SIM_SEEDS` (default 2,000) seeds from `SIM_SEED_START` (default 0); `SIM_SEED=n` runs one.
 //! A failure prints its seed, the run's shape and its last steps; run it again alone with
-//! `SIM_SEED=n cargo test -p votes-tally --test sim`. Millions: `cargo run --release -p
-//! votes-tally --example vopr -- --seeds 1000000`.
+//! `SIM_SEED=n cargo test -p votes-shard --test sim`. Millions: `cargo run --release -p
+//! votes-shard --example vopr -- --seeds 1000000`.
 
-use votes_tally::sim;
+use votes_shard::sim;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {

@@ -27,10 +27,10 @@
 
 use std::collections::{BTreeMap, hash_map::Entry};
 
-use crate::snapshot::{ElectionState, ShardSnapshot};
 use roaring::RoaringTreemap;
 use votes_core::hash::{StrMap, U64Map};
 use votes_core::record::{CLOSE_RECORD_KEY, CloseRecord, NODE_MAX, RECORD_MAX_LEN, encode_close};
+use votes_core::snapshot::{ElectionState, ShardSnapshot};
 use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteRecord, VoterId, voter_key};
 
 /// Repeats of one voter's pending vote that wait for its outcome.

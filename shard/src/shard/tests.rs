@@ -533,7 +533,7 @@ proptest! {
         prop_assume!(h.shard.state() == ShardState::Active);
         let snap = snap.unwrap_or_else(|| h.shard.snapshot(7));
         let bytes = snap.encode();
-        let decoded = crate::snapshot::ShardSnapshot::decode(&bytes).expect("a snapshot reads back");
+        let decoded = votes_core::snapshot::ShardSnapshot::decode(&bytes).expect("a snapshot reads back");
         prop_assert_eq!(&decoded, &snap);
         let mut restored = Shard::from_snapshot(cfg(max_batch), decoded);
         prop_assert_eq!(restored.state(), ShardState::Recovering);
