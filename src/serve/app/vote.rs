@@ -1,0 +1,260 @@
+//! The vote path: a vote's checks at the edge, its `VoteIntent` routed to the core that owns
+//! its partition (the mesh) or to the node that does (the forwarding link), the owner's side of
+//! a forwarded vote, and the `202` built from the outcome.
+
+use super::*;
+
+/// Longest time a vote's body may take to arrive once its head has.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The owner side of forwarding: votes other nodes send to this core's `--internal` socket.
+pub struct ForwardedVotes(pub Rc<CoreApp>);
+
+impl votes_net::forward::ForwardHandler for ForwardedVotes {
+    fn vote(
+        &self,
+        vote: votes_core::forward::ForwardedVote,
+    ) -> LocalBoxFuture<'static, VoteOutcome> {
+        let app = self.0.clone();
+        Box::pin(async move { app.forwarded(vote).await })
+    }
+
+    fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.0.fleet.map().1.admits_link_from(ip)
+    }
+}
+
+/// The metric label of an answer to a vote request.
+pub(super) fn outcome_name(status: u16, resp: &Response<BoxBody>) -> &'static str {
+    if status == 202 {
+        return "accepted";
+    }
+    // Every error answer of the contract carries its code (see `reply::error`).
+    resp.extensions()
+        .get::<ErrorCode>()
+        .map_or("other", |c| c.as_str())
+}
+
+impl CoreApp {
+    /// POST /v1/elections/{id}/votes: the checks in the order the contract implies, then the
+    /// shard; `202` only once the vote's transaction committed.
+    pub(super) async fn vote(&self, id: &str, req: Request<RequestBody>) -> Response<BoxBody> {
+        let now = unix_ms();
+        let voter = match self.voter(&req, now) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
+        if !is_json(&req) {
+            return error(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be application/json",
+            );
+        }
+        // A body trickled in byte by byte must not hold the connection's slot forever. Most
+        // bodies arrived with their headers: those are read without arming a timer.
+        let mut read = Box::pin(read_body_limited(req.into_body(), VOTE_BODY_MAX));
+        let read = match futures_lite::future::poll_once(&mut read).await {
+            Some(read) => read,
+            None => {
+                let waited = glommio::timer::timeout(BODY_TIMEOUT, async { Ok(read.await) });
+                let Ok(read) = waited.await else {
+                    return error(ErrorCode::InvalidRequest, "the body did not arrive in time");
+                };
+                read
+            }
+        };
+        let body = match read {
+            Ok(b) => b,
+            Err(BodyLimitError::TooLarge { limit }) => {
+                return error(
+                    ErrorCode::TooLarge,
+                    &format!("the body is larger than {limit} bytes"),
+                );
+            }
+            Err(BodyLimitError::Broken(e)) => {
+                return error(
+                    ErrorCode::InvalidRequest,
+                    &format!("the body could not be read: {e}"),
+                );
+            }
+        };
+        let body = match VoteBody::parse(&body) {
+            Ok(b) => b,
+            Err(e) => return error(e.code(), &e.message()),
+        };
+        // Checked under a borrow of this core's elections: only the id leaves it.
+        let election_id = {
+            let elections = self.elections.borrow();
+            let Some(election) = elections
+                .find(id)
+                .filter(|e| e.state != ElectionState::Draft)
+            else {
+                return error(ErrorCode::NotFound, "no such election");
+            };
+            if election.state != ElectionState::Open {
+                return error(
+                    ErrorCode::ElectionNotOpen,
+                    &format!("the election is {}", election.state.as_str()),
+                );
+            }
+            if !election.has_option(&body.option) {
+                return error(
+                    ErrorCode::InvalidOption,
+                    &format!("{} is not an option of this election", body.option),
+                );
+            }
+            if election.pow_difficulty > 0 {
+                let Some(solution) = &body.pow else {
+                    return error(
+                        ErrorCode::ChallengeRequired,
+                        "this election requires a solved challenge (GET …/challenge)",
+                    );
+                };
+                if let Err(e) = pow::verify(
+                    &self.shared.pow_key,
+                    &solution.challenge,
+                    &solution.nonce,
+                    &election.id,
+                    voter,
+                    election.pow_difficulty,
+                    now,
+                ) {
+                    return error(ErrorCode::ChallengeFailed, &e.to_string());
+                }
+            }
+            election.id.clone()
+        };
+        self.submit(election_id, voter, body.option, now).await
+    }
+
+    pub(super) async fn submit(
+        &self,
+        election: ElectionId,
+        voter: votes_core::VoterId,
+        option: OptionId,
+        now: u64,
+    ) -> Response<BoxBody> {
+        let partition = partition_of(voter, self.shared.partitions);
+        let intent = VoteIntent {
+            election,
+            voter,
+            option,
+            received_at_ms: now,
+            nonce: rand::random(),
+        };
+        // The receipt is the leaf of this intent: one copy travels, this one stays for it.
+        let vote = intent.clone();
+        let (_, map) = self.fleet.map();
+        let handed = std::time::Instant::now();
+        let answer = match route(&map, &self.shared.node, self.mesh.cores(), partition) {
+            Route::Local { core } => match self.deliver(core, partition, vote) {
+                Ok(rx) => {
+                    let a = rx.await;
+                    self.metrics.answered(false, handed.elapsed());
+                    a.map_err(|_| "the vote's shard stopped before answering")
+                }
+                Err(why) => return error(ErrorCode::Unavailable, why),
+            },
+            Route::Remote { node, internal } => {
+                let Some(forwarder) = &self.forwarder else {
+                    return error(
+                        ErrorCode::Unavailable,
+                        "another node owns this vote's partition and this node cannot forward",
+                    );
+                };
+                let vote = votes_core::forward::ForwardedVote {
+                    id: 0,
+                    partition,
+                    vote,
+                };
+                match forwarder.forward(&node, internal, vote) {
+                    Ok(rx) => {
+                        let a = rx.await;
+                        self.metrics.answered(true, handed.elapsed());
+                        a.map_err(|_| "the link to the vote's owner closed before answering")
+                    }
+                    Err(refused) => {
+                        return error(
+                            ErrorCode::Unavailable,
+                            &format!("the vote's owner cannot be reached: {refused}"),
+                        );
+                    }
+                }
+            }
+            Route::NoOwner => {
+                return error(
+                    ErrorCode::Unavailable,
+                    "no node owns this vote's partition right now (the fleet is rebalancing)",
+                );
+            }
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) => return error(ErrorCode::Unavailable, why),
+        };
+        match answer {
+            VoteOutcome::Accepted { partition, offset } => {
+                let leaf = Leaf::of(&self.shared.audit_key, intent, partition, offset);
+                // The contract's 202 body, written directly: hex and integers need no escaping.
+                let body = format!(
+                    r#"{{"status":"accepted","receipt":"{}","partition":{partition},"offset":{offset}}}"#,
+                    leaf.receipt_hex()
+                );
+                raw_json(202, body.into_bytes())
+            }
+            VoteOutcome::Rejected(ErrorCode::AlreadyVoted) => error(
+                ErrorCode::AlreadyVoted,
+                "this voter has already voted in this election",
+            ),
+            VoteOutcome::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
+        }
+    }
+
+    /// A vote another node forwarded here: it passed that node's edge checks; this node only
+    /// checks that the vote is routed right and hands it to its shard. Never forwarded again
+    /// (a map that moved on answers 503 and the voter retries), so votes cannot loop.
+    pub(super) async fn forwarded(&self, v: votes_core::forward::ForwardedVote) -> VoteOutcome {
+        if v.partition != partition_of(v.vote.voter, self.shared.partitions) {
+            return VoteOutcome::Rejected(ErrorCode::InvalidRequest);
+        }
+        let (_, map) = self.fleet.map();
+        let Route::Local { core } = route(&map, &self.shared.node, self.mesh.cores(), v.partition)
+        else {
+            return VoteOutcome::Rejected(ErrorCode::Unavailable);
+        };
+        match self.deliver(core, v.partition, v.vote) {
+            Ok(rx) => rx
+                .await
+                .unwrap_or(VoteOutcome::Rejected(ErrorCode::Unavailable)),
+            Err(_) => VoteOutcome::Rejected(ErrorCode::Unavailable),
+        }
+    }
+
+    /// Hands `req` to the shard of `partition` on `core` of this node (this one or another
+    /// through the mesh).
+    pub fn deliver(
+        &self,
+        core: usize,
+        partition: u32,
+        vote: VoteIntent,
+    ) -> Result<votes_net::ReplyRx<VoteOutcome>, &'static str> {
+        let (tx, rx) = reply_channel();
+        if core == self.core {
+            self.shards.submit(partition, vote, tx);
+        } else if let Err(e) = self.mesh.try_send(
+            core,
+            CoreMsg::Vote {
+                partition,
+                vote,
+                reply: tx,
+            },
+        ) {
+            return Err(if matches!(e, SendError::Full(_)) {
+                "the shard's core is saturated"
+            } else {
+                "the shard's core is gone"
+            });
+        }
+        Ok(rx)
+    }
+}
