@@ -322,9 +322,7 @@ fn run() -> Result<std::process::ExitCode> {
                         format!("no key {kid:?} that can sign in VOTES_TOKEN_KEYS_FILE")
                     })?,
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
+            let now = votes_core::clock::unix_ms() / 1000;
             let token =
                 votes_core::token::issue(key, votes_core::VoterId(voter), parse_ttl(&ttl)?, now);
             println!("{token}");

@@ -26,9 +26,7 @@ pub fn run(common: &Common, args: &ReprocessArgs) -> Result<std::process::ExitCo
     let into = match &args.into {
         Some(p) => votes_core::Names::new(p.clone())?,
         None => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
+            let now = votes_core::clock::unix_ms() / 1000;
             votes_core::Names::new(format!("{}rp{now}-", source.prefix()))?
         }
     };

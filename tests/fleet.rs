@@ -9,7 +9,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use votes_core::clock::unix_ms;
 
 use common::runtime;
 use common::serve::{
@@ -48,16 +49,6 @@ fn init(test: &str) -> String {
 
 fn option_of(voter: u64) -> &'static str {
     OPTIONS[(voter % 3) as usize]
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// The fleet map as `serve` sees it.
@@ -648,7 +639,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         // The stop counts from when every thread of node-a is frozen: a vote received before
         // that (one already on its way) is not late.
         wait_stopped(&a);
-        let stopped_ms = now_ms();
+        let stopped_ms = unix_ms();
         // The group gives node-a's partitions to node-b once node-a's session expires; node-b
         // fences node-a's producers and recovers them.
         let moved = Instant::now();
@@ -674,7 +665,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
         wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
         wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
         // Nothing was sent to node-a since the stop, until now.
-        let quiet_until_ms = now_ms();
+        let quiet_until_ms = unix_ms();
         let log_a = strip_ansi(&a.log_text());
         assert!(
             log_a.contains("fenced") || log_a.contains("lost=true"),
@@ -946,7 +937,7 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
                 election: ElectionId::new("no-such-election").unwrap(),
                 voter: VoterId(voter),
                 option: OptionId::new("red").unwrap(),
-                received_at_ms: now_ms(),
+                received_at_ms: unix_ms(),
                 nonce: [id as u8; 16],
             },
         })

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -229,13 +229,6 @@ struct Shared {
     oversize: Bytes,
     pow_difficulty: u8,
     timeout: Duration,
-}
-
-fn now_unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn vote_body(option: &str) -> Bytes {
@@ -459,7 +452,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         cfg.voter_base,
         cfg.token_cache
             .min(usize::try_from(cfg.voters).unwrap_or(usize::MAX)),
-        now_unix_s().saturating_sub(60),
+        (votes_core::clock::unix_ms() / 1000).saturating_sub(60),
         ttl_s,
     )?;
     let mut oversize = br#"{"option":"x","padding":""#.to_vec();

@@ -26,7 +26,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -34,6 +34,8 @@ use hyper::Method;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use votes_core::clock::unix_ms;
 
 use crate::client::{Body, Client, ClientError, Protocol, RawDialer, Stream, Target};
 use crate::report::{LATENCY_MAX_US, LatencyMs, latency_histogram};
@@ -510,7 +512,7 @@ impl Ctx {
     fn now(&self) -> Now {
         Now {
             ns: self.now_ns(),
-            wall_ms: now_unix_ms(),
+            wall_ms: unix_ms(),
         }
     }
 }
@@ -972,17 +974,6 @@ async fn vote(ctx: Arc<Ctx>, v: Arc<Voting>, i: u64, sent_ns: u64) {
     ctx.c.votes_in_flight.fetch_sub(1, Ordering::AcqRel);
 }
 
-fn now_unix_s() -> u64 {
-    now_unix_ms() / 1000
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// The run's phase, for the progress line.
 #[derive(Clone, Copy)]
 #[repr(u8)]
@@ -1146,7 +1137,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
         &cfg.token_key,
         cfg.voter_base,
         0,
-        now_unix_s().saturating_sub(60),
+        (unix_ms() / 1000).saturating_sub(60),
         cfg.duration.as_secs() + 3_600,
     )?;
 

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use votes_core::clock::unix_ms;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -40,13 +41,6 @@ struct Server {
     peers: Mutex<HashSet<std::net::IpAddr>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -64,7 +58,7 @@ impl Server {
     fn voter(&self, req: &Request<Incoming>) -> Option<VoterId> {
         let h = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
         let t = h.strip_prefix("Bearer ")?;
-        token::verify(&self.keys, t, now_ms() / 1000).ok()
+        token::verify(&self.keys, t, unix_ms() / 1000).ok()
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -87,7 +81,7 @@ impl Server {
                 let Some(v) = self.voter(&req) else {
                     return err(ErrorCode::Unauthorized);
                 };
-                let exp = now_ms() + 60_000;
+                let exp = unix_ms() + 60_000;
                 let c = pow::issue(&self.pow_key, &election, v, exp, self.pow_difficulty);
                 json(
                     200,
@@ -117,7 +111,7 @@ impl Server {
                         &election,
                         voter,
                         self.pow_difficulty,
-                        now_ms(),
+                        unix_ms(),
                     )
                     .is_err()
                     {

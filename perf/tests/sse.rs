@@ -11,7 +11,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use votes_core::clock::unix_ms;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -31,13 +32,6 @@ use votes_perf::subscribe::{Config, SseRunError, StreamKind, run};
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 type Out = BoxBody<Bytes, Infallible>;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// A streamed body fed by a channel: the stream ends when the sender is dropped.
 struct ChannelBody(mpsc::Receiver<Bytes>);
@@ -240,7 +234,7 @@ impl Server {
                         Some("b") => t.1 += 1,
                         o => panic!("option {o:?}"),
                     }
-                    t.2 = now_ms();
+                    t.2 = unix_ms();
                 }
                 self.version.send_modify(|v| *v += 1);
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -324,7 +318,7 @@ async fn every_websocket_subscriber_gets_every_update() {
 
 async fn every_subscriber_gets_every_update(stream: StreamKind, protocol: Protocol) {
     let server = Arc::new(Server {
-        totals: Mutex::new((0, 0, now_ms())),
+        totals: Mutex::new((0, 0, unix_ms())),
         version: watch::channel(0).0,
         streams: AtomicU64::new(0),
         with_last_event_id: AtomicU64::new(0),

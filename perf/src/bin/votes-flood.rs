@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -226,10 +226,7 @@ struct Prep {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    votes_core::clock::unix_ms() / 1000
 }
 
 fn bearer(keys: &TokenKeys, voter: u64, ttl_s: u64, issued_s: u64) -> HeaderValue {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -418,9 +418,7 @@ fn core_thread(
     let mut outstanding = 0usize;
     let mut answered = 0usize;
     let nonce = [0u8; 16];
-    let received_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let received_at_ms = votes_core::clock::unix_ms();
 
     // Carries out the engine's commands; returns the answers to record.
     let execute = |out: &mut Vec<Command>,

@@ -5,7 +5,7 @@
 //! appliance built on this log can use less broker or client work per vote.
 
 use std::sync::{Arc, Barrier, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -125,9 +125,7 @@ fn encode(votes: &Votes, partitions: u32, seed: u64) -> Result<Vec<Encoded>, Pee
         .iter()
         .map(|o| OptionId::new(o.clone()).map_err(|e| PeerError::Args(format!("option: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = votes_core::clock::unix_ms();
     let mut rng = Rng::new(seed ^ 0x6e6f_6e63_6573);
     let mut out: Vec<Encoded> = (0..partitions)
         .map(|_| Encoded {
@@ -424,9 +422,7 @@ pub fn run(cfg: &FloorConfig) -> Result<(FloorReport, Expected), PeerError> {
         "{}-{}-{}",
         cfg.topic,
         std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
+        votes_core::clock::unix_ms()
     );
     let mut producers = Vec::with_capacity(cfg.partitions as usize);
     for p in 0..cfg.partitions {
