@@ -11,6 +11,7 @@ mod config;
 mod init;
 mod keys;
 mod persist;
+mod prom;
 mod recount;
 mod reprocess;
 mod secrets;

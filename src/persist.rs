@@ -113,8 +113,8 @@ async fn progress(stats: Arc<PersistStats>) {
 }
 
 fn render(stats: &PersistStats) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
+    use crate::prom::{Exposition, Kind};
+    let mut page = Exposition::new();
     let counters = [
         (
             "votes_persist_items_total",
@@ -143,17 +143,17 @@ fn render(stats: &PersistStats) -> String {
         ),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Ordering::Relaxed)
-        );
+        page.single(name, Kind::Counter, help, v.load(Ordering::Relaxed));
     }
-    out.push_str("# HELP votes_persist_lag Records of a partition not yet persisted.\n# TYPE votes_persist_lag gauge\n");
-    for (p, lag) in stats.lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "votes_persist_lag{{partition=\"{p}\"}} {lag}");
+    let mut lag = page.family(
+        "votes_persist_lag",
+        Kind::Gauge,
+        "Records of a partition not yet persisted.",
+    );
+    for (p, n) in stats.lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        lag.sample(&[("partition", p)], n);
     }
-    out
+    page.into_string()
 }
 
 /// A minimal HTTP/1.0 `/metrics`: one request per connection, bounded head, bounded time.

@@ -217,107 +217,99 @@ impl CoreApp {
     }
 
     pub(super) fn metrics_page(&self) -> Response<BoxBody> {
-        use std::fmt::Write;
-        let mut extra = String::new();
-        let _ = writeln!(
-            extra,
-            "# HELP votes_waiting_votes Votes waiting for their commit on this core's shards."
-        );
-        let _ = writeln!(
-            extra,
-            "# TYPE votes_waiting_votes gauge\nvotes_waiting_votes{{core=\"{}\"}} {}",
-            self.core,
-            self.shards.waiting()
-        );
+        use crate::prom::{Exposition, Kind};
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut page = Exposition::new();
+        self.shared.metrics.render(&mut page);
+        // This core's own figures: the core that answers the scrape, named in the label.
+        let core: &[(&str, &dyn std::fmt::Display)] = &[("core", &self.core)];
         let (engine, window) = self.shards.engine_stats();
-        let _ = writeln!(
-            extra,
-            "# HELP votes_commit_window_seconds How long this core's oldest queued vote may wait before its transaction starts (pacing).\n# TYPE votes_commit_window_seconds gauge\nvotes_commit_window_seconds{{core=\"{}\"}} {}",
-            self.core,
-            window.as_secs_f64()
+        page.family(
+            "votes_waiting_votes",
+            Kind::Gauge,
+            "Votes waiting for their commit on the shards of the core that answered.",
+        )
+        .sample(core, self.shards.waiting());
+        page.family(
+            "votes_commit_window_seconds",
+            Kind::Gauge,
+            "How long the oldest queued vote of the core that answered may wait before its transaction starts (pacing).",
+        )
+        .sample(core, window.as_secs_f64());
+        page.family(
+            "votes_producer_opens_total",
+            Kind::Counter,
+            "Times the core that answered opened its transactional producer (start, unknown outcome, fence).",
+        )
+        .sample(core, engine.producer_opens);
+        page.family(
+            "votes_recoveries_total",
+            Kind::Counter,
+            "Partition recoveries the core that answered completed.",
+        )
+        .sample(core, engine.recoveries);
+        page.single(
+            "votes_ready",
+            Kind::Gauge,
+            "Whether every shard of the node accepts votes.",
+            u8::from(self.ready()),
         );
-        let _ = writeln!(
-            extra,
-            "# HELP votes_producer_opens_total Times this core opened its transactional producer (start, unknown outcome, fence).\n# TYPE votes_producer_opens_total counter\nvotes_producer_opens_total{{core=\"{}\"}} {}",
-            self.core, engine.producer_opens
-        );
-        let _ = writeln!(
-            extra,
-            "# HELP votes_recoveries_total Partition recoveries this core completed.\n# TYPE votes_recoveries_total counter\nvotes_recoveries_total{{core=\"{}\"}} {}",
-            self.core, engine.recoveries
-        );
-        let _ = writeln!(
-            extra,
-            "# HELP votes_ready Whether every shard of the node accepts votes.\n# TYPE votes_ready gauge"
-        );
-        let _ = writeln!(extra, "votes_ready {}", u8::from(self.ready()));
-        let _ = writeln!(
-            extra,
-            "# HELP votes_ownership_generation Changes of the fleet map this node has seen."
-        );
-        let _ = writeln!(
-            extra,
-            "# TYPE votes_ownership_generation gauge\nvotes_ownership_generation {}",
-            self.shared.fleet.generation()
+        page.single(
+            "votes_ownership_generation",
+            Kind::Gauge,
+            "Changes of the fleet map this node has seen.",
+            self.shared.fleet.generation(),
         );
         if let Some(l) = &self.shared.link_stats {
-            use std::sync::atomic::Ordering::Relaxed;
             let figures = [
                 (
                     "votes_redis_published_total",
-                    "counter",
+                    Kind::Counter,
                     "Tally writes Redis applied.",
                     l.published.load(Relaxed),
                 ),
                 (
                     "votes_redis_stale_total",
-                    "counter",
+                    Kind::Counter,
                     "Tally writes Redis ignored as older than what it held.",
                     l.stale.load(Relaxed),
                 ),
                 (
                     "votes_redis_errors_total",
-                    "counter",
+                    Kind::Counter,
                     "Failed Redis connections or pipelines.",
                     l.errors.load(Relaxed),
                 ),
                 (
                     "votes_redis_pending",
-                    "gauge",
+                    Kind::Gauge,
                     "Tallies waiting for Redis.",
                     l.pending.load(Relaxed),
                 ),
                 (
                     "votes_redis_lag_ms",
-                    "gauge",
+                    Kind::Gauge,
                     "Age of the oldest tally waiting for Redis.",
                     l.lag_ms.load(Relaxed),
                 ),
                 (
                     "votes_redis_connected",
-                    "gauge",
+                    Kind::Gauge,
                     "Whether the link to Redis is up.",
                     u64::from(l.connected.load(Relaxed)),
                 ),
                 (
                     "votes_results_polls_total",
-                    "counter",
+                    Kind::Counter,
                     "Reads of the results from Redis.",
                     l.polls.load(Relaxed),
                 ),
             ];
             for (name, kind, help, v) in figures {
-                let _ = writeln!(
-                    extra,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
+                page.single(name, kind, help, v);
             }
         }
-        reply::text(
-            200,
-            "text/plain; version=0.0.4",
-            self.shared.metrics.render(&extra),
-        )
+        reply::text(200, "text/plain; version=0.0.4", page.into_string())
     }
 
     /// Live operational figures for the dashboard: the same numbers as `/metrics`, as JSON.
