@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::runtime;
-use common::serve::{Serve, TestClient, committed_votes, open_election};
+use common::serve::{Serve, TestClient, committed_votes, official_result, open_election};
 use common::sse::{self, Sse};
-use votes_tally::fanout::Official;
 
 const PARTITIONS: u32 = 4;
 
@@ -247,16 +246,7 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
             b["total"] == 63
         })
         .await;
-        let official = Official {
-            totals: totals_of(&totals),
-            total: 63,
-            decided_at_ms: 1_800_000_000_000,
-            extra: [
-                ("merkle_root".to_owned(), "00".repeat(32)),
-                ("merkle_tree_size".to_owned(), "63".to_owned()),
-            ]
-            .into(),
-        };
+        let official = official_result(totals_of(&totals));
         serve.write_official("live", &official);
         let deadline = Instant::now() + Duration::from_secs(10);
         let fin = loop {
@@ -423,16 +413,7 @@ fn the_stream_reaches_subscribers_over_every_protocol() {
                 }
             }
         }
-        let official = Official {
-            totals: [("yes".to_owned(), 2)].into(),
-            total: 2,
-            decided_at_ms: 1_800_000_000_000,
-            extra: [
-                ("merkle_root".to_owned(), "00".repeat(32)),
-                ("merkle_tree_size".to_owned(), "2".to_owned()),
-            ]
-            .into(),
-        };
+        let official = official_result([("yes".to_owned(), 2)].into());
         serve.write_official("everywhere", &official);
         for (protocol, _, s) in &mut streams {
             let deadline = Instant::now() + Duration::from_secs(10);

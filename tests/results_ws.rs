@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::runtime;
-use common::serve::{Serve, TestClient, open_election};
+use common::serve::{Serve, TestClient, official_result, open_election};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use votes_core::ws::{Opcode, accept_key, encode_masked};
-use votes_tally::fanout::Official;
 
 const PARTITIONS: u32 = 4;
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -362,16 +361,7 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
         }
 
         // The official result: the final event, then a normal close.
-        let official = Official {
-            totals: [("yes".to_owned(), 3), ("no".to_owned(), 0)].into(),
-            total: 3,
-            decided_at_ms: 1_800_000_000_000,
-            extra: [
-                ("merkle_root".to_owned(), "00".repeat(32)),
-                ("merkle_tree_size".to_owned(), "3".to_owned()),
-            ]
-            .into(),
-        };
+        let official = official_result([("yes".to_owned(), 3), ("no".to_owned(), 0)].into());
         serve.write_official("live", &official);
         let fin = loop {
             let e = ws.event(Duration::from_secs(10)).await;
@@ -530,16 +520,7 @@ fn results_over_websocket_on_h2_streams() {
         );
 
         // The official result: the final event, a normal close, the end of the stream.
-        let official = Official {
-            totals: [("yes".to_owned(), 2), ("no".to_owned(), 0)].into(),
-            total: 2,
-            decided_at_ms: 1_800_000_000_000,
-            extra: [
-                ("merkle_root".to_owned(), "00".repeat(32)),
-                ("merkle_tree_size".to_owned(), "2".to_owned()),
-            ]
-            .into(),
-        };
+        let official = official_result([("yes".to_owned(), 2), ("no".to_owned(), 0)].into());
         serve.write_official("tunnel", &official);
         for (protocol, ws) in &mut sessions {
             let fin = loop {
