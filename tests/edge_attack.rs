@@ -16,7 +16,10 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use votes_perf::attack::{
+    Attack, GARBAGE_AUTHORIZATION, UNKNOWN_ELECTION, WRONG_CONTENT_TYPE, unsolving_nonce,
+};
 
 use bytes::Bytes;
 use common::serve::{Serve, TestClient, open_election, token};
@@ -30,7 +33,7 @@ const PARTITIONS: u32 = 4;
 
 /// Honest votes per second, for `RUN`.
 const HONEST_RATE: u64 = 100;
-/// Flood requests per second, for `RUN`.
+/// Attack requests per second, for `RUN`.
 const FLOOD_RATE: u64 = 300;
 const RUN: Duration = Duration::from_secs(10);
 /// Honest voter ids start here; every tenth honest voter votes in the PoW election.
@@ -43,80 +46,12 @@ const FLOOD_BASE: u64 = 900_000;
 /// Bound on one request; a request without an answer by then is a failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One kind of bad request and the answer DESIGN §4.2 gives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Flood {
-    MissingToken,
-    BadSignature,
-    GarbageToken,
-    ExpiredToken,
-    BadJson,
-    UnknownField,
-    BadUtf8,
-    UnknownOption,
-    Oversize,
-    WrongContentType,
-    UnknownElection,
-    Duplicate,
-    PowMissing,
-    PowForged,
-    PowUnsolved,
-    PowOtherVoter,
-}
-
-impl Flood {
-    const ALL: [Flood; 16] = [
-        Flood::MissingToken,
-        Flood::BadSignature,
-        Flood::GarbageToken,
-        Flood::ExpiredToken,
-        Flood::BadJson,
-        Flood::UnknownField,
-        Flood::BadUtf8,
-        Flood::UnknownOption,
-        Flood::Oversize,
-        Flood::WrongContentType,
-        Flood::UnknownElection,
-        Flood::Duplicate,
-        Flood::PowMissing,
-        Flood::PowForged,
-        Flood::PowUnsolved,
-        Flood::PowOtherVoter,
-    ];
-
-    fn expected(self) -> (u16, &'static str) {
-        match self {
-            Flood::MissingToken
-            | Flood::BadSignature
-            | Flood::GarbageToken
-            | Flood::ExpiredToken => (401, "unauthorized"),
-            Flood::BadJson | Flood::UnknownField | Flood::BadUtf8 => (400, "invalid_request"),
-            Flood::UnknownOption => (422, "invalid_option"),
-            Flood::Oversize => (413, "too_large"),
-            Flood::WrongContentType => (415, "unsupported_media_type"),
-            Flood::UnknownElection => (404, "not_found"),
-            Flood::Duplicate => (409, "already_voted"),
-            Flood::PowMissing => (403, "challenge_required"),
-            Flood::PowForged | Flood::PowUnsolved | Flood::PowOtherVoter => {
-                (403, "challenge_failed")
-            }
-        }
-    }
-}
-
 /// What one request got: its status and `error.code`, or why it got none.
 #[derive(Debug, Clone)]
 struct Got {
     status: u16,
     code: String,
     body: serde_json::Value,
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 struct Ctx {
@@ -196,82 +131,68 @@ impl Ctx {
     }
 
     /// Request `n` of the flood, of kind `bad`.
-    async fn flood(&self, n: u64, bad: Flood) -> Result<Got, String> {
+    async fn flood(&self, n: u64, bad: Attack) -> Result<Got, String> {
         let voter = FLOOD_BASE + n % 1_000;
         let auth = Some(format!("Bearer {}", token(voter)));
         let json = "application/json";
         let vote = || serde_json::json!({"option": "a"}).to_string();
         match bad {
-            Flood::MissingToken => self.post(n, ELECTION, None, json, vote()).await,
-            Flood::BadSignature => {
+            Attack::MissingToken => self.post(n, ELECTION, None, json, vote()).await,
+            Attack::BadSignature => {
                 let t = votes_core::token::issue(
                     self.foreign.signing_key(),
                     VoterId(voter),
                     3600,
-                    now_s(),
+                    votes_core::clock::unix_ms() / 1000,
                 );
                 self.post(n, ELECTION, Some(format!("Bearer {t}")), json, vote())
                     .await
             }
-            Flood::GarbageToken => {
-                let auth = Some("Bearer not-a.jwt-at.all".to_string());
+            Attack::GarbageToken => {
+                let auth = Some(GARBAGE_AUTHORIZATION.to_string());
                 self.post(n, ELECTION, auth, json, vote()).await
             }
-            Flood::ExpiredToken => {
+            Attack::ExpiredToken => {
                 let t = votes_core::token::issue(
                     self.ours.signing_key(),
                     VoterId(voter),
                     60,
-                    now_s() - 7_200,
+                    (votes_core::clock::unix_ms() / 1000) - 7_200,
                 );
                 self.post(n, ELECTION, Some(format!("Bearer {t}")), json, vote())
                     .await
             }
-            Flood::BadJson => {
-                self.post(n, ELECTION, auth, json, r#"{"option": "a""#)
+            Attack::BadJson
+            | Attack::UnknownField
+            | Attack::BadUtf8
+            | Attack::UnknownOption
+            | Attack::Oversize => {
+                let body = bad.malformed_body("a").expect("a body attack");
+                self.post(n, ELECTION, auth, json, body).await
+            }
+            Attack::WrongContentType => {
+                self.post(n, ELECTION, auth, WRONG_CONTENT_TYPE, vote())
                     .await
             }
-            Flood::UnknownField => {
-                let body = r#"{"option":"a","weight":1000}"#;
-                self.post(n, ELECTION, auth, json, body).await
-            }
-            Flood::BadUtf8 => {
-                let body: Vec<u8> = b"{\"option\":\"a\xff\xfe\"}".to_vec();
-                self.post(n, ELECTION, auth, json, body).await
-            }
-            Flood::UnknownOption => {
-                let body = r#"{"option":"no-such-option"}"#;
-                self.post(n, ELECTION, auth, json, body).await
-            }
-            Flood::Oversize => {
-                let body = format!(r#"{{"option":"a","padding":"{}"}}"#, "x".repeat(2_048));
-                self.post(n, ELECTION, auth, json, body).await
-            }
-            Flood::WrongContentType => self.post(n, ELECTION, auth, "text/plain", vote()).await,
-            Flood::UnknownElection => self.post(n, "no-such-election", auth, json, vote()).await,
-            Flood::Duplicate => {
+            Attack::UnknownElection => self.post(n, UNKNOWN_ELECTION, auth, json, vote()).await,
+            Attack::Duplicate => {
                 let voter = VOTED_BASE + n % VOTED;
                 let auth = Some(format!("Bearer {}", token(voter)));
                 self.post(n, ELECTION, auth, json, vote()).await
             }
-            Flood::PowMissing => self.post(n, POW_ELECTION, auth, json, vote()).await,
-            Flood::PowForged => {
-                let body = serde_json::json!({"option": "a", "pow": {"challenge": "AQZhdHRhY2v".repeat(6), "nonce": "42"}});
-                self.post(n, POW_ELECTION, auth, json, body.to_string())
-                    .await
+            Attack::PowMissing => self.post(n, POW_ELECTION, auth, json, vote()).await,
+            Attack::PowForged => {
+                let body = bad.malformed_body("a").expect("a body attack");
+                self.post(n, POW_ELECTION, auth, json, body).await
             }
-            Flood::PowUnsolved => {
+            Attack::PowUnsolved => {
                 let challenge = self.challenge(n, voter).await?;
-                // A nonce whose hash starts with a non-zero byte: fewer than 8 zero bits.
-                let nonce = (0u64..)
-                    .map(|i| i.to_string())
-                    .find(|nonce| votes_core::pow::work_hash(&challenge, nonce)[0] != 0)
-                    .unwrap();
+                let nonce = unsolving_nonce(&challenge);
                 let body = serde_json::json!({"option": "a", "pow": {"challenge": challenge, "nonce": nonce}});
                 self.post(n, POW_ELECTION, auth, json, body.to_string())
                     .await
             }
-            Flood::PowOtherVoter => {
+            Attack::PowOtherVoter => {
                 // A genuine, solved challenge, issued to another voter.
                 let challenge = self.challenge(n, voter + 1_000).await?;
                 let c = challenge.clone();
@@ -371,7 +292,7 @@ fn a_flood_of_bad_requests_gets_its_own_4xx_while_every_honest_vote_is_accepted(
                 for n in 0..flood_total {
                     tokio::time::sleep_until(t0 + RUN * n as u32 / flood_total as u32).await;
                     let ctx = ctx.clone();
-                    let bad = Flood::ALL[(n % Flood::ALL.len() as u64) as usize];
+                    let bad = Attack::ALL[(n % Attack::ALL.len() as u64) as usize];
                     tasks.spawn(async move {
                         let got = tokio::time::timeout(REQUEST_TIMEOUT, ctx.flood(n, bad)).await;
                         (bad, got.unwrap_or_else(|_| Err("no answer in time".into())))
@@ -406,7 +327,7 @@ fn a_flood_of_bad_requests_gets_its_own_4xx_while_every_honest_vote_is_accepted(
         }
 
         // Every bad request got its own status and code; tally them by kind.
-        let mut table: BTreeMap<Flood, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut table: BTreeMap<Attack, BTreeMap<String, u64>> = BTreeMap::new();
         let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
         for (bad, got) in &flood {
             let (status, code) = bad.expected();

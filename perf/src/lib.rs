@@ -10,6 +10,7 @@
 //! and [`ws`], the delay from a vote's commit to each
 //! subscriber, and the server's memory per subscriber ([`sys`]).
 
+pub mod attack;
 pub mod chaos;
 pub mod client;
 pub mod cpu;

@@ -37,6 +37,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use votes_core::VoterId;
 use votes_core::token::{self, TokenKeys};
+use votes_perf::attack::{Attack, GARBAGE_AUTHORIZATION, UNKNOWN_ELECTION, WRONG_CONTENT_TYPE};
 use votes_perf::client::{Body, Client, Protocol, Target, Trust};
 use votes_perf::duration::parse_duration;
 use votes_perf::report::{LATENCY_MAX_US, Report, latency_histogram};
@@ -111,86 +112,6 @@ struct Args {
     quiet: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    MissingToken,
-    BadSignature,
-    GarbageToken,
-    ExpiredToken,
-    BadJson,
-    UnknownField,
-    BadUtf8,
-    UnknownOption,
-    Oversize,
-    WrongContentType,
-    UnknownElection,
-    Duplicate,
-    PowMissing,
-    PowForged,
-    PowUnsolved,
-    PowOtherVoter,
-}
-
-impl Kind {
-    const BASE: [Kind; 11] = [
-        Kind::MissingToken,
-        Kind::BadSignature,
-        Kind::GarbageToken,
-        Kind::ExpiredToken,
-        Kind::BadJson,
-        Kind::UnknownField,
-        Kind::BadUtf8,
-        Kind::UnknownOption,
-        Kind::Oversize,
-        Kind::WrongContentType,
-        Kind::UnknownElection,
-    ];
-    const POW: [Kind; 4] = [
-        Kind::PowMissing,
-        Kind::PowForged,
-        Kind::PowUnsolved,
-        Kind::PowOtherVoter,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::MissingToken => "missing_token",
-            Kind::BadSignature => "bad_signature",
-            Kind::GarbageToken => "garbage_token",
-            Kind::ExpiredToken => "expired_token",
-            Kind::BadJson => "bad_json",
-            Kind::UnknownField => "unknown_field",
-            Kind::BadUtf8 => "bad_utf8",
-            Kind::UnknownOption => "unknown_option",
-            Kind::Oversize => "oversize",
-            Kind::WrongContentType => "wrong_content_type",
-            Kind::UnknownElection => "unknown_election",
-            Kind::Duplicate => "duplicate",
-            Kind::PowMissing => "pow_missing",
-            Kind::PowForged => "pow_forged",
-            Kind::PowUnsolved => "pow_unsolved",
-            Kind::PowOtherVoter => "pow_other_voter",
-        }
-    }
-
-    /// The status and `error.code` DESIGN §4.2 gives this request.
-    fn expected(self) -> (u16, &'static str) {
-        match self {
-            Kind::MissingToken | Kind::BadSignature | Kind::GarbageToken | Kind::ExpiredToken => {
-                (401, "unauthorized")
-            }
-            Kind::BadJson | Kind::UnknownField | Kind::BadUtf8 => (400, "invalid_request"),
-            Kind::UnknownOption => (422, "invalid_option"),
-            Kind::Oversize => (413, "too_large"),
-            Kind::WrongContentType => (415, "unsupported_media_type"),
-            Kind::UnknownElection => (404, "not_found"),
-            Kind::Duplicate => (409, "already_voted"),
-            Kind::PowMissing => (403, "challenge_required"),
-            Kind::PowForged | Kind::PowUnsolved | Kind::PowOtherVoter => (403, "challenge_failed"),
-        }
-    }
-}
-
 /// Distinct voters whose tokens (and challenges) the flood rotates through.
 const POOL: u64 = 256;
 const POW_POOL: u64 = 64;
@@ -199,7 +120,7 @@ const DUP_POOL: u64 = 4_096;
 /// Everything a request needs, prepared before the run.
 struct Prep {
     client: Client,
-    kinds: Vec<Kind>,
+    kinds: Vec<Attack>,
     votes: Uri,
     pow_votes: Option<Uri>,
     unknown_election: Uri,
@@ -300,9 +221,9 @@ async fn prepare(args: &Args) -> Result<Prep> {
         );
     }
     let vote = |o: &str| Bytes::from(serde_json::json!({ "option": o }).to_string());
-    let mut kinds = Kind::BASE.to_vec();
+    let mut kinds = Attack::BASE.to_vec();
     if args.dup_voters > 0 {
-        kinds.push(Kind::Duplicate);
+        kinds.push(Attack::Duplicate);
     }
     let mut pow_vote = Bytes::new();
     let mut pow_forged = Bytes::new();
@@ -320,11 +241,7 @@ async fn prepare(args: &Args) -> Result<Prep> {
             .map(|o| o.id.clone())
             .context("the PoW election has no options")?;
         pow_vote = vote(&o);
-        // Well-formed base64url that no server issued: refused at the tag check.
-        pow_forged = Bytes::from(
-            serde_json::json!({"option": o, "pow": {"challenge": "AQZmbG9vZA".repeat(6), "nonce": "42"}})
-                .to_string(),
-        );
+        pow_forged = Bytes::from(Attack::PowForged.malformed_body(&o).expect("a body attack"));
         #[derive(serde::Deserialize)]
         struct Challenge {
             challenge: String,
@@ -334,10 +251,7 @@ async fn prepare(args: &Args) -> Result<Prep> {
         for k in 0..POW_POOL {
             let auth = bearer_pool[k as usize].clone();
             let c: Challenge = get_json(&client, &path, Some(&auth)).await?;
-            let nonce = (0u64..)
-                .map(|i| i.to_string())
-                .find(|n| votes_core::pow::work_hash(&c.challenge, n)[0] != 0)
-                .expect("most nonces fail");
+            let nonce = votes_perf::attack::unsolving_nonce(&c.challenge);
             let body =
                 serde_json::json!({"option": o, "pow": {"challenge": c.challenge, "nonce": nonce}});
             pow_unsolved.push((auth.clone(), Bytes::from(body.to_string())));
@@ -349,39 +263,34 @@ async fn prepare(args: &Args) -> Result<Prep> {
             pow_other.push((auth, Bytes::from(body.to_string())));
         }
         pow_votes = Some(client.uri(&format!("/v1/elections/{pe}/votes")));
-        kinds.extend(Kind::POW);
+        kinds.extend(Attack::POW);
     }
-    let mut oversize = format!(r#"{{"option":"{option}","padding":""#).into_bytes();
-    oversize.resize(
-        oversize.len() + 2 * votes_core::vote_body::VOTE_BODY_MAX,
-        b'x',
-    );
-    oversize.extend_from_slice(br#""}"#);
+    let body = |a: Attack| Bytes::from(a.malformed_body(&option).expect("a body attack"));
     Ok(Prep {
         kinds,
         votes: client.uri(&format!("/v1/elections/{}/votes", args.election)),
         pow_votes,
-        unknown_election: client.uri("/v1/elections/no-such-election-flood/votes"),
+        unknown_election: client.uri(&format!("/v1/elections/{UNKNOWN_ELECTION}/votes")),
         json: HeaderValue::from_static("application/json"),
-        text: HeaderValue::from_static("text/plain"),
+        text: HeaderValue::from_static(WRONG_CONTENT_TYPE),
         foreign: (0..POOL)
             .map(|k| bearer(&foreign, args.voter_base + k, ttl, issued))
             .collect(),
         expired: (0..POOL)
             .map(|k| bearer(&keys, args.voter_base + k, 60, now_s() - 7_200))
             .collect(),
-        garbage: HeaderValue::from_static("Bearer not-a.jwt-at.all"),
+        garbage: HeaderValue::from_static(GARBAGE_AUTHORIZATION),
         dup: (0..args.dup_voters.min(DUP_POOL))
             .map(|k| bearer(&keys, args.dup_base + k, ttl, issued))
             .collect(),
         bearer: bearer_pool,
-        bad_json: Bytes::from(format!(r#"{{"option": "{option}""#)),
-        unknown_field: Bytes::from(format!(r#"{{"option":"{option}","weight":1000}}"#)),
-        bad_utf8: Bytes::from(b"{\"option\":\"a\xff\xfe\"}".to_vec()),
-        unknown_option: vote("no-such-option-flood"),
+        bad_json: body(Attack::BadJson),
+        unknown_field: body(Attack::UnknownField),
+        bad_utf8: body(Attack::BadUtf8),
+        unknown_option: body(Attack::UnknownOption),
         vote: vote(&option),
         pow_vote,
-        oversize: Bytes::from(oversize),
+        oversize: body(Attack::Oversize),
         pow_forged,
         pow_unsolved,
         pow_other,
@@ -391,79 +300,79 @@ async fn prepare(args: &Args) -> Result<Prep> {
 }
 
 impl Prep {
-    fn request(&self, n: u64) -> (Kind, hyper::Request<Body>) {
+    fn request(&self, n: u64) -> (Attack, hyper::Request<Body>) {
         let kind = self.kinds[(n % self.kinds.len() as u64) as usize];
         let k = (n / self.kinds.len() as u64) as usize;
         let pick = |v: &Vec<HeaderValue>| v[k % v.len()].clone();
         let (uri, ctype, auth, body) = match kind {
-            Kind::MissingToken => (&self.votes, &self.json, None, self.vote.clone()),
-            Kind::BadSignature => (
+            Attack::MissingToken => (&self.votes, &self.json, None, self.vote.clone()),
+            Attack::BadSignature => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.foreign)),
                 self.vote.clone(),
             ),
-            Kind::GarbageToken => (
+            Attack::GarbageToken => (
                 &self.votes,
                 &self.json,
                 Some(self.garbage.clone()),
                 self.vote.clone(),
             ),
-            Kind::ExpiredToken => (
+            Attack::ExpiredToken => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.expired)),
                 self.vote.clone(),
             ),
-            Kind::BadJson => (
+            Attack::BadJson => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.bad_json.clone(),
             ),
-            Kind::UnknownField => (
+            Attack::UnknownField => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.unknown_field.clone(),
             ),
-            Kind::BadUtf8 => (
+            Attack::BadUtf8 => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.bad_utf8.clone(),
             ),
-            Kind::UnknownOption => (
+            Attack::UnknownOption => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.unknown_option.clone(),
             ),
-            Kind::Oversize => (
+            Attack::Oversize => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.oversize.clone(),
             ),
-            Kind::WrongContentType => (
+            Attack::WrongContentType => (
                 &self.votes,
                 &self.text,
                 Some(pick(&self.bearer)),
                 self.vote.clone(),
             ),
-            Kind::UnknownElection => (
+            Attack::UnknownElection => (
                 &self.unknown_election,
                 &self.json,
                 Some(pick(&self.bearer)),
                 self.vote.clone(),
             ),
-            Kind::Duplicate => (
+            Attack::Duplicate => (
                 &self.votes,
                 &self.json,
                 Some(pick(&self.dup)),
                 self.vote.clone(),
             ),
-            Kind::PowMissing => (
+            Attack::PowMissing => (
                 self.pow_votes
                     .as_ref()
                     .expect("PoW kinds only with a PoW election"),
@@ -471,7 +380,7 @@ impl Prep {
                 Some(pick(&self.bearer)),
                 self.pow_vote.clone(),
             ),
-            Kind::PowForged => (
+            Attack::PowForged => (
                 self.pow_votes
                     .as_ref()
                     .expect("PoW kinds only with a PoW election"),
@@ -479,8 +388,8 @@ impl Prep {
                 Some(pick(&self.bearer)),
                 self.pow_forged.clone(),
             ),
-            Kind::PowUnsolved | Kind::PowOtherVoter => {
-                let pool = if kind == Kind::PowUnsolved {
+            Attack::PowUnsolved | Attack::PowOtherVoter => {
+                let pool = if kind == Attack::PowUnsolved {
                     &self.pow_unsolved
                 } else {
                     &self.pow_other
@@ -530,7 +439,7 @@ struct Stats {
 
 struct Inner {
     latency_us: Histogram<u64>,
-    by_kind: BTreeMap<Kind, BTreeMap<String, u64>>,
+    by_kind: BTreeMap<Attack, BTreeMap<String, u64>>,
     by_status: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
 }
