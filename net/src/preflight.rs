@@ -5,7 +5,10 @@
 //! RLIMIT_MEMLOCK below 512 KiB makes every executor fail to build. We probe the same facts
 //! first, on the calling thread, and turn them into a [`NetError`] naming what is missing.
 //!
-//! The judgement ([`judge`]) is pure and unit-tested; only [`probe`] touches the host.
+//! The judgement ([`judge`]) is pure and unit-tested; only [`probe`] touches the host, through
+//! `votes_tuning::host`, which reads every host fact the node checks.
+
+use votes_tuning::host;
 
 use crate::error::NetError;
 
@@ -87,7 +90,7 @@ pub fn judge(facts: &HostFacts, cpus: &[usize]) -> Result<(), NetError> {
 /// except for raising the soft RLIMIT_MEMLOCK up to the hard one when the soft one is below
 /// glommio's floor: any process may do that, and it is what an operator would do by hand.
 pub fn probe() -> HostFacts {
-    let (mut soft, hard) = memlock();
+    let (mut soft, hard) = host::memlock_limits();
     if soft < GLOMMIO_MIN_MEMLOCK && hard >= GLOMMIO_MIN_MEMLOCK {
         let lim = libc::rlimit {
             rlim_cur: hard as libc::rlim_t,
@@ -106,112 +109,12 @@ pub fn probe() -> HostFacts {
     HostFacts {
         memlock_soft: soft,
         memlock_hard: hard,
-        uring: uring_supported_ops(),
+        uring: host::uring_supported_ops(),
         io_uring_disabled: std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
             .ok()
             .and_then(|s| s.trim().parse().ok()),
-        allowed_cpus: allowed_cpus(),
+        allowed_cpus: host::allowed_cpus(),
     }
-}
-
-// rlim_t is u64 on this target but not on every libc target.
-#[allow(clippy::unnecessary_cast)]
-fn memlock() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall writing into a valid struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return (0, 0);
-    }
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most size_of::<cpu_set_t>().
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// `struct io_uring_params` (uapi): 120 bytes, all zero on input except what we set.
-#[repr(C, align(8))]
-struct UringParams([u32; 30]);
-
-/// `struct io_uring_probe` with room for 256 `struct io_uring_probe_op` (8 bytes each).
-#[repr(C, align(8))]
-struct UringProbe {
-    last_op: u8,
-    ops_len: u8,
-    resv: u16,
-    resv2: [u32; 3],
-    ops: [[u8; 8]; 256],
-}
-
-const IORING_REGISTER_PROBE: libc::c_long = 8;
-const IO_URING_OP_SUPPORTED: u16 = 1;
-
-/// Sets up a 4-entry ring and asks the kernel which opcodes it supports (what liburing's
-/// `io_uring_get_probe` does, without liburing's panic path in glommio).
-fn uring_supported_ops() -> Result<Vec<u8>, i32> {
-    let mut params = UringParams([0; 30]);
-    // SAFETY: io_uring_setup reads and writes a correctly sized, zeroed io_uring_params.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_setup,
-            4 as libc::c_long,
-            &mut params as *mut UringParams,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL));
-    }
-    let fd = fd as libc::c_int;
-    let mut probe = UringProbe {
-        last_op: 0,
-        ops_len: 0,
-        resv: 0,
-        resv2: [0; 3],
-        ops: [[0; 8]; 256],
-    };
-    // SAFETY: the probe buffer holds 256 ops as nr_args says; fd is the ring we just created.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_register,
-            fd as libc::c_long,
-            IORING_REGISTER_PROBE,
-            &mut probe as *mut UringProbe,
-            256 as libc::c_long,
-        )
-    };
-    let err = std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EINVAL);
-    // SAFETY: closing the fd we own.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        // Kernels before 5.6 have io_uring but no probe: too old for glommio anyway.
-        return if err == libc::EINVAL {
-            Ok(Vec::new())
-        } else {
-            Err(err)
-        };
-    }
-    let n = usize::from(probe.ops_len).min(256);
-    Ok(probe.ops[..n]
-        .iter()
-        .filter(|op| u16::from_ne_bytes([op[2], op[3]]) & IO_URING_OP_SUPPORTED != 0)
-        .map(|op| op[0])
-        .collect())
 }
 
 #[cfg(test)]

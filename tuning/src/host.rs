@@ -1,4 +1,6 @@
-//! Reads the facts [`crate::judge`] needs from this host.
+//! Reads the host: the facts [`crate::judge`] needs for `votes tune check`, and those the
+//! reactors' preflight (`votes_net::preflight`) checks before glommio starts. Every read of
+//! the host's limits, CPUs and io_uring is here.
 
 use std::fs;
 
@@ -74,22 +76,104 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Asks the kernel for a one-entry io_uring and closes it: the only reliable availability test
-/// (seccomp filters and `kernel.io_uring_disabled` both say no only at this call).
+/// Whether io_uring can be used here: the kernel's answer to setting a ring up (seccomp filters
+/// and `kernel.io_uring_disabled` both say no only at that call).
 fn io_uring_available() -> Result<(), String> {
-    let mut params = [0u8; 120]; // struct io_uring_params
-    // SAFETY: io_uring_setup reads and writes `params`, which outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
+    uring_supported_ops().map(|_| ()).map_err(|errno| {
+        let err = std::io::Error::from_raw_os_error(errno);
         let disabled = sysctl("/proc/sys/kernel/io_uring_disabled")
             .map(|v| format!("; kernel.io_uring_disabled={v}"))
             .unwrap_or_default();
-        return Err(format!("{err}{disabled}"));
+        format!("{err}{disabled}")
+    })
+}
+
+// rlim_t is u64 on this target but not on every libc target.
+#[allow(clippy::unnecessary_cast)]
+/// The soft and hard RLIMIT_MEMLOCK (0, 0 when they cannot be read).
+pub fn memlock_limits() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall writing into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return (0, 0);
     }
-    // SAFETY: fd was just returned by the kernel and is owned here.
-    unsafe { libc::close(fd as libc::c_int) };
-    Ok(())
+    (lim.rlim_cur as u64, lim.rlim_max as u64)
+}
+
+/// `struct io_uring_params` (uapi): 120 bytes, all zero on input except what we set.
+#[repr(C, align(8))]
+struct UringParams([u32; 30]);
+
+/// `struct io_uring_probe` with room for 256 `struct io_uring_probe_op` (8 bytes each).
+#[repr(C, align(8))]
+struct UringProbe {
+    last_op: u8,
+    ops_len: u8,
+    resv: u16,
+    resv2: [u32; 3],
+    ops: [[u8; 8]; 256],
+}
+
+const IORING_REGISTER_PROBE: libc::c_long = 8;
+const IO_URING_OP_SUPPORTED: u16 = 1;
+
+/// Sets up a 4-entry ring and asks the kernel which opcodes it supports (what liburing's
+/// `io_uring_get_probe` does, without liburing's panic path in glommio).
+pub fn uring_supported_ops() -> Result<Vec<u8>, i32> {
+    let mut params = UringParams([0; 30]);
+    // SAFETY: io_uring_setup reads and writes a correctly sized, zeroed io_uring_params.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            4 as libc::c_long,
+            &mut params as *mut UringParams,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL));
+    }
+    let fd = fd as libc::c_int;
+    let mut probe = UringProbe {
+        last_op: 0,
+        ops_len: 0,
+        resv: 0,
+        resv2: [0; 3],
+        ops: [[0; 8]; 256],
+    };
+    // SAFETY: the probe buffer holds 256 ops as nr_args says; fd is the ring we just created.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd as libc::c_long,
+            IORING_REGISTER_PROBE,
+            &mut probe as *mut UringProbe,
+            256 as libc::c_long,
+        )
+    };
+    let err = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EINVAL);
+    // SAFETY: closing the fd we own.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        // Kernels before 5.6 have io_uring but no probe: too old for glommio anyway.
+        return if err == libc::EINVAL {
+            Ok(Vec::new())
+        } else {
+            Err(err)
+        };
+    }
+    let n = usize::from(probe.ops_len).min(256);
+    Ok(probe.ops[..n]
+        .iter()
+        .filter(|op| u16::from_ne_bytes([op[2], op[3]]) & IO_URING_OP_SUPPORTED != 0)
+        .map(|op| op[0])
+        .collect())
 }
 
 pub fn probe() -> HostFacts {
