@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::tls::{TlsFileKind, TlsFileProblem};
-
 /// Why the reactors could not start (or stopped abnormally).
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -91,4 +89,47 @@ pub enum NetError {
     /// Any other TLS set-up failure (rustls refused the configuration, certificate generation).
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
+}
+
+/// Which file of a TLS configuration an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFileKind {
+    CertChain,
+    PrivateKey,
+}
+
+impl std::fmt::Display for TlsFileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CertChain => "certificate chain",
+            Self::PrivateKey => "private key",
+        })
+    }
+}
+
+/// What is wrong with a TLS PEM file (see [`NetError::TlsFile`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileProblem {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("larger than {limit} bytes (a PEM certificate chain or key is a few KiB)")]
+    TooLarge { limit: u64 },
+    #[error("malformed PEM: {0}")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+    #[error("holds no CERTIFICATE block (found: {found})")]
+    NoCertificate { found: String },
+    #[error(
+        "holds no private key block: expected PRIVATE KEY (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY (found: {found})"
+    )]
+    NoPrivateKey { found: String },
+    #[error(
+        "holds an ENCRYPTED PRIVATE KEY, which cannot be used unattended; decrypt it (`openssl pkey -in KEY -out PLAIN`)"
+    )]
+    EncryptedKey,
+    #[error("holds {count} private keys; give exactly one")]
+    SeveralKeys { count: usize },
+    #[error("the key cannot be used (RSA, ECDSA P-256/P-384 or Ed25519 expected): {0}")]
+    UnusableKey(#[source] rustls::Error),
+    #[error("the leaf certificate cannot be parsed: {0}")]
+    BadCertificate(#[source] rustls::Error),
 }

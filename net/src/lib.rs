@@ -29,7 +29,7 @@ pub mod ws;
 
 pub use blocking::{Blocking, BlockingError};
 pub use body::{BodyLimitError, BoxBody, BoxError, RequestBody, read_body_limited};
-pub use error::NetError;
+pub use error::{NetError, TlsFileKind, TlsFileProblem};
 pub use error_body::error_body;
 pub use httpd::{
     Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
@@ -44,8 +44,8 @@ pub use reactor::{
 };
 pub use signal::{LocalNotify, LocalSignal, Wait};
 pub use tls::{
-    DevFleetPki, InternalTls, TlsFileKind, TlsFileProblem, dev_fleet_pki, internal_tls,
-    self_signed_dev_cert, self_signed_dev_cert_with_spki, tls_server_config,
+    DevFleetPki, InternalTls, dev_fleet_pki, internal_tls, self_signed_dev_cert,
+    self_signed_dev_cert_with_spki, tls_server_config,
 };
 
 /// Re-exported so apps name the same versions.

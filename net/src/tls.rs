@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::error::NetError;
+use crate::error::{NetError, TlsFileKind, TlsFileProblem};
 
 /// ALPN id of HTTP/2 over TLS (RFC 9113 §3.2).
 pub(crate) const ALPN_H2: &[u8] = b"h2";
@@ -24,49 +24,6 @@ pub(crate) const ALPN_H3: &[u8] = b"h3";
 /// A certificate chain or key file is a few KiB; anything much larger is the wrong file, and we
 /// would rather say so than read a multi-GB file into memory.
 const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
-
-/// Which file of a TLS configuration an error is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsFileKind {
-    CertChain,
-    PrivateKey,
-}
-
-impl std::fmt::Display for TlsFileKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::CertChain => "certificate chain",
-            Self::PrivateKey => "private key",
-        })
-    }
-}
-
-/// What is wrong with a TLS PEM file (see [`NetError::TlsFile`]).
-#[derive(Debug, thiserror::Error)]
-pub enum TlsFileProblem {
-    #[error("cannot read it: {0}")]
-    Read(#[source] std::io::Error),
-    #[error("larger than {limit} bytes (a PEM certificate chain or key is a few KiB)")]
-    TooLarge { limit: u64 },
-    #[error("malformed PEM: {0}")]
-    Pem(#[source] rustls::pki_types::pem::Error),
-    #[error("holds no CERTIFICATE block (found: {found})")]
-    NoCertificate { found: String },
-    #[error(
-        "holds no private key block: expected PRIVATE KEY (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY (found: {found})"
-    )]
-    NoPrivateKey { found: String },
-    #[error(
-        "holds an ENCRYPTED PRIVATE KEY, which cannot be used unattended; decrypt it (`openssl pkey -in KEY -out PLAIN`)"
-    )]
-    EncryptedKey,
-    #[error("holds {count} private keys; give exactly one")]
-    SeveralKeys { count: usize },
-    #[error("the key cannot be used (RSA, ECDSA P-256/P-384 or Ed25519 expected): {0}")]
-    UnusableKey(#[source] rustls::Error),
-    #[error("the leaf certificate cannot be parsed: {0}")]
-    BadCertificate(#[source] rustls::Error),
-}
 
 fn file_err(kind: TlsFileKind, path: &Path, problem: TlsFileProblem) -> NetError {
     NetError::TlsFile {

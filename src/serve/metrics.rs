@@ -16,7 +16,7 @@ use votes_net::HttpStats;
 use votes_tally::engine::TxnOutcome;
 use votes_tally::shard::ShardState;
 
-use super::shards::PartitionStatus;
+use super::status::PartitionStatus;
 use crate::prom::{Exposition, Kind};
 
 /// Commit latencies in microseconds, up to a minute.

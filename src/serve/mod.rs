@@ -13,6 +13,7 @@ mod reply;
 mod results;
 mod routes;
 mod shards;
+mod status;
 mod web;
 
 use std::cell::RefCell;
