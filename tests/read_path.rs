@@ -357,14 +357,13 @@ fn a_results_only_node_serves_the_same_numbers_and_takes_no_votes() {
 #[test]
 fn the_stream_reaches_subscribers_over_every_protocol() {
     const PROTOCOLS: [&str; 5] = ["h1", "h2c", "h1-tls", "h2-tls", "h3"];
-    let prefix = common::unique_prefix("results-protocols");
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let serve = Serve::init_and_start_with(
+        "results-protocols",
+        PARTITIONS,
+        2,
+        true,
+        &[("VOTES_SSE_HEARTBEAT_S", "1")],
     );
-    let serve = Serve::start_env(&prefix, 2, true, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
     let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
     runtime().block_on(async {
         let client = TestClient::http1();

@@ -248,14 +248,13 @@ async fn open(serve: &Serve, election: &str) -> Ws {
 
 #[test]
 fn results_over_websocket_from_handshake_to_the_official_close() {
-    let prefix = common::unique_prefix("results-ws");
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let serve = Serve::init_and_start_with(
+        "results-ws",
+        PARTITIONS,
+        2,
+        false,
+        &[("VOTES_SSE_HEARTBEAT_S", "1")],
     );
-    let serve = Serve::start_env(&prefix, 2, false, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "live", &["yes", "no"], 0).await;
@@ -406,14 +405,13 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
 #[test]
 fn results_over_websocket_on_h2_streams() {
     const VERSION: [(&str, &str); 1] = [("sec-websocket-version", "13")];
-    let prefix = common::unique_prefix("results-ws-h2");
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let serve = Serve::init_and_start_with(
+        "results-ws-h2",
+        PARTITIONS,
+        2,
+        true,
+        &[("VOTES_SSE_HEARTBEAT_S", "1")],
     );
-    let serve = Serve::start_env(&prefix, 2, true, &[("VOTES_SSE_HEARTBEAT_S", "1")]);
     let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
     runtime().block_on(async {
         let client = TestClient::http1();

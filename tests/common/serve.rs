@@ -59,6 +59,18 @@ impl Serve {
         cores: usize,
         env: &[(&str, &str)],
     ) -> Serve {
+        Serve::init_and_start_with(test, partitions, cores, false, env)
+    }
+
+    /// Like [`Serve::init_and_start_env`], with a TLS listener (a self-signed certificate,
+    /// HTTP/3 beside it) when `tls`.
+    pub fn init_and_start_with(
+        test: &str,
+        partitions: u32,
+        cores: usize,
+        tls: bool,
+        env: &[(&str, &str)],
+    ) -> Serve {
         require(Service::Kafka);
         require(Service::DynamoDb);
         let prefix = super::unique_prefix(test);
@@ -68,7 +80,7 @@ impl Serve {
             "votes init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Serve::start_env(&prefix, cores, false, env)
+        Serve::start_env(&prefix, cores, tls, env)
     }
 
     /// A serve process on an existing prefix; waits until `/readyz` answers 200.
