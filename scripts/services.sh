@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts, stops and checks the real services that the tests and the demo use (DESIGN.md §5),
+# Starts, stops and checks the real services that the tests and the demo use (docs/design.md §5),
 # each a background daemon listening on 127.0.0.1 only:
 #
 #   kafka     Apache Kafka 4.3.1, KRaft, broker+controller per node,  9092 (controllers 19092)

@@ -1,5 +1,5 @@
 //! Settings come from flags, then `VOTES_*` environment variables, then a TOML file, then
-//! defaults (DESIGN §4.1). clap handles the first two and the last; the file is folded in by
+//! defaults (docs/design.md §4.1). clap handles the first two and the last; the file is folded in by
 //! placing its settings as flags *before* the user's own, so anything the user typed wins
 //! (`args_override_self`), and a key whose environment variable is set is left out so the
 //! environment wins over the file.

@@ -1,4 +1,4 @@
-//! `votes init`: topics and tables for one prefix, idempotently (DESIGN §4.1).
+//! `votes init`: topics and tables for one prefix, idempotently (docs/design.md §4.1).
 
 use anyhow::{Context, Result};
 use votes_tally::provision::{self, Outcome, TopicPlan};

@@ -1,4 +1,4 @@
-//! The voter-token keys of this process (DESIGN §4.1-4.2): `VOTES_TOKEN_KEY` (HS256, no key id,
+//! The voter-token keys of this process (docs/design.md §4.1-4.2): `VOTES_TOKEN_KEY` (HS256, no key id,
 //! the key this node issues with) plus, during a rotation or with an external issuer, the keys
 //! listed in `VOTES_TOKEN_KEYS_FILE` (`<kid> <alg> <path>` per line, see
 //! `votes_core::token::parse_key_file`). Key bytes are read from files, never logged.

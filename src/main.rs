@@ -1,4 +1,4 @@
-//! `votes`: the one binary of the appliance (DESIGN §4.1). Subcommands wire the crates into
+//! `votes`: the one binary of the appliance (docs/design.md §4.1). Subcommands wire the crates into
 //! roles; `anyhow` lives only here, at the edge.
 
 use std::ffi::OsString;
@@ -37,7 +37,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// Settings every role reads (DESIGN §4.1).
+/// Settings every role reads (docs/design.md §4.1).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// Kafka bootstrap servers.
@@ -210,7 +210,7 @@ enum Command {
         #[arg(long)]
         kid: Option<String>,
     },
-    /// Auditors' tools (DESIGN §4.5): signed offline export, its verification, the public key.
+    /// Auditors' tools (docs/design.md §4.5): signed offline export, its verification, the public key.
     Audit(audit::AuditArgs),
     /// Write a self-signed development certificate and key (`cert.pem`, `key.pem`) for
     /// `--https` to DIR, and print the base64 SHA-256 of its public key (what Chromium's

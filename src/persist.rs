@@ -1,4 +1,4 @@
-//! `votes persist` (DESIGN §4.1): the committed `votes` log → DynamoDB, as a consumer group.
+//! `votes persist` (docs/design.md §4.1): the committed `votes` log → DynamoDB, as a consumer group.
 //! The work is `votes_tally::persist`; this is its process: runtime, signals, progress and
 //! `/metrics`.
 

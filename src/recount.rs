@@ -1,4 +1,4 @@
-//! `votes recount` (DESIGN §4.1): the official count of closed elections, printed as a table of
+//! `votes recount` (docs/design.md §4.1): the official count of closed elections, printed as a table of
 //! the three sources; exit 0 only when they agree.
 
 use std::time::Duration;

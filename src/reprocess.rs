@@ -1,4 +1,4 @@
-//! `votes audit reprocess --election ID [--into PREFIX]` (DESIGN §4.5): replays the election's
+//! `votes audit reprocess --election ID [--into PREFIX]` (docs/design.md §4.5): replays the election's
 //! committed votes from Kafka into a fresh prefix (DynamoDB tables and Redis keys of their own),
 //! counts them back from there and compares with the official result. Exit 0 only if every
 //! count and the Merkle root agree.

@@ -1,4 +1,4 @@
-//! The admin listener over TLS (`--admin-tls-cert`, `--admin-tls-key`, DESIGN §7): when it
+//! The admin listener over TLS (`--admin-tls-cert`, `--admin-tls-key`, docs/design.md §7): when it
 //! leaves the machine, the admin token and the operators' writes cross the network encrypted.
 //! Over TLS the admin API and `/metrics` answer as on plaintext, still behind the token; a
 //! plaintext client gets nothing.

@@ -1,4 +1,4 @@
-//! Election versions (DESIGN §7): admin writes are compare-and-set on the election as the
+//! Election versions (docs/design.md §7): admin writes are compare-and-set on the election as the
 //! elections topic holds it, through one serialized writer for the whole deployment. Fifty
 //! concurrent writes (PATCHes of the difficulty and a close) through two nodes: each answers
 //! `200` or `409 conflict`, the versions answered `200` form one unbroken chain (nothing

@@ -1,4 +1,4 @@
-//! The auditors' export (DESIGN §4.5): `votes audit export` of a final election writes exactly
+//! The auditors' export (docs/design.md §4.5): `votes audit export` of a final election writes exactly
 //! the counted votes (first vote per voter, tree order, the receipts the voters were given),
 //! `votes audit verify` accepts it offline, and refuses, naming the problem, an export with a
 //! changed option, a deleted row, a repeated row, an edited manifest or a signature by another

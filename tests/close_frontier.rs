@@ -1,4 +1,4 @@
-//! The close frontier (DESIGN §7): closing an election is a barrier. Votes stream in while the
+//! The close frontier (docs/design.md §7): closing an election is a barrier. Votes stream in while the
 //! election closes; afterwards every `202` is counted in the official result (its receipt
 //! verifies against the official root), every other answer is a contract code
 //! (`409 election_not_open` once closed, `503` to retry), the official result names a

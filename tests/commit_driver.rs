@@ -1,4 +1,4 @@
-//! A core's real committer and recovery against the real broker (DESIGN §3.1-3.3): one
+//! A core's real committer and recovery against the real broker (docs/design.md §3.1-3.3): one
 //! transaction spans every partition of the core; votes are acknowledged only with the offsets
 //! Kafka gave them; a replay of the committed log rebuilds exactly the same voter sets and
 //! tallies; and a core stopped between producing and committing a transaction over several

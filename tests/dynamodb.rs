@@ -1,4 +1,4 @@
-//! The local DynamoDB endpoint behaves as the source of truth needs (DESIGN §3.5, §4.4): batch writes keyed
+//! The local DynamoDB endpoint behaves as the source of truth needs (docs/design.md §3.5, §4.4): batch writes keyed
 //! by (election#bucket, voter), queries per write-shard bucket, and idempotent re-writes.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Edge protection (DESIGN §4.2-4.3): voter tokens from several keys at once (HS256 and an
+//! Edge protection (docs/design.md §4.2-4.3): voter tokens from several keys at once (HS256 and an
 //! external issuer's EdDSA key, by `kid`), and no token or key ever reaching the log.
 
 mod common;

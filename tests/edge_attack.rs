@@ -1,4 +1,4 @@
-//! A flood of bad vote requests beside honest voters (issue #7, DESIGN §4.2).
+//! A flood of bad vote requests beside honest voters (issue #7, docs/design.md §4.2).
 //!
 //! For about ten seconds honest voters vote at 100/s (distinct voters; every tenth one in an
 //! election with proof of work, solving its challenge), while a flood of 300 bad requests/s hits

@@ -1,4 +1,4 @@
-//! The fleet's promises (DESIGN §3.1-3.3, issue #10) against the real broker and real `votes
+//! The fleet's promises (docs/design.md §3.1-3.3, issue #10) against the real broker and real `votes
 //! serve` processes: two nodes divide the partitions through Kafka's group membership, any
 //! node takes any vote (forwarding it to the owner), a node killed with `kill -9` hands its
 //! partitions to the survivor, and a node stopped with SIGSTOP comes back as a fenced zombie

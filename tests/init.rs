@@ -1,4 +1,4 @@
-//! `votes init` (DESIGN §4.1): creates the topics and tables of a prefix, is idempotent, and
+//! `votes init` (docs/design.md §4.1): creates the topics and tables of a prefix, is idempotent, and
 //! refuses to pretend a `votes` topic with another partition count is fine.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Kafka as production runs it: TLS and SASL SCRAM (DESIGN §7). The services script gives its
+//! Kafka as production runs it: TLS and SASL SCRAM (docs/design.md §7). The services script gives its
 //! one-node broker a second listener, SASL_SSL on 127.0.0.1:9097, with a certificate from a CA
 //! it made (`~/.cache/votes-services/kafka-tls/ca.pem`, shared by checkouts like the broker)
 //! and a SCRAM-SHA-512 user. Every Kafka client

@@ -1,4 +1,4 @@
-//! The real Kafka broker behaves as DESIGN §3.1-3.3 needs: a transaction's records are visible
+//! The real Kafka broker behaves as docs/design.md §3.1-3.3 needs: a transaction's records are visible
 //! to read_committed readers only once committed, never when aborted, and a second producer with
 //! the same transactional.id fences the first.
 

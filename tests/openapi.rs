@@ -1,4 +1,4 @@
-//! The API descriptions (`GET /openapi.json`, `GET /admin/openapi.json`, DESIGN §7) against a
+//! The API descriptions (`GET /openapi.json`, `GET /admin/openapi.json`, docs/design.md §7) against a
 //! real node: every answer the probes provoke is documented, with its status, media type,
 //! required headers and a body valid under the documented schema; every documented answer is
 //! provoked here or named below with the test that provokes it; every method a documented

@@ -1,4 +1,4 @@
-//! `--proxy-protocol` (PROXY protocol v2, DESIGN §7): behind a load balancer every connection
+//! `--proxy-protocol` (PROXY protocol v2, docs/design.md §7): behind a load balancer every connection
 //! comes from the balancer, and the header it writes first names the client. The rate limiter
 //! must see that client, a connection without a valid header must be closed and counted, the
 //! balancer's own `LOCAL` health checks must be served, and a listener without the flag must

@@ -1,4 +1,4 @@
-//! The read path end to end (DESIGN §3.4, §4.2): shards publish absolute tallies to Redis,
+//! The read path end to end (docs/design.md §3.4, §4.2): shards publish absolute tallies to Redis,
 //! the results role sums them, serves `GET …/results` with caching headers and streams changes
 //! over SSE; the pages and the development sign-in are served by the same binary.
 

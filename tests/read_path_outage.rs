@@ -1,4 +1,4 @@
-//! A Redis outage under load only delays results (DESIGN §3.4): votes keep being accepted
+//! A Redis outage under load only delays results (docs/design.md §3.4): votes keep being accepted
 //! while Redis is down, and once it is back (empty: it keeps no data) the live results converge
 //! to the committed tallies without restarting `votes`.
 //!

@@ -1,4 +1,4 @@
-//! The Redis read model's Lua script (DESIGN §3.4) against a real Redis: absolute tallies that a
+//! The Redis read model's Lua script (docs/design.md §3.4) against a real Redis: absolute tallies that a
 //! stale or repeated write never moves backwards.
 
 mod common;
@@ -86,7 +86,7 @@ fn tally_writes_apply_only_when_newer() {
         );
         assert_eq!(read(conn.clone(), key.clone()).await["red"], "9");
 
-        // A wiped read model is rebuilt by the next publish (DESIGN §3.4).
+        // A wiped read model is rebuilt by the next publish (docs/design.md §3.4).
         redis::cmd("DEL")
             .arg(&key)
             .query_async::<i64>(&mut conn)

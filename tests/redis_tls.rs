@@ -1,4 +1,4 @@
-//! Redis as production runs it: TLS only and a password (DESIGN §7, `rediss://` URLs), started
+//! Redis as production runs it: TLS only and a password (docs/design.md §7, `rediss://` URLs), started
 //! by the services script on a port of its own. A node given the URL and the certificate
 //! authority (`--redis-ca`), and the password as a systemd credential (`VOTES_REDIS_PASSWORD`
 //! in `$CREDENTIALS_DIRECTORY`, not in the URL), publishes its tallies and reads the results

@@ -1,4 +1,4 @@
-//! The live results over WebSocket (DESIGN §7, `GET /v1/elections/{id}/results/ws`): the
+//! The live results over WebSocket (docs/design.md §7, `GET /v1/elections/{id}/results/ws`): the
 //! handshake and its refusals, the same `tally` and `final` events as the SSE stream as JSON
 //! text frames, pings both ways, a close after the official result, a data frame refused with
 //! 1003, and a client that stops answering pings closed within a heartbeat or two; the same

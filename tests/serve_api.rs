@@ -1,4 +1,4 @@
-//! The voter API of DESIGN §4.2 against a real `votes serve` on the real broker: one case per
+//! The voter API of docs/design.md §4.2 against a real `votes serve` on the real broker: one case per
 //! row and rejection code, each run over HTTP/1.1 and over HTTP/2 (h2c), with the same
 //! statuses and bodies.
 

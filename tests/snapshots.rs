@@ -1,4 +1,4 @@
-//! Shard snapshots (issue #10, DESIGN §3 invariant 3: recovery = latest snapshot + replay of
+//! Shard snapshots (issue #10, docs/design.md §3 invariant 3: recovery = latest snapshot + replay of
 //! the tail), with the real broker and a real `votes serve`:
 //! - a node writes snapshots with `--snapshot-dir`; after `kill -9` the restarted node recovers
 //!   every partition from its newest snapshot plus the log after it, and refuses every voter

@@ -1,4 +1,4 @@
-//! The source of truth (DESIGN §3.5-3.6, §4.4): `votes persist` writes exactly the committed
+//! The source of truth (docs/design.md §3.5-3.6, §4.4): `votes persist` writes exactly the committed
 //! votes to DynamoDB, once per voter even when killed mid-stream; `/votes/me` reads them back;
 //! `votes recount` makes a result official only when the Kafka replay, DynamoDB and the live
 //! tally agree, and refuses (printing the difference) when one of them does not.

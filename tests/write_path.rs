@@ -1,4 +1,4 @@
-//! The write path's promises (DESIGN §3) end to end, against the real broker and real `votes
+//! The write path's promises (docs/design.md §3) end to end, against the real broker and real `votes
 //! serve` processes: one vote per voter under concurrent duplicates, no acknowledged vote lost
 //! or doubled across a `kill -9`, and a fenced owner that never commits again.
 

@@ -1,4 +1,4 @@
-//! The auditors' library (DESIGN §4.5): the files of an export (`manifest.json`, its signature,
+//! The auditors' library (docs/design.md §4.5): the files of an export (`manifest.json`, its signature,
 //! `votes.parquet`) and the checks that verify one offline. Everything that reads them takes
 //! hostile bytes: it never panics and never allocates from a size the input's own length does
 //! not bound, and `fuzz/` holds a target per parser (`fuzz_check`, behind the `fuzzing`

@@ -1,4 +1,4 @@
-//! `manifest.json`: what an export claims (DESIGN §4.5). `manifest.sig` signs its exact bytes,
+//! `manifest.json`: what an export claims (docs/design.md §4.5). `manifest.sig` signs its exact bytes,
 //! so the verifier parses the bytes it checked the signature of, never a re-serialisation.
 
 use std::collections::BTreeMap;

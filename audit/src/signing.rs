@@ -1,4 +1,4 @@
-//! The Ed25519 key that signs exports (DESIGN §4.5): read from the PKCS#8 PEM file that
+//! The Ed25519 key that signs exports (docs/design.md §4.5): read from the PKCS#8 PEM file that
 //! `openssl genpkey -algorithm ed25519` writes, its public key printed as the
 //! SubjectPublicKeyInfo PEM that `openssl pkey -pubout` prints, and the signature of
 //! `manifest.json` stored as standard base64 of the 64 raw signature bytes (RFC 8032) plus a

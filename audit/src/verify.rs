@@ -1,4 +1,4 @@
-//! The checks of an export, offline, one line per check (DESIGN §4.5); the `votes audit verify`
+//! The checks of an export, offline, one line per check (docs/design.md §4.5); the `votes audit verify`
 //! command prints them and exits 0 only when every check holds.
 //!
 //! The checks, in order: the manifest parses (known format version, at most

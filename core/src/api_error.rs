@@ -1,4 +1,4 @@
-//! Error codes of the public and admin APIs (DESIGN §4.2). Every rejection a client can see is
+//! Error codes of the public and admin APIs (docs/design.md §4.2). Every rejection a client can see is
 //! one of these; the HTTP layer renders `{"error":{"code","message"}}` from them.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,7 +73,7 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the answer must carry `Retry-After` (DESIGN §4.2).
+    /// Whether the answer must carry `Retry-After` (docs/design.md §4.2).
     pub fn needs_retry_after(self) -> bool {
         matches!(self, Self::RateLimited | Self::Unavailable)
     }

@@ -1,9 +1,9 @@
-//! Elections: their configuration and life cycle (DESIGN §4.3), as stored (JSON) on the
+//! Elections: their configuration and life cycle (docs/design.md §4.3), as stored (JSON) on the
 //! compacted `elections` topic and served by the voter API.
 
 use crate::ids::{ElectionId, OptionId};
 
-/// Fewest and most options an election may offer (DESIGN §4.3).
+/// Fewest and most options an election may offer (docs/design.md §4.3).
 pub const OPTIONS_MIN: usize = 2;
 pub const OPTIONS_MAX: usize = 64;
 /// Longest title and option label, in bytes.

@@ -1,4 +1,4 @@
-//! Frames of the node-to-node forwarding link (`--internal`, DESIGN §4.1).
+//! Frames of the node-to-node forwarding link (`--internal`, docs/design.md §4.1).
 //!
 //! A node that takes a vote for a partition another node owns forwards it over one persistent
 //! TCP connection; the owner answers once its Kafka transaction committed. Every frame is a

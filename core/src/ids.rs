@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-/// Longest election id (DESIGN §4.3: `[a-z0-9-]{1,64}`).
+/// Longest election id (docs/design.md §4.3: `[a-z0-9-]{1,64}`).
 pub const ELECTION_ID_MAX: usize = 64;
-/// Longest option id (DESIGN §4.3: `[a-z0-9-]{1,32}`).
+/// Longest option id (docs/design.md §4.3: `[a-z0-9-]{1,32}`).
 pub const OPTION_ID_MAX: usize = 32;
 
 /// A voter, as named by the `sub` claim of their token: a decimal u64.

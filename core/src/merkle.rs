@@ -1,4 +1,4 @@
-//! The election's Merkle tree (DESIGN §4.5): RFC 6962 §2.1 Merkle Tree Hash over the leaf
+//! The election's Merkle tree (docs/design.md §4.5): RFC 6962 §2.1 Merkle Tree Hash over the leaf
 //! hashes of its votes ordered by (partition, offset).
 //!
 //! Every function here takes *leaf hashes* (`SHA-256(0x00 || leaf)`, see

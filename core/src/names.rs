@@ -49,12 +49,12 @@ impl Names {
         format!("{}serve", self.prefix)
     }
 
-    /// `transactional.id` of the producer that owns `partition` (DESIGN §3.1).
+    /// `transactional.id` of the producer that owns `partition` (docs/design.md §3.1).
     pub fn transactional_id(&self, partition: u32) -> String {
         format!("{}votes-{partition}", self.prefix)
     }
 
-    /// `transactional.id` of the producer of one core of one node (DESIGN §3.1): a restarted
+    /// `transactional.id` of the producer of one core of one node (docs/design.md §3.1): a restarted
     /// node's core fences its previous incarnation with it, and a new owner of a partition
     /// fences a former owner stuck with a transaction open in it.
     pub fn core_transactional_id(&self, node: &str, core: u16) -> String {
@@ -83,7 +83,7 @@ impl Names {
     }
 
     /// Redis hash of a final election's receipts index: raw leaf hash → leaf index (u64 BE)
-    /// followed by the leaf's canonical bytes (DESIGN §4.5).
+    /// followed by the leaf's canonical bytes (docs/design.md §4.5).
     pub fn redis_receipts_key(&self, election: &str) -> String {
         format!("{}receipts:{{{election}}}", self.prefix)
     }

@@ -1,4 +1,4 @@
-//! Proof-of-work challenges (DESIGN §4.2): stateless, bound to (election, voter, expiry,
+//! Proof-of-work challenges (docs/design.md §4.2): stateless, bound to (election, voter, expiry,
 //! difficulty) and signed by the server, so verifying a solution costs one HMAC and one hash and
 //! no server state.
 //!

@@ -1,4 +1,4 @@
-//! Receipts (DESIGN §4.5): the voter pseudonym, the canonical leaf of a counted vote, its
+//! Receipts (docs/design.md §4.5): the voter pseudonym, the canonical leaf of a counted vote, its
 //! RFC 6962 leaf hash and the hex receipt a `202` answer carries.
 //!
 //! Pseudonym: the first 16 bytes of `HMAC-SHA256(VOTES_AUDIT_KEY, election || 0x00 ||

@@ -1,4 +1,4 @@
-//! The vote record stored as the value of a `votes` topic record (DESIGN §4.4).
+//! The vote record stored as the value of a `votes` topic record (docs/design.md §4.4).
 //!
 //! Layout of version 1, all integers big-endian, strings prefixed with their length as a u16:
 //!
@@ -16,7 +16,7 @@
 //! The decoder is strict: unknown versions, invalid ids, short input and trailing bytes are
 //! all errors, because the log is the source every count is rebuilt from.
 //!
-//! The log also carries one control record, the **close marker** (DESIGN §7, the close
+//! The log also carries one control record, the **close marker** (docs/design.md §7, the close
 //! frontier): the owner of a partition appends one for an election when it stops taking that
 //! election's votes, in a transaction of its own like any vote. Every reader counts an
 //! election's votes of a partition up to the first committed marker of that election there,

@@ -1,4 +1,4 @@
-//! Voter → partition routing: `xxh3_64(voter key) % partitions` (DESIGN §4.4).
+//! Voter → partition routing: `xxh3_64(voter key) % partitions` (docs/design.md §4.4).
 //!
 //! The router on every core and Kafka's record key must agree, so both derive from
 //! [`voter_key`]; never hash the voter any other way.
@@ -24,7 +24,7 @@ pub fn partition_of(voter: VoterId, partitions: u32) -> u32 {
     (hash % u64::from(partitions)) as u32
 }
 
-/// Write-shard buckets of an election in DynamoDB (DESIGN §4.4). A DynamoDB partition takes at
+/// Write-shard buckets of an election in DynamoDB (docs/design.md §4.4). A DynamoDB partition takes at
 /// most 1,000 writes/s, so a 250,000 votes/s peak in one election needs its items spread over
 /// at least 250 partition keys; 1,024 buckets keep each at ~244 writes/s, a quarter of the
 /// limit (docs/capacity.md; 256 would run them at 98%). Fixed once a deployment holds data: the

@@ -1,4 +1,4 @@
-//! A shard's committed state as bytes (the codec; the files live in `votes_tally::snapshot`) (DESIGN §3, invariant 3: recovery = latest snapshot +
+//! A shard's committed state as bytes (the codec; the files live in `votes_tally::snapshot`) (docs/design.md §3, invariant 3: recovery = latest snapshot +
 //! replay of the tail): its voter sets, its tallies and the log
 //! offset they reflect, so recovery replays only the records after that offset. Sans-IO: the
 //! driver decides where the bytes go (temporary name, sync, rename) and which file to trust.

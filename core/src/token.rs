@@ -1,4 +1,4 @@
-//! Voter tokens (DESIGN §4.2 Auth): compact JWS tokens (RFC 7515) carrying JWT claims
+//! Voter tokens (docs/design.md §4.2 Auth): compact JWS tokens (RFC 7515) carrying JWT claims
 //! (RFC 7519), signed with HS256 and the secret `VOTES_TOKEN_KEY`, or with EdDSA (Ed25519,
 //! RFC 8037) by an issuer whose public key the node holds.
 //!

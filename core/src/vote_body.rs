@@ -1,4 +1,4 @@
-//! The body of `POST /v1/elections/{id}/votes` (DESIGN §4.2):
+//! The body of `POST /v1/elections/{id}/votes` (docs/design.md §4.2):
 //! `{"option":"<id>","pow":{"challenge":"…","nonce":"…"}}`, `pow` only when the election asks
 //! for proof of work.
 //!
@@ -22,7 +22,7 @@ use crate::api_error::ErrorCode;
 use crate::ids::{IdError, OptionId};
 use crate::json::ObjectOnly;
 
-/// Largest body accepted (DESIGN §4.2: "body > 1 KiB" is `413`). Listeners should stop reading
+/// Largest body accepted (docs/design.md §4.2: "body > 1 KiB" is `413`). Listeners should stop reading
 /// after `VOTE_BODY_MAX + 1` bytes and hand those over, which is enough to answer `413`.
 pub const VOTE_BODY_MAX: usize = 1024;
 /// Longest `pow.challenge` or `pow.nonce`.

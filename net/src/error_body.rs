@@ -1,5 +1,5 @@
 //! `{"error":{"code":"<code>","message":"<human text>"}}`, the only shape an error takes on the
-//! public and admin listeners (DESIGN §4.2).
+//! public and admin listeners (docs/design.md §4.2).
 
 use votes_core::ErrorCode;
 

@@ -1,4 +1,4 @@
-//! Node-to-node vote forwarding over `--internal` (DESIGN §4.1): any node accepts any vote and
+//! Node-to-node vote forwarding over `--internal` (docs/design.md §4.1): any node accepts any vote and
 //! hands the ones it does not own to the owning node, whose answer comes after its commit.
 //!
 //! Each core keeps one persistent TCP connection per peer node ([`Forwarder`]); the frames

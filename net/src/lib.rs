@@ -1,4 +1,4 @@
-//! `votes-net`: the appliance's listeners on thread-per-core reactors (DESIGN §1).
+//! `votes-net`: the appliance's listeners on thread-per-core reactors (docs/design.md §1).
 //!
 //! * [`start_reactors`] runs one glommio executor per configured CPU. Each builds its own
 //!   [`App`] from a [`CoreContext`] and serves HTTP/1.1 and h2c on SO_REUSEPORT listeners, or
@@ -7,7 +7,7 @@
 //! * [`Mesh`] / [`Inbox`] carry bounded messages between cores; [`reply_channel`] answers back.
 //! * [`Blocking`] runs blocking calls (Kafka commits) off the reactor.
 //! * [`read_body_limited`] reads request bodies under a size limit.
-//! * [`error_body()`] is the only shape an error takes on the wire (DESIGN §4.2).
+//! * [`error_body()`] is the only shape an error takes on the wire (docs/design.md §4.2).
 
 mod blocking;
 mod body;

@@ -1,4 +1,4 @@
-//! Per-core rate limits by source address and by network prefix, as token buckets (DESIGN §4.1
+//! Per-core rate limits by source address and by network prefix, as token buckets (docs/design.md §4.1
 //! `VOTES_RATE_PER_ADDR`, `VOTES_RATE_PER_PREFIX`). An IPv4 "address" is the address; an IPv6
 //! one is its /64, since one host is handed a whole /64 and may rotate through it at will. The
 //! prefixes are /24 (IPv4) and /56 (IPv6). Sans-IO: the caller passes the time, so the limiter

@@ -1,4 +1,4 @@
-//! TLS on TCP listeners (DESIGN §4.1 `--https`): loading the server's certificate and key, and
+//! TLS on TCP listeners (docs/design.md §4.1 `--https`): loading the server's certificate and key, and
 //! self-signed certificates for development.
 //!
 //! Always the `ring` provider, passed explicitly: the workspace also links rustls with aws-lc

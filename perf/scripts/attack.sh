@@ -5,7 +5,7 @@
 #
 #   1. baseline  votes-load alone: HONEST_RATE votes/s of new voters for DURATION   → p99 without
 #   2. attack    the same honest load, and votes-flood at FLOOD_RATE bad requests/s
-#                (every kind of DESIGN §4.2's 4xx, duplicates of phase 1's voters and
+#                (every kind of docs/design.md §4.2's 4xx, duplicates of phase 1's voters and
 #                wrong proofs of work included), starting before and ending after it → p99 with
 #   3. absorb    votes-flood alone, closed loop (FLOOD_CONCURRENCY workers, ABSORB)
 #                → rejections/s per reactor core, and serve CPU per rejected request

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Live-results subscriber scale (DESIGN §4.2, `GET /v1/elections/{id}/results/stream`): one
+# Live-results subscriber scale (docs/design.md §4.2, `GET /v1/elections/{id}/results/stream`): one
 # `votes serve --roles ingest,results,admin` node on loopback, SUBSCRIBERS SSE subscribers from
 # votes-sse (HTTP/1.1, one connection each, spread over SOURCE_ADDRS loopback addresses), then
 # VOTE_RATE votes/s for DURATION while they listen. Prints how many connected, the update delay

@@ -1,5 +1,5 @@
-//! The catalogue of bad vote requests: each kind, the answer the contract gives it (DESIGN
-//! §4.2), and the malformed parts that make it. `votes-flood` sends them at a running node
+//! The catalogue of bad vote requests: each kind, the answer the contract gives it
+//! (docs/design.md §4.2), and the malformed parts that make it. `votes-flood` sends them at a running node
 //! beside honest voters; `tests/edge_attack.rs` does the same in `make test`. Both build their
 //! requests from here, so they flood with the same requests and hold the server to the same
 //! answers.

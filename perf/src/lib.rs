@@ -1,4 +1,4 @@
-//! `votes-perf`: the harness performance engineers drive (DESIGN §4.1, §6).
+//! `votes-perf`: the harness performance engineers drive (docs/design.md §4.1, §6).
 //!
 //! [`report`] is the JSON report every load run writes, built from HDR histograms of latencies
 //! measured from each request's intended send time. [`load`] is the open-loop run behind the

@@ -1,4 +1,4 @@
-//! The open-loop load run behind `votes-load` (DESIGN §4.1).
+//! The open-loop load run behind `votes-load` (docs/design.md §4.1).
 //!
 //! A dispatcher walks the [`Schedule`]: request `i` is started at its intended time (or at once
 //! when that time has passed) in its own task, whatever the earlier requests are doing, and its
@@ -89,7 +89,7 @@ pub struct LagMs {
     pub max: f64,
 }
 
-/// The JSON report: DESIGN §4.1's fields, then what helps reading a run.
+/// The JSON report: docs/design.md §4.1's fields, then what helps reading a run.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LoadReport {
     #[serde(flatten)]

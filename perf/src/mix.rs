@@ -1,6 +1,6 @@
 //! The request mix: which voter each request speaks for and whether it is a first vote, a
 //! duplicate of an already-sent voter, or one of the malformed requests the API must refuse
-//! with its own 4xx (DESIGN §4.2).
+//! with its own 4xx (docs/design.md §4.2).
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! The load report of DESIGN §4.1:
+//! The load report of docs/design.md §4.1:
 //! `{"sent":n,"achieved_rate":r,"by_status":{"202":n,…},"latency_ms":{"p50","p90","p99","p999","max"}}`.
 
 use std::collections::BTreeMap;

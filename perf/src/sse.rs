@@ -419,7 +419,7 @@ impl SseParser {
 }
 
 /// What `votes-sse` reads of a `tally` or `final` event's data (the results JSON of
-/// DESIGN §4.2).
+/// docs/design.md §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct TallyData {
     pub total: u64,

@@ -1,5 +1,5 @@
 //! The subscriber-scale run behind `votes-sse`: many live-results subscribers
-//! (`GET /v1/elections/{id}/results/stream`, DESIGN §4.2) on one node, while a trickle of votes
+//! (`GET /v1/elections/{id}/results/stream`, docs/design.md §4.2) on one node, while a trickle of votes
 //! changes the totals, and how long each change takes from commit to every subscriber.
 //!
 //! Phases, each bounded in time:

@@ -196,7 +196,7 @@ fn kind(r: &LoadReport, kind: &str) -> BTreeMap<String, u64> {
 
 /// The counts add up, each malformed kind got exactly its 4xx, first votes got 202 and repeats
 /// 409 (but for rare races where a repeat overtakes its voter's first vote on another
-/// connection), and the report has DESIGN §4.1's shape.
+/// connection), and the report has docs/design.md §4.1's shape.
 fn check_mixed_run(r: &LoadReport, server: &Server, planned: u64) {
     assert_eq!(r.planned, planned, "{r:#?}");
     assert_eq!(r.dropped, 0, "{r:#?}");

@@ -1,4 +1,4 @@
-//! The shard of one partition of `votes`, sans-IO (DESIGN §3).
+//! The shard of one partition of `votes`, sans-IO (docs/design.md §3).
 //!
 //! A shard decides, for every vote routed to its partition, whether it is new, a duplicate, or
 //! cannot be decided now; it assembles batches for the commit driver and turns each commit
@@ -8,15 +8,15 @@
 //!
 //! Invariants:
 //! - The committed voter sets and tallies are a pure function of the committed records applied
-//!   through [`Shard::apply_committed`] and [`Shard::on_outcome`] (DESIGN §3.3); the first
+//!   through [`Shard::apply_committed`] and [`Shard::on_outcome`] (docs/design.md §3.3); the first
 //!   record of a voter in an election counts, a later one never does.
-//! - A vote is `Accepted` only when the transaction that holds it committed (DESIGN §3.2).
+//! - A vote is `Accepted` only when the transaction that holds it committed (docs/design.md §3.2).
 //! - At most one batch is in flight; a voter has at most one pending vote per election, and a
 //!   second request of the same voter waits for the first one's outcome.
 //! - Every ticket gets exactly one answer.
 //! - After `Fenced` the shard never accepts again; after `Unknown` it accepts again only after
 //!   replaying the log past the uncertain transaction.
-//! - Closing an election (DESIGN §7, the close frontier) is a barrier: from [`Shard::close`] on
+//! - Closing an election (docs/design.md §7, the close frontier) is a barrier: from [`Shard::close`] on
 //!   no vote of it is taken (`409 election_not_open`), its votes still queued are answered so,
 //!   and the next batch carries a close marker after every vote of it that can still commit;
 //!   readers count the election's votes up to the first committed marker, so a vote this shard
@@ -204,7 +204,7 @@ pub struct Shard {
     /// Committed records whose voter had already voted in that election: never counted. Only a
     /// second writer or a bug can produce one, so it is exported as a metric to alarm on.
     log_duplicates: u64,
-    /// Elections closed here (DESIGN §7), and where their marker stands.
+    /// Elections closed here (docs/design.md §7), and where their marker stands.
     closing: StrMap<ElectionId, Closing>,
     /// Markers waiting for a batch (those `MarkerDue`).
     markers_due: usize,
@@ -504,7 +504,7 @@ impl Shard {
         }
     }
 
-    /// Closes `election` here (DESIGN §7): no vote of it is taken from now on; its votes still
+    /// Closes `election` here (docs/design.md §7): no vote of it is taken from now on; its votes still
     /// queued (not in a transaction) are answered `409 election_not_open`, with their repeats;
     /// a close marker goes into the next batch, after every vote of it that may still commit.
     /// Idempotent: a second close, or one of an election whose marker is in the log, does

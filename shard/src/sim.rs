@@ -8,7 +8,7 @@
 //! One seed is one schedule: the order and timing of every vote, commit step, replay step,
 //! group event and fault (a node paused past its session, killed and restarted, commits slow,
 //! unknown or failing, rebalances) is drawn from it, so a failing seed reproduces exactly.
-//! After every step the checker holds the engines to DESIGN §3 against the log:
+//! After every step the checker holds the engines to docs/design.md §3 against the log:
 //! - a `202` names a committed record of that vote, the voter's first in its partition;
 //! - no voter is accepted twice; a `409 already_voted` has a committed vote behind it;
 //! - every active shard's voters and tallies are the fold of the committed log below its

@@ -1,6 +1,6 @@
 //! The deterministic simulation of the commit engine (`votes_shard::sim`): many seeded
 //! schedules of a fleet of cores over a simulated log, with pauses, kills, rebalances and
-//! failing, slow or uncertain commits, each checked against DESIGN §3 after every step.
+//! failing, slow or uncertain commits, each checked against docs/design.md §3 after every step.
 //!
 //! `SIM_SEEDS` (default 2,000) seeds from `SIM_SEED_START` (default 0); `SIM_SEED=n` runs one.
 //! A failure prints its seed, the run's shape and its last steps; run it again alone with

@@ -1,5 +1,5 @@
 //! `votes audit export --election ID --out DIR`: the signed offline export of a final election
-//! (DESIGN §4.5): `votes.parquet` streamed from the committed log in tree order,
+//! (docs/design.md §4.5): `votes.parquet` streamed from the committed log in tree order,
 //! `manifest.json` (what the export claims, with the official result it was checked against)
 //! and `manifest.sig` (Ed25519 over the manifest's bytes).
 

@@ -1,4 +1,4 @@
-//! `votes audit` (DESIGN §4.5): the auditors' tools. `export` writes a signed offline copy of
+//! `votes audit` (docs/design.md §4.5): the auditors' tools. `export` writes a signed offline copy of
 //! a final election's counted votes, `verify` checks one without any service, `pubkey` prints
 //! the public key that verifies the signatures. The files and the checks are the `votes-audit`
 //! library; what each check proves is in `docs/auditors.md`.

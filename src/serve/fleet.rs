@@ -1,4 +1,4 @@
-//! The fleet as this node sees it (DESIGN §3.1, §4.1 `--internal`).
+//! The fleet as this node sees it (docs/design.md §3.1, §4.1 `--internal`).
 //!
 //! * Each core is a member of the serve group ([`votes_tally::membership::Member`], on a
 //!   thread of its own); the core's [`super::shards::ShardHost`] drains the member's events (the member rings

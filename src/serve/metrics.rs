@@ -1,4 +1,4 @@
-//! Operational figures (DESIGN §4.3 `/metrics`): votes by outcome code, batch sizes, commit
+//! Operational figures (docs/design.md §4.3 `/metrics`): votes by outcome code, batch sizes, commit
 //! latency quantiles from HDR histograms, shard states and replay progress.
 //!
 //! Each core counts in its own `CoreMetrics` (no sharing on the hot path) and copies a snapshot

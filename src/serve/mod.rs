@@ -1,4 +1,4 @@
-//! `votes serve`: the appliance (DESIGN §1). One reactor per configured CPU; this node owns
+//! `votes serve`: the appliance (docs/design.md §1). One reactor per configured CPU; this node owns
 //! every partition of `votes`, spread over its cores; each core serves the voter API and owns
 //! its shards (ingest), serves results and their streams (results), and the admin API
 //! (admin); core 0 follows the elections topic. One thread per node links to Redis: it
@@ -142,7 +142,7 @@ pub struct ServeArgs {
     /// Seconds of silence after which a results stream sends a heartbeat comment.
     #[arg(long, env = "VOTES_SSE_HEARTBEAT_S", default_value_t = 15)]
     pub sse_heartbeat_s: u64,
-    /// Directory for shard snapshots (voter sets, tallies and their offset, DESIGN §3): recovery
+    /// Directory for shard snapshots (voter sets, tallies and their offset, docs/design.md §3): recovery
     /// then replays only the log after the newest good one. Off when not set. Must be on a
     /// file system with O_DIRECT (not tmpfs).
     #[arg(long, env = "VOTES_SNAPSHOT_DIR")]

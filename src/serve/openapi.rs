@@ -44,7 +44,7 @@ fn json_body(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-/// An error answer whose `code` is one of `codes` (the envelope of DESIGN §4.2).
+/// An error answer whose `code` is one of `codes` (the envelope of docs/design.md §4.2).
 fn error_with(description: &str, codes: &[&str]) -> Value {
     json!({
         "description": description,
@@ -915,7 +915,7 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(text.contains(&format!("\"{}\"", code.as_str())), "{code:?}");
         }
-        // Every status a vote can be answered with (DESIGN §4.2) is on the vote operation.
+        // Every status a vote can be answered with (docs/design.md §4.2) is on the vote operation.
         let vote = &doc["paths"]["/v1/elections/{id}/votes"]["post"]["responses"];
         for code in ErrorCode::ALL {
             assert!(vote.get(code.status().to_string()).is_some(), "{code:?}");

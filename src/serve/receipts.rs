@@ -1,4 +1,4 @@
-//! Inclusion proofs of receipts (DESIGN §4.5) from the index the recount writes to Redis when
+//! Inclusion proofs of receipts (docs/design.md §4.5) from the index the recount writes to Redis when
 //! a result becomes official: one HGET finds the leaf and its index, one pipeline of GETRANGE
 //! reads the audit path's siblings level by level. Two round trips and log2(n) × 32 bytes,
 //! whatever the election's size. Runs on the node's tokio side runtime; cores await a oneshot.

@@ -1,4 +1,4 @@
-//! Building answers: JSON bodies, the error envelope of DESIGN §4.2, `Retry-After`.
+//! Building answers: JSON bodies, the error envelope of docs/design.md §4.2, `Retry-After`.
 
 use votes_core::ErrorCode;
 use votes_net::BoxBody;

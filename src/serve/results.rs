@@ -1,4 +1,4 @@
-//! The results role on one core (DESIGN §4.2): `GET …/results` and `GET …/results/stream`.
+//! The results role on one core (docs/design.md §4.2): `GET …/results` and `GET …/results/stream`.
 //!
 //! The node's Redis link polls the read model once per interval and posts sums on the
 //! [`ResultsBoard`]; each core checks the board's generation at most `max_rate` times a second,
@@ -475,7 +475,7 @@ fn ws_event(id: &str, event: &str, json: &[u8]) -> Bytes {
     Bytes::from(votes_core::ws::encode(votes_core::ws::Opcode::Text, &text))
 }
 
-/// The results JSON of DESIGN §4.2, its ETag and its SSE frame.
+/// The results JSON of docs/design.md §4.2, its ETag and its SSE frame.
 fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
     let mut totals: serde_json::Map<String, serde_json::Value> = e
         .options
@@ -508,7 +508,7 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
         "as_of": as_of,
     });
     if let Some(o) = official {
-        // DESIGN §4.5: the official result carries "merkle": {"root", "tree_size"}.
+        // docs/design.md §4.5: the official result carries "merkle": {"root", "tree_size"}.
         if let (Some(root), Some(size)) =
             (o.extra.get("merkle_root"), o.extra.get("merkle_tree_size"))
         {
@@ -517,7 +517,7 @@ fn render(e: &Election, source: Option<Arc<ElectionResults>>) -> Rendered {
                 "tree_size": size.parse::<u64>().unwrap_or(0),
             });
         }
-        // DESIGN §7: the per-partition end offsets the official count stops at.
+        // docs/design.md §7: the per-partition end offsets the official count stops at.
         if let Some(frontier) = o
             .extra
             .get("frontier")

@@ -1,7 +1,7 @@
 //! The thin I/O driver of a core's commit engine ([`votes_tally::engine::CoreEngine`], sans-IO):
 //! it feeds the engine its events — votes from the mesh, the group member's ownership events,
 //! the committer thread's results, replays finished on the blocking pool, the passing of time —
-//! and carries out the engine's commands (DESIGN §3).
+//! and carries out the engine's commands (docs/design.md §3).
 //!
 //! Everything here lives on one reactor: the engine sits in a `RefCell` that is never borrowed
 //! across an `.await` and never re-entered (commands only send, spawn or answer). Blocking work
@@ -52,7 +52,7 @@ pub struct CommitSettings {
     pub max_batch: usize,
     /// Bound on votes queued per partition.
     pub max_queued: usize,
-    /// When a transaction starts (DESIGN §3.2: acknowledgements wait for it).
+    /// When a transaction starts (docs/design.md §3.2: acknowledgements wait for it).
     pub pacing: PacingConfig,
     /// Bound on each blocking Kafka call (init, commit, replay silence).
     pub kafka_timeout: Duration,
@@ -135,7 +135,7 @@ pub struct ShardHost {
     metrics: Rc<CoreMetrics>,
     assignment: Assignment,
     /// This core's copy of the elections: every vote is checked against it again here, at
-    /// the owner (DESIGN §7), forwarded ones included.
+    /// the owner (docs/design.md §7), forwarded ones included.
     elections: Rc<RefCell<ElectionsView>>,
     /// The engine's clock starts here.
     epoch: Instant,
@@ -375,7 +375,7 @@ impl ShardHost {
     }
 
     /// An election changed on this core's copy: once closed (or final), every shard of the
-    /// core stops taking its votes and writes its close marker (DESIGN §7). Idempotent.
+    /// core stops taking its votes and writes its close marker (docs/design.md §7). Idempotent.
     pub fn election_changed(self: &Rc<Self>, e: &Election) {
         if matches!(e.state, ElectionState::Closed | ElectionState::Final) {
             self.feed(Event::Close {

@@ -1,4 +1,4 @@
-//! The web pages (DESIGN §4.2 users: voters, viewers, operators), embedded at build time from
+//! The web pages (docs/design.md §4.2 users: voters, viewers, operators), embedded at build time from
 //! `src/serve/web/` by `build.rs`: one binary, nothing to deploy beside it, no CDN.
 
 use votes_net::BoxBody;

@@ -1,7 +1,7 @@
-//! An election's counted votes in tree order (DESIGN §4.5): the committed `votes` log read
+//! An election's counted votes in tree order (docs/design.md §4.5): the committed `votes` log read
 //! partition by partition, each in offset order, keeping the first vote of each voter, as the
 //! shards count, and only up to the partition's frontier (its first committed close marker of
-//! the election, DESIGN §7). The recount (Merkle root, receipts index), the auditors' export
+//! the election, docs/design.md §7). The recount (Merkle root, receipts index), the auditors' export
 //! and the reprocess read it.
 
 use std::collections::BTreeMap;

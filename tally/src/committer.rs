@@ -1,6 +1,6 @@
 //! The committer of a node (or of one core): a long-lived thread that owns a transactional
 //! producer and carries out its engines' [`Job`]s (open the producer; write a transaction),
-//! reporting each result on the core's channel and ringing the core's doorbell (DESIGN §3.1-3.2).
+//! reporting each result on the core's channel and ringing the core's doorbell (docs/design.md §3.1-3.2).
 //!
 //! Why a thread of its own: librdkafka's transaction calls block, and a reactor never blocks.
 //! The thread polls its producer itself — delivery reports are read from the producer's event

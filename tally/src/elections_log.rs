@@ -1,5 +1,5 @@
 //! The compacted `{prefix}elections` topic: every process learns the elections from it, so a
-//! process that starts later sees every election created before (DESIGN §4.3, §4.4).
+//! process that starts later sees every election created before (docs/design.md §4.3, §4.4).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -102,7 +102,7 @@ pub enum UpdateError {
 /// How often an update is tried again when another writer fenced it mid-way.
 const UPDATE_ATTEMPTS: u32 = 20;
 
-/// Writes election states, one serialized writer for the whole deployment (DESIGN §7, election
+/// Writes election states, one serialized writer for the whole deployment (docs/design.md §7, election
 /// versions): every update takes the transactional id `{prefix}elections-writer`, which fences
 /// whichever process wrote before, reads the committed topic to its end, applies the change to
 /// the election as it stands there, and commits the next version. Two updates at once, on one

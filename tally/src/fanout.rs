@@ -1,4 +1,4 @@
-//! The node's one link to the Redis read model (DESIGN §3.4): a dedicated thread that
+//! The node's one link to the Redis read model (docs/design.md §3.4): a dedicated thread that
 //!
 //! - publishes the shards' absolute tallies (ingest role): cores hand it the latest state of
 //!   each (election, partition) with `try_send`, never waiting; it coalesces to the newest

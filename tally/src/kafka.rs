@@ -226,7 +226,7 @@ pub fn base_config(brokers: &str) -> ClientConfig {
     cfg
 }
 
-/// A transactional producer's configuration (DESIGN §3.1-3.2): acks from every in-sync
+/// A transactional producer's configuration (docs/design.md §3.1-3.2): acks from every in-sync
 /// replica, idempotence, and the transactional id that makes a new owner fence the old one.
 pub fn transactional_producer_config(brokers: &str, transactional_id: &str) -> ClientConfig {
     let mut cfg = base_config(brokers);
@@ -242,7 +242,7 @@ pub fn transactional_producer_config(brokers: &str, transactional_id: &str) -> C
     cfg
 }
 
-/// A consumer that only ever sees committed transactions (DESIGN §3.3).
+/// A consumer that only ever sees committed transactions (docs/design.md §3.3).
 pub fn read_committed_consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut cfg = base_config(brokers);
     cfg.set("group.id", group_id)

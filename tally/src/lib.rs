@@ -4,7 +4,7 @@
 //! ([`dynamo`]) and Redis ([`read_model`]), and the idempotent provisioning of topics and
 //! tables ([`provision`]), and the drivers around the sans-IO core of `votes-shard` (re-exported
 //! as [`shard`], [`engine`] and [`sim`]): the committer thread, recovery, group membership,
-//! fan-out, the persister and the recount (DESIGN §2).
+//! fan-out, the persister and the recount (docs/design.md §2).
 
 pub mod audit;
 pub mod committer;
@@ -27,7 +27,7 @@ pub use votes_shard::{engine, shard, sim};
 
 pub use redis_target::RedisTarget;
 
-/// Where the external services are; every role reads the same settings (DESIGN §4.1).
+/// Where the external services are; every role reads the same settings (docs/design.md §4.1).
 #[derive(Clone, Debug)]
 pub struct Services {
     /// `VOTES_KAFKA_BROKERS`, a bootstrap list `host:port,…`.

@@ -1,4 +1,4 @@
-//! Who owns which partition of `votes`, decided by Kafka's group membership (DESIGN §3.1).
+//! Who owns which partition of `votes`, decided by Kafka's group membership (docs/design.md §3.1).
 //!
 //! Every core of every `votes serve` is one member of the consumer group
 //! [`Names::serve_group`], subscribed to the votes topic with the cooperative-sticky assignor

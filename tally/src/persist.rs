@@ -1,12 +1,12 @@
-//! `votes persist` (DESIGN §3.5): the committed `votes` log → DynamoDB, the source of truth.
+//! `votes persist` (docs/design.md §3.5): the committed `votes` log → DynamoDB, the source of truth.
 //!
 //! A consumer group (`{prefix}persist`, cooperative-sticky, optional static membership) reads
 //! with `read_committed` and works in rounds: take what arrived (≤ `batch_max` records), turn
 //! each record into one item keyed by (`{election}#{bucket}`, voter), write them with
 //! conditional puts, 25 per chunk and ≤ `concurrency` chunks in flight (throttling retried
-//! with jittered backoff; a voter's first committed record wins, DESIGN §7), and only then commit the consumer offsets. A crash loses at
+//! with jittered backoff; a voter's first committed record wins, docs/design.md §7), and only then commit the consumer offsets. A crash loses at
 //! most a round's progress, never an item: the next owner rewrites from the last commit, and a
-//! rewrite is the same item (idempotent, DESIGN §3.5).
+//! rewrite is the same item (idempotent, docs/design.md §3.5).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct PersistStats {
     pub lag: std::sync::Mutex<BTreeMap<u32, i64>>,
 }
 
-/// The item of one committed vote (DESIGN §4.4).
+/// The item of one committed vote (docs/design.md §4.4).
 pub fn vote_item(
     audit_key: &[u8],
     record: &VoteRecord,
@@ -156,7 +156,7 @@ pub async fn run(
                         Some(Ok(LogRecord::Vote(record))) => {
                             items.push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
                         }
-                        // A close marker (DESIGN §7): the recount reads it from the log.
+                        // A close marker (docs/design.md §7): the recount reads it from the log.
                         Some(Ok(LogRecord::Close(_))) => {}
                         other => {
                             // Never produced by a shard: counted and logged, not written. The
@@ -240,7 +240,7 @@ pub async fn run(
 }
 
 /// Keeps the first record of each (election, voter) in log order: a later committed record of
-/// the same voter is never counted (DESIGN §3.3), so it must not replace the first item.
+/// the same voter is never counted (docs/design.md §3.3), so it must not replace the first item.
 fn dedup_first(
     items: Vec<(u32, u64, HashMap<String, AttributeValue>)>,
 ) -> Vec<HashMap<String, AttributeValue>> {
@@ -304,7 +304,7 @@ pub async fn write_all(
     }
 }
 
-/// The condition that keeps a voter's first committed record (DESIGN §7, first vote wins
+/// The condition that keeps a voter's first committed record (docs/design.md §7, first vote wins
 /// everywhere): an item is written where there is none, or over one of a later record of the
 /// same voter (a voter's records all live in one partition, so offsets order them). A rewrite of
 /// the same record (a round redone after a crash) and a later record both leave the item alone.

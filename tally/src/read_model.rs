@@ -1,4 +1,4 @@
-//! The Redis read model (DESIGN §3.4): per (election, partition) a hash of absolute option
+//! The Redis read model (docs/design.md §3.4): per (election, partition) a hash of absolute option
 //! counts plus the Kafka offset they reflect. Writes are absolute and carry their offset, so a
 //! late or repeated write can never move a tally backwards, and Redis can be wiped and rebuilt.
 

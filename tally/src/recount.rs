@@ -1,4 +1,4 @@
-//! `votes recount` (DESIGN §3.6): three independent counts of a closed election must agree
+//! `votes recount` (docs/design.md §3.6): three independent counts of a closed election must agree
 //! before its result is official.
 //!
 //! 1. **Kafka replay**: the committed `votes` log read from the start with `read_committed`,
@@ -42,7 +42,7 @@ pub struct RecountConfig {
     pub brokers: String,
     pub redis: crate::RedisTarget,
     pub names: Names,
-    /// `VOTES_AUDIT_KEY`: the leaves' pseudonyms (DESIGN §4.5).
+    /// `VOTES_AUDIT_KEY`: the leaves' pseudonyms (docs/design.md §4.5).
     pub audit_key: Vec<u8>,
     /// The persisters' consumer group, whose committed offsets say what DynamoDB holds.
     pub persist_group: String,
@@ -159,7 +159,7 @@ pub struct Report {
     pub records_read: u64,
     /// Records of this election whose voter had already voted (never counted).
     pub log_duplicates: u64,
-    /// The Merkle tree of the counted votes (DESIGN §4.5).
+    /// The Merkle tree of the counted votes (docs/design.md §4.5).
     pub tree_size: u64,
     pub root: votes_core::merkle::Hash,
     pub timings: Vec<(&'static str, Duration)>,
@@ -199,7 +199,7 @@ pub async fn recount(
         });
     }
     let mut timings = Vec::new();
-    // The close is a barrier (DESIGN §7): each partition's owner writes a close marker once
+    // The close is a barrier (docs/design.md §7): each partition's owner writes a close marker once
     // it stopped taking the election's votes, and only votes before it count. Until every
     // partition has one (an owner's view of the elections lags, a new owner takes over from a
     // dead one), the count is not final: read again.
@@ -551,7 +551,7 @@ async fn write_official(
 /// Leaves between two pipelines of the receipts index.
 const INDEX_CHUNK: usize = 4096;
 
-/// Writes the receipts index of a final election to Redis (DESIGN §4.5, `GET …/receipts/…`):
+/// Writes the receipts index of a final election to Redis (docs/design.md §4.5, `GET …/receipts/…`):
 /// a second pass over the log, streaming, so memory stays bounded by a chunk and the tree's
 /// height. Its root must be the counted one: the log of a closed election does not move.
 fn write_receipts_index(

@@ -1,4 +1,4 @@
-//! Recovery of a shard from its partition's committed log (DESIGN §3.3): read with
+//! Recovery of a shard from its partition's committed log (docs/design.md §3.3): read with
 //! `read_committed` from the shard's `applied_end` to the last stable offset and apply every
 //! record. Blocking; runs on the blocking pool with the shard moved in and back out.
 
@@ -93,7 +93,7 @@ pub fn log_identity(
 
 /// Waits until every transaction that was open in `partition` when this was called is decided
 /// (committed or aborted), so that a replay to the end of the committed log misses nothing a
-/// former owner may still commit (DESIGN §3.1, §3.3).
+/// former owner may still commit (docs/design.md §3.1, §3.3).
 ///
 /// With one producer per core, a new owner does not share its predecessor's transactional id,
 /// so its own `init_transactions` does not resolve what the predecessor left open. A

@@ -1,4 +1,4 @@
-//! `votes audit reprocess` (DESIGN §4.5, the brief's "reprocess events"): the election's
+//! `votes audit reprocess` (docs/design.md §4.5, the brief's "reprocess events"): the election's
 //! committed votes replayed from Kafka into a fresh prefix — new DynamoDB tables and new Redis
 //! tally keys, written by the same code paths as the persister and the fan-out — then counted
 //! back from there and compared with the official result.

@@ -1,4 +1,4 @@
-//! HTTP/3 on the reactors (DESIGN §1, §4.1 `--https` over UDP): one quinn endpoint per core on
+//! HTTP/3 on the reactors (docs/design.md §1, §4.1 `--https` over UDP): one quinn endpoint per core on
 //! its own SO_REUSEPORT UDP socket (the kernel keeps a 4-tuple on one core), driven by our
 //! glommio runtime ([`super::quic_runtime`]); the `h3` crate on top; requests go to the same
 //! [`App`] as over TCP, so every answer is the same.

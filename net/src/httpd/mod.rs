@@ -29,7 +29,7 @@ use crate::body::BoxBody;
 /// A boxed future that stays on its core.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
-/// Which API a listener serves (DESIGN §4.2 public, §4.3 admin).
+/// Which API a listener serves (docs/design.md §4.2 public, §4.3 admin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
     /// Bound on every core; the kernel spreads connections over them (SO_REUSEPORT).

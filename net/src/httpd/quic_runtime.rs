@@ -1,5 +1,5 @@
 //! A quinn 0.11 `Runtime` for glommio 0.9 (thread-per-core, io_uring): HTTP/3 runs on the
-//! same reactors as the shards (DESIGN §1), one endpoint and UDP socket per core.
+//! same reactors as the shards (docs/design.md §1), one endpoint and UDP socket per core.
 //!
 //! quinn asks for `Send + Sync` on the runtime, the socket, the write poller and the timer because
 //! its handles (`Endpoint`, `Connection`) are `Send` and a user may call into them from any thread.

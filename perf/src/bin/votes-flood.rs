@@ -5,7 +5,7 @@
 //!     --rate 2000 --duration 20s --dup-base 1 --dup-voters 4000 --report flood.json
 //! ```
 //!
-//! Every request is one the voter API must refuse with its own 4xx (DESIGN §4.2), the kinds in
+//! Every request is one the voter API must refuse with its own 4xx (docs/design.md §4.2), the kinds in
 //! rotation: no token, a token signed with another key, a garbage token, an expired token (401
 //! `unauthorized`); bad JSON, an unknown field, bad UTF-8 (400 `invalid_request`); an unknown
 //! option (422); a body over 1 KiB (413); `text/plain` (415); an unknown election (404); with

@@ -1,4 +1,4 @@
-//! `votes-load`: open-loop load generator for the voter API (DESIGN §4.1).
+//! `votes-load`: open-loop load generator for the voter API (docs/design.md §4.1).
 //!
 //! ```text
 //! votes-load --target http://127.0.0.1:8080 --election e1 --rate 5000 --duration 30s \

@@ -1,4 +1,4 @@
-//! `votes-sse`: live-results subscriber scale (DESIGN §4.2, `…/results/stream`).
+//! `votes-sse`: live-results subscriber scale (docs/design.md §4.2, `…/results/stream`).
 //!
 //! ```text
 //! votes-sse --target http://127.0.0.1:8080 --election e1 --subscribers 20000 \

@@ -1,4 +1,4 @@
-//! The commit engine of one core, sans-IO (DESIGN §3): which partitions the core owns, how each
+//! The commit engine of one core, sans-IO (docs/design.md §3): which partitions the core owns, how each
 //! of their shards recovers, when a transaction starts, and what every outcome means for the
 //! votes that wait.
 //!
@@ -138,7 +138,7 @@ pub enum Event {
         txn: TxnId,
         outcome: TxnOutcome,
     },
-    /// The election closed (DESIGN §7): every shard of the core stops taking its votes and
+    /// The election closed (docs/design.md §7): every shard of the core stops taking its votes and
     /// writes a close marker; shards claimed later close it too. `at_ms` (Unix ms) goes in
     /// the markers.
     Close {
@@ -543,7 +543,7 @@ impl CoreEngine {
         self.stats.recoveries += 1;
         let Some(shard) = shard else {
             // The half-replayed shard went with the failed call: start over from the beginning,
-            // which rebuilds the same state (DESIGN §3.3).
+            // which rebuilds the same state (docs/design.md §3.3).
             slot.shard = Some(Shard::new(shard_config(&self.cfg, partition)));
             slot.phase = Phase::RetryAt(now + slot.backoff);
             slot.backoff = (slot.backoff * 2).min(self.cfg.backoff_max);

@@ -1,4 +1,4 @@
-//! The admin API (DESIGN §4.3): its route table's dispatch behind the token, elections created
+//! The admin API (docs/design.md §4.3): its route table's dispatch behind the token, elections created
 //! and moved through their life cycle (compare-and-set on their version), the stats, the fleet
 //! view, the Prometheus page, and the recount a close starts.
 
@@ -498,7 +498,7 @@ impl CoreApp {
 
     /// Commits a change of one election through the deployment's one elections writer (off the
     /// reactor): compare-and-set on the election as the topic holds it, so concurrent admin
-    /// writes on any node never lose one another (DESIGN §7). `if_match`: the version the
+    /// writes on any node never lose one another (docs/design.md §7). `if_match`: the version the
     /// caller based its change on (`If-Match`); a stale one changes nothing. Then applies the
     /// new state here and on every other core, so the admin's next request already sees it.
     pub(super) async fn update(

@@ -1,4 +1,4 @@
-//! The per-core application: the voter API (DESIGN §4.2) and the admin API (§4.3) on top of
+//! The per-core application: the voter API (docs/design.md §4.2) and the admin API (§4.3) on top of
 //! the core's shards, its copy of the elections, and the mesh to the other cores.
 //!
 //! One room each: [`voter`] (the public routes but the vote), [`vote`] (the vote path: edge
@@ -61,7 +61,7 @@ pub enum CoreMsg {
     Election(Election),
 }
 
-/// What this process serves (DESIGN §4.1 `--roles`).
+/// What this process serves (docs/design.md §4.1 `--roles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
     pub ingest: bool,
@@ -117,7 +117,7 @@ pub struct CoreApp {
     pub results: Option<Rc<CoreResults>>,
     pub metrics: Rc<CoreMetrics>,
     pub blocking: votes_net::Blocking,
-    /// This core's per-address and per-prefix limits (DESIGN §4.1).
+    /// This core's per-address and per-prefix limits (docs/design.md §4.1).
     pub limiter: RefCell<votes_net::RateLimiter>,
     /// DynamoDB lookups this core is waiting for (bounded by `LOOKUPS_MAX`).
     pub lookups: std::cell::Cell<usize>,

@@ -1,4 +1,4 @@
-//! The voter API (DESIGN §4.2) but the vote itself: the public route table's dispatch, the
+//! The voter API (docs/design.md §4.2) but the vote itself: the public route table's dispatch, the
 //! elections, results and their streams, receipts, `/votes/me`, challenges, the development
 //! sign-in, and the voter's token check the vote path shares.
 
@@ -17,7 +17,7 @@ const LOOKUPS_MAX: usize = 256;
 /// Longest wait for DynamoDB's answer to `/votes/me`.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The voter's view of an election (DESIGN §4.2).
+/// The voter's view of an election (docs/design.md §4.2).
 #[derive(serde::Serialize)]
 pub(super) struct ElectionView<'a> {
     id: &'a ElectionId,
@@ -142,7 +142,7 @@ impl CoreApp {
     }
 
     /// GET /v1/elections/{id}/receipts/{receipt}: the leaf and its inclusion proof, once the
-    /// result is official (DESIGN §4.5). Two Redis round trips, whatever the election's size.
+    /// result is official (docs/design.md §4.5). Two Redis round trips, whatever the election's size.
     pub(super) async fn receipt(&self, id: &str, receipt: &str) -> Response<BoxBody> {
         let (Some(results), Some(reader)) = (&self.results, &self.shared.receipts) else {
             return error(ErrorCode::NotFound, "this node does not serve results");
@@ -234,7 +234,7 @@ impl CoreApp {
     }
 
     /// GET /v1/elections/{id}/votes/me: has this voter voted, read from DynamoDB (the source
-    /// of truth, DESIGN §4.2). A vote shows once the persister wrote it.
+    /// of truth, docs/design.md §4.2). A vote shows once the persister wrote it.
     pub(super) async fn votes_me<B>(&self, id: &str, req: &Request<B>) -> Response<BoxBody> {
         let voter = match self.voter(req, unix_ms()) {
             Ok(v) => v,
@@ -303,7 +303,7 @@ impl CoreApp {
         }
     }
 
-    /// The voter a request's bearer token speaks for, or the `401` to answer (DESIGN §4.2).
+    /// The voter a request's bearer token speaks for, or the `401` to answer (docs/design.md §4.2).
     pub(super) fn voter<B>(
         &self,
         req: &Request<B>,

@@ -1,6 +1,6 @@
 // The operator dashboard (/admin on the admin listener): live figures polled every second from
 // GET /admin/v1/stats, the elections with their live totals, open/close, the anti-bot
-// difficulty, and a form to create an election (DESIGN §4.3). Every call carries the admin
+// difficulty, and a form to create an election (docs/design.md §4.3). Every call carries the admin
 // token, taken from a sign-in form or from the URL fragment `#token=…` (which `make demo`
 // prints), kept in sessionStorage.
 

@@ -1,5 +1,5 @@
 // Shared by the voter, results and admin pages: building DOM, calling the JSON API with its
-// error envelope (DESIGN §4.2), human messages per error code, and the live result bars fed by
+// error envelope (docs/design.md §4.2), human messages per error code, and the live result bars fed by
 // Server-Sent Events.
 //
 // The pages run under a strict CSP (no inline script or style), so everything here builds
@@ -112,7 +112,7 @@ export async function api(path, { method = 'GET', token, body, signal } = {}) {
 }
 
 /**
- * A sentence for a failed call, by error code (DESIGN §4.2). `what` names the action for the
+ * A sentence for a failed call, by error code (docs/design.md §4.2). `what` names the action for the
  * generic cases ("Your vote", "The sign-in").
  */
 export function describeError(result, what = 'The request') {

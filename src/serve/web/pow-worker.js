@@ -1,4 +1,4 @@
-// Proof-of-work solver, run as a Web Worker so the page stays responsive (DESIGN §4.2, rule in
+// Proof-of-work solver, run as a Web Worker so the page stays responsive (docs/design.md §4.2, rule in
 // core/src/pow.rs): finds a nonce, a decimal counter, such that
 // SHA-256(UTF-8(challenge + ":" + nonce)) starts with `difficulty` zero bits, counted from the
 // most significant bit of the first byte.

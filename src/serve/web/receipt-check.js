@@ -1,4 +1,4 @@
-// Checking a receipt in the browser (DESIGN §4.5): the voter's own proof that their vote is
+// Checking a receipt in the browser (docs/design.md §4.5): the voter's own proof that their vote is
 // counted in the official result, without trusting the server's word for it.
 //
 //   1. rebuild the leaf's canonical bytes from the fields the server returns and check that

@@ -1,6 +1,6 @@
 // The public results page (/results/{id}): title and options from GET /v1/elections/{id}, the
 // numbers so far from GET …/results, then live updates from the SSE stream (or its WebSocket
-// twin with `?transport=ws`) until the result is official (DESIGN §4.2).
+// twin with `?transport=ws`) until the result is official (docs/design.md §4.2).
 
 import { api, byId, describeError, followResults, h, notify, ResultsPanel, seg } from '/static/common.js';
 

@@ -1,8 +1,8 @@
 // The voter page (served at /): sign in (development login or a pasted token), pick an open
 // election, vote (solving the proof-of-work challenge in a worker when the election asks for
-// one), see the receipt, and watch the live results. API: DESIGN §4.2. Once an election is
+// one), see the receipt, and watch the live results. API: docs/design.md §4.2. Once an election is
 // closed, "Check my receipt" proves in this browser that the vote is counted in the official
-// result (receipt-check.js, DESIGN §4.5); the receipts of votes made here are kept for that.
+// result (receipt-check.js, docs/design.md §4.5); the receipts of votes made here are kept for that.
 
 import {
   api, byId, describeError, fmtInt, followResults, h, notify, ResultsPanel, seg, setChildren,
