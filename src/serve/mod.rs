@@ -15,8 +15,8 @@ mod routes;
 mod shards;
 mod status;
 mod web;
+mod wiring;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -28,10 +28,10 @@ use votes_net::{CoreContext, ListenerKind, ListenerSpec, ReactorConfig, start_re
 use votes_tally::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter};
 
 use crate::Common;
-use app::{AppHandle, CoreApp, CoreMsg, ForwardedVotes, NodeShared, Roles, broadcast_election};
-use fleet::{FleetBoard, FleetView};
-use metrics::{CoreMetrics, NodeMetrics};
-use results::{CoreResults, ResultsSettings};
+use app::{CoreMsg, NodeShared, Roles};
+use fleet::FleetBoard;
+use metrics::NodeMetrics;
+use results::ResultsSettings;
 use shards::{CommitSettings, ShardHost};
 
 #[derive(clap::Args, Debug)]
@@ -241,48 +241,7 @@ fn secret(name: &str, min: usize) -> Result<Vec<u8>> {
 }
 
 pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
-    for role in &args.roles {
-        if !matches!(role.as_str(), "ingest" | "results" | "admin") {
-            bail!("unknown role {role:?}: the roles are ingest, results and admin");
-        }
-    }
-    let has = |r: &str| args.roles.iter().any(|x| x == r);
-    let roles = Roles {
-        ingest: has("ingest"),
-        results: has("results"),
-        admin: has("admin"),
-    };
-    if !(roles.ingest || roles.results || roles.admin) {
-        bail!("--roles is empty: give at least one of ingest, results, admin");
-    }
-    if args.sse_max_rate == 0 || args.sse_heartbeat_s == 0 || args.results_poll_ms == 0 {
-        bail!("--sse-max-rate, --sse-heartbeat-s and --results-poll-ms must be positive");
-    }
-    if Duration::from_secs(args.sse_heartbeat_s)
-        >= votes_net::HttpLimits::default().response_stall_timeout
-    {
-        bail!(
-            "--sse-heartbeat-s must be below the response stall timeout ({:?}): a quiet stream \
-             would be closed as a stalled reader",
-            votes_net::HttpLimits::default().response_stall_timeout
-        );
-    }
-    if args.max_conns_per_addr == 0 || args.max_conns_per_core == 0 || args.max_admin_conns == 0 {
-        bail!("--max-conns-per-addr, --max-conns-per-core and --max-admin-conns must be positive");
-    }
-    if args.dev_login {
-        // Anyone who reaches it can vote as anyone: only a developer's own machine may.
-        let mut public = vec![args.http];
-        if args.tls_cert.is_some() {
-            public.push(args.https);
-        }
-        if let Some(open) = public.iter().find(|a| !a.ip().is_loopback()) {
-            bail!(
-                "--dev-login lets anyone sign in as any voter: it needs every public listener on                  loopback, and {open} is not"
-            );
-        }
-        tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
-    }
+    let roles = checked_roles(args)?;
     match votes_tuning::host::raise_nofile() {
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
@@ -375,10 +334,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
     // Each core's doorbell, rung by its member thread after each ownership event.
     let ringers: Arc<Mutex<Vec<Option<votes_net::doorbell::Ringer>>>> =
         Arc::new(Mutex::new(vec![None; cores]));
-    let core_ringers = ringers.clone();
     let assignments: Vec<votes_tally::membership::Assignment> =
         (0..cores).map(|_| Default::default()).collect();
-    let core_assignments = assignments.clone();
     let link_security = match args.internal {
         Some(_) => Some(link_security(args)?),
         None => None,
@@ -476,6 +433,167 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         elections_writer: writer,
         challenge_ttl: Duration::from_secs(args.challenge_ttl_s),
     });
+    let settings = commit_settings(common, args, roles, &names, &node, cores, kafka_timeout)?;
+
+    let mut cfg = ReactorConfig::new(cpus.clone());
+    cfg.spin_before_park =
+        (args.spin_before_park_us > 0).then(|| Duration::from_micros(args.spin_before_park_us));
+    cfg.http.max_connections_per_addr = args.max_conns_per_addr;
+    cfg.http.max_connections_per_core = args.max_conns_per_core;
+    cfg.http.max_admin_connections = args.max_admin_conns;
+    cfg.http.h3_retry_above_handshakes = args.h3_retry_above;
+    add_listeners(&mut cfg, args, roles, shared.admin_token.is_some())?;
+    // Commits run on each core's committer thread; the pool replays (one per partition a core
+    // takes, all at once after a failover), encodes snapshots and retires clients.
+    let per_core = (partitions as usize).div_ceil(cores).max(1);
+    cfg.blocking_threads = per_core.min(8) + 1;
+    cfg.max_blocking_in_flight = per_core * 2 + 8;
+
+    // Test-only (tests/close_frontier.rs): this node applies election changes from the topic
+    // this much later, as a node whose view lags would.
+    let elections_lag = std::env::var("VOTES_TEST_ELECTIONS_LAG_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(lag) = elections_lag {
+        tracing::warn!(
+            ?lag,
+            "VOTES_TEST_ELECTIONS_LAG_MS: election changes are applied late (tests only)"
+        );
+    }
+    let wiring = wiring::CoreWiring {
+        shared: shared.clone(),
+        settings: Arc::new(settings),
+        initial: view,
+        events: core_events,
+        ringers: ringers.clone(),
+        assignments: assignments.clone(),
+        link_security,
+        link: link_handle,
+        results: ResultsSettings {
+            max_rate: args.sse_max_rate,
+            heartbeat: Duration::from_secs(args.sse_heartbeat_s),
+            stall: votes_net::HttpLimits::default().response_stall_timeout,
+        },
+        rate_per_addr: args.rate_per_addr,
+        rate_per_prefix: args.rate_per_prefix,
+        elections_reader: reader,
+        elections_lag,
+    };
+    let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
+        wiring.core(&mut ctx)
+    })
+    .context("starting the reactors")?;
+    for l in reactors.listeners() {
+        tracing::info!(kind = ?l.spec.kind, addr = %l.addr, "listening");
+    }
+    // Join the serve group, one member per core, now that the internal address is known.
+    let internal = args
+        .internal_advertise
+        .or_else(|| reactors.local_addr(ListenerKind::Internal))
+        // No listener: peers cannot forward here (their attempts fail fast and answer 503).
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let members = if roles.ingest {
+        join_group(
+            &GroupJoin {
+                common,
+                args,
+                names: &names,
+                node: &node,
+                internal,
+                handoff_timeout,
+                ringers: &ringers,
+                assignments: &assignments,
+            },
+            member_events,
+        )?
+    } else {
+        Vec::new()
+    };
+    tracing::info!(cores, partitions, node = %node, %internal, "serving");
+
+    shutdown_on_signal(reactors.shutdown_handle())?;
+    let joined = reactors.join().context("reactors");
+    drop(members);
+    fleet_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(t) = fleet_watch
+        && t.join().is_err()
+    {
+        tracing::error!("the fleet watch panicked");
+    }
+    if let Some((rt, _)) = sidecar {
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+    if let Some((handle, thread)) = link {
+        // Every core is gone: the link writes what it still holds (bounded by its timeouts).
+        handle.stop();
+        if thread.join().is_err() {
+            tracing::error!("the Redis link panicked");
+        }
+    }
+    joined?;
+    Ok(())
+}
+
+/// What each core's member of the serve group needs.
+struct GroupJoin<'a> {
+    common: &'a Common,
+    args: &'a ServeArgs,
+    names: &'a votes_core::Names,
+    node: &'a str,
+    /// The address other nodes forward to (in the member's client id).
+    internal: SocketAddr,
+    handoff_timeout: Duration,
+    ringers: &'a Mutex<Vec<Option<votes_net::doorbell::Ringer>>>,
+    assignments: &'a [votes_tally::membership::Assignment],
+}
+
+/// Joins the serve group, one member per core, once the listeners are bound (the client ids
+/// carry the internal address); each member rings its core's doorbell after an event.
+fn join_group(
+    j: &GroupJoin<'_>,
+    events: Vec<std::sync::mpsc::Sender<votes_tally::membership::OwnershipEvent>>,
+) -> Result<Vec<votes_tally::membership::Member>> {
+    let mut members = Vec::with_capacity(events.len());
+    for (core, events) in events.into_iter().enumerate() {
+        let cfg = votes_tally::membership::MemberConfig {
+            brokers: j.common.kafka_brokers.clone(),
+            names: j.names.clone(),
+            tag: votes_core::group::MemberTag {
+                node: j.node.to_owned(),
+                core: u16::try_from(core)?,
+                internal: j.internal,
+            },
+            session_timeout: Duration::from_millis(j.args.group_session_timeout_ms),
+            handoff_timeout: j.handoff_timeout,
+        };
+        let ringer = j.ringers.lock().unwrap_or_else(|p| p.into_inner())[core]
+            .take()
+            .context("every core made its doorbell")?;
+        members.push(
+            votes_tally::membership::Member::start(
+                &cfg,
+                events,
+                j.assignments[core].clone(),
+                Box::new(move || ringer.ring()),
+            )
+            .context("joining the serve group")?,
+        );
+    }
+    Ok(members)
+}
+
+/// How this node's cores commit: the committer (one per core, or one for the node), batch
+/// bounds, pacing, the Kafka timeout, and where snapshots go.
+fn commit_settings(
+    common: &Common,
+    args: &ServeArgs,
+    roles: Roles,
+    names: &votes_core::Names,
+    node: &str,
+    cores: usize,
+    kafka_timeout: Duration,
+) -> Result<CommitSettings> {
     let node_committer = match args.committer {
         CommitterScope::Core => None,
         CommitterScope::Node if !roles.ingest => None,
@@ -484,7 +602,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 votes_tally::committer::CommitterConfig {
                     brokers: common.kafka_brokers.clone(),
                     names: names.clone(),
-                    node: node.clone(),
+                    node: node.to_owned(),
                     scope: votes_tally::committer::Scope::Node,
                     timeout: kafka_timeout,
                 },
@@ -493,10 +611,10 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             .context("starting the node's committer")?,
         )),
     };
-    let settings = CommitSettings {
+    Ok(CommitSettings {
         brokers: common.kafka_brokers.clone(),
         names: names.clone(),
-        node: node.clone(),
+        node: node.to_owned(),
         node_committer,
         max_batch: args.batch_max,
         max_queued: args.batch_max * 8,
@@ -514,7 +632,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 }
                 // The prefix names the deployment's log and the node its writer: two nodes on
                 // one host never share (or prune) each other's files.
-                let dir = root.join(format!("{}votes", names.prefix())).join(&node);
+                let dir = root.join(format!("{}votes", names.prefix())).join(node);
                 std::fs::create_dir_all(&dir).with_context(|| {
                     format!("creating the snapshot directory {}", dir.display())
                 })?;
@@ -527,15 +645,64 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
                 })
             }
         },
-    };
+    })
+}
 
-    let mut cfg = ReactorConfig::new(cpus.clone());
-    cfg.spin_before_park =
-        (args.spin_before_park_us > 0).then(|| Duration::from_micros(args.spin_before_park_us));
-    cfg.http.max_connections_per_addr = args.max_conns_per_addr;
-    cfg.http.max_connections_per_core = args.max_conns_per_core;
-    cfg.http.max_admin_connections = args.max_admin_conns;
-    cfg.http.h3_retry_above_handshakes = args.h3_retry_above;
+/// The roles asked for, once the flags that must hold together do.
+fn checked_roles(args: &ServeArgs) -> Result<Roles> {
+    for role in &args.roles {
+        if !matches!(role.as_str(), "ingest" | "results" | "admin") {
+            bail!("unknown role {role:?}: the roles are ingest, results and admin");
+        }
+    }
+    let has = |r: &str| args.roles.iter().any(|x| x == r);
+    let roles = Roles {
+        ingest: has("ingest"),
+        results: has("results"),
+        admin: has("admin"),
+    };
+    if !(roles.ingest || roles.results || roles.admin) {
+        bail!("--roles is empty: give at least one of ingest, results, admin");
+    }
+    if args.sse_max_rate == 0 || args.sse_heartbeat_s == 0 || args.results_poll_ms == 0 {
+        bail!("--sse-max-rate, --sse-heartbeat-s and --results-poll-ms must be positive");
+    }
+    if Duration::from_secs(args.sse_heartbeat_s)
+        >= votes_net::HttpLimits::default().response_stall_timeout
+    {
+        bail!(
+            "--sse-heartbeat-s must be below the response stall timeout ({:?}): a quiet stream \
+             would be closed as a stalled reader",
+            votes_net::HttpLimits::default().response_stall_timeout
+        );
+    }
+    if args.max_conns_per_addr == 0 || args.max_conns_per_core == 0 || args.max_admin_conns == 0 {
+        bail!("--max-conns-per-addr, --max-conns-per-core and --max-admin-conns must be positive");
+    }
+    if args.dev_login {
+        // Anyone who reaches it can vote as anyone: only a developer's own machine may.
+        let mut public = vec![args.http];
+        if args.tls_cert.is_some() {
+            public.push(args.https);
+        }
+        if let Some(open) = public.iter().find(|a| !a.ip().is_loopback()) {
+            bail!(
+                "--dev-login lets anyone sign in as any voter: it needs every public listener on                  loopback, and {open} is not"
+            );
+        }
+        tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
+    }
+    Ok(roles)
+}
+
+/// The node's listeners: public plain and TLS (HTTP/3 beside it) for the public roles, the
+/// admin listener when this node serves the admin role, the internal one for forwarding.
+fn add_listeners(
+    cfg: &mut ReactorConfig,
+    args: &ServeArgs,
+    roles: Roles,
+    admin: bool,
+) -> Result<()> {
     let public = roles.ingest || roles.results;
     if public {
         cfg.listeners.push(behind_proxy(
@@ -558,7 +725,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         (None, None) => {}
         _ => bail!("--tls-cert and --tls-key go together"),
     }
-    if shared.admin_token.is_some() {
+    if admin {
         let admin = match (&args.admin_tls_cert, &args.admin_tls_key) {
             (Some(cert), Some(key)) => {
                 let tls = votes_net::tls_server_config(cert, key)
@@ -576,228 +743,11 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         cfg.listeners
             .push(ListenerSpec::plain(addr, ListenerKind::Internal));
     }
-    // Commits run on each core's committer thread; the pool replays (one per partition a core
-    // takes, all at once after a failover), encodes snapshots and retires clients.
-    let per_core = (partitions as usize).div_ceil(cores).max(1);
-    cfg.blocking_threads = per_core.min(8) + 1;
-    cfg.max_blocking_in_flight = per_core * 2 + 8;
+    Ok(())
+}
 
-    let initial = view;
-    // Test-only (tests/close_frontier.rs): this node applies election changes from the topic
-    // this much later, as a node whose view lags would.
-    let elections_lag = std::env::var("VOTES_TEST_ELECTIONS_LAG_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
-    if let Some(lag) = elections_lag {
-        tracing::warn!(
-            ?lag,
-            "VOTES_TEST_ELECTIONS_LAG_MS: election changes are applied late (tests only)"
-        );
-    }
-    let (rate_per_addr, rate_per_prefix) = (args.rate_per_addr, args.rate_per_prefix);
-    let results_settings = ResultsSettings {
-        max_rate: args.sse_max_rate,
-        heartbeat: Duration::from_secs(args.sse_heartbeat_s),
-        stall: votes_net::HttpLimits::default().response_stall_timeout,
-    };
-    let reactors = start_reactors(cfg, move |mut ctx: CoreContext<CoreMsg>| {
-        let core = ctx.core_index();
-        let metrics = Rc::new(CoreMetrics::default());
-        let events = core_events.lock().unwrap_or_else(|p| p.into_inner())[core]
-            .take()
-            .expect("each core starts once");
-        let elections = Rc::new(RefCell::new(initial.clone()));
-        let shards_stop = votes_net::LocalSignal::new();
-        let (shards, ringer) = ShardHost::new(
-            core,
-            Arc::new(settings.clone()),
-            &shared.metrics.partitions,
-            ctx.blocking().clone(),
-            metrics.clone(),
-            core_assignments[core].clone(),
-            elections.clone(),
-            shared.roles.ingest.then_some(events),
-            shards_stop.clone(),
-        )
-        .expect("starting the core's commit engine");
-        core_ringers.lock().unwrap_or_else(|p| p.into_inner())[core] = Some(ringer);
-        let internal = ctx.take_internal_listener();
-        let forwarder = internal
-            .as_ref()
-            .zip(link_security.as_ref())
-            .map(|(_, security)| {
-                votes_net::forward::Forwarder::new(
-                    shared.node.clone(),
-                    security.clone(),
-                    votes_net::forward::ForwardLimits::default(),
-                )
-            });
-        let results = match (&link_handle, shared.roles.results) {
-            (Some(link), true) => {
-                let r = CoreResults::new(
-                    link.board.clone(),
-                    results_settings.clone(),
-                    ctx.shutdown_signal(),
-                );
-                // Core 0 tells the link which elections to poll.
-                let watcher = (core == 0).then(|| link.clone());
-                glommio::spawn_local(r.clone().run(elections.clone(), watcher)).detach();
-                Some(r)
-            }
-            _ => None,
-        };
-        if let (Some(link), true) = (&link_handle, shared.roles.ingest) {
-            glommio::spawn_local(fan_out(shards.clone(), link.clone(), ctx.shutdown_signal()))
-                .detach();
-        }
-        let app = Rc::new(CoreApp {
-            core,
-            shared: shared.clone(),
-            mesh: ctx.mesh().clone(),
-            elections: elections.clone(),
-            shards: shards.clone(),
-            fleet: FleetView::new(shared.fleet.clone()),
-            forwarder: forwarder.clone(),
-            results: results.clone(),
-            metrics: metrics.clone(),
-            blocking: ctx.blocking().clone(),
-            limiter: RefCell::new(votes_net::RateLimiter::new(rate_per_addr, rate_per_prefix)),
-            lookups: std::cell::Cell::new(0),
-            admin_writes: glommio::sync::Semaphore::new(1),
-            shards_stop,
-        });
-        if let (Some(listener), Some(fwd), Some(security)) = (internal, &forwarder, &link_security)
-        {
-            glommio::spawn_local(votes_net::forward::serve_forwarded(
-                listener,
-                shared.node.clone(),
-                security.clone(),
-                Rc::new(ForwardedVotes(app.clone())),
-                votes_net::forward::ForwardLimits::default(),
-                fwd.stats.clone(),
-                ctx.shutdown_signal(),
-            ))
-            .detach();
-        }
-        let mut inbox = ctx.take_inbox().expect("the inbox is taken once, here");
-        glommio::spawn_local({
-            let shards = shards.clone();
-            let elections = elections.clone();
-            async move {
-                while let Some((_, msg)) = inbox.recv().await {
-                    match msg {
-                        CoreMsg::Vote {
-                            partition,
-                            vote,
-                            reply,
-                        } => shards.submit(partition, vote, reply),
-                        CoreMsg::Election(e) => {
-                            elections.borrow_mut().apply(e.clone());
-                            shards.election_changed(&e);
-                        }
-                    }
-                }
-            }
-        })
-        .detach();
-        glommio::spawn_local({
-            let node_metrics = shared.metrics.clone();
-            let http = ctx.http_stats();
-            let shards = shards.clone();
-            async move {
-                loop {
-                    if let Some(f) = &forwarder {
-                        metrics.set_forward(&f.stats);
-                    }
-                    node_metrics.publish(core, metrics.snapshot(), shards.tallies());
-                    node_metrics.set_http(core, http.get());
-                    let subscribers = results.as_ref().map_or(0, |r| r.subscribers());
-                    node_metrics.set_sse_subscribers(core, subscribers);
-                    glommio::timer::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        })
-        .detach();
-        if core == 0 {
-            // Core 0 follows the elections topic for changes made through other nodes.
-            let mut reader = reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .expect("core 0 starts once");
-            let mesh = ctx.mesh().clone();
-            let shards = shards.clone();
-            let mut lagging = initial.clone();
-            glommio::spawn_local(async move {
-                loop {
-                    let Some(lag) = elections_lag else {
-                        // Applied here by poll_now; broadcast re-applies idempotently.
-                        let changed = reader.poll_now(&mut elections.borrow_mut());
-                        for e in changed {
-                            broadcast_election(core, &mesh, &elections, &shards, e).await;
-                        }
-                        glommio::timer::sleep(Duration::from_millis(250)).await;
-                        continue;
-                    };
-                    // Test-only: the node hears of every change `lag` late.
-                    for e in reader.poll_now(&mut lagging) {
-                        let (mesh, elections, shards) =
-                            (mesh.clone(), elections.clone(), shards.clone());
-                        glommio::spawn_local(async move {
-                            glommio::timer::sleep(lag).await;
-                            broadcast_election(core, &mesh, &elections, &shards, e).await;
-                        })
-                        .detach();
-                    }
-                    glommio::timer::sleep(Duration::from_millis(250)).await;
-                }
-            })
-            .detach();
-        }
-        AppHandle(app)
-    })
-    .context("starting the reactors")?;
-    for l in reactors.listeners() {
-        tracing::info!(kind = ?l.spec.kind, addr = %l.addr, "listening");
-    }
-    // Join the serve group, one member per core, now that the internal address is known.
-    let internal = args
-        .internal_advertise
-        .or_else(|| reactors.local_addr(ListenerKind::Internal))
-        // No listener: peers cannot forward here (their attempts fail fast and answer 503).
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut members = Vec::new();
-    if roles.ingest {
-        for (core, events) in member_events.into_iter().enumerate() {
-            let cfg = votes_tally::membership::MemberConfig {
-                brokers: common.kafka_brokers.clone(),
-                names: names.clone(),
-                tag: votes_core::group::MemberTag {
-                    node: node.clone(),
-                    core: u16::try_from(core)?,
-                    internal,
-                },
-                session_timeout: Duration::from_millis(args.group_session_timeout_ms),
-                handoff_timeout,
-            };
-            let ringer = ringers.lock().unwrap_or_else(|p| p.into_inner())[core]
-                .take()
-                .context("every core made its doorbell")?;
-            members.push(
-                votes_tally::membership::Member::start(
-                    &cfg,
-                    events,
-                    assignments[core].clone(),
-                    Box::new(move || ringer.ring()),
-                )
-                .context("joining the serve group")?,
-            );
-        }
-    }
-    tracing::info!(cores, partitions, node = %node, %internal, "serving");
-
-    let shutdown = reactors.shutdown_handle();
+/// SIGTERM or Ctrl-C starts the reactors' shutdown, from a thread of its own.
+fn shutdown_on_signal(shutdown: votes_net::ShutdownHandle) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -814,25 +764,6 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         tracing::info!("shutting down");
         shutdown.trigger();
     });
-    let joined = reactors.join().context("reactors");
-    drop(members);
-    fleet_stop.store(true, std::sync::atomic::Ordering::Release);
-    if let Some(t) = fleet_watch
-        && t.join().is_err()
-    {
-        tracing::error!("the fleet watch panicked");
-    }
-    if let Some((rt, _)) = sidecar {
-        rt.shutdown_timeout(Duration::from_secs(1));
-    }
-    if let Some((handle, thread)) = link {
-        // Every core is gone: the link writes what it still holds (bounded by its timeouts).
-        handle.stop();
-        if thread.join().is_err() {
-            tracing::error!("the Redis link panicked");
-        }
-    }
-    joined?;
     Ok(())
 }
 
