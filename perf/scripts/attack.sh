@@ -23,10 +23,7 @@
 # Everything runs on this machine over loopback against the local Kafka; per-address rate limits
 # are off (the flood comes from one address and would otherwise meet 429 first).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 CORES=${CORES:-2}
 HONEST_RATE=${HONEST_RATE:-200}

@@ -6,14 +6,12 @@
 #
 #   perf/scripts/batch-size.sh PARTITIONS LINGER_MS RATE [CORES]
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PARTS=$1; LINGER=$2; RATE=$3; CORES=${4:-1}
-B=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}/release}
+B=${BIN:-$CARGO_TARGET_DIR/release}
 HTTP=127.0.0.1:18382
 ADMIN=127.0.0.1:19392
 export VOTES_PREFIX="batch-$PARTS-$LINGER-$RATE-$(date +%s%N)-"
-. "$ROOT/perf/scripts/lib.sh"
 # The whole load comes from one loopback address: per-source rate limits would measure
 # themselves, not the write path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0

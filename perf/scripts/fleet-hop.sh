@@ -16,10 +16,7 @@
 #   env: DURATION=20s  CONNECTIONS=64  MODES="keyed tls"  ROUNDS=2
 #        BIN=<dir with release votes, votes-load>
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 RATE=${1:-1000}
 DURATION=${DURATION:-20s}

@@ -19,10 +19,7 @@
 # The self-signed certificate (votes-peer gen-cert) and the votes-load reports are kept under
 # target/perf/<protocol>-reference/.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 PROTOCOL=${PROTOCOL:-h3}
 case $PROTOCOL in

@@ -1,5 +1,11 @@
-# Sourced by the perf scripts: the development keys their local appliance runs with, CPU time
-# read from /proc (utime + stime, in clock ticks of TICK per second), and the release binaries.
+# Sourced by the perf scripts: the project's root as the working directory (ROOT), the warm
+# target directory outside the clone, target/perf for the reports, the development keys their
+# local appliance runs with, CPU time read from /proc (utime + stime, in clock ticks of TICK per
+# second), and the release binaries.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
+mkdir -p "$ROOT/target/perf"
 export VOTES_TOKEN_KEY=perf-token-key-0123456789abcdef-0001
 export VOTES_AUDIT_KEY=perf-audit-key-0123456789abcdef-0001
 export VOTES_FORWARD_KEY=perf-forward-key-0123456789abcdef-001

@@ -8,10 +8,7 @@
 #                                        BROKERS=127.0.0.1:9092 OUT=target/perf/peer-floor.json
 #                                        EXPECTED=target/perf/peer-floor-expected.json BIN=
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins -p votes-perf --bin votes-peer
 TOPIC=${TOPIC:-perf-floor-$(date +%Y%m%d-%H%M%S)}
 BROKERS=${BROKERS:-127.0.0.1:9092}

@@ -5,10 +5,7 @@
 #   perf/scripts/peer-redis.sh      env: VOTES=100000 VOTERS=90000 RATE= (closed loop)
 #                                        CONNECTIONS=16 PIPELINE=16 OUT=target/perf/peer-redis.json BIN=
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins -p votes-perf --bin votes-peer
 PORT=16392
 OUT=${OUT:-$ROOT/target/perf/peer-redis.json}

@@ -23,9 +23,7 @@
 # they stand in for the application that would talk to the database. Everything shares this machine's CPUs: the figures compare
 # systems under the same handicap, they are not what a dedicated node does.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RATES=${RATES:-1000 2000 4000 8000 12000 16000 20000}
 SWEEP_DURATION=${SWEEP_DURATION:-15s}
 FIXED_RATE=${FIXED_RATE:-1000}
@@ -51,7 +49,6 @@ export BIN
 say "starting services (Kafka, DynamoDB endpoint, Redis)"
 scripts/services.sh up >/dev/null
 
-. "$ROOT/perf/scripts/lib.sh"
 # Loopback load from a few addresses: the per-address limits would measure themselves.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 HTTP=127.0.0.1:18680

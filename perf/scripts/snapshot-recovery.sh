@@ -12,10 +12,7 @@
 #   perf/scripts/snapshot-recovery.sh      env: VOTES=5000000 VOTERS=4500000 TAIL=500000
 #                                               PARTITIONS=8 CORES=2 BIN=<release dir>
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 VOTES=${VOTES:-5000000}
 VOTERS=${VOTERS:-4500000}

@@ -20,10 +20,7 @@
 #    is timed on the final election, phase by phase.
 # The DynamoDB service is left running the default engine (dynoxide) afterwards.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 N=${VOTES:-1000000}
 RATE=${RATE:-5000}

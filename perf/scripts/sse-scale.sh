@@ -17,10 +17,7 @@
 # limit above SUBSCRIBERS (the script raises the soft limit to the hard one and stops early,
 # saying so, when the hard one is too low).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 SUBSCRIBERS=${SUBSCRIBERS:-20000}
 CONNECT_RATE=${CONNECT_RATE:-2000}

@@ -9,10 +9,7 @@
 #
 # Both the client and serve hold one socket per subscriber: N stays below the open-files limit.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins -p votes --bin votes
 N=${N:-8000}
 KINDS=${KINDS:-ws sse}

@@ -9,10 +9,7 @@
 #
 # Prints one row per (cores, rate) and writes the votes-load reports under target/perf/.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/votes-target}
-. "$ROOT/perf/scripts/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 RATES=("$@")
 [ ${#RATES[@]} -gt 0 ] || RATES=(2000 5000 10000 20000)
