@@ -1,24 +1,13 @@
-//! `votes`: the one binary of the appliance (docs/design.md §4.1). Subcommands wire the crates into
-//! roles; `anyhow` lives only here, at the edge.
+//! The command line (docs/design.md §4.1): the flags every role reads ([`Common`]), the
+//! subcommands, and [`main`], which runs one of them. Subcommands wire the crates into roles;
+//! `anyhow` lives only at this edge and in the roles it calls.
 
 use std::ffi::OsString;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-mod audit;
-mod config;
-mod init;
-mod keys;
-mod persist;
-mod prom;
-mod recount;
-mod reprocess;
-mod secrets;
-mod serve;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use crate::{audit, config, init, keys, persist, recount, secrets, serve};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -264,7 +253,9 @@ enum TuneCommand {
     },
 }
 
-fn main() -> std::process::ExitCode {
+/// The whole `votes` process after its allocator: logging, the TLS provider, the command line,
+/// and the command it names; errors are printed here and become the exit code.
+pub fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VOTES_LOG")
