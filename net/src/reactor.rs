@@ -14,7 +14,8 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::blocking::Blocking;
 use crate::error::NetError;
-use crate::httpd::server::{CoreHttp, accept_loop};
+use crate::httpd::per_core::CoreHttp;
+use crate::httpd::server::accept_loop;
 use crate::httpd::{App, HttpLimits, HttpStats, ListenerKind, ListenerSpec};
 use crate::listener::{BoundSpec, bind_all};
 use crate::mesh::{Inbox, Mesh, MeshEnds, build_mesh};

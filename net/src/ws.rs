@@ -27,8 +27,8 @@ use votes_core::ws::{self, Opcode, close_code};
 
 use crate::BoxBody;
 use crate::httpd::LocalBoxFuture;
-use crate::httpd::conn::InFlight;
 use crate::httpd::io::{FrameWriter, Io, WriteEnd};
+use crate::httpd::per_core::InFlight;
 use crate::sse::Subscriber;
 
 /// What a session runs on the upgraded socket.

@@ -22,67 +22,10 @@ use hyper::server::conn::http1::Parts;
 
 use super::detached::DetachedResponse;
 use super::io::{Io, StartError, Started, read_proxy_header, start};
-use super::server::CoreHttp;
+use super::per_core::{CoreHttp, InFlight, LocalExec};
 use super::watchdog::{ConnState, Expiry, Proto};
 use super::{App, ConnInfo, ListenerKind, LocalBoxFuture};
 use crate::body::{BoxBody, BoxError};
-
-/// Spawns h2 stream tasks on the current reactor: hyper's h2 server needs an executor, and
-/// ours must accept `!Send` futures (the app's handlers are `!Send`).
-#[derive(Clone, Copy)]
-pub(crate) struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-    F::Output: 'static,
-{
-    fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
-    }
-}
-
-/// Counts a request from head to end of response, for the watchdog and the shutdown drain.
-pub(crate) struct InFlight {
-    conn: Rc<ConnState>,
-    core: Rc<CoreHttp>,
-    /// The app answered: the response being written, by its key in the connection's table.
-    response: Option<usize>,
-}
-
-impl InFlight {
-    fn start(conn: Rc<ConnState>, core: Rc<CoreHttp>) -> Self {
-        conn.request_started();
-        core.request_started();
-        Self {
-            conn,
-            core,
-            response: None,
-        }
-    }
-
-    fn responding(mut self) -> Self {
-        debug_assert!(self.response.is_none());
-        self.response = Some(self.conn.response_started());
-        self
-    }
-
-    /// The response wrote a frame: the client keeps up (the stall bound restarts).
-    pub(crate) fn progress(&self) {
-        let key = self.response.expect("progress of a response being written");
-        self.conn.response_progress(key);
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(key) = self.response {
-            self.conn.response_finished(key);
-        }
-        self.conn.request_finished();
-        self.core.request_finished();
-    }
-}
 
 /// The response body as hyper sees it: the app's body plus the in-flight guard, released when
 /// hyper drops the body (after the last byte, or on abort).

@@ -12,7 +12,7 @@
 //! does not know the connection.
 
 use std::cell::Cell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,8 +23,8 @@ use futures_lite::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
+use super::per_core::CoreHttp;
 use super::quic_runtime::{GlommioRuntime, GlommioUdpSocket};
-use super::server::CoreHttp;
 use super::{Alpn, App, ConnInfo, ListenerKind};
 use crate::body::{BoxBody, RequestBody};
 use crate::signal::within;
@@ -57,16 +57,6 @@ pub(crate) fn server_config(
     cfg.transport_config(Arc::new(transport));
     cfg.migration(false);
     Ok(cfg)
-}
-
-/// Counters of one core's HTTP/3 endpoint.
-#[derive(Default)]
-pub(crate) struct H3Counters {
-    pub(crate) connections: Cell<u64>,
-    pub(crate) requests: Cell<u64>,
-    pub(crate) retries: Cell<u64>,
-    pub(crate) refused: Cell<u64>,
-    pub(crate) handshake_failures: Cell<u64>,
 }
 
 /// Handshakes per second on this core, over a sliding one-second window of two buckets.
@@ -336,16 +326,4 @@ fn refusal(status: StatusCode, code: votes_core::ErrorCode, message: &str) -> Re
         http::HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// Keeps a QUIC connection counted against its address and the core's cap.
-pub(crate) struct QuicSlot {
-    pub(crate) core: Rc<CoreHttp>,
-    pub(crate) addr: IpAddr,
-}
-
-impl Drop for QuicSlot {
-    fn drop(&mut self) {
-        self.core.release_quic(self.addr);
-    }
 }

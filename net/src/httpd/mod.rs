@@ -12,6 +12,7 @@ pub use detached::detached_stream;
 mod h3;
 pub(crate) use h3::{serve as serve_h3, server_config as h3_server_config};
 pub(crate) mod io;
+pub(crate) mod per_core;
 mod quic_runtime;
 pub(crate) mod server;
 pub(crate) mod watchdog;
