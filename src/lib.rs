@@ -16,5 +16,6 @@ pub mod recount;
 pub mod reprocess;
 mod secrets;
 pub mod serve;
+mod stop;
 
 pub use cli::{Cli, Common};

@@ -71,13 +71,7 @@ pub fn run(common: &Common, args: &PersistArgs) -> Result<()> {
         }
         tokio::spawn(progress(stats.clone()));
         let stop = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            crate::stop::requested().await;
             tracing::info!("stopping after the current round");
         };
         tracing::info!(group = %cfg.group, "persisting votes to DynamoDB");

@@ -159,11 +159,7 @@ impl VoteRecord {
         if version != RECORD_VERSION {
             return Err(RecordError::UnsupportedVersion(version));
         }
-        let election = r.str("election", ELECTION_ID_MAX)?;
-        let election = ElectionId::new(election).map_err(|source| RecordError::InvalidId {
-            field: "election",
-            source,
-        })?;
+        let election = read_election(&mut r)?;
         let voter = VoterId(u64::from_be_bytes(r.array("voter")?));
         let option = r.str("option", OPTION_ID_MAX)?;
         let option = OptionId::new(option).map_err(|source| RecordError::InvalidId {
@@ -171,18 +167,9 @@ impl VoteRecord {
             source,
         })?;
         let received_at_ms = u64::from_be_bytes(r.array("received_at_ms")?);
-        let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
-        if node_len > NODE_MAX {
-            return Err(RecordError::InvalidNode);
-        }
-        let node = std::str::from_utf8(r.take("node", node_len)?)
-            .map_err(|_| RecordError::InvalidNode)?
-            .to_owned();
-        let core = u16::from_be_bytes(r.array("core")?);
+        let (node, core) = read_writer(&mut r)?;
         let nonce = r.array("nonce")?;
-        if r.remaining() != 0 {
-            return Err(RecordError::TrailingBytes(r.remaining()));
-        }
+        read_end(&r)?;
         Ok(Self {
             election,
             voter,
@@ -242,6 +229,36 @@ pub fn encode_close(
     out.extend_from_slice(&core.to_be_bytes());
 }
 
+/// The election id both record kinds start with.
+fn read_election(r: &mut Reader<'_>) -> Result<ElectionId, RecordError> {
+    let election = r.str("election", ELECTION_ID_MAX)?;
+    ElectionId::new(election).map_err(|source| RecordError::InvalidId {
+        field: "election",
+        source,
+    })
+}
+
+/// The node and core whose producer wrote the record (both record kinds name them).
+fn read_writer(r: &mut Reader<'_>) -> Result<(String, u16), RecordError> {
+    let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
+    if node_len > NODE_MAX {
+        return Err(RecordError::InvalidNode);
+    }
+    let node = std::str::from_utf8(r.take("node", node_len)?)
+        .map_err(|_| RecordError::InvalidNode)?
+        .to_owned();
+    let core = u16::from_be_bytes(r.array("core")?);
+    Ok((node, core))
+}
+
+/// A record is exactly its fields: a byte after the last is a defect, not padding.
+fn read_end(r: &Reader<'_>) -> Result<(), RecordError> {
+    match r.remaining() {
+        0 => Ok(()),
+        n => Err(RecordError::TrailingBytes(n)),
+    }
+}
+
 /// Any record of the `votes` topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogRecord {
@@ -255,24 +272,10 @@ impl LogRecord {
         match bytes.first() {
             Some(&CLOSE_RECORD_VERSION) => {
                 let mut r = Reader::at(bytes, 1);
-                let election = r.str("election", ELECTION_ID_MAX)?;
-                let election =
-                    ElectionId::new(election).map_err(|source| RecordError::InvalidId {
-                        field: "election",
-                        source,
-                    })?;
+                let election = read_election(&mut r)?;
                 let closed_at_ms = u64::from_be_bytes(r.array("closed_at_ms")?);
-                let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
-                if node_len > NODE_MAX {
-                    return Err(RecordError::InvalidNode);
-                }
-                let node = std::str::from_utf8(r.take("node", node_len)?)
-                    .map_err(|_| RecordError::InvalidNode)?
-                    .to_owned();
-                let core = u16::from_be_bytes(r.array("core")?);
-                if r.remaining() != 0 {
-                    return Err(RecordError::TrailingBytes(r.remaining()));
-                }
+                let (node, core) = read_writer(&mut r)?;
+                read_end(&r)?;
                 Ok(LogRecord::Close(CloseRecord {
                     election,
                     closed_at_ms,

@@ -752,15 +752,7 @@ fn shutdown_on_signal(shutdown: votes_net::ShutdownHandle) -> Result<()> {
         .enable_all()
         .build()?;
     std::thread::spawn(move || {
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
+        rt.block_on(crate::stop::requested());
         tracing::info!("shutting down");
         shutdown.trigger();
     });

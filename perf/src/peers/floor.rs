@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 use votes_core::record::VoteRecord;
 use votes_core::{ElectionId, OptionId, VoterId};
+use votes_tally::kafka::{base_config, transactional_producer_config};
 
 use super::{Expected, Pace, PeerError, VoteSpec, Votes, check_rate, record};
 use crate::cpu;
@@ -159,25 +160,11 @@ fn encode(votes: &Votes, partitions: u32, seed: u64) -> Result<Vec<Encoded>, Pee
     Ok(out)
 }
 
-fn base_config(brokers: &str) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("socket.timeout.ms", "60000")
-        .set("log_level", "4");
-    cfg
-}
-
 /// The appliance's transactional producer settings (`votes_tally::kafka`), `linger.ms` 0 as
 /// its commit drivers use.
 fn producer_config(brokers: &str, transactional_id: &str) -> ClientConfig {
-    let mut cfg = base_config(brokers);
-    cfg.set("transactional.id", transactional_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("transaction.timeout.ms", "60000")
-        .set("retry.backoff.ms", "2")
-        .set("retry.backoff.max.ms", "50")
-        .set("linger.ms", "0");
+    let mut cfg = transactional_producer_config(brokers, transactional_id);
+    cfg.set("linger.ms", "0");
     cfg
 }
 
