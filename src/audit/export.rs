@@ -12,8 +12,8 @@ use votes_core::clock::unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_dynamodb::types::AttributeValue;
-use votes_core::{ElectionId, ElectionState, MerkleBuilder};
-use votes_tally::audit::{Counted, for_each_counted};
+use votes_core::{Election, ElectionId, ElectionState, MerkleBuilder};
+use votes_tally::audit::{Counted, LogSummary, for_each_counted};
 use votes_tally::elections_log::{ElectionsReader, ElectionsView};
 
 use crate::Common;
@@ -113,12 +113,60 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
     let id = ElectionId::new(args.election.as_str())
         .map_err(|e| anyhow!("--election {:?}: {e}", args.election))?;
     let kafka_timeout = Duration::from_secs(args.kafka_timeout_s);
+    let election = final_election(common, &names, &id, kafka_timeout)?;
+    let official = official_result(common, &names, &id)?;
+    let dir = &args.out;
+    let partial = prepare_out_dir(dir, args.force)?;
+    let mut progress = Progress::new();
+    let written = write_votes(
+        common,
+        &names,
+        audit_key.as_bytes(),
+        &id,
+        kafka_timeout,
+        &partial,
+        &mut progress,
+    )?;
+    std::fs::rename(&partial, dir.join(VOTES_FILE))?;
+    let manifest = manifest(&election, &written, official, &key)?;
+    let manifest_bytes = manifest.to_bytes();
+    write_file(&dir.join(MANIFEST_FILE), &manifest_bytes)?;
+    write_file(
+        &dir.join(SIGNATURE_FILE),
+        key.sign_text(&manifest_bytes).as_bytes(),
+    )?;
+    progress.done(&format!(
+        "exported {} votes of {id} in {:.1} s: {} ({} bytes), {} records of the log read",
+        written.rows,
+        progress.started.elapsed().as_secs_f64(),
+        dir.join(VOTES_FILE).display(),
+        written.bytes,
+        written.summary.records
+    ));
+    print_report(dir, &election, &manifest);
+    let official = votes_audit::verify::check_official(&manifest);
+    println!("{official}");
+    if official.failed() {
+        bail!(
+            "the export disagrees with the official result it records; the files are kept in {} for investigation",
+            dir.display()
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
 
+/// The election as the elections topic ends: only a final one is exported.
+fn final_election(
+    common: &Common,
+    names: &votes_core::Names,
+    id: &ElectionId,
+    kafka_timeout: Duration,
+) -> Result<Election> {
     let t = Instant::now();
     let mut view = ElectionsView::default();
-    ElectionsReader::new(&common.kafka_brokers, &names)?.load_to_end(&mut view, kafka_timeout)?;
+    ElectionsReader::new(&common.kafka_brokers, names)?.load_to_end(&mut view, kafka_timeout)?;
     let election = view
-        .get(&id)
+        .get(id)
         .cloned()
         .ok_or_else(|| anyhow!("no election {id}"))?;
     if election.state != ElectionState::Final {
@@ -128,6 +176,15 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         );
     }
     tracing::debug!(took = ?t.elapsed(), "elections topic read");
+    Ok(election)
+}
+
+/// The official result the recount wrote to the results table; a final election has one.
+fn official_result(
+    common: &Common,
+    names: &votes_core::Names,
+    id: &ElectionId,
+) -> Result<OfficialInfo> {
     let t = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -136,30 +193,59 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
     let official = rt
         .block_on(async {
             let dynamo = votes_tally::dynamo::client(common.dynamodb_endpoint()).await;
-            read_official(&dynamo, &table, &id).await
+            read_official(&dynamo, &table, id).await
         })?
         .ok_or_else(|| {
             anyhow!("election {id} is final but the results table {table} holds no result for it")
         })?;
-
     tracing::debug!(took = ?t.elapsed(), "official result read");
-    let dir = &args.out;
+    Ok(official)
+}
+
+/// Makes `dir`, refuses to overwrite an export unless `force`, and removes a manifest left
+/// there: a failed export never leaves a manifest that names a file it did not finish.
+/// Returns the path the votes are written to until they are complete.
+fn prepare_out_dir(dir: &Path, force: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for f in [VOTES_FILE, MANIFEST_FILE, SIGNATURE_FILE] {
-        if dir.join(f).exists() && !args.force {
+        if dir.join(f).exists() && !force {
             bail!(
                 "{} already holds an export ({f}); choose another --out or pass --force",
                 dir.display()
             );
         }
     }
-    // A failed export never leaves a manifest that names a file it did not finish.
     for f in [MANIFEST_FILE, SIGNATURE_FILE] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let partial = dir.join(format!("{VOTES_FILE}.partial"));
+    Ok(dir.join(format!("{VOTES_FILE}.partial")))
+}
+
+/// The votes file as written and checked against the pass over the log that wrote it.
+struct WrittenVotes {
+    summary: LogSummary,
+    /// Per partition: votes, first and last offset.
+    per_partition: BTreeMap<u32, (u64, u64, u64)>,
+    root: votes_core::merkle::Hash,
+    tree_size: u64,
+    rows: u64,
+    sha256: String,
+    bytes: u64,
+}
+
+/// One pass over the committed log writes every counted vote of the election to `partial`
+/// in tree order, synced; what the file holds must be what the pass counted.
+fn write_votes(
+    common: &Common,
+    names: &votes_core::Names,
+    audit_key: &[u8],
+    id: &ElectionId,
+    kafka_timeout: Duration,
+    partial: &Path,
+    progress: &mut Progress,
+) -> Result<WrittenVotes> {
     let sink = Hashing {
-        inner: File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+        inner: File::create(partial).with_context(|| format!("creating {}", partial.display()))?,
         digest: ring::digest::Context::new(&ring::digest::SHA256),
         bytes: 0,
     };
@@ -167,12 +253,11 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
     let mut failed: Option<anyhow::Error> = None;
     let mut tree = MerkleBuilder::new();
     let mut per_partition: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
-    let mut progress = Progress::new();
     let summary = for_each_counted(
         &common.kafka_brokers,
-        &names,
-        audit_key.as_bytes(),
-        &id,
+        names,
+        audit_key,
+        id,
         kafka_timeout,
         |c: &Counted| {
             if failed.is_some() {
@@ -206,13 +291,28 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
     }
     let (sink, rows) = writer.finish()?;
     sink.inner.sync_all()?;
-    let sha256 = hex::encode(sink.digest.finish());
-    let bytes = sink.bytes;
-    drop(sink.inner);
-    std::fs::rename(&partial, dir.join(VOTES_FILE))?;
-
-    // What the file holds must be what the pass over the log counted.
     let (root, tree_size) = tree.finish();
+    check_rows_are_the_count(&summary, &per_partition, root, tree_size, rows)?;
+    Ok(WrittenVotes {
+        summary,
+        per_partition,
+        root,
+        tree_size,
+        rows,
+        sha256: hex::encode(sink.digest.finish()),
+        bytes: sink.bytes,
+    })
+}
+
+/// What the file holds must be what the pass over the log counted: the same leaves in the
+/// same order (the root), as many rows, the same offset ranges per partition.
+fn check_rows_are_the_count(
+    summary: &LogSummary,
+    per_partition: &BTreeMap<u32, (u64, u64, u64)>,
+    root: votes_core::merkle::Hash,
+    tree_size: u64,
+    rows: u64,
+) -> Result<()> {
     let ranges: Vec<Option<(u64, u64)>> = (0..summary.ranges.len() as u32)
         .map(|p| per_partition.get(&p).map(|(_, f, l)| (*f, *l)))
         .collect();
@@ -227,7 +327,19 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         ranges == summary.ranges,
         "the partitions' offset ranges of the rows differ from the log's"
     );
+    Ok(())
+}
 
+/// What the export claims: the election, the file, the totals per option of the election
+/// (a vote for any other option in the log is refused), the partitions' ranges, the root,
+/// and the official result it is checked against.
+fn manifest(
+    election: &Election,
+    written: &WrittenVotes,
+    official: OfficialInfo,
+    key: &SigningKey,
+) -> Result<Manifest> {
+    let summary = &written.summary;
     let totals: BTreeMap<String, u64> = election
         .options
         .iter()
@@ -246,12 +358,12 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         stray.is_empty(),
         "the log counts votes for options the election does not have: {stray:?}"
     );
-    let manifest = Manifest {
+    Ok(Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         created_at: rfc3339_utc(unix_ms()),
         election: ElectionInfo {
-            id: id.to_string(),
+            id: election.id.to_string(),
             title: election.title.clone(),
             options: election
                 .options
@@ -264,9 +376,9 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         },
         votes_file: VotesFileInfo {
             name: VOTES_FILE.into(),
-            sha256: sha256.clone(),
-            bytes,
-            rows,
+            sha256: written.sha256.clone(),
+            bytes: written.bytes,
+            rows: written.rows,
         },
         total: totals.values().sum(),
         totals,
@@ -278,36 +390,31 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
                 partition: p as u32,
                 first_offset: r.map(|r| r.0),
                 last_offset: r.map(|r| r.1),
-                votes: per_partition.get(&(p as u32)).map_or(0, |x| x.0),
+                votes: written.per_partition.get(&(p as u32)).map_or(0, |x| x.0),
             })
             .collect(),
         merkle: MerkleInfo {
-            root: hex::encode(root),
-            tree_size,
+            root: hex::encode(written.root),
+            tree_size: written.tree_size,
         },
         duplicate_records_ignored: summary.duplicates,
         official,
         signing_key_sha256: key.public_key().fingerprint(),
-    };
-    let manifest_bytes = manifest.to_bytes();
-    write_file(&dir.join(MANIFEST_FILE), &manifest_bytes)?;
-    write_file(
-        &dir.join(SIGNATURE_FILE),
-        key.sign_text(&manifest_bytes).as_bytes(),
-    )?;
+    })
+}
 
-    progress.done(&format!(
-        "exported {rows} votes of {id} in {:.1} s: {} ({bytes} bytes), {} records of the log read",
-        progress.started.elapsed().as_secs_f64(),
-        dir.join(VOTES_FILE).display(),
-        summary.records
-    ));
-    println!("election   {id} ({:?})", election.title);
-    println!("votes      {rows} in {}", dir.join(VOTES_FILE).display());
-    println!("sha256     {sha256}");
+/// What an auditor reads first: the election, the file and its digest, the root, the signer.
+fn print_report(dir: &Path, election: &Election, manifest: &Manifest) {
+    println!("election   {} ({:?})", election.id, election.title);
     println!(
-        "merkle     {} over {tree_size} leaves",
-        manifest.merkle.root
+        "votes      {} in {}",
+        manifest.votes_file.rows,
+        dir.join(VOTES_FILE).display()
+    );
+    println!("sha256     {}", manifest.votes_file.sha256);
+    println!(
+        "merkle     {} over {} leaves",
+        manifest.merkle.root, manifest.merkle.tree_size
     );
     println!(
         "manifest   {} signed by the key {} ({})",
@@ -315,15 +422,6 @@ pub fn run(common: &Common, args: &ExportArgs) -> Result<std::process::ExitCode>
         manifest.signing_key_sha256,
         dir.join(SIGNATURE_FILE).display()
     );
-    let official = votes_audit::verify::check_official(&manifest);
-    println!("{official}");
-    if official.failed() {
-        bail!(
-            "the export disagrees with the official result it records; the files are kept in {} for investigation",
-            dir.display()
-        );
-    }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
