@@ -26,7 +26,7 @@ use votes_core::{ElectionId, Leaf, MerkleBuilder, OptionId};
 use crate::manifest::{MANIFEST_FILE, MANIFEST_MAX_BYTES, Manifest, SIGNATURE_FILE, VOTES_FILE};
 use crate::read_bounded;
 use crate::signing::PublicKey;
-use crate::table::{RECEIVED_AT_RESOLUTION_MS, Row, VotesReader};
+use crate::table::{RECEIVED_AT_RESOLUTION_MS, Row, TableError, VotesReader};
 
 /// `manifest.sig` is 89 bytes of base64; a larger one is not read.
 pub const SIGNATURE_MAX_BYTES: u64 = 4096;
@@ -279,10 +279,28 @@ impl<'m> RowChecker<'m> {
     }
 
     pub fn finish(mut self) -> RowReport {
+        self.pseudonyms.sort_unstable();
+        let mut checks = vec![
+            self.row_count(),
+            self.one_row_per_pseudonym(),
+            self.leaf_hashes(),
+            self.order_and_ranges(),
+            self.totals(),
+            self.times_to_the_minute(),
+        ];
+        let (root, tree_size) = self.merkle.finish();
+        checks.push(merkle_root(self.manifest, root, tree_size));
+        RowReport {
+            checks,
+            root,
+            tree_size,
+        }
+    }
+
+    /// The file holds as many rows as the manifest says, and the manifest agrees with itself.
+    fn row_count(&self) -> Check {
         let m = self.manifest;
         let n = self.rows;
-        let mut checks = Vec::new();
-
         let mut problems = Vec::new();
         if n != m.votes_file.rows {
             problems.push(format!(
@@ -296,9 +314,12 @@ impl<'m> RowChecker<'m> {
                 m.total, m.merkle.tree_size, m.votes_file.rows
             ));
         }
-        checks.push(Check::judge("row count", problems, format!("{n} rows")));
+        Check::judge("row count", problems, format!("{n} rows"))
+    }
 
-        self.pseudonyms.sort_unstable();
+    /// No voter twice: every pseudonym in one row (the pseudonyms are sorted by now).
+    fn one_row_per_pseudonym(&self) -> Check {
+        let n = self.rows;
         let (mut repeated, mut extra_rows, mut examples) = (0u64, 0u64, Vec::new());
         for run in self.pseudonyms.chunk_by(|a, b| a == b) {
             if run.len() > 1 {
@@ -313,11 +334,8 @@ impl<'m> RowChecker<'m> {
                 }
             }
         }
-        checks.push(if repeated == 0 {
-            Check::ok(
-                "one row per pseudonym",
-                format!("{n} distinct pseudonyms"),
-            )
+        if repeated == 0 {
+            Check::ok("one row per pseudonym", format!("{n} distinct pseudonyms"))
         } else {
             Check::fail(
                 "one row per pseudonym",
@@ -326,9 +344,12 @@ impl<'m> RowChecker<'m> {
                     examples.join(", ")
                 ),
             )
-        });
+        }
+    }
 
-        checks.push(if self.leaf_bad.0 == 0 {
+    /// Every stored leaf hash is the hash of its row's fields.
+    fn leaf_hashes(&self) -> Check {
+        if self.leaf_bad.0 == 0 {
             Check::ok(
                 "leaf hashes",
                 format!(
@@ -345,8 +366,12 @@ impl<'m> RowChecker<'m> {
                     &self.leaf_bad.1,
                 ),
             )
-        });
+        }
+    }
 
+    /// Rows in (partition, offset) order, each partition's count and range the manifest's.
+    fn order_and_ranges(&self) -> Check {
+        let m = self.manifest;
         let mut problems = Vec::new();
         if self.order_bad.0 > 0 {
             problems.push(with_examples(
@@ -382,15 +407,19 @@ impl<'m> RowChecker<'m> {
             }
         }
         let partitions_used = m.partitions.iter().filter(|p| p.votes > 0).count();
-        checks.push(Check::judge(
+        Check::judge(
             "order and ranges",
             problems,
             format!(
                 "rows in (partition, offset) order, within the ranges of {partitions_used} of {} partitions",
                 m.partitions.len()
             ),
-        ));
+        )
+    }
 
+    /// The totals recomputed from the rows are the manifest's, over the election's options only.
+    fn totals(&self) -> Check {
+        let m = self.manifest;
         let mut problems = Vec::new();
         for (option, count) in &self.unknown_options {
             problems.push(format!(
@@ -432,13 +461,16 @@ impl<'m> RowChecker<'m> {
             .iter()
             .map(|o| format!("{o} {}", self.totals.get(o).copied().unwrap_or(0)))
             .collect();
-        checks.push(Check::judge(
+        Check::judge(
             "totals",
             problems,
             format!("recomputed from the rows: {}", shown.join(", ")),
-        ));
+        )
+    }
 
-        checks.push(if self.fine_times.0 == 0 {
+    /// No row's time is finer than the minute (a finer one helps link rows to voters).
+    fn times_to_the_minute(&self) -> Check {
+        if self.fine_times.0 == 0 {
             Check::ok(
                 "times to the minute",
                 "no row carries a time finer than the minute it was received in",
@@ -452,26 +484,23 @@ impl<'m> RowChecker<'m> {
                     &self.fine_times.1,
                 ),
             )
-        });
-
-        let (root_bytes, size) = self.merkle.finish();
-        let root = hex::encode(root_bytes);
-        checks.push(if root == m.merkle.root && size == m.merkle.tree_size {
-            Check::ok("merkle root", format!("{root} over {size} leaves"))
-        } else {
-            Check::fail(
-                "merkle root",
-                format!(
-                    "the rows give {root} over {size} leaves, the manifest says {} over {}",
-                    m.merkle.root, m.merkle.tree_size
-                ),
-            )
-        });
-        RowReport {
-            checks,
-            root: root_bytes,
-            tree_size: size,
         }
+    }
+}
+
+/// The root of the rows' leaf hashes, in file order, is the manifest's.
+fn merkle_root(m: &Manifest, root_bytes: votes_core::merkle::Hash, size: u64) -> Check {
+    let root = hex::encode(root_bytes);
+    if root == m.merkle.root && size == m.merkle.tree_size {
+        Check::ok("merkle root", format!("{root} over {size} leaves"))
+    } else {
+        Check::fail(
+            "merkle root",
+            format!(
+                "the rows give {root} over {size} leaves, the manifest says {} over {}",
+                m.merkle.root, m.merkle.tree_size
+            ),
+        )
     }
 }
 
@@ -603,149 +632,37 @@ pub fn verify_export(
         return Err(VerifyError::NotADirectory(dir.to_owned()));
     }
     let manifest_bytes = read_bounded(&dir.join(MANIFEST_FILE), MANIFEST_MAX_BYTES);
-    let manifest = match &manifest_bytes {
-        Err(e) => {
-            emit(
-                Check::fail("manifest", format!("{MANIFEST_FILE} cannot be read: {e}")),
-                &mut checks,
-            );
-            None
-        }
-        Ok(bytes) => match Manifest::from_bytes(bytes) {
-            Ok(m) => match ElectionId::new(m.election.id.as_str()) {
-                Ok(id) => {
-                    emit(
-                        Check::ok(
-                            "manifest",
-                            format!(
-                                "format version {}, election {} ({:?}), created {}",
-                                m.format_version, id, m.election.title, m.created_at
-                            ),
-                        ),
-                        &mut checks,
-                    );
-                    Some((m, id))
-                }
-                Err(e) => {
-                    emit(
-                        Check::fail("manifest", format!("election id {:?}: {e}", m.election.id)),
-                        &mut checks,
-                    );
-                    None
-                }
-            },
-            Err(e) => {
-                emit(
-                    Check::fail("manifest", format!("{MANIFEST_FILE} cannot be read: {e}")),
-                    &mut checks,
-                );
-                None
-            }
-        },
-    };
-
+    let (check, manifest) = manifest_check(&manifest_bytes);
+    emit(check, &mut checks);
     // The signature covers the bytes, so it is checked even when they do not parse.
-    let signature = match (&opts.signer, &manifest_bytes) {
-        (Signer::NotChecked, _) => Check::skip("signature", "not checked (--no-signature)"),
-        (Signer::Missing, _) => Check::fail(
-            "signature",
-            "not checked: no --pubkey given (pass the exporter's public key, or --no-signature to skip this check)",
-        ),
-        (Signer::Key(_), Err(_)) => {
-            Check::fail("signature", format!("{MANIFEST_FILE} cannot be read"))
-        }
-        (Signer::Key(key), Ok(bytes)) => {
-            let sig = read_bounded(&dir.join(SIGNATURE_FILE), SIGNATURE_MAX_BYTES)
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
-            match sig {
-                Err(e) => Check::fail("signature", format!("{SIGNATURE_FILE} cannot be read: {e}")),
-                Ok(sig) => match key.verify_text(bytes, &sig) {
-                    Ok(()) => {
-                        let mut detail = format!(
-                            "Ed25519 over {MANIFEST_FILE} by the key {}",
-                            key.fingerprint()
-                        );
-                        if let Some((m, _)) = &manifest
-                            && m.signing_key_sha256 != key.fingerprint()
-                        {
-                            detail.push_str(&format!(
-                                " (the manifest names {} as its signer)",
-                                m.signing_key_sha256
-                            ));
-                        }
-                        Check::ok("signature", detail)
-                    }
-                    Err(e) => Check::fail("signature", e),
-                },
-            }
-        }
-    };
-    emit(signature, &mut checks);
-
+    emit(
+        signature_check(dir, &opts.signer, &manifest_bytes, manifest.as_ref()),
+        &mut checks,
+    );
     let Some((manifest, election)) = manifest else {
         return Ok(checks);
     };
     let votes_path = dir.join(VOTES_FILE);
-    let file_is_described = match file_sha256(&votes_path) {
-        Err(e) => {
-            emit(
-                Check::fail("file hash", format!("{VOTES_FILE} cannot be read: {e}")),
-                &mut checks,
-            );
-            false
-        }
-        Ok((sha, bytes)) => {
-            let mut problems = Vec::new();
-            if sha != manifest.votes_file.sha256 {
-                problems.push(format!(
-                    "SHA-256 of {VOTES_FILE} is {sha}, the manifest says {}",
-                    manifest.votes_file.sha256
-                ));
-            }
-            if bytes != manifest.votes_file.bytes {
-                problems.push(format!(
-                    "{VOTES_FILE} has {bytes} bytes, the manifest says {}",
-                    manifest.votes_file.bytes
-                ));
-            }
-            let described = problems.is_empty();
-            emit(
-                Check::judge(
-                    "file hash",
-                    problems,
-                    format!("SHA-256 {sha} of {VOTES_FILE} ({bytes} bytes)"),
-                ),
-                &mut checks,
-            );
-            described
-        }
-    };
-
-    let mut report = None;
-    if file_is_described || opts.diagnose {
-        let read = VotesReader::open(&votes_path).and_then(|reader| {
-            let mut checker = RowChecker::new(&manifest, election, reader.num_rows());
-            for g in 0..reader.num_row_groups() {
-                for row in reader.row_group(g)? {
-                    checker.push(&row);
-                }
-            }
-            Ok(checker.finish())
-        });
-        match read {
+    let (check, file_is_described) = file_hash_check(&votes_path, &manifest);
+    emit(check, &mut checks);
+    let report = if file_is_described || opts.diagnose {
+        match read_rows(&votes_path, &manifest, election) {
             Ok(r) => {
                 for c in &r.checks {
                     emit(c.clone(), &mut checks);
                 }
-                report = Some(r);
+                Some(r)
             }
-            Err(e) => emit(
-                Check::fail(
-                    "rows",
-                    format!("{VOTES_FILE} cannot be read, no row was checked: {e}"),
-                ),
-                &mut checks,
-            ),
+            Err(e) => {
+                emit(
+                    Check::fail(
+                        "rows",
+                        format!("{VOTES_FILE} cannot be read, no row was checked: {e}"),
+                    ),
+                    &mut checks,
+                );
+                None
+            }
         }
     } else {
         emit(
@@ -757,7 +674,8 @@ pub fn verify_export(
             ),
             &mut checks,
         );
-    }
+        None
+    };
     emit(check_official(&manifest), &mut checks);
     if let Some(given) = &opts.root {
         emit(
@@ -766,6 +684,134 @@ pub fn verify_export(
         );
     }
     Ok(checks)
+}
+
+/// The manifest parsed, with its election id checked, or why not.
+fn manifest_check(
+    bytes: &Result<Vec<u8>, std::io::Error>,
+) -> (Check, Option<(Manifest, ElectionId)>) {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Check::fail("manifest", format!("{MANIFEST_FILE} cannot be read: {e}"))
+    };
+    let m = match bytes {
+        Err(e) => return (unreadable(e), None),
+        Ok(bytes) => match Manifest::from_bytes(bytes) {
+            Err(e) => return (unreadable(&e), None),
+            Ok(m) => m,
+        },
+    };
+    match ElectionId::new(m.election.id.as_str()) {
+        Ok(id) => (
+            Check::ok(
+                "manifest",
+                format!(
+                    "format version {}, election {} ({:?}), created {}",
+                    m.format_version, id, m.election.title, m.created_at
+                ),
+            ),
+            Some((m, id)),
+        ),
+        Err(e) => (
+            Check::fail("manifest", format!("election id {:?}: {e}", m.election.id)),
+            None,
+        ),
+    }
+}
+
+/// The Ed25519 signature of the manifest's bytes by the key the auditor gave.
+fn signature_check(
+    dir: &Path,
+    signer: &Signer,
+    manifest_bytes: &Result<Vec<u8>, std::io::Error>,
+    manifest: Option<&(Manifest, ElectionId)>,
+) -> Check {
+    let (key, bytes) = match (signer, manifest_bytes) {
+        (Signer::NotChecked, _) => {
+            return Check::skip("signature", "not checked (--no-signature)");
+        }
+        (Signer::Missing, _) => {
+            return Check::fail(
+                "signature",
+                "not checked: no --pubkey given (pass the exporter's public key, or --no-signature to skip this check)",
+            );
+        }
+        (Signer::Key(_), Err(_)) => {
+            return Check::fail("signature", format!("{MANIFEST_FILE} cannot be read"));
+        }
+        (Signer::Key(key), Ok(bytes)) => (key, bytes),
+    };
+    let sig = match read_bounded(&dir.join(SIGNATURE_FILE), SIGNATURE_MAX_BYTES) {
+        Err(e) => {
+            return Check::fail("signature", format!("{SIGNATURE_FILE} cannot be read: {e}"));
+        }
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+    };
+    if let Err(e) = key.verify_text(bytes, &sig) {
+        return Check::fail("signature", e);
+    }
+    let mut detail = format!(
+        "Ed25519 over {MANIFEST_FILE} by the key {}",
+        key.fingerprint()
+    );
+    if let Some((m, _)) = manifest
+        && m.signing_key_sha256 != key.fingerprint()
+    {
+        detail.push_str(&format!(
+            " (the manifest names {} as its signer)",
+            m.signing_key_sha256
+        ));
+    }
+    Check::ok("signature", detail)
+}
+
+/// The votes file's SHA-256 and size against the manifest's; `true` when it is the file the
+/// manifest describes.
+fn file_hash_check(votes_path: &Path, manifest: &Manifest) -> (Check, bool) {
+    let (sha, bytes) = match file_sha256(votes_path) {
+        Err(e) => {
+            return (
+                Check::fail("file hash", format!("{VOTES_FILE} cannot be read: {e}")),
+                false,
+            );
+        }
+        Ok(x) => x,
+    };
+    let mut problems = Vec::new();
+    if sha != manifest.votes_file.sha256 {
+        problems.push(format!(
+            "SHA-256 of {VOTES_FILE} is {sha}, the manifest says {}",
+            manifest.votes_file.sha256
+        ));
+    }
+    if bytes != manifest.votes_file.bytes {
+        problems.push(format!(
+            "{VOTES_FILE} has {bytes} bytes, the manifest says {}",
+            manifest.votes_file.bytes
+        ));
+    }
+    let described = problems.is_empty();
+    let check = Check::judge(
+        "file hash",
+        problems,
+        format!("SHA-256 {sha} of {VOTES_FILE} ({bytes} bytes)"),
+    );
+    (check, described)
+}
+
+/// Every row of the votes file through the [`RowChecker`].
+fn read_rows(
+    votes_path: &Path,
+    manifest: &Manifest,
+    election: ElectionId,
+) -> Result<RowReport, TableError> {
+    let reader = VotesReader::open(votes_path)?;
+    let mut checker = RowChecker::new(manifest, election, reader.num_rows());
+    for g in 0..reader.num_row_groups() {
+        for row in reader.row_group(g)? {
+            checker.push(&row);
+        }
+    }
+    Ok(checker.finish())
 }
 
 #[cfg(test)]
