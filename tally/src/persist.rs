@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::receipt::Leaf;
 use votes_core::record::LogRecord;
@@ -100,6 +100,9 @@ pub fn vote_item(
     ])
 }
 
+/// Persists committed votes until `stop` (or, with `exit_when_caught_up`, until every
+/// partition is written to its end): rounds of records, each written to DynamoDB before its
+/// offsets are committed.
 pub async fn run(
     cfg: PersistConfig,
     dynamo: Client,
@@ -109,31 +112,11 @@ pub async fn run(
     assert!(cfg.batch_max > 0 && cfg.concurrency > 0, "positive limits");
     let topic = cfg.names.votes_topic();
     let table = cfg.names.votes_table();
-    let mut kcfg = read_committed_consumer_config(&cfg.brokers, &cfg.group);
-    kcfg.set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.max.bytes", "52428800")
-        // A persister that died holds its partitions until the session times out: 10 s bounds
-        // how long DynamoDB falls behind (librdkafka's default is 45 s). A restart with the
-        // same static id takes them back at once.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000");
-    if let Some(id) = &cfg.instance_id {
-        kcfg.set("group.instance.id", id);
-    }
-    let consumer: StreamConsumer<VotesContext> = kcfg.create_with_context(VotesContext)?;
-    consumer.subscribe(&[&topic])?;
-    let partitions = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(30))?
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
+    let (consumer, partitions) = subscribe(&cfg, &topic)?;
     let mut stop = std::pin::pin!(stop);
     let mut at_end: HashMap<u32, bool> = HashMap::new();
     let mut last_lag = Instant::now();
     loop {
-        // One round: records as they come, until the batch is full or a short silence.
-        let mut items: Vec<(u32, u64, HashMap<String, AttributeValue>)> = Vec::new();
-        let mut eof: Vec<u32> = Vec::new();
         let first = tokio::select! {
             _ = &mut stop => break,
             m = consumer.recv() => m,
@@ -145,82 +128,23 @@ pub async fn run(
                 continue;
             }
         };
-        let mut next = Some(first);
-        let round_started = Instant::now();
-        while let Some(m) = next.take() {
-            match m {
-                Ok(m) => {
-                    let (p, o) = (m.partition() as u32, m.offset() as u64);
-                    at_end.insert(p, false);
-                    match m.payload().map(LogRecord::decode) {
-                        Some(Ok(LogRecord::Vote(record))) => {
-                            items.push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
-                        }
-                        // A close marker (docs/design.md §7): the recount reads it from the log.
-                        Some(Ok(LogRecord::Close(_))) => {}
-                        other => {
-                            // Never produced by a shard: counted and logged, not written. The
-                            // recount's replay cannot count it either, so the counts still agree.
-                            stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(
-                                partition = p,
-                                offset = o,
-                                ?other,
-                                "undecodable record skipped"
-                            );
-                        }
-                    }
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    eof.push(p as u32);
-                    at_end.insert(p as u32, true);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                }
-            }
-            if items.len() >= cfg.batch_max {
-                break;
-            }
-            let left = ROUND_LINGER.saturating_sub(round_started.elapsed());
-            if let Ok(m) = tokio::time::timeout(left, consumer.recv()).await {
-                next = Some(m);
-            }
-        }
+        let round = gather_round(&consumer, first, &cfg, &stats, &mut at_end).await;
         // Offsets to commit: one past the last record of each partition in the round.
         let mut commit: BTreeMap<u32, u64> = BTreeMap::new();
-        for (p, o, _) in &items {
+        for (p, o, _) in &round.items {
             let e = commit.entry(*p).or_insert(0);
             *e = (*e).max(o + 1);
         }
-        write_all(&dynamo, &table, dedup_first(items), cfg.concurrency, &stats).await?;
+        write_all(
+            &dynamo,
+            &table,
+            dedup_first(round.items),
+            cfg.concurrency,
+            &stats,
+        )
+        .await?;
         stats.rounds.fetch_add(1, Ordering::Relaxed);
-        // A partition at its end commits its position, past the transaction markers, so its
-        // lag reads 0 and the recount sees it caught up.
-        if !eof.is_empty()
-            && let Ok(pos) = consumer.position()
-        {
-            for p in &eof {
-                if let Some(Offset::Offset(o)) =
-                    pos.find_partition(&topic, *p as i32).map(|e| e.offset())
-                {
-                    let e = commit.entry(*p).or_insert(0);
-                    *e = (*e).max(o as u64);
-                }
-            }
-        }
-        if !commit.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, o) in &commit {
-                tpl.add_partition_offset(&topic, *p as i32, Offset::Offset(*o as i64))?;
-            }
-            // Durable in DynamoDB up to here; a failed commit (a rebalance took the partition)
-            // only makes the next owner rewrite the same items.
-            if let Err(e) = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
-            {
-                tracing::warn!(error = %e, "offset commit failed; the next owner rewrites those items");
-            }
-        }
+        commit_round(&consumer, &topic, commit, &round.eof)?;
         if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
             refresh_lag(&consumer, &topic, &stats);
@@ -235,6 +159,133 @@ pub async fn run(
                 break;
             }
         }
+    }
+    Ok(())
+}
+
+/// The persisters' consumer of the votes topic, subscribed, and the topic's partition count.
+fn subscribe(
+    cfg: &PersistConfig,
+    topic: &str,
+) -> Result<(StreamConsumer<VotesContext>, usize), PersistError> {
+    let mut kcfg = read_committed_consumer_config(&cfg.brokers, &cfg.group);
+    kcfg.set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.max.bytes", "52428800")
+        // A persister that died holds its partitions until the session times out: 10 s bounds
+        // how long DynamoDB falls behind (librdkafka's default is 45 s). A restart with the
+        // same static id takes them back at once.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000");
+    if let Some(id) = &cfg.instance_id {
+        kcfg.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<VotesContext> = kcfg.create_with_context(VotesContext)?;
+    consumer.subscribe(&[topic])?;
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))?
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    Ok((consumer, partitions))
+}
+
+/// One round's records: the vote items in log order, and the partitions found at their end.
+struct Round {
+    items: Vec<(u32, u64, HashMap<String, AttributeValue>)>,
+    eof: Vec<u32>,
+}
+
+/// Records as they come after `first`, until the batch is full or a short silence.
+async fn gather_round(
+    consumer: &StreamConsumer<VotesContext>,
+    first: KafkaResult<BorrowedMessage<'_>>,
+    cfg: &PersistConfig,
+    stats: &PersistStats,
+    at_end: &mut HashMap<u32, bool>,
+) -> Round {
+    let mut round = Round {
+        items: Vec::new(),
+        eof: Vec::new(),
+    };
+    let mut next = Some(first);
+    let round_started = Instant::now();
+    while let Some(m) = next.take() {
+        match m {
+            Ok(m) => {
+                let (p, o) = (m.partition() as u32, m.offset() as u64);
+                at_end.insert(p, false);
+                match m.payload().map(LogRecord::decode) {
+                    Some(Ok(LogRecord::Vote(record))) => {
+                        round
+                            .items
+                            .push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
+                    }
+                    // A close marker (docs/design.md §7): the recount reads it from the log.
+                    Some(Ok(LogRecord::Close(_))) => {}
+                    other => {
+                        // Never produced by a shard: counted and logged, not written. The
+                        // recount's replay cannot count it either, so the counts still agree.
+                        stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            partition = p,
+                            offset = o,
+                            ?other,
+                            "undecodable record skipped"
+                        );
+                    }
+                }
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                round.eof.push(p as u32);
+                at_end.insert(p as u32, true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+            }
+        }
+        if round.items.len() >= cfg.batch_max {
+            break;
+        }
+        let left = ROUND_LINGER.saturating_sub(round_started.elapsed());
+        if let Ok(m) = tokio::time::timeout(left, consumer.recv()).await {
+            next = Some(m);
+        }
+    }
+    round
+}
+
+/// Commits the round's offsets, once its items are durable in DynamoDB. A partition at its end
+/// commits its position, past the transaction markers, so its lag reads 0 and the recount sees
+/// it caught up.
+fn commit_round(
+    consumer: &StreamConsumer<VotesContext>,
+    topic: &str,
+    mut commit: BTreeMap<u32, u64>,
+    eof: &[u32],
+) -> Result<(), PersistError> {
+    if !eof.is_empty()
+        && let Ok(pos) = consumer.position()
+    {
+        for p in eof {
+            if let Some(Offset::Offset(o)) =
+                pos.find_partition(topic, *p as i32).map(|e| e.offset())
+            {
+                let e = commit.entry(*p).or_insert(0);
+                *e = (*e).max(o as u64);
+            }
+        }
+    }
+    if commit.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &commit {
+        tpl.add_partition_offset(topic, *p as i32, Offset::Offset(*o as i64))?;
+    }
+    // Durable in DynamoDB up to here; a failed commit (a rebalance took the partition) only
+    // makes the next owner rewrite the same items.
+    if let Err(e) = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
+        tracing::warn!(error = %e, "offset commit failed; the next owner rewrites those items");
     }
     Ok(())
 }
