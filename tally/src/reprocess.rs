@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use votes_core::merkle::Hash;
 use votes_core::{ElectionId, Names};
 
+use crate::audit::LogSummary;
 use crate::persist::{PersistStats, vote_item, write_all};
 use crate::recount::{RecountConfig, RecountError, dynamo_counts, hex, redis_counts};
 
@@ -61,6 +62,9 @@ impl ReprocessReport {
     }
 }
 
+/// Replays the election's committed votes from `cfg.source` into the tables and Redis keys of
+/// `cfg.into`, then counts the new copies the three ways the recount does, beside the official
+/// result of the source.
 pub async fn reprocess(
     cfg: &ReprocessConfig,
     dynamo: &aws_sdk_dynamodb::Client,
@@ -73,17 +77,52 @@ pub async fn reprocess(
     crate::provision::create_tables(dynamo, &cfg.into)
         .await
         .map_err(|e| RecountError::Dynamo(e.to_string()))?;
+    let (summary, per_partition) = replay_into_dynamo(cfg, dynamo, election).await?;
+    publish_tallies(cfg, election, &summary, &per_partition)?;
+    let dynamodb = dynamo_counts(dynamo, &cfg.into.votes_table(), election).await?;
+    let recount_view = RecountConfig {
+        brokers: cfg.brokers.clone(),
+        redis: cfg.redis.clone(),
+        names: cfg.into.clone(),
+        audit_key: cfg.audit_key.clone(),
+        persist_group: String::new(),
+        catch_up_timeout: Duration::ZERO,
+        redis_settle: Duration::ZERO,
+        kafka_timeout: cfg.kafka_timeout,
+    };
+    let partitions = u32::try_from(summary.ends.len()).expect("partitions fit u32");
+    let redis = redis_counts(&recount_view, election, partitions)?;
+    let (official, official_root) = stored_official(cfg, dynamo, election).await?;
+    Ok(ReprocessReport {
+        replay: summary.totals,
+        dynamodb,
+        redis,
+        official,
+        official_root,
+        root: summary.root,
+        tree_size: summary.tree_size,
+    })
+}
 
-    // The replay: items to the new votes table (as the persister writes them), tallies per
-    // partition kept for the new Redis keys (as the fan-out writes them).
+/// Counted votes per partition and option, as the fan-out keeps them.
+type PartitionTallies = BTreeMap<u32, BTreeMap<String, u64>>;
+
+/// The replay: items to the new votes table (as the persister writes them), tallies per
+/// partition kept for the new Redis keys (as the fan-out writes them). The log is read on a
+/// blocking thread; the writes go through the runtime in chunks.
+async fn replay_into_dynamo(
+    cfg: &ReprocessConfig,
+    dynamo: &aws_sdk_dynamodb::Client,
+    election: &ElectionId,
+) -> Result<(LogSummary, PartitionTallies), RecountError> {
     let handle = tokio::runtime::Handle::current();
     let c = cfg.clone();
     let (d, id) = (dynamo.clone(), election.clone());
-    let (summary, per_partition) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let table = c.into.votes_table();
         let stats = Arc::new(PersistStats::default());
         let mut chunk = Vec::with_capacity(WRITE_CHUNK);
-        let mut per_partition: BTreeMap<u32, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut per_partition = PartitionTallies::new();
         let mut failed: Option<RecountError> = None;
         let flush = |chunk: &mut Vec<HashMap<String, AttributeValue>>| {
             let items = std::mem::take(chunk);
@@ -135,38 +174,36 @@ pub async fn reprocess(
         Ok::<_, RecountError>((summary, per_partition))
     })
     .await
-    .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
+    .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))?
+}
 
-    // The new Redis tallies, through the same offset-guarded script as the fan-out.
-    {
-        let client = cfg.redis.client()?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
-        let script = redis::Script::new(crate::read_model::PUBLISH_TALLY_LUA);
-        for (partition, counts) in &per_partition {
-            let mut invocation =
-                script.key(cfg.into.redis_tally_key(election.as_str(), *partition));
-            invocation.arg(summary.ends[*partition as usize].to_string());
-            for (option, n) in counts {
-                invocation.arg(option).arg(*n);
-            }
-            let _: i64 = invocation.invoke(&mut conn)?;
+/// The new Redis tallies, through the same offset-guarded script as the fan-out.
+fn publish_tallies(
+    cfg: &ReprocessConfig,
+    election: &ElectionId,
+    summary: &LogSummary,
+    per_partition: &PartitionTallies,
+) -> Result<(), RecountError> {
+    let client = cfg.redis.client()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let script = redis::Script::new(crate::read_model::PUBLISH_TALLY_LUA);
+    for (partition, counts) in per_partition {
+        let mut invocation = script.key(cfg.into.redis_tally_key(election.as_str(), *partition));
+        invocation.arg(summary.ends[*partition as usize].to_string());
+        for (option, n) in counts {
+            invocation.arg(option).arg(*n);
         }
+        let _: i64 = invocation.invoke(&mut conn)?;
     }
+    Ok(())
+}
 
-    let dynamodb = dynamo_counts(dynamo, &cfg.into.votes_table(), election).await?;
-    let recount_view = RecountConfig {
-        brokers: cfg.brokers.clone(),
-        redis: cfg.redis.clone(),
-        names: cfg.into.clone(),
-        audit_key: cfg.audit_key.clone(),
-        persist_group: String::new(),
-        catch_up_timeout: Duration::ZERO,
-        redis_settle: Duration::ZERO,
-        kafka_timeout: cfg.kafka_timeout,
-    };
-    let partitions = u32::try_from(summary.ends.len()).expect("partitions fit u32");
-    let redis = redis_counts(&recount_view, election, partitions)?;
-
+/// The source's official result (its totals and Merkle root), if the recount wrote one.
+async fn stored_official(
+    cfg: &ReprocessConfig,
+    dynamo: &aws_sdk_dynamodb::Client,
+    election: &ElectionId,
+) -> Result<(Option<BTreeMap<String, u64>>, Option<String>), RecountError> {
     let stored = dynamo
         .get_item()
         .table_name(cfg.source.results_table())
@@ -188,13 +225,5 @@ pub async fn reprocess(
     let official_root = stored
         .as_ref()
         .and_then(|item| item.get("merkle_root")?.as_s().ok().cloned());
-    Ok(ReprocessReport {
-        replay: summary.totals,
-        dynamodb,
-        redis,
-        official,
-        official_root,
-        root: summary.root,
-        tree_size: summary.tree_size,
-    })
+    Ok((official, official_root))
 }
