@@ -23,6 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::{Election, ElectionId, ElectionState, Names, VOTE_BUCKETS};
 
+use crate::audit::LogSummary;
 use crate::dynamo::{Backoff, retriable};
 use crate::elections_log::{ElectionsReader, ElectionsView, ElectionsWriter, UpdateError};
 use crate::fanout::{Official, official_fields, sum_partitions};
@@ -199,40 +200,8 @@ pub async fn recount(
         });
     }
     let mut timings = Vec::new();
-    // The close is a barrier (docs/design.md §7): each partition's owner writes a close marker once
-    // it stopped taking the election's votes, and only votes before it count. Until every
-    // partition has one (an owner's view of the elections lags, a new owner takes over from a
-    // dead one), the count is not final: read again.
     let t = Instant::now();
-    let deadline = Instant::now() + cfg.catch_up_timeout;
-    let replay = loop {
-        let c = cfg.clone();
-        let id = election.id.clone();
-        let replay = tokio::task::spawn_blocking(move || {
-            crate::audit::for_each_counted(
-                &c.brokers,
-                &c.names,
-                &c.audit_key,
-                &id,
-                c.kafka_timeout,
-                |_| {},
-            )
-        })
-        .await
-        .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
-        let open = replay.open_partitions();
-        if open.is_empty() {
-            break replay;
-        }
-        if Instant::now() >= deadline {
-            return Err(RecountError::FrontierIncomplete {
-                partitions: open,
-                timeout: cfg.catch_up_timeout,
-            });
-        }
-        tracing::info!(election = %election.id, partitions = ?open, "waiting for the close markers of these partitions");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let replay = replay_to_frontier(cfg, &election.id).await?;
     timings.push(("kafka replay to the frontier", t.elapsed()));
 
     let t = Instant::now();
@@ -251,17 +220,11 @@ pub async fn recount(
     timings.push(("dynamodb count", t.elapsed()));
 
     let t = Instant::now();
-    let partitions = u32::try_from(replay.ends.len()).expect("partitions fit u32");
-    let mut redis = redis_counts(cfg, &election.id, partitions)?;
-    let settle_until = Instant::now() + cfg.redis_settle;
-    while redis != replay.totals && Instant::now() < settle_until {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        redis = redis_counts(cfg, &election.id, partitions)?;
-    }
+    let redis = settled_redis_counts(cfg, &election.id, &replay).await?;
     timings.push(("redis live tally", t.elapsed()));
 
     let counts = Counts {
-        replay: replay.totals,
+        replay: replay.totals.clone(),
         dynamodb,
         redis,
     };
@@ -272,37 +235,14 @@ pub async fn recount(
         .collect();
     let diffs = counts.diffs(&options);
     let verdict = if diffs.is_empty() {
-        let totals: BTreeMap<String, u64> = options
-            .iter()
-            .map(|o| (o.clone(), counts.replay.get(o).copied().unwrap_or(0)))
-            .collect();
-        let official = Official {
-            total: totals.values().sum(),
-            totals,
-            decided_at_ms: unix_ms(),
-            extra: BTreeMap::from([
-                ("merkle_root".to_owned(), hex(&replay.root)),
-                ("merkle_tree_size".to_owned(), replay.tree_size.to_string()),
-                ("frontier".to_owned(), frontier_json(&replay.frontiers)),
-            ]),
-        };
+        let official = official_of(&options, &counts, &replay);
         if election.state == ElectionState::Final {
             Verdict::Official {
                 official,
                 already: true,
             }
         } else {
-            let t = Instant::now();
-            let c = cfg.clone();
-            let id = election.id.clone();
-            let root = replay.root;
-            tokio::task::spawn_blocking(move || write_receipts_index(&c, &id, &root))
-                .await
-                .map_err(|e| RecountError::Dynamo(format!("the index task failed: {e}")))??;
-            timings.push(("receipts index written", t.elapsed()));
-            let t = Instant::now();
-            write_official(cfg, dynamo, election, &official).await?;
-            timings.push(("official result written", t.elapsed()));
+            make_official(cfg, dynamo, election, &replay, &official, &mut timings).await?;
             Verdict::Official {
                 official,
                 already: false,
@@ -321,6 +261,105 @@ pub async fn recount(
         root: replay.root,
         timings,
     })
+}
+
+/// The close is a barrier (docs/design.md §7): each partition's owner writes a close marker
+/// once it stopped taking the election's votes, and only votes before it count. Until every
+/// partition has one (an owner's view of the elections lags, a new owner takes over from a
+/// dead one), the count is not final: read again, until `catch_up_timeout`.
+async fn replay_to_frontier(
+    cfg: &RecountConfig,
+    election: &ElectionId,
+) -> Result<LogSummary, RecountError> {
+    let deadline = Instant::now() + cfg.catch_up_timeout;
+    loop {
+        let c = cfg.clone();
+        let id = election.clone();
+        let replay = tokio::task::spawn_blocking(move || {
+            crate::audit::for_each_counted(
+                &c.brokers,
+                &c.names,
+                &c.audit_key,
+                &id,
+                c.kafka_timeout,
+                |_| {},
+            )
+        })
+        .await
+        .map_err(|e| RecountError::Dynamo(format!("the replay task failed: {e}")))??;
+        let open = replay.open_partitions();
+        if open.is_empty() {
+            return Ok(replay);
+        }
+        if Instant::now() >= deadline {
+            return Err(RecountError::FrontierIncomplete {
+                partitions: open,
+                timeout: cfg.catch_up_timeout,
+            });
+        }
+        tracing::info!(%election, partitions = ?open, "waiting for the close markers of these partitions");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Redis's live tally, read again for up to `redis_settle` while it differs from the replay:
+/// the fan-out may still be publishing the last commits.
+async fn settled_redis_counts(
+    cfg: &RecountConfig,
+    election: &ElectionId,
+    replay: &LogSummary,
+) -> Result<BTreeMap<String, u64>, RecountError> {
+    let partitions = u32::try_from(replay.ends.len()).expect("partitions fit u32");
+    let mut redis = redis_counts(cfg, election, partitions)?;
+    let settle_until = Instant::now() + cfg.redis_settle;
+    while redis != replay.totals && Instant::now() < settle_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis = redis_counts(cfg, election, partitions)?;
+    }
+    Ok(redis)
+}
+
+/// The official result of agreeing counts: the election's options, the replay's root and
+/// frontier.
+fn official_of(options: &[String], counts: &Counts, replay: &LogSummary) -> Official {
+    let totals: BTreeMap<String, u64> = options
+        .iter()
+        .map(|o| (o.clone(), counts.replay.get(o).copied().unwrap_or(0)))
+        .collect();
+    Official {
+        total: totals.values().sum(),
+        totals,
+        decided_at_ms: unix_ms(),
+        extra: BTreeMap::from([
+            ("merkle_root".to_owned(), hex(&replay.root)),
+            ("merkle_tree_size".to_owned(), replay.tree_size.to_string()),
+            ("frontier".to_owned(), frontier_json(&replay.frontiers)),
+        ]),
+    }
+}
+
+/// Writes the receipts index, then the official result (which makes the election final):
+/// a receipt of a final election is always found.
+async fn make_official(
+    cfg: &RecountConfig,
+    dynamo: &aws_sdk_dynamodb::Client,
+    election: &Election,
+    replay: &LogSummary,
+    official: &Official,
+    timings: &mut Vec<(&'static str, Duration)>,
+) -> Result<(), RecountError> {
+    let t = Instant::now();
+    let c = cfg.clone();
+    let id = election.id.clone();
+    let root = replay.root;
+    tokio::task::spawn_blocking(move || write_receipts_index(&c, &id, &root))
+        .await
+        .map_err(|e| RecountError::Dynamo(format!("the index task failed: {e}")))??;
+    timings.push(("receipts index written", t.elapsed()));
+    let t = Instant::now();
+    write_official(cfg, dynamo, election, official).await?;
+    timings.push(("official result written", t.elapsed()));
+    Ok(())
 }
 
 /// The per-partition frontier as the official result stores it: `{"<partition>": offset}`.
