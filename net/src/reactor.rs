@@ -341,23 +341,13 @@ where
     F: Fn(CoreContext<M>) -> A + Send + Sync + 'static,
 {
     cfg.validate()?;
-    if cfg
-        .listeners
-        .iter()
-        .filter(|l| l.kind == ListenerKind::Admin)
-        .count()
-        > 1
-    {
-        return Err(NetError::Config("at most one admin listener".into()));
-    }
-    if cfg
-        .listeners
-        .iter()
-        .filter(|l| l.kind == ListenerKind::Internal)
-        .count()
-        > 1
-    {
-        return Err(NetError::Config("at most one internal listener".into()));
+    for (kind, name) in [
+        (ListenerKind::Admin, "admin"),
+        (ListenerKind::Internal, "internal"),
+    ] {
+        if cfg.listeners.iter().filter(|l| l.kind == kind).count() > 1 {
+            return Err(NetError::Config(format!("at most one {name} listener")));
+        }
     }
     preflight::judge(&preflight::probe(), &cfg.cpus)?;
     let n = cfg.cpus.len();
@@ -369,35 +359,7 @@ where
             addr: b.addr,
         })
         .collect();
-    let mut per_core: Vec<Vec<CoreListener>> = (0..n).map(|_| Vec::new()).collect();
-    let mut per_core_udp: Vec<Vec<CoreQuic>> = (0..n).map(|_| Vec::new()).collect();
-    for BoundSpec {
-        spec,
-        sockets,
-        udp,
-        addr,
-    } in bound
-    {
-        for (core, socket) in sockets {
-            per_core[core].push(CoreListener {
-                kind: spec.kind,
-                tls: spec.tls.clone(),
-                proxy_protocol: spec.proxy_protocol,
-                socket,
-            });
-        }
-        if let (false, Some(tls)) = (udp.is_empty(), &spec.tls) {
-            let quic = crate::httpd::h3_server_config(tls, &cfg.http)
-                .map_err(|e| NetError::Config(format!("HTTP/3 on {addr}: {e}")))?;
-            for (core, socket) in udp {
-                per_core_udp[core].push(CoreQuic {
-                    socket,
-                    config: quic.clone(),
-                    port: addr.port(),
-                });
-            }
-        }
-    }
+    let (per_core, per_core_udp) = sockets_per_core(bound, n, &cfg.http)?;
 
     let make_app = Arc::new(make_app);
     let drained = Arc::new(AtomicUsize::new(0));
@@ -426,19 +388,7 @@ where
             shutdown: shutdown_rx,
             drained: drained.clone(),
         };
-        let make_app = make_app.clone();
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu));
-        if let Some(spin) = cfg.spin_before_park {
-            builder = builder.spin_before_park(spin);
-        }
-        let spawned = builder
-            .name(&format!("votes-core{index}"))
-            // We do no storage DMA: the minimum (glommio rounds up to 64 KiB) keeps the locked
-            // memory per core small.
-            .io_memory(64 << 10)
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.blocking_threads))
-            .spawn(move || core_main(boot, make_app));
-        match spawned {
+        match spawn_core(boot, make_app.clone()) {
             Ok(h) => {
                 handles.push(Some(h));
                 triggers.push(shutdown_tx);
@@ -463,33 +413,7 @@ where
         listeners,
     };
     if fail.is_none() {
-        let until = Instant::now() + cfg.start_timeout;
-        for (core, ready) in readies.iter().enumerate() {
-            let left = until.saturating_duration_since(Instant::now());
-            match ready.recv_timeout(left) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => fail = Some(e),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    fail = Some(NetError::StartTimeout(cfg.start_timeout))
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // The thread ended before reporting: executor creation failed, or a panic.
-                    let h = reactors.handles[core].take().expect("joined once");
-                    let reason = match join_all(&mut [Some(h)]) {
-                        Err(e) => e.to_string(),
-                        Ok(()) => "stopped before becoming ready".into(),
-                    };
-                    fail = Some(NetError::ReactorStart {
-                        core,
-                        cpu: cfg.cpus[core],
-                        reason,
-                    });
-                }
-            }
-            if fail.is_some() {
-                break;
-            }
-        }
+        fail = await_ready(&mut reactors, &readies, &cfg).err();
     }
     match fail {
         None => Ok(reactors),
@@ -501,6 +425,106 @@ where
     }
 }
 
+/// Each core's TCP listeners, and its UDP sockets for HTTP/3 beside every TLS listener that
+/// has them (with the listener's QUIC configuration).
+#[allow(clippy::type_complexity)]
+fn sockets_per_core(
+    bound: Vec<BoundSpec>,
+    n: usize,
+    http: &HttpLimits,
+) -> Result<(Vec<Vec<CoreListener>>, Vec<Vec<CoreQuic>>), NetError> {
+    let mut per_core: Vec<Vec<CoreListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_core_udp: Vec<Vec<CoreQuic>> = (0..n).map(|_| Vec::new()).collect();
+    for BoundSpec {
+        spec,
+        sockets,
+        udp,
+        addr,
+    } in bound
+    {
+        for (core, socket) in sockets {
+            per_core[core].push(CoreListener {
+                kind: spec.kind,
+                tls: spec.tls.clone(),
+                proxy_protocol: spec.proxy_protocol,
+                socket,
+            });
+        }
+        if let (false, Some(tls)) = (udp.is_empty(), &spec.tls) {
+            let quic = crate::httpd::h3_server_config(tls, http)
+                .map_err(|e| NetError::Config(format!("HTTP/3 on {addr}: {e}")))?;
+            for (core, socket) in udp {
+                per_core_udp[core].push(CoreQuic {
+                    socket,
+                    config: quic.clone(),
+                    port: addr.port(),
+                });
+            }
+        }
+    }
+    Ok((per_core, per_core_udp))
+}
+
+/// The thread of one reactor, pinned to its CPU, running [`core_main`].
+fn spawn_core<M, A, F>(
+    boot: CoreBoot<M>,
+    make_app: Arc<F>,
+) -> glommio::Result<glommio::ExecutorJoinHandle<Result<(), NetError>>, ()>
+where
+    M: Send + 'static,
+    A: App,
+    F: Fn(CoreContext<M>) -> A + Send + Sync + 'static,
+{
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(boot.cpu));
+    if let Some(spin) = boot.cfg.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    builder
+        .name(&format!("votes-core{}", boot.index))
+        // We do no storage DMA: the minimum (glommio rounds up to 64 KiB) keeps the locked
+        // memory per core small.
+        .io_memory(64 << 10)
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(boot.cfg.blocking_threads))
+        .spawn(move || core_main(boot, make_app))
+}
+
+/// Waits, up to the start timeout, until every core reports that it serves; the first
+/// failure (a core's own error, a thread that ended before reporting, the timeout) is the
+/// answer.
+fn await_ready(
+    reactors: &mut Reactors,
+    readies: &[mpsc::Receiver<Result<(), NetError>>],
+    cfg: &ReactorConfig,
+) -> Result<(), NetError> {
+    let until = Instant::now() + cfg.start_timeout;
+    for (core, ready) in readies.iter().enumerate() {
+        let left = until.saturating_duration_since(Instant::now());
+        match ready.recv_timeout(left) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(NetError::StartTimeout(cfg.start_timeout));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The thread ended before reporting: executor creation failed, or a panic.
+                let h = reactors.handles[core].take().expect("joined once");
+                let reason = match join_all(&mut [Some(h)]) {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "stopped before becoming ready".into(),
+                };
+                return Err(NetError::ReactorStart {
+                    core,
+                    cpu: cfg.cpus[core],
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One reactor's life: its mesh connected, its app made, its listeners served until shutdown,
+/// then drained.
 async fn core_main<M, A, F>(boot: CoreBoot<M>, make_app: Arc<F>) -> Result<(), NetError>
 where
     M: Send + 'static,
@@ -521,7 +545,7 @@ where
     } = boot;
     // Counts this core as drained however it leaves (early return, panic): peers waiting for
     // everyone to drain must not wait out the whole grace for a core that is already gone.
-    let mut drained_mark = DrainedMark(Some(drained.clone()));
+    let drained_mark = DrainedMark(Some(drained.clone()));
     let shutdown = LocalSignal::new();
     {
         let shutdown = shutdown.clone();
@@ -550,17 +574,7 @@ where
     };
 
     let http = CoreHttp::new(cfg.http.clone(), shutdown.clone());
-    let (internal, listeners): (Vec<_>, Vec<_>) = listeners
-        .into_iter()
-        .partition(|l| l.kind == ListenerKind::Internal);
-    let internal = internal.into_iter().next().map(|l| {
-        // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves to glommio.
-        unsafe {
-            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
-                l.socket.into_raw_fd(),
-            )
-        }
-    });
+    let (internal, listeners) = take_internal(listeners);
     let ctx = CoreContext {
         index,
         cpu,
@@ -584,6 +598,42 @@ where
             return Ok(());
         }
     };
+    serve_listeners(&http, &app, listeners, quic);
+    let _ = ready.send(Ok(()));
+    tracing::info!(core = index, cpu, "reactor serving");
+
+    shutdown.wait().await;
+    let clean = drain(&http, &app, &cfg, index, cores, &drained, drained_mark).await;
+    tracing::info!(core = index, clean, "reactor stopped");
+    Ok(())
+}
+
+/// The internal (forwarding) listener, which the app accepts on itself, apart from the
+/// HTTP listeners.
+fn take_internal(
+    listeners: Vec<CoreListener>,
+) -> (Option<glommio::net::TcpListener>, Vec<CoreListener>) {
+    let (internal, listeners): (Vec<_>, Vec<_>) = listeners
+        .into_iter()
+        .partition(|l| l.kind == ListenerKind::Internal);
+    let internal = internal.into_iter().next().map(|l| {
+        // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves to glommio.
+        unsafe {
+            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+                l.socket.into_raw_fd(),
+            )
+        }
+    });
+    (internal, listeners)
+}
+
+/// Spawns the accept loop of each TCP listener and the HTTP/3 endpoint of each UDP socket.
+fn serve_listeners<A: App>(
+    http: &Rc<CoreHttp>,
+    app: &Rc<A>,
+    listeners: Vec<CoreListener>,
+    quic: Vec<CoreQuic>,
+) {
     for CoreListener {
         kind,
         tls,
@@ -619,10 +669,19 @@ where
         ))
         .detach();
     }
-    let _ = ready.send(Ok(()));
-    tracing::info!(core = index, cpu, "reactor serving");
+}
 
-    shutdown.wait().await;
+/// Drains this core's connections, waits (up to the grace) for the other cores to drain as
+/// well, then shuts the app down; true when its connections finished in time.
+async fn drain<A: App>(
+    http: &CoreHttp,
+    app: &Rc<A>,
+    cfg: &ReactorConfig,
+    index: usize,
+    cores: usize,
+    drained: &AtomicUsize,
+    mut drained_mark: DrainedMark,
+) -> bool {
     let deadline = Instant::now() + cfg.shutdown_grace;
     let clean = http.drain(deadline).await;
     // Wait for the other cores to drain too: their in-flight requests may still need this
@@ -647,6 +706,5 @@ where
             "App::shutdown did not finish within the grace"
         );
     }
-    tracing::info!(core = index, clean, "reactor stopped");
-    Ok(())
+    clean
 }
