@@ -330,8 +330,8 @@ impl Forwarder {
     }
 }
 
-/// Connects and secures the link, then writes and reads until the connection breaks; every
-/// vote still waiting is then answered `503` and the link stays down for `retry_after`.
+/// Connects and secures the link, then writes and reads until the connection breaks;
+/// every vote still waiting is then answered `503` and the link stays down for `retry_after`.
 async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
     let Some((stream, codec)) = open_link(&fwd, &link).await else {
         link_down(&fwd, &link);
@@ -339,100 +339,131 @@ async fn run_link(fwd: Rc<Forwarder>, link: Rc<Link>) {
     };
     link.state.set(LinkState::Up);
     let codec = RefCell::new(codec);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let write = async {
-        let mut votes = Vec::with_capacity(256);
-        let mut buf = Vec::with_capacity(16 << 10);
-        loop {
-            if link.retired.get() {
-                tracing::info!(peer = %link.addr, node = %link.node, "forwarding link: another node has this address now");
-                return;
-            }
-            std::mem::swap(&mut votes, &mut link.out.borrow_mut());
-            if votes.is_empty() {
-                link.wake_writer.notified().await;
-                continue;
-            }
-            {
-                let mut codec = codec.borrow_mut();
-                for vote in votes.drain(..) {
-                    codec.encode(&Frame::Vote(vote), &mut buf);
-                }
-            }
-            // TLS keeps records the socket could not take yet: only a flush sends them.
-            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
-                return;
-            }
-            bump(&fwd.stats.writes);
-            buf.clear();
-        }
-    };
-    let read = async {
-        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-        let mut chunk = vec![0u8; 16 << 10];
-        loop {
-            let mut at = 0;
-            loop {
-                let decoded = codec.borrow_mut().decode(&buf[at..]);
-                match decoded {
-                    Ok(Some((Frame::Answer(ForwardAnswer { id, outcome }), used))) => {
-                        at += used;
-                        bump(&fwd.stats.answered);
-                        link.last_progress.set(Instant::now());
-                        let Some(waiting) = link.waiting.borrow_mut().remove(&id) else {
-                            // Ids are never reused on a link and a vote is answered once.
-                            bump(&fwd.stats.bad_answers);
-                            tracing::warn!(peer = %link.addr, id, "forwarding link: an answer to no vote in flight");
-                            return;
-                        };
-                        if let VoteOutcome::Accepted { partition, .. } = outcome
-                            && partition != waiting.partition
-                        {
-                            bump(&fwd.stats.bad_answers);
-                            tracing::warn!(peer = %link.addr, id, partition, sent = waiting.partition, "forwarding link: an answer for another partition than the vote's");
-                            // The vote may have committed: its voter gets 503 and retries.
-                            let _ = waiting
-                                .reply
-                                .send(VoteOutcome::Rejected(ErrorCode::Unavailable));
-                            return;
-                        }
-                        // A voter who gave up has dropped the receiver: nothing to tell.
-                        let _ = waiting.reply.send(outcome);
-                    }
-                    Ok(Some((other, _))) => {
-                        bump(&fwd.stats.refused_frames);
-                        tracing::warn!(peer = %link.addr, frame = ?std::mem::discriminant(&other), "forwarding link: the owner sent a frame only a client sends");
-                        return;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        bump(&fwd.stats.refused_frames);
-                        tracing::warn!(peer = %link.addr, error = %e, "forwarding link: refused an answer frame");
-                        return;
-                    }
-                }
-            }
-            buf.drain(..at);
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    let watch = async {
-        loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            if !link.waiting.borrow().is_empty()
-                && link.last_progress.get().elapsed() > fwd.limits.answer_stall
-            {
-                tracing::warn!(peer = %link.addr, waiting = link.waiting.borrow().len(), "forwarding link: no answer in time; closing it");
-                return;
-            }
-        }
-    };
+    let (reader, writer) = futures_lite::io::split(stream);
+    let write = write_votes(&fwd, &link, &codec, writer);
+    let read = read_answers(&fwd, &link, &codec, reader);
+    let watch = watch_answers(&fwd, &link);
     futures_lite::future::or(futures_lite::future::or(write, read), watch).await;
     tracing::info!(peer = %link.addr, "forwarding link closed");
     link_down(&fwd, &link);
+}
+
+/// Writes the votes queued on the link, all that are queued in one write, until the link is
+/// retired or a write fails.
+async fn write_votes(
+    fwd: &Forwarder,
+    link: &Link,
+    codec: &RefCell<Codec>,
+    mut writer: futures_lite::io::WriteHalf<LinkStream>,
+) {
+    let mut votes = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        if link.retired.get() {
+            tracing::info!(peer = %link.addr, node = %link.node, "forwarding link: another node has this address now");
+            return;
+        }
+        std::mem::swap(&mut votes, &mut link.out.borrow_mut());
+        if votes.is_empty() {
+            link.wake_writer.notified().await;
+            continue;
+        }
+        {
+            let mut codec = codec.borrow_mut();
+            for vote in votes.drain(..) {
+                codec.encode(&Frame::Vote(vote), &mut buf);
+            }
+        }
+        // TLS keeps records the socket could not take yet: only a flush sends them.
+        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        bump(&fwd.stats.writes);
+        buf.clear();
+    }
+}
+
+/// Reads the owner's answers and hands each to its voter, until the link breaks or the owner
+/// sends what it must not.
+async fn read_answers(
+    fwd: &Forwarder,
+    link: &Link,
+    codec: &RefCell<Codec>,
+    mut reader: futures_lite::io::ReadHalf<LinkStream>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let mut at = 0;
+        loop {
+            let decoded = codec.borrow_mut().decode(&buf[at..]);
+            match decoded {
+                Ok(Some((Frame::Answer(answer), used))) => {
+                    at += used;
+                    if !deliver_answer(fwd, link, answer) {
+                        return;
+                    }
+                }
+                Ok(Some((other, _))) => {
+                    bump(&fwd.stats.refused_frames);
+                    tracing::warn!(peer = %link.addr, frame = ?std::mem::discriminant(&other), "forwarding link: the owner sent a frame only a client sends");
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bump(&fwd.stats.refused_frames);
+                    tracing::warn!(peer = %link.addr, error = %e, "forwarding link: refused an answer frame");
+                    return;
+                }
+            }
+        }
+        buf.drain(..at);
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Hands an answer to the voter waiting for it; `false` (counted, logged) when the answer is
+/// to no vote in flight or for another partition than the vote's: the link is then closed.
+fn deliver_answer(fwd: &Forwarder, link: &Link, answer: ForwardAnswer) -> bool {
+    let ForwardAnswer { id, outcome } = answer;
+    bump(&fwd.stats.answered);
+    link.last_progress.set(Instant::now());
+    let Some(waiting) = link.waiting.borrow_mut().remove(&id) else {
+        // Ids are never reused on a link and a vote is answered once.
+        bump(&fwd.stats.bad_answers);
+        tracing::warn!(peer = %link.addr, id, "forwarding link: an answer to no vote in flight");
+        return false;
+    };
+    if let VoteOutcome::Accepted { partition, .. } = outcome
+        && partition != waiting.partition
+    {
+        bump(&fwd.stats.bad_answers);
+        tracing::warn!(peer = %link.addr, id, partition, sent = waiting.partition, "forwarding link: an answer for another partition than the vote's");
+        // The vote may have committed: its voter gets 503 and retries.
+        let _ = waiting
+            .reply
+            .send(VoteOutcome::Rejected(ErrorCode::Unavailable));
+        return false;
+    }
+    // A voter who gave up has dropped the receiver: nothing to tell.
+    let _ = waiting.reply.send(outcome);
+    true
+}
+
+/// Returns when votes wait and no answer came within the stall bound: the link is closed.
+async fn watch_answers(fwd: &Forwarder, link: &Link) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        if !link.waiting.borrow().is_empty()
+            && link.last_progress.get().elapsed() > fwd.limits.answer_stall
+        {
+            tracing::warn!(peer = %link.addr, waiting = link.waiting.borrow().len(), "forwarding link: no answer in time; closing it");
+            return;
+        }
+    }
 }
 
 /// Connects to the owner and secures the link (TLS handshake, or challenge and hello), each
@@ -732,6 +763,8 @@ async fn accept_link(tcp: TcpStream, ctx: &Accepting) -> Result<Secured, String>
     secured.unwrap_or_else(|| Err("no handshake in time".to_owned()))
 }
 
+/// The owner's side of a link: the handshake, then votes read and handed to the shards, their
+/// answers written back, until the link breaks or the peer sends what it must not.
 async fn serve_link(stream: TcpStream, ctx: Rc<Accepting>, unproven: Unproven) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -747,107 +780,126 @@ async fn serve_link(stream: TcpStream, ctx: Rc<Accepting>, unproven: Unproven) {
         }
     };
     tracing::info!(?peer, %node, "forwarding link from a peer");
-    let stats = &ctx.stats;
-    let limits = &ctx.limits;
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (reader, writer) = futures_lite::io::split(stream);
     let codec = RefCell::new(codec);
-
-    // Answers queued for the writer, its wake-up, and the reader's wake-up once the writer
-    // took them.
-    let out = Rc::new((
-        RefCell::new(Vec::<ForwardAnswer>::with_capacity(256)),
-        Notify::default(),
-        Notify::default(),
-    ));
-    let in_flight = Rc::new(Cell::new(0usize));
-    let write = {
-        let out = out.clone();
-        let codec = &codec;
-        async move {
-            let mut answers = Vec::with_capacity(256);
-            let mut pending = Vec::with_capacity(16 << 10);
-            loop {
-                std::mem::swap(&mut answers, &mut out.0.borrow_mut());
-                if answers.is_empty() {
-                    out.1.notified().await;
-                    continue;
-                }
-                {
-                    let mut codec = codec.borrow_mut();
-                    for answer in answers.drain(..) {
-                        codec.encode(&Frame::Answer(answer), &mut pending);
-                    }
-                }
-                out.2.notify();
-                // TLS keeps records the socket could not take yet: only a flush sends them.
-                if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
-                    return;
-                }
-                pending.clear();
-            }
-        }
-    };
-    let read = async {
-        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-        buf.extend_from_slice(&early);
-        let mut chunk = vec![0u8; 16 << 10];
-        loop {
-            let mut at = 0;
-            loop {
-                let decoded = codec.borrow_mut().decode(&buf[at..]);
-                match decoded {
-                    Ok(Some((Frame::Vote(vote), used))) => {
-                        at += used;
-                        bump(&stats.received);
-                        let id = vote.id;
-                        if in_flight.get() >= limits.max_in_flight {
-                            out.0.borrow_mut().push(ForwardAnswer {
-                                id,
-                                outcome: VoteOutcome::Rejected(ErrorCode::Unavailable),
-                            });
-                            out.1.notify();
-                            continue;
-                        }
-                        in_flight.set(in_flight.get() + 1);
-                        let verdict = ctx.handler.vote(vote);
-                        let (out, in_flight) = (out.clone(), in_flight.clone());
-                        glommio::spawn_local(async move {
-                            let outcome = verdict.await;
-                            in_flight.set(in_flight.get() - 1);
-                            out.0.borrow_mut().push(ForwardAnswer { id, outcome });
-                            out.1.notify();
-                        })
-                        .detach();
-                    }
-                    Ok(Some(_)) => {
-                        bump(&stats.refused_frames);
-                        tracing::warn!(
-                            ?peer,
-                            "internal link: a peer sent a frame only an owner sends"
-                        );
-                        return;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        bump(&stats.refused_frames);
-                        tracing::warn!(?peer, error = %e, "internal link: refused a frame");
-                        return;
-                    }
-                }
-            }
-            buf.drain(..at);
-            // A peer that sends without reading its answers is not read either.
-            while out.0.borrow().len() > ANSWERS_BUFFERED_MAX {
-                out.2.notified().await;
-            }
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
+    let answers = Rc::new(AnswerQueue::default());
+    let write = write_answers(&answers, &codec, writer);
+    let read = read_votes(&ctx, peer, &codec, reader, early, &answers);
     futures_lite::future::or(write, read).await;
     tracing::info!(?peer, %node, "forwarding link from a peer closed");
+}
+
+/// Answers queued for the owner side's writer, its wake-up, and the reader's wake-up once the
+/// writer took them.
+#[derive(Default)]
+struct AnswerQueue {
+    queued: RefCell<Vec<ForwardAnswer>>,
+    writer: Notify,
+    reader: Notify,
+}
+
+impl AnswerQueue {
+    fn push(&self, answer: ForwardAnswer) {
+        self.queued.borrow_mut().push(answer);
+        self.writer.notify();
+    }
+}
+
+/// Writes the queued answers, all that are queued in one write, until a write fails.
+async fn write_answers(
+    answers: &AnswerQueue,
+    codec: &RefCell<Codec>,
+    mut writer: futures_lite::io::WriteHalf<LinkStream>,
+) {
+    let mut taken = Vec::with_capacity(256);
+    let mut pending = Vec::with_capacity(16 << 10);
+    loop {
+        std::mem::swap(&mut taken, &mut answers.queued.borrow_mut());
+        if taken.is_empty() {
+            answers.writer.notified().await;
+            continue;
+        }
+        {
+            let mut codec = codec.borrow_mut();
+            for answer in taken.drain(..) {
+                codec.encode(&Frame::Answer(answer), &mut pending);
+            }
+        }
+        answers.reader.notify();
+        // TLS keeps records the socket could not take yet: only a flush sends them.
+        if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        pending.clear();
+    }
+}
+
+/// Reads the peer's votes (after the `early` bytes read with the handshake) and hands each
+/// to the shards, at most `max_in_flight` at once (beyond, a vote is answered `503` at
+/// once); a peer that sends without reading its answers is not read either.
+async fn read_votes(
+    ctx: &Accepting,
+    peer: Option<std::net::SocketAddr>,
+    codec: &RefCell<Codec>,
+    mut reader: futures_lite::io::ReadHalf<LinkStream>,
+    early: Vec<u8>,
+    answers: &Rc<AnswerQueue>,
+) {
+    let in_flight = Rc::new(Cell::new(0usize));
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    buf.extend_from_slice(&early);
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let mut at = 0;
+        loop {
+            let decoded = codec.borrow_mut().decode(&buf[at..]);
+            match decoded {
+                Ok(Some((Frame::Vote(vote), used))) => {
+                    at += used;
+                    bump(&ctx.stats.received);
+                    let id = vote.id;
+                    if in_flight.get() >= ctx.limits.max_in_flight {
+                        answers.push(ForwardAnswer {
+                            id,
+                            outcome: VoteOutcome::Rejected(ErrorCode::Unavailable),
+                        });
+                        continue;
+                    }
+                    in_flight.set(in_flight.get() + 1);
+                    let verdict = ctx.handler.vote(vote);
+                    let (answers, in_flight) = (answers.clone(), in_flight.clone());
+                    glommio::spawn_local(async move {
+                        let outcome = verdict.await;
+                        in_flight.set(in_flight.get() - 1);
+                        answers.push(ForwardAnswer { id, outcome });
+                    })
+                    .detach();
+                }
+                Ok(Some(_)) => {
+                    bump(&ctx.stats.refused_frames);
+                    tracing::warn!(
+                        ?peer,
+                        "internal link: a peer sent a frame only an owner sends"
+                    );
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bump(&ctx.stats.refused_frames);
+                    tracing::warn!(?peer, error = %e, "internal link: refused a frame");
+                    return;
+                }
+            }
+        }
+        buf.drain(..at);
+        while answers.queued.borrow().len() > ANSWERS_BUFFERED_MAX {
+            answers.reader.notified().await;
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 const _: () = assert!(FRAME_MAX <= 16 << 10, "one read chunk holds a whole frame");

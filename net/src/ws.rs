@@ -180,6 +180,9 @@ const CONTROL_QUEUE_MAX: usize = 4;
 const CLIENT_FRAME_MAX: usize = 1024;
 
 /// Runs the results session: `frames` are WebSocket frames (text events, pings as heartbeats).
+/// Long because it is one poll loop over three sources whose order is the design (writes
+/// first, then the client's frames, then the next event once the last is out); the client's
+/// frames are answered in [`answer_client_frames`].
 pub async fn results_session(
     socket: Socket,
     mut frames: Subscriber,
@@ -233,46 +236,7 @@ pub async fn results_session(
             }
             if unparsed {
                 unparsed = false;
-                let mut used_all = 0;
-                while closing.is_none() {
-                    match ws::parse(&inbuf[used_all..], CLIENT_FRAME_MAX) {
-                        Ok(None) => break,
-                        Ok(Some((frame, used))) => {
-                            used_all += used;
-                            match frame.opcode {
-                                Opcode::Pong => awaiting_pong = false,
-                                Opcode::Ping => {
-                                    if control.len() >= CONTROL_QUEUE_MAX {
-                                        control.pop_front();
-                                    }
-                                    let pong = ws::encode(Opcode::Pong, &frame.payload);
-                                    control.push_back(Bytes::from(pong));
-                                }
-                                Opcode::Close => {
-                                    let code = frame.close_code().unwrap_or(close_code::NORMAL);
-                                    control.push_back(Bytes::from(ws::close_frame(code, "")));
-                                    closing = Some(code);
-                                }
-                                Opcode::Text | Opcode::Binary | Opcode::Continuation => {
-                                    let code = close_code::UNSUPPORTED_DATA;
-                                    let why = "this stream takes no data";
-                                    control.push_back(Bytes::from(ws::close_frame(code, why)));
-                                    closing = Some(code);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let code = e.close_code();
-                            control.push_back(Bytes::from(ws::close_frame(code, &e.to_string())));
-                            closing = Some(code);
-                        }
-                    }
-                }
-                inbuf.drain(..used_all);
-                if inbuf.is_empty() {
-                    // A session that only ever sees pongs holds no read buffer.
-                    inbuf = Vec::new();
-                }
+                answer_client_frames(&mut inbuf, &mut control, &mut closing, &mut awaiting_pong);
                 continue;
             }
             // 3. The next event, once the last one is out.
@@ -307,6 +271,58 @@ pub async fn results_session(
         }
     })
     .await
+}
+
+/// Answers every whole frame the client sent that `inbuf` holds: a pong to each ping (the
+/// oldest dropped past [`CONTROL_QUEUE_MAX`]), the end of the wait for a pong, a close
+/// answered and the session closing on a close, on data (this stream takes none) or on a
+/// frame that breaks the protocol. The bytes parsed leave `inbuf`.
+fn answer_client_frames(
+    inbuf: &mut Vec<u8>,
+    control: &mut VecDeque<Bytes>,
+    closing: &mut Option<u16>,
+    awaiting_pong: &mut bool,
+) {
+    let mut used_all = 0;
+    while closing.is_none() {
+        match ws::parse(&inbuf[used_all..], CLIENT_FRAME_MAX) {
+            Ok(None) => break,
+            Ok(Some((frame, used))) => {
+                used_all += used;
+                match frame.opcode {
+                    Opcode::Pong => *awaiting_pong = false,
+                    Opcode::Ping => {
+                        if control.len() >= CONTROL_QUEUE_MAX {
+                            control.pop_front();
+                        }
+                        let pong = ws::encode(Opcode::Pong, &frame.payload);
+                        control.push_back(Bytes::from(pong));
+                    }
+                    Opcode::Close => {
+                        let code = frame.close_code().unwrap_or(close_code::NORMAL);
+                        control.push_back(Bytes::from(ws::close_frame(code, "")));
+                        *closing = Some(code);
+                    }
+                    Opcode::Text | Opcode::Binary | Opcode::Continuation => {
+                        let code = close_code::UNSUPPORTED_DATA;
+                        let why = "this stream takes no data";
+                        control.push_back(Bytes::from(ws::close_frame(code, why)));
+                        *closing = Some(code);
+                    }
+                }
+            }
+            Err(e) => {
+                let code = e.close_code();
+                control.push_back(Bytes::from(ws::close_frame(code, &e.to_string())));
+                *closing = Some(code);
+            }
+        }
+    }
+    inbuf.drain(..used_all);
+    if inbuf.is_empty() {
+        // A session that only ever sees pongs holds no read buffer.
+        *inbuf = Vec::new();
+    }
 }
 
 /// The `:protocol` of an h2 extended CONNECT (RFC 8441), when `req` is one.

@@ -22,7 +22,7 @@ use hyper::server::conn::http1::Parts;
 
 use super::detached::DetachedResponse;
 use super::io::{Io, StartError, Started, read_proxy_header, start};
-use super::per_core::{CoreHttp, InFlight, LocalExec};
+use super::per_core::{CoreHttp, InFlight, LocalExec, SourceSlot};
 use super::watchdog::{ConnState, Expiry, Proto};
 use super::{App, ConnInfo, ListenerKind, LocalBoxFuture};
 use crate::body::{BoxBody, BoxError};
@@ -296,90 +296,27 @@ pub(crate) async fn serve<A: App>(
     core: Rc<CoreHttp>,
     app: Rc<A>,
     conn: Rc<ConnState>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     how: Accepted,
 ) {
     let Accepted {
         kind,
         tls,
         proxy_protocol,
-        mut peer,
+        peer,
     } = how;
     let t = core.timeouts();
-    // Behind a proxy: the client's place in the per-address table, held as long as this.
-    let mut _proxied_source = None;
     // Stays open as long as the connection: `Io` owns the stream until `drive` returns.
     let fd = stream.as_raw_fd();
-    // The PROXY header, then sniff or handshake, bounded together by the fresh-connection
-    // deadline and by shutdown.
-    let started = {
-        let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
-        debug_assert_eq!(why, Expiry::HeaderTimeout);
-        let timeout = at.saturating_duration_since(Instant::now());
-        let shutdown = core.shutdown_signal();
-        let peer = &mut peer;
-        let proxied_source = &mut _proxied_source;
-        let core_for_cap = core.clone();
-        futures_lite::future::or(
-            async {
-                if proxy_protocol {
-                    match read_proxy_header(&mut stream).await {
-                        Ok(votes_core::proxy_header::Proxied::Client { source, .. }) => {
-                            *peer = source;
-                            match core_for_cap.admit_proxied(source.ip()) {
-                                Some(slot) => *proxied_source = Some(slot),
-                                // Counted by the cap; closed without an answer, as at accept.
-                                None => return Some(Ok(Started::Closed)),
-                            }
-                        }
-                        // The balancer's own connection (a health check): its address is
-                        // the client's.
-                        Ok(votes_core::proxy_header::Proxied::Local) => {}
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                Some(start(stream, tls.as_ref(), conn.clone()).await)
-            },
-            futures_lite::future::or(
-                async {
-                    Timer::new(timeout).await;
-                    None
-                },
-                async {
-                    shutdown.await;
-                    None
-                },
-            ),
-        )
-        .await
-    };
-    let (proto, info, io) = match started {
-        Some(Ok(Started::Proto(p, info, io))) => (p, info, io),
-        Some(Ok(Started::Closed)) => return,
-        Some(Err(StartError::Io(e))) => {
-            tracing::debug!(%peer, error = %e, "connection failed before its first request");
-            return;
-        }
-        Some(Err(StartError::ProxyHeader(why))) => {
-            // Debug only, like handshake failures: whoever reaches the listener directly can
-            // make them in floods; the counter is what operators watch.
-            tracing::debug!(%peer, %why, "connection refused: no valid PROXY v2 header");
-            core.proxy_header_refused();
-            return;
-        }
-        Some(Err(StartError::Handshake(e))) => {
-            // Debug only: handshake failures are the peer's doing and can come in floods
-            // (scanners, plain HTTP to the TLS port); the counter is what operators watch.
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            core.tls_handshake_failed();
-            return;
-        }
-        None => {
-            if !core.is_shutting_down() {
-                core.count_end(true, false);
-            }
-            return;
-        }
+    let Some(Opened {
+        proto,
+        info,
+        io,
+        peer,
+        proxied_source: _proxied_source,
+    }) = open(&core, &conn, stream, tls.as_ref(), proxy_protocol, peer).await
+    else {
+        return;
     };
     let takeover: PendingTakeover = Rc::default();
     let svc = Svc {
@@ -435,6 +372,105 @@ pub(crate) async fn serve<A: App>(
         End::IdleTimeout => core.count_end(false, true),
         End::Stalled => core.count_stalled(),
     }
+}
+
+/// A connection ready for hyper: its protocol, what the app learns of it, its I/O, its
+/// client, and (behind a proxy) the client's place in the per-address table, held as long as
+/// the connection.
+struct Opened {
+    proto: Proto,
+    info: ConnInfo,
+    io: Io,
+    peer: SocketAddr,
+    proxied_source: Option<SourceSlot>,
+}
+
+/// The PROXY header, then sniff or handshake, bounded together by the fresh-connection
+/// deadline and by shutdown; `None` (logged at debug, counted) when the connection ends
+/// before it is ready.
+async fn open(
+    core: &Rc<CoreHttp>,
+    conn: &Rc<ConnState>,
+    mut stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    proxy_protocol: bool,
+    mut peer: SocketAddr,
+) -> Option<Opened> {
+    let t = core.timeouts();
+    let mut proxied_source = None;
+    let started = {
+        let (at, why) = conn.deadline(t).expect("a fresh connection has a deadline");
+        debug_assert_eq!(why, Expiry::HeaderTimeout);
+        let timeout = at.saturating_duration_since(Instant::now());
+        let shutdown = core.shutdown_signal();
+        let peer = &mut peer;
+        let proxied_source = &mut proxied_source;
+        futures_lite::future::or(
+            async {
+                if proxy_protocol {
+                    match read_proxy_header(&mut stream).await {
+                        Ok(votes_core::proxy_header::Proxied::Client { source, .. }) => {
+                            *peer = source;
+                            match core.admit_proxied(source.ip()) {
+                                Some(slot) => *proxied_source = Some(slot),
+                                // Counted by the cap; closed without an answer, as at accept.
+                                None => return Some(Ok(Started::Closed)),
+                            }
+                        }
+                        // The balancer's own connection (a health check): its address is
+                        // the client's.
+                        Ok(votes_core::proxy_header::Proxied::Local) => {}
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                Some(start(stream, tls, conn.clone()).await)
+            },
+            futures_lite::future::or(
+                async {
+                    Timer::new(timeout).await;
+                    None
+                },
+                async {
+                    shutdown.await;
+                    None
+                },
+            ),
+        )
+        .await
+    };
+    match started {
+        Some(Ok(Started::Proto(proto, info, io))) => {
+            return Some(Opened {
+                proto,
+                info,
+                io,
+                peer,
+                proxied_source,
+            });
+        }
+        Some(Ok(Started::Closed)) => {}
+        Some(Err(StartError::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first request");
+        }
+        Some(Err(StartError::ProxyHeader(why))) => {
+            // Debug only, like handshake failures: whoever reaches the listener directly can
+            // make them in floods; the counter is what operators watch.
+            tracing::debug!(%peer, %why, "connection refused: no valid PROXY v2 header");
+            core.proxy_header_refused();
+        }
+        Some(Err(StartError::Handshake(e))) => {
+            // Debug only: handshake failures are the peer's doing and can come in floods
+            // (scanners, plain HTTP to the TLS port); the counter is what operators watch.
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            core.tls_handshake_failed();
+        }
+        None => {
+            if !core.is_shutting_down() {
+                core.count_end(true, false);
+            }
+        }
+    }
+    None
 }
 
 /// Polls the hyper connection and enforces the watchdog deadline and shutdown on it.
