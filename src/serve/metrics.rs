@@ -239,7 +239,8 @@ impl NodeMetrics {
         all
     }
 
-    /// The node's families of the Prometheus page.
+    /// The node's families of the Prometheus page. Long because it is the catalogue itself,
+    /// one entry per family with its help text: a new metric is one more entry here.
     pub fn render(&self, page: &mut Exposition) {
         let c = self.merged();
         let mut f = page.family(
@@ -365,7 +366,8 @@ impl NodeMetrics {
         self.render_http(page);
     }
 
-    /// The connection layer of every core: what the edge limits are doing.
+    /// The connection layer of every core: what the edge limits are doing. Long for the same
+    /// reason as [`Self::render`]: one entry per family.
     fn render_http(&self, page: &mut Exposition) {
         let stats: Vec<HttpStats> = self
             .http

@@ -219,6 +219,8 @@ fn health_paths() -> Value {
     })
 }
 
+/// The public listener's document. Long because it is the document: every route, status and
+/// body of docs/design.md §4.2 as JSON, checked against the server by tests/openapi.rs.
 fn public_doc() -> Value {
     let mut schemas = shared_schemas();
     // Printable ASCII without spaces: logged and compared byte-wise without escaping.
@@ -606,6 +608,7 @@ fn static_asset(operation: &str, errs: &[(u16, &str)]) -> Value {
     })
 }
 
+/// The admin listener's document (docs/design.md §4.3). Long because it is the document.
 fn admin_doc() -> Value {
     let mut schemas = shared_schemas();
     let counts =

@@ -216,6 +216,8 @@ impl CoreApp {
         }
     }
 
+    /// `GET /metrics`: the node's families, then the Redis link's and the node's own. Long
+    /// because the link's families are listed here one entry each, as in `metrics.rs`.
     pub(super) fn metrics_page(&self) -> Response<BoxBody> {
         use crate::prom::{Exposition, Kind};
         use std::sync::atomic::Ordering::Relaxed;
