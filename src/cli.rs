@@ -301,35 +301,8 @@ fn run() -> Result<std::process::ExitCode> {
         Command::Persist(args) => persist::run(&cli.common, &args)?,
         Command::Recount(args) => return recount::run(&cli.common, &args),
         Command::Audit(args) => return audit::run(&cli.common, &args),
-        Command::Token { voter, ttl, kid } => {
-            let secret = secrets::read("VOTES_TOKEN_KEY", 32)?;
-            let keys = keys::token_keys(secret.as_bytes())?;
-            let key = match &kid {
-                None => keys.signing_key(),
-                Some(kid) => keys
-                    .keys()
-                    .iter()
-                    .find(|k| k.kid() == Some(kid.as_str()) && k.can_sign())
-                    .with_context(|| {
-                        format!("no key {kid:?} that can sign in VOTES_TOKEN_KEYS_FILE")
-                    })?,
-            };
-            let now = votes_core::clock::unix_ms() / 1000;
-            let token =
-                votes_core::token::issue(key, votes_core::VoterId(voter), parse_ttl(&ttl)?, now);
-            println!("{token}");
-        }
-        Command::DevCert { out, names } => {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let (cert, key, spki) = votes_net::self_signed_dev_cert_with_spki(&names)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            std::fs::write(out.join("cert.pem"), cert)?;
-            let key_path = out.join("key.pem");
-            std::fs::write(&key_path, key)?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
-            println!("{spki}");
-        }
+        Command::Token { voter, ttl, kid } => println!("{}", token(voter, &ttl, kid)?),
+        Command::DevCert { out, names } => println!("{}", dev_cert(&out, &names)?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "votes", &mut std::io::stdout());
         }
@@ -348,20 +321,59 @@ fn run() -> Result<std::process::ExitCode> {
         }
         Command::Tune {
             command: TuneCommand::Check { cores },
-        } => {
-            let facts = votes_tuning::probe();
-            let findings = votes_tuning::judge(&facts, cores);
-            for f in &findings {
-                println!("{f}");
-            }
-            let warnings = findings
-                .iter()
-                .filter(|f| f.verdict == votes_tuning::Verdict::Warn)
-                .count();
-            println!("{warnings} warning(s)");
-        }
+        } => tune_check(cores),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `votes token`: a voter token signed with `VOTES_TOKEN_KEY`, or with the key `kid` of
+/// `VOTES_TOKEN_KEYS_FILE`.
+fn token(voter: u64, ttl: &str, kid: Option<String>) -> Result<String> {
+    let secret = secrets::read("VOTES_TOKEN_KEY", 32)?;
+    let keys = keys::token_keys(secret.as_bytes())?;
+    let key = match &kid {
+        None => keys.signing_key(),
+        Some(kid) => keys
+            .keys()
+            .iter()
+            .find(|k| k.kid() == Some(kid.as_str()) && k.can_sign())
+            .with_context(|| format!("no key {kid:?} that can sign in VOTES_TOKEN_KEYS_FILE"))?,
+    };
+    let now = votes_core::clock::unix_ms() / 1000;
+    Ok(votes_core::token::issue(
+        key,
+        votes_core::VoterId(voter),
+        parse_ttl(ttl)?,
+        now,
+    ))
+}
+
+/// `votes dev-cert`: writes `cert.pem` and `key.pem` (owner-only) to `out`; returns the
+/// base64 SHA-256 of the public key.
+fn dev_cert(out: &std::path::Path, names: &[String]) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (cert, key, spki) = votes_net::self_signed_dev_cert_with_spki(&names)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("cert.pem"), cert)?;
+    let key_path = out.join("key.pem");
+    std::fs::write(&key_path, key)?;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(spki)
+}
+
+/// `votes tune check`: each finding on the host, then how many warn.
+fn tune_check(cores: Option<usize>) {
+    let facts = votes_tuning::probe();
+    let findings = votes_tuning::judge(&facts, cores);
+    for f in &findings {
+        println!("{f}");
+    }
+    let warnings = findings
+        .iter()
+        .filter(|f| f.verdict == votes_tuning::Verdict::Warn)
+        .count();
+    println!("{warnings} warning(s)");
 }
 
 /// The page of `cmd` (named `name`, e.g. `votes-tune-check`) and of every command under it;

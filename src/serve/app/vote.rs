@@ -44,87 +44,70 @@ impl CoreApp {
             Ok(v) => v,
             Err(resp) => return *resp,
         };
-        if !is_json(&req) {
-            return error(
-                ErrorCode::UnsupportedMediaType,
-                "the body must be application/json",
-            );
-        }
-        // A body trickled in byte by byte must not hold the connection's slot forever. Most
-        // bodies arrived with their headers: those are read without arming a timer.
-        let mut read = Box::pin(read_body_limited(req.into_body(), VOTE_BODY_MAX));
-        let read = match futures_lite::future::poll_once(&mut read).await {
-            Some(read) => read,
-            None => {
-                let waited = glommio::timer::timeout(BODY_TIMEOUT, async { Ok(read.await) });
-                let Ok(read) = waited.await else {
-                    return error(ErrorCode::InvalidRequest, "the body did not arrive in time");
-                };
-                read
-            }
-        };
-        let body = match read {
+        let body = match read_vote_body(req).await {
             Ok(b) => b,
-            Err(BodyLimitError::TooLarge { limit }) => {
-                return error(
-                    ErrorCode::TooLarge,
-                    &format!("the body is larger than {limit} bytes"),
-                );
-            }
-            Err(BodyLimitError::Broken(e)) => {
-                return error(
-                    ErrorCode::InvalidRequest,
-                    &format!("the body could not be read: {e}"),
-                );
-            }
+            Err(resp) => return *resp,
         };
         let body = match VoteBody::parse(&body) {
             Ok(b) => b,
             Err(e) => return error(e.code(), &e.message()),
         };
-        // Checked under a borrow of this core's elections: only the id leaves it.
-        let election_id = {
-            let elections = self.elections.borrow();
-            let Some(election) = elections
-                .find(id)
-                .filter(|e| e.state != ElectionState::Draft)
-            else {
-                return error(ErrorCode::NotFound, "no such election");
-            };
-            if election.state != ElectionState::Open {
-                return error(
-                    ErrorCode::ElectionNotOpen,
-                    &format!("the election is {}", election.state.as_str()),
-                );
-            }
-            if !election.has_option(&body.option) {
-                return error(
-                    ErrorCode::InvalidOption,
-                    &format!("{} is not an option of this election", body.option),
-                );
-            }
-            if election.pow_difficulty > 0 {
-                let Some(solution) = &body.pow else {
-                    return error(
-                        ErrorCode::ChallengeRequired,
-                        "this election requires a solved challenge (GET …/challenge)",
-                    );
-                };
-                if let Err(e) = pow::verify(
-                    &self.shared.pow_key,
-                    &solution.challenge,
-                    &solution.nonce,
-                    &election.id,
-                    voter,
-                    election.pow_difficulty,
-                    now,
-                ) {
-                    return error(ErrorCode::ChallengeFailed, &e.to_string());
-                }
-            }
-            election.id.clone()
+        let election_id = match self.election_taking(id, &body, voter, now) {
+            Ok(id) => id,
+            Err(resp) => return *resp,
         };
         self.submit(election_id, voter, body.option, now).await
+    }
+
+    /// The election `id` as this core sees it, when it takes `body`'s vote from `voter` now:
+    /// open, the option its own, the proof of work solved when it asks for one. Checked under
+    /// a borrow of this core's elections: only the id leaves it.
+    fn election_taking(
+        &self,
+        id: &str,
+        body: &VoteBody,
+        voter: votes_core::VoterId,
+        now: u64,
+    ) -> Result<ElectionId, Box<Response<BoxBody>>> {
+        let elections = self.elections.borrow();
+        let Some(election) = elections
+            .find(id)
+            .filter(|e| e.state != ElectionState::Draft)
+        else {
+            return Err(Box::new(error(ErrorCode::NotFound, "no such election")));
+        };
+        if election.state != ElectionState::Open {
+            return Err(Box::new(error(
+                ErrorCode::ElectionNotOpen,
+                &format!("the election is {}", election.state.as_str()),
+            )));
+        }
+        if !election.has_option(&body.option) {
+            return Err(Box::new(error(
+                ErrorCode::InvalidOption,
+                &format!("{} is not an option of this election", body.option),
+            )));
+        }
+        if election.pow_difficulty > 0 {
+            let Some(solution) = &body.pow else {
+                return Err(Box::new(error(
+                    ErrorCode::ChallengeRequired,
+                    "this election requires a solved challenge (GET …/challenge)",
+                )));
+            };
+            if let Err(e) = pow::verify(
+                &self.shared.pow_key,
+                &solution.challenge,
+                &solution.nonce,
+                &election.id,
+                voter,
+                election.pow_difficulty,
+                now,
+            ) {
+                return Err(Box::new(error(ErrorCode::ChallengeFailed, &e.to_string())));
+            }
+        }
+        Ok(election.id.clone())
     }
 
     pub(super) async fn submit(
@@ -144,53 +127,9 @@ impl CoreApp {
         };
         // The receipt is the leaf of this intent: one copy travels, this one stays for it.
         let vote = intent.clone();
-        let (_, map) = self.fleet.map();
-        let handed = std::time::Instant::now();
-        let answer = match route(&map, &self.shared.node, self.mesh.cores(), partition) {
-            Route::Local { core } => match self.deliver(core, partition, vote) {
-                Ok(rx) => {
-                    let a = rx.await;
-                    self.metrics.answered(false, handed.elapsed());
-                    a.map_err(|_| "the vote's shard stopped before answering")
-                }
-                Err(why) => return error(ErrorCode::Unavailable, why),
-            },
-            Route::Remote { node, internal } => {
-                let Some(forwarder) = &self.forwarder else {
-                    return error(
-                        ErrorCode::Unavailable,
-                        "another node owns this vote's partition and this node cannot forward",
-                    );
-                };
-                let vote = votes_core::forward::ForwardedVote {
-                    id: 0,
-                    partition,
-                    vote,
-                };
-                match forwarder.forward(&node, internal, vote) {
-                    Ok(rx) => {
-                        let a = rx.await;
-                        self.metrics.answered(true, handed.elapsed());
-                        a.map_err(|_| "the link to the vote's owner closed before answering")
-                    }
-                    Err(refused) => {
-                        return error(
-                            ErrorCode::Unavailable,
-                            &format!("the vote's owner cannot be reached: {refused}"),
-                        );
-                    }
-                }
-            }
-            Route::NoOwner => {
-                return error(
-                    ErrorCode::Unavailable,
-                    "no node owns this vote's partition right now (the fleet is rebalancing)",
-                );
-            }
-        };
-        let answer = match answer {
+        let answer = match self.hand_over(partition, vote).await {
             Ok(a) => a,
-            Err(why) => return error(ErrorCode::Unavailable, why),
+            Err(resp) => return *resp,
         };
         match answer {
             VoteOutcome::Accepted { partition, offset } => {
@@ -208,6 +147,60 @@ impl CoreApp {
             ),
             VoteOutcome::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
         }
+    }
+
+    /// Hands the vote to the core or node that owns its partition and waits for the answer:
+    /// after the commit, or a refusal. A `503` when the owner cannot be reached.
+    async fn hand_over(
+        &self,
+        partition: u32,
+        vote: VoteIntent,
+    ) -> Result<VoteOutcome, Box<Response<BoxBody>>> {
+        let (_, map) = self.fleet.map();
+        let handed = std::time::Instant::now();
+        let answer = match route(&map, &self.shared.node, self.mesh.cores(), partition) {
+            Route::Local { core } => match self.deliver(core, partition, vote) {
+                Ok(rx) => {
+                    let a = rx.await;
+                    self.metrics.answered(false, handed.elapsed());
+                    a.map_err(|_| "the vote's shard stopped before answering")
+                }
+                Err(why) => return Err(Box::new(error(ErrorCode::Unavailable, why))),
+            },
+            Route::Remote { node, internal } => {
+                let Some(forwarder) = &self.forwarder else {
+                    return Err(Box::new(error(
+                        ErrorCode::Unavailable,
+                        "another node owns this vote's partition and this node cannot forward",
+                    )));
+                };
+                let vote = votes_core::forward::ForwardedVote {
+                    id: 0,
+                    partition,
+                    vote,
+                };
+                match forwarder.forward(&node, internal, vote) {
+                    Ok(rx) => {
+                        let a = rx.await;
+                        self.metrics.answered(true, handed.elapsed());
+                        a.map_err(|_| "the link to the vote's owner closed before answering")
+                    }
+                    Err(refused) => {
+                        return Err(Box::new(error(
+                            ErrorCode::Unavailable,
+                            &format!("the vote's owner cannot be reached: {refused}"),
+                        )));
+                    }
+                }
+            }
+            Route::NoOwner => {
+                return Err(Box::new(error(
+                    ErrorCode::Unavailable,
+                    "no node owns this vote's partition right now (the fleet is rebalancing)",
+                )));
+            }
+        };
+        answer.map_err(|why| Box::new(error(ErrorCode::Unavailable, why)))
     }
 
     /// A vote another node forwarded here: it passed that node's edge checks; this node only
@@ -256,5 +249,44 @@ impl CoreApp {
             });
         }
         Ok(rx)
+    }
+}
+
+/// The vote's body, bounded in size; a body trickled in byte by byte must not hold the
+/// connection's slot forever, but most bodies arrived with their headers: those are read
+/// without arming a timer.
+async fn read_vote_body(
+    req: Request<RequestBody>,
+) -> Result<votes_net::bytes::Bytes, Box<Response<BoxBody>>> {
+    if !is_json(&req) {
+        return Err(Box::new(error(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be application/json",
+        )));
+    }
+    let mut read = Box::pin(read_body_limited(req.into_body(), VOTE_BODY_MAX));
+    let read = match futures_lite::future::poll_once(&mut read).await {
+        Some(read) => read,
+        None => {
+            let waited = glommio::timer::timeout(BODY_TIMEOUT, async { Ok(read.await) });
+            let Ok(read) = waited.await else {
+                return Err(Box::new(error(
+                    ErrorCode::InvalidRequest,
+                    "the body did not arrive in time",
+                )));
+            };
+            read
+        }
+    };
+    match read {
+        Ok(b) => Ok(b),
+        Err(BodyLimitError::TooLarge { limit }) => Err(Box::new(error(
+            ErrorCode::TooLarge,
+            &format!("the body is larger than {limit} bytes"),
+        ))),
+        Err(BodyLimitError::Broken(e)) => Err(Box::new(error(
+            ErrorCode::InvalidRequest,
+            &format!("the body could not be read: {e}"),
+        ))),
     }
 }
