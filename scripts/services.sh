@@ -669,11 +669,20 @@ up_dynamodb() {
     PYTHONUNBUFFERED=1 daemon "$DYNAMODB_DIR/dynamodb.log" "$DYNAMODB_VENV/bin/python" \
       "$SCRIPTS/dynamodb/server.py" -H "$HOST" -p "$DYNAMODB_PORT" >"$DYNAMODB_DIR/dynamodb.pid"
   fi
+  # The pid daemon saw exec the engine: while it runs, the engine may still be starting. (The
+  # pidfile and command line are not read again here: a campaign on a loaded machine once saw
+  # that check fail for an engine that then answered.)
+  pid=$(<"$DYNAMODB_DIR/dynamodb.pid")
   deadline=$((SECONDS + HEALTH_TIMEOUT))
   until dynamodb_healthy; do
-    if ! dynamodb_pid >/dev/null || ((SECONDS >= deadline)); then
+    if ! running "$pid" || ((SECONDS >= deadline)); then
       show_tail "$DYNAMODB_DIR/dynamodb.log"
-      pid=$(dynamodb_pid) && stop_pids dynamodb "$pid"
+      if running "$pid"; then
+        log "dynamodb: pid $pid still runs: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+        stop_pids dynamodb "$pid"
+      else
+        log "dynamodb: pid $pid is gone"
+      fi
       die "dynamodb: no answer to ListTables on $HOST:$DYNAMODB_PORT (log above)"
     fi
     sleep 0.1
