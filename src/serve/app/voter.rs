@@ -49,17 +49,8 @@ impl CoreApp {
         let segs = segments(&path);
         let method = req.method().clone();
         let route = Public::of(&segs, self.shared.dev_login);
-        if !route.is_some_and(Public::is_probe) {
-            let limited = self
-                .limiter
-                .borrow_mut()
-                .check(peer.ip(), std::time::Instant::now());
-            if let Err(wait) = limited {
-                if method == Method::POST && matches!(route, Some(Public::Votes { .. })) {
-                    self.metrics.vote(ErrorCode::RateLimited.as_str());
-                }
-                return reply::rate_limited(wait);
-            }
+        if let Some(refused) = self.over_rate(peer, route, &method) {
+            return refused;
         }
         let Some(route) = route else {
             return error(ErrorCode::NotFound, "no such resource");
@@ -69,26 +60,8 @@ impl CoreApp {
         }
         match route {
             Public::Healthz => json(200, &serde_json::json!({"status": "ok"})),
-            Public::Readyz => {
-                if self.ready() {
-                    json(200, &serde_json::json!({"status": "ready"}))
-                } else {
-                    error(
-                        ErrorCode::Unavailable,
-                        "this node has not joined the fleet, or not every shard it owns has recovered",
-                    )
-                }
-            }
-            Public::Elections => {
-                let view = self.elections.borrow();
-                let list: Vec<ElectionView> = view
-                    .sorted()
-                    .into_iter()
-                    .filter(|e| e.state != ElectionState::Draft)
-                    .map(ElectionView::from)
-                    .collect();
-                json(200, &list)
-            }
+            Public::Readyz => self.readyz(),
+            Public::Elections => self.elections_list(),
             Public::Election { id } => match self.visible_election(id) {
                 Some(e) => json(200, &ElectionView::from(&e)),
                 None => error(ErrorCode::NotFound, "no such election"),
@@ -124,6 +97,52 @@ impl CoreApp {
                 resp
             }
         }
+    }
+
+    /// The per-source rate limit, which probes skip: a `429` with `Retry-After` when the
+    /// source is over it (counted as a vote outcome when it was a vote).
+    fn over_rate(
+        &self,
+        peer: SocketAddr,
+        route: Option<Public<'_>>,
+        method: &Method,
+    ) -> Option<Response<BoxBody>> {
+        if route.is_some_and(Public::is_probe) {
+            return None;
+        }
+        let wait = self
+            .limiter
+            .borrow_mut()
+            .check(peer.ip(), std::time::Instant::now())
+            .err()?;
+        if method == Method::POST && matches!(route, Some(Public::Votes { .. })) {
+            self.metrics.vote(ErrorCode::RateLimited.as_str());
+        }
+        Some(reply::rate_limited(wait))
+    }
+
+    /// `GET /readyz`: ready once this node joined the fleet and every shard it owns recovered.
+    fn readyz(&self) -> Response<BoxBody> {
+        if self.ready() {
+            json(200, &serde_json::json!({"status": "ready"}))
+        } else {
+            error(
+                ErrorCode::Unavailable,
+                "this node has not joined the fleet, or not every shard it owns has recovered",
+            )
+        }
+    }
+
+    /// `GET /v1/elections`: every election but drafts, in the view's order.
+    fn elections_list(&self) -> Response<BoxBody> {
+        let view = self.elections.borrow();
+        let list: Vec<ElectionView> = view
+            .sorted()
+            .into_iter()
+            .filter(|e| e.state != ElectionState::Draft)
+            .map(ElectionView::from)
+            .collect();
+        json(200, &list)
     }
 
     /// Runs `f` with the results role and a public election, or answers 404.
