@@ -894,36 +894,20 @@ mod tests {
 
     #[test]
     fn refuses_bad_framing() {
+        // The refusals, named by the part of the token at fault.
+        const SEGMENTS: TokenError = TokenError::Malformed("a token has exactly three segments");
+        const HEADER: TokenError = TokenError::Malformed("header is not base64url without padding");
+        const SIGNATURE: TokenError =
+            TokenError::Malformed("signature is not base64url without padding");
         let cases: [(&str, TokenError); 8] = [
-            (
-                "",
-                TokenError::Malformed("a token has exactly three segments"),
-            ),
-            (
-                "a.b",
-                TokenError::Malformed("a token has exactly three segments"),
-            ),
-            (
-                "a.b.c.d",
-                TokenError::Malformed("a token has exactly three segments"),
-            ),
-            (
-                "eyJhbGciOiJIUzI1NiJ9=.e30.AAAA",
-                TokenError::Malformed("header is not base64url without padding"),
-            ),
-            (
-                "eyJhbGciOiJIUzI1NiJ9.e30.AA+A",
-                TokenError::Malformed("signature is not base64url without padding"),
-            ),
-            (
-                " eyJhbGciOiJIUzI1NiJ9.e30.AAAA",
-                TokenError::Malformed("header is not base64url without padding"),
-            ),
-            (
-                // `e31` decodes to `{}` too, with non-zero trailing bits: a second spelling.
-                "eyJhbGciOiJIUzI1NiJ9.e30.AAB",
-                TokenError::Malformed("signature is not base64url without padding"),
-            ),
+            ("", SEGMENTS),
+            ("a.b", SEGMENTS),
+            ("a.b.c.d", SEGMENTS),
+            ("eyJhbGciOiJIUzI1NiJ9=.e30.AAAA", HEADER),
+            ("eyJhbGciOiJIUzI1NiJ9.e30.AA+A", SIGNATURE),
+            (" eyJhbGciOiJIUzI1NiJ9.e30.AAAA", HEADER),
+            // `e31` decodes to `{}` too, with non-zero trailing bits: a second spelling.
+            ("eyJhbGciOiJIUzI1NiJ9.e30.AAB", SIGNATURE),
             ("eyJhbGciOiJIUzI1NiJ9.e30.AAAA", TokenError::BadSignature),
         ];
         for (token, want) in cases {

@@ -6,6 +6,14 @@ use votes_core::{ElectionId, OptionId, VoteIntent, VoterId};
 
 const MS: Micros = 1_000;
 
+/// Pacing that holds a batch until its oldest vote waited 10 ms (aiming at 20 ms acks): the
+/// scenarios that need votes to queue before a transaction use it.
+const HOLDING: PacingConfig = PacingConfig {
+    ack_target: 20 * MS,
+    min_window: 0,
+    max_window: 10 * MS,
+};
+
 fn cfg(max_txn_votes: usize, pacing: PacingConfig) -> EngineConfig {
     EngineConfig {
         node: "n1".into(),
@@ -59,19 +67,32 @@ impl Core {
         self.on(Event::Tick)
     }
 
+    /// Voter `voter` votes in election "e" on `partition`, the request tagged `ticket`: the one
+    /// event every scenario sends most.
+    fn cast(&mut self, partition: u32, ticket: Ticket, voter: u64) -> &mut Vec<Command> {
+        self.on(Event::Vote {
+            partition,
+            vote: vote(ticket, voter),
+        })
+    }
+
+    /// Transaction `txn` ended with `outcome`, as the producer reports it.
+    fn ended(&mut self, txn: TxnId, outcome: TxnOutcome) -> &mut Vec<Command> {
+        self.on(Event::TxnDone { txn, outcome })
+    }
+
+    /// Transaction `txn` committed, its batches' records at `offsets` (batch by batch).
+    fn committed(&mut self, txn: TxnId, offsets: Vec<Vec<u64>>) -> &mut Vec<Command> {
+        self.ended(txn, TxnOutcome::Committed { offsets })
+    }
+
     /// Assigns `partitions`, opens the producer and recovers each from an empty log.
     fn own(&mut self, partitions: &[u32]) {
         let out = self.on(Event::Assigned {
             partitions: partitions.to_vec(),
             generation: Generation(1),
         });
-        let attempt = out
-            .iter()
-            .find_map(|c| match c {
-                Command::OpenProducer { attempt } => Some(*attempt),
-                _ => None,
-            })
-            .expect("the first partition opens the producer");
+        let attempt = open_attempt(out).expect("the first partition opens the producer");
         let out = self.on(Event::ProducerOpened {
             attempt,
             result: Ok(()),
@@ -102,6 +123,14 @@ fn take_recovers(out: &mut Vec<Command>) -> Vec<(u32, ClaimId, Shard)> {
         }
     }
     r
+}
+
+/// The attempt of the producer the core asks to open, if it asks.
+fn open_attempt(out: &[Command]) -> Option<u64> {
+    out.iter().find_map(|c| match c {
+        Command::OpenProducer { attempt } => Some(*attempt),
+        _ => None,
+    })
 }
 
 fn commit_of(out: &[Command]) -> Option<(TxnId, Vec<(u32, usize)>)> {
@@ -137,33 +166,13 @@ fn answers(out: &[Command]) -> Vec<(Ticket, Option<u64>, Option<ErrorCode>)> {
 fn one_transaction_spans_every_partition_and_answers_after_the_commit() {
     let mut c = Core::new(cfg(100, PacingConfig::IMMEDIATE));
     c.own(&[1, 4]);
-    let out = c.on(Event::Vote {
-        partition: 1,
-        vote: vote(1, 10),
-    });
+    let out = c.cast(1, 1, 10);
     let (txn, parts) = commit_of(out).expect("immediate pacing: the first vote starts one");
     assert_eq!(parts, vec![(1, 1)]);
     // While it commits, votes of both partitions queue for the next one.
-    assert!(
-        commit_of(c.on(Event::Vote {
-            partition: 4,
-            vote: vote(2, 11)
-        }))
-        .is_none()
-    );
-    assert!(
-        commit_of(c.on(Event::Vote {
-            partition: 1,
-            vote: vote(3, 12)
-        }))
-        .is_none()
-    );
-    let out = c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Committed {
-            offsets: vec![vec![0]],
-        },
-    });
+    assert!(commit_of(c.cast(4, 2, 11)).is_none());
+    assert!(commit_of(c.cast(1, 3, 12)).is_none());
+    let out = c.committed(txn, vec![vec![0]]);
     assert_eq!(answers(out), vec![(1, Some(0), None)]);
     let (_, mut parts) = commit_of(out).expect("the next starts as this one ends");
     parts.sort();
@@ -177,51 +186,25 @@ fn one_transaction_spans_every_partition_and_answers_after_the_commit() {
 
 #[test]
 fn pacing_holds_a_batch_until_its_oldest_vote_waited_the_window_or_it_is_full() {
-    let pacing = PacingConfig {
-        ack_target: 20 * MS,
-        min_window: 0,
-        max_window: 10 * MS,
-    };
-    let mut c = Core::new(cfg(3, pacing));
+    let mut c = Core::new(cfg(3, HOLDING));
     c.own(&[0]);
     c.now = 100 * MS;
-    assert!(
-        commit_of(c.on(Event::Vote {
-            partition: 0,
-            vote: vote(1, 1)
-        }))
-        .is_none()
-    );
+    assert!(commit_of(c.cast(0, 1, 1)).is_none());
     assert_eq!(c.e.next_deadline(), Some(110 * MS));
     assert!(commit_of(c.at(109 * MS)).is_none());
     let (txn, parts) = commit_of(c.at(110 * MS)).expect("the window passed");
     assert_eq!(parts, vec![(0, 1)]);
     c.now = 114 * MS;
-    c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Committed {
-            offsets: vec![vec![0]],
-        },
-    });
+    c.committed(txn, vec![vec![0]]);
     assert_eq!(
         c.e.pacing().window(),
         10 * MS,
         "a 4 ms commit leaves 16: capped at 10"
     );
     for (t, v) in [(2, 2), (3, 3)] {
-        assert!(
-            commit_of(c.on(Event::Vote {
-                partition: 0,
-                vote: vote(t, v)
-            }))
-            .is_none()
-        );
+        assert!(commit_of(c.cast(0, t, v)).is_none());
     }
-    let (_, parts) = commit_of(c.on(Event::Vote {
-        partition: 0,
-        vote: vote(4, 4),
-    }))
-    .expect("full: at once");
+    let (_, parts) = commit_of(c.cast(0, 4, 4)).expect("full: at once");
     assert_eq!(parts, vec![(0, 3)]);
 }
 
@@ -229,11 +212,7 @@ fn pacing_holds_a_batch_until_its_oldest_vote_waited_the_window_or_it_is_full() 
 fn a_revoked_partition_is_handed_off_only_after_its_transaction_ended() {
     let mut c = Core::new(cfg(100, PacingConfig::IMMEDIATE));
     c.own(&[2, 3]);
-    let (txn, _) = commit_of(c.on(Event::Vote {
-        partition: 2,
-        vote: vote(1, 5),
-    }))
-    .unwrap();
+    let (txn, _) = commit_of(c.cast(2, 1, 5)).unwrap();
     let out = c.on(Event::Revoked {
         partitions: vec![2],
         lost: false,
@@ -244,19 +223,11 @@ fn a_revoked_partition_is_handed_off_only_after_its_transaction_ended() {
         "its transaction is in flight"
     );
     assert_eq!(
-        answers(c.on(Event::Vote {
-            partition: 2,
-            vote: vote(2, 6)
-        })),
+        answers(c.cast(2, 2, 6)),
         vec![(2, None, Some(ErrorCode::Unavailable))],
         "a leaving partition takes no new vote"
     );
-    let out = c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Committed {
-            offsets: vec![vec![9]],
-        },
-    });
+    let out = c.committed(txn, vec![vec![9]]);
     assert_eq!(answers(out), vec![(1, Some(9), None)]);
     assert!(
         out.iter()
@@ -278,32 +249,13 @@ fn a_revoked_partition_is_handed_off_only_after_its_transaction_ended() {
 fn an_unknown_outcome_reopens_the_producer_and_replays_before_accepting_again() {
     let mut c = Core::new(cfg(100, PacingConfig::IMMEDIATE));
     c.own(&[0, 1]);
-    let (txn, _) = commit_of(c.on(Event::Vote {
-        partition: 0,
-        vote: vote(1, 5),
-    }))
-    .unwrap();
-    c.on(Event::Vote {
-        partition: 1,
-        vote: vote(2, 6),
-    });
-    let out = c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Unknown,
-    });
+    let (txn, _) = commit_of(c.cast(0, 1, 5)).unwrap();
+    c.cast(1, 2, 6);
+    let out = c.ended(txn, TxnOutcome::Unknown);
     assert_eq!(answers(out), vec![(1, None, Some(ErrorCode::Unavailable))]);
-    let attempt = out
-        .iter()
-        .find_map(|c| match c {
-            Command::OpenProducer { attempt } => Some(*attempt),
-            _ => None,
-        })
-        .expect("a new producer resolves the uncertain transaction");
+    let attempt = open_attempt(out).expect("a new producer resolves the uncertain transaction");
     assert_eq!(
-        answers(c.on(Event::Vote {
-            partition: 0,
-            vote: vote(3, 7)
-        })),
+        answers(c.cast(0, 3, 7)),
         vec![(3, None, Some(ErrorCode::Unavailable))],
         "partition 0 is recovering"
     );
@@ -342,10 +294,7 @@ fn an_unknown_outcome_reopens_the_producer_and_replays_before_accepting_again() 
     // Partition 1's queued vote went in a transaction as soon as the producer opened.
     assert!(commit_of(out).is_some() || c.e.txn_in_flight());
     assert_eq!(
-        answers(c.on(Event::Vote {
-            partition: 0,
-            vote: vote(4, 5)
-        })),
+        answers(c.cast(0, 4, 5)),
         vec![(4, None, Some(ErrorCode::AlreadyVoted))],
         "the uncertain vote had committed: its retry is a duplicate"
     );
@@ -355,21 +304,11 @@ fn an_unknown_outcome_reopens_the_producer_and_replays_before_accepting_again() 
 fn a_fenced_core_stops_then_takes_back_only_what_the_group_still_assigns() {
     let mut c = Core::new(cfg(100, PacingConfig::IMMEDIATE));
     c.own(&[0, 1]);
-    let (txn, _) = commit_of(c.on(Event::Vote {
-        partition: 0,
-        vote: vote(1, 5),
-    }))
-    .unwrap();
-    let out = c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Fenced,
-    });
+    let (txn, _) = commit_of(c.cast(0, 1, 5)).unwrap();
+    let out = c.ended(txn, TxnOutcome::Fenced);
     assert_eq!(answers(out), vec![(1, None, Some(ErrorCode::Unavailable))]);
     assert_eq!(
-        answers(c.on(Event::Vote {
-            partition: 1,
-            vote: vote(2, 6)
-        })),
+        answers(c.cast(1, 2, 6)),
         vec![(2, None, Some(ErrorCode::Unavailable))],
         "every partition of the core stops"
     );
@@ -448,22 +387,11 @@ fn a_replay_that_ends_after_its_claim_is_ignored_and_a_failed_one_is_retried() {
 
 #[test]
 fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_rest() {
-    let pacing = PacingConfig {
-        ack_target: 20 * MS,
-        min_window: 0,
-        max_window: 10 * MS,
-    };
-    let mut c = Core::new(cfg(100, pacing));
+    let mut c = Core::new(cfg(100, HOLDING));
     c.own(&[0, 1]);
     // Two votes queued (pacing holds them), a third in another election.
     for (t, v) in [(1, 10), (2, 11)] {
-        assert!(
-            commit_of(c.on(Event::Vote {
-                partition: 0,
-                vote: vote(t, v)
-            }))
-            .is_none()
-        );
+        assert!(commit_of(c.cast(0, t, v)).is_none());
     }
     let mut other = vote(3, 12);
     other.intent.election = ElectionId::new("f").unwrap();
@@ -484,10 +412,7 @@ fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_r
         "queued, not yet in a transaction: refused"
     );
     assert_eq!(
-        answers(c.on(Event::Vote {
-            partition: 1,
-            vote: vote(4, 13)
-        })),
+        answers(c.cast(1, 4, 13)),
         vec![(4, None, Some(ErrorCode::ElectionNotOpen))],
         "a new vote of the closed election, on any partition"
     );
@@ -522,10 +447,7 @@ fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_r
         vec![offsets[1].clone(), offsets[0].clone()]
     };
     let _ = b1;
-    let out = c.on(Event::TxnDone {
-        txn,
-        outcome: TxnOutcome::Committed { offsets },
-    });
+    let out = c.committed(txn, offsets);
     assert_eq!(answers(out), vec![(3, Some(7), None)]);
     assert!(
         !c.e.txn_in_flight() && c.e.next_deadline().is_none(),
