@@ -2,26 +2,25 @@
 //! head with `connection: close`, the body delimited by the close), after everything hyper
 //! still had to write; over h2 the mark changes nothing.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{h1_over, h2_over, one_at_a_time, serve_public};
 use votes_net::{
-    App, BoxBody, CoreContext, ListenerKind, ListenerSpec, LocalBoxFuture, ReactorConfig, Reactors,
-    detached_stream, start_reactors,
+    App, BoxBody, CoreContext, ListenerKind, LocalBoxFuture, ReactorConfig, Reactors,
+    detached_stream,
 };
 
 /// More than the kernel holds for a client that does not read (its small receive buffer and
 /// the server's send buffer, at most 4 MiB by default).
 const BIG: usize = 16 << 20;
-
-/// Reactors pin to the same two CPUs; one test at a time keeps the box quiet.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 struct StreamApp {
     stats: votes_net::HttpStatsHandle,
@@ -91,16 +90,9 @@ fn start() -> (Reactors, SocketAddr) {
 fn start_on(cpus: Vec<usize>, limits: votes_net::HttpLimits) -> (Reactors, SocketAddr) {
     let mut cfg = ReactorConfig::new(cpus);
     cfg.http = limits;
-    cfg.listeners.push(ListenerSpec::plain(
-        "127.0.0.1:0".parse().unwrap(),
-        ListenerKind::Public,
-    ));
-    let r = start_reactors(cfg, |ctx: CoreContext<()>| StreamApp {
+    serve_public(cfg, |ctx: CoreContext<()>| StreamApp {
         stats: ctx.http_stats(),
     })
-    .expect("reactors start");
-    let addr = r.local_addr(ListenerKind::Public).unwrap();
-    (r, addr)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -122,7 +114,7 @@ async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
 
 #[test]
 fn over_http1_the_stream_leaves_hyper_after_the_earlier_responses() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start();
     rt().block_on(async move {
         // A keep-alive request, then the stream on the same connection, sent together: the
@@ -151,11 +143,7 @@ fn over_http1_the_stream_leaves_hyper_after_the_earlier_responses() {
         assert_eq!(body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
 
         // The same response through hyper's client: a body that ends with the connection.
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut tx = h1_over(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
         let req = Request::get("/events")
             .header("host", "t")
             .body(Empty::<Bytes>::new())
@@ -171,7 +159,7 @@ fn over_http1_the_stream_leaves_hyper_after_the_earlier_responses() {
 
 #[test]
 fn a_stream_behind_unread_answers_comes_after_them_and_ends_with_its_client() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start();
     rt().block_on(async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -230,15 +218,10 @@ fn a_stream_behind_unread_answers_comes_after_them_and_ends_with_its_client() {
 
 #[test]
 fn over_h2_the_mark_changes_nothing() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start();
     rt().block_on(async move {
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut tx = h2_over(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
         for _ in 0..2 {
             let req = Request::get(format!("http://{addr}/events"))
                 .body(Empty::<Bytes>::new())
@@ -263,7 +246,7 @@ fn over_h2_the_mark_changes_nothing() {
 
 #[test]
 fn a_stream_whose_client_stops_reading_is_closed_after_the_stall_bound() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     // One core, so that the counter asked for is the stream's core's.
     let cpus = votes_net::preflight::probe().allowed_cpus;
     let limits = votes_net::HttpLimits {

@@ -4,26 +4,24 @@
 //! stall the core" check is made by observation (the core answers while the call is in
 //! flight), not by latency.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{client_runtime, h1_over, h2_over, one_at_a_time, read, two_cpus, wait_closed};
 use votes_net::{
     App, Blocking, BoxBody, CoreContext, HttpLimits, ListenerKind, ListenerSpec, LocalBoxFuture,
     Mesh, ReactorConfig, Reactors, ReplyTx, SendError, read_body_limited, reply_channel,
     start_reactors,
 };
-
-/// Reactors pin to the same two CPUs; one test at a time keeps the box quiet.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 enum Msg {
     Route { body: Bytes, reply: ReplyTx<String> },
@@ -122,12 +120,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn two_cpus() -> Vec<usize> {
-    let cpus = votes_net::preflight::probe().allowed_cpus;
-    assert!(cpus.len() >= 2, "these tests need two CPUs, have {cpus:?}");
-    cpus[..2].to_vec()
-}
-
 fn start(limits: HttpLimits, admin: bool) -> (Reactors, SocketAddr) {
     let mut cfg = ReactorConfig::new(two_cpus());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -146,33 +138,15 @@ fn start(limits: HttpLimits, admin: bool) -> (Reactors, SocketAddr) {
     (r, addr)
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 async fn h1(addr: SocketAddr) -> H1 {
-    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    tx
+    h1_over(tokio::net::TcpStream::connect(addr).await.unwrap()).await
 }
 
 async fn h2(addr: SocketAddr) -> H2 {
-    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    tx
+    h2_over(tokio::net::TcpStream::connect(addr).await.unwrap()).await
 }
 
 fn req(method: &str, path: &str, body: &'static str) -> Request<Full<Bytes>> {
@@ -182,12 +156,6 @@ fn req(method: &str, path: &str, body: &'static str) -> Request<Full<Bytes>> {
         .header("host", "test")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
-}
-
-async fn read(resp: Response<Incoming>) -> (StatusCode, String) {
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 async fn get_h1(tx: &mut H1, r: Request<Full<Bytes>>) -> (StatusCode, String) {
@@ -204,12 +172,22 @@ fn core_of(body: &str) -> usize {
     body.split(' ').next().unwrap().parse().unwrap()
 }
 
+/// How many connections each core served, from tasks that each return the one core their
+/// connection's requests all reached: SO_REUSEPORT spreads connections, not requests.
+async fn connections_per_core(tasks: Vec<tokio::task::JoinHandle<usize>>) -> HashMap<usize, usize> {
+    let mut per_core: HashMap<usize, usize> = HashMap::new();
+    for t in tasks {
+        *per_core.entry(t.await.unwrap()).or_default() += 1;
+    }
+    per_core
+}
+
 #[test]
 fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start(HttpLimits::default(), true);
     let admin = reactors.local_addr(ListenerKind::Admin).unwrap();
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         // HTTP/1.1: 64 connections × 20 keep-alive requests, all at once.
         let mut tasks = Vec::new();
         for _ in 0..64 {
@@ -227,10 +205,7 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
                 seen[0]
             }));
         }
-        let mut per_core: HashMap<usize, usize> = HashMap::new();
-        for t in tasks {
-            *per_core.entry(t.await.unwrap()).or_default() += 1;
-        }
+        let per_core = connections_per_core(tasks).await;
         assert_eq!(
             per_core.len(),
             2,
@@ -259,10 +234,7 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
                 cores[0]
             }));
         }
-        let mut per_core: HashMap<usize, usize> = HashMap::new();
-        for t in tasks {
-            *per_core.entry(t.await.unwrap()).or_default() += 1;
-        }
+        let per_core = connections_per_core(tasks).await;
         assert_eq!(
             per_core.len(),
             2,
@@ -283,9 +255,9 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
 
 #[test]
 fn routing_round_trips_through_the_mesh() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start(HttpLimits::default(), false);
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         let mut tasks = Vec::new();
         for conn in 0..8 {
             tasks.push(tokio::spawn(async move {
@@ -355,9 +327,9 @@ fn routing_round_trips_through_the_mesh() {
 
 #[test]
 fn blocking_calls_do_not_stall_their_core() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start(HttpLimits::default(), false);
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         // One h2 connection: every stream is served by the same core.
         let tx = h2(addr).await;
         let mut observed = false;
@@ -409,29 +381,16 @@ fn blocking_calls_do_not_stall_their_core() {
     reactors.join().unwrap();
 }
 
-/// Reads until EOF or error; returns when the server closed the connection.
-async fn wait_closed(s: &mut tokio::net::TcpStream, bound: Duration) -> Duration {
-    let t0 = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(bound, s.read(&mut buf)).await {
-            Err(_) => panic!("connection still open after {bound:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 #[test]
 fn header_and_idle_timeouts_close_connections() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(800),
         idle_timeout: Duration::from_millis(1500),
         ..HttpLimits::default()
     };
     let (reactors, addr) = start(limits, false);
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         // Silent connection: closed by the header timeout, not kept for the idle one.
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let took = wait_closed(&mut silent, Duration::from_secs(10)).await;
@@ -493,13 +452,13 @@ fn header_and_idle_timeouts_close_connections() {
 
 #[test]
 fn connection_cap_closes_extra_connections() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let limits = HttpLimits {
         max_connections_per_core: 4,
         ..HttpLimits::default()
     };
     let (reactors, addr) = start(limits, false);
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         let mut conns = Vec::new();
         for _ in 0..20 {
             conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -535,10 +494,10 @@ fn connection_cap_closes_extra_connections() {
 
 #[test]
 fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let (reactors, addr) = start(HttpLimits::default(), false);
     let handle = reactors.shutdown_handle();
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         let mut tx = h2(addr).await;
         let mut b = tx.clone();
         let slow = tokio::spawn(async move { get_h2(&mut b, req("GET", "/blocking", "")).await });
@@ -585,7 +544,7 @@ fn app_with_rc_state_and_a_panicking_handler() {
             })
         }
     }
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let mut cfg = ReactorConfig::new(two_cpus());
     cfg.listeners.push(ListenerSpec::plain(
         "127.0.0.1:0".parse().unwrap(),
@@ -593,7 +552,7 @@ fn app_with_rc_state_and_a_panicking_handler() {
     ));
     let reactors = start_reactors(cfg, |_ctx: CoreContext<()>| Panicky(Rc::new(()))).unwrap();
     let addr = reactors.local_addr(ListenerKind::Public).unwrap();
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         for _ in 0..4 {
             let mut tx = h1(addr).await;
             let (st, body) = get_h1(&mut tx, req("GET", "/panic", "")).await;
@@ -608,7 +567,7 @@ fn app_with_rc_state_and_a_panicking_handler() {
 
 #[test]
 fn start_up_errors_are_typed() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = ReactorConfig::new(two_cpus());
     cfg.listeners.push(ListenerSpec::plain(

@@ -4,6 +4,8 @@
 //!
 //! As in reactors.rs, times are only bounded generously.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,21 +13,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 use votes_net::rustls::pki_types::pem::PemObject;
 use votes_net::rustls::pki_types::{CertificateDer, ServerName};
+
+use common::{client_runtime, h1_over, h2_over, one_at_a_time, read, two_cpus, wait_closed};
 use votes_net::{
     App, BoxBody, ConnInfo, CoreContext, HttpLimits, HttpStats, ListenerKind, ListenerSpec,
     LocalBoxFuture, NetError, ReactorConfig, Reactors, TlsFileKind, TlsFileProblem, rustls,
     self_signed_dev_cert, start_reactors, tls_server_config,
 };
-
-/// Reactors pin to the same CPUs; one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Each core's HTTP counters, copied out by a task on that core (the live handle is `!Send`).
 type Published = Arc<Mutex<Vec<HttpStats>>>;
@@ -110,12 +109,6 @@ impl Server {
     }
 }
 
-fn cpus() -> Vec<usize> {
-    let cpus = votes_net::preflight::probe().allowed_cpus;
-    assert!(cpus.len() >= 2, "these tests need two CPUs, have {cpus:?}");
-    cpus[..2].to_vec()
-}
-
 fn start(limits: HttpLimits) -> Server {
     let dir = TempDir::new("server");
     let (cert_pem, key_pem) = self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
@@ -124,7 +117,7 @@ fn start(limits: HttpLimits) -> Server {
         dir.write("key.pem", &key_pem),
     )
     .unwrap();
-    let mut cfg = ReactorConfig::new(cpus());
+    let mut cfg = ReactorConfig::new(two_cpus());
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     cfg.listeners
         .push(ListenerSpec::plain(any, ListenerKind::Public));
@@ -172,14 +165,6 @@ fn start(limits: HttpLimits) -> Server {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A client trusting only `cert_pem`, offering `alpn` (in that order; empty: no ALPN).
 fn client_config(cert_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -218,39 +203,12 @@ fn get(path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn read(resp: Response<Incoming>) -> (StatusCode, String) {
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
-
-async fn h1_over(s: TlsStream) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    tx
-}
-
-/// Reads until EOF or error; panics if the server keeps the connection beyond `bound`.
-async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, bound: Duration) -> Duration {
-    let t0 = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(bound, s.read(&mut buf)).await {
-            Err(_) => panic!("connection still open after {bound:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 #[test]
 fn https_serves_http11_and_h2_by_alpn_next_to_plaintext() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let server = start(HttpLimits::default());
     let (tls_addr, plain_addr, cert) = (server.tls, server.plain, server.cert_pem.clone());
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         // HTTP/1.1 chosen by ALPN; keep-alive: several requests on one TLS connection.
         let s = tls_connect(tls_addr, client_config(&cert, &[b"http/1.1"]))
             .await
@@ -286,11 +244,7 @@ fn https_serves_http11_and_h2_by_alpn_next_to_plaintext() {
             .await
             .unwrap();
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let tx = h2_over(s).await;
         let calls: Vec<_> = (0..64)
             .map(|_| {
                 let mut tx = tx.clone();
@@ -310,23 +264,14 @@ fn https_serves_http11_and_h2_by_alpn_next_to_plaintext() {
         }
 
         // The plaintext listener next to it says so too, for HTTP/1.1 and h2c.
-        let s = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut tx = h1_over(tokio::net::TcpStream::connect(plain_addr).await.unwrap()).await;
         tx.ready().await.unwrap();
         let (_, body) = read(tx.send_request(get("/")).await.unwrap()).await;
         assert_eq!(
             body,
             "tls=false alpn=None conn=HTTP/1.1 req=HTTP/1.1 kind=Public"
         );
-        let s = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut tx = h2_over(tokio::net::TcpStream::connect(plain_addr).await.unwrap()).await;
         tx.ready().await.unwrap();
         let (_, body) = read(tx.send_request(get("/")).await.unwrap()).await;
         assert_eq!(
@@ -342,14 +287,14 @@ fn https_serves_http11_and_h2_by_alpn_next_to_plaintext() {
 
 #[test]
 fn peers_that_do_not_finish_a_handshake_are_closed_and_counted() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(800),
         ..HttpLimits::default()
     };
     let server = start(limits);
     let (tls_addr, cert) = (server.tls, server.cert_pem.clone());
-    rt().block_on(async move {
+    client_runtime().block_on(async move {
         // Plain HTTP to the TLS port: not a TLS record, so the handshake fails at once (well
         // before the header timeout) and the connection is closed.
         let mut plain = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
@@ -473,11 +418,11 @@ fn bad_tls_files_and_configs_give_precise_errors() {
     );
 
     // An ALPN id we do not serve is refused at start, before binding anything.
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let key = dir.write("key.pem", &key_pem);
     let mut tls = (*tls_server_config(&cert, &key).unwrap()).clone();
     tls.alpn_protocols.push(b"spdy/3".to_vec());
-    let mut cfg = ReactorConfig::new(cpus());
+    let mut cfg = ReactorConfig::new(two_cpus());
     cfg.listeners.push(ListenerSpec::tls(
         "127.0.0.1:0".parse().unwrap(),
         ListenerKind::Public,
@@ -524,9 +469,9 @@ async fn h3_client(
 
 #[test]
 fn https_serves_http3_on_the_same_port_and_advertises_it() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let server = start(HttpLimits::default());
-    rt().block_on(async {
+    client_runtime().block_on(async {
         // HTTP/1.1 over TLS names the same port for h3.
         let s = tls_connect(server.tls, client_config(&server.cert_pem, &[b"http/1.1"]))
             .await
@@ -539,11 +484,7 @@ fn https_serves_http3_on_the_same_port_and_advertises_it() {
             Some(format!("h3=\":{}\"; ma=86400", server.tls.port()).as_str())
         );
         // Plaintext does not advertise it.
-        let plain = tokio::net::TcpStream::connect(server.plain).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(plain))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut tx = h1_over(tokio::net::TcpStream::connect(server.plain).await.unwrap()).await;
         let resp = tx
             .send_request(
                 Request::builder()

@@ -3,8 +3,9 @@
 //! watchdog counts it as a response being written, so a quiet session outlives the
 //! connection's idle timeout while its heartbeats go out, and ends when the client closes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,13 +14,11 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use votes_core::ws::{Opcode, encode, encode_masked};
-use votes_net::{
-    App, BoxBody, CoreContext, ListenerKind, ListenerSpec, LocalBoxFuture, ReactorConfig, Reactors,
-    start_reactors, ws,
-};
 
-/// Reactors pin to the same CPUs; one test at a time keeps the box quiet.
-static SERIAL: Mutex<()> = Mutex::new(());
+use common::{one_at_a_time, serve_public};
+use votes_net::{
+    App, BoxBody, CoreContext, ListenerKind, LocalBoxFuture, ReactorConfig, Reactors, ws,
+};
 
 /// A ping unanswered by the next heartbeat ends a session: a whole second leaves a busy
 /// machine's test thread time to answer.
@@ -70,13 +69,7 @@ fn start(idle: Duration) -> (Reactors, SocketAddr) {
         graceful_close_timeout: idle,
         ..votes_net::HttpLimits::default()
     };
-    cfg.listeners.push(ListenerSpec::plain(
-        "127.0.0.1:0".parse().unwrap(),
-        ListenerKind::Public,
-    ));
-    let r = start_reactors(cfg, |_: CoreContext<()>| WsApp).expect("reactors start");
-    let addr = r.local_addr(ListenerKind::Public).unwrap();
-    (r, addr)
+    serve_public(cfg, |_: CoreContext<()>| WsApp)
 }
 
 /// A server frame: opcode and payload, once all of it is in `buf`.
@@ -96,7 +89,7 @@ fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
 
 #[test]
 fn a_websocket_on_an_h2_stream_outlives_the_idle_timeout_and_ends_on_close() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = one_at_a_time();
     let idle = Duration::from_secs(2);
     let (reactors, addr) = start(idle);
     let rt = tokio::runtime::Builder::new_current_thread()
