@@ -12,9 +12,11 @@
 
 pub mod attack;
 pub mod chaos;
+pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod duration;
+pub mod election;
 pub mod load;
 pub mod mix;
 pub mod peers;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{Body, Client, ClientError, Protocol, Target};
+use crate::election;
 use crate::mix::{Kind, Mix, MixError, Plan};
 use crate::report::{LATENCY_MAX_US, Report, latency_histogram};
 use crate::schedule::{Ramp, Schedule};
@@ -120,21 +121,6 @@ pub struct LoadReport {
     /// How late the dispatcher started requests after their intended time (requests sent
     /// up to one timer tick early count as 0 and are measured from their actual send).
     pub send_lag_ms: LagMs,
-}
-
-#[derive(serde::Deserialize)]
-struct ElectionView {
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    options: Vec<OptionView>,
-    #[serde(default)]
-    pow_difficulty: u8,
-}
-
-#[derive(serde::Deserialize)]
-struct OptionView {
-    id: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -241,25 +227,6 @@ fn unknown_option(options: &[String]) -> String {
         .map(|i| format!("no-such-option-{i}"))
         .find(|o| !options.contains(o))
         .expect("some name is free")
-}
-
-async fn get_election(client: &Client, election: &str) -> Result<ElectionView, String> {
-    let req = client
-        .request(
-            Method::GET,
-            client.uri(&format!("/v1/elections/{election}")),
-        )
-        .body(Body::default())
-        .expect("valid request");
-    let a = client.send(req).await.map_err(|e| e.to_string())?;
-    if a.status != 200 {
-        return Err(format!(
-            "status {}: {}",
-            a.status,
-            String::from_utf8_lossy(&a.body)
-        ));
-    }
-    serde_json::from_slice(&a.body).map_err(|e| format!("unexpected body: {e}"))
 }
 
 impl Shared {
@@ -408,7 +375,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         target: cfg.target.authority.clone(),
         source,
     })?;
-    let election = match get_election(&client, &cfg.election).await {
+    let election = match election::fetch(&client, &cfg.election).await {
         Ok(e) => Some(e),
         Err(why) if cfg.options.is_some() => {
             eprintln!("votes-load: warning: {why}; using --options and no proof of work");

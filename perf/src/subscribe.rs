@@ -38,6 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use votes_core::clock::unix_ms;
 
 use crate::client::{Body, Client, ClientError, Protocol, RawDialer, Stream, Target};
+use crate::election::{self, get_ok};
 use crate::report::{LATENCY_MAX_US, LatencyMs, latency_histogram};
 use crate::schedule::{Ramp, Schedule};
 use crate::sse::{BodyDecoder, SseError, SseItem, SseParser, TallyData, parse_head};
@@ -882,39 +883,8 @@ async fn subscriber(ctx: Arc<Ctx>, idx: usize) {
     }
 }
 
-#[derive(Deserialize)]
-struct ElectionView {
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    options: Vec<OptionView>,
-    #[serde(default)]
-    pow_difficulty: u8,
-}
-
-#[derive(Deserialize)]
-struct OptionView {
-    id: String,
-}
-
-async fn get(client: &Client, path: &str) -> Result<Bytes, String> {
-    let req = client
-        .request(Method::GET, client.uri(path))
-        .body(Body::default())
-        .expect("valid request");
-    let a = client.send(req).await.map_err(|e| e.to_string())?;
-    if a.status != 200 {
-        return Err(format!(
-            "status {}: {}",
-            a.status,
-            String::from_utf8_lossy(&a.body)
-        ));
-    }
-    Ok(a.body)
-}
-
 async fn results_total(client: &Client, election: &str) -> Option<u64> {
-    let body = get(client, &format!("/v1/elections/{election}/results"))
+    let body = get_ok(client, &format!("/v1/elections/{election}/results"))
         .await
         .ok()?;
     TallyData::parse(&body).map(|t| t.total)
@@ -1103,16 +1073,12 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     };
     let mut bodies = Vec::new();
     if planned > 0 {
-        let body = get(&client, &format!("/v1/elections/{}", cfg.election))
+        let e = election::fetch(&client, &cfg.election)
             .await
             .map_err(|why| SseRunError::Election {
                 election: cfg.election.clone(),
                 why,
             })?;
-        let e: ElectionView = serde_json::from_slice(&body).map_err(|e| SseRunError::Election {
-            election: cfg.election.clone(),
-            why: format!("unexpected body: {e}"),
-        })?;
         if e.state != "open" {
             return Err(SseRunError::NotOpen(cfg.election.clone(), e.state));
         }

@@ -38,8 +38,10 @@ use tokio::time::Instant;
 use votes_core::VoterId;
 use votes_core::token::{self, TokenKeys};
 use votes_perf::attack::{Attack, GARBAGE_AUTHORIZATION, UNKNOWN_ELECTION, WRONG_CONTENT_TYPE};
-use votes_perf::client::{Body, Client, Protocol, Target, Trust};
+use votes_perf::cli::{TrustArgs, write_report};
+use votes_perf::client::{Body, Client, Protocol, Target};
 use votes_perf::duration::parse_duration;
+use votes_perf::election::ElectionView;
 use votes_perf::report::{LATENCY_MAX_US, Report, latency_histogram};
 
 #[global_allocator]
@@ -56,14 +58,8 @@ struct Args {
     /// (TLS: HTTP/1.1, h2 or h3; needs --ca-cert or --insecure).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: Target,
-    /// Trust this PEM certificate (a CA, or the server's self-signed certificate) for an
-    /// https:// target.
-    #[arg(long)]
-    ca_cert: Option<std::path::PathBuf>,
-    /// https:// without any certificate verification. TESTING ONLY: anyone on the path can
-    /// impersonate the server; never use it across a network you do not control.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// An open election without proof of work.
     #[arg(long)]
     election: String,
@@ -155,19 +151,6 @@ fn bearer(keys: &TokenKeys, voter: u64, ttl_s: u64, issued_s: u64) -> HeaderValu
     HeaderValue::try_from(format!("Bearer {jwt}")).expect("a JWT is a valid header value")
 }
 
-#[derive(serde::Deserialize)]
-struct ElectionView {
-    #[serde(default)]
-    options: Vec<OptionView>,
-    #[serde(default)]
-    pow_difficulty: u8,
-}
-
-#[derive(serde::Deserialize)]
-struct OptionView {
-    id: String,
-}
-
 async fn get_json<T: serde::de::DeserializeOwned>(
     client: &Client,
     path: &str,
@@ -192,10 +175,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 async fn prepare(args: &Args) -> Result<Prep> {
-    let target = args
-        .target
-        .clone()
-        .with_trust(Trust::from_flags(args.ca_cert.clone(), args.insecure));
+    let target = args.target.clone().with_trust(args.trust.trust());
     let client = Client::connect(target, args.protocol, args.connections)
         .await
         .with_context(|| format!("connecting to {}", args.target.authority))?;
@@ -671,9 +651,5 @@ fn main() -> Result<()> {
         "  latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
         r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.max
     );
-    if let Some(path) = report_path {
-        let json = serde_json::to_vec_pretty(&report).context("serializing the report")?;
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_report(report_path.as_deref(), &report)
 }

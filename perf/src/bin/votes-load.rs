@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use votes_perf::client::{Protocol, Target, Trust};
+use votes_perf::cli::{RunTarget, write_report};
+use votes_perf::client::Protocol;
 use votes_perf::duration::parse_duration;
 use votes_perf::load::{self, Config};
 use votes_perf::schedule::Ramp;
@@ -24,17 +25,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Open-loop load generator for the votes voter API (latencies from intended send times)"
 )]
 struct Args {
-    /// Base URL of a public listener: http://HOST:PORT (HTTP/1.1 or h2c) or https://HOST:PORT
-    /// (TLS: HTTP/1.1, h2 or h3; needs --ca-cert or --insecure).
-    #[arg(
-        long,
-        env = "VOTES_LOAD_TARGET",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    target: Target,
-    /// Election id to vote in.
-    #[arg(long, env = "VOTES_LOAD_ELECTION")]
-    election: String,
+    #[command(flatten)]
+    run: RunTarget,
     /// Offered votes/s (open loop); the peak of a --ramp.
     #[arg(long, env = "VOTES_LOAD_RATE")]
     rate: f64,
@@ -58,14 +50,6 @@ struct Args {
     /// (HTTP/3 over QUIC; https:// only).
     #[arg(long, env = "VOTES_LOAD_PROTOCOL", default_value = "h1")]
     protocol: Protocol,
-    /// Trust this PEM certificate (a CA, or the server's self-signed certificate) for an
-    /// https:// target.
-    #[arg(long, env = "VOTES_LOAD_CA_CERT")]
-    ca_cert: Option<std::path::PathBuf>,
-    /// https:// without any certificate verification. TESTING ONLY: anyone on the path can
-    /// impersonate the server; never use it across a network you do not control.
-    #[arg(long)]
-    insecure: bool,
     /// h1: keep-alive connections (one request at a time each); h2: multiplexed connections;
     /// h3: QUIC connections (each request its own stream).
     #[arg(long, env = "VOTES_LOAD_CONNECTIONS", default_value_t = 32)]
@@ -123,10 +107,8 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let cfg = Config {
-        target: args
-            .target
-            .with_trust(Trust::from_flags(args.ca_cert, args.insecure)),
-        election: args.election,
+        target: args.run.trusted(),
+        election: args.run.election,
         rate: args.rate,
         duration: args.duration,
         ramp: args.ramp,
@@ -154,9 +136,5 @@ fn main() -> Result<()> {
         .block_on(async { tokio::spawn(load::run(cfg)).await })
         .context("the load run panicked")??;
     println!("{}", report.summary());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report).context("serializing the report")?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_report(args.report.as_deref(), &report)
 }

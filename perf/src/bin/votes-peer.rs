@@ -16,7 +16,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use votes_perf::peers::floor::{self, FloorConfig};
 use votes_perf::peers::postgres::{self, PostgresConfig};
 use votes_perf::peers::redis_lua::{self, RedisConfig};
-use votes_perf::peers::{Expected, ServerReport, VoteSpec, write_json};
+use votes_perf::peers::{Expected, PeerError, ServerReport, VoteSpec, write_json};
 use votes_perf::peers::{h1_reference, h3_reference};
 
 #[global_allocator]
@@ -255,6 +255,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Runs a server peer (`postgres::run`, `redis_lua::run`) to its end on a fresh runtime, as a
+/// spawned task so it runs on a worker like the lanes it starts; `what` names it in an error.
+fn run_server_peer(
+    what: &'static str,
+    run: impl Future<Output = Result<(ServerReport, Expected), PeerError>> + Send + 'static,
+) -> Result<(ServerReport, Expected)> {
+    runtime()?
+        .block_on(async move { tokio::spawn(run).await })?
+        .context(what)
+}
+
 fn finish_server(r: &ServerReport, a: &VoteArgs, expected: &Expected) -> Result<()> {
     write_outputs(a.out.as_deref(), r, a.expected.as_deref(), expected)?;
     eprintln!("{}", r.summary());
@@ -340,11 +351,8 @@ fn main() -> Result<()> {
                 rate: a.votes.rate,
                 server_pid: a.server_pid,
             };
-            let (report, expected) = runtime()?
-                .block_on(
-                    async move { tokio::spawn(async move { postgres::run(&cfg).await }).await },
-                )?
-                .context("postgres peer")?;
+            let (report, expected) =
+                run_server_peer("postgres peer", async move { postgres::run(&cfg).await })?;
             finish_server(&report, &a.votes, &expected)?;
         }
         Cmd::RedisLua(a) => {
@@ -356,11 +364,8 @@ fn main() -> Result<()> {
                 rate: a.votes.rate,
                 server_pid: a.server_pid,
             };
-            let (report, expected) = runtime()?
-                .block_on(
-                    async move { tokio::spawn(async move { redis_lua::run(&cfg).await }).await },
-                )?
-                .context("redis-lua peer")?;
+            let (report, expected) =
+                run_server_peer("redis-lua peer", async move { redis_lua::run(&cfg).await })?;
             finish_server(&report, &a.votes, &expected)?;
         }
         Cmd::H3Reference(a) => {

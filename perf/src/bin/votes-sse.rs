@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use votes_perf::client::{Protocol, Target, Trust};
+use votes_perf::cli::{RunTarget, write_report};
+use votes_perf::client::Protocol;
 use votes_perf::duration::parse_duration;
 use votes_perf::subscribe::{self, Config, StreamKind};
 
@@ -32,19 +33,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "votes-sse",
     version,
-    about = "Live-results subscriber scale: many SSE or WebSocket subscribers, update delay from commit to delivery, server memory per subscriber"
+    about = "Live-results subscriber scale: many SSE or WebSocket subscribers, update delay from commit to delivery, server memory per subscriber",
+    after_help = "The --election is the one subscribed to and voted in: votes-sse must be its only voter."
 )]
 struct Args {
-    /// Base URL of a public listener on loopback (`http://`, or `https://` for TLS and h3).
-    #[arg(
-        long,
-        env = "VOTES_LOAD_TARGET",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    target: Target,
-    /// Election id to subscribe to and vote in (votes-sse must be its only voter).
-    #[arg(long, env = "VOTES_LOAD_ELECTION")]
-    election: String,
+    #[command(flatten)]
+    run: RunTarget,
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     subscribers: u64,
@@ -57,12 +51,6 @@ struct Args {
     /// Subscribers per h2 or h3 connection (the node allows 128 streams per connection).
     #[arg(long, default_value_t = 100)]
     streams_per_connection: usize,
-    /// PEM file of the CA (or self-signed certificate) an https:// target is checked against.
-    #[arg(long)]
-    ca_cert: Option<std::path::PathBuf>,
-    /// Accept any certificate of an https:// target (testing on this machine only).
-    #[arg(long)]
-    insecure: bool,
     /// New subscribers per second while connecting.
     #[arg(long, default_value_t = 2000.0)]
     connect_rate: f64,
@@ -122,10 +110,8 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let cfg = Config {
-        target: args
-            .target
-            .with_trust(Trust::from_flags(args.ca_cert, args.insecure)),
-        election: args.election,
+        target: args.run.trusted(),
+        election: args.run.election,
         subscribers: args.subscribers,
         stream: args.stream,
         protocol: args.protocol,
@@ -149,10 +135,7 @@ fn main() -> Result<()> {
         .block_on(async { tokio::spawn(subscribe::run(cfg)).await })
         .context("the subscriber run panicked")??;
     println!("{}", report.summary());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report).context("serializing the report")?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_report(args.report.as_deref(), &report)?;
     // The subscriber tasks were aborted; do not wait for their sockets to close one by one.
     rt.shutdown_background();
     Ok(())

@@ -87,18 +87,20 @@ pub struct CommitTierReport {
 impl CommitTierReport {
     pub fn summary(&self) -> String {
         format!(
-            "commit-tier: {} votes in {:.2}s = {:.0} votes/s, {} cores over {} partitions; cpu {:.2}s (client {:.2} + broker {}) = {:.1} µs/vote, {:.0} votes/cpu-s; {} transactions, {:.1} votes each, commit p50 {:.2} p99 {:.2} ms; ack p50 {:.2} p99 {:.2} max {:.2} ms; {}",
+            "commit-tier: {} votes in {:.2}s = {:.0} votes/s, {} cores over {} partitions; {}; {} transactions, {:.1} votes each, commit p50 {:.2} p99 {:.2} ms; ack p50 {:.2} p99 {:.2} max {:.2} ms; {}",
             self.votes,
             self.wall_s,
             self.votes_per_s,
             self.cores,
             self.partitions,
-            self.cpu_s,
-            self.client_cpu_s,
-            self.broker_cpu_s
-                .map_or("unknown".to_string(), |s| format!("{s:.2}")),
-            self.cpu_us_per_vote,
-            self.votes_per_cpu_s,
+            super::cpu_summary(
+                "broker",
+                self.cpu_s,
+                self.client_cpu_s,
+                self.broker_cpu_s,
+                self.cpu_us_per_vote,
+                self.votes_per_cpu_s,
+            ),
             self.transactions,
             self.votes_per_transaction,
             self.commit_ms.p50,

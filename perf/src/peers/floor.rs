@@ -79,18 +79,20 @@ pub struct FloorReport {
 impl FloorReport {
     pub fn summary(&self) -> String {
         format!(
-            "kafka-floor: {} votes in {:.2}s = {:.0} votes/s over {} partitions, batch {}; cpu {:.2}s (client {:.2} + broker {}) = {:.1} µs/vote, {:.0} votes/cpu-s; commit p50 {:.2} p99 {:.2} ms{}",
+            "kafka-floor: {} votes in {:.2}s = {:.0} votes/s over {} partitions, batch {}; {}; commit p50 {:.2} p99 {:.2} ms{}",
             self.votes,
             self.wall_s,
             self.votes_per_s,
             self.partitions,
             self.batch,
-            self.cpu_s,
-            self.client_cpu_s,
-            self.broker_cpu_s
-                .map_or("unknown".to_string(), |s| format!("{s:.2}")),
-            self.cpu_us_per_vote,
-            self.votes_per_cpu_s,
+            super::cpu_summary(
+                "broker",
+                self.cpu_s,
+                self.client_cpu_s,
+                self.broker_cpu_s,
+                self.cpu_us_per_vote,
+                self.votes_per_cpu_s,
+            ),
             self.commit_ms.p50,
             self.commit_ms.p99,
             self.latency_ms.as_ref().map_or(String::new(), |l| format!(

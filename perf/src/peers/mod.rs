@@ -310,6 +310,23 @@ pub fn cpu_figures(votes: u64, client: f64, server: Option<f64>) -> (f64, f64, f
     (cpu, per_cpu, us_per_vote)
 }
 
+/// The CPU part of a peer's one-line summary: the run's total, the client's share plus the
+/// `other` side's (`broker` or `server`; "unknown" when its pid is not known, as for a remote
+/// cluster), per vote and votes per CPU-second. One wording, so the peers' lines compare.
+pub fn cpu_summary(
+    other: &str,
+    cpu_s: f64,
+    client_cpu_s: f64,
+    other_cpu_s: Option<f64>,
+    cpu_us_per_vote: f64,
+    votes_per_cpu_s: f64,
+) -> String {
+    format!(
+        "cpu {cpu_s:.2}s (client {client_cpu_s:.2} + {other} {}) = {cpu_us_per_vote:.1} µs/vote, {votes_per_cpu_s:.0} votes/cpu-s",
+        other_cpu_s.map_or("unknown".to_string(), |s| format!("{s:.2}"))
+    )
+}
+
 impl ServerReport {
     /// The measured part of a run's report, with its derived figures (rates, CPU per vote)
     /// computed here; the caller adds how the run was set up and whether the tallies held.
@@ -347,17 +364,19 @@ impl ServerReport {
 
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} votes in {:.2}s = {:.0} votes/s; cpu {:.2}s (client {:.2} + server {}) = {:.1} µs/vote, {:.0} votes/cpu-s; latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; accepted {} duplicates {}; {}",
+            "{}: {} votes in {:.2}s = {:.0} votes/s; {}; latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; accepted {} duplicates {}; {}",
             self.peer,
             self.votes,
             self.wall_s,
             self.votes_per_s,
-            self.cpu_s,
-            self.client_cpu_s,
-            self.server_cpu_s
-                .map_or("unknown".to_string(), |s| format!("{s:.2}")),
-            self.cpu_us_per_vote,
-            self.votes_per_cpu_s,
+            cpu_summary(
+                "server",
+                self.cpu_s,
+                self.client_cpu_s,
+                self.server_cpu_s,
+                self.cpu_us_per_vote,
+                self.votes_per_cpu_s,
+            ),
             self.latency_ms.p50,
             self.latency_ms.p99,
             self.latency_ms.p999,
@@ -394,17 +413,24 @@ pub(crate) struct LaneResult {
     pub duplicates: u64,
 }
 
+impl LaneResult {
+    /// Nothing measured yet: what a lane starts from and the lanes' merge adds into.
+    pub fn empty() -> Self {
+        LaneResult {
+            latency_us: latency_histogram(),
+            accepted: 0,
+            duplicates: 0,
+        }
+    }
+}
+
 /// Waits for every lane and merges what they measured; a lane's failure (its error mapped by
 /// `failed`) fails the run once all have ended.
 pub(crate) async fn join_lanes<E>(
     tasks: Vec<tokio::task::JoinHandle<Result<LaneResult, E>>>,
     failed: impl Fn(E) -> PeerError,
 ) -> Result<LaneResult, PeerError> {
-    let mut all = LaneResult {
-        latency_us: latency_histogram(),
-        accepted: 0,
-        duplicates: 0,
-    };
+    let mut all = LaneResult::empty();
     let mut failure = None;
     for t in tasks {
         match t.await {

@@ -119,11 +119,7 @@ async fn run_lane(
     lane: Vec<(u64, Vote)>,
     pace: Pace,
 ) -> Result<LaneResult, tokio_postgres::Error> {
-    let mut out = LaneResult {
-        latency_us: super::latency_histogram(),
-        accepted: 0,
-        duplicates: 0,
-    };
+    let mut out = LaneResult::empty();
     let election = votes.election.as_str();
     for (i, v) in lane {
         let start = wait_due(pace.due(i)).await;

@@ -50,11 +50,7 @@ async fn run_lane(
     pace: Pace,
     depth: usize,
 ) -> Result<LaneResult, redis::RedisError> {
-    let mut out = LaneResult {
-        latency_us: super::latency_histogram(),
-        accepted: 0,
-        duplicates: 0,
-    };
+    let mut out = LaneResult::empty();
     let mut starts = Vec::with_capacity(depth);
     let mut next = 0;
     while next < lane.len() {
