@@ -12,12 +12,7 @@ use common::serve::{Serve, TestClient};
 fn the_admin_listener_speaks_tls_when_given_a_certificate() {
     common::require(common::Service::Kafka);
     let prefix = common::unique_prefix("admin-tls");
-    let out = common::votes(&prefix, &["init", "--partitions", "1"]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_with_partitions(&prefix, 1);
     // The public TLS listener's development certificate (localhost, 127.0.0.1) serves the
     // admin listener too.
     let dir = std::env::temp_dir();

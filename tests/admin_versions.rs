@@ -17,12 +17,7 @@ fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix("admin-cas");
-    let out = common::votes(&prefix, &["init", "--partitions", "2"]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_with_partitions(&prefix, 2);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {
@@ -85,13 +80,7 @@ fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
         for node in [&a, &b] {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             loop {
-                let (_, list) = client
-                    .admin(
-                        "GET",
-                        &node.admin_url("/admin/v1/elections"),
-                        serde_json::Value::Null,
-                    )
-                    .await;
+                let (_, list) = client.admin_get(node, "/admin/v1/elections").await;
                 let e = list
                     .as_array()
                     .and_then(|l| l.iter().find(|e| e["id"] == "cas"))

@@ -256,11 +256,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
             &["persist", "--exit-when-caught-up"],
         ));
         let (s, body) = client
-            .admin(
-                "POST",
-                &serve.admin_url("/admin/v1/elections/audited/close"),
-                serde_json::Value::Null,
-            )
+            .admin_post(&serve, "/admin/v1/elections/audited/close")
             .await;
         assert_eq!(s, 200, "{body}");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -289,12 +289,7 @@ fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_count
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix("close-lag");
-    let out = common::votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_with_partitions(&prefix, 4);
     let a = Serve::start_node_tls(&prefix, 1, "node-a", &[]);
     // node-b's elections view lags 2 s behind the topic: it keeps taking votes of the closed
     // election at its edge for that long, and owns half the partitions.
@@ -327,12 +322,7 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix("close-kill");
-    let out = common::votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_with_partitions(&prefix, 4);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let mut b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {

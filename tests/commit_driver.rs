@@ -11,32 +11,18 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{KAFKA, Service, replication, require, runtime, unique_prefix};
+use common::KAFKA;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoteIntent, VoterId};
 use votes_tally::committer::{CommitterConfig, Part, Scope, TxnProducer};
 use votes_tally::engine::TxnOutcome;
-use votes_tally::provision::{TopicPlan, create_topics};
 use votes_tally::recovery::{await_stable, replay};
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
 
 const T: Duration = Duration::from_secs(30);
 
 fn setup(test: &str) -> Names {
-    require(Service::Kafka);
-    let names = Names::new(unique_prefix(test)).unwrap();
-    runtime()
-        .block_on(create_topics(
-            &KAFKA,
-            &names,
-            &TopicPlan {
-                partitions: 2,
-                replication: replication(),
-                timeout: T,
-            },
-        ))
-        .expect("topics created");
-    names
+    common::fresh_topics(test, 2)
 }
 
 /// A shard of `partition` replayed from the committed log; its records name `node`, core 0.

@@ -210,9 +210,7 @@ impl Ctx {
 
 /// `votes_votes_total` by outcome, from the admin listener's `/metrics`.
 async fn vote_metrics(serve: &Serve) -> BTreeMap<String, u64> {
-    let (status, body) = TestClient::http1()
-        .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
-        .await;
+    let (status, body) = TestClient::http1().admin_get(serve, "/metrics").await;
     assert_eq!(status, 200, "/metrics: {body}");
     let text = body["raw"].as_str().unwrap_or_default().to_string();
     text.lines()
@@ -227,11 +225,7 @@ async fn vote_metrics(serve: &Serve) -> BTreeMap<String, u64> {
 #[test]
 fn a_flood_of_bad_requests_gets_its_own_4xx_while_every_honest_vote_is_accepted() {
     let mut serve = Serve::init_and_start("attack", PARTITIONS, 2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     rt.block_on(async {
         let admin = TestClient::http1();
         open_election(&admin, &serve, ELECTION, &["a", "b", "c"], 0).await;

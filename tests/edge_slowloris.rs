@@ -215,11 +215,7 @@ fn five_thousand_slow_connections_do_not_stop_honest_voters_and_are_closed_by_th
     let serve = Serve::init_and_start("slowloris", 4, 2);
     let base = format!("http://{}", serve.http);
     let target = serve.http;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::two_worker_runtime();
     rt.block_on(async {
         let admin = TestClient::http1();
         open_election(&admin, &serve, "slowloris", &["yes", "no"], 0).await;
@@ -497,12 +493,7 @@ fn a_slow_reader_over_http1_is_closed_after_the_response_stall_timeout() {
 fn one_address_cannot_hold_more_than_its_share_of_connections() {
     const CAP: usize = 40;
     let prefix = common::unique_prefix("addrcap");
-    let init = common::votes(&prefix, &["init", "--partitions", "1"]);
-    assert!(
-        init.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::init_with_partitions(&prefix, 1);
     let serve = Serve::start_env(
         &prefix,
         1,
@@ -623,22 +614,14 @@ fn subscribers_filling_the_public_cap_do_not_lock_the_operator_out() {
         // table full (the first client's pooled connection predates the holders).
         let operator = TestClient::http1();
         let (status, body) = operator
-            .admin(
-                "POST",
-                &serve.admin_url("/admin/v1/elections/held/close"),
-                serde_json::Value::Null,
-            )
+            .admin_post(&serve, "/admin/v1/elections/held/close")
             .await;
         assert_eq!(
             status, 200,
             "the operator's close with the public cap full: {body}"
         );
         let (status, stats) = TestClient::http1()
-            .admin(
-                "GET",
-                &serve.admin_url("/admin/v1/stats"),
-                serde_json::Value::Null,
-            )
+            .admin_get(&serve, "/admin/v1/stats")
             .await;
         assert_eq!(status, 200, "{stats}");
         drop(held);

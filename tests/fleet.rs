@@ -38,12 +38,7 @@ fn init(test: &str) -> String {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix(test);
-    let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_with_partitions(&prefix, PARTITIONS);
     prefix
 }
 
@@ -53,14 +48,7 @@ fn option_of(voter: u64) -> &'static str {
 
 /// The fleet map as `serve` sees it.
 async fn fleet(client: &TestClient, serve: &Serve) -> serde_json::Value {
-    client
-        .admin(
-            "GET",
-            &serve.admin_url("/admin/v1/fleet"),
-            serde_json::Value::Null,
-        )
-        .await
-        .1
+    client.admin_get(serve, "/admin/v1/fleet").await.1
 }
 
 /// Waits until `serve` sees exactly `nodes` (node → cores) in the fleet and is ready; returns

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KAFKA, Service, replication, require, runtime, unique_prefix};
+use common::KAFKA;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -14,24 +14,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use votes_core::Names;
 use votes_tally::kafka::{read_committed_consumer_config, transactional_producer_config};
-use votes_tally::provision::{TopicPlan, create_topics};
 
 const T: Duration = Duration::from_secs(30);
 
 fn topic_for(test: &str) -> (Names, String) {
-    require(Service::Kafka);
-    let names = Names::new(unique_prefix(test)).unwrap();
-    runtime()
-        .block_on(create_topics(
-            &KAFKA,
-            &names,
-            &TopicPlan {
-                partitions: 1,
-                replication: replication(),
-                timeout: T,
-            },
-        ))
-        .expect("topics created");
+    let names = common::fresh_topics(test, 1);
     let topic = names.votes_topic();
     (names, topic)
 }

@@ -176,9 +176,7 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (status, page) = client
-            .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
-            .await;
+        let (status, page) = client.admin_get(&serve, "/metrics").await;
         assert_eq!(status, 200, "{page}");
         exported(page["raw"].as_str().expect("a text page"))
     });

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::runtime;
-use common::serve::{Serve, TestClient, committed_votes, official_result, open_election};
+use common::serve::{
+    ONE_SECOND_HEARTBEAT, Serve, TestClient, committed_votes, official_result, open_election,
+};
 use common::sse::{self, Sse};
 
 const PARTITIONS: u32 = 4;
@@ -73,8 +75,7 @@ fn results_sum_the_partitions_and_match_the_committed_log() {
         let mut accepted = 0u64;
         for voter in 1..=60u64 {
             let option = options[(voter % 3) as usize];
-            let (status, body) = client.vote(&serve.url(""), "sum", voter, option).await.unwrap();
-            assert_eq!(status, 202, "{body}");
+            client.vote_accepted(&serve.url(""), "sum", voter, option).await;
             accepted += 1;
             if voter % 10 == 0 {
                 // A duplicate changes nothing.
@@ -136,12 +137,7 @@ fn results_sum_the_partitions_and_match_the_committed_log() {
 fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_result() {
     let serve = {
         let prefix = common::unique_prefix("results-sse");
-        let out = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::init_with_partitions(&prefix, PARTITIONS);
         Serve::start_env(
             &prefix,
             2,
@@ -172,11 +168,9 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
 
         // Each vote shows up as a tally event with a larger id.
         for voter in 1..=3u64 {
-            let (status, body) = client
-                .vote(&serve.url(""), "live", voter, "yes")
-                .await
-                .unwrap();
-            assert_eq!(status, 202, "{body}");
+            client
+                .vote_accepted(&serve.url(""), "live", voter, "yes")
+                .await;
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -362,9 +356,9 @@ fn the_stream_reaches_subscribers_over_every_protocol() {
         PARTITIONS,
         2,
         true,
-        &[("VOTES_SSE_HEARTBEAT_S", "1")],
+        &ONE_SECOND_HEARTBEAT,
     );
-    let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+    let root = serve.tls_root().map(str::to_owned);
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "everywhere", &["yes", "no"], 0).await;
@@ -391,11 +385,9 @@ fn the_stream_reaches_subscribers_over_every_protocol() {
             streams.push((protocol, c, s));
         }
         for voter in 1..=2u64 {
-            let (status, body) = client
-                .vote(&serve.url(""), "everywhere", voter, "yes")
-                .await
-                .unwrap();
-            assert_eq!(status, 202, "{body}");
+            client
+                .vote_accepted(&serve.url(""), "everywhere", voter, "yes")
+                .await;
             for (protocol, _, s) in &mut streams {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
@@ -535,13 +527,7 @@ fn pages_assets_dev_login_and_admin_stats() {
             .await
             .unwrap();
         assert_eq!(status, 401);
-        let (status, stats) = client
-            .admin(
-                "GET",
-                &dev.admin_url("/admin/v1/stats"),
-                serde_json::Value::Null,
-            )
-            .await;
+        let (status, stats) = client.admin_get(&dev, "/admin/v1/stats").await;
         assert_eq!(status, 200, "{stats}");
         assert_eq!(stats["node"], "test-node");
         assert_eq!(stats["ready"], true);

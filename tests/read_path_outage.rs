@@ -135,7 +135,7 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let metrics = client
-            .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
+            .admin_get(&serve, "/metrics")
             .await
             .1;
         let text = metrics["raw"].as_str().unwrap_or_default().to_owned();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::runtime;
-use common::serve::{Serve, TestClient, official_result, open_election};
+use common::serve::{ONE_SECOND_HEARTBEAT, Serve, TestClient, official_result, open_election};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use votes_core::ws::{Opcode, accept_key, encode_masked};
@@ -248,13 +248,8 @@ async fn open(serve: &Serve, election: &str) -> Ws {
 
 #[test]
 fn results_over_websocket_from_handshake_to_the_official_close() {
-    let serve = Serve::init_and_start_with(
-        "results-ws",
-        PARTITIONS,
-        2,
-        false,
-        &[("VOTES_SSE_HEARTBEAT_S", "1")],
-    );
+    let serve =
+        Serve::init_and_start_with("results-ws", PARTITIONS, 2, false, &ONE_SECOND_HEARTBEAT);
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "live", &["yes", "no"], 0).await;
@@ -323,11 +318,9 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
         assert_eq!(first["data"]["total"], 0);
         let mut last_id: u64 = first["id"].as_str().unwrap().parse().unwrap();
         for voter in 1..=3u64 {
-            let (status, body) = client
-                .vote(&serve.url(""), "live", voter, "yes")
-                .await
-                .unwrap();
-            assert_eq!(status, 202, "{body}");
+            client
+                .vote_accepted(&serve.url(""), "live", voter, "yes")
+                .await;
             loop {
                 let e = ws.event(Duration::from_secs(10)).await;
                 assert_eq!(e["event"], "tally");
@@ -405,14 +398,9 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
 #[test]
 fn results_over_websocket_on_h2_streams() {
     const VERSION: [(&str, &str); 1] = [("sec-websocket-version", "13")];
-    let serve = Serve::init_and_start_with(
-        "results-ws-h2",
-        PARTITIONS,
-        2,
-        true,
-        &[("VOTES_SSE_HEARTBEAT_S", "1")],
-    );
-    let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+    let serve =
+        Serve::init_and_start_with("results-ws-h2", PARTITIONS, 2, true, &ONE_SECOND_HEARTBEAT);
+    let root = serve.tls_root().map(str::to_owned);
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "tunnel", &["yes", "no"], 0).await;
@@ -471,11 +459,9 @@ fn results_over_websocket_on_h2_streams() {
         }
 
         for voter in 1..=2u64 {
-            let (status, body) = client
-                .vote(&serve.url(""), "tunnel", voter, "yes")
-                .await
-                .unwrap();
-            assert_eq!(status, 202, "{body}");
+            client
+                .vote_accepted(&serve.url(""), "tunnel", voter, "yes")
+                .await;
             for (protocol, ws) in &mut sessions {
                 loop {
                     let e = ws.event(Duration::from_secs(10)).await;

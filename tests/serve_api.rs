@@ -76,7 +76,7 @@ async fn post_as(
 }
 
 async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
-    let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+    let root = serve.tls_root();
     let c = TestClient::for_protocol(protocol, root);
     let s = &At {
         serve,
@@ -372,11 +372,7 @@ fn every_row_of_the_voter_api_over_http1_h2c_tls_and_http3() {
             let closed = format!("closed-{protocol}");
             open_election(&c, &serve, &closed, &["red", "blue"], 0).await;
             let (st, j) = c
-                .admin(
-                    "POST",
-                    &serve.admin_url(&format!("/admin/v1/elections/{closed}/close")),
-                    serde_json::Value::Null,
-                )
+                .admin_post(&serve, &format!("/admin/v1/elections/{closed}/close"))
                 .await;
             assert_eq!(st, 200, "{j}");
         }
@@ -388,7 +384,7 @@ fn every_row_of_the_voter_api_over_http1_h2c_tls_and_http3() {
         tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
         let h3 = common::serve::metric(&serve, "votes_http3_requests_total").await;
         assert!(h3.values().sum::<u64>() > 0, "{h3:?}");
-        let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+        let root = serve.tls_root();
         let (st, hdrs, _) = TestClient::for_protocol("h2-tls", root)
             .send("GET", &serve.base_for("h2-tls"), &[], bytes::Bytes::new())
             .await
@@ -417,14 +413,11 @@ fn http3_clients_prove_their_address_with_a_retry_under_pressure() {
     runtime().block_on(async {
         let admin = TestClient::http1();
         open_election(&admin, &serve, "retry", &["red", "blue"], 0).await;
-        let root = serve.https.as_ref().map(|(_, pem)| pem.as_str());
+        let root = serve.tls_root();
         let c = TestClient::for_protocol("h3", root);
         for voter in 1..=5u64 {
-            let (st, body) = c
-                .vote(&serve.base_for("h3"), "retry", voter, "red")
-                .await
-                .unwrap();
-            assert_eq!(st, 202, "{body}");
+            c.vote_accepted(&serve.base_for("h3"), "retry", voter, "red")
+                .await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
         let retries = common::serve::metric(&serve, "votes_http3_retries_total").await;
@@ -461,8 +454,8 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
         // Twice is a conflict; so is reopening an open election.
         let again = serde_json::json!({"id": "e1", "title": "T", "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]});
         assert_eq!(c.admin("POST", &url, again).await.0, 409);
-        assert_eq!(c.admin("POST", &serve.admin_url("/admin/v1/elections/e1/open"), serde_json::Value::Null).await.0, 409);
-        assert_eq!(c.admin("POST", &serve.admin_url("/admin/v1/elections/nope/open"), serde_json::Value::Null).await.0, 404);
+        assert_eq!(c.admin_post(&serve, "/admin/v1/elections/e1/open").await.0, 409);
+        assert_eq!(c.admin_post(&serve, "/admin/v1/elections/nope/open").await.0, 404);
         // Live anti-bot difficulty.
         let (st, e) = c.admin("PATCH", &serve.admin_url("/admin/v1/elections/e1"), serde_json::json!({"pow_difficulty": 4})).await;
         assert_eq!((st, e["pow_difficulty"].as_u64()), (200, Some(4)));
@@ -475,7 +468,7 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
         // /metrics is Prometheus text, behind the admin token.
         let (st, _, _) = c.send("GET", &serve.admin_url("/metrics"), &[], Bytes::new()).await.unwrap();
         assert_eq!(st, 401, "/metrics without the admin token");
-        let (st, m) = c.admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null).await;
+        let (st, m) = c.admin_get(&serve, "/metrics").await;
         assert_eq!(st, 200);
         let text = m["raw"].as_str().unwrap();
         assert!(text.contains("votes_shard_ready{partition=\"1\"} 1"), "{text}");

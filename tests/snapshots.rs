@@ -73,12 +73,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn recovery_starts_from_the_newest_good_snapshot_and_replays_only_the_tail() {
     let prefix = common::unique_prefix("snap");
-    let init = common::votes(&prefix, &["init", "--partitions", &PARTITIONS.to_string()]);
-    assert!(
-        init.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::init_with_partitions(&prefix, PARTITIONS);
     let root = common::repo_root()
         .join("target")
         .join("test-snapshots")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::serve::{
-    Serve, TestClient, close_election, committed_votes, open_election, token, wait_final,
+    Answer, Serve, TestClient, close_election, committed_votes, open_election, token, wait_final,
 };
 use common::{DYNAMODB, KAFKA, REDIS, runtime};
 use votes_core::{VOTE_BUCKETS, VoterId};
@@ -37,6 +37,51 @@ fn persister(prefix: &str, log: &str, extra: &[&str]) -> Child {
         .stderr(std::fs::File::create(std::env::temp_dir().join(log)).unwrap())
         .spawn()
         .expect("votes persist starts")
+}
+
+/// Runs `votes <args>` to its end and asserts it succeeded, its output in the failure; returns
+/// its stdout, where the persister, the recount and the reprocess report what they did.
+fn votes_succeeds(prefix: &str, args: &[&str]) -> String {
+    let run = votes_cmd(prefix, args).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// The official result of `election` in the DynamoDB results table, if the recount wrote one.
+async fn stored_official(
+    dynamo: &aws_sdk_dynamodb::Client,
+    prefix: &str,
+    election: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    dynamo
+        .get_item()
+        .table_name(format!("{prefix}results"))
+        .key("pk", AttributeValue::S(election.into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+/// `GET /v1/elections/<election>/votes/me` as `voter` (their bearer token): what the voter's
+/// receipt page asks DynamoDB through the node.
+async fn my_vote(client: &TestClient, serve: &Serve, election: &str, voter: u64) -> Answer {
+    let auth = format!("Bearer {}", token(voter));
+    client
+        .send(
+            "GET",
+            &serve.url(&format!("/v1/elections/{election}/votes/me")),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .map(|(status, _, body)| (status, body))
+        .unwrap()
 }
 
 /// Every item of `election` in DynamoDB: voter → (option, offset, receipt).
@@ -144,7 +189,7 @@ fn fifty_thousand_votes_persist_exactly_once_per_voter_even_when_the_persister_i
         let _ = persist.kill();
         let _ = persist.wait();
         // A third persister finishes the log and exits.
-        let finish = votes_cmd(
+        let finish = votes_succeeds(
             &prefix,
             &[
                 "persist",
@@ -152,19 +197,8 @@ fn fifty_thousand_votes_persist_exactly_once_per_voter_even_when_the_persister_i
                 "--instance-id",
                 "persister-1",
             ],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            finish.status.success(),
-            "{}",
-            String::from_utf8_lossy(&finish.stderr)
         );
-        eprintln!(
-            "persisted by {:?}: {}",
-            started.elapsed(),
-            String::from_utf8_lossy(&finish.stdout).trim()
-        );
+        eprintln!("persisted by {:?}: {}", started.elapsed(), finish.trim());
 
         let items = items_of("big", &prefix).await;
         eprintln!("items read back by {:?}", started.elapsed());
@@ -188,22 +222,12 @@ fn fifty_thousand_votes_persist_exactly_once_per_voter_even_when_the_persister_i
         }
 
         // GET /votes/me answers from DynamoDB, for a voter who voted and one who did not.
-        let me = |voter: u64| {
-            let (client, url) = (client.clone(), serve.url("/v1/elections/big/votes/me"));
-            async move {
-                let auth = format!("Bearer {}", token(voter));
-                client
-                    .send("GET", &url, &[("authorization", &auth)], "")
-                    .await
-                    .unwrap()
-            }
-        };
-        let (status, _, body) = me(9).await;
+        let (status, body) = my_vote(&client, &serve, "big", 9).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["voted"], true);
         assert_eq!(body["option"].as_str(), Some(items[&9].0.as_str()));
         assert_eq!(body["receipt"].as_str(), Some(items[&9].2.as_str()));
-        let (status, _, body) = me(45_001).await;
+        let (status, body) = my_vote(&client, &serve, "big", 45_001).await;
         assert_eq!((status, &body), (200, &serde_json::json!({"voted": false})));
         let (status, _, body) = client
             .send("GET", &serve.url("/v1/elections/big/votes/me"), &[], "")
@@ -213,16 +237,7 @@ fn fifty_thousand_votes_persist_exactly_once_per_voter_even_when_the_persister_i
             (status, body["error"]["code"].as_str()),
             (401, Some("unauthorized"))
         );
-        let auth = format!("Bearer {}", token(9));
-        let (status, _, _) = client
-            .send(
-                "GET",
-                &serve.url("/v1/elections/nope/votes/me"),
-                &[("authorization", &auth)],
-                "",
-            )
-            .await
-            .unwrap();
+        let (status, _) = my_vote(&client, &serve, "nope", 9).await;
         assert_eq!(status, 404);
     });
 }
@@ -238,11 +253,9 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         let voters: Vec<u64> = (1..=400).chain(1..=40).collect();
         let (ok, _) = vote_all(&serve, "good", &voters, &["x", "y"]).await;
         // One more voter whose receipt we keep, to check it after the close.
-        let (status, kept) = client
-            .vote(&serve.url(""), "good", 5_000, "y")
-            .await
-            .unwrap();
-        assert_eq!(status, 202, "{kept}");
+        let kept = client
+            .vote_accepted(&serve.url(""), "good", 5_000, "y")
+            .await;
         let receipt = kept["receipt"].as_str().unwrap().to_owned();
         let (bad_ok, _) = vote_all(&serve, "bad", &voters, &["x", "y"]).await;
         assert_eq!((ok, bad_ok), (400, 400));
@@ -252,14 +265,7 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             .await
             .unwrap();
         assert_eq!(status, 404);
-        let finish = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
-            .output()
-            .unwrap();
-        assert!(
-            finish.status.success(),
-            "{}",
-            String::from_utf8_lossy(&finish.stderr)
-        );
+        votes_succeeds(&prefix, &["persist", "--exit-when-caught-up"]);
 
         // Corrupt the live tally of "bad", under an offset beyond anything the partition will
         // hold (the fan-out writes only newer offsets, and the close marker moves the shard's
@@ -293,22 +299,7 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         for e in ["good", "bad"] {
             close_election(&client, &serve, e).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let final_results = loop {
-            let (_, body) = client
-                .get(&serve.url("/v1/elections/good/results"))
-                .await
-                .unwrap();
-            if body["final"] == true && body["state"] == "final" {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "good did not become final: {body}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let final_results = wait_final(&client, &serve, "good", Duration::from_secs(60)).await;
         let mut committed: BTreeMap<String, u64> = BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
         for c in committed_votes(&serve.names(), PARTITIONS) {
@@ -368,14 +359,8 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             (400, Some("invalid_request"))
         );
         let dynamo = common::dynamo().await;
-        let stored = dynamo
-            .get_item()
-            .table_name(format!("{prefix}results"))
-            .key("pk", AttributeValue::S("good".into()))
-            .send()
+        let stored = stored_official(&dynamo, &prefix, "good")
             .await
-            .unwrap()
-            .item
             .expect("the official result is in the results table");
         assert_eq!(stored["total"].as_n().unwrap(), "401");
         assert_eq!(
@@ -384,27 +369,11 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         );
 
         // The CLI on a final election checks it again without rewriting.
-        let again = votes_cmd(&prefix, &["recount", "--election", "good"])
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&again.stdout);
-        assert!(
-            again.status.success(),
-            "{out}{}",
-            String::from_utf8_lossy(&again.stderr)
-        );
+        let out = votes_succeeds(&prefix, &["recount", "--election", "good"]);
         assert!(out.contains("matches the official result"), "{out}");
 
         // An auditor's reprocess into a fresh prefix agrees with the official result.
-        let rp = votes_cmd(&prefix, &["audit", "reprocess", "--election", "good"])
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&rp.stdout);
-        assert!(
-            rp.status.success(),
-            "{out}{}",
-            String::from_utf8_lossy(&rp.stderr)
-        );
+        let out = votes_succeeds(&prefix, &["audit", "reprocess", "--election", "good"]);
         assert!(
             out.contains("agree: the reprocessed tallies and root match"),
             "{out}"
@@ -445,14 +414,7 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             .query(&mut conn)
             .unwrap();
         assert!(!final_key, "no official result in Redis");
-        let none = dynamo
-            .get_item()
-            .table_name(format!("{prefix}results"))
-            .key("pk", AttributeValue::S("bad".into()))
-            .send()
-            .await
-            .unwrap()
-            .item;
+        let none = stored_official(&dynamo, &prefix, "bad").await;
         assert!(none.is_none(), "no official result in DynamoDB");
         // The recount the close started waits up to 10 s for the live tally to settle.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -483,14 +445,7 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
         let voters: Vec<u64> = (1..=40).collect();
         let (ok, _) = vote_all(&serve, "fw", &voters, &["x", "y"]).await;
         assert_eq!(ok, 40);
-        let first = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
-            .output()
-            .unwrap();
-        assert!(
-            first.status.success(),
-            "{}",
-            String::from_utf8_lossy(&first.stderr)
-        );
+        votes_succeeds(&prefix, &["persist", "--exit-when-caught-up"]);
         assert_eq!(items_of("fw", &prefix).await[&2].0, "x");
 
         // Voter 2 "votes" again, for y, straight into its partition.
@@ -529,14 +484,7 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
             .unwrap();
         drop(producer);
 
-        let second = votes_cmd(&prefix, &["persist", "--exit-when-caught-up"])
-            .output()
-            .unwrap();
-        assert!(
-            second.status.success(),
-            "{}",
-            String::from_utf8_lossy(&second.stderr)
-        );
+        votes_succeeds(&prefix, &["persist", "--exit-when-caught-up"]);
         let items = items_of("fw", &prefix).await;
         assert_eq!(items.len(), 40);
         assert_eq!(items[&2].0, "x", "DynamoDB keeps voter 2's first vote");
@@ -635,13 +583,8 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
         let mut answered = 0;
         let lookups: Vec<u64> = (1..=2_000).step_by(50).collect();
         for &voter in &lookups {
-            let url = serve.url("/v1/elections/t/votes/me");
-            let auth = format!("Bearer {}", token(voter));
             for _ in 0..20 {
-                let (status, _, body) = client
-                    .send("GET", &url, &[("authorization", &auth)], "")
-                    .await
-                    .unwrap();
+                let (status, body) = my_vote(&client, &serve, "t", voter).await;
                 match status {
                     200 => {
                         assert_eq!(body["voted"], true, "{body}");

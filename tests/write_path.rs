@@ -151,7 +151,7 @@ fn kill_9_mid_load(test: &str, protocol: &str) {
     let sent = runtime().block_on(async {
         let admin = TestClient::http1();
         open_election(&admin, &serve, "crash", &OPTIONS, 0).await;
-        let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+        let root = serve.tls_root().map(str::to_owned);
         let client = TestClient::for_protocol(protocol, root.as_deref());
         let votes: Vec<(u64, &'static str)> = (0..voters)
             .map(|v| (v, OPTIONS[(v % 3) as usize]))
@@ -165,10 +165,7 @@ fn kill_9_mid_load(test: &str, protocol: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let metrics = admin
-                .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
-                .await
-                .1;
+            let metrics = admin.admin_get(&serve, "/metrics").await.1;
             let text = metrics["raw"].as_str().unwrap_or("").to_owned();
             let accepted: u64 = text
                 .lines()
@@ -213,7 +210,7 @@ fn kill_9_mid_load(test: &str, protocol: &str) {
     );
 
     runtime().block_on(async {
-        let root = serve.https.as_ref().map(|(_, pem)| pem.clone());
+        let root = serve.tls_root().map(str::to_owned);
         let client = TestClient::for_protocol(protocol, root.as_deref());
         // Every acknowledged voter (and every voter whose vote made it in unacknowledged) is
         // refused a second vote after the restart; everyone else may vote now.
@@ -280,11 +277,9 @@ fn a_second_owner_fences_the_first_whose_later_votes_fail_and_are_absent() {
         // The new owner accepts, including the voters the fenced one refused.
         let mut after = Vec::new();
         for v in 100..105u64 {
-            let (st, body) = client
-                .vote(&second.url(""), "fence", v, "green")
-                .await
-                .unwrap();
-            assert_eq!(st, 202, "{body}");
+            client
+                .vote_accepted(&second.url(""), "fence", v, "green")
+                .await;
             after.push(v);
         }
         assert_eq!(

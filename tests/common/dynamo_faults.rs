@@ -120,11 +120,7 @@ impl FaultProxy {
         let thread = std::thread::Builder::new()
             .name("dynamo-faults".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = super::two_worker_runtime();
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     loop {

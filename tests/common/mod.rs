@@ -151,6 +151,36 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// A tokio runtime of two workers, for a test whose many client connections (a flood, held
+/// sockets) need more than the one thread of [`runtime`], and no more than two beside the node.
+pub fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A unique prefix (see [`unique_prefix`]) with its topics created on the test Kafka,
+/// `partitions` each, without `votes init`: for the tests that drive the log directly
+/// (producers, committers, recovery) and need nothing else provisioned.
+pub fn fresh_topics(test: &str, partitions: u32) -> votes_core::Names {
+    require(Service::Kafka);
+    let names = votes_core::Names::new(unique_prefix(test)).unwrap();
+    runtime()
+        .block_on(votes_tally::provision::create_topics(
+            &KAFKA,
+            &names,
+            &votes_tally::provision::TopicPlan {
+                partitions,
+                replication: replication(),
+                timeout: Duration::from_secs(30),
+            },
+        ))
+        .expect("topics created");
+    names
+}
+
 /// A prefix no other test (or earlier run) uses: tests share the services, never resources.
 pub fn unique_prefix(test: &str) -> String {
     let nanos = SystemTime::now()
@@ -217,6 +247,18 @@ pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
         .env_remove("VOTES_CONFIG")
         .output()
         .expect("the votes binary runs")
+}
+
+/// Runs `votes init --partitions <partitions>` under `prefix` and asserts it succeeded: the
+/// setup most tests need before a node can start, its stderr in the failure so a broken setup
+/// is not mistaken for the behaviour under test.
+pub fn init_with_partitions(prefix: &str, partitions: u32) {
+    let out = votes(prefix, &["init", "--partitions", &partitions.to_string()]);
+    assert!(
+        out.status.success(),
+        "votes init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A Redis of a test's own beside the shared one, through `scripts/services.sh` on `port`

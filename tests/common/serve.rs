@@ -31,6 +31,10 @@ fn free_port() -> u16 {
     votes_net::loopback_listener_port().expect("a free loopback port for votes serve")
 }
 
+/// The environment of a node whose results streams (SSE and WebSocket) beat every second
+/// instead of the default's longer interval: a test sees a heartbeat or a ping within seconds.
+pub const ONE_SECOND_HEARTBEAT: [(&str, &str); 1] = [("VOTES_SSE_HEARTBEAT_S", "1")];
+
 pub struct Serve {
     pub prefix: String,
     pub http: SocketAddr,
@@ -238,6 +242,12 @@ impl Serve {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// The PEM of the self-signed certificate of the TLS listener, for a client to trust;
+    /// `None` when the node was started without TLS (the clients then speak plaintext only).
+    pub fn tls_root(&self) -> Option<&str> {
+        self.https.as_ref().map(|(_, pem)| pem.as_str())
     }
 
     /// The base URL a client of `protocol` talks to (TLS protocols use the TLS listener).
@@ -673,6 +683,20 @@ impl TestClient {
         (s, j)
     }
 
+    /// `GET` of `path` on `serve`'s admin listener as the operator: the admin API's reads
+    /// (elections, stats, metrics) carry no body.
+    pub async fn admin_get(&self, serve: &Serve, path: &str) -> Answer {
+        self.admin("GET", &serve.admin_url(path), serde_json::Value::Null)
+            .await
+    }
+
+    /// `POST` of `path` on `serve`'s admin listener as the operator, without a body: the
+    /// admin actions on an election (`…/open`, `…/close`) carry none.
+    pub async fn admin_post(&self, serve: &Serve, path: &str) -> Answer {
+        self.admin("POST", &serve.admin_url(path), serde_json::Value::Null)
+            .await
+    }
+
     pub async fn vote(
         &self,
         serve_url: &str,
@@ -694,16 +718,27 @@ impl TestClient {
         .await
         .map(|(s, _, j)| (s, j))
     }
+
+    /// Votes as `voter` for `option` in `election` through the node at `serve_url` and asserts
+    /// the vote was accepted (`202`), for the tests whose subject is what an accepted vote
+    /// leads to (a tally event, a receipt, a fenced writer); returns the `202`'s body.
+    pub async fn vote_accepted(
+        &self,
+        serve_url: &str,
+        election: &str,
+        voter: u64,
+        option: &str,
+    ) -> serde_json::Value {
+        let (status, body) = self.vote(serve_url, election, voter, option).await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        body
+    }
 }
 
 /// Closes election `id` through `serve`'s admin API; the close must be accepted.
 pub async fn close_election(client: &TestClient, serve: &Serve, id: &str) {
     let (s, body) = client
-        .admin(
-            "POST",
-            &serve.admin_url(&format!("/admin/v1/elections/{id}/close")),
-            serde_json::Value::Null,
-        )
+        .admin_post(serve, &format!("/admin/v1/elections/{id}/close"))
         .await;
     assert_eq!(s, 200, "closing {id}: {body}");
 }
@@ -760,9 +795,7 @@ pub async fn wait_state(client: &TestClient, serve: &Serve, id: &str, states: &[
 /// Every sample of the `/metrics` series `name`, keyed by its labels (`partition="0"`, or ""
 /// when it has none), as published now (cores publish once a second).
 pub async fn metric(serve: &Serve, name: &str) -> HashMap<String, u64> {
-    let (status, page) = TestClient::http1()
-        .admin("GET", &serve.admin_url("/metrics"), serde_json::Value::Null)
-        .await;
+    let (status, page) = TestClient::http1().admin_get(serve, "/metrics").await;
     assert_eq!(status, 200, "/metrics: {page}");
     page["raw"]
         .as_str()
@@ -800,11 +833,7 @@ pub async fn open_election(
         .await;
     assert_eq!(s, 201, "{body}");
     let (s, body) = client
-        .admin(
-            "POST",
-            &serve.admin_url(&format!("/admin/v1/elections/{id}/open")),
-            serde_json::Value::Null,
-        )
+        .admin_post(serve, &format!("/admin/v1/elections/{id}/open"))
         .await;
     assert_eq!(s, 200, "{body}");
 }
@@ -923,13 +952,7 @@ pub async fn wait_live_totals(
     loop {
         let mut got: BTreeMap<String, u64> = BTreeMap::new();
         for serve in nodes {
-            let (_, list) = client
-                .admin(
-                    "GET",
-                    &serve.admin_url("/admin/v1/elections"),
-                    serde_json::Value::Null,
-                )
-                .await;
+            let (_, list) = client.admin_get(serve, "/admin/v1/elections").await;
             let e = list
                 .as_array()
                 .unwrap()
