@@ -549,18 +549,29 @@ impl Shard {
         }
     }
 
-    /// A committed close marker read back from the log while recovering: the first one of an
-    /// election is its frontier here.
-    pub fn apply_committed_close(&mut self, offset: u64, marker: &CloseRecord) {
+    /// Whether the record at `offset`, read back from the log while recovering, is still to be
+    /// applied: a replay may overlap what was applied already (up to [`Shard::applied_end`],
+    /// which this moves past `offset`).
+    #[inline]
+    fn replaying(&mut self, offset: u64) -> bool {
         assert_eq!(
             self.state,
             ShardState::Recovering,
             "replay only while recovering"
         );
         if offset < self.applied_end {
-            return;
+            return false;
         }
         self.applied_end = offset + 1;
+        true
+    }
+
+    /// A committed close marker read back from the log while recovering: the first one of an
+    /// election is its frontier here.
+    pub fn apply_committed_close(&mut self, offset: u64, marker: &CloseRecord) {
+        if !self.replaying(offset) {
+            return;
+        }
         match self.closing.get(marker.election.as_str()) {
             Some(Closing::Closed { .. }) => {}
             Some(Closing::MarkerDue { .. }) => {
@@ -652,15 +663,9 @@ impl Shard {
     /// Applies one committed record read back from the log while recovering. Records before
     /// [`Shard::applied_end`] were applied already and are skipped, so a replay may overlap.
     pub fn apply_committed(&mut self, offset: u64, record: &VoteRecord) {
-        assert_eq!(
-            self.state,
-            ShardState::Recovering,
-            "replay only while recovering"
-        );
-        if offset < self.applied_end {
+        if !self.replaying(offset) {
             return;
         }
-        self.applied_end = offset + 1;
         let tally = self.elections.entry(record.election.clone()).or_default();
         if tally.voters.insert(record.voter.0) {
             *tally.counts.entry(record.option.clone()).or_insert(0) += 1;
