@@ -189,6 +189,8 @@ impl<'m> RowChecker<'m> {
         }
     }
 
+    /// Long because it is every check of one row, in the order of its columns, each noting its
+    /// examples.
     pub fn push(&mut self, r: &Row) {
         let index = self.rows;
         self.rows += 1;

@@ -120,6 +120,8 @@ impl ShardSnapshot {
         out
     }
 
+    /// Decodes untrusted bytes from disk. Long because it reads the layout field by field in its
+    /// order, each check at the field it guards.
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(SnapshotError::Magic);

@@ -468,6 +468,9 @@ async fn watch_answers(fwd: &Forwarder, link: &Link) {
 
 /// Connects to the owner and secures the link (TLS handshake, or challenge and hello), each
 /// step within its bound; `None` (logged and counted) when any step fails.
+///
+/// Long because each step of the opening (connect, TLS handshake or challenge and hello) has its
+/// own bound and its own failure to count.
 async fn open_link(fwd: &Forwarder, link: &Link) -> Option<(LinkStream, Codec)> {
     let connected = within(fwd.limits.connect_timeout, async {
         TcpStream::connect(link.addr)

@@ -334,6 +334,9 @@ struct CoreBoot<M: Send + 'static> {
 ///
 /// `make_app` runs on each core, inside its executor: it may `glommio::spawn_local` tasks
 /// (e.g. the inbox consumer) and build `!Send` state.
+///
+/// Long because every core is spawned in one loop that must stop at the first failure with the
+/// handles of those already started.
 pub fn start_reactors<M, A, F>(cfg: ReactorConfig, make_app: F) -> Result<Reactors, NetError>
 where
     M: Send + 'static,
@@ -525,6 +528,9 @@ fn await_ready(
 
 /// One reactor's life: its mesh connected, its app made, its listeners served until shutdown,
 /// then drained.
+///
+/// Long because a core's start-up order is its contract with the others (mesh connected before
+/// the app is made, ready reported only once every listener is served).
 async fn core_main<M, A, F>(boot: CoreBoot<M>, make_app: Arc<F>) -> Result<(), NetError>
 where
     M: Send + 'static,

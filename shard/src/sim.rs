@@ -825,6 +825,9 @@ impl World {
         }
     }
 
+    /// Long because it is one arm per stage of the simulated transaction (produce, offsets,
+    /// commit), each with the faults a schedule may inject there, side by side as the real
+    /// committer meets them.
     fn commit_step(
         &mut self,
         m: usize,

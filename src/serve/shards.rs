@@ -252,6 +252,7 @@ impl ShardHost {
         }
     }
 
+    /// Long because it is one arm per command of the engine, each carried out where it is read.
     fn execute(self: &Rc<Self>, c: Command) {
         match c {
             Command::Answer { partition, answer } => {

@@ -126,47 +126,17 @@ pub fn for_each_counted(
                 Some(Err(KafkaError::PartitionEOF(other))) if other as usize != p => {}
                 Some(Ok(m)) => {
                     last_answer = Instant::now();
-                    let offset = m.offset() as u64;
-                    summary.ends[p] = offset + 1;
-                    summary.records += 1;
-                    let record = match m.payload().map(LogRecord::decode) {
-                        Some(Ok(LogRecord::Vote(record))) => record,
-                        Some(Ok(LogRecord::Close(marker))) => {
-                            if &marker.election == election {
-                                summary.frontiers[p].get_or_insert(offset);
-                            }
-                            continue;
-                        }
-                        _ => continue,
+                    let mut pass = Pass {
+                        summary: &mut summary,
+                        tree: &mut tree,
+                        voters: &mut voters,
+                        p,
                     };
-                    if &record.election != election {
-                        continue;
+                    if let Some(counted) =
+                        pass.count(audit_key, election, m.offset() as u64, m.payload())
+                    {
+                        f(&counted);
                     }
-                    if summary.frontiers[p].is_some() {
-                        summary.past_frontier += 1;
-                        continue;
-                    }
-                    summary.election_ends[p] = offset + 1;
-                    if !voters.insert(record.voter.0) {
-                        summary.duplicates += 1;
-                        continue;
-                    }
-                    let (voter, received_at_ms) = (record.voter, record.received_at_ms);
-                    let leaf = Leaf::of(audit_key, record.into(), partition, offset);
-                    *summary
-                        .totals
-                        .entry(leaf.option.as_str().to_owned())
-                        .or_default() += 1;
-                    let counted = Counted {
-                        leaf_hash: leaf.leaf_hash(),
-                        leaf,
-                        voter,
-                        received_at_ms,
-                    };
-                    tree.push(counted.leaf_hash);
-                    let range = summary.ranges[p].get_or_insert((offset, offset));
-                    range.1 = offset;
-                    f(&counted);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => return Err(e.into()),
@@ -190,4 +160,67 @@ pub fn for_each_counted(
     summary.root = root;
     summary.tree_size = size;
     Ok(summary)
+}
+
+/// One partition's pass over the log: what it adds to the summary and the tree, and the
+/// voters it has counted (a voter's records all live in one partition).
+struct Pass<'a> {
+    summary: &'a mut LogSummary,
+    tree: &'a mut MerkleBuilder,
+    voters: &'a mut RoaringTreemap,
+    p: usize,
+}
+
+impl Pass<'_> {
+    /// Counts the record at `offset` when it is a first vote of `election` before its close
+    /// marker; every record moves the partition's end, a marker sets the frontier.
+    fn count(
+        &mut self,
+        audit_key: &[u8],
+        election: &ElectionId,
+        offset: u64,
+        payload: Option<&[u8]>,
+    ) -> Option<Counted> {
+        let (summary, p) = (&mut *self.summary, self.p);
+        summary.ends[p] = offset + 1;
+        summary.records += 1;
+        let record = match payload.map(LogRecord::decode) {
+            Some(Ok(LogRecord::Vote(record))) => record,
+            Some(Ok(LogRecord::Close(marker))) => {
+                if &marker.election == election {
+                    summary.frontiers[p].get_or_insert(offset);
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        if &record.election != election {
+            return None;
+        }
+        if summary.frontiers[p].is_some() {
+            summary.past_frontier += 1;
+            return None;
+        }
+        summary.election_ends[p] = offset + 1;
+        if !self.voters.insert(record.voter.0) {
+            summary.duplicates += 1;
+            return None;
+        }
+        let (voter, received_at_ms) = (record.voter, record.received_at_ms);
+        let leaf = Leaf::of(audit_key, record.into(), p as u32, offset);
+        *summary
+            .totals
+            .entry(leaf.option.as_str().to_owned())
+            .or_default() += 1;
+        let counted = Counted {
+            leaf_hash: leaf.leaf_hash(),
+            leaf,
+            voter,
+            received_at_ms,
+        };
+        self.tree.push(counted.leaf_hash);
+        let range = summary.ranges[p].get_or_insert((offset, offset));
+        range.1 = offset;
+        Some(counted)
+    }
 }

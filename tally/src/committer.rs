@@ -705,6 +705,9 @@ impl TxnProducer {
     /// checks every core's generation, and refuses the whole transaction if one is stale).
     /// `Ok` holds the offsets of each part's records, batch by batch; `Err` how it failed
     /// (never `Committed`). `pause` is called as in [`TxnProducer::commit_pausing`].
+    ///
+    /// Long because it is the transaction's sequence of librdkafka calls, each failure mapped to
+    /// its outcome where it happens.
     pub fn commit_parts(
         &mut self,
         parts: &[Part<'_>],

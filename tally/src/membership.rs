@@ -251,91 +251,22 @@ impl Member {
             let cfg = cfg.clone();
             move || Self::join(&cfg, events.clone(), assignment.clone(), wake.clone())
         };
-        let mut consumer = join()?;
-        let instance = cfg.instance_id();
-        let (group_id, client_id) = (cfg.names.serve_group(), cfg.tag.client_id());
-        let brokers = cfg.brokers.clone();
-        let timeout = cfg.handoff_timeout;
+        let consumer = join()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let member = MemberLoop {
+            join,
+            stop: stop.clone(),
+            instance: cfg.instance_id(),
+            group_id: cfg.names.serve_group(),
+            client_id: cfg.tag.client_id(),
+            brokers: cfg.brokers.clone(),
+            timeout: cfg.handoff_timeout,
+            backoff: REJOIN_BACKOFF.0,
+            watcher: None,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", cfg.tag.core))
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    let mut backoff = REJOIN_BACKOFF.0;
-                    let mut joined = std::time::Instant::now();
-                    // Reads the group's description before a rejoin; made at the first one (a
-                    // client idle all its life would cost threads and connections per core).
-                    let mut watcher: Option<BaseConsumer> = None;
-                    while !stop.load(Ordering::Acquire) {
-                        // Paused partitions yield nothing but errors worth a line.
-                        if let Some(Err(e)) = consumer.poll(POLL_STEP) {
-                            tracing::debug!(member = %instance, error = %e, "group member poll");
-                        }
-                        let Some((code, reason)) = consumer.client().fatal_error() else {
-                            continue;
-                        };
-                        // The client is out of the group for good: FENCED_INSTANCE_ID when
-                        // another client joined with this node id and core, which is also what
-                        // librdkafka's own rejoin meets after its session expired across a
-                        // coordinator failover. Its core gives up what it held, and a new
-                        // client joins under the same instance id once no member with this
-                        // core's client id is left in the group: the dropped client's own
-                        // leftover goes with its session, while a duplicate process (the same
-                        // node id, a misconfiguration) keeps the instance and this core stays
-                        // out, as long as that one lives.
-                        tracing::error!(member = %instance, ?code, %reason, ?backoff, "group membership failed; this core gives up its partitions and joins again");
-                        let owned: Vec<u32> = consumer
-                            .context()
-                            .owned
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .iter()
-                            .copied()
-                            .collect();
-                        if !owned.is_empty() {
-                            consumer.context().revoke(owned, true);
-                        }
-                        drop(consumer);
-                        if joined.elapsed() >= REJOIN_STABLE {
-                            backoff = REJOIN_BACKOFF.0;
-                        }
-                        loop {
-                            let until = std::time::Instant::now() + backoff;
-                            while std::time::Instant::now() < until {
-                                if stop.load(Ordering::Acquire) {
-                                    return;
-                                }
-                                std::thread::sleep(POLL_STEP);
-                            }
-                            backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
-                            if watcher.is_none() {
-                                watcher = base_config(&brokers).create().ok();
-                            }
-                            if watcher.as_ref().is_some_and(|w| {
-                                instance_held(w, &group_id, &client_id, timeout)
-                            }) {
-                                tracing::error!(member = %instance, ?backoff, "another client with this core's id is in the group (a second process with this node id?); staying out");
-                                continue;
-                            }
-                            match join() {
-                                Ok(c) => {
-                                    consumer = c;
-                                    joined = std::time::Instant::now();
-                                    break;
-                                }
-                                Err(e) => {
-                                    tracing::error!(member = %instance, error = %e, "cannot join the group again")
-                                }
-                            }
-                        }
-                    }
-                    // Static members do not leave on close: the coordinator keeps their
-                    // partitions for them until the session times out (a restart comes back
-                    // to them without a rebalance).
-                    drop(consumer);
-                }
-            })
+            .spawn(move || member.run(consumer))
             .map_err(MembershipError::Thread)?;
         Ok(Self {
             stop,
@@ -405,6 +336,106 @@ impl Drop for Member {
     /// core that is itself shutting down; it ends within `handoff_timeout`, or with the process.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// A member's thread: it polls its client (the rebalance callbacks run inside) and, when the
+/// client is out of the group for good, gives up the core's partitions and joins again.
+struct MemberLoop<J> {
+    join: J,
+    stop: Arc<AtomicBool>,
+    instance: String,
+    group_id: String,
+    client_id: String,
+    brokers: String,
+    timeout: Duration,
+    /// The wait before the next rejoin: doubling, back to the first once a client lasted.
+    backoff: Duration,
+    /// Reads the group's description before a rejoin; made at the first one (a client idle
+    /// all its life would cost threads and connections per core).
+    watcher: Option<BaseConsumer>,
+}
+
+impl<J> MemberLoop<J>
+where
+    J: Fn() -> Result<BaseConsumer<MemberContext>, MembershipError>,
+{
+    fn run(mut self, mut consumer: BaseConsumer<MemberContext>) {
+        let mut joined = std::time::Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            // Paused partitions yield nothing but errors worth a line.
+            if let Some(Err(e)) = consumer.poll(POLL_STEP) {
+                tracing::debug!(member = %self.instance, error = %e, "group member poll");
+            }
+            let Some((code, reason)) = consumer.client().fatal_error() else {
+                continue;
+            };
+            // The client is out of the group for good: FENCED_INSTANCE_ID when another client
+            // joined with this node id and core, which is also what librdkafka's own rejoin
+            // meets after its session expired across a coordinator failover. Its core gives up
+            // what it held, and a new client joins under the same instance id once no member
+            // with this core's client id is left in the group: the dropped client's own
+            // leftover goes with its session, while a duplicate process (the same node id, a
+            // misconfiguration) keeps the instance and this core stays out, as long as that
+            // one lives.
+            tracing::error!(member = %self.instance, ?code, %reason, backoff = ?self.backoff, "group membership failed; this core gives up its partitions and joins again");
+            let owned: Vec<u32> = consumer
+                .context()
+                .owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            if !owned.is_empty() {
+                consumer.context().revoke(owned, true);
+            }
+            drop(consumer);
+            if joined.elapsed() >= REJOIN_STABLE {
+                self.backoff = REJOIN_BACKOFF.0;
+            }
+            let Some(again) = self.rejoin() else {
+                return;
+            };
+            consumer = again;
+            joined = std::time::Instant::now();
+        }
+        // Static members do not leave on close: the coordinator keeps their partitions for
+        // them until the session times out (a restart comes back to them without a
+        // rebalance).
+        drop(consumer);
+    }
+
+    /// Waits the backoff, then joins again once no other client holds this core's instance;
+    /// `None` when asked to stop meanwhile.
+    fn rejoin(&mut self) -> Option<BaseConsumer<MemberContext>> {
+        loop {
+            let until = std::time::Instant::now() + self.backoff;
+            while std::time::Instant::now() < until {
+                if self.stop.load(Ordering::Acquire) {
+                    return None;
+                }
+                std::thread::sleep(POLL_STEP);
+            }
+            self.backoff = (self.backoff * 2).min(REJOIN_BACKOFF.1);
+            if self.watcher.is_none() {
+                self.watcher = base_config(&self.brokers).create().ok();
+            }
+            if self
+                .watcher
+                .as_ref()
+                .is_some_and(|w| instance_held(w, &self.group_id, &self.client_id, self.timeout))
+            {
+                tracing::error!(member = %self.instance, backoff = ?self.backoff, "another client with this core's id is in the group (a second process with this node id?); staying out");
+                continue;
+            }
+            match (self.join)() {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::error!(member = %self.instance, error = %e, "cannot join the group again")
+                }
+            }
+        }
     }
 }
 

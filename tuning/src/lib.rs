@@ -105,6 +105,8 @@ fn count(v: u64) -> String {
 }
 
 /// Turns what the host told us into findings, in the order `tune check` prints them.
+///
+/// Long because it is the list of findings itself, one block per fact.
 pub fn judge(facts: &HostFacts, cores: Option<usize>) -> Vec<Finding> {
     let mut out = Vec::new();
     let placed = placement(&facts.allowed_cpus, cores);

@@ -141,6 +141,9 @@ struct SvcFuture {
 impl Future for SvcFuture {
     type Output = Result<Response<TrackedBody>, Infallible>;
 
+    /// Long because one poll decides what the handler's answer asks of the connection (a
+    /// WebSocket upgrade, an h2 tunnel, a detached stream, Alt-Svc) where hyper still holds the
+    /// response.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if this.detached {
@@ -388,6 +391,9 @@ struct Opened {
 /// The PROXY header, then sniff or handshake, bounded together by the fresh-connection
 /// deadline and by shutdown; `None` (logged at debug, counted) when the connection ends
 /// before it is ready.
+///
+/// Long because the PROXY header, the sniff or handshake share one deadline and one shutdown, and
+/// each way the opening can end is counted where it ends.
 async fn open(
     core: &Rc<CoreHttp>,
     conn: &Rc<ConnState>,
@@ -474,6 +480,9 @@ async fn open(
 }
 
 /// Polls the hyper connection and enforces the watchdog deadline and shutdown on it.
+///
+/// Long because it is one poll loop over hyper's connection, the watchdog's deadline and
+/// shutdown, each ending told apart.
 async fn drive<C: GracefulConn>(
     mut c: Pin<&mut C>,
     conn: &ConnState,
