@@ -65,6 +65,38 @@ pub enum ProvisionError {
     Dynamo { table: String, message: String },
 }
 
+/// The two topics as they are created: the votes log kept forever, the elections compacted;
+/// both refuse an unclean leader and need two in-sync replicas out of three or more.
+fn topic_specs<'a>(
+    votes_topic: &'a str,
+    elections_topic: &'a str,
+    plan: &TopicPlan,
+) -> [NewTopic<'a>; 2] {
+    let replication = || TopicReplication::Fixed(i32::from(plan.replication));
+    // With three or more replicas a committed vote must reach two of them before the
+    // transaction commits (acks=all), so one broker loss never loses an acknowledged vote.
+    let min_isr = if plan.replication >= 3 { "2" } else { "1" };
+    let partitions = i32::try_from(plan.partitions).expect("bounded by MAX_PARTITIONS");
+    // Records carry the broker's time, not the writing node's: a broker refuses a record
+    // stamped more than an hour ahead of its own clock (`log.message.timestamp.after.max.ms`),
+    // so under CreateTime a node whose clock stepped forward could commit no vote and no admin
+    // write. Nothing reads a record's timestamp; a vote's own time is in its value.
+    const TIMESTAMPS: (&str, &str) = ("message.timestamp.type", "LogAppendTime");
+    let votes = NewTopic::new(votes_topic, partitions, replication())
+        // The log is the audit trail and the recovery source: nothing is ever deleted.
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("min.insync.replicas", min_isr)
+        .set("unclean.leader.election.enable", "false")
+        .set(TIMESTAMPS.0, TIMESTAMPS.1);
+    let elections = NewTopic::new(elections_topic, 1, replication())
+        .set("cleanup.policy", "compact")
+        .set("min.insync.replicas", min_isr)
+        .set("unclean.leader.election.enable", "false")
+        .set(TIMESTAMPS.0, TIMESTAMPS.1);
+    [votes, elections]
+}
+
 /// Creates `{prefix}votes` and the compacted `{prefix}elections`.
 pub async fn create_topics(
     brokers: &str,
@@ -88,30 +120,9 @@ pub async fn create_topics(
         .map_err(kafka_err)?;
     let admin: AdminClient<DefaultClientContext> =
         base_config(brokers).create().map_err(kafka_err)?;
-    let replication = || TopicReplication::Fixed(i32::from(plan.replication));
-    // With three or more replicas a committed vote must reach two of them before the
-    // transaction commits (acks=all), so one broker loss never loses an acknowledged vote.
-    let min_isr = if plan.replication >= 3 { "2" } else { "1" };
     let votes_topic = names.votes_topic();
     let elections_topic = names.elections_topic();
-    let partitions = i32::try_from(plan.partitions).expect("bounded by MAX_PARTITIONS");
-    // Records carry the broker's time, not the writing node's: a broker refuses a record
-    // stamped more than an hour ahead of its own clock (`log.message.timestamp.after.max.ms`),
-    // so under CreateTime a node whose clock stepped forward could commit no vote and no admin
-    // write. Nothing reads a record's timestamp; a vote's own time is in its value.
-    const TIMESTAMPS: (&str, &str) = ("message.timestamp.type", "LogAppendTime");
-    let votes = NewTopic::new(&votes_topic, partitions, replication())
-        // The log is the audit trail and the recovery source: nothing is ever deleted.
-        .set("retention.ms", "-1")
-        .set("retention.bytes", "-1")
-        .set("min.insync.replicas", min_isr)
-        .set("unclean.leader.election.enable", "false")
-        .set(TIMESTAMPS.0, TIMESTAMPS.1);
-    let elections = NewTopic::new(&elections_topic, 1, replication())
-        .set("cleanup.policy", "compact")
-        .set("min.insync.replicas", min_isr)
-        .set("unclean.leader.election.enable", "false")
-        .set(TIMESTAMPS.0, TIMESTAMPS.1);
+    let [votes, elections] = topic_specs(&votes_topic, &elections_topic, plan);
     let opts = AdminOptions::new()
         .operation_timeout(Some(plan.timeout))
         .request_timeout(Some(plan.timeout));

@@ -600,49 +600,14 @@ fn write_receipts_index(
 ) -> Result<(), RecountError> {
     use votes_core::merkle::LevelsBuilder;
     let client = cfg.redis.client()?;
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let names = &cfg.names;
-    let receipts_key = names.redis_receipts_key(election.as_str());
-    // Rebuilt from scratch: an earlier, interrupted build may have left a partial index.
-    let mut stale: Vec<String> = vec![receipts_key.clone()];
-    stale.extend((0..65).map(|l| names.redis_merkle_level_key(election.as_str(), l)));
-    let _: () = redis::cmd("DEL").arg(&stale).query(&mut conn)?;
-
+    let mut index = ReceiptsIndex::new(conn, &cfg.names, election)?;
     let mut levels = LevelsBuilder::new();
-    let mut nodes: Vec<Vec<u8>> = Vec::new();
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(INDEX_CHUNK);
-    let mut index = 0u64;
     let mut failed: Option<redis::RedisError> = None;
-    let flush = |conn: &mut redis::Connection,
-                 entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
-                 nodes: &mut Vec<Vec<u8>>|
-     -> Result<(), redis::RedisError> {
-        let mut pipe = redis::pipe();
-        if !entries.is_empty() {
-            pipe.cmd("HSET").arg(&receipts_key).arg(&*entries).ignore();
-        }
-        for (level, bytes) in nodes.iter_mut().enumerate() {
-            if !bytes.is_empty() {
-                pipe.cmd("APPEND")
-                    .arg(names.redis_merkle_level_key(election.as_str(), level))
-                    .arg(&*bytes)
-                    .ignore();
-                bytes.clear();
-            }
-        }
-        entries.clear();
-        pipe.query::<()>(conn)
-    };
-    fn keep(nodes: &mut Vec<Vec<u8>>, level: usize, node: &votes_core::merkle::Hash) {
-        if nodes.len() <= level {
-            nodes.resize_with(level + 1, Vec::new);
-        }
-        nodes[level].extend_from_slice(node);
-    }
     let summary = crate::audit::for_each_counted(
         &cfg.brokers,
-        names,
+        &cfg.names,
         &cfg.audit_key,
         election,
         cfg.kafka_timeout,
@@ -650,13 +615,10 @@ fn write_receipts_index(
             if failed.is_some() {
                 return;
             }
-            let mut value = index.to_be_bytes().to_vec();
-            value.extend_from_slice(&c.leaf.canonical_bytes());
-            entries.push((c.leaf_hash.to_vec(), value));
-            index += 1;
-            levels.push(c.leaf_hash, &mut |l, _, n| keep(&mut nodes, l, n));
-            if entries.len() >= INDEX_CHUNK
-                && let Err(e) = flush(&mut conn, &mut entries, &mut nodes)
+            index.entry(c);
+            levels.push(c.leaf_hash, &mut |l, _, n| index.keep(l, n));
+            if index.entries.len() >= INDEX_CHUNK
+                && let Err(e) = index.flush()
             {
                 failed = Some(e);
             }
@@ -665,8 +627,8 @@ fn write_receipts_index(
     if let Some(e) = failed {
         return Err(e.into());
     }
-    let (root, size) = levels.finish(&mut |l, _, n| keep(&mut nodes, l, n));
-    flush(&mut conn, &mut entries, &mut nodes)?;
+    let (root, size) = levels.finish(&mut |l, _, n| index.keep(l, n));
+    index.flush()?;
     assert_eq!(size, summary.tree_size, "one leaf per counted vote");
     if &root != expected_root || summary.root != root {
         return Err(RecountError::LogMoved {
@@ -675,6 +637,84 @@ fn write_receipts_index(
         });
     }
     Ok(())
+}
+
+/// The receipts index being written: leaves by hash (their index in the tree and canonical
+/// bytes) and the tree's levels, sent to Redis a chunk at a time.
+struct ReceiptsIndex<'a> {
+    conn: redis::Connection,
+    names: &'a Names,
+    election: &'a ElectionId,
+    receipts_key: String,
+    /// Leaves since the last flush: (leaf hash, index ‖ canonical bytes).
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per level, the nodes completed since the last flush.
+    nodes: Vec<Vec<u8>>,
+    next_index: u64,
+}
+
+impl<'a> ReceiptsIndex<'a> {
+    /// Starts from scratch: an earlier, interrupted build may have left a partial index.
+    fn new(
+        mut conn: redis::Connection,
+        names: &'a Names,
+        election: &'a ElectionId,
+    ) -> Result<Self, redis::RedisError> {
+        let receipts_key = names.redis_receipts_key(election.as_str());
+        let mut stale: Vec<String> = vec![receipts_key.clone()];
+        stale.extend((0..65).map(|l| names.redis_merkle_level_key(election.as_str(), l)));
+        let _: () = redis::cmd("DEL").arg(&stale).query(&mut conn)?;
+        Ok(Self {
+            conn,
+            names,
+            election,
+            receipts_key,
+            entries: Vec::with_capacity(INDEX_CHUNK),
+            nodes: Vec::new(),
+            next_index: 0,
+        })
+    }
+
+    /// The next counted vote's leaf, in tree order.
+    fn entry(&mut self, c: &crate::audit::Counted) {
+        let mut value = self.next_index.to_be_bytes().to_vec();
+        value.extend_from_slice(&c.leaf.canonical_bytes());
+        self.entries.push((c.leaf_hash.to_vec(), value));
+        self.next_index += 1;
+    }
+
+    /// A node the tree completed at `level`.
+    fn keep(&mut self, level: usize, node: &votes_core::merkle::Hash) {
+        if self.nodes.len() <= level {
+            self.nodes.resize_with(level + 1, Vec::new);
+        }
+        self.nodes[level].extend_from_slice(node);
+    }
+
+    /// Sends what was gathered since the last flush in one pipeline.
+    fn flush(&mut self) -> Result<(), redis::RedisError> {
+        let mut pipe = redis::pipe();
+        if !self.entries.is_empty() {
+            pipe.cmd("HSET")
+                .arg(&self.receipts_key)
+                .arg(&self.entries[..])
+                .ignore();
+        }
+        for (level, bytes) in self.nodes.iter_mut().enumerate() {
+            if !bytes.is_empty() {
+                pipe.cmd("APPEND")
+                    .arg(
+                        self.names
+                            .redis_merkle_level_key(self.election.as_str(), level),
+                    )
+                    .arg(&*bytes)
+                    .ignore();
+                bytes.clear();
+            }
+        }
+        self.entries.clear();
+        pipe.query::<()>(&mut self.conn)
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

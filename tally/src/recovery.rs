@@ -250,6 +250,29 @@ fn writer_at(
     Ok(None)
 }
 
+/// A read_committed consumer of `partition` from `start`. No group: the shard owns the
+/// position (its applied_end); nothing is committed to Kafka.
+fn replay_consumer(
+    brokers: &str,
+    names: &Names,
+    partition: u32,
+    start: u64,
+) -> Result<BaseConsumer<crate::kafka::VotesContext>, KafkaError> {
+    let consumer: BaseConsumer<crate::kafka::VotesContext> =
+        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .create_with_context(crate::kafka::VotesContext)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &names.votes_topic(),
+        i32::try_from(partition).expect("partition fits i32"),
+        Offset::Offset(i64::try_from(start).expect("offsets fit i64")),
+    )?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// Replays `shard`'s partition from its `applied_end` to the end of the committed log, then
 /// marks it recovered. `timeout` bounds the silence between two answers of the broker, not
 /// the whole replay (a long log legitimately takes long).
@@ -267,23 +290,8 @@ pub fn replay(
     );
     let partition = shard.partition();
     let kafka = |source| ReplayError::Kafka { partition, source };
-    // No group: the shard owns the position (its applied_end); nothing is committed to Kafka.
-    let consumer: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .create_with_context(crate::kafka::VotesContext)
-            .map_err(kafka)?;
-    let topic = names.votes_topic();
-    let mut tpl = TopicPartitionList::new();
-    let start = i64::try_from(shard.applied_end()).expect("offsets fit i64");
-    tpl.add_partition_offset(
-        &topic,
-        i32::try_from(partition).expect("partition fits i32"),
-        Offset::Offset(start),
-    )
-    .map_err(kafka)?;
-    consumer.assign(&tpl).map_err(kafka)?;
+    let consumer =
+        replay_consumer(brokers, names, partition, shard.applied_end()).map_err(kafka)?;
     let mut p = ReplayProgress {
         offset: shard.applied_end(),
         ..Default::default()
