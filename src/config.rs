@@ -261,6 +261,15 @@ pub fn check(
         }
         None => out.push_str("config file: none (--config or VOTES_CONFIG)\n"),
     }
+    secrets_report(&mut out, &env);
+    for name in commands {
+        command_report(&mut out, &cli, file.as_deref(), name, &env)?;
+    }
+    Ok(out)
+}
+
+/// The secrets: set or not, and from where, never their values.
+fn secrets_report(out: &mut String, env: &impl Fn(&str) -> Option<String>) {
     out.push_str("\nsecrets (environment, else a systemd credential)\n");
     // Inside a unit its own credentials; outside, the files the package's units load.
     let credentials = env("CREDENTIALS_DIRECTORY")
@@ -286,47 +295,56 @@ pub fn check(
         };
         let _ = writeln!(out, "  {name:<24} {state}");
     }
-    for name in commands {
-        let sub = cli
-            .find_subcommand(name)
-            .with_context(|| format!("{name:?} is not a command of votes"))?;
-        let mut args: Vec<OsString> = vec!["votes".into()];
-        if let Some(f) = &file {
-            args.extend(["--config".into(), f.clone().into_os_string()]);
-        }
-        args.push(name.into());
-        let args = expand_args(args, &cli, &env)?;
-        // The command's own required arguments (an election to recount) are the caller's
-        // business; any other refusal is a setting that would not start.
-        let matches = match cli.clone().try_get_matches_from(&args) {
-            Ok(m) => m,
-            Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => cli
-                .clone()
-                .ignore_errors(true)
-                .try_get_matches_from(&args)
-                .context("reading the settings")?,
-            Err(e) => bail!("votes {name} would refuse these settings:\n{e}"),
-        };
-        let sub_matches = matches
-            .subcommand_matches(name)
-            .expect("the command is on the line");
-        let _ = writeln!(out, "\nvotes {name}");
-        for arg in sub.get_arguments() {
-            let id = arg.get_id().as_str();
-            let Some(long) = arg.get_long() else { continue };
-            if matches!(long, "help" | "version" | "config") {
-                continue;
-            }
-            let from = if arg.is_global_set() {
-                &matches
-            } else {
-                sub_matches
-            };
-            let (value, source) = describe(from, id, arg);
-            let _ = writeln!(out, "  {long:<28} {value:<40} {source}");
-        }
+}
+
+/// The settings `votes <name>` would run with, each with where it came from; an error when
+/// the command would refuse them.
+fn command_report(
+    out: &mut String,
+    cli: &clap::Command,
+    file: Option<&Path>,
+    name: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let sub = cli
+        .find_subcommand(name)
+        .with_context(|| format!("{name:?} is not a command of votes"))?;
+    let mut args: Vec<OsString> = vec!["votes".into()];
+    if let Some(f) = file {
+        args.extend(["--config".into(), f.as_os_str().to_owned()]);
     }
-    Ok(out)
+    args.push(name.into());
+    let args = expand_args(args, cli, env)?;
+    // The command's own required arguments (an election to recount) are the caller's
+    // business; any other refusal is a setting that would not start.
+    let matches = match cli.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => cli
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)
+            .context("reading the settings")?,
+        Err(e) => bail!("votes {name} would refuse these settings:\n{e}"),
+    };
+    let sub_matches = matches
+        .subcommand_matches(name)
+        .expect("the command is on the line");
+    let _ = writeln!(out, "\nvotes {name}");
+    for arg in sub.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version" | "config") {
+            continue;
+        }
+        let from = if arg.is_global_set() {
+            &matches
+        } else {
+            sub_matches
+        };
+        let (value, source) = describe(from, id, arg);
+        let _ = writeln!(out, "  {long:<28} {value:<40} {source}");
+    }
+    Ok(())
 }
 
 fn describe(m: &clap::ArgMatches, id: &str, arg: &clap::Arg) -> (String, String) {
