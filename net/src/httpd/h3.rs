@@ -221,6 +221,10 @@ async fn connection<A: App>(
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// One request of an HTTP/3 connection: its body read (bounded), the app's answer, and the
+/// answer's frames sent as they come.
 async fn request<A: App>(
     core: Rc<CoreHttp>,
     app: Rc<A>,
@@ -231,23 +235,7 @@ async fn request<A: App>(
     core.h3.requests.set(core.h3.requests.get() + 1);
     let _in_flight = core.clone().request_guard();
     // The body, bounded in size and in time (a trickled body must not hold the stream).
-    let limit = core.limits().header_read_timeout;
-    let read = async {
-        let mut body = BytesMut::new();
-        while let Some(mut chunk) = stream.recv_data().await? {
-            if body.len() + chunk.remaining() > H3_BODY_MAX {
-                return Ok::<_, h3::error::StreamError>(None);
-            }
-            while chunk.has_remaining() {
-                let c = chunk.chunk();
-                body.extend_from_slice(c);
-                let n = c.len();
-                chunk.advance(n);
-            }
-        }
-        Ok(Some(body.freeze()))
-    };
-    let body = within(limit, read).await;
+    let body = within(core.limits().header_read_timeout, read_body(&mut stream)).await;
     let resp = match body {
         None => refusal(
             StatusCode::BAD_REQUEST,
@@ -268,29 +256,66 @@ async fn request<A: App>(
                 alpn: Some(Alpn::H3),
                 http_version: http::Version::HTTP_3,
             });
-            let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                app.handle(ListenerKind::Public, peer, req)
-            }));
-            match handled {
-                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(resp) => resp,
-                    Err(_) => {
-                        core.handler_panicked();
-                        super::conn::unavailable()
-                    }
-                },
-                Err(_) => {
-                    core.handler_panicked();
-                    super::conn::unavailable()
-                }
-            }
+            answer(&core, &*app, peer, req).await
         }
     };
-    let (parts, mut body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     stream
         .send_response(Response::from_parts(parts, ()))
         .await?;
-    // Frames as they come: a results stream (SSE) stays open and sends each event.
+    send_body(&core, &mut stream, body).await
+}
+
+/// The request's body, whole; `None` past [`H3_BODY_MAX`].
+async fn read_body(stream: &mut Stream) -> Result<Option<Bytes>, h3::error::StreamError> {
+    let mut body = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        if body.len() + chunk.remaining() > H3_BODY_MAX {
+            return Ok(None);
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            body.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// The app's answer; a `503` (counted) when its handler panics, so a bug never takes the
+/// reactor down.
+async fn answer<A: App>(
+    core: &CoreHttp,
+    app: &A,
+    peer: SocketAddr,
+    req: Request<RequestBody>,
+) -> Response<BoxBody> {
+    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        app.handle(ListenerKind::Public, peer, req)
+    }));
+    match handled {
+        Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(resp) => resp,
+            Err(_) => {
+                core.handler_panicked();
+                super::conn::unavailable()
+            }
+        },
+        Err(_) => {
+            core.handler_panicked();
+            super::conn::unavailable()
+        }
+    }
+}
+
+/// The answer's frames as they come: a results stream (SSE) stays open and sends each event,
+/// until shutdown; a client that stops reading is cut off after the stall bound.
+async fn send_body(
+    core: &CoreHttp,
+    stream: &mut Stream,
+    mut body: BoxBody,
+) -> Result<(), Box<dyn std::error::Error>> {
     let stall = core.limits().response_stall_timeout;
     loop {
         let frame = async { Some(body.frame().await) }
