@@ -435,20 +435,10 @@ impl ShardHost {
                 };
                 let out = self.job_out.take();
                 debug_assert!(out.is_some(), "a result answers the job handed over");
-                match f {
-                    Finished::Opened { attempt, result } => {
-                        self.feed(Event::ProducerOpened { attempt, result })
-                    }
-                    Finished::Txn {
-                        txn,
-                        outcome,
-                        votes,
-                        elapsed,
-                    } => {
-                        self.metrics.commit(votes, elapsed, &outcome);
-                        self.feed(Event::TxnDone { txn, outcome });
-                    }
-                }
+                let event = f.into_event(|votes, elapsed, outcome| {
+                    self.metrics.commit(votes, elapsed, outcome)
+                });
+                self.feed(event);
             }
             if let Some(events) = &events {
                 while let Ok(e) = events.try_recv() {

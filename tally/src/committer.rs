@@ -34,7 +34,7 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use votes_core::Names;
 
-use crate::engine::{OpenFailure, TxnId, TxnOutcome};
+use crate::engine::{Event, OpenFailure, TxnId, TxnOutcome};
 use crate::kafka::transactional_producer_config;
 use crate::shard::Batch;
 
@@ -181,6 +181,25 @@ pub enum Finished {
         /// From the job's hand-over to its outcome (a node committer's gathering included).
         elapsed: Duration,
     },
+}
+
+impl Finished {
+    /// The engine's event for this result; a finished transaction's votes, time and outcome go
+    /// to `txn_figures` first (the caller's metrics).
+    pub fn into_event(self, txn_figures: impl FnOnce(usize, Duration, &TxnOutcome)) -> Event {
+        match self {
+            Finished::Opened { attempt, result } => Event::ProducerOpened { attempt, result },
+            Finished::Txn {
+                txn,
+                outcome,
+                votes,
+                elapsed,
+            } => {
+                txn_figures(votes, elapsed, &outcome);
+                Event::TxnDone { txn, outcome }
+            }
+        }
+    }
 }
 
 /// How long a node committer holding a ready job waits for the other cores that were in its

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use serde::Serialize;
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoterId};
-use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
+use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Job, Scope};
 
 /// The node name the tier's cores write as.
 const TIER_NODE: &str = "tier";
@@ -483,24 +483,14 @@ fn core_thread(
     loop {
         // What the committer and the member sent.
         while let Ok(f) = finished.try_recv() {
-            match f {
-                Finished::Opened { attempt, result } => {
-                    engine.handle(now(), Event::ProducerOpened { attempt, result }, &mut out)
+            let event = f.into_event(|votes, elapsed, outcome| {
+                if matches!(outcome, TxnOutcome::Committed { .. }) && started.is_some() {
+                    res.transactions += 1;
+                    res.txn_votes += votes as u64;
+                    record(&mut res.commit_us, elapsed);
                 }
-                Finished::Txn {
-                    txn,
-                    outcome,
-                    votes,
-                    elapsed,
-                } => {
-                    if matches!(outcome, TxnOutcome::Committed { .. }) && started.is_some() {
-                        res.transactions += 1;
-                        res.txn_votes += votes as u64;
-                        record(&mut res.commit_us, elapsed);
-                    }
-                    engine.handle(now(), Event::TxnDone { txn, outcome }, &mut out)
-                }
-            }
+            });
+            engine.handle(now(), event, &mut out);
         }
         while let Ok(e) = events.try_recv() {
             match e {
