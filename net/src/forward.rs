@@ -354,31 +354,69 @@ async fn write_votes(
     fwd: &Forwarder,
     link: &Link,
     codec: &RefCell<Codec>,
-    mut writer: futures_lite::io::WriteHalf<LinkStream>,
+    writer: futures_lite::io::WriteHalf<LinkStream>,
 ) {
-    let mut votes = Vec::with_capacity(256);
-    let mut buf = Vec::with_capacity(16 << 10);
-    loop {
+    let turn = || {
         if link.retired.get() {
             tracing::info!(peer = %link.addr, node = %link.node, "forwarding link: another node has this address now");
-            return;
+            return false;
         }
-        std::mem::swap(&mut votes, &mut link.out.borrow_mut());
-        if votes.is_empty() {
-            link.wake_writer.notified().await;
+        true
+    };
+    let queue = Queue {
+        items: &link.out,
+        wake: &link.wake_writer,
+    };
+    write_queued(
+        queue,
+        codec,
+        writer,
+        Frame::Vote,
+        turn,
+        || {},
+        || bump(&fwd.stats.writes),
+    )
+    .await;
+}
+
+/// One direction's queue of items to write and the writer's wake-up.
+struct Queue<'a, T> {
+    items: &'a RefCell<Vec<T>>,
+    wake: &'a Notify,
+}
+
+/// Writes what `queue` holds as frames, all of it in one write each turn, while `turn()`
+/// allows another and until a write fails; `encoded()` runs once a turn's items are taken
+/// and encoded, `written()` once they are written.
+async fn write_queued<T>(
+    queue: Queue<'_, T>,
+    codec: &RefCell<Codec>,
+    mut writer: futures_lite::io::WriteHalf<LinkStream>,
+    frame: impl Fn(T) -> Frame,
+    mut turn: impl FnMut() -> bool,
+    mut encoded: impl FnMut(),
+    mut written: impl FnMut(),
+) {
+    let mut taken = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(16 << 10);
+    while turn() {
+        std::mem::swap(&mut taken, &mut queue.items.borrow_mut());
+        if taken.is_empty() {
+            queue.wake.notified().await;
             continue;
         }
         {
             let mut codec = codec.borrow_mut();
-            for vote in votes.drain(..) {
-                codec.encode(&Frame::Vote(vote), &mut buf);
+            for item in taken.drain(..) {
+                codec.encode(&frame(item), &mut buf);
             }
         }
+        encoded();
         // TLS keeps records the socket could not take yet: only a flush sends them.
         if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
             return;
         }
-        bump(&fwd.stats.writes);
+        written();
         buf.clear();
     }
 }
@@ -808,33 +846,19 @@ impl AnswerQueue {
     }
 }
 
-/// Writes the queued answers, all that are queued in one write, until a write fails.
+/// Writes the queued answers, all that are queued in one write, until a write fails; the
+/// reader, held back while too many wait, is woken once they are taken.
 async fn write_answers(
     answers: &AnswerQueue,
     codec: &RefCell<Codec>,
-    mut writer: futures_lite::io::WriteHalf<LinkStream>,
+    writer: futures_lite::io::WriteHalf<LinkStream>,
 ) {
-    let mut taken = Vec::with_capacity(256);
-    let mut pending = Vec::with_capacity(16 << 10);
-    loop {
-        std::mem::swap(&mut taken, &mut answers.queued.borrow_mut());
-        if taken.is_empty() {
-            answers.writer.notified().await;
-            continue;
-        }
-        {
-            let mut codec = codec.borrow_mut();
-            for answer in taken.drain(..) {
-                codec.encode(&Frame::Answer(answer), &mut pending);
-            }
-        }
-        answers.reader.notify();
-        // TLS keeps records the socket could not take yet: only a flush sends them.
-        if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
-            return;
-        }
-        pending.clear();
-    }
+    let queue = Queue {
+        items: &answers.queued,
+        wake: &answers.writer,
+    };
+    let encoded = || answers.reader.notify();
+    write_queued(queue, codec, writer, Frame::Answer, || true, encoded, || {}).await;
 }
 
 /// Reads the peer's votes (after the `early` bytes read with the handshake) and hands each
