@@ -128,20 +128,8 @@ fn read_rows(path: &Path) -> Vec<Row> {
 
 /// Rewrites votes.parquet with `rows`, the export's schema, plain settings, one row group.
 fn write_rows(path: &Path, rows: &[Row]) {
-    let schema = Arc::new(
-        parquet::schema::parser::parse_message_type(
-            "message votes {
-              required fixed_len_byte_array(16) pseudonym;
-              required binary option (UTF8);
-              required int32 partition;
-              required int64 offset;
-              required int64 received_at_ms;
-              required fixed_len_byte_array(16) nonce;
-              required fixed_len_byte_array(32) leaf_hash;
-            }",
-        )
-        .unwrap(),
-    );
+    let schema =
+        Arc::new(parquet::schema::parser::parse_message_type(votes_audit::table::SCHEMA).unwrap());
     let props = Arc::new(parquet::file::properties::WriterProperties::builder().build());
     let mut w = SerializedFileWriter::new(File::create(path).unwrap(), schema, props).unwrap();
     let mut rg = w.next_row_group().unwrap();

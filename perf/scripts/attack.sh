@@ -48,15 +48,9 @@ ADMIN=127.0.0.1:19690
 serve=$!
 flood=
 trap 'kill $serve ${flood:-} 2>/dev/null || true' EXIT
-for _ in $(seq 1 150); do curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fsS "http://$HTTP/readyz" >/dev/null
-auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"atk","title":"attack","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/atk/open"
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"atk-pow","title":"attack pow","options":[{"id":"a","label":"A"},{"id":"b","label":"B"}],"pow_difficulty":8}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/atk-pow/open"
+wait_ready "$HTTP"
+open_election "$ADMIN" atk
+open_election "$ADMIN" atk-pow '"options":[{"id":"a","label":"A"},{"id":"b","label":"B"}],"pow_difficulty":8'
 
 secs=${DURATION%s}
 voters=$((HONEST_RATE * secs + 100))

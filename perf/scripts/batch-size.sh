@@ -20,11 +20,8 @@ scripts/services.sh up kafka dynamodb >/dev/null
 "$B/votes" serve --cores "$CORES" --linger-ms "$LINGER" --http "$HTTP" --admin "$ADMIN" >/dev/null 2>&1 &
 serve=$!
 trap 'kill $serve 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -fs "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"e1","title":"T","options":[{"id":"red","label":"Red"},{"id":"blue","label":"Blue"}]}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/e1/open"
+wait_ready "$HTTP"
+open_election "$ADMIN" e1 '"options":[{"id":"red","label":"Red"},{"id":"blue","label":"Blue"}]'
 kafka=$(pgrep -f 'kafka\.Kafka' | head -1)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 s0=$(ticks $serve); k0=$(ticks "$kafka")

@@ -104,11 +104,8 @@ HTTPS=127.0.0.1:18743
 "$BIN/votes" serve --cpus "$SERVER_CPU" --http 127.0.0.1:18780 --admin 127.0.0.1:19780 \
   --https "$HTTPS" --tls-cert "$CERT" --tls-key "$KEY" --node-id "$PROTOCOL-perf" >"$OUT/appliance.log" 2>&1 &
 APPLIANCE=$!
-for _ in $(seq 150); do curl -fsS http://127.0.0.1:18780/readyz >/dev/null 2>&1 && break; sleep 0.2; done
-auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -fsS -o /dev/null "${auth[@]}" -X POST http://127.0.0.1:19780/admin/v1/elections \
-  -d '{"id":"perf","title":"perf","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST http://127.0.0.1:19780/admin/v1/elections/perf/open
+wait_ready 127.0.0.1:18780
+open_election 127.0.0.1:19780 perf
 if [ "$PROTOCOL" = h3 ]; then TARGET=$HTTPS; else TARGET=127.0.0.1:18780; fi
 echo "appliance (votes serve, 1 reactor on CPU $SERVER_CPU, $PARTITIONS partitions, $PROTOCOL on $TARGET, Kafka commit before each 202)"
 printf '%10s %10s %8s %8s %10s %10s %12s\n' offered achieved 202 errors p50_ms p99_ms cpu_s/1000

@@ -64,12 +64,8 @@ export VOTES_PREFIX="perf-$STAMP-"
 SERVE=$!
 cleanup() { kill "$SERVE" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 150); do curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fsS "http://$HTTP/readyz" >/dev/null || { echo "error: votes serve did not become ready; see $OUT/serve.log" >&2; exit 1; }
-auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"perf","title":"perf","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/perf/open"
+wait_ready "$HTTP" || { echo "error: votes serve did not become ready; see $OUT/serve.log" >&2; exit 1; }
+open_election "$ADMIN" perf
 
 VOTER_BASE=1
 # appliance_run NAME RATE DURATION: one open-loop votes-load run; writes $OUT/NAME.json.

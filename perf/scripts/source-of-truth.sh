@@ -52,10 +52,8 @@ for engine in $ENGINES; do
   "$BIN/votes" init --partitions 8 >/dev/null
   "$BIN/votes" serve --cores 2 --http "$HTTP" --admin "$ADMIN" --node-id sot >"$OUT/$engine-serve.log" 2>&1 &
   serve=$!
-  for _ in $(seq 1 100); do curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-  curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-    -d '{"id":"sot","title":"sot","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-  curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/sot/open"
+  wait_ready "$HTTP"
+  open_election "$ADMIN" sot
 
   echo "loading $n votes at $RATE/s ($(( (n + RATE - 1) / RATE ))s)…"
   "$BIN/votes-load" -q --target "http://$HTTP" --election sot --rate "$RATE" \

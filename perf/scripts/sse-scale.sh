@@ -92,10 +92,7 @@ if [ "$serve_nofile" != unlimited ] && [ "$serve_nofile" -lt $((SUBSCRIBERS + se
 $SUBSCRIBERS subscribers do not fit; raise the hard limit or run with fewer SUBSCRIBERS"
 fi
 
-auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-  -d '{"id":"sse","title":"sse","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/sse/open"
+open_election "$ADMIN" sse
 
 report=$OUT/sse-$STREAM-$PROTOCOL-$SUBSCRIBERS.json
 s0=$(cpu_ticks "$serve")

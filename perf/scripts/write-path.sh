@@ -35,11 +35,8 @@ for cores in $CORES; do
   "$BIN/votes" serve --cores "$cores" --http "$HTTP" --admin "$ADMIN" --node-id perf >"$OUT/serve-$cores.log" 2>&1 &
   serve=$!
   trap 'kill $serve 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-  auth=(-H "Authorization: Bearer $VOTES_ADMIN_TOKEN" -H 'Content-Type: application/json')
-  curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections" \
-    -d '{"id":"perf","title":"perf","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]}'
-  curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$ADMIN/admin/v1/elections/perf/open"
+  wait_ready "$HTTP"
+  open_election "$ADMIN" perf
   base=1
   for rate in "${RATES[@]}"; do
     secs=${DURATION%s}
