@@ -6,14 +6,14 @@ use crate::table::{ROW_GROUP_ROWS, VotesReader};
 use crate::verify::{RowChecker, check_official};
 
 /// The manifest the `votes_parquet` target checks rows against: three options, two partitions.
-const MANIFEST: &str = r#"{"format":"votes-audit-export","format_version":1,
+const MANIFEST: &str = r#"{"format":"votes-audit-export","format_version":2,
 "created_at":"2026-12-03T00:00:00.000Z",
 "election":{"id":"e","title":"E","options":[{"id":"a","label":"A"},{"id":"b","label":"B"},{"id":"c","label":"C"}]},
 "votes_file":{"name":"votes.parquet","sha256":"00","bytes":0,"rows":3},
 "totals":{"a":1,"b":1,"c":1},"total":3,
-"partitions":[{"partition":0,"first_offset":0,"last_offset":9,"votes":2},{"partition":1,"first_offset":null,"last_offset":null,"votes":1}],
-"merkle":{"root":"00","tree_size":3},"duplicate_records_ignored":0,
-"official":{"source":"fuzz","totals":{"a":1},"total":1,"decided_at_ms":18446744073709551615,"merkle_root":null,"merkle_tree_size":null},
+"partitions":[{"partition":0,"first_offset":0,"last_offset":9,"votes":2,"frontier":5},{"partition":1,"first_offset":null,"last_offset":null,"votes":1,"frontier":null}],
+"merkle":{"root":"00","tree_size":3},"duplicate_records_ignored":0,"votes_past_frontier":7,
+"official":{"source":"fuzz","totals":{"a":1},"total":1,"decided_at_ms":18446744073709551615,"merkle_root":null,"merkle_tree_size":null,"frontier":{"0":3,"7":1}},
 "signing_key_sha256":"00"}"#;
 
 /// `manifest_parse`: whatever parses re-serialises to a manifest that parses to itself.
@@ -135,9 +135,9 @@ mod tests {
         );
         write(
             "manifest_parse",
-            "version-2",
+            "version-1",
             MANIFEST
-                .replacen("\"format_version\":1", "\"format_version\":2", 1)
+                .replacen("\"format_version\":2", "\"format_version\":1", 1)
                 .as_bytes(),
         );
         let mut file = Vec::new();
@@ -173,5 +173,10 @@ mod tests {
             &crate::table::refooter(&file, 2),
         );
         write("votes_parquet", "magic-only", b"PAR1PAR1");
+        write(
+            "votes_parquet",
+            "snappy-columns",
+            &crate::table::claim_compression(&file, parquet::basic::Compression::SNAPPY),
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: &str = "votes-audit-export";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: each partition's close frontier, the votes committed past it, the official frontier; the
+/// votes file uncompressed.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 pub const VOTES_FILE: &str = "votes.parquet";
@@ -35,6 +37,10 @@ pub struct Manifest {
     pub merkle: MerkleInfo,
     /// Records of this election in the log whose voter had already voted (never counted).
     pub duplicate_records_ignored: u64,
+    /// Votes of this election committed after their partition's close frontier (never
+    /// counted). The owners stop taking the election's votes before they write the marker, so
+    /// any here means the system broke its close barrier: the verifier fails on it.
+    pub votes_past_frontier: u64,
     /// The official result as `votes recount` recorded it, read back at export time.
     pub official: OfficialInfo,
     /// SHA-256 (hex) of the DER SubjectPublicKeyInfo of the key that signs `manifest.json`.
@@ -74,6 +80,9 @@ pub struct PartitionRange {
     pub first_offset: Option<u64>,
     pub last_offset: Option<u64>,
     pub votes: u64,
+    /// Offset of the election's first close marker in this partition: votes are counted up to
+    /// it (docs/design.md §7). A final election has one in every partition.
+    pub frontier: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +104,8 @@ pub struct OfficialInfo {
     /// Absent when the recount that made it official recorded no Merkle root.
     pub merkle_root: Option<String>,
     pub merkle_tree_size: Option<u64>,
+    /// Per partition, the close frontier the recount counted up to.
+    pub frontier: BTreeMap<u32, u64>,
 }
 
 impl Manifest {
@@ -188,12 +199,14 @@ pub(crate) mod tests {
                 first_offset: None,
                 last_offset: None,
                 votes: 0,
+                frontier: Some(0),
             }],
             merkle: MerkleInfo {
                 root: hex::encode(votes_core::merkle::empty_root()),
                 tree_size: 0,
             },
             duplicate_records_ignored: 0,
+            votes_past_frontier: 0,
             official: OfficialInfo {
                 source: "dynamodb:results".into(),
                 totals: [("a".to_owned(), 0), ("b".to_owned(), 0)].into(),
@@ -201,6 +214,7 @@ pub(crate) mod tests {
                 decided_at_ms: 1,
                 merkle_root: None,
                 merkle_tree_size: None,
+                frontier: [(0, 0)].into(),
             },
             signing_key_sha256: "11".repeat(32),
         }
@@ -212,13 +226,13 @@ pub(crate) mod tests {
         let bytes = m.to_bytes();
         assert!(bytes.ends_with(b"}\n"));
         assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);
-        let v2 = String::from_utf8(bytes.clone())
+        let v1 = String::from_utf8(bytes.clone())
             .unwrap()
-            .replace("\"format_version\": 1", "\"format_version\": 2");
+            .replace("\"format_version\": 2", "\"format_version\": 1");
         assert!(
-            Manifest::from_bytes(v2.as_bytes())
+            Manifest::from_bytes(v1.as_bytes())
                 .unwrap_err()
-                .contains("format_version 2")
+                .contains("format_version 1")
         );
         let extra = String::from_utf8(bytes)
             .unwrap()

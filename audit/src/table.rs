@@ -17,9 +17,15 @@
 //! ([`RECEIVED_AT_RESOLUTION_MS`]) when written: a millisecond time next to an offset would let
 //! anyone who knows when a voter voted find the voter's row (docs/auditors.md, privacy).
 //!
+//! Every column is stored uncompressed: 64 of a row's 65-odd bytes are random (pseudonym, nonce,
+//! leaf hash) and the rest is dictionary- or delta-encoded already, so a codec would save
+//! little, and a compressed page makes its reader allocate the page's announced uncompressed
+//! size, which nothing in the file bounds.
+//!
 //! The reader takes hostile files: it allocates only from sizes the file's own length bounds
-//! ([`MIN_ROW_BYTES`] per row, at most [`ROW_GROUP_ROWS`] rows per row group) and answers every
-//! malformed input with a [`TableError`] naming the row group, row or column.
+//! ([`MIN_ROW_BYTES`] per row, at most [`ROW_GROUP_ROWS`] rows per row group, no page announcing
+//! more values than its row group has rows, no compressed column) and answers every malformed
+//! input with a [`TableError`] naming the row group, row or column.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parquet::basic::{Compression, Encoding, Type as Physical};
+use parquet::column::page::{Page, PageMetadata, PageReader};
 use parquet::column::reader::ColumnReaderImpl;
 use parquet::data_type::{
     ByteArray, ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
@@ -121,7 +128,7 @@ fn properties(election: &str) -> WriterProperties {
     let random = ["pseudonym", "nonce", "leaf_hash"];
     let increasing = ["offset", "received_at_ms"];
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(Compression::UNCOMPRESSED)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("votes {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata(Some(vec![
@@ -141,11 +148,10 @@ fn properties(election: &str) -> WriterProperties {
             },
         ]));
     for c in random {
-        // Hashes and random bytes: a dictionary, min/max or compression would only cost.
+        // Hashes and random bytes: a dictionary or min/max would only cost.
         b = b
             .set_column_dictionary_enabled(ColumnPath::from(c), false)
-            .set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None)
-            .set_column_compression(ColumnPath::from(c), Compression::UNCOMPRESSED);
+            .set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
     }
     for c in increasing {
         b = b
@@ -386,6 +392,13 @@ impl<R: ChunkReader + 'static> VotesReader<R> {
                 )));
             }
             for c in rg.columns() {
+                if c.compression() != Compression::UNCOMPRESSED {
+                    return Err(invalid(format!(
+                        "row group {i}, column {}: compressed with {} (an exporter writes every column uncompressed)",
+                        c.column_path(),
+                        c.compression()
+                    )));
+                }
                 let size = c.compressed_size();
                 if !(0..=len as i64).contains(&size) {
                     return Err(invalid(format!(
@@ -473,11 +486,16 @@ fn read_column<T: DataType, G: RowGroupReader + ?Sized>(
     n: usize,
 ) -> std::result::Result<Vec<T::T>, String> {
     let name = COLUMNS[c].0;
-    let reader = rg
-        .get_column_reader(c)
+    let pages = rg
+        .get_column_page_reader(c)
         .map_err(|e| format!("column {name}: {e}"))?;
-    let mut reader: ColumnReaderImpl<T> = T::get_column_reader(reader)
-        .ok_or_else(|| format!("column {name} has an unexpected type"))?;
+    let pages = BoundedPages {
+        inner: pages,
+        column: name,
+        rows: n,
+    };
+    let mut reader: ColumnReaderImpl<T> =
+        ColumnReaderImpl::new(rg.metadata().column(c).column_descr_ptr(), Box::new(pages));
     let mut values = Vec::with_capacity(n);
     loop {
         let want = n.saturating_sub(values.len()).max(1);
@@ -497,33 +515,112 @@ fn read_column<T: DataType, G: RowGroupReader + ?Sized>(
     Ok(values)
 }
 
+/// The pages of one column chunk, each refused before its values are decoded when it announces
+/// more values than the row group has rows: the decoders size their buffers from a page's
+/// announced count (a dictionary page is resized to it), which the file's length does not bound.
+struct BoundedPages {
+    inner: Box<dyn PageReader>,
+    column: &'static str,
+    rows: usize,
+}
+
+impl BoundedPages {
+    fn check(&self, page: Page) -> parquet::errors::Result<Page> {
+        let announced = match &page {
+            Page::DataPage { num_values, .. }
+            | Page::DataPageV2 { num_values, .. }
+            | Page::DictionaryPage { num_values, .. } => *num_values,
+        };
+        if usize::try_from(announced).map_or(true, |v| v > self.rows) {
+            return Err(ParquetError::General(format!(
+                "a {:?} page of column {} announces {announced} values in a row group of {} rows",
+                page.page_type(),
+                self.column,
+                self.rows
+            )));
+        }
+        Ok(page)
+    }
+}
+
+impl Iterator for BoundedPages {
+    type Item = parquet::errors::Result<Page>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.get_next_page().transpose()
+    }
+}
+
+impl PageReader for BoundedPages {
+    fn get_next_page(&mut self) -> parquet::errors::Result<Option<Page>> {
+        self.inner
+            .get_next_page()?
+            .map(|p| self.check(p))
+            .transpose()
+    }
+
+    fn peek_next_page(&mut self) -> parquet::errors::Result<Option<PageMetadata>> {
+        self.inner.peek_next_page()
+    }
+
+    fn skip_next_page(&mut self) -> parquet::errors::Result<()> {
+        self.inner.skip_next_page()
+    }
+}
+
 /// `file` with its footer rewritten so that each row group announces `row_group_rows` rows
 /// (the footer's total is their sum). How tests make hostile footers.
 #[cfg(test)]
 pub(crate) fn refooter(file: &[u8], row_group_rows: i64) -> Vec<u8> {
+    refooter_with(file, |rg| rg.set_num_rows(row_group_rows))
+}
+
+/// `file` with a footer claiming every column chunk is compressed with `codec`.
+#[cfg(test)]
+pub(crate) fn claim_compression(file: &[u8], codec: Compression) -> Vec<u8> {
+    refooter_with(file, |rg| {
+        let rg = rg.build().unwrap();
+        let columns = rg
+            .columns()
+            .iter()
+            .map(|c| {
+                c.clone()
+                    .into_builder()
+                    .set_compression(codec)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        rg.into_builder().set_column_metadata(columns)
+    })
+}
+
+/// `file` with each row group's metadata passed through `rewrite` (the footer's total is the
+/// sum of the row groups' rows).
+#[cfg(test)]
+pub(crate) fn refooter_with(
+    file: &[u8],
+    rewrite: impl Fn(
+        parquet::file::metadata::RowGroupMetaDataBuilder,
+    ) -> parquet::file::metadata::RowGroupMetaDataBuilder,
+) -> Vec<u8> {
     use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
     let reader = SerializedFileReader::new(Bytes::from(file.to_vec())).unwrap();
     let meta = reader.metadata();
+    let groups: Vec<_> = meta
+        .row_groups()
+        .iter()
+        .map(|rg| rewrite(rg.clone().into_builder()).build().unwrap())
+        .collect();
     let fm = meta.file_metadata();
     let fm = FileMetaData::new(
         fm.version(),
-        row_group_rows * meta.row_groups().len() as i64,
+        groups.iter().map(|g| g.num_rows()).sum(),
         fm.created_by().map(str::to_owned),
         fm.key_value_metadata().cloned(),
         fm.schema_descr_ptr(),
         fm.column_orders().cloned(),
     );
-    let groups = meta
-        .row_groups()
-        .iter()
-        .map(|rg| {
-            rg.clone()
-                .into_builder()
-                .set_num_rows(row_group_rows)
-                .build()
-                .unwrap()
-        })
-        .collect();
     let footer_len = u32::from_le_bytes(file[file.len() - 8..file.len() - 4].try_into().unwrap());
     let mut out = file[..file.len() - 8 - footer_len as usize].to_vec();
     ParquetMetaDataWriter::new(&mut out, &ParquetMetaData::new(fm, groups))
@@ -660,6 +757,75 @@ mod tests {
         // A row group announcing fewer rows than its columns hold.
         let e = refused(refooter(&ten_rows(), 9));
         assert!(e.contains("values in a row group of 9 rows"), "{e}");
+    }
+
+    #[test]
+    fn a_compressed_column_is_refused_before_any_page_is_read() {
+        // A codec makes the page reader allocate the page's announced uncompressed size.
+        let hostile = claim_compression(&ten_rows(), Compression::SNAPPY);
+        assert_eq!(
+            refused(hostile),
+            "row group 0, column \"pseudonym\": compressed with SNAPPY (an exporter writes every column uncompressed)"
+        );
+    }
+
+    /// Pages as a hostile file's headers announce them.
+    struct AnnouncedPages(Vec<Page>);
+
+    impl Iterator for AnnouncedPages {
+        type Item = parquet::errors::Result<Page>;
+        fn next(&mut self) -> Option<Self::Item> {
+            self.get_next_page().transpose()
+        }
+    }
+
+    impl PageReader for AnnouncedPages {
+        fn get_next_page(&mut self) -> parquet::errors::Result<Option<Page>> {
+            Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
+        }
+        fn peek_next_page(&mut self) -> parquet::errors::Result<Option<PageMetadata>> {
+            Ok(None)
+        }
+        fn skip_next_page(&mut self) -> parquet::errors::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_page_announcing_more_values_than_its_row_group_has_rows_is_refused_undecoded() {
+        // parquet resizes its dictionary to the announced count before reading a value: 2^32-1
+        // byte arrays would be 128 GiB from a 4-byte field.
+        let dictionary = Page::DictionaryPage {
+            buf: Bytes::from_static(b"\x03\0\0\0red"),
+            num_values: u32::MAX,
+            encoding: Encoding::PLAIN,
+            is_sorted: false,
+        };
+        let mut pages = BoundedPages {
+            inner: Box::new(AnnouncedPages(vec![dictionary])),
+            column: "option",
+            rows: 10,
+        };
+        let e = pages.get_next_page().unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "a DICTIONARY_PAGE page of column option announces 4294967295 values in a row group of 10 rows"
+            ),
+            "{e}"
+        );
+        let honest = Page::DictionaryPage {
+            buf: Bytes::from_static(b"\x03\0\0\0red"),
+            num_values: 1,
+            encoding: Encoding::PLAIN,
+            is_sorted: false,
+        };
+        let mut pages = BoundedPages {
+            inner: Box::new(AnnouncedPages(vec![honest])),
+            column: "option",
+            rows: 10,
+        };
+        assert!(pages.get_next_page().unwrap().is_some());
+        assert!(pages.get_next_page().unwrap().is_none());
     }
 
     #[test]

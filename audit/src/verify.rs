@@ -7,8 +7,10 @@
 //! (or with `diagnose`), in one pass over the rows: the row count, one row per pseudonym, each
 //! row's leaf hash recomputed from its fields, the rows in strictly increasing (partition,
 //! offset) order within the manifest's per-partition ranges, the per-option totals, times kept
-//! to the minute, the Merkle root; then the manifest against the official result it records,
-//! and, when the auditor has one from elsewhere, against a root given by hand.
+//! to the minute, the Merkle root, no row at or past its partition's close frontier; then the
+//! manifest against the official result it records, the close frontier (every partition
+//! closed, where the official result says, no vote committed past it), and, when the auditor
+//! has one from elsewhere, against a root given by hand.
 //!
 //! Every input is hostile: sizes come from the files only after they are bounded by the files'
 //! lengths (`table::VotesReader`), and nothing here panics on any bytes.
@@ -239,6 +241,16 @@ impl<'m> RowChecker<'m> {
             .partitions
             .iter()
             .find(|p| p.partition == r.partition);
+        if let Some(frontier) = range.and_then(|p| p.frontier)
+            && r.offset >= frontier
+        {
+            note(&mut self.order_bad, || {
+                format!(
+                    "{} is at or past its partition's close frontier {frontier}",
+                    at()
+                )
+            });
+        }
         match range.map(|p| (p.first_offset, p.last_offset)) {
             Some((Some(first), Some(last))) if (first..=last).contains(&r.offset) => {}
             Some((Some(first), Some(last))) => note(&mut self.order_bad, || {
@@ -574,6 +586,55 @@ pub fn check_official(m: &Manifest) -> Check {
     )
 }
 
+/// The close frontier: every partition closed, before the last vote it counts nowhere, where
+/// the official result says, and no vote committed past it.
+pub fn check_frontier(m: &Manifest) -> Check {
+    let mut problems = Vec::new();
+    let mut ours = BTreeMap::new();
+    for p in &m.partitions {
+        match (p.frontier, p.last_offset) {
+            (None, _) => problems.push(format!(
+                "partition {} has no close frontier (a final election is closed in every partition)",
+                p.partition
+            )),
+            (Some(f), Some(last)) if last >= f => problems.push(format!(
+                "partition {} counts a vote at offset {last}, at or past its frontier {f}",
+                p.partition
+            )),
+            (Some(f), _) => {
+                ours.insert(p.partition, f);
+            }
+        }
+    }
+    if problems.is_empty() && ours != m.official.frontier {
+        let show = |f: &BTreeMap<u32, u64>| {
+            f.iter()
+                .map(|(p, o)| format!("{p}:{o}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        problems.push(format!(
+            "the log's frontiers are [{}], the official result's [{}]",
+            show(&ours),
+            show(&m.official.frontier)
+        ));
+    }
+    if m.votes_past_frontier > 0 {
+        problems.push(format!(
+            "{} vote(s) of the election were committed after their partition's frontier and not counted: the system broke its close barrier",
+            m.votes_past_frontier
+        ));
+    }
+    Check::judge(
+        "close frontier",
+        problems,
+        format!(
+            "all {} partitions closed at the official result's frontier, no vote committed past it",
+            m.partitions.len()
+        ),
+    )
+}
+
 /// SHA-256 (hex) and size of a file, streamed.
 pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
@@ -679,6 +740,7 @@ pub fn verify_export(
         None
     };
     emit(check_official(&manifest), &mut checks);
+    emit(check_frontier(&manifest), &mut checks);
     if let Some(given) = &opts.root {
         emit(
             check_given_root(given, &manifest, report.as_ref()),
@@ -872,18 +934,21 @@ mod tests {
                 first_offset: Some(10),
                 last_offset: Some(14),
                 votes: 3,
+                frontier: Some(20),
             },
             PartitionRange {
                 partition: 1,
                 first_offset: Some(3),
                 last_offset: Some(4),
                 votes: 2,
+                frontier: Some(9),
             },
             PartitionRange {
                 partition: 2,
                 first_offset: None,
                 last_offset: None,
                 votes: 0,
+                frontier: Some(0),
             },
         ];
         let mut b = MerkleBuilder::new();
@@ -897,6 +962,7 @@ mod tests {
         m.official.total = m.total;
         m.official.merkle_root = Some(m.merkle.root.clone());
         m.official.merkle_tree_size = Some(size);
+        m.official.frontier = [(0, 20), (1, 9), (2, 0)].into();
         m
     }
 
@@ -908,6 +974,7 @@ mod tests {
         }
         let mut checks = c.finish().checks;
         checks.push(check_official(m));
+        checks.push(check_frontier(m));
         checks
     }
 
@@ -926,8 +993,48 @@ mod tests {
         let m = manifest_for(&e, &rows);
         let checks = run_checks(&m, &rows);
         assert_eq!(failures(&checks), Vec::<String>::new());
-        assert_eq!(checks.len(), 8);
+        assert_eq!(checks.len(), 9);
         assert!(checks.iter().all(|c| c.to_string().starts_with("ok   ")));
+    }
+
+    #[test]
+    fn a_vote_past_the_close_frontier_or_another_frontier_fails() {
+        let e = ElectionId::new("unit").unwrap();
+        let rows = rows(&e);
+        let m = manifest_for(&e, &rows);
+
+        // A row at its partition's frontier: counted though the owner had closed.
+        let mut early = m.clone();
+        early.partitions[1].frontier = Some(4);
+        early.official.frontier.insert(1, 4);
+        assert_eq!(
+            failures(&run_checks(&early, &rows)),
+            vec![
+                "FAIL order and ranges: 1 row(s) out of (partition, offset) order or range (first: row 4 (partition 1, offset 4) is at or past its partition's close frontier 4)",
+                "FAIL close frontier: partition 1 counts a vote at offset 4, at or past its frontier 4",
+            ]
+        );
+
+        // The log's frontier is not the one the official result counted to.
+        let mut moved = m.clone();
+        moved.official.frontier.insert(2, 7);
+        assert_eq!(
+            failures(&run_checks(&moved, &rows)),
+            vec![
+                "FAIL close frontier: the log's frontiers are [0:20 1:9 2:0], the official result's [0:20 1:9 2:7]"
+            ]
+        );
+
+        // A partition never closed, and votes committed past the barrier.
+        let mut open = m.clone();
+        open.partitions[2].frontier = None;
+        open.votes_past_frontier = 2;
+        assert_eq!(
+            failures(&run_checks(&open, &rows)),
+            vec![
+                "FAIL close frontier: partition 2 has no close frontier (a final election is closed in every partition); 2 vote(s) of the election were committed after their partition's frontier and not counted: the system broke its close barrier"
+            ]
+        );
     }
 
     #[test]
@@ -999,10 +1106,8 @@ mod tests {
         assert!(failures(&checks).is_empty());
         assert!(
             checks
-                .last()
-                .unwrap()
-                .to_string()
-                .contains("records no Merkle root")
+                .iter()
+                .any(|c| c.to_string().contains("records no Merkle root"))
         );
     }
 
@@ -1169,6 +1274,22 @@ mod tests {
         let l = lines(&dir, &unsigned());
         assert!(
             fails(&l)[0].starts_with("FAIL rows: votes.parquet cannot be read, no row was checked: not a readable Parquet file: "),
+            "{l:#?}"
+        );
+
+        // A footer claiming compressed columns: decompressing would size a buffer from each
+        // page's say-so, so no page is read.
+        let mut hostile = m.clone();
+        std::fs::write(
+            dir.join(VOTES_FILE),
+            crate::table::claim_compression(&file, parquet::basic::Compression::SNAPPY),
+        )
+        .unwrap();
+        describe(&dir, &mut hostile);
+        let l = lines(&dir, &unsigned());
+        assert_eq!(
+            fails(&l)[0],
+            "FAIL rows: votes.parquet cannot be read, no row was checked: row group 0, column \"pseudonym\": compressed with SNAPPY (an exporter writes every column uncompressed)",
             "{l:#?}"
         );
 

@@ -391,6 +391,7 @@ fn manifest(
                 first_offset: r.map(|r| r.0),
                 last_offset: r.map(|r| r.1),
                 votes: written.per_partition.get(&(p as u32)).map_or(0, |x| x.0),
+                frontier: summary.frontiers.get(p).copied().flatten(),
             })
             .collect(),
         merkle: MerkleInfo {
@@ -398,6 +399,7 @@ fn manifest(
             tree_size: written.tree_size,
         },
         duplicate_records_ignored: summary.duplicates,
+        votes_past_frontier: summary.past_frontier,
         official,
         signing_key_sha256: key.public_key().fingerprint(),
     })
@@ -421,6 +423,12 @@ fn print_report(dir: &Path, election: &Election, manifest: &Manifest) {
         dir.join(MANIFEST_FILE).display(),
         manifest.signing_key_sha256,
         dir.join(SIGNATURE_FILE).display()
+    );
+    // A vote committed past the close barrier is not counted, but it is the system's own
+    // promise broken: the export says so at once, as verify will.
+    println!(
+        "frontier   {}",
+        votes_audit::verify::check_frontier(manifest)
     );
 }
 
@@ -476,6 +484,12 @@ async fn read_official(
         None => None,
         Some(v) => Some(number(v).ok_or_else(|| bad("merkle_tree_size"))?),
     };
+    // Written by the recount as `{"<partition>": offset}` (votes_tally::recount::frontier_json).
+    let frontier = item
+        .get("frontier")
+        .and_then(|v| v.as_s().ok())
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad("frontier"))?;
     Ok(Some(OfficialInfo {
         source: format!("dynamodb:{table}"),
         totals,
@@ -483,5 +497,6 @@ async fn read_official(
         decided_at_ms: field("decided_at_ms")?,
         merkle_root,
         merkle_tree_size,
+        frontier,
     }))
 }

@@ -203,6 +203,14 @@ pub async fn recount(
     let t = Instant::now();
     let replay = replay_to_frontier(cfg, &election.id).await?;
     timings.push(("kafka replay to the frontier", t.elapsed()));
+    if replay.past_frontier > 0 {
+        // Never counted, but an owner took votes after it had closed: the barrier is broken.
+        tracing::error!(
+            election = %election.id,
+            votes = replay.past_frontier,
+            "votes were committed after their partition's close frontier; they are not counted"
+        );
+    }
 
     let t = Instant::now();
     let c = cfg.clone();
