@@ -102,7 +102,8 @@ fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
-        // A change based on a stale version is refused and changes nothing.
+        // A change based on a stale version is refused and changes nothing (21 is a difficulty
+        // none of the racing writes set).
         let (s, body) = client
             .send(
                 "PATCH",
@@ -115,7 +116,7 @@ fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
                     ("content-type", "application/json"),
                     ("if-match", "2"),
                 ],
-                bytes::Bytes::from(serde_json::json!({"pow_difficulty": 9}).to_string()),
+                bytes::Bytes::from(serde_json::json!({"pow_difficulty": 21}).to_string()),
             )
             .await
             .map(|(s, _, j)| (s, j))
@@ -125,5 +126,18 @@ fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
             (409, Some("conflict")),
             "{body}"
         );
+        let (_, list) = client.admin_get(&a, "/admin/v1/elections").await;
+        let e = list
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["id"] == "cas"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            e["pow_difficulty"].as_u64(),
+            Some(*difficulty),
+            "the stale write changed nothing: {e}"
+        );
+        // The recount's `final` lands on the version the racing writes left, whatever it is.
+        common::serve::wait_final(&client, &a, "cas", std::time::Duration::from_secs(120)).await;
     });
 }

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -237,6 +238,32 @@ async fn assert_barrier_held(
         "every 202, and nothing else, is counted (each voter voted once): {official}"
     );
     assert_receipts_in_official_tree(serve, &accepted, official, partitions).await;
+    assert_every_202_exported(&serve.prefix, &accepted);
+}
+
+/// The auditors' copy agrees: the export of "c" verifies, and its rows are exactly the 202s'
+/// receipts.
+fn assert_every_202_exported(prefix: &str, accepted: &[&Sent]) {
+    let export = common::export_and_verify(prefix, "c");
+    assert!(
+        export.verify.contains("ok   close frontier"),
+        "{}",
+        export.verify
+    );
+    let rows: HashSet<String> = export
+        .rows
+        .iter()
+        .map(|r| hex::encode(r.leaf_hash))
+        .collect();
+    assert_eq!(rows.len(), accepted.len(), "one row per 202");
+    for s in accepted {
+        let receipt = s.receipt.as_deref().expect("a 202 carries a receipt");
+        assert!(
+            rows.contains(receipt),
+            "voter {}'s receipt {receipt} is a row of the export",
+            s.voter
+        );
+    }
 }
 
 /// Each 202's receipt is proven against the official root, at an offset before its partition's
@@ -281,6 +308,24 @@ fn closing_under_load_counts_every_202_and_refuses_the_rest() {
         let (sent, official) =
             close_under_load(&serve, &[&serve], h1(&[serve.url("")]), &prefix).await;
         assert_barrier_held(&serve, &sent, &official, 4).await;
+
+        // A close is idempotent: closing the final election again changes nothing.
+        let client = TestClient::http1();
+        let (status, again) = client
+            .admin_post(&serve, "/admin/v1/elections/c/close")
+            .await;
+        assert_eq!(status, 200, "a repeated close: {again}");
+        assert_eq!(again["state"], "final", "{again}");
+        let (_, now) = client
+            .get(&serve.url("/v1/elections/c/results"))
+            .await
+            .unwrap();
+        for field in ["state", "totals", "merkle", "frontier"] {
+            assert_eq!(
+                now[field], official[field],
+                "the official result stands: {now}"
+            );
+        }
     });
 }
 

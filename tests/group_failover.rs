@@ -40,7 +40,10 @@ fn coordinator_of(group: &str) -> i32 {
     let topic = &md.topics()[0];
     let count = i32::try_from(topic.partitions().len()).unwrap();
     assert!(count > 0, "__consumer_offsets has partitions");
-    let p = (java_hash(group) & 0x7fff_ffff) % count;
+    // Kafka's `Utils.abs(hashCode) % partitions`: abs, not a mask (they differ for every
+    // negative hash), and 0 for i32::MIN.
+    let h = java_hash(group);
+    let p = if h == i32::MIN { 0 } else { h.abs() } % count;
     topic
         .partitions()
         .iter()

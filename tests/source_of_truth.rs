@@ -494,6 +494,30 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
         assert_eq!(official["totals"]["x"], 20, "{official}");
         assert_eq!(official["totals"]["y"], 20, "{official}");
         assert_eq!(official["merkle"]["tree_size"], 40);
+
+        // The auditors' copy and a replay into fresh tables keep the first vote too.
+        let export = common::export_and_verify(&prefix, "fw");
+        assert_eq!(export.rows.len(), 40);
+        let pseudonym = votes_core::pseudonym(
+            common::serve::AUDIT_KEY.as_bytes(),
+            &votes_core::ElectionId::new("fw").unwrap(),
+            VoterId(2),
+        );
+        let row = export
+            .rows
+            .iter()
+            .find(|r| r.pseudonym == pseudonym)
+            .expect("voter 2 has a row");
+        assert_eq!(
+            (row.option.as_str(), row.partition),
+            ("x", p),
+            "the export counts voter 2's first vote"
+        );
+        let out = votes_succeeds(&prefix, &["audit", "reprocess", "--election", "fw"]);
+        assert!(
+            out.contains("agree: the reprocessed tallies and root match"),
+            "{out}"
+        );
     });
 }
 

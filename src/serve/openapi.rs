@@ -720,8 +720,8 @@ fn admin_doc() -> Value {
         json!({
             "summary": format!("Move the election to `{to}`."),
             "description": if to == "closed" {
-                "Closing is a barrier: every owner stops taking the election's votes at one log position, then the recount makes the result official (`final`)."
-            } else { "Voting starts on every node." },
+                "Closing is a barrier: every owner stops taking the election's votes at one log position, then the recount makes the result official (`final`). Idempotent: closing a `closed` or `final` election answers 200 with the election as it stands."
+            } else { "Voting starts on every node. Opening an `open` election answers 200 with the election as it stands." },
             "operationId": format!("{}Election", if to == "closed" { "close" } else { "open" }),
             "parameters": [if_match.clone()],
             "responses": responses(

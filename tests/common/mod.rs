@@ -303,3 +303,62 @@ impl Drop for PrivateRedisGuard {
         let _ = std::panic::catch_unwind(move || redis.run("down"));
     }
 }
+
+/// What `votes audit export` wrote for a final election and `votes audit verify` passed: the
+/// rows as the exporter's own reader reads them.
+pub struct VerifiedExport {
+    pub rows: Vec<votes_audit::table::Row>,
+    /// `votes audit verify`'s lines, every one `ok`.
+    pub verify: String,
+}
+
+/// Exports the final `election` under `prefix` with a fresh Ed25519 key into a new directory,
+/// verifies it offline under that key, and returns its rows; fails the test on any `FAIL`.
+pub fn export_and_verify(prefix: &str, election: &str) -> VerifiedExport {
+    let work = std::env::temp_dir().join(format!("{prefix}export-{election}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let key = work.join("signing.pem");
+    let genkey = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .output()
+        .expect("openssl runs (the audit key is made with it)");
+    assert!(genkey.status.success(), "openssl genpkey: {genkey:?}");
+    let run = |args: &[&str]| {
+        let out = votes_command(prefix, args)
+            .env("VOTES_LOG", "warn")
+            .env("VOTES_AUDIT_SIGNING_KEY", &key)
+            .output()
+            .expect("the votes binary runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "votes {args:?}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let dir = work.join("export");
+    let dir_arg = dir.to_str().unwrap();
+    run(&["audit", "export", "--election", election, "--out", dir_arg]);
+    let pubkey = work.join("signing.pub.pem");
+    std::fs::write(&pubkey, run(&["audit", "pubkey"])).unwrap();
+    let verify = run(&[
+        "audit",
+        "verify",
+        dir_arg,
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(
+        verify.lines().all(|l| l.starts_with("ok ")),
+        "every check of the export holds:\n{verify}"
+    );
+    let reader = votes_audit::table::VotesReader::open(&dir.join("votes.parquet")).unwrap();
+    let rows = (0..reader.num_row_groups())
+        .flat_map(|g| reader.row_group(g).unwrap())
+        .collect();
+    std::fs::remove_dir_all(&work).unwrap();
+    VerifiedExport { rows, verify }
+}

@@ -77,6 +77,12 @@ impl Recounter {
     }
 }
 
+/// Whether an election in state `now` already is what a transition to `next` asks for: opening
+/// an open election, closing a closed or final one (a close is idempotent, docs/design.md §7).
+fn already(now: ElectionState, next: ElectionState) -> bool {
+    now == next || (next == ElectionState::Closed && now == ElectionState::Final)
+}
+
 /// Applies `e` on this core and sends it to every other core.
 pub async fn broadcast_election(
     core: usize,
@@ -447,16 +453,24 @@ impl CoreApp {
         let resp = self
             .update(id.clone(), if_match, 200, move |current| {
                 let current = current.ok_or(UpdateError::NotFound)?;
+                if already(current.state, next) {
+                    // Nothing to write: the operator's intent already holds (a retried close,
+                    // two operators closing at once), answered as the election stands.
+                    return Ok(None);
+                }
                 current
                     .transition(next, at)
                     .map(Some)
                     .map_err(|why| UpdateError::Conflict(why.to_string()))
             })
             .await;
+        // A repeated close of an election still `closed` starts its recount again: one whose
+        // recount failed gets another try, and one running already is not started twice.
         if resp.status() == 200
             && next == ElectionState::Closed
             && let Some(recounter) = &self.shared.recount
             && let Some(e) = self.elections.borrow().get(&id).cloned()
+            && e.state == ElectionState::Closed
         {
             recounter.start(e);
         }
