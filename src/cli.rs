@@ -234,12 +234,16 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Print the settings each command would run with, and where each came from (file, env,
-    /// default); secrets only as set or not. Fails on an unknown key or a refused value.
+    /// Print the settings each command would run with, and where each came from (flag, file,
+    /// env, default); secrets only as set or not. Fails on an unknown key or a refused value.
     Check {
         /// Commands to show.
         #[arg(default_values_t = ["init".to_string(), "serve".to_string(), "persist".to_string(), "recount".to_string()])]
         commands: Vec<String>,
+        /// The checked command's flags as you would type them, after `--` (one command only):
+        /// shown with the source `flag`.
+        #[arg(last = true, allow_hyphen_values = true)]
+        flags: Vec<String>,
     },
 }
 
@@ -277,8 +281,8 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<std::process::ExitCode> {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let args = config::expand_args(args, &Cli::command(), |k| std::env::var(k).ok())?;
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    let args = config::expand_args(raw.clone(), &Cli::command(), |k| std::env::var(k).ok())?;
     let matches = Cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).context("reading the command line")?;
     // The commands that talk to Kafka (an audit verify reads files only).
@@ -312,11 +316,16 @@ fn run() -> Result<std::process::ExitCode> {
             eprintln!("{written} man pages in {}", out.display());
         }
         Command::Config {
-            command: ConfigCommand::Check { commands },
+            command: ConfigCommand::Check { commands, flags },
         } => {
-            let report = config::check(&Cli::command(), cli.config.as_deref(), &commands, |k| {
-                std::env::var(k).ok()
-            })?;
+            config::refuse_flags_before_check(&Cli::command(), &raw)?;
+            let report = config::check(
+                &Cli::command(),
+                cli.config.as_deref(),
+                &commands,
+                &flags,
+                |k| std::env::var(k).ok(),
+            )?;
             print!("{report}");
         }
         Command::Tune {

@@ -8,7 +8,8 @@
 //! subcommand holds that subcommand's flags (`[init] partitions = 16`, `[tune.check] cores = 2`).
 //! Every key must name a flag of its command and every table a command, whichever command runs:
 //! a misspelt key of another role would otherwise wait, silently, for the day that role starts.
-//! `votes config check` prints the settings in effect and where each came from.
+//! `votes config check` prints the settings in effect and where each came from: `flag` for
+//! what its caller typed for the checked command (after `--`), `file`, `env VOTES_…`, `default`.
 
 use std::ffi::OsString;
 use std::fmt::Write;
@@ -34,6 +35,42 @@ const SECRETS: [&str; 6] = [
     "VOTES_REDIS_PASSWORD",
     "VOTES_KAFKA_PASSWORD",
 ];
+
+/// Why `votes config check` will not report on a command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckError {
+    /// Flags after `--` belong to one command; with several, whose would they be?
+    #[error(
+        "flags after `--` are the checked command's: name exactly one command (got {0}), e.g. `votes config check serve -- --http 0.0.0.0:80`"
+    )]
+    FlagsNeedOneCommand(usize),
+    /// A setting typed for `config check` itself would be silently left out of the report
+    /// (or shown with another source): it goes after `--`, with the command it is for.
+    #[error(
+        "--{0} was given to `config check` itself; give the checked command's flags after `--` (votes config check serve -- --{0} …)"
+    )]
+    FlagBeforeCheck(String),
+}
+
+/// Refuses a setting typed on `votes config check`'s own command line (`raw`, before the file
+/// is folded in) other than `--config`: the report is of the checked command's line, which
+/// would not hold it.
+pub fn refuse_flags_before_check(cli: &clap::Command, raw: &[OsString]) -> Result<(), CheckError> {
+    let Ok(m) = cli.clone().ignore_errors(true).try_get_matches_from(raw) else {
+        return Ok(());
+    };
+    // Global flags are propagated to the subcommands' matches: the top level holds them all.
+    for arg in cli.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version" | "config") {
+            continue;
+        }
+        if m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+            return Err(CheckError::FlagBeforeCheck(long.to_owned()));
+        }
+    }
+    Ok(())
+}
 
 /// Returns `args` with the file's settings inserted where clap expects them. `cli` is the
 /// command line's definition: keys are checked against it, and a key is left out when the
@@ -236,8 +273,9 @@ fn subcommand_end(args: &[OsString], path: &[String]) -> Option<usize> {
     Some(at.min(args.len()))
 }
 
-/// `votes config check`: the settings each of `commands` would run with, given the file (if
-/// any) and the environment, and where each came from (file, env VOTES_…, default, unset);
+/// `votes config check`: the settings each of `commands` would run with, given `flags` (typed
+/// for the one command named), the file (if any) and the environment, and where each came
+/// from (flag, file, env VOTES_…, default, unset);
 /// the environment-only secrets as set or not, never their values; passwords in URLs masked.
 /// Fails on a file that does not parse or holds an unknown key, and on a value its flag
 /// refuses.
@@ -245,8 +283,12 @@ pub fn check(
     cli: &clap::Command,
     file: Option<&Path>,
     commands: &[String],
+    flags: &[String],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String> {
+    if !flags.is_empty() && commands.len() != 1 {
+        return Err(CheckError::FlagsNeedOneCommand(commands.len()).into());
+    }
     let mut cli = cli.clone();
     cli.build();
     let file = file
@@ -263,7 +305,7 @@ pub fn check(
     }
     secrets_report(&mut out, &env);
     for name in commands {
-        command_report(&mut out, &cli, file.as_deref(), name, &env)?;
+        command_report(&mut out, &cli, file.as_deref(), name, flags, &env)?;
     }
     Ok(out)
 }
@@ -304,16 +346,30 @@ fn command_report(
     cli: &clap::Command,
     file: Option<&Path>,
     name: &str,
+    flags: &[String],
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<()> {
     let sub = cli
         .find_subcommand(name)
         .with_context(|| format!("{name:?} is not a command of votes"))?;
+    // The command line as typed, and the same with the file folded in (its settings go
+    // before the typed flags, which win). A value the typed line alone sets is a flag's;
+    // one only the folded line sets came from the file.
+    let typed: Vec<OsString> = ["votes", name]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str))
+        .map(OsString::from)
+        .collect();
+    let typed_matches = cli
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&typed)
+        .context("reading the typed flags")?;
     let mut args: Vec<OsString> = vec!["votes".into()];
     if let Some(f) = file {
         args.extend(["--config".into(), f.as_os_str().to_owned()]);
     }
-    args.push(name.into());
+    args.extend(typed.into_iter().skip(1));
     let args = expand_args(args, cli, env)?;
     // The command's own required arguments (an election to recount) are the caller's
     // business; any other refusal is a setting that would not start.
@@ -336,18 +392,20 @@ fn command_report(
         if matches!(long, "help" | "version" | "config") {
             continue;
         }
-        let from = if arg.is_global_set() {
-            &matches
+        let (from, typed_from) = if arg.is_global_set() {
+            (&matches, Some(&typed_matches))
         } else {
-            sub_matches
+            (sub_matches, typed_matches.subcommand_matches(name))
         };
-        let (value, source) = describe(from, id, arg);
+        let typed = typed_from.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+        let (value, source) = describe(from, id, arg, typed);
         let _ = writeln!(out, "  {long:<28} {value:<40} {source}");
     }
     Ok(())
 }
 
-fn describe(m: &clap::ArgMatches, id: &str, arg: &clap::Arg) -> (String, String) {
+/// The value `m` holds for `id` and where it came from; `typed`: the caller typed it.
+fn describe(m: &clap::ArgMatches, id: &str, arg: &clap::Arg, typed: bool) -> (String, String) {
     let value = m
         .get_raw(id)
         .map(|vals| {
@@ -358,7 +416,8 @@ fn describe(m: &clap::ArgMatches, id: &str, arg: &clap::Arg) -> (String, String)
         .map(|v| if v.is_empty() { "\"\"".to_owned() } else { v })
         .unwrap_or_else(|| "-".to_owned());
     let source = match m.value_source(id) {
-        // Nothing was typed: what the command line holds came from the file.
+        Some(ValueSource::CommandLine) if typed => "flag".to_owned(),
+        // On the command line but not typed: the file put it there.
         Some(ValueSource::CommandLine) => "file".to_owned(),
         Some(ValueSource::EnvVariable) => format!(
             "env {}",
@@ -541,6 +600,7 @@ mod tests {
             &cli(),
             Some(Path::new(&path)),
             &["serve".to_string(), "recount".to_string()],
+            &[],
             // Secrets are read through `env`; clap reads flags' variables from the process
             // (tests/config_check.rs runs the binary with them).
             |k| match k {
@@ -592,12 +652,110 @@ mod tests {
             &cli(),
             Some(Path::new(&path)),
             &["init".to_string()],
+            &[],
             |_| None,
         )
         .unwrap_err();
         assert!(
             format!("{err:#}").contains("votes init would refuse"),
             "{err:#}"
+        );
+    }
+
+    /// The words of `flag`'s line in a report.
+    fn words<'a>(report: &'a str, flag: &str) -> Vec<&'a str> {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+            .unwrap_or_else(|| panic!("no line for {flag}:\n{report}"))
+            .split_whitespace()
+            .collect()
+    }
+
+    #[test]
+    fn check_names_a_typed_flag_a_flag_and_the_file_the_file() {
+        let (_keep, path) = with_file(
+            "prefix = \"file-\"\n[serve]\nhttp = \"0.0.0.0:80\"\nadmin = \"10.0.0.1:9090\"\n",
+        );
+        let flags: Vec<String> = ["--http", "0.0.0.0:81", "--prefix", "typed-", "--cores", "2"]
+            .map(String::from)
+            .to_vec();
+        let out = check(
+            &cli(),
+            Some(Path::new(&path)),
+            &["serve".to_string()],
+            &flags,
+            |_| None,
+        )
+        .unwrap();
+        // Typed over the file's value, a global one too, and one the file lacks.
+        assert_eq!(words(&out, "http"), ["http", "0.0.0.0:81", "flag"]);
+        assert_eq!(words(&out, "prefix"), ["prefix", "typed-", "flag"]);
+        assert_eq!(words(&out, "cores"), ["cores", "2", "flag"]);
+        // The file's, untouched by the typed flags, stays the file's.
+        assert_eq!(words(&out, "admin"), ["admin", "10.0.0.1:9090", "file"]);
+        assert_eq!(
+            words(&out, "kafka-brokers"),
+            ["kafka-brokers", "127.0.0.1:9092", "default"]
+        );
+        // Without typed flags nothing is a flag's.
+        let out = check(
+            &cli(),
+            Some(Path::new(&path)),
+            &["serve".to_string()],
+            &[],
+            |_| None,
+        )
+        .unwrap();
+        assert!(!out.contains(" flag\n"), "{out}");
+        assert_eq!(words(&out, "http"), ["http", "0.0.0.0:80", "file"]);
+    }
+
+    #[test]
+    fn check_refuses_flags_it_could_not_place() {
+        let flags = ["--http".to_string(), "0.0.0.0:81".to_string()];
+        let err = check(
+            &cli(),
+            None,
+            &["serve".to_string(), "persist".to_string()],
+            &flags,
+            |_| None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<CheckError>(),
+            Some(&CheckError::FlagsNeedOneCommand(2))
+        );
+        // A flag of another command is refused by the command, as it would be at start.
+        let err = check(&cli(), None, &["init".to_string()], &flags, |_| None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("votes init would refuse"),
+            "{err:#}"
+        );
+        // Typed for `config check` itself: refused, never shown under another source.
+        assert_eq!(
+            refuse_flags_before_check(
+                &cli(),
+                &os(&["votes", "--prefix", "p-", "config", "check", "serve"])
+            ),
+            Err(CheckError::FlagBeforeCheck("prefix".into()))
+        );
+        assert_eq!(
+            refuse_flags_before_check(
+                &cli(),
+                &os(&["votes", "config", "check", "--kafka-brokers", "k:1"])
+            ),
+            Err(CheckError::FlagBeforeCheck("kafka-brokers".into()))
+        );
+        assert_eq!(
+            refuse_flags_before_check(
+                &cli(),
+                &os(&[
+                    "votes", "--config", "f.toml", "config", "check", "serve", "--", "--prefix",
+                    "p-"
+                ])
+            ),
+            Ok(())
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The configuration as an operator meets it, through the binary: `votes config check` names
-//! where each setting came from (a flag's own environment variable included), a misspelt key
+//! where each setting came from (a typed flag, a flag's own environment variable included), a misspelt key
 //! stops any command, and the man pages and completions come from the same CLI definition.
 //! No service is needed.
 
@@ -89,6 +89,74 @@ fn config_check_shows_each_settings_source_flags_own_variables_included() {
     assert!(
         !report.contains("an-admin-token"),
         "a secret's value is never shown"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn config_check_calls_the_checked_commands_typed_flags_flags() {
+    let file = temp_file(
+        "flags.toml",
+        "prefix = \"file-\"\n[serve]\nhttp = \"0.0.0.0:80\"\nadmin = \"10.0.0.1:9090\"\n",
+    );
+    let config = file.to_str().unwrap();
+    let out = votes(
+        &[
+            "--config",
+            config,
+            "config",
+            "check",
+            "serve",
+            "--",
+            "--http",
+            "0.0.0.0:81",
+            "--prefix",
+            "typed-",
+            "--admin",
+            "127.0.0.1:1",
+        ],
+        // A flag beats its variable, and is still reported as the flag.
+        &[("VOTES_ADMIN", "127.0.0.1:9999")],
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(line(&report, "http"), ["http", "0.0.0.0:81", "flag"]);
+    assert_eq!(line(&report, "prefix"), ["prefix", "typed-", "flag"]);
+    assert_eq!(line(&report, "admin"), ["admin", "127.0.0.1:1", "flag"]);
+    assert_eq!(
+        line(&report, "kafka-brokers"),
+        ["kafka-brokers", "127.0.0.1:9092", "default"]
+    );
+    // A setting typed for `config check` itself is refused rather than left out of the
+    // report or shown under another source.
+    let out = votes(
+        &[
+            "--config", config, "--prefix", "p-", "config", "check", "serve",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--prefix was given to `config check` itself"),
+        "{err}"
+    );
+    // Flags for several commands at once: whose would they be?
+    let out = votes(
+        &[
+            "config", "check", "serve", "persist", "--", "--prefix", "p-",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name exactly one command"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_file(file);
 }

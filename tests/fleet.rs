@@ -433,31 +433,132 @@ async fn voters_through_the_fleet(
     }
 }
 
-/// The longest time without any `202` for each partition between `from` and `to`: when it
-/// began (after `from`) and how long it lasted.
-fn longest_gaps(
-    attempts: &[Attempt],
+/// One node's turn in a rolling restart, as the test saw it.
+struct Restart {
+    node: String,
+    /// SIGTERM sent.
+    stopped_at: Instant,
+    /// The process exited.
+    exited_at: Instant,
+    /// The restarted node ready and the fleet whole again.
+    back_at: Instant,
+    /// Who owned each partition before the SIGTERM, and after the node was back.
+    owners_before: BTreeMap<u32, String>,
+    owners_after: BTreeMap<u32, String>,
+}
+
+/// A partition's longest time without any `202` around one restart, and what its voters were
+/// answered meanwhile.
+struct Window {
+    partition: u32,
+    /// Last `202` before the window and first one after (or the edges of the run).
     from: Instant,
     to: Instant,
-) -> BTreeMap<u32, (Duration, Duration)> {
-    let mut gaps = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let mut acks: Vec<Instant> = attempts
-            .iter()
-            .filter(|a| a.status == Some(202) && partition_of(VoterId(a.voter), PARTITIONS) == p)
-            .map(|a| a.at.clamp(from, to))
-            .collect();
-        acks.extend([from, to]);
-        acks.sort();
-        let longest = acks
-            .windows(2)
-            .map(|w| (w[1] - w[0], w[0] - from))
-            .max()
-            .map(|(len, at)| (at, len))
-            .unwrap_or_default();
-        gaps.insert(p, longest);
+    /// Answers inside the window, by status (`None`: no answer: refused, reset, timed out).
+    answers: BTreeMap<Option<u16>, usize>,
+}
+
+/// Per partition, the longest stretch between two of its `202`s that overlaps `restart` (from
+/// its SIGTERM to the node being back), within `from`..`to`.
+fn windows_of(attempts: &[Attempt], restart: &Restart, from: Instant, to: Instant) -> Vec<Window> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let of_p = || {
+                attempts
+                    .iter()
+                    .filter(move |a| partition_of(VoterId(a.voter), PARTITIONS) == p)
+            };
+            let mut acks: Vec<Instant> = of_p()
+                .filter(|a| a.status == Some(202))
+                .map(|a| a.at.clamp(from, to))
+                .collect();
+            acks.extend([from, to]);
+            acks.sort();
+            let (gap_from, gap_to) = acks
+                .windows(2)
+                .map(|w| (w[0], w[1]))
+                .filter(|(a, b)| *b >= restart.stopped_at && *a <= restart.back_at)
+                .max_by_key(|(a, b)| *b - *a)
+                .unwrap_or((restart.stopped_at, restart.stopped_at));
+            let mut answers = BTreeMap::new();
+            for a in of_p().filter(|a| a.at > gap_from && a.at < gap_to) {
+                *answers.entry(a.status).or_default() += 1;
+            }
+            Window {
+                partition: p,
+                from: gap_from,
+                to: gap_to,
+                answers,
+            }
+        })
+        .collect()
+}
+
+/// The unavailability each restart caused, one line per partition: how long it went without a
+/// `202`, when, why (whose restart, who owned it before and after) and what its voters were
+/// answered meanwhile. Returns the longest window of each partition over all restarts.
+fn report_windows(
+    attempts: &[Attempt],
+    restarts: &[Restart],
+    started: Instant,
+    restarted: Instant,
+) -> BTreeMap<u32, Duration> {
+    let at = |t: Instant| format!("+{:.2}s", (t - started).as_secs_f64());
+    let mut longest: BTreeMap<u32, Duration> = BTreeMap::new();
+    for r in restarts {
+        eprintln!(
+            "rolling restart: {} got SIGTERM at {}, exited at {}, was serving again at {}",
+            r.node,
+            at(r.stopped_at),
+            at(r.exited_at),
+            at(r.back_at)
+        );
+        for w in windows_of(attempts, r, started, restarted) {
+            let owner = |m: &BTreeMap<u32, String>| {
+                m.get(&w.partition)
+                    .cloned()
+                    .unwrap_or_else(|| "nobody".into())
+            };
+            let (before, after) = (owner(&r.owners_before), owner(&r.owners_after));
+            let cause = if before == r.node {
+                format!("its owner {before} was restarting (owner after: {after})")
+            } else {
+                format!("owned by {before}, which was not restarting (owner after: {after})")
+            };
+            let answers: Vec<String> = w
+                .answers
+                .iter()
+                .map(|(status, n)| match status {
+                    Some(s) => format!("{n}x {s}"),
+                    None => format!("{n}x no answer"),
+                })
+                .collect();
+            let length = w.to - w.from;
+            eprintln!(
+                "rolling restart: partition {} without a 202 for {:.2}s ({} to {}); cause: {cause}; answers meanwhile: {}",
+                w.partition,
+                length.as_secs_f64(),
+                at(w.from),
+                at(w.to),
+                if answers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    answers.join(", ")
+                },
+            );
+            let l = longest.entry(w.partition).or_default();
+            *l = (*l).max(length);
+        }
     }
-    gaps
+    longest
+}
+
+/// Partition → owning node, from `wait_fleet`'s node → partitions.
+fn owner_of(owners: &BTreeMap<String, BTreeSet<u32>>) -> BTreeMap<u32, String> {
+    owners
+        .iter()
+        .flat_map(|(node, ps)| ps.iter().map(move |p| (*p, node.clone())))
+        .collect()
 }
 
 #[test]
@@ -469,7 +570,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
         let client = TestClient::http1();
         let want = [("node-a", 1), ("node-b", 1)];
         wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let mut owners = owner_of(&wait_fleet(&client, &b, &want, Duration::from_secs(30)).await);
         open_election(&client, &a, "rolling", &OPTIONS, 0).await;
         wait_open(&client, &b, "rolling").await;
 
@@ -510,23 +611,26 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
             let (prefix, name) = (prefix.clone(), node.clone());
             let restart = std::thread::spawn(move || {
                 let status = leaving.stop(Duration::from_secs(60));
-                let stopped_in = stopped_at.elapsed();
-                (
-                    status,
-                    stopped_in,
-                    Serve::start_node(&prefix, 1, &name, &[]),
-                )
+                let exited_at = Instant::now();
+                (status, exited_at, Serve::start_node(&prefix, 1, &name, &[]))
             });
             while !restart.is_finished() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let (status, stopped_in, back) = restart.join().expect("the restart thread");
+            let (status, exited_at, back) = restart.join().expect("the restart thread");
             assert!(
                 status.success(),
                 "{node} exits cleanly on SIGTERM: {status}"
             );
-            wait_fleet(&client, &back, &want, Duration::from_secs(60)).await;
-            restarts.push((node, stopped_at, stopped_in, stopped_at.elapsed()));
+            let after = owner_of(&wait_fleet(&client, &back, &want, Duration::from_secs(60)).await);
+            restarts.push(Restart {
+                node,
+                stopped_at,
+                exited_at,
+                back_at: Instant::now(),
+                owners_before: std::mem::replace(&mut owners, after.clone()),
+                owners_after: after,
+            });
             nodes[i] = Some(back);
             *urls.write().unwrap() = nodes.iter().flatten().map(|n| n.url("")).collect();
         }
@@ -537,16 +641,10 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
         load.await.unwrap();
         let attempts = attempts.lock().await.clone();
 
-        for (node, at, stop, back) in &restarts {
-            eprintln!("rolling restart: {node} got SIGTERM at {:?}", *at - started);
-            eprintln!(
-                "rolling restart: {node} stopped in {stop:?}, serving again {back:?} after SIGTERM"
-            );
-        }
-        eprintln!(
-            "longest time without a 202 per partition during the restarts (from, length): {:?}",
-            longest_gaps(&attempts, started, restarted)
-        );
+        // Reported, not asserted: the window depends on the machine's speed (docs/operations.md,
+        // "Rolling restart", has the figure measured on one).
+        let longest = report_windows(&attempts, &restarts, started, restarted);
+        eprintln!("rolling restart: longest window without a 202, per partition: {longest:?}");
         let done: BTreeSet<u64> = attempts
             .iter()
             .filter(|x| matches!(x.status, Some(202 | 409)))

@@ -128,6 +128,7 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
     for name in [
         "votes_partition_owned",
         "votes_commit_latency_seconds_bucket",
+        "votes_http_responses_total",
     ] {
         assert!(
             from_rules.contains(name),
@@ -138,6 +139,7 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
         "votes_votes_total",
         "votes_persist_lag",
         "votes_batch_size_sum",
+        "votes_http_responses_total",
     ] {
         assert!(
             from_dashboard.contains(name),

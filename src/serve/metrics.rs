@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use votes_core::{ElectionId, OptionId};
-use votes_net::HttpStats;
+use votes_net::{HttpStats, ListenerKind};
 use votes_tally::engine::TxnOutcome;
 use votes_tally::shard::ShardState;
 
@@ -34,8 +34,23 @@ const BATCH_BOUNDS: [u64; 14] = [
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000,
 ];
 
+/// The listeners whose answers are counted, in the order of [`Counters::responses`].
+const LISTENERS: [&str; 2] = ["public", "admin"];
+
+/// Status classes by their first digit: `http::StatusCode` holds 100 to 999, so the class
+/// indexes 1 to 9 (0 stays empty) and no status is ever out of range or folded into another.
+const STATUS_CLASSES: usize = 10;
+
+/// The `class` label of each index of a listener's row.
+const CLASS_LABELS: [&str; STATUS_CLASSES] = [
+    "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+];
+
 #[derive(Clone)]
 pub struct Counters {
+    /// Answers the app gave, by listener (`LISTENERS`) and status class (the hundreds digit).
+    /// A fixed array: counting one is an index increment, no allocation or formatting.
+    pub responses: [[u64; STATUS_CLASSES]; LISTENERS.len()],
     /// Vote requests answered, by the code of the answer (`accepted` for 202).
     pub votes: BTreeMap<&'static str, u64>,
     pub batches: BTreeMap<&'static str, u64>,
@@ -53,6 +68,7 @@ pub struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Self {
+            responses: [[0; STATUS_CLASSES]; LISTENERS.len()],
             votes: BTreeMap::new(),
             batches: BTreeMap::new(),
             batch_size: Histogram::new_with_bounds(1, 1 << 20, 2).expect("static bounds"),
@@ -69,6 +85,11 @@ impl Default for Counters {
 
 impl Counters {
     fn merge(&mut self, other: &Counters) {
+        for (mine, theirs) in self.responses.iter_mut().zip(&other.responses) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m += t;
+            }
+        }
         for (k, v) in &other.votes {
             *self.votes.entry(k).or_default() += v;
         }
@@ -98,6 +119,19 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
+    /// One answer of the app on `listener`, counted by its status class. Called for every
+    /// request (the hot path): a borrow of this core's own counters and one increment.
+    pub fn responded(&self, listener: ListenerKind, status: u16) {
+        let listener = match listener {
+            ListenerKind::Public => 0,
+            ListenerKind::Admin => 1,
+            // Not HTTP: nothing is answered there.
+            ListenerKind::Internal => return,
+        };
+        let class = usize::from(status / 100).min(STATUS_CLASSES - 1);
+        self.counters.borrow_mut().responses[listener][class] += 1;
+    }
+
     pub fn vote(&self, outcome: &'static str) {
         *self.counters.borrow_mut().votes.entry(outcome).or_default() += 1;
     }
@@ -243,6 +277,20 @@ impl NodeMetrics {
     /// one entry per family with its help text: a new metric is one more entry here.
     pub fn render(&self, page: &mut Exposition) {
         let c = self.merged();
+        let mut f = page.family(
+            "votes_http_responses_total",
+            Kind::Counter,
+            "Answers the app gave, by listener and status class; every route is counted. Not counted: requests whose handler panicked (answered 503, see votes_http_handler_panics_total) and connections the connection layer refused or closed before a request reached the app.",
+        );
+        for (listener, classes) in LISTENERS.iter().zip(&c.responses) {
+            for (digit, (class, n)) in CLASS_LABELS.iter().zip(classes).enumerate() {
+                // The classes HTTP defines are always shown, so rates over them exist from
+                // the start; any other only once answered.
+                if (1..=5).contains(&digit) || *n > 0 {
+                    f.sample(&[("listener", listener), ("class", class)], n);
+                }
+            }
+        }
         let mut f = page.family(
             "votes_votes_total",
             Kind::Counter,
@@ -485,5 +533,64 @@ impl NodeMetrics {
                 f.sample(&[("core", &core)], field(s));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_is_counted_by_listener_and_class() {
+        let core = CoreMetrics::default();
+        for status in [202, 409, 503, 503] {
+            core.responded(ListenerKind::Public, status);
+        }
+        core.responded(ListenerKind::Admin, 200);
+        core.responded(ListenerKind::Admin, 503);
+        core.responded(ListenerKind::Internal, 500);
+        // Two cores' slots are summed.
+        let node = NodeMetrics::new(2, 1);
+        node.publish(0, core.snapshot(), Vec::new());
+        node.publish(1, core.snapshot(), Vec::new());
+        let mut page = Exposition::new();
+        node.render(&mut page);
+        let page = page.into_string();
+        let value = |series: &str| -> u64 {
+            page.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+        };
+        let series = |l: &str, c: &str| {
+            format!("votes_http_responses_total{{listener=\"{l}\",class=\"{c}\"}}")
+        };
+        assert_eq!(value(&series("public", "2xx")), 2);
+        assert_eq!(value(&series("public", "4xx")), 2);
+        assert_eq!(value(&series("public", "5xx")), 4);
+        assert_eq!(value(&series("admin", "2xx")), 2);
+        assert_eq!(value(&series("admin", "5xx")), 2);
+        assert_eq!(
+            value(&series("admin", "1xx")),
+            0,
+            "HTTP's classes are always shown"
+        );
+        assert!(!page.contains("class=\"9xx\""), "{page}");
+        assert!(page.contains("# TYPE votes_http_responses_total counter"));
+    }
+
+    #[test]
+    fn a_status_beyond_the_classes_http_defines_keeps_its_own_class() {
+        let core = CoreMetrics::default();
+        core.responded(ListenerKind::Public, 999);
+        let node = NodeMetrics::new(1, 1);
+        node.publish(0, core.snapshot(), Vec::new());
+        let mut page = Exposition::new();
+        node.render(&mut page);
+        let page = page.into_string();
+        assert!(
+            page.contains("votes_http_responses_total{listener=\"public\",class=\"9xx\"} 1"),
+            "{page}"
+        );
+        assert!(page.contains("votes_http_responses_total{listener=\"public\",class=\"5xx\"} 0"));
     }
 }

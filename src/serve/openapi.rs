@@ -875,6 +875,8 @@ fn merge(into: &mut Value, more: Value) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
@@ -923,6 +925,126 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(vote.get(code.status().to_string()).is_some(), "{code:?}");
         }
+    }
+
+    /// A route table's (path template, method) pairs: each arm's pattern as a template (a
+    /// parameter `{name}`), and the methods the route it matches answers, found by matching a
+    /// path made from the pattern. `route` looks a path's segments up in the table.
+    fn routed(
+        patterns: &[&[&str]],
+        route: impl Fn(&[&str]) -> Option<&'static [votes_net::http::Method]>,
+    ) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for pattern in patterns {
+            let mut template = String::new();
+            let mut sample = Vec::new();
+            for seg in *pattern {
+                template.push('/');
+                match seg.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    Some(literal) => {
+                        template.push_str(literal);
+                        sample.push(literal);
+                    }
+                    None => {
+                        let name = seg.trim_start_matches('_');
+                        assert!(!name.is_empty(), "name the parameter of {pattern:?}");
+                        template.push_str(&format!("{{{name}}}"));
+                        // No literal of any route: the arm that binds it is the one matched.
+                        sample.push("x-param-x");
+                    }
+                }
+            }
+            if template.is_empty() {
+                template.push('/');
+            }
+            let methods = route(&sample).unwrap_or_else(|| panic!("{template} routes nowhere"));
+            for m in methods {
+                out.insert((template.clone(), m.as_str().to_ascii_lowercase()));
+            }
+        }
+        out
+    }
+
+    /// The document's (path, method) pairs. OpenAPI has no CONNECT operation: a route that
+    /// answers it (a WebSocket over h2, RFC 8441) counts as documented when its path's GET
+    /// describes the CONNECT.
+    fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+        let mut out: BTreeSet<(String, String)> = operations(doc)
+            .into_iter()
+            .map(|(path, method, _)| (path, method))
+            .collect();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            if item["get"].to_string().contains("extended CONNECT") {
+                out.insert((path.clone(), "connect".to_owned()));
+            }
+        }
+        out
+    }
+
+    fn assert_same(
+        listener: &str,
+        routed: &BTreeSet<(String, String)>,
+        doc: &BTreeSet<(String, String)>,
+    ) {
+        let undocumented: Vec<_> = routed.difference(doc).collect();
+        let unrouted: Vec<_> = doc.difference(routed).collect();
+        assert!(
+            undocumented.is_empty() && unrouted.is_empty(),
+            "{listener}: routed but not documented: {undocumented:?}; documented but not routed: {unrouted:?}"
+        );
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_routed() {
+        use crate::serve::routes::{Admin, Public};
+        // `--dev-login` on: its route exists then, and the document describes it.
+        let public_routes = routed(Public::PATTERNS, |segs| {
+            Public::of(segs, true).map(Public::methods)
+        });
+        let admin_routes = routed(Admin::PATTERNS, |segs| Admin::of(segs).map(Admin::methods));
+        // The derivation itself: a route of each kind must be found, or this checks nothing.
+        for want in [
+            ("/v1/elections/{id}/receipts/{receipt}", "get"),
+            ("/v1/elections/{id}/votes", "post"),
+            ("/v1/elections/{id}/results/ws", "connect"),
+            ("/results/{id}", "get"),
+            ("/", "get"),
+        ] {
+            assert!(
+                public_routes.contains(&(want.0.to_owned(), want.1.to_owned())),
+                "{want:?} in {public_routes:?}"
+            );
+        }
+        assert!(
+            admin_routes.contains(&("/admin/v1/elections/{id}".to_owned(), "patch".to_owned()))
+        );
+        let public_doc: Value = serde_json::from_slice(public()).expect("valid JSON");
+        let admin_doc: Value = serde_json::from_slice(admin()).expect("valid JSON");
+        assert_same("public listener", &public_routes, &documented(&public_doc));
+        assert_same("admin listener", &admin_routes, &documented(&admin_doc));
+    }
+
+    #[test]
+    fn the_route_comparison_fails_both_ways() {
+        let doc = json!({"paths": {
+            "/a": {"get": {"responses": {}}},
+            "/b/{id}": {"get": {"responses": {}}, "post": {"responses": {}}},
+        }});
+        let routes = |extra: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+            [("/a", "get"), ("/b/{id}", "get")]
+                .iter()
+                .chain(extra)
+                .map(|(p, m)| (p.to_string(), m.to_string()))
+                .collect()
+        };
+        let documented = documented(&doc);
+        // A documented route the server does not route.
+        let missing = std::panic::catch_unwind(|| assert_same("t", &routes(&[]), &documented));
+        assert!(missing.is_err());
+        // A route the document does not describe.
+        let extra = routes(&[("/b/{id}", "post"), ("/c", "get")]);
+        assert!(std::panic::catch_unwind(|| assert_same("t", &extra, &documented)).is_err());
+        assert_same("t", &routes(&[("/b/{id}", "post")]), &documented);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The route tables of the public and admin listeners: which path names which resource, and
 //! which methods each answers. Dispatch matches on a route (`app.rs`), and a method a route
 //! does not list gets `405` with those methods in `Allow`, so the two cannot drift apart.
-//! `/openapi.json` and `/admin/openapi.json` describe the same routes; `tests/openapi.rs`
-//! checks every path of them against the server.
+//! `/openapi.json` and `/admin/openapi.json` describe the same routes: a unit test of
+//! `openapi.rs` compares every (path, method) of these tables with the documents, and
+//! `tests/openapi.rs` checks every path of them against the running server.
 
 use votes_net::http::Method;
 
@@ -12,6 +13,33 @@ const PATCH: &[Method] = &[Method::PATCH];
 const GET_POST: &[Method] = &[Method::GET, Method::POST];
 /// A WebSocket opens with a GET (HTTP/1.1 Upgrade) or a CONNECT (h2, RFC 8441).
 const GET_CONNECT: &[Method] = &[Method::GET, Method::CONNECT];
+
+/// Writes a route table's `of` (a `match` on the path's segments, one arm per route) and, for
+/// tests, `PATTERNS`: the same arms' segment patterns as written (a quoted literal, or the
+/// name a parameter binds; a leading `_` only silences an unused binding). Both come from one
+/// list, so a test can hold the API documents to what dispatch really matches: a route added
+/// here without its document entry, or documented without a route, fails
+/// `openapi::tests::every_route_is_documented_and_every_documented_route_is_routed`.
+macro_rules! route_table {
+    (
+        $(#[$doc:meta])*
+        fn of($segments:ident: $segments_ty:ty $(, $arg:ident: $arg_ty:ty)*);
+        $( [$($seg:tt),*] $(if $guard:expr)? => $route:expr, )*
+    ) => {
+        $(#[$doc])*
+        pub fn of($segments: $segments_ty $(, $arg: $arg_ty)*) -> Option<Self> {
+            Some(match *$segments {
+                $( [$($seg),*] $(if $guard)? => $route, )*
+                _ => return None,
+            })
+        }
+
+        /// The segment patterns of `of`'s arms, in order.
+        #[cfg(test)]
+        pub const PATTERNS: &'static [&'static [&'static str]] =
+            &[$( &[$(stringify!($seg)),*], )*];
+    };
+}
 
 /// A resource of the public listener, with its path parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,27 +85,25 @@ pub enum Public<'a> {
 }
 
 impl<'a> Public<'a> {
-    /// The resource `segments` (the path split on `/`, empty parts dropped) names.
-    pub fn of(segments: &[&'a str], dev_login: bool) -> Option<Self> {
-        Some(match *segments {
-            ["healthz"] => Self::Healthz,
-            ["readyz"] => Self::Readyz,
-            ["openapi.json"] => Self::OpenApi,
-            [] => Self::Index,
-            ["results", _] => Self::ResultsPage,
-            ["static", name] => Self::Static { name },
-            ["v1", "dev", "login"] if dev_login => Self::DevLogin,
-            ["v1", "elections"] => Self::Elections,
-            ["v1", "elections", id] => Self::Election { id },
-            ["v1", "elections", id, "results"] => Self::Results { id },
-            ["v1", "elections", id, "results", "stream"] => Self::ResultsStream { id },
-            ["v1", "elections", id, "results", "ws"] => Self::ResultsWebSocket { id },
-            ["v1", "elections", id, "receipts", receipt] => Self::Receipt { id, receipt },
-            ["v1", "elections", id, "challenge"] => Self::Challenge { id },
-            ["v1", "elections", id, "votes", "me"] => Self::MyVote { id },
-            ["v1", "elections", id, "votes"] => Self::Votes { id },
-            _ => return None,
-        })
+    route_table! {
+        /// The resource `segments` (the path split on `/`, empty parts dropped) names.
+        fn of(segments: &[&'a str], dev_login: bool);
+        ["healthz"] => Self::Healthz,
+        ["readyz"] => Self::Readyz,
+        ["openapi.json"] => Self::OpenApi,
+        [] => Self::Index,
+        ["results", _id] => Self::ResultsPage,
+        ["static", name] => Self::Static { name },
+        ["v1", "dev", "login"] if dev_login => Self::DevLogin,
+        ["v1", "elections"] => Self::Elections,
+        ["v1", "elections", id] => Self::Election { id },
+        ["v1", "elections", id, "results"] => Self::Results { id },
+        ["v1", "elections", id, "results", "stream"] => Self::ResultsStream { id },
+        ["v1", "elections", id, "results", "ws"] => Self::ResultsWebSocket { id },
+        ["v1", "elections", id, "receipts", receipt] => Self::Receipt { id, receipt },
+        ["v1", "elections", id, "challenge"] => Self::Challenge { id },
+        ["v1", "elections", id, "votes", "me"] => Self::MyVote { id },
+        ["v1", "elections", id, "votes"] => Self::Votes { id },
     }
 
     /// The methods the resource answers; any other gets `405` naming these.
@@ -127,28 +153,26 @@ pub enum Admin<'a> {
 }
 
 impl<'a> Admin<'a> {
-    /// The resource `segments` names.
-    pub fn of(segments: &[&'a str]) -> Option<Self> {
-        Some(match *segments {
-            ["healthz"] => Self::Healthz,
-            ["admin"] => Self::Page,
-            ["static", name] => Self::Static { name },
-            ["admin", "openapi.json"] => Self::OpenApi,
-            ["metrics"] => Self::Metrics,
-            ["admin", "v1", "elections"] => Self::Elections,
-            ["admin", "v1", "stats"] => Self::Stats,
-            ["admin", "v1", "fleet"] => Self::Fleet,
-            ["admin", "v1", "elections", id] => Self::Election { id },
-            ["admin", "v1", "elections", id, "open"] => Self::Transition {
-                id,
-                to: Transition::Open,
-            },
-            ["admin", "v1", "elections", id, "close"] => Self::Transition {
-                id,
-                to: Transition::Close,
-            },
-            _ => return None,
-        })
+    route_table! {
+        /// The resource `segments` names.
+        fn of(segments: &[&'a str]);
+        ["healthz"] => Self::Healthz,
+        ["admin"] => Self::Page,
+        ["static", name] => Self::Static { name },
+        ["admin", "openapi.json"] => Self::OpenApi,
+        ["metrics"] => Self::Metrics,
+        ["admin", "v1", "elections"] => Self::Elections,
+        ["admin", "v1", "stats"] => Self::Stats,
+        ["admin", "v1", "fleet"] => Self::Fleet,
+        ["admin", "v1", "elections", id] => Self::Election { id },
+        ["admin", "v1", "elections", id, "open"] => Self::Transition {
+            id,
+            to: Transition::Open,
+        },
+        ["admin", "v1", "elections", id, "close"] => Self::Transition {
+            id,
+            to: Transition::Close,
+        },
     }
 
     /// The methods the resource answers; any other gets `405` naming these.

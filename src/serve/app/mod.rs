@@ -142,11 +142,16 @@ impl App for AppHandle {
     ) -> LocalBoxFuture<'static, Response<BoxBody>> {
         let app = self.0.clone();
         Box::pin(async move {
-            match kind {
+            // The handlers consume the app's `Rc`; the counters outlive them.
+            let metrics = Rc::clone(&app.metrics);
+            let resp = match kind {
                 ListenerKind::Public => app.public(peer, req).await,
                 ListenerKind::Admin => app.admin(req).await,
                 ListenerKind::Internal => unreachable!("the internal listener does not speak HTTP"),
-            }
+            };
+            // Every answer of every route leaves the app here, so it is counted here once.
+            metrics.responded(kind, resp.status().as_u16());
+            resp
         })
     }
 
