@@ -322,6 +322,8 @@ pub struct AdminWrite {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Fault {
     pub kind: &'static str,
+    /// What it struck; a broker's role when the nemesis aimed at one ("broker-1 (active
+    /// controller)", "broker-2 (transaction coordinator of …)").
     pub target: String,
     pub from_ms: u64,
     pub to_ms: u64,
@@ -843,10 +845,40 @@ async fn nemesis(
                     set_clock(&clock, "+0")?;
                 }
                 "kill-broker" => {
-                    let b = rng.next_u64() % 3;
-                    target = format!("broker-{b}");
+                    // A third of the kills each: any broker, the active KRaft controller, the
+                    // transaction coordinator of a node's transactional id.
+                    let role = rng.next_u64() % 3;
+                    let node = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    let any = rng.next_u64() % 3;
                     let services = f.cfg.services.clone();
+                    let brokers = f.cfg.brokers.clone();
+                    let txid = transactional_id(&f.prefix, &f.nodes[node].proc.name)?;
                     drop(f);
+                    let (b, what) = match role {
+                        0 => (any, String::new()),
+                        1 => {
+                            let (s, b) = (services.clone(), brokers.clone());
+                            match tokio::task::spawn_blocking(move || active_controller(&s, &b))
+                                .await
+                            {
+                                Ok(Ok(b)) => (b, " (active controller)".to_owned()),
+                                Ok(Err(e)) => (any, format!(" (controller not found: {e})")),
+                                Err(e) => (any, format!(" (controller not found: {e})")),
+                            }
+                        }
+                        _ => {
+                            let (b, t) = (brokers.clone(), txid.clone());
+                            match tokio::task::spawn_blocking(move || txn_coordinator(&b, &t)).await
+                            {
+                                Ok(Ok(b)) => (b, format!(" (transaction coordinator of {txid})")),
+                                Ok(Err(e)) => {
+                                    (any, format!(" (coordinator of {txid} not found: {e})"))
+                                }
+                                Err(e) => (any, format!(" (coordinator of {txid} not found: {e})")),
+                            }
+                        }
+                    };
+                    target = format!("broker-{b}{what}");
                     kill_broker(&services, b)?;
                     tokio::time::sleep(hold).await;
                     services_up(&services, &["--brokers", "3", "kafka"])?;
@@ -930,6 +962,95 @@ fn kill_broker(services: &Path, b: u64) -> Result<(), ChaosError> {
     // SAFETY: kill(2) of the broker this checkout's services script started (its pidfile).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     Ok(())
+}
+
+/// Java's `String.hashCode`, which Kafka hashes a transactional id (or a group id) with.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The partition of Kafka's internal topic of `count` partitions that coordinates an id of
+/// hash `hash`: `Utils.abs(hash) % count`, where Kafka's `abs` maps `i32::MIN` to 0 (not
+/// `hash & 0x7fffffff`, which differs for every other negative hash).
+fn coordinator_partition(hash: i32, count: i32) -> i32 {
+    if hash == i32::MIN {
+        0
+    } else {
+        hash.abs() % count
+    }
+}
+
+/// The transactional id a node's committer writes as: the committer scope the nodes inherit
+/// (`VOTES_COMMITTER`), core 0 by default (each node runs one core).
+fn transactional_id(prefix: &str, node: &str) -> Result<String, ChaosError> {
+    let names = Names::new(prefix).map_err(|e| setup(format!("prefix: {e}")))?;
+    Ok(match std::env::var("VOTES_COMMITTER").as_deref() {
+        Ok("node") => names.node_transactional_id(node),
+        _ => names.core_transactional_id(node, 0),
+    })
+}
+
+/// The broker leading the `__transaction_state` partition that coordinates `txid`.
+fn txn_coordinator(brokers: &str, txid: &str) -> Result<u64, ChaosError> {
+    let consumer: BaseConsumer = votes_tally::kafka::base_config(brokers).create()?;
+    let md = consumer.fetch_metadata(Some("__transaction_state"), Duration::from_secs(10))?;
+    let topic = md
+        .topics()
+        .first()
+        .ok_or_else(|| setup("no __transaction_state in the metadata"))?;
+    let count = i32::try_from(topic.partitions().len()).unwrap_or(0);
+    if count == 0 {
+        return Err(setup("__transaction_state has no partitions"));
+    }
+    let p = coordinator_partition(java_hash(txid), count);
+    let leader = topic
+        .partitions()
+        .iter()
+        .find(|x| x.id() == p)
+        .map(|x| x.leader())
+        .ok_or_else(|| setup(format!("no __transaction_state partition {p}")))?;
+    u64::try_from(leader)
+        .ok()
+        .filter(|b| *b < 3)
+        .ok_or_else(|| {
+            setup(format!(
+                "__transaction_state partition {p} has leader {leader}"
+            ))
+        })
+}
+
+/// The active KRaft controller (the quorum's leader), as `kafka-metadata-quorum describe
+/// --status` reports it through the brokers. The metadata's controller id will not do: a
+/// KRaft broker names a random live broker there (KIP-590).
+fn active_controller(services: &Path, brokers: &str) -> Result<u64, ChaosError> {
+    let out = Command::new(services)
+        .args([
+            "kafka-run",
+            "org.apache.kafka.tools.MetadataQuorumCommand",
+            "--bootstrap-server",
+            brokers,
+            "describe",
+            "--status",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    leader_id(&text).ok_or_else(|| {
+        setup(format!(
+            "no LeaderId in kafka-metadata-quorum's answer: {} {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })
+}
+
+/// `LeaderId: N` of `kafka-metadata-quorum describe --status`.
+fn leader_id(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("LeaderId:")
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 fn flush_redis(url: &str) -> Result<(), ChaosError> {
@@ -1483,4 +1604,40 @@ async fn drive(cfg: &Config, rec: &Recorder) -> Result<check::Engines, ChaosErro
         redis,
         election,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Java's own values: `"hello".hashCode()` and the string whose hash is `Integer.MIN_VALUE`.
+    #[test]
+    fn java_hash_is_javas_string_hash_code() {
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("hello"), 99_162_322);
+        assert_eq!(java_hash("polygenelubricants"), i32::MIN);
+    }
+
+    /// Kafka's `Utils.abs`: a negative hash maps to its absolute value, `i32::MIN` to 0. A
+    /// mask (`& 0x7fffffff`) would put a hash of -5 on partition 3 of 8, not 5, and kill the
+    /// wrong broker.
+    #[test]
+    fn the_coordinator_partition_is_kafkas_abs_modulo_count() {
+        assert_eq!(coordinator_partition(13, 8), 5);
+        assert_eq!(coordinator_partition(-5, 8), 5);
+        assert_ne!(coordinator_partition(-5, 8), (-5i32 & 0x7fff_ffff) % 8);
+        assert_eq!(coordinator_partition(i32::MIN, 8), 0);
+        assert_eq!(
+            coordinator_partition(java_hash("polygenelubricants"), 50),
+            0
+        );
+    }
+
+    #[test]
+    fn the_leader_id_is_read_from_the_quorum_status() {
+        let status =
+            "ClusterId:              abc\nLeaderId:               2\nLeaderEpoch:            7\n";
+        assert_eq!(leader_id(status), Some(2));
+        assert_eq!(leader_id("ClusterId: abc\n"), None);
+    }
 }
