@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 println!(
-                    "seed {seed}: the run could not complete: {e} ({})",
+                    "seed {seed}: the run could not complete: {e} (what it gathered: {}/history.jsonl, report.json)",
                     out.display()
                 );
                 failed = true;

@@ -21,6 +21,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use votes_core::clock::unix_ms;
@@ -33,11 +34,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use votes_core::record::LogRecord;
-use votes_core::{Names, VoterId, routing};
+use votes_core::{Names, routing};
 
 use crate::client::{Client, Protocol, Target, Trust};
 use crate::mix::Rng;
 use crate::tokens::Tokens;
+
+pub mod check;
+
+pub use check::{Anomaly, CloseCall, Edge, Window};
 
 pub const TOKEN_KEY: &str = "chaos-only VOTES_TOKEN_KEY, 32+ bytes long";
 pub const AUDIT_KEY: &str = "chaos-only VOTES_AUDIT_KEY, 32+ bytes long!";
@@ -47,11 +52,6 @@ const ELECTION: &str = "chaos";
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 /// Attempts per voter before the voter gives up (each after a 503 or a lost answer).
 const ATTEMPTS: u32 = 60;
-/// A partition without a `202` for longer than this is reported as unavailable.
-const GAP: Duration = Duration::from_secs(1);
-/// How long after a fault heals a window is still put down to it: a restarted node rejoins
-/// the group, which moves partitions once more.
-const AFTERMATH_MS: u64 = 30_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -197,6 +197,8 @@ pub enum ChaosError {
     Io(#[from] std::io::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 fn setup(what: impl Into<String>) -> ChaosError {
@@ -320,23 +322,38 @@ pub struct AdminWrite {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Fault {
     pub kind: &'static str,
+    /// What it struck; a broker's role when the nemesis aimed at one ("broker-1 (active
+    /// controller)", "broker-2 (transaction coordinator of …)").
     pub target: String,
     pub from_ms: u64,
     pub to_ms: u64,
 }
 
-/// What a run found.
+/// What a run found. Written to `report.json` whether or not the run completed.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub seed: u64,
+    /// Whether the run got as far as the checker's judgement; when not, `error` says why and
+    /// the report holds what the run had gathered (history, faults, windows), no verdict.
+    pub completed: bool,
+    pub error: Option<String>,
     pub acknowledged: u64,
     pub attempts: u64,
     pub faults: BTreeMap<&'static str, u64>,
-    pub anomalies: Vec<String>,
-    /// Per fault kind: the longest window without a `202` on some partition that overlapped it.
+    pub anomalies: Vec<Anomaly>,
+    /// Per fault kind: the length of each window put down to it ([`Report::windows`]).
     pub unavailable_ms: BTreeMap<&'static str, Vec<u64>>,
+    /// Every window in which a partition gave no `202`, edges of the load included.
+    pub windows: Vec<Window>,
     /// Admin writes answered `200` during the run.
     pub admin_writes: u64,
+    /// The operator's attempts to close the election during load.
+    pub close: Vec<CloseCall>,
+    /// Votes refused `409 election_not_open` after the close began.
+    pub refused_after_close: u64,
+    /// Whether the campaign ran `votes recount --all-closed` itself (as the timer does), the
+    /// recount the close started having not made the result official.
+    pub recount_retried: bool,
     pub official: serde_json::Value,
 }
 
@@ -594,10 +611,14 @@ async fn lane(
     seed: u64,
     until: Instant,
     history: Arc<Mutex<Vec<Attempt>>>,
+    closed: Arc<AtomicBool>,
 ) {
     let mut rng = Rng::new(seed ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut voter = lane as u64;
-    while Instant::now() < until {
+    let mut refused = false;
+    // Voters keep coming until the load ends, or until the election is closed and this lane
+    // met the refusal: beyond that, each new voter is only another `409`.
+    while Instant::now() < until && !(refused && closed.load(Ordering::SeqCst)) {
         voter += lanes as u64;
         let option = OPTIONS[(rng.next_u64() % 3) as usize];
         let duplicate_after = rng.next_u64().is_multiple_of(20);
@@ -608,6 +629,7 @@ async fn lane(
             let a = vote(&clients[node][pick], node, &tokens, voter, option, false).await;
             let done = matches!(a.status, 202 | 409 | 400 | 404);
             let accepted = a.status == 202;
+            refused |= a.code.as_deref() == Some("election_not_open");
             history.lock().expect("history").push(a);
             if done {
                 answered = true;
@@ -730,6 +752,7 @@ async fn nemesis(
     seed: u64,
     until: Instant,
     faults: Arc<Mutex<Vec<Fault>>>,
+    close_began: Arc<AtomicBool>,
 ) -> Result<(), ChaosError> {
     let mut rng = Rng::new(seed.rotate_left(17) ^ 0x5eed);
     // Let the fleet settle and votes flow first.
@@ -755,6 +778,14 @@ async fn nemesis(
             7 if clocks => "jump-clock",
             _ => "kill-persister",
         };
+        // The official result and the receipts index live in Redis, and nothing but an
+        // operator's reprocess writes them again: Redis emptied once the close began would
+        // take the result away, a loss of the read model the campaign does not claim to
+        // survive. Every other kind goes on through the close.
+        if kind == "restart-redis-empty" && close_began.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1_000 + rng.next_u64() % 2_000)).await;
+            continue;
+        }
         let from_ms = unix_ms();
         let hold = Duration::from_millis(2_000 + rng.next_u64() % 8_000);
         let target;
@@ -814,10 +845,40 @@ async fn nemesis(
                     set_clock(&clock, "+0")?;
                 }
                 "kill-broker" => {
-                    let b = rng.next_u64() % 3;
-                    target = format!("broker-{b}");
+                    // A third of the kills each: any broker, the active KRaft controller, the
+                    // transaction coordinator of a node's transactional id.
+                    let role = rng.next_u64() % 3;
+                    let node = (rng.next_u64() % f.nodes.len() as u64) as usize;
+                    let any = rng.next_u64() % 3;
                     let services = f.cfg.services.clone();
+                    let brokers = f.cfg.brokers.clone();
+                    let txid = transactional_id(&f.prefix, &f.nodes[node].proc.name)?;
                     drop(f);
+                    let (b, what) = match role {
+                        0 => (any, String::new()),
+                        1 => {
+                            let (s, b) = (services.clone(), brokers.clone());
+                            match tokio::task::spawn_blocking(move || active_controller(&s, &b))
+                                .await
+                            {
+                                Ok(Ok(b)) => (b, " (active controller)".to_owned()),
+                                Ok(Err(e)) => (any, format!(" (controller not found: {e})")),
+                                Err(e) => (any, format!(" (controller not found: {e})")),
+                            }
+                        }
+                        _ => {
+                            let (b, t) = (brokers.clone(), txid.clone());
+                            match tokio::task::spawn_blocking(move || txn_coordinator(&b, &t)).await
+                            {
+                                Ok(Ok(b)) => (b, format!(" (transaction coordinator of {txid})")),
+                                Ok(Err(e)) => {
+                                    (any, format!(" (coordinator of {txid} not found: {e})"))
+                                }
+                                Err(e) => (any, format!(" (coordinator of {txid} not found: {e})")),
+                            }
+                        }
+                    };
+                    target = format!("broker-{b}{what}");
                     kill_broker(&services, b)?;
                     tokio::time::sleep(hold).await;
                     services_up(&services, &["--brokers", "3", "kafka"])?;
@@ -901,6 +962,95 @@ fn kill_broker(services: &Path, b: u64) -> Result<(), ChaosError> {
     // SAFETY: kill(2) of the broker this checkout's services script started (its pidfile).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     Ok(())
+}
+
+/// Java's `String.hashCode`, which Kafka hashes a transactional id (or a group id) with.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The partition of Kafka's internal topic of `count` partitions that coordinates an id of
+/// hash `hash`: `Utils.abs(hash) % count`, where Kafka's `abs` maps `i32::MIN` to 0 (not
+/// `hash & 0x7fffffff`, which differs for every other negative hash).
+fn coordinator_partition(hash: i32, count: i32) -> i32 {
+    if hash == i32::MIN {
+        0
+    } else {
+        hash.abs() % count
+    }
+}
+
+/// The transactional id a node's committer writes as: the committer scope the nodes inherit
+/// (`VOTES_COMMITTER`), core 0 by default (each node runs one core).
+fn transactional_id(prefix: &str, node: &str) -> Result<String, ChaosError> {
+    let names = Names::new(prefix).map_err(|e| setup(format!("prefix: {e}")))?;
+    Ok(match std::env::var("VOTES_COMMITTER").as_deref() {
+        Ok("node") => names.node_transactional_id(node),
+        _ => names.core_transactional_id(node, 0),
+    })
+}
+
+/// The broker leading the `__transaction_state` partition that coordinates `txid`.
+fn txn_coordinator(brokers: &str, txid: &str) -> Result<u64, ChaosError> {
+    let consumer: BaseConsumer = votes_tally::kafka::base_config(brokers).create()?;
+    let md = consumer.fetch_metadata(Some("__transaction_state"), Duration::from_secs(10))?;
+    let topic = md
+        .topics()
+        .first()
+        .ok_or_else(|| setup("no __transaction_state in the metadata"))?;
+    let count = i32::try_from(topic.partitions().len()).unwrap_or(0);
+    if count == 0 {
+        return Err(setup("__transaction_state has no partitions"));
+    }
+    let p = coordinator_partition(java_hash(txid), count);
+    let leader = topic
+        .partitions()
+        .iter()
+        .find(|x| x.id() == p)
+        .map(|x| x.leader())
+        .ok_or_else(|| setup(format!("no __transaction_state partition {p}")))?;
+    u64::try_from(leader)
+        .ok()
+        .filter(|b| *b < 3)
+        .ok_or_else(|| {
+            setup(format!(
+                "__transaction_state partition {p} has leader {leader}"
+            ))
+        })
+}
+
+/// The active KRaft controller (the quorum's leader), as `kafka-metadata-quorum describe
+/// --status` reports it through the brokers. The metadata's controller id will not do: a
+/// KRaft broker names a random live broker there (KIP-590).
+fn active_controller(services: &Path, brokers: &str) -> Result<u64, ChaosError> {
+    let out = Command::new(services)
+        .args([
+            "kafka-run",
+            "org.apache.kafka.tools.MetadataQuorumCommand",
+            "--bootstrap-server",
+            brokers,
+            "describe",
+            "--status",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    leader_id(&text).ok_or_else(|| {
+        setup(format!(
+            "no LeaderId in kafka-metadata-quorum's answer: {} {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })
+}
+
+/// `LeaderId: N` of `kafka-metadata-quorum describe --status`.
+fn leader_id(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("LeaderId:")
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 fn flush_redis(url: &str) -> Result<(), ChaosError> {
@@ -994,237 +1144,261 @@ async fn dynamo_votes(cfg: &Config, names: &Names) -> Result<HashMap<u64, String
     Ok(out)
 }
 
-/// The checker: the history against the committed log and the official result.
-#[allow(clippy::too_many_arguments)]
-fn check(
-    cfg: &Config,
-    log: &[(u32, u64, LogRecord)],
-    history: &[Attempt],
-    faults: &[Fault],
-    official: &serde_json::Value,
-    receipts_ok: &HashMap<String, bool>,
-    admin: &[AdminWrite],
-    opened_version: u64,
-    election: &serde_json::Value,
-    dynamo: &HashMap<u64, String>,
-) -> Report {
-    let mut r = Report {
-        seed: cfg.seed,
-        attempts: history.len() as u64,
-        official: official.clone(),
-        ..Report::default()
-    };
-    for f in faults {
-        *r.faults.entry(f.kind).or_default() += 1;
+/// Every Redis tally hash of the run's election, one per partition, read by the checker itself.
+fn redis_tallies(cfg: &Config, names: &Names) -> Result<Vec<HashMap<String, String>>, ChaosError> {
+    let client = redis::Client::open(cfg.redis.as_str())?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(10))?;
+    let mut pipe = redis::pipe();
+    for p in 0..cfg.partitions {
+        pipe.cmd("HGETALL").arg(names.redis_tally_key(ELECTION, p));
     }
-    // The log's counted votes: per partition in offset order, the election's records up to
-    // its first close marker, the first record of each voter.
-    let mut counted: HashMap<u64, (u32, u64, String)> = HashMap::new();
-    let mut closed: HashSet<u32> = HashSet::new();
-    let mut at: HashMap<(u32, u64), (u64, String)> = HashMap::new();
-    for (p, o, rec) in log {
-        match rec {
-            LogRecord::Close(c) if c.election.as_str() == ELECTION => {
-                closed.insert(*p);
-            }
-            LogRecord::Vote(v) if v.election.as_str() == ELECTION => {
-                at.insert((*p, *o), (v.voter.0, v.option.as_str().to_owned()));
-                if closed.contains(p) {
-                    continue;
-                }
-                if let Some((p0, o0, _)) = counted.get(&v.voter.0) {
-                    if *p0 != *p {
-                        r.anomalies.push(format!(
-                            "voter {} has records in partitions {p0} (offset {o0}) and {p}",
-                            v.voter.0
-                        ));
-                    }
-                    continue;
-                }
-                counted.insert(v.voter.0, (*p, *o, v.option.as_str().to_owned()));
-            }
-            _ => {}
-        }
-    }
-    if closed.len() != cfg.partitions as usize {
-        r.anomalies.push(format!(
-            "close markers in {} of {} partitions",
-            closed.len(),
-            cfg.partitions
-        ));
-    }
-    let mut acked = HashSet::new();
-    for a in history.iter().filter(|a| a.status == 202) {
-        acked.insert(a.voter);
-        let (Some(p), Some(o)) = (a.partition, a.offset) else {
-            r.anomalies.push(format!(
-                "voter {}: a 202 without partition and offset",
-                a.voter
-            ));
-            continue;
-        };
-        match counted.get(&a.voter) {
-            Some((cp, co, option)) if (*cp, *co) == (p, o) && option == a.option => {}
-            Some((cp, co, _)) => r.anomalies.push(format!(
-                "voter {}: 202 at {p}/{o}, but the counted vote is at {cp}/{co}",
-                a.voter
-            )),
-            None => r.anomalies.push(format!(
-                "voter {}: 202 at {p}/{o} ({:?} in the log there) is not counted: an acknowledged vote lost",
-                a.voter,
-                at.get(&(p, o))
-            )),
-        }
-        if routing::partition_of(VoterId(a.voter), cfg.partitions) != p {
-            r.anomalies.push(format!(
-                "voter {}: committed in a partition not its own",
-                a.voter
-            ));
-        }
-        match a.receipt.as_ref().and_then(|rc| receipts_ok.get(rc)) {
-            Some(true) => {}
-            _ => r.anomalies.push(format!(
-                "voter {}: receipt {:?} is not proven against the official root",
-                a.voter, a.receipt
-            )),
-        }
-    }
-    r.acknowledged = acked.len() as u64;
-    for a in history
-        .iter()
-        .filter(|a| a.status == 409 && a.code.as_deref() == Some("already_voted"))
-    {
-        if !counted.contains_key(&a.voter) {
-            r.anomalies.push(format!(
-                "voter {}: 409 already_voted, but no committed vote",
-                a.voter
-            ));
-        }
-    }
-    for a in history.iter().filter(|a| {
-        !matches!(a.status, 0 | 202 | 503) && a.code.as_deref() != Some("already_voted")
-    }) {
-        r.anomalies.push(format!(
-            "voter {}: an answer outside the contract under faults: {} {:?}",
-            a.voter, a.status, a.code
-        ));
-    }
-    // Official result = the log's first votes.
-    let mut tallies: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, _, option) in counted.values() {
-        *tallies.entry(option.clone()).or_default() += 1;
-    }
-    if official["state"] != "final" {
-        r.anomalies
-            .push(format!("the election did not become final: {official}"));
-    }
-    for o in OPTIONS {
-        let (theirs, ours) = (
-            official["totals"][o].as_u64().unwrap_or(0),
-            tallies.get(o).copied().unwrap_or(0),
-        );
-        if theirs != ours {
-            r.anomalies.push(format!(
-                "{o}: official {theirs}, the log's first votes {ours}"
-            ));
-        }
-    }
-    if official["merkle"]["tree_size"].as_u64() != Some(counted.len() as u64) {
-        r.anomalies.push(format!(
-            "official tree size {}, {} voters counted in the log",
-            official["merkle"]["tree_size"],
-            counted.len()
-        ));
-    }
-    // DynamoDB holds each counted voter's first vote, and nothing else.
-    for (voter, (_, _, option)) in &counted {
-        match dynamo.get(voter) {
-            Some(o) if o == option => {}
-            other => r.anomalies.push(format!(
-                "voter {voter}: DynamoDB holds {other:?}, the log's first vote is {option}"
-            )),
-        }
-    }
-    for voter in dynamo.keys().filter(|v| !counted.contains_key(v)) {
-        r.anomalies.push(format!(
-            "voter {voter}: in DynamoDB but not counted in the log"
-        ));
-    }
-    // Admin writes: no two acknowledged writes made the same version (one of them would be
-    // lost), and the versions add up: from the open, each acknowledged write, the close and
-    // `final` made one, and each write without a clear answer (none, or 503) at most one.
-    r.admin_writes = admin.iter().filter(|w| w.status == 200).count() as u64;
-    let mut made: BTreeMap<u64, u64> = BTreeMap::new();
-    for w in admin.iter().filter(|w| w.status == 200) {
-        let Some(v) = w.version else {
-            r.anomalies
-                .push(format!("admin write {}: a 200 without its version", w.n));
-            continue;
-        };
-        if let Some(other) = made.insert(v, w.n) {
-            r.anomalies.push(format!(
-                "admin writes {other} and {} were both acknowledged as version {v}: one is lost",
-                w.n
-            ));
-        }
-    }
-    for w in admin
-        .iter()
-        .filter(|w| !matches!(w.status, 0 | 200 | 409 | 503))
-    {
-        r.anomalies.push(format!(
-            "admin write {}: an answer outside the contract: {}",
-            w.n, w.status
-        ));
-    }
-    let unsure = admin.iter().filter(|w| matches!(w.status, 0 | 503)).count() as u64;
-    let least = opened_version + r.admin_writes + 2;
-    let final_version = election["version"].as_u64().unwrap_or(0);
-    if !(least..=least + unsure).contains(&final_version) {
-        r.anomalies.push(format!(
-            "the election ended at version {final_version}; open at {opened_version}, {} \
-             acknowledged writes, {unsure} unsure, close and final: {least}..={}",
-            r.admin_writes,
-            least + unsure
-        ));
-    }
-    if let Some(v) = made.keys().next_back()
-        && final_version < *v
-    {
-        r.anomalies.push(format!(
-            "the election ended at version {final_version}, below the acknowledged {v}"
-        ));
-    }
-    // Unavailability: per partition, windows between 202s longer than GAP while load ran.
-    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for a in history.iter().filter(|a| a.status == 202 && !a.duplicate) {
-        if let Some(p) = a.partition {
-            by_partition.entry(p).or_default().push(a.answered_ms);
-        }
-    }
-    for times in by_partition.values_mut() {
-        times.sort_unstable();
-        for w in times.windows(2) {
-            let gap = w[1] - w[0];
-            if gap <= GAP.as_millis() as u64 {
-                continue;
-            }
-            // The latest fault that began before the window ended and ended (plus its
-            // aftermath) after it began.
-            let cause = faults
-                .iter()
-                .filter(|f| f.from_ms <= w[1] && f.to_ms + AFTERMATH_MS >= w[0])
-                .max_by_key(|f| f.from_ms)
-                .map(|f| f.kind)
-                .unwrap_or("none");
-            r.unavailable_ms.entry(cause).or_default().push(gap);
-        }
-    }
-    r
+    Ok(pipe.query(&mut conn)?)
 }
 
-/// One seeded run, start to verdict.
+/// What the run records as it goes, shared by its tasks, so that whatever it gathered can be
+/// written out even when it stops part-way.
+#[derive(Clone, Default)]
+struct Recorder {
+    history: Arc<Mutex<Vec<Attempt>>>,
+    faults: Arc<Mutex<Vec<Fault>>>,
+    admin: Arc<Mutex<Vec<AdminWrite>>>,
+    close: Arc<Mutex<Vec<CloseCall>>>,
+    marks: Arc<Mutex<Marks>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Marks {
+    load_from_ms: Option<u64>,
+    load_to_ms: Option<u64>,
+    opened_version: u64,
+    recount_retried: bool,
+}
+
+impl Recorder {
+    fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn snapshot<T: Clone>(m: &Mutex<Vec<T>>) -> Vec<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// One seeded run, start to verdict. `history.jsonl` and `report.json` are written however
+/// far it got: a run that errors part-way is the one whose evidence matters most.
 pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
+    std::fs::create_dir_all(&cfg.out)?;
+    let rec = Recorder::default();
+    let outcome = drive(&cfg, &rec).await;
+    let (history, faults, admin, close) = (
+        snapshot(&rec.history),
+        snapshot(&rec.faults),
+        snapshot(&rec.admin),
+        snapshot(&rec.close),
+    );
+    let marks = *rec.marks();
+    let mut report = Report {
+        seed: cfg.seed,
+        attempts: history.len() as u64,
+        close: close.clone(),
+        recount_retried: marks.recount_retried,
+        ..Report::default()
+    };
+    for f in &faults {
+        *report.faults.entry(f.kind).or_default() += 1;
+    }
+    if let Some(load_from_ms) = marks.load_from_ms {
+        let h = check::History {
+            attempts: &history,
+            faults: &faults,
+            admin: &admin,
+            opened_version: marks.opened_version,
+            close: &close,
+            load_from_ms,
+            load_to_ms: marks.load_to_ms.unwrap_or_else(unix_ms),
+        };
+        report.windows = check::windows(&h, cfg.partitions);
+        for w in &report.windows {
+            report
+                .unavailable_ms
+                .entry(w.cause)
+                .or_default()
+                .push(w.length_ms);
+        }
+        if let Ok(engines) = &outcome {
+            let setup = check::Setup {
+                election: ELECTION,
+                options: &OPTIONS,
+                partitions: cfg.partitions,
+                audit_key: AUDIT_KEY.as_bytes(),
+            };
+            let v = check::judge(&setup, &h, engines);
+            report.completed = true;
+            report.anomalies = v.anomalies;
+            report.acknowledged = v.acknowledged;
+            report.admin_writes = v.admin_writes;
+            report.refused_after_close = v.refused_after_close;
+            report.official = engines.official.clone();
+        }
+    }
+    if let Err(e) = &outcome {
+        report.error = Some(e.to_string());
+        report.acknowledged = history
+            .iter()
+            .filter(|a| a.status == 202)
+            .map(|a| a.voter)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        report.admin_writes = admin.iter().filter(|w| w.status == 200).count() as u64;
+    }
+    let written = write_evidence(&cfg.out, &history, &faults, &admin, &close, &report);
+    // The run's own error says more than a failed write of its evidence.
+    outcome?;
+    written?;
+    Ok(report)
+}
+
+fn write_evidence(
+    out: &Path,
+    history: &[Attempt],
+    faults: &[Fault],
+    admin: &[AdminWrite],
+    close: &[CloseCall],
+    report: &Report,
+) -> Result<(), ChaosError> {
+    fn line<T: serde::Serialize>(h: &mut impl std::io::Write, x: &T) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *h, x).map_err(std::io::Error::other)?;
+        h.write_all(b"\n")
+    }
+    let mut h = std::io::BufWriter::new(std::fs::File::create(out.join("history.jsonl"))?);
+    for a in history {
+        line(&mut h, a)?;
+    }
+    for f in faults {
+        line(&mut h, f)?;
+    }
+    for w in admin {
+        line(&mut h, w)?;
+    }
+    for c in close {
+        line(&mut h, &serde_json::json!({ "close": c }))?;
+    }
+    h.flush()?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?,
+    )?;
+    Ok(())
+}
+
+/// The operator closes the election while the voters still vote, at a point drawn from the
+/// seed in the last third of the load, through random nodes until one answers (a node may be
+/// down, frozen or cut off at that moment). A `409` after an attempt whose answer was lost is
+/// the close that attempt made.
+#[allow(clippy::too_many_arguments)]
+async fn operator_close(
+    admin_urls: Vec<String>,
+    seed: u64,
+    start: Instant,
+    duration: Duration,
+    give_up: Instant,
+    closes: Arc<Mutex<Vec<CloseCall>>>,
+    began: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+) -> bool {
+    let mut rng = Rng::new(seed.rotate_left(41) ^ 0xc105e);
+    let third = duration / 3;
+    let span = u64::try_from(third.as_millis()).unwrap_or(u64::MAX).max(1);
+    let at = start + third * 2 + Duration::from_millis(rng.next_u64() % span);
+    tokio::time::sleep_until(at.into()).await;
+    began.store(true, Ordering::SeqCst);
+    loop {
+        let node = (rng.next_u64() % admin_urls.len() as u64) as usize;
+        let sent_ms = unix_ms();
+        let url = format!("{}/admin/v1/elections/{ELECTION}/close", admin_urls[node]);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            call(Method::POST, &url, true, None),
+        )
+        .await;
+        let status = match answer {
+            Ok(Ok((s, _))) => s,
+            _ => 0,
+        };
+        closes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(CloseCall {
+                node,
+                sent_ms,
+                answered_ms: unix_ms(),
+                status,
+            });
+        if matches!(status, 200 | 409) {
+            closed.store(true, Ordering::SeqCst);
+            return true;
+        }
+        if Instant::now() > give_up {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits up to `within` for the official result.
+async fn wait_final(results: &str, within: Duration) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = call(Method::GET, results, false, None).await
+            && body["state"] == "final"
+        {
+            return Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// The served proof of each receipt of a `202`, as the server hands it to any voter.
+async fn served_proofs(node_url: &str, history: &[Attempt]) -> HashMap<String, check::ServedProof> {
+    let mut out = HashMap::new();
+    for rc in history
+        .iter()
+        .filter(|a| a.status == 202)
+        .filter_map(|a| a.receipt.as_ref())
+    {
+        if out.contains_key(rc) {
+            continue;
+        }
+        let url = format!("{node_url}/v1/elections/{ELECTION}/receipts/{rc}");
+        // A lookup may meet a busy index (503): a voter would ask again.
+        for _ in 0..3 {
+            match call(Method::GET, &url, false, None).await {
+                Ok((200, body)) => {
+                    if let Ok(p) = serde_json::from_value::<check::ServedProof>(body) {
+                        out.insert(rc.clone(), p);
+                    }
+                    break;
+                }
+                Ok((404, _)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    out
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The run up to the engines' final state; what it records goes to `rec` as it happens.
+async fn drive(cfg: &Config, rec: &Recorder) -> Result<check::Engines, ChaosError> {
     let fleet = Fleet::start(cfg.clone())?;
     let names = Names::new(&fleet.prefix).map_err(|e| setup(format!("prefix: {e}")))?;
     for i in 0..fleet.nodes.len() {
@@ -1262,7 +1436,7 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
     if s != 200 {
         return Err(setup(format!("opening the election: {s} {b}")));
     }
-    let opened_version = b["version"]
+    rec.marks().opened_version = b["version"]
         .as_u64()
         .ok_or_else(|| setup(format!("the open's answer has no version: {b}")))?;
     for i in 0..fleet.nodes.len() {
@@ -1306,9 +1480,11 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
         Tokens::new(TOKEN_KEY.as_bytes(), 0, 0, issued, 6 * 3600)
             .map_err(|e| setup(format!("token key: {e}")))?,
     );
-    let until = Instant::now() + cfg.duration;
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let faults = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let until = start + cfg.duration;
+    rec.marks().load_from_ms = Some(unix_ms());
+    let close_began = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicBool::new(false));
     let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
     let mut lanes = Vec::new();
     for l in 0..cfg.lanes {
@@ -1319,69 +1495,91 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
             tokens.clone(),
             cfg.seed,
             until,
-            history.clone(),
+            rec.history.clone(),
+            closed.clone(),
         )));
     }
-    let admin_writes = Arc::new(Mutex::new(Vec::new()));
     let admin_urls: Vec<String> = {
         let f = fleet.lock().await;
         (0..f.nodes.len()).map(|i| f.admin_url(i, "")).collect()
     };
     let operator = tokio::spawn(admin_lane(
-        admin_urls,
+        admin_urls.clone(),
         cfg.seed,
         until,
-        admin_writes.clone(),
+        rec.admin.clone(),
     ));
-    let nemesis_result = nemesis(fleet.clone(), cfg.seed, until, faults.clone()).await;
+    let closer = tokio::spawn(operator_close(
+        admin_urls,
+        cfg.seed,
+        start,
+        cfg.duration,
+        until + Duration::from_secs(120),
+        rec.close.clone(),
+        close_began.clone(),
+        closed.clone(),
+    ));
+    // Whatever ends this run early, its closer must not go on closing through a dead fleet.
+    let _closer_stops = AbortOnDrop(closer.abort_handle());
+    let nemesis_result = nemesis(
+        fleet.clone(),
+        cfg.seed,
+        until,
+        rec.faults.clone(),
+        close_began,
+    )
+    .await;
     for l in lanes {
         let _ = l.await;
     }
+    rec.marks().load_to_ms = Some(unix_ms());
     let _ = operator.await;
-    nemesis_result?;
-
-    // Heal, close, and wait for the official result.
-    let f = fleet.lock().await;
+    // Heal before anything else: the closer may still be trying, and the rest needs the
+    // services up whatever the nemesis did.
     services_up(
         &cfg.services,
         &["--brokers", "3", "kafka", "redis", "dynamodb"],
     )?;
-    let (s, b) = call(
-        Method::POST,
-        &f.admin_url(0, &format!("/admin/v1/elections/{ELECTION}/close")),
-        true,
-        None,
-    )
-    .await
-    .map_err(setup)?;
-    if s != 200 {
-        return Err(setup(format!("closing the election: {s} {b}")));
+    nemesis_result?;
+    if !closer.await.unwrap_or(false) {
+        return Err(setup(
+            "the close was never acknowledged, through any node, within 120 s of the load's end",
+        ));
     }
+
+    // The recount the close started may have died with its node or met a fault; the
+    // scheduled recount (`votes recount --all-closed`, the timer's) is what heals that.
+    let f = fleet.lock().await;
     let results = format!("{}/v1/elections/{ELECTION}/results", f.node_url(0));
-    let mut official = serde_json::Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
-        if let Ok((200, body)) = call(Method::GET, &results, false, None).await
-            && body["state"] == "final"
-        {
-            official = body;
-            break;
+    let official = match wait_final(&results, Duration::from_secs(180)).await {
+        Some(o) => o,
+        None => {
+            rec.marks().recount_retried = true;
+            let log = std::fs::File::create(cfg.out.join("recount.log"))?;
+            let bin = cfg.votes_bin.clone();
+            let env = f.env();
+            tokio::task::spawn_blocking(move || {
+                Command::new(bin)
+                    .args(["recount", "--all-closed"])
+                    .envs(env)
+                    .env_remove("VOTES_CONFIG")
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .status()
+            })
+            .await
+            .map_err(|e| setup(format!("the recount task: {e}")))??;
+            wait_final(&results, Duration::from_secs(600))
+                .await
+                .unwrap_or_else(|| serde_json::json!({"state": "not final after 780 s"}))
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Every receipt of a 202, against the official tree.
-    let history = history.lock().expect("history").clone();
-    let mut receipts_ok = HashMap::new();
-    if official["state"] == "final" {
-        for a in history.iter().filter(|a| a.status == 202) {
-            if let Some(rc) = &a.receipt {
-                let url = format!("{}/v1/elections/{ELECTION}/receipts/{rc}", f.node_url(0));
-                let ok = matches!(call(Method::GET, &url, false, None).await,
-                    Ok((200, proof)) if proof["root"] == official["merkle"]["root"]);
-                receipts_ok.insert(rc.clone(), ok);
-            }
-        }
-    }
+    };
+    let history = snapshot(&rec.history);
+    let proofs = if official["state"] == "final" {
+        served_proofs(&f.node_url(0), &history).await
+    } else {
+        HashMap::new()
+    };
     let (_, list) = call(
         Method::GET,
         &f.admin_url(0, "/admin/v1/elections"),
@@ -1395,40 +1593,51 @@ pub async fn run(cfg: Config) -> Result<Report, ChaosError> {
         .and_then(|es| es.iter().find(|e| e["id"] == ELECTION))
         .cloned()
         .unwrap_or_default();
-    let dynamo = dynamo_votes(&cfg, &names).await?;
-    let log = committed_log(&cfg, &names)?;
-    let faults = faults.lock().expect("faults").clone();
-    let admin = admin_writes.lock().expect("admin writes").clone();
-    let report = check(
-        &cfg,
-        &log,
-        &history,
-        &faults,
-        &official,
-        &receipts_ok,
-        &admin,
-        opened_version,
-        &election,
-        &dynamo,
-    );
+    let dynamo = dynamo_votes(cfg, &names).await?;
+    let redis = redis_tallies(cfg, &names)?;
+    let log = committed_log(cfg, &names)?;
+    Ok(check::Engines {
+        log,
+        official,
+        proofs,
+        dynamo,
+        redis,
+        election,
+    })
+}
 
-    let mut h = std::io::BufWriter::new(std::fs::File::create(cfg.out.join("history.jsonl"))?);
-    for a in &history {
-        serde_json::to_writer(&mut h, a).map_err(std::io::Error::other)?;
-        h.write_all(b"\n")?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Java's own values: `"hello".hashCode()` and the string whose hash is `Integer.MIN_VALUE`.
+    #[test]
+    fn java_hash_is_javas_string_hash_code() {
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("hello"), 99_162_322);
+        assert_eq!(java_hash("polygenelubricants"), i32::MIN);
     }
-    for fault in &faults {
-        serde_json::to_writer(&mut h, fault).map_err(std::io::Error::other)?;
-        h.write_all(b"\n")?;
+
+    /// Kafka's `Utils.abs`: a negative hash maps to its absolute value, `i32::MIN` to 0. A
+    /// mask (`& 0x7fffffff`) would put a hash of -5 on partition 3 of 8, not 5, and kill the
+    /// wrong broker.
+    #[test]
+    fn the_coordinator_partition_is_kafkas_abs_modulo_count() {
+        assert_eq!(coordinator_partition(13, 8), 5);
+        assert_eq!(coordinator_partition(-5, 8), 5);
+        assert_ne!(coordinator_partition(-5, 8), (-5i32 & 0x7fff_ffff) % 8);
+        assert_eq!(coordinator_partition(i32::MIN, 8), 0);
+        assert_eq!(
+            coordinator_partition(java_hash("polygenelubricants"), 50),
+            0
+        );
     }
-    for w in &admin {
-        serde_json::to_writer(&mut h, w).map_err(std::io::Error::other)?;
-        h.write_all(b"\n")?;
+
+    #[test]
+    fn the_leader_id_is_read_from_the_quorum_status() {
+        let status =
+            "ClusterId:              abc\nLeaderId:               2\nLeaderEpoch:            7\n";
+        assert_eq!(leader_id(status), Some(2));
+        assert_eq!(leader_id("ClusterId: abc\n"), None);
     }
-    h.flush()?;
-    std::fs::write(
-        cfg.out.join("report.json"),
-        serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?,
-    )?;
-    Ok(report)
 }
