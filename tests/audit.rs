@@ -379,12 +379,16 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     let (ok, stdout) = verify(&dir, &pub1_arg);
     assert!(ok, "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 12, "{stdout}");
+    assert_eq!(lines.len(), 13, "{stdout}");
     assert!(
-        lines[..11].iter().all(|l| l.starts_with("ok   ")),
+        lines[..12].iter().all(|l| l.starts_with("ok   ")),
         "{stdout}"
     );
-    assert_eq!(lines[11], "verified: every check holds");
+    assert!(
+        lines.contains(&"ok   close frontier: all 4 partitions closed at the official result's frontier, no vote committed past it"),
+        "{stdout}"
+    );
+    assert_eq!(lines[12], "verified: every check holds");
     let announced = final_results["merkle"]["root"]
         .as_str()
         .expect("the final result announces its root");

@@ -699,8 +699,12 @@ impl<'a> ReceiptsIndex<'a> {
         self.nodes[level].extend_from_slice(node);
     }
 
-    /// Sends what was gathered since the last flush in one pipeline.
+    /// Sends what was gathered since the last flush in one pipeline; nothing when nothing was
+    /// (an election without a vote: Redis refuses an empty pipeline as an empty command).
     fn flush(&mut self) -> Result<(), redis::RedisError> {
+        if self.entries.is_empty() && self.nodes.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         if !self.entries.is_empty() {
             pipe.cmd("HSET")
