@@ -10,38 +10,8 @@
 mod common;
 
 use common::runtime;
+use common::secure::{KAFKA_PASSWORD, kafka_ca, kafka_env};
 use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, committed_votes, open_election};
-
-const SECURE: &str = "127.0.0.1:9097";
-const USER: &str = "votes";
-/// The services script's default SCRAM password (development and tests only).
-const PASSWORD: &str = "votes-test-scram-password";
-
-/// The CA of the secure listener, where `scripts/services.sh` keeps it.
-fn ca() -> String {
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| format!("{}/.cache", std::env::var("HOME").unwrap()));
-    let ca = format!("{cache}/votes-services/kafka-tls/ca.pem");
-    assert!(
-        std::path::Path::new(&ca).is_file(),
-        "Kafka's secure listener: no CA at {ca} (scripts/services.sh up kafka makes it; a \
-         broker started by an older checkout has no secure listener: down kafka, then up)"
-    );
-    ca
-}
-
-/// The settings of a client of the secure listener, with `password`.
-fn secure_env(ca: &str, password: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("VOTES_KAFKA_BROKERS", SECURE.to_owned()),
-        ("VOTES_KAFKA_SECURITY_PROTOCOL", "sasl_ssl".to_owned()),
-        ("VOTES_KAFKA_CA", ca.to_owned()),
-        ("VOTES_KAFKA_SASL_USERNAME", USER.to_owned()),
-        ("VOTES_KAFKA_PASSWORD", password.to_owned()),
-    ]
-}
 
 /// `votes` with `args` and `env`, expected to fail at start: its stderr.
 fn fails(prefix: &str, args: &[&str], env: &[(&str, String)]) -> String {
@@ -57,9 +27,9 @@ fn fails(prefix: &str, args: &[&str], env: &[(&str, String)]) -> String {
 fn votes_runs_end_to_end_over_tls_and_scram_and_stops_on_wrong_credentials() {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
-    let ca = ca();
+    let ca = kafka_ca();
     let prefix = common::unique_prefix("kafka-secure");
-    let env = secure_env(&ca, PASSWORD);
+    let env = kafka_env(&ca, KAFKA_PASSWORD);
     let out = common::votes_command(&prefix, &["init", "--partitions", "2"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
@@ -94,24 +64,24 @@ fn votes_runs_end_to_end_over_tls_and_scram_and_stops_on_wrong_credentials() {
         20
     );
     assert!(
-        !serve.log_text().contains(PASSWORD),
+        !serve.log_text().contains(KAFKA_PASSWORD),
         "the password reached the log"
     );
     drop(serve);
 
-    let wrong = secure_env(&ca, "not-the-scram-password");
+    let wrong = kafka_env(&ca, "not-the-scram-password");
     let err = fails(&prefix, &["init", "--partitions", "2"], &wrong);
     assert!(err.contains("refused this process"), "{err}");
     assert!(!err.contains("not-the-scram-password"), "{err}");
     let err = fails(&prefix, &["serve", "--cores", "1"], &wrong);
     assert!(err.contains("refused this process"), "{err}");
     // TLS without the CA that signed the broker's certificate.
-    let mut untrusted = secure_env(&ca, PASSWORD);
+    let mut untrusted = kafka_env(&ca, KAFKA_PASSWORD);
     untrusted.retain(|(k, _)| *k != "VOTES_KAFKA_CA");
     let err = fails(&prefix, &["init", "--partitions", "2"], &untrusted);
     assert!(err.contains("refused this process"), "{err}");
     // SASL without a password is a setting missing, named before anything connects.
-    let mut no_password = secure_env(&ca, PASSWORD);
+    let mut no_password = kafka_env(&ca, KAFKA_PASSWORD);
     no_password.retain(|(k, _)| *k != "VOTES_KAFKA_PASSWORD");
     let err = fails(&prefix, &["init", "--partitions", "2"], &no_password);
     assert!(err.contains("VOTES_KAFKA_PASSWORD"), "{err}");

@@ -31,38 +31,16 @@ fn refused_at_start(prefix: &str, env: &[(&str, &str)]) -> String {
 #[test]
 fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     common::require(common::Service::Kafka);
-    let dir = std::env::temp_dir().join(format!("votes-redis-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = votes_net::self_signed_dev_cert(&["localhost", "127.0.0.1"]).unwrap();
-    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
-    std::fs::write(dir.join("key.pem"), &key).unwrap();
-    let _redis = common::PrivateRedis {
-        port: REDIS_PORT,
-        env: vec![
-            ("SERVICES_REDIS_TLS_DIR", dir.clone().into_os_string()),
-            ("SERVICES_REDIS_PASSWORD", PASSWORD.into()),
-        ],
-    }
-    .up();
-    let ca = dir.join("cert.pem");
-    let ca = ca.to_str().unwrap();
-    let credentials = dir.join("credentials");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::write(
-        credentials.join("VOTES_REDIS_PASSWORD"),
-        format!("{PASSWORD}\n"),
-    )
-    .unwrap();
-    let url = format!("rediss://127.0.0.1:{REDIS_PORT}");
-
+    let redis = common::secure::SecureRedis::up(REDIS_PORT, PASSWORD);
+    let (url, ca) = (redis.url.as_str(), redis.ca.as_str());
     let serve = Serve::init_and_start_env(
         "redis-tls",
         2,
         1,
         &[
-            ("VOTES_REDIS_URL", &url),
+            ("VOTES_REDIS_URL", url),
             ("VOTES_REDIS_CA", ca),
-            ("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap()),
+            ("CREDENTIALS_DIRECTORY", redis.credentials.as_str()),
             ("VOTES_RESULTS_POLL_MS", "50"),
         ],
     );
@@ -115,7 +93,7 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     let err = refused_at_start(
         &prefix,
         &[
-            ("VOTES_REDIS_URL", &url),
+            ("VOTES_REDIS_URL", url),
             ("VOTES_REDIS_CA", ca),
             ("VOTES_REDIS_PASSWORD", "not-the-password-either"),
         ],

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod dynamo_faults;
+pub mod secure;
 pub mod serve;
 pub mod sse;
 
@@ -315,6 +316,15 @@ pub struct VerifiedExport {
 /// Exports the final `election` under `prefix` with a fresh Ed25519 key into a new directory,
 /// verifies it offline under that key, and returns its rows; fails the test on any `FAIL`.
 pub fn export_and_verify(prefix: &str, election: &str) -> VerifiedExport {
+    export_and_verify_with(prefix, election, &[])
+}
+
+/// [`export_and_verify`] with `env` for the `votes` commands (the engines' settings).
+pub fn export_and_verify_with(
+    prefix: &str,
+    election: &str,
+    env: &[(&str, String)],
+) -> VerifiedExport {
     let work = std::env::temp_dir().join(format!("{prefix}export-{election}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -327,6 +337,7 @@ pub fn export_and_verify(prefix: &str, election: &str) -> VerifiedExport {
     assert!(genkey.status.success(), "openssl genpkey: {genkey:?}");
     let run = |args: &[&str]| {
         let out = votes_command(prefix, args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("VOTES_LOG", "warn")
             .env("VOTES_AUDIT_SIGNING_KEY", &key)
             .output()
@@ -351,8 +362,9 @@ pub fn export_and_verify(prefix: &str, election: &str) -> VerifiedExport {
         "--pubkey",
         pubkey.to_str().unwrap(),
     ]);
+    let (checks, verdict) = verify.trim_end().rsplit_once('\n').unwrap_or(("", &verify));
     assert!(
-        verify.lines().all(|l| l.starts_with("ok ")),
+        checks.lines().all(|l| l.starts_with("ok ")) && verdict == "verified: every check holds",
         "every check of the export holds:\n{verify}"
     );
     let reader = votes_audit::table::VotesReader::open(&dir.join("votes.parquet")).unwrap();
