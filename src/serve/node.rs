@@ -655,7 +655,8 @@ fn checked_roles(args: &ServeArgs) -> Result<Roles> {
         }
         if let Some(open) = public.iter().find(|a| !a.ip().is_loopback()) {
             bail!(
-                "--dev-login lets anyone sign in as any voter: it needs every public listener on                  loopback, and {open} is not"
+                "--dev-login lets anyone sign in as any voter: it needs every public listener on \
+                 loopback, and {open} is not"
             );
         }
         tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");
