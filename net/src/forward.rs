@@ -155,6 +155,13 @@ pub struct ForwardStats {
     /// Links closed on an answer to no vote in flight or for another partition than the
     /// vote's.
     pub bad_answers: Cell<u64>,
+    /// Votes received for an election this node did not know open yet, held until its view
+    /// caught up or the hold's bound passed (the owning app counts these three).
+    pub held: Cell<u64>,
+    /// Held votes whose election was still unknown or a draft at the bound: refused.
+    pub held_refused: Cell<u64>,
+    /// Votes refused with 503 because the core held as many as it may.
+    pub hold_full: Cell<u64>,
 }
 
 /// Wakes one waiting task on this core; a notification sent while nobody waits is kept (one),
