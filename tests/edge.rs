@@ -143,3 +143,47 @@ fn an_external_issuers_eddsa_tokens_vote_beside_hs256_and_no_secret_is_logged() 
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--dev-login` lets anyone sign in as any voter, so a node refuses it at start unless every
+/// public listener is on loopback, whether the flag or the environment turns it on, and names
+/// the listener that is not. No service is needed: the flags are checked first.
+#[test]
+fn dev_login_is_refused_unless_every_public_listener_is_on_loopback() {
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = common::votes_command("t-dev-login-", &["serve", "--cores", "1"]);
+        command
+            .args(args)
+            .env("VOTES_TOKEN_KEY", TOKEN_KEY)
+            .env("VOTES_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("VOTES_DEV_LOGIN")
+            .env_remove("VOTES_HTTP")
+            .env_remove("VOTES_HTTPS")
+            .env_remove("VOTES_TLS_CERT")
+            .envs(env.iter().copied());
+        common::fails_at_start(command)
+    };
+    let refusal = |addr: &str| {
+        format!(
+            "--dev-login lets anyone sign in as any voter: it needs every public listener on \
+             loopback, and {addr} is not"
+        )
+    };
+    let err = serve(&["--dev-login", "--http", "0.0.0.0:0"], &[]);
+    assert!(err.contains(&refusal("0.0.0.0:0")), "{err}");
+    // The TLS listener counts too, and the environment switches the sign-in on as the flag does.
+    let err = serve(
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "0.0.0.0:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        &[("VOTES_DEV_LOGIN", "true")],
+    );
+    assert!(err.contains(&refusal("0.0.0.0:0")), "{err}");
+    assert!(!err.contains("127.0.0.1:0 is not"), "{err}");
+}

@@ -905,6 +905,45 @@ impl RawLink {
     }
 }
 
+impl RawLink {
+    /// The next `n` answers the owner sends on this link, opened with `seal`, by vote id. The
+    /// read timeout only bounds a test whose owner never answers.
+    fn answers(
+        &mut self,
+        seal: &mut votes_core::forward::LinkSeal,
+        n: usize,
+    ) -> BTreeMap<u64, votes_core::VoteOutcome> {
+        use std::io::Read;
+        use votes_core::forward::Frame;
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut got = BTreeMap::new();
+        let mut chunk = [0u8; 512];
+        while got.len() < n {
+            if let Some((frame, used)) = seal.open(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                let Frame::Answer(a) = frame else {
+                    panic!("the owner sent {frame:?}");
+                };
+                assert!(
+                    got.insert(a.id, a.outcome).is_none(),
+                    "vote {} answered twice",
+                    a.id
+                );
+                continue;
+            }
+            let read = self.stream.read(&mut chunk).expect("the owner answers");
+            assert!(
+                read > 0,
+                "the owner closed the link; answers so far: {got:?}"
+            );
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+        got
+    }
+}
+
 /// Connects to `internal`, reads the owner's challenge, sends `hello(challenge)`; whether the
 /// link stays open.
 fn hello_attempt(
@@ -1011,7 +1050,7 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
 #[test]
 fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
     use votes_core::forward::{ForwardedVote, Frame, Hello, LinkEnd, LinkSeal};
-    use votes_core::{ElectionId, OptionId, VoteIntent};
+    use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteOutcome};
     let (a, internal) = lone_node("fleet-frames");
     let key = forward_key();
     let vote = |id: u64| {
@@ -1035,13 +1074,19 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
         out
     };
 
-    // A well-sealed vote is answered and the link stays open (the control).
+    // A well-sealed vote is answered and the link stays open (the control). Its election does
+    // not exist: the owner holds it for its view, then refuses it as the edge would.
     let mut link = open();
     let mut seal = link.seal(&key);
     let first = sealed(&mut seal, &vote(1));
     link.send(&first);
     let mut opener = LinkSeal::new(&key, LinkEnd::Edge, &link.challenge, &link.hello);
-    assert!(link.stays_open(Some(&mut opener)), "a sealed vote is taken");
+    assert_eq!(
+        link.answers(&mut opener, 1),
+        BTreeMap::from([(1, VoteOutcome::Rejected(ErrorCode::NotFound))]),
+        "a sealed vote is taken, and refused: its election does not exist"
+    );
+    assert!(link.stays_open(Some(&mut opener)), "the link stays open");
     // Replayed on the same link.
     link.send(&first);
     assert!(!link.stays_open(Some(&mut opener)), "a replayed frame");
@@ -1074,6 +1119,178 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
             "{forward:?}"
         );
         assert_eq!(forward.get("what=\"received\""), Some(&1), "{forward:?}");
+    });
+}
+
+/// Creates election `id` through `serve` and leaves it a draft.
+async fn create_draft(client: &TestClient, serve: &Serve, id: &str) {
+    let options: Vec<serde_json::Value> = OPTIONS
+        .iter()
+        .map(|o| serde_json::json!({"id": o, "label": o}))
+        .collect();
+    let (s, body) = client
+        .admin(
+            "POST",
+            &serve.admin_url("/admin/v1/elections"),
+            serde_json::json!({"id": id, "title": id, "options": options}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+}
+
+/// A voter, from `from` on, whose partition is in `partitions`.
+fn voter_in(partitions: &BTreeSet<u32>, from: u64) -> u64 {
+    (from..)
+        .find(|v| partitions.contains(&partition_of(VoterId(*v), PARTITIONS)))
+        .unwrap()
+}
+
+/// The owner takes no peer's word for a forwarded vote (docs/design.md §7): over a real link
+/// with the fleet's key, a vote for an election that does not exist or is a draft is refused
+/// `404 not_found` as the edge refuses it (once the owner's view had its time to catch up), an
+/// option the election lacks `422 invalid_option`, a partition that is not the voter's `400
+/// invalid_request` and one the owner does not own `503 unavailable`; a valid vote commits.
+/// And a vote for an election the owner hears of late (opened through another node while the
+/// vote waits at the owner) is held, not refused, and commits once the owner's view has it.
+#[test]
+fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote() {
+    use votes_core::forward::{ForwardedVote, Frame, Hello};
+    use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteOutcome};
+    let prefix = init("fleet-revalidate");
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    // node-b holds a vote for as long as the test takes to open its election: the test then
+    // never races the hold's bound.
+    let b = Serve::start_node(
+        &prefix,
+        1,
+        "node-b",
+        &[("VOTES_TEST_FORWARD_HOLD_MS", "600000")],
+    );
+    let client = TestClient::http1();
+    let owners = runtime().block_on(async {
+        let want = [("node-a", 1), ("node-b", 1)];
+        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
+        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        open_election(&client, &a, "running", &OPTIONS, 0).await;
+        create_draft(&client, &a, "drafted").await;
+        create_draft(&client, &a, "late").await;
+        wait_open(&client, &a, "running").await;
+        owners
+    });
+    assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
+    let key = forward_key();
+    let vote = |id: u64, election: &str, voter: u64, option: &str, partition: u32| {
+        Frame::Vote(ForwardedVote {
+            id,
+            partition,
+            vote: VoteIntent {
+                election: ElectionId::new(election).unwrap(),
+                voter: VoterId(voter),
+                option: OptionId::new(option).unwrap(),
+                received_at_ms: unix_ms(),
+                nonce: [id as u8; 16],
+            },
+        })
+    };
+    let routed = |id: u64, election: &str, voter: u64, option: &str| {
+        vote(
+            id,
+            election,
+            voter,
+            option,
+            partition_of(VoterId(voter), PARTITIONS),
+        )
+    };
+    let link_to = |serve: &Serve| {
+        let internal = serve
+            .internal
+            .expect("a fleet node has an internal listener");
+        let link = RawLink::open(internal, &|c| Hello::sign(&key, "node-x", [1; 16], c));
+        let (seal, opener) = (link.seal(&key), {
+            use votes_core::forward::{LinkEnd, LinkSeal};
+            LinkSeal::new(&key, LinkEnd::Edge, &link.challenge, &link.hello)
+        });
+        (link, seal, opener)
+    };
+
+    let (mine, theirs) = (&owners["node-a"], &owners["node-b"]);
+    let valid = voter_in(mine, 1_000);
+    let unknown = voter_in(mine, valid + 1);
+    let drafted = voter_in(mine, unknown + 1);
+    let foreign_option = voter_in(mine, drafted + 1);
+    let not_owned = voter_in(theirs, 1_000);
+    let misrouted = voter_in(mine, foreign_option + 1);
+    let wrong_partition = (partition_of(VoterId(misrouted), PARTITIONS) + 1) % PARTITIONS;
+    let (mut link, mut seal, mut opener) = link_to(&a);
+    let mut out = Vec::new();
+    for frame in [
+        routed(1, "running", valid, "red"),
+        routed(2, "no-such-election", unknown, "red"),
+        routed(3, "drafted", drafted, "red"),
+        routed(4, "running", foreign_option, "purple"),
+        routed(5, "running", not_owned, "red"),
+        vote(6, "running", misrouted, "red", wrong_partition),
+    ] {
+        seal.seal_into(&frame, &mut out);
+    }
+    link.send(&out);
+    let answers = link.answers(&mut opener, 6);
+    assert!(
+        matches!(answers[&1], VoteOutcome::Accepted { partition, .. }
+            if partition == partition_of(VoterId(valid), PARTITIONS)),
+        "a valid vote commits: {answers:?}"
+    );
+    let refused = |id: u64| match answers[&id] {
+        VoteOutcome::Rejected(code) => code,
+        accepted => panic!("vote {id} was taken: {accepted:?}"),
+    };
+    assert_eq!(refused(2), ErrorCode::NotFound, "an unknown election");
+    assert_eq!(refused(3), ErrorCode::NotFound, "a draft election");
+    assert_eq!(refused(4), ErrorCode::InvalidOption, "an option it lacks");
+    assert_eq!(refused(5), ErrorCode::Unavailable, "a partition of node-b");
+    assert_eq!(
+        refused(6),
+        ErrorCode::InvalidRequest,
+        "not the voter's partition"
+    );
+
+    // Opened through node-a while node-b holds a vote for it: node-b takes the vote once its
+    // view has the election open.
+    let (mut link, mut seal, mut opener) = link_to(&b);
+    let late = voter_in(theirs, not_owned + 1);
+    let mut out = Vec::new();
+    seal.seal_into(&routed(1, "late", late, "blue"), &mut out);
+    link.send(&out);
+    runtime().block_on(async {
+        wait_forward_count(&b, "held", 1).await;
+        let (s, body) = client.admin_post(&a, "/admin/v1/elections/late/open").await;
+        assert_eq!(s, 200, "{body}");
+    });
+    let answers = link.answers(&mut opener, 1);
+    assert!(
+        matches!(answers[&1], VoteOutcome::Accepted { partition, .. }
+            if partition == partition_of(VoterId(late), PARTITIONS)),
+        "a vote held for an election opened elsewhere commits: {answers:?}"
+    );
+    let log = committed_votes(&a.names(), PARTITIONS);
+    let committed: BTreeSet<(String, u64)> = log
+        .iter()
+        .map(|c| (c.record.election.as_str().to_owned(), c.record.voter.0))
+        .collect();
+    assert_eq!(
+        committed,
+        BTreeSet::from([("late".to_owned(), late), ("running".to_owned(), valid)]),
+        "only the valid votes are in the log"
+    );
+    runtime().block_on(async {
+        wait_forward_count(&a, "held_refused", 2).await;
+        let forward = common::serve::metric(&a, "votes_forward_total").await;
+        assert_eq!(forward.get("what=\"held\""), Some(&2), "{forward:?}");
+        assert_eq!(
+            forward.get("what=\"held_refused\""),
+            Some(&2),
+            "{forward:?}"
+        );
     });
 }
 

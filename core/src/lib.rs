@@ -41,5 +41,5 @@ pub use receipt::{Leaf, LeafError, pseudonym};
 pub use record::{RecordError, VoteRecord};
 pub use routing::{VOTE_BUCKETS, bucket_of, partition_of, vote_item_pk, voter_key};
 pub use token::{TokenError, TokenKey, TokenKeys};
-pub use vote::{VoteIntent, VoteOutcome};
+pub use vote::{OwnerVerdict, VoteIntent, VoteOutcome};
 pub use vote_body::{BodyError, PowSolution, VoteBody};

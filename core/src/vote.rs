@@ -9,6 +9,7 @@
 //! computes it: the edge for the `202`, the persister for DynamoDB, the audit for the tree.
 
 use crate::api_error::ErrorCode;
+use crate::election::{Election, ElectionState};
 use crate::ids::{ElectionId, OptionId, VoterId};
 use crate::record::{RecordRef, VoteRecord};
 
@@ -59,6 +60,46 @@ pub enum VoteOutcome {
     Accepted { partition: u32, offset: u64 },
     /// Not recorded; the code says why (`already_voted`, `election_not_open`, `unavailable`, …).
     Rejected(ErrorCode),
+}
+
+/// The owner's judgement of a forwarded vote's election on its own view (docs/design.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerVerdict {
+    /// Open and the option its own: the vote goes to its shard (which checks again, under
+    /// its own core's view, that the election has not closed meanwhile).
+    Take,
+    Refuse(ErrorCode),
+    /// The view does not know the election, or knows it only as a draft: either the edge's
+    /// view is ahead (the election opened through another node a moment ago) or the peer
+    /// names an election that is not open. Only the view catching up tells which.
+    NotYet,
+}
+
+impl OwnerVerdict {
+    /// `election` as the owner's view has it, for a vote for `option`.
+    pub fn of(election: Option<&Election>, option: &OptionId) -> Self {
+        match election {
+            None => Self::NotYet,
+            Some(e) => match e.state {
+                ElectionState::Draft => Self::NotYet,
+                ElectionState::Open if e.has_option(option) => Self::Take,
+                ElectionState::Open => Self::Refuse(ErrorCode::InvalidOption),
+                ElectionState::Closed | ElectionState::Final => {
+                    Self::Refuse(ErrorCode::ElectionNotOpen)
+                }
+            },
+        }
+    }
+
+    /// The verdict once the owner stops waiting for its view: what it still does not know
+    /// open is answered as the edge answers it, `404 not_found` for an unknown election and
+    /// for a draft alike (a draft is not shown to voters).
+    pub fn at_deadline(self) -> Self {
+        match self {
+            Self::NotYet => Self::Refuse(ErrorCode::NotFound),
+            decided => decided,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +157,64 @@ mod tests {
         assert_eq!(
             Leaf::of(AUDIT_KEY, later, partition, offset).receipt_hex(),
             receipt
+        );
+    }
+
+    fn election(state: &str) -> Election {
+        Election::from_json(
+            format!(
+                r#"{{"id":"tv-final","title":"t","state":"{state}","version":1,
+                "options":[{{"id":"blue","label":"Blue"}},{{"id":"red","label":"Red"}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// An election the owner does not know open waits for its view, and is refused as the
+    /// edge refuses it if the view never catches up; what the view knows open or past open is
+    /// decided at once, and the deadline does not change it.
+    #[test]
+    fn the_owner_waits_only_for_what_its_view_may_not_know_yet() {
+        let blue = OptionId::new("blue").unwrap();
+        let green = OptionId::new("green").unwrap();
+        let cases = [
+            (None, &blue, OwnerVerdict::NotYet, ErrorCode::NotFound),
+            (
+                Some(election("draft")),
+                &blue,
+                OwnerVerdict::NotYet,
+                ErrorCode::NotFound,
+            ),
+            (
+                Some(election("open")),
+                &green,
+                OwnerVerdict::Refuse(ErrorCode::InvalidOption),
+                ErrorCode::InvalidOption,
+            ),
+            (
+                Some(election("closed")),
+                &blue,
+                OwnerVerdict::Refuse(ErrorCode::ElectionNotOpen),
+                ErrorCode::ElectionNotOpen,
+            ),
+            (
+                Some(election("final")),
+                &blue,
+                OwnerVerdict::Refuse(ErrorCode::ElectionNotOpen),
+                ErrorCode::ElectionNotOpen,
+            ),
+        ];
+        for (e, option, now, later) in cases {
+            let verdict = OwnerVerdict::of(e.as_ref(), option);
+            assert_eq!(verdict, now, "{e:?} {option:?}");
+            assert_eq!(verdict.at_deadline(), OwnerVerdict::Refuse(later), "{e:?}");
+        }
+        let open = election("open");
+        assert_eq!(OwnerVerdict::of(Some(&open), &blue), OwnerVerdict::Take);
+        assert_eq!(
+            OwnerVerdict::of(Some(&open), &blue).at_deadline(),
+            OwnerVerdict::Take
         );
     }
 }

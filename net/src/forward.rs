@@ -155,6 +155,13 @@ pub struct ForwardStats {
     /// Links closed on an answer to no vote in flight or for another partition than the
     /// vote's.
     pub bad_answers: Cell<u64>,
+    /// Votes received for an election this node did not know open yet, held until its view
+    /// caught up or the hold's bound passed (the owning app counts these three).
+    pub held: Cell<u64>,
+    /// Held votes whose election was still unknown or a draft at the bound: refused.
+    pub held_refused: Cell<u64>,
+    /// Votes refused with 503 because the core held as many as it may.
+    pub hold_full: Cell<u64>,
 }
 
 /// Wakes one waiting task on this core; a notification sent while nobody waits is kept (one),
@@ -930,3 +937,110 @@ async fn read_votes(
 }
 
 const _: () = assert!(FRAME_MAX <= 16 << 10, "one read chunk holds a whole frame");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            node: "node-b".to_owned(),
+            state: Cell::new(LinkState::Up),
+            retired: Cell::new(false),
+            out: RefCell::new(Vec::new()),
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            wake_writer: Notify::default(),
+            last_progress: Cell::new(Instant::now()),
+        }
+    }
+
+    fn waiting(link: &Link, id: u64, partition: u32) -> ReplyRx<VoteOutcome> {
+        let (reply, rx) = reply_channel();
+        link.waiting
+            .borrow_mut()
+            .insert(id, Waiting { partition, reply });
+        rx
+    }
+
+    fn answered(rx: ReplyRx<VoteOutcome>) -> VoteOutcome {
+        futures_lite::future::block_on(rx).expect("the voter was answered")
+    }
+
+    /// The edge takes from the owner only the answer to a vote it sent, for that vote's
+    /// partition, once: anything else closes the link and is counted, and a vote whose answer
+    /// names another partition is answered 503 (it may have committed; the retry tells).
+    #[test]
+    fn an_answer_to_no_vote_sent_or_for_another_partition_is_refused_and_counted() {
+        let fwd = Forwarder::new(
+            "node-a".to_owned(),
+            LinkSecurity::Keyed(Arc::from(&b"key"[..])),
+            ForwardLimits::default(),
+        );
+        let link = link();
+        let accepted = |partition| VoteOutcome::Accepted {
+            partition,
+            offset: 41,
+        };
+
+        let sent = waiting(&link, 1, 3);
+        assert!(deliver_answer(
+            &fwd,
+            &link,
+            ForwardAnswer {
+                id: 1,
+                outcome: accepted(3)
+            }
+        ));
+        assert_eq!(answered(sent), accepted(3), "the vote's own answer passes");
+        assert_eq!(fwd.stats.bad_answers.get(), 0);
+
+        for id in [1, 7] {
+            assert!(
+                !deliver_answer(
+                    &fwd,
+                    &link,
+                    ForwardAnswer {
+                        id,
+                        outcome: accepted(3)
+                    }
+                ),
+                "answer {id}: answered already or never sent"
+            );
+        }
+        assert_eq!(fwd.stats.bad_answers.get(), 2);
+
+        let sent = waiting(&link, 2, 3);
+        assert!(!deliver_answer(
+            &fwd,
+            &link,
+            ForwardAnswer {
+                id: 2,
+                outcome: accepted(0)
+            }
+        ));
+        assert_eq!(
+            answered(sent),
+            VoteOutcome::Rejected(ErrorCode::Unavailable),
+            "an answer for another partition is not the voter's 202"
+        );
+        assert_eq!(fwd.stats.bad_answers.get(), 3);
+        assert!(link.waiting.borrow().is_empty());
+
+        // A refusal names no partition: the vote's own refusal passes.
+        let sent = waiting(&link, 3, 3);
+        let refused = VoteOutcome::Rejected(ErrorCode::NotFound);
+        assert!(deliver_answer(
+            &fwd,
+            &link,
+            ForwardAnswer {
+                id: 3,
+                outcome: refused
+            }
+        ));
+        assert_eq!(answered(sent), refused);
+        assert_eq!(fwd.stats.bad_answers.get(), 3);
+        assert_eq!(fwd.stats.answered.get(), 5);
+    }
+}

@@ -187,6 +187,9 @@ impl CoreMetrics {
             ("refused_sources", f.refused_sources.get()),
             ("refused_frames", f.refused_frames.get()),
             ("bad_answers", f.bad_answers.get()),
+            ("held", f.held.get()),
+            ("held_refused", f.held_refused.get()),
+            ("hold_full", f.hold_full.get()),
         ] {
             c.forward.insert(name, v);
         }
@@ -398,7 +401,7 @@ impl NodeMetrics {
         let mut f = page.family(
             "votes_forward_total",
             Kind::Counter,
-            "Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers; links refused in their handshake, connections from outside the fleet map, frames refused (forged, replayed, reflected, modified), answers that match no vote sent.",
+            "Node-to-node forwarding: votes sent, answers received, refusals, broken links, writes (sent/writes is the batching), connections, votes received from peers; links refused in their handshake, connections from outside the fleet map, frames refused (forged, replayed, reflected, modified), answers that match no vote sent; votes received for an election this node did not know open yet and held for its view, those refused when it still did not, and those refused because the core held its maximum.",
         );
         for (what, n) in &c.forward {
             f.sample(&[("what", what)], n);

@@ -407,6 +407,7 @@ fn node_shared(
         metrics: p.metrics,
         elections_writer,
         challenge_ttl: Duration::from_secs(p.args.challenge_ttl_s),
+        forward_hold: forward_hold_for_tests().unwrap_or(app::FORWARD_HOLD),
     })
 }
 
@@ -447,6 +448,21 @@ fn elections_lag_for_tests() -> Option<Duration> {
         "VOTES_TEST_ELECTIONS_LAG_MS: election changes are applied late (tests only)"
     );
     Some(lag)
+}
+
+/// Test-only (tests/fleet.rs): forwarded votes wait this long for this node's view instead of
+/// `FORWARD_HOLD`, so a test can change the election while a vote is held without racing the
+/// bound.
+fn forward_hold_for_tests() -> Option<Duration> {
+    let hold = std::env::var("VOTES_TEST_FORWARD_HOLD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)?;
+    tracing::warn!(
+        ?hold,
+        "VOTES_TEST_FORWARD_HOLD_MS: forwarded votes wait this long for an election (tests only)"
+    );
+    Some(hold)
 }
 
 /// How this node's forwarding links are secured: mutual TLS from the `--internal-tls-*` files,
@@ -655,7 +671,8 @@ fn checked_roles(args: &ServeArgs) -> Result<Roles> {
         }
         if let Some(open) = public.iter().find(|a| !a.ip().is_loopback()) {
             bail!(
-                "--dev-login lets anyone sign in as any voter: it needs every public listener on                  loopback, and {open} is not"
+                "--dev-login lets anyone sign in as any voter: it needs every public listener on \
+                 loopback, and {open} is not"
             );
         }
         tracing::warn!("--dev-login is on: anyone can sign in as any voter; development only");

@@ -149,16 +149,7 @@ impl CoreResults {
             futures_lite::future::or(glommio::timer::sleep(period), self.shutdown.wait()).await;
             let moved = futures_lite::future::or(
                 self.board.changed_since(self.seen_generation.get()),
-                std::future::poll_fn(|cx| {
-                    if elections
-                        .borrow_mut()
-                        .changed_since(seen_elections, cx.waker())
-                    {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                }),
+                ElectionsView::moved(&elections, seen_elections),
             );
             futures_lite::future::or(
                 futures_lite::future::or(moved, glommio::timer::sleep(RECHECK_EVERY)),

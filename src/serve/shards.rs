@@ -352,7 +352,10 @@ impl ShardHost {
         // gets 409, never a 202 past the frontier. This copy may lag the edge's too (the
         // election opened through another node a moment ago): what it does not know yet, or
         // knows only as a draft, the edge saw open, and states never move backwards, so the
-        // edge's word stands. Only a state past `open` here overrules it.
+        // edge's word stands. Only a state past `open` here overrules it. The edge is always a
+        // core of this node: another node's word is not taken, a forwarded vote reaches this
+        // point only once the core that received it saw its election open with that option
+        // (`CoreApp::owner_verdict`).
         let refused = match self.elections.borrow().find(intent.election.as_str()) {
             Some(e) if matches!(e.state, ElectionState::Closed | ElectionState::Final) => {
                 Some(ErrorCode::ElectionNotOpen)

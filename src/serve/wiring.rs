@@ -100,6 +100,7 @@ impl CoreWiring {
                 self.rate_per_prefix,
             )),
             lookups: std::cell::Cell::new(0),
+            held: std::cell::Cell::new(0),
             admin_writes: glommio::sync::Semaphore::new(1),
             shards_stop,
         });

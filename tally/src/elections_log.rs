@@ -1,7 +1,12 @@
 //! The compacted `{prefix}elections` topic: every process learns the elections from it, so a
 //! process that starts later sees every election created before (docs/design.md §4.3, §4.4).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,12 +31,27 @@ pub enum ElectionsLogError {
 }
 
 /// The newest state of every election, whatever order states arrive in.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct ElectionsView {
     by_id: HashMap<ElectionId, Election>,
-    /// How many changes the view has taken, and who wants to hear of the next one.
+    /// How many changes the view has taken, and who wants to hear of the next one: the core's
+    /// results task and the forwarded votes held until the view knows their election (a core
+    /// bounds those), each under the key its [`Moved`] holds and frees.
     changes: u64,
-    watcher: Option<std::task::Waker>,
+    watchers: HashMap<u64, Waker>,
+    next_watcher: u64,
+}
+
+impl Clone for ElectionsView {
+    /// The elections and the count of changes; the copy's watchers are its own.
+    fn clone(&self) -> Self {
+        Self {
+            by_id: self.by_id.clone(),
+            changes: self.changes,
+            watchers: HashMap::new(),
+            next_watcher: 0,
+        }
+    }
 }
 
 impl ElectionsView {
@@ -42,7 +62,8 @@ impl ElectionsView {
             _ => {
                 self.by_id.insert(e.id.clone(), e);
                 self.changes += 1;
-                if let Some(w) = self.watcher.take() {
+                // Waking only schedules the waiters' tasks: none runs inside this borrow.
+                for (_, w) in self.watchers.drain() {
                     w.wake();
                 }
                 true
@@ -55,16 +76,38 @@ impl ElectionsView {
         self.changes
     }
 
-    /// Whether the view moved past `seen` changes; if not, `waker` is woken by the next change
-    /// (one watcher per view: the core's results task).
-    pub fn changed_since(&mut self, seen: u64, waker: &std::task::Waker) -> bool {
+    /// Whether the view moved past `seen` changes; if not, `waker` is woken by the next change.
+    /// `slot` keeps the watcher's key between calls; [`unwatch`](Self::unwatch) frees it.
+    pub fn changed_since(&mut self, seen: u64, slot: &mut Option<u64>, waker: &Waker) -> bool {
         if self.changes != seen {
             return true;
         }
-        if !self.watcher.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.watcher = Some(waker.clone());
+        let key = *slot.get_or_insert_with(|| {
+            self.next_watcher += 1;
+            self.next_watcher
+        });
+        match self.watchers.get_mut(&key) {
+            Some(w) if w.will_wake(waker) => {}
+            Some(w) => w.clone_from(waker),
+            None => {
+                self.watchers.insert(key, waker.clone());
+            }
         }
         false
+    }
+
+    /// Forgets the watcher under `slot`, which will not wait again.
+    pub fn unwatch(&mut self, slot: u64) {
+        self.watchers.remove(&slot);
+    }
+
+    /// Resolves once `view` moved past `seen` changes.
+    pub fn moved(view: &Rc<RefCell<Self>>, seen: u64) -> Moved {
+        Moved {
+            view: view.clone(),
+            seen,
+            slot: None,
+        }
     }
 
     pub fn get(&self, id: &ElectionId) -> Option<&Election> {
@@ -81,6 +124,38 @@ impl ElectionsView {
         let mut v: Vec<&Election> = self.by_id.values().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+}
+
+/// The future of [`ElectionsView::moved`]; dropped, it frees its watcher's slot, so waiters
+/// that give up (a held vote whose bound passed) leave nothing behind.
+pub struct Moved {
+    view: Rc<RefCell<ElectionsView>>,
+    seen: u64,
+    slot: Option<u64>,
+}
+
+impl Future for Moved {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let moved = this
+            .view
+            .borrow_mut()
+            .changed_since(this.seen, &mut this.slot, cx.waker());
+        if moved {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            self.view.borrow_mut().unwatch(slot);
+        }
     }
 }
 
@@ -440,7 +515,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
+    use std::task::Wake;
 
     struct Count(AtomicUsize);
     impl Wake for Count {
@@ -465,15 +540,48 @@ mod tests {
         let mut view = ElectionsView::default();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
+        let mut slot = None;
         let seen = view.changes();
-        assert!(!view.changed_since(seen, &waker));
+        assert!(!view.changed_since(seen, &mut slot, &waker));
         assert!(view.apply(election(2)));
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken by the change");
-        assert!(view.changed_since(seen, &waker));
+        assert!(view.changed_since(seen, &mut slot, &waker));
         let seen = view.changes();
-        assert!(!view.changed_since(seen, &waker));
+        assert!(!view.changed_since(seen, &mut slot, &waker));
         assert!(!view.apply(election(1)), "an older state is not a change");
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(!view.changed_since(seen, &waker));
+        assert!(!view.changed_since(seen, &mut slot, &waker));
+    }
+
+    /// Every waiter hears of a change (a core holds many forwarded votes at once), and one
+    /// that gives up leaves no slot behind however often it waited.
+    #[test]
+    fn every_waiter_hears_of_a_change_and_a_dropped_one_leaves_nothing() {
+        let view = Rc::new(RefCell::new(ElectionsView::default()));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let seen = view.borrow().changes();
+        let mut waiters: Vec<_> = (0..3).map(|_| ElectionsView::moved(&view, seen)).collect();
+        for w in &mut waiters {
+            assert!(Pin::new(&mut *w).poll(&mut cx).is_pending());
+            assert!(Pin::new(&mut *w).poll(&mut cx).is_pending());
+        }
+        assert_eq!(view.borrow().watchers.len(), 3, "one slot per waiter");
+        let mut gives_up = ElectionsView::moved(&view, seen);
+        assert!(Pin::new(&mut gives_up).poll(&mut cx).is_pending());
+        drop(gives_up);
+        assert_eq!(
+            view.borrow().watchers.len(),
+            3,
+            "a dropped waiter's slot is freed"
+        );
+        assert!(view.borrow_mut().apply(election(1)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 3, "every waiter is woken");
+        for w in &mut waiters {
+            assert!(Pin::new(&mut *w).poll(&mut cx).is_ready());
+        }
+        drop(waiters);
+        assert!(view.borrow().watchers.is_empty());
     }
 }

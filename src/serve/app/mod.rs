@@ -44,8 +44,8 @@ mod vote;
 mod voter;
 
 pub use admin::{Recounter, broadcast_election};
-pub use vote::ForwardedVotes;
 use vote::outcome_name;
+pub use vote::{FORWARD_HOLD, ForwardedVotes};
 use voter::ElectionView;
 pub use voter::JS_SAFE_INTEGER_MAX;
 
@@ -100,6 +100,9 @@ pub struct NodeShared {
     pub elections_writer: Arc<ElectionsWriter>,
     /// How long a PoW challenge stays valid.
     pub challenge_ttl: Duration,
+    /// How long a forwarded vote waits for this node's view to know its election open
+    /// (`vote::FORWARD_HOLD`; longer only in tests).
+    pub forward_hold: Duration,
 }
 
 pub struct CoreApp {
@@ -121,6 +124,9 @@ pub struct CoreApp {
     pub limiter: RefCell<votes_net::RateLimiter>,
     /// DynamoDB lookups this core is waiting for (bounded by `LOOKUPS_MAX`).
     pub lookups: std::cell::Cell<usize>,
+    /// Forwarded votes this core holds until its view knows their election (bounded by
+    /// `vote::FORWARD_HELD_MAX`).
+    pub held: std::cell::Cell<usize>,
     /// Admin writes take turns on this core (the node's elections writer serializes them
     /// anyway): one blocking slot, however many wait.
     pub admin_writes: glommio::sync::Semaphore,

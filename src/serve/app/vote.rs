@@ -3,9 +3,34 @@
 //! a forwarded vote, and the `202` built from the outcome.
 
 use super::*;
+use votes_core::OwnerVerdict;
 
 /// Longest time a vote's body may take to arrive once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the owner holds a forwarded vote whose election its view does not know open yet.
+/// Such a vote may be honest: the election opened through another node a moment ago, and this
+/// node hears of it from the elections topic (core 0 polls it every 250 ms, then the mesh hands
+/// it to every core; a node restarted after a kill -9 reads the topic to its end before it
+/// serves). Well under a second normally, a few seconds while the broker elects a leader;
+/// this bound covers that, stays far below the edge's answer stall (30 s) and a voter's
+/// patience, and still answers a peer naming an election that is not open within seconds.
+pub const FORWARD_HOLD: Duration = Duration::from_secs(5);
+
+/// Forwarded votes one core holds at once for its view. Each is a task, a vote and a reply of
+/// a few hundred bytes; an opening burst forwarded to a node that hears of it late can exceed
+/// it, and those votes answer `503` with `Retry-After` (the voter retries), as does a peer
+/// flooding this core with votes for elections that never open.
+pub const FORWARD_HELD_MAX: usize = 4096;
+
+/// Counts a held vote for as long as it is held.
+struct Held<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
 
 /// The owner side of forwarding: votes other nodes send to this core's `--internal` socket.
 pub struct ForwardedVotes(pub Rc<CoreApp>);
@@ -145,6 +170,14 @@ impl CoreApp {
                 ErrorCode::AlreadyVoted,
                 "this voter has already voted in this election",
             ),
+            // The owner's own checks (docs/design.md §7): its view may know better than ours.
+            VoteOutcome::Rejected(code @ ErrorCode::NotFound) => error(code, "no such election"),
+            VoteOutcome::Rejected(code @ ErrorCode::ElectionNotOpen) => {
+                error(code, "the election is not open")
+            }
+            VoteOutcome::Rejected(code @ ErrorCode::InvalidOption) => {
+                error(code, "this is not an option of this election")
+            }
             VoteOutcome::Rejected(code) => error(code, "the vote could not be recorded now; retry"),
         }
     }
@@ -203,8 +236,10 @@ impl CoreApp {
         answer.map_err(|why| Box::new(error(ErrorCode::Unavailable, why)))
     }
 
-    /// A vote another node forwarded here: it passed that node's edge checks; this node only
-    /// checks that the vote is routed right and hands it to its shard. Never forwarded again
+    /// A vote another node forwarded here: it passed that node's edge checks, but the peer's
+    /// word is not taken for them (docs/design.md §7). This node checks that the vote is routed
+    /// right (its partition is the voter's and this node owns it) and that its election is open
+    /// with that option on this node's view, then hands it to its shard. Never forwarded again
     /// (a map that moved on answers 503 and the voter retries), so votes cannot loop.
     pub(super) async fn forwarded(&self, v: votes_core::forward::ForwardedVote) -> VoteOutcome {
         if v.partition != partition_of(v.vote.voter, self.shared.partitions) {
@@ -215,11 +250,69 @@ impl CoreApp {
         else {
             return VoteOutcome::Rejected(ErrorCode::Unavailable);
         };
+        if let OwnerVerdict::Refuse(code) = self.owner_verdict(&v.vote).await {
+            return VoteOutcome::Rejected(code);
+        }
         match self.deliver(core, v.partition, v.vote) {
             Ok(rx) => rx
                 .await
                 .unwrap_or(VoteOutcome::Rejected(ErrorCode::Unavailable)),
             Err(_) => VoteOutcome::Rejected(ErrorCode::Unavailable),
+        }
+    }
+
+    /// Whether this node's view takes `vote`'s election and option. An election the view
+    /// does not know open yet is waited for, up to the hold bound, on the view's changes:
+    /// refusing it at once would turn away the votes of an election opened through another
+    /// node a moment ago (240ca56); taking it would let any peer commit votes for elections
+    /// that do not exist.
+    async fn owner_verdict(&self, vote: &VoteIntent) -> OwnerVerdict {
+        let judge = || {
+            let elections = self.elections.borrow();
+            let verdict = OwnerVerdict::of(elections.find(vote.election.as_str()), &vote.option);
+            (verdict, elections.changes())
+        };
+        let (verdict, mut seen) = judge();
+        if verdict != OwnerVerdict::NotYet {
+            return verdict;
+        }
+        let stats = self.forwarder.as_ref().map(|f| f.stats.clone());
+        let count = |pick: fn(&votes_net::forward::ForwardStats) -> &std::cell::Cell<u64>| {
+            if let Some(s) = &stats {
+                let c = pick(s);
+                c.set(c.get() + 1);
+            }
+        };
+        if self.held.get() >= FORWARD_HELD_MAX {
+            count(|s| &s.hold_full);
+            return OwnerVerdict::Refuse(ErrorCode::Unavailable);
+        }
+        self.held.set(self.held.get() + 1);
+        let _held = Held(&self.held);
+        count(|s| &s.held);
+        let mut deadline = std::pin::pin!(glommio::timer::sleep(self.shared.forward_hold));
+        loop {
+            let moved = futures_lite::future::or(
+                async {
+                    ElectionsView::moved(&self.elections, seen).await;
+                    true
+                },
+                async {
+                    (&mut deadline).await;
+                    false
+                },
+            )
+            .await;
+            let (verdict, now) = judge();
+            seen = now;
+            if verdict != OwnerVerdict::NotYet {
+                return verdict;
+            }
+            if !moved {
+                count(|s| &s.held_refused);
+                tracing::debug!(election = %vote.election, "a forwarded vote's election is still not open here; refused");
+                return verdict.at_deadline();
+            }
         }
     }
 
