@@ -721,7 +721,7 @@ fn admin_doc() -> Value {
             "summary": format!("Move the election to `{to}`."),
             "description": if to == "closed" {
                 "Closing is a barrier: every owner stops taking the election's votes at one log position, then the recount makes the result official (`final`). Idempotent: closing a `closed` or `final` election answers 200 with the election as it stands."
-            } else { "Voting starts on every node. Opening an `open` election answers 200 with the election as it stands." },
+            } else { "Voting starts on every node." },
             "operationId": format!("{}Election", if to == "closed" { "close" } else { "open" }),
             "parameters": [if_match.clone()],
             "responses": responses(

@@ -77,10 +77,12 @@ impl Recounter {
     }
 }
 
-/// Whether an election in state `now` already is what a transition to `next` asks for: opening
-/// an open election, closing a closed or final one (a close is idempotent, docs/design.md §7).
+/// Whether an election in state `now` already is what a transition to `next` asks for: closing
+/// a closed or final one (a close is idempotent, docs/design.md §7: an operator retrying a
+/// close whose answer was lost must not be told it failed). Opening an open election stays a
+/// conflict: nothing about it is lost, and the operator learns the election was open.
 fn already(now: ElectionState, next: ElectionState) -> bool {
-    now == next || (next == ElectionState::Closed && now == ElectionState::Final)
+    next == ElectionState::Closed && matches!(now, ElectionState::Closed | ElectionState::Final)
 }
 
 /// Applies `e` on this core and sends it to every other core.
@@ -454,8 +456,8 @@ impl CoreApp {
             .update(id.clone(), if_match, 200, move |current| {
                 let current = current.ok_or(UpdateError::NotFound)?;
                 if already(current.state, next) {
-                    // Nothing to write: the operator's intent already holds (a retried close,
-                    // two operators closing at once), answered as the election stands.
+                    // Nothing to write: the close already holds (a retried close, two
+                    // operators closing at once), answered as the election stands.
                     return Ok(None);
                 }
                 current
