@@ -135,6 +135,11 @@ fn render(stats: &PersistStats) -> String {
             "Items left alone because an earlier record of their voter holds the item (rewrites after a restart, a voter's later record).",
             &stats.kept_first,
         ),
+        (
+            "votes_persist_rejoins_total",
+            "Consumers replaced after their client left the group for good (FENCED_INSTANCE_ID across a coordinator failover and the like).",
+            &stats.rejoins,
+        ),
     ];
     for (name, help, v) in counters {
         page.single(name, Kind::Counter, help, v.load(Ordering::Relaxed));

@@ -658,3 +658,72 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
         );
     });
 }
+
+/// Found by the fault campaign (seed 20261214): across a coordinator failover librdkafka's own
+/// rejoin met FENCED_INSTANCE_ID, a fatal error, and the persister went on polling a client
+/// that would never consume again, so DynamoDB fell behind for good and the recount could
+/// not finish. The same fatal error, made here by an intruder joining with the persister's
+/// static id: the persister replaces its client and persists what comes after.
+#[test]
+fn a_persister_fenced_out_of_its_group_joins_again_and_persists_what_follows() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let serve = Serve::init_and_start("persist-fenced", PARTITIONS, 1);
+    let prefix = serve.prefix.clone();
+    let log = format!("{prefix}persist-fenced.log");
+    let mut persist = persister(&prefix, &log, &[]);
+    runtime().block_on(async {
+        let client = TestClient::http1();
+        open_election(&client, &serve, "pf", &["a", "b"], 0).await;
+        let (ok, _) = vote_all(&serve, "pf", &(1..=20).collect::<Vec<_>>(), &["a", "b"]).await;
+        assert_eq!(ok, 20);
+        wait_items("pf", &prefix, 20).await;
+
+        // An intruder joins with the persister's static id: the coordinator fences the
+        // persister's client, for good.
+        let intruder: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
+            .set("group.id", format!("{prefix}persist"))
+            .set("group.instance.id", "persister-1")
+            // The persisters' protocol: a member of another is refused, not joined.
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        intruder.subscribe(&[&serve.names().votes_topic()]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(std::env::temp_dir().join(&log))
+            .unwrap_or_default()
+            .contains("a new one joins")
+        {
+            let _ = intruder.poll(Duration::from_millis(100));
+            assert!(
+                Instant::now() < deadline,
+                "the persister never noticed it was fenced out of its group"
+            );
+        }
+        drop(intruder);
+
+        // What comes after the fence is persisted by the persister's new client.
+        let (ok, _) = vote_all(&serve, "pf", &(21..=40).collect::<Vec<_>>(), &["a", "b"]).await;
+        assert_eq!(ok, 20);
+        wait_items("pf", &prefix, 40).await;
+    });
+    persist.kill().unwrap();
+    let _ = persist.wait();
+}
+
+/// Waits, bounded, until DynamoDB holds `n` vote items of `election`.
+async fn wait_items(election: &str, prefix: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = items_of(election, prefix).await.len();
+        if got >= n {
+            assert_eq!(got, n, "exactly the votes of {election}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {n} items of {election} persisted within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

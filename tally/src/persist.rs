@@ -72,6 +72,8 @@ pub struct PersistStats {
     pub kept_first: AtomicU64,
     /// Lag per partition (high watermark − committed), refreshed every few seconds.
     pub lag: std::sync::Mutex<BTreeMap<u32, i64>>,
+    /// Consumers replaced after their client failed for good (FENCED_INSTANCE_ID and the like).
+    pub rejoins: AtomicU64,
 }
 
 /// The item of one committed vote (docs/design.md §4.4).
@@ -100,9 +102,26 @@ pub fn vote_item(
     ])
 }
 
+/// After a fatal consumer error, the wait before a new consumer joins: doubling up to the
+/// second bound, back to the first once a consumer lasted [`REJOIN_STABLE`] (a duplicate
+/// process with the same instance id churns slowly rather than in a tight loop).
+const REJOIN_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+const REJOIN_STABLE: Duration = Duration::from_secs(60);
+
+/// How one consumer's life ended.
+enum Ended {
+    /// Asked to stop, or caught up with `exit_when_caught_up`.
+    Done,
+    /// The client is out of the group for good (librdkafka's fatal error): e.g.
+    /// FENCED_INSTANCE_ID, which librdkafka's own rejoin meets across a coordinator failover.
+    /// It never consumes again, so a new one must join.
+    Fatal { code: String, reason: String },
+}
+
 /// Persists committed votes until `stop` (or, with `exit_when_caught_up`, until every
 /// partition is written to its end): rounds of records, each written to DynamoDB before its
-/// offsets are committed.
+/// offsets are committed. A consumer that failed for good is replaced by a new one under the
+/// same instance id, which resumes from the committed offsets (the writes are idempotent).
 pub async fn run(
     cfg: PersistConfig,
     dynamo: Client,
@@ -111,24 +130,70 @@ pub async fn run(
 ) -> Result<(), PersistError> {
     assert!(cfg.batch_max > 0 && cfg.concurrency > 0, "positive limits");
     let topic = cfg.names.votes_topic();
-    let table = cfg.names.votes_table();
-    let (consumer, partitions) = subscribe(&cfg, &topic)?;
     let mut stop = std::pin::pin!(stop);
+    let mut backoff = REJOIN_BACKOFF.0;
+    loop {
+        let (consumer, partitions) = subscribe(&cfg, &topic)?;
+        let joined = Instant::now();
+        match persist_rounds(&cfg, &dynamo, &stats, &consumer, partitions, &mut stop).await? {
+            Ended::Done => return Ok(()),
+            Ended::Fatal { code, reason } => {
+                tracing::error!(%code, %reason, ?backoff, "the persister's consumer left the group for good; a new one joins");
+                stats.rejoins.fetch_add(1, Ordering::Relaxed);
+                drop(consumer);
+                if joined.elapsed() >= REJOIN_STABLE {
+                    backoff = REJOIN_BACKOFF.0;
+                }
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
+            }
+        }
+    }
+}
+
+/// The fatal error of `consumer`'s client, if it has one.
+fn fatal(consumer: &StreamConsumer<VotesContext>) -> Option<Ended> {
+    consumer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| Ended::Fatal {
+            code: format!("{code:?}"),
+            reason,
+        })
+}
+
+/// The rounds of one consumer, until stopped, caught up, or its client failed for good.
+async fn persist_rounds(
+    cfg: &PersistConfig,
+    dynamo: &Client,
+    stats: &Arc<PersistStats>,
+    consumer: &StreamConsumer<VotesContext>,
+    partitions: usize,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Ended, PersistError> {
+    let topic = cfg.names.votes_topic();
+    let table = cfg.names.votes_table();
     let mut at_end: HashMap<u32, bool> = HashMap::new();
     let mut last_lag = Instant::now();
     loop {
+        if let Some(ended) = fatal(consumer) {
+            return Ok(ended);
+        }
         let first = tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut *stop => return Ok(Ended::Done),
             m = consumer.recv() => m,
             // An idle persister still refreshes its lag: what it reported while catching up
             // would otherwise stand until the next vote (recv is cancellation safe).
             _ = tokio::time::sleep(LAG_EVERY.saturating_sub(last_lag.elapsed())) => {
                 last_lag = Instant::now();
-                refresh_lag(&consumer, &topic, &stats);
+                refresh_lag(consumer, &topic, stats);
                 continue;
             }
         };
-        let round = gather_round(&consumer, first, &cfg, &stats, &mut at_end).await;
+        let round = gather_round(consumer, first, cfg, stats, &mut at_end).await;
         // Offsets to commit: one past the last record of each partition in the round.
         let mut commit: BTreeMap<u32, u64> = BTreeMap::new();
         for (p, o, _) in &round.items {
@@ -136,31 +201,35 @@ pub async fn run(
             *e = (*e).max(o + 1);
         }
         write_all(
-            &dynamo,
+            dynamo,
             &table,
             dedup_first(round.items),
             cfg.concurrency,
-            &stats,
+            stats,
         )
         .await?;
         stats.rounds.fetch_add(1, Ordering::Relaxed);
-        commit_round(&consumer, &topic, commit, &round.eof)?;
+        // A failed client commits nothing: what it wrote is durable and idempotent, and its
+        // successor reads it again from the last committed offsets.
+        if let Some(ended) = fatal(consumer) {
+            return Ok(ended);
+        }
+        commit_round(consumer, &topic, commit, &round.eof)?;
         if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
-            refresh_lag(&consumer, &topic, &stats);
+            refresh_lag(consumer, &topic, stats);
         }
         if cfg.exit_when_caught_up {
             // Caught up = this member holds every partition and each is at its end: a member
             // that holds only some cannot tell what the others (or a dead one) left behind.
             let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
             if assigned == partitions && at_end.len() == partitions && at_end.values().all(|e| *e) {
-                refresh_lag(&consumer, &topic, &stats);
+                refresh_lag(consumer, &topic, stats);
                 tracing::info!("every assigned partition is persisted to its end");
-                break;
+                return Ok(Ended::Done);
             }
         }
     }
-    Ok(())
 }
 
 /// The persisters' consumer of the votes topic, subscribed, and the topic's partition count.
