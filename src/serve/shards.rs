@@ -21,7 +21,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use votes_core::Election;
 use votes_core::election::ElectionState;
-use votes_core::{ErrorCode, Names, VoteIntent, VoteOutcome};
+use votes_core::{Names, OwnerVerdict, VoteIntent, VoteOutcome};
 use votes_net::doorbell::{Bell, Ringer};
 use votes_net::{Blocking, LocalNotify, LocalSignal, ReplyTx};
 use votes_tally::committer::{Committer, CommitterConfig, CommitterThread, Finished, Job, Scope};
@@ -355,17 +355,12 @@ impl ShardHost {
         // edge's word stands. Only a state past `open` here overrules it. The edge is always a
         // core of this node: another node's word is not taken, a forwarded vote reaches this
         // point only once the core that received it saw its election open with that option
-        // (`CoreApp::owner_verdict`).
-        let refused = match self.elections.borrow().find(intent.election.as_str()) {
-            Some(e) if matches!(e.state, ElectionState::Closed | ElectionState::Final) => {
-                Some(ErrorCode::ElectionNotOpen)
-            }
-            Some(e) if e.state == ElectionState::Open && !e.has_option(&intent.option) => {
-                Some(ErrorCode::InvalidOption)
-            }
-            _ => None,
-        };
-        if let Some(code) = refused {
+        // (`CoreApp::owner_verdict`). The same rule as there, without its wait.
+        let verdict = OwnerVerdict::of(
+            self.elections.borrow().find(intent.election.as_str()),
+            &intent.option,
+        );
+        if let OwnerVerdict::Refuse(code) = verdict {
             let _ = reply.send(VoteOutcome::Rejected(code));
             return;
         }
