@@ -220,6 +220,11 @@ check_prereqs() {
       ;;
     dynamodb)
       command -v curl >/dev/null || die "dynamodb needs curl for its health check (apt-get install -y curl)"
+      if [[ $DYNAMODB_ENGINE == dynoxide ]]; then
+        dynoxide_current || command -v cargo >/dev/null ||
+          die "dynamodb needs cargo (rustup) to install dynoxide $DYNOXIDE_VERSION once into $DYNOXIDE_ROOT"
+        continue
+      fi
       dynamodb_venv_current && continue
       command -v "${PYTHON:-python3}" >/dev/null || die "dynamodb needs Python 3.9+ (${PYTHON:-python3} not found; set PYTHON to a python3)"
       "${PYTHON:-python3}" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 9))' 2>/dev/null ||
