@@ -23,7 +23,7 @@ pub struct PersistArgs {
     /// Records per round; offsets are committed after each round is durable.
     #[arg(long, env = "VOTES_PERSIST_BATCH_MAX", default_value_t = 5_000)]
     pub batch_max: usize,
-    /// Chunks of 25 conditional puts in flight.
+    /// Batch calls in flight (BatchGetItem of 100 keys, BatchWriteItem of 25 items).
     #[arg(long, env = "VOTES_PERSIST_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Prometheus `/metrics` on this address (items, retries, lag per partition).

@@ -522,8 +522,9 @@ fn a_voters_later_committed_record_never_replaces_the_first() {
 }
 
 /// DynamoDB throttles a table past its capacity and fails now and then; no local engine does.
-/// Through a proxy that answers a seeded share of calls with DynamoDB's own error responses,
-/// the persister still writes every voter's first vote exactly once, the recount still makes
+/// Through a proxy that answers a seeded share of calls with DynamoDB's own error responses
+/// (and a share of the persister's batch calls only half done, the rest handed back as
+/// unprocessed), the persister still writes every voter's first vote exactly once, the recount still makes
 /// the result official and checks it again, and `/votes/me` answers 200 or a retryable 503,
 /// never a wrong answer.
 #[test]
@@ -539,10 +540,13 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
     let proxy = FaultProxy::start(
         DYNAMODB,
         &[
-            rule("PutItem", Fault::ProvisionedThroughputExceeded, 400),
-            rule("PutItem", Fault::Throttling, 150),
-            rule("PutItem", Fault::InternalServerError, 100),
-            rule("PutItem", Fault::RequestLimitExceeded, 50),
+            rule("BatchGetItem", Fault::ProvisionedThroughputExceeded, 300),
+            rule("BatchGetItem", Fault::Unprocessed, 400),
+            rule("BatchWriteItem", Fault::ProvisionedThroughputExceeded, 400),
+            rule("BatchWriteItem", Fault::Throttling, 150),
+            rule("BatchWriteItem", Fault::InternalServerError, 100),
+            rule("BatchWriteItem", Fault::RequestLimitExceeded, 50),
+            rule("BatchWriteItem", Fault::Unprocessed, 500),
             rule("Query", Fault::ProvisionedThroughputExceeded, 400),
             rule("Query", Fault::Throttling, 150),
             rule("GetItem", Fault::ProvisionedThroughputExceeded, 300),
@@ -579,8 +583,11 @@ fn a_throttled_table_slows_the_persister_and_the_recount_but_loses_nothing() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("the persister says its retries: {said}"));
         assert!(
-            proxy.injected("PutItem", Fault::ProvisionedThroughputExceeded) > 0
-                && proxy.injected("PutItem", Fault::InternalServerError) > 0
+            proxy.injected("BatchWriteItem", Fault::ProvisionedThroughputExceeded) > 0
+                && proxy.injected("BatchWriteItem", Fault::InternalServerError) > 0
+                && proxy.injected("BatchWriteItem", Fault::Unprocessed) > 0
+                && proxy.injected("BatchGetItem", Fault::ProvisionedThroughputExceeded) > 0
+                && proxy.injected("BatchGetItem", Fault::Unprocessed) > 0
                 && retries > 0,
             "throttles reached the persister's own backoff: {retries} retries; {}",
             proxy.summary()

@@ -2,11 +2,13 @@
 //!
 //! A consumer group (`{prefix}persist`, cooperative-sticky, optional static membership) reads
 //! with `read_committed` and works in rounds: take what arrived (≤ `batch_max` records), turn
-//! each record into one item keyed by (`{election}#{bucket}`, voter), write them with
-//! conditional puts, 25 per chunk and ≤ `concurrency` chunks in flight (throttling retried
-//! with jittered backoff; a voter's first committed record wins, docs/design.md §7), and only then commit the consumer offsets. A crash loses at
-//! most a round's progress, never an item: the next owner rewrites from the last commit, and a
-//! rewrite is the same item (idempotent, docs/design.md §3.5).
+//! each record into one item keyed by (`{election}#{bucket}`, voter), read which of their keys
+//! already hold an item (BatchGetItem, consistent), write the others (BatchWriteItem, 25 per
+//! call, ≤ `concurrency` calls in flight; throttling and unprocessed items retried with
+//! jittered backoff; a voter's first committed record wins, docs/design.md §7, see
+//! [`write_all`]), and only then commit the consumer offsets. A crash loses at most a round's
+//! progress, never an item: the next owner rewrites from the last commit, and a rewrite is the
+//! same item (idempotent, docs/design.md §3.5).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use votes_core::{Names, VoteRecord, vote_item_pk};
 use crate::dynamo::{Backoff, retriable};
 use crate::kafka::{VotesContext, read_committed_consumer_config};
 
-/// Items per chunk of conditional puts in flight together.
+/// Items per BatchWriteItem call (DynamoDB's limit).
 pub const BATCH_WRITE_MAX: usize = 25;
 /// How long a round waits for more records once it has some.
 const ROUND_LINGER: Duration = Duration::from_millis(20);
@@ -45,7 +47,7 @@ pub struct PersistConfig {
     pub instance_id: Option<String>,
     /// Records per round (and so the most work a crash can make the next owner redo).
     pub batch_max: usize,
-    /// Chunks of conditional puts in flight.
+    /// Batch calls in flight (reads of 100 keys, writes of 25 items).
     pub concurrency: usize,
     /// Exit once this member holds every partition and each is persisted to its end (a single
     /// persister: tests, measurements).
@@ -399,7 +401,38 @@ fn refresh_lag(consumer: &StreamConsumer<VotesContext>, topic: &str, stats: &Per
     }
 }
 
-/// Writes every item, `concurrency` chunks at a time.
+/// Keys per BatchGetItem call (DynamoDB's limit).
+pub const BATCH_GET_MAX: usize = 100;
+
+/// A vote item's key: (`pk`, `sk`) as DynamoDB holds them.
+type ItemKey = (String, String);
+
+fn key_of(item: &HashMap<String, AttributeValue>) -> Option<ItemKey> {
+    Some((
+        item.get("pk")?.as_s().ok()?.clone(),
+        item.get("sk")?.as_n().ok()?.clone(),
+    ))
+}
+
+fn offset_of(item: &HashMap<String, AttributeValue>) -> Option<u64> {
+    item.get("offset")?.as_n().ok()?.parse().ok()
+}
+
+/// Writes a round's items (the first of each voter in the round, in log order) so that a
+/// voter's first committed record wins (docs/design.md §7): an item is written where its voter
+/// has none, or over the item of a later record of the same voter; a rewrite of the same
+/// record (a round redone after a crash) and a voter's later record leave the item alone.
+///
+/// Why a consistent read then unconditional batch writes, not one conditional put per item:
+/// the per-call cost of the SDK (signing, serialising, an HTTP exchange) was most of the
+/// persister's CPU at one item per call, and BatchWriteItem takes 25 items without
+/// conditions. The read decides as the condition did because of how the log is written: a
+/// voter's records all live in one partition, each partition is persisted in offset order by
+/// one member at a time, and a round starts only once every earlier record is durable (written
+/// by this member in an earlier round, or below the committed offset it started from). So
+/// when any persister reads the key of a voter's later record, the item of the voter's first
+/// record is already there to be found. A zombie member still writing a round its successor
+/// writes too writes the same items: an item is a function of its record.
 pub async fn write_all(
     dynamo: &Client,
     table: &str,
@@ -407,8 +440,27 @@ pub async fn write_all(
     concurrency: usize,
     stats: &Arc<PersistStats>,
 ) -> Result<(), PersistError> {
+    assert!(concurrency > 0, "at least one call in flight");
+    let total = items.len() as u64;
+    let held = held_offsets(dynamo, table, &items, concurrency, stats).await?;
+    let mut writes = Vec::with_capacity(items.len());
+    let mut keys = std::collections::HashSet::with_capacity(items.len());
+    for item in items {
+        let key = key_of(&item).expect("a vote item has its key (vote_item)");
+        let offset = offset_of(&item).expect("a vote item has its offset (vote_item)");
+        match held.get(&key) {
+            // An item of the same record (a rewrite) or of an earlier one: it stays.
+            Some(&at) if at <= offset => {
+                stats.kept_first.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => writes.push(item),
+        }
+        // Two items of one voter in a round would race in the batch writes: the caller keeps
+        // the first (dedup_first).
+        assert!(keys.insert(key), "one item per voter in a round");
+    }
     let mut calls = tokio::task::JoinSet::new();
-    let mut chunks = items.chunks(BATCH_WRITE_MAX).map(<[_]>::to_vec);
+    let mut chunks = writes.chunks(BATCH_WRITE_MAX).map(<[_]>::to_vec);
     loop {
         while calls.len() < concurrency {
             let Some(chunk) = chunks.next() else { break };
@@ -416,93 +468,105 @@ pub async fn write_all(
             calls.spawn(async move { write_chunk(&dynamo, &table, chunk, &stats).await });
         }
         match calls.join_next().await {
-            None => return Ok(()),
+            None => break,
             Some(Ok(Ok(()))) => {}
             Some(Ok(Err(e))) => return Err(e),
             Some(Err(e)) => return Err(PersistError::Dynamo(format!("a write task failed: {e}"))),
         }
     }
-}
-
-/// The condition that keeps a voter's first committed record (docs/design.md §7, first vote wins
-/// everywhere): an item is written where there is none, or over one of a later record of the
-/// same voter (a voter's records all live in one partition, so offsets order them). A rewrite of
-/// the same record (a round redone after a crash) and a later record both leave the item alone.
-pub const FIRST_VOTE_WINS: &str = "attribute_not_exists(sk) OR #offset > :offset";
-
-/// The conditional puts of one chunk, all in flight at once. Not TransactWriteItems: a
-/// transaction buys nothing here (each item stands alone) and the local engines do not all
-/// run concurrent transactions safely (moto's server failed them with a 500).
-async fn write_chunk(
-    dynamo: &Client,
-    table: &str,
-    items: Vec<HashMap<String, AttributeValue>>,
-    stats: &PersistStats,
-) -> Result<(), PersistError> {
-    assert!(
-        items.len() <= BATCH_WRITE_MAX,
-        "a chunk holds at most {BATCH_WRITE_MAX} items"
-    );
-    let total = items.len() as u64;
-    let mut puts = tokio::task::JoinSet::new();
-    for item in items {
-        let (dynamo, table) = (dynamo.clone(), table.to_owned());
-        let stats = PutStats::default();
-        puts.spawn(async move {
-            let r = put_first(&dynamo, &table, item, &stats).await;
-            (r, stats)
-        });
-    }
-    while let Some(done) = puts.join_next().await {
-        let (r, s) = done.map_err(|e| PersistError::Dynamo(format!("a write task failed: {e}")))?;
-        stats
-            .retries
-            .fetch_add(s.retries.load(Ordering::Relaxed), Ordering::Relaxed);
-        stats
-            .kept_first
-            .fetch_add(s.kept_first.load(Ordering::Relaxed), Ordering::Relaxed);
-        r?;
-    }
     stats.items.fetch_add(total, Ordering::Relaxed);
     Ok(())
 }
 
-/// What one put counted, added to the persister's figures when it ends.
-#[derive(Default)]
-struct PutStats {
-    retries: AtomicU64,
-    kept_first: AtomicU64,
-}
-
-/// One conditional put, retried while throttled; a failed condition is success.
-async fn put_first(
+/// The offset each of `items`' keys holds in the table now (strongly consistent reads), for
+/// the keys that have an item.
+async fn held_offsets(
     dynamo: &Client,
     table: &str,
-    item: HashMap<String, AttributeValue>,
-    stats: &PutStats,
-) -> Result<(), PersistError> {
-    let mut backoff = Backoff::default();
+    items: &[HashMap<String, AttributeValue>],
+    concurrency: usize,
+    stats: &Arc<PersistStats>,
+) -> Result<HashMap<ItemKey, u64>, PersistError> {
+    let mut held = HashMap::new();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut chunks = items.chunks(BATCH_GET_MAX).map(|chunk| {
+        chunk
+            .iter()
+            .map(|item| {
+                HashMap::from([
+                    ("pk".to_owned(), item["pk"].clone()),
+                    ("sk".to_owned(), item["sk"].clone()),
+                ])
+            })
+            .collect::<Vec<_>>()
+    });
     loop {
-        let offset = item["offset"].clone();
-        let sent = dynamo
-            .put_item()
-            .table_name(table)
-            .set_item(Some(item.clone()))
-            .condition_expression(FIRST_VOTE_WINS)
+        while calls.len() < concurrency {
+            let Some(keys) = chunks.next() else { break };
+            let (dynamo, table, stats) = (dynamo.clone(), table.to_owned(), stats.clone());
+            calls.spawn(async move { read_chunk(&dynamo, &table, keys, &stats).await });
+        }
+        match calls.join_next().await {
+            None => return Ok(held),
+            Some(Ok(Ok(found))) => held.extend(found),
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(PersistError::Dynamo(format!("a read task failed: {e}"))),
+        }
+    }
+}
+
+/// One BatchGetItem of at most [`BATCH_GET_MAX`] keys, its unprocessed keys asked again
+/// (with backoff) until every key is answered.
+async fn read_chunk(
+    dynamo: &Client,
+    table: &str,
+    mut keys: Vec<HashMap<String, AttributeValue>>,
+    stats: &PersistStats,
+) -> Result<Vec<(ItemKey, u64)>, PersistError> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    assert!(
+        keys.len() <= BATCH_GET_MAX,
+        "a read asks at most {BATCH_GET_MAX} keys"
+    );
+    let mut found = Vec::with_capacity(keys.len());
+    let mut backoff = Backoff::default();
+    while !keys.is_empty() {
+        let ask = KeysAndAttributes::builder()
+            .set_keys(Some(keys.clone()))
+            .consistent_read(true)
+            .projection_expression("pk, sk, #offset")
             .expression_attribute_names("#offset", "offset")
-            .expression_attribute_values(":offset", offset)
+            .build()
+            .map_err(|e| PersistError::Dynamo(e.to_string()))?;
+        match dynamo
+            .batch_get_item()
+            .request_items(table, ask)
             .send()
-            .await;
-        match sent {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                stats.kept_first.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+            .await
+        {
+            Ok(out) => {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(table))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(key), Some(offset)) = (key_of(item), offset_of(item)) {
+                        found.push((key, offset));
+                    }
+                }
+                let left = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+                assert!(left.len() <= keys.len(), "unprocessed keys are keys asked");
+                if !left.is_empty() {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    backoff.wait().await;
+                }
+                keys = left;
             }
-            // The persister never gives up on a throttled table: its offsets wait for the item.
             Err(e) if retriable(&e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 backoff.wait().await;
@@ -514,6 +578,69 @@ async fn put_first(
             }
         }
     }
+    Ok(found)
+}
+
+/// One BatchWriteItem of at most [`BATCH_WRITE_MAX`] puts, its unprocessed items sent again
+/// (with backoff: the persister never gives up on a throttled table, its offsets wait for
+/// the items) until every item is written.
+async fn write_chunk(
+    dynamo: &Client,
+    table: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+    stats: &PersistStats,
+) -> Result<(), PersistError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    assert!(
+        items.len() <= BATCH_WRITE_MAX,
+        "a chunk holds at most {BATCH_WRITE_MAX} items"
+    );
+    let mut requests = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| PersistError::Dynamo(e.to_string()))?;
+            Ok(WriteRequest::builder().put_request(put).build())
+        })
+        .collect::<Result<Vec<_>, PersistError>>()?;
+    let mut backoff = Backoff::default();
+    while !requests.is_empty() {
+        match dynamo
+            .batch_write_item()
+            .request_items(table, requests.clone())
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let left = out
+                    .unprocessed_items()
+                    .and_then(|u| u.get(table))
+                    .cloned()
+                    .unwrap_or_default();
+                assert!(
+                    left.len() <= requests.len(),
+                    "unprocessed items are items sent"
+                );
+                if !left.is_empty() {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    backoff.wait().await;
+                }
+                requests = left;
+            }
+            Err(e) if retriable(&e) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                backoff.wait().await;
+            }
+            Err(e) => {
+                return Err(PersistError::Dynamo(
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,6 +32,10 @@ pub enum Fault {
     RequestLimitExceeded,
     /// DynamoDB's own transient failure (500).
     InternalServerError,
+    /// A batch call partly done: the first half of its requests forwarded, the rest answered
+    /// as `UnprocessedItems` (BatchWriteItem) or `UnprocessedKeys` (BatchGetItem), as DynamoDB
+    /// does when a batch meets a partition past its capacity.
+    Unprocessed,
 }
 
 impl Fault {
@@ -59,12 +63,13 @@ impl Fault {
                 "com.amazonaws.dynamodb.v20120810#InternalServerError",
                 "Internal server error",
             ),
+            Fault::Unprocessed => unreachable!("a partial batch is answered by the engine"),
         }
     }
 }
 
-/// `per_mille` of the calls to `operation` (the `X-Amz-Target` suffix: "PutItem", "Query",
-/// "GetItem") are answered with `fault`. Rules of one operation are tried in order, each with
+/// `per_mille` of the calls to `operation` (the `X-Amz-Target` suffix: "BatchWriteItem",
+/// "BatchGetItem", "Query", "GetItem") are answered with `fault`. Rules of one operation are tried in order, each with
 /// its own draw.
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
@@ -193,33 +198,67 @@ impl State {
             .and_then(|t| t.rsplit('.').next())
             .unwrap_or("")
             .to_owned();
-        for rule in self.rules.iter().filter(|r| r.operation == operation) {
-            if self.draw() < rule.per_mille {
-                *self
-                    .injected
-                    .lock()
-                    .unwrap()
-                    .entry((operation, rule.fault))
-                    .or_default() += 1;
-                return refusal(rule.fault, self.draws.load(Ordering::Relaxed));
-            }
-        }
-        *self.forwarded.lock().unwrap().entry(operation).or_default() += 1;
-        self.forward(req).await
-    }
-
-    async fn forward(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return plain(502, format!("fault proxy: reading the request: {e}")),
         };
+        let mut held_back = None;
+        for rule in self.rules.iter().filter(|r| r.operation == operation) {
+            if self.draw() >= rule.per_mille {
+                continue;
+            }
+            if rule.fault == Fault::Unprocessed {
+                // A batch of one cannot be split: it goes through whole.
+                let Some(split) = split_batch(&operation, &body) else {
+                    continue;
+                };
+                held_back = Some(split);
+            } else {
+                self.count_injected(&operation, rule.fault);
+                return refusal(rule.fault, self.draws.load(Ordering::Relaxed));
+            }
+            break;
+        }
+        *self
+            .forwarded
+            .lock()
+            .unwrap()
+            .entry(operation.clone())
+            .or_default() += 1;
+        let Some(split) = held_back else {
+            return self.forward(parts, body).await;
+        };
+        self.count_injected(&operation, Fault::Unprocessed);
+        let answer = self
+            .forward(parts, Bytes::from(split.forwarded.to_string()))
+            .await;
+        with_unprocessed(answer, split).await
+    }
+
+    fn count_injected(&self, operation: &str, fault: Fault) {
+        *self
+            .injected
+            .lock()
+            .unwrap()
+            .entry((operation.to_owned(), fault))
+            .or_default() += 1;
+    }
+
+    async fn forward(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut upstream = Request::builder()
             .method(parts.method)
             .uri(format!("{}{path}", self.upstream));
         for (name, value) in &parts.headers {
-            upstream = upstream.header(name, value);
+            // A split batch is shorter than the request the SDK sent.
+            if name != hyper::header::CONTENT_LENGTH {
+                upstream = upstream.header(name, value);
+            }
         }
         let upstream = upstream.body(Full::new(body)).unwrap();
         match self.client.request(upstream).await {
@@ -233,6 +272,79 @@ impl State {
             Err(e) => plain(502, format!("fault proxy: the engine: {e}")),
         }
     }
+}
+
+/// A batch call cut in two: the request with the first half of each table's requests, and
+/// what the answer reports as unprocessed (the rest, in the request's own shape).
+struct SplitBatch {
+    forwarded: serde_json::Value,
+    /// `UnprocessedItems` or `UnprocessedKeys`.
+    field: &'static str,
+    unprocessed: serde_json::Map<String, serde_json::Value>,
+}
+
+fn split_batch(operation: &str, body: &[u8]) -> Option<SplitBatch> {
+    let mut request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let tables = request.get_mut("RequestItems")?.as_object_mut()?;
+    let mut unprocessed = serde_json::Map::new();
+    for (table, asked) in tables.iter_mut() {
+        // BatchWriteItem: a list of write requests; BatchGetItem: {"Keys": [...], ...}.
+        let list = match operation {
+            "BatchWriteItem" => asked.as_array_mut()?,
+            "BatchGetItem" => asked.get_mut("Keys")?.as_array_mut()?,
+            _ => return None,
+        };
+        if list.len() < 2 {
+            continue;
+        }
+        let rest = list.split_off(list.len().div_ceil(2));
+        let rest = match operation {
+            "BatchWriteItem" => serde_json::Value::Array(rest),
+            _ => {
+                let mut keys = asked.clone();
+                keys["Keys"] = serde_json::Value::Array(rest);
+                keys
+            }
+        };
+        unprocessed.insert(table.clone(), rest);
+    }
+    if unprocessed.is_empty() {
+        return None;
+    }
+    let field = if operation == "BatchWriteItem" {
+        "UnprocessedItems"
+    } else {
+        "UnprocessedKeys"
+    };
+    Some(SplitBatch {
+        forwarded: request,
+        field,
+        unprocessed,
+    })
+}
+
+/// The engine's answer to the shortened batch, with the held-back requests as unprocessed.
+async fn with_unprocessed(
+    answer: Response<Full<Bytes>>,
+    split: SplitBatch,
+) -> Response<Full<Bytes>> {
+    if answer.status() != 200 {
+        return answer;
+    }
+    let (mut parts, body) = answer.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes());
+    let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return plain(
+            502,
+            "fault proxy: the engine's batch answer is not JSON".into(),
+        );
+    };
+    out[split.field] = serde_json::Value::Object(split.unprocessed);
+    let body = Bytes::from(out.to_string());
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    // DynamoDB's CRC32 of a body this is no longer.
+    parts.headers.remove("x-amz-crc32");
+    Response::from_parts(parts, Full::new(body))
 }
 
 /// DynamoDB's error answer: JSON 1.0 with `__type` and `message`, and a request id.
