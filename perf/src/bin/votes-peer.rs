@@ -17,7 +17,7 @@ use votes_perf::peers::floor::{self, FloorConfig};
 use votes_perf::peers::postgres::{self, PostgresConfig};
 use votes_perf::peers::redis_lua::{self, RedisConfig};
 use votes_perf::peers::{Expected, PeerError, ServerReport, VoteSpec, write_json};
-use votes_perf::peers::{h1_reference, h3_reference};
+use votes_perf::peers::{h1_reference, h3_reference, persist_writes};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +41,10 @@ enum Cmd {
     /// The appliance's commit engine and committer threads without HTTP: pre-made votes
     /// through real shards, pacing, one transaction per core, real group membership.
     CommitTier(CommitTierArgs),
+    /// The persister's write path alone (`votes persist` without Kafka): the items of N
+    /// committed votes written as `votes persist` writes them to a DynamoDB engine; CPU per item of this
+    /// process and of the engine.
+    PersistWrites(PersistWritesArgs),
     /// One PostgreSQL transaction per vote (synchronous_commit = on).
     Postgres(PgArgs),
     /// One Redis Lua script (EVALSHA) per vote; not durable.
@@ -195,6 +199,36 @@ struct CommitTierArgs {
 }
 
 #[derive(ClapArgs, Debug)]
+struct PersistWritesArgs {
+    #[arg(
+        long,
+        env = "VOTES_DYNAMODB_ENDPOINT",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    endpoint: String,
+    /// Prefix of the tables ({prefix}votes is created if missing); a fresh one per run.
+    #[arg(long)]
+    prefix: String,
+    #[arg(long, default_value_t = 200_000)]
+    items: u64,
+    /// Batch calls in flight (`votes persist --concurrency`).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Items per round (`votes persist --batch-max`).
+    #[arg(long, default_value_t = 5_000)]
+    round: usize,
+    /// Write every item a second time (a restarted persister's rewrite: each condition fails).
+    #[arg(long)]
+    rewrite: bool,
+    /// The engine's pid, whose CPU is counted.
+    #[arg(long)]
+    engine_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
 struct PgArgs {
     /// e.g. postgres://postgres@127.0.0.1:55432/postgres
     #[arg(long)]
@@ -341,6 +375,29 @@ fn main() -> Result<()> {
                 a.votes.expected.as_deref(),
                 &expected,
             )?;
+            eprintln!("{}", report.summary());
+        }
+        Cmd::PersistWrites(a) => {
+            let cfg = persist_writes::PersistWritesConfig {
+                endpoint: a.endpoint,
+                prefix: a.prefix,
+                items: a.items,
+                concurrency: a.concurrency,
+                round: a.round,
+                rewrite: a.rewrite,
+                engine_pid: a.engine_pid,
+            };
+            // The persister's own runtime: two workers (src/persist.rs).
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(persist_writes::run(cfg))
+                .context("persist writes")?;
+            match &a.out {
+                Some(p) => write_json(p, &report)?,
+                None => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
             eprintln!("{}", report.summary());
         }
         Cmd::Postgres(a) => {

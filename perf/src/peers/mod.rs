@@ -18,6 +18,7 @@ pub mod commit_tier;
 pub mod floor;
 pub mod h1_reference;
 pub mod h3_reference;
+pub mod persist_writes;
 pub mod postgres;
 pub mod redis_lua;
 
