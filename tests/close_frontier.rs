@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::serve::{
     AUDIT_KEY, Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
 };
-use common::{DYNAMODB, KAFKA, REDIS, runtime};
+use common::{DYNAMODB, KAFKA, REDIS, assert_success, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 /// How many 202s a run collects before it closes, so that the barrier has votes on both sides.
@@ -36,11 +36,7 @@ fn persist_to_end(prefix: &str) {
         .env_remove("VOTES_CONFIG")
         .output()
         .expect("votes persist runs");
-    assert!(
-        out.status.success(),
-        "votes persist: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "votes persist");
 }
 
 /// Where a lane sends votes: a protocol and a node's base URL for it.

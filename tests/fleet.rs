@@ -973,22 +973,24 @@ fn forward_key() -> Vec<u8> {
 /// Waits until `serve`'s forwarding counter `what` reaches `at_least` (metrics are published
 /// once a second), bounded.
 async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let forward = common::serve::metric(serve, "votes_forward_total").await;
-        let n = forward
-            .get(&format!("what=\"{what}\""))
-            .copied()
-            .unwrap_or(0);
-        if n >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "votes_forward_total{{what=\"{what}\"}} stays below {at_least}: {forward:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let forward = common::serve::metric(serve, "votes_forward_total").await;
+            let n = forward
+                .get(&format!("what=\"{what}\""))
+                .copied()
+                .unwrap_or(0);
+            if n >= at_least {
+                return Ok(());
+            }
+            Err(format!(
+                "votes_forward_total{{what=\"{what}\"}} stays below {at_least}: {forward:?}"
+            ))
+        },
+    )
+    .await
 }
 
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet

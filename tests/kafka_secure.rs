@@ -34,11 +34,7 @@ fn votes_runs_end_to_end_over_tls_and_scram_and_stops_on_wrong_credentials() {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "votes init over SASL_SSL: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, "votes init over SASL_SSL");
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let serve = Serve::start_env(&prefix, 1, false, &env_refs);
     runtime().block_on(async {

@@ -114,26 +114,27 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
             *committed.entry(c.record.option.as_str().to_owned()).or_default() += 1;
         }
         assert_eq!(committed.values().sum::<u64>(), total);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = client.get(&url).await.unwrap();
-            let shown: BTreeMap<String, u64> = body["totals"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            if shown == committed {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "results did not converge after Redis came back: shown {shown:?}, committed {committed:?}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            async || {
+                let (_, body) = client.get(&url).await.unwrap();
+                let shown: BTreeMap<String, u64> = body["totals"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                if shown == committed {
+                    return Ok(());
+                }
+                Err(serve.with_log(format!(
+                    "results did not converge after Redis came back: shown {shown:?}, committed {committed:?}"
+                )))
+            },
+        )
+        .await;
         let metrics = client
             .admin_get(&serve, "/metrics")
             .await

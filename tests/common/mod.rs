@@ -250,16 +250,55 @@ pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
         .expect("the votes binary runs")
 }
 
-/// Runs `votes init --partitions <partitions>` under `prefix` and asserts it succeeded: the
-/// setup most tests need before a node can start, its stderr in the failure so a broken setup
-/// is not mistaken for the behaviour under test.
-pub fn init_with_partitions(prefix: &str, partitions: u32) {
-    let out = votes(prefix, &["init", "--partitions", &partitions.to_string()]);
+/// Asks `probe` again every `every` until it answers `Ok`, and returns what it found; fails the
+/// test with its last `Err` once `within` has passed. What the tests wait for (counters
+/// published once a second, results that converge) shows up in its own time, never at once.
+pub async fn eventually<T, E: std::fmt::Display>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Fails the test unless the process of `out` succeeded, naming it `what` with its stderr, so
+/// a broken setup step is not mistaken for the behaviour under test.
+pub fn assert_success(out: &std::process::Output, what: impl std::fmt::Display) {
     assert!(
         out.status.success(),
-        "votes init: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A finished process's stdout followed by its stderr, as one text to search or show.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fails the test unless the process of `out` failed and said `says` (on stdout or stderr).
+pub fn assert_fails_saying(out: &std::process::Output, says: &str) {
+    let text = output_text(out);
+    assert!(!out.status.success(), "exited 0:\n{text}");
+    assert!(text.contains(says), "{text}");
+}
+
+/// Runs `votes init --partitions <partitions>` under `prefix` and asserts it succeeded: the
+/// setup most tests need before a node can start.
+pub fn init_with_partitions(prefix: &str, partitions: u32) {
+    let out = votes(prefix, &["init", "--partitions", &partitions.to_string()]);
+    assert_success(&out, "votes init");
 }
 
 /// A Redis of a test's own beside the shared one, through `scripts/services.sh` on `port`
