@@ -42,7 +42,8 @@ use votes_perf::cli::{TrustArgs, write_report};
 use votes_perf::client::{Body, Client, Protocol, Target};
 use votes_perf::duration::parse_duration;
 use votes_perf::election::ElectionView;
-use votes_perf::report::{LATENCY_MAX_US, Report, latency_histogram};
+use votes_perf::flow::Flow;
+use votes_perf::report::{Report, latency_histogram, record_latency};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -407,10 +408,7 @@ struct ErrorInner {
 }
 
 struct Stats {
-    sent: AtomicU64,
-    dropped: AtomicU64,
-    in_flight: AtomicU64,
-    answered: AtomicU64,
+    flow: Flow,
     rejected: AtomicU64,
     unexpected: AtomicU64,
     errors: AtomicU64,
@@ -427,10 +425,7 @@ struct Inner {
 impl Stats {
     fn new() -> Self {
         Self {
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
+            flow: Flow::default(),
             rejected: AtomicU64::new(0),
             unexpected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -461,11 +456,8 @@ async fn one(prep: &Prep, stats: &Stats, n: u64, due: Instant) {
             } else {
                 stats.unexpected.fetch_add(1, Ordering::Relaxed);
             }
-            let us = u64::try_from(latency.as_micros())
-                .unwrap_or(u64::MAX)
-                .clamp(1, LATENCY_MAX_US);
             let mut s = stats.inner.lock().expect("stats lock");
-            s.latency_us.saturating_record(us);
+            record_latency(&mut s.latency_us, latency);
             *s.by_status.entry(status.to_string()).or_default() += 1;
             *s.by_kind
                 .entry(kind)
@@ -473,7 +465,7 @@ async fn one(prep: &Prep, stats: &Stats, n: u64, due: Instant) {
                 .entry(format!("{status} {code}"))
                 .or_default() += 1;
             drop(s);
-            stats.answered.fetch_add(1, Ordering::Relaxed);
+            stats.flow.answered.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(e)) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -526,12 +518,12 @@ async fn run(args: Args) -> Result<FloodReport> {
                     std::io::stderr().lock(),
                     "[{:6.1}s] sent {} answered {} rejected {} unexpected {} errors {} dropped {}",
                     t0.elapsed().as_secs_f64(),
-                    stats.sent.load(Ordering::Relaxed),
-                    stats.answered.load(Ordering::Relaxed),
+                    stats.flow.sent.load(Ordering::Relaxed),
+                    stats.flow.answered.load(Ordering::Relaxed),
                     stats.rejected.load(Ordering::Relaxed),
                     stats.unexpected.load(Ordering::Relaxed),
                     stats.errors.load(Ordering::Relaxed),
-                    stats.dropped.load(Ordering::Relaxed),
+                    stats.flow.dropped.load(Ordering::Relaxed),
                 );
             }
         })
@@ -542,21 +534,16 @@ async fn run(args: Args) -> Result<FloodReport> {
         for n in 0..total {
             let due = t0 + period.mul_f64(n as f64);
             tokio::time::sleep_until(due).await;
-            if stats.in_flight.load(Ordering::Acquire) >= args.max_in_flight {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !stats.flow.admit(args.max_in_flight) {
                 continue;
             }
-            stats.in_flight.fetch_add(1, Ordering::AcqRel);
-            stats.sent.fetch_add(1, Ordering::Relaxed);
             let (prep, stats) = (prep.clone(), stats.clone());
             tokio::spawn(async move {
                 one(&prep, &stats, n, due.min(Instant::now())).await;
-                stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+                stats.flow.finished();
             });
         }
-        while stats.in_flight.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        stats.flow.drained().await;
     } else {
         let next = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..args.concurrency.max(1))
@@ -565,7 +552,7 @@ async fn run(args: Args) -> Result<FloodReport> {
                 tokio::spawn(async move {
                     while Instant::now() < end {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        stats.flow.sent.fetch_add(1, Ordering::Relaxed);
                         one(&prep, &stats, n, Instant::now()).await;
                     }
                 })
@@ -588,7 +575,7 @@ async fn run(args: Args) -> Result<FloodReport> {
     let rejected = stats.rejected.load(Ordering::Relaxed);
     Ok(FloodReport {
         report: Report::new(
-            stats.sent.load(Ordering::Relaxed),
+            stats.flow.sent.load(Ordering::Relaxed),
             elapsed,
             by_status,
             &inner.latency_us,
@@ -600,7 +587,7 @@ async fn run(args: Args) -> Result<FloodReport> {
         connections: args.connections,
         duration_s: args.duration.as_secs_f64(),
         elapsed_s: elapsed,
-        dropped: stats.dropped.load(Ordering::Relaxed),
+        dropped: stats.flow.dropped.load(Ordering::Relaxed),
         rejected,
         rejected_rate: rejected as f64 / elapsed,
         unexpected: stats.unexpected.load(Ordering::Relaxed),

@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::mix::Rng;
-use crate::report::{LATENCY_MAX_US, LatencyMs};
+use crate::report::LatencyMs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -248,8 +248,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+    crate::report::record_latency(h, d)
 }
 
 /// Tallies that differ from the expected ones: option → (expected, found).
