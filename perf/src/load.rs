@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{Body, Client, ClientError, Protocol, Target};
-use crate::election;
+use crate::election::{self, TargetError};
 use crate::flow::Flow;
 use crate::mix::{Kind, Mix, MixError, Plan};
 use crate::report::{LATENCY_MAX_US, Report, latency_histogram, record_latency};
@@ -63,16 +63,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("cannot read election {election:?} (GET /v1/elections/{election}): {why}")]
-    Election { election: String, why: String },
-    #[error("invalid --election {0:?}: expected [a-z0-9-]{{1,64}}")]
-    ElectionId(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("--token-key / VOTES_TOKEN_KEY: {0}")]
     TokenKey(#[from] votes_core::token::KeyError),
     #[error("{0}")]
@@ -352,9 +344,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
     if cfg.max_in_flight == 0 || cfg.connections == 0 {
         return Err(LoadError::Limits);
     }
-    if votes_core::ElectionId::new(cfg.election.clone()).is_err() {
-        return Err(LoadError::ElectionId(cfg.election.clone()));
-    }
+    election::check_id(&cfg.election)?;
     let schedule = Schedule::new(cfg.rate, cfg.duration, cfg.ramp);
     let client = Client::connect_from(
         cfg.target.clone(),
@@ -363,7 +353,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         cfg.source_addrs.clone(),
     )
     .await
-    .map_err(|source| LoadError::Connect {
+    .map_err(|source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     })?;
@@ -374,10 +364,11 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
             None
         }
         Err(why) => {
-            return Err(LoadError::Election {
+            return Err(TargetError::Election {
                 election: cfg.election.clone(),
                 why,
-            });
+            }
+            .into());
         }
     };
     if let Some(e) = &election

@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use votes_core::clock::unix_ms;
 
 use crate::client::{Body, Client, ClientError, Protocol, RawDialer, Stream, Target};
-use crate::election::{self, get_ok};
+use crate::election::{self, TargetError, get_ok};
 use crate::report::{LATENCY_MAX_US, LatencyMs, latency_histogram};
 use crate::schedule::{Ramp, Schedule};
 use crate::sse::{BodyDecoder, SseError, SseItem, SseParser, TallyData, parse_head};
@@ -124,8 +124,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SseRunError {
-    #[error("invalid --election {0:?}: expected [a-z0-9-]{{1,64}}")]
-    ElectionId(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("cannot resolve --target {0}: {1}")]
     Resolve(String, String),
     #[error("--target {0} is {1}, not a loopback address: votes-sse only drives loopback targets")]
@@ -153,14 +153,6 @@ pub enum SseRunError {
     WsProtocol,
     #[error("--vote-rate must be a finite number >= 0")]
     VoteRate,
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("cannot read election {election:?} (GET /v1/elections/{election}): {why}")]
-    Election { election: String, why: String },
     #[error("election {0:?} is {1:?}: votes-sse needs an open election to vote in")]
     NotOpen(String, String),
     #[error(
@@ -1015,9 +1007,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     if !(cfg.vote_rate.is_finite() && cfg.vote_rate >= 0.0) {
         return Err(SseRunError::VoteRate);
     }
-    if votes_core::ElectionId::new(cfg.election.clone()).is_err() {
-        return Err(SseRunError::ElectionId(cfg.election.clone()));
-    }
+    election::check_id(&cfg.election)?;
     let (soft, hard) = sys::raise_nofile().map_err(SseRunError::RLimit)?;
     let need = cfg.subscribers + cfg.vote_connections as u64 + 100;
     if soft < need {
@@ -1060,7 +1050,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
         cfg.vote_connections.max(1),
     )
     .await
-    .map_err(|source| SseRunError::Connect {
+    .map_err(|source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     })?;
@@ -1075,7 +1065,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     if planned > 0 {
         let e = election::fetch(&client, &cfg.election)
             .await
-            .map_err(|why| SseRunError::Election {
+            .map_err(|why| TargetError::Election {
                 election: cfg.election.clone(),
                 why,
             })?;
@@ -1093,10 +1083,11 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
             })
             .collect();
         if bodies.is_empty() {
-            return Err(SseRunError::Election {
+            return Err(TargetError::Election {
                 election: cfg.election.clone(),
                 why: "no options".into(),
-            });
+            }
+            .into());
         }
     }
     let tokens = Tokens::new(
@@ -1108,7 +1099,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     )?;
 
     let n = usize::try_from(cfg.subscribers).unwrap_or(usize::MAX);
-    let connect_error = |source| SseRunError::Connect {
+    let connect_error = |source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     };
