@@ -562,6 +562,15 @@ fn io_label(e: &std::io::Error) -> String {
 /// Decrements the open-streams gauge when a stream ends, however it ends.
 struct OpenGuard<'a>(&'a AtomicU64);
 
+impl<'a> OpenGuard<'a> {
+    /// The subscription is established: counted open until the guard drops.
+    fn established(ctx: &'a Ctx, established: &mut bool) -> Self {
+        *established = true;
+        ctx.c.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(&ctx.c.open)
+    }
+}
+
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
@@ -655,9 +664,7 @@ async fn sse_h1(
     if !head.event_stream {
         return Err(Fail::NotEventStream);
     }
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     raw.drain(..head_len);
     let mut body = BodyDecoder::new(head.framing);
     let mut parser = SseParser::new();
@@ -705,9 +712,7 @@ async fn ws_h1(
         return Err(Fail::Status(head.status));
     }
     ws::check_accept(&raw[..head_len]).map_err(Fail::Ws)?;
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     raw.drain(..head_len);
     ws_frames(ctx, &mut s, raw, idx, st).await
 }
@@ -732,9 +737,7 @@ async fn ws_h2(
     let Some(mut stream) = stream else {
         return Err(Fail::Status(status.as_u16()));
     };
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     ws_frames(ctx, &mut stream, Vec::new(), idx, st).await
 }
 
@@ -824,9 +827,7 @@ async fn sse_muxed(
     if !event_stream {
         return Err(Fail::NotEventStream);
     }
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     let mut parser = SseParser::new();
     loop {
         match resp.chunk().await.map_err(Fail::Client)? {
