@@ -240,16 +240,10 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         .await;
         let official = official_result(totals_of(&totals));
         serve.write_official("live", &official);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let fin = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let e = s.next_event(left).await.expect("a final event");
-            if let Sse::Event { event, .. } = &e
-                && event == "final"
-            {
-                break e;
-            }
-        };
+        let fin = s
+            .event_named("final", Duration::from_secs(10))
+            .await
+            .expect("a final event");
         let Sse::Event { id, .. } = &fin else {
             unreachable!()
         };
@@ -408,20 +402,11 @@ fn the_stream_reaches_subscribers_over_every_protocol() {
         let official = official_result([("yes".to_owned(), 2)].into());
         serve.write_official("everywhere", &official);
         for (protocol, _, s) in &mut streams {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let e = s
-                    .next_event(left)
-                    .await
-                    .unwrap_or_else(|| panic!("{protocol}: a final event"));
-                if let Sse::Event { event, .. } = &e
-                    && event == "final"
-                {
-                    assert_eq!(e.json()["total"], 2, "{protocol}");
-                    break;
-                }
-            }
+            let e = s
+                .event_named("final", Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("{protocol}: a final event"));
+            assert_eq!(e.json()["total"], 2, "{protocol}");
             assert!(
                 s.ends_within(Duration::from_secs(5)).await,
                 "{protocol}: final ends the stream"
