@@ -631,16 +631,13 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
 
 /// The fuzzer's seed: `VOTES_API_FUZZ_SEED`, else the day (runs explore new cases).
 fn fuzz_seed() -> u64 {
-    std::env::var("VOTES_API_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                / 86_400
-        })
+    common::env_number("VOTES_API_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400
+    })
 }
 
 /// Cases per operation and phase: bounded, so the run is too.

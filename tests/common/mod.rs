@@ -21,10 +21,12 @@ pub static KAFKA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Replicas of the topics the tests create (`VOTES_TEST_REPLICATION`, default 1).
 pub fn replication() -> u16 {
-    std::env::var("VOTES_TEST_REPLICATION")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+    env_number("VOTES_TEST_REPLICATION").unwrap_or(1)
+}
+
+/// The number in the environment variable `name`; `None` when it is unset or not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 pub const DYNAMODB: &str = "http://127.0.0.1:8000";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
