@@ -35,12 +35,7 @@ fn votes_cmd(prefix: &str, args: &[&str]) -> Command {
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("the command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        output_text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::success_stdout(&out, format_args!("{cmd:?} failed"))
 }
 
 /// `votes audit verify DIR` plus `extra`; returns (success, stdout).

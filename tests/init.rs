@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    KAFKA, Service, assert_fails_saying, dynamo, output_text, require, runtime, unique_prefix,
-    votes,
+    KAFKA, Service, assert_fails_saying, dynamo, output_text, require, runtime, success_stdout,
+    unique_prefix, votes,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -22,8 +22,7 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
     let names = Names::new(&prefix).unwrap();
 
     let first = votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(first.status.success(), "{}", output_text(&first));
-    let out = String::from_utf8_lossy(&first.stdout);
+    let out = success_stdout(&first, "votes init");
     for line in [
         format!("topic {}votes: created", prefix),
         format!("topic {}elections: created", prefix),
@@ -34,9 +33,8 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
     }
 
     let second = votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(second.status.success(), "{}", output_text(&second));
     assert_eq!(
-        String::from_utf8_lossy(&second.stdout)
+        success_stdout(&second, "votes init again")
             .matches("already there")
             .count(),
         4,

@@ -270,14 +270,17 @@ pub async fn eventually<T, E: std::fmt::Display>(
     }
 }
 
-/// Fails the test unless the process of `out` succeeded, naming it `what` with its stderr, so
+/// Fails the test unless the process of `out` succeeded, naming it `what` with its output, so
 /// a broken setup step is not mistaken for the behaviour under test.
 pub fn assert_success(out: &std::process::Output, what: impl std::fmt::Display) {
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what}:\n{}", output_text(out));
+}
+
+/// The stdout of a process that must have succeeded (see [`assert_success`]), where `votes`
+/// reports what it did.
+pub fn success_stdout(out: &std::process::Output, what: impl std::fmt::Display) -> String {
+    assert_success(out, what);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A finished process's stdout followed by its stderr, as one text to search or show.
@@ -383,13 +386,7 @@ pub fn export_and_verify_with(
             .env("VOTES_AUDIT_SIGNING_KEY", &key)
             .output()
             .expect("the votes binary runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "votes {args:?}:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        success_stdout(&out, format_args!("votes {args:?}"))
     };
     let dir = work.join("export");
     let dir_arg = dir.to_str().unwrap();
