@@ -59,9 +59,8 @@ async fn wait_fleet(
     nodes: &[(&str, u64)],
     within: Duration,
 ) -> BTreeMap<String, BTreeSet<u32>> {
-    let deadline = Instant::now() + within;
     let want: BTreeMap<String, u64> = nodes.iter().map(|(n, c)| (n.to_string(), *c)).collect();
-    loop {
+    common::eventually(within, Duration::from_millis(200), async || {
         let map = fleet(client, serve).await;
         let got: BTreeMap<String, u64> = map["nodes"]
             .as_object()
@@ -83,16 +82,14 @@ async fn wait_fleet(
         let owned: usize = owners.values().map(BTreeSet::len).sum();
         let ready = matches!(client.get(&serve.url("/readyz")).await, Ok((200, _)));
         if got == want && owned == PARTITIONS as usize && ready {
-            return owners;
+            return Ok(owners);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet never became {want:?} as seen by {}: {map}\n{}",
-            serve.node,
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(serve.with_log(format!(
+            "the fleet never became {want:?} as seen by {}: {map}",
+            serve.node
+        )))
+    })
+    .await
 }
 
 async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
