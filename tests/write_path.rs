@@ -140,11 +140,7 @@ fn kill_9_mid_load_over_http3_loses_no_acknowledged_vote_and_counts_none_twice()
 }
 
 fn kill_9_mid_load(test: &str, protocol: &str) {
-    let prefix = common::unique_prefix(test);
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let out = common::votes(&prefix, &["init", "--partitions", "8"]);
-    assert!(out.status.success(), "votes init");
+    let prefix = common::fresh_prefix(test, 8);
     let tls = protocol == "h3";
     let mut serve = Serve::start_with(&prefix, 2, tls);
     let voters = 10_000u64;

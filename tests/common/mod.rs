@@ -299,6 +299,16 @@ pub fn assert_fails_saying(out: &std::process::Output, says: &str) {
     assert!(text.contains(says), "{text}");
 }
 
+/// A prefix of `test`'s own, initialised with `partitions` partitions once Kafka and the local
+/// DynamoDB answer: the start of every test that runs nodes of its own.
+pub fn fresh_prefix(test: &str, partitions: u32) -> String {
+    require(Service::Kafka);
+    require(Service::DynamoDb);
+    let prefix = unique_prefix(test);
+    init_with_partitions(&prefix, partitions);
+    prefix
+}
+
 /// Runs `votes init --partitions <partitions>` under `prefix` and asserts it succeeded: the
 /// setup most tests need before a node can start.
 pub fn init_with_partitions(prefix: &str, partitions: u32) {

@@ -75,10 +75,7 @@ impl Serve {
         tls: bool,
         env: &[(&str, &str)],
     ) -> Serve {
-        require(Service::Kafka);
-        require(Service::DynamoDb);
-        let prefix = super::unique_prefix(test);
-        super::init_with_partitions(&prefix, partitions);
+        let prefix = super::fresh_prefix(test, partitions);
         Serve::start_env(&prefix, cores, tls, env)
     }
 
@@ -118,7 +115,7 @@ impl Serve {
         node: &str,
         fleet: bool,
     ) -> Serve {
-        require(super::Service::Redis);
+        require(Service::Redis);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
