@@ -47,16 +47,7 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "tls", &["a", "b"], 0).await;
-        for voter in 1..=20u64 {
-            client
-                .vote_accepted(
-                    &serve.url(""),
-                    "tls",
-                    voter,
-                    ["a", "b"][(voter % 2) as usize],
-                )
-                .await;
-        }
+        client.votes_split_a_b(&serve, "tls", 20).await;
         // The tallies went to Redis over TLS and came back as the results.
         let results = common::eventually(
             Duration::from_secs(60),

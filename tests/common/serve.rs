@@ -731,6 +731,16 @@ impl TestClient {
         assert_eq!(status, 202, "{body}");
         body
     }
+
+    /// Voters 1 to `voters` vote in `election` (options `a` and `b`) through `serve`, `a` and
+    /// `b` in turn, each vote accepted: a known split to find again downstream.
+    pub async fn votes_split_a_b(&self, serve: &Serve, election: &str, voters: u64) {
+        for voter in 1..=voters {
+            let option = ["a", "b"][(voter % 2) as usize];
+            self.vote_accepted(&serve.url(""), election, voter, option)
+                .await;
+        }
+    }
 }
 
 /// Closes election `id` through `serve`'s admin API; the close must be accepted.
