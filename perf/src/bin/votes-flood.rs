@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use votes_core::VoterId;
 use votes_core::token::{self, TokenKeys};
 use votes_perf::attack::{Attack, GARBAGE_AUTHORIZATION, UNKNOWN_ELECTION, WRONG_CONTENT_TYPE};
-use votes_perf::cli::{TrustArgs, write_report};
+use votes_perf::cli::{TrustArgs, client_runtime, run_as_task, write_report};
 use votes_perf::client::{Body, Client, Protocol, Target};
 use votes_perf::duration::parse_duration;
 use votes_perf::election::ElectionView;
@@ -606,14 +606,8 @@ fn main() -> Result<()> {
         bail!("--rate must be a number of requests/s, or 0 for a closed loop");
     }
     let report_path = args.report.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let report = rt
-        .block_on(async { tokio::spawn(run(args)).await })
-        .context("the flood panicked")??;
+    let rt = client_runtime(args.threads, None)?;
+    let report = run_as_task(&rt, "the flood", run(args))??;
     let r = &report.report;
     println!(
         "votes-flood: {} loop, {} over {} connection(s), {:.1}s: sent {} answered {:.0}/s, \
