@@ -285,90 +285,33 @@ impl Prep {
         let kind = self.kinds[(n % self.kinds.len() as u64) as usize];
         let k = (n / self.kinds.len() as u64) as usize;
         let pick = |v: &Vec<HeaderValue>| v[k % v.len()].clone();
-        let (uri, ctype, auth, body) = match kind {
-            Attack::MissingToken => (&self.votes, &self.json, None, self.vote.clone()),
-            Attack::BadSignature => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.foreign)),
-                self.vote.clone(),
-            ),
-            Attack::GarbageToken => (
-                &self.votes,
-                &self.json,
-                Some(self.garbage.clone()),
-                self.vote.clone(),
-            ),
-            Attack::ExpiredToken => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.expired)),
-                self.vote.clone(),
-            ),
-            Attack::BadJson => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.bad_json.clone(),
-            ),
-            Attack::UnknownField => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.unknown_field.clone(),
-            ),
-            Attack::BadUtf8 => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.bad_utf8.clone(),
-            ),
-            Attack::UnknownOption => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.unknown_option.clone(),
-            ),
-            Attack::Oversize => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.oversize.clone(),
-            ),
-            Attack::WrongContentType => (
-                &self.votes,
-                &self.text,
-                Some(pick(&self.bearer)),
-                self.vote.clone(),
-            ),
-            Attack::UnknownElection => (
-                &self.unknown_election,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.vote.clone(),
-            ),
-            Attack::Duplicate => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.dup)),
-                self.vote.clone(),
-            ),
-            Attack::PowMissing => (
-                self.pow_votes
-                    .as_ref()
-                    .expect("PoW kinds only with a PoW election"),
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.pow_vote.clone(),
-            ),
-            Attack::PowForged => (
-                self.pow_votes
-                    .as_ref()
-                    .expect("PoW kinds only with a PoW election"),
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.pow_forged.clone(),
-            ),
+        let uri = match kind {
+            Attack::UnknownElection => &self.unknown_election,
+            _ if Attack::POW.contains(&kind) => self
+                .pow_votes
+                .as_ref()
+                .expect("PoW kinds only with a PoW election"),
+            _ => &self.votes,
+        };
+        let ctype = match kind {
+            Attack::WrongContentType => &self.text,
+            _ => &self.json,
+        };
+        let (auth, body) = match kind {
+            Attack::MissingToken => (None, self.vote.clone()),
+            Attack::BadSignature => (Some(pick(&self.foreign)), self.vote.clone()),
+            Attack::GarbageToken => (Some(self.garbage.clone()), self.vote.clone()),
+            Attack::ExpiredToken => (Some(pick(&self.expired)), self.vote.clone()),
+            Attack::BadJson => (Some(pick(&self.bearer)), self.bad_json.clone()),
+            Attack::UnknownField => (Some(pick(&self.bearer)), self.unknown_field.clone()),
+            Attack::BadUtf8 => (Some(pick(&self.bearer)), self.bad_utf8.clone()),
+            Attack::UnknownOption => (Some(pick(&self.bearer)), self.unknown_option.clone()),
+            Attack::Oversize => (Some(pick(&self.bearer)), self.oversize.clone()),
+            Attack::WrongContentType => (Some(pick(&self.bearer)), self.vote.clone()),
+            Attack::UnknownElection => (Some(pick(&self.bearer)), self.vote.clone()),
+            Attack::Duplicate => (Some(pick(&self.dup)), self.vote.clone()),
+            Attack::PowMissing => (Some(pick(&self.bearer)), self.pow_vote.clone()),
+            Attack::PowForged => (Some(pick(&self.bearer)), self.pow_forged.clone()),
             Attack::PowUnsolved | Attack::PowOtherVoter => {
                 let pool = if kind == Attack::PowUnsolved {
                     &self.pow_unsolved
@@ -376,14 +319,7 @@ impl Prep {
                     &self.pow_other
                 };
                 let (auth, body) = &pool[k % pool.len()];
-                (
-                    self.pow_votes
-                        .as_ref()
-                        .expect("PoW kinds only with a PoW election"),
-                    &self.json,
-                    Some(auth.clone()),
-                    body.clone(),
-                )
+                (Some(auth.clone()), body.clone())
             }
         };
         let mut b = self
