@@ -310,37 +310,13 @@ pub fn ws_frame(data: &[u8]) {
 }
 
 #[cfg(test)]
+#[path = "fuzz_seeds.rs"]
+mod fuzz_seeds;
+
+#[cfg(test)]
 mod tests {
+    use super::fuzz_seeds::replay;
     use super::*;
-    use std::path::PathBuf;
-
-    /// Every file of `fuzz/seeds/<target>/`, sorted, with its name.
-    fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-            .join("../fuzz/seeds")
-            .join(target);
-        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("seed directory {}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.expect("readable seed directory").path();
-                let bytes = std::fs::read(&path).expect("readable seed");
-                (path.display().to_string(), bytes)
-            })
-            .collect();
-        out.sort();
-        assert!(out.len() >= 3, "{target} has a few seeds");
-        out
-    }
-
-    fn replay(target: &str, check: fn(&[u8])) -> Vec<(String, Vec<u8>)> {
-        let seeds = seeds(target);
-        for (name, bytes) in &seeds {
-            let outcome = std::panic::catch_unwind(|| check(bytes));
-            assert!(outcome.is_ok(), "seed {name} breaks a property of {target}");
-        }
-        seeds
-    }
 
     #[test]
     fn record_decode_seeds() {
