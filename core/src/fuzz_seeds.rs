@@ -37,3 +37,17 @@ pub fn replay(target: &str, check: fn(&[u8])) -> Vec<(String, Vec<u8>)> {
     }
     seeds
 }
+
+/// [`replay`], then checks that the seeds hold inputs `accepted` takes and inputs it refuses:
+/// the fuzzer starts from both sides of the format.
+pub fn replay_both_kinds(target: &str, check: fn(&[u8]), accepted: impl Fn(&[u8]) -> bool) {
+    let seeds = replay(target, check);
+    assert!(
+        seeds.iter().any(|(_, b)| accepted(b)),
+        "{target} has a seed it takes"
+    );
+    assert!(
+        seeds.iter().any(|(_, b)| !accepted(b)),
+        "{target} has a seed it refuses"
+    );
+}
