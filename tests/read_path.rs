@@ -260,35 +260,35 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         );
         // A browser that got `final` and reconnects is told to stop (204). The reconnect may
         // land on the other core, which sees the official result at its own next tick.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let done = sse::open(&stream_url, &[("last-event-id", "final")]).await;
-            if done.status == 204 {
-                break;
-            }
-            assert_eq!(done.status, 200, "before its tick a core still streams");
-            assert!(
-                Instant::now() < deadline,
-                "every core answers 204 after final"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            async || {
+                let done = sse::open(&stream_url, &[("last-event-id", "final")]).await;
+                if done.status == 204 {
+                    return Ok(());
+                }
+                assert_eq!(done.status, 200, "before its tick a core still streams");
+                Err("every core answers 204 after final")
+            },
+        )
+        .await;
         // Likewise a GET may land on the core that has not had its tick yet.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let body = loop {
-            let (_, body) = client
-                .get(&serve.url("/v1/elections/live/results"))
-                .await
-                .unwrap();
-            if body["final"] == true {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "every core serves the official result: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let body = common::eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            async || {
+                let (_, body) = client
+                    .get(&serve.url("/v1/elections/live/results"))
+                    .await
+                    .unwrap();
+                if body["final"] == true {
+                    return Ok(body);
+                }
+                Err(format!("every core serves the official result: {body}"))
+            },
+        )
+        .await;
         assert_eq!(body["as_of"], 1_800_000_000_000u64);
     });
 }
