@@ -347,7 +347,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_secs(a.timeout_s),
             };
             let (report, expected) = floor::run(&cfg).context("kafka floor")?;
-            if report.broker_cpu_s.is_none() {
+            if report.run.broker_cpu_s.is_none() {
                 eprintln!("votes-peer: warning: no broker pid found; broker CPU not counted");
             }
             write_outputs(
