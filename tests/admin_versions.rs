@@ -14,10 +14,7 @@ use common::serve::{Serve, TestClient, open_election};
 
 #[test]
 fn concurrent_admin_writes_through_two_nodes_lose_nothing() {
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let prefix = common::unique_prefix("admin-cas");
-    common::init_with_partitions(&prefix, 2);
+    let prefix = common::fresh_prefix("admin-cas", 2);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {

@@ -12,10 +12,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::runtime;
-use common::serve::{AUDIT_KEY, Serve, TestClient, committed_votes, open_election};
+use common::serve::{AUDIT_KEY, Serve, TestClient, committed_votes, open_election, wait_final};
+use common::{assert_fails_saying, output_text, runtime};
 use parquet::data_type::{
     ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type, Int64Type,
 };
@@ -33,18 +33,9 @@ fn votes_cmd(prefix: &str, args: &[&str]) -> Command {
     c
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("the command runs");
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::success_stdout(&out, format_args!("{cmd:?} failed"))
 }
 
 /// `votes audit verify DIR` plus `extra`; returns (success, stdout).
@@ -199,7 +190,11 @@ fn openssl(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        output_text(&out)
+    );
     out
 }
 
@@ -247,22 +242,8 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
             .admin_post(&serve, "/admin/v1/elections/audited/close")
             .await;
         assert_eq!(s, 200, "{body}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, body) = client
-                .get(&serve.url("/v1/elections/audited/results"))
-                .await
-                .unwrap();
-            if body["final"] == true && body["state"] == "final" {
-                break (receipts, body);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "audited did not become final: {body}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let body = wait_final(&client, &serve, "audited", Duration::from_secs(60)).await;
+        (receipts, body)
     });
 
     // pubkey prints what OpenSSL prints.
@@ -287,12 +268,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     .env("VOTES_AUDIT_SIGNING_KEY", &key1)
     .output()
     .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("election other is open"),
-        "{}",
-        text(&refused)
-    );
+    assert_fails_saying(&refused, "election other is open");
 
     let out = run_ok(
         votes_cmd(
@@ -313,12 +289,7 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     .env("VOTES_AUDIT_SIGNING_KEY", &key1)
     .output()
     .unwrap();
-    assert!(!again.status.success());
-    assert!(
-        text(&again).contains("already holds an export"),
-        "{}",
-        text(&again)
-    );
+    assert_fails_saying(&again, "already holds an export");
 
     // The rows are exactly the counted votes: the first committed vote of each voter, in
     // (partition, offset) order, with the pseudonym of its voter and the receipt it was given.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::serve::{
     AUDIT_KEY, Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
 };
-use common::{DYNAMODB, KAFKA, REDIS, runtime};
+use common::{DYNAMODB, KAFKA, REDIS, assert_success, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 /// How many 202s a run collects before it closes, so that the barrier has votes on both sides.
@@ -36,11 +36,7 @@ fn persist_to_end(prefix: &str) {
         .env_remove("VOTES_CONFIG")
         .output()
         .expect("votes persist runs");
-    assert!(
-        out.status.success(),
-        "votes persist: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "votes persist");
 }
 
 /// Where a lane sends votes: a protocol and a node's base URL for it.
@@ -331,10 +327,7 @@ fn closing_under_load_counts_every_202_and_refuses_the_rest() {
 
 #[test]
 fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_counted() {
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let prefix = common::unique_prefix("close-lag");
-    common::init_with_partitions(&prefix, 4);
+    let prefix = common::fresh_prefix("close-lag", 4);
     let a = Serve::start_node_tls(&prefix, 1, "node-a", &[]);
     // node-b's elections view lags 2 s behind the topic: it keeps taking votes of the closed
     // election at its edge for that long, and owns half the partitions.
@@ -364,10 +357,7 @@ fn a_node_that_hears_of_the_close_late_never_gets_a_vote_past_the_frontier_count
 
 #[test]
 fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let prefix = common::unique_prefix("close-kill");
-    common::init_with_partitions(&prefix, 4);
+    let prefix = common::fresh_prefix("close-kill", 4);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let mut b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {

@@ -19,6 +19,17 @@ fn votes(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("the votes binary runs")
 }
 
+/// The stdout of a run that must have succeeded; its whole output in the failure otherwise.
+fn succeeded(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("votes-config-check-{}-{name}", std::process::id()));
     std::fs::write(&p, text).unwrap();
@@ -64,12 +75,7 @@ fn config_check_shows_each_settings_source_flags_own_variables_included() {
             ("VOTES_ADMIN_TOKEN", "an-admin-token-of-32-bytes-000000"),
         ],
     );
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = succeeded(&out);
     assert_eq!(line(&report, "http"), ["http", "0.0.0.0:80", "file"]);
     // The environment beats the file, under each flag's own variable name.
     assert_eq!(
@@ -118,12 +124,7 @@ fn config_check_calls_the_checked_commands_typed_flags_flags() {
         // A flag beats its variable, and is still reported as the flag.
         &[("VOTES_ADMIN", "127.0.0.1:9999")],
     );
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = succeeded(&out);
     assert_eq!(line(&report, "http"), ["http", "0.0.0.0:81", "flag"]);
     assert_eq!(line(&report, "prefix"), ["prefix", "typed-", "flag"]);
     assert_eq!(line(&report, "admin"), ["admin", "127.0.0.1:1", "flag"]);
@@ -188,12 +189,7 @@ fn a_misspelt_key_stops_every_command_and_names_the_flag_meant() {
 #[test]
 fn man_pages_and_completions_come_from_the_cli_definition() {
     let dir = std::env::temp_dir().join(format!("votes-man-{}", std::process::id()));
-    let out = votes(&["man", "--out", dir.to_str().unwrap()], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&votes(&["man", "--out", dir.to_str().unwrap()], &[]));
     for page in [
         "votes.1",
         "votes-serve.1",

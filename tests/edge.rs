@@ -14,11 +14,7 @@ fn openssl(args: &[&str]) {
         .args(args)
         .output()
         .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, format_args!("openssl {args:?}"));
 }
 
 #[test]

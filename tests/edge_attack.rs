@@ -222,6 +222,35 @@ async fn vote_metrics(serve: &Serve) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Sends `total` requests evenly over `RUN` from `t0`, each at its time whatever the earlier
+/// ones are doing (an open loop); `send(n)` names request `n` and makes it. Its answers, each
+/// bounded by `REQUEST_TIMEOUT`.
+fn open_loop<K, A>(
+    t0: tokio::time::Instant,
+    total: u64,
+    send: impl Fn(u64) -> (K, A) + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<(K, Result<Got, String>)>>
+where
+    K: Send + 'static,
+    A: std::future::Future<Output = Result<Got, String>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..total {
+            tokio::time::sleep_until(t0 + RUN * n as u32 / total as u32).await;
+            let (name, answer) = send(n);
+            tasks.spawn(async move {
+                let got = tokio::time::timeout(REQUEST_TIMEOUT, answer).await;
+                (
+                    name,
+                    got.unwrap_or_else(|_| Err("no answer in time".into())),
+                )
+            });
+        }
+        tasks.join_all().await
+    })
+}
+
 #[test]
 fn a_flood_of_bad_requests_gets_its_own_4xx_while_every_honest_vote_is_accepted() {
     let mut serve = Serve::init_and_start("attack", PARTITIONS, 2);
@@ -262,37 +291,18 @@ fn a_flood_of_bad_requests_gets_its_own_4xx_while_every_honest_vote_is_accepted(
         let flood_total = FLOOD_RATE * RUN.as_secs();
         let honest = {
             let ctx = ctx.clone();
-            tokio::spawn(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for i in 0..honest_total {
-                    tokio::time::sleep_until(t0 + RUN * i as u32 / honest_total as u32).await;
-                    let ctx = ctx.clone();
-                    let voter = HONEST_BASE + i;
-                    tasks.spawn(async move {
-                        let got = tokio::time::timeout(REQUEST_TIMEOUT, ctx.honest(i, voter)).await;
-                        (
-                            voter,
-                            got.unwrap_or_else(|_| Err("no answer in time".into())),
-                        )
-                    });
-                }
-                tasks.join_all().await
+            open_loop(t0, honest_total, move |i| {
+                let ctx = ctx.clone();
+                let voter = HONEST_BASE + i;
+                (voter, async move { ctx.honest(i, voter).await })
             })
         };
         let flood = {
             let ctx = ctx.clone();
-            tokio::spawn(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for n in 0..flood_total {
-                    tokio::time::sleep_until(t0 + RUN * n as u32 / flood_total as u32).await;
-                    let ctx = ctx.clone();
-                    let bad = Attack::ALL[(n % Attack::ALL.len() as u64) as usize];
-                    tasks.spawn(async move {
-                        let got = tokio::time::timeout(REQUEST_TIMEOUT, ctx.flood(n, bad)).await;
-                        (bad, got.unwrap_or_else(|_| Err("no answer in time".into())))
-                    });
-                }
-                tasks.join_all().await
+            open_loop(t0, flood_total, move |n| {
+                let ctx = ctx.clone();
+                let bad = Attack::ALL[(n % Attack::ALL.len() as u64) as usize];
+                (bad, async move { ctx.flood(n, bad).await })
             })
         };
         let honest = honest.await.unwrap();

@@ -14,7 +14,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -125,17 +124,8 @@ fn raise_nofile(needed: u64) -> u64 {
 /// (`IP_BIND_ADDRESS_NO_PORT`), so each source address has the whole ephemeral range.
 async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket, an int option and its size. Failure only costs port range.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    // Failure only costs port range.
+    let _ = votes_perf::sys::bind_address_no_port(&socket);
     socket.bind(SocketAddr::new(source.into(), 0))?;
     socket.connect(to).await
 }

@@ -34,14 +34,6 @@ struct Attempt {
     offset: Option<u64>,
 }
 
-fn init(test: &str) -> String {
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let prefix = common::unique_prefix(test);
-    common::init_with_partitions(&prefix, PARTITIONS);
-    prefix
-}
-
 fn option_of(voter: u64) -> &'static str {
     OPTIONS[(voter % 3) as usize]
 }
@@ -59,9 +51,8 @@ async fn wait_fleet(
     nodes: &[(&str, u64)],
     within: Duration,
 ) -> BTreeMap<String, BTreeSet<u32>> {
-    let deadline = Instant::now() + within;
     let want: BTreeMap<String, u64> = nodes.iter().map(|(n, c)| (n.to_string(), *c)).collect();
-    loop {
+    common::eventually(within, Duration::from_millis(200), async || {
         let map = fleet(client, serve).await;
         let got: BTreeMap<String, u64> = map["nodes"]
             .as_object()
@@ -83,16 +74,14 @@ async fn wait_fleet(
         let owned: usize = owners.values().map(BTreeSet::len).sum();
         let ready = matches!(client.get(&serve.url("/readyz")).await, Ok((200, _)));
         if got == want && owned == PARTITIONS as usize && ready {
-            return owners;
+            return Ok(owners);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet never became {want:?} as seen by {}: {map}\n{}",
-            serve.node,
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(serve.with_log(format!(
+            "the fleet never became {want:?} as seen by {}: {map}",
+            serve.node
+        )))
+    })
+    .await
 }
 
 async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
@@ -217,7 +206,7 @@ fn wait_stopped(serve: &Serve) {
 
 #[test]
 fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
-    let prefix = init("fleet-split");
+    let prefix = common::fresh_prefix("fleet-split", PARTITIONS);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     each_node_takes_every_vote(&a, &b);
@@ -291,7 +280,7 @@ fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
 
 #[test]
 fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_doubled() {
-    let prefix = init("fleet-kill");
+    let prefix = common::fresh_prefix("fleet-kill", PARTITIONS);
     let mut a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {
@@ -563,7 +552,7 @@ fn owner_of(owners: &BTreeMap<String, BTreeSet<u32>>) -> BTreeMap<u32, String> {
 
 #[test]
 fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
-    let prefix = init("fleet-rolling");
+    let prefix = common::fresh_prefix("fleet-rolling", PARTITIONS);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {
@@ -674,7 +663,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
 
 #[test]
 fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
-    let prefix = init("fleet-zombie");
+    let prefix = common::fresh_prefix("fleet-zombie", PARTITIONS);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let b = Serve::start_node(&prefix, 1, "node-b", &[]);
     runtime().block_on(async {
@@ -956,7 +945,7 @@ fn hello_attempt(
 /// A one-node fleet on a fresh prefix, in the fleet map (whose addresses its internal listener
 /// admits) and ready; its internal listener's address.
 fn lone_node(test: &str) -> (Serve, std::net::SocketAddr) {
-    let prefix = init(test);
+    let prefix = common::fresh_prefix(test, PARTITIONS);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     let internal = a.internal.expect("a fleet node has an internal listener");
     runtime().block_on(async {
@@ -973,22 +962,24 @@ fn forward_key() -> Vec<u8> {
 /// Waits until `serve`'s forwarding counter `what` reaches `at_least` (metrics are published
 /// once a second), bounded.
 async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let forward = common::serve::metric(serve, "votes_forward_total").await;
-        let n = forward
-            .get(&format!("what=\"{what}\""))
-            .copied()
-            .unwrap_or(0);
-        if n >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "votes_forward_total{{what=\"{what}\"}} stays below {at_least}: {forward:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let forward = common::serve::metric(serve, "votes_forward_total").await;
+            let n = forward
+                .get(&format!("what=\"{what}\""))
+                .copied()
+                .unwrap_or(0);
+            if n >= at_least {
+                return Ok(());
+            }
+            Err(format!(
+                "votes_forward_total{{what=\"{what}\"}} stays below {at_least}: {forward:?}"
+            ))
+        },
+    )
+    .await
 }
 
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
@@ -1156,7 +1147,7 @@ fn voter_in(partitions: &BTreeSet<u32>, from: u64) -> u64 {
 fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote() {
     use votes_core::forward::{ForwardedVote, Frame, Hello};
     use votes_core::{ElectionId, ErrorCode, OptionId, VoteIntent, VoteOutcome};
-    let prefix = init("fleet-revalidate");
+    let prefix = common::fresh_prefix("fleet-revalidate", PARTITIONS);
     let a = Serve::start_node(&prefix, 1, "node-a", &[]);
     // node-b holds a vote for as long as the test takes to open its election: the test then
     // never races the hold's bound.
@@ -1369,7 +1360,7 @@ fn tls_attempt(
 /// without a certificate from the fleet's CA cannot connect: none, or one another CA signed.
 #[test]
 fn on_mutual_tls_the_fleet_forwards_and_refuses_a_peer_without_a_fleet_certificate() {
-    let prefix = init("fleet-tls");
+    let prefix = common::fresh_prefix("fleet-tls", PARTITIONS);
     let (ca, files) = fleet_pki_files(&prefix, 3);
     let node = |name: &str, [cert, key]: &[String; 2]| {
         let env = [

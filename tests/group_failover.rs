@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::serve::{Serve, TestClient, open_election};
-use common::{KAFKA, replication, repo_root, runtime};
+use common::{KAFKA, assert_success, replication, repo_root, runtime};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use votes_core::{VoterId, partition_of};
 
@@ -60,11 +60,7 @@ impl Drop for BrokersUp {
             .args(["up", "--brokers", "3", "kafka"])
             .output()
             .expect("scripts/services.sh runs");
-        assert!(
-            out.status.success(),
-            "restarting the killed broker: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, "restarting the killed broker");
     }
 }
 
@@ -159,11 +155,7 @@ fn start_short_session(test: &str) -> Serve {
             &replication().to_string(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "votes init");
     // Returns once /readyz answers 200.
     Serve::start_env(
         &prefix,

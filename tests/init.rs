@@ -5,19 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KAFKA, Service, dynamo, require, runtime, unique_prefix, votes};
+use common::{
+    KAFKA, Service, assert_fails_saying, dynamo, output_text, require, runtime, success_stdout,
+    unique_prefix, votes,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use votes_core::Names;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn init_creates_everything_once_and_then_is_a_no_op() {
@@ -27,8 +22,7 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
     let names = Names::new(&prefix).unwrap();
 
     let first = votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(first.status.success(), "{}", text(&first));
-    let out = String::from_utf8_lossy(&first.stdout);
+    let out = success_stdout(&first, "votes init");
     for line in [
         format!("topic {}votes: created", prefix),
         format!("topic {}elections: created", prefix),
@@ -39,14 +33,13 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
     }
 
     let second = votes(&prefix, &["init", "--partitions", "4"]);
-    assert!(second.status.success(), "{}", text(&second));
     assert_eq!(
-        String::from_utf8_lossy(&second.stdout)
+        success_stdout(&second, "votes init again")
             .matches("already there")
             .count(),
         4,
         "{}",
-        text(&second)
+        output_text(&second)
     );
 
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -152,12 +145,7 @@ fn init_creates_everything_once_and_then_is_a_no_op() {
     });
 
     let mismatch = votes(&prefix, &["init", "--partitions", "6"]);
-    assert!(!mismatch.status.success());
-    assert!(
-        text(&mismatch).contains("exists with 4 partitions but 6 were asked for"),
-        "{}",
-        text(&mismatch)
-    );
+    assert_fails_saying(&mismatch, "exists with 4 partitions but 6 were asked for");
 }
 
 #[test]
@@ -169,10 +157,5 @@ fn init_names_an_unreachable_kafka() {
         .env("VOTES_KAFKA_TIMEOUT_MS", "2000")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("Kafka at 127.0.0.1:1 is not reachable"),
-        "{}",
-        text(&out)
-    );
+    assert_fails_saying(&out, "Kafka at 127.0.0.1:1 is not reachable");
 }

@@ -34,26 +34,13 @@ fn votes_runs_end_to_end_over_tls_and_scram_and_stops_on_wrong_credentials() {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "votes init over SASL_SSL: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, "votes init over SASL_SSL");
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let serve = Serve::start_env(&prefix, 1, false, &env_refs);
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "secure", &["a", "b"], 0).await;
-        for voter in 1..=20u64 {
-            client
-                .vote_accepted(
-                    &serve.url(""),
-                    "secure",
-                    voter,
-                    ["a", "b"][(voter % 2) as usize],
-                )
-                .await;
-        }
+        client.votes_split_a_b(&serve, "secure", 20).await;
     });
     // The same broker's plaintext listener shows the 20 votes committed.
     let log = committed_votes(&serve.names(), 2);

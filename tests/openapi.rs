@@ -539,7 +539,7 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
         let out = common::votes_command(&prefix, &["persist", "--exit-when-caught-up"])
             .output()
             .expect("votes persist runs");
-        assert!(out.status.success(), "votes persist: {}", String::from_utf8_lossy(&out.stderr));
+        common::assert_success(&out, "votes persist");
         p.voter(1, "GET", "/v1/elections/plain/votes/me", "", 200).await;
         p.admin("POST", "/admin/v1/elections/plain/close", "", 200).await;
         wait_final(&p.client, &serve, "plain", Duration::from_secs(120)).await;
@@ -631,16 +631,13 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
 
 /// The fuzzer's seed: `VOTES_API_FUZZ_SEED`, else the day (runs explore new cases).
 fn fuzz_seed() -> u64 {
-    std::env::var("VOTES_API_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                / 86_400
-        })
+    common::env_number("VOTES_API_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400
+    })
 }
 
 /// Cases per operation and phase: bounded, so the run is too.
@@ -652,10 +649,9 @@ fn the_api_fuzzer_finds_no_server_error_and_no_undocumented_answer() {
         let out = std::process::Command::new(common::repo_root().join("scripts/schemathesis.sh"))
             .output()
             .expect("scripts/schemathesis.sh runs");
-        assert!(
-            out.status.success(),
-            "schemathesis (the API fuzzer, from PyPI) could not be installed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::assert_success(
+            &out,
+            "schemathesis (the API fuzzer, from PyPI) could not be installed",
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
@@ -723,11 +719,7 @@ fn the_api_fuzzer_finds_no_server_error_and_no_undocumented_answer() {
             .current_dir(&out_dir)
             .output()
             .expect("schemathesis runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = common::output_text(&out);
         std::fs::write(&log, &text).unwrap();
         let summary: Vec<&str> = text.lines().rev().take(14).collect();
         eprintln!(

@@ -166,18 +166,18 @@ fn every_series_the_alerts_and_the_dashboard_read_is_exported_by_a_node_or_a_per
             assert!(status == 202 || status == 409, "{status} {body}");
         }
         // Cores publish their counters once a second: wait for the batches to show.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let batches = common::serve::metric(&serve, "votes_batches_total").await;
-            if !batches.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no votes_batches_total after a vote"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            async || {
+                let batches = common::serve::metric(&serve, "votes_batches_total").await;
+                if !batches.is_empty() {
+                    return Ok(());
+                }
+                Err("no votes_batches_total after a vote")
+            },
+        )
+        .await;
         let (status, page) = client.admin_get(&serve, "/metrics").await;
         assert_eq!(status, 200, "{page}");
         exported(page["raw"].as_str().expect("a text page"))

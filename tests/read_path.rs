@@ -47,22 +47,20 @@ async fn results_until(
     within: Duration,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
+    common::eventually(within, Duration::from_millis(50), async || {
         let (status, body) = client
             .get(&serve.url(&format!("/v1/elections/{election}/results")))
             .await
             .expect("results answer");
         assert_eq!(status, 200, "{body}");
         if pred(&body) {
-            return body;
+            return Ok(body);
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "results did not converge in {within:?}; last: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ))
+    })
+    .await
 }
 
 #[test]
@@ -242,16 +240,10 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         .await;
         let official = official_result(totals_of(&totals));
         serve.write_official("live", &official);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let fin = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let e = s.next_event(left).await.expect("a final event");
-            if let Sse::Event { event, .. } = &e
-                && event == "final"
-            {
-                break e;
-            }
-        };
+        let fin = s
+            .event_named("final", Duration::from_secs(10))
+            .await
+            .expect("a final event");
         let Sse::Event { id, .. } = &fin else {
             unreachable!()
         };
@@ -268,35 +260,35 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         );
         // A browser that got `final` and reconnects is told to stop (204). The reconnect may
         // land on the other core, which sees the official result at its own next tick.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let done = sse::open(&stream_url, &[("last-event-id", "final")]).await;
-            if done.status == 204 {
-                break;
-            }
-            assert_eq!(done.status, 200, "before its tick a core still streams");
-            assert!(
-                Instant::now() < deadline,
-                "every core answers 204 after final"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            async || {
+                let done = sse::open(&stream_url, &[("last-event-id", "final")]).await;
+                if done.status == 204 {
+                    return Ok(());
+                }
+                assert_eq!(done.status, 200, "before its tick a core still streams");
+                Err("every core answers 204 after final")
+            },
+        )
+        .await;
         // Likewise a GET may land on the core that has not had its tick yet.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let body = loop {
-            let (_, body) = client
-                .get(&serve.url("/v1/elections/live/results"))
-                .await
-                .unwrap();
-            if body["final"] == true {
-                break body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "every core serves the official result: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let body = common::eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            async || {
+                let (_, body) = client
+                    .get(&serve.url("/v1/elections/live/results"))
+                    .await
+                    .unwrap();
+                if body["final"] == true {
+                    return Ok(body);
+                }
+                Err(format!("every core serves the official result: {body}"))
+            },
+        )
+        .await;
         assert_eq!(body["as_of"], 1_800_000_000_000u64);
     });
 }
@@ -317,20 +309,23 @@ fn a_results_only_node_serves_the_same_numbers_and_takes_no_votes() {
             assert_eq!(status, 202);
         }
         // The results node learns the election from the elections topic, the totals from Redis.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let (status, body) = client
-                .get(&results.url("/v1/elections/split/results"))
-                .await
-                .unwrap();
-            if status == 200 && body["total"] == 7 {
-                assert_eq!(body["totals"]["a"], 3);
-                assert_eq!(body["totals"]["b"], 4);
-                break;
-            }
-            assert!(Instant::now() < deadline, "results node: {status} {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let body = common::eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            async || {
+                let (status, body) = client
+                    .get(&results.url("/v1/elections/split/results"))
+                    .await
+                    .unwrap();
+                if status == 200 && body["total"] == 7 {
+                    return Ok(body);
+                }
+                Err(format!("results node: {status} {body}"))
+            },
+        )
+        .await;
+        assert_eq!(body["totals"]["a"], 3);
+        assert_eq!(body["totals"]["b"], 4);
         let (status, body) = client
             .vote(&results.url(""), "split", 99, "a")
             .await
@@ -407,20 +402,11 @@ fn the_stream_reaches_subscribers_over_every_protocol() {
         let official = official_result([("yes".to_owned(), 2)].into());
         serve.write_official("everywhere", &official);
         for (protocol, _, s) in &mut streams {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let e = s
-                    .next_event(left)
-                    .await
-                    .unwrap_or_else(|| panic!("{protocol}: a final event"));
-                if let Sse::Event { event, .. } = &e
-                    && event == "final"
-                {
-                    assert_eq!(e.json()["total"], 2, "{protocol}");
-                    break;
-                }
-            }
+            let e = s
+                .event_named("final", Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("{protocol}: a final event"));
+            assert_eq!(e.json()["total"], 2, "{protocol}");
             assert!(
                 s.ends_within(Duration::from_secs(5)).await,
                 "{protocol}: final ends the stream"

@@ -73,15 +73,18 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
         };
         let url = serve.url("/v1/elections/outage/results");
 
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let before_outage = loop {
-            let total = results(client.clone(), url.clone()).await;
-            if total > 0 {
-                break total;
-            }
-            assert!(Instant::now() < deadline, "results flow before the outage");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let before_outage = common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            async || {
+                let total = results(client.clone(), url.clone()).await;
+                if total > 0 {
+                    return Ok(total);
+                }
+                Err("results flow before the outage")
+            },
+        )
+        .await;
 
         private_redis().run("down");
         let accepted_at_stop = accepted.load(Ordering::Relaxed);
@@ -114,26 +117,27 @@ fn results_converge_after_redis_comes_back_without_restarting_votes() {
             *committed.entry(c.record.option.as_str().to_owned()).or_default() += 1;
         }
         assert_eq!(committed.values().sum::<u64>(), total);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = client.get(&url).await.unwrap();
-            let shown: BTreeMap<String, u64> = body["totals"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            if shown == committed {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "results did not converge after Redis came back: shown {shown:?}, committed {committed:?}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            async || {
+                let (_, body) = client.get(&url).await.unwrap();
+                let shown: BTreeMap<String, u64> = body["totals"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                if shown == committed {
+                    return Ok(());
+                }
+                Err(serve.with_log(format!(
+                    "results did not converge after Redis came back: shown {shown:?}, committed {committed:?}"
+                )))
+            },
+        )
+        .await;
         let metrics = client
             .admin_get(&serve, "/metrics")
             .await

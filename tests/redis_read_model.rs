@@ -35,20 +35,15 @@ fn tally_writes_apply_only_when_newer() {
                 .await
                 .unwrap()
         );
-        assert!(
-            !publisher
-                .publish(&mut conn, &key, 9, &[("red", 1)])
-                .await
-                .unwrap(),
-            "older"
-        );
-        assert!(
-            !publisher
-                .publish(&mut conn, &key, 10, &[("red", 1)])
-                .await
-                .unwrap(),
-            "same"
-        );
+        for (offset, what) in [(9, "older"), (10, "same")] {
+            assert!(
+                !publisher
+                    .publish(&mut conn, &key, offset, &[("red", 1)])
+                    .await
+                    .unwrap(),
+                "{what}"
+            );
+        }
         let h = read(conn.clone(), key.clone()).await;
         assert_eq!(h[OFFSET_FIELD], "10");
         assert_eq!((h["red"].as_str(), h["blue"].as_str()), ("4", "6"));

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::runtime;
 use common::serve::{ADMIN_TOKEN, Serve, TOKEN_KEY, TestClient, open_election};
@@ -47,34 +47,26 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
     runtime().block_on(async {
         let client = TestClient::http1();
         open_election(&client, &serve, "tls", &["a", "b"], 0).await;
-        for voter in 1..=20u64 {
-            client
-                .vote_accepted(
-                    &serve.url(""),
-                    "tls",
-                    voter,
-                    ["a", "b"][(voter % 2) as usize],
-                )
-                .await;
-        }
+        client.votes_split_a_b(&serve, "tls", 20).await;
         // The tallies went to Redis over TLS and came back as the results.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, results) = client
-                .get(&serve.url("/v1/elections/tls/results"))
-                .await
-                .unwrap();
-            if results["total"] == 20 {
-                assert_eq!(results["totals"]["a"], 10, "{results}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the results never showed the 20 votes through the TLS Redis: {results}\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let results = common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            async || {
+                let (_, results) = client
+                    .get(&serve.url("/v1/elections/tls/results"))
+                    .await
+                    .unwrap();
+                if results["total"] == 20 {
+                    return Ok(results);
+                }
+                Err(serve.with_log(format!(
+                    "the results never showed the 20 votes through the TLS Redis: {results}"
+                )))
+            },
+        )
+        .await;
+        assert_eq!(results["totals"]["a"], 10, "{results}");
     });
     let log = serve.log_text();
     assert!(!log.contains(PASSWORD), "the password reached the log");

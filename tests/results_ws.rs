@@ -372,23 +372,23 @@ fn results_over_websocket_from_handshake_to_the_official_close() {
 
         // Once official, a new subscriber gets the final event and the close at once (the
         // core it lands on may see the result at its next tick).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut late = open(&serve, "live").await.answering_pings();
-            let e = late.event(Duration::from_secs(5)).await;
-            if e["event"] == "final" {
-                assert_eq!(
-                    late.next(Duration::from_secs(5)).await,
-                    Some(Got::Close(1000))
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "every core sends the final event: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut late = common::eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            async || {
+                let mut late = open(&serve, "live").await.answering_pings();
+                let e = late.event(Duration::from_secs(5)).await;
+                if e["event"] == "final" {
+                    return Ok(late);
+                }
+                Err(format!("every core sends the final event: {e}"))
+            },
+        )
+        .await;
+        assert_eq!(
+            late.next(Duration::from_secs(5)).await,
+            Some(Got::Close(1000))
+        );
     });
 }
 

@@ -33,11 +33,7 @@ fn a_vote_reaches_the_verified_export_through_secure_kafka_and_a_secure_redis() 
             .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("the votes binary runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = common::output_text(&out);
         assert!(out.status.success(), "votes {args:?}:\n{text}");
         assert!(
             !text.contains(KAFKA_PASSWORD) && !text.contains(REDIS_PASSWORD),

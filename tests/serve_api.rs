@@ -356,13 +356,7 @@ const PROTOCOLS: [&str; 5] = ["h1", "h2c", "h1-tls", "h2-tls", "h3"];
 
 #[test]
 fn every_row_of_the_voter_api_over_http1_h2c_tls_and_http3() {
-    require_services();
-    let prefix = common::unique_prefix("api");
-    assert!(
-        common::votes(&prefix, &["init", "--partitions", "4"])
-            .status
-            .success()
-    );
+    let prefix = common::fresh_prefix("api", 4);
     let serve = Serve::start_with(&prefix, 2, true);
     runtime().block_on(async {
         let c = TestClient::http1();
@@ -402,13 +396,7 @@ fn every_row_of_the_voter_api_over_http1_h2c_tls_and_http3() {
 /// server does any handshake work; an honest client does so transparently and votes.
 #[test]
 fn http3_clients_prove_their_address_with_a_retry_under_pressure() {
-    require_services();
-    let prefix = common::unique_prefix("h3-retry");
-    assert!(
-        common::votes(&prefix, &["init", "--partitions", "2"])
-            .status
-            .success()
-    );
+    let prefix = common::fresh_prefix("h3-retry", 2);
     let serve = Serve::start_env(&prefix, 1, true, &[("VOTES_H3_RETRY_ABOVE", "0")]);
     runtime().block_on(async {
         let admin = TestClient::http1();
@@ -429,11 +417,6 @@ fn http3_clients_prove_their_address_with_a_retry_under_pressure() {
             "one connection for five votes"
         );
     });
-}
-
-fn require_services() {
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
 }
 
 #[test]
@@ -505,13 +488,7 @@ fn the_admin_api_requires_its_token_and_validates_elections() {
 
 #[test]
 fn requests_over_the_rate_limit_get_429_with_retry_after() {
-    require_services();
-    let prefix = common::unique_prefix("rate");
-    assert!(
-        common::votes(&prefix, &["init", "--partitions", "2"])
-            .status
-            .success()
-    );
+    let prefix = common::fresh_prefix("rate", 2);
     // 1 request/s per address on the one core: bursts of 2, then 429. Nothing here assumes
     // how long a request takes: a slow machine only refills the bucket, so each step sends
     // until it sees what it looks for, within a bound.

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::serve::{Serve, TestClient, metric, open_election};
 
@@ -42,23 +42,25 @@ async fn vote_all(client: &TestClient, serve: &Serve, voters: std::ops::Range<u6
 
 /// Waits until every partition has a snapshot at or past `at_least` (per partition).
 async fn wait_snapshots(serve: &Serve, at_least: &HashMap<String, u64>) -> HashMap<String, u64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let offsets = metric(serve, "votes_snapshot_offset").await;
-        let done = (0..PARTITIONS).all(|p| {
-            let key = format!("partition=\"{p}\"");
-            let want = at_least.get(&key).copied().unwrap_or(1).max(1);
-            offsets.get(&key).is_some_and(|o| *o >= want)
-        });
-        if done {
-            return offsets;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot of every partition within 30 s: {offsets:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let offsets = metric(serve, "votes_snapshot_offset").await;
+            let done = (0..PARTITIONS).all(|p| {
+                let key = format!("partition=\"{p}\"");
+                let want = at_least.get(&key).copied().unwrap_or(1).max(1);
+                offsets.get(&key).is_some_and(|o| *o >= want)
+            });
+            if done {
+                return Ok(offsets);
+            }
+            Err(format!(
+                "no snapshot of every partition within 30 s: {offsets:?}"
+            ))
+        },
+    )
+    .await
 }
 
 fn snapshot_files(dir: &Path) -> Vec<PathBuf> {

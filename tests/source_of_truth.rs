@@ -43,13 +43,7 @@ fn persister(prefix: &str, log: &str, extra: &[&str]) -> Child {
 /// its stdout, where the persister, the recount and the reprocess report what they did.
 fn votes_succeeds(prefix: &str, args: &[&str]) -> String {
     let run = votes_cmd(prefix, args).output().unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
+    common::success_stdout(&run, format_args!("votes {args:?}"))
 }
 
 /// The official result of `election` in the DynamoDB results table, if the recount wrote one.

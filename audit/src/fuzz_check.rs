@@ -60,51 +60,29 @@ pub fn votes_parquet(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
+#[path = "../../core/src/fuzz_seeds.rs"]
+mod fuzz_seeds;
 
-    fn replay(target: &str, check: fn(&[u8])) -> Vec<(String, Vec<u8>)> {
-        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-            .join("../fuzz/seeds")
-            .join(target);
-        let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("seed directory {}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.expect("readable seed directory").path();
-                (
-                    path.display().to_string(),
-                    std::fs::read(&path).expect("readable seed"),
-                )
-            })
-            .collect();
-        seeds.sort();
-        assert!(seeds.len() >= 3, "{target} has a few seeds");
-        for (name, bytes) in &seeds {
-            let outcome = std::panic::catch_unwind(|| check(bytes));
-            assert!(outcome.is_ok(), "seed {name} breaks a property of {target}");
-        }
-        seeds
-    }
+#[cfg(test)]
+mod tests {
+    use super::fuzz_seeds::{replay_both_kinds, seed_root};
+    use super::*;
 
     #[test]
     fn manifest_parse_seeds() {
-        let seeds = replay("manifest_parse", manifest_parse);
-        assert!(seeds.iter().any(|(_, b)| Manifest::from_bytes(b).is_ok()));
-        assert!(seeds.iter().any(|(_, b)| Manifest::from_bytes(b).is_err()));
+        replay_both_kinds("manifest_parse", manifest_parse, |b| {
+            Manifest::from_bytes(b).is_ok()
+        });
     }
 
     #[test]
     fn votes_parquet_seeds() {
-        let seeds = replay("votes_parquet", votes_parquet);
         let reads = |b: &[u8]| {
             VotesReader::from_bytes(b.to_vec())
                 .map(|r| (0..r.num_row_groups()).all(|g| r.row_group(g).is_ok()))
                 .unwrap_or(false)
         };
-        assert!(seeds.iter().any(|(_, b)| reads(b)));
-        assert!(seeds.iter().any(|(_, b)| !reads(b)));
+        replay_both_kinds("votes_parquet", votes_parquet, reads);
     }
 
     /// Writes the seeds of both targets when `VOTES_WRITE_FUZZ_SEEDS=1` (after a change of the
@@ -114,9 +92,7 @@ mod tests {
         if std::env::var("VOTES_WRITE_FUZZ_SEEDS").as_deref() != Ok("1") {
             return;
         }
-        let root = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-            .join("../fuzz/seeds");
+        let root = seed_root();
         let write = |target: &str, name: &str, bytes: &[u8]| {
             let dir = root.join(target);
             std::fs::create_dir_all(&dir).unwrap();

@@ -118,16 +118,9 @@ pub enum ForwardError {
 
 impl From<WireError> for ForwardError {
     fn from(e: WireError) -> Self {
-        match e {
-            WireError::Truncated(field) => ForwardError::Truncated(field),
-            WireError::TooLong { field, max } => ForwardError::InvalidId {
-                field,
-                source: IdError::TooLong { kind: field, max },
-            },
-            WireError::NotText(field) => ForwardError::InvalidId {
-                field,
-                source: IdError::BadCharacter { kind: field },
-            },
+        match e.id_fault() {
+            (field, None) => ForwardError::Truncated(field),
+            (field, Some(source)) => ForwardError::InvalidId { field, source },
         }
     }
 }

@@ -101,15 +101,16 @@ pub fn parse(header: &[u8]) -> Result<Proxied, ProxyHeaderError> {
     let command = header[12] & 0x0f;
     let family = header[13];
     let block = &header[FIXED_LEN..];
+    let addresses_of = |len: usize| {
+        block.get(..len).ok_or(ProxyHeaderError::TooShort {
+            len: block.len(),
+            family,
+        })
+    };
     let (addresses, proxied) = match family {
         UNSPEC => (0, None),
         TCP_V4 => {
-            let a = block
-                .get(..V4_ADDRESSES)
-                .ok_or(ProxyHeaderError::TooShort {
-                    len: block.len(),
-                    family,
-                })?;
+            let a = addresses_of(V4_ADDRESSES)?;
             let ip = |i: usize| Ipv4Addr::new(a[i], a[i + 1], a[i + 2], a[i + 3]);
             let port = |i: usize| u16::from_be_bytes([a[i], a[i + 1]]);
             let source = SocketAddr::V4(SocketAddrV4::new(ip(0), port(8)));
@@ -117,12 +118,7 @@ pub fn parse(header: &[u8]) -> Result<Proxied, ProxyHeaderError> {
             (V4_ADDRESSES, Some((source, destination)))
         }
         TCP_V6 => {
-            let a = block
-                .get(..V6_ADDRESSES)
-                .ok_or(ProxyHeaderError::TooShort {
-                    len: block.len(),
-                    family,
-                })?;
+            let a = addresses_of(V6_ADDRESSES)?;
             let ip = |i: usize| {
                 let mut o = [0u8; 16];
                 o.copy_from_slice(&a[i..i + 16]);

@@ -189,16 +189,9 @@ pub fn parse_receipt(receipt: &str) -> Option<[u8; 32]> {
 
 impl From<WireError> for LeafError {
     fn from(e: WireError) -> Self {
-        match e {
-            WireError::Truncated(field) => LeafError::Truncated(field),
-            WireError::TooLong { field, max } => LeafError::InvalidId {
-                field,
-                source: IdError::TooLong { kind: field, max },
-            },
-            WireError::NotText(field) => LeafError::InvalidId {
-                field,
-                source: IdError::BadCharacter { kind: field },
-            },
+        match e.id_fault() {
+            (field, None) => LeafError::Truncated(field),
+            (field, Some(source)) => LeafError::InvalidId { field, source },
         }
     }
 }

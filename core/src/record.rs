@@ -305,16 +305,9 @@ impl LogRecord {
 
 impl From<WireError> for RecordError {
     fn from(e: WireError) -> Self {
-        match e {
-            WireError::Truncated(field) => RecordError::Truncated(field),
-            WireError::TooLong { field, max } => RecordError::InvalidId {
-                field,
-                source: IdError::TooLong { kind: field, max },
-            },
-            WireError::NotText(field) => RecordError::InvalidId {
-                field,
-                source: IdError::BadCharacter { kind: field },
-            },
+        match e.id_fault() {
+            (field, None) => RecordError::Truncated(field),
+            (field, Some(source)) => RecordError::InvalidId { field, source },
         }
     }
 }

@@ -2,6 +2,8 @@
 //! [`crate::record`] and the receipt leaf of [`crate::receipt`]): one reader and one writer, so
 //! both formats bound and reject input the same way.
 
+use crate::ids::IdError;
+
 /// Why a field could not be read; each format maps it into its own error type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WireError {
@@ -11,6 +13,20 @@ pub(crate) enum WireError {
     TooLong { field: &'static str, max: usize },
     /// A string field that is not UTF-8.
     NotText(&'static str),
+}
+
+impl WireError {
+    /// The field, and what is wrong with the id it was to hold (`None`: the input ended inside
+    /// it): the formats that read ids report a bad field as a bad id of that kind.
+    pub(crate) fn id_fault(self) -> (&'static str, Option<IdError>) {
+        match self {
+            WireError::Truncated(field) => (field, None),
+            WireError::TooLong { field, max } => {
+                (field, Some(IdError::TooLong { kind: field, max }))
+            }
+            WireError::NotText(field) => (field, Some(IdError::BadCharacter { kind: field })),
+        }
+    }
 }
 
 /// Appends `s` with its length as a u16.

@@ -156,30 +156,19 @@ mod tests {
 
     #[test]
     fn disabled_io_uring_names_the_sysctl() {
-        let facts = HostFacts {
-            uring: Err(libc::EPERM),
-            io_uring_disabled: Some(2),
-            ..fit_host()
-        };
-        let err = judge(&facts, &[0]).unwrap_err().to_string();
-        assert!(err.contains("io_uring_disabled=2"), "{err}");
-        let facts = HostFacts {
-            uring: Err(libc::EPERM),
-            io_uring_disabled: Some(0),
-            ..fit_host()
-        };
-        let err = judge(&facts, &[0]).unwrap_err().to_string();
-        assert!(err.contains("seccomp"), "{err}");
-        let facts = HostFacts {
-            uring: Err(libc::ENOSYS),
-            ..fit_host()
-        };
-        assert!(
-            judge(&facts, &[0])
-                .unwrap_err()
-                .to_string()
-                .contains("no io_uring")
-        );
+        for (uring, io_uring_disabled, named) in [
+            (libc::EPERM, Some(2), "io_uring_disabled=2"),
+            (libc::EPERM, Some(0), "seccomp"),
+            (libc::ENOSYS, Some(0), "no io_uring"),
+        ] {
+            let facts = HostFacts {
+                uring: Err(uring),
+                io_uring_disabled,
+                ..fit_host()
+            };
+            let err = judge(&facts, &[0]).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

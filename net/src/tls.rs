@@ -347,34 +347,13 @@ pub(crate) fn check_alpn(cfg: &ServerConfig) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[path = "../tests/common/temp_dir.rs"]
+mod temp_dir;
+
+#[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
+    use super::temp_dir::TempDir;
     use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("votes-net-tls-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-
-        fn write(&self, name: &str, body: &str) -> PathBuf {
-            let p = self.0.join(name);
-            std::fs::write(&p, body).unwrap();
-            p
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn loads_a_self_signed_pair_with_alpn() {
@@ -416,7 +395,7 @@ mod tests {
             "{msg}"
         );
 
-        let e = tls_server_config(&c, d.0.join("missing.pem")).unwrap_err();
+        let e = tls_server_config(&c, d.path("missing.pem")).unwrap_err();
         assert!(
             matches!(
                 &e,

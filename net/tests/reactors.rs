@@ -172,14 +172,21 @@ fn core_of(body: &str) -> usize {
     body.split(' ').next().unwrap().parse().unwrap()
 }
 
-/// How many connections each core served, from tasks that each return the one core their
-/// connection's requests all reached: SO_REUSEPORT spreads connections, not requests.
-async fn connections_per_core(tasks: Vec<tokio::task::JoinHandle<usize>>) -> HashMap<usize, usize> {
+/// The one core all of a connection's requests reached: a connection stays on the core that
+/// accepted it.
+fn the_core_of_a_connection(cores: &[usize]) -> usize {
+    assert!(cores.iter().all(|&c| c == cores[0]), "{cores:?}");
+    cores[0]
+}
+
+/// Asserts that the connections of `tasks` (each returning the one core its requests reached)
+/// landed on both cores: SO_REUSEPORT spreads connections, not requests.
+async fn assert_spread_over_both_cores(tasks: Vec<tokio::task::JoinHandle<usize>>, what: &str) {
     let mut per_core: HashMap<usize, usize> = HashMap::new();
     for t in tasks {
         *per_core.entry(t.await.unwrap()).or_default() += 1;
     }
-    per_core
+    assert_eq!(per_core.len(), 2, "{what} over both cores: {per_core:?}");
 }
 
 #[test]
@@ -200,17 +207,10 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
                     assert!(body.ends_with("Public"), "{body}");
                     seen.push(core_of(&body));
                 }
-                // A connection stays on the core that accepted it.
-                assert!(seen.iter().all(|&c| c == seen[0]));
-                seen[0]
+                the_core_of_a_connection(&seen)
             }));
         }
-        let per_core = connections_per_core(tasks).await;
-        assert_eq!(
-            per_core.len(),
-            2,
-            "SO_REUSEPORT spread 64 h1 connections over both cores: {per_core:?}"
-        );
+        assert_spread_over_both_cores(tasks, "SO_REUSEPORT spread 64 h1 connections").await;
 
         // h2c prior knowledge: 16 connections × 50 concurrent streams each.
         let mut tasks = Vec::new();
@@ -230,16 +230,10 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
                     assert_eq!(st, StatusCode::OK);
                     cores.push(core_of(&body));
                 }
-                assert!(cores.iter().all(|&c| c == cores[0]));
-                cores[0]
+                the_core_of_a_connection(&cores)
             }));
         }
-        let per_core = connections_per_core(tasks).await;
-        assert_eq!(
-            per_core.len(),
-            2,
-            "16 h2 connections over both cores: {per_core:?}"
-        );
+        assert_spread_over_both_cores(tasks, "16 h2 connections").await;
 
         // The admin listener exists on core 0 only.
         for _ in 0..10 {

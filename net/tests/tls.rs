@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use votes_net::rustls::pki_types::pem::PemObject;
 use votes_net::rustls::pki_types::{CertificateDer, ServerName};
 
+use common::temp_dir::TempDir;
 use common::{client_runtime, h1_over, h2_over, one_at_a_time, read, two_cpus, wait_closed};
 use votes_net::{
     App, BoxBody, ConnInfo, CoreContext, HttpLimits, HttpStats, ListenerKind, ListenerSpec,
@@ -49,29 +49,6 @@ impl App for InfoApp {
             None => "no ConnInfo".into(),
         };
         Box::pin(async move { Response::new(BoxBody::from(body)) })
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("votes-net-it-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn write(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, body).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -36,7 +36,6 @@ OUT=$ROOT/target/perf/attack
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb >/dev/null
 
-. "$ROOT/perf/scripts/lib.sh"
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 export VOTES_PREFIX="perf-attack-$(date +%s)-"
 HTTP=127.0.0.1:18680

@@ -23,11 +23,10 @@ trap 'kill $serve 2>/dev/null || true' EXIT
 wait_ready "$HTTP"
 open_election "$ADMIN" e1 '"options":[{"id":"red","label":"Red"},{"id":"blue","label":"Blue"}]'
 kafka=$(pgrep -f 'kafka\.Kafka' | head -1)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-s0=$(ticks $serve); k0=$(ticks "$kafka")
+s0=$(cpu_ticks $serve); k0=$(cpu_ticks "$kafka")
 "$B/votes-load" -q --target "http://$HTTP" --election e1 --rate "$RATE" --duration 10s \
   --voters $((RATE * 10 + 100)) --connections 256 --report /tmp/batch-size.json >/dev/null
-s1=$(ticks $serve); k1=$(ticks "$kafka")
+s1=$(cpu_ticks $serve); k1=$(cpu_ticks "$kafka")
 batch=$(curl -fsS -H "Authorization: Bearer $VOTES_ADMIN_TOKEN" "http://$ADMIN/metrics" | awk '/^votes_batch_size_mean/ {print $2}')
 python3 - /tmp/batch-size.json $((s1 - s0)) $((k1 - k0)) "$(getconf CLK_TCK)" "$batch" <<PY
 import json, sys

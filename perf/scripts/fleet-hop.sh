@@ -26,7 +26,6 @@ ROUNDS=${ROUNDS:-2}
 OUT=$ROOT/target/perf/hop-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb redis >/dev/null
-. "$ROOT/perf/scripts/lib.sh"
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0
 
 # The fleet's PKI for the tls mode: a CA, and one certificate per node for 127.0.0.1.

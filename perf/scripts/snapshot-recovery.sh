@@ -21,7 +21,6 @@ PARTITIONS=${PARTITIONS:-8}
 CORES=${CORES:-2}
 scripts/services.sh up kafka dynamodb redis >/dev/null
 export VOTES_PREFIX="perf-snap-$(date +%s)-"
-. "$ROOT/perf/scripts/lib.sh"
 OUT=$ROOT/target/perf/snapshot-recovery
 SNAPS=$OUT/snapshots
 rm -rf "$OUT"; mkdir -p "$SNAPS"

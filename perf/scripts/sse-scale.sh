@@ -50,7 +50,6 @@ free_port() {
 HTTP=127.0.0.1:$(free_port)
 ADMIN=127.0.0.1:$(free_port)
 
-. "$ROOT/perf/scripts/lib.sh"
 # All subscribers come from a few loopback addresses of one /24: per-source rate limits would
 # measure themselves, not the results path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0

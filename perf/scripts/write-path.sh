@@ -20,7 +20,6 @@ OUT=$ROOT/target/perf
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb >/dev/null
 
-. "$ROOT/perf/scripts/lib.sh"
 # The whole load comes from one loopback address: per-source rate limits would measure
 # themselves, not the write path.
 export VOTES_RATE_PER_ADDR=0 VOTES_RATE_PER_PREFIX=0

@@ -36,25 +36,15 @@ pub enum Attack {
 }
 
 impl Attack {
-    /// Every kind.
-    pub const ALL: [Attack; 16] = [
-        Attack::MissingToken,
-        Attack::BadSignature,
-        Attack::GarbageToken,
-        Attack::ExpiredToken,
-        Attack::BadJson,
-        Attack::UnknownField,
-        Attack::BadUtf8,
-        Attack::UnknownOption,
-        Attack::Oversize,
-        Attack::WrongContentType,
-        Attack::UnknownElection,
-        Attack::Duplicate,
-        Attack::PowMissing,
-        Attack::PowForged,
-        Attack::PowUnsolved,
-        Attack::PowOtherVoter,
-    ];
+    /// Every kind: the base ones, then a duplicate, then the proof-of-work ones.
+    pub const ALL: [Attack; 16] = {
+        let mut all = [Attack::Duplicate; 16];
+        let (base, rest) = all.split_at_mut(Self::BASE.len());
+        base.copy_from_slice(&Self::BASE);
+        let (_duplicate, pow) = rest.split_at_mut(1);
+        pow.copy_from_slice(&Self::POW);
+        all
+    };
     /// The kinds that need only an open election without proof of work.
     pub const BASE: [Attack; 11] = [
         Attack::MissingToken,

@@ -1,7 +1,7 @@
 //! What the harness's client binaries (`votes-load`, `votes-sse`, `votes-flood`) share on their
-//! command lines and at their end: one definition of the target, election and TLS trust flags,
-//! so the binaries name, document and read them (`VOTES_LOAD_*`) alike, and one way to write a
-//! run's JSON report.
+//! command lines, in how they run and at their end: one definition of the target, election and
+//! TLS trust flags, so the binaries name, document and read them (`VOTES_LOAD_*`) alike, one
+//! runtime bounded by `--threads`, and one way to write a run's JSON report.
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,32 @@ impl TrustArgs {
     pub fn trust(&self) -> Trust {
         Trust::from_flags(self.ca_cert.clone(), self.insecure)
     }
+}
+
+/// The runtime a client binary runs on: `threads` workers (at least one), and at most
+/// `blocking` threads in its blocking pool when given (`votes-load` solves proofs of work there).
+pub fn client_runtime(threads: usize, blocking: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads.max(1));
+    if let Some(blocking) = blocking {
+        builder.max_blocking_threads(blocking.max(1));
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Runs `run` to its end as a task of `rt`, not only under `block_on`: its dispatcher then runs
+/// on a worker too (from outside the pool every spawn would have to wake a worker) and
+/// `--threads` bounds all of the generator's cores. `what` names it if it panics.
+pub fn run_as_task<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    run: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    rt.block_on(async { tokio::spawn(run).await })
+        .with_context(|| format!("{what} panicked"))
 }
 
 /// Writes `report` as pretty JSON to `path` (`--report`), when one was given.

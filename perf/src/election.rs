@@ -6,7 +6,30 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::Deserialize;
 
-use crate::client::{Body, Client};
+use crate::client::{Body, Client, ClientError};
+
+/// Why a run could not start on its target and election: `votes-load` and `votes-sse` say it
+/// in the same words.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("invalid --election {0:?}: expected [a-z0-9-]{{1,64}}")]
+    ElectionId(String),
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot read election {election:?} (GET /v1/elections/{election}): {why}")]
+    Election { election: String, why: String },
+}
+
+/// Refuses an `--election` the server could never know, before anything is sent.
+pub fn check_id(election: &str) -> Result<(), TargetError> {
+    votes_core::ElectionId::new(election.to_owned())
+        .map(drop)
+        .map_err(|_| TargetError::ElectionId(election.to_owned()))
+}
 
 /// The part of the public election view a run needs; fields the server adds are ignored.
 #[derive(Debug, Deserialize)]

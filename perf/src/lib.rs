@@ -17,6 +17,7 @@ pub mod client;
 pub mod cpu;
 pub mod duration;
 pub mod election;
+pub mod flow;
 pub mod load;
 pub mod mix;
 pub mod peers;

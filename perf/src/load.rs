@@ -20,9 +20,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{Body, Client, ClientError, Protocol, Target};
-use crate::election;
+use crate::election::{self, TargetError};
+use crate::flow::Flow;
 use crate::mix::{Kind, Mix, MixError, Plan};
-use crate::report::{LATENCY_MAX_US, Report, latency_histogram};
+use crate::report::{LATENCY_MAX_US, Report, latency_histogram, record_latency};
 use crate::schedule::{Ramp, Schedule};
 use crate::tokens::Tokens;
 
@@ -62,16 +63,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("cannot read election {election:?} (GET /v1/elections/{election}): {why}")]
-    Election { election: String, why: String },
-    #[error("invalid --election {0:?}: expected [a-z0-9-]{{1,64}}")]
-    ElectionId(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("--token-key / VOTES_TOKEN_KEY: {0}")]
     TokenKey(#[from] votes_core::token::KeyError),
     #[error("{0}")]
@@ -143,10 +136,7 @@ struct Recorded {
 
 /// Counters shared by the request tasks, the dispatcher and the progress line.
 struct Stats {
-    sent: AtomicU64,
-    dropped: AtomicU64,
-    in_flight: AtomicU64,
-    answered: AtomicU64,
+    flow: Flow,
     errors: AtomicU64,
     status: Box<[AtomicU64]>,
     recorded: Mutex<Recorded>,
@@ -156,10 +146,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Self {
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
+            flow: Flow::default(),
             errors: AtomicU64::new(0),
             status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             recorded: Mutex::new(Recorded {
@@ -173,14 +160,11 @@ impl Stats {
     fn answer(&self, kind: Kind, status: u16, latency: Duration) {
         let slot = usize::from(status).min(STATUS_SLOTS - 1);
         self.status[slot].fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, LATENCY_MAX_US);
         let mut r = self.recorded.lock().expect("stats lock");
-        r.latency_us.saturating_record(us);
+        record_latency(&mut r.latency_us, latency);
         *r.by_kind.entry((kind, status)).or_default() += 1;
         drop(r);
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.flow.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     fn error(&self, label: String) {
@@ -314,14 +298,14 @@ async fn request(shared: Arc<Shared>, plan: Plan, due: Instant) {
         Ok(Err(e)) => stats.error(e.label()),
         Err(_) => stats.error("timeout".to_string()),
     }
-    stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+    stats.flow.finished();
 }
 
 /// The progress line; with `last` (sent, answered a second ago), also the rates of the last
 /// second.
 fn progress_line(stats: &Stats, elapsed: f64, last: Option<&mut (u64, u64)>) -> String {
-    let sent = stats.sent.load(Ordering::Relaxed);
-    let answered = stats.answered.load(Ordering::Relaxed);
+    let sent = stats.flow.sent.load(Ordering::Relaxed);
+    let answered = stats.flow.answered.load(Ordering::Relaxed);
     let ok = stats.count(202);
     let dup = stats.count(409);
     let errors = stats.errors.load(Ordering::Relaxed);
@@ -345,8 +329,8 @@ fn progress_line(stats: &Stats, elapsed: f64, last: Option<&mut (u64, u64)>) -> 
         "[{elapsed:7.1}s] sent {sent}{sent_rate} answered {answered} ({answered_rate}{:.0}/s avg) \
          202={ok} 409={dup} other={other} err={errors} dropped={} in-flight={} p99={p99:.2}ms",
         answered as f64 / elapsed.max(1e-9),
-        stats.dropped.load(Ordering::Relaxed),
-        stats.in_flight.load(Ordering::Relaxed),
+        stats.flow.dropped.load(Ordering::Relaxed),
+        stats.flow.in_flight.load(Ordering::Relaxed),
     )
 }
 
@@ -360,9 +344,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
     if cfg.max_in_flight == 0 || cfg.connections == 0 {
         return Err(LoadError::Limits);
     }
-    if votes_core::ElectionId::new(cfg.election.clone()).is_err() {
-        return Err(LoadError::ElectionId(cfg.election.clone()));
-    }
+    election::check_id(&cfg.election)?;
     let schedule = Schedule::new(cfg.rate, cfg.duration, cfg.ramp);
     let client = Client::connect_from(
         cfg.target.clone(),
@@ -371,7 +353,7 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
         cfg.source_addrs.clone(),
     )
     .await
-    .map_err(|source| LoadError::Connect {
+    .map_err(|source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     })?;
@@ -382,10 +364,11 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
             None
         }
         Err(why) => {
-            return Err(LoadError::Election {
+            return Err(TargetError::Election {
                 election: cfg.election.clone(),
                 why,
-            });
+            }
+            .into());
         }
     };
     if let Some(e) = &election
@@ -483,20 +466,14 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
             }
         }
         let plan = mix.draw();
-        if stats.in_flight.load(Ordering::Acquire) >= cfg.max_in_flight {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if !stats.flow.admit(cfg.max_in_flight) {
             continue;
         }
-        stats.in_flight.fetch_add(1, Ordering::AcqRel);
-        stats.sent.fetch_add(1, Ordering::Relaxed);
         let lag = u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
         lag_us.saturating_record(lag.clamp(1, LATENCY_MAX_US));
         tokio::spawn(request(shared.clone(), plan, measured_from(due, now)));
     }
-    // Every request ends within its timeout; wait for the stragglers.
-    while stats.in_flight.load(Ordering::Acquire) > 0 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    stats.flow.drained().await;
     let elapsed = t0.elapsed().as_secs_f64().max(1e-6);
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
@@ -527,8 +504,8 @@ pub async fn run(cfg: Config) -> Result<LoadReport, LoadError> {
             unexpected += n;
         }
     }
-    let sent = stats.sent.load(Ordering::Relaxed);
-    let dropped = stats.dropped.load(Ordering::Relaxed);
+    let sent = stats.flow.sent.load(Ordering::Relaxed);
+    let dropped = stats.flow.dropped.load(Ordering::Relaxed);
     let duration_s = schedule.duration().as_secs_f64();
     let ms = |us: u64| us as f64 / 1000.0;
     Ok(LoadReport {

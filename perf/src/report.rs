@@ -12,6 +12,12 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("static bounds are valid")
 }
 
+/// Records `d` in a histogram of [`latency_histogram`]'s bounds, clamped into them.
+pub fn record_latency(h: &mut Histogram<u64>, d: std::time::Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LatencyMs {
     pub p50: f64,

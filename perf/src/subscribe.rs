@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use votes_core::clock::unix_ms;
 
 use crate::client::{Body, Client, ClientError, Protocol, RawDialer, Stream, Target};
-use crate::election::{self, get_ok};
+use crate::election::{self, TargetError, get_ok};
 use crate::report::{LATENCY_MAX_US, LatencyMs, latency_histogram};
 use crate::schedule::{Ramp, Schedule};
 use crate::sse::{BodyDecoder, SseError, SseItem, SseParser, TallyData, parse_head};
@@ -124,8 +124,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SseRunError {
-    #[error("invalid --election {0:?}: expected [a-z0-9-]{{1,64}}")]
-    ElectionId(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("cannot resolve --target {0}: {1}")]
     Resolve(String, String),
     #[error("--target {0} is {1}, not a loopback address: votes-sse only drives loopback targets")]
@@ -153,14 +153,6 @@ pub enum SseRunError {
     WsProtocol,
     #[error("--vote-rate must be a finite number >= 0")]
     VoteRate,
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("cannot read election {election:?} (GET /v1/elections/{election}): {why}")]
-    Election { election: String, why: String },
     #[error("election {0:?} is {1:?}: votes-sse needs an open election to vote in")]
     NotOpen(String, String),
     #[error(
@@ -570,6 +562,15 @@ fn io_label(e: &std::io::Error) -> String {
 /// Decrements the open-streams gauge when a stream ends, however it ends.
 struct OpenGuard<'a>(&'a AtomicU64);
 
+impl<'a> OpenGuard<'a> {
+    /// The subscription is established: counted open until the guard drops.
+    fn established(ctx: &'a Ctx, established: &mut bool) -> Self {
+        *established = true;
+        ctx.c.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(&ctx.c.open)
+    }
+}
+
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
@@ -663,9 +664,7 @@ async fn sse_h1(
     if !head.event_stream {
         return Err(Fail::NotEventStream);
     }
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     raw.drain(..head_len);
     let mut body = BodyDecoder::new(head.framing);
     let mut parser = SseParser::new();
@@ -713,9 +712,7 @@ async fn ws_h1(
         return Err(Fail::Status(head.status));
     }
     ws::check_accept(&raw[..head_len]).map_err(Fail::Ws)?;
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     raw.drain(..head_len);
     ws_frames(ctx, &mut s, raw, idx, st).await
 }
@@ -740,9 +737,7 @@ async fn ws_h2(
     let Some(mut stream) = stream else {
         return Err(Fail::Status(status.as_u16()));
     };
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     ws_frames(ctx, &mut stream, Vec::new(), idx, st).await
 }
 
@@ -832,9 +827,7 @@ async fn sse_muxed(
     if !event_stream {
         return Err(Fail::NotEventStream);
     }
-    *established = true;
-    ctx.c.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&ctx.c.open);
+    let _open = OpenGuard::established(ctx, established);
     let mut parser = SseParser::new();
     loop {
         match resp.chunk().await.map_err(Fail::Client)? {
@@ -1015,9 +1008,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     if !(cfg.vote_rate.is_finite() && cfg.vote_rate >= 0.0) {
         return Err(SseRunError::VoteRate);
     }
-    if votes_core::ElectionId::new(cfg.election.clone()).is_err() {
-        return Err(SseRunError::ElectionId(cfg.election.clone()));
-    }
+    election::check_id(&cfg.election)?;
     let (soft, hard) = sys::raise_nofile().map_err(SseRunError::RLimit)?;
     let need = cfg.subscribers + cfg.vote_connections as u64 + 100;
     if soft < need {
@@ -1060,7 +1051,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
         cfg.vote_connections.max(1),
     )
     .await
-    .map_err(|source| SseRunError::Connect {
+    .map_err(|source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     })?;
@@ -1075,7 +1066,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     if planned > 0 {
         let e = election::fetch(&client, &cfg.election)
             .await
-            .map_err(|why| SseRunError::Election {
+            .map_err(|why| TargetError::Election {
                 election: cfg.election.clone(),
                 why,
             })?;
@@ -1093,10 +1084,11 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
             })
             .collect();
         if bodies.is_empty() {
-            return Err(SseRunError::Election {
+            return Err(TargetError::Election {
                 election: cfg.election.clone(),
                 why: "no options".into(),
-            });
+            }
+            .into());
         }
     }
     let tokens = Tokens::new(
@@ -1108,7 +1100,7 @@ pub async fn run(cfg: Config) -> Result<SseReport, SseRunError> {
     )?;
 
     let n = usize::try_from(cfg.subscribers).unwrap_or(usize::MAX);
-    let connect_error = |source| SseRunError::Connect {
+    let connect_error = |source| TargetError::Connect {
         target: cfg.target.authority.clone(),
         source,
     };

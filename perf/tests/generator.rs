@@ -3,6 +3,8 @@
 //! 4xx for malformed requests; and, ignored by default, measures how fast the generator itself
 //! can drive requests on one thread.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +20,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use votes_core::pow::{self, PowKey};
 use votes_core::token::{self, TokenKeys};
 use votes_core::{ElectionId, ErrorCode, VoteBody, VoterId};
@@ -131,26 +132,21 @@ impl Server {
 
 /// Serves HTTP/1.1 and h2c on a free port of 127.0.0.1 until the runtime ends.
 async fn serve(server: Arc<Server>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = listener.accept().await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            server.peers.lock().unwrap().insert(peer.ip());
-            let server = server.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+    common::accept_each(move |stream, peer| {
+        stream.set_nodelay(true).unwrap();
+        server.peers.lock().unwrap().insert(peer.ip());
+        let server = server.clone();
+        async move {
+            let svc = service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req).await) }
             });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 fn server(pow_difficulty: u8, delay: Duration, trivial: bool) -> Arc<Server> {

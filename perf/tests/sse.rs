@@ -5,6 +5,8 @@
 //! as heartbeats. It also closes one stream in ten once, so subscribers reconnect (with
 //! `Last-Event-ID` on the event stream).
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,7 +25,6 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use votes_core::ws::Opcode;
 use votes_perf::client::Protocol;
@@ -249,26 +250,21 @@ impl Server {
 }
 
 async fn serve(server: Arc<Server>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let server = server.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http2().enable_connect_protocol();
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+    common::accept_each(move |stream, _| {
+        let server = server.clone();
+        async move {
+            let svc = service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req).await) }
             });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http2().enable_connect_protocol();
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 fn config(addr: SocketAddr, subscribers: u64) -> Config {

@@ -1,6 +1,8 @@
 //! The client over TLS (h1 and h2 by ALPN) against a rustls + hyper server on loopback, trusting
 //! its self-signed certificate (`--ca-cert`); a certificate it does not trust is refused.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -10,7 +12,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use votes_perf::client::{Body, Client, Protocol, Target, Trust};
 use votes_perf::peers::h3_reference;
 
@@ -26,35 +27,30 @@ async fn tls_server(cert: &std::path::Path, key: &std::path::Path) -> std::net::
     .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let version = format!("{:?}", tls.get_ref().1.alpn_protocol());
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let body = format!("{:?} {}", req.version(), version);
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(StatusCode::ACCEPTED)
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+    common::accept_each(move |tcp, _| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let version = format!("{:?}", tls.get_ref().1.alpn_protocol());
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let body = format!("{:?} {}", req.version(), version);
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(StatusCode::ACCEPTED)
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap(),
+                    )
+                }
             });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

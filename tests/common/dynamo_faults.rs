@@ -99,15 +99,12 @@ impl FaultProxy {
     /// Listens on a free loopback port and forwards to `upstream` what the rules let through.
     /// The seed comes from `VOTES_TEST_SEED` when set, and is printed either way.
     pub fn start(upstream: &str, rules: &[Rule]) -> FaultProxy {
-        let seed = std::env::var("VOTES_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
+        let seed = super::env_number("VOTES_TEST_SEED").unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
         eprintln!("dynamo fault proxy: seed {seed} (VOTES_TEST_SEED={seed} repeats the draws)");
         let state = Arc::new(State {
             rules: rules.to_vec(),

@@ -21,10 +21,12 @@ pub static KAFKA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Replicas of the topics the tests create (`VOTES_TEST_REPLICATION`, default 1).
 pub fn replication() -> u16 {
-    std::env::var("VOTES_TEST_REPLICATION")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+    env_number("VOTES_TEST_REPLICATION").unwrap_or(1)
+}
+
+/// The number in the environment variable `name`; `None` when it is unset or not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 pub const DYNAMODB: &str = "http://127.0.0.1:8000";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
@@ -250,16 +252,68 @@ pub fn votes(prefix: &str, args: &[&str]) -> std::process::Output {
         .expect("the votes binary runs")
 }
 
+/// Asks `probe` again every `every` until it answers `Ok`, and returns what it found; fails the
+/// test with its last `Err` once `within` has passed. What the tests wait for (counters
+/// published once a second, results that converge) shows up in its own time, never at once.
+pub async fn eventually<T, E: std::fmt::Display>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Fails the test unless the process of `out` succeeded, naming it `what` with its output, so
+/// a broken setup step is not mistaken for the behaviour under test.
+pub fn assert_success(out: &std::process::Output, what: impl std::fmt::Display) {
+    assert!(out.status.success(), "{what}:\n{}", output_text(out));
+}
+
+/// The stdout of a process that must have succeeded (see [`assert_success`]), where `votes`
+/// reports what it did.
+pub fn success_stdout(out: &std::process::Output, what: impl std::fmt::Display) -> String {
+    assert_success(out, what);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A finished process's stdout followed by its stderr, as one text to search or show.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fails the test unless the process of `out` failed and said `says` (on stdout or stderr).
+pub fn assert_fails_saying(out: &std::process::Output, says: &str) {
+    let text = output_text(out);
+    assert!(!out.status.success(), "exited 0:\n{text}");
+    assert!(text.contains(says), "{text}");
+}
+
+/// A prefix of `test`'s own, initialised with `partitions` partitions once Kafka and the local
+/// DynamoDB answer: the start of every test that runs nodes of its own.
+pub fn fresh_prefix(test: &str, partitions: u32) -> String {
+    require(Service::Kafka);
+    require(Service::DynamoDb);
+    let prefix = unique_prefix(test);
+    init_with_partitions(&prefix, partitions);
+    prefix
+}
+
 /// Runs `votes init --partitions <partitions>` under `prefix` and asserts it succeeded: the
-/// setup most tests need before a node can start, its stderr in the failure so a broken setup
-/// is not mistaken for the behaviour under test.
+/// setup most tests need before a node can start.
 pub fn init_with_partitions(prefix: &str, partitions: u32) {
     let out = votes(prefix, &["init", "--partitions", &partitions.to_string()]);
-    assert!(
-        out.status.success(),
-        "votes init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "votes init");
 }
 
 /// A Redis of a test's own beside the shared one, through `scripts/services.sh` on `port`
@@ -342,13 +396,7 @@ pub fn export_and_verify_with(
             .env("VOTES_AUDIT_SIGNING_KEY", &key)
             .output()
             .expect("the votes binary runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "votes {args:?}:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        success_stdout(&out, format_args!("votes {args:?}"))
     };
     let dir = work.join("export");
     let dir_arg = dir.to_str().unwrap();

@@ -75,15 +75,7 @@ impl Serve {
         tls: bool,
         env: &[(&str, &str)],
     ) -> Serve {
-        require(Service::Kafka);
-        require(Service::DynamoDb);
-        let prefix = super::unique_prefix(test);
-        let out = super::votes(&prefix, &["init", "--partitions", &partitions.to_string()]);
-        assert!(
-            out.status.success(),
-            "votes init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let prefix = super::fresh_prefix(test, partitions);
         Serve::start_env(&prefix, cores, tls, env)
     }
 
@@ -123,7 +115,7 @@ impl Serve {
         node: &str,
         fleet: bool,
     ) -> Serve {
-        require(super::Service::Redis);
+        require(Service::Redis);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("{prefix}serve-{}.log", http.port()));
@@ -267,6 +259,12 @@ impl Serve {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `why`, shown followed by the node's log: the log is read only if a test fails with it,
+    /// not at every turn of a wait.
+    pub fn with_log(&self, why: String) -> WithLog<'_> {
+        WithLog { why, serve: self }
     }
 
     /// The process id, for signals (SIGSTOP/SIGCONT).
@@ -733,6 +731,16 @@ impl TestClient {
         assert_eq!(status, 202, "{body}");
         body
     }
+
+    /// Voters 1 to `voters` vote in `election` (options `a` and `b`) through `serve`, `a` and
+    /// `b` in turn, each vote accepted: a known split to find again downstream.
+    pub async fn votes_split_a_b(&self, serve: &Serve, election: &str, voters: u64) {
+        for voter in 1..=voters {
+            let option = ["a", "b"][(voter % 2) as usize];
+            self.vote_accepted(&serve.url(""), election, voter, option)
+                .await;
+        }
+    }
 }
 
 /// Closes election `id` through `serve`'s admin API; the close must be accepted.
@@ -751,22 +759,17 @@ pub async fn wait_final(
     id: &str,
     within: Duration,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
+    super::eventually(within, Duration::from_millis(200), async || {
         let (_, body) = client
             .get(&serve.url(&format!("/v1/elections/{id}/results")))
             .await
             .unwrap();
         if body["final"] == true && body["state"] == "final" {
-            return body;
+            return Ok(body);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{id} did not become final: {body}\n{}",
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(serve.with_log(format!("{id} did not become final: {body}")))
+    })
+    .await
 }
 
 /// Waits until `serve`'s own copy of the elections shows `id` open.
@@ -776,19 +779,33 @@ pub async fn wait_open(client: &TestClient, serve: &Serve, id: &str) {
 
 /// Waits until `serve`'s public view of election `id` is in one of `states`.
 pub async fn wait_state(client: &TestClient, serve: &Serve, id: &str, states: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
-            && states.iter().any(|s| e["state"] == *s)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never saw election {id} in {states:?}",
-            serve.node
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    super::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || {
+            if let Ok((200, e)) = client.get(&serve.url(&format!("/v1/elections/{id}"))).await
+                && states.iter().any(|s| e["state"] == *s)
+            {
+                return Ok(());
+            }
+            Err(format!(
+                "{} never saw election {id} in {states:?}",
+                serve.node
+            ))
+        },
+    )
+    .await
+}
+
+/// A failure's words and the node whose log explains it ([`Serve::with_log`]).
+pub struct WithLog<'a> {
+    why: String,
+    serve: &'a Serve,
+}
+
+impl std::fmt::Display for WithLog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.why, self.serve.log_text())
     }
 }
 
@@ -948,30 +965,32 @@ pub async fn wait_live_totals(
     election: &str,
     want: &BTreeMap<String, u64>,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut got: BTreeMap<String, u64> = BTreeMap::new();
-        for serve in nodes {
-            let (_, list) = client.admin_get(serve, "/admin/v1/elections").await;
-            let e = list
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["id"] == election)
-                .cloned()
-                .unwrap_or_default();
-            for (k, v) in e["live"]["totals"].as_object().into_iter().flatten() {
-                *got.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+    super::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        async || {
+            let mut got: BTreeMap<String, u64> = BTreeMap::new();
+            for serve in nodes {
+                let (_, list) = client.admin_get(serve, "/admin/v1/elections").await;
+                let e = list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["id"] == election)
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, v) in e["live"]["totals"].as_object().into_iter().flatten() {
+                    *got.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+                }
             }
-        }
-        got.retain(|_, v| *v > 0);
-        if &got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "live totals {got:?} never matched the log {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            got.retain(|_, v| *v > 0);
+            if &got == want {
+                return Ok(());
+            }
+            Err(format!(
+                "live totals {got:?} never matched the log {want:?}"
+            ))
+        },
+    )
+    .await
 }

@@ -137,6 +137,19 @@ impl SseStream {
         }
     }
 
+    /// The next event named `name` within `within`, those before it skipped; `None` when the
+    /// stream ended or none came.
+    pub async fn event_named(&mut self, name: &str, within: Duration) -> Option<Sse> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next_event(left).await?;
+            if matches!(&e, Sse::Event { event, .. } if event == name) {
+                return Some(e);
+            }
+        }
+    }
+
     /// Whether the server ended the stream within `within`.
     pub async fn ends_within(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

@@ -3,6 +3,8 @@
 //! client side that talks to them. Each test binary uses its own subset.
 #![allow(dead_code)]
 
+pub mod temp_dir;
+
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -38,11 +38,12 @@ use tokio::time::Instant;
 use votes_core::VoterId;
 use votes_core::token::{self, TokenKeys};
 use votes_perf::attack::{Attack, GARBAGE_AUTHORIZATION, UNKNOWN_ELECTION, WRONG_CONTENT_TYPE};
-use votes_perf::cli::{TrustArgs, write_report};
+use votes_perf::cli::{TrustArgs, client_runtime, run_as_task, write_report};
 use votes_perf::client::{Body, Client, Protocol, Target};
 use votes_perf::duration::parse_duration;
 use votes_perf::election::ElectionView;
-use votes_perf::report::{LATENCY_MAX_US, Report, latency_histogram};
+use votes_perf::flow::Flow;
+use votes_perf::report::{Report, latency_histogram, record_latency};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -284,90 +285,33 @@ impl Prep {
         let kind = self.kinds[(n % self.kinds.len() as u64) as usize];
         let k = (n / self.kinds.len() as u64) as usize;
         let pick = |v: &Vec<HeaderValue>| v[k % v.len()].clone();
-        let (uri, ctype, auth, body) = match kind {
-            Attack::MissingToken => (&self.votes, &self.json, None, self.vote.clone()),
-            Attack::BadSignature => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.foreign)),
-                self.vote.clone(),
-            ),
-            Attack::GarbageToken => (
-                &self.votes,
-                &self.json,
-                Some(self.garbage.clone()),
-                self.vote.clone(),
-            ),
-            Attack::ExpiredToken => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.expired)),
-                self.vote.clone(),
-            ),
-            Attack::BadJson => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.bad_json.clone(),
-            ),
-            Attack::UnknownField => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.unknown_field.clone(),
-            ),
-            Attack::BadUtf8 => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.bad_utf8.clone(),
-            ),
-            Attack::UnknownOption => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.unknown_option.clone(),
-            ),
-            Attack::Oversize => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.oversize.clone(),
-            ),
-            Attack::WrongContentType => (
-                &self.votes,
-                &self.text,
-                Some(pick(&self.bearer)),
-                self.vote.clone(),
-            ),
-            Attack::UnknownElection => (
-                &self.unknown_election,
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.vote.clone(),
-            ),
-            Attack::Duplicate => (
-                &self.votes,
-                &self.json,
-                Some(pick(&self.dup)),
-                self.vote.clone(),
-            ),
-            Attack::PowMissing => (
-                self.pow_votes
-                    .as_ref()
-                    .expect("PoW kinds only with a PoW election"),
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.pow_vote.clone(),
-            ),
-            Attack::PowForged => (
-                self.pow_votes
-                    .as_ref()
-                    .expect("PoW kinds only with a PoW election"),
-                &self.json,
-                Some(pick(&self.bearer)),
-                self.pow_forged.clone(),
-            ),
+        let uri = match kind {
+            Attack::UnknownElection => &self.unknown_election,
+            _ if Attack::POW.contains(&kind) => self
+                .pow_votes
+                .as_ref()
+                .expect("PoW kinds only with a PoW election"),
+            _ => &self.votes,
+        };
+        let ctype = match kind {
+            Attack::WrongContentType => &self.text,
+            _ => &self.json,
+        };
+        let (auth, body) = match kind {
+            Attack::MissingToken => (None, self.vote.clone()),
+            Attack::BadSignature => (Some(pick(&self.foreign)), self.vote.clone()),
+            Attack::GarbageToken => (Some(self.garbage.clone()), self.vote.clone()),
+            Attack::ExpiredToken => (Some(pick(&self.expired)), self.vote.clone()),
+            Attack::BadJson => (Some(pick(&self.bearer)), self.bad_json.clone()),
+            Attack::UnknownField => (Some(pick(&self.bearer)), self.unknown_field.clone()),
+            Attack::BadUtf8 => (Some(pick(&self.bearer)), self.bad_utf8.clone()),
+            Attack::UnknownOption => (Some(pick(&self.bearer)), self.unknown_option.clone()),
+            Attack::Oversize => (Some(pick(&self.bearer)), self.oversize.clone()),
+            Attack::WrongContentType => (Some(pick(&self.bearer)), self.vote.clone()),
+            Attack::UnknownElection => (Some(pick(&self.bearer)), self.vote.clone()),
+            Attack::Duplicate => (Some(pick(&self.dup)), self.vote.clone()),
+            Attack::PowMissing => (Some(pick(&self.bearer)), self.pow_vote.clone()),
+            Attack::PowForged => (Some(pick(&self.bearer)), self.pow_forged.clone()),
             Attack::PowUnsolved | Attack::PowOtherVoter => {
                 let pool = if kind == Attack::PowUnsolved {
                     &self.pow_unsolved
@@ -375,14 +319,7 @@ impl Prep {
                     &self.pow_other
                 };
                 let (auth, body) = &pool[k % pool.len()];
-                (
-                    self.pow_votes
-                        .as_ref()
-                        .expect("PoW kinds only with a PoW election"),
-                    &self.json,
-                    Some(auth.clone()),
-                    body.clone(),
-                )
+                (Some(auth.clone()), body.clone())
             }
         };
         let mut b = self
@@ -407,10 +344,7 @@ struct ErrorInner {
 }
 
 struct Stats {
-    sent: AtomicU64,
-    dropped: AtomicU64,
-    in_flight: AtomicU64,
-    answered: AtomicU64,
+    flow: Flow,
     rejected: AtomicU64,
     unexpected: AtomicU64,
     errors: AtomicU64,
@@ -427,10 +361,7 @@ struct Inner {
 impl Stats {
     fn new() -> Self {
         Self {
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
+            flow: Flow::default(),
             rejected: AtomicU64::new(0),
             unexpected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -461,11 +392,8 @@ async fn one(prep: &Prep, stats: &Stats, n: u64, due: Instant) {
             } else {
                 stats.unexpected.fetch_add(1, Ordering::Relaxed);
             }
-            let us = u64::try_from(latency.as_micros())
-                .unwrap_or(u64::MAX)
-                .clamp(1, LATENCY_MAX_US);
             let mut s = stats.inner.lock().expect("stats lock");
-            s.latency_us.saturating_record(us);
+            record_latency(&mut s.latency_us, latency);
             *s.by_status.entry(status.to_string()).or_default() += 1;
             *s.by_kind
                 .entry(kind)
@@ -473,7 +401,7 @@ async fn one(prep: &Prep, stats: &Stats, n: u64, due: Instant) {
                 .entry(format!("{status} {code}"))
                 .or_default() += 1;
             drop(s);
-            stats.answered.fetch_add(1, Ordering::Relaxed);
+            stats.flow.answered.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Err(e)) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -526,12 +454,12 @@ async fn run(args: Args) -> Result<FloodReport> {
                     std::io::stderr().lock(),
                     "[{:6.1}s] sent {} answered {} rejected {} unexpected {} errors {} dropped {}",
                     t0.elapsed().as_secs_f64(),
-                    stats.sent.load(Ordering::Relaxed),
-                    stats.answered.load(Ordering::Relaxed),
+                    stats.flow.sent.load(Ordering::Relaxed),
+                    stats.flow.answered.load(Ordering::Relaxed),
                     stats.rejected.load(Ordering::Relaxed),
                     stats.unexpected.load(Ordering::Relaxed),
                     stats.errors.load(Ordering::Relaxed),
-                    stats.dropped.load(Ordering::Relaxed),
+                    stats.flow.dropped.load(Ordering::Relaxed),
                 );
             }
         })
@@ -542,21 +470,16 @@ async fn run(args: Args) -> Result<FloodReport> {
         for n in 0..total {
             let due = t0 + period.mul_f64(n as f64);
             tokio::time::sleep_until(due).await;
-            if stats.in_flight.load(Ordering::Acquire) >= args.max_in_flight {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !stats.flow.admit(args.max_in_flight) {
                 continue;
             }
-            stats.in_flight.fetch_add(1, Ordering::AcqRel);
-            stats.sent.fetch_add(1, Ordering::Relaxed);
             let (prep, stats) = (prep.clone(), stats.clone());
             tokio::spawn(async move {
                 one(&prep, &stats, n, due.min(Instant::now())).await;
-                stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+                stats.flow.finished();
             });
         }
-        while stats.in_flight.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        stats.flow.drained().await;
     } else {
         let next = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..args.concurrency.max(1))
@@ -565,7 +488,7 @@ async fn run(args: Args) -> Result<FloodReport> {
                 tokio::spawn(async move {
                     while Instant::now() < end {
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        stats.flow.sent.fetch_add(1, Ordering::Relaxed);
                         one(&prep, &stats, n, Instant::now()).await;
                     }
                 })
@@ -588,7 +511,7 @@ async fn run(args: Args) -> Result<FloodReport> {
     let rejected = stats.rejected.load(Ordering::Relaxed);
     Ok(FloodReport {
         report: Report::new(
-            stats.sent.load(Ordering::Relaxed),
+            stats.flow.sent.load(Ordering::Relaxed),
             elapsed,
             by_status,
             &inner.latency_us,
@@ -600,7 +523,7 @@ async fn run(args: Args) -> Result<FloodReport> {
         connections: args.connections,
         duration_s: args.duration.as_secs_f64(),
         elapsed_s: elapsed,
-        dropped: stats.dropped.load(Ordering::Relaxed),
+        dropped: stats.flow.dropped.load(Ordering::Relaxed),
         rejected,
         rejected_rate: rejected as f64 / elapsed,
         unexpected: stats.unexpected.load(Ordering::Relaxed),
@@ -619,14 +542,8 @@ fn main() -> Result<()> {
         bail!("--rate must be a number of requests/s, or 0 for a closed loop");
     }
     let report_path = args.report.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let report = rt
-        .block_on(async { tokio::spawn(run(args)).await })
-        .context("the flood panicked")??;
+    let rt = client_runtime(args.threads, None)?;
+    let report = run_as_task(&rt, "the flood", run(args))??;
     let r = &report.report;
     println!(
         "votes-flood: {} loop, {} over {} connection(s), {:.1}s: sent {} answered {:.0}/s, \

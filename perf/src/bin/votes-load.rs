@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use votes_perf::cli::{RunTarget, write_report};
+use votes_perf::cli::{RunTarget, client_runtime, run_as_task, write_report};
 use votes_perf::client::Protocol;
 use votes_perf::duration::parse_duration;
 use votes_perf::load::{self, Config};
@@ -100,12 +100,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .max_blocking_threads(args.pow_threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = client_runtime(args.threads, Some(args.pow_threads))?;
     let cfg = Config {
         target: args.run.trusted(),
         election: args.run.election,
@@ -130,11 +125,7 @@ fn main() -> Result<()> {
         progress: !args.quiet,
         lookups: args.lookups,
     };
-    // The dispatcher runs on a worker too: from outside the pool every spawn would have to
-    // wake a worker, and --threads would not bound the generator's cores.
-    let report = rt
-        .block_on(async { tokio::spawn(load::run(cfg)).await })
-        .context("the load run panicked")??;
+    let report = run_as_task(&rt, "the load run", load::run(cfg))??;
     println!("{}", report.summary());
     write_report(args.report.as_deref(), &report)
 }

@@ -289,19 +289,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs a server peer (`postgres::run`, `redis_lua::run`) to its end on a fresh runtime, as a
-/// spawned task so it runs on a worker like the lanes it starts; `what` names it in an error.
-fn run_server_peer(
-    what: &'static str,
-    run: impl Future<Output = Result<(ServerReport, Expected), PeerError>> + Send + 'static,
-) -> Result<(ServerReport, Expected)> {
-    runtime()?
-        .block_on(async move { tokio::spawn(run).await })?
-        .context(what)
+/// The runtime of a reference server: `threads` workers (at least one).
+fn reference_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
 }
 
-fn finish_server(r: &ServerReport, a: &VoteArgs, expected: &Expected) -> Result<()> {
-    write_outputs(a.out.as_deref(), r, a.expected.as_deref(), expected)?;
+/// Prints the address a reference server listens on, at once: the script that started it
+/// reads the line to know where to send the load.
+fn announce(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::Write as _;
+    println!("listening on {addr}");
+    std::io::stdout().flush()
+}
+
+/// Runs a server peer (`postgres::run`, `redis_lua::run`) to its end on a fresh runtime, as a
+/// spawned task so it runs on a worker like the lanes it starts, then writes and checks its
+/// report; `what` names it in an error.
+fn run_server_peer(
+    what: &'static str,
+    a: &VoteArgs,
+    run: impl Future<Output = Result<(ServerReport, Expected), PeerError>> + Send + 'static,
+) -> Result<()> {
+    let (r, expected) = runtime()?
+        .block_on(async move { tokio::spawn(run).await })?
+        .context(what)?;
+    write_outputs(a.out.as_deref(), &r, a.expected.as_deref(), &expected)?;
     eprintln!("{}", r.summary());
     if !r.verified {
         bail!(
@@ -366,7 +381,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_secs(a.timeout_s),
             };
             let (report, expected) = floor::run(&cfg).context("kafka floor")?;
-            if report.broker_cpu_s.is_none() {
+            if report.run.broker_cpu_s.is_none() {
                 eprintln!("votes-peer: warning: no broker pid found; broker CPU not counted");
             }
             write_outputs(
@@ -408,9 +423,9 @@ fn main() -> Result<()> {
                 rate: a.votes.rate,
                 server_pid: a.server_pid,
             };
-            let (report, expected) =
-                run_server_peer("postgres peer", async move { postgres::run(&cfg).await })?;
-            finish_server(&report, &a.votes, &expected)?;
+            run_server_peer("postgres peer", &a.votes, async move {
+                postgres::run(&cfg).await
+            })?;
         }
         Cmd::RedisLua(a) => {
             let cfg = RedisConfig {
@@ -421,36 +436,24 @@ fn main() -> Result<()> {
                 rate: a.votes.rate,
                 server_pid: a.server_pid,
             };
-            let (report, expected) =
-                run_server_peer("redis-lua peer", async move { redis_lua::run(&cfg).await })?;
-            finish_server(&report, &a.votes, &expected)?;
+            run_server_peer("redis-lua peer", &a.votes, async move {
+                redis_lua::run(&cfg).await
+            })?;
         }
         Cmd::H3Reference(a) => {
             let (certs, key) = h3_reference::load_pem(&a.cert, &a.key)?;
             let cfg = h3_reference::server_config(certs, key)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(a.threads.max(1))
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
+            reference_runtime(a.threads)?.block_on(async move {
                 let endpoint = h3_reference::bind(a.listen, cfg)?;
-                println!("listening on {}", endpoint.local_addr()?);
-                use std::io::Write as _;
-                std::io::stdout().flush()?;
+                announce(endpoint.local_addr()?)?;
                 tokio::spawn(h3_reference::serve(endpoint)).await?;
                 anyhow::Ok(())
             })?;
         }
         Cmd::H1Reference(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(a.threads.max(1))
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
+            reference_runtime(a.threads)?.block_on(async move {
                 let listener = h1_reference::bind(a.listen).await?;
-                println!("listening on {}", listener.local_addr()?);
-                use std::io::Write as _;
-                std::io::stdout().flush()?;
+                announce(listener.local_addr()?)?;
                 tokio::spawn(h1_reference::serve(listener)).await??;
                 anyhow::Ok(())
             })?;

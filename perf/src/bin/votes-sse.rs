@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use votes_perf::cli::{RunTarget, write_report};
+use votes_perf::cli::{RunTarget, client_runtime, run_as_task, write_report};
 use votes_perf::client::Protocol;
 use votes_perf::duration::parse_duration;
 use votes_perf::subscribe::{self, Config, StreamKind};
@@ -104,11 +104,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = client_runtime(args.threads, None)?;
     let cfg = Config {
         target: args.run.trusted(),
         election: args.run.election,
@@ -131,9 +127,7 @@ fn main() -> Result<()> {
         vote_timeout: args.vote_timeout,
         progress: !args.quiet,
     };
-    let report = rt
-        .block_on(async { tokio::spawn(subscribe::run(cfg)).await })
-        .context("the subscriber run panicked")??;
+    let report = run_as_task(&rt, "the subscriber run", subscribe::run(cfg))??;
     println!("{}", report.summary());
     write_report(args.report.as_deref(), &report)?;
     // The subscriber tasks were aborted; do not wait for their sockets to close one by one.

@@ -29,7 +29,7 @@ use votes_tally::engine::{
 use votes_tally::membership::{Member, MemberConfig, OwnershipEvent};
 use votes_tally::shard::{Answer, Shard, Vote};
 
-use super::{Pace, PeerError, VoteSpec, Votes, check_rate, cpu_figures, record};
+use super::{BrokerRun, Pace, PeerError, VoteSpec, Votes, check_rate, record};
 use crate::cpu;
 use crate::report::LatencyMs;
 
@@ -55,15 +55,8 @@ pub struct CommitTierConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommitTierReport {
-    pub peer: String,
-    pub votes: u64,
-    pub wall_s: f64,
-    pub votes_per_s: f64,
-    pub client_cpu_s: f64,
-    pub broker_cpu_s: Option<f64>,
-    pub cpu_s: f64,
-    pub votes_per_cpu_s: f64,
-    pub cpu_us_per_vote: f64,
+    #[serde(flatten)]
+    pub run: BrokerRun,
     /// Each vote from its intended (open loop) or submission (closed loop) time to its answer.
     pub latency_ms: LatencyMs,
     /// One transaction, from the committer's start to its outcome.
@@ -88,19 +81,12 @@ impl CommitTierReport {
     pub fn summary(&self) -> String {
         format!(
             "commit-tier: {} votes in {:.2}s = {:.0} votes/s, {} cores over {} partitions; {}; {} transactions, {:.1} votes each, commit p50 {:.2} p99 {:.2} ms; ack p50 {:.2} p99 {:.2} max {:.2} ms; {}",
-            self.votes,
-            self.wall_s,
-            self.votes_per_s,
+            self.run.votes,
+            self.run.wall_s,
+            self.run.votes_per_s,
             self.cores,
             self.partitions,
-            super::cpu_summary(
-                "broker",
-                self.cpu_s,
-                self.client_cpu_s,
-                self.broker_cpu_s,
-                self.cpu_us_per_vote,
-                self.votes_per_cpu_s,
-            ),
+            self.run.cpu_summary(),
             self.transactions,
             self.votes_per_transaction,
             self.commit_ms.p50,
@@ -274,7 +260,6 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
     let client = c1 - c0;
     let broker = (!broker_pids.is_empty()).then_some(b1 - b0);
     let n = votes.seq.len() as u64;
-    let (cpu_s, votes_per_cpu_s, cpu_us_per_vote) = cpu_figures(n, client, broker);
     let mut latency = super::latency_histogram();
     let mut commit = super::latency_histogram();
     let mut found: BTreeMap<String, u64> = BTreeMap::new();
@@ -297,15 +282,7 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
     }
     let tally_diff = super::tally_diff(&expected.tallies, &found);
     Ok(CommitTierReport {
-        peer: "commit-tier".into(),
-        votes: n,
-        wall_s: wall,
-        votes_per_s: n as f64 / wall,
-        client_cpu_s: client,
-        broker_cpu_s: broker,
-        cpu_s,
-        votes_per_cpu_s,
-        cpu_us_per_vote,
+        run: BrokerRun::measured("commit-tier", n, wall, client, broker),
         latency_ms: LatencyMs::of(&latency),
         commit_ms: LatencyMs::of(&commit),
         transactions: txns,

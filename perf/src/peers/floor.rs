@@ -19,7 +19,7 @@ use votes_core::record::VoteRecord;
 use votes_core::{ElectionId, OptionId, VoterId};
 use votes_tally::kafka::{base_config, transactional_producer_config};
 
-use super::{Expected, Pace, PeerError, VoteSpec, Votes, check_rate, record};
+use super::{BrokerRun, Expected, Pace, PeerError, VoteSpec, Votes, check_rate, record};
 use crate::cpu;
 use crate::mix::Rng;
 use crate::report::LatencyMs;
@@ -49,16 +49,8 @@ pub struct CommitMs {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FloorReport {
-    pub peer: String,
-    pub votes: u64,
-    pub wall_s: f64,
-    pub votes_per_s: f64,
-    pub client_cpu_s: f64,
-    /// `None` when no broker pid is known (a remote cluster).
-    pub broker_cpu_s: Option<f64>,
-    pub cpu_s: f64,
-    pub votes_per_cpu_s: f64,
-    pub cpu_us_per_vote: f64,
+    #[serde(flatten)]
+    pub run: BrokerRun,
     /// One transaction, from `begin_transaction` to `commit_transaction`'s return.
     pub commit_ms: CommitMs,
     /// With `--rate` only: each vote from its intended time to its transaction's commit.
@@ -80,19 +72,12 @@ impl FloorReport {
     pub fn summary(&self) -> String {
         format!(
             "kafka-floor: {} votes in {:.2}s = {:.0} votes/s over {} partitions, batch {}; {}; commit p50 {:.2} p99 {:.2} ms{}",
-            self.votes,
-            self.wall_s,
-            self.votes_per_s,
+            self.run.votes,
+            self.run.wall_s,
+            self.run.votes_per_s,
             self.partitions,
             self.batch,
-            super::cpu_summary(
-                "broker",
-                self.cpu_s,
-                self.client_cpu_s,
-                self.broker_cpu_s,
-                self.cpu_us_per_vote,
-                self.votes_per_cpu_s,
-            ),
+            self.run.cpu_summary(),
             self.commit_ms.p50,
             self.commit_ms.p99,
             self.latency_ms.as_ref().map_or(String::new(), |l| format!(
@@ -495,18 +480,9 @@ pub fn run(cfg: &FloorConfig) -> Result<(FloorReport, Expected), PeerError> {
     let n = cfg.spec.votes;
     let client_cpu = c1 - c0;
     let broker = b0.zip(b1).map(|(a, b)| b - a);
-    let (cpu_s, per_cpu, us_per_vote) = super::cpu_figures(n, client_cpu, broker);
     let ms = |q: f64| commit_us.value_at_quantile(q) as f64 / 1000.0;
     let report = FloorReport {
-        peer: "kafka-floor".into(),
-        votes: n,
-        wall_s: wall,
-        votes_per_s: n as f64 / wall,
-        client_cpu_s: client_cpu,
-        broker_cpu_s: broker,
-        cpu_s,
-        votes_per_cpu_s: per_cpu,
-        cpu_us_per_vote: us_per_vote,
+        run: BrokerRun::measured("kafka-floor", n, wall, client_cpu, broker),
         commit_ms: CommitMs {
             p50: ms(0.5),
             p99: ms(0.99),

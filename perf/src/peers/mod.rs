@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::mix::Rng;
-use crate::report::{LATENCY_MAX_US, LatencyMs};
+use crate::report::LatencyMs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -249,8 +249,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+    crate::report::record_latency(h, d)
 }
 
 /// Tallies that differ from the expected ones: option → (expected, found).
@@ -268,6 +267,60 @@ pub fn tally_diff(
             (e != f).then(|| (k.clone(), (e, f)))
         })
         .collect()
+}
+
+/// What a run of a peer that writes to the Kafka broker itself (the floor, the commit tier)
+/// did and cost: the leading figures of their reports, flattened into them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerRun {
+    pub peer: String,
+    pub votes: u64,
+    pub wall_s: f64,
+    pub votes_per_s: f64,
+    pub client_cpu_s: f64,
+    /// `None` when no broker pid is known (a remote cluster).
+    pub broker_cpu_s: Option<f64>,
+    pub cpu_s: f64,
+    pub votes_per_cpu_s: f64,
+    pub cpu_us_per_vote: f64,
+}
+
+impl BrokerRun {
+    /// The figures of `votes` votes in `wall_s` seconds, the derived ones (rates, CPU per vote)
+    /// computed here.
+    pub(crate) fn measured(
+        peer: &str,
+        votes: u64,
+        wall_s: f64,
+        client_cpu_s: f64,
+        broker_cpu_s: Option<f64>,
+    ) -> Self {
+        let (cpu_s, votes_per_cpu_s, cpu_us_per_vote) =
+            cpu_figures(votes, client_cpu_s, broker_cpu_s);
+        BrokerRun {
+            peer: peer.into(),
+            votes,
+            wall_s,
+            votes_per_s: votes as f64 / wall_s,
+            client_cpu_s,
+            broker_cpu_s,
+            cpu_s,
+            votes_per_cpu_s,
+            cpu_us_per_vote,
+        }
+    }
+
+    /// The CPU part of the one-line summary ([`cpu_summary`]).
+    pub fn cpu_summary(&self) -> String {
+        cpu_summary(
+            "broker",
+            self.cpu_s,
+            self.client_cpu_s,
+            self.broker_cpu_s,
+            self.cpu_us_per_vote,
+            self.votes_per_cpu_s,
+        )
+    }
 }
 
 /// The report of a peer that answers each vote (PostgreSQL, Redis).
