@@ -122,7 +122,7 @@ fn render(stats: &PersistStats) -> String {
         ),
         (
             "votes_persist_retries_total",
-            "DynamoDB write retries (throttling, cancelled transactions).",
+            "DynamoDB call retries (throttling, transient failures, batch items or keys left unprocessed).",
             &stats.retries,
         ),
         (
