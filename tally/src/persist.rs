@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -515,12 +516,12 @@ async fn held_offsets(
     }
 }
 
-/// One BatchGetItem of at most [`BATCH_GET_MAX`] keys, its unprocessed keys asked again
-/// (with backoff) until every key is answered.
+/// One BatchGetItem of at most [`BATCH_GET_MAX`] keys: the offsets held by the keys that
+/// have an item.
 async fn read_chunk(
     dynamo: &Client,
     table: &str,
-    mut keys: Vec<HashMap<String, AttributeValue>>,
+    keys: Vec<HashMap<String, AttributeValue>>,
     stats: &PersistStats,
 ) -> Result<Vec<(ItemKey, u64)>, PersistError> {
     use aws_sdk_dynamodb::types::KeysAndAttributes;
@@ -528,62 +529,37 @@ async fn read_chunk(
         keys.len() <= BATCH_GET_MAX,
         "a read asks at most {BATCH_GET_MAX} keys"
     );
-    let mut found = Vec::with_capacity(keys.len());
-    let mut backoff = Backoff::default();
-    while !keys.is_empty() {
+    until_processed(keys, stats, |keys| async move {
         let ask = KeysAndAttributes::builder()
-            .set_keys(Some(keys.clone()))
+            .set_keys(Some(keys))
             .consistent_read(true)
             .projection_expression("pk, sk, #offset")
             .expression_attribute_names("#offset", "offset")
             .build()
-            .map_err(|e| PersistError::Dynamo(e.to_string()))?;
-        match dynamo
+            .expect("keys are set");
+        let out = dynamo
             .batch_get_item()
             .request_items(table, ask)
             .send()
-            .await
-        {
-            Ok(out) => {
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(table))
-                    .into_iter()
-                    .flatten()
-                {
-                    if let (Some(key), Some(offset)) = (key_of(item), offset_of(item)) {
-                        found.push((key, offset));
-                    }
-                }
-                let left = out
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(table))
-                    .map(|k| k.keys().to_vec())
-                    .unwrap_or_default();
-                assert!(left.len() <= keys.len(), "unprocessed keys are keys asked");
-                if !left.is_empty() {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    backoff.wait().await;
-                }
-                keys = left;
-            }
-            Err(e) if retriable(&e) => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                backoff.wait().await;
-            }
-            Err(e) => {
-                return Err(PersistError::Dynamo(
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
-                ));
-            }
-        }
-    }
-    Ok(found)
+            .await?;
+        let found = out
+            .responses()
+            .and_then(|r| r.get(table))
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some((key_of(item)?, offset_of(item)?)))
+            .collect();
+        let left = out
+            .unprocessed_keys()
+            .and_then(|u| u.get(table))
+            .map(|k| k.keys().to_vec())
+            .unwrap_or_default();
+        Ok((found, left))
+    })
+    .await
 }
 
-/// One BatchWriteItem of at most [`BATCH_WRITE_MAX`] puts, its unprocessed items sent again
-/// (with backoff: the persister never gives up on a throttled table, its offsets wait for
-/// the items) until every item is written.
+/// One BatchWriteItem of at most [`BATCH_WRITE_MAX`] puts.
 async fn write_chunk(
     dynamo: &Client,
     table: &str,
@@ -595,39 +571,64 @@ async fn write_chunk(
         items.len() <= BATCH_WRITE_MAX,
         "a chunk holds at most {BATCH_WRITE_MAX} items"
     );
-    let mut requests = items
+    let requests = items
         .into_iter()
         .map(|item| {
             let put = PutRequest::builder()
                 .set_item(Some(item))
                 .build()
-                .map_err(|e| PersistError::Dynamo(e.to_string()))?;
-            Ok(WriteRequest::builder().put_request(put).build())
+                .expect("the item is set");
+            WriteRequest::builder().put_request(put).build()
         })
-        .collect::<Result<Vec<_>, PersistError>>()?;
-    let mut backoff = Backoff::default();
-    while !requests.is_empty() {
-        match dynamo
+        .collect();
+    // A write finds nothing: only what is left matters.
+    let _: Vec<()> = until_processed(requests, stats, |requests| async move {
+        let out = dynamo
             .batch_write_item()
-            .request_items(table, requests.clone())
+            .request_items(table, requests)
             .send()
-            .await
-        {
-            Ok(out) => {
-                let left = out
-                    .unprocessed_items()
-                    .and_then(|u| u.get(table))
-                    .cloned()
-                    .unwrap_or_default();
+            .await?;
+        let left = out
+            .unprocessed_items()
+            .and_then(|u| u.get(table))
+            .cloned()
+            .unwrap_or_default();
+        Ok((Vec::new(), left))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Sends `pending` through `send` (one batch call: what it found, and what DynamoDB left
+/// unprocessed) until nothing is left, with backoff after a throttle, a transient failure or a
+/// partial answer: the persister never gives up on a throttled table, its offsets wait for the
+/// items. Any other error ends it.
+async fn until_processed<T, O, E, R, Fut>(
+    mut pending: Vec<T>,
+    stats: &PersistStats,
+    mut send: impl FnMut(Vec<T>) -> Fut,
+) -> Result<Vec<O>, PersistError>
+where
+    T: Clone,
+    Fut: std::future::Future<Output = Result<(Vec<O>, Vec<T>), SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut out = Vec::new();
+    let mut backoff = Backoff::default();
+    while !pending.is_empty() {
+        match send(pending.clone()).await {
+            Ok((found, left)) => {
                 assert!(
-                    left.len() <= requests.len(),
-                    "unprocessed items are items sent"
+                    left.len() <= pending.len(),
+                    "what is left unprocessed was sent"
                 );
+                out.extend(found);
                 if !left.is_empty() {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     backoff.wait().await;
                 }
-                requests = left;
+                pending = left;
             }
             Err(e) if retriable(&e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -640,7 +641,7 @@ async fn write_chunk(
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
