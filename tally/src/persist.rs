@@ -179,6 +179,7 @@ async fn persist_rounds(
 ) -> Result<Ended, PersistError> {
     let topic = cfg.names.votes_topic();
     let table = cfg.names.votes_table();
+    let topic_partitions = u32::try_from(partitions).expect("a topic's partitions fit u32");
     let mut at_end: HashMap<u32, bool> = HashMap::new();
     let mut last_lag = Instant::now();
     loop {
@@ -196,7 +197,7 @@ async fn persist_rounds(
                 continue;
             }
         };
-        let round = gather_round(consumer, first, cfg, stats, &mut at_end).await;
+        let round = gather_round(consumer, first, cfg, stats, &mut at_end, topic_partitions).await;
         // Offsets to commit: one past the last record of each partition in the round.
         let mut commit: BTreeMap<u32, u64> = BTreeMap::new();
         for (p, o, _) in &round.items {
@@ -274,6 +275,7 @@ async fn gather_round(
     cfg: &PersistConfig,
     stats: &PersistStats,
     at_end: &mut HashMap<u32, bool>,
+    partitions: u32,
 ) -> Round {
     let mut round = Round {
         items: Vec::new(),
@@ -288,6 +290,17 @@ async fn gather_round(
                 at_end.insert(p, false);
                 match m.payload().map(LogRecord::decode) {
                     Some(Ok(LogRecord::Vote(record))) => {
+                        if partitions > 0 && votes_core::partition_of(record.voter, partitions) != p
+                        {
+                            // write_all's first-vote-wins rests on a voter's records sharing a
+                            // partition: the recount's counts will disagree over this one.
+                            tracing::error!(
+                                partition = p,
+                                offset = o,
+                                voter = record.voter.0,
+                                "a vote record outside its voter's partition"
+                            );
+                        }
                         round
                             .items
                             .push((p, o, vote_item(&cfg.audit_key, &record, p, o)))
@@ -427,13 +440,15 @@ fn offset_of(item: &HashMap<String, AttributeValue>) -> Option<u64> {
 /// Why a consistent read then unconditional batch writes, not one conditional put per item:
 /// the per-call cost of the SDK (signing, serialising, an HTTP exchange) was most of the
 /// persister's CPU at one item per call, and BatchWriteItem takes 25 items without
-/// conditions. The read decides as the condition did because of how the log is written: a
-/// voter's records all live in one partition, each partition is persisted in offset order by
-/// one member at a time, and a round starts only once every earlier record is durable (written
-/// by this member in an earlier round, or below the committed offset it started from). So
-/// when any persister reads the key of a voter's later record, the item of the voter's first
-/// record is already there to be found. A zombie member still writing a round its successor
-/// writes too writes the same items: an item is a function of its record.
+/// conditions. The read decides as the condition did because of how the log is written and
+/// read: a voter's records all live in one partition (`partition_of`; `gather_round` logs any
+/// record that breaks it); every writer of a partition (its member, a zombie still finishing a
+/// round, a fenced member's successor) goes through it in offset order from a durable prefix
+/// (the committed offset it started from, each round written before the next starts, offsets
+/// committed only below what is written); and nothing deletes a vote item. So when any writer
+/// reads the key of a voter's later record, the item of the voter's first record is already
+/// there to be found, and the only item ever written to a key is that first record's (an item
+/// is a function of its record).
 pub async fn write_all(
     dynamo: &Client,
     table: &str,
@@ -443,12 +458,24 @@ pub async fn write_all(
 ) -> Result<(), PersistError> {
     assert!(concurrency > 0, "at least one call in flight");
     let total = items.len() as u64;
-    let held = held_offsets(dynamo, table, &items, concurrency, stats).await?;
-    let mut writes = Vec::with_capacity(items.len());
-    let mut keys = std::collections::HashSet::with_capacity(items.len());
-    for item in items {
-        let key = key_of(&item).expect("a vote item has its key (vote_item)");
-        let offset = offset_of(&item).expect("a vote item has its offset (vote_item)");
+    let keyed: Vec<(ItemKey, u64, HashMap<String, AttributeValue>)> = items
+        .into_iter()
+        .map(|item| {
+            let key = key_of(&item).expect("a vote item has its key (vote_item)");
+            let offset = offset_of(&item).expect("a vote item has its offset (vote_item)");
+            (key, offset, item)
+        })
+        .collect();
+    // Two items of one voter in a round would race in the batch writes: the caller keeps the
+    // first (dedup_first).
+    let mut keys = std::collections::HashSet::with_capacity(keyed.len());
+    assert!(
+        keyed.iter().all(|(key, _, _)| keys.insert(key)),
+        "one item per voter in a round"
+    );
+    let held = held_offsets(dynamo, table, &keyed, concurrency, stats).await?;
+    let mut writes = Vec::with_capacity(keyed.len());
+    for (key, offset, item) in keyed {
         match held.get(&key) {
             // An item of the same record (a rewrite) or of an earlier one: it stays.
             Some(&at) if at <= offset => {
@@ -456,9 +483,6 @@ pub async fn write_all(
             }
             _ => writes.push(item),
         }
-        // Two items of one voter in a round would race in the batch writes: the caller keeps
-        // the first (dedup_first).
-        assert!(keys.insert(key), "one item per voter in a round");
     }
     let mut calls = tokio::task::JoinSet::new();
     let mut chunks = writes.chunks(BATCH_WRITE_MAX).map(<[_]>::to_vec);
@@ -484,7 +508,7 @@ pub async fn write_all(
 async fn held_offsets(
     dynamo: &Client,
     table: &str,
-    items: &[HashMap<String, AttributeValue>],
+    items: &[(ItemKey, u64, HashMap<String, AttributeValue>)],
     concurrency: usize,
     stats: &Arc<PersistStats>,
 ) -> Result<HashMap<ItemKey, u64>, PersistError> {
@@ -493,7 +517,7 @@ async fn held_offsets(
     let mut chunks = items.chunks(BATCH_GET_MAX).map(|chunk| {
         chunk
             .iter()
-            .map(|item| {
+            .map(|(_, _, item)| {
                 HashMap::from([
                     ("pk".to_owned(), item["pk"].clone()),
                     ("sk".to_owned(), item["sk"].clone()),
