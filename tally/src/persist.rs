@@ -485,10 +485,11 @@ pub async fn write_all(
         }
     }
     let mut calls = tokio::task::JoinSet::new();
-    let mut chunks = writes.chunks(BATCH_WRITE_MAX).map(<[_]>::to_vec);
+    // Items move into their chunk: a copy of each item map per round would be pure waste.
+    let mut writes = writes.into_iter().peekable();
     loop {
-        while calls.len() < concurrency {
-            let Some(chunk) = chunks.next() else { break };
+        while calls.len() < concurrency && writes.peek().is_some() {
+            let chunk: Vec<_> = writes.by_ref().take(BATCH_WRITE_MAX).collect();
             let (dynamo, table, stats) = (dynamo.clone(), table.to_owned(), stats.clone());
             calls.spawn(async move { write_chunk(&dynamo, &table, chunk, &stats).await });
         }
