@@ -9,10 +9,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Response;
 use votes_net::{
-    App, BoxBody, CoreContext, ListenerKind, ListenerSpec, LocalBoxFuture, Mesh, ReactorConfig,
-    ReplyTx, reply_channel, start_reactors,
+    App, AppRequest, AppResponse, BoxBody, CoreContext, ListenerKind, ListenerSpec, Mesh,
+    ReactorConfig, ReplyTx, reply_channel, start_reactors,
 };
 
 struct Bench {
@@ -20,12 +20,7 @@ struct Bench {
 }
 
 impl App for Bench {
-    fn handle(
-        &self,
-        _: ListenerKind,
-        _: SocketAddr,
-        req: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, _: ListenerKind, _: SocketAddr, req: AppRequest) -> AppResponse {
         if let Some(n) = req
             .uri()
             .path()

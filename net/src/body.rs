@@ -11,6 +11,9 @@ use http_body_util::BodyExt;
 /// Error type of response bodies (what hyper wants).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What polling one of this crate's bodies gives: its next frame, an error, or its end.
+pub(crate) type FramePoll = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
 /// A request's body as the app sees it: hyper's stream (HTTP/1.1, h2), or the bytes the HTTP/3
 /// layer already read (it reads a bounded body before handing the request over). Either way
 /// the app reads it with [`read_body_limited`].
@@ -23,10 +26,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         match self.get_mut() {
             RequestBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Read(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -123,10 +123,7 @@ impl Body for BoxBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         match &mut self.get_mut().kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Dyn(body) => body.as_mut().poll_frame(cx),

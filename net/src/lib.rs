@@ -32,8 +32,8 @@ pub use body::{BodyLimitError, BoxBody, BoxError, RequestBody, read_body_limited
 pub use error::{NetError, TlsFileKind, TlsFileProblem};
 pub use error_body::error_body;
 pub use httpd::{
-    Alpn, App, ConnInfo, HttpLimits, HttpStats, ListenerKind, ListenerSpec, LocalBoxFuture,
-    detached_stream,
+    Alpn, App, AppRequest, AppResponse, ConnInfo, HttpLimits, HttpStats, ListenerKind,
+    ListenerSpec, LocalBoxFuture, detached_stream,
 };
 pub use mesh::{Inbox, Mesh, ReplyDropped, ReplyRx, ReplyTx, SendError, reply_channel};
 pub use ports::loopback_listener_port;

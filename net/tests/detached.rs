@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{h1_over, h2_over, one_at_a_time, serve_public};
 use votes_net::{
-    App, BoxBody, CoreContext, ListenerKind, LocalBoxFuture, ReactorConfig, Reactors,
+    App, AppRequest, AppResponse, BoxBody, CoreContext, ListenerKind, ReactorConfig, Reactors,
     detached_stream,
 };
 
@@ -27,12 +27,7 @@ struct StreamApp {
 }
 
 impl App for StreamApp {
-    fn handle(
-        &self,
-        _: ListenerKind,
-        _: SocketAddr,
-        req: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, _: ListenerKind, _: SocketAddr, req: AppRequest) -> AppResponse {
         let stats = self.stats.clone();
         Box::pin(async move {
             match req.uri().path() {

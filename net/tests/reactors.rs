@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{client_runtime, h1_over, h2_over, one_at_a_time, read, two_cpus, wait_closed};
 use votes_net::{
-    App, Blocking, BoxBody, CoreContext, HttpLimits, ListenerKind, ListenerSpec, LocalBoxFuture,
-    Mesh, ReactorConfig, Reactors, ReplyTx, SendError, read_body_limited, reply_channel,
-    start_reactors,
+    App, AppRequest, AppResponse, Blocking, BoxBody, CoreContext, HttpLimits, ListenerKind,
+    ListenerSpec, Mesh, ReactorConfig, Reactors, ReplyTx, SendError, read_body_limited,
+    reply_channel, start_reactors,
 };
 
 enum Msg {
@@ -40,12 +40,7 @@ fn text(status: StatusCode, s: String) -> Response<BoxBody> {
 }
 
 impl App for TestApp {
-    fn handle(
-        &self,
-        kind: ListenerKind,
-        _peer: SocketAddr,
-        req: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, kind: ListenerKind, _peer: SocketAddr, req: AppRequest) -> AppResponse {
         let core = self.core;
         let mesh = self.mesh.clone();
         let blocking = self.blocking.clone();
@@ -520,12 +515,7 @@ fn app_with_rc_state_and_a_panicking_handler() {
     // A !Send app (Rc state) is fine, and a panic in a handler becomes a 503, not a dead core.
     struct Panicky(Rc<()>);
     impl App for Panicky {
-        fn handle(
-            &self,
-            _: ListenerKind,
-            _: SocketAddr,
-            req: Request<votes_net::RequestBody>,
-        ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+        fn handle(&self, _: ListenerKind, _: SocketAddr, req: AppRequest) -> AppResponse {
             let _keep = self.0.clone();
             Box::pin(async move {
                 if req.uri().path() == "/panic" {
@@ -598,12 +588,7 @@ fn start_up_errors_are_typed() {
 
 struct Panicky2;
 impl App for Panicky2 {
-    fn handle(
-        &self,
-        _: ListenerKind,
-        _: SocketAddr,
-        _: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, _: ListenerKind, _: SocketAddr, _: AppRequest) -> AppResponse {
         Box::pin(async { Response::new(BoxBody::empty()) })
     }
 }

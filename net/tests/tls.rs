@@ -21,9 +21,9 @@ use votes_net::rustls::pki_types::{CertificateDer, ServerName};
 use common::temp_dir::TempDir;
 use common::{client_runtime, h1_over, h2_over, one_at_a_time, read, two_cpus, wait_closed};
 use votes_net::{
-    App, BoxBody, ConnInfo, CoreContext, HttpLimits, HttpStats, ListenerKind, ListenerSpec,
-    LocalBoxFuture, NetError, ReactorConfig, Reactors, TlsFileKind, TlsFileProblem, rustls,
-    self_signed_dev_cert, start_reactors, tls_server_config,
+    App, AppRequest, AppResponse, BoxBody, ConnInfo, CoreContext, HttpLimits, HttpStats,
+    ListenerKind, ListenerSpec, NetError, ReactorConfig, Reactors, TlsFileKind, TlsFileProblem,
+    rustls, self_signed_dev_cert, start_reactors, tls_server_config,
 };
 
 /// Each core's HTTP counters, copied out by a task on that core (the live handle is `!Send`).
@@ -32,12 +32,7 @@ type Published = Arc<Mutex<Vec<HttpStats>>>;
 struct InfoApp;
 
 impl App for InfoApp {
-    fn handle(
-        &self,
-        kind: ListenerKind,
-        _peer: SocketAddr,
-        req: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, kind: ListenerKind, _peer: SocketAddr, req: AppRequest) -> AppResponse {
         let body = match req.extensions().get::<ConnInfo>() {
             Some(i) => format!(
                 "tls={} alpn={:?} conn={:?} req={:?} kind={kind:?}",

@@ -17,7 +17,7 @@ use votes_core::ws::{Opcode, encode, encode_masked};
 
 use common::{one_at_a_time, serve_public};
 use votes_net::{
-    App, BoxBody, CoreContext, ListenerKind, LocalBoxFuture, ReactorConfig, Reactors, ws,
+    App, AppRequest, AppResponse, BoxBody, CoreContext, ListenerKind, ReactorConfig, Reactors, ws,
 };
 
 /// A ping unanswered by the next heartbeat ends a session: a whole second leaves a busy
@@ -27,12 +27,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 struct WsApp;
 
 impl App for WsApp {
-    fn handle(
-        &self,
-        _: ListenerKind,
-        _: SocketAddr,
-        req: Request<votes_net::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, _: ListenerKind, _: SocketAddr, req: AppRequest) -> AppResponse {
         let tunnel = req.method() == http::Method::CONNECT
             && ws::connect_protocol(&req) == Some("websocket");
         Box::pin(async move {

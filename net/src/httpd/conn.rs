@@ -16,7 +16,7 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1::Parts;
 
@@ -24,8 +24,8 @@ use super::detached::DetachedResponse;
 use super::io::{Io, StartError, Started, read_proxy_header, start};
 use super::per_core::{CoreHttp, InFlight, LocalExec, SourceSlot};
 use super::watchdog::{ConnState, Expiry, Proto};
-use super::{App, ConnInfo, ListenerKind, LocalBoxFuture};
-use crate::body::{BoxBody, BoxError};
+use super::{App, AppResponse, ConnInfo, ListenerKind};
+use crate::body::{BoxBody, BoxError, FramePoll};
 
 /// The response body as hyper sees it: the app's body plus the in-flight guard, released when
 /// hyper drops the body (after the last byte, or on abort).
@@ -38,10 +38,7 @@ impl Body for TrackedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
@@ -125,7 +122,7 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for Svc<A> {
 }
 
 struct SvcFuture {
-    inner: Option<LocalBoxFuture<'static, Response<BoxBody>>>,
+    inner: Option<AppResponse>,
     guard: Option<InFlight>,
     alt_svc: Option<http::HeaderValue>,
     can_upgrade: bool,

@@ -30,6 +30,12 @@ use crate::body::BoxBody;
 /// A boxed future that stays on its core.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
+/// A request as an [`App`] receives it, its body not yet read.
+pub type AppRequest = Request<crate::RequestBody>;
+
+/// An [`App`]'s answer to one request: a future run on the core that accepted the connection.
+pub type AppResponse = LocalBoxFuture<'static, Response<BoxBody>>;
+
 /// Which API a listener serves (docs/design.md §4.2 public, §4.3 admin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
@@ -261,12 +267,7 @@ impl HttpLimits {
 pub trait App: 'static {
     /// Answers one request. Reading the body (with [`crate::read_body_limited`]) is up to the
     /// app. A panic in the returned future is caught and answered with 503.
-    fn handle(
-        &self,
-        kind: ListenerKind,
-        peer: SocketAddr,
-        req: Request<crate::RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>>;
+    fn handle(&self, kind: ListenerKind, peer: SocketAddr, req: AppRequest) -> AppResponse;
 
     /// Called once per core after its HTTP connections drained on shutdown, before the reactor
     /// stops (e.g. to abort open batches). Bounded by the shutdown grace.

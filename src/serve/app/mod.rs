@@ -24,8 +24,8 @@ use votes_core::{
 use votes_net::http::{Method, Request, Response};
 
 use votes_net::{
-    App, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh, RequestBody, SendError,
-    read_body_limited, reply_channel,
+    App, AppRequest, AppResponse, BodyLimitError, BoxBody, ListenerKind, LocalBoxFuture, Mesh,
+    RequestBody, SendError, read_body_limited, reply_channel,
 };
 use votes_tally::elections_log::{ElectionsView, ElectionsWriter, UpdateError};
 
@@ -140,12 +140,7 @@ pub struct CoreApp {
 pub struct AppHandle(pub Rc<CoreApp>);
 
 impl App for AppHandle {
-    fn handle(
-        &self,
-        kind: ListenerKind,
-        peer: SocketAddr,
-        req: Request<RequestBody>,
-    ) -> LocalBoxFuture<'static, Response<BoxBody>> {
+    fn handle(&self, kind: ListenerKind, peer: SocketAddr, req: AppRequest) -> AppResponse {
         let app = self.0.clone();
         Box::pin(async move {
             // The handlers consume the app's `Rc`; the counters outlive them.
