@@ -79,6 +79,52 @@ trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 type LinkStream = Box<dyn Duplex>;
 
+/// The frames arriving on one link: the bytes read from it and not yet decoded, at most one
+/// read chunk beyond a whole frame.
+struct FrameReader {
+    reader: futures_lite::io::ReadHalf<LinkStream>,
+    buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    at: usize,
+    chunk: Vec<u8>,
+}
+
+impl FrameReader {
+    /// `early` holds what was read from the link before its frames were (with the handshake).
+    fn new(reader: futures_lite::io::ReadHalf<LinkStream>, early: Vec<u8>) -> Self {
+        let mut buf = Vec::with_capacity(16 << 10);
+        buf.extend_from_slice(&early);
+        Self {
+            reader,
+            buf,
+            at: 0,
+            chunk: vec![0u8; 16 << 10],
+        }
+    }
+
+    /// The next whole frame among the bytes read; `None` when more must be read first.
+    fn next(&mut self, codec: &RefCell<Codec>) -> Result<Option<Frame>, ForwardError> {
+        let decoded = codec.borrow_mut().decode(&self.buf[self.at..])?;
+        Ok(decoded.map(|(frame, used)| {
+            self.at += used;
+            frame
+        }))
+    }
+
+    /// Reads more of the link; `false` once it is closed or broken.
+    async fn fill(&mut self) -> bool {
+        self.buf.drain(..self.at);
+        self.at = 0;
+        match self.reader.read(&mut self.chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&self.chunk[..n]);
+                true
+            }
+        }
+    }
+}
+
 /// Limits of the forwarding links.
 #[derive(Clone, Debug)]
 pub struct ForwardLimits {
@@ -434,38 +480,31 @@ async fn read_answers(
     fwd: &Forwarder,
     link: &Link,
     codec: &RefCell<Codec>,
-    mut reader: futures_lite::io::ReadHalf<LinkStream>,
+    reader: futures_lite::io::ReadHalf<LinkStream>,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut chunk = vec![0u8; 16 << 10];
+    let mut frames = FrameReader::new(reader, Vec::new());
     loop {
-        let mut at = 0;
-        loop {
-            let decoded = codec.borrow_mut().decode(&buf[at..]);
-            match decoded {
-                Ok(Some((Frame::Answer(answer), used))) => {
-                    at += used;
-                    if !deliver_answer(fwd, link, answer) {
-                        return;
-                    }
-                }
-                Ok(Some((other, _))) => {
-                    bump(&fwd.stats.refused_frames);
-                    tracing::warn!(peer = %link.addr, frame = ?std::mem::discriminant(&other), "forwarding link: the owner sent a frame only a client sends");
-                    return;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    bump(&fwd.stats.refused_frames);
-                    tracing::warn!(peer = %link.addr, error = %e, "forwarding link: refused an answer frame");
+        match frames.next(codec) {
+            Ok(Some(Frame::Answer(answer))) => {
+                if !deliver_answer(fwd, link, answer) {
                     return;
                 }
             }
-        }
-        buf.drain(..at);
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Some(other)) => {
+                bump(&fwd.stats.refused_frames);
+                tracing::warn!(peer = %link.addr, frame = ?std::mem::discriminant(&other), "forwarding link: the owner sent a frame only a client sends");
+                return;
+            }
+            Ok(None) => {
+                if !frames.fill().await {
+                    return;
+                }
+            }
+            Err(e) => {
+                bump(&fwd.stats.refused_frames);
+                tracing::warn!(peer = %link.addr, error = %e, "forwarding link: refused an answer frame");
+                return;
+            }
         }
     }
 }
@@ -875,63 +914,55 @@ async fn read_votes(
     ctx: &Accepting,
     peer: Option<std::net::SocketAddr>,
     codec: &RefCell<Codec>,
-    mut reader: futures_lite::io::ReadHalf<LinkStream>,
+    reader: futures_lite::io::ReadHalf<LinkStream>,
     early: Vec<u8>,
     answers: &Rc<AnswerQueue>,
 ) {
     let in_flight = Rc::new(Cell::new(0usize));
-    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-    buf.extend_from_slice(&early);
-    let mut chunk = vec![0u8; 16 << 10];
+    let mut frames = FrameReader::new(reader, early);
     loop {
-        let mut at = 0;
-        loop {
-            let decoded = codec.borrow_mut().decode(&buf[at..]);
-            match decoded {
-                Ok(Some((Frame::Vote(vote), used))) => {
-                    at += used;
-                    bump(&ctx.stats.received);
-                    let id = vote.id;
-                    if in_flight.get() >= ctx.limits.max_in_flight {
-                        answers.push(ForwardAnswer {
-                            id,
-                            outcome: VoteOutcome::Rejected(ErrorCode::Unavailable),
-                        });
-                        continue;
-                    }
-                    in_flight.set(in_flight.get() + 1);
-                    let verdict = ctx.handler.vote(vote);
-                    let (answers, in_flight) = (answers.clone(), in_flight.clone());
-                    glommio::spawn_local(async move {
-                        let outcome = verdict.await;
-                        in_flight.set(in_flight.get() - 1);
-                        answers.push(ForwardAnswer { id, outcome });
-                    })
-                    .detach();
+        match frames.next(codec) {
+            Ok(Some(Frame::Vote(vote))) => {
+                bump(&ctx.stats.received);
+                let id = vote.id;
+                if in_flight.get() >= ctx.limits.max_in_flight {
+                    answers.push(ForwardAnswer {
+                        id,
+                        outcome: VoteOutcome::Rejected(ErrorCode::Unavailable),
+                    });
+                    continue;
                 }
-                Ok(Some(_)) => {
-                    bump(&ctx.stats.refused_frames);
-                    tracing::warn!(
-                        ?peer,
-                        "internal link: a peer sent a frame only an owner sends"
-                    );
-                    return;
+                in_flight.set(in_flight.get() + 1);
+                let verdict = ctx.handler.vote(vote);
+                let (answers, in_flight) = (answers.clone(), in_flight.clone());
+                glommio::spawn_local(async move {
+                    let outcome = verdict.await;
+                    in_flight.set(in_flight.get() - 1);
+                    answers.push(ForwardAnswer { id, outcome });
+                })
+                .detach();
+            }
+            Ok(Some(_)) => {
+                bump(&ctx.stats.refused_frames);
+                tracing::warn!(
+                    ?peer,
+                    "internal link: a peer sent a frame only an owner sends"
+                );
+                return;
+            }
+            Ok(None) => {
+                while answers.queued.borrow().len() > ANSWERS_BUFFERED_MAX {
+                    answers.reader.notified().await;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    bump(&ctx.stats.refused_frames);
-                    tracing::warn!(?peer, error = %e, "internal link: refused a frame");
+                if !frames.fill().await {
                     return;
                 }
             }
-        }
-        buf.drain(..at);
-        while answers.queued.borrow().len() > ANSWERS_BUFFERED_MAX {
-            answers.reader.notified().await;
-        }
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                bump(&ctx.stats.refused_frames);
+                tracing::warn!(?peer, error = %e, "internal link: refused a frame");
+                return;
+            }
         }
     }
 }
