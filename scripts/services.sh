@@ -147,6 +147,21 @@ stop_pids() {
   done
 }
 
+# Stops a service's processes started from this checkout (the pids given); with none, says
+# whether another checkout's copy holds its port (left alone: not ours to stop) or none runs.
+stop_ours() {
+  local what=$1 port=$2
+  shift 2
+  if (($#)); then
+    stop_pids "$what" "$@"
+    log "$what: stopped (pid(s) $*)"
+  elif port_open "$port"; then
+    log "$what: not started from this checkout (port $port is in use by another one); left alone"
+  else
+    log "$what: not running"
+  fi
+}
+
 # Prints the last lines of each non-empty file given, for a health check that failed.
 show_tail() {
   local f
@@ -509,14 +524,7 @@ down_kafka() {
     # shellcheck disable=SC2207
     pids+=($(kafka_our_pids "$n"))
   done
-  if ((${#pids[@]})); then
-    stop_pids kafka "${pids[@]}"
-    log "kafka: stopped (pid(s) ${pids[*]})"
-  elif port_open "$KAFKA_PORT"; then
-    log "kafka: not started from this checkout (port $KAFKA_PORT is in use by another one); left alone"
-  else
-    log "kafka: not running"
-  fi
+  stop_ours kafka "$KAFKA_PORT" "${pids[@]}"
   rm -f "$RUN"/kafka/*/node-*/kafka.pid
   if ((WIPE)); then
     dirs=("$RUN"/kafka/single "$RUN"/kafka/cluster3)
@@ -697,15 +705,8 @@ up_dynamodb() {
 }
 
 down_dynamodb() {
-  local pid
-  if pid=$(dynamodb_pid); then
-    stop_pids dynamodb "$pid"
-    log "dynamodb: stopped (pid $pid)"
-  elif port_open "$DYNAMODB_PORT"; then
-    log "dynamodb: not started from this checkout (port $DYNAMODB_PORT is in use by another one); left alone"
-  else
-    log "dynamodb: not running"
-  fi
+  # shellcheck disable=SC2046
+  stop_ours dynamodb "$DYNAMODB_PORT" $(dynamodb_pid)
   rm -f "$DYNAMODB_DIR/dynamodb.pid"
 }
 
@@ -819,15 +820,8 @@ EOF
 }
 
 down_redis() {
-  local pid
-  if pid=$(redis_pid); then
-    stop_pids redis "$pid"
-    log "redis: stopped (pid $pid)"
-  elif port_open "$REDIS_PORT"; then
-    log "redis: not started from this checkout (port $REDIS_PORT is in use by another one); left alone"
-  else
-    log "redis: not running"
-  fi
+  # shellcheck disable=SC2046
+  stop_ours redis "$REDIS_PORT" $(redis_pid)
   rm -f "$REDIS_DIR/redis.pid"
   if ((WIPE)); then rm -rf "$REDIS_DIR/data"; fi
 }
