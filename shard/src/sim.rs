@@ -151,6 +151,38 @@ pub struct SimReport {
     pub fences: u64,
 }
 
+impl std::ops::AddAssign<&SimReport> for SimReport {
+    /// Sums runs into a campaign's summary.
+    fn add_assign(&mut self, run: &SimReport) {
+        let SimReport {
+            steps,
+            sent,
+            accepted,
+            already_voted,
+            not_open,
+            unavailable,
+            unanswered_crashed,
+            txns_committed,
+            pauses,
+            crashes,
+            rebalances,
+            fences,
+        } = run;
+        self.steps += steps;
+        self.sent += sent;
+        self.accepted += accepted;
+        self.already_voted += already_voted;
+        self.not_open += not_open;
+        self.unavailable += unavailable;
+        self.unanswered_crashed += unanswered_crashed;
+        self.txns_committed += txns_committed;
+        self.pauses += pauses;
+        self.crashes += crashes;
+        self.rebalances += rebalances;
+        self.fences += fences;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model of Kafka.
 

@@ -27,19 +27,7 @@ fn every_seeded_schedule_keeps_the_invariants() {
     };
     let mut total = sim::SimReport::default();
     for seed in start..start + count {
-        let r = sim::run(seed);
-        total.steps += r.steps;
-        total.sent += r.sent;
-        total.accepted += r.accepted;
-        total.unanswered_crashed += r.unanswered_crashed;
-        total.already_voted += r.already_voted;
-        total.not_open += r.not_open;
-        total.unavailable += r.unavailable;
-        total.pauses += r.pauses;
-        total.crashes += r.crashes;
-        total.rebalances += r.rebalances;
-        total.fences += r.fences;
-        total.txns_committed += r.txns_committed;
+        total += &sim::run(seed);
     }
     println!("{count} seeds from {start}: {total:?}");
     // The schedules must actually exercise what they claim to.

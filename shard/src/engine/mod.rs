@@ -984,21 +984,17 @@ impl CoreEngine {
                     );
                 }
             }
-            let queued: usize = self
-                .slots
-                .values()
-                .filter(|s| s.phase == Phase::Active)
-                .filter_map(|s| s.shard.as_ref())
-                .map(Shard::queued)
-                .sum();
+            let over_active = |count: fn(&Shard) -> usize| -> usize {
+                self.slots
+                    .values()
+                    .filter(|s| s.phase == Phase::Active)
+                    .filter_map(|s| s.shard.as_ref())
+                    .map(count)
+                    .sum()
+            };
+            let queued = over_active(Shard::queued);
             assert_eq!(queued, self.queued, "the queued count is exact");
-            let markers: usize = self
-                .slots
-                .values()
-                .filter(|s| s.phase == Phase::Active)
-                .filter_map(|s| s.shard.as_ref())
-                .map(Shard::markers_due)
-                .sum();
+            let markers = over_active(Shard::markers_due);
             assert_eq!(markers, self.markers, "the markers count is exact");
             assert_eq!(
                 self.oldest.is_some(),
