@@ -540,38 +540,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_broken_file_is_named() {
-        let (_keep, path) = with_file("prefix = ");
+    /// The error `votes --config <a file holding text> init` refuses the file with, and the
+    /// file's path.
+    fn refused(text: &str) -> (String, String) {
+        let (_keep, path) = with_file(text);
         let err =
             expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
-        assert!(format!("{err:#}").contains(&path), "{err:#}");
+        (format!("{err:#}"), path)
+    }
+
+    #[test]
+    fn a_broken_file_is_named() {
+        let (msg, path) = refused("prefix = ");
+        assert!(msg.contains(&path), "{msg}");
     }
 
     #[test]
     fn an_unknown_key_or_command_is_refused_whichever_command_runs() {
-        let (_keep, path) = with_file("[init]\npartitions = 4\n[persist]\nbatch-maxx = 10\n");
-        let err =
-            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
-        let msg = format!("{err:#}");
+        let (msg, _) = refused("[init]\npartitions = 4\n[persist]\nbatch-maxx = 10\n");
         assert!(
             msg.contains("[persist]: unknown key \"batch-maxx\" (did you mean \"batch-max\"?)"),
             "{msg}"
         );
-        let (_keep, path) = with_file("prefix = \"p-\"\n[serv]\nhttp = \"0.0.0.0:1\"\n");
-        let err =
-            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("[serv] is not a command"),
-            "{err:#}"
-        );
-        let (_keep, path) = with_file("kafka_brokerz = \"a:1\"\n");
-        let err =
-            expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |_| None).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("top level: unknown key"),
-            "{err:#}"
-        );
+        let (msg, _) = refused("prefix = \"p-\"\n[serv]\nhttp = \"0.0.0.0:1\"\n");
+        assert!(msg.contains("[serv] is not a command"), "{msg}");
+        let (msg, _) = refused("kafka_brokerz = \"a:1\"\n");
+        assert!(msg.contains("top level: unknown key"), "{msg}");
     }
 
     #[test]
@@ -648,14 +642,7 @@ mod tests {
     #[test]
     fn check_refuses_a_value_its_flag_refuses() {
         let (_keep, path) = with_file("[init]\npartitions = \"many\"\n");
-        let err = check(
-            &cli(),
-            Some(Path::new(&path)),
-            &["init".to_string()],
-            &[],
-            |_| None,
-        )
-        .unwrap_err();
+        let err = check_with(&path, "init", &[]).unwrap_err();
         assert!(
             format!("{err:#}").contains("votes init would refuse"),
             "{err:#}"
@@ -672,6 +659,17 @@ mod tests {
             .collect()
     }
 
+    /// `votes config check <command> -- <flags>` against the file at `path`, no environment.
+    fn check_with(path: &str, command: &str, flags: &[String]) -> Result<String> {
+        check(
+            &cli(),
+            Some(Path::new(path)),
+            &[command.to_string()],
+            flags,
+            |_| None,
+        )
+    }
+
     #[test]
     fn check_names_a_typed_flag_a_flag_and_the_file_the_file() {
         let (_keep, path) = with_file(
@@ -680,14 +678,7 @@ mod tests {
         let flags: Vec<String> = ["--http", "0.0.0.0:81", "--prefix", "typed-", "--cores", "2"]
             .map(String::from)
             .to_vec();
-        let out = check(
-            &cli(),
-            Some(Path::new(&path)),
-            &["serve".to_string()],
-            &flags,
-            |_| None,
-        )
-        .unwrap();
+        let out = check_with(&path, "serve", &flags).unwrap();
         // Typed over the file's value, a global one too, and one the file lacks.
         assert_eq!(words(&out, "http"), ["http", "0.0.0.0:81", "flag"]);
         assert_eq!(words(&out, "prefix"), ["prefix", "typed-", "flag"]);
@@ -699,14 +690,7 @@ mod tests {
             ["kafka-brokers", "127.0.0.1:9092", "default"]
         );
         // Without typed flags nothing is a flag's.
-        let out = check(
-            &cli(),
-            Some(Path::new(&path)),
-            &["serve".to_string()],
-            &[],
-            |_| None,
-        )
-        .unwrap();
+        let out = check_with(&path, "serve", &[]).unwrap();
         assert!(!out.contains(" flag\n"), "{out}");
         assert_eq!(words(&out, "http"), ["http", "0.0.0.0:80", "file"]);
     }

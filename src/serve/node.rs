@@ -439,30 +439,29 @@ fn reactor_config(
 /// Test-only (tests/close_frontier.rs): this node applies election changes from the topic
 /// this much later, as a node whose view lags would.
 fn elections_lag_for_tests() -> Option<Duration> {
-    let lag = std::env::var("VOTES_TEST_ELECTIONS_LAG_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)?;
-    tracing::warn!(
-        ?lag,
-        "VOTES_TEST_ELECTIONS_LAG_MS: election changes are applied late (tests only)"
-    );
-    Some(lag)
+    test_duration(
+        "VOTES_TEST_ELECTIONS_LAG_MS",
+        "election changes are applied late",
+    )
 }
 
 /// Test-only (tests/fleet.rs): forwarded votes wait this long for this node's view instead of
 /// `FORWARD_HOLD`, so a test can change the election while a vote is held without racing the
 /// bound.
 fn forward_hold_for_tests() -> Option<Duration> {
-    let hold = std::env::var("VOTES_TEST_FORWARD_HOLD_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)?;
-    tracing::warn!(
-        ?hold,
-        "VOTES_TEST_FORWARD_HOLD_MS: forwarded votes wait this long for an election (tests only)"
-    );
-    Some(hold)
+    test_duration(
+        "VOTES_TEST_FORWARD_HOLD_MS",
+        "forwarded votes wait this long for an election",
+    )
+}
+
+/// A duration in milliseconds that a test sets in the environment `var`, warned about with
+/// what it changes, since a production node must never run with it.
+fn test_duration(var: &str, effect: &str) -> Option<Duration> {
+    let ms: u64 = std::env::var(var).ok()?.parse().ok()?;
+    let duration = Duration::from_millis(ms);
+    tracing::warn!(?duration, "{var}: {effect} (tests only)");
+    Some(duration)
 }
 
 /// How this node's forwarding links are secured: mutual TLS from the `--internal-tls-*` files,
