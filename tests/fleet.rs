@@ -84,6 +84,29 @@ async fn wait_fleet(
     .await
 }
 
+/// The fleet of the two-node tests: node-a and node-b, one core each.
+const BOTH: [(&str, u64); 2] = [("node-a", 1), ("node-b", 1)];
+
+/// A fresh prefix of `test` and its two nodes, node-a and node-b, of one core each.
+fn two_nodes(test: &str) -> (Serve, Serve) {
+    let prefix = common::fresh_prefix(test, PARTITIONS);
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    (a, b)
+}
+
+/// Waits until `first` (within 60 s), then `second` (within 30 s), sees both nodes in the fleet
+/// and is ready; returns the partitions each node owns as `first` and as `second` saw them.
+async fn wait_both(
+    client: &TestClient,
+    first: &Serve,
+    second: &Serve,
+) -> [BTreeMap<String, BTreeSet<u32>>; 2] {
+    let seen_first = wait_fleet(client, first, &BOTH, Duration::from_secs(60)).await;
+    let seen_second = wait_fleet(client, second, &BOTH, Duration::from_secs(30)).await;
+    [seen_first, seen_second]
+}
+
 async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
     let option = option_of(voter);
     let answer = tokio::time::timeout(
@@ -206,9 +229,7 @@ fn wait_stopped(serve: &Serve) {
 
 #[test]
 fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
-    let prefix = common::fresh_prefix("fleet-split", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-split");
     each_node_takes_every_vote(&a, &b);
 }
 
@@ -217,9 +238,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
 fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        let owners = wait_fleet(&client, a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, b, &want, Duration::from_secs(30)).await;
+        let [owners, _] = wait_both(&client, a, b).await;
         assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
         open_election(&client, a, "split", &OPTIONS, 0).await;
         wait_open(&client, b, "split").await;
@@ -280,14 +299,10 @@ fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
 
 #[test]
 fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_doubled() {
-    let prefix = common::fresh_prefix("fleet-kill", PARTITIONS);
-    let mut a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (mut a, b) = two_nodes("fleet-kill");
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        let owners = wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let [_, owners] = wait_both(&client, &a, &b).await;
         let a_parts = owners.get("node-a").cloned().unwrap_or_default();
         assert!(!a_parts.is_empty(), "node-a owns partitions: {owners:?}");
         open_election(&client, &b, "kill", &OPTIONS, 0).await;
@@ -552,14 +567,12 @@ fn owner_of(owners: &BTreeMap<String, BTreeSet<u32>>) -> BTreeMap<u32, String> {
 
 #[test]
 fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
-    let prefix = common::fresh_prefix("fleet-rolling", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-rolling");
+    let prefix = a.prefix.clone();
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        let mut owners = owner_of(&wait_fleet(&client, &b, &want, Duration::from_secs(30)).await);
+        let [_, seen_by_b] = wait_both(&client, &a, &b).await;
+        let mut owners = owner_of(&seen_by_b);
         open_election(&client, &a, "rolling", &OPTIONS, 0).await;
         wait_open(&client, &b, "rolling").await;
 
@@ -611,7 +624,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
                 status.success(),
                 "{node} exits cleanly on SIGTERM: {status}"
             );
-            let after = owner_of(&wait_fleet(&client, &back, &want, Duration::from_secs(60)).await);
+            let after = owner_of(&wait_fleet(&client, &back, &BOTH, Duration::from_secs(60)).await);
             restarts.push(Restart {
                 node,
                 stopped_at,
@@ -663,14 +676,10 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
 
 #[test]
 fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
-    let prefix = common::fresh_prefix("fleet-zombie", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-zombie");
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &b, &want, Duration::from_secs(60)).await;
-        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(30)).await;
+        let [_, owners] = wait_both(&client, &b, &a).await;
         let a_parts = owners.get("node-a").cloned().unwrap_or_default();
         open_election(&client, &a, "zombie", &OPTIONS, 0).await;
         wait_open(&client, &b, "zombie").await;
@@ -737,8 +746,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
 
         // Once resumed, node-a learns it lost its partitions (fenced commit or lost
         // assignment) and rejoins the fleet.
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        wait_both(&client, &a, &b).await;
         // Nothing was sent to node-a since the stop, until now.
         let quiet_until_ms = unix_ms();
         let log_a = strip_ansi(&a.log_text());
@@ -1159,9 +1167,7 @@ fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote
     );
     let client = TestClient::http1();
     let owners = runtime().block_on(async {
-        let want = [("node-a", 1), ("node-b", 1)];
-        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let [owners, _] = wait_both(&client, &a, &b).await;
         open_election(&client, &a, "running", &OPTIONS, 0).await;
         create_draft(&client, &a, "drafted").await;
         create_draft(&client, &a, "late").await;
