@@ -109,29 +109,14 @@ async fn wait_both(
 
 async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
     let option = option_of(voter);
-    let answer = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.vote(url, election, voter, option),
-    )
-    .await;
-    let at = Instant::now();
-    match answer {
-        Ok(Ok((status, body))) => Attempt {
-            voter,
-            option,
-            at,
-            status: Some(status),
-            partition: body["partition"].as_u64(),
-            offset: body["offset"].as_u64(),
-        },
-        _ => Attempt {
-            voter,
-            option,
-            at,
-            status: None,
-            partition: None,
-            offset: None,
-        },
+    let seen = client.vote_seen(url, election, voter, option).await;
+    Attempt {
+        voter,
+        option,
+        at: Instant::now(),
+        status: seen.status,
+        partition: seen.partition,
+        offset: seen.offset,
     }
 }
 

@@ -717,6 +717,35 @@ impl TestClient {
         .map(|(s, _, j)| (s, j))
     }
 
+    /// Votes as `voter` for `option` in `election` through the node at `serve_url`, waiting at
+    /// most 30 s for the answer: what the voter saw of it, every part `None` when the request
+    /// failed or took longer.
+    pub async fn vote_seen(
+        &self,
+        serve_url: &str,
+        election: &str,
+        voter: u64,
+        option: &str,
+    ) -> VoteSeen {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.vote(serve_url, election, voter, option),
+        )
+        .await;
+        match answer {
+            Ok(Ok((status, body))) => VoteSeen {
+                status: Some(status),
+                partition: body["partition"].as_u64(),
+                offset: body["offset"].as_u64(),
+            },
+            _ => VoteSeen {
+                status: None,
+                partition: None,
+                offset: None,
+            },
+        }
+    }
+
     /// Votes as `voter` for `option` in `election` through the node at `serve_url` and asserts
     /// the vote was accepted (`202`), for the tests whose subject is what an accepted vote
     /// leads to (a tally event, a receipt, a fenced writer); returns the `202`'s body.
@@ -903,6 +932,15 @@ pub fn committed_votes(names: &Names, partitions: u32) -> Vec<Committed> {
         }
     }
     out
+}
+
+/// A vote's answer as its voter saw it ([`TestClient::vote_seen`]): the status, and the
+/// partition and offset a `202` named.
+#[derive(Debug, Clone, Copy)]
+pub struct VoteSeen {
+    pub status: Option<u16>,
+    pub partition: Option<u64>,
+    pub offset: Option<u64>,
 }
 
 /// A `202` as its client saw it.
