@@ -187,16 +187,15 @@ fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
 
         // Another client under the serve member's static instance id: the coordinator hands
         // the instance to it and fences the member's client (FENCED_INSTANCE_ID, fatal).
-        let intruder: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
-            .set("group.id", names.serve_group())
-            .set("group.instance.id", format!("{}-0", serve.node))
-            .set("session.timeout.ms", "2000")
-            .set("heartbeat.interval.ms", "500")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        intruder.subscribe(&[&names.votes_topic()]).unwrap();
+        let intruder = common::serve_group_member(
+            &names,
+            &format!("{}-0", serve.node),
+            &[
+                ("session.timeout.ms", "2000"),
+                ("heartbeat.interval.ms", "500"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        );
         let deadline = Instant::now() + SERVED_AGAIN_WITHIN;
         while !serve.log_text().contains("group membership failed") {
             assert!(
