@@ -659,6 +659,22 @@ impl TestClient {
             .map(|(s, _, j)| (s, j))
     }
 
+    /// Asks `GET url` again every `every` until `check` of its status and body is `Ok`, and
+    /// returns what it found: [`super::eventually`] of a `GET`, which must answer.
+    pub async fn get_until<T, E: std::fmt::Display>(
+        &self,
+        url: &str,
+        within: Duration,
+        every: Duration,
+        mut check: impl FnMut(u16, serde_json::Value) -> Result<T, E>,
+    ) -> T {
+        super::eventually(within, every, async || {
+            let (status, body) = self.get(url).await.unwrap();
+            check(status, body)
+        })
+        .await
+    }
+
     pub async fn admin(&self, method: &str, url: &str, body: serde_json::Value) -> Answer {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         let body = if body.is_null() {
@@ -788,17 +804,15 @@ pub async fn wait_final(
     id: &str,
     within: Duration,
 ) -> serde_json::Value {
-    super::eventually(within, Duration::from_millis(200), async || {
-        let (_, body) = client
-            .get(&serve.url(&format!("/v1/elections/{id}/results")))
-            .await
-            .unwrap();
-        if body["final"] == true && body["state"] == "final" {
-            return Ok(body);
-        }
-        Err(serve.with_log(format!("{id} did not become final: {body}")))
-    })
-    .await
+    let url = serve.url(&format!("/v1/elections/{id}/results"));
+    client
+        .get_until(&url, within, Duration::from_millis(200), |_, body| {
+            if body["final"] == true && body["state"] == "final" {
+                return Ok(body);
+            }
+            Err(serve.with_log(format!("{id} did not become final: {body}")))
+        })
+        .await
 }
 
 /// Waits until `serve`'s own copy of the elections shows `id` open.
