@@ -9,16 +9,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::serve::{
-    AUDIT_KEY, Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
+    Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
 };
-use common::{DYNAMODB, KAFKA, REDIS, assert_success, runtime};
+use common::{assert_success, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 /// How many 202s a run collects before it closes, so that the barrier has votes on both sides.
@@ -29,15 +28,8 @@ const ACCEPTED_BEFORE_CLOSE: u64 = 60;
 async fn persist_to_end(prefix: &str) {
     let prefix = prefix.to_owned();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_votes"))
-            .args(["persist", "--exit-when-caught-up"])
-            .env("VOTES_PREFIX", prefix)
-            .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
-            .env("VOTES_REDIS_URL", REDIS)
-            .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
-            .env("VOTES_AUDIT_KEY", AUDIT_KEY)
+        let out = common::votes_command(&prefix, &["persist", "--exit-when-caught-up"])
             .env("VOTES_LOG", "warn")
-            .env_remove("VOTES_CONFIG")
             .output()
             .expect("votes persist runs");
         assert_success(&out, "votes persist");
