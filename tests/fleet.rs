@@ -262,22 +262,24 @@ fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
             );
         }
         // Metrics are published once a second: wait for the count, bounded.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut received = 0;
-            for node in [a, b] {
-                let forward = common::serve::metric(node, "votes_forward_total").await;
-                received += forward.get("what=\"received\"").copied().unwrap_or(0);
-            }
-            if received >= 100 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "half the votes crossed between the nodes: {received}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let mut received = 0;
+                for node in [a, b] {
+                    let forward = common::serve::metric(node, "votes_forward_total").await;
+                    received += forward.get("what=\"received\"").copied().unwrap_or(0);
+                }
+                if received >= 100 {
+                    return Ok(());
+                }
+                Err(format!(
+                    "half the votes crossed between the nodes: {received}"
+                ))
+            },
+        )
+        .await;
         wait_live_totals(&client, &[a, b], "split", &log_tallies(&log, "split")).await;
     });
 }
@@ -304,23 +306,23 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
         });
         // node-a dies once it has acknowledged some of its voters' votes.
         let of_a = |a: &Attempt| a_parts.contains(&partition_of(VoterId(a.voter), PARTITIONS));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let served = attempts
-                .lock()
-                .await
-                .iter()
-                .filter(|x| of_a(x) && x.status == Some(202))
-                .count();
-            if served >= 50 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node-a served {served} of its voters"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            async || {
+                let served = attempts
+                    .lock()
+                    .await
+                    .iter()
+                    .filter(|x| of_a(x) && x.status == Some(202))
+                    .count();
+                if served >= 50 {
+                    return Ok(());
+                }
+                Err(format!("node-a served {served} of its voters"))
+            },
+        )
+        .await;
         let killed = Instant::now();
         a.kill();
         let owners = wait_fleet(&client, &b, &[("node-b", 1)], Duration::from_secs(60)).await;
@@ -1426,19 +1428,21 @@ fn silent_connections_to_the_internal_link_do_not_keep_a_peer_out() {
             admitted,
             "a peer with a valid hello was kept out by silent connections"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let forward = common::serve::metric(&a, "votes_forward_total").await;
-            let rejected = forward.get("what=\"rejected_links\"").copied().unwrap_or(0);
-            if rejected >= (SILENT - 100) as u64 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the silent connections over the bounds are not refused at accept: {forward:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let forward = common::serve::metric(&a, "votes_forward_total").await;
+                let rejected = forward.get("what=\"rejected_links\"").copied().unwrap_or(0);
+                if rejected >= (SILENT - 100) as u64 {
+                    return Ok(());
+                }
+                Err(format!(
+                    "the silent connections over the bounds are not refused at accept: {forward:?}"
+                ))
+            },
+        )
+        .await;
         drop(silent);
     });
 }
