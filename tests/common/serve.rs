@@ -370,21 +370,30 @@ pub struct H3Client {
     conns: tokio::sync::Mutex<HashMap<String, H3Send>>,
 }
 
+/// A client's TLS (ring, `versions`, no client certificate) trusting only the certificate
+/// `tls_root` (PEM), or nothing when there is none.
+fn client_tls(
+    tls_root: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = tls_root {
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 impl H3Client {
     fn new(tls_root: Option<&str>) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(pem) = tls_root {
-            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert.unwrap()).unwrap();
-            }
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut tls = client_tls(tls_root, &[&rustls::version::TLS13]);
         tls.alpn_protocols = vec![b"h3".to_vec()];
         Self {
             tls,
@@ -465,19 +474,7 @@ fn connector(
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(pem) = tls_root {
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls(tls_root, rustls::DEFAULT_VERSIONS);
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
