@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use votes_core::clock::unix_ms;
@@ -977,6 +977,19 @@ async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
     .await
 }
 
+/// Waits until `serve` counted `exactly` of `what` in `votes_forward_total`, then asserts it
+/// counted no more; every counter of the series as read then.
+async fn assert_forward_count(serve: &Serve, what: &str, exactly: u64) -> HashMap<String, u64> {
+    wait_forward_count(serve, what, exactly).await;
+    let forward = common::serve::metric(serve, "votes_forward_total").await;
+    assert_eq!(
+        forward.get(&format!("what=\"{what}\"")),
+        Some(&exactly),
+        "{forward:?}"
+    );
+    forward
+}
+
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
 /// key: a hello recorded from another link, made for another listener, or signed with another
 /// key (the voter-token key included) is refused.
@@ -1019,13 +1032,7 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
         "the voter-token key opens no link"
     );
     runtime().block_on(async {
-        wait_forward_count(&a, "rejected_links", 4).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
-        assert_eq!(
-            forward.get("what=\"rejected_links\""),
-            Some(&4),
-            "{forward:?}"
-        );
+        assert_forward_count(&a, "rejected_links", 4).await;
     });
 }
 
@@ -1097,13 +1104,7 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
     link.send(&sealed(&mut mirror, &vote(4)));
     assert!(!link.stays_open(None), "a reflected frame");
     runtime().block_on(async {
-        wait_forward_count(&a, "refused_frames", 5).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
-        assert_eq!(
-            forward.get("what=\"refused_frames\""),
-            Some(&5),
-            "{forward:?}"
-        );
+        let forward = assert_forward_count(&a, "refused_frames", 5).await;
         assert_eq!(forward.get("what=\"received\""), Some(&1), "{forward:?}");
     });
 }
@@ -1267,14 +1268,8 @@ fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote
         "only the valid votes are in the log"
     );
     runtime().block_on(async {
-        wait_forward_count(&a, "held_refused", 2).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
+        let forward = assert_forward_count(&a, "held_refused", 2).await;
         assert_eq!(forward.get("what=\"held\""), Some(&2), "{forward:?}");
-        assert_eq!(
-            forward.get("what=\"held_refused\""),
-            Some(&2),
-            "{forward:?}"
-        );
     });
 }
 
