@@ -422,18 +422,25 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
         "{stdout}"
     );
 
+    // A copy of the export named `name` whose votes.parquet holds `rows` instead: it fails
+    // verification under key 1 with --diagnose; what the verifier printed.
+    let fails_with_rows = |name: &str, rows: &[Row]| {
+        let t = work.join(name);
+        copy_export(&dir, &t);
+        write_rows(&t.join("votes.parquet"), rows);
+        let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
+        assert!(!ok, "{stdout}");
+        stdout
+    };
+
     // One option changed in one row.
-    let t = work.join("changed-option");
-    copy_export(&dir, &t);
     let mut changed = rows.clone();
     changed[10].option = OPTIONS
         .iter()
         .find(|o| **o != changed[10].option)
         .unwrap()
         .to_string();
-    write_rows(&t.join("votes.parquet"), &changed);
-    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
-    assert!(!ok, "{stdout}");
+    let stdout = fails_with_rows("changed-option", &changed);
     let fails = fail_lines(&stdout);
     assert_eq!(fails.len(), 3, "{stdout}");
     assert!(
@@ -453,13 +460,9 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     );
 
     // One row deleted.
-    let t = work.join("deleted-row");
-    copy_export(&dir, &t);
     let mut deleted = rows.clone();
     deleted.remove(150);
-    write_rows(&t.join("votes.parquet"), &deleted);
-    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
-    assert!(!ok, "{stdout}");
+    let stdout = fails_with_rows("deleted-row", &deleted);
     assert!(
         stdout.contains("FAIL row count: votes.parquet holds 299 rows, the manifest says 300"),
         "{stdout}"
@@ -479,13 +482,9 @@ fn an_export_of_a_final_election_verifies_and_every_tampering_is_named() {
     assert!(stdout.contains("ok   one row per pseudonym"), "{stdout}");
 
     // One row duplicated (right after itself).
-    let t = work.join("duplicated-row");
-    copy_export(&dir, &t);
     let mut duplicated = rows.clone();
     duplicated.insert(43, rows[42].clone());
-    write_rows(&t.join("votes.parquet"), &duplicated);
-    let (ok, stdout) = verify(&t, &[pub1_arg[0], pub1_arg[1], "--diagnose"]);
-    assert!(!ok, "{stdout}");
+    let stdout = fails_with_rows("duplicated-row", &duplicated);
     assert!(
         stdout.contains(&format!(
             "FAIL one row per pseudonym: 1 pseudonym(s) appear in more than one row, 1 row(s) too many: {} in 2 rows",

@@ -9,34 +9,33 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::serve::{
-    AUDIT_KEY, Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
+    Serve, TestClient, close_election, open_election, wait_final, wait_open, wait_state,
 };
-use common::{DYNAMODB, KAFKA, REDIS, assert_success, runtime};
+use common::{assert_success, runtime};
 
 const OPTIONS: [&str; 3] = ["red", "green", "blue"];
 /// How many 202s a run collects before it closes, so that the barrier has votes on both sides.
 const ACCEPTED_BEFORE_CLOSE: u64 = 60;
 
-fn persist_to_end(prefix: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_votes"))
-        .args(["persist", "--exit-when-caught-up"])
-        .env("VOTES_PREFIX", prefix)
-        .env("VOTES_KAFKA_BROKERS", KAFKA.as_str())
-        .env("VOTES_REDIS_URL", REDIS)
-        .env("VOTES_DYNAMODB_ENDPOINT", DYNAMODB)
-        .env("VOTES_AUDIT_KEY", AUDIT_KEY)
-        .env("VOTES_LOG", "warn")
-        .env_remove("VOTES_CONFIG")
-        .output()
-        .expect("votes persist runs");
-    assert_success(&out, "votes persist");
+/// Runs `votes persist --exit-when-caught-up` under `prefix` (on a blocking thread) and
+/// asserts it succeeded.
+async fn persist_to_end(prefix: &str) {
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = common::votes_command(&prefix, &["persist", "--exit-when-caught-up"])
+            .env("VOTES_LOG", "warn")
+            .output()
+            .expect("votes persist runs");
+        assert_success(&out, "votes persist");
+    })
+    .await
+    .unwrap();
 }
 
 /// Where a lane sends votes: a protocol and a node's base URL for it.
@@ -156,6 +155,43 @@ async fn stream_votes(
     all
 }
 
+/// Voting lanes streaming votes ([`stream_votes`]) until stopped, and what they heard so far.
+struct Voting {
+    stop: Arc<AtomicBool>,
+    heard: Arc<Heard>,
+    lanes: tokio::task::JoinHandle<Vec<Sent>>,
+}
+
+impl Voting {
+    /// Starts `lanes` lanes voting through `routes`.
+    fn start(routes: Vec<Route>, lanes: u64) -> Voting {
+        let stop = Arc::new(AtomicBool::new(false));
+        let heard = Arc::new(Heard::default());
+        let lanes = tokio::spawn(stream_votes(routes, lanes, stop.clone(), heard.clone()));
+        Voting { stop, heard, lanes }
+    }
+
+    /// Waits until [`ACCEPTED_BEFORE_CLOSE`] votes were accepted, before `what` happens.
+    async fn accepted_before(&self, what: &str) {
+        let what = format!("votes accepted before {what}");
+        until(&self.heard.accepted, ACCEPTED_BEFORE_CLOSE, &what).await;
+    }
+
+    /// Waits until `more` votes from now on were refused as not open, then stops the lanes;
+    /// every vote they sent.
+    async fn stop_after_refusals(self, more: u64) -> Vec<Sent> {
+        let refused = self.heard.not_open.load(Ordering::Relaxed);
+        until(
+            &self.heard.not_open,
+            refused + more,
+            "votes refused after the close",
+        )
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.lanes.await.expect("the voting lanes")
+    }
+}
+
 /// Closes "c" through `admin` while votes stream through `routes`; returns the answers and
 /// the official result once final.
 async fn close_under_load(
@@ -165,35 +201,17 @@ async fn close_under_load(
     prefix: &str,
 ) -> (Vec<Sent>, serde_json::Value) {
     let client = TestClient::http1();
-    let stop = Arc::new(AtomicBool::new(false));
-    let heard = Arc::new(Heard::default());
-    let voting = tokio::spawn(stream_votes(routes, 12, stop.clone(), heard.clone()));
+    let voting = Voting::start(routes, 12);
     // Let votes flow, then close while they still do.
-    until(
-        &heard.accepted,
-        ACCEPTED_BEFORE_CLOSE,
-        "votes accepted before the close",
-    )
-    .await;
+    voting.accepted_before("the close").await;
     close_election(&client, admin, "c").await;
     // Keep voting until every node's own view says closed (a lagging node's too) and votes
     // were refused after that.
     for node in nodes {
         wait_state(&client, node, "c", &["closed", "final"]).await;
     }
-    let refused = heard.not_open.load(Ordering::Relaxed);
-    until(
-        &heard.not_open,
-        refused + 24,
-        "votes refused after the close",
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = voting.await.expect("the voting lanes");
-    let prefix = prefix.to_owned();
-    tokio::task::spawn_blocking(move || persist_to_end(&prefix))
-        .await
-        .unwrap();
+    let sent = voting.stop_after_refusals(24).await;
+    persist_to_end(prefix).await;
     let official = wait_final(&client, admin, "c", Duration::from_secs(120)).await;
     (sent, official)
 }
@@ -364,37 +382,14 @@ fn closing_while_a_node_is_killed_still_reaches_final_with_every_frontier() {
         let client = TestClient::http1();
         open_election(&client, &a, "c", &OPTIONS, 0).await;
         // Votes through both nodes until node-b dies mid-stream.
-        let stop = Arc::new(AtomicBool::new(false));
-        let heard = Arc::new(Heard::default());
-        let voting = tokio::spawn(stream_votes(
-            h1(&[a.url(""), b.url("")]),
-            8,
-            stop.clone(),
-            heard.clone(),
-        ));
-        until(
-            &heard.accepted,
-            ACCEPTED_BEFORE_CLOSE,
-            "votes accepted before the kill",
-        )
-        .await;
+        let voting = Voting::start(h1(&[a.url(""), b.url("")]), 8);
+        voting.accepted_before("the kill").await;
         b.kill();
         // The close goes out while node-b's partitions have no live owner yet.
         close_election(&client, &a, "c").await;
         // node-a refuses the closed election from its own view; stop once it did.
-        let refused = heard.not_open.load(Ordering::Relaxed);
-        until(
-            &heard.not_open,
-            refused + 8,
-            "votes refused after the close",
-        )
-        .await;
-        stop.store(true, Ordering::Relaxed);
-        let sent = voting.await.unwrap();
-        let prefix2 = prefix.clone();
-        tokio::task::spawn_blocking(move || persist_to_end(&prefix2))
-            .await
-            .unwrap();
+        let sent = voting.stop_after_refusals(8).await;
+        persist_to_end(&prefix).await;
         // node-a takes node-b's partitions after the session timeout, closes them as it
         // recovers them (its own view says closed), and the recount then finds every frontier.
         let official = wait_final(&client, &a, "c", Duration::from_secs(120)).await;

@@ -71,14 +71,7 @@ fn producer_of(names: &Names, node: &str, scope: Scope) -> TxnProducer {
 
 /// A member of the serve group, polled until the group gave it a generation.
 fn member(names: &Names, instance: &str) -> (BaseConsumer, Arc<ConsumerGroupMetadata>) {
-    let consumer: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
-        .set("group.id", names.serve_group())
-        .set("group.instance.id", instance)
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&names.votes_topic()]).unwrap();
+    let consumer = common::serve_group_member(names, instance, &[("session.timeout.ms", "6000")]);
     let deadline = Instant::now() + T;
     while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
         assert!(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use votes_core::clock::unix_ms;
@@ -84,31 +84,39 @@ async fn wait_fleet(
     .await
 }
 
+/// The fleet of the two-node tests: node-a and node-b, one core each.
+const BOTH: [(&str, u64); 2] = [("node-a", 1), ("node-b", 1)];
+
+/// A fresh prefix of `test` and its two nodes, node-a and node-b, of one core each.
+fn two_nodes(test: &str) -> (Serve, Serve) {
+    let prefix = common::fresh_prefix(test, PARTITIONS);
+    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
+    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    (a, b)
+}
+
+/// Waits until `first` (within 60 s), then `second` (within 30 s), sees both nodes in the fleet
+/// and is ready; returns the partitions each node owns as `first` and as `second` saw them.
+async fn wait_both(
+    client: &TestClient,
+    first: &Serve,
+    second: &Serve,
+) -> [BTreeMap<String, BTreeSet<u32>>; 2] {
+    let seen_first = wait_fleet(client, first, &BOTH, Duration::from_secs(60)).await;
+    let seen_second = wait_fleet(client, second, &BOTH, Duration::from_secs(30)).await;
+    [seen_first, seen_second]
+}
+
 async fn vote_once(client: &TestClient, url: &str, election: &str, voter: u64) -> Attempt {
     let option = option_of(voter);
-    let answer = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.vote(url, election, voter, option),
-    )
-    .await;
-    let at = Instant::now();
-    match answer {
-        Ok(Ok((status, body))) => Attempt {
-            voter,
-            option,
-            at,
-            status: Some(status),
-            partition: body["partition"].as_u64(),
-            offset: body["offset"].as_u64(),
-        },
-        _ => Attempt {
-            voter,
-            option,
-            at,
-            status: None,
-            partition: None,
-            offset: None,
-        },
+    let seen = client.vote_seen(url, election, voter, option).await;
+    Attempt {
+        voter,
+        option,
+        at: Instant::now(),
+        status: seen.status,
+        partition: seen.partition,
+        offset: seen.offset,
     }
 }
 
@@ -206,9 +214,7 @@ fn wait_stopped(serve: &Serve) {
 
 #[test]
 fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
-    let prefix = common::fresh_prefix("fleet-split", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-split");
     each_node_takes_every_vote(&a, &b);
 }
 
@@ -217,9 +223,7 @@ fn two_nodes_divide_the_partitions_and_each_takes_every_vote() {
 fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        let owners = wait_fleet(&client, a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, b, &want, Duration::from_secs(30)).await;
+        let [owners, _] = wait_both(&client, a, b).await;
         assert_eq!(owners.len(), 2, "each node owns partitions: {owners:?}");
         open_election(&client, a, "split", &OPTIONS, 0).await;
         wait_open(&client, b, "split").await;
@@ -258,36 +262,34 @@ fn each_node_takes_every_vote(a: &Serve, b: &Serve) {
             );
         }
         // Metrics are published once a second: wait for the count, bounded.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut received = 0;
-            for node in [a, b] {
-                let forward = common::serve::metric(node, "votes_forward_total").await;
-                received += forward.get("what=\"received\"").copied().unwrap_or(0);
-            }
-            if received >= 100 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "half the votes crossed between the nodes: {received}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let mut received = 0;
+                for node in [a, b] {
+                    let forward = common::serve::metric(node, "votes_forward_total").await;
+                    received += forward.get("what=\"received\"").copied().unwrap_or(0);
+                }
+                if received >= 100 {
+                    return Ok(());
+                }
+                Err(format!(
+                    "half the votes crossed between the nodes: {received}"
+                ))
+            },
+        )
+        .await;
         wait_live_totals(&client, &[a, b], "split", &log_tallies(&log, "split")).await;
     });
 }
 
 #[test]
 fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_doubled() {
-    let prefix = common::fresh_prefix("fleet-kill", PARTITIONS);
-    let mut a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (mut a, b) = two_nodes("fleet-kill");
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        let owners = wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let [_, owners] = wait_both(&client, &a, &b).await;
         let a_parts = owners.get("node-a").cloned().unwrap_or_default();
         assert!(!a_parts.is_empty(), "node-a owns partitions: {owners:?}");
         open_election(&client, &b, "kill", &OPTIONS, 0).await;
@@ -304,23 +306,23 @@ fn kill_9_of_a_node_moves_its_partitions_and_no_acknowledged_vote_is_lost_or_dou
         });
         // node-a dies once it has acknowledged some of its voters' votes.
         let of_a = |a: &Attempt| a_parts.contains(&partition_of(VoterId(a.voter), PARTITIONS));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let served = attempts
-                .lock()
-                .await
-                .iter()
-                .filter(|x| of_a(x) && x.status == Some(202))
-                .count();
-            if served >= 50 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node-a served {served} of its voters"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            async || {
+                let served = attempts
+                    .lock()
+                    .await
+                    .iter()
+                    .filter(|x| of_a(x) && x.status == Some(202))
+                    .count();
+                if served >= 50 {
+                    return Ok(());
+                }
+                Err(format!("node-a served {served} of its voters"))
+            },
+        )
+        .await;
         let killed = Instant::now();
         a.kill();
         let owners = wait_fleet(&client, &b, &[("node-b", 1)], Duration::from_secs(60)).await;
@@ -552,14 +554,12 @@ fn owner_of(owners: &BTreeMap<String, BTreeSet<u32>>) -> BTreeMap<u32, String> {
 
 #[test]
 fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
-    let prefix = common::fresh_prefix("fleet-rolling", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-rolling");
+    let prefix = a.prefix.clone();
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        let mut owners = owner_of(&wait_fleet(&client, &b, &want, Duration::from_secs(30)).await);
+        let [_, seen_by_b] = wait_both(&client, &a, &b).await;
+        let mut owners = owner_of(&seen_by_b);
         open_election(&client, &a, "rolling", &OPTIONS, 0).await;
         wait_open(&client, &b, "rolling").await;
 
@@ -611,7 +611,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
                 status.success(),
                 "{node} exits cleanly on SIGTERM: {status}"
             );
-            let after = owner_of(&wait_fleet(&client, &back, &want, Duration::from_secs(60)).await);
+            let after = owner_of(&wait_fleet(&client, &back, &BOTH, Duration::from_secs(60)).await);
             restarts.push(Restart {
                 node,
                 stopped_at,
@@ -663,14 +663,10 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_vote() {
 
 #[test]
 fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
-    let prefix = common::fresh_prefix("fleet-zombie", PARTITIONS);
-    let a = Serve::start_node(&prefix, 1, "node-a", &[]);
-    let b = Serve::start_node(&prefix, 1, "node-b", &[]);
+    let (a, b) = two_nodes("fleet-zombie");
     runtime().block_on(async {
         let client = TestClient::http1();
-        let want = [("node-a", 1), ("node-b", 1)];
-        wait_fleet(&client, &b, &want, Duration::from_secs(60)).await;
-        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(30)).await;
+        let [_, owners] = wait_both(&client, &b, &a).await;
         let a_parts = owners.get("node-a").cloned().unwrap_or_default();
         open_election(&client, &a, "zombie", &OPTIONS, 0).await;
         wait_open(&client, &b, "zombie").await;
@@ -737,8 +733,7 @@ fn a_stopped_node_loses_its_partitions_and_resumes_as_a_fenced_zombie() {
 
         // Once resumed, node-a learns it lost its partitions (fenced commit or lost
         // assignment) and rejoins the fleet.
-        wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        wait_both(&client, &a, &b).await;
         // Nothing was sent to node-a since the stop, until now.
         let quiet_until_ms = unix_ms();
         let log_a = strip_ansi(&a.log_text());
@@ -982,6 +977,19 @@ async fn wait_forward_count(serve: &Serve, what: &str, at_least: u64) {
     .await
 }
 
+/// Waits until `serve` counted `exactly` of `what` in `votes_forward_total`, then asserts it
+/// counted no more; every counter of the series as read then.
+async fn assert_forward_count(serve: &Serve, what: &str, exactly: u64) -> HashMap<String, u64> {
+    wait_forward_count(serve, what, exactly).await;
+    let forward = common::serve::metric(serve, "votes_forward_total").await;
+    assert_eq!(
+        forward.get(&format!("what=\"{what}\"")),
+        Some(&exactly),
+        "{forward:?}"
+    );
+    forward
+}
+
 /// The forwarding link admits only a peer that signs the owner's fresh challenge with the fleet
 /// key: a hello recorded from another link, made for another listener, or signed with another
 /// key (the voter-token key included) is refused.
@@ -1024,13 +1032,7 @@ fn the_internal_link_refuses_replayed_or_foreign_hellos() {
         "the voter-token key opens no link"
     );
     runtime().block_on(async {
-        wait_forward_count(&a, "rejected_links", 4).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
-        assert_eq!(
-            forward.get("what=\"rejected_links\""),
-            Some(&4),
-            "{forward:?}"
-        );
+        assert_forward_count(&a, "rejected_links", 4).await;
     });
 }
 
@@ -1102,13 +1104,7 @@ fn the_internal_link_refuses_forged_replayed_reflected_or_modified_frames() {
     link.send(&sealed(&mut mirror, &vote(4)));
     assert!(!link.stays_open(None), "a reflected frame");
     runtime().block_on(async {
-        wait_forward_count(&a, "refused_frames", 5).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
-        assert_eq!(
-            forward.get("what=\"refused_frames\""),
-            Some(&5),
-            "{forward:?}"
-        );
+        let forward = assert_forward_count(&a, "refused_frames", 5).await;
         assert_eq!(forward.get("what=\"received\""), Some(&1), "{forward:?}");
     });
 }
@@ -1159,9 +1155,7 @@ fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote
     );
     let client = TestClient::http1();
     let owners = runtime().block_on(async {
-        let want = [("node-a", 1), ("node-b", 1)];
-        let owners = wait_fleet(&client, &a, &want, Duration::from_secs(60)).await;
-        wait_fleet(&client, &b, &want, Duration::from_secs(30)).await;
+        let [owners, _] = wait_both(&client, &a, &b).await;
         open_election(&client, &a, "running", &OPTIONS, 0).await;
         create_draft(&client, &a, "drafted").await;
         create_draft(&client, &a, "late").await;
@@ -1274,14 +1268,8 @@ fn the_owner_revalidates_the_election_option_and_routing_of_every_forwarded_vote
         "only the valid votes are in the log"
     );
     runtime().block_on(async {
-        wait_forward_count(&a, "held_refused", 2).await;
-        let forward = common::serve::metric(&a, "votes_forward_total").await;
+        let forward = assert_forward_count(&a, "held_refused", 2).await;
         assert_eq!(forward.get("what=\"held\""), Some(&2), "{forward:?}");
-        assert_eq!(
-            forward.get("what=\"held_refused\""),
-            Some(&2),
-            "{forward:?}"
-        );
     });
 }
 
@@ -1435,19 +1423,21 @@ fn silent_connections_to_the_internal_link_do_not_keep_a_peer_out() {
             admitted,
             "a peer with a valid hello was kept out by silent connections"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let forward = common::serve::metric(&a, "votes_forward_total").await;
-            let rejected = forward.get("what=\"rejected_links\"").copied().unwrap_or(0);
-            if rejected >= (SILENT - 100) as u64 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the silent connections over the bounds are not refused at accept: {forward:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let forward = common::serve::metric(&a, "votes_forward_total").await;
+                let rejected = forward.get("what=\"rejected_links\"").copied().unwrap_or(0);
+                if rejected >= (SILENT - 100) as u64 {
+                    return Ok(());
+                }
+                Err(format!(
+                    "the silent connections over the bounds are not refused at accept: {forward:?}"
+                ))
+            },
+        )
+        .await;
         drop(silent);
     });
 }

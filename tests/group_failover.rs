@@ -64,35 +64,50 @@ impl Drop for BrokersUp {
     }
 }
 
-/// Votes with new voters until each partition in `wanted` answered one `202`; returns how long
-/// that took. Panics past [`SERVED_AGAIN_WITHIN`].
-async fn serve_each_partition(
-    client: &TestClient,
-    url: &str,
-    next_voter: &mut u64,
-    what: &str,
-) -> Duration {
-    let started = Instant::now();
-    let mut wanted: Vec<u32> = (0..PARTITIONS).collect();
-    while !wanted.is_empty() {
-        assert!(
-            started.elapsed() < SERVED_AGAIN_WITHIN,
-            "{what}: partitions {wanted:?} gave no 202 within {SERVED_AGAIN_WITHIN:?}"
-        );
-        for &p in &wanted.clone() {
-            let voter = loop {
-                *next_voter += 1;
-                if partition_of(VoterId(*next_voter), PARTITIONS) == p {
-                    break *next_voter;
-                }
-            };
-            if let Ok((202, _)) = client.vote(url, "e", voter, "red").await {
-                wanted.retain(|x| *x != p);
-            }
+/// Election `e` of one serve node, voted in by a new voter each time.
+struct NewVoters {
+    client: TestClient,
+    url: String,
+    next_voter: u64,
+}
+
+impl NewVoters {
+    /// Opens election `e` (options `red` and `blue`) on `serve`.
+    async fn open(serve: &Serve) -> NewVoters {
+        let client = TestClient::http1();
+        open_election(&client, serve, "e", &["red", "blue"], 0).await;
+        NewVoters {
+            client,
+            url: serve.url(""),
+            next_voter: 0,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    started.elapsed()
+
+    /// Votes with new voters until each partition answered one `202`; returns how long that
+    /// took. Panics past [`SERVED_AGAIN_WITHIN`].
+    async fn serve_each_partition(&mut self, what: &str) -> Duration {
+        let started = Instant::now();
+        let mut wanted: Vec<u32> = (0..PARTITIONS).collect();
+        while !wanted.is_empty() {
+            assert!(
+                started.elapsed() < SERVED_AGAIN_WITHIN,
+                "{what}: partitions {wanted:?} gave no 202 within {SERVED_AGAIN_WITHIN:?}"
+            );
+            for &p in &wanted.clone() {
+                let voter = loop {
+                    self.next_voter += 1;
+                    if partition_of(VoterId(self.next_voter), PARTITIONS) == p {
+                        break self.next_voter;
+                    }
+                };
+                if let Ok((202, _)) = self.client.vote(&self.url, "e", voter, "red").await {
+                    wanted.retain(|x| *x != p);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
 }
 
 #[test]
@@ -106,12 +121,9 @@ fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
     // A session shorter than the brokers' failover (scripts/services.sh: 3 s broker session).
     let serve = start_short_session("coordinator-failover");
     let names = serve.names();
-    let client = TestClient::http1();
-    let url = serve.url("");
-    let mut next_voter = 0;
     runtime().block_on(async {
-        open_election(&client, &serve, "e", &["red", "blue"], 0).await;
-        let first = serve_each_partition(&client, &url, &mut next_voter, "before the kill").await;
+        let mut voters = NewVoters::open(&serve).await;
+        let first = voters.serve_each_partition("before the kill").await;
         eprintln!("every partition served in {first:?}");
 
         let coordinator = coordinator_of(&names.serve_group());
@@ -131,7 +143,7 @@ fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
             "kill -9 broker {coordinator}"
         );
         eprintln!("killed broker {coordinator}, the serve group's coordinator");
-        let again = serve_each_partition(&client, &url, &mut next_voter, "after the kill").await;
+        let again = voters.serve_each_partition("after the kill").await;
         eprintln!("every partition served again {again:?} after the kill");
     });
     eprintln!(
@@ -169,25 +181,21 @@ fn start_short_session(test: &str) -> Serve {
 fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
     let serve = start_short_session("intruder");
     let names = serve.names();
-    let client = TestClient::http1();
-    let url = serve.url("");
-    let mut next_voter = 0;
     runtime().block_on(async {
-        open_election(&client, &serve, "e", &["red", "blue"], 0).await;
-        serve_each_partition(&client, &url, &mut next_voter, "before the intruder").await;
+        let mut voters = NewVoters::open(&serve).await;
+        voters.serve_each_partition("before the intruder").await;
 
         // Another client under the serve member's static instance id: the coordinator hands
         // the instance to it and fences the member's client (FENCED_INSTANCE_ID, fatal).
-        let intruder: BaseConsumer = votes_tally::kafka::base_config(&KAFKA)
-            .set("group.id", names.serve_group())
-            .set("group.instance.id", format!("{}-0", serve.node))
-            .set("session.timeout.ms", "2000")
-            .set("heartbeat.interval.ms", "500")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        intruder.subscribe(&[&names.votes_topic()]).unwrap();
+        let intruder = common::serve_group_member(
+            &names,
+            &format!("{}-0", serve.node),
+            &[
+                ("session.timeout.ms", "2000"),
+                ("heartbeat.interval.ms", "500"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        );
         let deadline = Instant::now() + SERVED_AGAIN_WITHIN;
         while !serve.log_text().contains("group membership failed") {
             assert!(
@@ -199,8 +207,7 @@ fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
         // The intruder goes silent (as a duplicate process that exits); the member's new
         // client takes the instance back.
         drop(intruder);
-        let again =
-            serve_each_partition(&client, &url, &mut next_voter, "after the intruder").await;
+        let again = voters.serve_each_partition("after the intruder").await;
         eprintln!("every partition served again {again:?} after the member was fenced");
     });
     assert!(

@@ -274,21 +274,19 @@ fn the_stream_sends_changes_resumes_by_event_id_and_ends_with_the_official_resul
         )
         .await;
         // Likewise a GET may land on the core that has not had its tick yet.
-        let body = common::eventually(
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-            async || {
-                let (_, body) = client
-                    .get(&serve.url("/v1/elections/live/results"))
-                    .await
-                    .unwrap();
-                if body["final"] == true {
-                    return Ok(body);
-                }
-                Err(format!("every core serves the official result: {body}"))
-            },
-        )
-        .await;
+        let body = client
+            .get_until(
+                &serve.url("/v1/elections/live/results"),
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                |_, body| {
+                    if body["final"] == true {
+                        return Ok(body);
+                    }
+                    Err(format!("every core serves the official result: {body}"))
+                },
+            )
+            .await;
         assert_eq!(body["as_of"], 1_800_000_000_000u64);
     });
 }
@@ -309,21 +307,19 @@ fn a_results_only_node_serves_the_same_numbers_and_takes_no_votes() {
             assert_eq!(status, 202);
         }
         // The results node learns the election from the elections topic, the totals from Redis.
-        let body = common::eventually(
-            Duration::from_secs(15),
-            Duration::from_millis(100),
-            async || {
-                let (status, body) = client
-                    .get(&results.url("/v1/elections/split/results"))
-                    .await
-                    .unwrap();
-                if status == 200 && body["total"] == 7 {
-                    return Ok(body);
-                }
-                Err(format!("results node: {status} {body}"))
-            },
-        )
-        .await;
+        let body = client
+            .get_until(
+                &results.url("/v1/elections/split/results"),
+                Duration::from_secs(15),
+                Duration::from_millis(100),
+                |status, body| {
+                    if status == 200 && body["total"] == 7 {
+                        return Ok(body);
+                    }
+                    Err(format!("results node: {status} {body}"))
+                },
+            )
+            .await;
         assert_eq!(body["totals"]["a"], 3);
         assert_eq!(body["totals"]["b"], 4);
         let (status, body) = client

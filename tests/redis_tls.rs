@@ -49,23 +49,21 @@ fn a_node_works_through_a_tls_redis_with_a_password_and_stops_when_refused() {
         open_election(&client, &serve, "tls", &["a", "b"], 0).await;
         client.votes_split_a_b(&serve, "tls", 20).await;
         // The tallies went to Redis over TLS and came back as the results.
-        let results = common::eventually(
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            async || {
-                let (_, results) = client
-                    .get(&serve.url("/v1/elections/tls/results"))
-                    .await
-                    .unwrap();
-                if results["total"] == 20 {
-                    return Ok(results);
-                }
-                Err(serve.with_log(format!(
-                    "the results never showed the 20 votes through the TLS Redis: {results}"
-                )))
-            },
-        )
-        .await;
+        let results = client
+            .get_until(
+                &serve.url("/v1/elections/tls/results"),
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                |_, results| {
+                    if results["total"] == 20 {
+                        return Ok(results);
+                    }
+                    Err(serve.with_log(format!(
+                        "the results never showed the 20 votes through the TLS Redis: {results}"
+                    )))
+                },
+            )
+            .await;
         assert_eq!(results["totals"]["a"], 10, "{results}");
     });
     let log = serve.log_text();

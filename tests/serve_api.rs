@@ -34,6 +34,19 @@ impl At<'_> {
     }
 }
 
+/// `method` of `path` on `s` with `headers` and `body`: the status and the JSON body.
+async fn request(
+    c: &TestClient,
+    s: &At<'_>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (u16, serde_json::Value) {
+    let (st, _, j) = c.send(method, &s.url(path), headers, body).await.unwrap();
+    (st, j)
+}
+
 async fn post_vote(
     c: &TestClient,
     s: &At<'_>,
@@ -41,16 +54,19 @@ async fn post_vote(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> (u16, serde_json::Value) {
-    let (st, _, j) = c
-        .send(
-            "POST",
-            &s.url(&format!("/v1/elections/{election}/votes")),
-            headers,
-            body,
-        )
-        .await
-        .unwrap();
-    (st, j)
+    let path = format!("/v1/elections/{election}/votes");
+    request(c, s, "POST", &path, headers, body).await
+}
+
+/// `GET …/challenge` of `election` with `headers`.
+async fn get_challenge(
+    c: &TestClient,
+    s: &At<'_>,
+    election: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let path = format!("/v1/elections/{election}/challenge");
+    request(c, s, "GET", &path, headers, Bytes::new()).await
 }
 
 /// A vote with `Authorization: Bearer {bearer_token}` and a JSON content type.
@@ -272,15 +288,7 @@ async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
         403,
         "challenge_required",
     );
-    let (st, _, ch) = c
-        .send(
-            "GET",
-            &s.url(&format!("/v1/elections/{pow}/challenge")),
-            &[("authorization", &fresh)],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let (st, ch) = get_challenge(&c, s, &pow, &[("authorization", &fresh)]).await;
     assert_eq!(st, 200, "{ch}");
     assert_eq!(ch["difficulty"], 8);
     assert!(ch["expires_at"].as_u64().unwrap() > now_s() * 1000);
@@ -318,30 +326,11 @@ async fn every_row(serve: &Serve, protocol: &str, voter_base: u64) {
     );
     let (st, ok) = post_vote(&c, s, &pow, fresh_auth, body(&nonce)).await;
     assert_eq!(st, 202, "{ok}");
-    assert_error(
-        &c.send(
-            "GET",
-            &s.url(&format!("/v1/elections/{pow}/challenge")),
-            &[],
-            Bytes::new(),
-        )
-        .await
-        .map(|(s, _, j)| (s, j))
-        .unwrap(),
-        401,
-        "unauthorized",
-    );
+    assert_error(&get_challenge(&c, s, &pow, &[]).await, 401, "unauthorized");
 
     // Wrong methods are refused with the envelope, never a 500.
-    let (st, _, j) = c
-        .send(
-            "DELETE",
-            &s.url(&format!("/v1/elections/{open}/votes")),
-            auth,
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let votes = format!("/v1/elections/{open}/votes");
+    let (st, j) = request(&c, s, "DELETE", &votes, auth, Bytes::new()).await;
     assert_eq!(st, 405, "{j}");
 }
 

@@ -251,13 +251,17 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             .vote_accepted(&serve.url(""), "good", 5_000, "y")
             .await;
         let receipt = kept["receipt"].as_str().unwrap().to_owned();
+        // GET of a receipt of "good": its inclusion proof once the election is final.
+        let proof_of = async |receipt: &str| {
+            client
+                .get(&serve.url(&format!("/v1/elections/good/receipts/{receipt}")))
+                .await
+                .unwrap()
+        };
         let (bad_ok, _) = vote_all(&serve, "bad", &voters, &["x", "y"]).await;
         assert_eq!((ok, bad_ok), (400, 400));
         // The receipts of an election that is not final are not served yet.
-        let (status, _) = client
-            .get(&serve.url(&format!("/v1/elections/good/receipts/{receipt}")))
-            .await
-            .unwrap();
+        let (status, _) = proof_of(&receipt).await;
         assert_eq!(status, 404);
         votes_succeeds(&prefix, &["persist", "--exit-when-caught-up"]);
 
@@ -309,10 +313,7 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
         assert_eq!(final_results["merkle"]["tree_size"], 401);
 
         // The receipt's inclusion proof verifies against the official root (RFC 6962).
-        let (status, proof) = client
-            .get(&serve.url(&format!("/v1/elections/good/receipts/{receipt}")))
-            .await
-            .unwrap();
+        let (status, proof) = proof_of(&receipt).await;
         assert_eq!(status, 200, "{proof}");
         assert_eq!(proof["leaf"]["option"], "y");
         assert_eq!(proof["leaf"]["election"], "good");
@@ -339,15 +340,9 @@ fn the_recount_makes_agreeing_counts_official_and_refuses_a_corrupted_live_tally
             &path,
             &unhex(proof["root"].as_str().unwrap()),
         ));
-        let (status, _) = client
-            .get(&serve.url(&format!("/v1/elections/good/receipts/{}", "ab".repeat(32))))
-            .await
-            .unwrap();
+        let (status, _) = proof_of(&"ab".repeat(32)).await;
         assert_eq!(status, 404, "an unknown receipt");
-        let (status, body) = client
-            .get(&serve.url("/v1/elections/good/receipts/XYZ"))
-            .await
-            .unwrap();
+        let (status, body) = proof_of("XYZ").await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (400, Some("invalid_request"))

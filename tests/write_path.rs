@@ -41,27 +41,14 @@ async fn send_all(
         let permit = gate.clone().acquire_owned().await.unwrap();
         let (client, url, election) = (client.clone(), url.to_owned(), election.to_owned());
         tasks.push(tokio::spawn(async move {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(30),
-                client.vote(&url, &election, voter, option),
-            )
-            .await;
+            let seen = client.vote_seen(&url, &election, voter, option).await;
             drop(permit);
-            match answer {
-                Ok(Ok((status, body))) => Sent {
-                    voter,
-                    option,
-                    status: Some(status),
-                    partition: body["partition"].as_u64(),
-                    offset: body["offset"].as_u64(),
-                },
-                _ => Sent {
-                    voter,
-                    option,
-                    status: None,
-                    partition: None,
-                    offset: None,
-                },
+            Sent {
+                voter,
+                option,
+                status: seen.status,
+                partition: seen.partition,
+                offset: seen.offset,
             }
         }));
     }

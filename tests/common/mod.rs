@@ -164,6 +164,28 @@ pub fn two_worker_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A client joining the serve group of `names` under the static member id `instance`, as a
+/// serve node's core does (no automatic commits), with `settings` on top (its session timeout
+/// at least), subscribed to the votes topic: a member the test drives by polling it.
+pub fn serve_group_member(
+    names: &votes_core::Names,
+    instance: &str,
+    settings: &[(&str, &str)],
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let mut config = votes_tally::kafka::base_config(&KAFKA);
+    config
+        .set("group.id", names.serve_group())
+        .set("group.instance.id", instance)
+        .set("enable.auto.commit", "false");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+    consumer.subscribe(&[&names.votes_topic()]).unwrap();
+    consumer
+}
+
 /// A unique prefix (see [`unique_prefix`]) with its topics created on the test Kafka,
 /// `partitions` each, without `votes init`: for the tests that drive the log directly
 /// (producers, committers, recovery) and need nothing else provisioned.

@@ -370,21 +370,30 @@ pub struct H3Client {
     conns: tokio::sync::Mutex<HashMap<String, H3Send>>,
 }
 
+/// A client's TLS (ring, `versions`, no client certificate) trusting only the certificate
+/// `tls_root` (PEM), or nothing when there is none.
+fn client_tls(
+    tls_root: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = tls_root {
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 impl H3Client {
     fn new(tls_root: Option<&str>) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(pem) = tls_root {
-            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert.unwrap()).unwrap();
-            }
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut tls = client_tls(tls_root, &[&rustls::version::TLS13]);
         tls.alpn_protocols = vec![b"h3".to_vec()];
         Self {
             tls,
@@ -465,19 +474,7 @@ fn connector(
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(pem) = tls_root {
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls(tls_root, rustls::DEFAULT_VERSIONS);
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
@@ -659,6 +656,22 @@ impl TestClient {
             .map(|(s, _, j)| (s, j))
     }
 
+    /// Asks `GET url` again every `every` until `check` of its status and body is `Ok`, and
+    /// returns what it found: [`super::eventually`] of a `GET`, which must answer.
+    pub async fn get_until<T, E: std::fmt::Display>(
+        &self,
+        url: &str,
+        within: Duration,
+        every: Duration,
+        mut check: impl FnMut(u16, serde_json::Value) -> Result<T, E>,
+    ) -> T {
+        super::eventually(within, every, async || {
+            let (status, body) = self.get(url).await.unwrap();
+            check(status, body)
+        })
+        .await
+    }
+
     pub async fn admin(&self, method: &str, url: &str, body: serde_json::Value) -> Answer {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         let body = if body.is_null() {
@@ -717,6 +730,35 @@ impl TestClient {
         .map(|(s, _, j)| (s, j))
     }
 
+    /// Votes as `voter` for `option` in `election` through the node at `serve_url`, waiting at
+    /// most 30 s for the answer: what the voter saw of it, every part `None` when the request
+    /// failed or took longer.
+    pub async fn vote_seen(
+        &self,
+        serve_url: &str,
+        election: &str,
+        voter: u64,
+        option: &str,
+    ) -> VoteSeen {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.vote(serve_url, election, voter, option),
+        )
+        .await;
+        match answer {
+            Ok(Ok((status, body))) => VoteSeen {
+                status: Some(status),
+                partition: body["partition"].as_u64(),
+                offset: body["offset"].as_u64(),
+            },
+            _ => VoteSeen {
+                status: None,
+                partition: None,
+                offset: None,
+            },
+        }
+    }
+
     /// Votes as `voter` for `option` in `election` through the node at `serve_url` and asserts
     /// the vote was accepted (`202`), for the tests whose subject is what an accepted vote
     /// leads to (a tally event, a receipt, a fenced writer); returns the `202`'s body.
@@ -759,17 +801,15 @@ pub async fn wait_final(
     id: &str,
     within: Duration,
 ) -> serde_json::Value {
-    super::eventually(within, Duration::from_millis(200), async || {
-        let (_, body) = client
-            .get(&serve.url(&format!("/v1/elections/{id}/results")))
-            .await
-            .unwrap();
-        if body["final"] == true && body["state"] == "final" {
-            return Ok(body);
-        }
-        Err(serve.with_log(format!("{id} did not become final: {body}")))
-    })
-    .await
+    let url = serve.url(&format!("/v1/elections/{id}/results"));
+    client
+        .get_until(&url, within, Duration::from_millis(200), |_, body| {
+            if body["final"] == true && body["state"] == "final" {
+                return Ok(body);
+            }
+            Err(serve.with_log(format!("{id} did not become final: {body}")))
+        })
+        .await
 }
 
 /// Waits until `serve`'s own copy of the elections shows `id` open.
@@ -903,6 +943,15 @@ pub fn committed_votes(names: &Names, partitions: u32) -> Vec<Committed> {
         }
     }
     out
+}
+
+/// A vote's answer as its voter saw it ([`TestClient::vote_seen`]): the status, and the
+/// partition and offset a `202` named.
+#[derive(Debug, Clone, Copy)]
+pub struct VoteSeen {
+    pub status: Option<u16>,
+    pub partition: Option<u64>,
+    pub offset: Option<u64>,
 }
 
 /// A `202` as its client saw it.
