@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoteIntent, VoterId};
 use votes_tally::committer::{CommitterConfig, Part, Scope, TxnProducer};
 use votes_tally::engine::TxnOutcome;
-use votes_tally::recovery::{await_stable, replay};
+use votes_tally::recovery::{Stable, await_stable, replay};
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
 
 const T: Duration = Duration::from_secs(30);
@@ -198,11 +198,23 @@ fn one_transaction_over_both_partitions_is_acknowledged_with_its_offsets_and_rep
     }
 }
 
+/// How the new owner meets the zombie's open transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NewOwner {
+    /// Fences its writer once the grace (none here) is over.
+    FencesAfterItsGrace,
+    /// Fences its writer at once: the group says the writer's node has left.
+    FencesAWriterWhoseNodeLeft,
+    /// Does not wait for it: the zombie's commit meets the group's new generation.
+    Waits,
+}
+
 /// The zombie's view: one committed vote per partition, then a transaction over both that it
 /// produces and, stopped, does not commit until the new owner took over. With `Scope::Node`
 /// the zombie is a node's committer, its transaction two cores' parts (one partition each,
 /// each part's offsets sent on their own), and the new owner fences the node's producer.
-fn zombie_takes_over_case(test: &str, new_owner_fences: bool, scope: Scope) {
+fn zombie_takes_over_case(test: &str, new_owner: NewOwner, scope: Scope) {
+    let new_owner_fences = new_owner != NewOwner::Waits;
     let names = setup(test);
     let (zombie_member, zombie_group) = member(&names, "zombie-0");
     let (mut z0, mut z1) = (
@@ -242,13 +254,32 @@ fn zombie_takes_over_case(test: &str, new_owner_fences: bool, scope: Scope) {
         drop(zombie_member);
         let (_owner_member, owner_group) = member(&names, "owner-0");
         let mut owner = producer(&names, "owner");
-        let grace = if new_owner_fences { Duration::ZERO } else { T };
         let mut shards = Vec::new();
         for p in 0..2 {
-            if new_owner_fences {
-                await_stable(&KAFKA, &names, p, ("owner", 0), || true, grace, T)
-                    .expect("the zombie's transaction is resolved");
+            let stable = |grace, writer_gone: fn(&str) -> bool, timeout| {
+                await_stable(Stable {
+                    brokers: &KAFKA,
+                    names: &names,
+                    partition: p,
+                    me: ("owner", 0),
+                    still_owner: || true,
+                    writer_gone,
+                    grace,
+                    timeout,
+                })
+            };
+            match new_owner {
+                NewOwner::FencesAfterItsGrace => stable(Duration::ZERO, |_| false, T),
+                // An hour's grace, and a bound (6 × 5 s) below the broker's transaction
+                // timeout (60 s): only a fence at once resolves it in time.
+                NewOwner::FencesAWriterWhoseNodeLeft => stable(
+                    Duration::from_secs(3600),
+                    |node| node == "zombie",
+                    Duration::from_secs(5),
+                ),
+                NewOwner::Waits => Ok(()),
             }
+            .expect("the zombie's transaction is resolved");
             shards.push(recovered_shard_of(&names, p, "owner"));
         }
         let (mut o0, mut o1) = (shards.remove(0), shards.remove(0));
@@ -310,23 +341,40 @@ fn zombie_takes_over_case(test: &str, new_owner_fences: bool, scope: Scope) {
 
 #[test]
 fn a_core_paused_mid_transaction_is_fenced_by_the_new_owner_and_none_of_its_votes_count() {
-    zombie_takes_over_case("zombie-fenced", true, Scope::Core(0));
+    zombie_takes_over_case(
+        "zombie-fenced",
+        NewOwner::FencesAfterItsGrace,
+        Scope::Core(0),
+    );
+}
+
+#[test]
+fn a_core_paused_mid_transaction_is_fenced_at_once_when_its_node_left_the_group() {
+    zombie_takes_over_case(
+        "zombie-gone",
+        NewOwner::FencesAWriterWhoseNodeLeft,
+        Scope::Core(0),
+    );
 }
 
 #[test]
 fn a_core_paused_mid_transaction_cannot_commit_with_a_stale_generation() {
-    zombie_takes_over_case("zombie-generation", false, Scope::Core(0));
+    zombie_takes_over_case("zombie-generation", NewOwner::Waits, Scope::Core(0));
 }
 
 #[test]
 fn a_node_committer_paused_mid_transaction_is_fenced_by_the_new_owner_and_none_of_its_votes_count()
 {
-    zombie_takes_over_case("zombie-node-fenced", true, Scope::Node);
+    zombie_takes_over_case(
+        "zombie-node-fenced",
+        NewOwner::FencesAfterItsGrace,
+        Scope::Node,
+    );
 }
 
 #[test]
 fn a_node_committer_paused_mid_transaction_cannot_commit_with_a_stale_generation() {
-    zombie_takes_over_case("zombie-node-generation", false, Scope::Node);
+    zombie_takes_over_case("zombie-node-generation", NewOwner::Waits, Scope::Node);
 }
 
 /// A node's committer carries two cores' parts in one transaction: each part's offsets are

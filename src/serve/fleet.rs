@@ -24,7 +24,7 @@ pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// The newest stable fleet map, published by the watch thread, read by every core.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct FleetBoard {
     /// 0 until the first stable description.
     generation: AtomicU64,

@@ -73,7 +73,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
             &names,
             &node,
             cores,
-            kafka_timeout,
+            fleet.board.clone(),
         )?),
         initial: elections.view,
         events: core_events,
@@ -575,8 +575,9 @@ fn commit_settings(
     names: &votes_core::Names,
     node: &str,
     cores: usize,
-    kafka_timeout: Duration,
+    fleet: Arc<FleetBoard>,
 ) -> Result<CommitSettings> {
+    let kafka_timeout = Duration::from_millis(args.kafka_timeout_ms);
     let node_committer = match args.committer {
         CommitterScope::Core => None,
         CommitterScope::Node if !roles.ingest => None,
@@ -607,6 +608,7 @@ fn commit_settings(
             max_window: args.linger_ms * 1_000,
         },
         kafka_timeout,
+        fleet,
         snapshots: match &args.snapshot_dir {
             None => None,
             Some(root) => {

@@ -32,10 +32,11 @@ use votes_tally::engine::{
 };
 use votes_tally::fanout::TallyUpdate;
 use votes_tally::membership::{self, Assignment, OwnershipEvent};
-use votes_tally::recovery::{await_stable, replay};
+use votes_tally::recovery::{Stable, await_stable, replay};
 use votes_tally::shard::{Answer, Shard, ShardConfig, ShardState, Ticket, Vote};
 use votes_tally::snapshot;
 
+use super::fleet::FleetBoard;
 use super::metrics::{CoreMetrics, TallyRow};
 use super::status::PartitionStatus;
 
@@ -57,6 +58,8 @@ pub struct CommitSettings {
     /// Bound on each blocking Kafka call (init, commit, replay silence).
     pub kafka_timeout: Duration,
     pub snapshots: Option<SnapshotSettings>,
+    /// The group as the node last described it: who has left, for recovery's fencing.
+    pub fleet: Arc<FleetBoard>,
 }
 
 /// Where and how often shards write their snapshots (`--snapshot-dir`).
@@ -84,11 +87,25 @@ enum JobOut {
     Commit { txn: TxnId },
 }
 /// How long a recovering partition waits for a transaction still open in it before it fences
-/// that transaction's writer: a predecessor that handed off cleanly left nothing open but the
-/// markers of its last commit, which land within milliseconds; a dead one's partitions wait
-/// for this on top of the group session. Fencing a live predecessor whose markers are late
-/// costs it one aborted transaction (its voters get 503 and retry), never a vote.
+/// that transaction's writer, unless the writer's node has left the group
+/// ([`left_the_group`]): a predecessor that handed off cleanly left nothing open but the
+/// markers of its last commit, which land within milliseconds. Fencing a live predecessor
+/// whose markers are late costs it one aborted transaction (its voters get 503 and retry),
+/// never a vote.
 const FENCE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether the group, as the fleet map describes it after the rebalance that gave `partition`
+/// to this core (`me`), has no member on the `writer`'s node: the node is dead, cut off or
+/// paused past its session, so nothing it left open will be committed by a member in good
+/// standing, and its writer is fenced at once instead of after [`FENCE_GRACE`]. A map from
+/// before that rebalance (it does not name this core the owner yet) says nothing.
+fn left_the_group(fleet: &FleetBoard, writer: &str, me: (&str, u16), partition: u32) -> bool {
+    let map = fleet.current();
+    let after_the_move = map
+        .owner(partition)
+        .is_some_and(|o| (o.node.as_str(), o.core) == me);
+    after_the_move && !map.nodes.contains_key(writer)
+}
 
 /// One claim of a partition on this core, as the driver tracks it.
 struct Claim {
@@ -567,16 +584,21 @@ impl ShardHost {
             .blocking
             .run(move || {
                 let p = partition;
-                await_stable(
-                    &s.brokers,
-                    &s.names,
-                    p,
-                    (&s.node, core),
-                    || membership::holds(&assignment, p),
-                    FENCE_GRACE,
-                    s.kafka_timeout,
-                )
+                let began = Instant::now();
+                await_stable(Stable {
+                    brokers: &s.brokers,
+                    names: &s.names,
+                    partition: p,
+                    me: (&s.node, core),
+                    still_owner: || membership::holds(&assignment, p),
+                    writer_gone: |writer: &str| {
+                        left_the_group(&s.fleet, writer, (&s.node, core), p)
+                    },
+                    grace: FENCE_GRACE,
+                    timeout: s.kafka_timeout,
+                })
                 .map_err(|e| e.to_string())?;
+                let stable_at = began.elapsed();
                 let progress = |pr: votes_tally::recovery::ReplayProgress| {
                     status.replayed_records.store(pr.records, Ordering::Relaxed);
                     status.replay_offset.store(pr.offset, Ordering::Relaxed);
@@ -591,9 +613,18 @@ impl ShardHost {
                     _ => (shard, None),
                 };
                 let start = status.snapshot_start.load(Ordering::Relaxed);
-                replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
-                    .map(|shard| (shard, log_id, start))
-                    .map_err(|e| e.to_string())
+                let restored_at = began.elapsed();
+                let shard = replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
+                    .map_err(|e| e.to_string())?;
+                // Where a failover's time goes, partition by partition.
+                tracing::info!(
+                    partition,
+                    stable_ms = stable_at.as_millis(),
+                    restored_ms = restored_at.as_millis(),
+                    replayed_ms = began.elapsed().as_millis(),
+                    "partition recovered from the log"
+                );
+                Ok::<_, String>((shard, log_id, start))
             })
             .await;
         let shard = match replayed {

@@ -100,19 +100,44 @@ pub fn log_identity(
 /// predecessor that handed off cleanly left nothing open (markers may take a moment to land);
 /// a dead one's transaction is aborted by the broker after the transaction timeout; a stopped
 /// one (a zombie) might commit when it resumes, unless it is fenced. So: wait for the last
-/// stable offset to reach the high watermark seen at the start, and past `grace`, fence the
-/// writer of the record the last stable offset is stuck at — named in the record itself (node
-/// and core; its core's producer or its node's) — unless that is this core or the group no longer assigns the partition here
-/// (`still_owner`: fencing the rightful owner would only stall it).
-pub fn await_stable(
-    brokers: &str,
-    names: &Names,
-    partition: u32,
-    me: (&str, u16),
-    still_owner: impl Fn() -> bool,
-    grace: Duration,
-    timeout: Duration,
-) -> Result<(), ReplayError> {
+/// stable offset to reach the high watermark seen at the start; past [`NAME_WRITER_AFTER`],
+/// read who wrote the record the last stable offset is stuck at (node and core, named in the
+/// record: its core's producer or its node's), and fence that writer at once when
+/// `writer_gone(node)` says its node has left the group (dead, cut off or paused: nothing it
+/// holds will be committed by a member in good standing), or else past `grace`. Never this
+/// core, and never once the group no longer assigns the partition here (`still_owner`:
+/// fencing the rightful owner would only stall it).
+pub struct Stable<'a, Owner, Gone> {
+    pub brokers: &'a str,
+    pub names: &'a Names,
+    pub partition: u32,
+    /// This node and core.
+    pub me: (&'a str, u16),
+    pub still_owner: Owner,
+    pub writer_gone: Gone,
+    pub grace: Duration,
+    pub timeout: Duration,
+}
+
+/// How long a last stable offset may lag before its writer is read: a clean hand-off's
+/// markers land within milliseconds, and the read costs a fetch.
+pub const NAME_WRITER_AFTER: Duration = Duration::from_millis(50);
+
+pub fn await_stable<Owner, Gone>(args: Stable<'_, Owner, Gone>) -> Result<(), ReplayError>
+where
+    Owner: Fn() -> bool,
+    Gone: Fn(&str) -> bool,
+{
+    let Stable {
+        brokers,
+        names,
+        partition,
+        me,
+        still_owner,
+        writer_gone,
+        grace,
+        timeout,
+    } = args;
     let kafka = |source| ReplayError::Kafka { partition, source };
     let topic = names.votes_topic();
     let p = i32::try_from(partition).expect("partition fits i32");
@@ -129,9 +154,9 @@ pub fn await_stable(
         .fetch_watermarks(&topic, p, timeout)
         .map_err(kafka)?;
     let started = Instant::now();
-    // The offset stuck at, the ids that may hold it open and how many were fenced: one fence
-    // per look at the last stable offset (the first usually takes); a round that did not take
-    // (the ids could not be reached or named) starts over after a while.
+    // The offset stuck at, who may hold it open and how many were fenced: one fence per look
+    // at the last stable offset (the first usually takes); a round that did not take (the ids
+    // could not be reached or named) starts over after a while.
     let mut fencing: Option<Fencing> = None;
     loop {
         let (_, lso) = committed
@@ -146,27 +171,35 @@ pub fn await_stable(
                 timeout: timeout * 6,
             });
         }
-        if started.elapsed() >= grace {
+        if started.elapsed() >= NAME_WRITER_AFTER {
             let again = grace.max(Duration::from_secs(1)) * 5;
             // A new stuck offset, or a round over (every id fenced, or none could be named)
-            // that has not taken for a while: (re)name the writer's ids.
+            // that has not taken for a while: (re)name the writer.
             if fencing.as_ref().is_none_or(|f| {
                 f.offset != lso || (f.done == f.ids.len() && f.since.elapsed() >= again)
             }) {
+                let (node, ids) =
+                    writer_ids(&uncommitted, names, &topic, partition, lso, me, timeout);
                 fencing = Some(Fencing {
                     offset: lso,
-                    ids: writer_ids(&uncommitted, names, &topic, partition, lso, me, timeout),
+                    node,
+                    ids,
                     done: 0,
                     since: Instant::now(),
                 });
             }
             let f = fencing.as_mut().expect("set above");
+            let gone = f.node.as_deref().is_some_and(&writer_gone);
             // After a fence, the aborted transaction's markers take a moment to move the last
             // stable offset: the next id only once that had its grace.
-            let spaced = f.done == 0 || f.since.elapsed() >= grace;
-            if f.done < f.ids.len() && spaced && still_owner() {
+            let due = if f.done == 0 {
+                gone || started.elapsed() >= grace
+            } else {
+                f.since.elapsed() >= grace
+            };
+            if f.done < f.ids.len() && due && still_owner() {
                 let id = &f.ids[f.done];
-                tracing::warn!(partition, offset = lso, writer = %id, "a transaction stays open where this core takes over: fencing its writer");
+                tracing::warn!(partition, offset = lso, writer = %id, gone, "a transaction stays open where this core takes over: fencing its writer");
                 if let Err(e) = crate::committer::fence_writer(brokers, id, timeout) {
                     tracing::warn!(partition, writer = %id, error = %e, "could not fence; waiting for the transaction timeout");
                 }
@@ -181,18 +214,20 @@ pub fn await_stable(
 /// The fencing of the writer a partition's last stable offset is stuck at.
 struct Fencing {
     offset: i64,
+    /// The writer's node, when its record could be read.
+    node: Option<String>,
     ids: Vec<String>,
     done: usize,
     /// When the ids were named, or the last of them fenced.
     since: Instant,
 }
 
-/// The transactional ids that may hold the transaction at `offset` open. The record names the
-/// node and core, not the committer's scope: the writer is that core's producer or, with one
-/// committer per node, the node's; the core's comes first (the default scope), the node's is
-/// fenced next if the offset stays stuck. None for this core's own records, and no node id
-/// for this node (its live committer finishes what it holds: fencing it would stall every
-/// core here).
+/// The node that wrote the record at `offset`, and the transactional ids that may hold its
+/// transaction open. The record names the node and core, not the committer's scope: the
+/// writer is that core's producer or, with one committer per node, the node's; the core's
+/// comes first (the default scope), the node's is fenced next if the offset stays stuck. No
+/// ids for this core's own records, and no node id for this node (its live committer
+/// finishes what it holds: fencing it would stall every core here).
 fn writer_ids(
     uncommitted: &BaseConsumer<crate::kafka::VotesContext>,
     names: &Names,
@@ -201,7 +236,7 @@ fn writer_ids(
     offset: i64,
     me: (&str, u16),
     timeout: Duration,
-) -> Vec<String> {
+) -> (Option<String>, Vec<String>) {
     let p = i32::try_from(partition).expect("partition fits i32");
     match writer_at(uncommitted, topic, p, offset, timeout) {
         Ok(Some((node, core))) if (node.as_str(), core) != me => {
@@ -209,12 +244,13 @@ fn writer_ids(
             if node != me.0 {
                 ids.push(names.node_transactional_id(&node));
             }
-            ids
+            (Some(node), ids)
         }
-        Ok(_) => Vec::new(),
+        Ok(Some((node, _))) => (Some(node), Vec::new()),
+        Ok(None) => (None, Vec::new()),
         Err(e) => {
             tracing::warn!(partition, error = %e, "cannot read the open transaction's writer");
-            Vec::new()
+            (None, Vec::new())
         }
     }
 }

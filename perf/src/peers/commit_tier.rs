@@ -670,15 +670,18 @@ fn recover(
     shard: Shard,
     assignment: &votes_tally::membership::Assignment,
 ) -> Option<Shard> {
-    let stable = votes_tally::recovery::await_stable(
-        &cfg.brokers,
+    // The peer's cores share one process: no writer of its group leaves it, so fencing waits
+    // for the grace.
+    let stable = votes_tally::recovery::await_stable(votes_tally::recovery::Stable {
+        brokers: &cfg.brokers,
         names,
         partition,
-        (node, core),
-        || votes_tally::membership::holds(assignment, partition),
-        Duration::from_secs(1),
-        cfg.timeout,
-    );
+        me: (node, core),
+        still_owner: || votes_tally::membership::holds(assignment, partition),
+        writer_gone: |_: &str| false,
+        grace: Duration::from_secs(1),
+        timeout: cfg.timeout,
+    });
     if let Err(e) = stable {
         tracing::warn!(partition, error = %e, "recovery");
         return None;
