@@ -252,6 +252,15 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     crate::report::record_latency(h, d)
 }
 
+/// Adds a worker's histogram into the run's. Both have [`latency_histogram`]'s bounds, so a
+/// failure is the worker's fault and is reported as its failure.
+pub(crate) fn merge_latency(
+    into: &mut Histogram<u64>,
+    from: &Histogram<u64>,
+) -> Result<(), PeerError> {
+    into.add(from).map_err(|e| PeerError::Worker(e.to_string()))
+}
+
 /// Tallies that differ from the expected ones: option → (expected, found).
 pub fn tally_diff(
     expected: &BTreeMap<String, u64>,
@@ -489,9 +498,7 @@ pub(crate) async fn join_lanes<E>(
     for t in tasks {
         match t.await {
             Ok(Ok(r)) => {
-                all.latency_us
-                    .add(&r.latency_us)
-                    .map_err(|e| PeerError::Worker(e.to_string()))?;
+                merge_latency(&mut all.latency_us, &r.latency_us)?;
                 all.accepted += r.accepted;
                 all.duplicates += r.duplicates;
             }
