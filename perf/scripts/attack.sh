@@ -25,13 +25,8 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
-CORES=${CORES:-2}
-HONEST_RATE=${HONEST_RATE:-200}
-FLOOD_RATE=${FLOOD_RATE:-2000}
-DURATION=${DURATION:-20s}
-ABSORB=${ABSORB:-10s}
-FLOOD_CONCURRENCY=${FLOOD_CONCURRENCY:-64}
-CONNECTIONS=${CONNECTIONS:-64}
+env_defaults CORES=2 HONEST_RATE=200 FLOOD_RATE=2000 DURATION=20s ABSORB=10s FLOOD_CONCURRENCY=64 \
+  CONNECTIONS=64
 OUT=$ROOT/target/perf/attack
 mkdir -p "$OUT"
 scripts/services.sh up kafka dynamodb >/dev/null

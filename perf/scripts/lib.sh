@@ -35,6 +35,16 @@ open_election() {
     -d "{\"id\":\"$id\",\"title\":\"$id\",$fields}"
   curl -fsS -o /dev/null "${auth[@]}" -X POST "http://$admin/admin/v1/elections/$id/open"
 }
+# Gives each NAME of the NAME=VALUE arguments its value from the environment, or VALUE when that
+# is unset or empty (as NAME=${NAME:-VALUE} does): a script's settings and their defaults in one
+# list, as its header lists them.
+env_defaults() {
+  local setting name
+  for setting in "$@"; do
+    name=${setting%%=*}
+    [ -n "${!name:-}" ] || printf -v "$name" '%s' "${setting#*=}"
+  done
+}
 # Sets BIN to the directory of the release binaries: as given, or built here first into
 # $CARGO_TARGET_DIR (what the arguments name to cargo; by default votes and the perf tools).
 release_bins() {

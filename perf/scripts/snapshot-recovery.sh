@@ -14,11 +14,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
-VOTES=${VOTES:-5000000}
-VOTERS=${VOTERS:-4500000}
-TAIL=${TAIL:-500000}
-PARTITIONS=${PARTITIONS:-8}
-CORES=${CORES:-2}
+env_defaults VOTES=5000000 VOTERS=4500000 TAIL=500000 PARTITIONS=8 CORES=2
 scripts/services.sh up kafka dynamodb redis >/dev/null
 export VOTES_PREFIX="perf-snap-$(date +%s)-"
 OUT=$ROOT/target/perf/snapshot-recovery

@@ -23,11 +23,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_bins
 N=${VOTES:-1000000}
-RATE=${RATE:-5000}
-CONCURRENCY=${CONCURRENCY:-16}
-ENGINES=${ENGINES:-dynoxide moto}
-ME_RATE=${ME_RATE:-1000}
-ME_SECONDS=${ME_SECONDS:-20}
+env_defaults RATE=5000 CONCURRENCY=16 ENGINES='dynoxide moto' ME_RATE=1000 ME_SECONDS=20
 OUT=$ROOT/target/perf/source-of-truth-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 scripts/services.sh up kafka redis >/dev/null

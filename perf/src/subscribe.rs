@@ -597,6 +597,22 @@ async fn read_some<S: tokio::io::AsyncRead + Unpin>(
     read
 }
 
+/// Reads more of a subscriber's stream onto what is left of it unparsed (`raw`), first letting
+/// go of a buffer a large message grew once it is empty, so an idle subscriber holds a chunk's
+/// worth; the stream's end is a failure.
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    raw: &mut Vec<u8>,
+) -> Result<(), Fail> {
+    if raw.is_empty() && raw.capacity() > 4 * READ_CHUNK {
+        *raw = Vec::new();
+    }
+    if read_some(s, raw).await.map_err(Fail::Io)? == 0 {
+        return Err(Fail::Closed);
+    }
+    Ok(())
+}
+
 /// Sends the request head `req` and reads until the response head is complete: the head and
 /// the bytes read (the head's and any after it).
 async fn request_head(
@@ -679,13 +695,8 @@ async fn sse_h1(
             if body.is_done() {
                 return Err(Fail::BodyEnded);
             }
-            if raw.is_empty() && raw.capacity() > 4 * READ_CHUNK {
-                raw = Vec::new();
-            }
         }
-        if read_some(&mut s, &mut raw).await.map_err(Fail::Io)? == 0 {
-            return Err(Fail::Closed);
-        }
+        read_more(&mut s, &mut raw).await?;
     }
 }
 
@@ -787,12 +798,7 @@ async fn ws_frames<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             used += n;
         }
         raw.drain(..used);
-        if raw.is_empty() && raw.capacity() > 4 * READ_CHUNK {
-            raw = Vec::new();
-        }
-        if read_some(s, &mut raw).await.map_err(Fail::Io)? == 0 {
-            return Err(Fail::Closed);
-        }
+        read_more(s, &mut raw).await?;
     }
 }
 

@@ -42,7 +42,14 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Self::from_state(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The generator at `state`, the seed not mixed as [`Rng::new`] mixes it: for a caller whose
+    /// seeds were fixed before it drew from this generator and must keep their draws
+    /// (`votes-perf`'s load mix, its peers' vote sequences and its chaos campaigns).
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -265,12 +265,8 @@ pub fn run(cfg: &CommitTierConfig) -> Result<CommitTierReport, PeerError> {
     let mut found: BTreeMap<String, u64> = BTreeMap::new();
     let (mut txns, mut txn_votes, mut accepted, mut dup, mut retried) = (0, 0, 0, 0, 0);
     for r in &results {
-        latency
-            .add(&r.latency_us)
-            .map_err(|e| PeerError::Worker(e.to_string()))?;
-        commit
-            .add(&r.commit_us)
-            .map_err(|e| PeerError::Worker(e.to_string()))?;
+        super::merge_latency(&mut latency, &r.latency_us)?;
+        super::merge_latency(&mut commit, &r.commit_us)?;
         txns += r.transactions;
         txn_votes += r.txn_votes;
         accepted += r.accepted;

@@ -469,12 +469,8 @@ pub fn run(cfg: &FloorConfig) -> Result<(FloorReport, Expected), PeerError> {
     let mut latency_us = super::latency_histogram();
     let mut transactions = 0;
     for l in &lanes {
-        commit_us
-            .add(&l.commit_us)
-            .map_err(|e| PeerError::Worker(e.to_string()))?;
-        latency_us
-            .add(&l.latency_us)
-            .map_err(|e| PeerError::Worker(e.to_string()))?;
+        super::merge_latency(&mut commit_us, &l.commit_us)?;
+        super::merge_latency(&mut latency_us, &l.latency_us)?;
         transactions += l.transactions;
     }
     let n = cfg.spec.votes;

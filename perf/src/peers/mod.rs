@@ -252,6 +252,15 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     crate::report::record_latency(h, d)
 }
 
+/// Adds a worker's histogram into the run's. Both have [`latency_histogram`]'s bounds, so a
+/// failure is the worker's fault and is reported as its failure.
+pub(crate) fn merge_latency(
+    into: &mut Histogram<u64>,
+    from: &Histogram<u64>,
+) -> Result<(), PeerError> {
+    into.add(from).map_err(|e| PeerError::Worker(e.to_string()))
+}
+
 /// Tallies that differ from the expected ones: option → (expected, found).
 pub fn tally_diff(
     expected: &BTreeMap<String, u64>,
@@ -383,36 +392,49 @@ pub fn cpu_summary(
 
 impl ServerReport {
     /// The measured part of a run's report, with its derived figures (rates, CPU per vote)
-    /// computed here; the caller adds how the run was set up and whether the tallies held.
-    pub(crate) fn measured(
-        peer: &str,
-        votes: u64,
-        wall_s: f64,
-        client_cpu_s: f64,
-        server_cpu_s: Option<f64>,
-        lanes: &LaneResult,
-    ) -> Self {
+    /// computed here; the caller adds how the run was set up, then [`ServerReport::checked`].
+    pub(crate) fn measured(peer: &str, votes: u64, run: &LaneRun) -> Self {
         let (cpu_s, votes_per_cpu_s, cpu_us_per_vote) =
-            cpu_figures(votes, client_cpu_s, server_cpu_s);
+            cpu_figures(votes, run.client_cpu_s, run.server_cpu_s);
         ServerReport {
             peer: peer.into(),
             votes,
-            wall_s,
-            votes_per_s: votes as f64 / wall_s,
-            client_cpu_s,
-            server_cpu_s,
+            wall_s: run.wall_s,
+            votes_per_s: votes as f64 / run.wall_s,
+            client_cpu_s: run.client_cpu_s,
+            server_cpu_s: run.server_cpu_s,
             cpu_s,
             votes_per_cpu_s,
             cpu_us_per_vote,
-            accepted: lanes.accepted,
-            duplicates: lanes.duplicates,
-            latency_ms: LatencyMs::of(&lanes.latency_us),
+            accepted: run.lanes.accepted,
+            duplicates: run.lanes.duplicates,
+            latency_ms: LatencyMs::of(&run.lanes.latency_us),
             connections: 0,
             pipeline: 1,
             rate: None,
             verified: false,
             tally_diff: BTreeMap::new(),
             server: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the run held, read back from the server once the lanes are done: its tallies
+    /// (`found`, an option without a count as 0) and the voters it stored are the expected
+    /// ones, and so many votes were accepted.
+    pub(crate) fn checked(
+        self,
+        expected: &Expected,
+        found: &BTreeMap<String, u64>,
+        stored: Option<u64>,
+    ) -> Self {
+        let tally_diff = tally_diff(&expected.tallies, found);
+        let verified = tally_diff.is_empty()
+            && self.accepted == expected.accepted
+            && stored == Some(expected.accepted);
+        ServerReport {
+            verified,
+            tally_diff,
+            ..self
         }
     }
 
@@ -478,9 +500,42 @@ impl LaneResult {
     }
 }
 
+/// What the lanes of a PostgreSQL or Redis run measured, and what they and the server cost.
+pub(crate) struct LaneRun {
+    pub wall_s: f64,
+    pub client_cpu_s: f64,
+    /// `None` when the server's pid is unknown.
+    pub server_cpu_s: Option<f64>,
+    pub lanes: LaneResult,
+}
+
+/// Runs the lanes `spawn` starts (on a pace from now) to their end, timed, with this process's
+/// CPU and the server's (`server_cpu`: its CPU seconds so far, `None` when its pid is unknown)
+/// counted over them; a lane's error is mapped by `failed`.
+pub(crate) async fn run_lanes<E>(
+    rate: Option<f64>,
+    server_cpu: impl Fn() -> Result<Option<f64>, crate::cpu::CpuError>,
+    spawn: impl FnOnce(Pace) -> Vec<tokio::task::JoinHandle<Result<LaneResult, E>>>,
+    failed: impl Fn(E) -> PeerError,
+) -> Result<LaneRun, PeerError> {
+    let s0 = server_cpu()?;
+    let c0 = crate::cpu::self_cpu_seconds()?;
+    let t0 = Instant::now();
+    let lanes = join_lanes(spawn(Pace { t0, rate }), failed).await?;
+    let wall_s = t0.elapsed().as_secs_f64().max(1e-9);
+    let c1 = crate::cpu::self_cpu_seconds()?;
+    let s1 = server_cpu()?;
+    Ok(LaneRun {
+        wall_s,
+        client_cpu_s: c1 - c0,
+        server_cpu_s: s0.zip(s1).map(|(a, b)| b - a),
+        lanes,
+    })
+}
+
 /// Waits for every lane and merges what they measured; a lane's failure (its error mapped by
 /// `failed`) fails the run once all have ended.
-pub(crate) async fn join_lanes<E>(
+async fn join_lanes<E>(
     tasks: Vec<tokio::task::JoinHandle<Result<LaneResult, E>>>,
     failed: impl Fn(E) -> PeerError,
 ) -> Result<LaneResult, PeerError> {
@@ -489,9 +544,7 @@ pub(crate) async fn join_lanes<E>(
     for t in tasks {
         match t.await {
             Ok(Ok(r)) => {
-                all.latency_us
-                    .add(&r.latency_us)
-                    .map_err(|e| PeerError::Worker(e.to_string()))?;
+                merge_latency(&mut all.latency_us, &r.latency_us)?;
                 all.accepted += r.accepted;
                 all.duplicates += r.duplicates;
             }
@@ -566,6 +619,33 @@ mod tests {
         assert!(Votes::generate(&s).is_err());
         assert_eq!(option_names(28)[25], "z");
         assert_eq!(option_names(28)[27], "o27");
+    }
+
+    #[test]
+    fn a_server_run_holds_only_with_the_expected_tallies_voters_and_acceptances() {
+        let mut expected = Votes::generate(&spec(100, 90)).unwrap().expected(7);
+        expected.tallies.insert("nobody".into(), 0);
+        let run = LaneRun {
+            wall_s: 1.0,
+            client_cpu_s: 0.5,
+            server_cpu_s: None,
+            lanes: LaneResult {
+                accepted: 90,
+                ..LaneResult::empty()
+            },
+        };
+        let report = ServerReport::measured("test", 100, &run);
+        // The server has no count for an option nobody voted for.
+        let mut found = expected.tallies.clone();
+        found.remove("nobody");
+        assert!(report.clone().checked(&expected, &found, Some(90)).verified);
+        assert!(!report.clone().checked(&expected, &found, Some(89)).verified);
+        assert!(!report.clone().checked(&expected, &found, None).verified);
+        *found.get_mut("a").unwrap() += 1;
+        let off = report.checked(&expected, &found, Some(90));
+        assert!(!off.verified);
+        let a = expected.tallies["a"];
+        assert_eq!(off.tally_diff, [("a".to_string(), (a, a + 1))].into());
     }
 
     #[test]

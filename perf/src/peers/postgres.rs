@@ -18,7 +18,6 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
     Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, record,
-    tally_diff,
 };
 use crate::cpu;
 
@@ -193,19 +192,19 @@ pub async fn run(cfg: &PostgresConfig) -> Result<(ServerReport, Expected), PeerE
     }
     let lanes = votes.lanes(cfg.connections);
 
-    let s0 = server_pid.map(cpu::tree_cpu_seconds).transpose()?;
-    let c0 = cpu::self_cpu_seconds()?;
-    let t0 = Instant::now();
-    let pace = Pace { t0, rate: cfg.rate };
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .zip(lanes)
-        .map(|((c, st), lane)| tokio::spawn(run_lane(c, st, votes.clone(), lane, pace)))
-        .collect();
-    let lanes = super::join_lanes(tasks, PeerError::Postgres).await?;
-    let wall = t0.elapsed().as_secs_f64().max(1e-9);
-    let c1 = cpu::self_cpu_seconds()?;
-    let s1 = server_pid.map(cpu::tree_cpu_seconds).transpose()?;
+    let run = super::run_lanes(
+        cfg.rate,
+        || server_pid.map(cpu::tree_cpu_seconds).transpose(),
+        |pace| {
+            clients
+                .into_iter()
+                .zip(lanes)
+                .map(|((c, st), lane)| tokio::spawn(run_lane(c, st, votes.clone(), lane, pace)))
+                .collect()
+        },
+        PeerError::Postgres,
+    )
+    .await?;
 
     let mut found = BTreeMap::new();
     for row in admin
@@ -228,27 +227,13 @@ pub async fn run(cfg: &PostgresConfig) -> Result<(ServerReport, Expected), PeerE
         )
         .await?
         .try_get(0)?;
-    let diff = tally_diff(&expected.tallies, &found);
-    let verified = diff.is_empty()
-        && lanes.accepted == expected.accepted
-        && u64::try_from(stored).ok() == Some(expected.accepted);
-
-    let server_cpu = s0.zip(s1).map(|(a, b)| b - a);
     let report = ServerReport {
         connections: cfg.connections,
         pipeline: 1,
         rate: cfg.rate,
-        verified,
-        tally_diff: diff,
         server,
-        ..ServerReport::measured(
-            "postgres",
-            cfg.spec.votes,
-            wall,
-            c1 - c0,
-            server_cpu,
-            &lanes,
-        )
-    };
+        ..ServerReport::measured("postgres", cfg.spec.votes, &run)
+    }
+    .checked(&expected, &found, u64::try_from(stored).ok());
     Ok((report, expected))
 }

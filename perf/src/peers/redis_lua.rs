@@ -18,7 +18,6 @@ use redis::aio::MultiplexedConnection;
 use super::postgres::wait_due;
 use super::{
     Expected, LaneResult, Pace, PeerError, ServerReport, Vote, VoteSpec, Votes, check_rate, record,
-    tally_diff,
 };
 use crate::cpu;
 
@@ -159,24 +158,27 @@ pub async fn run(cfg: &RedisConfig) -> Result<(ServerReport, Expected), PeerErro
     let lanes = votes.lanes(cfg.connections);
     let depth = cfg.pipeline as usize;
 
-    let s0 = server_pid.map(|p| cpu::cpu_seconds(p, false)).transpose()?;
-    let c0 = cpu::self_cpu_seconds()?;
-    let t0 = Instant::now();
-    let pace = Pace { t0, rate: cfg.rate };
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .zip(lanes)
-        .map(|(c, lane)| tokio::spawn(run_lane(c, keys.clone(), votes.clone(), lane, pace, depth)))
-        .collect();
-    let lanes = super::join_lanes(tasks, PeerError::Redis).await?;
-    let wall = t0.elapsed().as_secs_f64().max(1e-9);
-    let c1 = cpu::self_cpu_seconds()?;
-    let s1 = server_pid.map(|p| cpu::cpu_seconds(p, false)).transpose()?;
+    let run = super::run_lanes(
+        cfg.rate,
+        || server_pid.map(|p| cpu::cpu_seconds(p, false)).transpose(),
+        |pace| {
+            conns
+                .into_iter()
+                .zip(lanes)
+                .map(|(c, lane)| {
+                    tokio::spawn(run_lane(c, keys.clone(), votes.clone(), lane, pace, depth))
+                })
+                .collect()
+        },
+        PeerError::Redis,
+    )
+    .await?;
 
     let tallies: HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(&keys.tally)
         .query_async(&mut admin)
         .await?;
+    // Options nobody voted for have no field: `checked` counts a missing one as 0.
     let found: BTreeMap<String, u64> = tallies
         .into_iter()
         .map(|(k, v)| (k, u64::try_from(v).unwrap_or(0)))
@@ -185,29 +187,14 @@ pub async fn run(cfg: &RedisConfig) -> Result<(ServerReport, Expected), PeerErro
         .arg(&keys.voters)
         .query_async(&mut admin)
         .await?;
-    // Options nobody voted for have no field; the expected tallies list them with 0.
-    let mut diff = tally_diff(&expected.tallies, &found);
-    diff.retain(|_, (e, f)| !(*e == 0 && *f == 0));
-    let verified =
-        diff.is_empty() && lanes.accepted == expected.accepted && stored == expected.accepted;
-
-    let server_cpu = s0.zip(s1).map(|(a, b)| b - a);
     let report = ServerReport {
         connections: cfg.connections,
         pipeline: cfg.pipeline,
         rate: cfg.rate,
-        verified,
-        tally_diff: diff,
         server,
-        ..ServerReport::measured(
-            "redis-lua",
-            cfg.spec.votes,
-            wall,
-            c1 - c0,
-            server_cpu,
-            &lanes,
-        )
-    };
+        ..ServerReport::measured("redis-lua", cfg.spec.votes, &run)
+    }
+    .checked(&expected, &found, Some(stored));
     Ok((report, expected))
 }
 
