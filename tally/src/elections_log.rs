@@ -418,10 +418,8 @@ impl ElectionsReader {
         // The end as of now. A reader that already reported EOF once gets no second EOF event
         // when nothing new arrived, and a transaction's commit marker is never delivered, so
         // the position (which librdkafka moves past markers) against this end also says done.
-        let (_, end) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, timeout)
-            .map_err(err)?;
+        let (_, end) =
+            crate::kafka::watermarks(&self.consumer, &self.topic, 0, timeout).map_err(err)?;
         let mut last = Instant::now();
         loop {
             match self.consumer.poll(Duration::from_millis(20)) {

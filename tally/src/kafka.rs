@@ -274,6 +274,45 @@ impl rdkafka::ClientContext for VotesContext {
 
 impl rdkafka::consumer::ConsumerContext for VotesContext {}
 
+/// Whether a failed metadata or offsets request may succeed when asked again shortly: a
+/// partition between leaders (a cluster starting, a broker failing over) or a broker not
+/// reached yet. A request that already waited out its timeout is not among them.
+pub fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
+/// A partition's low and high watermarks (the high one is the last stable offset for a
+/// `read_committed` client), asked again while the answer is [`transient`], until `timeout`.
+/// One failed ask must not fail a node's start or a shard's recovery: right after a broker
+/// starts or dies, its partitions' leaders are being elected for a moment.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, partition, error = %e, "watermarks: asking again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +352,28 @@ mod tests {
         );
         let plain = KafkaSecurity::new(KafkaProtocol::Plaintext, None, None).unwrap();
         assert!(plain.is_plaintext());
+    }
+
+    #[test]
+    fn a_partition_between_leaders_is_asked_again_and_a_missing_topic_is_not() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        // What a node met starting beside a cluster that had just started (chaos seed 20261301).
+        assert!(transient(&KafkaError::MetadataFetch(
+            Code::NotLeaderForPartition
+        )));
+        assert!(transient(&KafkaError::MetadataFetch(
+            Code::LeaderNotAvailable
+        )));
+        assert!(transient(&KafkaError::MetadataFetch(Code::AllBrokersDown)));
+        assert!(!transient(&KafkaError::MetadataFetch(
+            Code::UnknownTopicOrPartition
+        )));
+        assert!(!transient(&KafkaError::MetadataFetch(
+            Code::OperationTimedOut
+        )));
+        assert!(!transient(&KafkaError::MetadataFetch(
+            Code::TopicAuthorizationFailed
+        )));
     }
 }
