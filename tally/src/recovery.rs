@@ -11,8 +11,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use votes_core::Names;
 use votes_core::record::LogRecord;
 
-use crate::kafka::read_committed_consumer_config;
+use crate::kafka::{read_committed_consumer_config, watermarks};
 use crate::shard::{Shard, ShardState};
+
+/// A consumer of recovery's reads. Recovery ends on reaching the partition's end, which a
+/// fetch learns only when the broker answers it empty, and the broker holds an empty fetch for
+/// `fetch.wait.max.ms` (500 ms by default): on the path of every failover, that wait is cut
+/// to 10 ms.
+fn recovery_consumer_config(brokers: &str, names: &Names) -> rdkafka::ClientConfig {
+    let mut cfg = read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()));
+    cfg.set("fetch.wait.max.ms", "10");
+    cfg
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -52,16 +62,16 @@ pub fn log_identity(
 ) -> Result<LogIdentity, ReplayError> {
     let kafka = |source| ReplayError::Kafka { partition, source };
     let consumer: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+        recovery_consumer_config(brokers, names)
             .create_with_context(crate::kafka::VotesContext)
             .map_err(kafka)?;
-    let (_, high) = consumer
-        .fetch_watermarks(
-            &names.votes_topic(),
-            i32::try_from(partition).expect("partition fits i32"),
-            timeout,
-        )
-        .map_err(kafka)?;
+    let (_, high) = watermarks(
+        &consumer,
+        &names.votes_topic(),
+        i32::try_from(partition).expect("partition fits i32"),
+        timeout,
+    )
+    .map_err(kafka)?;
     let end = u64::try_from(high).unwrap_or(0);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(
@@ -142,26 +152,22 @@ where
     let topic = names.votes_topic();
     let p = i32::try_from(partition).expect("partition fits i32");
     let uncommitted: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+        recovery_consumer_config(brokers, names)
             .set("isolation.level", "read_uncommitted")
             .create_with_context(crate::kafka::VotesContext)
             .map_err(kafka)?;
     let committed: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+        recovery_consumer_config(brokers, names)
             .create_with_context(crate::kafka::VotesContext)
             .map_err(kafka)?;
-    let (_, hwm) = uncommitted
-        .fetch_watermarks(&topic, p, timeout)
-        .map_err(kafka)?;
+    let (_, hwm) = watermarks(&uncommitted, &topic, p, timeout).map_err(kafka)?;
     let started = Instant::now();
     // The offset stuck at, who may hold it open and how many were fenced: one fence per look
     // at the last stable offset (the first usually takes); a round that did not take (the ids
     // could not be reached or named) starts over after a while.
     let mut fencing: Option<Fencing> = None;
     loop {
-        let (_, lso) = committed
-            .fetch_watermarks(&topic, p, timeout)
-            .map_err(kafka)?;
+        let (_, lso) = watermarks(&committed, &topic, p, timeout).map_err(kafka)?;
         if lso >= hwm {
             return Ok(());
         }
@@ -295,7 +301,7 @@ fn replay_consumer(
     start: u64,
 ) -> Result<BaseConsumer<crate::kafka::VotesContext>, KafkaError> {
     let consumer: BaseConsumer<crate::kafka::VotesContext> =
-        read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()))
+        recovery_consumer_config(brokers, names)
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
             .create_with_context(crate::kafka::VotesContext)?;
