@@ -303,7 +303,9 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
     use rdkafka::consumer::Consumer;
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        match consumer.fetch_watermarks(topic, partition, timeout) {
+        // Each ask gets what is left of the bound, so that all of them together keep it.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_watermarks(topic, partition, left) {
             Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
                 tracing::debug!(topic, partition, error = %e, "watermarks: asking again");
                 std::thread::sleep(Duration::from_millis(100));
