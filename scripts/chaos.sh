@@ -20,14 +20,7 @@ DURATION=${DURATION:-120s}
 
 cargo build --bin votes -p votes
 # The jump-clock fault runs nodes under libfaketime (Debian's package; LD_PRELOAD).
-faketime_lib() { ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1 || true; }
-if [ -z "$(faketime_lib)" ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfaketime >/dev/null ||
-    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfaketime >/dev/null; } ||
-    true
-fi
-FAKETIME_LIB=$(faketime_lib)
-[ -n "$FAKETIME_LIB" ] || { echo "error: libfaketime is not installed (apt-get install libfaketime)" >&2; exit 1; }
+FAKETIME_LIB=$(scripts/libfaketime.sh)
 # The harness is light: a debug build, sharing the tests' warm target directory.
 cargo build --bin votes-chaos -p votes-perf
 

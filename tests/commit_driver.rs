@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::KAFKA;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use votes_core::{ElectionId, ErrorCode, Names, OptionId, VoteIntent, VoterId};
-use votes_tally::committer::{CommitterConfig, Part, Scope, TxnProducer};
+use votes_tally::committer::{CommitterConfig, Part, Scope, TxnFailure, TxnProducer};
 use votes_tally::engine::TxnOutcome;
 use votes_tally::recovery::{Stable, await_stable, replay};
 use votes_tally::shard::{Answer, CommitOutcome, Shard, ShardConfig, ShardState, Submitted, Vote};
@@ -287,23 +287,32 @@ fn zombie_takes_over_case(test: &str, new_owner: NewOwner, scope: Scope) {
         o1.submit(vote(6, "e", 31, "green"));
         taken_over = commit_all(&mut [&mut o0, &mut o1], &mut owner, &owner_group);
     });
-    let outcome = match outcome {
+    let failure = match outcome {
         Ok(offsets) => panic!("the zombie committed after the takeover, at {offsets:?}"),
-        Err(outcome) => outcome,
+        Err(failure) => failure,
     };
     if new_owner_fences {
         assert_eq!(
-            outcome,
-            TxnOutcome::Fenced,
+            failure,
+            TxnFailure {
+                outcome: TxnOutcome::Fenced,
+                refused_part: None
+            },
             "the new owner fenced the zombie's producer"
         );
     } else {
+        // The refusal names the part whose member the group no longer knows: that core's
+        // member is stale, and a core refused long enough asks for a new client.
         assert_eq!(
-            outcome,
-            TxnOutcome::Aborted,
-            "the coordinator refused the stale generation's offsets"
+            failure,
+            TxnFailure {
+                outcome: TxnOutcome::Aborted,
+                refused_part: Some(0)
+            },
+            "the coordinator refused the stale generation's offsets, the first part's first"
         );
     }
+    let outcome = failure.outcome;
     let answers = settle(&mut [&mut z0, &mut z1], &batches, outcome);
     assert!(
         answers.iter().all(|a| matches!(

@@ -10,6 +10,13 @@
 //! error happen for certain (another client joins with the member's instance id) and runs on
 //! any broker; the coordinator kill needs the 3-broker cluster: `scripts/test-cluster.sh` runs
 //! it (`--ignored`).
+//!
+//! A member can also leave the group without a word (`make chaos` seed 20261312 on
+//! 2026-12-05): librdkafka times its waits against the wall clock, so a clock stepped back
+//! holds every wait begun before the step for as long as the step. The member's client stops
+//! heartbeating, the group drops it, and it never says so; its core's transactions were
+//! refused ("Unknown member") 7,669 times in six minutes. The core now asks for a new client
+//! once its generation has been refused for a while with no word from the member.
 
 mod common;
 
@@ -213,5 +220,148 @@ fn a_member_fenced_by_an_intruder_joins_again_and_serves_every_partition() {
     assert!(
         serve.log_text().contains("joins again"),
         "the member joined again with a new client"
+    );
+}
+
+/// A node's wall clock under libfaketime, stepped through the file it reads.
+struct NodeClock {
+    file: std::path::PathBuf,
+}
+
+impl NodeClock {
+    fn new(test: &str) -> Self {
+        let clock = Self {
+            file: std::env::temp_dir().join(format!("{}{test}.clock", common::unique_prefix(test))),
+        };
+        clock.set("+0");
+        clock
+    }
+
+    /// Written aside and renamed over, so the library never reads a half-written file.
+    fn set(&self, offset: &str) {
+        let next = self.file.with_extension("clock.next");
+        std::fs::write(&next, format!("{offset}\n")).expect("writing the clock file");
+        std::fs::rename(&next, &self.file).expect("replacing the clock file");
+    }
+
+    /// The environment of a process whose wall clock follows this file; its monotonic clock
+    /// stays real, as on a host whose clock NTP steps.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let out = std::process::Command::new(repo_root().join("scripts/libfaketime.sh"))
+            .output()
+            .expect("scripts/libfaketime.sh runs");
+        assert_success(&out, "finding or installing libfaketime");
+        let lib = String::from_utf8(out.stdout)
+            .expect("a path")
+            .trim()
+            .to_owned();
+        vec![
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
+            ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+            ("FAKETIME_FORCE_MONOTONIC_FIX", "0".to_owned()),
+        ]
+    }
+}
+
+impl Drop for NodeClock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// The node's wall clock, in Unix milliseconds, as its stats say.
+async fn node_clock_ms(client: &TestClient, serve: &Serve) -> i64 {
+    let (status, stats) = client.admin_get(serve, "/admin/v1/stats").await;
+    assert_eq!(status, 200, "stats: {stats}");
+    stats["at_ms"].as_i64().expect("stats carry at_ms")
+}
+
+/// Waits until `holds` is true of the node's clock; panics past [`SERVED_AGAIN_WITHIN`].
+async fn until_node_clock(
+    client: &TestClient,
+    serve: &Serve,
+    what: &str,
+    holds: impl Fn(i64) -> bool,
+) -> i64 {
+    let deadline = Instant::now() + SERVED_AGAIN_WITHIN;
+    loop {
+        let at = node_clock_ms(client, serve).await;
+        if holds(at) {
+            return at;
+        }
+        assert!(Instant::now() < deadline, "the node's clock never {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn unix_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits i64")
+}
+
+#[test]
+fn a_member_wedged_by_a_clock_stepped_back_is_given_up_and_every_partition_is_served_again() {
+    const HOUR_MS: i64 = 3_600_000;
+    let clock = NodeClock::new("wedged-member");
+    let env = clock.env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000"));
+    common::require(common::Service::Kafka);
+    common::require(common::Service::DynamoDb);
+    let prefix = common::unique_prefix("wedged-member");
+    let out = common::votes(
+        &prefix,
+        &[
+            "init",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--replication-factor",
+            &replication().to_string(),
+        ],
+    );
+    assert_success(&out, "votes init");
+    let serve = Serve::start_env(&prefix, 1, false, &env);
+    runtime().block_on(async {
+        let mut voters = NewVoters::open(&serve).await;
+        voters.serve_each_partition("before the step").await;
+        let admin = TestClient::http1();
+
+        // Two hours ahead for two seconds of the node's own time: every poll and timed wait
+        // of its librdkafka clients begins under the step...
+        clock.set("+7200");
+        let ahead = until_node_clock(&admin, &serve, "stepped ahead", |at| {
+            at > unix_ms() + HOUR_MS
+        })
+        .await;
+        until_node_clock(&admin, &serve, "moved on while ahead", |at| {
+            at >= ahead + 2_000
+        })
+        .await;
+        // ...and lasts two hours once the clock is stepped back.
+        clock.set("+0");
+        until_node_clock(&admin, &serve, "stepped back", |at| {
+            at < unix_ms() + HOUR_MS
+        })
+        .await;
+        let again = voters
+            .serve_each_partition("after the clock stepped back")
+            .await;
+        eprintln!("every partition served again {again:?} after the clock stepped back");
+    });
+    let log = serve.log_text();
+    assert!(
+        log.contains("asking for a new member client"),
+        "the core took its member for wedged and asked for a new client"
+    );
+    assert!(
+        log.contains("joining with a new one"),
+        "the member's supervisor gave the wedged client up"
     );
 }

@@ -63,7 +63,8 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         keys,
         elections.writer,
     )?);
-    let (membership, core_events) = Membership::new(cores);
+    let (membership, core_events) =
+        Membership::new(cores, Duration::from_millis(args.group_session_timeout_ms));
     let wiring = wiring::CoreWiring {
         shared: shared.clone(),
         settings: Arc::new(commit_settings(
@@ -79,6 +80,7 @@ pub fn run(common: &Common, args: &ServeArgs) -> Result<()> {
         events: core_events,
         ringers: membership.ringers.clone(),
         assignments: membership.assignments.clone(),
+        rejoins: membership.rejoins.clone(),
         link_security,
         link: link.as_ref().map(|(h, _)| h.clone()),
         results: ResultsSettings {
@@ -510,22 +512,26 @@ type OwnershipEvents = std::sync::mpsc::Receiver<votes_tally::membership::Owners
 
 /// The link between each core and its member of the serve group: the member sends ownership
 /// events and rings the core's doorbell (made by the core when it starts) after each; the
-/// assignment is what both read.
+/// assignment is what both read; the core asks for a new client through the rejoin.
 struct Membership {
     member_events: Vec<std::sync::mpsc::Sender<votes_tally::membership::OwnershipEvent>>,
     ringers: Arc<Mutex<Vec<Option<votes_net::doorbell::Ringer>>>>,
     assignments: Vec<votes_tally::membership::Assignment>,
+    rejoins: Vec<votes_tally::membership::Rejoin>,
 }
 
 impl Membership {
     /// The members' side, and each core's receiver for the core to take.
-    fn new(cores: usize) -> (Self, Mutex<Vec<Option<OwnershipEvents>>>) {
+    fn new(cores: usize, session: Duration) -> (Self, Mutex<Vec<Option<OwnershipEvents>>>) {
         let (member_events, core_events): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| std::sync::mpsc::channel()).unzip();
         let membership = Self {
             member_events,
             ringers: Arc::new(Mutex::new(vec![None; cores])),
             assignments: (0..cores).map(|_| Default::default()).collect(),
+            rejoins: (0..cores)
+                .map(|_| votes_tally::membership::Rejoin::new(session))
+                .collect(),
         };
         (
             membership,
@@ -558,6 +564,7 @@ impl Membership {
                     events,
                     self.assignments[core].clone(),
                     Box::new(move || ringer.ring()),
+                    self.rejoins[core].clone(),
                 )
                 .context("joining the serve group")?,
             );

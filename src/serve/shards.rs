@@ -31,7 +31,7 @@ use votes_tally::engine::{
     PacingConfig, RevokeId, TxnId, TxnOutcome,
 };
 use votes_tally::fanout::TallyUpdate;
-use votes_tally::membership::{self, Assignment, OwnershipEvent};
+use votes_tally::membership::{self, Assignment, OwnershipEvent, Refusals, Rejoin};
 use votes_tally::recovery::{Stable, await_stable, replay};
 use votes_tally::shard::{Answer, Shard, ShardConfig, ShardState, Ticket, Vote};
 use votes_tally::snapshot;
@@ -151,6 +151,10 @@ pub struct ShardHost {
     blocking: Blocking,
     metrics: Rc<CoreMetrics>,
     assignment: Assignment,
+    /// How long this core's transactions have been refused for its group generation; past
+    /// the rejoin's bound the member's client is taken for wedged and replaced.
+    refusals: RefCell<Refusals>,
+    rejoin: Rejoin,
     /// This core's copy of the elections: every vote is checked against it again here, at
     /// the owner (docs/design.md §7), forwarded ones included.
     elections: Rc<RefCell<ElectionsView>>,
@@ -173,6 +177,7 @@ impl ShardHost {
         blocking: Blocking,
         metrics: Rc<CoreMetrics>,
         assignment: Assignment,
+        rejoin: Rejoin,
         elections: Rc<RefCell<ElectionsView>>,
         events: Option<mpsc::Receiver<OwnershipEvent>>,
         shutdown: LocalSignal,
@@ -216,6 +221,8 @@ impl ShardHost {
             blocking,
             metrics,
             assignment,
+            refusals: RefCell::new(Refusals::default()),
+            rejoin,
             elections,
             epoch: Instant::now(),
             tallies_moved: LocalNotify::new(),
@@ -402,6 +409,7 @@ impl ShardHost {
     }
 
     fn on_membership(self: &Rc<Self>, event: OwnershipEvent) {
+        self.refusals.borrow_mut().clear();
         match event {
             OwnershipEvent::Assigned { partitions, group } => {
                 let token = self.next_generation.get();
@@ -450,6 +458,7 @@ impl ShardHost {
                 };
                 let out = self.job_out.take();
                 debug_assert!(out.is_some(), "a result answers the job handed over");
+                self.judge_membership(&f);
                 let event = f.into_event(|votes, elapsed, outcome| {
                     self.metrics.commit(votes, elapsed, outcome)
                 });
@@ -468,6 +477,34 @@ impl ShardHost {
             if !rang {
                 return;
             }
+        }
+    }
+
+    /// Counts the refusals of this core's generation; when they last with no word from the
+    /// member, asks for a new client (the member's is wedged and will never say it lost the
+    /// partitions: the core would abort transaction after transaction meanwhile).
+    fn judge_membership(&self, f: &Finished) {
+        if f.generation_refused() {
+            if self
+                .refusals
+                .borrow_mut()
+                .refused(Instant::now(), self.rejoin.after())
+            {
+                tracing::error!(
+                    core = self.core,
+                    after = ?self.rejoin.after(),
+                    "the group has refused this core's generation with no word from its member; asking for a new member client"
+                );
+                self.rejoin.ask();
+            }
+        } else if matches!(
+            f,
+            Finished::Txn {
+                outcome: TxnOutcome::Committed { .. },
+                ..
+            }
+        ) {
+            self.refusals.borrow_mut().clear();
         }
     }
 

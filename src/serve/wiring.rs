@@ -14,7 +14,7 @@ use votes_net::CoreContext;
 use votes_net::forward::{ForwardLimits, Forwarder, LinkSecurity};
 use votes_tally::elections_log::{ElectionsReader, ElectionsView};
 use votes_tally::fanout::LinkHandle;
-use votes_tally::membership::{Assignment, OwnershipEvent};
+use votes_tally::membership::{Assignment, OwnershipEvent, Rejoin};
 
 use super::app::{AppHandle, CoreApp, CoreMsg, ForwardedVotes, NodeShared, broadcast_election};
 use super::fleet::FleetView;
@@ -33,6 +33,8 @@ pub(super) struct CoreWiring {
     /// Each core's doorbell, filled here, handed to its group member by the node.
     pub ringers: Arc<Mutex<Vec<Option<votes_net::doorbell::Ringer>>>>,
     pub assignments: Vec<Assignment>,
+    /// Each core's way to have its member's client replaced.
+    pub rejoins: Vec<Rejoin>,
     pub link_security: Option<LinkSecurity>,
     pub link: Option<LinkHandle>,
     pub results: ResultsSettings,
@@ -62,6 +64,7 @@ impl CoreWiring {
             ctx.blocking().clone(),
             metrics.clone(),
             self.assignments[core].clone(),
+            self.rejoins[core].clone(),
             elections.clone(),
             shared.roles.ingest.then_some(events),
             shards_stop.clone(),

@@ -180,10 +180,27 @@ pub enum Finished {
         votes: usize,
         /// From the job's hand-over to its outcome (a node committer's gathering included).
         elapsed: Duration,
+        /// The group coordinator refused this core's offsets for its generation (unknown
+        /// member, illegal generation, fenced instance): the group no longer counts the core's
+        /// member as the one it gave that generation to. Normal for a moment after a
+        /// rebalance; for long, the member's client is wedged ([`crate::membership::Rejoin`]).
+        generation_refused: bool,
     },
 }
 
 impl Finished {
+    /// Whether this is a transaction whose offsets the coordinator refused for this core's
+    /// group generation.
+    pub fn generation_refused(&self) -> bool {
+        matches!(
+            self,
+            Finished::Txn {
+                generation_refused: true,
+                ..
+            }
+        )
+    }
+
     /// The engine's event for this result; a finished transaction's votes, time and outcome go
     /// to `txn_figures` first (the caller's metrics).
     pub fn into_event(self, txn_figures: impl FnOnce(usize, Duration, &TxnOutcome)) -> Event {
@@ -194,6 +211,7 @@ impl Finished {
                 outcome,
                 votes,
                 elapsed,
+                generation_refused: _,
             } => {
                 txn_figures(votes, elapsed, &outcome);
                 Event::TxnDone { txn, outcome }
@@ -557,6 +575,8 @@ impl Worker {
         // A transaction after another's failure starts on a fresh producer: the failed one is
         // dropped below, and opening the next settles what it left.
         let opened = self.open();
+        // The part whose group generation the coordinator refused, if that failed it.
+        let mut refused = None;
         let outcomes: Vec<TxnOutcome> = match (&mut self.producer, opened) {
             (Some(p), Ok(())) => {
                 let parts: Vec<Part<'_>> = commits
@@ -571,7 +591,10 @@ impl Worker {
                         .into_iter()
                         .map(|offsets| TxnOutcome::Committed { offsets })
                         .collect(),
-                    Err(outcome) => vec![outcome; commits.len()],
+                    Err(failure) => {
+                        refused = failure.refused_part;
+                        vec![failure.outcome; commits.len()]
+                    }
                 }
             }
             // Nothing was sent.
@@ -586,7 +609,7 @@ impl Worker {
             // producer carries nothing more.
             self.producer = None;
         }
-        for (t, outcome) in commits.into_iter().zip(outcomes) {
+        for (i, (t, outcome)) in commits.into_iter().zip(outcomes).enumerate() {
             let votes = t.batches.iter().map(Batch::len).sum();
             // A core that is gone hears nothing; the others still do.
             t.link.send(Finished::Txn {
@@ -594,7 +617,27 @@ impl Worker {
                 outcome,
                 votes,
                 elapsed: t.handed_over.elapsed(),
+                generation_refused: refused == Some(i),
             });
+        }
+    }
+}
+
+/// How a transaction failed: its outcome (never `Committed`), and which part's group
+/// generation the coordinator refused when that is why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnFailure {
+    pub outcome: TxnOutcome,
+    /// Index into the transaction's parts.
+    pub refused_part: Option<usize>,
+}
+
+impl From<TxnOutcome> for TxnFailure {
+    fn from(outcome: TxnOutcome) -> Self {
+        debug_assert!(!matches!(outcome, TxnOutcome::Committed { .. }));
+        Self {
+            outcome,
+            refused_part: None,
         }
     }
 }
@@ -715,15 +758,15 @@ impl TxnProducer {
             Ok(mut offsets) => TxnOutcome::Committed {
                 offsets: offsets.pop().expect("one part"),
             },
-            Err(outcome) => outcome,
+            Err(failure) => failure.outcome,
         }
     }
 
     /// Writes every part's batches in one transaction that commits each part's offsets with
     /// that part's group metadata (one `send_offsets_to_transaction` each: the coordinator
     /// checks every core's generation, and refuses the whole transaction if one is stale).
-    /// `Ok` holds the offsets of each part's records, batch by batch; `Err` how it failed
-    /// (never `Committed`). `pause` is called as in [`TxnProducer::commit_pausing`].
+    /// `Ok` holds the offsets of each part's records, batch by batch; `Err` how it failed.
+    /// `pause` is called as in [`TxnProducer::commit_pausing`].
     ///
     /// Long because it is the transaction's sequence of librdkafka calls, each failure mapped to
     /// its outcome where it happens.
@@ -731,7 +774,7 @@ impl TxnProducer {
         &mut self,
         parts: &[Part<'_>],
         pause: impl FnOnce(),
-    ) -> Result<Vec<Vec<Vec<u64>>>, TxnOutcome> {
+    ) -> Result<Vec<Vec<Vec<u64>>>, TxnFailure> {
         assert!(!parts.is_empty());
         let batches: Vec<&Batch> = parts.iter().flat_map(|p| p.batches.iter()).collect();
         assert!(!batches.is_empty() && batches.iter().all(|b| !b.is_empty()));
@@ -744,22 +787,22 @@ impl TxnProducer {
             "one batch per partition in a transaction: each partition has one writing core"
         );
         if let Err(e) = self.producer.begin_transaction() {
-            return Err(self.settle_failure(e));
+            return Err(self.settle_failure(e).into());
         }
         let deadline = Instant::now() + self.timeout;
         if let Err(e) = self.produce(&batches) {
-            return Err(self.abort(e));
+            return Err(self.abort(e).into());
         }
         let call = self.watch.enter();
         let delivered = self.deliveries(&batches, deadline);
         drop(call);
         let mut offsets = match delivered {
             Ok(offsets) => offsets.into_iter(),
-            Err(e) => return Err(self.abort(e)),
+            Err(e) => return Err(self.abort(e).into()),
         };
         pause();
         let mut per_part = Vec::with_capacity(parts.len());
-        for part in parts {
+        for (index, part) in parts.iter().enumerate() {
             let mine: Vec<Vec<u64>> = offsets.by_ref().take(part.batches.len()).collect();
             let mut tpl = TopicPartitionList::new();
             for (b, offs) in part.batches.iter().zip(&mine) {
@@ -769,7 +812,7 @@ impl TxnProducer {
                     i32::try_from(b.partition).expect("partition fits i32"),
                     Offset::Offset(i64::try_from(next).expect("offsets fit i64")),
                 ) {
-                    return Err(self.abort(e));
+                    return Err(self.abort(e).into());
                 }
             }
             // The coordinator checks the member's generation here: a core whose partitions
@@ -786,7 +829,13 @@ impl TxnProducer {
                         if rd.is_retriable()
                             && !rd.txn_requires_abort()
                             && attempt <= COMMIT_RETRIES => {}
-                    _ => return Err(self.abort(e)),
+                    _ => {
+                        let refused_part = refuses_generation(&e).then_some(index);
+                        return Err(TxnFailure {
+                            outcome: self.abort(e),
+                            refused_part,
+                        });
+                    }
                 }
             }
             per_part.push(mine);
@@ -802,18 +851,18 @@ impl TxnProducer {
                 Ok(()) => return Ok(per_part),
                 Err(e) => {
                     let Some(rd) = txn_error(&e) else {
-                        return Err(TxnOutcome::Unknown);
+                        return Err(TxnOutcome::Unknown.into());
                     };
                     if rd.is_fatal() {
-                        return Err(TxnOutcome::Fenced);
+                        return Err(TxnOutcome::Fenced.into());
                     }
                     if rd.txn_requires_abort() {
-                        return Err(self.abort(e));
+                        return Err(self.abort(e).into());
                     }
                     attempt += 1;
                     if !rd.is_retriable() || attempt > COMMIT_RETRIES {
                         tracing::warn!(committer = %self.label, error = %e, "commit outcome unknown");
-                        return Err(TxnOutcome::Unknown);
+                        return Err(TxnOutcome::Unknown.into());
                     }
                 }
             }
@@ -1010,6 +1059,20 @@ fn is_fencing(e: &KafkaError) -> bool {
         RDKafkaErrorCode::Fenced
             | RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}
+
+/// Whether the group coordinator refused offsets for the generation they carried: the member
+/// that generation belongs to is no longer the group's (its session expired, the group moved
+/// on, or another client took its instance id).
+fn refuses_generation(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::FencedInstanceId
+        )
     )
 }
 

@@ -17,15 +17,21 @@
 //! within the session timeout and gets its partitions back without a rebalance of the fleet;
 //! the price is that a node that dies keeps its partitions until the session times out.
 //!
+//! A member can leave the group without hearing of it: a client whose threads are held (a
+//! wall clock stepped back stalls librdkafka's timed waits) stops heartbeating and is dropped,
+//! and its callbacks never run. The coordinator's refusals of the core's offsets are then the
+//! only news; a core refused for long asks ([`Rejoin`]) and the member's supervisor replaces
+//! the client, telling the core its partitions are lost first.
+//!
 //! [`GroupWatch`] reads the group's description (members, their client ids and assignments)
 //! so that every node can publish the map partition → node/core/internal address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
@@ -112,6 +118,9 @@ impl MemberConfig {
 
 /// The rebalance callbacks of one member; they run on the member's thread, inside `poll`.
 struct MemberContext {
+    /// Set when this client was given up for a new one ([`Rejoin`]): from then on it speaks
+    /// for nobody, whatever its callbacks hear when (if ever) its threads wake.
+    abandoned: Arc<AtomicBool>,
     topic: String,
     events: mpsc::Sender<OwnershipEvent>,
     handoff_timeout: Duration,
@@ -139,8 +148,15 @@ impl MemberContext {
         ps
     }
 
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
     /// Tells the core to give `partitions` up and waits (bounded) until it did.
     fn revoke(&self, partitions: Vec<u32>, lost: bool) {
+        if self.abandoned() {
+            return;
+        }
         {
             let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
             for p in &partitions {
@@ -182,6 +198,9 @@ impl ConsumerContext for MemberContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        if self.abandoned() {
+            return;
+        }
         let partitions = self.partitions(tpl);
         if partitions.is_empty() {
             return;
@@ -191,6 +210,9 @@ impl ConsumerContext for MemberContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.abandoned() {
+            return;
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions(tpl);
@@ -225,10 +247,116 @@ impl ConsumerContext for MemberContext {
     }
 }
 
-/// One core's membership, polled on a thread of its own (the callbacks block).
+/// A core's word to its member that the group no longer takes the member's generation, long
+/// after the member's client should have heard so itself: the client is wedged. librdkafka
+/// times its waits against the wall clock (#2145), so a clock stepped back holds every wait
+/// begun before the step for as long as the step: the client stops heartbeating, the group
+/// gives its partitions to others, and it never says so, while the core's transactions are
+/// refused one after the other. Asked, the member's supervisor gives the client up, tells
+/// the core its partitions are lost, and joins again with a new client.
+#[derive(Clone)]
+pub struct Rejoin(Arc<RejoinShared>);
+
+struct RejoinShared {
+    /// How long refusals may last with no word from the member before the core asks.
+    after: Duration,
+    state: Mutex<RejoinState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct RejoinState {
+    asked: bool,
+    stopped: bool,
+}
+
+impl Rejoin {
+    /// For a member with this session timeout. A healthy client hears of its expulsion at its
+    /// next heartbeat (a quarter of the session) and revokes its partitions as lost; twice the
+    /// session is far past that, and still short next to the minutes a wedge lasts.
+    pub fn new(session_timeout: Duration) -> Self {
+        Self(Arc::new(RejoinShared {
+            after: (session_timeout * 2).max(MIN_REFUSED_FOR),
+            state: Mutex::new(RejoinState::default()),
+            changed: Condvar::new(),
+        }))
+    }
+
+    /// How long a core's transactions may be refused for its generation, with no ownership
+    /// event between, before it asks.
+    pub fn after(&self) -> Duration {
+        self.0.after
+    }
+
+    /// Asks the member's supervisor for a new client; never blocks.
+    pub fn ask(&self) {
+        self.0.lock().asked = true;
+        self.0.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.0.lock().stopped = true;
+        self.0.changed.notify_all();
+    }
+
+    /// Waits until asked (`true`, and the ask is taken) or stopped (`false`).
+    fn wait(&self) -> bool {
+        let mut s = self.0.lock();
+        loop {
+            if s.stopped {
+                return false;
+            }
+            if std::mem::take(&mut s.asked) {
+                return true;
+            }
+            s = self.0.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl RejoinShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RejoinState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Floor of [`Rejoin::after`]: a rebalance's refusals (the moment between the group's new
+/// generation and the member's sync) never last this long.
+const MIN_REFUSED_FOR: Duration = Duration::from_secs(2);
+
+/// A core's count of how long its transactions have been refused for its group generation
+/// with no word from its member in between (pure: the caller gives the time).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    since: Option<Instant>,
+}
+
+impl Refusals {
+    /// A transaction was refused for the core's generation at `now`; `true` when refusals have
+    /// lasted `after` since the first one with no ownership event or commit between: time
+    /// to [`Rejoin::ask`]. The count starts again after a `true`.
+    pub fn refused(&mut self, now: Instant, after: Duration) -> bool {
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) < after {
+            return false;
+        }
+        self.since = None;
+        true
+    }
+
+    /// The member spoke (a sync, a revocation) or a transaction committed: the core's
+    /// generation is good, or news of it has come.
+    pub fn clear(&mut self) {
+        self.since = None;
+    }
+}
+
+/// One core's membership: a client polled on a thread of its own (the callbacks block), and a
+/// supervisor that replaces the client when the core finds it wedged ([`Rejoin`]).
 pub struct Member {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    rejoin: Rejoin,
+    supervisor: Option<JoinHandle<()>>,
 }
 
 /// How long one `poll` may wait: bounds how late a stop is noticed.
@@ -239,38 +367,46 @@ const REJOIN_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Durati
 const REJOIN_STABLE: Duration = Duration::from_secs(60);
 
 impl Member {
-    /// Joins the group; ownership events arrive on `events` from now on.
+    /// Joins the group; ownership events arrive on `events` from now on, and `rejoin` is the
+    /// core's way to have the client replaced.
     pub fn start(
         cfg: &MemberConfig,
         events: mpsc::Sender<OwnershipEvent>,
         assignment: Assignment,
         wake: Box<dyn Fn() + Send + Sync>,
+        rejoin: Rejoin,
     ) -> Result<Self, MembershipError> {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::from(wake);
         let join = {
             let cfg = cfg.clone();
-            move || Self::join(&cfg, events.clone(), assignment.clone(), wake.clone())
+            move |abandoned: &Arc<AtomicBool>| {
+                Self::join(
+                    &cfg,
+                    events.clone(),
+                    assignment.clone(),
+                    wake.clone(),
+                    abandoned.clone(),
+                )
+            }
         };
-        let consumer = join()?;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let consumer = join(&abandoned)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let member = MemberLoop {
-            join,
+        let supervisor = Supervisor {
+            join: Arc::new(join),
             stop: stop.clone(),
-            instance: cfg.instance_id(),
-            group_id: cfg.names.serve_group(),
-            client_id: cfg.tag.client_id(),
-            brokers: cfg.brokers.clone(),
-            timeout: cfg.handoff_timeout,
-            backoff: REJOIN_BACKOFF.0,
-            watcher: None,
+            rejoin: rejoin.clone(),
+            cfg: cfg.clone(),
         };
+        let first = supervisor.spawn_loop(consumer, abandoned)?;
         let thread = std::thread::Builder::new()
-            .name(format!("member-{}", cfg.tag.core))
-            .spawn(move || member.run(consumer))
+            .name(format!("member-sup-{}", cfg.tag.core))
+            .spawn(move || supervisor.run(first))
             .map_err(MembershipError::Thread)?;
         Ok(Self {
             stop,
-            thread: Some(thread),
+            rejoin,
+            supervisor: Some(thread),
         })
     }
 
@@ -280,6 +416,7 @@ impl Member {
         events: mpsc::Sender<OwnershipEvent>,
         assignment: Assignment,
         wake: Arc<dyn Fn() + Send + Sync>,
+        abandoned: Arc<AtomicBool>,
     ) -> Result<BaseConsumer<MemberContext>, MembershipError> {
         let topic = cfg.names.votes_topic();
         let instance = cfg.instance_id();
@@ -299,6 +436,7 @@ impl Member {
             .set("max.partition.fetch.bytes", "16384");
         let consumer: BaseConsumer<MemberContext> = config
             .create_with_context(MemberContext {
+                abandoned,
                 topic: topic.clone(),
                 events,
                 handoff_timeout: cfg.handoff_timeout,
@@ -316,26 +454,137 @@ impl Member {
         Ok(consumer)
     }
 
-    /// Stops polling and closes the member (joins its thread).
+    /// Stops polling and closes the member (joins its threads).
     pub fn stop(mut self) {
         self.stop_and_join();
     }
 
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take()
+        self.rejoin.stop();
+        if let Some(t) = self.supervisor.take()
             && t.join().is_err()
         {
-            tracing::error!("a group member's thread panicked");
+            tracing::error!("a group member's supervisor panicked");
         }
     }
 }
 
 impl Drop for Member {
-    /// Asks the thread to stop without waiting: it may be inside a revocation that waits for a
-    /// core that is itself shutting down; it ends within `handoff_timeout`, or with the process.
+    /// Asks the threads to stop without waiting: the member's may be inside a revocation that
+    /// waits for a core that is itself shutting down; it ends within `handoff_timeout`, or
+    /// with the process.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.rejoin.stop();
+    }
+}
+
+type JoinFn =
+    dyn Fn(&Arc<AtomicBool>) -> Result<BaseConsumer<MemberContext>, MembershipError> + Send + Sync;
+
+/// Owns the member's polling thread, and replaces its client when the core asks.
+struct Supervisor {
+    join: Arc<JoinFn>,
+    stop: Arc<AtomicBool>,
+    rejoin: Rejoin,
+    cfg: MemberConfig,
+}
+
+/// The polling thread of the member's client in service.
+struct Polling {
+    abandoned: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Supervisor {
+    fn run(self, mut polling: Polling) {
+        while self.rejoin.wait() {
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            tracing::error!(
+                member = %self.cfg.instance_id(),
+                refused_for = ?self.rejoin.after(),
+                "the group refuses this core's generation and its member never heard: its client is wedged (a clock stepped back?); giving it up, its partitions as lost, and joining with a new one"
+            );
+            // From here the old client speaks for nobody. Its thread is left where it is stuck:
+            // if it ever returns, it sees it was given up and ends. Should its client wake and
+            // join the group first (same instance id), the coordinator fences the new client,
+            // whose loop gives up, waits until the old one's session is over, and joins again.
+            polling.abandoned.store(true, Ordering::Release);
+            let Some(next) = self.new_polling() else {
+                return;
+            };
+            polling = next;
+        }
+        // Asked to stop: the polling thread sees the same flag within a poll step.
+        if polling.thread.join().is_err() {
+            tracing::error!(member = %self.cfg.instance_id(), "a group member's thread panicked");
+        }
+    }
+
+    /// A new client, the core told its partitions are lost first, and its polling thread;
+    /// `None` when asked to stop before one could join.
+    fn new_polling(&self) -> Option<Polling> {
+        let mut backoff = REJOIN_BACKOFF.0;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let joined = (self.join)(&abandoned).and_then(|consumer| {
+                let ctx = consumer.context();
+                let owned: Vec<u32> = ctx
+                    .owned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .copied()
+                    .collect();
+                // Before the new client's first poll, so the core hears of the loss before
+                // any assignment of the new generation.
+                if !owned.is_empty() {
+                    ctx.revoke(owned, true);
+                }
+                self.spawn_loop(consumer, abandoned)
+            });
+            match joined {
+                Ok(polling) => return Some(polling),
+                Err(e) => {
+                    tracing::error!(member = %self.cfg.instance_id(), error = %e, ?backoff, "cannot join the group again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    fn spawn_loop(
+        &self,
+        consumer: BaseConsumer<MemberContext>,
+        abandoned: Arc<AtomicBool>,
+    ) -> Result<Polling, MembershipError> {
+        let join = self.join.clone();
+        let flag = abandoned.clone();
+        let member = MemberLoop {
+            // A client joined after a fatal error belongs to this loop, and is given up with it.
+            join: move || join(&flag),
+            stop: self.stop.clone(),
+            abandoned: abandoned.clone(),
+            instance: self.cfg.instance_id(),
+            group_id: self.cfg.names.serve_group(),
+            client_id: self.cfg.tag.client_id(),
+            brokers: self.cfg.brokers.clone(),
+            timeout: self.cfg.handoff_timeout,
+            backoff: REJOIN_BACKOFF.0,
+            watcher: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("member-{}", self.cfg.tag.core))
+            .spawn(move || member.run(consumer))
+            .map_err(MembershipError::Thread)?;
+        Ok(Polling { abandoned, thread })
     }
 }
 
@@ -344,6 +593,8 @@ impl Drop for Member {
 struct MemberLoop<J> {
     join: J,
     stop: Arc<AtomicBool>,
+    /// Set when the supervisor gave this loop's client up for a new one.
+    abandoned: Arc<AtomicBool>,
     instance: String,
     group_id: String,
     client_id: String,
@@ -360,12 +611,21 @@ impl<J> MemberLoop<J>
 where
     J: Fn() -> Result<BaseConsumer<MemberContext>, MembershipError>,
 {
+    /// Whether this loop should end: the member stops, or its client was given up (checked
+    /// after every poll, which is where a wedged client's thread comes back, if ever).
+    fn done(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.abandoned.load(Ordering::Acquire)
+    }
+
     fn run(mut self, mut consumer: BaseConsumer<MemberContext>) {
         let mut joined = std::time::Instant::now();
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.done() {
             // Paused partitions yield nothing but errors worth a line.
             if let Some(Err(e)) = consumer.poll(POLL_STEP) {
                 tracing::debug!(member = %self.instance, error = %e, "group member poll");
+            }
+            if self.done() {
+                break;
             }
             let Some((code, reason)) = consumer.client().fatal_error() else {
                 continue;
@@ -412,7 +672,7 @@ where
         loop {
             let until = std::time::Instant::now() + self.backoff;
             while std::time::Instant::now() < until {
-                if self.stop.load(Ordering::Acquire) {
+                if self.done() {
                     return None;
                 }
                 std::thread::sleep(POLL_STEP);
@@ -612,6 +872,50 @@ pub fn fleet_map<'a>(
 mod tests {
     use super::*;
     use votes_core::group::encode_assignment;
+
+    #[test]
+    fn refusals_ask_for_a_new_client_only_once_they_last_with_no_word_between() {
+        let after = Duration::from_secs(4);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Refusals::default();
+        assert!(!r.refused(at(0), after), "a first refusal is a rebalance's");
+        assert!(!r.refused(at(3), after));
+        assert!(r.refused(at(4), after), "refused for the whole bound");
+        assert!(
+            !r.refused(at(5), after),
+            "the count starts again after an ask"
+        );
+        assert!(r.refused(at(9), after));
+
+        // Any word from the member, or a commit, means the generation is good or news came.
+        assert!(!r.refused(at(10), after));
+        r.clear();
+        assert!(
+            !r.refused(at(14), after),
+            "counted from the first refusal since the word"
+        );
+        assert!(!r.refused(at(17), after));
+        assert!(r.refused(at(18), after));
+    }
+
+    #[test]
+    fn a_rejoin_is_bounded_below_and_taken_once_per_ask_until_stopped() {
+        assert_eq!(
+            Rejoin::new(Duration::from_millis(500)).after(),
+            MIN_REFUSED_FOR
+        );
+        let rejoin = Rejoin::new(Duration::from_secs(10));
+        assert_eq!(rejoin.after(), Duration::from_secs(20), "twice the session");
+        rejoin.ask();
+        rejoin.ask();
+        assert!(rejoin.wait(), "asked: two asks before a wait are one");
+        rejoin.ask();
+        rejoin.stop();
+        assert!(!rejoin.wait(), "a stop ends the wait, before any ask left");
+        rejoin.ask();
+        assert!(!rejoin.wait(), "a stopped rejoin never waits again");
+    }
 
     #[test]
     fn links_are_admitted_from_members_internal_addresses_only() {

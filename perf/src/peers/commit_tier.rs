@@ -359,6 +359,8 @@ fn core_thread(
         events_tx,
         assignment.clone(),
         Box::new(ring(&wake_tx)),
+        // This peer's transactions are not watched for refusals: nobody asks.
+        votes_tally::membership::Rejoin::new(Duration::from_secs(10)),
     )
     .map_err(|e| PeerError::Worker(e.to_string()))?;
     let mut engine = CoreEngine::new(EngineConfig {
