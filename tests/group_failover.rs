@@ -161,6 +161,11 @@ fn every_partition_is_served_again_after_the_group_coordinator_is_killed() {
 
 /// Starts a serve node of one core on a fresh prefix with a 2 s group session.
 fn start_short_session(test: &str) -> Serve {
+    start_short_session_env(test, &[])
+}
+
+/// [`start_short_session`] with more of the node's environment.
+fn start_short_session_env(test: &str, env: &[(&str, &str)]) -> Serve {
     common::require(common::Service::Kafka);
     common::require(common::Service::DynamoDb);
     let prefix = common::unique_prefix(test);
@@ -176,12 +181,9 @@ fn start_short_session(test: &str) -> Serve {
     );
     assert_success(&out, "votes init");
     // Returns once /readyz answers 200.
-    Serve::start_env(
-        &prefix,
-        1,
-        false,
-        &[("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000")],
-    )
+    let mut env = env.to_vec();
+    env.push(("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000"));
+    Serve::start_env(&prefix, 1, false, &env)
 }
 
 #[test]
@@ -311,23 +313,8 @@ fn a_member_wedged_by_a_clock_stepped_back_is_given_up_and_every_partition_is_se
     const HOUR_MS: i64 = 3_600_000;
     let clock = NodeClock::new("wedged-member");
     let env = clock.env();
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("VOTES_GROUP_SESSION_TIMEOUT_MS", "2000"));
-    common::require(common::Service::Kafka);
-    common::require(common::Service::DynamoDb);
-    let prefix = common::unique_prefix("wedged-member");
-    let out = common::votes(
-        &prefix,
-        &[
-            "init",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--replication-factor",
-            &replication().to_string(),
-        ],
-    );
-    assert_success(&out, "votes init");
-    let serve = Serve::start_env(&prefix, 1, false, &env);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let serve = start_short_session_env("wedged-member", &env);
     runtime().block_on(async {
         let mut voters = NewVoters::open(&serve).await;
         voters.serve_each_partition("before the step").await;

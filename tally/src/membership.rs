@@ -152,6 +152,21 @@ impl MemberContext {
         self.abandoned.load(Ordering::Acquire)
     }
 
+    /// Tells the core that every partition this member held is lost (the group has moved on
+    /// without this client).
+    fn revoke_all_lost(&self) {
+        let owned: Vec<u32> = self
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if !owned.is_empty() {
+            self.revoke(owned, true);
+        }
+    }
+
     /// Tells the core to give `partitions` up and waits (bounded) until it did.
     fn revoke(&self, partitions: Vec<u32>, lost: bool) {
         if self.abandoned() {
@@ -534,19 +549,9 @@ impl Supervisor {
             }
             let abandoned = Arc::new(AtomicBool::new(false));
             let joined = (self.join)(&abandoned).and_then(|consumer| {
-                let ctx = consumer.context();
-                let owned: Vec<u32> = ctx
-                    .owned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .copied()
-                    .collect();
                 // Before the new client's first poll, so the core hears of the loss before
                 // any assignment of the new generation.
-                if !owned.is_empty() {
-                    ctx.revoke(owned, true);
-                }
+                consumer.context().revoke_all_lost();
                 self.spawn_loop(consumer, abandoned)
             });
             match joined {
@@ -639,17 +644,7 @@ where
             // misconfiguration) keeps the instance and this core stays out, as long as that
             // one lives.
             tracing::error!(member = %self.instance, ?code, %reason, backoff = ?self.backoff, "group membership failed; this core gives up its partitions and joins again");
-            let owned: Vec<u32> = consumer
-                .context()
-                .owned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .copied()
-                .collect();
-            if !owned.is_empty() {
-                consumer.context().revoke(owned, true);
-            }
+            consumer.context().revoke_all_lost();
             drop(consumer);
             if joined.elapsed() >= REJOIN_STABLE {
                 self.backoff = REJOIN_BACKOFF.0;
