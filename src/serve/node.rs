@@ -616,6 +616,10 @@ fn commit_settings(
         },
         kafka_timeout,
         fleet,
+        recovery: Arc::new(
+            votes_tally::recovery::RecoveryClients::new(&common.kafka_brokers, names)
+                .context("creating recovery's Kafka clients")?,
+        ),
         snapshots: match &args.snapshot_dir {
             None => None,
             Some(root) => {

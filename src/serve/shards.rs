@@ -32,7 +32,7 @@ use votes_tally::engine::{
 };
 use votes_tally::fanout::TallyUpdate;
 use votes_tally::membership::{self, Assignment, OwnershipEvent, Refusals, Rejoin};
-use votes_tally::recovery::{Stable, await_stable, replay};
+use votes_tally::recovery::{RecoveryClients, Stable, await_stable, replay};
 use votes_tally::shard::{Answer, Shard, ShardConfig, ShardState, Ticket, Vote};
 use votes_tally::snapshot;
 
@@ -60,6 +60,8 @@ pub struct CommitSettings {
     pub snapshots: Option<SnapshotSettings>,
     /// The group as the node last described it: who has left, for recovery's fencing.
     pub fleet: Arc<FleetBoard>,
+    /// Recovery's Kafka clients, warm from one failover to the next.
+    pub recovery: Arc<RecoveryClients>,
 }
 
 /// Where and how often shards write their snapshots (`--snapshot-dir`).
@@ -622,9 +624,8 @@ impl ShardHost {
             .run(move || {
                 let p = partition;
                 let began = Instant::now();
-                await_stable(Stable {
-                    brokers: &s.brokers,
-                    names: &s.names,
+                let stable = await_stable(Stable {
+                    clients: &s.recovery,
                     partition: p,
                     me: (&s.node, core),
                     still_owner: || membership::holds(&assignment, p),
@@ -651,7 +652,7 @@ impl ShardHost {
                 };
                 let start = status.snapshot_start.load(Ordering::Relaxed);
                 let restored_at = began.elapsed();
-                let shard = replay(&s.brokers, &s.names, shard, s.kafka_timeout, progress)
+                let shard = replay(&s.recovery, shard, stable, s.kafka_timeout, progress)
                     .map_err(|e| e.to_string())?;
                 // Where a failover's time goes, partition by partition.
                 tracing::info!(

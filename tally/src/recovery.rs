@@ -2,6 +2,7 @@
 //! `read_committed` from the shard's `applied_end` to the last stable offset and apply every
 //! record. Blocking; runs on the blocking pool with the shard moved in and back out.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,11 +18,128 @@ use crate::shard::{Shard, ShardState};
 /// A consumer of recovery's reads. Recovery ends on reaching the partition's end, which a
 /// fetch learns only when the broker answers it empty, and the broker holds an empty fetch for
 /// `fetch.wait.max.ms` (500 ms by default): on the path of every failover, that wait is cut
-/// to 10 ms.
+/// to 10 ms. The clients live long ([`RecoveryClients`]): a broker that was down is tried again
+/// within a second of its return, not librdkafka's 10 s.
 fn recovery_consumer_config(brokers: &str, names: &Names) -> rdkafka::ClientConfig {
     let mut cfg = read_committed_consumer_config(brokers, &format!("{}replay", names.prefix()));
-    cfg.set("fetch.wait.max.ms", "10");
+    cfg.set("fetch.wait.max.ms", "10")
+        .set("reconnect.backoff.max.ms", "1000");
     cfg
+}
+
+type Client = BaseConsumer<crate::kafka::VotesContext>;
+
+/// Recovery's Kafka clients, kept between recoveries. A new client pays, before its first
+/// answer, a bootstrap connection, the cluster's metadata and a connection to the partition's
+/// leader: on the 2026-12-05 campaign's failovers, the wait for a stable log took 235 ms at
+/// the median where nothing was open, and a replay of a few records 116 ms. A node keeps one
+/// client of each isolation level for the watermarks (a query of its own, safe from any
+/// thread) and a few idle replay consumers, each assigned one partition while it is leased.
+pub struct RecoveryClients {
+    brokers: String,
+    names: Names,
+    committed: Client,
+    uncommitted: Client,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl std::fmt::Debug for RecoveryClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryClients")
+            .field("brokers", &self.brokers)
+            .field("prefix", &self.names.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Idle replay consumers kept (each holds a few threads and connections).
+const IDLE_REPLAY_CLIENTS: usize = 4;
+/// Most events dropped from a returned replay consumer's queue.
+const DRAIN_BOUND: usize = 10_000;
+
+impl RecoveryClients {
+    pub fn new(brokers: &str, names: &Names) -> Result<Self, KafkaError> {
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            names: names.clone(),
+            committed: recovery_consumer_config(brokers, names)
+                .create_with_context(crate::kafka::VotesContext)?,
+            uncommitted: recovery_consumer_config(brokers, names)
+                .set("isolation.level", "read_uncommitted")
+                .create_with_context(crate::kafka::VotesContext)?,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// A read_committed consumer of `partition` from `start`, idle or new. No group: the
+    /// shard owns the position (its applied_end); nothing is committed to Kafka.
+    fn lease(&self, partition: u32, start: u64) -> Result<Lease<'_>, KafkaError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let consumer = match idle {
+            Some(c) => c,
+            None => recovery_consumer_config(&self.brokers, &self.names)
+                .set("fetch.max.bytes", "52428800")
+                .set("max.partition.fetch.bytes", "10485760")
+                .create_with_context(crate::kafka::VotesContext)?,
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.names.votes_topic(),
+            i32::try_from(partition).expect("partition fits i32"),
+            Offset::Offset(i64::try_from(start).expect("offsets fit i64")),
+        )?;
+        consumer.assign(&tpl)?;
+        Ok(Lease {
+            clients: self,
+            consumer: Some(consumer),
+            read_to_end: false,
+        })
+    }
+}
+
+/// A replay consumer on loan; back to the idle ones when dropped, unassigned, if its replay
+/// read to the end (one that failed half way may hold much it fetched, or a broken client).
+struct Lease<'a> {
+    clients: &'a RecoveryClients,
+    consumer: Option<Client>,
+    read_to_end: bool,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.consumer.as_ref().expect("leased until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        if !self.read_to_end || consumer.unassign().is_err() {
+            return;
+        }
+        // What is left of the last assignment (little: it was read to its end) goes now; what
+        // librdkafka still holds of it is of an older assignment, which it never hands out.
+        for _ in 0..DRAIN_BOUND {
+            if consumer.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
+        let mut idle = self.clients.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_REPLAY_CLIENTS {
+            idle.push(consumer);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +236,7 @@ pub fn log_identity(
 /// core, and never once the group no longer assigns the partition here (`still_owner`:
 /// fencing the rightful owner would only stall it).
 pub struct Stable<'a, Owner, Gone> {
-    pub brokers: &'a str,
-    pub names: &'a Names,
+    pub clients: &'a RecoveryClients,
     pub partition: u32,
     /// This node and core.
     pub me: (&'a str, u16),
@@ -133,14 +250,14 @@ pub struct Stable<'a, Owner, Gone> {
 /// markers land within milliseconds, and the read costs a fetch.
 pub const NAME_WRITER_AFTER: Duration = Duration::from_millis(50);
 
-pub fn await_stable<Owner, Gone>(args: Stable<'_, Owner, Gone>) -> Result<(), ReplayError>
+/// Returns the last stable offset reached: the replay that follows must read at least that far.
+pub fn await_stable<Owner, Gone>(args: Stable<'_, Owner, Gone>) -> Result<u64, ReplayError>
 where
     Owner: Fn() -> bool,
     Gone: Fn(&str) -> bool,
 {
     let Stable {
-        brokers,
-        names,
+        clients,
         partition,
         me,
         still_owner,
@@ -149,27 +266,19 @@ where
         timeout,
     } = args;
     let kafka = |source| ReplayError::Kafka { partition, source };
+    let (brokers, names) = (clients.brokers(), clients.names());
     let topic = names.votes_topic();
     let p = i32::try_from(partition).expect("partition fits i32");
-    let uncommitted: BaseConsumer<crate::kafka::VotesContext> =
-        recovery_consumer_config(brokers, names)
-            .set("isolation.level", "read_uncommitted")
-            .create_with_context(crate::kafka::VotesContext)
-            .map_err(kafka)?;
-    let committed: BaseConsumer<crate::kafka::VotesContext> =
-        recovery_consumer_config(brokers, names)
-            .create_with_context(crate::kafka::VotesContext)
-            .map_err(kafka)?;
-    let (_, hwm) = watermarks(&uncommitted, &topic, p, timeout).map_err(kafka)?;
+    let (_, hwm) = watermarks(&clients.uncommitted, &topic, p, timeout).map_err(kafka)?;
     let started = Instant::now();
     // The offset stuck at, who may hold it open and how many were fenced: one fence per look
     // at the last stable offset (the first usually takes); a round that did not take (the ids
     // could not be reached or named) starts over after a while.
     let mut fencing: Option<Fencing> = None;
     loop {
-        let (_, lso) = watermarks(&committed, &topic, p, timeout).map_err(kafka)?;
+        let (_, lso) = watermarks(&clients.committed, &topic, p, timeout).map_err(kafka)?;
         if lso >= hwm {
-            return Ok(());
+            return Ok(u64::try_from(lso).unwrap_or(0));
         }
         if started.elapsed() > timeout * 6 {
             return Err(ReplayError::Timeout {
@@ -184,8 +293,7 @@ where
             if fencing.as_ref().is_none_or(|f| {
                 f.offset != lso || (f.done == f.ids.len() && f.since.elapsed() >= again)
             }) {
-                let (node, ids) =
-                    writer_ids(&uncommitted, names, &topic, partition, lso, me, timeout);
+                let (node, ids) = writer_ids(brokers, names, partition, lso, me, timeout);
                 fencing = Some(Fencing {
                     offset: lso,
                     node,
@@ -263,16 +371,18 @@ struct Fencing {
 /// ids for this core's own records, and no node id for this node (its live committer
 /// finishes what it holds: fencing it would stall every core here).
 fn writer_ids(
-    uncommitted: &BaseConsumer<crate::kafka::VotesContext>,
+    brokers: &str,
     names: &Names,
-    topic: &str,
     partition: u32,
     offset: i64,
     me: (&str, u16),
     timeout: Duration,
 ) -> (Option<String>, Vec<String>) {
     let p = i32::try_from(partition).expect("partition fits i32");
-    match writer_at(uncommitted, topic, p, offset, timeout) {
+    let uncommitted = recovery_consumer_config(brokers, names)
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(crate::kafka::VotesContext);
+    match uncommitted.and_then(|c| writer_at(&c, &names.votes_topic(), p, offset, timeout)) {
         Ok(Some((node, core))) if (node.as_str(), core) != me => {
             let mut ids = vec![names.core_transactional_id(&node, core)];
             if node != me.0 {
@@ -320,36 +430,16 @@ fn writer_at(
     Ok(None)
 }
 
-/// A read_committed consumer of `partition` from `start`. No group: the shard owns the
-/// position (its applied_end); nothing is committed to Kafka.
-fn replay_consumer(
-    brokers: &str,
-    names: &Names,
-    partition: u32,
-    start: u64,
-) -> Result<BaseConsumer<crate::kafka::VotesContext>, KafkaError> {
-    let consumer: BaseConsumer<crate::kafka::VotesContext> =
-        recovery_consumer_config(brokers, names)
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .create_with_context(crate::kafka::VotesContext)?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(
-        &names.votes_topic(),
-        i32::try_from(partition).expect("partition fits i32"),
-        Offset::Offset(i64::try_from(start).expect("offsets fit i64")),
-    )?;
-    consumer.assign(&tpl)?;
-    Ok(consumer)
-}
-
 /// Replays `shard`'s partition from its `applied_end` to the end of the committed log, then
-/// marks it recovered. `timeout` bounds the silence between two answers of the broker, not
+/// marks it recovered. The end is where the consumer stands when the broker says it reached
+/// it, and never short of `at_least` (the stable offset [`await_stable`] saw: an end-of-
+/// partition short of it is an earlier assignment's, or a new leader's not yet caught up, and
+/// the replay reads on). `timeout` bounds the silence between two answers of the broker, not
 /// the whole replay (a long log legitimately takes long).
 pub fn replay(
-    brokers: &str,
-    names: &Names,
+    clients: &RecoveryClients,
     mut shard: Shard,
+    at_least: u64,
     timeout: Duration,
     mut progress: impl FnMut(ReplayProgress),
 ) -> Result<Shard, ReplayError> {
@@ -360,8 +450,9 @@ pub fn replay(
     );
     let partition = shard.partition();
     let kafka = |source| ReplayError::Kafka { partition, source };
-    let consumer =
-        replay_consumer(brokers, names, partition, shard.applied_end()).map_err(kafka)?;
+    let mut consumer = clients
+        .lease(partition, shard.applied_end())
+        .map_err(kafka)?;
     let mut p = ReplayProgress {
         offset: shard.applied_end(),
         ..Default::default()
@@ -398,9 +489,16 @@ pub fn replay(
                     .and_then(|o| u64::try_from(o).ok())
                     .unwrap_or(p.offset)
                     .max(p.offset);
+                if end < at_least {
+                    if last_answer.elapsed() > timeout {
+                        return Err(ReplayError::Timeout { partition, timeout });
+                    }
+                    continue;
+                }
                 p.offset = end;
                 progress(p);
                 shard.finish_recovery(end);
+                consumer.read_to_end = true;
                 return Ok(shard);
             }
             // A broker of the cluster down (not necessarily this partition's leader): librdkafka

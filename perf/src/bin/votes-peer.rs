@@ -17,7 +17,7 @@ use votes_perf::peers::floor::{self, FloorConfig};
 use votes_perf::peers::postgres::{self, PostgresConfig};
 use votes_perf::peers::redis_lua::{self, RedisConfig};
 use votes_perf::peers::{Expected, PeerError, ServerReport, VoteSpec, write_json};
-use votes_perf::peers::{h1_reference, h3_reference, persist_writes};
+use votes_perf::peers::{h1_reference, h3_reference, persist_writes, recovery};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,6 +45,9 @@ enum Cmd {
     /// committed votes written as `votes persist` writes them to a DynamoDB engine; CPU per item of this
     /// process and of the engine.
     PersistWrites(PersistWritesArgs),
+    /// Recovery's Kafka clients alone: a partition's wait for a stable log and its replay on
+    /// three new clients, against the node's clients kept warm, alternated in one run.
+    Recovery(RecoveryArgs),
     /// One PostgreSQL transaction per vote (synchronous_commit = on).
     Postgres(PgArgs),
     /// One Redis Lua script (EVALSHA) per vote; not durable.
@@ -223,6 +226,25 @@ struct PersistWritesArgs {
     /// The engine's pid, whose CPU is counted.
     #[arg(long)]
     engine_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+struct RecoveryArgs {
+    #[arg(long, env = "VOTES_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// A fresh prefix per run: its votes topic is created.
+    #[arg(long)]
+    prefix: String,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Recoveries of each partition, each way.
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -409,6 +431,21 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(persist_writes::run(cfg))
                 .context("persist writes")?;
+            match &a.out {
+                Some(p) => write_json(p, &report)?,
+                None => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            eprintln!("{}", report.summary());
+        }
+        Cmd::Recovery(a) => {
+            let report = recovery::run(&recovery::RecoveryConfig {
+                brokers: a.brokers,
+                prefix: a.prefix,
+                partitions: a.partitions,
+                rounds: a.rounds,
+                timeout: Duration::from_secs(a.timeout_s),
+            })
+            .context("recovery peer")?;
             match &a.out {
                 Some(p) => write_json(p, &report)?,
                 None => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -670,9 +670,9 @@ fn recover(
 ) -> Option<Shard> {
     // The peer's cores share one process: no writer of its group leaves it, so fencing waits
     // for the grace.
+    let clients = votes_tally::recovery::RecoveryClients::new(&cfg.brokers, names).ok()?;
     let stable = votes_tally::recovery::await_stable(votes_tally::recovery::Stable {
-        brokers: &cfg.brokers,
-        names,
+        clients: &clients,
         partition,
         me: (node, core),
         still_owner: || votes_tally::membership::holds(assignment, partition),
@@ -680,9 +680,12 @@ fn recover(
         grace: Duration::from_secs(1),
         timeout: cfg.timeout,
     });
-    if let Err(e) = stable {
-        tracing::warn!(partition, error = %e, "recovery");
-        return None;
-    }
-    votes_tally::recovery::replay(&cfg.brokers, names, shard, cfg.timeout, |_| {}).ok()
+    let stable = match stable {
+        Ok(stable) => stable,
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "recovery");
+            return None;
+        }
+    };
+    votes_tally::recovery::replay(&clients, shard, stable, cfg.timeout, |_| {}).ok()
 }

@@ -8,7 +8,9 @@
 //! * [`redis_lua`]: the usual cache answer (not durable), one Lua script per vote;
 //! * [`h3_reference`]: not a vote store but the floor of HTTP/3 itself: a tokio + quinn + h3
 //!   server answering every vote `202` (`votes-peer h3-reference`), driven by `votes-load`;
-//! * [`h1_reference`]: the same for HTTP/1.1, hyper on tokio (`votes-peer h1-reference`).
+//! * [`h1_reference`]: the same for HTTP/1.1, hyper on tokio (`votes-peer h1-reference`);
+//! * [`recovery`]: not fed votes: recovery's Kafka clients, new for each recovery against
+//!   kept warm (`votes-peer recovery`).
 //!
 //! [`Votes::generate`] makes the vote sequence every peer uses: `votes` votes by `voters`
 //! distinct voters, the `votes - voters` others repeating an earlier voter, deterministic for
@@ -20,6 +22,7 @@ pub mod h1_reference;
 pub mod h3_reference;
 pub mod persist_writes;
 pub mod postgres;
+pub mod recovery;
 pub mod redis_lua;
 
 use std::collections::BTreeMap;
