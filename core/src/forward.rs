@@ -30,10 +30,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::api_error::ErrorCode;
-use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
+use crate::ids::{ELECTION_ID_MAX, IdError, OPTION_ID_MAX, VoterId};
 use crate::record::NODE_MAX;
 use crate::vote::{VoteIntent, VoteOutcome};
-use crate::wire::{Reader, WireError, put_str};
+use crate::wire::{Reader, WireError, from_wire_error, put_str};
 
 /// The first bytes of a `Hello` body after its kind: a peer that is not a forwarding link (a
 /// stray HTTP client, a port scan) fails here rather than deep inside a field.
@@ -116,14 +116,7 @@ pub enum ForwardError {
     BadSeal,
 }
 
-impl From<WireError> for ForwardError {
-    fn from(e: WireError) -> Self {
-        match e.id_fault() {
-            (field, None) => ForwardError::Truncated(field),
-            (field, Some(source)) => ForwardError::InvalidId { field, source },
-        }
-    }
-}
+from_wire_error!(ForwardError);
 
 fn node_ok(node: &str) -> bool {
     (1..=NODE_MAX).contains(&node.len())
@@ -499,21 +492,10 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, ForwardError> {
 fn decode_vote(r: &mut Reader<'_>) -> Result<ForwardedVote, ForwardError> {
     let id = u64::from_be_bytes(r.array("id")?);
     let partition = u32::from_be_bytes(r.array("partition")?);
-    let election = r.str("election", ELECTION_ID_MAX)?;
-    let election = ElectionId::new(election).map_err(|source| ForwardError::InvalidId {
-        field: "election",
-        source,
-    })?;
-    let voter = VoterId(u64::from_be_bytes(r.array("voter")?));
-    let option = r.str("option", OPTION_ID_MAX)?;
-    let option = OptionId::new(option).map_err(|source| ForwardError::InvalidId {
-        field: "option",
-        source,
-    })?;
     let vote = VoteIntent {
-        election,
-        voter,
-        option,
+        election: r.election()?,
+        voter: VoterId(u64::from_be_bytes(r.array("voter")?)),
+        option: r.option()?,
         received_at_ms: u64::from_be_bytes(r.array("received_at_ms")?),
         nonce: r.array("nonce")?,
     };
@@ -549,6 +531,7 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<ForwardAnswer, ForwardError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{ElectionId, OptionId};
     use proptest::prelude::*;
 
     const KEY: &[u8] = b"test-only forwarding key";

@@ -53,8 +53,10 @@ impl From<WireError> for AssignmentError {
     fn from(e: WireError) -> Self {
         match e {
             WireError::Truncated(field) => AssignmentError::Truncated(field),
-            // Only topic names are read as strings.
-            WireError::TooLong { .. } | WireError::NotText(_) => AssignmentError::InvalidTopic,
+            // Only topic names are read as strings (no id is read here).
+            WireError::TooLong { .. } | WireError::NotText(_) | WireError::InvalidId { .. } => {
+                AssignmentError::InvalidTopic
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
 use crate::routing::voter_key;
 use crate::vote::VoteIntent;
-use crate::wire::{Reader, WireError, put_str};
+use crate::wire::{Reader, from_wire_error, put_str};
 
 pub const LEAF_VERSION: u8 = 0x01;
 /// Upper bound of an encoded leaf.
@@ -136,17 +136,9 @@ impl Leaf {
             return Err(LeafError::UnsupportedVersion(version));
         }
         let mut r = Reader::at(bytes, 1);
-        let election = r.str("election", ELECTION_ID_MAX)?;
-        let election = ElectionId::new(election).map_err(|source| LeafError::InvalidId {
-            field: "election",
-            source,
-        })?;
+        let election = r.election()?;
         let pseudonym = r.array("pseudonym")?;
-        let option = r.str("option", OPTION_ID_MAX)?;
-        let option = OptionId::new(option).map_err(|source| LeafError::InvalidId {
-            field: "option",
-            source,
-        })?;
+        let option = r.option()?;
         let partition = u32::from_be_bytes(r.array("partition")?);
         let offset = u64::from_be_bytes(r.array("offset")?);
         let nonce = r.array("nonce")?;
@@ -187,14 +179,7 @@ pub fn parse_receipt(receipt: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-impl From<WireError> for LeafError {
-    fn from(e: WireError) -> Self {
-        match e.id_fault() {
-            (field, None) => LeafError::Truncated(field),
-            (field, Some(source)) => LeafError::InvalidId { field, source },
-        }
-    }
-}
+from_wire_error!(LeafError);
 
 #[cfg(test)]
 mod tests {

@@ -33,7 +33,7 @@
 //! | core             | 2            | the owner's core                        |
 
 use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId, VoterId};
-use crate::wire::{Reader, WireError, put_str};
+use crate::wire::{Reader, from_wire_error, put_str};
 
 pub const RECORD_VERSION: u8 = 1;
 /// Version byte of a close marker.
@@ -159,13 +159,9 @@ impl VoteRecord {
         if version != RECORD_VERSION {
             return Err(RecordError::UnsupportedVersion(version));
         }
-        let election = read_election(&mut r)?;
+        let election = r.election()?;
         let voter = VoterId(u64::from_be_bytes(r.array("voter")?));
-        let option = r.str("option", OPTION_ID_MAX)?;
-        let option = OptionId::new(option).map_err(|source| RecordError::InvalidId {
-            field: "option",
-            source,
-        })?;
+        let option = r.option()?;
         let received_at_ms = u64::from_be_bytes(r.array("received_at_ms")?);
         let (node, core) = read_writer(&mut r)?;
         let nonce = r.array("nonce")?;
@@ -229,15 +225,6 @@ pub fn encode_close(
     out.extend_from_slice(&core.to_be_bytes());
 }
 
-/// The election id both record kinds start with.
-fn read_election(r: &mut Reader<'_>) -> Result<ElectionId, RecordError> {
-    let election = r.str("election", ELECTION_ID_MAX)?;
-    ElectionId::new(election).map_err(|source| RecordError::InvalidId {
-        field: "election",
-        source,
-    })
-}
-
 /// The node and core whose producer wrote the record (both record kinds name them).
 fn read_writer(r: &mut Reader<'_>) -> Result<(String, u16), RecordError> {
     let node_len = usize::from(u16::from_be_bytes(r.array("node")?));
@@ -272,7 +259,7 @@ impl LogRecord {
         match bytes.first() {
             Some(&CLOSE_RECORD_VERSION) => {
                 let mut r = Reader::at(bytes, 1);
-                let election = read_election(&mut r)?;
+                let election = r.election()?;
                 let closed_at_ms = u64::from_be_bytes(r.array("closed_at_ms")?);
                 let (node, core) = read_writer(&mut r)?;
                 read_end(&r)?;
@@ -303,14 +290,7 @@ impl LogRecord {
     }
 }
 
-impl From<WireError> for RecordError {
-    fn from(e: WireError) -> Self {
-        match e.id_fault() {
-            (field, None) => RecordError::Truncated(field),
-            (field, Some(source)) => RecordError::InvalidId { field, source },
-        }
-    }
-}
+from_wire_error!(RecordError);
 
 #[cfg(test)]
 mod tests {

@@ -25,13 +25,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::wire::{Reader, WireError, put_str};
 use crate::{ElectionId, OptionId};
 use roaring::RoaringTreemap;
 
 const MAGIC: &[u8; 8] = b"VOTESNAP";
 pub const SNAPSHOT_VERSION: u8 = 1;
-const ELECTION_ID_MAX: usize = 64;
-const OPTION_ID_MAX: usize = 32;
 /// Bound on the options of one election in a snapshot (an election has a handful).
 const OPTIONS_MAX: usize = 1_024;
 
@@ -141,10 +140,7 @@ impl ShardSnapshot {
         if xxhash_rust::xxh3::xxh3_64(body) != want {
             return Err(SnapshotError::Checksum);
         }
-        let mut r = Cursor {
-            bytes: body,
-            pos: MAGIC.len() + 1,
-        };
+        let mut r = Reader::at(body, MAGIC.len() + 1);
         let partition = r.u32("partition")?;
         let applied_end = r.u64("applied_end")?;
         let log_id = r.u64("log_id")?;
@@ -152,11 +148,7 @@ impl ShardSnapshot {
         let n = r.u32("elections")?;
         let mut elections: Vec<ElectionState> = Vec::new();
         for _ in 0..n {
-            let election = r.str("election", ELECTION_ID_MAX)?;
-            let election = ElectionId::new(election).map_err(|e| SnapshotError::Invalid {
-                field: "election",
-                why: e.to_string(),
-            })?;
+            let election = r.election()?;
             if elections
                 .last()
                 .is_some_and(|prev| prev.election >= election)
@@ -176,11 +168,7 @@ impl ShardSnapshot {
             let mut counts = BTreeMap::new();
             let mut counted = 0u64;
             for _ in 0..options {
-                let option = r.str("option", OPTION_ID_MAX)?;
-                let option = OptionId::new(option).map_err(|e| SnapshotError::Invalid {
-                    field: "option",
-                    why: e.to_string(),
-                })?;
+                let option = r.option()?;
                 let count = r.u64("count")?;
                 counted = counted
                     .checked_add(count)
@@ -216,8 +204,8 @@ impl ShardSnapshot {
                 voters,
             });
         }
-        if r.pos != body.len() {
-            return Err(SnapshotError::Trailing(body.len() - r.pos));
+        if r.remaining() != 0 {
+            return Err(SnapshotError::Trailing(r.remaining()));
         }
         Ok(ShardSnapshot {
             partition,
@@ -241,59 +229,23 @@ pub fn log_id(offset: u64, key: &[u8], value: &[u8]) -> u64 {
     h.digest()
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let len = u16::try_from(s.len()).expect("ids are short");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], SnapshotError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(SnapshotError::Truncated(field))?;
-        let s = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(SnapshotError::Truncated(field))?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], SnapshotError> {
-        Ok(self.take(field, N)?.try_into().expect("exactly N bytes"))
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, SnapshotError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, SnapshotError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, SnapshotError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
-
-    fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, SnapshotError> {
-        let len = usize::from(self.u16(field)?);
-        if len > max {
-            return Err(SnapshotError::Invalid {
+impl From<WireError> for SnapshotError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => SnapshotError::Truncated(field),
+            WireError::TooLong { field, len, max } => SnapshotError::Invalid {
                 field,
                 why: format!("{len} bytes (at most {max})"),
-            });
+            },
+            WireError::NotText(field) => SnapshotError::Invalid {
+                field,
+                why: "not UTF-8".into(),
+            },
+            WireError::InvalidId { field, source } => SnapshotError::Invalid {
+                field,
+                why: source.to_string(),
+            },
         }
-        std::str::from_utf8(self.take(field, len)?).map_err(|_| SnapshotError::Invalid {
-            field,
-            why: "not UTF-8".into(),
-        })
     }
 }
 

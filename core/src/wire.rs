@@ -1,8 +1,10 @@
 //! The big-endian, length-prefixed primitives the binary formats share (the vote record of
-//! [`crate::record`] and the receipt leaf of [`crate::receipt`]): one reader and one writer, so
-//! both formats bound and reject input the same way.
+//! [`crate::record`], the receipt leaf of [`crate::receipt`], the forwarding frames of
+//! [`crate::forward`], the group assignment of [`crate::group`] and the shard snapshot of
+//! [`crate::snapshot`]): one reader and one writer, so every format bounds and rejects input the
+//! same way.
 
-use crate::ids::IdError;
+use crate::ids::{ELECTION_ID_MAX, ElectionId, IdError, OPTION_ID_MAX, OptionId};
 
 /// Why a field could not be read; each format maps it into its own error type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,9 +12,18 @@ pub(crate) enum WireError {
     /// The input ends inside the field.
     Truncated(&'static str),
     /// A length prefix above the field's bound (checked before any byte of it is read).
-    TooLong { field: &'static str, max: usize },
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// A string field that is not UTF-8.
     NotText(&'static str),
+    /// A string field that is not a valid id of its kind.
+    InvalidId {
+        field: &'static str,
+        source: IdError,
+    },
 }
 
 impl WireError {
@@ -21,13 +32,31 @@ impl WireError {
     pub(crate) fn id_fault(self) -> (&'static str, Option<IdError>) {
         match self {
             WireError::Truncated(field) => (field, None),
-            WireError::TooLong { field, max } => {
+            WireError::TooLong { field, max, .. } => {
                 (field, Some(IdError::TooLong { kind: field, max }))
             }
             WireError::NotText(field) => (field, Some(IdError::BadCharacter { kind: field })),
+            WireError::InvalidId { field, source } => (field, Some(source)),
         }
     }
 }
+
+/// `From<WireError>` for the error type of a format that reads ids, with its `Truncated(field)`
+/// and `InvalidId { field, source }` variants: a field the input ends inside is truncated, any
+/// other defect makes it a bad id of its kind ([`WireError::id_fault`]).
+macro_rules! from_wire_error {
+    ($error:ident) => {
+        impl From<$crate::wire::WireError> for $error {
+            fn from(e: $crate::wire::WireError) -> Self {
+                match e.id_fault() {
+                    (field, None) => $error::Truncated(field),
+                    (field, Some(source)) => $error::InvalidId { field, source },
+                }
+            }
+        }
+    };
+}
+pub(crate) use from_wire_error;
 
 /// Appends `s` with its length as a u16.
 ///
@@ -73,14 +102,44 @@ impl<'a> Reader<'a> {
         Ok(slice.try_into().expect("take returned exactly N bytes"))
     }
 
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
     /// A u16-length-prefixed UTF-8 string of at most `max` bytes.
     pub(crate) fn str(&mut self, field: &'static str, max: usize) -> Result<&'a str, WireError> {
-        let len = usize::from(u16::from_be_bytes(self.array(field)?));
+        let len = usize::from(self.u16(field)?);
         if len > max {
-            return Err(WireError::TooLong { field, max });
+            return Err(WireError::TooLong { field, len, max });
         }
         let raw = self.take(field, len)?;
         std::str::from_utf8(raw).map_err(|_| WireError::NotText(field))
+    }
+
+    /// The `election` field: a string of at most [`ELECTION_ID_MAX`] bytes that is a valid id.
+    pub(crate) fn election(&mut self) -> Result<ElectionId, WireError> {
+        let s = self.str("election", ELECTION_ID_MAX)?;
+        ElectionId::new(s).map_err(|source| WireError::InvalidId {
+            field: "election",
+            source,
+        })
+    }
+
+    /// The `option` field: a string of at most [`OPTION_ID_MAX`] bytes that is a valid id.
+    pub(crate) fn option(&mut self) -> Result<OptionId, WireError> {
+        let s = self.str("option", OPTION_ID_MAX)?;
+        OptionId::new(s).map_err(|source| WireError::InvalidId {
+            field: "option",
+            source,
+        })
     }
 }
 
@@ -100,7 +159,11 @@ mod tests {
         assert_eq!(r.array::<1>("x"), Err(WireError::Truncated("x")));
         assert_eq!(
             Reader::at(&out, 1).str("s", 2),
-            Err(WireError::TooLong { field: "s", max: 2 })
+            Err(WireError::TooLong {
+                field: "s",
+                len: 3,
+                max: 2
+            })
         );
         assert_eq!(
             Reader::at(&[0, 1, 0xff], 0).str("s", 2),
