@@ -122,6 +122,17 @@ fn node_ok(node: &str) -> bool {
     (1..=NODE_MAX).contains(&node.len())
 }
 
+/// What both handshake frames start with (the listener's challenge and the dialer's hello):
+/// their kind, the magic and version [`decode_preamble`] checks, the sender's node, its nonce.
+fn put_greeting(out: &mut Vec<u8>, kind: u8, node: &str, nonce: &[u8; 16]) {
+    assert!(node_ok(node), "node id validated at start-up");
+    out.push(kind);
+    out.extend_from_slice(&HELLO_MAGIC);
+    out.push(FORWARD_VERSION);
+    put_str(out, node);
+    out.extend_from_slice(nonce);
+}
+
 /// The fleet's forwarding key of a plaintext link, from `VOTES_FORWARD_KEY`: a secret of its
 /// own, not the voter-token key every token issuer holds, so issuing tokens gives no way onto
 /// the links.
@@ -351,21 +362,9 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; LEN_PREFIX]);
         match self {
-            Frame::Challenge(c) => {
-                assert!(node_ok(&c.node), "node id validated at start-up");
-                out.push(KIND_CHALLENGE);
-                out.extend_from_slice(&HELLO_MAGIC);
-                out.push(FORWARD_VERSION);
-                put_str(out, &c.node);
-                out.extend_from_slice(&c.nonce);
-            }
+            Frame::Challenge(c) => put_greeting(out, KIND_CHALLENGE, &c.node, &c.nonce),
             Frame::Hello(h) => {
-                assert!(node_ok(&h.node), "node id validated at start-up");
-                out.push(KIND_HELLO);
-                out.extend_from_slice(&HELLO_MAGIC);
-                out.push(FORWARD_VERSION);
-                put_str(out, &h.node);
-                out.extend_from_slice(&h.nonce);
+                put_greeting(out, KIND_HELLO, &h.node, &h.nonce);
                 out.extend_from_slice(&h.tag);
             }
             Frame::Vote(v) => {

@@ -6,7 +6,7 @@
 //! of what follows, then [`parse`] checks the whole of it. Only version 2 (binary), TCP over
 //! IPv4 or IPv6; `LOCAL` (the balancer's own health checks) and `UNSPEC` carry no address.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// The first 12 bytes of every v2 header.
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -155,25 +155,17 @@ pub fn parse(header: &[u8]) -> Result<Proxied, ProxyHeaderError> {
 pub fn encode(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     let mut out = SIGNATURE.to_vec();
     out.push((VERSION_2 << 4) | CMD_PROXY);
-    match (source, destination) {
-        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            out.push(TCP_V4);
-            out.extend_from_slice(&(V4_ADDRESSES as u16).to_be_bytes());
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
-        }
-        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-            out.push(TCP_V6);
-            out.extend_from_slice(&(V6_ADDRESSES as u16).to_be_bytes());
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
-        }
+    // Both addresses, then both ports: the layout of either family's address block.
+    let (family, len, addresses) = match (source.ip(), destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (TCP_V4, V4_ADDRESSES, [s.octets(), d.octets()].concat()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (TCP_V6, V6_ADDRESSES, [s.octets(), d.octets()].concat()),
         _ => panic!("a PROXY header's two addresses are of one family"),
-    }
+    };
+    out.push(family);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&addresses);
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&destination.port().to_be_bytes());
     out
 }
 
