@@ -523,15 +523,7 @@ impl Shard {
             .into_iter()
             .partition(|v| &v.intent.election == election);
         self.open = kept;
-        for vote in closed {
-            let (_, waiters) = self.settle(&vote);
-            answers.extend(std::iter::once(vote.ticket).chain(waiters).map(|ticket| {
-                Answer::Rejected {
-                    ticket,
-                    code: ErrorCode::ElectionNotOpen,
-                }
-            }));
-        }
+        self.reject(closed, ErrorCode::ElectionNotOpen, &mut answers);
         answers
     }
 
@@ -614,14 +606,18 @@ impl Shard {
 
     /// Forgets pending votes, answering each of them and their waiters `503`.
     fn release(&mut self, votes: Vec<Vote>, answers: &mut Vec<Answer>) {
+        self.reject(votes, ErrorCode::Unavailable, answers);
+    }
+
+    /// Forgets pending votes, answering each of them and their waiters `code`.
+    fn reject(&mut self, votes: Vec<Vote>, code: ErrorCode, answers: &mut Vec<Answer>) {
         for vote in votes {
             let (_, waiters) = self.settle(&vote);
-            answers.extend(std::iter::once(vote.ticket).chain(waiters).map(|ticket| {
-                Answer::Rejected {
-                    ticket,
-                    code: ErrorCode::Unavailable,
-                }
-            }));
+            answers.extend(
+                std::iter::once(vote.ticket)
+                    .chain(waiters)
+                    .map(|ticket| Answer::Rejected { ticket, code }),
+            );
         }
     }
 

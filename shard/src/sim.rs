@@ -264,6 +264,16 @@ struct Group {
     again: bool,
 }
 
+impl Group {
+    /// The member the coordinator has assigned partition `p` to, if any.
+    fn owner(&self, p: u32) -> Option<usize> {
+        self.members
+            .iter()
+            .find(|(_, gm)| gm.assignment.contains(&p))
+            .map(|(m, _)| *m)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fleet.
 
@@ -684,13 +694,7 @@ impl World {
         let partition = (voter % u64::from(self.cfg.partitions)) as u32;
         // Mostly to the owner the coordinator names (the fleet map), sometimes anywhere (a
         // stale map): a core that does not own the partition answers 503.
-        let owner = self
-            .group
-            .members
-            .iter()
-            .find(|(_, gm)| gm.assignment.contains(&partition))
-            .map(|(m, _)| *m);
-        let m = match owner {
+        let m = match self.group.owner(partition) {
             Some(m) if !self.rng.chance(1_000) => m,
             _ => self.rng.range(0, self.cores.len() as u64 - 1) as usize,
         };
@@ -1180,13 +1184,7 @@ impl World {
             // Sticky-ish: a partition stays with its owner unless the draw moves it.
             let shift = self.rng.range(0, members.len() as u64 - 1) as usize;
             for p in 0..self.cfg.partitions {
-                let owner = self
-                    .group
-                    .members
-                    .iter()
-                    .find(|(_, gm)| gm.assignment.contains(&p))
-                    .map(|(m, _)| *m);
-                let to = match owner {
+                let to = match self.group.owner(p) {
                     Some(o) if !self.rng.chance(3_000) => o,
                     _ => members[(p as usize + shift) % members.len()],
                 };

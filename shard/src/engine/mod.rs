@@ -625,11 +625,7 @@ impl CoreEngine {
             }
             TxnOutcome::Aborted => {
                 self.stats.txns_aborted += 1;
-                for &(p, _, seq) in &txn.parts {
-                    let answers = shard_home(self.slot_in_txn(p, &txn))
-                        .on_outcome(seq, CommitOutcome::Aborted);
-                    answer_all(p, answers, out);
-                }
+                self.answer_parts(&txn, &CommitOutcome::Aborted, out);
             }
             TxnOutcome::Unknown => {
                 // The transaction may be in the log: its partitions replay past it before they
@@ -651,16 +647,21 @@ impl CoreEngine {
             }
             TxnOutcome::Fenced => {
                 self.stats.txns_fenced += 1;
-                for &(p, _, seq) in &txn.parts {
-                    let answers = shard_home(self.slot_in_txn(p, &txn))
-                        .on_outcome(seq, CommitOutcome::Fenced);
-                    answer_all(p, answers, out);
-                }
+                self.answer_parts(&txn, &CommitOutcome::Fenced, out);
                 self.fence_all(now, out);
             }
         }
         self.recount_queued(now);
         self.settle_leaving(now, out);
+    }
+
+    /// Every shard of the transaction hears `outcome`, one that asks nothing more of its slot
+    /// than answering the batch's votes (an abort, a fence).
+    fn answer_parts(&mut self, txn: &InFlight, outcome: &CommitOutcome, out: &mut Vec<Command>) {
+        for &(p, _, seq) in &txn.parts {
+            let answers = shard_home(self.slot_in_txn(p, txn)).on_outcome(seq, outcome.clone());
+            answer_all(p, answers, out);
+        }
     }
 
     fn slot_in_txn(&mut self, p: u32, txn: &InFlight) -> &mut Slot {
