@@ -28,3 +28,16 @@ pub mod subscribe;
 pub mod sys;
 pub mod tokens;
 pub mod ws;
+
+/// Makes mimalloc the allocator of the binary that invokes it at its top level, as the
+/// appliance's own binary does (`src/main.rs`), so a harness binary allocates as what it
+/// measures. Every binary of this crate invokes it; a macro and not a `#[global_allocator]` here
+/// because a library must not choose the allocator of whoever links it (the root package's
+/// tests link this one).
+#[macro_export]
+macro_rules! mimalloc_allocator {
+    () => {
+        #[global_allocator]
+        static GLOBAL: ::mimalloc::MiMalloc = ::mimalloc::MiMalloc;
+    };
+}

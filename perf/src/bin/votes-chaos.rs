@@ -9,8 +9,7 @@ use clap::Parser;
 use votes_perf::chaos::{Config, run};
 use votes_perf::duration::parse_duration;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+votes_perf::mimalloc_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(about = "Seeded fault-campaign runs with an independent checker")]

@@ -45,8 +45,7 @@ use votes_perf::election::ElectionView;
 use votes_perf::flow::Flow;
 use votes_perf::report::{Report, latency_histogram, record_latency};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+votes_perf::mimalloc_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(

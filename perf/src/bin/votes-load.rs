@@ -15,8 +15,7 @@ use votes_perf::duration::parse_duration;
 use votes_perf::load::{self, Config};
 use votes_perf::schedule::Ramp;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+votes_perf::mimalloc_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(

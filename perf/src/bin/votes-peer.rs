@@ -19,8 +19,7 @@ use votes_perf::peers::redis_lua::{self, RedisConfig};
 use votes_perf::peers::{Expected, PeerError, ServerReport, VoteSpec, write_json};
 use votes_perf::peers::{h1_reference, h3_reference, persist_writes, recovery};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+votes_perf::mimalloc_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(

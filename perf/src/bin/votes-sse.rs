@@ -26,8 +26,7 @@ use votes_perf::client::Protocol;
 use votes_perf::duration::parse_duration;
 use votes_perf::subscribe::{self, Config, StreamKind};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+votes_perf::mimalloc_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(
