@@ -297,23 +297,34 @@ impl Probe<'_> {
     }
 
     async fn admin(&mut self, method: &str, path: &str, body: &str, expect: u16) -> Seen {
-        self.admin_with(method, path, &[], body, expect).await
-    }
-
-    async fn admin_with(
-        &mut self,
-        method: &str,
-        path: &str,
-        extra: &[(&str, &str)],
-        body: &str,
-        expect: u16,
-    ) -> Seen {
         self.json_request(
             Listener::Admin,
             ADMIN_TOKEN,
             method,
             path,
-            extra,
+            &[],
+            body,
+            expect,
+        )
+        .await
+    }
+
+    /// An admin write conditioned on the version the caller saw (`If-Match`).
+    async fn admin_if_match(
+        &mut self,
+        method: &str,
+        path: &str,
+        if_match: &str,
+        body: &str,
+        expect: u16,
+    ) -> Seen {
+        let extra = [("if-match", if_match)];
+        self.json_request(
+            Listener::Admin,
+            ADMIN_TOKEN,
+            method,
+            path,
+            &extra,
             body,
             expect,
         )
@@ -495,11 +506,11 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
         p.send(Listener::Admin, "POST", "/admin/v1/elections", &[("content-type", "application/json")], made.to_owned(), 401)
             .await;
         let patch = "/admin/v1/elections/later";
-        p.admin_with("PATCH", patch, &[("if-match", "1")], r#"{"pow_difficulty":2}"#, 200)
+        p.admin_if_match("PATCH", patch, "1", r#"{"pow_difficulty":2}"#, 200)
             .await;
-        p.admin_with("PATCH", patch, &[("if-match", "1")], r#"{"pow_difficulty":3}"#, 409)
+        p.admin_if_match("PATCH", patch, "1", r#"{"pow_difficulty":3}"#, 409)
             .await;
-        p.admin_with("PATCH", patch, &[("if-match", "one")], r#"{"pow_difficulty":3}"#, 400)
+        p.admin_if_match("PATCH", patch, "one", r#"{"pow_difficulty":3}"#, 400)
             .await;
         p.admin("PATCH", patch, r#"{"pow_difficulty":3,"x":1}"#, 400).await;
         p.admin("PATCH", "/admin/v1/elections/nope", r#"{"pow_difficulty":3}"#, 404)
@@ -518,8 +529,8 @@ fn every_answer_is_documented_and_every_documented_answer_is_given() {
         .await;
         for (action, then) in [("open", "close"), ("close", "open")] {
             let path = format!("/admin/v1/elections/later/{action}");
-            p.admin_with("POST", &path, &[("if-match", "x")], "", 400).await;
-            p.admin_with("POST", &path, &[("if-match", "\"1\"")], "", 409).await;
+            p.admin_if_match("POST", &path, "x", "", 400).await;
+            p.admin_if_match("POST", &path, "\"1\"", "", 409).await;
             p.send(Listener::Admin, "POST", &path, &[], Bytes::new(), 401).await;
             p.admin("POST", &format!("/admin/v1/elections/nope/{action}"), "", 404)
                 .await;
