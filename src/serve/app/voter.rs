@@ -11,10 +11,11 @@ const DEV_LOGIN_TTL_S: u64 = 3600;
 /// sign-in takes voter ids as numbers up to it, or as decimal strings up to 2^64 - 1.
 pub const JS_SAFE_INTEGER_MAX: u64 = (1 << 53) - 1;
 
-/// DynamoDB lookups in flight per core; beyond it `/votes/me` answers 503.
+/// Lookups (DynamoDB for `/votes/me`, the receipts index for a receipt) in flight per core;
+/// beyond it they answer 503.
 const LOOKUPS_MAX: usize = 256;
 
-/// Longest wait for DynamoDB's answer to `/votes/me`.
+/// Longest wait for a lookup's answer.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The voter's view of an election (docs/design.md §4.2).
@@ -181,28 +182,24 @@ impl CoreApp {
                 "the election has no official result yet; receipts are checked after it",
             );
         };
-        if self.lookups.get() >= LOOKUPS_MAX {
-            return error(ErrorCode::Unavailable, "too many lookups in flight; retry");
-        }
-        self.lookups.set(self.lookups.get() + 1);
-        let found = glommio::timer::timeout(LOOKUP_TIMEOUT, async {
-            Ok(reader
-                .proof(election.id.clone(), leaf_hash, root, tree_size)
-                .await)
-        })
-        .await;
-        self.lookups.set(self.lookups.get() - 1);
+        let found = match self
+            .lookup(reader.proof(election.id.clone(), leaf_hash, root, tree_size))
+            .await
+        {
+            Ok(found) => found,
+            Err(busy) => return busy,
+        };
         match found {
-            Ok(Ok(Some(proof))) => json(200, &proof),
-            Ok(Ok(None)) => error(ErrorCode::NotFound, "no counted vote has this receipt"),
-            Ok(Err(why)) => {
+            Some(Ok(Some(proof))) => json(200, &proof),
+            Some(Ok(None)) => error(ErrorCode::NotFound, "no counted vote has this receipt"),
+            Some(Err(why)) => {
                 tracing::warn!(%why, "receipt lookup failed");
                 error(
                     ErrorCode::Unavailable,
                     "the receipts index did not answer; retry",
                 )
             }
-            Err(_) => error(
+            None => error(
                 ErrorCode::Unavailable,
                 "the receipts index did not answer in time; retry",
             ),
@@ -268,42 +265,41 @@ impl CoreApp {
                 "this node does not serve the voter API",
             );
         };
-        if self.lookups.get() >= LOOKUPS_MAX {
-            return error(ErrorCode::Unavailable, "too many lookups in flight; retry");
-        }
-        self.lookups.set(self.lookups.get() + 1);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (client, table) = (client.clone(), self.shared.names.votes_table());
         let pk = votes_core::vote_item_pk(election.id.as_str(), voter);
-        rt.spawn(async move {
-            let got = client
-                .get_item()
-                .table_name(table)
-                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
-                .key(
-                    "sk",
-                    aws_sdk_dynamodb::types::AttributeValue::N(voter.0.to_string()),
-                )
-                .consistent_read(true)
-                .send()
-                .await;
-            let _ = tx.send(
-                got.map(|o| o.item)
-                    .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
-            );
-        });
-        let answer = glommio::timer::timeout(LOOKUP_TIMEOUT, async { Ok(rx.await) }).await;
-        self.lookups.set(self.lookups.get() - 1);
-        let item = match answer {
-            Ok(Ok(Ok(item))) => item,
-            Ok(Ok(Err(why))) => {
+        // Sent to the DynamoDB runtime only once the lookup is admitted (its first poll).
+        let get = async move {
+            rt.spawn(async move {
+                let got = client
+                    .get_item()
+                    .table_name(table)
+                    .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+                    .key(
+                        "sk",
+                        aws_sdk_dynamodb::types::AttributeValue::N(voter.0.to_string()),
+                    )
+                    .consistent_read(true)
+                    .send()
+                    .await;
+                let _ = tx.send(
+                    got.map(|o| o.item)
+                        .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
+                );
+            });
+            rx.await
+        };
+        let item = match self.lookup(get).await {
+            Err(busy) => return busy,
+            Ok(Some(Ok(Ok(item)))) => item,
+            Ok(Some(Ok(Err(why)))) => {
                 tracing::warn!(%why, "DynamoDB lookup failed");
                 return error(
                     ErrorCode::Unavailable,
                     "the vote store did not answer; retry",
                 );
             }
-            Ok(Err(_)) | Err(_) => {
+            Ok(Some(Err(_)) | None) => {
                 return error(
                     ErrorCode::Unavailable,
                     "the vote store did not answer in time; retry",
@@ -320,6 +316,25 @@ impl CoreApp {
             ),
             None => json(200, &serde_json::json!({"voted": false})),
         }
+    }
+
+    /// Waits for `lookup` if fewer than [`LOOKUPS_MAX`] are in flight on this core, at most
+    /// [`LOOKUP_TIMEOUT`]: its answer, `None` once timed out, or the `503` to answer when the
+    /// core has too many in flight (then `lookup` never starts).
+    async fn lookup<T>(
+        &self,
+        lookup: impl std::future::Future<Output = T>,
+    ) -> Result<Option<T>, Response<BoxBody>> {
+        if self.lookups.get() >= LOOKUPS_MAX {
+            return Err(error(
+                ErrorCode::Unavailable,
+                "too many lookups in flight; retry",
+            ));
+        }
+        self.lookups.set(self.lookups.get() + 1);
+        let answer = glommio::timer::timeout(LOOKUP_TIMEOUT, async { Ok(lookup.await) }).await;
+        self.lookups.set(self.lookups.get() - 1);
+        Ok(answer.ok())
     }
 
     /// The voter a request's bearer token speaks for, or the `401` to answer (docs/design.md §4.2).
