@@ -68,16 +68,28 @@ enum Tunnel {
     },
 }
 
+/// What either side of a [`Tunnel`] is: a byte stream hyper reads and writes.
+trait ByteStream: hyper::rt::Read + hyper::rt::Write + Unpin {}
+
+impl<S: hyper::rt::Read + hyper::rt::Write + Unpin> ByteStream for S {}
+
+impl Tunnel {
+    /// The stream the tunnel runs on, for the calls that are the same on both.
+    fn stream(&mut self) -> Pin<&mut dyn ByteStream> {
+        match self {
+            Tunnel::Tcp(io) => Pin::new(io),
+            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded),
+        }
+    }
+}
+
 impl hyper::rt::Read for Tunnel {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Tunnel::Tcp(io) => Pin::new(io).poll_read(cx, buf),
-            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_read(cx, buf),
-        }
+        self.get_mut().stream().poll_read(cx, buf)
     }
 }
 
@@ -106,20 +118,14 @@ impl hyper::rt::Write for Tunnel {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Tunnel::Tcp(io) => Pin::new(io).poll_flush(cx),
-            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_flush(cx),
-        }
+        self.get_mut().stream().poll_flush(cx)
     }
 
     fn poll_shutdown(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Tunnel::Tcp(io) => Pin::new(io).poll_shutdown(cx),
-            Tunnel::H2 { upgraded, .. } => Pin::new(upgraded).poll_shutdown(cx),
-        }
+        self.get_mut().stream().poll_shutdown(cx)
     }
 }
 
