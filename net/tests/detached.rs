@@ -74,20 +74,32 @@ impl App for StreamApp {
     }
 }
 
-fn start() -> (Reactors, SocketAddr) {
+/// Runs `test` against the stream app on up to two cores with the default limits.
+fn serving<F: Future<Output = ()>>(test: impl FnOnce(SocketAddr) -> F) {
     let cpus = votes_net::preflight::probe().allowed_cpus;
-    start_on(
+    serving_on(
         cpus[..cpus.len().min(2)].to_vec(),
         votes_net::HttpLimits::default(),
-    )
+        test,
+    );
 }
 
-fn start_on(cpus: Vec<usize>, limits: votes_net::HttpLimits) -> (Reactors, SocketAddr) {
+/// Runs `test` against the stream app on `cpus` under `limits`, one test at a time, and stops
+/// the reactors after it.
+fn serving_on<F: Future<Output = ()>>(
+    cpus: Vec<usize>,
+    limits: votes_net::HttpLimits,
+    test: impl FnOnce(SocketAddr) -> F,
+) {
+    let _g = one_at_a_time();
     let mut cfg = ReactorConfig::new(cpus);
     cfg.http = limits;
-    serve_public(cfg, |ctx: CoreContext<()>| StreamApp {
-        stats: ctx.http_stats(),
-    })
+    let (reactors, addr): (Reactors, SocketAddr) =
+        serve_public(cfg, |ctx: CoreContext<()>| StreamApp {
+            stats: ctx.http_stats(),
+        });
+    rt().block_on(test(addr));
+    drop(reactors);
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -109,9 +121,7 @@ async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
 
 #[test]
 fn over_http1_the_stream_leaves_hyper_after_the_earlier_responses() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start();
-    rt().block_on(async move {
+    serving(|addr| async move {
         // A keep-alive request, then the stream on the same connection, sent together: the
         // first answer must be whole before the stream's head.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -149,14 +159,11 @@ fn over_http1_the_stream_leaves_hyper_after_the_earlier_responses() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
     });
-    drop(reactors);
 }
 
 #[test]
 fn a_stream_behind_unread_answers_comes_after_them_and_ends_with_its_client() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start();
-    rt().block_on(async move {
+    serving(|addr| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(8192).unwrap();
         let mut s = socket.connect(addr).await.unwrap();
@@ -208,14 +215,11 @@ fn a_stream_behind_unread_answers_comes_after_them_and_ends_with_its_client() {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     });
-    drop(reactors);
 }
 
 #[test]
 fn over_h2_the_mark_changes_nothing() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start();
-    rt().block_on(async move {
+    serving(|addr| async move {
         let mut tx = h2_over(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
         for _ in 0..2 {
             let req = Request::get(format!("http://{addr}/events"))
@@ -236,20 +240,17 @@ fn over_h2_the_mark_changes_nothing() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
     });
-    drop(reactors);
 }
 
 #[test]
 fn a_stream_whose_client_stops_reading_is_closed_after_the_stall_bound() {
-    let _g = one_at_a_time();
     // One core, so that the counter asked for is the stream's core's.
     let cpus = votes_net::preflight::probe().allowed_cpus;
     let limits = votes_net::HttpLimits {
         response_stall_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let (reactors, addr) = start_on(cpus[..1].to_vec(), limits);
-    rt().block_on(async move {
+    serving_on(cpus[..1].to_vec(), limits, |addr| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(8192).unwrap();
         let mut s = socket.connect(addr).await.unwrap();
@@ -292,5 +293,4 @@ fn a_stream_whose_client_stops_reading_is_closed_after_the_stall_bound() {
             rest.len()
         );
     });
-    drop(reactors);
 }

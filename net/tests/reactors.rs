@@ -133,6 +133,22 @@ fn start(limits: HttpLimits, admin: bool) -> (Reactors, SocketAddr) {
     (r, addr)
 }
 
+/// Runs `test` against the test app on two cores under `limits` (with an admin listener when
+/// `admin`), one test at a time, then shuts the reactors down and joins them. `test` gets the
+/// public listener's address and the admin listener's.
+fn serving<F: Future<Output = ()>>(
+    limits: HttpLimits,
+    admin: bool,
+    test: impl FnOnce(SocketAddr, Option<SocketAddr>) -> F,
+) {
+    let _g = one_at_a_time();
+    let (reactors, addr) = start(limits, admin);
+    let admin = reactors.local_addr(ListenerKind::Admin);
+    client_runtime().block_on(test(addr, admin));
+    reactors.shutdown();
+    reactors.join().unwrap();
+}
+
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
@@ -202,10 +218,8 @@ async fn assert_spread_over_both_cores(tasks: Vec<tokio::task::JoinHandle<usize>
 
 #[test]
 fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start(HttpLimits::default(), true);
-    let admin = reactors.local_addr(ListenerKind::Admin).unwrap();
-    client_runtime().block_on(async move {
+    serving(HttpLimits::default(), true, |addr, admin| async move {
+        let admin = admin.expect("an admin listener");
         // HTTP/1.1: 64 connections × 20 keep-alive requests, all at once.
         let mut tasks = Vec::new();
         for _ in 0..64 {
@@ -254,15 +268,11 @@ fn many_concurrent_requests_reach_both_cores_over_h1_and_h2() {
             assert!(body.starts_with("0 ") && body.ends_with("Admin"), "{body}");
         }
     });
-    reactors.shutdown();
-    reactors.join().unwrap();
 }
 
 #[test]
 fn routing_round_trips_through_the_mesh() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start(HttpLimits::default(), false);
-    client_runtime().block_on(async move {
+    serving(HttpLimits::default(), false, |addr, _| async move {
         let mut tasks = Vec::new();
         for conn in 0..8 {
             tasks.push(tokio::spawn(async move {
@@ -313,15 +323,11 @@ fn routing_round_trips_through_the_mesh() {
         let took = eight_blocking_calls(&h2(addr).await).await;
         eprintln!("8 blocking calls of 50 ms on one core took {took:?}");
     });
-    reactors.shutdown();
-    reactors.join().unwrap();
 }
 
 #[test]
 fn blocking_calls_do_not_stall_their_core() {
-    let _g = one_at_a_time();
-    let (reactors, addr) = start(HttpLimits::default(), false);
-    client_runtime().block_on(async move {
+    serving(HttpLimits::default(), false, |addr, _| async move {
         // One h2 connection: every stream is served by the same core.
         let tx = h2(addr).await;
         let mut observed = false;
@@ -358,20 +364,16 @@ fn blocking_calls_do_not_stall_their_core() {
             "8 × 50 ms on 4 threads took {took:?}"
         );
     });
-    reactors.shutdown();
-    reactors.join().unwrap();
 }
 
 #[test]
 fn header_and_idle_timeouts_close_connections() {
-    let _g = one_at_a_time();
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(800),
         idle_timeout: Duration::from_millis(1500),
         ..HttpLimits::default()
     };
-    let (reactors, addr) = start(limits, false);
-    client_runtime().block_on(async move {
+    serving(limits, false, |addr, _| async move {
         // Silent connection: closed by the header timeout, not kept for the idle one.
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let took = wait_closed(&mut silent, Duration::from_secs(10)).await;
@@ -427,19 +429,15 @@ fn header_and_idle_timeouts_close_connections() {
             "idle close too early: {took:?}"
         );
     });
-    reactors.shutdown();
-    reactors.join().unwrap();
 }
 
 #[test]
 fn connection_cap_closes_extra_connections() {
-    let _g = one_at_a_time();
     let limits = HttpLimits {
         max_connections_per_core: 4,
         ..HttpLimits::default()
     };
-    let (reactors, addr) = start(limits, false);
-    client_runtime().block_on(async move {
+    serving(limits, false, |addr, _| async move {
         let mut conns = Vec::new();
         for _ in 0..20 {
             conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -469,8 +467,6 @@ fn connection_cap_closes_extra_connections() {
             );
         }
     });
-    reactors.shutdown();
-    reactors.join().unwrap();
 }
 
 #[test]
