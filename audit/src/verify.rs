@@ -966,6 +966,21 @@ mod tests {
         m
     }
 
+    /// The rows of the "unit" election and the manifest that describes them.
+    fn unit_export() -> (Vec<Row>, Manifest) {
+        let rows = unit_rows();
+        let m = manifest_for(&unit(), &rows);
+        (rows, m)
+    }
+
+    fn unit() -> ElectionId {
+        ElectionId::new("unit").unwrap()
+    }
+
+    fn unit_rows() -> Vec<Row> {
+        rows(&unit())
+    }
+
     fn run_checks(m: &Manifest, rows: &[Row]) -> Vec<Check> {
         let id = ElectionId::new(m.election.id.as_str()).unwrap();
         let mut c = RowChecker::new(m, id, rows.len() as u64);
@@ -988,9 +1003,7 @@ mod tests {
 
     #[test]
     fn a_clean_export_passes_every_check() {
-        let e = ElectionId::new("unit").unwrap();
-        let rows = rows(&e);
-        let m = manifest_for(&e, &rows);
+        let (rows, m) = unit_export();
         let checks = run_checks(&m, &rows);
         assert_eq!(failures(&checks), Vec::<String>::new());
         assert_eq!(checks.len(), 9);
@@ -999,9 +1012,7 @@ mod tests {
 
     #[test]
     fn a_vote_past_the_close_frontier_or_another_frontier_fails() {
-        let e = ElectionId::new("unit").unwrap();
-        let rows = rows(&e);
-        let m = manifest_for(&e, &rows);
+        let (rows, m) = unit_export();
 
         // A row at its partition's frontier: counted though the owner had closed.
         let mut early = m.clone();
@@ -1039,9 +1050,7 @@ mod tests {
 
     #[test]
     fn a_changed_option_fails_the_leaf_hash_and_the_totals() {
-        let e = ElectionId::new("unit").unwrap();
-        let mut rows = rows(&e);
-        let m = manifest_for(&e, &rows);
+        let (mut rows, m) = unit_export();
         rows[1].option = "a".into();
         let f = failures(&run_checks(&m, &rows));
         assert_eq!(f.len(), 2, "{f:#?}");
@@ -1052,9 +1061,7 @@ mod tests {
 
     #[test]
     fn a_deleted_or_repeated_row_is_named() {
-        let e = ElectionId::new("unit").unwrap();
-        let all = rows(&e);
-        let m = manifest_for(&e, &all);
+        let (all, m) = unit_export();
         let mut deleted = all.clone();
         deleted.remove(2);
         let f = failures(&run_checks(&m, &deleted)).join("\n");
@@ -1081,9 +1088,7 @@ mod tests {
 
     #[test]
     fn an_edited_manifest_disagrees_with_the_rows_and_the_official_result() {
-        let e = ElectionId::new("unit").unwrap();
-        let rows = rows(&e);
-        let mut m = manifest_for(&e, &rows);
+        let (rows, mut m) = unit_export();
         m.totals.insert("a".into(), 4);
         m.totals.insert("b".into(), 1);
         let f = failures(&run_checks(&m, &rows)).join("\n");
@@ -1093,7 +1098,7 @@ mod tests {
             "{f}"
         );
 
-        let mut m = manifest_for(&e, &rows);
+        let mut m = unit_export().1;
         m.official.merkle_root = Some("00".repeat(32));
         let f = failures(&run_checks(&m, &rows)).join("\n");
         assert!(
@@ -1113,9 +1118,7 @@ mod tests {
 
     #[test]
     fn rows_outside_the_ranges_or_options_are_named() {
-        let e = ElectionId::new("unit").unwrap();
-        let mut rows = rows(&e);
-        let m = manifest_for(&e, &rows);
+        let (mut rows, m) = unit_export();
         rows[4].partition = 2;
         rows[3].option = "zz".into();
         let f = failures(&run_checks(&m, &rows)).join("\n");
@@ -1132,7 +1135,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("votes-verify-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let e = ElectionId::new("unit").unwrap();
+        write_votes(&dir, rows);
+        let mut m = manifest_for(&unit(), rows);
+        describe(&dir, &mut m);
+        (dir, m)
+    }
+
+    /// Writes `rows` as the votes file of `dir`, as the exporter does.
+    fn write_votes(dir: &Path, rows: &[Row]) {
         let mut w = crate::table::VotesWriter::new(
             std::fs::File::create(dir.join(VOTES_FILE)).unwrap(),
             "unit",
@@ -1142,9 +1152,6 @@ mod tests {
             w.push_row(r).unwrap();
         }
         w.finish().unwrap();
-        let mut m = manifest_for(&e, rows);
-        describe(&dir, &mut m);
-        (dir, m)
     }
 
     /// Points the manifest at the votes file as it now is, and writes it.
@@ -1177,8 +1184,7 @@ mod tests {
 
     #[test]
     fn an_export_written_by_the_library_verifies_and_a_given_root_is_checked() {
-        let e = ElectionId::new("unit").unwrap();
-        let (dir, m) = export("clean", &rows(&e));
+        let (dir, m) = export("clean", &unit_rows());
         let l = lines(&dir, &unsigned());
         assert!(fails(&l).is_empty(), "{l:#?}");
         let mut root = [0u8; 32];
@@ -1208,18 +1214,11 @@ mod tests {
 
     #[test]
     fn a_file_that_fails_its_hash_is_not_read_unless_diagnosed() {
-        let e = ElectionId::new("unit").unwrap();
-        let rows = rows(&e);
+        let rows = unit_rows();
         let (dir, _) = export("hash", &rows);
         let mut changed = rows.clone();
         changed[1].option = "a".into();
-        let mut w = crate::table::VotesWriter::new(
-            std::fs::File::create(dir.join(VOTES_FILE)).unwrap(),
-            "unit",
-        )
-        .unwrap();
-        changed.iter().for_each(|r| w.push_row(r).unwrap());
-        w.finish().unwrap();
+        write_votes(&dir, &changed);
         let l = lines(&dir, &unsigned());
         let f = fails(&l);
         assert_eq!(f.len(), 1, "{l:#?}");
@@ -1245,8 +1244,7 @@ mod tests {
 
     #[test]
     fn hostile_files_fail_with_a_precise_line_and_no_panic() {
-        let e = ElectionId::new("unit").unwrap();
-        let rows = rows(&e);
+        let rows = unit_rows();
         let (dir, m) = export("hostile", &rows);
         let file = std::fs::read(dir.join(VOTES_FILE)).unwrap();
         let len = file.len();
@@ -1350,9 +1348,7 @@ mod tests {
 
     #[test]
     fn times_finer_than_the_minute_are_named() {
-        let e = ElectionId::new("unit").unwrap();
-        let mut rows = rows(&e);
-        let m = manifest_for(&e, &rows);
+        let (mut rows, m) = unit_export();
         rows[2].received_at_ms += 1;
         let f = failures(&run_checks(&m, &rows)).join("\n");
         assert!(
