@@ -133,12 +133,15 @@ fn open_attempt(out: &[Command]) -> Option<u64> {
     })
 }
 
+/// The transaction `out` starts, if any, and its (partition, votes) in partition order: the
+/// order of a transaction's batches is no promise of the engine.
 fn commit_of(out: &[Command]) -> Option<(TxnId, Vec<(u32, usize)>)> {
     out.iter().find_map(|c| match c {
-        Command::Commit { txn, batches, .. } => Some((
-            *txn,
-            batches.iter().map(|b| (b.partition, b.len())).collect(),
-        )),
+        Command::Commit { txn, batches, .. } => {
+            let mut parts: Vec<_> = batches.iter().map(|b| (b.partition, b.len())).collect();
+            parts.sort();
+            Some((*txn, parts))
+        }
         _ => None,
     })
 }
@@ -174,8 +177,7 @@ fn one_transaction_spans_every_partition_and_answers_after_the_commit() {
     assert!(commit_of(c.cast(1, 3, 12)).is_none());
     let out = c.committed(txn, vec![vec![0]]);
     assert_eq!(answers(out), vec![(1, Some(0), None)]);
-    let (_, mut parts) = commit_of(out).expect("the next starts as this one ends");
-    parts.sort();
+    let (_, parts) = commit_of(out).expect("the next starts as this one ends");
     assert_eq!(
         parts,
         vec![(1, 1), (4, 1)],
@@ -418,8 +420,7 @@ fn a_close_refuses_new_votes_answers_the_queued_and_commits_a_marker_after_the_r
     );
     // The markers go in the next transaction, with the other election's vote.
     let out = c.at(10 * MS);
-    let (txn, mut parts) = commit_of(out).expect("markers are due");
-    parts.sort();
+    let (txn, parts) = commit_of(out).expect("markers are due");
     assert_eq!(
         parts,
         vec![(0, 1), (1, 2)],
