@@ -527,13 +527,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn environment_beats_the_file() {
-        let (_keep, path) = with_file("prefix = \"file-\"\nkafka-brokers = \"a:1\"\n");
-        let got = expand_args(os(&["votes", "--config", &path, "init"]), &cli(), |k| {
-            (k == "VOTES_PREFIX").then(|| "env-".to_string())
+    /// `votes --config <a file holding text> <command>` expanded with `var` set to `value` in
+    /// the environment: the arguments, and the file's path.
+    fn expanded_with(text: &str, command: &str, var: &str, value: &str) -> (Vec<OsString>, String) {
+        let (_keep, path) = with_file(text);
+        let got = expand_args(os(&["votes", "--config", &path, command]), &cli(), |k| {
+            (k == var).then(|| value.to_string())
         })
         .unwrap();
+        (got, path)
+    }
+
+    #[test]
+    fn environment_beats_the_file() {
+        let (got, path) = expanded_with(
+            "prefix = \"file-\"\nkafka-brokers = \"a:1\"\n",
+            "init",
+            "VOTES_PREFIX",
+            "env-",
+        );
         assert_eq!(
             got,
             os(&["votes", "--kafka-brokers", "a:1", "--config", &path, "init"])
@@ -571,11 +583,12 @@ mod tests {
     #[test]
     fn a_flag_whose_own_variable_is_set_is_left_to_the_environment() {
         // persist's --batch-max reads VOTES_PERSIST_BATCH_MAX, not VOTES_BATCH_MAX.
-        let (_keep, path) = with_file("[persist]\nbatch-max = 10\n");
-        let got = expand_args(os(&["votes", "--config", &path, "persist"]), &cli(), |k| {
-            (k == "VOTES_PERSIST_BATCH_MAX").then(|| "99".to_string())
-        })
-        .unwrap();
+        let (got, path) = expanded_with(
+            "[persist]\nbatch-max = 10\n",
+            "persist",
+            "VOTES_PERSIST_BATCH_MAX",
+            "99",
+        );
         assert_eq!(got, os(&["votes", "--config", &path, "persist"]));
     }
 
