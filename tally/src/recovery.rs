@@ -2,7 +2,7 @@
 //! `read_committed` from the shard's `applied_end` to the last stable offset and apply every
 //! record. Blocking; runs on the blocking pool with the shard moved in and back out.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -35,12 +35,22 @@ type Client = BaseConsumer<crate::kafka::VotesContext>;
 /// the median where nothing was open, and a replay of a few records 116 ms. A node keeps one
 /// client of each isolation level for the watermarks (a query of its own, safe from any
 /// thread) and a few idle replay consumers, each assigned one partition while it is leased.
+///
+/// A kept client keeps what it learnt of the cluster, wrong answers included: after a broker
+/// was killed, a cached view of the topic without the partition failed every watermarks query
+/// at once (`UnknownPartition`, for a minute, seed 20261322). So a recovery that fails drops
+/// the watermarks clients, and the next one starts on new ones, as every recovery once did.
 pub struct RecoveryClients {
     brokers: String,
     names: Names,
+    watermarks: Mutex<Option<Arc<WatermarkClients>>>,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// The watermarks of one partition as each isolation level sees them.
+struct WatermarkClients {
     committed: Client,
     uncommitted: Client,
-    idle: Mutex<Vec<Client>>,
 }
 
 impl std::fmt::Debug for RecoveryClients {
@@ -59,16 +69,38 @@ const DRAIN_BOUND: usize = 10_000;
 
 impl RecoveryClients {
     pub fn new(brokers: &str, names: &Names) -> Result<Self, KafkaError> {
-        Ok(Self {
+        let clients = Self {
             brokers: brokers.to_owned(),
             names: names.clone(),
-            committed: recovery_consumer_config(brokers, names)
+            watermarks: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Made now, so a node that cannot make them says so at its start.
+        clients.watermarks()?;
+        Ok(clients)
+    }
+
+    /// The kept watermarks clients, or new ones after a failure dropped them.
+    fn watermarks(&self) -> Result<Arc<WatermarkClients>, KafkaError> {
+        let mut kept = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = kept.as_ref() {
+            return Ok(w.clone());
+        }
+        let made = Arc::new(WatermarkClients {
+            committed: recovery_consumer_config(&self.brokers, &self.names)
                 .create_with_context(crate::kafka::VotesContext)?,
-            uncommitted: recovery_consumer_config(brokers, names)
+            uncommitted: recovery_consumer_config(&self.brokers, &self.names)
                 .set("isolation.level", "read_uncommitted")
                 .create_with_context(crate::kafka::VotesContext)?,
-            idle: Mutex::new(Vec::new()),
-        })
+        });
+        *kept = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Drops the kept watermarks clients (a recovery on them failed); recoveries that hold
+    /// them finish on them.
+    fn forget_watermarks(&self) {
+        *self.watermarks.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn brokers(&self) -> &str {
@@ -256,6 +288,19 @@ where
     Owner: Fn() -> bool,
     Gone: Fn(&str) -> bool,
 {
+    let clients = args.clients;
+    let stable = stable_on_kept_clients(args);
+    if stable.is_err() {
+        clients.forget_watermarks();
+    }
+    stable
+}
+
+fn stable_on_kept_clients<Owner, Gone>(args: Stable<'_, Owner, Gone>) -> Result<u64, ReplayError>
+where
+    Owner: Fn() -> bool,
+    Gone: Fn(&str) -> bool,
+{
     let Stable {
         clients,
         partition,
@@ -269,14 +314,15 @@ where
     let (brokers, names) = (clients.brokers(), clients.names());
     let topic = names.votes_topic();
     let p = i32::try_from(partition).expect("partition fits i32");
-    let (_, hwm) = watermarks(&clients.uncommitted, &topic, p, timeout).map_err(kafka)?;
+    let kept = clients.watermarks().map_err(kafka)?;
+    let (_, hwm) = watermarks(&kept.uncommitted, &topic, p, timeout).map_err(kafka)?;
     let started = Instant::now();
     // The offset stuck at, who may hold it open and how many were fenced: one fence per look
     // at the last stable offset (the first usually takes); a round that did not take (the ids
     // could not be reached or named) starts over after a while.
     let mut fencing: Option<Fencing> = None;
     loop {
-        let (_, lso) = watermarks(&clients.committed, &topic, p, timeout).map_err(kafka)?;
+        let (_, lso) = watermarks(&kept.committed, &topic, p, timeout).map_err(kafka)?;
         if lso >= hwm {
             return Ok(u64::try_from(lso).unwrap_or(0));
         }

@@ -165,14 +165,8 @@ struct FloorArgs {
 
 #[derive(ClapArgs, Debug)]
 struct CommitTierArgs {
-    #[arg(long, env = "VOTES_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// Prefix of the topic ({prefix}votes, created with --partitions if missing), the group
-    /// and the transactional ids.
-    #[arg(long)]
-    prefix: String,
-    #[arg(long, default_value_t = 8)]
-    partitions: u32,
+    #[command(flatten)]
+    log: LogArgs,
     /// Cores: one engine, committer and group member each.
     #[arg(long, default_value_t = 2)]
     cores: usize,
@@ -230,15 +224,23 @@ struct PersistWritesArgs {
     out: Option<PathBuf>,
 }
 
+/// The votes log a peer writes or reads as the appliance does.
 #[derive(ClapArgs, Debug)]
-struct RecoveryArgs {
+struct LogArgs {
     #[arg(long, env = "VOTES_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
-    /// A fresh prefix per run: its votes topic is created.
+    /// Prefix of the names ({prefix}votes, created with --partitions if missing; the group and
+    /// the transactional ids): a fresh one per run.
     #[arg(long)]
     prefix: String,
     #[arg(long, default_value_t = 8)]
     partitions: u32,
+}
+
+#[derive(ClapArgs, Debug)]
+struct RecoveryArgs {
+    #[command(flatten)]
+    log: LogArgs,
     /// Recoveries of each partition, each way.
     #[arg(long, default_value_t = 10)]
     rounds: u32,
@@ -355,9 +357,9 @@ fn main() -> Result<()> {
         Cmd::CommitTier(a) => {
             let broker_pids = a.broker_pids.as_deref().map(parse_pids).transpose()?;
             let cfg = votes_perf::peers::commit_tier::CommitTierConfig {
-                brokers: a.brokers,
-                prefix: a.prefix,
-                partitions: a.partitions,
+                brokers: a.log.brokers,
+                prefix: a.log.prefix,
+                partitions: a.log.partitions,
                 cores: a.cores,
                 spec: a.votes.spec(),
                 rate: a.votes.rate,
@@ -438,9 +440,9 @@ fn main() -> Result<()> {
         }
         Cmd::Recovery(a) => {
             let report = recovery::run(&recovery::RecoveryConfig {
-                brokers: a.brokers,
-                prefix: a.prefix,
-                partitions: a.partitions,
+                brokers: a.log.brokers,
+                prefix: a.log.prefix,
+                partitions: a.log.partitions,
                 rounds: a.rounds,
                 timeout: Duration::from_secs(a.timeout_s),
             })

@@ -178,14 +178,7 @@ pub fn ensure_topic(
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));
     let new = NewTopic::new(topic, wanted, TopicReplication::Fixed(1));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| PeerError::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
-    let results = rt.block_on(admin.create_topics([&new], &opts))?;
+    let results = super::current_thread_runtime()?.block_on(admin.create_topics([&new], &opts))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -69,6 +69,17 @@ pub enum PeerError {
     Worker(String),
 }
 
+/// A runtime for a peer's few async calls (topic creation) on the calling thread.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, PeerError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| PeerError::Io {
+            path: "tokio runtime".into(),
+            source,
+        })
+}
+
 /// What the vote sequence is made of.
 #[derive(Debug, Clone)]
 pub struct VoteSpec {

@@ -75,26 +75,20 @@ pub fn run(cfg: &RecoveryConfig) -> Result<RecoveryReport, PeerError> {
         ));
     }
     let names = Names::new(cfg.prefix.clone()).map_err(|e| PeerError::Args(e.to_string()))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| PeerError::Io {
-            path: "tokio runtime".into(),
-            source,
+    super::current_thread_runtime()?
+        .block_on(create_topics(
+            &cfg.brokers,
+            &names,
+            &TopicPlan {
+                partitions: cfg.partitions,
+                replication: 1,
+                timeout: cfg.timeout,
+            },
+        ))
+        .map_err(|e| PeerError::CreateTopic {
+            topic: names.votes_topic(),
+            why: e.to_string(),
         })?;
-    rt.block_on(create_topics(
-        &cfg.brokers,
-        &names,
-        &TopicPlan {
-            partitions: cfg.partitions,
-            replication: 1,
-            timeout: cfg.timeout,
-        },
-    ))
-    .map_err(|e| PeerError::CreateTopic {
-        topic: names.votes_topic(),
-        why: e.to_string(),
-    })?;
     let warm = RecoveryClients::new(&cfg.brokers, &names)?;
     // A node's clients served its first recoveries at its start before any failover.
     for p in 0..cfg.partitions {
