@@ -290,8 +290,19 @@ pub fn transient(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// Whether librdkafka answered from its own view of the cluster that the partition has no
+/// leader. It keeps that view until its next metadata refresh (minutes away) and answers every
+/// ask at once from it, `UnknownPartition`, without asking the cluster: a view taken while a
+/// topic was new or a broker was failing over fails every ask for minutes (chaos seed
+/// 20261322, twice: a node's start, and a kept client's recoveries). Asking again is worth it
+/// only after the view is refreshed.
+pub fn leaderless_in_view(e: &rdkafka::error::KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownPartition)
+}
+
 /// A partition's low and high watermarks (the high one is the last stable offset for a
-/// `read_committed` client), asked again while the answer is [`transient`], until `timeout`.
+/// `read_committed` client), asked again while the answer is [`transient`] or
+/// [`leaderless_in_view`] (the client's view of the cluster refreshed first), until `timeout`.
 /// One failed ask must not fail a node's start or a shard's recovery: right after a broker
 /// starts or dies, its partitions' leaders are being elected for a moment.
 pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
@@ -308,6 +319,14 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
         match consumer.fetch_watermarks(topic, partition, left) {
             Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
                 tracing::debug!(topic, partition, error = %e, "watermarks: asking again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) if leaderless_in_view(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, partition, error = %e, "watermarks: refreshing the view of the cluster, then asking again");
+                // A metadata request updates the client's view; its own failure is the next
+                // ask's to report.
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let _ = consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(1)));
                 std::thread::sleep(Duration::from_millis(100));
             }
             answer => return answer,
@@ -376,6 +395,17 @@ mod tests {
         )));
         assert!(!transient(&KafkaError::MetadataFetch(
             Code::TopicAuthorizationFailed
+        )));
+        // A view of the cluster taken while the partition had no leader (seed 20261322): asked
+        // again once the view is refreshed; a missing topic is another code.
+        assert!(leaderless_in_view(&KafkaError::MetadataFetch(
+            Code::UnknownPartition
+        )));
+        assert!(!leaderless_in_view(&KafkaError::MetadataFetch(
+            Code::UnknownTopicOrPartition
+        )));
+        assert!(!leaderless_in_view(&KafkaError::MetadataFetch(
+            Code::UnknownTopic
         )));
     }
 }

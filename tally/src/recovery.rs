@@ -39,7 +39,7 @@ type Client = BaseConsumer<crate::kafka::VotesContext>;
 /// A kept client keeps what it learnt of the cluster, wrong answers included: after a broker
 /// was killed, a cached view of the topic without the partition failed every watermarks query
 /// at once (`UnknownPartition`, for a minute, seed 20261322). So a recovery that fails drops
-/// the watermarks clients, and the next one starts on new ones, as every recovery once did.
+/// the kept clients, and the next one starts on new ones, as every recovery once did.
 pub struct RecoveryClients {
     brokers: String,
     names: Names,
@@ -158,6 +158,14 @@ impl Drop for Lease<'_> {
             return;
         };
         if !self.read_to_end || consumer.unassign().is_err() {
+            // A replay that failed: what the other kept clients know of the cluster may be as
+            // wrong as what failed this one; the next recovery starts on new ones.
+            self.clients
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.clients.forget_watermarks();
             return;
         }
         // What is left of the last assignment (little: it was read to its end) goes now; what
