@@ -317,16 +317,17 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
         // Each ask gets what is left of the bound, so that all of them together keep it.
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match consumer.fetch_watermarks(topic, partition, left) {
-            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
+            Err(e)
+                if (transient(&e) || leaderless_in_view(&e))
+                    && std::time::Instant::now() < deadline =>
+            {
                 tracing::debug!(topic, partition, error = %e, "watermarks: asking again");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) if leaderless_in_view(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!(topic, partition, error = %e, "watermarks: refreshing the view of the cluster, then asking again");
-                // A metadata request updates the client's view; its own failure is the next
-                // ask's to report.
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let _ = consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(1)));
+                if leaderless_in_view(&e) {
+                    // A metadata request updates the client's view; its own failure is the
+                    // next ask's to report.
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let _ = consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(1)));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             answer => return answer,

@@ -97,10 +97,16 @@ impl RecoveryClients {
         Ok(made)
     }
 
-    /// Drops the kept watermarks clients (a recovery on them failed); recoveries that hold
-    /// them finish on them.
-    fn forget_watermarks(&self) {
-        *self.watermarks.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Drops every kept client (a recovery on them failed); recoveries that hold some finish
+    /// on them. Closing a client may block: never under a lock other recoveries take.
+    fn forget(&self) {
+        let watermarks = self
+            .watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop((watermarks, idle));
     }
 
     pub fn brokers(&self) -> &str {
@@ -160,12 +166,7 @@ impl Drop for Lease<'_> {
         if !self.read_to_end || consumer.unassign().is_err() {
             // A replay that failed: what the other kept clients know of the cluster may be as
             // wrong as what failed this one; the next recovery starts on new ones.
-            self.clients
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            self.clients.forget_watermarks();
+            self.clients.forget();
             return;
         }
         // What is left of the last assignment (little: it was read to its end) goes now; what
@@ -299,7 +300,7 @@ where
     let clients = args.clients;
     let stable = stable_on_kept_clients(args);
     if stable.is_err() {
-        clients.forget_watermarks();
+        clients.forget();
     }
     stable
 }
